@@ -1,0 +1,47 @@
+//! Small allocation-free writers shared by the apps' output formats and
+//! generators.
+
+/// Fixed-point prices: integer units of 0.0001.
+pub const PRICE_UNITS_PER_ONE: u64 = 10_000;
+
+pub fn write_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+pub fn write_i64(out: &mut Vec<u8>, value: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// `units` of 0.0001 as a decimal with exactly 4 fractional digits (`123.4500`).
+pub fn write_price(out: &mut Vec<u8>, units: u64) {
+    write_u64(out, units / PRICE_UNITS_PER_ONE);
+    let fraction = units % PRICE_UNITS_PER_ONE;
+    out.push(b'.');
+    let digits = [
+        fraction / 1000,
+        fraction / 100 % 10,
+        fraction / 10 % 10,
+        fraction % 10,
+    ];
+    out.extend(digits.iter().map(|d| b'0' + *d as u8));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price(units: u64) -> String {
+        let mut out = Vec::new();
+        write_price(&mut out, units);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn prices_have_exactly_four_fraction_digits() {
+        assert_eq!(price(1_234_500), "123.4500");
+        assert_eq!(price(500), "0.0500");
+        assert_eq!(price(0), "0.0000");
+        assert_eq!(price(1), "0.0001");
+        assert_eq!(price(u64::MAX), "1844674407370955.1615");
+    }
+}

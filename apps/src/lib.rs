@@ -1,0 +1,111 @@
+//! The reference applications, their input generators, and one entry point that
+//! runs any of them on the threaded runtime.
+#![forbid(unsafe_code)]
+
+pub mod doubler;
+pub mod format;
+pub mod generate;
+pub mod market_spread;
+pub mod seq_window;
+pub mod wordcount;
+
+use verity_core::{run, Outputs, RunConfig, RunError, RunSummary, SourceSpec};
+
+/// The reference apps by their command-line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppName {
+    Doubler,
+    Wordcount,
+    MarketSpread,
+    SeqWindow,
+}
+
+impl AppName {
+    pub const ALL: [AppName; 4] = [
+        AppName::Doubler,
+        AppName::Wordcount,
+        AppName::MarketSpread,
+        AppName::SeqWindow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AppName::Doubler => "doubler",
+            AppName::Wordcount => "wordcount",
+            AppName::MarketSpread => "market-spread",
+            AppName::SeqWindow => "seq-window",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<AppName> {
+        AppName::ALL.into_iter().find(|app| app.name() == name)
+    }
+
+    /// The input and output formats, for `verity run <app> --help`.
+    pub fn format_help(self) -> &'static str {
+        match self {
+            AppName::Doubler => doubler::FORMAT_HELP,
+            AppName::Wordcount => wordcount::FORMAT_HELP,
+            AppName::MarketSpread => market_spread::FORMAT_HELP,
+            AppName::SeqWindow => seq_window::FORMAT_HELP,
+        }
+    }
+}
+
+/// Where an app's input comes from.
+pub enum AppInput {
+    /// One stream (a file, stdin, TCP, generator or memory).
+    Single(SourceSpec),
+    /// market-spread only: quotes and orders as two streams.
+    QuotesAndOrders { quotes: SourceSpec, orders: SourceSpec },
+}
+
+/// App options beyond input and output.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppOptions {
+    /// wordcount: final counts at end of input instead of running counts.
+    pub final_counts: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0} takes one input stream (--input or --generate); --quotes/--orders are for market-spread")]
+    SplitInputNotSupported(&'static str),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Builds `app`'s dataflow and runs it to the end of its input.
+pub fn run_app(
+    app: AppName,
+    input: AppInput,
+    options: AppOptions,
+    config: &RunConfig,
+    outputs: &Outputs,
+    stop: verity_core::source::StopFlag,
+) -> Result<RunSummary, AppError> {
+    let single = |input: AppInput| match input {
+        AppInput::Single(spec) => Ok(spec),
+        AppInput::QuotesAndOrders { .. } => Err(AppError::SplitInputNotSupported(app.name())),
+    };
+    let summary = match app {
+        AppName::Doubler => run(doubler::dataflow(single(input)?), config, outputs, stop)?,
+        AppName::Wordcount => run(
+            wordcount::dataflow(single(input)?, options.final_counts),
+            config,
+            outputs,
+            stop,
+        )?,
+        AppName::SeqWindow => run(seq_window::dataflow(single(input)?), config, outputs, stop)?,
+        AppName::MarketSpread => {
+            let inputs = match input {
+                AppInput::Single(spec) => market_spread::Inputs::Mixed(spec),
+                AppInput::QuotesAndOrders { quotes, orders } => {
+                    market_spread::Inputs::Split { quotes, orders }
+                }
+            };
+            run(market_spread::dataflow(inputs), config, outputs, stop)?
+        }
+    };
+    Ok(summary)
+}

@@ -1,0 +1,341 @@
+//! `market-spread`: the reference app of a trading system. Quotes set each
+//! symbol's market state; each order is accepted or rejected on the state in
+//! force when the order reaches its symbol's shard.
+
+use crate::format::{write_price, write_u64, PRICE_UNITS_PER_ONE};
+use verity_core::{Dataflow, Either, Line, Reject, SourceSpec, Stream};
+
+pub const FORMAT_HELP: &str = "\
+Input: quote lines `Q,<symbol>,<bid>,<ask>` and order lines
+`O,<order_id>,<symbol>,<side B|S>,<qty>,<price>`. Prices are decimals with at most
+4 fractional digits, parsed exactly into units of 0.0001; order ids and
+quantities are u64; symbols are 1-8 chars of [A-Z0-9.]. Give one mixed stream
+(--input) or two streams read concurrently (--quotes P --orders P, each a file,
+`-` or tcp:HOST:PORT).
+State per symbol: its last quote. A symbol starts rejecting; a quote makes it
+rejecting when ask - bid >= 0.05 or 40*(ask - bid) >= bid + ask (spread >= 5% of mid).
+Output per order: `<order_id>,<ACCEPT|REJECT>,<symbol>,<bid>,<ask>` with the
+bid/ask in force at the decision, printed with 4 fractional digits (both empty if
+the symbol has no quote yet). Malformed lines are dead-lettered.";
+
+/// Rejecting threshold on the absolute spread: 0.05 in price units.
+pub const SPREAD_REJECT_UNITS: u64 = 500;
+const SYMBOL_MAX_BYTES: usize = 8;
+
+/// A symbol stored inline: no allocation to key, route or store it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Symbol {
+    len: u8,
+    bytes: [u8; SYMBOL_MAX_BYTES],
+}
+
+impl Symbol {
+    pub fn parse(field: &[u8]) -> Result<Symbol, Reject> {
+        let valid = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'.';
+        if field.is_empty() || field.len() > SYMBOL_MAX_BYTES || !field.iter().all(valid) {
+            return Err(Reject::new("symbol must be 1-8 chars of [A-Z0-9.]"));
+        }
+        let mut bytes = [0; SYMBOL_MAX_BYTES];
+        bytes[..field.len()].copy_from_slice(field);
+        Ok(Symbol {
+            len: field.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl verity_core::Key for Symbol {
+    fn route_hash(&self) -> u64 {
+        verity_core::key::stable_hash(self.as_bytes())
+    }
+    fn detach(&self) -> Self {
+        *self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quote {
+    pub symbol: Symbol,
+    pub bid_units: u64,
+    pub ask_units: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    pub id: u64,
+    pub symbol: Symbol,
+    pub side: Side,
+    pub qty: u64,
+    pub price_units: u64,
+}
+
+pub type Event = Either<Quote, Order>;
+
+/// Per-symbol market state: the last quote, and whether it makes orders reject.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Book {
+    pub quote: Option<(u64, u64)>,
+    pub rejecting: bool,
+}
+
+/// One order decision, with the quote it was decided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub order_id: u64,
+    pub accept: bool,
+    pub symbol: Symbol,
+    pub quote: Option<(u64, u64)>,
+}
+
+/// Where market-spread reads from.
+pub enum Inputs {
+    Mixed(SourceSpec),
+    Split { quotes: SourceSpec, orders: SourceSpec },
+}
+
+pub fn dataflow(inputs: Inputs) -> Dataflow<Symbol, Event, Book, Decision> {
+    let events = match inputs {
+        Inputs::Mixed(input) => Stream::from_source(input)
+            .try_map(|line: Line| parse_event(line.as_bytes()))
+            .key_by(event_symbol),
+        Inputs::Split { quotes, orders } => {
+            let quotes = Stream::from_source(quotes)
+                .try_map(|line: Line| match parse_event(line.as_bytes())? {
+                    Either::Left(quote) => Ok(quote),
+                    Either::Right(_) => Err(Reject::new("an order line in the quotes stream")),
+                })
+                .key_by(|q: &Quote| q.symbol);
+            let orders = Stream::from_source(orders)
+                .try_map(|line: Line| match parse_event(line.as_bytes())? {
+                    Either::Right(order) => Ok(order),
+                    Either::Left(_) => Err(Reject::new("a quote line in the orders stream")),
+                })
+                .key_by(|o: &Order| o.symbol);
+            quotes.join(orders)
+        }
+    };
+    events
+        .stateful(|book: &mut Book, _, msg, out| {
+            if let Some(decision) = apply(book, &msg.data) {
+                out.emit(decision);
+            }
+        })
+        .sink(format_decision)
+}
+
+fn event_symbol(event: &Event) -> Symbol {
+    match event {
+        Either::Left(q) => q.symbol,
+        Either::Right(o) => o.symbol,
+    }
+}
+
+/// The whole decision logic: a quote updates the book, an order is decided.
+pub fn apply(book: &mut Book, event: &Event) -> Option<Decision> {
+    match event {
+        Either::Left(quote) => {
+            book.quote = Some((quote.bid_units, quote.ask_units));
+            book.rejecting = is_rejecting(quote.bid_units, quote.ask_units);
+            None
+        }
+        Either::Right(order) => Some(Decision {
+            order_id: order.id,
+            accept: book.quote.is_some() && !book.rejecting,
+            symbol: order.symbol,
+            quote: book.quote,
+        }),
+    }
+}
+
+/// Rejecting when the spread is at least 0.05 or at least 5% of the mid price.
+pub fn is_rejecting(bid_units: u64, ask_units: u64) -> bool {
+    let spread = ask_units as i128 - bid_units as i128;
+    spread >= SPREAD_REJECT_UNITS as i128 || 40 * spread >= bid_units as i128 + ask_units as i128
+}
+
+pub fn format_decision(decision: &Decision, buf: &mut Vec<u8>) {
+    write_u64(buf, decision.order_id);
+    buf.extend_from_slice(if decision.accept { b",ACCEPT," } else { b",REJECT," });
+    buf.extend_from_slice(decision.symbol.as_bytes());
+    buf.push(b',');
+    if let Some((bid, ask)) = decision.quote {
+        write_price(buf, bid);
+        buf.push(b',');
+        write_price(buf, ask);
+    } else {
+        buf.push(b',');
+    }
+}
+
+/// Parses a quote or an order line.
+pub fn parse_event(line: &[u8]) -> Result<Event, Reject> {
+    let mut fields = line.split(|b| *b == b',');
+    let kind = fields.next().unwrap_or_default();
+    let mut next = |what: &'static str| {
+        fields
+            .next()
+            .ok_or_else(|| Reject::new(format!("missing {what}")))
+    };
+    let event = match kind {
+        b"Q" => Either::Left(Quote {
+            symbol: Symbol::parse(next("symbol")?)?,
+            bid_units: parse_price(next("bid")?)?,
+            ask_units: parse_price(next("ask")?)?,
+        }),
+        b"O" => Either::Right(Order {
+            id: parse_u64(next("order id")?, "order id")?,
+            symbol: Symbol::parse(next("symbol")?)?,
+            side: parse_side(next("side")?)?,
+            qty: parse_u64(next("qty")?, "qty")?,
+            price_units: parse_price(next("price")?)?,
+        }),
+        _ => return Err(Reject::new("expected a Q (quote) or O (order) line")),
+    };
+    if fields.next().is_some() {
+        return Err(Reject::new("too many fields"));
+    }
+    Ok(event)
+}
+
+fn parse_side(field: &[u8]) -> Result<Side, Reject> {
+    match field {
+        b"B" => Ok(Side::Buy),
+        b"S" => Ok(Side::Sell),
+        _ => Err(Reject::new("side must be B or S")),
+    }
+}
+
+/// Digits only (no sign, no spaces), fitting u64.
+pub fn parse_u64(field: &[u8], what: &'static str) -> Result<u64, Reject> {
+    if field.is_empty() || !field.iter().all(u8::is_ascii_digit) {
+        return Err(Reject::new(format!("{what} must be digits")));
+    }
+    field
+        .iter()
+        .try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add((d - b'0') as u64))
+        .ok_or_else(|| Reject::new(format!("{what} does not fit in u64")))
+}
+
+/// `123`, `123.4`, ... `123.4567` → units of 0.0001; exact, no floats.
+pub fn parse_price(field: &[u8]) -> Result<u64, Reject> {
+    let (whole, fraction) = match field.iter().position(|b| *b == b'.') {
+        Some(dot) => (&field[..dot], &field[dot + 1..]),
+        None => (field, &b""[..]),
+    };
+    let has_dot = whole.len() < field.len();
+    if has_dot && (fraction.is_empty() || fraction.len() > 4) {
+        return Err(Reject::new(
+            "price must have 1 to 4 fractional digits after a '.'",
+        ));
+    }
+    if !fraction.iter().all(u8::is_ascii_digit) {
+        return Err(Reject::new("price must be a decimal number"));
+    }
+    let whole = parse_u64(whole, "price").map_err(|_| Reject::new("price must be a decimal number"))?;
+    let fraction_units = fraction.iter().fold(0u64, |acc, d| acc * 10 + (d - b'0') as u64)
+        * 10u64.pow(4 - fraction.len() as u32);
+    whole
+        .checked_mul(PRICE_UNITS_PER_ONE)
+        .and_then(|units| units.checked_add(fraction_units))
+        .ok_or_else(|| Reject::new("price too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decide(lines: &[&str]) -> Vec<String> {
+        let mut books = std::collections::BTreeMap::new();
+        let mut out = Vec::new();
+        for line in lines {
+            let event = parse_event(line.as_bytes()).unwrap();
+            let book = books.entry(event_symbol(&event)).or_insert_with(Book::default);
+            if let Some(d) = apply(book, &event) {
+                let mut buf = Vec::new();
+                format_decision(&d, &mut buf);
+                out.push(String::from_utf8(buf).unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn prices_parse_exactly() {
+        assert_eq!(parse_price(b"1"), Ok(10_000));
+        assert_eq!(parse_price(b"1.5"), Ok(15_000));
+        assert_eq!(parse_price(b"123.4567"), Ok(1_234_567));
+        assert_eq!(parse_price(b"0.0001"), Ok(1));
+        for bad in [&b"1.12345"[..], b"1.", b".5", b"", b"-1", b"1,0", b"1.a", b"+1"] {
+            assert!(parse_price(bad).is_err(), "{:?}", std::str::from_utf8(bad));
+        }
+        assert!(parse_price(b"99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn decisions_follow_the_spread_rules() {
+        let out = decide(&[
+            "O,1,ABC,B,10,1.0",
+            "Q,ABC,10.00,10.04",
+            "O,2,ABC,S,5,10.02",
+            "Q,ABC,10.00,10.05",
+            "O,3,ABC,B,1,10",
+            "Q,LOW,0.5,0.5249",
+            "O,4,LOW,B,1,0.51",
+            "Q,LOW,0.5,0.53",
+            "O,5,LOW,B,1,0.51",
+        ]);
+        assert_eq!(
+            out,
+            vec![
+                "1,REJECT,ABC,,",
+                "2,ACCEPT,ABC,10.0000,10.0400",
+                "3,REJECT,ABC,10.0000,10.0500",
+                "4,ACCEPT,LOW,0.5000,0.5249",
+                "5,REJECT,LOW,0.5000,0.5300",
+            ]
+        );
+    }
+
+    #[test]
+    fn five_percent_boundary_is_inclusive() {
+        // spread 0.02, bid + ask = 0.80: 40 * 0.02 = 0.80 → rejecting.
+        assert!(is_rejecting(3_900, 4_100));
+        assert!(!is_rejecting(3_901, 4_100));
+        assert!(is_rejecting(100_000, 100_500));
+        assert!(!is_rejecting(100_000, 100_499));
+        assert!(
+            !is_rejecting(10_100, 10_000),
+            "a crossed quote has a negative spread"
+        );
+    }
+
+    #[test]
+    fn malformed_lines_are_rejected() {
+        for bad in [
+            "",
+            "X,1",
+            "Q,ABC,1",
+            "Q,ABC,1,2,3",
+            "Q,abc,1,2",
+            "Q,TOOLONGSYM,1,2",
+            "O,1,ABC,X,1,1",
+            "O,-1,ABC,B,1,1",
+            "O,1,ABC,B,1",
+            "O,18446744073709551616,ABC,B,1,1",
+            "Q, ABC,1,2",
+        ] {
+            assert!(parse_event(bad.as_bytes()).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(parse_event(b"O,18446744073709551615,A.B9,S,0,0").is_ok());
+    }
+}

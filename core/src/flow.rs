@@ -1,0 +1,251 @@
+//! The dataflow API: sources → stateless steps (map / filter / flat_map / try_map)
+//! → `key_by` → one keyed stateful step (single input, or two streams joined on
+//! the key) → a sink format.
+//!
+//! Steps are composed once into one boxed closure per source, so a record costs a
+//! few indirect calls and no allocation on its way to routing. Stateless steps run
+//! on the shard that owns the source; the keyed step runs on the shard that owns
+//! the key, so one key's state is only ever touched by one thread.
+
+use crate::ids::{Msg, MsgId};
+use crate::key::Key;
+use crate::line::{Line, Reject};
+use crate::source::SourceSpec;
+use std::sync::Arc;
+
+/// Where a step hands its outputs.
+pub type Emit<'a, T> = &'a mut dyn FnMut(Msg<T>) -> Result<(), Reject>;
+
+/// A composed chain from a source line to values of type `T`.
+pub type Chain<T> = Box<dyn FnMut(Msg<Line>, Emit<'_, T>) -> Result<(), Reject> + Send>;
+
+/// A stream of `T` coming from one source.
+pub struct Stream<T> {
+    source: SourceSpec,
+    chain: Chain<T>,
+}
+
+/// Fan-out helper for `flat_map`: each pushed value gets the input id with the
+/// next `part` number.
+pub struct FanOut<'a, T> {
+    id: MsgId,
+    emit: Emit<'a, T>,
+}
+
+impl<T> FanOut<'_, T> {
+    pub fn push(&mut self, value: T) -> Result<(), Reject> {
+        let id = self.id;
+        self.id.part += 1;
+        (self.emit)(Msg::new(id, value))
+    }
+}
+
+impl Stream<Line> {
+    /// The lines of `source`, each with id (source index, line number).
+    pub fn from_source(source: SourceSpec) -> Self {
+        Stream {
+            source,
+            chain: Box::new(|msg, emit| emit(msg)),
+        }
+    }
+}
+
+impl<T: 'static> Stream<T> {
+    fn then<U: 'static>(
+        self,
+        mut step: impl FnMut(Msg<T>, Emit<'_, U>) -> Result<(), Reject> + Send + 'static,
+    ) -> Stream<U> {
+        let mut prev = self.chain;
+        Stream {
+            source: self.source,
+            chain: Box::new(move |line, emit| prev(line, &mut |msg| step(msg, &mut *emit))),
+        }
+    }
+
+    pub fn map<U: 'static>(self, mut f: impl FnMut(T) -> U + Send + 'static) -> Stream<U> {
+        self.then(move |msg, emit| emit(Msg::new(msg.id, f(msg.data))))
+    }
+
+    /// A map that can reject a record (it goes to the dead-letter file).
+    pub fn try_map<U: 'static>(
+        self,
+        mut f: impl FnMut(T) -> Result<U, Reject> + Send + 'static,
+    ) -> Stream<U> {
+        self.then(move |msg, emit| emit(Msg::new(msg.id, f(msg.data)?)))
+    }
+
+    pub fn filter(self, mut keep: impl FnMut(&T) -> bool + Send + 'static) -> Stream<T> {
+        self.then(move |msg, emit| if keep(&msg.data) { emit(msg) } else { Ok(()) })
+    }
+
+    /// Zero or more outputs per input, pushed into a `FanOut`; returning an error
+    /// rejects the input (outputs already pushed stay pushed).
+    pub fn flat_map<U: 'static>(
+        self,
+        mut f: impl FnMut(T, &mut FanOut<'_, U>) -> Result<(), Reject> + Send + 'static,
+    ) -> Stream<U> {
+        self.then(move |msg, emit| f(msg.data, &mut FanOut { id: msg.id, emit }))
+    }
+
+    /// Keys the stream: each record goes to the shard owning `key(&record)`.
+    pub fn key_by<K: Key>(self, mut key: impl FnMut(&T) -> K + Send + 'static) -> KeyedStream<K, T> {
+        let stream = self.map(move |value| Keyed {
+            key: key(&value),
+            value,
+        });
+        KeyedStream {
+            inputs: vec![SourceChain {
+                source: stream.source,
+                chain: stream.chain,
+            }],
+        }
+    }
+}
+
+/// A record with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed<K, V> {
+    pub key: K,
+    pub value: V,
+}
+
+/// One source and the chain that turns its lines into keyed records.
+struct SourceChain<K, V> {
+    source: SourceSpec,
+    chain: Chain<Keyed<K, V>>,
+}
+
+/// The two inputs of a joined keyed step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Records keyed by `K`, from one or more sources.
+pub struct KeyedStream<K, V> {
+    inputs: Vec<SourceChain<K, V>>,
+}
+
+/// The keyed step: per-key state, the key, one input value, and where to emit.
+pub type StepFn<K, V, S, O> = dyn Fn(&mut S, &K, Msg<V>, &mut Output<'_, O>) + Send + Sync;
+/// Runs once per key at the end of bounded input (e.g. final counts).
+pub type EndFn<K, S, O> = dyn Fn(&K, &S, &mut Output<'_, O>) + Send + Sync;
+/// Writes one output record as one line (without the `\n`).
+pub type FormatFn<O> = dyn Fn(&O, &mut Vec<u8>) + Send + Sync;
+
+impl<K: Key, V: Send + 'static> KeyedStream<K, V> {
+    fn map_values<W: 'static>(self, f: fn(V) -> W) -> KeyedStream<K, W> {
+        let inputs = self
+            .inputs
+            .into_iter()
+            .map(|input| {
+                let mut prev = input.chain;
+                let chain: Chain<Keyed<K, W>> = Box::new(move |line, emit| {
+                    prev(line, &mut |msg: Msg<Keyed<K, V>>| {
+                        let Keyed { key, value } = msg.data;
+                        emit(Msg::new(msg.id, Keyed { key, value: f(value) }))
+                    })
+                });
+                SourceChain {
+                    source: input.source,
+                    chain,
+                }
+            })
+            .collect();
+        KeyedStream { inputs }
+    }
+
+    /// Two streams on the same key, for a two-input keyed step: the step sees
+    /// `Either::Left` for this stream's records and `Either::Right` for `other`'s.
+    /// The interleaving of the two is whatever order they reach the key's shard.
+    pub fn join<B: Send + 'static>(self, other: KeyedStream<K, B>) -> KeyedStream<K, Either<V, B>> {
+        let mut joined = self.map_values(Either::Left);
+        joined.inputs.extend(other.map_values(Either::Right).inputs);
+        joined
+    }
+
+    /// Merges another stream of the same type.
+    pub fn union(mut self, other: KeyedStream<K, V>) -> KeyedStream<K, V> {
+        self.inputs.extend(other.inputs);
+        self
+    }
+
+    /// The keyed stateful step; state `S` starts as `S::default()` per key.
+    pub fn stateful<S: Default + Send + 'static, O: 'static>(
+        self,
+        step: impl Fn(&mut S, &K, Msg<V>, &mut Output<'_, O>) + Send + Sync + 'static,
+    ) -> Stateful<K, V, S, O> {
+        Stateful {
+            inputs: self.inputs,
+            step: Arc::new(step),
+            on_end: None,
+        }
+    }
+}
+
+/// A keyed stream with its stateful step, waiting for a sink format.
+pub struct Stateful<K, V, S, O> {
+    inputs: Vec<SourceChain<K, V>>,
+    step: Arc<StepFn<K, V, S, O>>,
+    on_end: Option<Arc<EndFn<K, S, O>>>,
+}
+
+impl<K, V, S, O> Stateful<K, V, S, O> {
+    /// Called for every key (in key order) once all input has been processed.
+    pub fn on_end(mut self, f: impl Fn(&K, &S, &mut Output<'_, O>) + Send + Sync + 'static) -> Self {
+        self.on_end = Some(Arc::new(f));
+        self
+    }
+
+    pub fn sink(self, format: impl Fn(&O, &mut Vec<u8>) + Send + Sync + 'static) -> Dataflow<K, V, S, O> {
+        let (sources, chains) = self.inputs.into_iter().map(|i| (i.source, i.chain)).unzip();
+        Dataflow {
+            sources,
+            logic: Logic {
+                chains,
+                step: self.step,
+                on_end: self.on_end,
+                format: Arc::new(format),
+            },
+        }
+    }
+}
+
+/// A complete pipeline, ready for a driver (the threaded runtime or a simulator):
+/// where input comes from, and the I/O-free logic that processes it.
+pub struct Dataflow<K, V, S, O> {
+    pub sources: Vec<SourceSpec>,
+    pub logic: Logic<K, V, S, O>,
+}
+
+/// The logic of a dataflow: `chains[i]` turns lines of `sources[i]` into keyed
+/// records; `step` applies one to its key's state.
+pub struct Logic<K, V, S, O> {
+    pub chains: Vec<Chain<Keyed<K, V>>>,
+    pub step: Arc<StepFn<K, V, S, O>>,
+    pub on_end: Option<Arc<EndFn<K, S, O>>>,
+    pub format: Arc<FormatFn<O>>,
+}
+
+/// Where the keyed step emits: formats each output straight into the shard's
+/// output buffer, so an output costs no allocation.
+pub struct Output<'a, O> {
+    pub(crate) id: MsgId,
+    pub(crate) format: &'a FormatFn<O>,
+    pub(crate) buffer: &'a mut Vec<u8>,
+    pub(crate) emitted: &'a mut u64,
+}
+
+impl<O> Output<'_, O> {
+    pub fn emit(&mut self, record: O) {
+        (self.format)(&record, self.buffer);
+        self.buffer.push(b'\n');
+        *self.emitted += 1;
+    }
+
+    /// The id of the input being processed (for lineage).
+    pub fn input_id(&self) -> MsgId {
+        self.id
+    }
+}

@@ -1,0 +1,24 @@
+//! verity's engine core: the dataflow API, the sans-IO shard state machine, and
+//! the threaded runtime that drives it (pinned shard-per-core workers, bounded
+//! batched queues, reader and output threads).
+#![forbid(unsafe_code)]
+
+pub mod env;
+pub mod flow;
+pub mod ids;
+pub mod key;
+pub mod line;
+pub mod runtime;
+pub mod shard;
+pub mod sink;
+pub mod source;
+
+pub use env::{Clock, ManualClock, Rng, SplitMix64, SystemClock};
+pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, Output, Stream};
+pub use ids::{Msg, MsgId};
+pub use key::Key;
+pub use line::{Line, Reject};
+pub use runtime::{run, Outputs, RunConfig, RunError, RunSummary};
+pub use shard::ShardLimits;
+pub use sink::{DeadLetterSpec, SinkSpec};
+pub use source::{LineGenerator, SourceSpec};

@@ -1,0 +1,470 @@
+//! Sources: where lines come from, and the reader threads that cut them into
+//! chunks of whole lines for the shard that owns the source.
+//!
+//! Readers do only I/O and line framing; parsing happens on the shard. A chunk is
+//! one `Bytes` buffer of complete lines, so lines are later sliced out of it
+//! without copying.
+
+use bytes::{Bytes, BytesMut};
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Target size of one chunk handed from a reader to its shard.
+pub const CHUNK_SIZE_BYTES: usize = 64 * 1024;
+/// Longest accepted input line; longer lines are dead-lettered, not buffered.
+pub const LINE_SIZE_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// How much of an oversized line the dead-letter record keeps.
+const OVERSIZED_PREFIX_BYTES: usize = 64;
+/// How often blocked readers look at the stop flag.
+const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Writes generated input lines; deterministic for its seed.
+pub trait LineGenerator: Send {
+    /// Appends up to `lines_max` lines (each ending in `\n`) and returns how many
+    /// it wrote; 0 means the generator is exhausted.
+    fn write_lines(&mut self, out: &mut Vec<u8>, lines_max: usize) -> usize;
+}
+
+/// Where a source reads from.
+pub enum SourceKind {
+    File(PathBuf),
+    Stdin,
+    /// Listen on this address, accept one connection, read it to EOF.
+    Tcp(String),
+    Generated(Box<dyn LineGenerator>),
+    /// Pre-loaded input (benchmarks, tests).
+    Memory(Bytes),
+}
+
+/// A named source; the name appears in dead letters and errors.
+pub struct SourceSpec {
+    pub name: String,
+    pub kind: SourceKind,
+}
+
+impl fmt::Debug for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SourceSpec({})", self.name)
+    }
+}
+
+impl SourceSpec {
+    /// Parses a command-line source: `-` is stdin, `tcp:HOST:PORT` (or
+    /// `tcp://HOST:PORT`) listens there, anything else is a file path.
+    pub fn parse(arg: &str) -> SourceSpec {
+        let kind = if arg == "-" {
+            SourceKind::Stdin
+        } else if let Some(addr) = tcp_address(arg) {
+            SourceKind::Tcp(addr.to_string())
+        } else {
+            SourceKind::File(PathBuf::from(arg))
+        };
+        SourceSpec {
+            name: if arg == "-" { "stdin".into() } else { arg.into() },
+            kind,
+        }
+    }
+
+    pub fn generated(name: &str, generator: Box<dyn LineGenerator>) -> SourceSpec {
+        SourceSpec {
+            name: name.into(),
+            kind: SourceKind::Generated(generator),
+        }
+    }
+
+    pub fn memory(name: &str, data: Bytes) -> SourceSpec {
+        SourceSpec {
+            name: name.into(),
+            kind: SourceKind::Memory(data),
+        }
+    }
+}
+
+/// `tcp:HOST:PORT` or `tcp://HOST:PORT` → `HOST:PORT`.
+pub fn tcp_address(arg: &str) -> Option<&str> {
+    arg.strip_prefix("tcp://").or_else(|| arg.strip_prefix("tcp:"))
+}
+
+/// What a reader thread tells the owning shard.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// Complete lines of source `source`, in order.
+    Chunk { source: u32, data: Bytes },
+    /// One line longer than `LINE_SIZE_MAX_BYTES`, skipped (counts as a line).
+    Oversized {
+        source: u32,
+        prefix: Bytes,
+        size_bytes: u64,
+    },
+    /// The source failed mid-stream (after it opened): reported, then ended.
+    Failed { source: u32, error: String },
+    /// No more lines from `source`.
+    End { source: u32 },
+}
+
+/// An opened source, ready to be read on its own thread.
+pub enum OpenSource {
+    Reader(Box<dyn Read + Send>),
+    Listener(TcpListener),
+    Generated(Box<dyn LineGenerator>),
+    Memory(Bytes),
+}
+
+/// Opens a source now, so a missing file or a busy port fails before the run.
+pub fn open(spec: SourceSpec) -> io::Result<OpenSource> {
+    Ok(match spec.kind {
+        SourceKind::File(path) => {
+            let file = std::fs::File::open(&path).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open input {}: {e}", path.display()))
+            })?;
+            OpenSource::Reader(Box::new(file))
+        }
+        SourceKind::Stdin => OpenSource::Reader(Box::new(io::stdin())),
+        SourceKind::Tcp(addr) => {
+            let listener = TcpListener::bind(&addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            listener.set_nonblocking(true)?;
+            eprintln!(
+                "verity: source {} listening on {}",
+                spec.name,
+                listener.local_addr()?
+            );
+            OpenSource::Listener(listener)
+        }
+        SourceKind::Generated(generator) => OpenSource::Generated(generator),
+        SourceKind::Memory(data) => OpenSource::Memory(data),
+    })
+}
+
+/// Reads `source` to its end, sending events through `send` (which blocks when
+/// the shard's queue is full: that is the backpressure). Returns when the source
+/// ends, fails, or `stop` is set.
+pub fn pump(index: u32, source: OpenSource, stop: &AtomicBool, send: &mut dyn FnMut(SourceEvent) -> bool) {
+    let outcome = match source {
+        OpenSource::Reader(reader) => pump_reader(index, reader, stop, send),
+        OpenSource::Listener(listener) => match accept(&listener, stop) {
+            Ok(Some(stream)) => pump_reader(index, Box::new(stream), stop, send),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        },
+        OpenSource::Generated(generator) => {
+            pump_generator(index, generator, stop, send);
+            Ok(())
+        }
+        OpenSource::Memory(data) => {
+            pump_memory(index, data, stop, send);
+            Ok(())
+        }
+    };
+    if let Err(e) = outcome {
+        send(SourceEvent::Failed {
+            source: index,
+            error: e.to_string(),
+        });
+    }
+    send(SourceEvent::End { source: index });
+}
+
+fn accept(listener: &TcpListener, stop: &AtomicBool) -> io::Result<Option<TcpStream>> {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _peer)) => {
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(STOP_POLL_INTERVAL))?;
+                return Ok(Some(stream));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(STOP_POLL_INTERVAL),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+fn pump_reader(
+    index: u32,
+    reader: Box<dyn Read + Send>,
+    stop: &AtomicBool,
+    send: &mut dyn FnMut(SourceEvent) -> bool,
+) -> io::Result<()> {
+    let mut chunker = LineChunker::new(reader, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES);
+    while !stop.load(Ordering::Relaxed) {
+        let event = match chunker.next_piece()? {
+            Some(Piece::Lines(data)) => SourceEvent::Chunk { source: index, data },
+            Some(Piece::Oversized { prefix, size_bytes }) => SourceEvent::Oversized {
+                source: index,
+                prefix,
+                size_bytes,
+            },
+            Some(Piece::Idle) => continue,
+            None => break,
+        };
+        if !send(event) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn pump_generator(
+    index: u32,
+    mut generator: Box<dyn LineGenerator>,
+    stop: &AtomicBool,
+    send: &mut dyn FnMut(SourceEvent) -> bool,
+) {
+    // Lines per chunk chosen so a chunk of typical generated lines is near
+    // CHUNK_SIZE_BYTES.
+    const LINES_PER_CHUNK: usize = 2048;
+    while !stop.load(Ordering::Relaxed) {
+        let mut buffer = Vec::with_capacity(CHUNK_SIZE_BYTES + CHUNK_SIZE_BYTES / 2);
+        if generator.write_lines(&mut buffer, LINES_PER_CHUNK) == 0 {
+            break;
+        }
+        if !send(SourceEvent::Chunk {
+            source: index,
+            data: buffer.into(),
+        }) {
+            break;
+        }
+    }
+}
+
+fn pump_memory(index: u32, mut data: Bytes, stop: &AtomicBool, send: &mut dyn FnMut(SourceEvent) -> bool) {
+    while !data.is_empty() && !stop.load(Ordering::Relaxed) {
+        let cut = chunk_end(&data, CHUNK_SIZE_BYTES);
+        if !send(SourceEvent::Chunk {
+            source: index,
+            data: data.split_to(cut),
+        }) {
+            break;
+        }
+    }
+}
+
+/// Where to cut `data` so the first part holds whole lines and is about
+/// `target_bytes` long (longer only if one line is).
+fn chunk_end(data: &[u8], target_bytes: usize) -> usize {
+    if data.len() <= target_bytes {
+        return data.len();
+    }
+    match memchr::memrchr(b'\n', &data[..target_bytes]) {
+        Some(pos) => pos + 1,
+        None => memchr::memchr(b'\n', &data[target_bytes..]).map_or(data.len(), |pos| target_bytes + pos + 1),
+    }
+}
+
+/// One piece of a line-framed byte stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Whole lines (the last piece of a stream may end without `\n`).
+    Lines(Bytes),
+    /// A line over the size limit, skipped.
+    Oversized { prefix: Bytes, size_bytes: u64 },
+    /// A read timed out with no complete line: a chance to look at the stop flag.
+    Idle,
+}
+
+/// Cuts a byte stream into pieces of whole lines, with a bound on line length so a
+/// stream without newlines cannot exhaust memory.
+pub struct LineChunker<R> {
+    reader: R,
+    buffer: BytesMut,
+    chunk_bytes: usize,
+    line_max_bytes: usize,
+    /// Bytes of the current oversized line skipped so far (0 = not skipping).
+    skipping_bytes: u64,
+    skipped_prefix: Bytes,
+    /// The last read returned less than asked: no more data is waiting, so whole
+    /// lines go out now instead of waiting for a full chunk (TCP latency).
+    short_read: bool,
+    eof: bool,
+}
+
+impl<R: Read> LineChunker<R> {
+    pub fn new(reader: R, chunk_bytes: usize, line_max_bytes: usize) -> Self {
+        assert!(chunk_bytes > 0 && line_max_bytes > 0);
+        LineChunker {
+            reader,
+            buffer: BytesMut::new(),
+            chunk_bytes,
+            line_max_bytes,
+            skipping_bytes: 0,
+            skipped_prefix: Bytes::new(),
+            short_read: false,
+            eof: false,
+        }
+    }
+
+    /// The next piece, or `None` at the end of the stream.
+    pub fn next_piece(&mut self) -> io::Result<Option<Piece>> {
+        loop {
+            if let Some(piece) = self.take_ready() {
+                return Ok(Some(piece));
+            }
+            if self.eof {
+                return Ok(self.take_tail());
+            }
+            match self.fill() {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    self.short_read = true;
+                    return Ok(Some(self.take_ready().unwrap_or(Piece::Idle)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A piece available without reading more, if any.
+    fn take_ready(&mut self) -> Option<Piece> {
+        if self.skipping_bytes > 0 {
+            return self.skip_oversized();
+        }
+        let newline = memchr::memrchr(b'\n', &self.buffer);
+        match newline {
+            Some(pos) if self.buffer.len() >= self.chunk_bytes || self.eof || self.short_read => {
+                Some(Piece::Lines(self.buffer.split_to(pos + 1).freeze()))
+            }
+            Some(_) => None,
+            None if self.buffer.len() > self.line_max_bytes => {
+                let keep = OVERSIZED_PREFIX_BYTES.min(self.buffer.len());
+                self.skipped_prefix = Bytes::copy_from_slice(&self.buffer[..keep]);
+                self.skipping_bytes = self.buffer.len() as u64;
+                self.buffer.clear();
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Drops bytes of an oversized line until its newline; then reports it.
+    fn skip_oversized(&mut self) -> Option<Piece> {
+        match memchr::memchr(b'\n', &self.buffer) {
+            Some(pos) => {
+                self.skipping_bytes += pos as u64;
+                let _ = self.buffer.split_to(pos + 1);
+                Some(self.finish_skip())
+            }
+            None if self.eof => Some(self.finish_skip()),
+            None => {
+                self.skipping_bytes += self.buffer.len() as u64;
+                self.buffer.clear();
+                None
+            }
+        }
+    }
+
+    fn finish_skip(&mut self) -> Piece {
+        let piece = Piece::Oversized {
+            prefix: std::mem::take(&mut self.skipped_prefix),
+            size_bytes: self.skipping_bytes,
+        };
+        self.skipping_bytes = 0;
+        piece
+    }
+
+    fn take_tail(&mut self) -> Option<Piece> {
+        if self.skipping_bytes > 0 {
+            return Some(self.finish_skip());
+        }
+        (!self.buffer.is_empty()).then(|| Piece::Lines(self.buffer.split().freeze()))
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        let start = self.buffer.len();
+        self.buffer.resize(start + self.chunk_bytes, 0);
+        let result = self.reader.read(&mut self.buffer[start..]);
+        let read = *result.as_ref().unwrap_or(&0);
+        self.buffer.truncate(start + read);
+        let read = result?;
+        self.eof = read == 0;
+        self.short_read = read < self.chunk_bytes;
+        Ok(())
+    }
+}
+
+/// The shared stop flag (Ctrl-C) that readers poll.
+pub type StopFlag = Arc<AtomicBool>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(input: &[u8], chunk: usize, line_max: usize) -> Vec<Piece> {
+        let mut chunker = LineChunker::new(input, chunk, line_max);
+        let mut out = Vec::new();
+        while let Some(piece) = chunker.next_piece().unwrap() {
+            out.push(piece);
+        }
+        out
+    }
+
+    fn joined_lines(pieces: &[Piece]) -> Vec<u8> {
+        let mut all = Vec::new();
+        for p in pieces {
+            if let Piece::Lines(b) = p {
+                all.extend_from_slice(b);
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn pieces_hold_whole_lines_and_reassemble_the_input() {
+        let input = b"one\ntwo\nthree\nfour";
+        for chunk in [1, 2, 5, 64] {
+            let ps = pieces(input, chunk, 1024);
+            assert_eq!(joined_lines(&ps), input.to_vec(), "chunk {chunk}");
+            for p in &ps[..ps.len() - 1] {
+                if let Piece::Lines(b) = p {
+                    assert_eq!(b.last(), Some(&b'\n'));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_line_is_reported_and_skipped() {
+        let mut input = b"ok\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 500));
+        input.extend_from_slice(b"\nafter\n");
+        let ps = pieces(&input, 16, 100);
+        assert_eq!(joined_lines(&ps), b"ok\nafter\n".to_vec());
+        let oversized: Vec<_> = ps
+            .iter()
+            .filter(|p| matches!(p, Piece::Oversized { .. }))
+            .collect();
+        assert_eq!(oversized.len(), 1);
+        if let Piece::Oversized { size_bytes, prefix } = oversized[0] {
+            assert_eq!(*size_bytes, 500);
+            assert_eq!(prefix.len(), OVERSIZED_PREFIX_BYTES);
+        }
+    }
+
+    #[test]
+    fn memory_chunks_end_on_line_boundaries() {
+        let data = b"aaaa\nbb\ncccccccc\nd";
+        assert_eq!(chunk_end(data, 6), 5);
+        assert_eq!(chunk_end(data, 3), 5);
+        assert_eq!(chunk_end(data, 100), data.len());
+        assert_eq!(chunk_end(b"aaaaaaa", 3), 7);
+    }
+
+    #[test]
+    fn parse_recognises_stdin_tcp_and_files() {
+        assert!(matches!(SourceSpec::parse("-").kind, SourceKind::Stdin));
+        assert!(
+            matches!(SourceSpec::parse("tcp:127.0.0.1:9").kind, SourceKind::Tcp(a) if a == "127.0.0.1:9")
+        );
+        assert!(matches!(
+            SourceSpec::parse("tcp://127.0.0.1:9").kind,
+            SourceKind::Tcp(_)
+        ));
+        assert!(matches!(SourceSpec::parse("in.txt").kind, SourceKind::File(_)));
+    }
+}

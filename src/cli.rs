@@ -1,0 +1,275 @@
+//! Argument definitions and the commands they run.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use verity_apps::{doubler, market_spread, seq_window, wordcount};
+use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
+use verity_core::{DeadLetterSpec, Outputs, RunConfig, RunSummary, ShardLimits, SinkSpec, SourceSpec};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "verity",
+    version,
+    about = "A stream processor whose results can be verified"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a reference app to the end of its input.
+    Run {
+        #[command(subcommand)]
+        app: RunApp,
+    },
+    /// Check an output file against an app's oracle (exit 1 on any mismatch).
+    Verify(VerifyArgs),
+    /// Write an app's generated input (the same lines `run --generate` uses).
+    Generate(GenerateArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum RunApp {
+    /// One i64 per line in, doubled out.
+    #[command(after_help = doubler::FORMAT_HELP)]
+    Doubler(RunArgs),
+    /// Running (or --final) word counts.
+    #[command(after_help = wordcount::FORMAT_HELP)]
+    Wordcount(RunArgs),
+    /// Accept/reject orders on the market state at decision time.
+    #[command(after_help = market_spread::FORMAT_HELP)]
+    MarketSpread(RunArgs),
+    /// Each key's last 4 values.
+    #[command(after_help = seq_window::FORMAT_HELP)]
+    SeqWindow(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Input: a file, `-` for stdin (the default), or tcp:HOST:PORT to listen
+    /// for one connection of newline-delimited text.
+    #[arg(long, value_name = "PATH")]
+    input: Option<String>,
+    /// Output: a file, `-` for stdout (the default), `null` to discard, or
+    /// tcp:HOST:PORT to connect and write lines.
+    #[arg(long, value_name = "PATH", default_value = "-")]
+    output: String,
+    /// Worker shards, one pinned thread each [default: number of cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: Option<u32>,
+    /// Generate N input records with the app's built-in generator instead of
+    /// reading input.
+    #[arg(long, value_name = "N", conflicts_with_all = ["input", "quotes", "orders"])]
+    generate: Option<u64>,
+    /// Seed of the generator (same seed, same input).
+    #[arg(long, value_name = "S", default_value_t = 42, requires = "generate")]
+    seed: u64,
+    /// wordcount: one line per distinct word at the end instead of running counts.
+    #[arg(long = "final")]
+    final_counts: bool,
+    /// market-spread: the quotes stream (file, `-` or tcp:HOST:PORT).
+    #[arg(long, value_name = "P", requires = "orders", conflicts_with = "input")]
+    quotes: Option<String>,
+    /// market-spread: the orders stream (file, `-` or tcp:HOST:PORT).
+    #[arg(long, value_name = "P", requires = "quotes", conflicts_with = "input")]
+    orders: Option<String>,
+    /// Records per batch between shards.
+    #[arg(long, value_name = "N", default_value_t = ShardLimits::default().batch_max,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    batch_max: usize,
+    /// Depth of each shard's input queue, in batches (full queues apply backpressure).
+    #[arg(long, value_name = "N", default_value_t = RunConfig::default().queue_depth_batches,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    queue_depth: usize,
+    /// Where rejected input records go [default: OUTPUT.dead-letter beside a file
+    /// output, else stderr]; `-` for stderr.
+    #[arg(long, value_name = "PATH")]
+    dead_letter: Option<String>,
+    /// Do not pin worker threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    app: AppArg,
+    /// The input the run read.
+    #[arg(long, value_name = "IN")]
+    input: PathBuf,
+    /// The output the run wrote.
+    #[arg(long, value_name = "OUT")]
+    output: PathBuf,
+    /// wordcount: the output holds final counts (`run --final`).
+    #[arg(long = "final")]
+    final_counts: bool,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    app: AppArg,
+    /// Number of records.
+    #[arg(long, value_name = "N")]
+    count: u64,
+    #[arg(long, value_name = "S", default_value_t = 42)]
+    seed: u64,
+    /// Where to write [default: stdout].
+    #[arg(long, value_name = "PATH", default_value = "-")]
+    output: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum AppArg {
+    Doubler,
+    Wordcount,
+    MarketSpread,
+    SeqWindow,
+}
+
+impl From<AppArg> for AppName {
+    fn from(app: AppArg) -> AppName {
+        match app {
+            AppArg::Doubler => AppName::Doubler,
+            AppArg::Wordcount => AppName::Wordcount,
+            AppArg::MarketSpread => AppName::MarketSpread,
+            AppArg::SeqWindow => AppName::SeqWindow,
+        }
+    }
+}
+
+/// Runs a parsed command; returns the exit code.
+pub fn execute(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Run { app } => {
+            let (name, args) = match app {
+                RunApp::Doubler(a) => (AppName::Doubler, a),
+                RunApp::Wordcount(a) => (AppName::Wordcount, a),
+                RunApp::MarketSpread(a) => (AppName::MarketSpread, a),
+                RunApp::SeqWindow(a) => (AppName::SeqWindow, a),
+            };
+            run(name, args)
+        }
+        Command::Verify(args) => verify(args),
+        Command::Generate(args) => generate_input(args),
+    }
+}
+
+fn run(app: AppName, args: RunArgs) -> Result<i32> {
+    if args.final_counts && app != AppName::Wordcount {
+        bail!("--final is a wordcount option");
+    }
+    let input = match (&args.quotes, &args.orders, args.generate) {
+        (Some(quotes), Some(orders), _) => {
+            if app != AppName::MarketSpread {
+                bail!(
+                    "--quotes/--orders are market-spread options; {} takes --input",
+                    app.name()
+                );
+            }
+            AppInput::QuotesAndOrders {
+                quotes: SourceSpec::parse(quotes),
+                orders: SourceSpec::parse(orders),
+            }
+        }
+        (_, _, Some(count)) => AppInput::Single(SourceSpec::generated(
+            "generator",
+            generate::generator(app, count, args.seed),
+        )),
+        _ => AppInput::Single(SourceSpec::parse(args.input.as_deref().unwrap_or("-"))),
+    };
+    let sink = SinkSpec::parse(&args.output);
+    let outputs = Outputs {
+        dead_letter: args
+            .dead_letter
+            .as_deref()
+            .map_or_else(|| sink.default_dead_letter(), DeadLetterSpec::parse),
+        sink,
+    };
+    let config = RunConfig {
+        workers: args
+            .workers
+            .map_or_else(verity_core::runtime::default_workers, |n| n as usize),
+        limits: ShardLimits {
+            batch_max: args.batch_max,
+            ..ShardLimits::default()
+        },
+        queue_depth_batches: args.queue_depth,
+        pin_cores: !args.no_pin,
+        ..RunConfig::default()
+    };
+    let stop = install_stop_handler()?;
+    let options = AppOptions {
+        final_counts: args.final_counts,
+    };
+    let summary = run_app(app, input, options, &config, &outputs, stop)
+        .with_context(|| format!("{} run failed", app.name()))?;
+    report(app, &summary, &outputs);
+    Ok(if summary.source_errors.is_empty() { 0 } else { 1 })
+}
+
+/// First Ctrl-C: stop reading, flush, finish. Second: exit now.
+fn install_stop_handler() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!("\nverity: stopping (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+fn report(app: AppName, summary: &RunSummary, outputs: &Outputs) {
+    let dead_letter_note = match (&outputs.dead_letter, summary.dead_lettered) {
+        (DeadLetterSpec::File(path), n) if n > 0 => format!(" (see {})", path.display()),
+        _ => String::new(),
+    };
+    eprintln!(
+        "verity: {} {}: {} records in, {} out, {} dead-lettered{} in {:.3} s ({:.2}M events/s, {} workers)",
+        app.name(),
+        if summary.interrupted {
+            "stopped early"
+        } else {
+            "done"
+        },
+        summary.records_in,
+        summary.records_out,
+        summary.dead_lettered,
+        dead_letter_note,
+        summary.wall.as_secs_f64(),
+        summary.events_per_second() / 1e6,
+        summary.workers,
+    );
+}
+
+fn verify(args: VerifyArgs) -> Result<i32> {
+    let app = verity_verify::App::from_name(AppName::from(args.app).name(), args.final_counts)?;
+    let report = verity_verify::verify_files(&app, &args.input, &args.output)?;
+    println!("{report}");
+    Ok(if report.is_ok() { 0 } else { 1 })
+}
+
+fn generate_input(args: GenerateArgs) -> Result<i32> {
+    use std::io::Write;
+    let mut out: Box<dyn Write> = if args.output == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        let file =
+            std::fs::File::create(&args.output).with_context(|| format!("cannot create {}", args.output))?;
+        Box::new(std::io::BufWriter::new(file))
+    };
+    let mut generator = generate::generator(args.app.into(), args.count, args.seed);
+    let mut buffer = Vec::with_capacity(1 << 16);
+    while generator.write_lines(&mut buffer, 4096) > 0 {
+        out.write_all(&buffer).context("writing generated input")?;
+        buffer.clear();
+    }
+    out.flush().context("writing generated input")?;
+    Ok(0)
+}

@@ -1,0 +1,29 @@
+//! The `verity` command line: parses arguments, wires them to the engine, and
+//! reports. No engine logic lives here.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    match cli::execute(args) {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("verity: error: {}", one_line(&error));
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The error and its causes on one line, so the reason is never hidden.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,2 @@
+//! Oracles and output verification for the reference apps.
+#![forbid(unsafe_code)]
