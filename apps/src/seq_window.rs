@@ -3,8 +3,7 @@
 
 use crate::format::write_u64;
 use crate::market_spread::parse_u64;
-use bytes::Bytes;
-use verity_core::{Dataflow, Line, Reject, SourceSpec, Stream};
+use verity_core::{Dataflow, Line, Reject, SmallBytes, SourceSpec, Stream};
 
 pub const FORMAT_HELP: &str = "\
 Input: `<key> <value>` per line, where each key's values are 1, 2, 3, ... in order
@@ -16,13 +15,13 @@ Lines without exactly two fields, or with a non-numeric value, are dead-lettered
 pub const WINDOW_SIZE: usize = 4;
 pub type Window = [u64; WINDOW_SIZE];
 
-pub fn dataflow(input: SourceSpec) -> Dataflow<Bytes, (Bytes, u64), Window, (Bytes, Window)> {
+pub fn dataflow(input: SourceSpec) -> Dataflow<SmallBytes, (SmallBytes, u64), Window, (SmallBytes, Window)> {
     Stream::from_source(input)
         .try_map(|line: Line| {
             let (key, value) = split_two_fields(line.text()?)?;
-            Ok((line.share(key.as_bytes()), parse_u64(value.as_bytes(), "value")?))
+            Ok((SmallBytes::new(key.as_bytes()), parse_u64(value.as_bytes(), "value")?))
         })
-        .key_by(|(key, _): &(Bytes, u64)| key.clone())
+        .key_by(|(key, _): &(SmallBytes, u64)| key.clone())
         .stateful(|window: &mut Window, _, msg, out| {
             let (key, value) = msg.data;
             window.copy_within(1.., 0);
@@ -30,7 +29,7 @@ pub fn dataflow(input: SourceSpec) -> Dataflow<Bytes, (Bytes, u64), Window, (Byt
             out.emit((key, *window));
         })
         .sink(|(key, window), buf| {
-            buf.extend_from_slice(key);
+            buf.extend_from_slice(key.as_bytes());
             for value in window {
                 buf.push(b' ');
                 write_u64(buf, *value);

@@ -1,8 +1,7 @@
 //! `wordcount`: running count per word (or final counts with `--final`).
 
 use crate::format::write_u64;
-use bytes::Bytes;
-use verity_core::{Dataflow, Line, SourceSpec, Stream};
+use verity_core::{Dataflow, Line, SmallBytes, SourceSpec, Stream};
 
 pub const FORMAT_HELP: &str = "\
 Input: UTF-8 text. Words are maximal runs of non-whitespace (Rust
@@ -13,17 +12,17 @@ With --final: instead one line `<word> <count>` per distinct word at the end of
 input. A line that is not valid UTF-8 is dead-lettered.";
 
 /// Output record: a word and its count.
-pub type WordCount = (Bytes, u64);
+pub type WordCount = (SmallBytes, u64);
 
-pub fn dataflow(input: SourceSpec, final_counts: bool) -> Dataflow<Bytes, Bytes, u64, WordCount> {
+pub fn dataflow(input: SourceSpec, final_counts: bool) -> Dataflow<SmallBytes, SmallBytes, u64, WordCount> {
     let counted = Stream::from_source(input)
         .flat_map(|line: Line, words| {
             for word in line.text()?.split_whitespace() {
-                words.push(line.share(word.as_bytes()))?;
+                words.push(SmallBytes::new(word.as_bytes()))?;
             }
             Ok(())
         })
-        .key_by(|word: &Bytes| word.clone())
+        .key_by(|word: &SmallBytes| word.clone())
         .stateful(move |count: &mut u64, _, msg, out| {
             *count += 1;
             if !final_counts {
@@ -39,7 +38,7 @@ pub fn dataflow(input: SourceSpec, final_counts: bool) -> Dataflow<Bytes, Bytes,
 }
 
 pub fn format_count((word, count): &WordCount, buf: &mut Vec<u8>) {
-    buf.extend_from_slice(word);
+    buf.extend_from_slice(word.as_bytes());
     buf.push(b' ');
     write_u64(buf, *count);
 }

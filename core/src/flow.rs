@@ -2,10 +2,11 @@
 //! → `key_by` → one keyed stateful step (single input, or two streams joined on
 //! the key) → a sink format.
 //!
-//! Steps are composed once into one boxed closure per source, so a record costs a
-//! few indirect calls and no allocation on its way to routing. Stateless steps run
-//! on the shard that owns the source; the keyed step runs on the shard that owns
-//! the key, so one key's state is only ever touched by one thread.
+//! Steps are composed once into one shared closure per source, so a record costs a
+//! few indirect calls and no allocation on its way to routing. Stateless steps are
+//! `Fn`: every shard runs them on the input chunks dealt to it. The keyed step
+//! runs on the shard that owns the key, so one key's state is only ever touched
+//! by one thread.
 
 use crate::ids::{Msg, MsgId};
 use crate::key::Key;
@@ -17,12 +18,18 @@ use std::sync::Arc;
 pub type Emit<'a, T> = &'a mut dyn FnMut(Msg<T>) -> Result<(), Reject>;
 
 /// A composed chain from a source line to values of type `T`.
-pub type Chain<T> = Box<dyn FnMut(Msg<Line>, Emit<'_, T>) -> Result<(), Reject> + Send>;
+pub type Chain<T> = Arc<dyn for<'l> Fn(Msg<Line<'l>>, Emit<'_, T>) -> Result<(), Reject> + Send + Sync>;
 
 /// A stream of `T` coming from one source.
 pub struct Stream<T> {
     source: SourceSpec,
     chain: Chain<T>,
+}
+
+/// The lines of one source. Lines are borrowed from their input buffer, so the
+/// first step turns each into an owned value.
+pub struct LineStream {
+    source: SourceSpec,
 }
 
 /// Fan-out helper for `flat_map`: each pushed value gets the input id with the
@@ -40,41 +47,67 @@ impl<T> FanOut<'_, T> {
     }
 }
 
-impl Stream<Line> {
+impl Stream<()> {
     /// The lines of `source`, each with id (source index, line number).
-    pub fn from_source(source: SourceSpec) -> Self {
-        Stream {
-            source,
-            chain: Box::new(|msg, emit| emit(msg)),
-        }
+    pub fn from_source(source: SourceSpec) -> LineStream {
+        LineStream { source }
+    }
+}
+
+impl LineStream {
+    fn first<U: 'static>(
+        self,
+        step: impl for<'l> Fn(Msg<Line<'l>>, Emit<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
+    ) -> Stream<U> {
+        Stream { source: self.source, chain: Arc::new(step) }
+    }
+
+    pub fn map<U: 'static>(self, f: impl for<'l> Fn(Line<'l>) -> U + Send + Sync + 'static) -> Stream<U> {
+        self.first(move |msg, emit| emit(Msg::new(msg.id, f(msg.data))))
+    }
+
+    /// A map that can reject a line (it goes to the dead-letter file).
+    pub fn try_map<U: 'static>(
+        self,
+        f: impl for<'l> Fn(Line<'l>) -> Result<U, Reject> + Send + Sync + 'static,
+    ) -> Stream<U> {
+        self.first(move |msg, emit| emit(Msg::new(msg.id, f(msg.data)?)))
+    }
+
+    /// Zero or more outputs per line (see `Stream::flat_map`).
+    pub fn flat_map<U: 'static>(
+        self,
+        f: impl for<'l> Fn(Line<'l>, &mut FanOut<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
+    ) -> Stream<U> {
+        self.first(move |msg, emit| f(msg.data, &mut FanOut { id: msg.id, emit }))
     }
 }
 
 impl<T: 'static> Stream<T> {
     fn then<U: 'static>(
         self,
-        mut step: impl FnMut(Msg<T>, Emit<'_, U>) -> Result<(), Reject> + Send + 'static,
+        step: impl Fn(Msg<T>, Emit<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
     ) -> Stream<U> {
-        let mut prev = self.chain;
+        let prev = self.chain;
         Stream {
             source: self.source,
-            chain: Box::new(move |line, emit| prev(line, &mut |msg| step(msg, &mut *emit))),
+            chain: Arc::new(move |line, emit| prev(line, &mut |msg| step(msg, &mut *emit))),
         }
     }
 
-    pub fn map<U: 'static>(self, mut f: impl FnMut(T) -> U + Send + 'static) -> Stream<U> {
+    pub fn map<U: 'static>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> Stream<U> {
         self.then(move |msg, emit| emit(Msg::new(msg.id, f(msg.data))))
     }
 
     /// A map that can reject a record (it goes to the dead-letter file).
     pub fn try_map<U: 'static>(
         self,
-        mut f: impl FnMut(T) -> Result<U, Reject> + Send + 'static,
+        f: impl Fn(T) -> Result<U, Reject> + Send + Sync + 'static,
     ) -> Stream<U> {
         self.then(move |msg, emit| emit(Msg::new(msg.id, f(msg.data)?)))
     }
 
-    pub fn filter(self, mut keep: impl FnMut(&T) -> bool + Send + 'static) -> Stream<T> {
+    pub fn filter(self, keep: impl Fn(&T) -> bool + Send + Sync + 'static) -> Stream<T> {
         self.then(move |msg, emit| if keep(&msg.data) { emit(msg) } else { Ok(()) })
     }
 
@@ -82,13 +115,13 @@ impl<T: 'static> Stream<T> {
     /// rejects the input (outputs already pushed stay pushed).
     pub fn flat_map<U: 'static>(
         self,
-        mut f: impl FnMut(T, &mut FanOut<'_, U>) -> Result<(), Reject> + Send + 'static,
+        f: impl Fn(T, &mut FanOut<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
     ) -> Stream<U> {
         self.then(move |msg, emit| f(msg.data, &mut FanOut { id: msg.id, emit }))
     }
 
     /// Keys the stream: each record goes to the shard owning `key(&record)`.
-    pub fn key_by<K: Key>(self, mut key: impl FnMut(&T) -> K + Send + 'static) -> KeyedStream<K, T> {
+    pub fn key_by<K: Key>(self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
         let stream = self.map(move |value| Keyed {
             key: key(&value),
             value,
@@ -140,8 +173,8 @@ impl<K: Key, V: Send + 'static> KeyedStream<K, V> {
             .inputs
             .into_iter()
             .map(|input| {
-                let mut prev = input.chain;
-                let chain: Chain<Keyed<K, W>> = Box::new(move |line, emit| {
+                let prev = input.chain;
+                let chain: Chain<Keyed<K, W>> = Arc::new(move |line, emit| {
                     prev(line, &mut |msg: Msg<Keyed<K, V>>| {
                         let Keyed { key, value } = msg.data;
                         emit(Msg::new(msg.id, Keyed { key, value: f(value) }))

@@ -11,14 +11,16 @@ pub mod line;
 pub mod runtime;
 pub mod shard;
 pub mod sink;
+pub mod small;
 pub mod source;
 
 pub use env::{Clock, ManualClock, Rng, SplitMix64, SystemClock};
-pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, Output, Stream};
+pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output, Stream};
 pub use ids::{Msg, MsgId};
 pub use key::Key;
 pub use line::{Line, Reject};
 pub use runtime::{run, Outputs, RunConfig, RunError, RunSummary};
 pub use shard::ShardLimits;
 pub use sink::{DeadLetterSpec, SinkSpec};
+pub use small::SmallBytes;
 pub use source::{LineGenerator, SourceSpec};

@@ -1,17 +1,18 @@
 //! The production driver: one pinned thread per shard, a reader thread per
 //! source, one output thread; bounded crossbeam queues between them.
 //!
-//! Deadlock freedom: shards never block on another shard. A send to a full peer
-//! queue is parked, and while anything is parked the shard reads no new source
-//! input but keeps draining its own peer queue (processing a peer batch only
-//! produces output, never more peer sends). Only the output thread may block a
-//! shard, and it never waits on shards.
+//! Channels: per source, one queue of dealt chunks per shard, and one batch queue
+//! per (sender, receiver) pair, so a slow source never blocks another one's
+//! records. Shards never block on another shard: a send to a full queue is
+//! parked, and while a source has parked sends the shard parses none of its
+//! chunks but keeps applying what it receives (applying only produces output).
+//! Only the output thread may block a shard, and it never waits on shards.
 
 use crate::flow::Dataflow;
 use crate::key::Key;
-use crate::shard::{Effect, PeerMessage, ShardCore, ShardCounters, ShardLimits};
+use crate::shard::{Batch, Effect, ShardCore, ShardCounters, ShardLimits};
 use crate::sink::{write_outputs, DeadLetterSpec, DeadLetterWriter, OutputMessage, SinkSpec};
-use crate::source::{self, SourceEvent, StopFlag};
+use crate::source::{self, Dealer, SourceEvent, StopFlag};
 use crossbeam_channel::{bounded, Receiver, Select, Sender, TryRecvError, TrySendError};
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -20,10 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Longest a shard sleeps when idle before looking again (ends come as messages,
-/// so this bounds only the reaction to a stop).
+/// Longest a shard sleeps when idle before looking again.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
-/// Peer messages handled before the shard looks at its sources again.
+/// Batches taken from peers before the shard looks at its sources again.
 const PEER_DRAIN_MAX: usize = 64;
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -115,12 +115,56 @@ impl LiveCounters {
     }
 }
 
+/// A shard's ends of the queues. Indexes: `[source][peer shard]`.
 struct ShardChannels<K, V> {
-    peer_rx: Receiver<PeerMessage<K, V>>,
-    source_rx: Receiver<SourceEvent>,
-    peers: Vec<Sender<PeerMessage<K, V>>>,
+    chunks: Vec<Receiver<SourceEvent>>,
+    batches_in: Vec<Vec<Option<Receiver<Batch<K, V>>>>>,
+    batches_out: Vec<Vec<Option<Sender<Batch<K, V>>>>>,
     output: Sender<OutputMessage>,
     discard_lines: bool,
+}
+
+/// Every queue of a run, before they are handed to the threads.
+struct Wiring<K, V> {
+    /// `[source][shard]`
+    chunk_txs: Vec<Vec<Sender<SourceEvent>>>,
+    shards: Vec<ShardChannels<K, V>>,
+}
+
+fn wire<K, V>(
+    sources: usize,
+    workers: usize,
+    config: &RunConfig,
+    output: &Sender<OutputMessage>,
+    discard_lines: bool,
+) -> Wiring<K, V> {
+    let mut shards: Vec<ShardChannels<K, V>> = (0..workers)
+        .map(|_| ShardChannels {
+            chunks: Vec::with_capacity(sources),
+            batches_in: (0..sources).map(|_| (0..workers).map(|_| None).collect()).collect(),
+            batches_out: (0..sources).map(|_| (0..workers).map(|_| None).collect()).collect(),
+            output: output.clone(),
+            discard_lines,
+        })
+        .collect();
+    let mut chunk_txs = Vec::with_capacity(sources);
+    for source in 0..sources {
+        let mut txs = Vec::with_capacity(workers);
+        for shard in shards.iter_mut() {
+            let (tx, rx) = bounded(config.source_queue_depth_chunks);
+            txs.push(tx);
+            shard.chunks.push(rx);
+        }
+        chunk_txs.push(txs);
+        for from in 0..workers {
+            for to in (0..workers).filter(|to| *to != from) {
+                let (tx, rx) = bounded(config.queue_depth_batches);
+                shards[from].batches_out[source][to] = Some(tx);
+                shards[to].batches_in[source][from] = Some(rx);
+            }
+        }
+    }
+    Wiring { chunk_txs, shards }
 }
 
 /// Runs `flow` to the end of its bounded input (or until `stop` is set).
@@ -149,17 +193,13 @@ where
     let sink = outputs.sink.open()?;
     let dead_letters = DeadLetterWriter::new(outputs.dead_letter.clone(), source_names.clone())?;
 
-    let (output_tx, output_rx) = bounded(config.output_queue_depth_buffers);
+    let (output_tx, output_rx) = bounded::<OutputMessage>(config.output_queue_depth_buffers);
     let output_thread = thread::Builder::new()
         .name("verity-output".into())
         .spawn(move || write_outputs(output_rx, sink, dead_letters))?;
 
-    let (peer_txs, peer_rxs): (Vec<_>, Vec<_>) =
-        (0..workers).map(|_| bounded(config.queue_depth_batches)).unzip();
-    let (source_txs, source_rxs): (Vec<_>, Vec<_>) = (0..workers)
-        .map(|_| bounded(config.source_queue_depth_chunks))
-        .unzip();
-
+    let wiring = wire::<K, V>(source_count, workers, config, &output_tx, outputs.sink == SinkSpec::Null);
+    drop(output_tx);
     let cores = ShardCore::build_all(logic, workers as u32, config.limits);
     let live: Arc<Vec<LiveCounters>> = Arc::new((0..workers).map(|_| LiveCounters::default()).collect());
     let source_errors = Arc::new(Mutex::new(Vec::new()));
@@ -167,14 +207,7 @@ where
     let (done_tx, done_rx) = bounded::<()>(workers);
 
     let mut shard_threads = Vec::with_capacity(workers);
-    for ((core, peer_rx), source_rx) in cores.into_iter().zip(peer_rxs).zip(source_rxs) {
-        let channels = ShardChannels {
-            peer_rx,
-            source_rx,
-            peers: peer_txs.clone(),
-            output: output_tx.clone(),
-            discard_lines: outputs.sink == SinkSpec::Null,
-        };
+    for (core, channels) in cores.into_iter().zip(wiring.shards) {
         let (live, errors, pinning, done, names) = (
             Arc::clone(&live),
             Arc::clone(&source_errors),
@@ -183,40 +216,24 @@ where
             source_names.clone(),
         );
         let index = core.index() as usize;
-        shard_threads.push(
-            thread::Builder::new()
-                .name(format!("verity-shard-{index}"))
-                .spawn(move || {
-                    pinning.pin(index);
-                    let counters = drive_shard(core, channels, &live[index], &errors, &names);
-                    let _ = done.send(());
-                    counters
-                })?,
-        );
+        shard_threads.push(thread::Builder::new().name(format!("verity-shard-{index}")).spawn(move || {
+            pinning.pin(index);
+            let counters = drive_shard(core, channels, &live[index], &errors, &names);
+            let _ = done.send(());
+            counters
+        })?);
     }
-    drop((peer_txs, output_tx, done_tx));
+    drop(done_tx);
 
-    for (index, source) in opened.into_iter().enumerate() {
-        let tx = source_txs[index % workers].clone();
+    for (index, (source, txs)) in opened.into_iter().zip(wiring.chunk_txs).enumerate() {
         let stop = Arc::clone(&stop);
-        thread::Builder::new()
-            .name(format!("verity-source-{index}"))
-            .spawn(move || {
-                source::pump(index as u32, source, &stop, &mut |event| tx.send(event).is_ok());
-            })?;
+        thread::Builder::new().name(format!("verity-source-{index}")).spawn(move || {
+            let mut send = |shard: usize, event| txs[shard].send(event).is_ok();
+            source::pump(source, &stop, Dealer::new(index as u32, workers, &mut send));
+        })?;
     }
 
-    let interrupted = wait_for_shards(
-        &done_rx,
-        workers,
-        &stop,
-        &source_txs,
-        source_count,
-        config,
-        &live,
-        started,
-    );
-    drop(source_txs);
+    let interrupted = wait_for_shards(&done_rx, workers, &stop, config, &live, started);
 
     let mut summary = RunSummary {
         workers,
@@ -241,38 +258,24 @@ where
     Ok(summary)
 }
 
-/// Waits until every shard finished; on a stop, ends every source once.
-/// Returns whether the run was stopped early.
-#[allow(clippy::too_many_arguments)]
+/// Waits until every shard finished, showing progress on a terminal. Returns
+/// whether the run was stopped early (readers see the flag and end their sources).
 fn wait_for_shards(
     done: &Receiver<()>,
     workers: usize,
     stop: &AtomicBool,
-    source_txs: &[Sender<SourceEvent>],
-    source_count: usize,
     config: &RunConfig,
     live: &[LiveCounters],
     started: Instant,
 ) -> bool {
     let show_progress = config.progress && std::io::stderr().is_terminal();
     let mut finished = 0;
-    let mut stopped = false;
     let mut last_progress = Instant::now();
     while finished < workers {
-        match done.recv_timeout(IDLE_WAIT * 5) {
+        match done.recv_timeout(PROGRESS_INTERVAL / 4) {
             Ok(()) => finished += 1,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-        }
-        if stop.load(Ordering::Relaxed) && !stopped {
-            stopped = true;
-            for source in 0..source_count {
-                // A reader blocked on stdin cannot see the flag; ending its
-                // source here lets the shards finish without it.
-                let _ = source_txs[source % workers].send(SourceEvent::End {
-                    source: source as u32,
-                });
-            }
         }
         if show_progress && last_progress.elapsed() >= PROGRESS_INTERVAL {
             last_progress = Instant::now();
@@ -282,7 +285,7 @@ fn wait_for_shards(
     if show_progress {
         eprint!("\r\x1b[K");
     }
-    stopped
+    stop.load(Ordering::Relaxed)
 }
 
 fn print_progress(live: &[LiveCounters], started: Instant) {
@@ -299,10 +302,8 @@ fn print_progress(live: &[LiveCounters], started: Instant) {
     );
 }
 
-/// Sends to peers that found their queue full, kept in order.
-struct Parked<K, V> {
-    sends: VecDeque<(u32, PeerMessage<K, V>)>,
-}
+/// Per source: sends that found their queue full, kept in order.
+type Parked<K, V> = Vec<VecDeque<(u32, Batch<K, V>)>>;
 
 fn drive_shard<K, V, S, O>(
     mut core: ShardCore<K, V, S, O>,
@@ -317,51 +318,66 @@ where
     S: Default + Send + 'static,
     O: 'static,
 {
-    let mut parked = Parked {
-        sends: VecDeque::new(),
-    };
+    let mut parked: Parked<K, V> = (0..ch.chunks.len()).map(|_| VecDeque::new()).collect();
     let mut effects = Vec::new();
-    let mut sources_connected = true;
+    let mut awaited = Vec::new();
     loop {
-        let mut progressed = false;
-        for _ in 0..PEER_DRAIN_MAX {
-            match ch.peer_rx.try_recv() {
-                Ok(message) => {
-                    core.on_peer_message(message);
-                    progressed = true;
+        let mut progressed = receive_batches(&mut core, &ch, &mut awaited);
+        for (source, chunks) in ch.chunks.iter().enumerate() {
+            if parked[source].is_empty() && core.wants_chunk(source as u32) {
+                match chunks.try_recv() {
+                    Ok(event) => {
+                        core.on_source_event(event);
+                        progressed = true;
+                    }
+                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => panic!("reader of source {source} vanished without an end"),
                 }
-                Err(_) => break,
             }
         }
-        if parked.sends.is_empty() && core.sources_open() > 0 && sources_connected {
-            match ch.source_rx.try_recv() {
-                Ok(event) => {
-                    core.on_source_event(event);
-                    progressed = true;
-                }
-                Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Disconnected) => sources_connected = false,
-            }
-        }
-        if !sources_connected && core.sources_open() > 0 {
-            core.end_all_sources();
-        }
-        if !progressed && parked.sends.is_empty() {
+        if !progressed && parked.iter().all(VecDeque::is_empty) {
             core.flush();
         }
         effects.extend(core.drain_effects());
         for effect in effects.drain(..) {
             carry_out(effect, &mut core, &ch, &mut parked, source_errors, source_names);
         }
-        progressed |= retry_parked(&mut parked, &ch.peers);
+        progressed |= retry_parked(&mut parked, &ch.batches_out);
         live.publish(core.counters());
-        if core.is_finished() && parked.sends.is_empty() {
+        if core.is_finished() && parked.iter().all(VecDeque::is_empty) {
             return core.counters();
         }
         if !progressed {
-            wait_for_input(&ch, &core, &parked, sources_connected);
+            wait_for_input(&ch, &core, &parked, &mut awaited);
         }
     }
+}
+
+/// Applies batches from the senders whose turn it is, as long as they have some.
+fn receive_batches<K, V, S, O>(core: &mut ShardCore<K, V, S, O>, ch: &ShardChannels<K, V>, awaited: &mut Vec<(u32, u32)>) -> bool
+where
+    K: Key,
+    V: Send + 'static,
+    S: Default + Send + 'static,
+    O: 'static,
+{
+    let mut received = 0;
+    'turns: while received < PEER_DRAIN_MAX {
+        core.awaited_senders(awaited);
+        for &(source, from) in awaited.iter() {
+            if let Ok(batch) = inbound(ch, source, from).try_recv() {
+                core.on_batch(batch);
+                received += 1;
+                continue 'turns;
+            }
+        }
+        break;
+    }
+    received > 0
+}
+
+fn inbound<K, V>(ch: &ShardChannels<K, V>, source: u32, from: u32) -> &Receiver<Batch<K, V>> {
+    ch.batches_in[source as usize][from as usize].as_ref().expect("no channel from a shard to itself")
 }
 
 fn carry_out<K, V, S, O>(
@@ -378,14 +394,15 @@ fn carry_out<K, V, S, O>(
     O: 'static,
 {
     match effect {
-        Effect::Send { to, message } => {
-            if !parked.sends.is_empty() {
-                parked.sends.push_back((to, message));
+        Effect::Send { to, batch } => {
+            let source = batch.source as usize;
+            if !parked[source].is_empty() {
+                parked[source].push_back((to, batch));
                 return;
             }
-            match ch.peers[to as usize].try_send(message) {
+            match outbound(&ch.batches_out, source, to).try_send(batch) {
                 Ok(()) => {}
-                Err(TrySendError::Full(message)) => parked.sends.push_back((to, message)),
+                Err(TrySendError::Full(batch)) => parked[source].push_back((to, batch)),
                 Err(TrySendError::Disconnected(_)) => panic!("shard {to} is gone while peers still send"),
             }
         }
@@ -404,24 +421,29 @@ fn carry_out<K, V, S, O>(
             let name = source_names.get(source as usize).map_or("?", String::as_str);
             let message = format!("source {name} failed: {error}");
             eprintln!("verity: {message}");
-            source_errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(message);
+            source_errors.lock().unwrap_or_else(|p| p.into_inner()).push(message);
         }
     }
 }
 
-fn retry_parked<K, V>(parked: &mut Parked<K, V>, peers: &[Sender<PeerMessage<K, V>>]) -> bool {
+#[allow(clippy::type_complexity)]
+fn outbound<K, V>(out: &[Vec<Option<Sender<Batch<K, V>>>>], source: usize, to: u32) -> &Sender<Batch<K, V>> {
+    out[source][to as usize].as_ref().expect("no channel from a shard to itself")
+}
+
+#[allow(clippy::type_complexity)]
+fn retry_parked<K, V>(parked: &mut Parked<K, V>, out: &[Vec<Option<Sender<Batch<K, V>>>>]) -> bool {
     let mut sent_any = false;
-    while let Some((to, message)) = parked.sends.pop_front() {
-        match peers[to as usize].try_send(message) {
-            Ok(()) => sent_any = true,
-            Err(TrySendError::Full(message)) => {
-                parked.sends.push_front((to, message));
-                break;
+    for (source, queue) in parked.iter_mut().enumerate() {
+        while let Some((to, batch)) = queue.pop_front() {
+            match outbound(out, source, to).try_send(batch) {
+                Ok(()) => sent_any = true,
+                Err(TrySendError::Full(batch)) => {
+                    queue.push_front((to, batch));
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => panic!("shard {to} is gone while peers still send"),
             }
-            Err(TrySendError::Disconnected(_)) => panic!("shard {to} is gone while peers still send"),
         }
     }
     sent_any
@@ -431,7 +453,7 @@ fn wait_for_input<K, V, S, O>(
     ch: &ShardChannels<K, V>,
     core: &ShardCore<K, V, S, O>,
     parked: &Parked<K, V>,
-    sources_connected: bool,
+    awaited: &mut Vec<(u32, u32)>,
 ) where
     K: Key,
     V: Send + 'static,
@@ -439,18 +461,18 @@ fn wait_for_input<K, V, S, O>(
     O: 'static,
 {
     let mut select = Select::new();
-    select.recv(&ch.peer_rx);
-    let waiting_for_sources = parked.sends.is_empty() && core.sources_open() > 0 && sources_connected;
-    if waiting_for_sources {
-        select.recv(&ch.source_rx);
+    core.awaited_senders(awaited);
+    for &(source, from) in awaited.iter() {
+        select.recv(inbound(ch, source, from));
     }
-    // With parked sends, poll soon: a peer queue has no "space available" signal.
-    let timeout = if parked.sends.is_empty() {
-        IDLE_WAIT
-    } else {
-        Duration::from_micros(50)
-    };
-    let _ = select.ready_timeout(timeout);
+    for (source, chunks) in ch.chunks.iter().enumerate() {
+        if parked[source].is_empty() && core.wants_chunk(source as u32) {
+            select.recv(chunks);
+        }
+    }
+    // With parked sends, poll soon: a full queue has no "space available" signal.
+    let any_parked = parked.iter().any(|q| !q.is_empty());
+    let _ = select.ready_timeout(if any_parked { Duration::from_micros(50) } else { IDLE_WAIT });
 }
 
 /// Pins shard threads to cores; warns once if it cannot.

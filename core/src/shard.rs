@@ -1,17 +1,36 @@
-//! The shard state machine. It takes events (a source chunk arrived, a batch from
-//! another shard arrived, a peer finished) and produces effects (send this batch,
-//! write these output bytes, dead-letter this record). It never touches a thread,
-//! queue, socket, file or clock: the threaded runtime drives it in production, and
-//! a simulator can drive many of them in one thread.
+//! The shard state machine. It takes events (a chunk of a source was dealt to it,
+//! a batch from a shard arrived, a source ended) and produces effects (send this
+//! batch, write these output bytes, dead-letter this record). It never touches a
+//! thread, queue, socket, file or clock: the threaded runtime drives it in
+//! production, and a simulator can drive many of them in one thread.
+//!
+//! # Ordered parallel ingest
+//!
+//! A source's chunks are dealt round-robin: chunk `c` is parsed by shard
+//! `c % shards`, so parsing scales with the shards. Parsing routes each record to
+//! the shard owning its key, as one batch sequence per (chunk, receiver) ending in
+//! a `last` batch (possibly empty). A receiver applies a source's records strictly
+//! in chunk order, taking chunk `c`'s batches from shard `c % shards` (its own
+//! chunks from a local queue). So each key sees its records in input order, at any
+//! shard count, and the interleaving of one source's keys is deterministic.
+//!
+//! Progress: the parser of the lowest unparsed chunk can always finish it (every
+//! receiver applies up to that chunk without waiting on anything later), so the
+//! turn order cannot deadlock; `RUNAHEAD_CHUNKS_PER_SHARD` bounds how far a shard
+//! parses ahead of what it has applied.
 
 use crate::flow::{Chain, EndFn, FormatFn, Keyed, Logic, Output, StepFn};
 use crate::ids::{Msg, MsgId};
 use crate::key::{shard_for, Key};
 use crate::line::{for_each_line, DeadLetter, Line};
-use crate::source::SourceEvent;
+use crate::source::{ChunkData, SourceEvent};
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use verity_state::{DedupWatermarks, KeyedStore};
+
+/// How many of its own chunks per source a shard may parse ahead of applying.
+pub const RUNAHEAD_CHUNKS_PER_SHARD: u64 = 4;
 
 /// Limits of one shard, all configurable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +43,7 @@ pub struct ShardLimits {
 
 impl Default for ShardLimits {
     fn default() -> Self {
-        ShardLimits {
-            batch_max: 1024,
-            output_batch_bytes: 64 * 1024,
-        }
+        ShardLimits { batch_max: 1024, output_batch_bytes: 64 * 1024 }
     }
 }
 
@@ -35,44 +51,35 @@ impl Default for ShardLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed<K, V> {
     pub id: MsgId,
+    /// `key.route_hash()`, computed once at routing and reused by the state store.
+    pub hash: u64,
     pub key: K,
     pub value: V,
 }
 
-/// Records from one shard to another. `first_seq` numbers the channel
-/// (sender → receiver) from 1, so the receiver can drop replays.
+/// Records of one chunk of one source, from the shard that parsed it to one
+/// receiver. `first_seq` numbers the channel (source, sender → receiver) from 1,
+/// so the receiver can drop replays.
 #[derive(Debug)]
 pub struct Batch<K, V> {
+    pub source: u32,
     pub from: u32,
+    pub chunk: u64,
     pub first_seq: u64,
+    /// The chunk's last batch for this receiver.
+    pub last: bool,
     pub records: Vec<Routed<K, V>>,
 }
 
-/// What a shard receives from another shard.
-#[derive(Debug)]
-pub enum PeerMessage<K, V> {
-    Batch(Batch<K, V>),
-    /// The sender has no more records for this receiver.
-    End {
-        from: u32,
-    },
-}
-
-/// What a shard asks its driver to do.
+/// What a shard asks its driver to do, in order.
 #[derive(Debug)]
 pub enum Effect<K, V> {
-    Send {
-        to: u32,
-        message: PeerMessage<K, V>,
-    },
+    Send { to: u32, batch: Batch<K, V> },
     /// Output lines, each ending in `\n`.
     Output(Vec<u8>),
     DeadLetter(DeadLetter),
-    /// A source failed after it opened (the run continues without it).
-    SourceFailed {
-        source: u32,
-        error: String,
-    },
+    /// A source failed after it opened (the run continues without the rest of it).
+    SourceFailed { source: u32, error: String },
 }
 
 /// Running totals of one shard.
@@ -85,14 +92,24 @@ pub struct ShardCounters {
     pub duplicates_dropped: u64,
 }
 
-/// The source-side half: owned sources, their chains, routing and outgoing batches.
-struct Ingest<K, V> {
-    /// Per source index: its chain if this shard owns it, and its line count.
-    chains: Vec<Option<Chain<Keyed<K, V>>>>,
-    lines_seen: Vec<u64>,
-    sources_open: usize,
-    outgoing: Vec<Vec<Routed<K, V>>>,
+/// One source as this shard sees it.
+struct SourceState<K, V> {
+    chain: Chain<Keyed<K, V>>,
+    /// Known once the source ended.
+    total_chunks: Option<u64>,
+    /// The chunk whose records this shard applies next.
+    next_apply: u64,
+    /// Own chunks parsed but not yet at their turn, with their local records.
+    own_parsed: VecDeque<(u64, Vec<Routed<K, V>>)>,
+    /// An own chunk dealt but held back by the runahead bound.
+    held: Option<(u64, u64, ChunkData)>,
     next_seq: Vec<u64>,
+}
+
+impl<K, V> SourceState<K, V> {
+    fn is_done(&self) -> bool {
+        self.total_chunks == Some(self.next_apply) && self.held.is_none()
+    }
 }
 
 /// The key-side half: state, the step, and the output buffer.
@@ -103,83 +120,64 @@ struct KeyedPart<K, V, S, O> {
     format: Arc<FormatFn<O>>,
     output: Vec<u8>,
     spare_output: Vec<Vec<u8>>,
+    emitted: u64,
 }
 
 pub struct ShardCore<K, V, S, O> {
     index: u32,
     shards: u32,
     limits: ShardLimits,
-    ingest: Ingest<K, V>,
+    sources: Vec<SourceState<K, V>>,
     keyed: KeyedPart<K, V, S, O>,
+    /// Per receiver: records of the chunk being parsed.
+    outgoing: Vec<Vec<Routed<K, V>>>,
     watermarks: DedupWatermarks,
-    peers_open: u32,
     finished: bool,
     counters: ShardCounters,
     effects: Vec<Effect<K, V>>,
 }
 
 impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCore<K, V, S, O> {
-    /// Splits a dataflow into `shards` cores; source `i` is owned by shard
-    /// `i % shards`.
+    /// One core per shard, each with every source's chain (any shard parses).
     pub fn build_all(logic: Logic<K, V, S, O>, shards: u32, limits: ShardLimits) -> Vec<Self> {
         assert!(shards > 0 && limits.batch_max > 0 && limits.output_batch_bytes > 0);
-        let sources = logic.chains.len();
-        let mut owned: Vec<Vec<Option<Chain<Keyed<K, V>>>>> = (0..shards)
-            .map(|_| (0..sources).map(|_| None).collect())
-            .collect();
-        for (i, chain) in logic.chains.into_iter().enumerate() {
-            owned[i % shards as usize][i] = Some(chain);
-        }
-        let parts = (logic.step, logic.on_end, logic.format);
-        owned
-            .into_iter()
-            .enumerate()
-            .map(|(index, chains)| ShardCore::new(index as u32, shards, limits, chains, &parts))
-            .collect()
+        (0..shards).map(|index| ShardCore::new(index, shards, limits, &logic)).collect()
     }
 
-    #[allow(clippy::type_complexity)]
-    fn new(
-        index: u32,
-        shards: u32,
-        limits: ShardLimits,
-        chains: Vec<Option<Chain<Keyed<K, V>>>>,
-        (step, on_end, format): &(
-            Arc<StepFn<K, V, S, O>>,
-            Option<Arc<EndFn<K, S, O>>>,
-            Arc<FormatFn<O>>,
-        ),
-    ) -> Self {
-        let sources_open = chains.iter().filter(|c| c.is_some()).count();
-        let sources = chains.len();
+    fn new(index: u32, shards: u32, limits: ShardLimits, logic: &Logic<K, V, S, O>) -> Self {
+        let sources = logic
+            .chains
+            .iter()
+            .map(|chain| SourceState {
+                chain: Arc::clone(chain),
+                total_chunks: None,
+                next_apply: 0,
+                own_parsed: VecDeque::new(),
+                held: None,
+                next_seq: vec![1; shards as usize],
+            })
+            .collect();
         let mut core = ShardCore {
             index,
             shards,
             limits,
-            ingest: Ingest {
-                chains,
-                lines_seen: vec![0; sources],
-                sources_open,
-                outgoing: (0..shards).map(|_| Vec::new()).collect(),
-                next_seq: vec![1; shards as usize],
-            },
+            sources,
             keyed: KeyedPart {
                 store: KeyedStore::new(),
-                step: Arc::clone(step),
-                on_end: on_end.clone(),
-                format: Arc::clone(format),
+                step: Arc::clone(&logic.step),
+                on_end: logic.on_end.clone(),
+                format: Arc::clone(&logic.format),
                 output: Vec::with_capacity(limits.output_batch_bytes + 1024),
                 spare_output: Vec::new(),
+                emitted: 0,
             },
+            outgoing: (0..shards).map(|_| Vec::new()).collect(),
             watermarks: DedupWatermarks::new(),
-            peers_open: shards - 1,
             finished: false,
             counters: ShardCounters::default(),
             effects: Vec::new(),
         };
-        if sources_open == 0 {
-            core.announce_end();
-        }
+        core.finish_if_done();
         core
     }
 
@@ -188,18 +186,30 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
     }
 
     pub fn counters(&self) -> ShardCounters {
-        self.counters
+        ShardCounters { records_out: self.keyed.emitted, ..self.counters }
     }
 
-    /// True once all input reached this shard, final outputs are emitted and
-    /// everything is flushed into effects.
+    /// True once all input was applied, final outputs are emitted and everything
+    /// is flushed into effects.
     pub fn is_finished(&self) -> bool {
         self.finished
     }
 
-    /// Sources this shard owns that have not ended.
-    pub fn sources_open(&self) -> usize {
-        self.ingest.sources_open
+    /// Whether the driver should hand this shard the next chunk of `source`.
+    pub fn wants_chunk(&self, source: u32) -> bool {
+        let state = &self.sources[source as usize];
+        state.held.is_none() && state.total_chunks.is_none()
+    }
+
+    /// The (source, sender) channels whose batch this shard applies next.
+    pub fn awaited_senders(&self, into: &mut Vec<(u32, u32)>) {
+        into.clear();
+        for (source, state) in self.sources.iter().enumerate() {
+            let parser = (state.next_apply % self.shards as u64) as u32;
+            if !state.is_done() && parser != self.index {
+                into.push((source as u32, parser));
+            }
+        }
     }
 
     /// Takes the effects produced so far, in the order they must be carried out.
@@ -218,185 +228,48 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
 
     pub fn on_source_event(&mut self, event: SourceEvent) {
         match event {
-            SourceEvent::Chunk { source, data } => self.on_chunk(source, &data),
-            SourceEvent::Oversized {
-                source,
-                prefix,
-                size_bytes,
-            } => {
-                let Some(line_no) = self.count_line(source) else {
-                    return;
-                };
-                self.dead_letter(DeadLetter::new(
-                    MsgId::new(source, line_no),
-                    format!("line of {size_bytes} bytes is over the limit").into(),
-                    &prefix,
-                ));
+            SourceEvent::Chunk { source, index, first_line, data } => {
+                assert_eq!(index % self.shards as u64, self.index as u64, "chunk dealt to the wrong shard");
+                let state = &mut self.sources[source as usize];
+                assert!(state.held.is_none() && state.total_chunks.is_none(), "chunk not asked for");
+                state.held = Some((index, first_line, data));
+                self.make_progress(source);
             }
-            SourceEvent::Failed { source, error } => {
-                self.effects.push(Effect::SourceFailed { source, error })
-            }
-            SourceEvent::End { source } => self.on_source_end(source),
-        }
-    }
-
-    pub fn on_peer_message(&mut self, message: PeerMessage<K, V>) {
-        match message {
-            PeerMessage::Batch(batch) => self.on_batch(batch),
-            PeerMessage::End { from } => {
-                assert!(
-                    from != self.index && self.peers_open > 0,
-                    "unexpected end from {from}"
-                );
-                self.peers_open -= 1;
-                self.finish_if_done();
+            SourceEvent::Failed { source, error } => self.effects.push(Effect::SourceFailed { source, error }),
+            SourceEvent::End { source, chunks } => {
+                let state = &mut self.sources[source as usize];
+                assert!(state.total_chunks.is_none(), "source {source} ended twice");
+                assert!(state.next_apply <= chunks, "applied chunks past the end");
+                state.total_chunks = Some(chunks);
+                self.make_progress(source);
             }
         }
     }
 
-    /// Hands partial batches and buffered output to the driver (called when the
-    /// driver is about to wait, so latency stays low when input is slow).
-    pub fn flush(&mut self) {
-        for to in 0..self.shards {
-            self.send_batch(to);
-        }
-        self.flush_output();
-    }
-
-    fn count_line(&mut self, source: u32) -> Option<u64> {
-        let chain = self.ingest.chains.get(source as usize)?;
-        chain.as_ref()?;
-        let seen = &mut self.ingest.lines_seen[source as usize];
-        *seen += 1;
-        self.counters.records_in += 1;
-        Some(*seen)
-    }
-
-    fn on_chunk(&mut self, source: u32, data: &Bytes) {
-        let Some(Some(chain)) = self.ingest.chains.get_mut(source as usize) else {
-            return; // a late chunk of a source that was already ended (Ctrl-C)
-        };
-        let lines_seen = &mut self.ingest.lines_seen[source as usize];
-        let (index, shards, batch_max) = (self.index, self.shards, self.limits.batch_max);
-        let outgoing = &mut self.ingest.outgoing;
-        let next_seq = &mut self.ingest.next_seq;
-        let keyed = &mut self.keyed;
-        let counters = &mut self.counters;
-        let effects = &mut self.effects;
-        for_each_line(data, |raw| {
-            *lines_seen += 1;
-            counters.records_in += 1;
-            let id = MsgId::new(source, *lines_seen);
-            let line = Line::new(raw);
-            let raw_for_errors = line.clone();
-            let routed = chain(Msg::new(id, line), &mut |msg: Msg<Keyed<K, V>>| {
-                let to = shard_for(msg.data.key.route_hash(), shards as usize) as u32;
-                let record = Routed {
-                    id: msg.id,
-                    key: msg.data.key,
-                    value: msg.data.value,
-                };
-                if to == index {
-                    keyed.apply(record, &mut counters.records_out);
-                } else {
-                    outgoing[to as usize].push(record);
-                    if outgoing[to as usize].len() >= batch_max {
-                        effects.push(take_batch(index, to, outgoing, next_seq));
-                    }
-                }
-                Ok(())
-            });
-            if let Err(reject) = routed {
-                counters.dead_lettered += 1;
-                effects.push(Effect::DeadLetter(DeadLetter::new(
-                    id,
-                    reject.reason,
-                    &raw_for_errors.into_bytes(),
-                )));
-            }
-        });
-        self.flush_output_if_full();
-    }
-
-    /// Ends every owned source (their readers are gone).
-    pub fn end_all_sources(&mut self) {
-        for source in 0..self.ingest.chains.len() as u32 {
-            self.on_source_end(source);
-        }
-    }
-
-    fn on_source_end(&mut self, source: u32) {
-        let Some(slot) = self.ingest.chains.get_mut(source as usize) else {
-            return;
-        };
-        if slot.take().is_none() {
-            return; // already ended (a stop can end a source twice)
-        }
-        self.ingest.sources_open -= 1;
-        if self.ingest.sources_open == 0 {
-            self.announce_end();
-        }
-    }
-
-    /// All owned sources are done: flush what is pending to every peer and tell
-    /// them no more is coming (after the batches, so order carries the meaning).
-    fn announce_end(&mut self) {
-        for to in 0..self.shards {
-            if to != self.index {
-                self.send_batch(to);
-                self.effects.push(Effect::Send {
-                    to,
-                    message: PeerMessage::End { from: self.index },
-                });
-            }
-        }
-        self.finish_if_done();
-    }
-
-    fn on_batch(&mut self, batch: Batch<K, V>) {
+    /// A batch from the channel `awaited_senders` named.
+    pub fn on_batch(&mut self, batch: Batch<K, V>) {
+        let source = batch.source;
+        let state = &mut self.sources[source as usize];
+        assert_eq!(batch.chunk, state.next_apply, "batch out of turn");
+        assert_eq!(batch.from as u64, batch.chunk % self.shards as u64, "batch from a shard that did not parse it");
+        let producer = source << 16 | batch.from;
         let count = batch.records.len() as u64;
-        let admit = self.watermarks.admit_batch(batch.from, batch.first_seq, count);
-        assert_eq!(admit.gap, 0, "channel {}→{} lost records", batch.from, self.index);
+        let admit = self.watermarks.admit_batch(producer, batch.first_seq, count);
+        assert_eq!(admit.gap, 0, "channel {}→{} of source {source} lost records", batch.from, self.index);
         self.counters.duplicates_dropped += admit.skip;
         for record in batch.records.into_iter().skip(admit.skip as usize) {
-            self.keyed.apply(record, &mut self.counters.records_out);
+            self.keyed.apply(record);
+        }
+        if batch.last {
+            self.sources[source as usize].next_apply += 1;
+            self.make_progress(source);
         }
         self.flush_output_if_full();
     }
 
-    fn finish_if_done(&mut self) {
-        if self.finished || self.ingest.sources_open > 0 || self.peers_open > 0 {
-            return;
-        }
-        self.keyed.run_on_end(&mut self.counters.records_out);
-        self.flush();
-        self.finished = true;
-    }
-
-    fn send_batch(&mut self, to: u32) {
-        if !self.ingest.outgoing[to as usize].is_empty() {
-            let effect = take_batch(
-                self.index,
-                to,
-                &mut self.ingest.outgoing,
-                &mut self.ingest.next_seq,
-            );
-            self.effects.push(effect);
-        }
-    }
-
-    fn dead_letter(&mut self, letter: DeadLetter) {
-        self.counters.dead_lettered += 1;
-        self.effects.push(Effect::DeadLetter(letter));
-    }
-
-    fn flush_output_if_full(&mut self) {
-        if self.keyed.output.len() >= self.limits.output_batch_bytes {
-            self.flush_output();
-        }
-    }
-
-    fn flush_output(&mut self) {
+    /// Hands buffered output to the driver (called when the driver is about to
+    /// wait, so latency stays low when input is slow).
+    pub fn flush(&mut self) {
         if !self.keyed.output.is_empty() {
             let fresh = self
                 .keyed
@@ -407,31 +280,134 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
             self.effects.push(Effect::Output(full));
         }
     }
-}
 
-fn take_batch<K, V>(
-    from: u32,
-    to: u32,
-    outgoing: &mut [Vec<Routed<K, V>>],
-    next_seq: &mut [u64],
-) -> Effect<K, V> {
-    let capacity = outgoing[to as usize].capacity();
-    let records = std::mem::replace(&mut outgoing[to as usize], Vec::with_capacity(capacity));
-    let first_seq = next_seq[to as usize];
-    next_seq[to as usize] += records.len() as u64;
-    debug_assert!(!records.is_empty());
-    Effect::Send {
-        to,
-        message: PeerMessage::Batch(Batch {
-            from,
-            first_seq,
-            records,
-        }),
+    /// Applies own chunks whose turn has come and parses a held chunk once the
+    /// runahead bound allows, until neither can move.
+    fn make_progress(&mut self, source: u32) {
+        loop {
+            let state = &mut self.sources[source as usize];
+            if let Some((chunk, _)) = state.own_parsed.front() {
+                if *chunk == state.next_apply {
+                    let (_, records) = state.own_parsed.pop_front().expect("front exists");
+                    state.next_apply += 1;
+                    for record in records {
+                        self.keyed.apply(record);
+                    }
+                    continue;
+                }
+            }
+            let runahead = RUNAHEAD_CHUNKS_PER_SHARD * self.shards as u64;
+            match &state.held {
+                Some((chunk, _, _)) if *chunk < state.next_apply + runahead => {
+                    let (chunk, first_line, data) = state.held.take().expect("held exists");
+                    self.parse_chunk(source, chunk, first_line, &data);
+                }
+                _ => break,
+            }
+        }
+        self.flush_output_if_full();
+        self.finish_if_done();
+    }
+
+    fn parse_chunk(&mut self, source: u32, chunk: u64, first_line: u64, data: &ChunkData) {
+        // At its turn, a chunk's local records apply at once; ahead of it they wait.
+        let state = &self.sources[source as usize];
+        let in_turn = chunk == state.next_apply;
+        debug_assert!(!in_turn || state.own_parsed.is_empty());
+        let mut local = Vec::new();
+        match data {
+            ChunkData::Lines(lines) => self.route_lines(source, chunk, first_line, lines, in_turn, &mut local),
+            ChunkData::Oversized { prefix, size_bytes } => {
+                self.counters.records_in += 1;
+                self.counters.dead_lettered += 1;
+                let reason = format!("line of {size_bytes} bytes is over the limit");
+                let letter = DeadLetter::new(MsgId::new(source, first_line), reason.into(), prefix);
+                self.effects.push(Effect::DeadLetter(letter));
+            }
+        }
+        for to in 0..self.shards {
+            if to != self.index {
+                self.send_batch(source, chunk, to, true);
+            }
+        }
+        let state = &mut self.sources[source as usize];
+        if in_turn {
+            debug_assert!(local.is_empty());
+            state.next_apply += 1;
+        } else {
+            state.own_parsed.push_back((chunk, local));
+        }
+    }
+
+    fn route_lines(
+        &mut self,
+        source: u32,
+        chunk: u64,
+        first_line: u64,
+        data: &Bytes,
+        in_turn: bool,
+        local: &mut Vec<Routed<K, V>>,
+    ) {
+        let (index, shards, batch_max) = (self.index, self.shards, self.limits.batch_max);
+        let chain = Arc::clone(&self.sources[source as usize].chain);
+        let mut line_no = first_line;
+        for_each_line(data, |range| {
+            let id = MsgId::new(source, line_no);
+            line_no += 1;
+            let line = Line::new(data, range.clone());
+            let routed = chain(Msg::new(id, line), &mut |msg: Msg<Keyed<K, V>>| {
+                let hash = msg.data.key.route_hash();
+                let to = shard_for(hash, shards as usize) as u32;
+                let record = Routed { id: msg.id, hash, key: msg.data.key, value: msg.data.value };
+                if to == index && in_turn {
+                    self.keyed.apply(record);
+                } else if to == index {
+                    local.push(record);
+                } else {
+                    self.outgoing[to as usize].push(record);
+                    if self.outgoing[to as usize].len() >= batch_max {
+                        self.send_batch(source, chunk, to, false);
+                    }
+                }
+                Ok(())
+            });
+            if let Err(reject) = routed {
+                self.counters.dead_lettered += 1;
+                let letter = DeadLetter::new(id, reject.reason, &data.slice(range));
+                self.effects.push(Effect::DeadLetter(letter));
+            }
+        });
+        self.counters.records_in += line_no - first_line;
+    }
+
+    fn send_batch(&mut self, source: u32, chunk: u64, to: u32, last: bool) {
+        let capacity = if last { 0 } else { self.limits.batch_max };
+        let records = std::mem::replace(&mut self.outgoing[to as usize], Vec::with_capacity(capacity));
+        let next_seq = &mut self.sources[source as usize].next_seq[to as usize];
+        let first_seq = *next_seq;
+        *next_seq += records.len() as u64;
+        let batch = Batch { source, from: self.index, chunk, first_seq, last, records };
+        self.effects.push(Effect::Send { to, batch });
+    }
+
+    fn finish_if_done(&mut self) {
+        if self.finished || !self.sources.iter().all(SourceState::is_done) {
+            return;
+        }
+        self.keyed.run_on_end();
+        self.flush();
+        self.finished = true;
+    }
+
+    fn flush_output_if_full(&mut self) {
+        if self.keyed.output.len() >= self.limits.output_batch_bytes {
+            self.flush();
+        }
     }
 }
 
 impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
-    fn apply(&mut self, record: Routed<K, V>, emitted: &mut u64) {
+    fn apply(&mut self, record: Routed<K, V>) {
         // A zero-sized state (a stateless keyed step, e.g. doubler) needs no store:
         // skipping it keeps memory flat however many distinct keys pass.
         let mut unit_state;
@@ -439,25 +415,25 @@ impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
             unit_state = S::default();
             &mut unit_state
         } else {
-            self.store.state_mut(&record.key, Key::detach)
+            self.store.state_mut(record.hash, &record.key, Key::detach)
         };
         let mut output = Output {
             id: record.id,
             format: &*self.format,
             buffer: &mut self.output,
-            emitted,
+            emitted: &mut self.emitted,
         };
         (self.step)(state, &record.key, Msg::new(record.id, record.value), &mut output);
     }
 
-    fn run_on_end(&mut self, emitted: &mut u64) {
+    fn run_on_end(&mut self) {
         let Some(on_end) = self.on_end.clone() else { return };
         for (key, state) in self.store.sorted() {
             let mut output = Output {
                 id: MsgId::default(),
                 format: &*self.format,
                 buffer: &mut self.output,
-                emitted,
+                emitted: &mut self.emitted,
             };
             on_end(key, state, &mut output);
         }

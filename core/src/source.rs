@@ -90,21 +90,78 @@ pub fn tcp_address(arg: &str) -> Option<&str> {
     arg.strip_prefix("tcp://").or_else(|| arg.strip_prefix("tcp:"))
 }
 
-/// What a reader thread tells the owning shard.
-#[derive(Debug)]
+/// The content of one chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkData {
+    /// Complete lines, in order (the last chunk may end without `\n`).
+    Lines(Bytes),
+    /// One line longer than `LINE_SIZE_MAX_BYTES`, skipped (it counts as a line).
+    Oversized { prefix: Bytes, size_bytes: u64 },
+}
+
+impl ChunkData {
+    pub fn line_count(&self) -> u64 {
+        match self {
+            ChunkData::Lines(data) => {
+                let newlines = memchr::memchr_iter(b'\n', data).count() as u64;
+                newlines + u64::from(data.last().is_some_and(|b| *b != b'\n'))
+            }
+            ChunkData::Oversized { .. } => 1,
+        }
+    }
+}
+
+/// What a reader thread tells the shards. Chunk `index` of a source goes to shard
+/// `index % shards`; every shard gets the source's `End`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEvent {
-    /// Complete lines of source `source`, in order.
-    Chunk { source: u32, data: Bytes },
-    /// One line longer than `LINE_SIZE_MAX_BYTES`, skipped (counts as a line).
-    Oversized {
-        source: u32,
-        prefix: Bytes,
-        size_bytes: u64,
-    },
+    Chunk { source: u32, index: u64, first_line: u64, data: ChunkData },
     /// The source failed mid-stream (after it opened): reported, then ended.
     Failed { source: u32, error: String },
-    /// No more lines from `source`.
-    End { source: u32 },
+    /// No more chunks from `source`: it had `chunks` in all.
+    End { source: u32, chunks: u64 },
+}
+
+/// Numbers a source's chunks and deals them round-robin over the shards.
+pub struct Dealer<'a> {
+    source: u32,
+    shards: usize,
+    next_index: u64,
+    next_line: u64,
+    send: &'a mut dyn FnMut(usize, SourceEvent) -> bool,
+}
+
+impl<'a> Dealer<'a> {
+    /// `send(shard, event)` delivers (blocking on a full queue: backpressure) and
+    /// returns false once the shard is gone.
+    pub fn new(source: u32, shards: usize, send: &'a mut dyn FnMut(usize, SourceEvent) -> bool) -> Self {
+        assert!(shards > 0);
+        Dealer { source, shards, next_index: 0, next_line: 1, send }
+    }
+
+    pub fn deal(&mut self, data: ChunkData) -> bool {
+        let lines = data.line_count();
+        let event = SourceEvent::Chunk {
+            source: self.source,
+            index: self.next_index,
+            first_line: self.next_line,
+            data,
+        };
+        let shard = (self.next_index % self.shards as u64) as usize;
+        self.next_index += 1;
+        self.next_line += lines;
+        (self.send)(shard, event)
+    }
+
+    /// Reports a failure (if any) and ends the source on every shard.
+    pub fn finish(self, failure: Option<String>) {
+        if let Some(error) = failure {
+            (self.send)(0, SourceEvent::Failed { source: self.source, error });
+        }
+        for shard in 0..self.shards {
+            (self.send)(shard, SourceEvent::End { source: self.source, chunks: self.next_index });
+        }
+    }
 }
 
 /// An opened source, ready to be read on its own thread.
@@ -119,21 +176,22 @@ pub enum OpenSource {
 pub fn open(spec: SourceSpec) -> io::Result<OpenSource> {
     Ok(match spec.kind {
         SourceKind::File(path) => {
-            let file = std::fs::File::open(&path).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open input {}: {e}", path.display()))
-            })?;
+            let file = std::fs::File::open(&path)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot open input {}: {e}", path.display())))?;
+            if file.metadata()?.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("input {} is a directory", path.display()),
+                ));
+            }
             OpenSource::Reader(Box::new(file))
         }
-        SourceKind::Stdin => OpenSource::Reader(Box::new(io::stdin())),
+        SourceKind::Stdin => OpenSource::Reader(Box::new(PolledStdin::new())),
         SourceKind::Tcp(addr) => {
             let listener = TcpListener::bind(&addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listener.set_nonblocking(true)?;
-            eprintln!(
-                "verity: source {} listening on {}",
-                spec.name,
-                listener.local_addr()?
-            );
+            eprintln!("verity: source {} listening on {}", spec.name, listener.local_addr()?);
             OpenSource::Listener(listener)
         }
         SourceKind::Generated(generator) => OpenSource::Generated(generator),
@@ -141,33 +199,26 @@ pub fn open(spec: SourceSpec) -> io::Result<OpenSource> {
     })
 }
 
-/// Reads `source` to its end, sending events through `send` (which blocks when
-/// the shard's queue is full: that is the backpressure). Returns when the source
-/// ends, fails, or `stop` is set.
-pub fn pump(index: u32, source: OpenSource, stop: &AtomicBool, send: &mut dyn FnMut(SourceEvent) -> bool) {
+/// Reads `source` to its end, dealing its chunks. Returns when the source ends,
+/// fails, or `stop` is set.
+pub fn pump(source: OpenSource, stop: &AtomicBool, mut dealer: Dealer<'_>) {
     let outcome = match source {
-        OpenSource::Reader(reader) => pump_reader(index, reader, stop, send),
+        OpenSource::Reader(reader) => pump_reader(reader, stop, &mut dealer),
         OpenSource::Listener(listener) => match accept(&listener, stop) {
-            Ok(Some(stream)) => pump_reader(index, Box::new(stream), stop, send),
+            Ok(Some(stream)) => pump_reader(Box::new(stream), stop, &mut dealer),
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         },
         OpenSource::Generated(generator) => {
-            pump_generator(index, generator, stop, send);
+            pump_generator(generator, stop, &mut dealer);
             Ok(())
         }
         OpenSource::Memory(data) => {
-            pump_memory(index, data, stop, send);
+            pump_memory(data, stop, &mut dealer);
             Ok(())
         }
     };
-    if let Err(e) = outcome {
-        send(SourceEvent::Failed {
-            source: index,
-            error: e.to_string(),
-        });
-    }
-    send(SourceEvent::End { source: index });
+    dealer.finish(outcome.err().map(|e| e.to_string()));
 }
 
 fn accept(listener: &TcpListener, stop: &AtomicBool) -> io::Result<Option<TcpStream>> {
@@ -185,63 +236,78 @@ fn accept(listener: &TcpListener, stop: &AtomicBool) -> io::Result<Option<TcpStr
     Ok(None)
 }
 
-fn pump_reader(
-    index: u32,
-    reader: Box<dyn Read + Send>,
-    stop: &AtomicBool,
-    send: &mut dyn FnMut(SourceEvent) -> bool,
-) -> io::Result<()> {
+fn pump_reader(reader: Box<dyn Read + Send>, stop: &AtomicBool, dealer: &mut Dealer<'_>) -> io::Result<()> {
     let mut chunker = LineChunker::new(reader, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES);
     while !stop.load(Ordering::Relaxed) {
-        let event = match chunker.next_piece()? {
-            Some(Piece::Lines(data)) => SourceEvent::Chunk { source: index, data },
-            Some(Piece::Oversized { prefix, size_bytes }) => SourceEvent::Oversized {
-                source: index,
-                prefix,
-                size_bytes,
-            },
+        let data = match chunker.next_piece()? {
+            Some(Piece::Lines(data)) => ChunkData::Lines(data),
+            Some(Piece::Oversized { prefix, size_bytes }) => ChunkData::Oversized { prefix, size_bytes },
             Some(Piece::Idle) => continue,
             None => break,
         };
-        if !send(event) {
+        if !dealer.deal(data) {
             break;
         }
     }
     Ok(())
 }
 
-fn pump_generator(
-    index: u32,
-    mut generator: Box<dyn LineGenerator>,
-    stop: &AtomicBool,
-    send: &mut dyn FnMut(SourceEvent) -> bool,
-) {
+fn pump_generator(mut generator: Box<dyn LineGenerator>, stop: &AtomicBool, dealer: &mut Dealer<'_>) {
     // Lines per chunk chosen so a chunk of typical generated lines is near
     // CHUNK_SIZE_BYTES.
     const LINES_PER_CHUNK: usize = 2048;
     while !stop.load(Ordering::Relaxed) {
         let mut buffer = Vec::with_capacity(CHUNK_SIZE_BYTES + CHUNK_SIZE_BYTES / 2);
-        if generator.write_lines(&mut buffer, LINES_PER_CHUNK) == 0 {
-            break;
-        }
-        if !send(SourceEvent::Chunk {
-            source: index,
-            data: buffer.into(),
-        }) {
+        if generator.write_lines(&mut buffer, LINES_PER_CHUNK) == 0 || !dealer.deal(ChunkData::Lines(buffer.into())) {
             break;
         }
     }
 }
 
-fn pump_memory(index: u32, mut data: Bytes, stop: &AtomicBool, send: &mut dyn FnMut(SourceEvent) -> bool) {
+fn pump_memory(mut data: Bytes, stop: &AtomicBool, dealer: &mut Dealer<'_>) {
     while !data.is_empty() && !stop.load(Ordering::Relaxed) {
         let cut = chunk_end(&data, CHUNK_SIZE_BYTES);
-        if !send(SourceEvent::Chunk {
-            source: index,
-            data: data.split_to(cut),
-        }) {
+        if !dealer.deal(ChunkData::Lines(data.split_to(cut))) {
             break;
         }
+    }
+}
+
+/// Stdin that waits for data in short polls (mio), so a reader blocked on a quiet
+/// pipe or terminal still sees a stop. Regular files cannot be polled; for them
+/// reads simply block, which for a file is never long.
+struct PolledStdin {
+    stdin: io::Stdin,
+    poll: Option<(mio::Poll, mio::Events)>,
+    /// Data was reported and may not be drained yet (mio is edge-triggered).
+    readable: bool,
+}
+
+impl PolledStdin {
+    fn new() -> Self {
+        let poll = mio::Poll::new().ok().and_then(|poll| {
+            let registered = poll
+                .registry()
+                .register(&mut mio::unix::SourceFd(&0), mio::Token(0), mio::Interest::READABLE)
+                .is_ok();
+            registered.then(|| (poll, mio::Events::with_capacity(4)))
+        });
+        PolledStdin { stdin: io::stdin(), poll, readable: false }
+    }
+}
+
+impl Read for PolledStdin {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let (Some((poll, events)), false) = (self.poll.as_mut(), self.readable) {
+            poll.poll(events, Some(STOP_POLL_INTERVAL))?;
+            if events.is_empty() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        }
+        let read = self.stdin.read(buf)?;
+        // A full read means more may be waiting, and no new edge will say so.
+        self.readable = read == buf.len() && read > 0;
+        Ok(read)
     }
 }
 

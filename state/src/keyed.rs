@@ -1,70 +1,81 @@
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
 use std::borrow::Borrow;
-use std::hash::Hash;
 
 /// Per-key state of one shard.
 ///
-/// Lookups take a borrowed key so the hot path allocates only when a key is seen
-/// for the first time (`detach` makes the owned copy that the store keeps).
-#[derive(Debug)]
+/// Keys come with their hash, already computed once for routing, so a record
+/// costs one hash computation in total. Lookups take a borrowed key, so the hot
+/// path allocates only when a key is seen for the first time (`detach` makes the
+/// owned copy the store keeps).
 pub struct KeyedStore<K, S> {
-    states: FxHashMap<K, S>,
+    entries: HashTable<Entry<K, S>>,
 }
 
-impl<K: Hash + Eq, S: Default> Default for KeyedStore<K, S> {
+struct Entry<K, S> {
+    hash: u64,
+    key: K,
+    state: S,
+}
+
+impl<K, S: Default> Default for KeyedStore<K, S> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<K: Hash + Eq, S: Default> KeyedStore<K, S> {
+impl<K: std::fmt::Debug, S: std::fmt::Debug> std::fmt::Debug for KeyedStore<K, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.entries.iter().map(|e| (&e.key, &e.state))).finish()
+    }
+}
+
+impl<K, S: Default> KeyedStore<K, S> {
     pub fn new() -> Self {
-        KeyedStore {
-            states: FxHashMap::default(),
-        }
+        KeyedStore { entries: HashTable::new() }
     }
 
-    /// The state of `key`, created with `S::default()` on first use.
-    pub fn state_mut<Q>(&mut self, key: &Q, detach: impl FnOnce(&Q) -> K) -> &mut S
+    /// The state of `key` (whose hash is `hash`), created with `S::default()` on
+    /// first use. The same key must always come with the same hash.
+    pub fn state_mut<Q>(&mut self, hash: u64, key: &Q, detach: impl FnOnce(&Q) -> K) -> &mut S
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Eq + ?Sized,
     {
-        // Two lookups on a miss only: the common case (key exists) is one probe and
-        // no allocation, which the entry API cannot give with a borrowed key.
-        if !self.states.contains_key(key) {
+        let found = self.entries.find_mut(hash, |e| e.key.borrow() == key).is_some();
+        if !found {
             let owned = detach(key);
             debug_assert!(owned.borrow() == key, "detach must keep the key equal");
-            self.states.insert(owned, S::default());
+            let entry = Entry { hash, key: owned, state: S::default() };
+            return &mut self.entries.insert_unique(hash, entry, |e| e.hash).into_mut().state;
         }
-        match self.states.get_mut(key) {
-            Some(state) => state,
-            None => unreachable!("key inserted just above"),
+        match self.entries.find_mut(hash, |e| e.key.borrow() == key) {
+            Some(entry) => &mut entry.state,
+            None => unreachable!("found just above"),
         }
     }
 
-    pub fn get<Q>(&self, key: &Q) -> Option<&S>
+    pub fn get<Q>(&self, hash: u64, key: &Q) -> Option<&S>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Eq + ?Sized,
     {
-        self.states.get(key)
+        self.entries.find(hash, |e| e.key.borrow() == key).map(|e| &e.state)
     }
 
     pub fn len(&self) -> usize {
-        self.states.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
+        self.entries.is_empty()
     }
 
-    /// All entries in key order: hash-map order must never leak into output.
+    /// All entries in key order: hash-table order must never leak into output.
     pub fn sorted(&self) -> Vec<(&K, &S)>
     where
         K: Ord,
     {
-        let mut entries: Vec<(&K, &S)> = self.states.iter().collect();
+        let mut entries: Vec<(&K, &S)> = self.entries.iter().map(|e| (&e.key, &e.state)).collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
         entries
     }
@@ -74,26 +85,40 @@ impl<K: Hash + Eq, S: Default> KeyedStore<K, S> {
 mod tests {
     use super::*;
 
+    fn hash_of(word: &str) -> u64 {
+        word.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+    }
+
     #[test]
     fn creates_state_once_per_key_and_detaches_only_on_miss() {
         let mut store: KeyedStore<String, u64> = KeyedStore::new();
         let mut detached = 0;
         for word in ["a", "b", "a", "a"] {
-            *store.state_mut(word, |w| {
+            *store.state_mut(hash_of(word), word, |w| {
                 detached += 1;
                 w.to_string()
             }) += 1;
         }
         assert_eq!(detached, 2);
-        assert_eq!(store.get("a"), Some(&3));
+        assert_eq!(store.get(hash_of("a"), "a"), Some(&3));
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn colliding_hashes_keep_keys_apart() {
+        let mut store: KeyedStore<String, u64> = KeyedStore::new();
+        for (i, word) in ["x", "y", "z"].into_iter().enumerate() {
+            *store.state_mut(1, word, |w| w.to_string()) = i as u64;
+        }
+        assert_eq!(store.get(1, "y"), Some(&1));
+        assert_eq!(store.len(), 3);
     }
 
     #[test]
     fn sorted_iteration_is_by_key() {
         let mut store: KeyedStore<u32, u32> = KeyedStore::new();
         for k in [5, 1, 9, 3] {
-            *store.state_mut(&k, |k| *k) = k * 10;
+            *store.state_mut(k as u64, &k, |k| *k) = k * 10;
         }
         let keys: Vec<u32> = store.sorted().into_iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, vec![1, 3, 5, 9]);
