@@ -19,7 +19,10 @@ pub fn dataflow(input: SourceSpec) -> Dataflow<SmallBytes, (SmallBytes, u64), Wi
     Stream::from_source(input)
         .try_map(|line: Line| {
             let (key, value) = split_two_fields(line.text()?)?;
-            Ok((SmallBytes::new(key.as_bytes()), parse_u64(value.as_bytes(), "value")?))
+            Ok((
+                SmallBytes::new(key.as_bytes()),
+                parse_u64(value.as_bytes(), "value")?,
+            ))
         })
         .key_by(|(key, _): &(SmallBytes, u64)| key.clone())
         .stateful(|window: &mut Window, _, msg, out| {
@@ -29,7 +32,7 @@ pub fn dataflow(input: SourceSpec) -> Dataflow<SmallBytes, (SmallBytes, u64), Wi
             out.emit((key, *window));
         })
         .sink(|(key, window), buf| {
-            buf.extend_from_slice(key.as_bytes());
+            key.write_to(buf);
             for value in window {
                 buf.push(b' ');
                 write_u64(buf, *value);

@@ -14,7 +14,7 @@ input. A line that is not valid UTF-8 is dead-lettered.";
 /// Output record: a word and its count.
 pub type WordCount = (SmallBytes, u64);
 
-pub fn dataflow(input: SourceSpec, final_counts: bool) -> Dataflow<SmallBytes, SmallBytes, u64, WordCount> {
+pub fn dataflow(input: SourceSpec, final_counts: bool) -> Dataflow<SmallBytes, (), u64, WordCount> {
     let counted = Stream::from_source(input)
         .flat_map(|line: Line, words| {
             for word in line.text()?.split_whitespace() {
@@ -22,11 +22,11 @@ pub fn dataflow(input: SourceSpec, final_counts: bool) -> Dataflow<SmallBytes, S
             }
             Ok(())
         })
-        .key_by(|word: &SmallBytes| word.clone())
-        .stateful(move |count: &mut u64, _, msg, out| {
+        .key_split(|word: SmallBytes| (word, ()))
+        .stateful(move |count: &mut u64, word, _, out| {
             *count += 1;
             if !final_counts {
-                out.emit((msg.data, *count));
+                out.emit((word.clone(), *count));
             }
         });
     let counted = if final_counts {
@@ -38,7 +38,7 @@ pub fn dataflow(input: SourceSpec, final_counts: bool) -> Dataflow<SmallBytes, S
 }
 
 pub fn format_count((word, count): &WordCount, buf: &mut Vec<u8>) {
-    buf.extend_from_slice(word.as_bytes());
+    word.write_to(buf);
     buf.push(b' ');
     write_u64(buf, *count);
 }

@@ -15,7 +15,9 @@ pub fn wordcount(input: &[u8]) -> u64 {
     let mut output = Vec::with_capacity(OUTPUT_BUFFER_BYTES + 1024);
     let mut emitted = 0;
     for line in input.split(|b| *b == b'\n') {
-        let Ok(text) = std::str::from_utf8(line) else { continue };
+        let Ok(text) = std::str::from_utf8(line) else {
+            continue;
+        };
         for word in text.split_whitespace() {
             let count = match counts.get_mut(word) {
                 Some(count) => count,
@@ -38,7 +40,9 @@ pub fn market_spread(input: &[u8]) -> u64 {
     let mut output = Vec::with_capacity(OUTPUT_BUFFER_BYTES + 1024);
     let mut emitted = 0;
     for line in input.split(|b| *b == b'\n') {
-        let Ok(event) = market_spread::parse_event(line) else { continue };
+        let Ok(event) = market_spread::parse_event(line) else {
+            continue;
+        };
         let symbol = match &event {
             verity_core::Either::Left(q) => q.symbol,
             verity_core::Either::Right(o) => o.symbol,

@@ -24,18 +24,27 @@ struct Options {
 }
 
 fn parse_options() -> Result<Options, String> {
-    let mut options = Options { records: DEFAULT_RECORDS, repeat: DEFAULT_REPEAT, app: None };
+    let mut options = Options {
+        records: DEFAULT_RECORDS,
+        repeat: DEFAULT_REPEAT,
+        app: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> Result<u64, String> {
             let raw = args.next().ok_or(format!("{name} needs a value"))?;
-            raw.parse().map_err(|_| format!("{name}: '{raw}' is not a number"))
+            raw.parse()
+                .map_err(|_| format!("{name}: '{raw}' is not a number"))
         };
         match arg.as_str() {
             "--records" => options.records = value("--records")?,
             "--repeat" => options.repeat = value("--repeat")?.max(1) as usize,
             "--app" => options.app = Some(args.next().ok_or("--app needs a value")?),
-            other => return Err(format!("unknown argument '{other}' (use --records N, --repeat R, --app NAME)")),
+            other => {
+                return Err(format!(
+                    "unknown argument '{other}' (use --records N, --repeat R, --app NAME)"
+                ))
+            }
         }
     }
     Ok(options)
@@ -55,11 +64,25 @@ fn median_time(repeat: usize, mut f: impl FnMut() -> u64) -> (Duration, u64) {
 }
 
 fn engine_run(app: AppName, input: &Bytes, workers: usize) -> u64 {
-    let config = RunConfig { workers, progress: false, ..RunConfig::default() };
-    let outputs = Outputs { sink: SinkSpec::Null, dead_letter: DeadLetterSpec::Stderr };
+    let config = RunConfig {
+        workers,
+        progress: false,
+        ..RunConfig::default()
+    };
+    let outputs = Outputs {
+        sink: SinkSpec::Null,
+        dead_letter: DeadLetterSpec::Stderr,
+    };
     let source = SourceSpec::memory("bench", input.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    match run_app(app, AppInput::Single(source), AppOptions::default(), &config, &outputs, stop) {
+    match run_app(
+        app,
+        AppInput::Single(source),
+        AppOptions::default(),
+        &config,
+        &outputs,
+        stop,
+    ) {
         Ok(summary) => summary.records_out,
         Err(e) => {
             eprintln!("verity-bench: {} run failed: {e}", app.name());
@@ -77,9 +100,14 @@ fn main() {
         "# throughput: {} records per run, median of {}, null sink, input pre-loaded in memory",
         options.records, options.repeat
     );
-    println!("{:<14} {:<22} {:>10} {:>14} {:>8}", "app", "runner", "seconds", "records/s", "ratio");
-    let cases: [(AppName, fn(&[u8]) -> u64); 2] =
-        [(AppName::Wordcount, baseline::wordcount), (AppName::MarketSpread, baseline::market_spread)];
+    println!(
+        "{:<14} {:<22} {:>10} {:>14} {:>8}",
+        "app", "runner", "seconds", "records/s", "ratio"
+    );
+    let cases: [(AppName, fn(&[u8]) -> u64); 2] = [
+        (AppName::Wordcount, baseline::wordcount),
+        (AppName::MarketSpread, baseline::market_spread),
+    ];
     for (app, naive) in cases {
         if options.app.as_ref().is_some_and(|only| only != app.name()) {
             continue;
@@ -89,12 +117,24 @@ fn main() {
         let row = |runner: &str, time: Duration| {
             let rate = options.records as f64 / time.as_secs_f64();
             let ratio = naive_time.as_secs_f64() / time.as_secs_f64();
-            println!("{:<14} {:<22} {:>10.3} {:>14.0} {:>8.2}", app.name(), runner, time.as_secs_f64(), rate, ratio);
+            println!(
+                "{:<14} {:<22} {:>10.3} {:>14.0} {:>8.2}",
+                app.name(),
+                runner,
+                time.as_secs_f64(),
+                rate,
+                ratio
+            );
         };
         row("naive single-thread", naive_time);
         for workers in [1, 2] {
             let (time, out) = median_time(options.repeat, || engine_run(app, &input, workers));
-            assert_eq!(out, naive_out, "{} at {workers} workers emitted a different count", app.name());
+            assert_eq!(
+                out,
+                naive_out,
+                "{} at {workers} workers emitted a different count",
+                app.name()
+            );
             row(&format!("verity workers={workers}"), time);
         }
     }

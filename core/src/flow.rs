@@ -59,7 +59,10 @@ impl LineStream {
         self,
         step: impl for<'l> Fn(Msg<Line<'l>>, Emit<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
     ) -> Stream<U> {
-        Stream { source: self.source, chain: Arc::new(step) }
+        Stream {
+            source: self.source,
+            chain: Arc::new(step),
+        }
     }
 
     pub fn map<U: 'static>(self, f: impl for<'l> Fn(Line<'l>) -> U + Send + Sync + 'static) -> Stream<U> {
@@ -120,11 +123,15 @@ impl<T: 'static> Stream<T> {
         self.then(move |msg, emit| f(msg.data, &mut FanOut { id: msg.id, emit }))
     }
 
-    /// Keys the stream: each record goes to the shard owning `key(&record)`.
-    pub fn key_by<K: Key>(self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
-        let stream = self.map(move |value| Keyed {
-            key: key(&value),
-            value,
+    /// Splits each record into its key and the value the keyed step gets (when
+    /// the step needs no more than the key, the value can be `()`).
+    pub fn key_split<K: Key, V: 'static>(
+        self,
+        split: impl Fn(T) -> (K, V) + Send + Sync + 'static,
+    ) -> KeyedStream<K, V> {
+        let stream = self.map(move |record| {
+            let (key, value) = split(record);
+            Keyed { key, value }
         });
         KeyedStream {
             inputs: vec![SourceChain {
@@ -132,6 +139,11 @@ impl<T: 'static> Stream<T> {
                 chain: stream.chain,
             }],
         }
+    }
+
+    /// Keys the stream: each record goes to the shard owning `key(&record)`.
+    pub fn key_by<K: Key>(self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
+        self.key_split(move |value| (key(&value), value))
     }
 }
 

@@ -19,9 +19,22 @@ pub trait Key: Hash + Eq + Ord + Send + 'static {
 pub fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
     let mut hasher = rustc_hash::FxHasher::default();
     value.hash(&mut hasher);
-    // FxHash leaves the low bits weak for short keys; mix before routing by range.
-    let h = hasher.finish();
-    (h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ (h >> 32)
+    // FxHash leaves the high bits weak for short keys, and routing uses them.
+    mix64(hasher.finish())
+}
+
+/// Multiplies as 128 bits and folds the halves: one multiply that mixes every
+/// input bit into the whole result (the core of foldhash and aHash).
+pub fn folded_multiply(x: u64, y: u64) -> u64 {
+    let full = x as u128 * y as u128;
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
+/// A 64-bit finaliser (SplitMix64's): every input bit affects every output bit.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// The shard that owns a key hash among `shards` shards.

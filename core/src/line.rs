@@ -38,7 +38,10 @@ pub struct Line<'a> {
 impl<'a> Line<'a> {
     /// `range` must lie within `chunk`.
     pub fn new(chunk: &'a Bytes, range: Range<usize>) -> Self {
-        Line { chunk, bytes: &chunk[range] }
+        Line {
+            chunk,
+            bytes: &chunk[range],
+        }
     }
 
     pub fn as_bytes(&self) -> &'a [u8] {

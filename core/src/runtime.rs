@@ -141,8 +141,12 @@ fn wire<K, V>(
     let mut shards: Vec<ShardChannels<K, V>> = (0..workers)
         .map(|_| ShardChannels {
             chunks: Vec::with_capacity(sources),
-            batches_in: (0..sources).map(|_| (0..workers).map(|_| None).collect()).collect(),
-            batches_out: (0..sources).map(|_| (0..workers).map(|_| None).collect()).collect(),
+            batches_in: (0..sources)
+                .map(|_| (0..workers).map(|_| None).collect())
+                .collect(),
+            batches_out: (0..sources)
+                .map(|_| (0..workers).map(|_| None).collect())
+                .collect(),
             output: output.clone(),
             discard_lines,
         })
@@ -198,7 +202,13 @@ where
         .name("verity-output".into())
         .spawn(move || write_outputs(output_rx, sink, dead_letters))?;
 
-    let wiring = wire::<K, V>(source_count, workers, config, &output_tx, outputs.sink == SinkSpec::Null);
+    let wiring = wire::<K, V>(
+        source_count,
+        workers,
+        config,
+        &output_tx,
+        outputs.sink == SinkSpec::Null,
+    );
     drop(output_tx);
     let cores = ShardCore::build_all(logic, workers as u32, config.limits);
     let live: Arc<Vec<LiveCounters>> = Arc::new((0..workers).map(|_| LiveCounters::default()).collect());
@@ -216,21 +226,27 @@ where
             source_names.clone(),
         );
         let index = core.index() as usize;
-        shard_threads.push(thread::Builder::new().name(format!("verity-shard-{index}")).spawn(move || {
-            pinning.pin(index);
-            let counters = drive_shard(core, channels, &live[index], &errors, &names);
-            let _ = done.send(());
-            counters
-        })?);
+        shard_threads.push(
+            thread::Builder::new()
+                .name(format!("verity-shard-{index}"))
+                .spawn(move || {
+                    pinning.pin(index);
+                    let counters = drive_shard(core, channels, &live[index], &errors, &names);
+                    let _ = done.send(());
+                    counters
+                })?,
+        );
     }
     drop(done_tx);
 
     for (index, (source, txs)) in opened.into_iter().zip(wiring.chunk_txs).enumerate() {
         let stop = Arc::clone(&stop);
-        thread::Builder::new().name(format!("verity-source-{index}")).spawn(move || {
-            let mut send = |shard: usize, event| txs[shard].send(event).is_ok();
-            source::pump(source, &stop, Dealer::new(index as u32, workers, &mut send));
-        })?;
+        thread::Builder::new()
+            .name(format!("verity-source-{index}"))
+            .spawn(move || {
+                let mut send = |shard: usize, event| txs[shard].send(event).is_ok();
+                source::pump(source, &stop, Dealer::new(index as u32, workers, &mut send));
+            })?;
     }
 
     let interrupted = wait_for_shards(&done_rx, workers, &stop, config, &live, started);
@@ -331,7 +347,9 @@ where
                         progressed = true;
                     }
                     Err(TryRecvError::Empty) => {}
-                    Err(TryRecvError::Disconnected) => panic!("reader of source {source} vanished without an end"),
+                    Err(TryRecvError::Disconnected) => {
+                        panic!("reader of source {source} vanished without an end")
+                    }
                 }
             }
         }
@@ -354,7 +372,11 @@ where
 }
 
 /// Applies batches from the senders whose turn it is, as long as they have some.
-fn receive_batches<K, V, S, O>(core: &mut ShardCore<K, V, S, O>, ch: &ShardChannels<K, V>, awaited: &mut Vec<(u32, u32)>) -> bool
+fn receive_batches<K, V, S, O>(
+    core: &mut ShardCore<K, V, S, O>,
+    ch: &ShardChannels<K, V>,
+    awaited: &mut Vec<(u32, u32)>,
+) -> bool
 where
     K: Key,
     V: Send + 'static,
@@ -377,7 +399,9 @@ where
 }
 
 fn inbound<K, V>(ch: &ShardChannels<K, V>, source: u32, from: u32) -> &Receiver<Batch<K, V>> {
-    ch.batches_in[source as usize][from as usize].as_ref().expect("no channel from a shard to itself")
+    ch.batches_in[source as usize][from as usize]
+        .as_ref()
+        .expect("no channel from a shard to itself")
 }
 
 fn carry_out<K, V, S, O>(
@@ -421,14 +445,19 @@ fn carry_out<K, V, S, O>(
             let name = source_names.get(source as usize).map_or("?", String::as_str);
             let message = format!("source {name} failed: {error}");
             eprintln!("verity: {message}");
-            source_errors.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+            source_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(message);
         }
     }
 }
 
 #[allow(clippy::type_complexity)]
 fn outbound<K, V>(out: &[Vec<Option<Sender<Batch<K, V>>>>], source: usize, to: u32) -> &Sender<Batch<K, V>> {
-    out[source][to as usize].as_ref().expect("no channel from a shard to itself")
+    out[source][to as usize]
+        .as_ref()
+        .expect("no channel from a shard to itself")
 }
 
 #[allow(clippy::type_complexity)]
@@ -472,7 +501,11 @@ fn wait_for_input<K, V, S, O>(
     }
     // With parked sends, poll soon: a full queue has no "space available" signal.
     let any_parked = parked.iter().any(|q| !q.is_empty());
-    let _ = select.ready_timeout(if any_parked { Duration::from_micros(50) } else { IDLE_WAIT });
+    let _ = select.ready_timeout(if any_parked {
+        Duration::from_micros(50)
+    } else {
+        IDLE_WAIT
+    });
 }
 
 /// Pins shard threads to cores; warns once if it cannot.

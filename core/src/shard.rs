@@ -43,7 +43,10 @@ pub struct ShardLimits {
 
 impl Default for ShardLimits {
     fn default() -> Self {
-        ShardLimits { batch_max: 1024, output_batch_bytes: 64 * 1024 }
+        ShardLimits {
+            batch_max: 1024,
+            output_batch_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -74,12 +77,18 @@ pub struct Batch<K, V> {
 /// What a shard asks its driver to do, in order.
 #[derive(Debug)]
 pub enum Effect<K, V> {
-    Send { to: u32, batch: Batch<K, V> },
+    Send {
+        to: u32,
+        batch: Batch<K, V>,
+    },
     /// Output lines, each ending in `\n`.
     Output(Vec<u8>),
     DeadLetter(DeadLetter),
     /// A source failed after it opened (the run continues without the rest of it).
-    SourceFailed { source: u32, error: String },
+    SourceFailed {
+        source: u32,
+        error: String,
+    },
 }
 
 /// Running totals of one shard.
@@ -141,7 +150,9 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
     /// One core per shard, each with every source's chain (any shard parses).
     pub fn build_all(logic: Logic<K, V, S, O>, shards: u32, limits: ShardLimits) -> Vec<Self> {
         assert!(shards > 0 && limits.batch_max > 0 && limits.output_batch_bytes > 0);
-        (0..shards).map(|index| ShardCore::new(index, shards, limits, &logic)).collect()
+        (0..shards)
+            .map(|index| ShardCore::new(index, shards, limits, &logic))
+            .collect()
     }
 
     fn new(index: u32, shards: u32, limits: ShardLimits, logic: &Logic<K, V, S, O>) -> Self {
@@ -186,7 +197,10 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
     }
 
     pub fn counters(&self) -> ShardCounters {
-        ShardCounters { records_out: self.keyed.emitted, ..self.counters }
+        ShardCounters {
+            records_out: self.keyed.emitted,
+            ..self.counters
+        }
     }
 
     /// True once all input was applied, final outputs are emitted and everything
@@ -228,14 +242,28 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
 
     pub fn on_source_event(&mut self, event: SourceEvent) {
         match event {
-            SourceEvent::Chunk { source, index, first_line, data } => {
-                assert_eq!(index % self.shards as u64, self.index as u64, "chunk dealt to the wrong shard");
+            SourceEvent::Chunk {
+                source,
+                index,
+                first_line,
+                data,
+            } => {
+                assert_eq!(
+                    index % self.shards as u64,
+                    self.index as u64,
+                    "chunk dealt to the wrong shard"
+                );
                 let state = &mut self.sources[source as usize];
-                assert!(state.held.is_none() && state.total_chunks.is_none(), "chunk not asked for");
+                assert!(
+                    state.held.is_none() && state.total_chunks.is_none(),
+                    "chunk not asked for"
+                );
                 state.held = Some((index, first_line, data));
                 self.make_progress(source);
             }
-            SourceEvent::Failed { source, error } => self.effects.push(Effect::SourceFailed { source, error }),
+            SourceEvent::Failed { source, error } => {
+                self.effects.push(Effect::SourceFailed { source, error })
+            }
             SourceEvent::End { source, chunks } => {
                 let state = &mut self.sources[source as usize];
                 assert!(state.total_chunks.is_none(), "source {source} ended twice");
@@ -251,11 +279,19 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
         let source = batch.source;
         let state = &mut self.sources[source as usize];
         assert_eq!(batch.chunk, state.next_apply, "batch out of turn");
-        assert_eq!(batch.from as u64, batch.chunk % self.shards as u64, "batch from a shard that did not parse it");
+        assert_eq!(
+            batch.from as u64,
+            batch.chunk % self.shards as u64,
+            "batch from a shard that did not parse it"
+        );
         let producer = source << 16 | batch.from;
         let count = batch.records.len() as u64;
         let admit = self.watermarks.admit_batch(producer, batch.first_seq, count);
-        assert_eq!(admit.gap, 0, "channel {}→{} of source {source} lost records", batch.from, self.index);
+        assert_eq!(
+            admit.gap, 0,
+            "channel {}→{} of source {source} lost records",
+            batch.from, self.index
+        );
         self.counters.duplicates_dropped += admit.skip;
         for record in batch.records.into_iter().skip(admit.skip as usize) {
             self.keyed.apply(record);
@@ -316,7 +352,9 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
         debug_assert!(!in_turn || state.own_parsed.is_empty());
         let mut local = Vec::new();
         match data {
-            ChunkData::Lines(lines) => self.route_lines(source, chunk, first_line, lines, in_turn, &mut local),
+            ChunkData::Lines(lines) => {
+                self.route_lines(source, chunk, first_line, lines, in_turn, &mut local)
+            }
             ChunkData::Oversized { prefix, size_bytes } => {
                 self.counters.records_in += 1;
                 self.counters.dead_lettered += 1;
@@ -358,7 +396,12 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
             let routed = chain(Msg::new(id, line), &mut |msg: Msg<Keyed<K, V>>| {
                 let hash = msg.data.key.route_hash();
                 let to = shard_for(hash, shards as usize) as u32;
-                let record = Routed { id: msg.id, hash, key: msg.data.key, value: msg.data.value };
+                let record = Routed {
+                    id: msg.id,
+                    hash,
+                    key: msg.data.key,
+                    value: msg.data.value,
+                };
                 if to == index && in_turn {
                     self.keyed.apply(record);
                 } else if to == index {
@@ -386,7 +429,14 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
         let next_seq = &mut self.sources[source as usize].next_seq[to as usize];
         let first_seq = *next_seq;
         *next_seq += records.len() as u64;
-        let batch = Batch { source, from: self.index, chunk, first_seq, last, records };
+        let batch = Batch {
+            source,
+            from: self.index,
+            chunk,
+            first_seq,
+            last,
+            records,
+        };
         self.effects.push(Effect::Send { to, batch });
     }
 

@@ -1,51 +1,99 @@
-//! `SmallBytes`: a byte-string key stored inline when short.
+//! `SmallBytes`: a byte-string key stored inline, as machine words, when short.
 //!
 //! Most keys (words, tickers, ids) are short. Keeping them inline means routing a
-//! key to another shard copies a few bytes instead of bumping the reference count
-//! of a shared input buffer, which two cores would fight over.
+//! key to another shard copies a few words instead of bumping the reference count
+//! of a shared input buffer, which two cores would fight over. The inline form is
+//! built and read as whole `u64` words: a key written byte by byte and read back
+//! as words right away stalls the CPU on store forwarding, which was the largest
+//! single cost of keying by word.
 
-use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 
-/// Longest byte string stored without a heap allocation.
-pub const SMALL_INLINE_MAX_BYTES: usize = 22;
+/// Longest byte string stored without a heap allocation: three words, less the
+/// byte that holds the length.
+pub const SMALL_INLINE_MAX_BYTES: usize = 23;
+const LEN_SHIFT: u32 = 56;
 
 #[derive(Clone)]
 pub enum SmallBytes {
-    Inline { len: u8, bytes: [u8; SMALL_INLINE_MAX_BYTES] },
+    /// Little-endian words of the bytes, zero-padded; the length is in the top
+    /// byte of the last word. One byte string has exactly one inline form.
+    Inline([u64; 3]),
     Heap(Box<[u8]>),
+}
+
+/// Reads up to 8 bytes as a little-endian word with a few loads (no byte loop,
+/// no stores): overlapping reads of the source for 1–7 bytes.
+fn load_word(src: &[u8]) -> u64 {
+    let n = src.len();
+    debug_assert!(n <= 8);
+    let read32 = |at: usize| u32::from_le_bytes([src[at], src[at + 1], src[at + 2], src[at + 3]]) as u64;
+    match n {
+        0 => 0,
+        1..=3 => src[0] as u64 | (src[n / 2] as u64) << (8 * (n / 2)) | (src[n - 1] as u64) << (8 * (n - 1)),
+        4..=7 => read32(0) | read32(n - 4) << (8 * (n - 4)),
+        _ => u64::from_le_bytes([src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7]]),
+    }
 }
 
 impl SmallBytes {
     pub fn new(value: &[u8]) -> Self {
-        if value.len() <= SMALL_INLINE_MAX_BYTES {
-            let mut bytes = [0; SMALL_INLINE_MAX_BYTES];
-            bytes[..value.len()].copy_from_slice(value);
-            SmallBytes::Inline { len: value.len() as u8, bytes }
-        } else {
-            SmallBytes::Heap(value.into())
+        if value.len() > SMALL_INLINE_MAX_BYTES {
+            return SmallBytes::Heap(value.into());
+        }
+        let part = |from: usize, to: usize| load_word(&value[from.min(value.len())..to.min(value.len())]);
+        let len = (value.len() as u64) << LEN_SHIFT;
+        SmallBytes::Inline([part(0, 8), part(8, 16), part(16, 23) | len])
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            SmallBytes::Inline(words) => (words[2] >> LEN_SHIFT) as usize,
+            SmallBytes::Heap(bytes) => bytes.len(),
         }
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the bytes to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         match self {
-            SmallBytes::Inline { len, bytes } => &bytes[..*len as usize],
-            SmallBytes::Heap(bytes) => bytes,
+            SmallBytes::Inline(words) => {
+                // Append all three words, then cut back: fixed-size copies are a
+                // few stores, a variable-length one is a memcpy call.
+                let end = out.len() + self.len();
+                for word in words {
+                    out.extend_from_slice(&word.to_le_bytes());
+                }
+                out.truncate(end);
+            }
+            SmallBytes::Heap(bytes) => out.extend_from_slice(bytes),
         }
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        self.write_to(&mut out);
+        out
     }
 }
 
 impl std::fmt::Debug for SmallBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+        write!(f, "{:?}", String::from_utf8_lossy(&self.to_vec()))
     }
 }
 
-// Equality, order and hash are those of the byte string, as `Borrow<[u8]>`
-// requires: the state store looks keys up by `&[u8]`.
+// Equality, order and hash are those of the byte string.
 impl PartialEq for SmallBytes {
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        match (self, other) {
+            (SmallBytes::Inline(a), SmallBytes::Inline(b)) => a == b,
+            (SmallBytes::Heap(a), SmallBytes::Heap(b)) => a == b,
+            _ => false, // one byte string has one form: short inline, long on the heap
+        }
     }
 }
 impl Eq for SmallBytes {}
@@ -56,23 +104,50 @@ impl PartialOrd for SmallBytes {
 }
 impl Ord for SmallBytes {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        match (self, other) {
+            (SmallBytes::Inline(a), SmallBytes::Inline(b)) => {
+                // Big-endian words compare like the bytes they hold; the padding is
+                // zero, so a prefix sorts first once lengths break the tie.
+                let key = |w: &[u64; 3]| {
+                    (
+                        w[0].swap_bytes(),
+                        w[1].swap_bytes(),
+                        (w[2] << 8).swap_bytes(),
+                        w[2] >> LEN_SHIFT,
+                    )
+                };
+                key(a).cmp(&key(b))
+            }
+            _ => self.to_vec().cmp(&other.to_vec()),
+        }
     }
 }
 impl Hash for SmallBytes {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state)
-    }
-}
-impl Borrow<[u8]> for SmallBytes {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
+        match self {
+            SmallBytes::Inline(words) => words.hash(state),
+            SmallBytes::Heap(bytes) => bytes.hash(state),
+        }
     }
 }
 
 impl crate::key::Key for SmallBytes {
     fn route_hash(&self) -> u64 {
-        crate::key::stable_hash(self.as_bytes())
+        use crate::key::folded_multiply;
+        // Arbitrary odd constants (digits of pi): fixed, so hashes are stable.
+        const SEEDS: [u64; 3] = [
+            0x243F_6A88_85A3_08D3,
+            0x1319_8A2E_0370_7344,
+            0xA409_3822_299F_31D1,
+        ];
+        match self {
+            // Words are little-endian values, so this is the same on every machine;
+            // two multiplies, one of them parallel to the loads.
+            SmallBytes::Inline([a, b, c]) => {
+                folded_multiply(folded_multiply(a ^ SEEDS[0], b ^ SEEDS[1]) ^ c, SEEDS[2])
+            }
+            SmallBytes::Heap(bytes) => crate::key::stable_hash(&bytes[..]),
+        }
     }
     fn detach(&self) -> Self {
         self.clone()
@@ -90,16 +165,34 @@ mod tests {
         fn behaves_like_its_bytes(a in proptest::collection::vec(any::<u8>(), 0..40),
                                   b in proptest::collection::vec(any::<u8>(), 0..40)) {
             let (sa, sb) = (SmallBytes::new(&a), SmallBytes::new(&b));
-            prop_assert_eq!(sa.as_bytes(), &a[..]);
+            prop_assert_eq!(sa.to_vec(), a.clone());
+            prop_assert_eq!(sa.len(), a.len());
             prop_assert_eq!(sa == sb, a == b);
             prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
-            prop_assert_eq!(sa.route_hash(), crate::key::stable_hash(&a[..]));
+            if a == b {
+                prop_assert_eq!(sa.route_hash(), sb.route_hash());
+            }
+        }
+
+        #[test]
+        fn short_prefixes_order_like_bytes(a in proptest::collection::vec(0u8..3, 0..24),
+                                           b in proptest::collection::vec(0u8..3, 0..24)) {
+            prop_assert_eq!(SmallBytes::new(&a).cmp(&SmallBytes::new(&b)), a.cmp(&b));
         }
     }
 
     #[test]
     fn short_keys_are_inline() {
-        assert!(matches!(SmallBytes::new(b"hello"), SmallBytes::Inline { .. }));
-        assert!(matches!(SmallBytes::new(&[b'x'; 100]), SmallBytes::Heap(_)));
+        assert!(matches!(SmallBytes::new(b"hello"), SmallBytes::Inline(_)));
+        assert!(matches!(SmallBytes::new(&[b'x'; 23]), SmallBytes::Inline(_)));
+        assert!(matches!(SmallBytes::new(&[b'x'; 24]), SmallBytes::Heap(_)));
+    }
+
+    #[test]
+    fn every_length_round_trips() {
+        let source: Vec<u8> = (1..=30).collect();
+        for n in 0..=30 {
+            assert_eq!(SmallBytes::new(&source[..n]).to_vec(), &source[..n]);
+        }
     }
 }

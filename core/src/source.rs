@@ -115,7 +115,12 @@ impl ChunkData {
 /// `index % shards`; every shard gets the source's `End`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEvent {
-    Chunk { source: u32, index: u64, first_line: u64, data: ChunkData },
+    Chunk {
+        source: u32,
+        index: u64,
+        first_line: u64,
+        data: ChunkData,
+    },
     /// The source failed mid-stream (after it opened): reported, then ended.
     Failed { source: u32, error: String },
     /// No more chunks from `source`: it had `chunks` in all.
@@ -136,7 +141,13 @@ impl<'a> Dealer<'a> {
     /// returns false once the shard is gone.
     pub fn new(source: u32, shards: usize, send: &'a mut dyn FnMut(usize, SourceEvent) -> bool) -> Self {
         assert!(shards > 0);
-        Dealer { source, shards, next_index: 0, next_line: 1, send }
+        Dealer {
+            source,
+            shards,
+            next_index: 0,
+            next_line: 1,
+            send,
+        }
     }
 
     pub fn deal(&mut self, data: ChunkData) -> bool {
@@ -156,10 +167,22 @@ impl<'a> Dealer<'a> {
     /// Reports a failure (if any) and ends the source on every shard.
     pub fn finish(self, failure: Option<String>) {
         if let Some(error) = failure {
-            (self.send)(0, SourceEvent::Failed { source: self.source, error });
+            (self.send)(
+                0,
+                SourceEvent::Failed {
+                    source: self.source,
+                    error,
+                },
+            );
         }
         for shard in 0..self.shards {
-            (self.send)(shard, SourceEvent::End { source: self.source, chunks: self.next_index });
+            (self.send)(
+                shard,
+                SourceEvent::End {
+                    source: self.source,
+                    chunks: self.next_index,
+                },
+            );
         }
     }
 }
@@ -176,8 +199,9 @@ pub enum OpenSource {
 pub fn open(spec: SourceSpec) -> io::Result<OpenSource> {
     Ok(match spec.kind {
         SourceKind::File(path) => {
-            let file = std::fs::File::open(&path)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot open input {}: {e}", path.display())))?;
+            let file = std::fs::File::open(&path).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open input {}: {e}", path.display()))
+            })?;
             if file.metadata()?.is_dir() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -186,12 +210,16 @@ pub fn open(spec: SourceSpec) -> io::Result<OpenSource> {
             }
             OpenSource::Reader(Box::new(file))
         }
-        SourceKind::Stdin => OpenSource::Reader(Box::new(PolledStdin::new())),
+        SourceKind::Stdin => OpenSource::Reader(Box::new(ThreadedStdin::spawn())),
         SourceKind::Tcp(addr) => {
             let listener = TcpListener::bind(&addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listener.set_nonblocking(true)?;
-            eprintln!("verity: source {} listening on {}", spec.name, listener.local_addr()?);
+            eprintln!(
+                "verity: source {} listening on {}",
+                spec.name,
+                listener.local_addr()?
+            );
             OpenSource::Listener(listener)
         }
         SourceKind::Generated(generator) => OpenSource::Generated(generator),
@@ -258,7 +286,9 @@ fn pump_generator(mut generator: Box<dyn LineGenerator>, stop: &AtomicBool, deal
     const LINES_PER_CHUNK: usize = 2048;
     while !stop.load(Ordering::Relaxed) {
         let mut buffer = Vec::with_capacity(CHUNK_SIZE_BYTES + CHUNK_SIZE_BYTES / 2);
-        if generator.write_lines(&mut buffer, LINES_PER_CHUNK) == 0 || !dealer.deal(ChunkData::Lines(buffer.into())) {
+        if generator.write_lines(&mut buffer, LINES_PER_CHUNK) == 0
+            || !dealer.deal(ChunkData::Lines(buffer.into()))
+        {
             break;
         }
     }
@@ -273,40 +303,72 @@ fn pump_memory(mut data: Bytes, stop: &AtomicBool, dealer: &mut Dealer<'_>) {
     }
 }
 
-/// Stdin that waits for data in short polls (mio), so a reader blocked on a quiet
-/// pipe or terminal still sees a stop. Regular files cannot be polled; for them
-/// reads simply block, which for a file is never long.
-struct PolledStdin {
-    stdin: io::Stdin,
-    poll: Option<(mio::Poll, mio::Events)>,
-    /// Data was reported and may not be drained yet (mio is edge-triggered).
-    readable: bool,
+/// Stdin read on a helper thread, so the pump can wake every
+/// `STOP_POLL_INTERVAL` to look at the stop flag even while no input arrives.
+/// (A blocking read cannot be interrupted, and edge-triggered polling of a
+/// blocking fd misses an end of input that arrived with the last data.)
+struct ThreadedStdin {
+    blocks: crossbeam_channel::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    consumed: usize,
+    ended: bool,
 }
 
-impl PolledStdin {
-    fn new() -> Self {
-        let poll = mio::Poll::new().ok().and_then(|poll| {
-            let registered = poll
-                .registry()
-                .register(&mut mio::unix::SourceFd(&0), mio::Token(0), mio::Interest::READABLE)
-                .is_ok();
-            registered.then(|| (poll, mio::Events::with_capacity(4)))
-        });
-        PolledStdin { stdin: io::stdin(), poll, readable: false }
+/// Stdin blocks read ahead of the pump.
+const STDIN_BLOCKS_AHEAD: usize = 4;
+
+impl ThreadedStdin {
+    fn spawn() -> Self {
+        let (sender, blocks) = crossbeam_channel::bounded(STDIN_BLOCKS_AHEAD);
+        std::thread::Builder::new()
+            .name("verity-stdin".into())
+            .spawn(move || {
+                let mut stdin = io::stdin().lock();
+                loop {
+                    let mut block = vec![0; CHUNK_SIZE_BYTES];
+                    let result = match stdin.read(&mut block) {
+                        Ok(read) => {
+                            block.truncate(read);
+                            Ok(block)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => Err(e),
+                    };
+                    let last = !matches!(&result, Ok(block) if !block.is_empty());
+                    if sender.send(result).is_err() || last {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn stdin reader thread");
+        ThreadedStdin {
+            blocks,
+            current: Vec::new(),
+            consumed: 0,
+            ended: false,
+        }
     }
 }
 
-impl Read for PolledStdin {
+impl Read for ThreadedStdin {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let (Some((poll, events)), false) = (self.poll.as_mut(), self.readable) {
-            poll.poll(events, Some(STOP_POLL_INTERVAL))?;
-            if events.is_empty() {
-                return Err(io::ErrorKind::TimedOut.into());
+        if self.consumed == self.current.len() && !self.ended {
+            match self.blocks.recv_timeout(STOP_POLL_INTERVAL) {
+                Ok(block) => {
+                    self.current = block?;
+                    self.consumed = 0;
+                    self.ended = self.current.is_empty();
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    return Err(io::ErrorKind::TimedOut.into())
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => self.ended = true,
             }
         }
-        let read = self.stdin.read(buf)?;
-        // A full read means more may be waiting, and no new edge will say so.
-        self.readable = read == buf.len() && read > 0;
+        let available = &self.current[self.consumed..];
+        let read = available.len().min(buf.len());
+        buf[..read].copy_from_slice(&available[..read]);
+        self.consumed += read;
         Ok(read)
     }
 }

@@ -25,13 +25,17 @@ impl<K, S: Default> Default for KeyedStore<K, S> {
 
 impl<K: std::fmt::Debug, S: std::fmt::Debug> std::fmt::Debug for KeyedStore<K, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.entries.iter().map(|e| (&e.key, &e.state))).finish()
+        f.debug_map()
+            .entries(self.entries.iter().map(|e| (&e.key, &e.state)))
+            .finish()
     }
 }
 
 impl<K, S: Default> KeyedStore<K, S> {
     pub fn new() -> Self {
-        KeyedStore { entries: HashTable::new() }
+        KeyedStore {
+            entries: HashTable::new(),
+        }
     }
 
     /// The state of `key` (whose hash is `hash`), created with `S::default()` on
@@ -41,16 +45,22 @@ impl<K, S: Default> KeyedStore<K, S> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let found = self.entries.find_mut(hash, |e| e.key.borrow() == key).is_some();
-        if !found {
-            let owned = detach(key);
-            debug_assert!(owned.borrow() == key, "detach must keep the key equal");
-            let entry = Entry { hash, key: owned, state: S::default() };
-            return &mut self.entries.insert_unique(hash, entry, |e| e.hash).into_mut().state;
-        }
-        match self.entries.find_mut(hash, |e| e.key.borrow() == key) {
-            Some(entry) => &mut entry.state,
-            None => unreachable!("found just above"),
+        match self.entries.find_entry(hash, |e| e.key.borrow() == key) {
+            Ok(occupied) => &mut occupied.into_mut().state,
+            Err(absent) => {
+                let owned = detach(key);
+                debug_assert!(owned.borrow() == key, "detach must keep the key equal");
+                let entry = Entry {
+                    hash,
+                    key: owned,
+                    state: S::default(),
+                };
+                &mut absent
+                    .into_table()
+                    .insert_unique(hash, entry, |e| e.hash)
+                    .into_mut()
+                    .state
+            }
         }
     }
 
@@ -59,7 +69,9 @@ impl<K, S: Default> KeyedStore<K, S> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.entries.find(hash, |e| e.key.borrow() == key).map(|e| &e.state)
+        self.entries
+            .find(hash, |e| e.key.borrow() == key)
+            .map(|e| &e.state)
     }
 
     pub fn len(&self) -> usize {
@@ -86,7 +98,8 @@ mod tests {
     use super::*;
 
     fn hash_of(word: &str) -> u64 {
-        word.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        word.bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
     }
 
     #[test]

@@ -1,0 +1,191 @@
+//! TCP sources and sinks on loopback, two concurrent market-spread streams, and a
+//! clean stop on Ctrl-C.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads the child's stderr until it says where a source listens.
+fn listening_address(child: &mut Child) -> String {
+    let stderr = child.stderr.as_mut().unwrap();
+    let mut reader = BufReader::new(stderr);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "verity exited before listening"
+        );
+        if let Some(pos) = line.find("listening on ") {
+            return line[pos + "listening on ".len()..].trim().to_string();
+        }
+    }
+}
+
+fn wait_with_timeout(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            panic!("verity did not finish within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn tcp_source_to_tcp_sink() {
+    let sink = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let mut child = verity()
+        .args([
+            "run",
+            "seq-window",
+            "--workers",
+            "2",
+            "--input",
+            "tcp:127.0.0.1:0",
+        ])
+        .args(["--output", &format!("tcp:{sink_addr}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut received, _) = sink.accept().unwrap();
+    received.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let source_addr = listening_address(&mut child);
+    let mut sender = TcpStream::connect(&source_addr).unwrap();
+    let mut expected = Vec::new();
+    for value in 1..=1000u64 {
+        writeln!(sender, "k{} {}", value % 3, value / 3 + 1).unwrap();
+    }
+    drop(sender);
+    let mut text = String::new();
+    received.read_to_string(&mut text).unwrap();
+    assert!(wait_with_timeout(&mut child).success());
+    for key in 0..3 {
+        let mut window = [0u64; 4];
+        for value in (1..=1000u64).filter(|v| v % 3 == key) {
+            window.rotate_left(1);
+            window[3] = value / 3 + 1;
+            expected.push(format!(
+                "k{key} {} {} {} {}",
+                window[0], window[1], window[2], window[3]
+            ));
+        }
+    }
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), expected.len());
+    // Per key, order is kept; compare per key.
+    for key in 0..3 {
+        let prefix = format!("k{key} ");
+        let got: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with(&prefix)).collect();
+        let want: Vec<&str> = expected
+            .iter()
+            .map(String::as_str)
+            .filter(|l| l.starts_with(&prefix))
+            .collect();
+        assert_eq!(got, want, "key k{key}");
+    }
+    lines.clear();
+}
+
+#[test]
+fn two_market_streams_decide_every_order_on_a_real_quote() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut quotes = String::new();
+    let mut orders = String::new();
+    for i in 0..2000u64 {
+        let symbol = format!("S{}", i % 7);
+        quotes.push_str(&format!(
+            "Q,{symbol},{}.00,{}.{:02}\n",
+            10 + i % 5,
+            10 + i % 5,
+            i % 9
+        ));
+        orders.push_str(&format!("O,{i},{symbol},B,1,10\n"));
+    }
+    let quotes_path = write(dir.path(), "quotes", quotes.as_bytes());
+    let orders_path = write(dir.path(), "orders", orders.as_bytes());
+    let output = ok(run(&[
+        "run",
+        "market-spread",
+        "--workers",
+        "2",
+        "--quotes",
+        path_str(&quotes_path),
+        "--orders",
+        path_str(&orders_path),
+    ]));
+    let decisions = stdout(&output);
+    let known_quotes: std::collections::HashSet<String> = quotes
+        .lines()
+        .map(|q| {
+            let f: Vec<&str> = q.split(',').collect();
+            let price = |p: &str| format!("{:.4}", p.parse::<f64>().unwrap());
+            format!("{},{},{}", f[1], price(f[2]), price(f[3]))
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for line in decisions.lines() {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 5, "{line}");
+        assert!(
+            ids.insert(f[0].parse::<u64>().unwrap()),
+            "duplicate decision {line}"
+        );
+        if f[3].is_empty() {
+            assert_eq!(f[1], "REJECT", "{line}");
+        } else {
+            assert!(
+                known_quotes.contains(&format!("{},{},{}", f[2], f[3], f[4])),
+                "{line} quotes no real quote"
+            );
+        }
+    }
+    assert_eq!(ids.len(), 2000);
+}
+
+#[test]
+fn ctrl_c_stops_cleanly() {
+    let mut child = verity()
+        .args(["run", "doubler", "--workers", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"1\n2\n").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_with_timeout(&mut child);
+    drop(stdin);
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(err.contains("stopped early"), "{err}");
+    let mut values: Vec<i64> = out.lines().map(|l| l.parse().unwrap()).collect();
+    values.sort();
+    assert_eq!(
+        values,
+        vec![2, 4],
+        "lines read before the stop are processed and flushed"
+    );
+}
