@@ -1,5 +1,6 @@
 //! Argument definitions and the commands they run.
 
+use crate::cluster::{run_leader_process, run_worker_process, Job, LocalCluster, NetOptions};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use verity_apps::{doubler, market_spread, seq_window, wordcount};
 use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
+use verity_core::cluster::ClusterFile;
 use verity_core::{DeadLetterSpec, Outputs, RunConfig, RunSummary, ShardLimits, SinkSpec, SourceSpec};
 
 #[derive(Parser, Debug)]
@@ -31,6 +33,8 @@ enum Command {
     Verify(VerifyArgs),
     /// Write an app's generated input (the same lines `run --generate` uses).
     Generate(GenerateArgs),
+    /// Join a cluster as process I (process 0 is `verity run … --cluster FILE`).
+    Worker(WorkerArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,6 +97,57 @@ struct RunArgs {
     /// Do not pin worker threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Run as a local cluster of P processes on 127.0.0.1 (this one and P-1
+    /// spawned `verity worker`s), each with --workers shards.
+    #[arg(long, value_name = "P", conflicts_with = "cluster",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    processes: Option<u32>,
+    /// Run as process 0 of the cluster described in FILE (see README).
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+/// How processes of a cluster reach and trust each other.
+#[derive(Args, Debug, Clone)]
+struct NetArgs {
+    /// File holding the cluster's shared secret [default: $VERITY_CLUSTER_SECRET].
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+    /// A peer silent this long is taken for dead and reconnected.
+    #[arg(long, value_name = "MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    peer_timeout_ms: u64,
+    /// A peer unreachable this long fails the run.
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    peer_lost_ms: u64,
+}
+
+impl NetArgs {
+    fn options(&self) -> NetOptions {
+        NetOptions {
+            secret_file: self.secret_file.clone(),
+            peer_timeout_ms: self.peer_timeout_ms,
+            peer_lost_ms: self.peer_lost_ms,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct WorkerArgs {
+    /// The cluster file every process shares.
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+    /// This process's index in the file's [[process]] list (1 and up).
+    #[arg(long, value_name = "I")]
+    id: u32,
+    /// Do not pin worker threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+    #[command(flatten)]
+    net: NetArgs,
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +210,10 @@ pub fn execute(cli: Cli) -> Result<i32> {
         }
         Command::Verify(args) => verify(args),
         Command::Generate(args) => generate_input(args),
+        Command::Worker(args) => {
+            let _stop = install_stop_handler()?;
+            run_worker_process(&args.cluster, args.id, &args.net.options(), !args.no_pin)
+        }
     }
 }
 
@@ -205,8 +264,29 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
     let options = AppOptions {
         final_counts: args.final_counts,
     };
-    let summary = run_app(app, input, options, &config, &outputs, stop)
-        .with_context(|| format!("{} run failed", app.name()))?;
+    let job = Job {
+        app,
+        options,
+        split_input: matches!(input, AppInput::QuotesAndOrders { .. }),
+        batch_max: config.limits.batch_max,
+        queue_depth_batches: config.queue_depth_batches,
+    };
+    let summary = match (args.processes, &args.cluster) {
+        (Some(processes), _) if processes > 1 => {
+            let workers = config.workers as u32;
+            let (local, net) =
+                LocalCluster::spawn(processes, workers, &args.net.options(), config.pin_cores)?;
+            let summary = run_leader_process(&local.file, &net, &job, input, &config, &outputs, stop)?;
+            local.join()?;
+            summary
+        }
+        (_, Some(path)) => {
+            let file = ClusterFile::load(path)?;
+            run_leader_process(&file, &args.net.options(), &job, input, &config, &outputs, stop)?
+        }
+        _ => run_app(app, input, options, &config, &outputs, stop)
+            .with_context(|| format!("{} run failed", app.name()))?,
+    };
     report(app, &summary, &outputs);
     Ok(if summary.source_errors.is_empty() { 0 } else { 1 })
 }

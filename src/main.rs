@@ -2,6 +2,7 @@
 //! reports. No engine logic lives here.
 
 mod cli;
+mod cluster;
 
 use clap::Parser;
 

@@ -9,7 +9,7 @@ pub mod market_spread;
 pub mod seq_window;
 pub mod wordcount;
 
-use verity_core::{run, Outputs, RunConfig, RunError, RunSummary, SourceSpec};
+use verity_core::{run, Dataflow, Key, Outputs, RunConfig, RunError, RunSummary, SourceSpec, Wire};
 
 /// The reference apps by their command-line names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub enum AppInput {
 }
 
 /// App options beyond input and output.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AppOptions {
     /// wordcount: final counts at end of input instead of running counts.
     pub final_counts: bool,
@@ -75,6 +75,38 @@ pub enum AppError {
     Run(#[from] RunError),
 }
 
+/// Something that runs a dataflow of any key, value, state and output type:
+/// the single-process runtime, or one role of a cluster.
+pub trait Driver {
+    type Out;
+    fn drive<K, V, S, O>(self, flow: Dataflow<K, V, S, O>) -> Result<Self::Out, RunError>
+    where
+        K: Key + Wire,
+        V: Wire + Send + 'static,
+        S: Default + Send + 'static,
+        O: 'static;
+}
+
+/// The single-process runtime as a `Driver`.
+pub struct LocalRun<'a> {
+    pub config: &'a RunConfig,
+    pub outputs: &'a Outputs,
+    pub stop: verity_core::source::StopFlag,
+}
+
+impl Driver for LocalRun<'_> {
+    type Out = RunSummary;
+    fn drive<K, V, S, O>(self, flow: Dataflow<K, V, S, O>) -> Result<RunSummary, RunError>
+    where
+        K: Key + Wire,
+        V: Wire + Send + 'static,
+        S: Default + Send + 'static,
+        O: 'static,
+    {
+        run(flow, self.config, self.outputs, self.stop)
+    }
+}
+
 /// Builds `app`'s dataflow and runs it to the end of its input.
 pub fn run_app(
     app: AppName,
@@ -84,19 +116,33 @@ pub fn run_app(
     outputs: &Outputs,
     stop: verity_core::source::StopFlag,
 ) -> Result<RunSummary, AppError> {
+    drive_app(
+        app,
+        input,
+        options,
+        LocalRun {
+            config,
+            outputs,
+            stop,
+        },
+    )
+}
+
+/// Builds `app`'s dataflow and hands it to `driver`.
+pub fn drive_app<D: Driver>(
+    app: AppName,
+    input: AppInput,
+    options: AppOptions,
+    driver: D,
+) -> Result<D::Out, AppError> {
     let single = |input: AppInput| match input {
         AppInput::Single(spec) => Ok(spec),
         AppInput::QuotesAndOrders { .. } => Err(AppError::SplitInputNotSupported(app.name())),
     };
-    let summary = match app {
-        AppName::Doubler => run(doubler::dataflow(single(input)?), config, outputs, stop)?,
-        AppName::Wordcount => run(
-            wordcount::dataflow(single(input)?, options.final_counts),
-            config,
-            outputs,
-            stop,
-        )?,
-        AppName::SeqWindow => run(seq_window::dataflow(single(input)?), config, outputs, stop)?,
+    let out = match app {
+        AppName::Doubler => driver.drive(doubler::dataflow(single(input)?))?,
+        AppName::Wordcount => driver.drive(wordcount::dataflow(single(input)?, options.final_counts))?,
+        AppName::SeqWindow => driver.drive(seq_window::dataflow(single(input)?))?,
         AppName::MarketSpread => {
             let inputs = match input {
                 AppInput::Single(spec) => market_spread::Inputs::Mixed(spec),
@@ -104,8 +150,8 @@ pub fn run_app(
                     market_spread::Inputs::Split { quotes, orders }
                 }
             };
-            run(market_spread::dataflow(inputs), config, outputs, stop)?
+            driver.drive(market_spread::dataflow(inputs))?
         }
     };
-    Ok(summary)
+    Ok(out)
 }

@@ -3,7 +3,8 @@
 //! force when the order reaches its symbol's shard.
 
 use crate::format::{write_price, write_u64, PRICE_UNITS_PER_ONE};
-use verity_core::{Dataflow, Either, Line, Reject, SourceSpec, Stream};
+use verity_core::wire::take;
+use verity_core::{Dataflow, Either, Line, Reject, SourceSpec, Stream, Wire, WireError};
 
 pub const FORMAT_HELP: &str = "\
 Input: quote lines `Q,<symbol>,<bid>,<ask>` and order lines
@@ -54,6 +55,59 @@ impl verity_core::Key for Symbol {
     }
     fn detach(&self) -> Self {
         *self
+    }
+}
+
+impl Wire for Symbol {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.len);
+        out.extend_from_slice(&self.bytes);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, WireError> {
+        let len = u8::decode(input)?;
+        let bytes: [u8; SYMBOL_MAX_BYTES] = take(input, SYMBOL_MAX_BYTES)?.try_into().expect("exact size");
+        if len as usize > SYMBOL_MAX_BYTES || len == 0 {
+            return Err(WireError::Invalid("symbol length"));
+        }
+        Ok(Symbol { len, bytes })
+    }
+}
+
+impl Wire for Quote {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.symbol.encode(out);
+        self.bid_units.encode(out);
+        self.ask_units.encode(out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, WireError> {
+        Ok(Quote {
+            symbol: Symbol::decode(input)?,
+            bid_units: u64::decode(input)?,
+            ask_units: u64::decode(input)?,
+        })
+    }
+}
+
+impl Wire for Order {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.id.encode(out);
+        self.symbol.encode(out);
+        (self.side == Side::Buy).encode(out);
+        self.qty.encode(out);
+        self.price_units.encode(out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, WireError> {
+        Ok(Order {
+            id: u64::decode(input)?,
+            symbol: Symbol::decode(input)?,
+            side: if bool::decode(input)? {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
+            qty: u64::decode(input)?,
+            price_units: u64::decode(input)?,
+        })
     }
 }
 

@@ -91,6 +91,9 @@ fn engine_run(app: AppName, input: &Bytes, workers: usize) -> u64 {
     }
 }
 
+/// A naive single-thread loop over the whole input; returns its output count.
+type NaiveLoop = fn(&[u8]) -> u64;
+
 fn main() {
     let options = parse_options().unwrap_or_else(|e| {
         eprintln!("verity-bench: {e}");
@@ -104,7 +107,7 @@ fn main() {
         "{:<14} {:<22} {:>10} {:>14} {:>8}",
         "app", "runner", "seconds", "records/s", "ratio"
     );
-    let cases: [(AppName, fn(&[u8]) -> u64); 2] = [
+    let cases: [(AppName, NaiveLoop); 2] = [
         (AppName::Wordcount, baseline::wordcount),
         (AppName::MarketSpread, baseline::market_spread),
     ];

@@ -3,6 +3,7 @@
 //! batched queues, reader and output threads).
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod env;
 pub mod flow;
 pub mod ids;
@@ -13,14 +14,16 @@ pub mod shard;
 pub mod sink;
 pub mod small;
 pub mod source;
+pub mod wire;
 
 pub use env::{Clock, ManualClock, Rng, SplitMix64, SystemClock};
 pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output, Stream};
 pub use ids::{Msg, MsgId};
 pub use key::Key;
 pub use line::{Line, Reject};
-pub use runtime::{run, Outputs, RunConfig, RunError, RunSummary};
+pub use runtime::{run, run_leader, run_member, ClusterRun, Outputs, RunConfig, RunError, RunSummary};
 pub use shard::ShardLimits;
 pub use sink::{DeadLetterSpec, SinkSpec};
 pub use small::SmallBytes;
 pub use source::{LineGenerator, SourceSpec};
+pub use wire::{Wire, WireError};

@@ -149,9 +149,21 @@ pub struct ShardCore<K, V, S, O> {
 impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCore<K, V, S, O> {
     /// One core per shard, each with every source's chain (any shard parses).
     pub fn build_all(logic: Logic<K, V, S, O>, shards: u32, limits: ShardLimits) -> Vec<Self> {
+        Self::build_range(&logic, shards, 0..shards, limits)
+    }
+
+    /// The cores of shards `range` out of `shards` in all (one process's share
+    /// of a cluster).
+    pub fn build_range(
+        logic: &Logic<K, V, S, O>,
+        shards: u32,
+        range: std::ops::Range<u32>,
+        limits: ShardLimits,
+    ) -> Vec<Self> {
         assert!(shards > 0 && limits.batch_max > 0 && limits.output_batch_bytes > 0);
-        (0..shards)
-            .map(|index| ShardCore::new(index, shards, limits, &logic))
+        assert!(range.end <= shards);
+        range
+            .map(|index| ShardCore::new(index, shards, limits, logic))
             .collect()
     }
 

@@ -1,0 +1,331 @@
+//! What crosses a process boundary, as frame records: shard batches, dealt
+//! source chunks, output, and control messages. Each frame's first record says
+//! what the rest are; record bytes are read in place from the received buffer.
+
+use super::ClusterError;
+use crate::ids::MsgId;
+use crate::key::Key;
+use crate::line::DeadLetter;
+use crate::shard::{Batch, Routed, ShardCounters};
+use crate::source::{ChunkData, SourceEvent};
+use crate::wire::{decode_bytes, encode_bytes, take, Wire, WireError};
+use bytes::Bytes;
+use verity_net::frame::{Frame, FrameWriter};
+
+fn malformed(what: &'static str, e: WireError) -> ClusterError {
+    ClusterError::Malformed(format!("{what}: {e}"))
+}
+
+fn records<'a>(
+    frame: &'a Frame,
+    what: &'static str,
+) -> Result<(Bytes, impl Iterator<Item = Bytes> + 'a), ClusterError> {
+    let mut records = frame.records();
+    let head = records
+        .next()
+        .ok_or_else(|| ClusterError::Malformed(format!("empty {what} frame")))?;
+    Ok((head, records))
+}
+
+// ---- shard batches -------------------------------------------------------
+
+pub fn encode_batch<K: Wire, V: Wire>(batch: &Batch<K, V>, frame: &mut FrameWriter<'_>) {
+    frame.record_with(|out| {
+        batch.chunk.encode(out);
+        batch.first_seq.encode(out);
+        batch.last.encode(out);
+    });
+    for record in &batch.records {
+        frame.record_with(|out| {
+            encode_id(record.id, out);
+            record.hash.encode(out);
+            record.key.encode(out);
+            record.value.encode(out);
+        });
+    }
+}
+
+pub fn decode_batch<K: Key + Wire, V: Wire>(
+    frame: &Frame,
+    source: u32,
+    from: u32,
+) -> Result<Batch<K, V>, ClusterError> {
+    let (head, rest) = records(frame, "batch")?;
+    let mut input = &head[..];
+    let decode_head = |input: &mut &[u8]| -> Result<_, WireError> {
+        Ok((u64::decode(input)?, u64::decode(input)?, bool::decode(input)?))
+    };
+    let (chunk, first_seq, last) = decode_head(&mut input).map_err(|e| malformed("batch header", e))?;
+    let mut batch = Batch {
+        source,
+        from,
+        chunk,
+        first_seq,
+        last,
+        records: Vec::with_capacity(frame.header.record_count as usize),
+    };
+    for record in rest {
+        let mut input = &record[..];
+        let decode_record = |input: &mut &[u8]| -> Result<Routed<K, V>, WireError> {
+            Ok(Routed {
+                id: decode_id(input)?,
+                hash: u64::decode(input)?,
+                key: K::decode(input)?,
+                value: V::decode(input)?,
+            })
+        };
+        let routed = decode_record(&mut input).map_err(|e| malformed("batch record", e))?;
+        if routed.hash != routed.key.route_hash() {
+            return Err(ClusterError::Malformed(
+                "batch record's hash does not match its key".into(),
+            ));
+        }
+        batch.records.push(routed);
+    }
+    Ok(batch)
+}
+
+fn encode_id(id: MsgId, out: &mut Vec<u8>) {
+    id.producer.encode(out);
+    id.part.encode(out);
+    id.seq.encode(out);
+}
+
+fn decode_id(input: &mut &[u8]) -> Result<MsgId, WireError> {
+    Ok(MsgId {
+        producer: u32::decode(input)?,
+        part: u32::decode(input)?,
+        seq: u64::decode(input)?,
+    })
+}
+
+// ---- source events -------------------------------------------------------
+
+const EVENT_CHUNK_LINES: u8 = 0;
+const EVENT_CHUNK_OVERSIZED: u8 = 1;
+const EVENT_END: u8 = 2;
+const EVENT_FAILED: u8 = 3;
+
+pub fn encode_source_event(event: &SourceEvent, frame: &mut FrameWriter<'_>) {
+    match event {
+        SourceEvent::Chunk {
+            index,
+            first_line,
+            data,
+            ..
+        } => {
+            let (tag, body, size_bytes) = match data {
+                ChunkData::Lines(lines) => (EVENT_CHUNK_LINES, lines, 0),
+                ChunkData::Oversized { prefix, size_bytes } => (EVENT_CHUNK_OVERSIZED, prefix, *size_bytes),
+            };
+            frame.record_with(|out| {
+                tag.encode(out);
+                index.encode(out);
+                first_line.encode(out);
+                size_bytes.encode(out);
+            });
+            frame.push_record(body);
+        }
+        SourceEvent::End { chunks, .. } => frame.record_with(|out| {
+            EVENT_END.encode(out);
+            chunks.encode(out);
+        }),
+        SourceEvent::Failed { error, .. } => {
+            frame.record_with(|out| EVENT_FAILED.encode(out));
+            frame.push_record(error.as_bytes());
+        }
+    }
+}
+
+pub fn decode_source_event(frame: &Frame, source: u32) -> Result<SourceEvent, ClusterError> {
+    let (head, mut rest) = records(frame, "source event")?;
+    let mut input = &head[..];
+    let tag = u8::decode(&mut input).map_err(|e| malformed("source event", e))?;
+    let mut body = || {
+        rest.next()
+            .ok_or_else(|| ClusterError::Malformed("source event without its body".into()))
+    };
+    match tag {
+        EVENT_CHUNK_LINES | EVENT_CHUNK_OVERSIZED => {
+            let decode = |input: &mut &[u8]| -> Result<_, WireError> {
+                Ok((u64::decode(input)?, u64::decode(input)?, u64::decode(input)?))
+            };
+            let (index, first_line, size_bytes) = decode(&mut input).map_err(|e| malformed("chunk", e))?;
+            let body = body()?;
+            let data = if tag == EVENT_CHUNK_LINES {
+                ChunkData::Lines(body)
+            } else {
+                ChunkData::Oversized {
+                    prefix: body,
+                    size_bytes,
+                }
+            };
+            Ok(SourceEvent::Chunk {
+                source,
+                index,
+                first_line,
+                data,
+            })
+        }
+        EVENT_END => {
+            let chunks = u64::decode(&mut input).map_err(|e| malformed("source end", e))?;
+            Ok(SourceEvent::End { source, chunks })
+        }
+        EVENT_FAILED => Ok(SourceEvent::Failed {
+            source,
+            error: String::from_utf8_lossy(&body()?).into_owned(),
+        }),
+        tag => Err(malformed(
+            "source event",
+            WireError::BadTag {
+                tag,
+                what: "source event",
+            },
+        )),
+    }
+}
+
+// ---- output channel (worker shard → process 0) ---------------------------
+
+/// What a remote shard sends towards the sinks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    Lines(Bytes),
+    DeadLetter(DeadLetter),
+    SourceFailed {
+        source: u32,
+        error: String,
+    },
+    /// The shard finished; its last message.
+    Finished(ShardCounters),
+}
+
+const UP_LINES: u8 = 0;
+const UP_DEAD_LETTER: u8 = 1;
+const UP_SOURCE_FAILED: u8 = 2;
+const UP_FINISHED: u8 = 3;
+
+pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
+    match message {
+        UpstreamRef::Lines(lines) => {
+            frame.record_with(|out| UP_LINES.encode(out));
+            frame.push_record(lines);
+        }
+        UpstreamRef::DeadLetter(letter) => {
+            frame.record_with(|out| {
+                UP_DEAD_LETTER.encode(out);
+                encode_id(letter.id, out);
+                encode_bytes(letter.reason.as_bytes(), out);
+            });
+            frame.push_record(&letter.raw);
+        }
+        UpstreamRef::SourceFailed { source, error } => {
+            frame.record_with(|out| {
+                UP_SOURCE_FAILED.encode(out);
+                source.encode(out);
+            });
+            frame.push_record(error.as_bytes());
+        }
+        UpstreamRef::Finished(c) => frame.record_with(|out| {
+            UP_FINISHED.encode(out);
+            for value in [c.records_in, c.records_out, c.dead_lettered, c.duplicates_dropped] {
+                value.encode(out);
+            }
+        }),
+    }
+}
+
+/// `Upstream` borrowed, so output buffers need not be copied to be encoded.
+pub enum UpstreamRef<'a> {
+    Lines(&'a [u8]),
+    DeadLetter(&'a DeadLetter),
+    SourceFailed { source: u32, error: &'a str },
+    Finished(ShardCounters),
+}
+
+pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
+    let (head, mut rest) = records(frame, "output")?;
+    let mut input = &head[..];
+    let bad = |e| malformed("output message", e);
+    let tag = u8::decode(&mut input).map_err(bad)?;
+    let mut body = || {
+        rest.next()
+            .ok_or_else(|| ClusterError::Malformed("output message without its body".into()))
+    };
+    Ok(match tag {
+        UP_LINES => Upstream::Lines(body()?),
+        UP_DEAD_LETTER => {
+            let id = decode_id(&mut input).map_err(bad)?;
+            let reason = String::from_utf8_lossy(decode_bytes(&mut input).map_err(bad)?).into_owned();
+            Upstream::DeadLetter(DeadLetter {
+                id,
+                reason: reason.into(),
+                raw: body()?,
+            })
+        }
+        UP_SOURCE_FAILED => {
+            let source = u32::decode(&mut input).map_err(bad)?;
+            Upstream::SourceFailed {
+                source,
+                error: String::from_utf8_lossy(&body()?).into_owned(),
+            }
+        }
+        UP_FINISHED => {
+            let mut next = || u64::decode(&mut input).map_err(bad);
+            Upstream::Finished(ShardCounters {
+                records_in: next()?,
+                records_out: next()?,
+                dead_lettered: next()?,
+                duplicates_dropped: next()?,
+            })
+        }
+        tag => {
+            return Err(bad(WireError::BadTag {
+                tag,
+                what: "output message",
+            }))
+        }
+    })
+}
+
+// ---- control (process 0 → worker) ----------------------------------------
+
+/// Process 0 tells each worker what to run, and later that the run is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Job(Vec<u8>),
+    Shutdown,
+}
+
+const CONTROL_JOB: u8 = 0;
+const CONTROL_SHUTDOWN: u8 = 1;
+
+pub fn encode_control(message: &Control, frame: &mut FrameWriter<'_>) {
+    match message {
+        Control::Job(job) => {
+            frame.record_with(|out| CONTROL_JOB.encode(out));
+            frame.push_record(job);
+        }
+        Control::Shutdown => frame.record_with(|out| CONTROL_SHUTDOWN.encode(out)),
+    }
+}
+
+pub fn decode_control(frame: &Frame) -> Result<Control, ClusterError> {
+    let (head, mut rest) = records(frame, "control")?;
+    match take(&mut &head[..], 1).map_err(|e| malformed("control", e))?[0] {
+        CONTROL_JOB => {
+            let job = rest
+                .next()
+                .ok_or_else(|| ClusterError::Malformed("job message without a body".into()))?;
+            Ok(Control::Job(job.to_vec()))
+        }
+        CONTROL_SHUTDOWN => Ok(Control::Shutdown),
+        tag => Err(malformed(
+            "control",
+            WireError::BadTag {
+                tag,
+                what: "control message",
+            },
+        )),
+    }
+}

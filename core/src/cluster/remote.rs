@@ -1,0 +1,103 @@
+//! A shard's or reader's end of a cross-process channel.
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use verity_net::frame::{Frame, FrameKind, FrameWriter};
+use verity_net::node::ConsumerProgress;
+
+/// Sends frames on one channel: numbers them and wakes the I/O thread.
+pub struct RemoteOut {
+    channel: u32,
+    next_seq: u64,
+    frames: Sender<Vec<u8>>,
+    waker: Arc<mio::Waker>,
+}
+
+/// The I/O thread stopped taking frames (the run is being torn down).
+#[derive(Debug)]
+pub struct ChannelClosed;
+
+impl RemoteOut {
+    pub fn new(channel: u32, frames: Sender<Vec<u8>>, waker: Arc<mio::Waker>) -> Self {
+        RemoteOut {
+            channel,
+            next_seq: 1,
+            frames,
+            waker,
+        }
+    }
+
+    /// Whether a send would block (a full queue is backpressure).
+    pub fn is_full(&self) -> bool {
+        self.frames.is_full()
+    }
+
+    fn build(&mut self, write: impl FnOnce(&mut FrameWriter<'_>)) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut frame = FrameWriter::begin(&mut bytes, FrameKind::Data, self.channel, self.next_seq);
+        write(&mut frame);
+        let records = frame.record_count();
+        assert!(records > 0, "every frame carries a header record");
+        frame.finish();
+        self.next_seq += records as u64;
+        bytes
+    }
+
+    /// Builds and sends one frame, blocking while the queue is full.
+    pub fn send(&mut self, write: impl FnOnce(&mut FrameWriter<'_>)) -> Result<(), ChannelClosed> {
+        let bytes = self.build(write);
+        self.frames.send(bytes).map_err(|_| ChannelClosed)?;
+        let _ = self.waker.wake();
+        Ok(())
+    }
+
+    /// Builds and sends one frame if the queue has room; false if it is full.
+    pub fn try_send(&mut self, write: impl FnOnce(&mut FrameWriter<'_>)) -> Result<bool, ChannelClosed> {
+        if self.frames.is_full() {
+            return Ok(false);
+        }
+        let bytes = self.build(write);
+        // Only this end sends on the queue, so the room seen above is still there.
+        match self.frames.try_send(bytes) {
+            Ok(()) => {
+                let _ = self.waker.wake();
+                Ok(true)
+            }
+            Err(TrySendError::Full(_)) => unreachable!("single producer found room taken"),
+            Err(TrySendError::Disconnected(_)) => Err(ChannelClosed),
+        }
+    }
+}
+
+/// Receives frames of one channel and reports them consumed (which acks them).
+pub struct RemoteIn {
+    pub frames: Receiver<Frame>,
+    progress: Arc<ConsumerProgress>,
+}
+
+impl RemoteIn {
+    pub fn new(frames: Receiver<Frame>, progress: Arc<ConsumerProgress>) -> Self {
+        RemoteIn { frames, progress }
+    }
+
+    fn consumed(&self, frame: &Frame) {
+        let header = &frame.header;
+        self.progress
+            .consumed(header.first_seq + header.record_count as u64 - 1);
+    }
+
+    pub fn try_recv(&self) -> Result<Frame, TryRecvError> {
+        let frame = self.frames.try_recv()?;
+        self.consumed(&frame);
+        Ok(frame)
+    }
+
+    pub fn recv_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<Frame, crossbeam_channel::RecvTimeoutError> {
+        let frame = self.frames.recv_timeout(timeout)?;
+        self.consumed(&frame);
+        Ok(frame)
+    }
+}

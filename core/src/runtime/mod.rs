@@ -1,0 +1,442 @@
+//! The production driver: one pinned thread per shard, a reader thread per
+//! source, one output thread; bounded queues between them. In a cluster, each
+//! process runs its share of the shards; process 0 also runs the readers and
+//! the output thread, and one relay thread per remote shard's output.
+//!
+//! Channels: per source, one queue of dealt chunks per shard, and one batch
+//! queue per (sender, receiver) pair, so a slow source never blocks another
+//! one's records (see `shard_loop` for why shards never deadlock).
+
+mod pinning;
+mod shard_loop;
+mod wiring;
+
+use crate::cluster::codec::{decode_upstream, Upstream};
+use crate::cluster::{Layout, RemoteIn};
+use crate::flow::Dataflow;
+use crate::key::Key;
+use crate::shard::{ShardCore, ShardCounters, ShardLimits};
+use crate::sink::{write_outputs, DeadLetterSpec, DeadLetterWriter, OutputMessage, SinkSpec};
+use crate::source::{self, Dealer, StopFlag};
+use crate::wire::Wire;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use pinning::Pinning;
+use shard_loop::{drive_shard, SourceErrors};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+use verity_net::node::Node;
+use wiring::{wire, Net};
+
+/// How often waiting threads look at failure flags.
+const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How a run is laid out; every limit has a unit in its name.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub workers: usize,
+    pub limits: ShardLimits,
+    /// Depth of each shard's peer queue, in batches.
+    pub queue_depth_batches: usize,
+    /// Depth of each shard's source queue, in chunks.
+    pub source_queue_depth_chunks: usize,
+    /// Depth of the output thread's queue, in buffers.
+    pub output_queue_depth_buffers: usize,
+    pub pin_cores: bool,
+    /// Progress lines on stderr (shown only when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            workers: default_workers(),
+            limits: ShardLimits::default(),
+            queue_depth_batches: 64,
+            source_queue_depth_chunks: 16,
+            output_queue_depth_buffers: 64,
+            pin_cores: true,
+            progress: true,
+        }
+    }
+}
+
+/// One worker per core.
+pub fn default_workers() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Where a run's output and dead letters go.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    pub sink: SinkSpec,
+    pub dead_letter: DeadLetterSpec,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub records_in: u64,
+    pub records_out: u64,
+    pub dead_lettered: u64,
+    pub duplicates_dropped: u64,
+    pub wall: Duration,
+    pub workers: usize,
+    /// Stopped early by the stop flag (Ctrl-C).
+    pub interrupted: bool,
+    pub source_errors: Vec<String>,
+}
+
+impl RunSummary {
+    pub fn events_per_second(&self) -> f64 {
+        self.records_in as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("writing output failed: {0}")]
+    Output(std::io::Error),
+    #[error("a worker thread failed: {0}")]
+    Worker(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
+}
+
+/// Live totals for the progress line, published by shards once per event.
+#[derive(Default)]
+struct LiveCounters {
+    records_in: AtomicU64,
+    records_out: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl LiveCounters {
+    fn publish(&self, c: ShardCounters) {
+        self.records_in.store(c.records_in, Ordering::Relaxed);
+        self.records_out.store(c.records_out, Ordering::Relaxed);
+        self.dead_lettered.store(c.dead_lettered, Ordering::Relaxed);
+    }
+}
+
+/// Channel factories over `node`, for the cluster's control protocol.
+pub(crate) fn wiring_net(node: &Node, window_frames: usize) -> Net<'_> {
+    Net { node, window_frames }
+}
+
+/// This process's place in a cluster and its network thread.
+pub struct ClusterRun<'a> {
+    pub layout: Layout,
+    pub node: &'a Node,
+    /// Frames a channel may have unacked (the node's `window_frames`).
+    pub window_frames: usize,
+}
+
+/// Runs `flow` in this process alone, to the end of its bounded input (or
+/// until `stop` is set).
+pub fn run<K, V, S, O>(
+    flow: Dataflow<K, V, S, O>,
+    config: &RunConfig,
+    outputs: &Outputs,
+    stop: StopFlag,
+) -> Result<RunSummary, RunError>
+where
+    K: Key + Wire,
+    V: Wire + Send + 'static,
+    S: Default + Send + 'static,
+    O: 'static,
+{
+    let layout = Layout::new(vec![config.workers as u32], 0).map_err(|e| RunError::Cluster(e.to_string()))?;
+    run_process(flow, config, Some(outputs), stop, &layout, None)
+}
+
+/// Process 0 of a cluster: reads the sources, runs its shards, writes the sinks.
+pub fn run_leader<K, V, S, O>(
+    flow: Dataflow<K, V, S, O>,
+    config: &RunConfig,
+    outputs: &Outputs,
+    stop: StopFlag,
+    cluster: &ClusterRun<'_>,
+) -> Result<RunSummary, RunError>
+where
+    K: Key + Wire,
+    V: Wire + Send + 'static,
+    S: Default + Send + 'static,
+    O: 'static,
+{
+    assert_eq!(cluster.layout.process_id, 0, "process 0 leads");
+    let net = Net {
+        node: cluster.node,
+        window_frames: cluster.window_frames,
+    };
+    run_process(flow, config, Some(outputs), stop, &cluster.layout, Some(&net))
+}
+
+/// A worker process: runs its shards on chunks dealt by process 0 and sends
+/// their output there. Returns this process's totals.
+pub fn run_member<K, V, S, O>(
+    flow: Dataflow<K, V, S, O>,
+    config: &RunConfig,
+    stop: StopFlag,
+    cluster: &ClusterRun<'_>,
+) -> Result<RunSummary, RunError>
+where
+    K: Key + Wire,
+    V: Wire + Send + 'static,
+    S: Default + Send + 'static,
+    O: 'static,
+{
+    assert_ne!(cluster.layout.process_id, 0, "workers are processes 1 and up");
+    let net = Net {
+        node: cluster.node,
+        window_frames: cluster.window_frames,
+    };
+    run_process(flow, config, None, stop, &cluster.layout, Some(&net))
+}
+
+fn run_process<K, V, S, O>(
+    flow: Dataflow<K, V, S, O>,
+    config: &RunConfig,
+    outputs: Option<&Outputs>,
+    stop: StopFlag,
+    layout: &Layout,
+    net: Option<&Net<'_>>,
+) -> Result<RunSummary, RunError>
+where
+    K: Key + Wire,
+    V: Wire + Send + 'static,
+    S: Default + Send + 'static,
+    O: 'static,
+{
+    let started = Instant::now();
+    let Dataflow { sources, logic } = flow;
+    let source_names: Arc<Vec<String>> = Arc::new(sources.iter().map(|s| s.name.clone()).collect());
+    let source_count = source_names.len();
+
+    // Process 0 owns the sources and the sinks.
+    let mut opened = Vec::new();
+    let mut output_thread = None;
+    let mut output_tx = None;
+    if let Some(outputs) = outputs {
+        opened = sources
+            .into_iter()
+            .map(source::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        let sink = outputs.sink.open()?;
+        let dead_letters = DeadLetterWriter::new(outputs.dead_letter.clone(), source_names.to_vec())?;
+        let (tx, rx) = bounded::<OutputMessage>(config.output_queue_depth_buffers);
+        output_thread = Some(
+            thread::Builder::new()
+                .name("verity-output".into())
+                .spawn(move || write_outputs(rx, sink, dead_letters))?,
+        );
+        output_tx = Some(tx);
+    }
+    let discard_lines = outputs.is_some_and(|o| o.sink == SinkSpec::Null);
+    let wiring = wire::<K, V>(
+        source_count,
+        layout,
+        config,
+        output_tx.as_ref(),
+        discard_lines,
+        net,
+    );
+
+    let local = layout.local_shards();
+    let cores = ShardCore::build_range(&logic, layout.total_shards(), local.clone(), config.limits);
+    let live: Arc<Vec<LiveCounters>> = Arc::new(local.clone().map(|_| LiveCounters::default()).collect());
+    let source_errors = Arc::new(Mutex::new(Vec::new()));
+    let pinning = Arc::new(Pinning::new(config.pin_cores));
+    let expected_done = if outputs.is_some() {
+        layout.total_shards()
+    } else {
+        local.len() as u32
+    };
+    let (done_tx, done_rx) = bounded::<ShardCounters>(expected_done as usize);
+    let abort = Arc::new(AtomicBool::new(false));
+
+    let mut threads = Vec::new();
+    for (local_index, (core, channels)) in cores.into_iter().zip(wiring.shards).enumerate() {
+        let (live, errors, pinning, done, names) = (
+            Arc::clone(&live),
+            Arc::clone(&source_errors),
+            Arc::clone(&pinning),
+            done_tx.clone(),
+            Arc::clone(&source_names),
+        );
+        threads.push(
+            thread::Builder::new()
+                .name(format!("verity-shard-{}", core.index()))
+                .spawn(move || {
+                    pinning.pin(local_index);
+                    let errors = SourceErrors {
+                        errors: &errors,
+                        names: &names,
+                    };
+                    let counters = drive_shard(core, channels, &live[local_index], &errors);
+                    let _ = done.send(counters);
+                })?,
+        );
+    }
+    for (shard, remote) in wiring.remote_outputs {
+        let output = output_tx.clone().expect("process 0 has the output thread");
+        let (done, errors, names, abort) = (
+            done_tx.clone(),
+            Arc::clone(&source_errors),
+            Arc::clone(&source_names),
+            Arc::clone(&abort),
+        );
+        threads.push(
+            thread::Builder::new()
+                .name(format!("verity-relay-{shard}"))
+                .spawn(move || {
+                    let errors = SourceErrors {
+                        errors: &errors,
+                        names: &names,
+                    };
+                    relay_output(shard, &remote, &output, &done, &errors, &abort);
+                })?,
+        );
+    }
+    drop((done_tx, output_tx));
+
+    let total_shards = layout.total_shards() as usize;
+    for (index, (source, mut outs)) in opened.into_iter().zip(wiring.chunk_outs).enumerate() {
+        let stop = Arc::clone(&stop);
+        thread::Builder::new()
+            .name(format!("verity-source-{index}"))
+            .spawn(move || {
+                let mut send = |shard: usize, event| outs[shard].send(event);
+                source::pump(source, &stop, Dealer::new(index as u32, total_shards, &mut send));
+            })?;
+    }
+
+    let waited = wait_for_shards(&done_rx, expected_done, &stop, config, &live, started, net);
+    if waited.is_err() {
+        abort.store(true, Ordering::Relaxed);
+        // Shard threads blocked on a lost peer cannot be joined; the process exits.
+        return Err(waited.err().expect("checked"));
+    }
+    let (interrupted, totals) = waited.expect("checked");
+    for handle in threads {
+        handle
+            .join()
+            .map_err(|_| RunError::Worker("a shard panicked".into()))?;
+    }
+    if let Some(output_thread) = output_thread {
+        output_thread
+            .join()
+            .map_err(|_| RunError::Worker("the output thread panicked".into()))?
+            .map_err(RunError::Output)?;
+    }
+    let source_errors = std::mem::take(&mut *source_errors.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(RunSummary {
+        records_in: totals.records_in,
+        records_out: totals.records_out,
+        dead_lettered: totals.dead_lettered,
+        duplicates_dropped: totals.duplicates_dropped,
+        wall: started.elapsed(),
+        workers: local.len(),
+        interrupted,
+        source_errors,
+    })
+}
+
+/// Process 0's end of one remote shard's output: into the sinks, until the
+/// shard reports it finished.
+fn relay_output(
+    shard: u32,
+    remote: &RemoteIn,
+    output: &Sender<OutputMessage>,
+    done: &Sender<ShardCounters>,
+    errors: &SourceErrors<'_>,
+    abort: &AtomicBool,
+) {
+    while !abort.load(Ordering::Relaxed) {
+        let frame = match remote.recv_timeout(CHECK_INTERVAL) {
+            Ok(frame) => frame,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let message = match decode_upstream(&frame) {
+            Ok(message) => message,
+            Err(e) => panic!("undecodable output from shard {shard}: {e}"),
+        };
+        let _ = match message {
+            Upstream::Lines(lines) => output.send(OutputMessage::Lines(lines.to_vec())),
+            Upstream::DeadLetter(letter) => output.send(OutputMessage::DeadLetter(letter)),
+            Upstream::SourceFailed { source, error } => {
+                errors.report(source, &error);
+                Ok(())
+            }
+            Upstream::Finished(counters) => {
+                let _ = done.send(counters);
+                return;
+            }
+        };
+    }
+}
+
+/// Waits until every shard finished, showing progress on a terminal. Returns
+/// whether the run was stopped early (readers see the flag and end their
+/// sources) and the shards' totals.
+fn wait_for_shards(
+    done: &Receiver<ShardCounters>,
+    expected: u32,
+    stop: &AtomicBool,
+    config: &RunConfig,
+    live: &[LiveCounters],
+    started: Instant,
+    net: Option<&Net<'_>>,
+) -> Result<(bool, ShardCounters), RunError> {
+    let show_progress = config.progress && std::io::stderr().is_terminal();
+    let mut finished = 0;
+    let mut totals = ShardCounters::default();
+    let mut last_progress = Instant::now();
+    while finished < expected {
+        match done.recv_timeout(CHECK_INTERVAL) {
+            Ok(c) => {
+                finished += 1;
+                totals.records_in += c.records_in;
+                totals.records_out += c.records_out;
+                totals.dead_lettered += c.dead_lettered;
+                totals.duplicates_dropped += c.duplicates_dropped;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(RunError::Worker("a shard thread ended without finishing".into()))
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(failure) = net.and_then(|n| n.node.failure()) {
+            return Err(RunError::Cluster(failure));
+        }
+        if show_progress && last_progress.elapsed() >= PROGRESS_INTERVAL {
+            last_progress = Instant::now();
+            print_progress(live, started);
+        }
+    }
+    if show_progress {
+        eprint!("\r\x1b[K");
+    }
+    Ok((stop.load(Ordering::Relaxed), totals))
+}
+
+fn print_progress(live: &[LiveCounters], started: Instant) {
+    let sum =
+        |f: fn(&LiveCounters) -> &AtomicU64| live.iter().map(|c| f(c).load(Ordering::Relaxed)).sum::<u64>();
+    let records_in = sum(|c| &c.records_in);
+    let rate = records_in as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    eprint!(
+        "\r\x1b[Kverity: {} in, {} out, {} dead-lettered, {:.2}M events/s",
+        records_in,
+        sum(|c| &c.records_out),
+        sum(|c| &c.dead_lettered),
+        rate / 1e6
+    );
+}

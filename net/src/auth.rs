@@ -1,0 +1,250 @@
+//! Mutual authentication of two processes by challenge–response: each side
+//! sends a fresh nonce; each proves it holds the cluster secret with an
+//! HMAC-SHA256 over both nonces and both identities. The secret never goes on
+//! the wire, and a proof cannot be replayed on another connection (the peer's
+//! nonce differs). Until both proofs check out, no data frame is accepted.
+
+use crate::frame::{encode_frame, Frame, FrameKind, PROTOCOL_VERSION};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::path::Path;
+use std::sync::Arc;
+
+pub const CLUSTER_SECRET_ENV: &str = "VERITY_CLUSTER_SECRET";
+pub const CLUSTER_SECRET_MIN_BYTES: usize = 16;
+const NONCE_BYTES: usize = 32;
+const DOMAIN: &[u8] = b"verity-auth-v1";
+
+/// The shared secret of a cluster. Never printed.
+pub struct ClusterSecret(Vec<u8>);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+impl ClusterSecret {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, AuthError> {
+        if bytes.len() < CLUSTER_SECRET_MIN_BYTES {
+            return Err(AuthError::Secret(format!(
+                "the cluster secret must be at least {CLUSTER_SECRET_MIN_BYTES} bytes"
+            )));
+        }
+        Ok(ClusterSecret(bytes))
+    }
+
+    /// The file's contents, without a trailing newline.
+    pub fn from_file(path: &Path) -> Result<Self, AuthError> {
+        let mut bytes = std::fs::read(path)
+            .map_err(|e| AuthError::Secret(format!("cannot read {}: {e}", path.display())))?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        Self::new(bytes)
+    }
+
+    /// From `VERITY_CLUSTER_SECRET`, if set.
+    pub fn from_env() -> Result<Option<Self>, AuthError> {
+        match std::env::var_os(CLUSTER_SECRET_ENV) {
+            None => Ok(None),
+            Some(value) => Self::new(value.into_encoded_bytes()).map(Some),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: String,
+    pub process_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("peer belongs to cluster `{found}`, not `{expected}`")]
+    WrongCluster { expected: String, found: String },
+    #[error("peer speaks protocol version {found}, this build {PROTOCOL_VERSION}")]
+    WrongVersion { found: u16 },
+    #[error("peer failed authentication: wrong cluster secret")]
+    BadProof,
+    #[error("unexpected {kind:?} frame during the handshake")]
+    UnexpectedFrame { kind: FrameKind },
+    #[error("peer says it is process {found}, expected process {expected}")]
+    UnexpectedPeer { expected: u32, found: u32 },
+    #[error("malformed handshake message: {0}")]
+    Malformed(&'static str),
+    #[error("peer refused us: {0}")]
+    RefusedByPeer(String),
+    #[error("{0}")]
+    Secret(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeStatus {
+    InProgress,
+    Established { peer_process_id: u32 },
+}
+
+/// Sans-IO and symmetric: both ends run the same machine.
+pub struct Handshake {
+    local: Identity,
+    secret: Arc<ClusterSecret>,
+    nonce: [u8; NONCE_BYTES],
+    expected_peer: Option<u32>,
+    /// The peer's id and nonce, once its hello arrived.
+    peer: Option<(u32, [u8; NONCE_BYTES])>,
+    established: bool,
+}
+
+impl Handshake {
+    pub fn new(
+        local: Identity,
+        secret: Arc<ClusterSecret>,
+        nonce: [u8; NONCE_BYTES],
+        expected_peer: Option<u32>,
+    ) -> Self {
+        Handshake {
+            local,
+            secret,
+            nonce,
+            expected_peer,
+            peer: None,
+            established: false,
+        }
+    }
+
+    /// Writes our hello: cluster id, process id, version, nonce.
+    pub fn start(&mut self, out: &mut Vec<u8>) {
+        let id = self.local.process_id.to_le_bytes();
+        let version = PROTOCOL_VERSION.to_le_bytes();
+        let records: [&[u8]; 4] = [self.local.cluster_id.as_bytes(), &id, &version, &self.nonce];
+        encode_frame(out, FrameKind::Hello, 0, 0, &records);
+    }
+
+    pub fn is_established(&self) -> bool {
+        self.established
+    }
+
+    pub fn on_frame(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<HandshakeStatus, AuthError> {
+        match (frame.header.kind, self.peer) {
+            (FrameKind::Hello, None) => {
+                let (peer_id, peer_nonce) = self.check_hello(frame)?;
+                self.peer = Some((peer_id, peer_nonce));
+                let proof = self.proof(self.local.process_id, peer_id, &peer_nonce, &self.nonce);
+                encode_frame(out, FrameKind::Proof, 0, 0, &[&proof]);
+                Ok(HandshakeStatus::InProgress)
+            }
+            (FrameKind::Proof, Some((peer_id, peer_nonce))) if !self.established => {
+                let proof = frame
+                    .records()
+                    .next()
+                    .ok_or(AuthError::Malformed("empty proof"))?;
+                let mut mac = self.mac();
+                feed(
+                    &mut mac,
+                    &self.local.cluster_id,
+                    peer_id,
+                    self.local.process_id,
+                    &self.nonce,
+                    &peer_nonce,
+                );
+                mac.verify_slice(&proof).map_err(|_| AuthError::BadProof)?;
+                self.established = true;
+                Ok(HandshakeStatus::Established {
+                    peer_process_id: peer_id,
+                })
+            }
+            (FrameKind::Refused, _) => {
+                let reason = frame.records().next().unwrap_or_default();
+                Err(AuthError::RefusedByPeer(
+                    String::from_utf8_lossy(&reason).into_owned(),
+                ))
+            }
+            (kind, _) => Err(AuthError::UnexpectedFrame { kind }),
+        }
+    }
+
+    fn check_hello(&self, frame: &Frame) -> Result<(u32, [u8; NONCE_BYTES]), AuthError> {
+        let mut records = frame.records();
+        let mut next = || records.next().ok_or(AuthError::Malformed("short hello"));
+        let cluster = next()?;
+        let id: [u8; 4] = next()?[..]
+            .try_into()
+            .map_err(|_| AuthError::Malformed("process id"))?;
+        let version: [u8; 2] = next()?[..]
+            .try_into()
+            .map_err(|_| AuthError::Malformed("version"))?;
+        let nonce: [u8; NONCE_BYTES] = next()?[..]
+            .try_into()
+            .map_err(|_| AuthError::Malformed("nonce"))?;
+        let version = u16::from_le_bytes(version);
+        if version != PROTOCOL_VERSION {
+            return Err(AuthError::WrongVersion { found: version });
+        }
+        if cluster[..] != *self.local.cluster_id.as_bytes() {
+            let found = String::from_utf8_lossy(&cluster).into_owned();
+            return Err(AuthError::WrongCluster {
+                expected: self.local.cluster_id.clone(),
+                found,
+            });
+        }
+        let peer_id = u32::from_le_bytes(id);
+        if let Some(expected) = self.expected_peer.filter(|e| *e != peer_id) {
+            return Err(AuthError::UnexpectedPeer {
+                expected,
+                found: peer_id,
+            });
+        }
+        if peer_id == self.local.process_id {
+            return Err(AuthError::UnexpectedPeer {
+                expected: u32::MAX,
+                found: peer_id,
+            });
+        }
+        if nonce == self.nonce {
+            return Err(AuthError::Malformed("peer echoed our nonce"));
+        }
+        Ok((peer_id, nonce))
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.secret.0).expect("HMAC takes any key size")
+    }
+
+    /// The proof `prover` gives: over the verifier's nonce first, so it only
+    /// answers this connection's challenge.
+    fn proof(&self, prover: u32, verifier: u32, verifier_nonce: &[u8], prover_nonce: &[u8]) -> Vec<u8> {
+        let mut mac = self.mac();
+        feed(
+            &mut mac,
+            &self.local.cluster_id,
+            prover,
+            verifier,
+            verifier_nonce,
+            prover_nonce,
+        );
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+fn feed(
+    mac: &mut Hmac<Sha256>,
+    cluster: &str,
+    prover: u32,
+    verifier: u32,
+    verifier_nonce: &[u8],
+    prover_nonce: &[u8],
+) {
+    mac.update(DOMAIN);
+    mac.update(&(cluster.len() as u32).to_le_bytes());
+    mac.update(cluster.as_bytes());
+    mac.update(&prover.to_le_bytes());
+    mac.update(&verifier.to_le_bytes());
+    mac.update(verifier_nonce);
+    mac.update(prover_nonce);
+}
+
+/// Writes a `Refused` frame naming why (never anything about the secret).
+pub fn write_refusal(out: &mut Vec<u8>, reason: &str) {
+    encode_frame(out, FrameKind::Refused, 0, 0, &[reason.as_bytes()]);
+}

@@ -1,0 +1,200 @@
+//! The reliable channel protocol, sans I/O. A channel numbers its records
+//! from 1; frames carry the first number and a count. The receiver applies
+//! each number once, in order, and acks cumulatively; the sender keeps every
+//! unacked frame (bounded) and resends them all after a reconnect. So delivery
+//! is at-least-once on the wire and exactly-once, in order, at the receiver.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("channel {channel:#x}: ack for {acked} beyond the last record sent ({sent})")]
+    AckBeyondSent { channel: u32, acked: u64, sent: u64 },
+}
+
+struct Unacked {
+    first_seq: u64,
+    count: u32,
+    encoded: Bytes,
+}
+
+/// The sending end: sequence numbers and the retransmit buffer.
+pub struct ChannelSender {
+    channel: u32,
+    next_seq: u64,
+    acked_through: u64,
+    unacked: VecDeque<Unacked>,
+    buffered_bytes: usize,
+    buffer_max_bytes: usize,
+    buffer_max_batches: usize,
+}
+
+impl ChannelSender {
+    pub fn new(channel: u32, retransmit_buffer_max_bytes: usize, retransmit_batches_max: usize) -> Self {
+        assert!(retransmit_batches_max > 0 && retransmit_buffer_max_bytes > 0);
+        ChannelSender {
+            channel,
+            next_seq: 1,
+            acked_through: 0,
+            unacked: VecDeque::new(),
+            buffered_bytes: 0,
+            buffer_max_bytes: retransmit_buffer_max_bytes,
+            buffer_max_batches: retransmit_batches_max,
+        }
+    }
+
+    pub fn channel(&self) -> u32 {
+        self.channel
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Whether a batch of `size_bytes` fits; false is backpressure. An empty
+    /// buffer always takes one batch, so a large batch cannot wedge a channel.
+    pub fn has_room(&self, size_bytes: usize) -> bool {
+        self.unacked.is_empty()
+            || (self.unacked.len() < self.buffer_max_batches
+                && self.buffered_bytes + size_bytes <= self.buffer_max_bytes)
+    }
+
+    /// Keeps a sent batch for retransmission; returns its first sequence number.
+    pub fn record_sent(&mut self, record_count: u32, encoded: Bytes) -> u64 {
+        assert!(record_count > 0, "a batch numbers at least one record");
+        assert!(
+            self.unacked.len() < self.buffer_max_batches || self.unacked.is_empty(),
+            "retransmit buffer full"
+        );
+        let first_seq = self.next_seq;
+        self.next_seq += record_count as u64;
+        self.buffered_bytes += encoded.len();
+        self.unacked.push_back(Unacked {
+            first_seq,
+            count: record_count,
+            encoded,
+        });
+        first_seq
+    }
+
+    /// A cumulative ack: every record through `acked_through_seq` arrived.
+    pub fn on_ack(&mut self, acked_through_seq: u64) -> Result<(), ProtocolError> {
+        if acked_through_seq >= self.next_seq {
+            return Err(ProtocolError::AckBeyondSent {
+                channel: self.channel,
+                acked: acked_through_seq,
+                sent: self.next_seq - 1,
+            });
+        }
+        if acked_through_seq <= self.acked_through {
+            return Ok(()); // stale or repeated
+        }
+        self.acked_through = acked_through_seq;
+        while let Some(front) = self.unacked.front() {
+            if front.first_seq + front.count as u64 - 1 > acked_through_seq {
+                break;
+            }
+            self.buffered_bytes -= front.encoded.len();
+            self.unacked.pop_front();
+        }
+        debug_assert_eq!(
+            self.buffered_bytes,
+            self.unacked.iter().map(|u| u.encoded.len()).sum::<usize>()
+        );
+        Ok(())
+    }
+
+    pub fn acked_through(&self) -> u64 {
+        self.acked_through
+    }
+
+    /// The batches to resend after a reconnect, in order.
+    pub fn unacked(&self) -> impl Iterator<Item = (u64, u32, &Bytes)> {
+        self.unacked.iter().map(|u| (u.first_seq, u.count, &u.encoded))
+    }
+
+    /// After a reconnect the peer says what it applied: an ack by another name.
+    pub fn resume_from(&mut self, peer_applied_through: u64) -> Result<(), ProtocolError> {
+        self.on_ack(peer_applied_through)
+    }
+
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
+    pub fn buffered_batches(&self) -> usize {
+        self.unacked.len()
+    }
+}
+
+/// What the receiver does with an arriving batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Apply it, after skipping its first `skip_records` (already applied).
+    Apply { skip_records: u32 },
+    /// Entirely applied before: drop it.
+    Duplicate,
+    /// Records before it are missing: a protocol error.
+    Gap { expected_seq: u64 },
+}
+
+/// Records of a channel applied before an ack is sent anyway.
+pub const ACK_RECORDS_EVERY: u64 = 1024;
+
+/// The receiving end: what was applied, and when to ack.
+pub struct ChannelReceiver {
+    channel: u32,
+    applied_through: u64,
+    acked_through: u64,
+    last_ack_ms: u64,
+    ack_interval_ms: u64,
+}
+
+impl ChannelReceiver {
+    pub fn new(channel: u32) -> Self {
+        ChannelReceiver {
+            channel,
+            applied_through: 0,
+            acked_through: 0,
+            last_ack_ms: 0,
+            ack_interval_ms: 2,
+        }
+    }
+
+    pub fn channel(&self) -> u32 {
+        self.channel
+    }
+
+    pub fn admit(&mut self, first_seq: u64, record_count: u32) -> Admission {
+        let last = first_seq + record_count as u64 - 1;
+        if record_count == 0 || last <= self.applied_through {
+            return Admission::Duplicate;
+        }
+        if first_seq > self.applied_through + 1 {
+            return Admission::Gap {
+                expected_seq: self.applied_through + 1,
+            };
+        }
+        let skip_records = (self.applied_through + 1 - first_seq) as u32;
+        self.applied_through = last;
+        Admission::Apply { skip_records }
+    }
+
+    pub fn applied_through(&self) -> u64 {
+        self.applied_through
+    }
+
+    /// The cumulative ack to send now, if one is due.
+    pub fn ack_due(&mut self, now_ms: u64) -> Option<u64> {
+        let pending = self.applied_through - self.acked_through;
+        let due =
+            pending >= ACK_RECORDS_EVERY || now_ms.saturating_sub(self.last_ack_ms) >= self.ack_interval_ms;
+        if pending == 0 || !due {
+            return None;
+        }
+        self.acked_through = self.applied_through;
+        self.last_ack_ms = now_ms;
+        Some(self.applied_through)
+    }
+}

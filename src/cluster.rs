@@ -1,0 +1,420 @@
+//! Cluster roles of the binary: process 0 (`run … --cluster` or `--processes`)
+//! and workers (`verity worker`). Process 0 sends each worker the job — the app
+//! and its options — so a worker needs only the cluster file and its id.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
+use verity_core::cluster::{ClusterFile, Control, ControlIn, Controller};
+use verity_core::{
+    run_leader, run_member, ClusterRun, Dataflow, Key, Outputs, RunConfig, RunError, RunSummary, SourceSpec,
+    Wire,
+};
+use verity_net::auth::{ClusterSecret, CLUSTER_SECRET_ENV};
+use verity_net::liveness::LivenessConfig;
+use verity_net::node::{Node, NodeConfig, PeerAddress};
+
+/// Frames a channel may have unacked.
+pub const WINDOW_FRAMES: usize = 16;
+pub const WINDOW_BYTES: usize = 16 << 20;
+const RECONNECT_BASE_MS: u64 = 20;
+const RECONNECT_MAX_MS: u64 = 1_000;
+/// How long process 0 waits for workers to take the last frames and exit.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Network settings shared by both roles.
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    pub secret_file: Option<PathBuf>,
+    pub peer_timeout_ms: u64,
+    pub peer_lost_ms: u64,
+}
+
+impl NetOptions {
+    fn secret(&self) -> Result<ClusterSecret> {
+        if let Some(path) = &self.secret_file {
+            return ClusterSecret::from_file(path)
+                .with_context(|| format!("cluster secret {}", path.display()));
+        }
+        match ClusterSecret::from_env().context("cluster secret")? {
+            Some(secret) => Ok(secret),
+            None => {
+                bail!("a cluster needs a shared secret: set {CLUSTER_SECRET_ENV} or pass --secret-file PATH")
+            }
+        }
+    }
+
+    fn start_node(&self, file: &ClusterFile, process_id: u32) -> Result<Node> {
+        let peers = (0..file.processes.len() as u32)
+            .filter(|id| *id != process_id)
+            .map(|id| PeerAddress {
+                id,
+                address: file.address(id),
+            })
+            .collect();
+        let config = NodeConfig {
+            cluster_id: file.cluster_id.clone(),
+            process_id,
+            listen: file.listen(process_id),
+            peers,
+            secret: Arc::new(self.secret()?),
+            liveness: LivenessConfig {
+                peer_timeout_ms: self.peer_timeout_ms,
+                heartbeat_interval_ms: (self.peer_timeout_ms / 4).max(1),
+            },
+            window_frames: WINDOW_FRAMES,
+            window_bytes: WINDOW_BYTES,
+            reconnect_base_ms: RECONNECT_BASE_MS,
+            reconnect_max_ms: RECONNECT_MAX_MS,
+            peer_lost_ms: self.peer_lost_ms,
+            seed: process_id as u64,
+        };
+        Node::start(config).with_context(|| format!("process {process_id}"))
+    }
+}
+
+/// What process 0 tells workers to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub app: AppName,
+    pub options: AppOptions,
+    /// market-spread read as two streams (two sources).
+    pub split_input: bool,
+    pub batch_max: usize,
+    pub queue_depth_batches: usize,
+}
+
+impl Job {
+    fn encode(&self) -> Vec<u8> {
+        format!(
+            "app={}\nfinal={}\nsplit={}\nbatch_max={}\nqueue_depth={}\n",
+            self.app.name(),
+            self.options.final_counts,
+            self.split_input,
+            self.batch_max,
+            self.queue_depth_batches
+        )
+        .into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Job> {
+        let text = std::str::from_utf8(bytes).context("job is not UTF-8")?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+                .with_context(|| format!("job without `{name}`"))
+        };
+        let app = AppName::from_name(field("app")?).context("job names an unknown app")?;
+        Ok(Job {
+            app,
+            options: AppOptions {
+                final_counts: field("final")?.parse()?,
+            },
+            split_input: field("split")?.parse()?,
+            batch_max: field("batch_max")?.parse()?,
+            queue_depth_batches: field("queue_depth")?.parse()?,
+        })
+    }
+}
+
+struct LeaderRun<'a> {
+    config: &'a RunConfig,
+    outputs: &'a Outputs,
+    stop: verity_core::source::StopFlag,
+    cluster: &'a ClusterRun<'a>,
+}
+
+impl Driver for LeaderRun<'_> {
+    type Out = RunSummary;
+    fn drive<K, V, S, O>(self, flow: Dataflow<K, V, S, O>) -> Result<RunSummary, RunError>
+    where
+        K: Key + Wire,
+        V: Wire + Send + 'static,
+        S: Default + Send + 'static,
+        O: 'static,
+    {
+        run_leader(flow, self.config, self.outputs, self.stop, self.cluster)
+    }
+}
+
+struct MemberRun<'a> {
+    config: &'a RunConfig,
+    stop: verity_core::source::StopFlag,
+    cluster: &'a ClusterRun<'a>,
+}
+
+impl Driver for MemberRun<'_> {
+    type Out = RunSummary;
+    fn drive<K, V, S, O>(self, flow: Dataflow<K, V, S, O>) -> Result<RunSummary, RunError>
+    where
+        K: Key + Wire,
+        V: Wire + Send + 'static,
+        S: Default + Send + 'static,
+        O: 'static,
+    {
+        run_member(flow, self.config, self.stop, self.cluster)
+    }
+}
+
+/// Runs process 0 of the cluster in `file`: sends the job, runs, then tells
+/// the workers to exit.
+#[allow(clippy::too_many_arguments)]
+pub fn run_leader_process(
+    file: &ClusterFile,
+    net: &NetOptions,
+    job: &Job,
+    input: AppInput,
+    config: &RunConfig,
+    outputs: &Outputs,
+    stop: verity_core::source::StopFlag,
+) -> Result<RunSummary> {
+    let layout = file.layout(0)?;
+    let node = net.start_node(file, 0)?;
+    let mut controller = Controller::new(&node, &layout, WINDOW_FRAMES);
+    controller.broadcast(&Control::Job(job.encode()))?;
+    let cluster = ClusterRun {
+        layout,
+        node: &node,
+        window_frames: WINDOW_FRAMES,
+    };
+    let config = RunConfig {
+        workers: cluster.layout.workers[0] as usize,
+        ..config.clone()
+    };
+    let summary = drive_app(
+        job.app,
+        input,
+        job.options,
+        LeaderRun {
+            config: &config,
+            outputs,
+            stop,
+            cluster: &cluster,
+        },
+    );
+    let summary = summary.with_context(|| format!("{} cluster run failed", job.app.name()))?;
+    controller.broadcast(&Control::Shutdown)?;
+    node.closing();
+    let workers = cluster.layout.total_shards() as usize;
+    drop(cluster);
+    node.wait_sent(SHUTDOWN_GRACE);
+    node.stop();
+    Ok(RunSummary { workers, ..summary })
+}
+
+/// `verity worker`: joins the cluster, waits for the job, runs its shards.
+pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pin_cores: bool) -> Result<i32> {
+    let file = ClusterFile::load(file_path)?;
+    if id == 0 {
+        bail!("process 0 runs the sources and sinks: start it with `verity run <app> --cluster FILE`");
+    }
+    let layout = file.layout(id)?;
+    let node = net.start_node(&file, id)?;
+    let control = ControlIn::new(&node, &layout, WINDOW_FRAMES);
+    let wait = Duration::from_millis(net.peer_lost_ms);
+    let job = match control
+        .next(&node, wait)
+        .context("waiting for the job from process 0")?
+    {
+        Control::Job(bytes) => Job::decode(&bytes)?,
+        Control::Shutdown => return Ok(0),
+    };
+    let config = RunConfig {
+        workers: layout.workers[id as usize] as usize,
+        limits: verity_core::ShardLimits {
+            batch_max: job.batch_max,
+            ..Default::default()
+        },
+        queue_depth_batches: job.queue_depth_batches,
+        pin_cores,
+        progress: false,
+        ..RunConfig::default()
+    };
+    // Sources live on process 0; the worker's dataflow only needs their count.
+    let placeholder = |name: &str| SourceSpec::memory(name, bytes::Bytes::new());
+    let input = if job.split_input {
+        AppInput::QuotesAndOrders {
+            quotes: placeholder("quotes"),
+            orders: placeholder("orders"),
+        }
+    } else {
+        AppInput::Single(placeholder("input"))
+    };
+    let cluster = ClusterRun {
+        layout,
+        node: &node,
+        window_frames: WINDOW_FRAMES,
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let summary = drive_app(
+        job.app,
+        input,
+        job.options,
+        MemberRun {
+            config: &config,
+            stop,
+            cluster: &cluster,
+        },
+    )
+    .with_context(|| format!("worker {id} failed"))?;
+    eprintln!(
+        "verity: worker {id}: {} records in, {} out, {} dead-lettered ({} shards)",
+        summary.records_in, summary.records_out, summary.dead_lettered, summary.workers
+    );
+    drop(cluster);
+    // Stay until process 0 has everything: it says so.
+    loop {
+        match control
+            .next(&node, Duration::from_secs(3600))
+            .context("waiting for process 0 to finish")?
+        {
+            Control::Shutdown => {
+                node.closing();
+                break;
+            }
+            Control::Job(_) => bail!("process 0 sent a second job"),
+        }
+    }
+    node.wait_sent(SHUTDOWN_GRACE);
+    node.stop();
+    Ok(0)
+}
+
+/// A cluster of `processes` local processes on loopback: this process is 0,
+/// the others are spawned `verity worker`s.
+pub struct LocalCluster {
+    pub file: ClusterFile,
+    path: PathBuf,
+    children: Vec<Child>,
+}
+
+impl LocalCluster {
+    pub fn spawn(
+        processes: u32,
+        workers: u32,
+        net: &NetOptions,
+        pin_cores: bool,
+    ) -> Result<(LocalCluster, NetOptions)> {
+        let ports = free_ports(processes as usize)?;
+        let cluster_id = format!("local-{}", std::process::id());
+        let text = ClusterFile::local(&cluster_id, &vec![workers; processes as usize], &ports);
+        let path = std::env::temp_dir().join(format!("verity-{cluster_id}.toml"));
+        std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        let file = ClusterFile::parse(&text).map_err(anyhow::Error::msg)?;
+        let secret_path = std::env::temp_dir().join(format!("verity-{cluster_id}.secret"));
+        std::fs::write(&secret_path, random_secret_hex())
+            .with_context(|| format!("cannot write {}", secret_path.display()))?;
+        let net = NetOptions {
+            secret_file: Some(secret_path),
+            ..net.clone()
+        };
+        let exe = std::env::current_exe().context("cannot find the verity binary to spawn workers")?;
+        let mut cluster = LocalCluster {
+            file,
+            path,
+            children: Vec::new(),
+        };
+        for id in 1..processes {
+            let mut command = Command::new(&exe);
+            command
+                .args(["worker", "--cluster"])
+                .arg(&cluster.path)
+                .args([
+                    "--id",
+                    &id.to_string(),
+                    "--peer-timeout-ms",
+                    &net.peer_timeout_ms.to_string(),
+                ])
+                .arg("--secret-file")
+                .arg(net.secret_file.as_ref().expect("set above"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            if !pin_cores {
+                command.arg("--no-pin");
+            }
+            let child = command.spawn().context("cannot spawn a worker process")?;
+            cluster.children.push(child);
+        }
+        Ok((cluster, net))
+    }
+
+    /// Waits for the workers to exit; kills any that outstay the grace period.
+    pub fn join(mut self) -> Result<()> {
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let mut failed = Vec::new();
+        for (index, child) in self.children.iter_mut().enumerate() {
+            loop {
+                match child.try_wait()? {
+                    Some(status) if status.success() => break,
+                    Some(status) => {
+                        failed.push(format!("worker {} exited with {status}", index + 1));
+                        break;
+                    }
+                    None if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        failed.push(format!("worker {} did not exit; killed", index + 1));
+                        break;
+                    }
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        if !failed.is_empty() {
+            bail!("{}", failed.join("; "));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.path.with_extension("secret"));
+    }
+}
+
+/// Ports free right now on loopback (the OS picks them).
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot find free loopback ports")?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?)
+}
+
+fn random_secret_hex() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).expect("the OS has a random source");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_round_trips() {
+        let job = Job {
+            app: AppName::Wordcount,
+            options: AppOptions { final_counts: true },
+            split_input: false,
+            batch_max: 7,
+            queue_depth_batches: 9,
+        };
+        assert_eq!(Job::decode(&job.encode()).unwrap(), job);
+        assert!(Job::decode(b"app=nope\n").is_err());
+    }
+}
