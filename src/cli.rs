@@ -35,6 +35,30 @@ enum Command {
     Generate(GenerateArgs),
     /// Join a cluster as process I (process 0 is `verity run … --cluster FILE`).
     Worker(WorkerArgs),
+    /// Forward TCP from --listen to --to, injecting seeded faults (for testing).
+    Proxy(ProxyArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProxyArgs {
+    /// Address to accept connections on.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: std::net::SocketAddr,
+    /// Address to forward them to.
+    #[arg(long, value_name = "HOST:PORT")]
+    to: String,
+    /// Seed of the fault schedule (same seed, same faults per connection).
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+    /// Cut each connection after a seeded time around N ms.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    drop_conn_every_ms: Option<u64>,
+    /// Hold each forwarded chunk this long.
+    #[arg(long, value_name = "N")]
+    delay_ms: Option<u64>,
+    /// Chance (0..1) per forwarded chunk of flipping one byte.
+    #[arg(long, value_name = "R", default_value = "0", value_parser = verity_verify::proxy::parse_corrupt_rate)]
+    corrupt_rate: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,6 +237,23 @@ pub fn execute(cli: Cli) -> Result<i32> {
         Command::Worker(args) => {
             let _stop = install_stop_handler()?;
             run_worker_process(&args.cluster, args.id, &args.net.options(), !args.no_pin)
+        }
+        Command::Proxy(args) => {
+            let stop = install_stop_handler()?;
+            let config = verity_verify::proxy::ProxyConfig {
+                listen: args.listen,
+                to: args.to,
+                seed: args.seed,
+                drop_conn_every_ms: args.drop_conn_every_ms,
+                delay_ms: args.delay_ms,
+                corrupt_rate: args.corrupt_rate,
+            };
+            let stats = verity_verify::proxy::run_until(config, &stop)?;
+            eprintln!(
+                "verity proxy: {} connections, {} cut, {} chunks corrupted, {} bytes forwarded",
+                stats.connections, stats.cuts, stats.corrupted_chunks, stats.bytes_forwarded
+            );
+            Ok(0)
         }
     }
 }

@@ -12,7 +12,7 @@
 //! every (re)connection the handshake authenticates both ends, the sender
 //! resends everything unacked and the receiver drops what it already has.
 
-use crate::auth::{ClusterSecret, Handshake, HandshakeStatus, Identity};
+use crate::auth::{self, ClusterSecret, Handshake, HandshakeStatus, Identity};
 use crate::channel::{Admission, ChannelReceiver, ChannelSender};
 use crate::frame::{encode_frame, Frame, FrameDecoder, FrameKind};
 use crate::liveness::{Backoff, LivenessConfig, PeerLiveness};
@@ -590,6 +590,9 @@ impl IoLoop {
             Ok(status) => status,
             Err(e) => {
                 self.stats.peers_refused += 1;
+                eprintln!("verity: net: refused a connection: {e}");
+                auth::write_refusal(&mut conn.write_buf, &e.to_string());
+                let _ = flush(conn);
                 return Err(format!("peer refused: {e}"));
             }
         };
@@ -601,6 +604,7 @@ impl IoLoop {
         };
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             self.stats.peers_refused += 1;
+            eprintln!("verity: net: refused a connection: process {peer_id} is not in this cluster");
             return Err(format!("peer refused: process {peer_id} is not in this cluster"));
         };
         if let Some(old) = peer.conn.replace(token) {

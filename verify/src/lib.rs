@@ -12,6 +12,7 @@
 mod compare;
 mod input;
 mod oracle;
+pub mod proxy;
 mod table;
 
 pub use compare::{compare, Anomaly, AnomalyKind, Report};

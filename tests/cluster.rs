@@ -1,0 +1,275 @@
+//! Multi-process runs on loopback: every reference app gives oracle-exact
+//! output for P processes × W workers, also through a fault-injecting proxy,
+//! and a peer without the cluster secret is refused.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const APPS: [&str; 4] = ["doubler", "wordcount", "market-spread", "seq-window"];
+const SECRET: &str = "a test secret of enough bytes!!";
+
+fn generated(dir: &Path, app: &str, count: u64) -> PathBuf {
+    let path = dir.join(format!("{app}.in"));
+    ok(run(&[
+        "generate",
+        app,
+        "--count",
+        &count.to_string(),
+        "--seed",
+        "11",
+        "--output",
+        path_str(&path),
+    ]));
+    path
+}
+
+fn verify(app: &str, input: &Path, output: &Path) {
+    let verified = run(&[
+        "verify",
+        app,
+        "--input",
+        path_str(input),
+        "--output",
+        path_str(output),
+    ]);
+    assert!(
+        verified.status.success(),
+        "{app}: {}{}",
+        stdout(&verified),
+        stderr(&verified)
+    );
+}
+
+#[test]
+fn local_clusters_match_the_oracles() {
+    let dir = tempfile::tempdir().unwrap();
+    for app in APPS {
+        let input = generated(dir.path(), app, 20_000);
+        for (processes, workers) in [(2, 1), (2, 2), (3, 1), (3, 2)] {
+            let output = dir.path().join(format!("{app}-{processes}x{workers}.out"));
+            let (p, w) = (processes.to_string(), workers.to_string());
+            let args = [
+                "run",
+                app,
+                "--input",
+                path_str(&input),
+                "--output",
+                path_str(&output),
+            ];
+            let result = ok(run(&[
+                &args[..],
+                &["--processes", &p, "--workers", &w, "--no-pin"],
+            ]
+            .concat()));
+            let summary = stderr(&result);
+            assert!(
+                summary.contains("20000 records in"),
+                "{app} {processes}x{workers}: {summary}"
+            );
+            assert!(
+                summary.contains(&format!("{} workers", processes * workers)),
+                "{summary}"
+            );
+            verify(app, &input, &output);
+        }
+    }
+}
+
+#[test]
+fn cluster_run_dead_letters_remote_bad_lines_and_counts_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "wc.in",
+        "a b\nc a\n\u{00e9} a\n".repeat(500).as_bytes(),
+    );
+    let output = dir.path().join("wc.out");
+    let args = [
+        "run",
+        "wordcount",
+        "--final",
+        "--input",
+        path_str(&input),
+        "--output",
+        path_str(&output),
+    ];
+    ok(run(&[
+        &args[..],
+        &["--processes", "3", "--workers", "1", "--no-pin"],
+    ]
+    .concat()));
+    let verified = run(&[
+        "verify",
+        "wordcount",
+        "--final",
+        "--input",
+        path_str(&input),
+        "--output",
+        path_str(&output),
+    ]);
+    assert!(verified.status.success(), "{}", stdout(&verified));
+
+    let input = write(dir.path(), "d.in", "1\nx\n2\n3\n4\ny\n".repeat(200).as_bytes());
+    let output = dir.path().join("d.out");
+    let args = [
+        "run",
+        "doubler",
+        "--input",
+        path_str(&input),
+        "--output",
+        path_str(&output),
+    ];
+    let result = ok(run(&[
+        &args[..],
+        &["--processes", "2", "--workers", "2", "--no-pin"],
+    ]
+    .concat()));
+    assert!(
+        stderr(&result).contains("400 dead-lettered"),
+        "{}",
+        stderr(&result)
+    );
+    let letters = std::fs::read_to_string(dir.path().join("d.out.dead-letter")).unwrap();
+    assert_eq!(letters.lines().count(), 400);
+    verify("doubler", &input, &output);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A two-process cluster file where process 1 dials process 0 at `dial_0`,
+/// while process 0 listens at `listen_0`.
+fn cluster_file(dir: &Path, dial_0: u16, listen_0: u16) -> PathBuf {
+    let text = format!(
+        "cluster_id = \"test\"\n\n[[process]]\naddress = \"127.0.0.1:{dial_0}\"\nlisten = \"127.0.0.1:{listen_0}\"\nworkers = 2\n\n\
+         [[process]]\naddress = \"127.0.0.1:{}\"\nworkers = 1\n",
+        free_port()
+    );
+    write(dir, "cluster.toml", text.as_bytes())
+}
+
+fn spawn_worker(file: &Path, secret: &str) -> Child {
+    verity()
+        .args([
+            "worker",
+            "--cluster",
+            path_str(file),
+            "--id",
+            "1",
+            "--no-pin",
+            "--peer-lost-ms",
+            "20000",
+        ])
+        .env("VERITY_CLUSTER_SECRET", secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn worker")
+}
+
+fn wait_with_timeout(mut child: Child, timeout: Duration) -> std::process::Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn faults_through_the_proxy_lose_and_duplicate_nothing() {
+    use verity_verify::proxy::{Proxy, ProxyConfig};
+    let dir = tempfile::tempdir().unwrap();
+    for (index, app) in APPS.iter().enumerate() {
+        let input = generated(dir.path(), app, 150_000);
+        let listen_0 = free_port();
+        let proxy = Proxy::start(ProxyConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            to: format!("127.0.0.1:{listen_0}"),
+            seed: 7 + index as u64,
+            drop_conn_every_ms: Some(100),
+            delay_ms: Some(1),
+            corrupt_rate: 0.05,
+        })
+        .expect("start proxy");
+        let file = cluster_file(dir.path(), proxy.local_addr().port(), listen_0);
+        let worker = spawn_worker(&file, SECRET);
+        let output = dir.path().join(format!("{app}-proxy.out"));
+        let leader = verity()
+            .args([
+                "run",
+                app,
+                "--input",
+                path_str(&input),
+                "--output",
+                path_str(&output),
+            ])
+            .args(["--cluster", path_str(&file), "--no-pin", "--batch-max", "64"])
+            .env("VERITY_CLUSTER_SECRET", SECRET)
+            .output()
+            .unwrap();
+        let worker = wait_with_timeout(worker, Duration::from_secs(30));
+        let stats = proxy.stats();
+        proxy.stop();
+        assert!(
+            leader.status.success(),
+            "{app}: {}\nworker: {}",
+            stderr(&leader),
+            stderr(&worker)
+        );
+        assert!(worker.status.success(), "{app} worker: {}", stderr(&worker));
+        verify(app, &input, &output);
+        assert!(stats.connections >= 1, "{app}: traffic went through the proxy");
+        assert!(
+            stats.cuts + stats.corrupted_chunks > 0,
+            "{app}: faults were injected: {stats:?}"
+        );
+        eprintln!("{app}: {stats:?}");
+    }
+}
+
+#[test]
+fn a_peer_with_the_wrong_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = generated(dir.path(), "doubler", 1_000);
+    let port = free_port();
+    let file = cluster_file(dir.path(), port, port);
+    let intruder = spawn_worker(&file, "not the secret, but long enough");
+    let output = dir.path().join("refused.out");
+    let leader = verity()
+        .args([
+            "run",
+            "doubler",
+            "--input",
+            path_str(&input),
+            "--output",
+            path_str(&output),
+        ])
+        .args(["--cluster", path_str(&file), "--no-pin", "--peer-lost-ms", "1500"])
+        .env("VERITY_CLUSTER_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let intruder = wait_with_timeout(intruder, Duration::from_secs(5));
+    assert!(
+        !leader.status.success(),
+        "the run cannot finish without its worker"
+    );
+    let leader_log = stderr(&leader);
+    assert!(leader_log.contains("refused"), "{leader_log}");
+    assert!(leader_log.contains("unreachable"), "{leader_log}");
+    let written = std::fs::read_to_string(&output).unwrap_or_default();
+    assert!(written.lines().count() <= 1_000, "no record injected");
+    assert!(!intruder.status.success() || stderr(&intruder).contains("refused"));
+}
