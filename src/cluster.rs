@@ -24,6 +24,9 @@ const RECONNECT_BASE_MS: u64 = 20;
 const RECONNECT_MAX_MS: u64 = 1_000;
 /// How long process 0 waits for workers to take the last frames and exit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a finished worker waits for process 0 to finish writing (a lost
+/// process 0 is noticed sooner, after `--peer-lost-ms`).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// Network settings shared by both roles.
 #[derive(Debug, Clone)]
@@ -266,18 +269,13 @@ pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pin_cores
     );
     drop(cluster);
     // Stay until process 0 has everything: it says so.
-    loop {
-        match control
-            .next(&node, Duration::from_secs(3600))
-            .context("waiting for process 0 to finish")?
-        {
-            Control::Shutdown => {
-                node.closing();
-                break;
-            }
-            Control::Job(_) => bail!("process 0 sent a second job"),
-        }
+    let last = control
+        .next(&node, SHUTDOWN_WAIT)
+        .context("waiting for process 0 to finish")?;
+    if last != Control::Shutdown {
+        bail!("process 0 sent a second job");
     }
+    node.closing();
     node.wait_sent(SHUTDOWN_GRACE);
     node.stop();
     Ok(0)

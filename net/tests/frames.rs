@@ -92,10 +92,7 @@ fn every_bad_input_has_its_error() {
         "header fields are checksummed"
     );
     let last = good.len() - 1;
-    assert!(matches!(
-        with(last, &[b'x']),
-        Some(DecodeError::BadChecksum { .. })
-    ));
+    assert!(matches!(with(last, b"x"), Some(DecodeError::BadChecksum { .. })));
     assert!(matches!(
         decode_all(&good[..good.len() - 1]).1,
         Some(DecodeError::Truncated { .. })

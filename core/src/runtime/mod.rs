@@ -318,12 +318,9 @@ where
     }
 
     let waited = wait_for_shards(&done_rx, expected_done, &stop, config, &live, started, net);
-    if waited.is_err() {
-        abort.store(true, Ordering::Relaxed);
-        // Shard threads blocked on a lost peer cannot be joined; the process exits.
-        return Err(waited.err().expect("checked"));
-    }
-    let (interrupted, totals) = waited.expect("checked");
+    // On failure, shard threads blocked on a lost peer cannot be joined; the
+    // relays are told to stop and the process exits with the error.
+    let (interrupted, totals) = waited.inspect_err(|_| abort.store(true, Ordering::Relaxed))?;
     for handle in threads {
         handle
             .join()
