@@ -1,6 +1,6 @@
 //! Argument definitions and the commands they run.
 
-use crate::cluster::{run_leader_process, run_worker_process, Job, LocalCluster, NetOptions};
+use crate::cluster::{run_leader_process, run_worker_process, Job, LocalCluster, NetOptions, Pinning};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -170,6 +170,10 @@ struct WorkerArgs {
     /// Do not pin worker threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Pin this process's shards from this core on (for several processes on
+    /// one machine).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    first_core: usize,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -236,7 +240,11 @@ pub fn execute(cli: Cli) -> Result<i32> {
         Command::Generate(args) => generate_input(args),
         Command::Worker(args) => {
             let _stop = install_stop_handler()?;
-            run_worker_process(&args.cluster, args.id, &args.net.options(), !args.no_pin)
+            let pinning = Pinning {
+                enabled: !args.no_pin,
+                first_core: args.first_core,
+            };
+            run_worker_process(&args.cluster, args.id, &args.net.options(), pinning)
         }
         Command::Proxy(args) => {
             let stop = install_stop_handler()?;
@@ -311,6 +319,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         split_input: matches!(input, AppInput::QuotesAndOrders { .. }),
         batch_max: config.limits.batch_max,
         queue_depth_batches: config.queue_depth_batches,
+        discard_output: outputs.sink == SinkSpec::Null,
     };
     let summary = match (args.processes, &args.cluster) {
         (Some(processes), _) if processes > 1 => {

@@ -79,6 +79,13 @@ impl NetOptions {
     }
 }
 
+/// Where a worker pins its shards.
+#[derive(Debug, Clone, Copy)]
+pub struct Pinning {
+    pub enabled: bool,
+    pub first_core: usize,
+}
+
 /// What process 0 tells workers to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
@@ -88,17 +95,20 @@ pub struct Job {
     pub split_input: bool,
     pub batch_max: usize,
     pub queue_depth_batches: usize,
+    /// The sink discards output (`--output null`): workers need not send it.
+    pub discard_output: bool,
 }
 
 impl Job {
     fn encode(&self) -> Vec<u8> {
         format!(
-            "app={}\nfinal={}\nsplit={}\nbatch_max={}\nqueue_depth={}\n",
+            "app={}\nfinal={}\nsplit={}\nbatch_max={}\nqueue_depth={}\ndiscard={}\n",
             self.app.name(),
             self.options.final_counts,
             self.split_input,
             self.batch_max,
-            self.queue_depth_batches
+            self.queue_depth_batches,
+            self.discard_output
         )
         .into_bytes()
     }
@@ -119,6 +129,7 @@ impl Job {
             split_input: field("split")?.parse()?,
             batch_max: field("batch_max")?.parse()?,
             queue_depth_batches: field("queue_depth")?.parse()?,
+            discard_output: field("discard")?.parse()?,
         })
     }
 }
@@ -145,6 +156,7 @@ impl Driver for LeaderRun<'_> {
 
 struct MemberRun<'a> {
     config: &'a RunConfig,
+    discard_output: bool,
     stop: verity_core::source::StopFlag,
     cluster: &'a ClusterRun<'a>,
 }
@@ -158,7 +170,7 @@ impl Driver for MemberRun<'_> {
         S: Default + Send + 'static,
         O: 'static,
     {
-        run_member(flow, self.config, self.stop, self.cluster)
+        run_member(flow, self.config, self.stop, self.cluster, self.discard_output)
     }
 }
 
@@ -209,7 +221,7 @@ pub fn run_leader_process(
 }
 
 /// `verity worker`: joins the cluster, waits for the job, runs its shards.
-pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pin_cores: bool) -> Result<i32> {
+pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pinning: Pinning) -> Result<i32> {
     let file = ClusterFile::load(file_path)?;
     if id == 0 {
         bail!("process 0 runs the sources and sinks: start it with `verity run <app> --cluster FILE`");
@@ -232,7 +244,8 @@ pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pin_cores
             ..Default::default()
         },
         queue_depth_batches: job.queue_depth_batches,
-        pin_cores,
+        pin_cores: pinning.enabled,
+        first_core: pinning.first_core,
         progress: false,
         ..RunConfig::default()
     };
@@ -258,6 +271,7 @@ pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pin_cores
         job.options,
         MemberRun {
             config: &config,
+            discard_output: job.discard_output,
             stop,
             cluster: &cluster,
         },
@@ -333,6 +347,8 @@ impl LocalCluster {
             if !pin_cores {
                 command.arg("--no-pin");
             }
+            // Processes on one machine pin their shards to different cores.
+            command.args(["--first-core", &(id * workers).to_string()]);
             let child = command.spawn().context("cannot spawn a worker process")?;
             cluster.children.push(child);
         }
@@ -411,6 +427,7 @@ mod tests {
             split_input: false,
             batch_max: 7,
             queue_depth_batches: 9,
+            discard_output: true,
         };
         assert_eq!(Job::decode(&job.encode()).unwrap(), job);
         assert!(Job::decode(b"app=nope\n").is_err());

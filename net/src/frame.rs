@@ -231,6 +231,9 @@ pub fn encode_frame(
 /// Reads a byte stream into one large buffer and cuts frames out of it.
 pub struct FrameDecoder {
     buf: BytesMut,
+    /// Reads land here first: zeroed once, so a read costs a copy of what
+    /// arrived rather than a fresh zeroing of the whole read size.
+    scratch: Vec<u8>,
     poisoned: Option<DecodeError>,
 }
 
@@ -244,19 +247,19 @@ impl FrameDecoder {
     pub fn new() -> Self {
         FrameDecoder {
             buf: BytesMut::with_capacity(READ_SIZE_BYTES),
+            scratch: Vec::new(),
             poisoned: None,
         }
     }
 
-    /// One `read` into the buffer's free space. `Ok(0)` is the end of the stream.
+    /// One `read`, appended to the buffer. `Ok(0)` is the end of the stream.
     pub fn read_from(&mut self, reader: &mut impl Read) -> io::Result<usize> {
-        let filled = self.buf.len();
-        self.buf.reserve(READ_SIZE_BYTES);
-        self.buf.resize(filled + READ_SIZE_BYTES, 0);
-        let result = reader.read(&mut self.buf[filled..]);
-        let read = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(filled + read);
-        result
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; READ_SIZE_BYTES];
+        }
+        let read = reader.read(&mut self.scratch)?;
+        self.buf.extend_from_slice(&self.scratch[..read]);
+        Ok(read)
     }
 
     pub fn extend_from_slice(&mut self, data: &[u8]) {
@@ -318,6 +321,15 @@ impl FrameDecoder {
             buffered_bytes => Err(DecodeError::Truncated { buffered_bytes }),
         }
     }
+}
+
+/// The (first sequence number, record count) of an encoded frame, read from
+/// its header without checking the payload (for frames this process encoded).
+pub fn peek_numbers(frame: &[u8]) -> Option<(u64, u32)> {
+    let header = frame.get(..FRAME_HEADER_SIZE_BYTES)?;
+    let first_seq = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(header[24..28].try_into().expect("4 bytes"));
+    Some((first_seq, count))
 }
 
 fn parse_header(bytes: &[u8]) -> Result<FrameHeader, DecodeError> {

@@ -14,7 +14,7 @@
 
 use crate::auth::{self, ClusterSecret, Handshake, HandshakeStatus, Identity};
 use crate::channel::{Admission, ChannelReceiver, ChannelSender};
-use crate::frame::{encode_frame, Frame, FrameDecoder, FrameKind};
+use crate::frame::{encode_frame, peek_numbers, Frame, FrameDecoder, FrameKind};
 use crate::liveness::{Backoff, LivenessConfig, PeerLiveness};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use mio::net::{TcpListener, TcpStream};
@@ -701,7 +701,7 @@ impl IoLoop {
                         break;
                     }
                 };
-                let (first_seq, count) = frame_numbers(&bytes);
+                let (first_seq, count) = peek_numbers(&bytes).expect("producers hand over whole frames");
                 let expected = out.sender.next_seq();
                 assert_eq!(
                     first_seq,
@@ -829,18 +829,6 @@ fn flush(conn: &mut Conn) -> io::Result<usize> {
     }
     let _ = conn.token;
     Ok(total)
-}
-
-/// The first sequence number and record count of an encoded frame.
-fn frame_numbers(encoded: &[u8]) -> (u64, u32) {
-    let mut decoder = FrameDecoder::new();
-    decoder.extend_from_slice(encoded);
-    let frame = decoder
-        .next_frame()
-        .ok()
-        .flatten()
-        .expect("producers hand over whole valid frames");
-    (frame.header.first_seq, frame.header.record_count)
 }
 
 /// Bits the OS mixed into hashing, so nonces differ between processes and runs.

@@ -73,17 +73,24 @@ impl RemoteOut {
 pub struct RemoteIn {
     pub frames: Receiver<Frame>,
     progress: Arc<ConsumerProgress>,
+    /// Wakes the I/O thread so the ack (and so the sender's window) moves at once.
+    waker: Arc<mio::Waker>,
 }
 
 impl RemoteIn {
-    pub fn new(frames: Receiver<Frame>, progress: Arc<ConsumerProgress>) -> Self {
-        RemoteIn { frames, progress }
+    pub fn new(frames: Receiver<Frame>, progress: Arc<ConsumerProgress>, waker: Arc<mio::Waker>) -> Self {
+        RemoteIn {
+            frames,
+            progress,
+            waker,
+        }
     }
 
     fn consumed(&self, frame: &Frame) {
         let header = &frame.header;
         self.progress
             .consumed(header.first_seq + header.record_count as u64 - 1);
+        let _ = self.waker.wake();
     }
 
     pub fn try_recv(&self) -> Result<Frame, TryRecvError> {

@@ -47,6 +47,9 @@ pub struct RunConfig {
     /// Depth of the output thread's queue, in buffers.
     pub output_queue_depth_buffers: usize,
     pub pin_cores: bool,
+    /// The core of this process's first shard (other processes of a local
+    /// cluster take the cores after it).
+    pub first_core: usize,
     /// Progress lines on stderr (shown only when stderr is a terminal).
     pub progress: bool,
 }
@@ -60,6 +63,7 @@ impl Default for RunConfig {
             source_queue_depth_chunks: 16,
             output_queue_depth_buffers: 64,
             pin_cores: true,
+            first_core: 0,
             progress: true,
         }
     }
@@ -153,7 +157,7 @@ where
     O: 'static,
 {
     let layout = Layout::new(vec![config.workers as u32], 0).map_err(|e| RunError::Cluster(e.to_string()))?;
-    run_process(flow, config, Some(outputs), stop, &layout, None)
+    run_process(flow, config, Placement::Leader(outputs), stop, &layout, None)
 }
 
 /// Process 0 of a cluster: reads the sources, runs its shards, writes the sinks.
@@ -175,7 +179,14 @@ where
         node: cluster.node,
         window_frames: cluster.window_frames,
     };
-    run_process(flow, config, Some(outputs), stop, &cluster.layout, Some(&net))
+    run_process(
+        flow,
+        config,
+        Placement::Leader(outputs),
+        stop,
+        &cluster.layout,
+        Some(&net),
+    )
 }
 
 /// A worker process: runs its shards on chunks dealt by process 0 and sends
@@ -185,6 +196,7 @@ pub fn run_member<K, V, S, O>(
     config: &RunConfig,
     stop: StopFlag,
     cluster: &ClusterRun<'_>,
+    discard_lines: bool,
 ) -> Result<RunSummary, RunError>
 where
     K: Key + Wire,
@@ -197,13 +209,28 @@ where
         node: cluster.node,
         window_frames: cluster.window_frames,
     };
-    run_process(flow, config, None, stop, &cluster.layout, Some(&net))
+    run_process(
+        flow,
+        config,
+        Placement::Member { discard_lines },
+        stop,
+        &cluster.layout,
+        Some(&net),
+    )
+}
+
+/// What this process does with sources and sinks.
+enum Placement<'a> {
+    /// Opens the sources and writes the sinks.
+    Leader(&'a Outputs),
+    /// A worker; its output goes to process 0 unless the sink discards it.
+    Member { discard_lines: bool },
 }
 
 fn run_process<K, V, S, O>(
     flow: Dataflow<K, V, S, O>,
     config: &RunConfig,
-    outputs: Option<&Outputs>,
+    placement: Placement<'_>,
     stop: StopFlag,
     layout: &Layout,
     net: Option<&Net<'_>>,
@@ -223,6 +250,10 @@ where
     let mut opened = Vec::new();
     let mut output_thread = None;
     let mut output_tx = None;
+    let outputs = match placement {
+        Placement::Leader(outputs) => Some(outputs),
+        Placement::Member { .. } => None,
+    };
     if let Some(outputs) = outputs {
         opened = sources
             .into_iter()
@@ -238,7 +269,10 @@ where
         );
         output_tx = Some(tx);
     }
-    let discard_lines = outputs.is_some_and(|o| o.sink == SinkSpec::Null);
+    let discard_lines = match placement {
+        Placement::Leader(outputs) => outputs.sink == SinkSpec::Null,
+        Placement::Member { discard_lines } => discard_lines,
+    };
     let wiring = wire::<K, V>(
         source_count,
         layout,
@@ -252,7 +286,7 @@ where
     let cores = ShardCore::build_range(&logic, layout.total_shards(), local.clone(), config.limits);
     let live: Arc<Vec<LiveCounters>> = Arc::new(local.clone().map(|_| LiveCounters::default()).collect());
     let source_errors = Arc::new(Mutex::new(Vec::new()));
-    let pinning = Arc::new(Pinning::new(config.pin_cores));
+    let pinning = Arc::new(Pinning::new(config.pin_cores, config.first_core));
     let expected_done = if outputs.is_some() {
         layout.total_shards()
     } else {

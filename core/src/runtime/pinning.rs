@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Pinning {
     core_ids: Vec<core_affinity::CoreId>,
     enabled: bool,
+    first_core: usize,
     warned: AtomicBool,
 }
 
 impl Pinning {
-    pub fn new(enabled: bool) -> Self {
+    pub fn new(enabled: bool, first_core: usize) -> Self {
         let core_ids = if enabled {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -18,6 +19,7 @@ impl Pinning {
         Pinning {
             core_ids,
             enabled,
+            first_core,
             warned: AtomicBool::new(false),
         }
     }
@@ -28,7 +30,9 @@ impl Pinning {
             return;
         }
         let pinned = !self.core_ids.is_empty()
-            && core_affinity::set_for_current(self.core_ids[local_index % self.core_ids.len()]);
+            && core_affinity::set_for_current(
+                self.core_ids[(self.first_core + local_index) % self.core_ids.len()],
+            );
         if !pinned && !self.warned.swap(true, Ordering::Relaxed) {
             eprintln!("verity: warning: cannot pin worker threads to cores; running unpinned");
         }

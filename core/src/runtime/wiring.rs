@@ -176,7 +176,7 @@ impl Net<'_> {
             frames: tx,
             progress: Arc::clone(&progress),
         });
-        RemoteIn::new(rx, progress)
+        RemoteIn::new(rx, progress, self.node.waker())
     }
 }
 
