@@ -326,13 +326,31 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
             let workers = config.workers as u32;
             let (local, net) =
                 LocalCluster::spawn(processes, workers, &args.net.options(), config.pin_cores)?;
-            let summary = run_leader_process(&local.file, &net, &job, input, &config, &outputs, stop)?;
+            let summary = run_leader_process(
+                &local.file,
+                &net,
+                &job,
+                input,
+                &config,
+                &outputs,
+                stop,
+                Some(&local),
+            )?;
             local.join()?;
             summary
         }
         (_, Some(path)) => {
             let file = ClusterFile::load(path)?;
-            run_leader_process(&file, &args.net.options(), &job, input, &config, &outputs, stop)?
+            run_leader_process(
+                &file,
+                &args.net.options(),
+                &job,
+                input,
+                &config,
+                &outputs,
+                stop,
+                None,
+            )?
         }
         _ => run_app(app, input, options, &config, &outputs, stop)
             .with_context(|| format!("{} run failed", app.name()))?,

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
 use verity_core::cluster::{ClusterFile, Control, ControlIn, Controller};
@@ -185,14 +185,42 @@ pub fn run_leader_process(
     config: &RunConfig,
     outputs: &Outputs,
     stop: verity_core::source::StopFlag,
+    local: Option<&LocalCluster>,
 ) -> Result<RunSummary> {
     let layout = file.layout(0)?;
     let node = net.start_node(file, 0)?;
-    let mut controller = Controller::new(&node, &layout, WINDOW_FRAMES);
+    let run_over = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        if let Some(local) = local {
+            scope.spawn(|| local.watch(&node, &run_over));
+        }
+        let result = lead(&node, layout, job, input, config, outputs, stop);
+        run_over.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    })
+    .map(|(summary, workers)| {
+        node.wait_sent(SHUTDOWN_GRACE);
+        node.stop();
+        RunSummary { workers, ..summary }
+    })
+}
+
+/// Process 0's part once its node runs: the job, the run, the shutdown.
+/// Returns the summary and the cluster's shard count.
+fn lead(
+    node: &Node,
+    layout: verity_core::cluster::Layout,
+    job: &Job,
+    input: AppInput,
+    config: &RunConfig,
+    outputs: &Outputs,
+    stop: verity_core::source::StopFlag,
+) -> Result<(RunSummary, usize)> {
+    let mut controller = Controller::new(node, &layout, WINDOW_FRAMES);
     controller.broadcast(&Control::Job(job.encode()))?;
     let cluster = ClusterRun {
         layout,
-        node: &node,
+        node,
         window_frames: WINDOW_FRAMES,
     };
     let config = RunConfig {
@@ -213,11 +241,7 @@ pub fn run_leader_process(
     let summary = summary.with_context(|| format!("{} cluster run failed", job.app.name()))?;
     controller.broadcast(&Control::Shutdown)?;
     node.closing();
-    let workers = cluster.layout.total_shards() as usize;
-    drop(cluster);
-    node.wait_sent(SHUTDOWN_GRACE);
-    node.stop();
-    Ok(RunSummary { workers, ..summary })
+    Ok((summary, cluster.layout.total_shards() as usize))
 }
 
 /// `verity worker`: joins the cluster, waits for the job, runs its shards.
@@ -300,7 +324,7 @@ pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pinning: 
 pub struct LocalCluster {
     pub file: ClusterFile,
     path: PathBuf,
-    children: Vec<Child>,
+    children: Mutex<Vec<Child>>,
 }
 
 impl LocalCluster {
@@ -324,10 +348,10 @@ impl LocalCluster {
             ..net.clone()
         };
         let exe = std::env::current_exe().context("cannot find the verity binary to spawn workers")?;
-        let mut cluster = LocalCluster {
+        let cluster = LocalCluster {
             file,
             path,
-            children: Vec::new(),
+            children: Mutex::new(Vec::new()),
         };
         for id in 1..processes {
             let mut command = Command::new(&exe);
@@ -350,16 +374,34 @@ impl LocalCluster {
             // Processes on one machine pin their shards to different cores.
             command.args(["--first-core", &(id * workers).to_string()]);
             let child = command.spawn().context("cannot spawn a worker process")?;
-            cluster.children.push(child);
+            cluster.children().push(child);
         }
         Ok((cluster, net))
     }
 
+    fn children(&self) -> std::sync::MutexGuard<'_, Vec<Child>> {
+        self.children.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Until the run is over: a worker that exits fails the run at once,
+    /// rather than after `--peer-lost-ms`.
+    fn watch(&self, node: &Node, run_over: &std::sync::atomic::AtomicBool) {
+        while !run_over.load(std::sync::atomic::Ordering::Relaxed) {
+            for (index, child) in self.children().iter_mut().enumerate() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    node.report_failure(format!("worker {} exited early ({status})", index + 1));
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits for the workers to exit; kills any that outstay the grace period.
-    pub fn join(mut self) -> Result<()> {
+    pub fn join(self) -> Result<()> {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         let mut failed = Vec::new();
-        for (index, child) in self.children.iter_mut().enumerate() {
+        for (index, child) in self.children().iter_mut().enumerate() {
             loop {
                 match child.try_wait()? {
                     Some(status) if status.success() => break,
@@ -386,7 +428,7 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        for child in self.children().iter_mut() {
             if let Ok(None) = child.try_wait() {
                 let _ = child.kill();
                 let _ = child.wait();

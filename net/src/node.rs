@@ -208,6 +208,13 @@ impl Node {
         let _ = self.waker.wake();
     }
 
+    /// Records that the cluster cannot go on for a reason seen outside the
+    /// network (e.g. a local worker process died); the first reason sticks.
+    pub fn report_failure(&self, message: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure.get_or_insert(message);
+    }
+
     /// Why the cluster cannot go on (a peer lost for good), if it cannot.
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
