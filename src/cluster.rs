@@ -134,14 +134,22 @@ impl Job {
     }
 }
 
-struct LeaderRun<'a> {
+/// This process's part of a cluster run, as a `Driver` of any app's dataflow.
+struct ClusterDriver<'a> {
     config: &'a RunConfig,
-    outputs: &'a Outputs,
     stop: verity_core::source::StopFlag,
     cluster: &'a ClusterRun<'a>,
+    role: Role<'a>,
 }
 
-impl Driver for LeaderRun<'_> {
+enum Role<'a> {
+    /// Process 0: sources and sinks.
+    Leader(&'a Outputs),
+    /// A worker; `discard_output` when the sink drops output anyway.
+    Member { discard_output: bool },
+}
+
+impl Driver for ClusterDriver<'_> {
     type Out = RunSummary;
     fn drive<K, V, S, O>(self, flow: Dataflow<K, V, S, O>) -> Result<RunSummary, RunError>
     where
@@ -150,27 +158,12 @@ impl Driver for LeaderRun<'_> {
         S: Default + Send + 'static,
         O: 'static,
     {
-        run_leader(flow, self.config, self.outputs, self.stop, self.cluster)
-    }
-}
-
-struct MemberRun<'a> {
-    config: &'a RunConfig,
-    discard_output: bool,
-    stop: verity_core::source::StopFlag,
-    cluster: &'a ClusterRun<'a>,
-}
-
-impl Driver for MemberRun<'_> {
-    type Out = RunSummary;
-    fn drive<K, V, S, O>(self, flow: Dataflow<K, V, S, O>) -> Result<RunSummary, RunError>
-    where
-        K: Key + Wire,
-        V: Wire + Send + 'static,
-        S: Default + Send + 'static,
-        O: 'static,
-    {
-        run_member(flow, self.config, self.stop, self.cluster, self.discard_output)
+        match self.role {
+            Role::Leader(outputs) => run_leader(flow, self.config, outputs, self.stop, self.cluster),
+            Role::Member { discard_output } => {
+                run_member(flow, self.config, self.stop, self.cluster, discard_output)
+            }
+        }
     }
 }
 
@@ -231,11 +224,11 @@ fn lead(
         job.app,
         input,
         job.options,
-        LeaderRun {
+        ClusterDriver {
             config: &config,
-            outputs,
             stop,
             cluster: &cluster,
+            role: Role::Leader(outputs),
         },
     );
     let summary = summary.with_context(|| format!("{} cluster run failed", job.app.name()))?;
@@ -293,11 +286,13 @@ pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pinning: 
         job.app,
         input,
         job.options,
-        MemberRun {
+        ClusterDriver {
             config: &config,
-            discard_output: job.discard_output,
             stop,
             cluster: &cluster,
+            role: Role::Member {
+                discard_output: job.discard_output,
+            },
         },
     )
     .with_context(|| format!("worker {id} failed"))?;

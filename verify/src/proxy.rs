@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use verity_core::{Rng, SplitMix64};
 
 /// Connections proxied at once; more are closed at accept.
 pub const PROXY_CONNECTIONS_MAX: usize = 64;
@@ -65,13 +66,13 @@ pub struct ConnectionPlan {
 }
 
 pub fn connection_plan(config: &ProxyConfig, index: u64) -> ConnectionPlan {
-    let mut rng = SplitMix64(config.seed ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng = SplitMix64::new(config.seed ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
     let cut_after_ms = config
         .drop_conn_every_ms
-        .map(|every| every / 2 + rng.next() % (every + 1));
+        .map(|every| every / 2 + rng.below(every + 1));
     ConnectionPlan {
         cut_after_ms,
-        rng_seed: rng.next(),
+        rng_seed: rng.next_u64(),
     }
 }
 
@@ -224,7 +225,7 @@ fn start_connection(
         let pump = Pump {
             from,
             to,
-            rng: SplitMix64(rng_seed),
+            rng: SplitMix64::new(rng_seed),
             index,
             cut_at,
             cut: Arc::clone(&cut),
@@ -284,9 +285,9 @@ impl Pump {
             if let Some(delay) = self.delay {
                 std::thread::sleep(delay);
             }
-            if self.corrupt_rate > 0.0 && self.rng.next_f64() < self.corrupt_rate {
-                let at = (self.rng.next() % read as u64) as usize;
-                chunk[at] ^= 1 << (self.rng.next() % 8);
+            if self.corrupt_rate > 0.0 && unit_interval(&mut self.rng) < self.corrupt_rate {
+                let at = self.rng.below(read as u64) as usize;
+                chunk[at] ^= 1 << self.rng.below(8);
                 self.counters.corrupted_chunks.fetch_add(1, Ordering::Relaxed);
             }
             if self.to.write_all(chunk).is_err() {
@@ -304,19 +305,7 @@ impl Pump {
     }
 }
 
-/// A small deterministic generator (no global RNG: runs replay from the seed).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn next_f64(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
+/// A uniform number in [0, 1) from the connection's generator.
+fn unit_interval(rng: &mut SplitMix64) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
