@@ -37,6 +37,41 @@ enum Command {
     Worker(WorkerArgs),
     /// Forward TCP from --listen to --to, injecting seeded faults (for testing).
     Proxy(ProxyArgs),
+    /// Run a whole cluster in one thread on a virtual clock, with seeded faults,
+    /// and check each seed's output against the oracle.
+    Sim(SimArgs),
+}
+
+#[derive(Args, Debug)]
+struct SimArgs {
+    #[arg(long)]
+    app: AppArg,
+    /// Seeds to run: `A..B` (B excluded) or `A..=B`.
+    #[arg(long, value_name = "A..B", conflicts_with = "seed")]
+    seeds: Option<String>,
+    /// One seed (with --trace, to replay it).
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    #[arg(long, value_name = "P", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    processes: u32,
+    #[arg(long, value_name = "W", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    workers: u32,
+    /// Faults to inject: all, none, or a list of drop, duplicate, delay,
+    /// reorder, cut, partition, pause, clock.
+    #[arg(long, value_name = "LIST", default_value = "all")]
+    faults: String,
+    /// Simulated seconds of faults per seed; then all heal.
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    sim_seconds: u64,
+    /// Generated input records per seed.
+    #[arg(long, value_name = "N", default_value_t = 2_000)]
+    records: u64,
+    /// Print the seed's event trace and its hash.
+    #[arg(long)]
+    trace: bool,
+    /// Test-only: plant a bug (no-dedup or no-retransmit) to show it is caught.
+    #[arg(long, value_name = "BUG", hide = true)]
+    plant_bug: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -246,6 +281,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
             };
             run_worker_process(&args.cluster, args.id, &args.net.options(), pinning)
         }
+        Command::Sim(args) => sim(args),
         Command::Proxy(args) => {
             let stop = install_stop_handler()?;
             let config = verity_verify::proxy::ProxyConfig {
@@ -401,6 +437,32 @@ fn verify(args: VerifyArgs) -> Result<i32> {
     let report = verity_verify::verify_files(&app, &args.input, &args.output)?;
     println!("{report}");
     Ok(if report.is_ok() { 0 } else { 1 })
+}
+
+fn sim(args: SimArgs) -> Result<i32> {
+    let seeds = match (&args.seeds, args.seed) {
+        (Some(range), _) => crate::sim::parse_seeds(range).map_err(anyhow::Error::msg)?,
+        (None, Some(seed)) => seed..seed + 1,
+        (None, None) => bail!("give --seeds A..B or --seed S"),
+    };
+    let mut bugs = verity_verify::sim::PlantedBugs::default();
+    match args.plant_bug.as_deref() {
+        None => {}
+        Some("no-dedup") => bugs.no_dedup = true,
+        Some("no-retransmit") => bugs.no_retransmit = true,
+        Some(other) => bail!("unknown planted bug `{other}` (no-dedup or no-retransmit)"),
+    }
+    crate::sim::run(crate::sim::SimArgs {
+        app: args.app.into(),
+        seeds,
+        processes: args.processes,
+        workers: args.workers,
+        faults: verity_verify::sim::Faults::parse(&args.faults).map_err(anyhow::Error::msg)?,
+        sim_seconds: args.sim_seconds,
+        records: args.records,
+        trace: args.trace,
+        bugs,
+    })
 }
 
 fn generate_input(args: GenerateArgs) -> Result<i32> {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cluster;
+mod sim;
 
 use clap::Parser;
 

@@ -144,6 +144,8 @@ pub struct ShardCore<K, V, S, O> {
     finished: bool,
     counters: ShardCounters,
     effects: Vec<Effect<K, V>>,
+    /// Off only in the simulator's planted-bug tests (see `disable_dedup_for_testing`).
+    dedup_enabled: bool,
 }
 
 impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCore<K, V, S, O> {
@@ -199,9 +201,17 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
             finished: false,
             counters: ShardCounters::default(),
             effects: Vec::new(),
+            dedup_enabled: true,
         };
         core.finish_if_done();
         core
+    }
+
+    /// A test-only fault switch: replayed batches are applied again. The
+    /// simulator's planted-bug tests use it to show that a broken dedup is
+    /// caught; nothing else may call it.
+    pub fn disable_dedup_for_testing(&mut self) {
+        self.dedup_enabled = false;
     }
 
     pub fn index(&self) -> u32 {
@@ -298,7 +308,10 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
         );
         let producer = source << 16 | batch.from;
         let count = batch.records.len() as u64;
-        let admit = self.watermarks.admit_batch(producer, batch.first_seq, count);
+        let mut admit = self.watermarks.admit_batch(producer, batch.first_seq, count);
+        if !self.dedup_enabled {
+            admit.skip = 0;
+        }
         assert_eq!(
             admit.gap, 0,
             "channel {}→{} of source {source} lost records",

@@ -13,6 +13,7 @@ mod compare;
 mod input;
 mod oracle;
 pub mod proxy;
+pub mod sim;
 mod table;
 
 pub use compare::{compare, Anomaly, AnomalyKind, Report};

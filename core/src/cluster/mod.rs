@@ -82,6 +82,10 @@ impl Layout {
         panic!("shard {shard} is beyond the cluster's {end} shards");
     }
 
+    pub fn is_local_to(&self, process: u32, shard: u32) -> bool {
+        self.process_of(shard) == process
+    }
+
     pub fn is_local(&self, shard: u32) -> bool {
         self.process_of(shard) == self.process_id
     }

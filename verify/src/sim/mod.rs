@@ -1,0 +1,283 @@
+//! The deterministic cluster simulator.
+//!
+//! One thread runs a whole cluster — every process's shards (the production
+//! `ShardCore` state machines), the network between processes (the production
+//! frame codec and channel protocol: numbering, windows, acks, retransmits,
+//! dedup) and each process's clock — on a virtual clock with one seeded RNG.
+//! Faults are drawn from the seed: dropped, duplicated, delayed and reordered
+//! frames, connection cuts, partitions, process pauses, clock jumps. Each seed
+//! ends by healing every fault and checking the output against the app's
+//! oracle, the shards' internal assertions, and that everything finished
+//! within a bounded simulated time after healing.
+//!
+//! Same seed, same commit: the same run, event for event — `trace_hash` says
+//! so, and `--trace` prints the events. Crash and restart with loss of
+//! unsynced writes slots in as one more fault once recovery exists: a process
+//! is a set of shards plus its channels' state, all owned by `World`.
+
+mod world;
+
+use crate::{compare, expected_output, App, Report};
+use std::fmt;
+use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
+use verity_core::{Dataflow, Key, RunError, SourceSpec, Wire};
+
+/// Which faults a run may inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Faults {
+    pub drop: bool,
+    pub duplicate: bool,
+    pub delay: bool,
+    pub reorder: bool,
+    pub cut: bool,
+    pub partition: bool,
+    pub pause: bool,
+    pub clock: bool,
+}
+
+impl Faults {
+    pub const NAMES: [&'static str; 8] = [
+        "drop",
+        "duplicate",
+        "delay",
+        "reorder",
+        "cut",
+        "partition",
+        "pause",
+        "clock",
+    ];
+
+    pub fn all() -> Faults {
+        Faults::none().with_all(true)
+    }
+
+    pub fn none() -> Faults {
+        Faults {
+            drop: false,
+            duplicate: false,
+            delay: false,
+            reorder: false,
+            cut: false,
+            partition: false,
+            pause: false,
+            clock: false,
+        }
+    }
+
+    fn with_all(mut self, on: bool) -> Faults {
+        for name in Faults::NAMES {
+            *self.flag(name).expect("known name") = on;
+        }
+        self
+    }
+
+    fn flag(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "drop" => &mut self.drop,
+            "duplicate" => &mut self.duplicate,
+            "delay" => &mut self.delay,
+            "reorder" => &mut self.reorder,
+            "cut" => &mut self.cut,
+            "partition" => &mut self.partition,
+            "pause" => &mut self.pause,
+            "clock" => &mut self.clock,
+            _ => return None,
+        })
+    }
+
+    /// `all`, `none`, or a comma-separated list of fault names.
+    pub fn parse(text: &str) -> Result<Faults, String> {
+        match text {
+            "all" => return Ok(Faults::all()),
+            "none" | "" => return Ok(Faults::none()),
+            _ => {}
+        }
+        let mut faults = Faults::none();
+        for name in text.split(',') {
+            let known = Faults::NAMES.join(", ");
+            *faults
+                .flag(name.trim())
+                .ok_or_else(|| format!("unknown fault `{name}` (known: {known}, or all / none)"))? = true;
+        }
+        Ok(faults)
+    }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut copy = *self;
+        let on: Vec<&str> = Faults::NAMES
+            .into_iter()
+            .filter(|n| *copy.flag(n).expect("known"))
+            .collect();
+        match on.len() {
+            0 => f.write_str("none"),
+            8 => f.write_str("all"),
+            _ => f.write_str(&on.join(",")),
+        }
+    }
+}
+
+/// Bugs a test can plant without editing code, to prove the simulator finds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Receivers keep replayed frames and shards apply replayed batches.
+    pub no_dedup: bool,
+    /// Senders forget unacked frames when a connection drops.
+    pub no_retransmit: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub app: AppName,
+    pub seed: u64,
+    pub processes: u32,
+    pub workers: u32,
+    pub faults: Faults,
+    /// Faults happen during this much simulated time; then all heal.
+    pub sim_seconds: u64,
+    /// Input records (generated from the seed).
+    pub records: u64,
+    /// Keep the event lines (the hash is computed either way).
+    pub trace: bool,
+    pub bugs: PlantedBugs,
+}
+
+impl SimConfig {
+    pub fn new(app: AppName, seed: u64) -> SimConfig {
+        SimConfig {
+            app,
+            seed,
+            processes: 3,
+            workers: 2,
+            faults: Faults::all(),
+            sim_seconds: 30,
+            records: 2_000,
+            trace: false,
+            bugs: PlantedBugs::default(),
+        }
+    }
+
+    /// The command that replays this seed with its trace.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "verity sim --app {} --seed {} --processes {} --workers {} --faults {} --sim-seconds {} --records {} --trace",
+            self.app.name(),
+            self.seed,
+            self.processes,
+            self.workers,
+            self.faults,
+            self.sim_seconds,
+            self.records
+        )
+    }
+}
+
+/// How one seed went.
+#[derive(Debug, Clone)]
+pub struct SimOutcome {
+    pub seed: u64,
+    /// Why the seed failed, if it did.
+    pub failure: Option<String>,
+    pub trace_hash: u64,
+    pub trace: Vec<String>,
+    pub events: u64,
+    pub sim_time_us: u64,
+    pub faults_injected: u64,
+    pub report: Option<Report>,
+}
+
+impl SimOutcome {
+    pub fn is_ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Runs one seed to its end and checks it.
+pub fn run_seed(config: &SimConfig) -> SimOutcome {
+    let input = verity_apps::generate::generate_all(config.app, config.records, config.seed);
+    let input = bytes::Bytes::from(input);
+    let source = SourceSpec::memory("sim", input.clone());
+    let driver = SimDriver {
+        config,
+        input: input.clone(),
+    };
+    let outcome = drive_app(
+        config.app,
+        AppInput::Single(source),
+        AppOptions::default(),
+        driver,
+    );
+    let mut outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => return failed(config, format!("cannot build the app: {e}")),
+    };
+    if outcome.failure().is_none() {
+        let app = App::from_name(config.app.name(), false).expect("known app");
+        let expected = expected_output(app, &input);
+        let report = compare(app, &expected, &outcome.output);
+        if !report.is_ok() {
+            outcome.sim.failure = Some(format!("output differs from the oracle:\n{report}"));
+        }
+        outcome.sim.report = Some(report);
+    }
+    outcome.sim
+}
+
+fn failed(config: &SimConfig, failure: String) -> SimOutcome {
+    SimOutcome {
+        seed: config.seed,
+        failure: Some(failure),
+        trace_hash: 0,
+        trace: Vec::new(),
+        events: 0,
+        sim_time_us: 0,
+        faults_injected: 0,
+        report: None,
+    }
+}
+
+/// A finished world: its outcome and the output it wrote.
+struct Finished {
+    sim: SimOutcome,
+    output: Vec<u8>,
+}
+
+impl Finished {
+    fn failure(&self) -> Option<&String> {
+        self.sim.failure.as_ref()
+    }
+}
+
+struct SimDriver<'a> {
+    config: &'a SimConfig,
+    input: bytes::Bytes,
+}
+
+impl Driver for SimDriver<'_> {
+    type Out = Finished;
+    fn drive<K, V, S, O>(self, flow: Dataflow<K, V, S, O>) -> Result<Finished, RunError>
+    where
+        K: Key + Wire,
+        V: Wire + Send + 'static,
+        S: Default + Send + 'static,
+        O: 'static,
+    {
+        Ok(world::simulate(self.config, flow.logic, &self.input))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_and_print() {
+        assert_eq!(Faults::parse("all").unwrap(), Faults::all());
+        let some = Faults::parse("drop,cut").unwrap();
+        assert!(some.drop && some.cut && !some.pause);
+        assert_eq!(some.to_string(), "drop,cut");
+        assert!(Faults::parse("gremlins").is_err());
+        assert_eq!(Faults::parse(&Faults::all().to_string()).unwrap(), Faults::all());
+    }
+}
