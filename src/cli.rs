@@ -37,9 +37,43 @@ enum Command {
     Worker(WorkerArgs),
     /// Forward TCP from --listen to --to, injecting seeded faults (for testing).
     Proxy(ProxyArgs),
+    /// Stream a file into a running verity TCP source (an external sender).
+    Send(SendArgs),
+    /// Collect a verity TCP sink's output to a file (an external receiver).
+    Receive(ReceiveArgs),
     /// Run a whole cluster in one thread on a virtual clock, with seeded faults,
     /// and check each seed's output against the oracle.
     Sim(SimArgs),
+}
+
+#[derive(Args, Debug)]
+struct SendArgs {
+    /// The source's address (`verity run … --input tcp:HOST:PORT`).
+    #[arg(long, value_name = "HOST:PORT")]
+    to: String,
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// Lines per second [default: as fast as possible].
+    #[arg(long, value_name = "EVENTS_PER_S")]
+    rate: Option<u64>,
+    /// Lines per write.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    batch: usize,
+}
+
+#[derive(Args, Debug)]
+struct ReceiveArgs {
+    /// Where to listen for the sink (`verity run … --output tcp:HOST:PORT`).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    /// Stop after this many lines.
+    #[arg(long, value_name = "N")]
+    expect: Option<u64>,
+    /// Stop after this many seconds with nothing arriving.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    timeout_s: f64,
 }
 
 #[derive(Args, Debug)]
@@ -225,6 +259,13 @@ struct VerifyArgs {
     /// wordcount: the output holds final counts (`run --final`).
     #[arg(long = "final")]
     final_counts: bool,
+    /// Verify while the run is still writing: follow the output as it grows,
+    /// until every expected line is in (or it stops growing).
+    #[arg(long)]
+    follow: bool,
+    /// With --follow: end once the output has not grown for this long.
+    #[arg(long, value_name = "S", default_value_t = 10, requires = "follow")]
+    idle_timeout_s: u64,
 }
 
 #[derive(Args, Debug)]
@@ -282,6 +323,37 @@ pub fn execute(cli: Cli) -> Result<i32> {
             run_worker_process(&args.cluster, args.id, &args.net.options(), pinning)
         }
         Command::Sim(args) => sim(args),
+        Command::Send(args) => {
+            let report = verity_verify::harness::send(&args.to, &args.input, args.rate, args.batch)?;
+            eprintln!(
+                "verity send: {} lines ({} bytes) to {} in {:.3} s ({:.0} lines/s)",
+                report.lines,
+                report.bytes,
+                args.to,
+                report.seconds,
+                report.lines as f64 / report.seconds.max(1e-9)
+            );
+            Ok(0)
+        }
+        Command::Receive(args) => {
+            if !(args.timeout_s > 0.0 && args.timeout_s.is_finite()) {
+                bail!("--timeout-s must be a positive number of seconds");
+            }
+            let silence = std::time::Duration::from_secs_f64(args.timeout_s);
+            let report = verity_verify::harness::receive(&args.listen, &args.output, args.expect, silence)?;
+            eprintln!(
+                "verity receive: {} lines ({} bytes) in {:.3} s{}",
+                report.lines,
+                report.bytes,
+                report.seconds,
+                if report.complete { "" } else { ", ended by silence" }
+            );
+            Ok(if args.expect.is_some() && !report.complete {
+                1
+            } else {
+                0
+            })
+        }
         Command::Proxy(args) => {
             let stop = install_stop_handler()?;
             let config = verity_verify::proxy::ProxyConfig {
@@ -434,7 +506,18 @@ fn report(app: AppName, summary: &RunSummary, outputs: &Outputs) {
 
 fn verify(args: VerifyArgs) -> Result<i32> {
     let app = verity_verify::App::from_name(AppName::from(args.app).name(), args.final_counts)?;
-    let report = verity_verify::verify_files(&app, &args.input, &args.output)?;
+    let report = if args.follow {
+        let follow = verity_verify::Follow {
+            idle_timeout: std::time::Duration::from_secs(args.idle_timeout_s),
+            settle: std::time::Duration::from_millis(500),
+        };
+        let progress = |lines, anomalies| {
+            eprintln!("verity verify: {lines} output lines checked, {anomalies} anomalies so far")
+        };
+        verity_verify::verify_follow(&app, &args.input, &args.output, follow, progress)?
+    } else {
+        verity_verify::verify_files(&app, &args.input, &args.output)?
+    };
     println!("{report}");
     Ok(if report.is_ok() { 0 } else { 1 })
 }

@@ -1,14 +1,17 @@
-//! Compares an engine output with an oracle's expectation and explains every
-//! difference.
+//! Compares an engine output with an oracle's expectation, streaming: output
+//! arrives in batches of any size (`Comparator::feed`), each line is checked
+//! as it comes against its key's next expected line, and nothing of the
+//! output is kept but counts and a few examples. So memory is bounded by the
+//! expectation, not by the output, and a run can be verified while it writes.
 
-use crate::input::for_each_line;
 use crate::oracle::Expected;
-use crate::table::{LineTable, UNPARSEABLE_GROUP};
+use crate::table::LineTable;
 use crate::App;
+use std::collections::HashMap;
 use std::fmt;
 
-/// How many anomalies a report spells out; the rest are only counted.
-pub const ANOMALIES_SHOWN: usize = 10;
+/// Examples kept and shown per anomaly class.
+pub const EXAMPLES_PER_CLASS: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AnomalyKind {
@@ -25,7 +28,7 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
-    const ALL: [AnomalyKind; 5] = [
+    pub const ALL: [AnomalyKind; 5] = [
         AnomalyKind::Lost,
         AnomalyKind::Duplicated,
         AnomalyKind::Reordered,
@@ -48,7 +51,7 @@ impl AnomalyKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Anomaly {
     pub kind: AnomalyKind,
-    /// 1-based line in the output file, if the anomaly has one.
+    /// 1-based line in the output, if the anomaly has one.
     pub output_line: Option<u64>,
     /// 1-based input line behind the expected line, if known.
     pub input_line: Option<u64>,
@@ -66,8 +69,8 @@ pub struct Report {
     pub output_lines: u64,
     pub keys: u64,
     counts: [u64; 5],
-    /// The first anomalies in output order (lost lines last).
-    pub first: Vec<Anomaly>,
+    /// The first few anomalies of each class.
+    pub examples: Vec<Anomaly>,
 }
 
 impl Report {
@@ -110,11 +113,19 @@ impl fmt::Display for Report {
             self.output_lines,
             self.expected_lines
         )?;
-        for anomaly in &self.first {
-            write!(f, "\n{anomaly}")?;
-        }
-        if self.anomalies() > self.first.len() as u64 {
-            write!(f, "\n... and {} more", self.anomalies() - self.first.len() as u64)?;
+        for kind in AnomalyKind::ALL {
+            let count = self.count(kind);
+            if count == 0 {
+                continue;
+            }
+            write!(f, "\n{} ({count}):", kind.name())?;
+            let examples: Vec<&Anomaly> = self.examples.iter().filter(|a| a.kind == kind).collect();
+            for anomaly in &examples {
+                write!(f, "\n  {anomaly}")?;
+            }
+            if count > examples.len() as u64 {
+                write!(f, "\n  ... and {} more", count - examples.len() as u64)?;
+            }
         }
         Ok(())
     }
@@ -128,6 +139,9 @@ impl fmt::Display for Anomaly {
             (None, None) => write!(f, "{}", self.kind.name())?,
         }
         match (&self.actual, &self.expected) {
+            (Some(actual), Some(_)) if self.kind == AnomalyKind::Reordered => {
+                write!(f, ": {actual:?} came after later lines of its key")?
+            }
             (Some(actual), Some(expected)) => write!(f, ": got {actual:?}, expected {expected:?}")?,
             (Some(actual), None) => write!(f, ": {actual:?}")?,
             (None, Some(expected)) => write!(f, ": {expected:?} is missing from the output")?,
@@ -140,202 +154,236 @@ impl fmt::Display for Anomaly {
     }
 }
 
-/// Rows of both sides taking part in an anomaly, before rendering.
-#[derive(Clone, Copy)]
-struct Found {
-    kind: AnomalyKind,
-    expected: Option<u32>,
-    actual: Option<u32>,
-}
-
 /// Checks `output` against `expected` under `app`'s ordering rule.
 pub fn compare(app: App, expected: &Expected, output: &[u8]) -> Report {
-    let actual = parse_output(app, expected, output);
-    let want = &expected.lines;
+    let mut comparator = Comparator::new(app, expected);
+    comparator.feed(output);
+    comparator.finish()
+}
 
-    // 1. Match lines as multisets within each key: the k-th copy of a line on
-    //    one side matches the k-th copy on the other.
-    let mut want_matched = vec![false; want.len()];
-    let mut got_matched = vec![false; actual.len()];
-    // For unmatched actual rows: whether the oracle expects that line at all.
-    let mut got_known = vec![false; actual.len()];
-    let (want_sorted, got_sorted) = (want.sorted_by_group_and_line(), actual.sorted_by_group_and_line());
-    let (mut i, mut j) = (0, 0);
-    while i < want_sorted.len() || j < got_sorted.len() {
-        let order = match (want_sorted.get(i), got_sorted.get(j)) {
-            (Some(w), Some(g)) => row_key(want, *w).cmp(&row_key(&actual, *g)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        let run_end = |sorted: &[u32], table: &LineTable, from: usize| {
-            let key = row_key(table, sorted[from]);
-            from + sorted[from..]
-                .iter()
-                .take_while(|r| row_key(table, **r) == key)
-                .count()
-        };
-        match order {
-            std::cmp::Ordering::Less => i = run_end(&want_sorted, want, i),
-            std::cmp::Ordering::Greater => j = run_end(&got_sorted, &actual, j),
-            std::cmp::Ordering::Equal => {
-                let (want_end, got_end) = (run_end(&want_sorted, want, i), run_end(&got_sorted, &actual, j));
-                let matched = (want_end - i).min(got_end - j);
-                for row in &want_sorted[i..i + matched] {
-                    want_matched[*row as usize] = true;
-                }
-                for row in &got_sorted[j..got_end] {
-                    got_known[*row as usize] = true;
-                }
-                for row in &got_sorted[j..j + matched] {
-                    got_matched[*row as usize] = true;
-                }
-                (i, j) = (want_end, got_end);
-            }
+/// Where an expected line stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Not,
+    Yes,
+    /// A later line of its key came first; it may still come (reordered).
+    Skipped,
+}
+
+/// The streaming comparator.
+pub struct Comparator<'a> {
+    app: App,
+    expected: &'a Expected,
+    /// Expected rows of each key, in order: `rows[starts[g]..starts[g + 1]]`.
+    rows: Vec<u32>,
+    starts: Vec<u32>,
+    /// Per key: the position of its next expected line.
+    cursors: Vec<u32>,
+    /// Per distinct (key, line): its expected rows, in order.
+    index: HashMap<(u32, &'a [u8]), Vec<u32>>,
+    seen: Vec<Seen>,
+    /// A line cut by a batch boundary, completed by the next batch.
+    partial: Vec<u8>,
+    output_lines: u64,
+    counts: [u64; 5],
+    examples: Vec<Anomaly>,
+    /// Unordered apps: lines no expected line explains (paired with lost
+    /// lines as wrong values at the end), and the first few of them.
+    unexplained: u64,
+    unexplained_examples: Vec<(u64, String)>,
+}
+
+impl<'a> Comparator<'a> {
+    pub fn new(app: App, expected: &'a Expected) -> Self {
+        let table = &expected.lines;
+        let groups = expected.groups.len();
+        let rows: Vec<u32> = table.sorted_by_group();
+        let mut starts = vec![0u32; groups + 1];
+        for row in &rows {
+            starts[table.row(*row as usize).group as usize + 1] += 1;
+        }
+        for g in 0..groups {
+            starts[g + 1] += starts[g];
+        }
+        let mut index: HashMap<(u32, &[u8]), Vec<u32>> = HashMap::with_capacity(table.len());
+        for (position, row) in rows.iter().enumerate() {
+            let group = table.row(*row as usize).group;
+            index
+                .entry((group, table.line(*row as usize)))
+                .or_default()
+                .push(position as u32);
+        }
+        Comparator {
+            app,
+            expected,
+            rows,
+            cursors: starts[..groups].to_vec(),
+            starts,
+            index,
+            seen: vec![Seen::Not; table.len()],
+            partial: Vec::new(),
+            output_lines: 0,
+            counts: [0; 5],
+            examples: Vec::new(),
+            unexplained: 0,
+            unexplained_examples: Vec::new(),
         }
     }
 
-    // 2. Walk each key's lines in order: unmatched lines are lost, duplicated,
-    //    wrong or unexpected; matched lines out of sequence are reordered.
-    let mut found = Vec::new();
-    let (want_by_group, got_by_group) = (want.sorted_by_group(), actual.sorted_by_group());
-    let (mut i, mut j) = (0, 0);
-    while i < want_by_group.len() || j < got_by_group.len() {
-        let group = match (want_by_group.get(i), got_by_group.get(j)) {
-            (Some(w), Some(g)) => want.row(*w as usize).group.min(actual.row(*g as usize).group),
-            (Some(w), None) => want.row(*w as usize).group,
-            (None, Some(g)) => actual.row(*g as usize).group,
-            (None, None) => unreachable!(),
-        };
-        let want_rows = take_group(&want_by_group, want, group, &mut i);
-        let got_rows = take_group(&got_by_group, &actual, group, &mut j);
-        classify_group(
-            app,
-            (want, want_rows, &want_matched),
-            (&actual, got_rows, &got_matched, &got_known),
-            &mut found,
-        );
+    /// Output lines checked so far, and anomalies found so far.
+    pub fn progress(&self) -> (u64, u64) {
+        (
+            self.output_lines,
+            self.counts.iter().sum::<u64>() + self.unexplained,
+        )
     }
 
-    let mut counts = [0; 5];
-    for anomaly in &found {
-        counts[anomaly.kind as usize] += 1;
+    /// The next piece of output, cut anywhere.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        if !self.partial.is_empty() {
+            let Some(end) = bytes.iter().position(|b| *b == b'\n') else {
+                self.partial.extend_from_slice(bytes);
+                return;
+            };
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&bytes[..end]);
+            self.check_line(&line);
+            bytes = &bytes[end + 1..];
+        }
+        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
+            self.check_line(&bytes[..end]);
+            bytes = &bytes[end + 1..];
+        }
+        self.partial.extend_from_slice(bytes);
     }
-    let sort_key = |a: &Found| match a.actual {
-        Some(row) => (0, actual.row(row as usize).origin),
-        None => (1, a.expected.map_or(0, |row| want.row(row as usize).origin)),
-    };
-    found.sort_by_key(sort_key);
-    found.truncate(ANOMALIES_SHOWN);
-    let text = |table: &LineTable, row: Option<u32>| {
-        row.map(|row| String::from_utf8_lossy(table.line(row as usize)).into_owned())
-    };
-    let first = found
-        .iter()
-        .map(|a| Anomaly {
-            kind: a.kind,
-            output_line: a.actual.map(|row| actual.row(row as usize).origin),
-            input_line: a
-                .expected
-                .map(|row| want.row(row as usize).origin)
-                .filter(|line| *line > 0),
-            expected: text(want, a.expected),
-            actual: text(&actual, a.actual),
-        })
-        .collect();
-    Report {
-        app: app.name(),
-        input_records: expected.records,
-        malformed: expected.malformed,
-        expected_lines: want.len() as u64,
-        output_lines: actual.len() as u64,
-        keys: expected.groups.len() as u64,
-        counts,
-        first,
-    }
-}
 
-/// The output's lines, each in the group of its key; lines of keys the oracle
-/// never outputs go to `UNPARSEABLE_GROUP`, where nothing can match them.
-fn parse_output(app: App, expected: &Expected, output: &[u8]) -> LineTable {
-    let mut actual = LineTable::default();
-    for_each_line(output, |number, line| {
-        let group = app
+    fn table(&self) -> &'a LineTable {
+        &self.expected.lines
+    }
+
+    fn note(&mut self, kind: AnomalyKind, position: Option<u32>, actual: Option<&[u8]>) {
+        self.counts[kind as usize] += 1;
+        let shown = self.examples.iter().filter(|a| a.kind == kind).count();
+        if shown >= EXAMPLES_PER_CLASS {
+            return;
+        }
+        let table = self.table();
+        let row = position.map(|p| self.rows[p as usize] as usize);
+        self.examples.push(Anomaly {
+            kind,
+            output_line: actual.map(|_| self.output_lines),
+            input_line: row.map(|r| table.row(r).origin).filter(|line| *line > 0),
+            expected: row.map(|r| String::from_utf8_lossy(table.line(r)).into_owned()),
+            actual: actual.map(|line| String::from_utf8_lossy(line).into_owned()),
+        });
+    }
+
+    fn check_line(&mut self, raw: &[u8]) {
+        self.output_lines += 1;
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let group = self
+            .app
             .output_key(line)
-            .and_then(|key| expected.groups.get(key))
-            .unwrap_or(UNPARSEABLE_GROUP);
-        actual.push(group, line, number);
-    });
-    actual
-}
-
-/// The rows of `group` starting at `*from` in a group-sorted order; advances `*from`.
-fn take_group<'a>(order: &'a [u32], table: &LineTable, group: u32, from: &mut usize) -> &'a [u32] {
-    let start = *from;
-    while *from < order.len() && table.row(order[*from] as usize).group == group {
-        *from += 1;
-    }
-    &order[start..*from]
-}
-
-fn row_key(table: &LineTable, row: u32) -> (u32, &[u8]) {
-    (table.row(row as usize).group, table.line(row as usize))
-}
-
-type WantSide<'a> = (&'a LineTable, &'a [u32], &'a [bool]);
-type GotSide<'a> = (&'a LineTable, &'a [u32], &'a [bool], &'a [bool]);
-
-/// Classifies one key's differences. `want_rows` and `got_rows` are that
-/// key's rows in their original order.
-fn classify_group(app: App, want: WantSide, got: GotSide, found: &mut Vec<Found>) {
-    let (want_table, want_rows, want_matched) = want;
-    let (got_table, got_rows, got_matched, got_known) = got;
-    let lost: Vec<u32> = want_rows
-        .iter()
-        .copied()
-        .filter(|r| !want_matched[*r as usize])
-        .collect();
-    let mut lost = lost.into_iter();
-    for row in got_rows.iter().copied().filter(|r| !got_matched[*r as usize]) {
-        let anomaly = if got_known[row as usize] {
-            Found {
-                kind: AnomalyKind::Duplicated,
-                expected: None,
-                actual: Some(row),
-            }
-        } else if let Some(missing) = lost.next() {
-            // A line of this key that the oracle never produces, where the
-            // oracle expected another: the engine computed a wrong value.
-            Found {
-                kind: AnomalyKind::WrongValue,
-                expected: Some(missing),
-                actual: Some(row),
-            }
-        } else {
-            Found {
-                kind: AnomalyKind::Unexpected,
-                expected: None,
-                actual: Some(row),
-            }
+            .and_then(|key| self.expected.groups.get(key));
+        let Some(group) = group else {
+            return self.unexplained_line(line, AnomalyKind::Unexpected);
         };
-        found.push(anomaly);
-    }
-    found.extend(lost.map(|row| Found {
-        kind: AnomalyKind::Lost,
-        expected: Some(row),
-        actual: None,
-    }));
-
-    if app.keeps_key_order() {
-        let in_order = want_rows.iter().copied().filter(|r| want_matched[*r as usize]);
-        let as_written = got_rows.iter().copied().filter(|r| got_matched[*r as usize]);
-        for (want_row, got_row) in in_order.zip(as_written) {
-            if want_table.line(want_row as usize) != got_table.line(got_row as usize) {
-                found.push(Found {
-                    kind: AnomalyKind::Reordered,
-                    expected: Some(want_row),
-                    actual: Some(got_row),
-                });
+        let positions = self.index.get(&(group, line)).map(Vec::as_slice).unwrap_or(&[]);
+        if !self.app.keeps_key_order() {
+            // Any unseen copy will do.
+            return match positions.iter().find(|p| self.seen[**p as usize] == Seen::Not) {
+                Some(p) => self.seen[*p as usize] = Seen::Yes,
+                None if !positions.is_empty() => self.note(AnomalyKind::Duplicated, None, Some(line)),
+                None => self.unexplained_line(line, AnomalyKind::WrongValue),
+            };
+        }
+        let cursor = self.cursors[group as usize];
+        let end = self.starts[group as usize + 1];
+        if let Some(&position) = positions
+            .iter()
+            .find(|p| **p >= cursor && self.seen[**p as usize] == Seen::Not)
+        {
+            // Lines of this key the output jumped over may still come late.
+            for skipped in cursor..position {
+                if self.seen[skipped as usize] == Seen::Not {
+                    self.seen[skipped as usize] = Seen::Skipped;
+                }
             }
+            self.seen[position as usize] = Seen::Yes;
+            self.cursors[group as usize] = position + 1;
+        } else if let Some(&late) = positions
+            .iter()
+            .find(|p| self.seen[**p as usize] == Seen::Skipped)
+        {
+            self.seen[late as usize] = Seen::Yes;
+            self.note(AnomalyKind::Reordered, Some(late), Some(line));
+        } else if !positions.is_empty() {
+            self.note(AnomalyKind::Duplicated, positions.first().copied(), Some(line));
+        } else if cursor < end {
+            // In place of the key's next line, a line no input explains.
+            self.seen[cursor as usize] = Seen::Yes;
+            self.cursors[group as usize] = cursor + 1;
+            self.note(AnomalyKind::WrongValue, Some(cursor), Some(line));
+        } else {
+            self.note(AnomalyKind::Unexpected, None, Some(line));
+        }
+    }
+
+    /// A line that matches nothing. For unordered apps it may be a wrong
+    /// value of a line that will turn out lost, so it is settled at the end.
+    fn unexplained_line(&mut self, line: &[u8], kind: AnomalyKind) {
+        if self.app.keeps_key_order() {
+            return self.note(kind, None, Some(line));
+        }
+        self.unexplained += 1;
+        if self.unexplained_examples.len() < EXAMPLES_PER_CLASS {
+            self.unexplained_examples
+                .push((self.output_lines, String::from_utf8_lossy(line).into_owned()));
+        }
+    }
+
+    /// The end of the output: what never came is lost.
+    pub fn finish(mut self) -> Report {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.check_line(&line);
+        }
+        let mut missing: Vec<u32> = (0..self.rows.len() as u32)
+            .filter(|p| self.seen[*p as usize] != Seen::Yes)
+            .collect();
+        let table = self.table();
+        missing.sort_by_key(|p| table.row(self.rows[*p as usize] as usize).origin);
+        // Unordered: unexplained lines stand in for lost ones as wrong values.
+        let wrong = self.unexplained.min(missing.len() as u64);
+        let examples = std::mem::take(&mut self.unexplained_examples);
+        for (index, (output_line, actual)) in examples.into_iter().enumerate() {
+            let kind = if (index as u64) < wrong {
+                AnomalyKind::WrongValue
+            } else {
+                AnomalyKind::Unexpected
+            };
+            self.examples.push(Anomaly {
+                kind,
+                output_line: Some(output_line),
+                input_line: None,
+                expected: None,
+                actual: Some(actual),
+            });
+        }
+        self.counts[AnomalyKind::WrongValue as usize] += wrong;
+        self.counts[AnomalyKind::Unexpected as usize] += self.unexplained - wrong;
+        for position in missing.into_iter().skip(wrong as usize) {
+            self.note(AnomalyKind::Lost, Some(position), None);
+        }
+        Report {
+            app: self.app.name(),
+            input_records: self.expected.records,
+            malformed: self.expected.malformed,
+            expected_lines: self.rows.len() as u64,
+            output_lines: self.output_lines,
+            keys: self.expected.groups.len() as u64,
+            counts: self.counts,
+            examples: self.examples,
         }
     }
 }

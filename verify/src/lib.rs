@@ -10,13 +10,14 @@
 #![forbid(unsafe_code)]
 
 mod compare;
+pub mod harness;
 mod input;
 mod oracle;
 pub mod proxy;
 pub mod sim;
 mod table;
 
-pub use compare::{compare, Anomaly, AnomalyKind, Report};
+pub use compare::{compare, Anomaly, AnomalyKind, Comparator, Report};
 pub use oracle::{expected_output, Expected};
 
 use std::path::{Path, PathBuf};
@@ -88,15 +89,84 @@ pub fn verify(app: App, input: &[u8], output: &[u8]) -> Report {
     compare(app, &expected, output)
 }
 
-/// Reads both files and checks one against the other.
+/// Output is read in batches of this size, never whole.
+pub const OUTPUT_BATCH_BYTES: usize = 1 << 20;
+
+fn read_error(path: &Path) -> impl Fn(std::io::Error) -> VerifyError + '_ {
+    move |source| VerifyError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Checks an output file against the oracle for an input file, streaming the
+/// output in batches (memory is bounded by the expectation, not the output).
 pub fn verify_files(app: &App, input: &Path, output: &Path) -> Result<Report, VerifyError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| VerifyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
+    let input_bytes = std::fs::read(input).map_err(read_error(input))?;
+    let expected = expected_output(*app, &input_bytes);
+    let mut comparator = Comparator::new(*app, &expected);
+    let mut file = std::fs::File::open(output).map_err(read_error(output))?;
+    let mut batch = vec![0; OUTPUT_BATCH_BYTES];
+    loop {
+        let read = std::io::Read::read(&mut file, &mut batch).map_err(read_error(output))?;
+        if read == 0 {
+            return Ok(comparator.finish());
+        }
+        comparator.feed(&batch[..read]);
+    }
+}
+
+/// How `--follow` decides a run is over.
+#[derive(Debug, Clone, Copy)]
+pub struct Follow {
+    /// Give up waiting once the output has not grown for this long.
+    pub idle_timeout: std::time::Duration,
+    /// Once every expected line is in, end after the output is quiet this long.
+    pub settle: std::time::Duration,
+}
+
+/// Like `verify_files`, but while the run still writes: follows the output as
+/// it grows, checking each batch as it lands, and reporting progress.
+pub fn verify_follow(
+    app: &App,
+    input: &Path,
+    output: &Path,
+    follow: Follow,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Report, VerifyError> {
+    use std::time::{Duration, Instant};
+    const POLL: Duration = Duration::from_millis(50);
+    const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+    let input_bytes = std::fs::read(input).map_err(read_error(input))?;
+    let expected = expected_output(*app, &input_bytes);
+    let mut comparator = Comparator::new(*app, &expected);
+    let mut last_growth = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut file = loop {
+        match std::fs::File::open(output) {
+            Ok(file) => break file,
+            Err(e) if last_growth.elapsed() > follow.idle_timeout => return Err(read_error(output)(e)),
+            Err(_) => std::thread::sleep(POLL),
+        }
     };
-    let input = read(input)?;
-    let output = read(output)?;
-    Ok(verify(*app, &input, &output))
+    let mut batch = vec![0; OUTPUT_BATCH_BYTES];
+    loop {
+        let read = std::io::Read::read(&mut file, &mut batch).map_err(read_error(output))?;
+        if read > 0 {
+            comparator.feed(&batch[..read]);
+            last_growth = Instant::now();
+            continue;
+        }
+        let (lines, anomalies) = comparator.progress();
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            progress(lines, anomalies);
+            last_progress = Instant::now();
+        }
+        let complete = lines >= expected.lines.len() as u64;
+        let quiet = last_growth.elapsed();
+        if (complete && quiet >= follow.settle) || quiet >= follow.idle_timeout {
+            return Ok(comparator.finish());
+        }
+        std::thread::sleep(POLL);
+    }
 }

@@ -10,9 +10,6 @@ pub struct Groups {
     ids: HashMap<Box<[u8]>, u32>,
 }
 
-/// The group of lines that match no key of the app's output format.
-pub const UNPARSEABLE_GROUP: u32 = u32::MAX;
-
 impl Groups {
     pub fn id(&mut self, key: &[u8]) -> u32 {
         if let Some(id) = self.ids.get(key) {
@@ -87,19 +84,6 @@ impl LineTable {
     pub fn line(&self, index: usize) -> &[u8] {
         let row = self.rows[index];
         &self.bytes[row.start as usize..row.start as usize + row.len as usize]
-    }
-
-    /// Row indices sorted by (group, line bytes, original position).
-    pub fn sorted_by_group_and_line(&self) -> Vec<u32> {
-        let mut order: Vec<u32> = (0..self.rows.len() as u32).collect();
-        order.sort_by(|a, b| {
-            let (ra, rb) = (self.rows[*a as usize], self.rows[*b as usize]);
-            ra.group
-                .cmp(&rb.group)
-                .then_with(|| self.line(*a as usize).cmp(self.line(*b as usize)))
-                .then(a.cmp(b))
-        });
-        order
     }
 
     /// Row indices sorted by (group, original position).
