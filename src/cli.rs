@@ -78,7 +78,8 @@ struct ReceiveArgs {
 
 #[derive(Args, Debug)]
 struct SimArgs {
-    #[arg(long)]
+    /// The reference app to simulate.
+    #[arg(long, default_value = "market-spread")]
     app: AppArg,
     /// Seeds to run: `A..B` (B excluded) or `A..=B`.
     #[arg(long, value_name = "A..B", conflicts_with = "seed")]

@@ -46,7 +46,9 @@ fn same_seed_same_trace() {
         assert_eq!(a.trace_hash, b.trace_hash);
         assert_eq!(a.trace, b.trace);
         assert!(
-            a.trace.iter().any(|line| line.contains("deliver")),
+            a.trace
+                .iter()
+                .any(|line| line.contains("frame seq") && line.contains("shard")),
             "the trace says what went where"
         );
     }

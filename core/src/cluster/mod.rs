@@ -120,6 +120,17 @@ pub mod channel_id {
     pub fn control(to_process: u32) -> u32 {
         pack(CONTROL, 0, 0, to_process)
     }
+
+    /// What a channel carries, in words (for traces and logs).
+    pub fn describe(id: u32) -> String {
+        let (source, from, to) = (id >> 20 & 0xff, id >> 10 & 0x3ff, id & 0x3ff);
+        match id >> 30 {
+            BATCH => format!("batches of source {source} shard {from}->{to}"),
+            CHUNK => format!("chunks of source {source} to shard {to}"),
+            OUTPUT => format!("output of shard {from}"),
+            _ => format!("control to process {to}"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

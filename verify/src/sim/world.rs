@@ -798,9 +798,10 @@ where
         let header = frame.header;
         match header.kind {
             FrameKind::Data => {
+                let what = channel_id::describe(header.channel);
                 self.trace(format_args!(
-                    "deliver {from}->{to} ch={:#x} seq={} n={}",
-                    header.channel, header.first_seq, header.record_count
+                    "process {from}->{to}: frame seq {} +{} of {what}",
+                    header.first_seq, header.record_count
                 ));
                 let no_dedup = self.config.bugs.no_dedup;
                 let input = self
@@ -821,9 +822,10 @@ where
                 Ok(())
             }
             FrameKind::Ack => {
+                let what = channel_id::describe(header.channel);
                 self.trace(format_args!(
-                    "ack {from}->{to} ch={:#x} through {}",
-                    header.channel, header.first_seq
+                    "process {from}->{to}: ack through seq {} of {what}",
+                    header.first_seq
                 ));
                 let out = self
                     .outs
