@@ -24,7 +24,11 @@ const FRAME_PAYLOAD_TARGET_BYTES: usize = 64 << 10;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--send") {
+    // Sender and receiver on cores of their own, as a cluster's processes
+    // would be: otherwise the scheduler's choices dominate the numbers.
+    let sending = args.first().map(String::as_str) == Some("--send");
+    pin_to_core(usize::from(sending));
+    if sending {
         return send(&args[1..]);
     }
     let mut megabytes = DEFAULT_MEGABYTES;
@@ -48,8 +52,13 @@ fn main() {
         "record", "mode", "seconds", "MiB/s", "records/s", "vs raw"
     );
     for record_bytes in RECORD_SIZES_BYTES {
-        let raw = median(repeat, || receive(Mode::Raw, record_bytes, payload_bytes));
-        let framed = median(repeat, || receive(Mode::Frames, record_bytes, payload_bytes));
+        // Alternate the two so the machine's noise hits both alike.
+        let (mut raws, mut frames) = (Vec::new(), Vec::new());
+        for _ in 0..repeat {
+            raws.push(receive(Mode::Raw, record_bytes, payload_bytes));
+            frames.push(receive(Mode::Frames, record_bytes, payload_bytes));
+        }
+        let (raw, framed) = (median(raws), median(frames));
         for (mode, time) in [(Mode::Raw, raw), (Mode::Frames, framed)] {
             let seconds = time.as_secs_f64();
             println!(
@@ -80,8 +89,14 @@ impl Mode {
     }
 }
 
-fn median(repeat: usize, mut run: impl FnMut() -> Duration) -> Duration {
-    let mut times: Vec<Duration> = (0..repeat).map(|_| run()).collect();
+fn pin_to_core(index: usize) {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if let Some(core) = cores.get(index % cores.len().max(1)) {
+        core_affinity::set_for_current(*core);
+    }
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
 }
