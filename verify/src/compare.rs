@@ -1,14 +1,24 @@
-//! Compares an engine output with an oracle's expectation, streaming: output
-//! arrives in batches of any size (`Comparator::feed`), each line is checked
-//! as it comes against its key's next expected line, and nothing of the
-//! output is kept but counts and a few examples. So memory is bounded by the
-//! expectation, not by the output, and a run can be verified while it writes.
+//! Compares an engine output with an oracle's expectation, streaming both:
+//! output arrives in batches of any size (`Comparator::feed`), each line is
+//! checked as it comes against its key's next expected line, and the oracle
+//! reads the input only as far ahead as the output needs. Memory holds the
+//! expected lines read but not yet seen (the output's lag behind input
+//! order, bounded by `WINDOW_LINES_MAX`) plus counts and a few examples — not
+//! the output, and not the whole expectation, except where the app needs the
+//! whole input first (wordcount `--final`).
 
-use crate::oracle::Expected;
-use crate::table::LineTable;
+use crate::oracle::{ExpectSink, Oracle};
 use crate::App;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::io::BufRead;
+
+/// Expected lines held at most while waiting for the output to show them.
+pub const WINDOW_LINES_MAX: u64 = 4 << 20;
+/// Recently seen lines remembered per key, to tell duplicates from inventions.
+const RECENT_PER_KEY: usize = 16;
+/// The same for apps without keys (doubler), which remember more.
+const RECENT_UNKEYED: usize = 4096;
 
 /// Examples kept and shown per anomaly class.
 pub const EXAMPLES_PER_CLASS: usize = 3;
@@ -154,34 +164,76 @@ impl fmt::Display for Anomaly {
     }
 }
 
-/// Checks `output` against `expected` under `app`'s ordering rule.
-pub fn compare(app: App, expected: &Expected, output: &[u8]) -> Report {
-    let mut comparator = Comparator::new(app, expected);
+/// Checks `output` against the oracle for `input` (both in memory).
+pub fn compare(app: App, input: &[u8], output: &[u8]) -> Report {
+    let mut comparator = Comparator::new(app, input);
     comparator.feed(output);
     comparator.finish()
 }
 
-/// Where an expected line stands.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Seen {
-    Not,
-    Yes,
-    /// A later line of its key came first; it may still come (reordered).
-    Skipped,
+/// An expected line waiting for the output to show it.
+struct Pending {
+    origin: u64,
+    line: Box<[u8]>,
+    /// A later line of its key came first; if it still comes, it is reordered.
+    skipped: bool,
 }
 
-/// The streaming comparator.
-pub struct Comparator<'a> {
+#[derive(Default)]
+struct KeyState {
+    pending: VecDeque<Pending>,
+    recent: VecDeque<Box<[u8]>>,
+}
+
+/// The expected lines read ahead, per key (or, unordered, per line).
+#[derive(Default)]
+struct Window {
+    keys: HashMap<Box<[u8]>, KeyState>,
+    unkeyed: HashMap<Box<[u8]>, VecDeque<u64>>,
+    unkeyed_recent: VecDeque<Box<[u8]>>,
+    ordered: bool,
+    lines: u64,
+    expected_total: u64,
+}
+
+impl ExpectSink for Window {
+    fn expect(&mut self, key: &[u8], origin: u64, line: &[u8]) {
+        self.lines += 1;
+        self.expected_total += 1;
+        if self.ordered {
+            let state = match self.keys.get_mut(key) {
+                Some(state) => state,
+                None => self.keys.entry(key.into()).or_default(),
+            };
+            state.pending.push_back(Pending {
+                origin,
+                line: line.into(),
+                skipped: false,
+            });
+        } else {
+            self.unkeyed.entry(line.into()).or_default().push_back(origin);
+        }
+    }
+}
+
+fn remember(recent: &mut VecDeque<Box<[u8]>>, line: &[u8], cap: usize) {
+    if recent.len() == cap {
+        recent.pop_front();
+    }
+    recent.push_back(line.into());
+}
+
+/// The streaming comparator over an input read on demand.
+pub struct Comparator<R> {
     app: App,
-    expected: &'a Expected,
-    /// Expected rows of each key, in order: `rows[starts[g]..starts[g + 1]]`.
-    rows: Vec<u32>,
-    starts: Vec<u32>,
-    /// Per key: the position of its next expected line.
-    cursors: Vec<u32>,
-    /// Per distinct (key, line): its expected rows, in order.
-    index: HashMap<(u32, &'a [u8]), Vec<u32>>,
-    seen: Vec<Seen>,
+    oracle: Oracle,
+    input: R,
+    input_buf: Vec<u8>,
+    input_line: u64,
+    input_done: bool,
+    records: u64,
+    malformed: u64,
+    window: Window,
     /// A line cut by a batch boundary, completed by the next batch.
     partial: Vec<u8>,
     output_lines: u64,
@@ -193,34 +245,21 @@ pub struct Comparator<'a> {
     unexplained_examples: Vec<(u64, String)>,
 }
 
-impl<'a> Comparator<'a> {
-    pub fn new(app: App, expected: &'a Expected) -> Self {
-        let table = &expected.lines;
-        let groups = expected.groups.len();
-        let rows: Vec<u32> = table.sorted_by_group();
-        let mut starts = vec![0u32; groups + 1];
-        for row in &rows {
-            starts[table.row(*row as usize).group as usize + 1] += 1;
-        }
-        for g in 0..groups {
-            starts[g + 1] += starts[g];
-        }
-        let mut index: HashMap<(u32, &[u8]), Vec<u32>> = HashMap::with_capacity(table.len());
-        for (position, row) in rows.iter().enumerate() {
-            let group = table.row(*row as usize).group;
-            index
-                .entry((group, table.line(*row as usize)))
-                .or_default()
-                .push(position as u32);
-        }
+impl<R: BufRead> Comparator<R> {
+    pub fn new(app: App, input: R) -> Self {
         Comparator {
             app,
-            expected,
-            rows,
-            cursors: starts[..groups].to_vec(),
-            starts,
-            index,
-            seen: vec![Seen::Not; table.len()],
+            oracle: Oracle::new(app),
+            input,
+            input_buf: Vec::new(),
+            input_line: 0,
+            input_done: false,
+            records: 0,
+            malformed: 0,
+            window: Window {
+                ordered: app.keeps_key_order(),
+                ..Window::default()
+            },
             partial: Vec::new(),
             output_lines: 0,
             counts: [0; 5],
@@ -236,6 +275,39 @@ impl<'a> Comparator<'a> {
             self.output_lines,
             self.counts.iter().sum::<u64>() + self.unexplained,
         )
+    }
+
+    /// Whether every expected line has been seen (reading the input ahead
+    /// as far as that takes, which costs no memory while nothing is pending).
+    pub fn caught_up(&mut self) -> bool {
+        while self.window.lines == 0 && self.read_ahead() {}
+        self.input_done && self.window.lines == 0
+    }
+
+    /// Reads one more input line into the oracle (or, at the end of the input,
+    /// lets the oracle write what it holds back); false once there is nothing
+    /// more to read, or the window is full.
+    fn read_ahead(&mut self) -> bool {
+        if self.input_done || self.window.lines >= WINDOW_LINES_MAX {
+            return false;
+        }
+        self.input_buf.clear();
+        // An unreadable input ends like a short one; the lines never read
+        // show up as lost, so the report cannot pass by accident.
+        if self.input.read_until(b'\n', &mut self.input_buf).unwrap_or(0) == 0 {
+            self.input_done = true;
+            self.oracle.end(&mut self.window);
+            return true;
+        }
+        let mut line = &self.input_buf[..];
+        line = line.strip_suffix(b"\n").unwrap_or(line);
+        line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.input_line += 1;
+        self.records += 1;
+        if !self.oracle.line(self.input_line, line, &mut self.window) {
+            self.malformed += 1;
+        }
+        true
     }
 
     /// The next piece of output, cut anywhere.
@@ -257,23 +329,16 @@ impl<'a> Comparator<'a> {
         self.partial.extend_from_slice(bytes);
     }
 
-    fn table(&self) -> &'a LineTable {
-        &self.expected.lines
-    }
-
-    fn note(&mut self, kind: AnomalyKind, position: Option<u32>, actual: Option<&[u8]>) {
+    fn note(&mut self, kind: AnomalyKind, expected: Option<(u64, &[u8])>, actual: Option<&[u8]>) {
         self.counts[kind as usize] += 1;
-        let shown = self.examples.iter().filter(|a| a.kind == kind).count();
-        if shown >= EXAMPLES_PER_CLASS {
+        if self.examples.iter().filter(|a| a.kind == kind).count() >= EXAMPLES_PER_CLASS {
             return;
         }
-        let table = self.table();
-        let row = position.map(|p| self.rows[p as usize] as usize);
         self.examples.push(Anomaly {
             kind,
             output_line: actual.map(|_| self.output_lines),
-            input_line: row.map(|r| table.row(r).origin).filter(|line| *line > 0),
-            expected: row.map(|r| String::from_utf8_lossy(table.line(r)).into_owned()),
+            input_line: expected.map(|(origin, _)| origin).filter(|line| *line > 0),
+            expected: expected.map(|(_, line)| String::from_utf8_lossy(line).into_owned()),
             actual: actual.map(|line| String::from_utf8_lossy(line).into_owned()),
         });
     }
@@ -281,59 +346,81 @@ impl<'a> Comparator<'a> {
     fn check_line(&mut self, raw: &[u8]) {
         self.output_lines += 1;
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let group = self
-            .app
-            .output_key(line)
-            .and_then(|key| self.expected.groups.get(key));
-        let Some(group) = group else {
-            return self.unexplained_line(line, AnomalyKind::Unexpected);
-        };
-        let positions = self.index.get(&(group, line)).map(Vec::as_slice).unwrap_or(&[]);
-        if !self.app.keeps_key_order() {
-            // Any unseen copy will do.
-            return match positions.iter().find(|p| self.seen[**p as usize] == Seen::Not) {
-                Some(p) => self.seen[*p as usize] = Seen::Yes,
-                None if !positions.is_empty() => self.note(AnomalyKind::Duplicated, None, Some(line)),
-                None => self.unexplained_line(line, AnomalyKind::WrongValue),
-            };
-        }
-        let cursor = self.cursors[group as usize];
-        let end = self.starts[group as usize + 1];
-        if let Some(&position) = positions
-            .iter()
-            .find(|p| **p >= cursor && self.seen[**p as usize] == Seen::Not)
-        {
-            // Lines of this key the output jumped over may still come late.
-            for skipped in cursor..position {
-                if self.seen[skipped as usize] == Seen::Not {
-                    self.seen[skipped as usize] = Seen::Skipped;
-                }
-            }
-            self.seen[position as usize] = Seen::Yes;
-            self.cursors[group as usize] = position + 1;
-        } else if let Some(&late) = positions
-            .iter()
-            .find(|p| self.seen[**p as usize] == Seen::Skipped)
-        {
-            self.seen[late as usize] = Seen::Yes;
-            self.note(AnomalyKind::Reordered, Some(late), Some(line));
-        } else if !positions.is_empty() {
-            self.note(AnomalyKind::Duplicated, positions.first().copied(), Some(line));
-        } else if cursor < end {
-            // In place of the key's next line, a line no input explains.
-            self.seen[cursor as usize] = Seen::Yes;
-            self.cursors[group as usize] = cursor + 1;
-            self.note(AnomalyKind::WrongValue, Some(cursor), Some(line));
+        if self.app.keeps_key_order() {
+            self.check_keyed(line);
         } else {
-            self.note(AnomalyKind::Unexpected, None, Some(line));
+            self.check_unkeyed(line);
         }
     }
 
-    /// A line that matches nothing. For unordered apps it may be a wrong
-    /// value of a line that will turn out lost, so it is settled at the end.
-    fn unexplained_line(&mut self, line: &[u8], kind: AnomalyKind) {
-        if self.app.keeps_key_order() {
-            return self.note(kind, None, Some(line));
+    fn check_keyed(&mut self, line: &[u8]) {
+        let Some(key) = self.app.output_key(line) else {
+            return self.note(AnomalyKind::Unexpected, None, Some(line));
+        };
+        loop {
+            if let Some(state) = self.window.keys.get_mut(key) {
+                if let Some(at) = state.pending.iter().position(|p| *p.line == *line) {
+                    let skipped_before = state.pending[at].skipped;
+                    if !skipped_before {
+                        // Lines of this key the output jumped over may still come late.
+                        state.pending.iter_mut().take(at).for_each(|p| p.skipped = true);
+                    }
+                    let found = state.pending.remove(at).expect("found above");
+                    remember(&mut state.recent, line, RECENT_PER_KEY);
+                    self.window.lines -= 1;
+                    if skipped_before {
+                        self.note(
+                            AnomalyKind::Reordered,
+                            Some((found.origin, &found.line)),
+                            Some(line),
+                        );
+                    }
+                    return;
+                }
+            }
+            if !self.read_ahead() {
+                break;
+            }
+        }
+        let Some(state) = self.window.keys.get_mut(key) else {
+            return self.note(AnomalyKind::Unexpected, None, Some(line));
+        };
+        if state.recent.iter().any(|seen| **seen == *line) {
+            return self.note(AnomalyKind::Duplicated, None, Some(line));
+        }
+        match state.pending.iter().position(|p| !p.skipped) {
+            // In place of the key's next line, a line no input explains.
+            Some(at) => {
+                let replaced = state.pending.remove(at).expect("found above");
+                remember(&mut state.recent, line, RECENT_PER_KEY);
+                self.window.lines -= 1;
+                self.note(
+                    AnomalyKind::WrongValue,
+                    Some((replaced.origin, &replaced.line)),
+                    Some(line),
+                );
+            }
+            None => self.note(AnomalyKind::Unexpected, None, Some(line)),
+        }
+    }
+
+    fn check_unkeyed(&mut self, line: &[u8]) {
+        loop {
+            if let Some(origins) = self.window.unkeyed.get_mut(line) {
+                origins.pop_front();
+                if origins.is_empty() {
+                    self.window.unkeyed.remove(line);
+                }
+                self.window.lines -= 1;
+                remember(&mut self.window.unkeyed_recent, line, RECENT_UNKEYED);
+                return;
+            }
+            if !self.read_ahead() {
+                break;
+            }
+        }
+        if self.window.unkeyed_recent.iter().any(|seen| **seen == *line) {
+            return self.note(AnomalyKind::Duplicated, None, Some(line));
         }
         self.unexplained += 1;
         if self.unexplained_examples.len() < EXAMPLES_PER_CLASS {
@@ -348,11 +435,24 @@ impl<'a> Comparator<'a> {
             let line = std::mem::take(&mut self.partial);
             self.check_line(&line);
         }
-        let mut missing: Vec<u32> = (0..self.rows.len() as u32)
-            .filter(|p| self.seen[*p as usize] != Seen::Yes)
-            .collect();
-        let table = self.table();
-        missing.sort_by_key(|p| table.row(self.rows[*p as usize] as usize).origin);
+        while self.read_ahead() {}
+        let window = std::mem::take(&mut self.window);
+        let keys = if self.app.keeps_key_order() {
+            window.keys.len() as u64
+        } else {
+            u64::from(window.expected_total > 0)
+        };
+        let expected_lines = window.expected_total;
+        let mut missing: Vec<(u64, Box<[u8]>)> =
+            window
+                .keys
+                .into_values()
+                .flat_map(|state| state.pending.into_iter().map(|p| (p.origin, p.line)))
+                .chain(window.unkeyed.into_iter().flat_map(|(line, origins)| {
+                    origins.into_iter().map(move |origin| (origin, line.clone()))
+                }))
+                .collect();
+        missing.sort();
         // Unordered: unexplained lines stand in for lost ones as wrong values.
         let wrong = self.unexplained.min(missing.len() as u64);
         let examples = std::mem::take(&mut self.unexplained_examples);
@@ -372,16 +472,16 @@ impl<'a> Comparator<'a> {
         }
         self.counts[AnomalyKind::WrongValue as usize] += wrong;
         self.counts[AnomalyKind::Unexpected as usize] += self.unexplained - wrong;
-        for position in missing.into_iter().skip(wrong as usize) {
-            self.note(AnomalyKind::Lost, Some(position), None);
+        for (origin, line) in missing.into_iter().skip(wrong as usize) {
+            self.note(AnomalyKind::Lost, Some((origin, &line)), None);
         }
         Report {
             app: self.app.name(),
-            input_records: self.expected.records,
-            malformed: self.expected.malformed,
-            expected_lines: self.rows.len() as u64,
+            input_records: self.records,
+            malformed: self.malformed,
+            expected_lines,
             output_lines: self.output_lines,
-            keys: self.expected.groups.len() as u64,
+            keys,
             counts: self.counts,
             examples: self.examples,
         }

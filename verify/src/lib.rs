@@ -15,10 +15,9 @@ mod input;
 mod oracle;
 pub mod proxy;
 pub mod sim;
-mod table;
 
 pub use compare::{compare, Anomaly, AnomalyKind, Comparator, Report};
-pub use oracle::{expected_output, Expected};
+pub use oracle::{expected_output, Expected, ExpectedLine};
 
 use std::path::{Path, PathBuf};
 
@@ -85,8 +84,7 @@ impl App {
 
 /// Checks `output` (what the engine wrote) against the oracle for `input`.
 pub fn verify(app: App, input: &[u8], output: &[u8]) -> Report {
-    let expected = expected_output(app, input);
-    compare(app, &expected, output)
+    compare(app, input, output)
 }
 
 /// Output is read in batches of this size, never whole.
@@ -99,12 +97,15 @@ fn read_error(path: &Path) -> impl Fn(std::io::Error) -> VerifyError + '_ {
     }
 }
 
+fn open_input(path: &Path) -> Result<std::io::BufReader<std::fs::File>, VerifyError> {
+    let file = std::fs::File::open(path).map_err(read_error(path))?;
+    Ok(std::io::BufReader::with_capacity(OUTPUT_BATCH_BYTES, file))
+}
+
 /// Checks an output file against the oracle for an input file, streaming the
-/// output in batches (memory is bounded by the expectation, not the output).
+/// output in batches and reading the input only as far ahead as it needs.
 pub fn verify_files(app: &App, input: &Path, output: &Path) -> Result<Report, VerifyError> {
-    let input_bytes = std::fs::read(input).map_err(read_error(input))?;
-    let expected = expected_output(*app, &input_bytes);
-    let mut comparator = Comparator::new(*app, &expected);
+    let mut comparator = Comparator::new(*app, open_input(input)?);
     let mut file = std::fs::File::open(output).map_err(read_error(output))?;
     let mut batch = vec![0; OUTPUT_BATCH_BYTES];
     loop {
@@ -137,9 +138,7 @@ pub fn verify_follow(
     use std::time::{Duration, Instant};
     const POLL: Duration = Duration::from_millis(50);
     const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-    let input_bytes = std::fs::read(input).map_err(read_error(input))?;
-    let expected = expected_output(*app, &input_bytes);
-    let mut comparator = Comparator::new(*app, &expected);
+    let mut comparator = Comparator::new(*app, open_input(input)?);
     let mut last_growth = Instant::now();
     let mut last_progress = Instant::now();
     let mut file = loop {
@@ -162,7 +161,7 @@ pub fn verify_follow(
             progress(lines, anomalies);
             last_progress = Instant::now();
         }
-        let complete = lines >= expected.lines.len() as u64;
+        let complete = comparator.caught_up();
         let quiet = last_growth.elapsed();
         if (complete && quiet >= follow.settle) || quiet >= follow.idle_timeout {
             return Ok(comparator.finish());

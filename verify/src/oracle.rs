@@ -1,140 +1,202 @@
-//! The oracles: plain models of each app, from its format spec alone.
+//! The oracles: plain models of each app, from its format spec alone. Each
+//! takes input lines one at a time and says which output lines they must
+//! produce, so a verifier can run it as far ahead of the output as it needs.
 
 use crate::input::for_each_line;
-use crate::table::{Groups, LineTable};
 use crate::App;
 use std::collections::HashMap;
 use std::io::Write;
 
-/// What an app must output for an input.
+/// Where an oracle puts the lines it expects: `key` is the output's key
+/// (per-key order is what apps promise), `origin` the input line number.
+pub trait ExpectSink {
+    fn expect(&mut self, key: &[u8], origin: u64, line: &[u8]);
+}
+
+/// One expected output line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedLine {
+    pub key: Vec<u8>,
+    pub line: Vec<u8>,
+    /// The input line that produces it (0 for end-of-input totals).
+    pub origin: u64,
+}
+
+/// What an app must output for a whole input, held in memory (for tests and
+/// small inputs; the verifier streams instead).
 pub struct Expected {
-    pub lines: LineTable,
-    pub groups: Groups,
+    pub lines: Vec<ExpectedLine>,
     /// Input lines read (well-formed or not).
     pub records: u64,
     /// Input lines the app must dead-letter.
     pub malformed: u64,
 }
 
-impl Expected {
-    fn new() -> Expected {
-        Expected {
-            lines: LineTable::default(),
-            groups: Groups::default(),
-            records: 0,
-            malformed: 0,
-        }
-    }
-
-    fn push(&mut self, key: &[u8], origin: u64, write: impl FnOnce(&mut Vec<u8>)) {
-        let group = self.groups.id(key);
-        self.lines.push_with(group, origin, write);
+impl ExpectSink for Expected {
+    fn expect(&mut self, key: &[u8], origin: u64, line: &[u8]) {
+        self.lines.push(ExpectedLine {
+            key: key.to_vec(),
+            line: line.to_vec(),
+            origin,
+        });
     }
 }
 
 pub fn expected_output(app: App, input: &[u8]) -> Expected {
-    let mut expected = Expected::new();
-    match app {
-        App::Doubler => doubler(input, &mut expected),
-        App::Wordcount { final_counts } => wordcount(input, final_counts, &mut expected),
-        App::MarketSpread => market_spread(input, &mut expected),
-        App::SeqWindow => seq_window(input, &mut expected),
-    }
-    expected
-}
-
-/// Calls `f` with each line as text; non-UTF-8 lines are malformed.
-fn for_each_text_line(
-    input: &[u8],
-    expected: &mut Expected,
-    mut f: impl FnMut(u64, &str, &mut Expected) -> Result<(), Malformed>,
-) {
+    let mut expected = Expected {
+        lines: Vec::new(),
+        records: 0,
+        malformed: 0,
+    };
+    let mut oracle = Oracle::new(app);
     for_each_line(input, |number, line| {
         expected.records += 1;
-        let parsed = std::str::from_utf8(line)
-            .map_err(|_| Malformed)
-            .and_then(|text| f(number, text, expected));
-        if parsed.is_err() {
+        if !oracle.line(number, line, &mut expected) {
             expected.malformed += 1;
         }
     });
+    oracle.end(&mut expected);
+    expected
 }
 
 struct Malformed;
 
-fn doubler(input: &[u8], expected: &mut Expected) {
-    for_each_text_line(input, expected, |number, text, expected| {
-        let value: i64 = text.trim_matches([' ', '\t']).parse().map_err(|_| Malformed)?;
-        let doubled = value.checked_mul(2).ok_or(Malformed)?;
-        expected.push(b"", number, |buf| write!(buf, "{doubled}").unwrap());
-        Ok(())
-    });
+/// Prices in units of 0.0001.
+type Units = u64;
+
+/// One app's model, fed input lines in order.
+pub enum Oracle {
+    Doubler,
+    Wordcount {
+        final_counts: bool,
+        counts: HashMap<String, u64>,
+        first_seen: Vec<String>,
+    },
+    /// Per symbol: the last quote, if any.
+    MarketSpread {
+        books: HashMap<String, (Units, Units)>,
+    },
+    SeqWindow {
+        windows: HashMap<String, [u64; 4]>,
+    },
 }
 
-fn wordcount(input: &[u8], final_counts: bool, expected: &mut Expected) {
-    let mut counts: HashMap<String, u64> = HashMap::new();
-    let mut first_seen: Vec<String> = Vec::new();
-    for_each_text_line(input, expected, |number, text, expected| {
-        for word in text.split_whitespace() {
-            let count = counts.entry(word.to_string()).or_insert_with(|| {
-                first_seen.push(word.to_string());
-                0
-            });
-            *count += 1;
-            if !final_counts {
-                let count = *count;
-                expected.push(word.as_bytes(), number, |buf| {
-                    write!(buf, "{word} {count}").unwrap()
-                });
-            }
+impl Oracle {
+    pub fn new(app: App) -> Oracle {
+        match app {
+            App::Doubler => Oracle::Doubler,
+            App::Wordcount { final_counts } => Oracle::Wordcount {
+                final_counts,
+                counts: HashMap::new(),
+                first_seen: Vec::new(),
+            },
+            App::MarketSpread => Oracle::MarketSpread {
+                books: HashMap::new(),
+            },
+            App::SeqWindow => Oracle::SeqWindow {
+                windows: HashMap::new(),
+            },
         }
-        Ok(())
-    });
-    if final_counts {
-        for word in first_seen {
-            let count = counts[&word];
-            expected.push(word.as_bytes(), 0, |buf| write!(buf, "{word} {count}").unwrap());
+    }
+
+    /// Input line `number`; false if the app must dead-letter it.
+    pub fn line(&mut self, number: u64, line: &[u8], sink: &mut dyn ExpectSink) -> bool {
+        let Ok(text) = std::str::from_utf8(line) else {
+            return false;
+        };
+        let mut buf = Vec::new();
+        let result = match self {
+            Oracle::Doubler => doubler(text).map(|doubled| {
+                write!(buf, "{doubled}").unwrap();
+                sink.expect(b"", number, &buf);
+            }),
+            Oracle::Wordcount {
+                final_counts,
+                counts,
+                first_seen,
+            } => {
+                for word in text.split_whitespace() {
+                    let count = counts.entry(word.to_string()).or_insert_with(|| {
+                        first_seen.push(word.to_string());
+                        0
+                    });
+                    *count += 1;
+                    if !*final_counts {
+                        buf.clear();
+                        write!(buf, "{word} {count}").unwrap();
+                        sink.expect(word.as_bytes(), number, &buf);
+                    }
+                }
+                Ok(())
+            }
+            Oracle::MarketSpread { books } => market_spread(text, books, &mut buf).map(|symbol| {
+                if let Some(symbol) = symbol {
+                    sink.expect(symbol.as_bytes(), number, &buf);
+                }
+            }),
+            Oracle::SeqWindow { windows } => seq_window(text, windows).map(|(key, [w1, w2, w3, w4])| {
+                write!(buf, "{key} {w1} {w2} {w3} {w4}").unwrap();
+                sink.expect(key.as_bytes(), number, &buf);
+            }),
+        };
+        result.is_ok()
+    }
+
+    /// The end of the input (wordcount --final writes its totals here).
+    pub fn end(&mut self, sink: &mut dyn ExpectSink) {
+        if let Oracle::Wordcount {
+            final_counts: true,
+            counts,
+            first_seen,
+        } = self
+        {
+            for word in first_seen.drain(..) {
+                let line = format!("{word} {}", counts[&word]);
+                sink.expect(word.as_bytes(), 0, line.as_bytes());
+            }
         }
     }
 }
 
-/// Prices in units of 0.0001.
-type Units = u64;
+fn doubler(text: &str) -> Result<i64, Malformed> {
+    let value: i64 = text.trim_matches([' ', '\t']).parse().map_err(|_| Malformed)?;
+    value.checked_mul(2).ok_or(Malformed)
+}
 
-fn market_spread(input: &[u8], expected: &mut Expected) {
-    // Per symbol: the last quote, if any.
-    let mut books: HashMap<String, (Units, Units)> = HashMap::new();
-    for_each_text_line(input, expected, |number, text, expected| {
-        let fields: Vec<&str> = text.split(',').collect();
-        match fields[..] {
-            ["Q", symbol, bid, ask] => {
-                let quote = (price(bid)?, price(ask)?);
-                books.insert(valid_symbol(symbol)?.to_string(), quote);
-            }
-            ["O", id, symbol, side, qty, order_price] => {
-                let id = digits_u64(id)?;
-                let symbol = valid_symbol(symbol)?;
-                if side != "B" && side != "S" {
-                    return Err(Malformed);
-                }
-                digits_u64(qty)?;
-                price(order_price)?;
-                let quote = books.get(symbol).copied();
-                let accept = quote.is_some_and(|(bid, ask)| !rejecting(bid, ask));
-                expected.push(symbol.as_bytes(), number, |buf| {
-                    let verdict = if accept { "ACCEPT" } else { "REJECT" };
-                    write!(buf, "{id},{verdict},{symbol},").unwrap();
-                    if let Some((bid, ask)) = quote {
-                        write!(buf, "{},{}", show_price(bid), show_price(ask)).unwrap();
-                    } else {
-                        buf.push(b',');
-                    }
-                });
-            }
-            _ => return Err(Malformed),
+/// A quote updates its symbol's book; an order writes its decision into
+/// `out` and returns its symbol.
+fn market_spread<'t>(
+    text: &'t str,
+    books: &mut HashMap<String, (Units, Units)>,
+    out: &mut Vec<u8>,
+) -> Result<Option<&'t str>, Malformed> {
+    let fields: Vec<&str> = text.split(',').collect();
+    match fields[..] {
+        ["Q", symbol, bid, ask] => {
+            let quote = (price(bid)?, price(ask)?);
+            books.insert(valid_symbol(symbol)?.to_string(), quote);
+            Ok(None)
         }
-        Ok(())
-    });
+        ["O", id, symbol, side, qty, order_price] => {
+            let id = digits_u64(id)?;
+            let symbol = valid_symbol(symbol)?;
+            if side != "B" && side != "S" {
+                return Err(Malformed);
+            }
+            digits_u64(qty)?;
+            price(order_price)?;
+            let quote = books.get(symbol).copied();
+            let accept = quote.is_some_and(|(bid, ask)| !rejecting(bid, ask));
+            let verdict = if accept { "ACCEPT" } else { "REJECT" };
+            write!(out, "{id},{verdict},{symbol},").unwrap();
+            match quote {
+                Some((bid, ask)) => write!(out, "{},{}", show_price(bid), show_price(ask)).unwrap(),
+                None => out.push(b','),
+            }
+            Ok(Some(symbol))
+        }
+        _ => Err(Malformed),
+    }
 }
 
 /// A quote rejects orders when ask − bid ≥ 0.05 or the spread is ≥ 5% of the
@@ -183,22 +245,19 @@ fn show_price(units: Units) -> String {
     format!("{}.{:04}", units / 10_000, units % 10_000)
 }
 
-fn seq_window(input: &[u8], expected: &mut Expected) {
-    let mut windows: HashMap<String, [u64; 4]> = HashMap::new();
-    for_each_text_line(input, expected, |number, text, expected| {
-        let fields: Vec<&str> = text.split_whitespace().collect();
-        let [key, value] = fields[..] else {
-            return Err(Malformed);
-        };
-        let value = digits_u64(value)?;
-        let window = windows.entry(key.to_string()).or_default();
-        *window = [window[1], window[2], window[3], value];
-        let [w1, w2, w3, w4] = *window;
-        expected.push(key.as_bytes(), number, |buf| {
-            write!(buf, "{key} {w1} {w2} {w3} {w4}").unwrap()
-        });
-        Ok(())
-    });
+/// The key and its window after this value.
+fn seq_window<'t>(
+    text: &'t str,
+    windows: &mut HashMap<String, [u64; 4]>,
+) -> Result<(&'t str, [u64; 4]), Malformed> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let [key, value] = fields[..] else {
+        return Err(Malformed);
+    };
+    let value = digits_u64(value)?;
+    let window = windows.entry(key.to_string()).or_default();
+    *window = [window[1], window[2], window[3], value];
+    Ok((key, *window))
 }
 
 #[cfg(test)]
@@ -207,8 +266,10 @@ mod tests {
 
     fn lines(app: App, input: &str) -> (Vec<String>, u64) {
         let expected = expected_output(app, input.as_bytes());
-        let lines = (0..expected.lines.len())
-            .map(|i| String::from_utf8(expected.lines.line(i).to_vec()).unwrap())
+        let lines = expected
+            .lines
+            .iter()
+            .map(|l| String::from_utf8(l.line.clone()).unwrap())
             .collect();
         (lines, expected.malformed)
     }
