@@ -536,9 +536,7 @@ fn sim(args: SimArgs) -> Result<i32> {
         Some("no-retransmit") => bugs.no_retransmit = true,
         Some(other) => bail!("unknown planted bug `{other}` (no-dedup or no-retransmit)"),
     }
-    crate::sim::run(crate::sim::SimArgs {
-        app: args.app.into(),
-        seeds,
+    let template = verity_verify::sim::SimConfig {
         processes: args.processes,
         workers: args.workers,
         faults: verity_verify::sim::Faults::parse(&args.faults).map_err(anyhow::Error::msg)?,
@@ -546,7 +544,9 @@ fn sim(args: SimArgs) -> Result<i32> {
         records: args.records,
         trace: args.trace,
         bugs,
-    })
+        ..verity_verify::sim::SimConfig::new(args.app.into(), seeds.start)
+    };
+    crate::sim::run(&template, seeds)
 }
 
 fn generate_input(args: GenerateArgs) -> Result<i32> {

@@ -3,20 +3,7 @@
 
 use anyhow::{bail, Result};
 use std::time::Instant;
-use verity_apps::AppName;
-use verity_verify::sim::{run_seed, Faults, PlantedBugs, SimConfig};
-
-pub struct SimArgs {
-    pub app: AppName,
-    pub seeds: std::ops::Range<u64>,
-    pub processes: u32,
-    pub workers: u32,
-    pub faults: Faults,
-    pub sim_seconds: u64,
-    pub records: u64,
-    pub trace: bool,
-    pub bugs: PlantedBugs,
-}
+use verity_verify::sim::{run_seed, SimConfig};
 
 /// `A..B` (B excluded), `A..=B`, or one seed `A`.
 pub fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
@@ -39,28 +26,23 @@ pub fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
     Ok(range)
 }
 
-pub fn run(args: SimArgs) -> Result<i32> {
-    if args.trace && args.seeds.end - args.seeds.start > 1 {
+/// Runs `template` once per seed of `seeds`; exit code 1 if any failed.
+pub fn run(template: &SimConfig, seeds: std::ops::Range<u64>) -> Result<i32> {
+    if template.trace && seeds.end - seeds.start > 1 {
         bail!("--trace prints one seed's events: give --seed S");
     }
     let started = Instant::now();
     let (mut ok, mut failed) = (0u64, 0u64);
-    for seed in args.seeds.clone() {
+    for seed in seeds.clone() {
         let config = SimConfig {
-            processes: args.processes,
-            workers: args.workers,
-            faults: args.faults,
-            sim_seconds: args.sim_seconds,
-            records: args.records,
-            trace: args.trace,
-            bugs: args.bugs,
-            ..SimConfig::new(args.app, seed)
+            seed,
+            ..template.clone()
         };
         let outcome = run_seed(&config);
         for line in &outcome.trace {
             println!("{line}");
         }
-        if args.trace {
+        if config.trace {
             println!(
                 "trace hash: {:016x} ({} events)",
                 outcome.trace_hash, outcome.events
@@ -76,16 +58,16 @@ pub fn run(args: SimArgs) -> Result<i32> {
         }
     }
     let wall = started.elapsed().as_secs_f64();
-    let seeds = args.seeds.end - args.seeds.start;
+    let count = seeds.end - seeds.start;
     eprintln!(
-        "verity sim: {} P={} W={} faults={}: {seeds} seeds, {ok} ok, {failed} failed in {wall:.2} s \
+        "verity sim: {} P={} W={} faults={}: {count} seeds, {ok} ok, {failed} failed in {wall:.2} s \
          ({:.0} seeds/min, {} simulated s each)",
-        args.app.name(),
-        args.processes,
-        args.workers,
-        args.faults,
-        seeds as f64 / wall.max(1e-9) * 60.0,
-        args.sim_seconds
+        template.app.name(),
+        template.processes,
+        template.workers,
+        template.faults,
+        count as f64 / wall.max(1e-9) * 60.0,
+        template.sim_seconds
     );
     Ok(if failed == 0 { 0 } else { 1 })
 }

@@ -138,14 +138,6 @@ fn cluster_run_dead_letters_remote_bad_lines_and_counts_final() {
     verify("doubler", &input, &output);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A two-process cluster file where process 1 dials process 0 at `dial_0`,
 /// while process 0 listens at `listen_0`.
 fn cluster_file(dir: &Path, dial_0: u16, listen_0: u16) -> PathBuf {

@@ -81,3 +81,12 @@ pub fn run_and_verify(app: &str, input: &Path, workers: usize, extra: &[&str]) -
     assert!(stdout(&verified).starts_with("OK"), "{}", stdout(&verified));
     stderr(&run_output)
 }
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -191,6 +191,20 @@ impl SimOutcome {
     pub fn is_ok(&self) -> bool {
         self.failure.is_none()
     }
+
+    /// A seed that failed before it produced a trace.
+    fn failed_before_running(seed: u64, failure: String) -> SimOutcome {
+        SimOutcome {
+            seed,
+            failure: Some(failure),
+            trace_hash: 0,
+            trace: Vec::new(),
+            events: 0,
+            sim_time_us: 0,
+            faults_injected: 0,
+            report: None,
+        }
+    }
 }
 
 /// Runs one seed to its end and checks it.
@@ -224,16 +238,7 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
 }
 
 fn failed(config: &SimConfig, failure: String) -> SimOutcome {
-    SimOutcome {
-        seed: config.seed,
-        failure: Some(failure),
-        trace_hash: 0,
-        trace: Vec::new(),
-        events: 0,
-        sim_time_us: 0,
-        faults_injected: 0,
-        report: None,
-    }
+    SimOutcome::failed_before_running(config.seed, failure)
 }
 
 /// A finished world: its outcome and the output it wrote.

@@ -188,17 +188,9 @@ where
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
+        let failure = format!("internal invariant violated: {message}");
         Finished {
-            sim: SimOutcome {
-                seed: config.seed,
-                failure: Some(format!("internal invariant violated: {message}")),
-                trace_hash: 0,
-                trace: Vec::new(),
-                events: 0,
-                sim_time_us: 0,
-                faults_injected: 0,
-                report: None,
-            },
+            sim: SimOutcome::failed_before_running(config.seed, failure),
             output: Vec::new(),
         }
     })
