@@ -6,7 +6,10 @@ use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
-use verity_core::cluster::codec::{decode_batch, decode_source_event, encode_batch, encode_source_event};
+use verity_core::cluster::codec::{
+    decode_batch, decode_source_event, decode_upstream, encode_batch, encode_source_event, encode_upstream,
+    Upstream, UpstreamRef,
+};
 use verity_core::cluster::{channel_id, Layout};
 use verity_core::flow::Logic;
 use verity_core::shard::{Batch, Effect, ShardCore, ShardLimits};
@@ -155,6 +158,9 @@ struct World<'a, K, V, S, O> {
     dealt: Vec<(u32, SourceEvent)>,
     buggify: Buggify,
     output: Vec<u8>,
+    /// Remote shards that sent their `Finished`, and which have.
+    remote_finished: u32,
+    reported_finished: Vec<bool>,
     trace_hash: u64,
     trace: Vec<String>,
     line: String,
@@ -265,6 +271,8 @@ where
             dealt,
             buggify,
             output: Vec::new(),
+            remote_finished: 0,
+            reported_finished: vec![false; total as usize],
             trace_hash: 0xcbf2_9ce4_8422_2325,
             trace: Vec::new(),
             line: String::new(),
@@ -282,12 +290,9 @@ where
         let window = self.buggify.window_frames;
         for to in 0..total {
             if !self.layout.is_local_to(0, to) {
-                self.add_channel(
-                    channel_id::chunk(SOURCE, to),
-                    0,
-                    self.layout.process_of(to),
-                    window,
-                );
+                let process = self.layout.process_of(to);
+                self.add_channel(channel_id::chunk(SOURCE, to), 0, process, window);
+                self.add_channel(channel_id::output(to), process, 0, window);
             }
             for from in (0..total).filter(|from| *from != to) {
                 let (p, q) = (self.layout.process_of(from), self.layout.process_of(to));
@@ -407,8 +412,8 @@ where
             self.now_us = next.time_us;
             self.events += 1;
             self.handle(next.event);
-            if self.shards.iter().all(ShardCore::is_finished) {
-                self.trace(format_args!("all shards finished"));
+            if self.is_done() {
+                self.trace(format_args!("all shards finished and their output is in"));
                 return None;
             }
         }
@@ -526,7 +531,35 @@ where
                 progressed |= self.feed_shard(shard);
             }
         }
+        if process == 0 {
+            self.relay_outputs();
+        }
         self.pump(process);
+    }
+
+    /// Process 0 takes remote shards' output into the sink, as its relay
+    /// threads do.
+    fn relay_outputs(&mut self) {
+        let remote: Vec<u32> = (0..self.layout.total_shards())
+            .filter(|s| !self.layout.is_local_to(0, *s))
+            .collect();
+        for shard in remote {
+            while let Some(frame) = self.take_frame(channel_id::output(shard)) {
+                match decode_upstream(&frame).expect("frames of our own encoding decode") {
+                    Upstream::Lines(lines) => self.output.extend_from_slice(&lines),
+                    Upstream::Finished(_) => self.remote_finished += 1,
+                    Upstream::DeadLetter(_) | Upstream::SourceFailed { .. } => {}
+                }
+            }
+        }
+    }
+
+    /// Done as process 0 sees it: its shards finished, every remote shard
+    /// said so, and (so) all their output is in.
+    fn is_done(&self) -> bool {
+        let local = self.layout.shards_of(0);
+        let remote_shards = self.layout.total_shards() - local.len() as u32;
+        self.remote_finished == remote_shards && local.clone().all(|s| self.shards[s as usize].is_finished())
     }
 
     /// Gives a shard what it awaits and carries out its effects.
@@ -553,11 +586,28 @@ where
             match effect {
                 Effect::Send { to, batch } => self.send_batch(shard, to, batch),
                 Effect::Output(lines) => {
-                    self.output.extend_from_slice(&lines);
+                    if self.layout.is_local_to(0, shard) {
+                        self.output.extend_from_slice(&lines);
+                    } else {
+                        // Towards process 0's sink, over the network like any frame.
+                        let message = UpstreamRef::Lines(&lines);
+                        self.queue_frame(channel_id::output(shard), |frame| {
+                            encode_upstream(&message, frame)
+                        });
+                    }
                     self.shards[shard as usize].recycle_output(lines);
                 }
                 Effect::DeadLetter(_) | Effect::SourceFailed { .. } => {}
             }
+        }
+        let core = &self.shards[shard as usize];
+        if core.is_finished() && !self.layout.is_local_to(0, shard) && !self.reported_finished[shard as usize]
+        {
+            self.reported_finished[shard as usize] = true;
+            let message = UpstreamRef::Finished(core.counters());
+            self.queue_frame(channel_id::output(shard), |frame| {
+                encode_upstream(&message, frame)
+            });
         }
         progressed
     }
@@ -671,10 +721,26 @@ where
         }
         let faults = self.config.faults;
         if self.partitioned(from, to) {
+            // TCP keeps retransmitting underneath: the bytes arrive when the
+            // partition heals, unless the connection is given up first.
+            let heals = self.partition.map_or(self.now_us, |(_, until)| until);
+            let dir = Self::direction(from, to);
+            let link = self.link(from, to);
+            let arrival = (heals + LATENCY_BASE_US).max(link.last_arrival_us[dir]);
+            link.last_arrival_us[dir] = arrival;
             self.trace(format_args!(
-                "partition swallows {} bytes {from}->{to}",
+                "partition holds {} bytes {from}->{to} until {arrival}",
                 bytes.len()
             ));
+            self.schedule(
+                arrival,
+                Event::Deliver {
+                    from,
+                    to,
+                    epoch,
+                    bytes,
+                },
+            );
             return;
         }
         if self.faults_on() && faults.drop && self.rng.chance(FRAME_FAULT_PER_MILLE, 1000) {
