@@ -220,8 +220,8 @@ impl Node {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Whether every out channel has been drained by its producer's end and
-    /// fully acked (the producers have dropped their queue ends).
+    /// Stops the loop (after one last flush of what it holds) and returns its
+    /// counts. Call `wait_sent` first to be sure peers have everything.
     pub fn stop(mut self) -> NodeStats {
         self.stop.store(true, Ordering::Release);
         let _ = self.waker.wake();
@@ -259,7 +259,6 @@ struct InState {
 /// One TCP connection, authenticated or not yet.
 struct Conn {
     stream: TcpStream,
-    token: Token,
     decoder: FrameDecoder,
     write_buf: Vec<u8>,
     written: usize,
@@ -496,7 +495,6 @@ impl IoLoop {
         let now = self.now_ms();
         let conn = Conn {
             stream,
-            token: Token(token),
             decoder: FrameDecoder::new(),
             write_buf,
             written: 0,
@@ -834,7 +832,6 @@ fn flush(conn: &mut Conn) -> io::Result<usize> {
         conn.write_buf.drain(..conn.written);
         conn.written = 0;
     }
-    let _ = conn.token;
     Ok(total)
 }
 
