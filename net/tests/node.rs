@@ -5,7 +5,7 @@
 use crossbeam_channel::bounded;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use verity_net::auth::ClusterSecret;
 use verity_net::frame::{FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
