@@ -13,6 +13,8 @@ use std::sync::Arc;
 pub const CLUSTER_SECRET_ENV: &str = "VERITY_CLUSTER_SECRET";
 pub const CLUSTER_SECRET_MIN_BYTES: usize = 16;
 const NONCE_BYTES: usize = 32;
+/// Longest text taken from a peer (cluster id, refusal reason) into an error.
+const PEER_TEXT_MAX_BYTES: usize = 200;
 const DOMAIN: &[u8] = b"verity-auth-v1";
 
 /// The shared secret of a cluster. Never printed.
@@ -26,9 +28,13 @@ impl std::fmt::Debug for ClusterSecret {
 
 impl ClusterSecret {
     pub fn new(bytes: Vec<u8>) -> Result<Self, AuthError> {
+        if bytes.is_empty() {
+            return Err(AuthError::Secret("the cluster secret is empty".into()));
+        }
         if bytes.len() < CLUSTER_SECRET_MIN_BYTES {
             return Err(AuthError::Secret(format!(
-                "the cluster secret must be at least {CLUSTER_SECRET_MIN_BYTES} bytes"
+                "the cluster secret is {} bytes, it must be at least {CLUSTER_SECRET_MIN_BYTES}",
+                bytes.len()
             )));
         }
         Ok(ClusterSecret(bytes))
@@ -48,7 +54,9 @@ impl ClusterSecret {
     pub fn from_env() -> Result<Option<Self>, AuthError> {
         match std::env::var_os(CLUSTER_SECRET_ENV) {
             None => Ok(None),
-            Some(value) => Self::new(value.into_encoded_bytes()).map(Some),
+            Some(value) => Self::new(value.into_encoded_bytes())
+                .map(Some)
+                .map_err(|e| AuthError::Secret(format!("{CLUSTER_SECRET_ENV}: {e}"))),
         }
     }
 }
@@ -71,6 +79,10 @@ pub enum AuthError {
     UnexpectedFrame { kind: FrameKind },
     #[error("peer says it is process {found}, expected process {expected}")]
     UnexpectedPeer { expected: u32, found: u32 },
+    #[error(
+        "peer claims our own process id {process_id} (a reflected connection, or two processes with one id)"
+    )]
+    PeerClaimsOurId { process_id: u32 },
     #[error("malformed handshake message: {0}")]
     Malformed(&'static str),
     #[error("peer refused us: {0}")]
@@ -156,9 +168,7 @@ impl Handshake {
             }
             (FrameKind::Refused, _) => {
                 let reason = frame.records().next().unwrap_or_default();
-                Err(AuthError::RefusedByPeer(
-                    String::from_utf8_lossy(&reason).into_owned(),
-                ))
+                Err(AuthError::RefusedByPeer(peer_text(&reason)))
             }
             (kind, _) => Err(AuthError::UnexpectedFrame { kind }),
         }
@@ -182,10 +192,9 @@ impl Handshake {
             return Err(AuthError::WrongVersion { found: version });
         }
         if cluster[..] != *self.local.cluster_id.as_bytes() {
-            let found = String::from_utf8_lossy(&cluster).into_owned();
             return Err(AuthError::WrongCluster {
                 expected: self.local.cluster_id.clone(),
-                found,
+                found: peer_text(&cluster),
             });
         }
         let peer_id = u32::from_le_bytes(id);
@@ -196,10 +205,7 @@ impl Handshake {
             });
         }
         if peer_id == self.local.process_id {
-            return Err(AuthError::UnexpectedPeer {
-                expected: u32::MAX,
-                found: peer_id,
-            });
+            return Err(AuthError::PeerClaimsOurId { process_id: peer_id });
         }
         if nonce == self.nonce {
             return Err(AuthError::Malformed("peer echoed our nonce"));
@@ -244,7 +250,171 @@ fn feed(
     mac.update(prover_nonce);
 }
 
+/// Text a peer sent, made safe for a one-line log message: control
+/// characters escaped, length bounded.
+fn peer_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(PEER_TEXT_MAX_BYTES)]);
+    let mut safe: String = text.chars().flat_map(char::escape_debug).collect();
+    if bytes.len() > PEER_TEXT_MAX_BYTES {
+        safe.push_str("...");
+    }
+    safe
+}
+
 /// Writes a `Refused` frame naming why (never anything about the secret).
 pub fn write_refusal(out: &mut Vec<u8>, reason: &str) {
     encode_frame(out, FrameKind::Refused, 0, 0, &[reason.as_bytes()]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameDecoder;
+
+    const SECRET: &[u8] = b"0123456789abcdef-secret";
+
+    fn handshake(id: u32, nonce: u8) -> Handshake {
+        let identity = Identity {
+            cluster_id: "c".into(),
+            process_id: id,
+        };
+        let secret = Arc::new(ClusterSecret::new(SECRET.to_vec()).expect("long enough"));
+        Handshake::new(identity, secret, [nonce; NONCE_BYTES], None)
+    }
+
+    fn only_frame(bytes: &[u8]) -> Frame {
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(bytes);
+        let frame = decoder.next_frame().unwrap().expect("a whole frame");
+        assert_eq!(decoder.buffered_bytes(), 0, "exactly one frame");
+        frame
+    }
+
+    fn hello_of(handshake: &mut Handshake) -> Frame {
+        let mut out = Vec::new();
+        handshake.start(&mut out);
+        only_frame(&out)
+    }
+
+    #[test]
+    fn a_reflected_hello_is_refused() {
+        let mut a = handshake(0, 1);
+        let hello = hello_of(&mut a);
+        let result = a.on_frame(&hello, &mut Vec::new());
+        assert_eq!(result, Err(AuthError::PeerClaimsOurId { process_id: 0 }));
+    }
+
+    #[test]
+    fn a_proof_from_another_connection_is_refused() {
+        // b authenticates to a once; an eavesdropper replays b's proof to a
+        // on a new connection, where a chose another nonce.
+        let (mut a, mut b) = (handshake(0, 1), handshake(1, 2));
+        let b_hello = hello_of(&mut b);
+        let a_hello = hello_of(&mut a);
+        let mut proof = Vec::new();
+        b.on_frame(&a_hello, &mut proof).unwrap();
+        let mut fresh_a = handshake(0, 3);
+        fresh_a.on_frame(&b_hello, &mut Vec::new()).unwrap();
+        assert_eq!(
+            fresh_a.on_frame(&only_frame(&proof), &mut Vec::new()),
+            Err(AuthError::BadProof)
+        );
+        assert!(!fresh_a.is_established());
+    }
+
+    #[test]
+    fn our_own_proof_reflected_back_is_refused() {
+        let (mut a, mut b) = (handshake(0, 1), handshake(1, 2));
+        let b_hello = hello_of(&mut b);
+        let mut a_proof = Vec::new();
+        a.on_frame(&b_hello, &mut a_proof).unwrap();
+        assert_eq!(
+            a.on_frame(&only_frame(&a_proof), &mut Vec::new()),
+            Err(AuthError::BadProof)
+        );
+    }
+
+    #[test]
+    fn a_proof_before_the_hello_and_a_second_hello_are_unexpected() {
+        let (mut a, mut b) = (handshake(0, 1), handshake(1, 2));
+        let mut proof = Vec::new();
+        encode_frame(&mut proof, FrameKind::Proof, 0, 0, &[&[0; 32]]);
+        let unexpected = Err(AuthError::UnexpectedFrame {
+            kind: FrameKind::Proof,
+        });
+        assert_eq!(a.on_frame(&only_frame(&proof), &mut Vec::new()), unexpected);
+        let b_hello = hello_of(&mut b);
+        a.on_frame(&b_hello, &mut Vec::new()).unwrap();
+        let again = a.on_frame(&b_hello, &mut Vec::new());
+        assert_eq!(
+            again,
+            Err(AuthError::UnexpectedFrame {
+                kind: FrameKind::Hello
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_hellos_are_refused() {
+        let mut a = handshake(0, 1);
+        let cases: [&[&[u8]]; 4] = [
+            &[],
+            &[b"c", &[1, 0, 0]],
+            &[b"c", &[1, 0, 0, 0], &[1, 0], &[5; 31]],
+            &[b"c", &[1, 0, 0, 0], &[1, 0], &[1; NONCE_BYTES]], // our own nonce echoed
+        ];
+        for records in cases {
+            let mut out = Vec::new();
+            encode_frame(&mut out, FrameKind::Hello, 0, 0, records);
+            let result = a.on_frame(&only_frame(&out), &mut Vec::new());
+            assert!(
+                matches!(result, Err(AuthError::Malformed(_))),
+                "{records:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_are_one_line_even_with_hostile_peer_text() {
+        let mut a = handshake(0, 1);
+        let hostile = format!("evil\ncluster\r{}", "x".repeat(1000));
+        let records: [&[u8]; 4] = [hostile.as_bytes(), &[1, 0, 0, 0], &[1, 0], &[9; NONCE_BYTES]];
+        let mut out = Vec::new();
+        encode_frame(&mut out, FrameKind::Hello, 0, 0, &records);
+        let error = a.on_frame(&only_frame(&out), &mut Vec::new()).unwrap_err();
+        assert!(matches!(error, AuthError::WrongCluster { .. }));
+        let message = error.to_string();
+        assert!(!message.contains('\n') && !message.contains('\r'), "{message}");
+        assert!(message.len() < PEER_TEXT_MAX_BYTES * 2, "{message}");
+
+        let mut refusal = Vec::new();
+        write_refusal(&mut refusal, "no\nthanks");
+        let error = a.on_frame(&only_frame(&refusal), &mut Vec::new()).unwrap_err();
+        assert_eq!(error.to_string(), "peer refused us: no\\nthanks");
+    }
+
+    #[test]
+    fn secrets_are_checked_and_never_printed() {
+        let empty = ClusterSecret::new(Vec::new()).unwrap_err().to_string();
+        assert_eq!(empty, "the cluster secret is empty");
+        let short = ClusterSecret::new(b"short".to_vec()).unwrap_err().to_string();
+        assert_eq!(short, "the cluster secret is 5 bytes, it must be at least 16");
+        let secret = ClusterSecret::new(SECRET.to_vec()).unwrap();
+        assert_eq!(format!("{secret:?}"), "ClusterSecret(..)");
+    }
+
+    #[test]
+    fn a_secret_file_loses_its_trailing_newline() {
+        let path = std::env::temp_dir().join(format!("verity-net-secret-{}", std::process::id()));
+        std::fs::write(&path, [SECRET, b"\r\n"].concat()).unwrap();
+        let secret = ClusterSecret::from_file(&path);
+        std::fs::write(&path, b"short\n").unwrap();
+        let short = ClusterSecret::from_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(secret.unwrap().0, SECRET);
+        let message = short.unwrap_err().to_string();
+        assert_eq!(message, "the cluster secret is 5 bytes, it must be at least 16");
+        let missing = ClusterSecret::from_file(&path).unwrap_err().to_string();
+        assert!(missing.starts_with("cannot read"), "{missing}");
+    }
 }

@@ -38,11 +38,18 @@ const CRC_COVERED_HEADER: Range<usize> = 4..28;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameKind {
+    /// Records `first_seq..first_seq + record_count` of `channel`.
     Data = 1,
+    /// No records; `first_seq` is a cumulative ack: every record of `channel`
+    /// numbered up to and including it has arrived.
     Ack = 2,
+    /// No records; proves the connection is alive.
     Heartbeat = 3,
+    /// Handshake: cluster id, process id, protocol version, nonce (see `auth`).
     Hello = 4,
+    /// Handshake: the HMAC answering the peer's nonce (see `auth`).
     Proof = 5,
+    /// One record: why the sender is closing the connection, for the log.
     Refused = 6,
 }
 
@@ -379,4 +386,94 @@ fn check_records(payload: &[u8], record_count: u32) -> Result<(), DecodeError> {
         return Err(DecodeError::BadRecordLayout { detail });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_is_the_documented_one() {
+        let mut out = vec![0xAA]; // an earlier byte: the frame is appended
+        let range = encode_frame(
+            &mut out,
+            FrameKind::Ack,
+            0x0403_0201,
+            0x0807_0605_0403_0201,
+            &[b"xyz"],
+        );
+        assert_eq!(range, 1..out.len());
+        let frame = &out[range];
+        assert_eq!(frame.len(), FRAME_HEADER_SIZE_BYTES + RECORD_PREFIX_BYTES + 3);
+        assert_eq!(&frame[0..4], b"VRTY");
+        assert_eq!(&frame[4..6], &[1, 0]);
+        assert_eq!(frame[6], FrameKind::Ack as u8);
+        assert_eq!(frame[7], 0);
+        assert_eq!(&frame[8..12], &[7, 0, 0, 0]);
+        assert_eq!(&frame[12..16], &[1, 2, 3, 4]);
+        assert_eq!(&frame[16..24], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&frame[24..28], &[1, 0, 0, 0]);
+        let crc = crc32c::crc32c(&[&frame[4..28], &frame[32..]].concat());
+        assert_eq!(&frame[28..32], &crc.to_le_bytes());
+        assert_eq!(&frame[32..], &[3, 0, 0, 0, b'x', b'y', b'z']);
+        assert_eq!(peek_numbers(frame), Some((0x0807_0605_0403_0201, 1)));
+    }
+
+    #[test]
+    fn every_kind_survives_its_byte() {
+        use FrameKind::*;
+        for kind in [Data, Ack, Heartbeat, Hello, Proof, Refused] {
+            assert_eq!(FrameKind::from_u8(kind as u8), Some(kind));
+        }
+        assert_eq!(FrameKind::from_u8(0), None);
+        assert_eq!(FrameKind::from_u8(7), None);
+    }
+
+    #[test]
+    fn an_empty_frame_has_no_records() {
+        let mut decoder = FrameDecoder::new();
+        let mut out = Vec::new();
+        encode_frame(&mut out, FrameKind::Heartbeat, 0, 0, &[]);
+        decoder.extend_from_slice(&out);
+        let frame = decoder.next_frame().unwrap().unwrap();
+        assert_eq!(frame.records().count(), 0);
+        assert_eq!(decoder.buffered_bytes(), 0);
+        assert_eq!(decoder.finish(), Ok(()));
+    }
+
+    #[test]
+    fn header_bytes_alone_wait_for_the_payload() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, FrameKind::Data, 1, 1, &[b"payload"]);
+        let mut decoder = FrameDecoder::new();
+        for byte in &out[..out.len() - 1] {
+            decoder.extend_from_slice(std::slice::from_ref(byte));
+            assert_eq!(decoder.next_frame(), Ok(None));
+        }
+        assert!(matches!(decoder.finish(), Err(DecodeError::Truncated { .. })));
+        decoder.extend_from_slice(&out[out.len() - 1..]);
+        assert!(decoder.next_frame().unwrap().is_some());
+    }
+
+    #[test]
+    fn records_are_windows_of_one_allocation() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, FrameKind::Data, 1, 1, &[b"one", b"", b"three"]);
+        encode_frame(&mut out, FrameKind::Data, 1, 4, &[b"four"]);
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&out);
+        let first = decoder.next_frame().unwrap().unwrap();
+        let second = decoder.next_frame().unwrap().unwrap();
+        // Both frames were cut from the same read buffer, back to back.
+        let first_end = first.payload.as_ptr_range().end;
+        assert_eq!(
+            first_end.wrapping_add(FRAME_HEADER_SIZE_BYTES),
+            second.payload.as_ptr()
+        );
+        let mut expected_at = first.payload.as_ptr().wrapping_add(RECORD_PREFIX_BYTES);
+        for record in first.records() {
+            assert_eq!(record.as_ptr(), expected_at);
+            expected_at = expected_at.wrapping_add(record.len() + RECORD_PREFIX_BYTES);
+        }
+    }
 }

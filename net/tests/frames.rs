@@ -120,7 +120,87 @@ fn errors_poison_the_decoder() {
     assert_eq!(decoder.next_frame().unwrap_err(), first);
 }
 
+#[test]
+fn a_frame_of_exactly_the_size_limit_round_trips_and_one_byte_more_is_refused() {
+    let record = vec![0x5A; FRAME_SIZE_MAX_BYTES - FRAME_HEADER_SIZE_BYTES - 4];
+    let bytes = frame_bytes(std::slice::from_ref(&record), 1, 1);
+    assert_eq!(bytes.len(), FRAME_SIZE_MAX_BYTES);
+    let (frames, error) = decode_all(&bytes);
+    assert_eq!(error, None);
+    assert_eq!(frames[0].records().next().unwrap().len(), record.len());
+
+    let mut header = bytes[..FRAME_HEADER_SIZE_BYTES].to_vec();
+    let too_big = (FRAME_SIZE_MAX_BYTES - FRAME_HEADER_SIZE_BYTES + 1) as u32;
+    header[8..12].copy_from_slice(&too_big.to_le_bytes());
+    assert_eq!(
+        decode_all(&header).1,
+        Some(DecodeError::Oversized {
+            size_bytes: FRAME_SIZE_MAX_BYTES as u64 + 1,
+            max_bytes: FRAME_SIZE_MAX_BYTES
+        })
+    );
+}
+
+#[test]
+fn records_read_from_a_socket_are_slices_of_the_read_buffer() {
+    let records = [vec![1u8; 10], vec![2u8; 1000], vec![3u8; 0]];
+    let bytes = frame_bytes(&records, 1, 1);
+    let mut decoder = FrameDecoder::new();
+    let mut reader = &bytes[..];
+    while decoder.read_from(&mut reader).unwrap() > 0 {}
+    let frame = decoder.next_frame().unwrap().unwrap();
+    let payload = frame.payload.as_ptr_range();
+    for record in frame.records() {
+        let range = record.as_ptr_range();
+        assert!(payload.start <= range.start && range.end <= payload.end);
+    }
+}
+
 proptest! {
+    #[test]
+    fn frames_round_trip(
+        frames in proptest::collection::vec(
+            (
+                prop_oneof![Just(FrameKind::Data), Just(FrameKind::Ack), Just(FrameKind::Heartbeat)],
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20),
+            ),
+            1..5,
+        ),
+    ) {
+        let mut stream = Vec::new();
+        for (kind, channel, first_seq, records) in &frames {
+            let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            encode_frame(&mut stream, *kind, *channel, *first_seq, &refs);
+        }
+        let (decoded, error) = decode_all(&stream);
+        prop_assert_eq!(error, None);
+        prop_assert_eq!(decoded.len(), frames.len());
+        for (frame, (kind, channel, first_seq, records)) in decoded.iter().zip(&frames) {
+            let h = frame.header;
+            prop_assert_eq!((h.kind, h.channel, h.first_seq), (*kind, *channel, *first_seq));
+            prop_assert_eq!(h.record_count as usize, records.len());
+            prop_assert_eq!(&frame.records().collect::<Vec<_>>(), records);
+        }
+    }
+
+    #[test]
+    fn a_replaced_byte_is_never_accepted(
+        records in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8),
+        position in any::<usize>(),
+        value in any::<u8>(),
+    ) {
+        let good = frame_bytes(&records, 5, 100);
+        let mut bad = good.clone();
+        let at = position % bad.len();
+        prop_assume!(bad[at] != value);
+        bad[at] = value;
+        let (frames, error) = decode_all(&bad);
+        prop_assert!(frames.is_empty(), "a corrupted frame was accepted");
+        prop_assert!(error.is_some());
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic_or_loop(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
         let _ = decode_all(&bytes);
