@@ -17,8 +17,9 @@
 //! The checksum covers the header fields too, so a corrupted channel id or
 //! sequence number is caught like a corrupted record. Each record in the
 //! payload is a u32 length and its bytes; the lengths must tile the payload
-//! exactly. The decoder slices frames and records out of its read buffer as
-//! `Bytes`: no copy and no allocation per record.
+//! exactly. The decoder slices frames out of its read buffer as `Bytes` and
+//! hands records out as views of them (`Bytes::slice_ref` keeps one that must
+//! outlive its frame): no copy, allocation or reference count per record.
 
 use bytes::{Bytes, BytesMut};
 use std::io::{self, Read};
@@ -85,7 +86,9 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// The records, as zero-copy slices of the payload (validated at decode).
+    /// The records, as borrowed views of the payload (validated at decode): no
+    /// copy and no reference-count traffic per record. A record that must
+    /// outlive the frame is `frame.payload.slice_ref(record)`, still zero-copy.
     pub fn records(&self) -> Records<'_> {
         Records {
             payload: &self.payload,
@@ -95,16 +98,16 @@ impl Frame {
 }
 
 pub struct Records<'a> {
-    payload: &'a Bytes,
+    payload: &'a [u8],
     at: usize,
 }
 
-impl Iterator for Records<'_> {
-    type Item = Bytes;
-    fn next(&mut self) -> Option<Bytes> {
+impl<'a> Iterator for Records<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
         let (start, end) = record_span(self.payload, self.at)?;
         self.at = end;
-        Some(self.payload.slice(start..end))
+        Some(&self.payload[start..end])
     }
 }
 

@@ -19,7 +19,7 @@ fn malformed(what: &'static str, e: WireError) -> ClusterError {
 fn records<'a>(
     frame: &'a Frame,
     what: &'static str,
-) -> Result<(Bytes, impl Iterator<Item = Bytes> + 'a), ClusterError> {
+) -> Result<(&'a [u8], impl Iterator<Item = &'a [u8]> + 'a), ClusterError> {
     let mut records = frame.records();
     let head = records
         .next()
@@ -51,7 +51,7 @@ pub fn decode_batch<K: Key + Wire, V: Wire>(
     from: u32,
 ) -> Result<Batch<K, V>, ClusterError> {
     let (head, rest) = records(frame, "batch")?;
-    let mut input = &head[..];
+    let mut input = head;
     let decode_head = |input: &mut &[u8]| -> Result<_, WireError> {
         Ok((u64::decode(input)?, u64::decode(input)?, bool::decode(input)?))
     };
@@ -65,7 +65,7 @@ pub fn decode_batch<K: Key + Wire, V: Wire>(
         records: Vec::with_capacity(frame.header.record_count as usize),
     };
     for record in rest {
-        let mut input = &record[..];
+        let mut input = record;
         let decode_record = |input: &mut &[u8]| -> Result<Routed<K, V>, WireError> {
             Ok(Routed {
                 id: decode_id(input)?,
@@ -139,10 +139,11 @@ pub fn encode_source_event(event: &SourceEvent, frame: &mut FrameWriter<'_>) {
 
 pub fn decode_source_event(frame: &Frame, source: u32) -> Result<SourceEvent, ClusterError> {
     let (head, mut rest) = records(frame, "source event")?;
-    let mut input = &head[..];
+    let mut input = head;
     let tag = u8::decode(&mut input).map_err(|e| malformed("source event", e))?;
     let mut body = || {
         rest.next()
+            .map(|body| frame.payload.slice_ref(body))
             .ok_or_else(|| ClusterError::Malformed("source event without its body".into()))
     };
     match tag {
@@ -245,11 +246,12 @@ pub enum UpstreamRef<'a> {
 
 pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
     let (head, mut rest) = records(frame, "output")?;
-    let mut input = &head[..];
+    let mut input = head;
     let bad = |e| malformed("output message", e);
     let tag = u8::decode(&mut input).map_err(bad)?;
     let mut body = || {
         rest.next()
+            .map(|body| frame.payload.slice_ref(body))
             .ok_or_else(|| ClusterError::Malformed("output message without its body".into()))
     };
     Ok(match tag {
@@ -311,8 +313,8 @@ pub fn encode_control(message: &Control, frame: &mut FrameWriter<'_>) {
 }
 
 pub fn decode_control(frame: &Frame) -> Result<Control, ClusterError> {
-    let (head, mut rest) = records(frame, "control")?;
-    match take(&mut &head[..], 1).map_err(|e| malformed("control", e))?[0] {
+    let (mut head, mut rest) = records(frame, "control")?;
+    match take(&mut head, 1).map_err(|e| malformed("control", e))?[0] {
         CONTROL_JOB => {
             let job = rest
                 .next()
