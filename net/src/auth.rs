@@ -160,7 +160,7 @@ impl Handshake {
                     &self.nonce,
                     &peer_nonce,
                 );
-                mac.verify_slice(&proof).map_err(|_| AuthError::BadProof)?;
+                mac.verify_slice(proof).map_err(|_| AuthError::BadProof)?;
                 self.established = true;
                 Ok(HandshakeStatus::Established {
                     peer_process_id: peer_id,
@@ -168,7 +168,7 @@ impl Handshake {
             }
             (FrameKind::Refused, _) => {
                 let reason = frame.records().next().unwrap_or_default();
-                Err(AuthError::RefusedByPeer(peer_text(&reason)))
+                Err(AuthError::RefusedByPeer(peer_text(reason)))
             }
             (kind, _) => Err(AuthError::UnexpectedFrame { kind }),
         }
@@ -194,7 +194,7 @@ impl Handshake {
         if cluster[..] != *self.local.cluster_id.as_bytes() {
             return Err(AuthError::WrongCluster {
                 expected: self.local.cluster_id.clone(),
-                found: peer_text(&cluster),
+                found: peer_text(cluster),
             });
         }
         let peer_id = u32::from_le_bytes(id);
