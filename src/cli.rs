@@ -468,7 +468,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
     Ok(if summary.source_errors.is_empty() { 0 } else { 1 })
 }
 
-/// First Ctrl-C: stop reading, flush, finish. Second: exit now.
+/// First Ctrl-C (or SIGTERM, SIGHUP): stop reading, flush, finish. Second: exit now.
 fn install_stop_handler() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -478,7 +478,7 @@ fn install_stop_handler() -> Result<Arc<AtomicBool>> {
         }
         eprintln!("\nverity: stopping (Ctrl-C again to quit at once)");
     })
-    .context("cannot install the Ctrl-C handler")?;
+    .context("cannot install the Ctrl-C/SIGTERM handler")?;
     Ok(stop)
 }
 

@@ -156,6 +156,17 @@ fn two_market_streams_decide_every_order_on_a_real_quote() {
 
 #[test]
 fn ctrl_c_stops_cleanly() {
+    stops_cleanly_on("-INT");
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    stops_cleanly_on("-TERM");
+}
+
+/// Sends `signal` (a `kill` flag) mid-run: what was read is processed and
+/// flushed, the summary says the run stopped early, and the exit code is 0.
+fn stops_cleanly_on(signal: &str) {
     let mut child = verity()
         .args(["run", "doubler", "--workers", "2"])
         .stdin(Stdio::piped())
@@ -169,7 +180,7 @@ fn ctrl_c_stops_cleanly() {
     std::thread::sleep(Duration::from_millis(300));
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
-        .args(["-INT", &pid])
+        .args([signal, &pid])
         .status()
         .unwrap()
         .success());
