@@ -94,12 +94,33 @@ impl Faults {
         }
         let mut faults = Faults::none();
         for name in text.split(',') {
+            let name = Faults::canonical(name.trim())?;
             let known = Faults::NAMES.join(", ");
             *faults
-                .flag(name.trim())
+                .flag(name)
                 .ok_or_else(|| format!("unknown fault `{name}` (known: {known}, or all / none)"))? = true;
         }
         Ok(faults)
+    }
+
+    /// The fault a name or a common synonym of it means (`dup`, `clock-skew`, …).
+    fn canonical(name: &str) -> Result<&str, String> {
+        Ok(match name {
+            "dup" | "duplicates" => "duplicate",
+            "delays" => "delay",
+            "drops" | "loss" => "drop",
+            "conn-cut" | "connection-cut" | "disconnect" => "cut",
+            "network-partition" | "partitions" => "partition",
+            "pauses" => "pause",
+            "skew" | "clock-skew" | "clock-jump" | "jump" => "clock",
+            "crash" | "restart" | "kill" => {
+                return Err(format!(
+                    "fault `{name}`: process crash and restart arrive with crash recovery, \
+                     which verity does not have yet"
+                ))
+            }
+            other => other,
+        })
     }
 }
 
@@ -283,5 +304,13 @@ mod tests {
         assert_eq!(some.to_string(), "drop,cut");
         assert!(Faults::parse("gremlins").is_err());
         assert_eq!(Faults::parse(&Faults::all().to_string()).unwrap(), Faults::all());
+    }
+
+    #[test]
+    fn fault_synonyms_mean_the_named_fault() {
+        let some = Faults::parse("dup, clock-skew,connection-cut").unwrap();
+        assert_eq!(some.to_string(), "duplicate,cut,clock");
+        let crash = Faults::parse("drop,crash").unwrap_err();
+        assert!(crash.contains("crash recovery"), "{crash}");
     }
 }
