@@ -42,7 +42,7 @@ fn round_trips_with_zero_copy_records() {
     assert_eq!(frame.header.record_count, 4);
     let payload = frame.payload.as_ptr_range();
     for (record, expected) in frame.records().zip(&records) {
-        assert_eq!(&record[..], &expected[..]);
+        assert_eq!(record, &expected[..]);
         let inside = payload.start <= record.as_ptr() && record.as_ptr() <= payload.end;
         assert!(inside, "records are slices of the received buffer");
     }
