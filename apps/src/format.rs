@@ -44,4 +44,16 @@ mod tests {
         assert_eq!(price(1), "0.0001");
         assert_eq!(price(u64::MAX), "1844674407370955.1615");
     }
+
+    #[test]
+    fn integers_print_like_display() {
+        let mut values = vec![0, 1, 9, 10, 99, 100, 12_345, u64::MAX, u64::MAX - 1];
+        values.extend((0..20).map(|p| 10u64.pow(p)));
+        values.extend((1..20).map(|p| 10u64.pow(p) - 1));
+        for value in values {
+            let mut out = b"x".to_vec();
+            write_u64(&mut out, value);
+            assert_eq!(out, format!("x{value}").into_bytes());
+        }
+    }
 }

@@ -41,9 +41,20 @@ impl SmallBytes {
         if value.len() > SMALL_INLINE_MAX_BYTES {
             return SmallBytes::Heap(value.into());
         }
-        let part = |from: usize, to: usize| load_word(&value[from.min(value.len())..to.min(value.len())]);
-        let len = (value.len() as u64) << LEN_SHIFT;
-        SmallBytes::Inline([part(0, 8), part(8, 16), part(16, 23) | len])
+        // Branch once on the length class: most keys fit the first word.
+        let n = value.len();
+        let [a, b, c] = if n <= 8 {
+            [load_word(value), 0, 0]
+        } else if n <= 16 {
+            [load_word(&value[..8]), load_word(&value[8..]), 0]
+        } else {
+            [
+                load_word(&value[..8]),
+                load_word(&value[8..16]),
+                load_word(&value[16..]),
+            ]
+        };
+        SmallBytes::Inline([a, b, c | (n as u64) << LEN_SHIFT])
     }
 
     pub fn len(&self) -> usize {
@@ -64,9 +75,11 @@ impl SmallBytes {
                 // Append all three words, then cut back: fixed-size copies are a
                 // few stores, a variable-length one is a memcpy call.
                 let end = out.len() + self.len();
-                for word in words {
-                    out.extend_from_slice(&word.to_le_bytes());
+                let mut bytes = [0u8; 24];
+                for (to, word) in bytes.chunks_exact_mut(8).zip(words) {
+                    to.copy_from_slice(&word.to_le_bytes());
                 }
+                out.extend_from_slice(&bytes);
                 out.truncate(end);
             }
             SmallBytes::Heap(bytes) => out.extend_from_slice(bytes),
