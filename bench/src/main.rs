@@ -13,7 +13,7 @@ use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
 use verity_core::{DeadLetterSpec, Outputs, RunConfig, SinkSpec, SourceSpec};
 
 const DEFAULT_RECORDS: u64 = 10_000_000;
-const DEFAULT_REPEAT: usize = 3;
+const DEFAULT_REPEAT: usize = 5;
 const SEED: u64 = 42;
 
 struct Options {
@@ -50,17 +50,28 @@ fn parse_options() -> Result<Options, String> {
     Ok(options)
 }
 
-/// The median of `repeat` timings of `f`, with what `f` returned.
-fn median_time(repeat: usize, mut f: impl FnMut() -> u64) -> (Duration, u64) {
-    let mut times = Vec::with_capacity(repeat);
-    let mut result = 0;
+/// Times each runner `repeat` times, taking turns (every runner once, then
+/// again), so a noisy spell on the shared machine hits all runners alike rather
+/// than one runner's whole block. Returns each runner's median time and what
+/// its last run returned.
+fn interleaved_medians(repeat: usize, runners: &mut [&mut dyn FnMut() -> u64]) -> Vec<(Duration, u64)> {
+    let mut times = vec![Vec::with_capacity(repeat); runners.len()];
+    let mut results = vec![0; runners.len()];
     for _ in 0..repeat {
-        let start = Instant::now();
-        result = f();
-        times.push(start.elapsed());
+        for (index, runner) in runners.iter_mut().enumerate() {
+            let start = Instant::now();
+            results[index] = runner();
+            times[index].push(start.elapsed());
+        }
     }
-    times.sort();
-    (times[times.len() / 2], result)
+    times
+        .into_iter()
+        .zip(results)
+        .map(|(mut runs, result)| {
+            runs.sort();
+            (runs[runs.len() / 2], result)
+        })
+        .collect()
 }
 
 fn engine_run(app: AppName, input: &Bytes, workers: usize) -> u64 {
@@ -100,7 +111,7 @@ fn main() {
         std::process::exit(2);
     });
     println!(
-        "# throughput: {} records per run, median of {}, null sink, input pre-loaded in memory",
+        "# throughput: {} records per run, median of {} interleaved runs, null sink, input pre-loaded in memory",
         options.records, options.repeat
     );
     println!(
@@ -116,7 +127,15 @@ fn main() {
             continue;
         }
         let input = Bytes::from(generate::generate_all(app, options.records, SEED));
-        let (naive_time, naive_out) = median_time(options.repeat, || naive(&input));
+        const WORKER_COUNTS: [usize; 2] = [1, 2];
+        let mut naive_run = || naive(&input);
+        let mut one_worker = || engine_run(app, &input, WORKER_COUNTS[0]);
+        let mut two_workers = || engine_run(app, &input, WORKER_COUNTS[1]);
+        let timed = interleaved_medians(
+            options.repeat,
+            &mut [&mut naive_run, &mut one_worker, &mut two_workers],
+        );
+        let (naive_time, naive_out) = timed[0];
         let row = |runner: &str, time: Duration| {
             let rate = options.records as f64 / time.as_secs_f64();
             let ratio = naive_time.as_secs_f64() / time.as_secs_f64();
@@ -130,8 +149,7 @@ fn main() {
             );
         };
         row("naive single-thread", naive_time);
-        for workers in [1, 2] {
-            let (time, out) = median_time(options.repeat, || engine_run(app, &input, workers));
+        for (workers, &(time, out)) in WORKER_COUNTS.iter().zip(&timed[1..]) {
             assert_eq!(
                 out,
                 naive_out,
