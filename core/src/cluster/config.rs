@@ -22,15 +22,25 @@ use std::path::Path;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
+    /// Peers of another cluster are refused at the handshake.
+    #[serde(default = "default_cluster_id")]
     pub cluster_id: String,
-    #[serde(rename = "process")]
+    #[serde(rename = "process", alias = "processes")]
     pub processes: Vec<ProcessEntry>,
+}
+
+fn default_cluster_id() -> String {
+    "verity".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessEntry {
+    /// Optional; if given, it must be the entry's position (0, 1, ...), which
+    /// is what `verity worker --id` names.
+    pub id: Option<u32>,
     /// Where peers reach this process (host:port).
+    #[serde(alias = "addr")]
     pub address: String,
     /// Where it binds, if not `address` (e.g. 0.0.0.0, or behind a proxy).
     pub listen: Option<String>,
@@ -53,6 +63,11 @@ impl ClusterFile {
             return Err("no [[process]] entries".into());
         }
         for (id, process) in file.processes.iter().enumerate() {
+            if let Some(claimed) = process.id.filter(|claimed| *claimed as usize != id) {
+                return Err(format!(
+                    "[[process]] entry {id} says id = {claimed}: entries are numbered by their order, from 0"
+                ));
+            }
             resolve(&process.address).map_err(|e| format!("process {id}: {e}"))?;
             if let Some(listen) = &process.listen {
                 resolve(listen).map_err(|e| format!("process {id}: {e}"))?;
@@ -116,8 +131,19 @@ mod tests {
             "cluster_id = \"x\"",
             "cluster_id = \"x\"\n[[process]]\naddress = \"nowhere\"\nworkers = 1",
             "cluster_id = \"x\"\n[[process]]\naddress = \"127.0.0.1:1\"\nworkers = 1\ncolour = 3",
+            "[[process]]\nid = 1\naddress = \"127.0.0.1:1\"\nworkers = 1",
         ] {
             assert!(ClusterFile::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn accepts_common_spellings() {
+        let text = "[[processes]]\nid = 0\naddr = \"127.0.0.1:7100\"\nworkers = 2\n\n\
+                    [[processes]]\nid = 1\naddress = \"127.0.0.1:7101\"\nworkers = 1\n";
+        let file = ClusterFile::parse(text).unwrap();
+        assert_eq!(file.cluster_id, "verity");
+        assert_eq!(file.address(0).port(), 7100);
+        assert_eq!(file.layout(0).unwrap().local_shards(), 0..2);
     }
 }
