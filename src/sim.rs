@@ -2,7 +2,8 @@
 //! reports each failure with the command that replays it.
 
 use anyhow::{bail, Result};
-use std::time::Instant;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 use verity_verify::sim::{run_seed, SimConfig};
 
 /// `A..B` (B excluded), `A..=B`, or one seed `A`.
@@ -26,14 +27,24 @@ pub fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
     Ok(range)
 }
 
+/// How often a long seed range reports how far it got (on a terminal only).
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Runs `template` once per seed of `seeds`; exit code 1 if any failed.
 pub fn run(template: &SimConfig, seeds: std::ops::Range<u64>) -> Result<i32> {
     if template.trace && seeds.end - seeds.start > 1 {
         bail!("--trace prints one seed's events: give --seed S");
     }
     let started = Instant::now();
+    let show_progress = !template.trace && std::io::stderr().is_terminal();
+    let mut last_progress = started;
+    let count = seeds.end - seeds.start;
     let (mut ok, mut failed) = (0u64, 0u64);
     for seed in seeds.clone() {
+        if show_progress && last_progress.elapsed() >= PROGRESS_INTERVAL {
+            last_progress = Instant::now();
+            eprint!("\rverity sim: {}/{count} seeds, {failed} failed", ok + failed);
+        }
         let config = SimConfig {
             seed,
             ..template.clone()
@@ -52,13 +63,18 @@ pub fn run(template: &SimConfig, seeds: std::ops::Range<u64>) -> Result<i32> {
             None => ok += 1,
             Some(failure) => {
                 failed += 1;
+                if show_progress {
+                    eprintln!();
+                }
                 eprintln!("verity sim: seed {seed} FAILED: {failure}");
                 eprintln!("  replay: {}", config.replay_command());
             }
         }
     }
     let wall = started.elapsed().as_secs_f64();
-    let count = seeds.end - seeds.start;
+    if show_progress && wall >= PROGRESS_INTERVAL.as_secs_f64() {
+        eprintln!();
+    }
     eprintln!(
         "verity sim: {} P={} W={} faults={}: {count} seeds, {ok} ok, {failed} failed in {wall:.2} s \
          ({:.0} seeds/min, {} simulated s each)",
