@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
 use verity_core::cluster::{ClusterFile, Control, ControlIn, Controller};
 use verity_core::{
-    run_leader, run_member, ClusterRun, Dataflow, Key, Outputs, RunConfig, RunError, RunSummary, SourceSpec,
-    Wire,
+    run_in_cluster, ClusterRun, Dataflow, Key, Outputs, Placement, RunConfig, RunError, RunSummary,
+    SourceSpec, Wire,
 };
 use verity_net::auth::{ClusterSecret, CLUSTER_SECRET_ENV};
 use verity_net::liveness::LivenessConfig;
@@ -139,14 +139,7 @@ struct ClusterDriver<'a> {
     config: &'a RunConfig,
     stop: verity_core::source::StopFlag,
     cluster: &'a ClusterRun<'a>,
-    role: Role<'a>,
-}
-
-enum Role<'a> {
-    /// Process 0: sources and sinks.
-    Leader(&'a Outputs),
-    /// A worker; `discard_output` when the sink drops output anyway.
-    Member { discard_output: bool },
+    placement: Placement<'a>,
 }
 
 impl Driver for ClusterDriver<'_> {
@@ -158,12 +151,7 @@ impl Driver for ClusterDriver<'_> {
         S: Default + Send + 'static,
         O: 'static,
     {
-        match self.role {
-            Role::Leader(outputs) => run_leader(flow, self.config, outputs, self.stop, self.cluster),
-            Role::Member { discard_output } => {
-                run_member(flow, self.config, self.stop, self.cluster, discard_output)
-            }
-        }
+        run_in_cluster(flow, self.config, self.placement, self.stop, self.cluster)
     }
 }
 
@@ -228,7 +216,7 @@ fn lead(
             config: &config,
             stop,
             cluster: &cluster,
-            role: Role::Leader(outputs),
+            placement: Placement::Leader(outputs),
         },
     );
     let summary = summary.with_context(|| format!("{} cluster run failed", job.app.name()))?;
@@ -290,8 +278,8 @@ pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pinning: 
             config: &config,
             stop,
             cluster: &cluster,
-            role: Role::Member {
-                discard_output: job.discard_output,
+            placement: Placement::Member {
+                discard_lines: job.discard_output,
             },
         },
     )

@@ -21,7 +21,7 @@ pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output,
 pub use ids::{Msg, MsgId};
 pub use key::Key;
 pub use line::{Line, Reject};
-pub use runtime::{run, run_leader, run_member, ClusterRun, Outputs, RunConfig, RunError, RunSummary};
+pub use runtime::{run, run_in_cluster, ClusterRun, Outputs, Placement, RunConfig, RunError, RunSummary};
 pub use shard::ShardLimits;
 pub use sink::{DeadLetterSpec, SinkSpec};
 pub use small::SmallBytes;

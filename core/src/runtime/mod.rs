@@ -160,43 +160,16 @@ where
     run_process(flow, config, Placement::Leader(outputs), stop, &layout, None)
 }
 
-/// Process 0 of a cluster: reads the sources, runs its shards, writes the sinks.
-pub fn run_leader<K, V, S, O>(
-    flow: Dataflow<K, V, S, O>,
-    config: &RunConfig,
-    outputs: &Outputs,
-    stop: StopFlag,
-    cluster: &ClusterRun<'_>,
-) -> Result<RunSummary, RunError>
-where
-    K: Key + Wire,
-    V: Wire + Send + 'static,
-    S: Default + Send + 'static,
-    O: 'static,
-{
-    assert_eq!(cluster.layout.process_id, 0, "process 0 leads");
-    let net = Net {
-        node: cluster.node,
-        window_frames: cluster.window_frames,
-    };
-    run_process(
-        flow,
-        config,
-        Placement::Leader(outputs),
-        stop,
-        &cluster.layout,
-        Some(&net),
-    )
-}
-
-/// A worker process: runs its shards on chunks dealt by process 0 and sends
+/// This process's part of a cluster run: process 0 (`Placement::Leader`) reads
+/// the sources, runs its shards and writes the sinks; a worker
+/// (`Placement::Member`) runs its shards on chunks dealt by process 0 and sends
 /// their output there. Returns this process's totals.
-pub fn run_member<K, V, S, O>(
+pub fn run_in_cluster<K, V, S, O>(
     flow: Dataflow<K, V, S, O>,
     config: &RunConfig,
+    placement: Placement<'_>,
     stop: StopFlag,
     cluster: &ClusterRun<'_>,
-    discard_lines: bool,
 ) -> Result<RunSummary, RunError>
 where
     K: Key + Wire,
@@ -204,23 +177,20 @@ where
     S: Default + Send + 'static,
     O: 'static,
 {
-    assert_ne!(cluster.layout.process_id, 0, "workers are processes 1 and up");
+    assert_eq!(
+        cluster.layout.process_id == 0,
+        matches!(placement, Placement::Leader(_)),
+        "process 0 leads; workers are processes 1 and up"
+    );
     let net = Net {
         node: cluster.node,
         window_frames: cluster.window_frames,
     };
-    run_process(
-        flow,
-        config,
-        Placement::Member { discard_lines },
-        stop,
-        &cluster.layout,
-        Some(&net),
-    )
+    run_process(flow, config, placement, stop, &cluster.layout, Some(&net))
 }
 
 /// What this process does with sources and sinks.
-enum Placement<'a> {
+pub enum Placement<'a> {
     /// Opens the sources and writes the sinks.
     Leader(&'a Outputs),
     /// A worker; its output goes to process 0 unless the sink discards it.
