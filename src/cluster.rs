@@ -320,11 +320,14 @@ impl LocalCluster {
         let ports = free_ports(processes as usize)?;
         let cluster_id = format!("local-{}", std::process::id());
         let text = ClusterFile::local(&cluster_id, &vec![workers; processes as usize], &ports);
-        let path = std::env::temp_dir().join(format!("verity-{cluster_id}.toml"));
+        // A random part in the names: a file left by a killed run whose pid
+        // comes round again must not be in the way.
+        let stem = format!("verity-{cluster_id}-{}", &random_secret_hex()[..8]);
+        let path = std::env::temp_dir().join(format!("{stem}.toml"));
         std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
         let file = ClusterFile::parse(&text).map_err(anyhow::Error::msg)?;
-        let secret_path = std::env::temp_dir().join(format!("verity-{cluster_id}.secret"));
-        std::fs::write(&secret_path, random_secret_hex())
+        let secret_path = path.with_extension("secret");
+        write_private_file(&secret_path, random_secret_hex().as_bytes())
             .with_context(|| format!("cannot write {}", secret_path.display()))?;
         let net = NetOptions {
             secret_file: Some(secret_path),
@@ -434,6 +437,19 @@ fn free_ports(count: usize) -> Result<Vec<u16>> {
         .collect::<std::io::Result<_>>()?)
 }
 
+/// Writes a new file only its owner can read (a secret in a shared temp
+/// directory); refuses to follow or reuse anything already at `path`.
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)
+}
+
 fn random_secret_hex() -> String {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).expect("the OS has a random source");
@@ -443,6 +459,17 @@ fn random_secret_hex() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_files_are_owner_only_and_never_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.secret");
+        write_private_file(&path, b"0123456789abcdef").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(write_private_file(&path, b"again").is_err());
+    }
 
     #[test]
     fn job_round_trips() {
