@@ -38,7 +38,6 @@ pub fn encode_batch<K: Wire, V: Wire>(batch: &Batch<K, V>, frame: &mut FrameWrit
     for record in &batch.records {
         frame.record_with(|out| {
             encode_id(record.id, out);
-            record.hash.encode(out);
             record.key.encode(out);
             record.value.encode(out);
         });
@@ -69,17 +68,11 @@ pub fn decode_batch<K: Key + Wire, V: Wire>(
         let decode_record = |input: &mut &[u8]| -> Result<Routed<K, V>, WireError> {
             Ok(Routed {
                 id: decode_id(input)?,
-                hash: u64::decode(input)?,
                 key: K::decode(input)?,
                 value: V::decode(input)?,
             })
         };
         let routed = decode_record(&mut input).map_err(|e| malformed("batch record", e))?;
-        if routed.hash != routed.key.route_hash() {
-            return Err(ClusterError::Malformed(
-                "batch record's hash does not match its key".into(),
-            ));
-        }
         batch.records.push(routed);
     }
     Ok(batch)
