@@ -16,9 +16,16 @@ wall() {
 }
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-local_s=$(for _ in $(seq "$repeat"); do wall --workers 2; done | median)
-cluster_s=$(for _ in $(seq "$repeat"); do wall --processes 2 --workers 1; done | median)
-echo "# market-spread, $records generated records, null sink, median of $repeat"
+# The two runners take turns, so a noisy spell on a shared machine hits both.
+local_runs=()
+cluster_runs=()
+for _ in $(seq "$repeat"); do
+    local_runs+=("$(wall --workers 2)")
+    cluster_runs+=("$(wall --processes 2 --workers 1)")
+done
+local_s=$(printf '%s\n' "${local_runs[@]}" | median)
+cluster_s=$(printf '%s\n' "${cluster_runs[@]}" | median)
+echo "# market-spread, $records generated records, null sink, median of $repeat interleaved runs"
 printf '%-28s %10s %14s %8s\n' runner seconds records/s ratio
 row() { awk -v name="$1" -v s="$2" -v n="$records" -v base="$local_s" \
     'BEGIN { printf "%-28s %10.3f %14.0f %8.2f\n", name, s, n / s, base / s }'; }
