@@ -1,0 +1,479 @@
+//! The simulated cluster: processes of production shard cores, links that
+//! carry production frames between them, and a virtual-time event queue.
+
+use super::{Finished, SimConfig, SimOutcome};
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::fmt::Write as _;
+use verity_core::cluster::codec::{
+    decode_batch, decode_source_event, decode_upstream, encode_batch, encode_source_event, encode_upstream,
+    Upstream, UpstreamRef,
+};
+use verity_core::cluster::{channel_id, Layout};
+use verity_core::flow::Logic;
+use verity_core::shard::{Batch, Effect, ShardCore, ShardLimits};
+use verity_core::source::{ChunkData, Dealer, LineChunker, Piece, SourceEvent, LINE_SIZE_MAX_BYTES};
+use verity_core::{Key, Rng, SplitMix64, Wire};
+use verity_net::channel::{Admission, ChannelReceiver, ChannelSender};
+use verity_net::frame::{encode_frame, peek_numbers, Frame, FrameDecoder, FrameKind, FrameWriter};
+use verity_net::liveness::{Backoff, LivenessConfig, PeerLiveness};
+
+mod network;
+mod processes;
+use processes::deal;
+
+const SECOND_US: u64 = 1_000_000;
+const LATENCY_BASE_US: u64 = 50;
+const LATENCY_JITTER_US: u64 = 100;
+/// With the `delay` fault: extra latency of up to this much per frame.
+const DELAY_MAX_US: u64 = 20_000;
+/// Heartbeats and liveness checks happen this often.
+const TICK_US: u64 = 50_000;
+const PEER_TIMEOUT_US: u64 = 400_000;
+const RECONNECT_BASE_MS: u64 = 5;
+const RECONNECT_MAX_MS: u64 = 400;
+/// Per-frame fault chances, per mille, while faults are on.
+const FRAME_FAULT_PER_MILLE: u64 = 3;
+/// All input must be processed this long after the faults heal.
+const LIVENESS_BOUND_US: u64 = 30 * SECOND_US;
+/// Input is released over this share of the faulty period, so traffic and
+/// faults overlap.
+const RELEASE_SHARE: u64 = 2;
+const SOURCE: u32 = 0;
+
+enum Event {
+    /// The reader makes dealt event `index` available.
+    Release {
+        index: usize,
+    },
+    Deliver {
+        from: u32,
+        to: u32,
+        epoch: u64,
+        bytes: Bytes,
+    },
+    Tick,
+    Cut {
+        a: u32,
+        b: u32,
+    },
+    Reconnect {
+        a: u32,
+        b: u32,
+    },
+    Partition {
+        mask: u64,
+        until_us: u64,
+    },
+    Pause {
+        process: u32,
+        until_us: u64,
+    },
+    Wake {
+        process: u32,
+    },
+    ClockJump {
+        process: u32,
+        delta_us: i64,
+    },
+}
+
+struct Scheduled {
+    time_us: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time_us, self.seq) == (other.time_us, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.time_us, self.seq).cmp(&(other.time_us, other.seq))
+    }
+}
+
+struct OutChan {
+    from: u32,
+    to: u32,
+    sender: ChannelSender,
+    /// Encoded frames the window has no room for yet.
+    pending: VecDeque<Bytes>,
+    next_seq: u64,
+}
+
+struct InChan {
+    receiver: ChannelReceiver,
+    queue: VecDeque<Frame>,
+    consumed: u64,
+    acked: u64,
+}
+
+/// The connection between processes `a < b`; direction 0 is a→b.
+struct Link {
+    up: bool,
+    epoch: u64,
+    backoff: Backoff,
+    reconnect_pending: bool,
+    last_arrival_us: [u64; 2],
+    /// The receiving side's view of the sender, per direction.
+    liveness: [PeerLiveness; 2],
+    decoders: [FrameDecoder; 2],
+}
+
+struct Process {
+    paused_until_us: u64,
+    clock_offset_us: i64,
+}
+
+/// Sizes the simulator shrinks per seed so rare paths (a full window, tiny
+/// batches, partial frames) run often: BUGGIFY, simulation only.
+struct Buggify {
+    window_frames: usize,
+    batch_max: usize,
+    chunk_bytes: usize,
+}
+
+struct World<'a, K, V, S, O> {
+    config: &'a SimConfig,
+    layout: Layout,
+    rng: SplitMix64,
+    now_us: u64,
+    heal_us: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    shards: Vec<ShardCore<K, V, S, O>>,
+    processes: Vec<Process>,
+    links: BTreeMap<(u32, u32), Link>,
+    partition: Option<(u64, u64)>,
+    outs: BTreeMap<u32, OutChan>,
+    ins: BTreeMap<u32, InChan>,
+    local_chunks: Vec<VecDeque<SourceEvent>>,
+    local_batches: BTreeMap<(u32, u32), VecDeque<Batch<K, V>>>,
+    dealt: Vec<(u32, SourceEvent)>,
+    buggify: Buggify,
+    output: Vec<u8>,
+    /// Remote shards that sent their `Finished`, and which have.
+    remote_finished: u32,
+    reported_finished: Vec<bool>,
+    trace_hash: u64,
+    trace: Vec<String>,
+    line: String,
+    events: u64,
+    faults_injected: u64,
+}
+
+pub(super) fn simulate<K, V, S, O>(config: &SimConfig, logic: Logic<K, V, S, O>, input: &Bytes) -> Finished
+where
+    K: Key + Wire,
+    V: Wire + Send + 'static,
+    S: Default + Send + 'static,
+    O: 'static,
+{
+    // A violated assertion is a finding to report, not a crash: keep the
+    // default hook's backtrace off the terminal while the seed runs. The hook
+    // is process-wide, so seeds on several threads take turns.
+    static HOOK_SWAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = HOOK_SWAP.lock().unwrap_or_else(|p| p.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut world = World::new(config, &logic, input);
+        let failure = world.run();
+        world.finish(failure)
+    }));
+    std::panic::set_hook(hook);
+    run.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        let failure = format!("internal invariant violated: {message}");
+        Finished {
+            sim: SimOutcome::failed_before_running(config.seed, failure),
+            output: Vec::new(),
+        }
+    })
+}
+
+impl<'a, K, V, S, O> World<'a, K, V, S, O>
+where
+    K: Key + Wire,
+    V: Wire + Send + 'static,
+    S: Default + Send + 'static,
+    O: 'static,
+{
+    pub(super) fn new(config: &'a SimConfig, logic: &Logic<K, V, S, O>, input: &Bytes) -> Self {
+        let mut rng = SplitMix64::new(config.seed);
+        let buggify = Buggify {
+            window_frames: [1, 2, 4, 16][rng.below(4) as usize],
+            batch_max: [1, 3, 16, 1024][rng.below(4) as usize],
+            chunk_bytes: [64, 512, 4096, 65536][rng.below(4) as usize],
+        };
+        let layout =
+            Layout::new(vec![config.workers; config.processes as usize], 0).expect("valid sim layout");
+        let total = layout.total_shards();
+        let limits = ShardLimits {
+            batch_max: buggify.batch_max,
+            ..ShardLimits::default()
+        };
+        let mut shards = ShardCore::build_range(logic, total, 0..total, limits);
+        if config.bugs.no_dedup {
+            shards.iter_mut().for_each(ShardCore::disable_dedup_for_testing);
+        }
+        let liveness = LivenessConfig {
+            peer_timeout_ms: PEER_TIMEOUT_US / 1000,
+            heartbeat_interval_ms: TICK_US / 1000,
+        };
+        let mut links = BTreeMap::new();
+        for a in 0..config.processes {
+            for b in a + 1..config.processes {
+                let link = Link {
+                    up: true,
+                    epoch: 0,
+                    backoff: Backoff::new(RECONNECT_BASE_MS, RECONNECT_MAX_MS),
+                    reconnect_pending: false,
+                    last_arrival_us: [0; 2],
+                    liveness: [PeerLiveness::new(liveness, 0), PeerLiveness::new(liveness, 0)],
+                    decoders: [FrameDecoder::new(), FrameDecoder::new()],
+                };
+                links.insert((a, b), link);
+            }
+        }
+        let dealt = deal(input, total, buggify.chunk_bytes);
+        let mut world = World {
+            config,
+            layout,
+            rng,
+            now_us: 0,
+            heal_us: config.sim_seconds * SECOND_US,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            shards,
+            processes: (0..config.processes)
+                .map(|_| Process {
+                    paused_until_us: 0,
+                    clock_offset_us: 0,
+                })
+                .collect(),
+            links,
+            partition: None,
+            outs: BTreeMap::new(),
+            ins: BTreeMap::new(),
+            local_chunks: (0..total).map(|_| VecDeque::new()).collect(),
+            local_batches: BTreeMap::new(),
+            dealt,
+            buggify,
+            output: Vec::new(),
+            remote_finished: 0,
+            reported_finished: vec![false; total as usize],
+            trace_hash: 0xcbf2_9ce4_8422_2325,
+            trace: Vec::new(),
+            line: String::new(),
+            events: 0,
+            faults_injected: 0,
+        };
+        world.wire_channels();
+        world.schedule_start();
+        world
+    }
+
+    /// Every cross-process channel of the layout, as in the real runtime.
+    pub(super) fn schedule(&mut self, at_us: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            time_us: at_us,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    /// Input releases, the first tick, and every fault, all drawn from the seed.
+    pub(super) fn schedule_start(&mut self) {
+        let spread_us = self.heal_us / RELEASE_SHARE;
+        let count = self.dealt.len() as u64;
+        for index in 0..self.dealt.len() {
+            self.schedule(index as u64 * spread_us / count.max(1), Event::Release { index });
+        }
+        self.schedule(TICK_US, Event::Tick);
+        let faults = self.config.faults;
+        let processes = self.config.processes;
+        if processes < 2 {
+            return;
+        }
+        let seconds = self.config.sim_seconds.max(1);
+        let mut plan = Vec::new();
+        let pair = |rng: &mut SplitMix64| {
+            let a = rng.below(processes as u64) as u32;
+            let b = (a + 1 + rng.below(processes as u64 - 1) as u32) % processes;
+            (a.min(b), a.max(b))
+        };
+        if faults.cut {
+            for _ in 0..seconds / 2 + 1 {
+                let (a, b) = pair(&mut self.rng);
+                plan.push((self.rng.below(self.heal_us), Event::Cut { a, b }));
+            }
+        }
+        for _ in 0..seconds / 10 + 1 {
+            let at = self.rng.below(self.heal_us);
+            let until_us = (at + 200_000 + self.rng.below(3 * SECOND_US)).min(self.heal_us);
+            if faults.partition {
+                let mask = 1 + self.rng.below((1u64 << processes) - 2);
+                plan.push((at, Event::Partition { mask, until_us }));
+            }
+            if faults.pause {
+                let process = self.rng.below(processes as u64) as u32;
+                let at = self.rng.below(self.heal_us);
+                let until_us = (at + 100_000 + self.rng.below(2 * SECOND_US)).min(self.heal_us);
+                plan.push((at, Event::Pause { process, until_us }));
+            }
+            if faults.clock {
+                let process = self.rng.below(processes as u64) as u32;
+                let delta_us = self.rng.below(2 * PEER_TIMEOUT_US) as i64 - PEER_TIMEOUT_US as i64;
+                plan.push((
+                    self.rng.below(self.heal_us),
+                    Event::ClockJump { process, delta_us },
+                ));
+            }
+        }
+        for (at, event) in plan {
+            self.schedule(at, event);
+        }
+    }
+
+    pub(super) fn trace(&mut self, args: std::fmt::Arguments<'_>) {
+        self.line.clear();
+        let _ = write!(self.line, "{:>12} ", self.now_us);
+        let _ = self.line.write_fmt(args);
+        for byte in self.line.bytes() {
+            self.trace_hash = (self.trace_hash ^ byte as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        self.trace_hash = (self.trace_hash ^ b'\n' as u64).wrapping_mul(0x100_0000_01b3);
+        if self.config.trace {
+            self.trace.push(self.line.clone());
+        }
+    }
+
+    /// Runs to the end; returns why the seed failed, if it did.
+    pub(super) fn run(&mut self) -> Option<String> {
+        let deadline_us = self.heal_us + LIVENESS_BOUND_US;
+        while let Some(Reverse(next)) = self.queue.pop() {
+            if next.time_us > deadline_us {
+                break;
+            }
+            self.now_us = next.time_us;
+            self.events += 1;
+            self.handle(next.event);
+            if self.is_done() {
+                self.trace(format_args!("all shards finished and their output is in"));
+                return None;
+            }
+        }
+        let waiting: Vec<String> = self
+            .shards
+            .iter()
+            .filter(|s| !s.is_finished())
+            .map(|s| {
+                let mut awaited = Vec::new();
+                s.awaited_senders(&mut awaited);
+                format!(
+                    "shard {} awaits {:?} (wants chunk: {})",
+                    s.index(),
+                    awaited,
+                    s.wants_chunk(SOURCE)
+                )
+            })
+            .collect();
+        Some(format!(
+            "liveness: not finished {} s after the faults healed: {}",
+            LIVENESS_BOUND_US / SECOND_US,
+            waiting.join("; ")
+        ))
+    }
+
+    pub(super) fn handle(&mut self, event: Event) {
+        match event {
+            Event::Release { index } => self.release(index),
+            Event::Deliver {
+                from,
+                to,
+                epoch,
+                bytes,
+            } => self.deliver(from, to, epoch, bytes),
+            Event::Tick => self.tick(),
+            Event::Cut { a, b } => {
+                self.faults_injected += 1;
+                self.cut(a, b, "fault: connection cut");
+            }
+            Event::Reconnect { a, b } => self.reconnect(a, b),
+            Event::Partition { mask, until_us } => {
+                self.faults_injected += 1;
+                self.trace(format_args!("fault: partition {mask:#b} until {until_us}"));
+                self.partition = Some((mask, until_us));
+            }
+            Event::Pause { process, until_us } => {
+                self.faults_injected += 1;
+                self.trace(format_args!("fault: pause process {process} until {until_us}"));
+                self.processes[process as usize].paused_until_us = until_us;
+                self.schedule(until_us, Event::Wake { process });
+            }
+            Event::Wake { process } => {
+                self.trace(format_args!("process {process} resumes"));
+                self.step_process(process);
+            }
+            Event::ClockJump { process, delta_us } => {
+                self.faults_injected += 1;
+                self.trace(format_args!(
+                    "fault: clock of process {process} jumps {delta_us} us"
+                ));
+                self.processes[process as usize].clock_offset_us += delta_us;
+            }
+        }
+    }
+
+    pub(super) fn paused(&self, process: u32) -> bool {
+        self.processes[process as usize].paused_until_us > self.now_us
+    }
+
+    pub(super) fn partitioned(&self, a: u32, b: u32) -> bool {
+        match self.partition {
+            Some((mask, until)) if until > self.now_us => (mask >> a & 1) != (mask >> b & 1),
+            _ => false,
+        }
+    }
+
+    pub(super) fn local_clock_ms(&self, process: u32) -> u64 {
+        let offset = self.processes[process as usize].clock_offset_us;
+        (self.now_us as i64 + offset).max(0) as u64 / 1000
+    }
+
+    pub(super) fn faults_on(&self) -> bool {
+        self.now_us < self.heal_us
+    }
+
+    pub(super) fn finish(self, failure: Option<String>) -> Finished {
+        Finished {
+            sim: SimOutcome {
+                seed: self.config.seed,
+                failure,
+                trace_hash: self.trace_hash,
+                trace: self.trace,
+                events: self.events,
+                sim_time_us: self.now_us,
+                faults_injected: self.faults_injected,
+                report: None,
+            },
+            output: self.output,
+        }
+    }
+}
