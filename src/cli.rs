@@ -104,6 +104,10 @@ struct SimArgs {
     /// Print the seed's event trace and its hash.
     #[arg(long)]
     trace: bool,
+    /// After the seeds, print how often each rare path and fault ran, one
+    /// `<name>: <count>` line per counter, summed over the seeds.
+    #[arg(long)]
+    stats: bool,
     /// Test-only: plant a bug (no-dedup or no-retransmit) to show it is caught.
     #[arg(long, value_name = "BUG", hide = true)]
     plant_bug: Option<String>,
@@ -546,7 +550,7 @@ fn sim(args: SimArgs) -> Result<i32> {
         bugs,
         ..verity_verify::sim::SimConfig::new(args.app.into(), seeds.start)
     };
-    crate::sim::run(&template, seeds)
+    crate::sim::run(&template, seeds, args.stats)
 }
 
 fn generate_input(args: GenerateArgs) -> Result<i32> {

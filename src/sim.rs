@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
-use verity_verify::sim::{run_seed, SimConfig};
+use verity_verify::sim::{run_seed, SimConfig, SimStats};
 
 /// `A..B` (B excluded), `A..=B`, or one seed `A`.
 pub fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
@@ -30,8 +30,9 @@ pub fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
 /// How often a long seed range reports how far it got (on a terminal only).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs `template` once per seed of `seeds`; exit code 1 if any failed.
-pub fn run(template: &SimConfig, seeds: std::ops::Range<u64>) -> Result<i32> {
+/// Runs `template` once per seed of `seeds`; exit code 1 if any failed. With
+/// `show_stats`, prints the rare-path counters summed over the seeds.
+pub fn run(template: &SimConfig, seeds: std::ops::Range<u64>, show_stats: bool) -> Result<i32> {
     if template.trace && seeds.end - seeds.start > 1 {
         bail!("--trace prints one seed's events: give --seed S");
     }
@@ -40,6 +41,7 @@ pub fn run(template: &SimConfig, seeds: std::ops::Range<u64>) -> Result<i32> {
     let mut last_progress = started;
     let count = seeds.end - seeds.start;
     let (mut ok, mut failed) = (0u64, 0u64);
+    let mut stats = SimStats::default();
     for seed in seeds.clone() {
         if show_progress && last_progress.elapsed() >= PROGRESS_INTERVAL {
             last_progress = Instant::now();
@@ -50,6 +52,7 @@ pub fn run(template: &SimConfig, seeds: std::ops::Range<u64>) -> Result<i32> {
             ..template.clone()
         };
         let outcome = run_seed(&config);
+        stats.merge(&outcome.stats);
         for line in &outcome.trace {
             println!("{line}");
         }
@@ -85,5 +88,8 @@ pub fn run(template: &SimConfig, seeds: std::ops::Range<u64>) -> Result<i32> {
         count as f64 / wall.max(1e-9) * 60.0,
         template.sim_seconds
     );
+    if show_stats {
+        print!("{stats}");
+    }
     Ok(if failed == 0 { 0 } else { 1 })
 }

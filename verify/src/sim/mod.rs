@@ -15,7 +15,10 @@
 //! unsynced writes slots in as one more fault once recovery exists: a process
 //! is a set of shards plus its channels' state, all owned by `World`.
 
+mod stats;
 mod world;
+
+pub use stats::SimStats;
 
 use crate::{compare, App, Report};
 use std::fmt;
@@ -205,6 +208,8 @@ pub struct SimOutcome {
     pub events: u64,
     pub sim_time_us: u64,
     pub faults_injected: u64,
+    /// How often each rare path and fault ran (`verity sim --stats`).
+    pub stats: SimStats,
     pub report: Option<Report>,
 }
 
@@ -223,6 +228,7 @@ impl SimOutcome {
             events: 0,
             sim_time_us: 0,
             faults_injected: 0,
+            stats: SimStats::default(),
             report: None,
         }
     }

@@ -169,7 +169,7 @@ struct World<'a, K, V, S, O> {
     trace: Vec<String>,
     line: String,
     events: u64,
-    faults_injected: u64,
+    stats: super::SimStats,
 }
 
 pub(super) fn simulate<K, V, S, O>(config: &SimConfig, logic: Logic<K, V, S, O>, input: &Bytes) -> Finished
@@ -281,7 +281,7 @@ where
             trace: Vec::new(),
             line: String::new(),
             events: 0,
-            faults_injected: 0,
+            stats: super::SimStats::default(),
         };
         world.wire_channels();
         world.schedule_start();
@@ -412,17 +412,17 @@ where
             } => self.deliver(from, to, epoch, bytes),
             Event::Tick => self.tick(),
             Event::Cut { a, b } => {
-                self.faults_injected += 1;
+                self.stats.fault("cut");
                 self.cut(a, b, "fault: connection cut");
             }
             Event::Reconnect { a, b } => self.reconnect(a, b),
             Event::Partition { mask, until_us } => {
-                self.faults_injected += 1;
+                self.stats.fault("partition");
                 self.trace(format_args!("fault: partition {mask:#b} until {until_us}"));
                 self.partition = Some((mask, until_us));
             }
             Event::Pause { process, until_us } => {
-                self.faults_injected += 1;
+                self.stats.fault("pause");
                 self.trace(format_args!("fault: pause process {process} until {until_us}"));
                 self.processes[process as usize].paused_until_us = until_us;
                 self.schedule(until_us, Event::Wake { process });
@@ -432,7 +432,7 @@ where
                 self.step_process(process);
             }
             Event::ClockJump { process, delta_us } => {
-                self.faults_injected += 1;
+                self.stats.fault("clock");
                 self.trace(format_args!(
                     "fault: clock of process {process} jumps {delta_us} us"
                 ));
@@ -470,7 +470,8 @@ where
                 trace: self.trace,
                 events: self.events,
                 sim_time_us: self.now_us,
-                faults_injected: self.faults_injected,
+                faults_injected: self.stats.faults_injected(),
+                stats: self.stats,
                 report: None,
             },
             output: self.output,

@@ -87,6 +87,7 @@ where
                 let out = self.outs.get_mut(&channel).expect("listed");
                 let Some(bytes) = out.pending.front() else { break };
                 if !out.sender.has_room(bytes.len()) {
+                    self.stats.bump("full_windows");
                     break;
                 }
                 let bytes = out.pending.pop_front().expect("front");
@@ -159,7 +160,7 @@ where
         if self.faults_on() && faults.drop && self.rng.chance(FRAME_FAULT_PER_MILLE, 1000) {
             // TCP loses nothing silently: losing bytes means the stream broke,
             // which the receiver notices (a gap, a bad frame, a reset).
-            self.faults_injected += 1;
+            self.stats.fault("drop");
             self.trace(format_args!("fault: drop {} bytes {from}->{to}", bytes.len()));
             let at = self.now_us + LATENCY_BASE_US;
             self.schedule(
@@ -174,6 +175,7 @@ where
         let mut latency = LATENCY_BASE_US + self.rng.below(LATENCY_JITTER_US);
         if self.faults_on() && faults.delay {
             latency += self.rng.below(DELAY_MAX_US);
+            self.stats.fault("delay");
         }
         let reorder = self.faults_on() && faults.reorder && self.rng.chance(FRAME_FAULT_PER_MILLE, 1000);
         let now = self.now_us;
@@ -189,11 +191,11 @@ where
             link.last_arrival_us[dir] = arrival;
         }
         if reorder {
-            self.faults_injected += 1;
+            self.stats.fault("reorder");
             self.trace(format_args!("fault: reorder {} bytes {from}->{to}", bytes.len()));
         }
         if self.faults_on() && faults.duplicate && self.rng.chance(FRAME_FAULT_PER_MILLE, 1000) {
-            self.faults_injected += 1;
+            self.stats.fault("duplicate");
             self.trace(format_args!(
                 "fault: duplicate {} bytes {from}->{to}",
                 bytes.len()
@@ -360,6 +362,7 @@ where
             PeerLiveness::new(config, clock_a),
         ];
         self.trace(format_args!("reconnect {a}-{b}"));
+        self.stats.bump("reconnects");
         for (from, to) in [(a, b), (b, a)] {
             let resend: Vec<Bytes> = if self.config.bugs.no_retransmit {
                 Vec::new()
@@ -370,6 +373,7 @@ where
                     .flat_map(|o| o.sender.unacked().map(|(_, _, bytes)| bytes.clone()))
                     .collect()
             };
+            self.stats.add("retransmitted_frames", resend.len() as u64);
             for bytes in resend {
                 self.transmit(from, to, bytes);
             }
