@@ -256,8 +256,15 @@ struct WorkerArgs {
 struct VerifyArgs {
     app: AppArg,
     /// The input the run read.
-    #[arg(long, value_name = "IN")]
-    input: PathBuf,
+    #[arg(long, value_name = "IN", required_unless_present = "quotes")]
+    input: Option<PathBuf>,
+    /// market-spread run on two streams: the quotes stream it read. The output
+    /// passes if some interleaving of the two streams produces it.
+    #[arg(long, value_name = "Q", requires = "orders", conflicts_with = "input")]
+    quotes: Option<PathBuf>,
+    /// market-spread run on two streams: the orders stream it read.
+    #[arg(long, value_name = "O", requires = "quotes", conflicts_with = "input")]
+    orders: Option<PathBuf>,
     /// The output the run wrote.
     #[arg(long, value_name = "OUT")]
     output: PathBuf,
@@ -271,6 +278,10 @@ struct VerifyArgs {
     /// With --follow: end once the output has not grown for this long.
     #[arg(long, value_name = "S", default_value_t = 10, requires = "follow")]
     idle_timeout_s: u64,
+    /// Also check the run's dead-letter file: every malformed input line in it
+    /// exactly once, with its source and line, and nothing else.
+    #[arg(long, value_name = "PATH")]
+    dead_letter: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -282,8 +293,19 @@ struct GenerateArgs {
     #[arg(long, value_name = "S", default_value_t = 42)]
     seed: u64,
     /// Where to write [default: stdout].
-    #[arg(long, value_name = "PATH", default_value = "-")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "-",
+        conflicts_with = "quotes_output"
+    )]
     output: String,
+    /// market-spread: write the quote lines here (for `run --quotes`) ...
+    #[arg(long, value_name = "PATH", requires = "orders_output")]
+    quotes_output: Option<PathBuf>,
+    /// ... and the order lines here (for `run --orders`).
+    #[arg(long, value_name = "PATH", requires = "quotes_output")]
+    orders_output: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -511,6 +533,11 @@ fn report(app: AppName, summary: &RunSummary, outputs: &Outputs) {
 
 fn verify(args: VerifyArgs) -> Result<i32> {
     let app = verity_verify::App::from_name(AppName::from(args.app).name(), args.final_counts)?;
+    let inputs = match (args.input, args.quotes, args.orders) {
+        (_, Some(quotes), Some(orders)) => verity_verify::InputFiles::QuotesAndOrders { quotes, orders },
+        (Some(input), _, _) => verity_verify::InputFiles::Single(input),
+        _ => bail!("give --input IN, or --quotes Q --orders O for a two-stream market-spread run"),
+    };
     let report = if args.follow {
         let follow = verity_verify::Follow {
             idle_timeout: std::time::Duration::from_secs(args.idle_timeout_s),
@@ -519,12 +546,18 @@ fn verify(args: VerifyArgs) -> Result<i32> {
         let progress = |lines, anomalies| {
             eprintln!("verity verify: {lines} output lines checked, {anomalies} anomalies so far")
         };
-        verity_verify::verify_follow(&app, &args.input, &args.output, follow, progress)?
+        verity_verify::verify_output_follow(&app, &inputs, &args.output, follow, progress)?
     } else {
-        verity_verify::verify_files(&app, &args.input, &args.output)?
+        verity_verify::verify_output(&app, &inputs, &args.output)?
     };
     println!("{report}");
-    Ok(if report.is_ok() { 0 } else { 1 })
+    let mut ok = report.is_ok();
+    if let Some(path) = &args.dead_letter {
+        let letters = verity_verify::verify_dead_letter_file(&app, &inputs, path)?;
+        println!("{letters}");
+        ok &= letters.is_ok();
+    }
+    Ok(if ok { 0 } else { 1 })
 }
 
 fn sim(args: SimArgs) -> Result<i32> {
@@ -553,21 +586,60 @@ fn sim(args: SimArgs) -> Result<i32> {
     crate::sim::run(&template, seeds, args.stats)
 }
 
-fn generate_input(args: GenerateArgs) -> Result<i32> {
-    use std::io::Write;
-    let mut out: Box<dyn Write> = if args.output == "-" {
+fn create_output(path: &str) -> Result<Box<dyn std::io::Write>> {
+    Ok(if path == "-" {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
     } else {
-        let file =
-            std::fs::File::create(&args.output).with_context(|| format!("cannot create {}", args.output))?;
+        let file = std::fs::File::create(path).with_context(|| format!("cannot create {path}"))?;
         Box::new(std::io::BufWriter::new(file))
+    })
+}
+
+fn generate_input(args: GenerateArgs) -> Result<i32> {
+    let app = AppName::from(args.app);
+    let split = match (&args.quotes_output, &args.orders_output) {
+        (Some(quotes), Some(orders)) if app == AppName::MarketSpread => Some((quotes, orders)),
+        (Some(_), Some(_)) => bail!("--quotes-output/--orders-output are market-spread options"),
+        _ => None,
     };
-    let mut generator = generate::generator(args.app.into(), args.count, args.seed);
+    let mut generator = generate::generator(app, args.count, args.seed);
+    match split {
+        None => write_generated(&mut *generator, &mut *create_output(&args.output)?, None),
+        Some((quotes, orders)) => {
+            let mut orders = create_output(&orders.to_string_lossy())?;
+            let mut quotes = create_output(&quotes.to_string_lossy())?;
+            write_generated(&mut *generator, &mut *quotes, Some(&mut *orders))
+        }
+    }
+    .context("writing generated input")?;
+    Ok(0)
+}
+
+/// Writes every generated line to `out`; with `orders`, order lines (`O,…`)
+/// go there instead: the same records as one mixed stream, as two streams.
+fn write_generated(
+    generator: &mut dyn verity_core::LineGenerator,
+    out: &mut dyn std::io::Write,
+    mut orders: Option<&mut dyn std::io::Write>,
+) -> std::io::Result<()> {
     let mut buffer = Vec::with_capacity(1 << 16);
     while generator.write_lines(&mut buffer, 4096) > 0 {
-        out.write_all(&buffer).context("writing generated input")?;
+        match orders.as_mut() {
+            None => out.write_all(&buffer)?,
+            Some(orders) => {
+                for line in buffer.split_inclusive(|b| *b == b'\n') {
+                    if line.starts_with(b"O,") {
+                        orders.write_all(line)?;
+                    } else {
+                        out.write_all(line)?;
+                    }
+                }
+            }
+        }
         buffer.clear();
     }
-    out.flush().context("writing generated input")?;
-    Ok(0)
+    if let Some(orders) = orders {
+        orders.flush()?;
+    }
+    out.flush()
 }

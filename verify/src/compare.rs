@@ -7,6 +7,7 @@
 //! the output, and not the whole expectation, except where the app needs the
 //! whole input first (wordcount `--final`).
 
+use crate::input::LineReader;
 use crate::oracle::{ExpectSink, Oracle};
 use crate::App;
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +24,9 @@ const RECENT_UNKEYED: usize = 4096;
 /// Examples kept and shown per anomaly class.
 pub const EXAMPLES_PER_CLASS: usize = 3;
 
+/// How many anomaly classes there are.
+pub const KINDS: usize = 6;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AnomalyKind {
     /// An expected line is missing from the output.
@@ -35,16 +39,27 @@ pub enum AnomalyKind {
     Unexpected,
     /// A line of the right key with the wrong content.
     WrongValue,
+    /// Two streams: a decision on a quote no interleaving of the streams
+    /// puts in force (never a quote of its symbol, or one the symbol's
+    /// earlier decisions already moved past).
+    ImpossibleQuote,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 5] = [
+    pub const ALL: [AnomalyKind; KINDS] = [
         AnomalyKind::Lost,
         AnomalyKind::Duplicated,
         AnomalyKind::Reordered,
         AnomalyKind::Unexpected,
         AnomalyKind::WrongValue,
+        AnomalyKind::ImpossibleQuote,
     ];
+
+    /// The classes every report lists, even at zero; the others only appear
+    /// where they occur.
+    fn always_listed(self) -> bool {
+        self != AnomalyKind::ImpossibleQuote
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -53,6 +68,7 @@ impl AnomalyKind {
             AnomalyKind::Reordered => "reordered",
             AnomalyKind::Unexpected => "unexpected",
             AnomalyKind::WrongValue => "wrong value",
+            AnomalyKind::ImpossibleQuote => "impossible quote",
         }
     }
 }
@@ -67,6 +83,43 @@ pub struct Anomaly {
     pub input_line: Option<u64>,
     pub expected: Option<String>,
     pub actual: Option<String>,
+    /// Which input stream `input_line` counts in, when there are several
+    /// (`quotes`, `orders`); `None` for the one input.
+    pub stream: Option<&'static str>,
+    /// Why, when the lines alone do not say (e.g. which quote was in force).
+    pub note: Option<String>,
+}
+
+/// Anomaly counts per class and the first few examples of each.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tally {
+    pub counts: [u64; KINDS],
+    pub examples: Vec<Anomaly>,
+}
+
+impl Tally {
+    /// Whether an example of `kind` would still be kept (worth describing).
+    pub fn wants_example(&self, kind: AnomalyKind) -> bool {
+        self.examples.iter().filter(|a| a.kind == kind).count() < EXAMPLES_PER_CLASS
+    }
+
+    pub fn add(&mut self, anomaly: Anomaly) {
+        self.counts[anomaly.kind as usize] += 1;
+        if self.wants_example(anomaly.kind) {
+            self.examples.push(anomaly);
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// The sizes of the two inputs of a two-stream check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TwoStreamInputs {
+    pub quotes_records: u64,
+    pub orders_records: u64,
 }
 
 /// The outcome of one verification.
@@ -78,9 +131,11 @@ pub struct Report {
     pub expected_lines: u64,
     pub output_lines: u64,
     pub keys: u64,
-    counts: [u64; 5],
+    pub(crate) counts: [u64; KINDS],
     /// The first few anomalies of each class.
     pub examples: Vec<Anomaly>,
+    /// Set when the run read quotes and orders as two streams.
+    pub two_streams: Option<TwoStreamInputs>,
 }
 
 impl Report {
@@ -99,25 +154,39 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let input = format!(
-            "{} input records ({} malformed), {} keys",
-            self.input_records, self.malformed, self.keys
-        );
+        let (app, input, matching) = match self.two_streams {
+            None => (
+                self.app.to_string(),
+                format!(
+                    "{} input records ({} malformed), {} keys",
+                    self.input_records, self.malformed, self.keys
+                ),
+                "the oracle",
+            ),
+            Some(two) => (
+                format!("{} (two streams)", self.app),
+                format!(
+                    "{} quotes + {} orders records ({} malformed), {} symbols",
+                    two.quotes_records, two.orders_records, self.malformed, self.keys
+                ),
+                "an interleaving of the streams",
+            ),
+        };
         if self.is_ok() {
             return write!(
                 f,
-                "OK {}: {input}; all {} output lines match the oracle",
-                self.app, self.output_lines
+                "OK {app}: {input}; all {} output lines match {matching}",
+                self.output_lines
             );
         }
         let counts: Vec<String> = AnomalyKind::ALL
             .iter()
+            .filter(|kind| kind.always_listed() || self.count(**kind) > 0)
             .map(|kind| format!("{} {}", kind.name(), self.count(*kind)))
             .collect();
         write!(
             f,
-            "FAILED {}: {} anomalies ({}); {input}; {} output lines, {} expected",
-            self.app,
+            "FAILED {app}: {} anomalies ({}); {input}; {} output lines, {} expected",
             self.anomalies(),
             counts.join(", "),
             self.output_lines,
@@ -141,11 +210,17 @@ impl fmt::Display for Report {
     }
 }
 
+impl Anomaly {
+    fn input_name(&self) -> &'static str {
+        self.stream.unwrap_or("input")
+    }
+}
+
 impl fmt::Display for Anomaly {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.output_line, self.input_line) {
             (Some(line), _) => write!(f, "output line {line}: {}", self.kind.name())?,
-            (None, Some(line)) => write!(f, "input line {line}: {}", self.kind.name())?,
+            (None, Some(line)) => write!(f, "{} line {line}: {}", self.input_name(), self.kind.name())?,
             (None, None) => write!(f, "{}", self.kind.name())?,
         }
         match (&self.actual, &self.expected) {
@@ -158,7 +233,10 @@ impl fmt::Display for Anomaly {
             (None, None) => {}
         }
         if let (Some(_), Some(input)) = (self.output_line, self.input_line) {
-            write!(f, " (input line {input})")?;
+            write!(f, " ({} line {input})", self.input_name())?;
+        }
+        if let Some(note) = &self.note {
+            write!(f, ": {note}")?;
         }
         Ok(())
     }
@@ -227,18 +305,14 @@ fn remember(recent: &mut VecDeque<Box<[u8]>>, line: &[u8], cap: usize) {
 pub struct Comparator<R> {
     app: App,
     oracle: Oracle,
-    input: R,
-    input_buf: Vec<u8>,
-    input_line: u64,
-    input_done: bool,
+    input: LineReader<R>,
     records: u64,
     malformed: u64,
     window: Window,
     /// A line cut by a batch boundary, completed by the next batch.
     partial: Vec<u8>,
     output_lines: u64,
-    counts: [u64; 5],
-    examples: Vec<Anomaly>,
+    tally: Tally,
     /// Unordered apps: lines no expected line explains (paired with lost
     /// lines as wrong values at the end), and the first few of them.
     unexplained: u64,
@@ -250,10 +324,7 @@ impl<R: BufRead> Comparator<R> {
         Comparator {
             app,
             oracle: Oracle::new(app),
-            input,
-            input_buf: Vec::new(),
-            input_line: 0,
-            input_done: false,
+            input: LineReader::new(input),
             records: 0,
             malformed: 0,
             window: Window {
@@ -262,8 +333,7 @@ impl<R: BufRead> Comparator<R> {
             },
             partial: Vec::new(),
             output_lines: 0,
-            counts: [0; 5],
-            examples: Vec::new(),
+            tally: Tally::default(),
             unexplained: 0,
             unexplained_examples: Vec::new(),
         }
@@ -271,40 +341,29 @@ impl<R: BufRead> Comparator<R> {
 
     /// Output lines checked so far, and anomalies found so far.
     pub fn progress(&self) -> (u64, u64) {
-        (
-            self.output_lines,
-            self.counts.iter().sum::<u64>() + self.unexplained,
-        )
+        (self.output_lines, self.tally.total() + self.unexplained)
     }
 
     /// Whether every expected line has been seen (reading the input ahead
     /// as far as that takes, which costs no memory while nothing is pending).
     pub fn caught_up(&mut self) -> bool {
         while self.window.lines == 0 && self.read_ahead() {}
-        self.input_done && self.window.lines == 0
+        self.input.is_done() && self.window.lines == 0
     }
 
     /// Reads one more input line into the oracle (or, at the end of the input,
     /// lets the oracle write what it holds back); false once there is nothing
     /// more to read, or the window is full.
     fn read_ahead(&mut self) -> bool {
-        if self.input_done || self.window.lines >= WINDOW_LINES_MAX {
+        if self.input.is_done() || self.window.lines >= WINDOW_LINES_MAX {
             return false;
         }
-        self.input_buf.clear();
-        // An unreadable input ends like a short one; the lines never read
-        // show up as lost, so the report cannot pass by accident.
-        if self.input.read_until(b'\n', &mut self.input_buf).unwrap_or(0) == 0 {
-            self.input_done = true;
+        let Some((number, line)) = self.input.next_line() else {
             self.oracle.end(&mut self.window);
             return true;
-        }
-        let mut line = &self.input_buf[..];
-        line = line.strip_suffix(b"\n").unwrap_or(line);
-        line = line.strip_suffix(b"\r").unwrap_or(line);
-        self.input_line += 1;
+        };
         self.records += 1;
-        if !self.oracle.line(self.input_line, line, &mut self.window) {
+        if !self.oracle.line(number, line, &mut self.window) {
             self.malformed += 1;
         }
         true
@@ -330,16 +389,18 @@ impl<R: BufRead> Comparator<R> {
     }
 
     fn note(&mut self, kind: AnomalyKind, expected: Option<(u64, &[u8])>, actual: Option<&[u8]>) {
-        self.counts[kind as usize] += 1;
-        if self.examples.iter().filter(|a| a.kind == kind).count() >= EXAMPLES_PER_CLASS {
+        if !self.tally.wants_example(kind) {
+            self.tally.counts[kind as usize] += 1;
             return;
         }
-        self.examples.push(Anomaly {
+        self.tally.add(Anomaly {
             kind,
             output_line: actual.map(|_| self.output_lines),
             input_line: expected.map(|(origin, _)| origin).filter(|line| *line > 0),
             expected: expected.map(|(_, line)| String::from_utf8_lossy(line).into_owned()),
             actual: actual.map(|line| String::from_utf8_lossy(line).into_owned()),
+            stream: None,
+            note: None,
         });
     }
 
@@ -462,16 +523,18 @@ impl<R: BufRead> Comparator<R> {
             } else {
                 AnomalyKind::Unexpected
             };
-            self.examples.push(Anomaly {
+            self.tally.examples.push(Anomaly {
                 kind,
                 output_line: Some(output_line),
                 input_line: None,
                 expected: None,
                 actual: Some(actual),
+                stream: None,
+                note: None,
             });
         }
-        self.counts[AnomalyKind::WrongValue as usize] += wrong;
-        self.counts[AnomalyKind::Unexpected as usize] += self.unexplained - wrong;
+        self.tally.counts[AnomalyKind::WrongValue as usize] += wrong;
+        self.tally.counts[AnomalyKind::Unexpected as usize] += self.unexplained - wrong;
         for (origin, line) in missing.into_iter().skip(wrong as usize) {
             self.note(AnomalyKind::Lost, Some((origin, &line)), None);
         }
@@ -482,8 +545,9 @@ impl<R: BufRead> Comparator<R> {
             expected_lines,
             output_lines: self.output_lines,
             keys,
-            counts: self.counts,
-            examples: self.examples,
+            counts: self.tally.counts,
+            examples: self.tally.examples,
+            two_streams: None,
         }
     }
 }

@@ -59,10 +59,11 @@ pub fn expected_output(app: App, input: &[u8]) -> Expected {
     expected
 }
 
-struct Malformed;
+/// The app must dead-letter the line.
+pub(crate) struct Malformed;
 
 /// Prices in units of 0.0001.
-type Units = u64;
+pub(crate) type Units = u64;
 
 /// One app's model, fed input lines in order.
 pub enum Oracle {
@@ -163,19 +164,23 @@ fn doubler(text: &str) -> Result<i64, Malformed> {
     value.checked_mul(2).ok_or(Malformed)
 }
 
-/// A quote updates its symbol's book; an order writes its decision into
-/// `out` and returns its symbol.
-fn market_spread<'t>(
-    text: &'t str,
-    books: &mut HashMap<String, (Units, Units)>,
-    out: &mut Vec<u8>,
-) -> Result<Option<&'t str>, Malformed> {
+/// One well-formed market-spread input line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MarketLine<'t> {
+    Quote { symbol: &'t str, quote: (Units, Units) },
+    Order { id: u64, symbol: &'t str },
+}
+
+/// Parses a quote or an order line by the format rules alone (no state).
+pub(crate) fn parse_market(text: &str) -> Result<MarketLine<'_>, Malformed> {
     let fields: Vec<&str> = text.split(',').collect();
     match fields[..] {
         ["Q", symbol, bid, ask] => {
             let quote = (price(bid)?, price(ask)?);
-            books.insert(valid_symbol(symbol)?.to_string(), quote);
-            Ok(None)
+            Ok(MarketLine::Quote {
+                symbol: valid_symbol(symbol)?,
+                quote,
+            })
         }
         ["O", id, symbol, side, qty, order_price] => {
             let id = digits_u64(id)?;
@@ -185,24 +190,46 @@ fn market_spread<'t>(
             }
             digits_u64(qty)?;
             price(order_price)?;
-            let quote = books.get(symbol).copied();
-            let accept = quote.is_some_and(|(bid, ask)| !rejecting(bid, ask));
-            let verdict = if accept { "ACCEPT" } else { "REJECT" };
-            write!(out, "{id},{verdict},{symbol},").unwrap();
-            match quote {
-                Some((bid, ask)) => write!(out, "{},{}", show_price(bid), show_price(ask)).unwrap(),
-                None => out.push(b','),
-            }
-            Ok(Some(symbol))
+            Ok(MarketLine::Order { id, symbol })
         }
         _ => Err(Malformed),
+    }
+}
+
+/// The output line for order `id` of `symbol` decided on `quote`.
+pub(crate) fn write_decision(out: &mut Vec<u8>, id: u64, symbol: &str, quote: Option<(Units, Units)>) {
+    let accept = quote.is_some_and(|(bid, ask)| !rejecting(bid, ask));
+    let verdict = if accept { "ACCEPT" } else { "REJECT" };
+    write!(out, "{id},{verdict},{symbol},").unwrap();
+    match quote {
+        Some((bid, ask)) => write!(out, "{},{}", show_price(bid), show_price(ask)).unwrap(),
+        None => out.push(b','),
+    }
+}
+
+/// A quote updates its symbol's book; an order writes its decision into
+/// `out` and returns its symbol.
+fn market_spread<'t>(
+    text: &'t str,
+    books: &mut HashMap<String, (Units, Units)>,
+    out: &mut Vec<u8>,
+) -> Result<Option<&'t str>, Malformed> {
+    match parse_market(text)? {
+        MarketLine::Quote { symbol, quote } => {
+            books.insert(symbol.to_string(), quote);
+            Ok(None)
+        }
+        MarketLine::Order { id, symbol } => {
+            write_decision(out, id, symbol, books.get(symbol).copied());
+            Ok(Some(symbol))
+        }
     }
 }
 
 /// A quote rejects orders when ask − bid ≥ 0.05 or the spread is ≥ 5% of the
 /// mid price: 40·(ask − bid) ≥ bid + ask. A crossed quote (ask < bid) has a
 /// negative spread.
-fn rejecting(bid: Units, ask: Units) -> bool {
+pub(crate) fn rejecting(bid: Units, ask: Units) -> bool {
     let spread = ask as i128 - bid as i128;
     spread >= 500 || 40 * spread >= bid as i128 + ask as i128
 }
@@ -224,7 +251,7 @@ fn digits_u64(text: &str) -> Result<u64, Malformed> {
 }
 
 /// `^[0-9]+(\.[0-9]{1,4})?$`, exactly, in units of 0.0001.
-fn price(text: &str) -> Result<Units, Malformed> {
+pub(crate) fn price(text: &str) -> Result<Units, Malformed> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     if text.contains('.') && !(1..=4).contains(&fraction.len()) {
         return Err(Malformed);
@@ -241,8 +268,17 @@ fn price(text: &str) -> Result<Units, Malformed> {
         .ok_or(Malformed)
 }
 
-fn show_price(units: Units) -> String {
+pub(crate) fn show_price(units: Units) -> String {
     format!("{}.{:04}", units / 10_000, units % 10_000)
+}
+
+/// A `<key> <value>` line.
+fn parse_seq(text: &str) -> Result<(&str, u64), Malformed> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let [key, value] = fields[..] else {
+        return Err(Malformed);
+    };
+    Ok((key, digits_u64(value)?))
 }
 
 /// The key and its window after this value.
@@ -250,14 +286,39 @@ fn seq_window<'t>(
     text: &'t str,
     windows: &mut HashMap<String, [u64; 4]>,
 ) -> Result<(&'t str, [u64; 4]), Malformed> {
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    let [key, value] = fields[..] else {
-        return Err(Malformed);
-    };
-    let value = digits_u64(value)?;
+    let (key, value) = parse_seq(text)?;
     let window = windows.entry(key.to_string()).or_default();
     *window = [window[1], window[2], window[3], value];
     Ok((key, *window))
+}
+
+/// Which lines of one input stream are well formed. Every app's rule is
+/// stateless: whether a line is dead-lettered never depends on earlier lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineRule {
+    /// The one input of an app.
+    App(App),
+    /// market-spread's quotes stream (`--quotes`): quote lines only.
+    Quotes,
+    /// market-spread's orders stream (`--orders`): order lines only.
+    Orders,
+}
+
+impl LineRule {
+    /// Whether the app accepts `line` (false: it must dead-letter it).
+    pub fn accepts(self, line: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(line) else {
+            return false;
+        };
+        match self {
+            LineRule::App(App::Doubler) => doubler(text).is_ok(),
+            LineRule::App(App::Wordcount { .. }) => true,
+            LineRule::App(App::MarketSpread) => parse_market(text).is_ok(),
+            LineRule::App(App::SeqWindow) => parse_seq(text).is_ok(),
+            LineRule::Quotes => matches!(parse_market(text), Ok(MarketLine::Quote { .. })),
+            LineRule::Orders => matches!(parse_market(text), Ok(MarketLine::Order { .. })),
+        }
+    }
 }
 
 #[cfg(test)]
