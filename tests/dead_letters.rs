@@ -162,3 +162,35 @@ fn two_stream_cluster_run_verifies_output_and_dead_letters() {
         "{out}"
     );
 }
+
+#[test]
+fn verify_refuses_inputs_that_do_not_fit_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "x", b"1\n");
+    let x = path_str(&file);
+    let two = ["verify", "doubler", "--quotes", x, "--orders", x, "--output", x];
+    let refused = run(&two);
+    assert!(!refused.status.success(), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("doubler takes --input"),
+        "{}",
+        stderr(&refused)
+    );
+    let neither = run(&["verify", "market-spread", "--output", x]);
+    assert!(
+        !neither.status.success() && stderr(&neither).contains("--input"),
+        "{}",
+        stderr(&neither)
+    );
+    let split = run(&[
+        "generate",
+        "doubler",
+        "--count",
+        "1",
+        "--quotes-output",
+        x,
+        "--orders-output",
+        x,
+    ]);
+    assert!(!split.status.success() && stderr(&split).contains("market-spread options"));
+}

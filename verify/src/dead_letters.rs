@@ -100,6 +100,9 @@ impl DeadLetterReport {
 
 impl fmt::Display for DeadLetterReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_ok() && self.malformed == 0 {
+            return write!(f, "OK dead letters: no malformed input lines, no dead letters");
+        }
         if self.is_ok() {
             return write!(
                 f,

@@ -423,6 +423,46 @@ mod tests {
     }
 
     #[test]
+    fn line_rules_agree_with_the_oracles() {
+        let lines: [&[u8]; 14] = [
+            b"1",
+            b" -3\t",
+            b"",
+            b"x",
+            b"a b",
+            b"k 1",
+            b"k +1",
+            b"\xff",
+            b"Q,A,1,2",
+            b"Q,A,1,2,3",
+            b"O,1,A,B,1,1",
+            b"O,1,A,X,1,1",
+            b"4611686018427387904",
+            b"  \t ",
+        ];
+        for app in [
+            App::Doubler,
+            App::Wordcount { final_counts: false },
+            App::MarketSpread,
+            App::SeqWindow,
+        ] {
+            for line in lines {
+                let mut input = line.to_vec();
+                input.push(b'\n');
+                let oracle_accepts = expected_output(app, &input).malformed == 0;
+                assert_eq!(
+                    LineRule::App(app).accepts(line),
+                    oracle_accepts,
+                    "{app:?} {line:?}"
+                );
+            }
+        }
+        assert!(LineRule::Quotes.accepts(b"Q,A,1,2") && !LineRule::Quotes.accepts(b"O,1,A,B,1,1"));
+        assert!(LineRule::Orders.accepts(b"O,1,A,B,1,1") && !LineRule::Orders.accepts(b"Q,A,1,2"));
+        assert!(!LineRule::Orders.accepts(b"O,1,A,B,1"));
+    }
+
+    #[test]
     fn non_utf8_lines_are_malformed() {
         for app in [
             App::Doubler,
