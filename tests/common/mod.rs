@@ -42,8 +42,8 @@ pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
 
-/// Runs `app` on `input` with `workers` and checks the output with
-/// `verity verify`; returns the run's stderr (summary).
+/// Runs `app` on `input` with `workers` and checks the output and dead
+/// letters with `verity verify`; returns the run's stderr (summary).
 pub fn run_and_verify(app: &str, input: &Path, workers: usize, extra: &[&str]) -> String {
     let dir = input.parent().expect("input in a directory");
     let output = dir.join(format!("{app}-{workers}.out"));
@@ -60,6 +60,8 @@ pub fn run_and_verify(app: &str, input: &Path, workers: usize, extra: &[&str]) -
     ];
     args.extend_from_slice(extra);
     let run_output = ok(run(&args));
+    // The run's dead letters land beside its file output.
+    let dead_letter = format!("{}.dead-letter", path_str(&output));
     let mut verify_args = vec![
         "verify",
         app,
@@ -67,6 +69,8 @@ pub fn run_and_verify(app: &str, input: &Path, workers: usize, extra: &[&str]) -
         path_str(input),
         "--output",
         path_str(&output),
+        "--dead-letter",
+        &dead_letter,
     ];
     if extra.contains(&"--final") {
         verify_args.push("--final");
