@@ -155,12 +155,12 @@ enum RunApp {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Input: a file, `-` for stdin (the default), or tcp:HOST:PORT to listen
-    /// for one connection of newline-delimited text.
+    /// Input: a file (or file://PATH), `-` for stdin (the default), or
+    /// tcp:HOST:PORT to listen for one connection of newline-delimited text.
     #[arg(long, value_name = "PATH")]
     input: Option<String>,
-    /// Output: a file, `-` for stdout (the default), `null` to discard, or
-    /// tcp:HOST:PORT to connect and write lines.
+    /// Output: a file (or file://PATH), `-` for stdout (the default), `null`
+    /// to discard, or tcp:HOST:PORT to connect and write lines.
     #[arg(long, value_name = "PATH", default_value = "-")]
     output: String,
     /// Worker shards, one pinned thread each [default: number of cores].
