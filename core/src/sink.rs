@@ -69,11 +69,14 @@ pub enum SinkSpec {
 }
 
 impl SinkSpec {
-    /// Parses a command-line sink with the built-in connectors (see
-    /// `Connectors::sink`): `-` is stdout, `null` discards, `tcp:HOST:PORT`
-    /// connects, else a file.
-    pub fn parse(arg: &str) -> Result<SinkSpec, crate::connector::ConnectorError> {
-        crate::connector::Connectors::built_in().sink(arg)
+    /// Parses a command-line sink with the built-in connectors: `-` is
+    /// stdout, `null` discards, `tcp:HOST:PORT` connects, else a file.
+    /// (`Connectors::sink` also knows registered schemes and refuses unknown
+    /// ones; here they are file names.)
+    pub fn parse(arg: &str) -> SinkSpec {
+        crate::connector::Connectors::built_in()
+            .sink(arg)
+            .unwrap_or_else(|_| SinkSpec::File(arg.into()))
     }
 
     /// Where dead letters go by default: beside a file output, else stderr.
@@ -241,18 +244,15 @@ mod tests {
 
     #[test]
     fn parse_recognises_sinks() {
-        assert_eq!(SinkSpec::parse("-").unwrap(), SinkSpec::Stdout);
-        assert_eq!(SinkSpec::parse("null").unwrap(), SinkSpec::Null);
+        assert_eq!(SinkSpec::parse("-"), SinkSpec::Stdout);
+        assert_eq!(SinkSpec::parse("null"), SinkSpec::Null);
         assert_eq!(
-            SinkSpec::parse("tcp:127.0.0.1:1").unwrap(),
+            SinkSpec::parse("tcp:127.0.0.1:1"),
             SinkSpec::Tcp("127.0.0.1:1".into())
         );
+        assert_eq!(SinkSpec::parse("out.txt"), SinkSpec::File("out.txt".into()));
         assert_eq!(
-            SinkSpec::parse("out.txt").unwrap(),
-            SinkSpec::File("out.txt".into())
-        );
-        assert_eq!(
-            SinkSpec::parse("out.txt").unwrap().default_dead_letter(),
+            SinkSpec::parse("out.txt").default_dead_letter(),
             DeadLetterSpec::File("out.txt.dead-letter".into())
         );
         assert_eq!(SinkSpec::Stdout.default_dead_letter(), DeadLetterSpec::Stderr);

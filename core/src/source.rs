@@ -53,11 +53,14 @@ impl SourceSpec {
         }
     }
 
-    /// Parses a command-line source with the built-in connectors (see
-    /// `Connectors::source`): `-` is stdin, `tcp:HOST:PORT` (or
-    /// `tcp://HOST:PORT`) listens there, anything else is a file path.
-    pub fn parse(arg: &str) -> Result<SourceSpec, crate::connector::ConnectorError> {
-        crate::connector::Connectors::built_in().source(arg)
+    /// Parses a command-line source with the built-in connectors: `-` is
+    /// stdin, `tcp:HOST:PORT` (or `tcp://HOST:PORT`) listens there, anything
+    /// else is a file path. (`Connectors::source` also knows registered
+    /// schemes and refuses unknown ones; here they are file names.)
+    pub fn parse(arg: &str) -> SourceSpec {
+        crate::connector::Connectors::built_in()
+            .source(arg)
+            .unwrap_or_else(|_| SourceSpec::file(arg, arg))
     }
 
     pub fn file(name: &str, path: impl Into<PathBuf>) -> SourceSpec {
@@ -498,13 +501,13 @@ mod tests {
 
     #[test]
     fn parse_recognises_stdin_tcp_and_files() {
-        let kind = |arg: &str| SourceSpec::parse(arg).unwrap().connector.kind();
+        let kind = |arg: &str| SourceSpec::parse(arg).connector.kind();
         assert_eq!(kind("-"), "stdin");
-        assert_eq!(SourceSpec::parse("-").unwrap().name, "stdin");
+        assert_eq!(SourceSpec::parse("-").name, "stdin");
         assert_eq!(kind("tcp:127.0.0.1:9"), "tcp");
         assert_eq!(kind("tcp://127.0.0.1:9"), "tcp");
         assert_eq!(kind("in.txt"), "file");
-        assert!(SourceSpec::parse("nosuch://x").is_err());
+        assert_eq!(kind("nosuch://x"), "file", "as before the registry");
     }
 
     #[test]
