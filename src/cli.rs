@@ -9,7 +9,9 @@ use std::sync::Arc;
 use verity_apps::{doubler, market_spread, seq_window, wordcount};
 use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
 use verity_core::cluster::ClusterFile;
-use verity_core::{DeadLetterSpec, Outputs, RunConfig, RunSummary, ShardLimits, SinkSpec, SourceSpec};
+use verity_core::{
+    Connectors, DeadLetterSpec, Outputs, RunConfig, RunSummary, ShardLimits, SinkSpec, SourceSpec,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -153,12 +155,12 @@ enum RunApp {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Input: a file, `-` for stdin (the default), or tcp:HOST:PORT to listen
-    /// for one connection of newline-delimited text.
+    /// Input: a file (or file://PATH), `-` for stdin (the default), or
+    /// tcp:HOST:PORT to listen for one connection of newline-delimited text.
     #[arg(long, value_name = "PATH")]
     input: Option<String>,
-    /// Output: a file, `-` for stdout (the default), `null` to discard, or
-    /// tcp:HOST:PORT to connect and write lines.
+    /// Output: a file (or file://PATH), `-` for stdout (the default), `null`
+    /// to discard, or tcp:HOST:PORT to connect and write lines.
     #[arg(long, value_name = "PATH", default_value = "-")]
     output: String,
     /// Worker shards, one pinned thread each [default: number of cores].
@@ -405,6 +407,9 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
     if args.final_counts && app != AppName::Wordcount {
         bail!("--final is a wordcount option");
     }
+    // The connectors this binary knows: the built-in ones. A connector crate
+    // (e.g. a future `verity-kafka`) registers its scheme here.
+    let connectors = Connectors::built_in();
     let input = match (&args.quotes, &args.orders, args.generate) {
         (Some(quotes), Some(orders), _) => {
             if app != AppName::MarketSpread {
@@ -414,17 +419,19 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
                 );
             }
             AppInput::QuotesAndOrders {
-                quotes: SourceSpec::parse(quotes),
-                orders: SourceSpec::parse(orders),
+                quotes: connectors.source(quotes)?,
+                orders: connectors.source(orders)?,
             }
         }
-        (_, _, Some(count)) => AppInput::Single(SourceSpec::generated(
-            "generator",
-            generate::generator(app, count, args.seed),
-        )),
-        _ => AppInput::Single(SourceSpec::parse(args.input.as_deref().unwrap_or("-"))),
+        (_, _, Some(count)) => {
+            let seed = args.seed;
+            AppInput::Single(SourceSpec::generated("generator", move || {
+                generate::generator(app, count, seed)
+            }))
+        }
+        _ => AppInput::Single(connectors.source(args.input.as_deref().unwrap_or("-"))?),
     };
-    let sink = SinkSpec::parse(&args.output);
+    let sink = connectors.sink(&args.output)?;
     let outputs = Outputs {
         dead_letter: args
             .dead_letter

@@ -73,6 +73,25 @@ fn unreachable_tcp_sink_fails_before_reading() {
 }
 
 #[test]
+fn a_url_without_a_connector_is_refused() {
+    assert_fails_with(
+        &["run", "doubler", "--input", "kafka://127.0.0.1:9092/in"],
+        "no connector for the scheme `kafka://`",
+    );
+    assert_fails_with(
+        &[
+            "run",
+            "doubler",
+            "--generate",
+            "1",
+            "--output",
+            "kafka://127.0.0.1:9092/out",
+        ],
+        "no connector for the scheme `kafka://`",
+    );
+}
+
+#[test]
 fn output_into_missing_directory_fails() {
     assert_fails_with(
         &[

@@ -54,7 +54,8 @@ impl AppName {
 
 /// Where an app's input comes from.
 pub enum AppInput {
-    /// One stream (a file, stdin, TCP, generator or memory).
+    /// One stream: a built-in source (file, stdin, TCP, generator, memory) or
+    /// any connector (`SourceSpec::from_connector`).
     Single(SourceSpec),
     /// market-spread only: quotes and orders as two streams.
     QuotesAndOrders { quotes: SourceSpec, orders: SourceSpec },

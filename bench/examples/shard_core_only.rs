@@ -9,7 +9,7 @@ use std::time::Instant;
 use verity_apps::{generate, wordcount, AppName};
 use verity_core::shard::{Effect, ShardCore, ShardLimits};
 use verity_core::source::{ChunkData, SourceEvent};
-use verity_core::SourceSpec;
+use verity_core::{Position, SourceSpec};
 
 fn main() {
     let records = std::env::args()
@@ -35,6 +35,11 @@ fn main() {
             index,
             first_line: line,
             data: chunk,
+            partition: 0,
+            position: Position::Text {
+                bytes: (input.len() - data.len()) as u64,
+                lines: line - 1 + lines,
+            },
         });
         index += 1;
         line += lines;

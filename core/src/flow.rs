@@ -279,6 +279,8 @@ pub struct Output<'a, O> {
     pub(crate) id: MsgId,
     pub(crate) format: &'a FormatFn<O>,
     pub(crate) buffer: &'a mut Vec<u8>,
+    /// The input id of each line, kept only when the sink wants ids.
+    pub(crate) ids: Option<&'a mut Vec<MsgId>>,
     pub(crate) emitted: &'a mut u64,
 }
 
@@ -286,6 +288,9 @@ impl<O> Output<'_, O> {
     pub fn emit(&mut self, record: O) {
         (self.format)(&record, self.buffer);
         self.buffer.push(b'\n');
+        if let Some(ids) = self.ids.as_deref_mut() {
+            ids.push(self.id);
+        }
         *self.emitted += 1;
     }
 

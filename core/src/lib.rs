@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod connector;
 pub mod env;
 pub mod flow;
 pub mod ids;
@@ -16,6 +17,9 @@ pub mod small;
 pub mod source;
 pub mod wire;
 
+pub use connector::{
+    CommitId, Connectors, Position, SinkConnector, SinkError, SourceConnector, SourceError, SourceReader,
+};
 pub use env::{Clock, ManualClock, Rng, SplitMix64, SystemClock};
 pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output, Stream};
 pub use ids::{Msg, MsgId};
@@ -23,7 +27,7 @@ pub use key::Key;
 pub use line::{Line, Reject};
 pub use runtime::{run, run_in_cluster, ClusterRun, Outputs, Placement, RunConfig, RunError, RunSummary};
 pub use shard::ShardLimits;
-pub use sink::{DeadLetterSpec, SinkSpec};
+pub use sink::{CustomSink, DeadLetterSpec, OutputBatch, SinkSpec};
 pub use small::SmallBytes;
 pub use source::{LineGenerator, SourceSpec};
 pub use wire::{Wire, WireError};

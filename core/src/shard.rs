@@ -23,6 +23,7 @@ use crate::flow::{Chain, EndFn, FormatFn, Keyed, Logic, Output, StepFn};
 use crate::ids::{Msg, MsgId};
 use crate::key::{shard_for, Key};
 use crate::line::{for_each_line, DeadLetter, Line};
+use crate::sink::OutputBatch;
 use crate::source::{ChunkData, SourceEvent};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -87,8 +88,9 @@ pub enum Effect<K, V> {
         to: u32,
         batch: Batch<K, V>,
     },
-    /// Output lines, each ending in `\n`.
-    Output(Vec<u8>),
+    /// Output lines, each ending in `\n` (with their input ids if the sink
+    /// wants them: `collect_output_ids`).
+    Output(OutputBatch),
     DeadLetter(DeadLetter),
     /// A source failed after it opened (the run continues without the rest of it).
     SourceFailed {
@@ -134,7 +136,9 @@ struct KeyedPart<K, V, S, O> {
     on_end: Option<Arc<EndFn<K, S, O>>>,
     format: Arc<FormatFn<O>>,
     output: Vec<u8>,
-    spare_output: Vec<Vec<u8>>,
+    /// The input id of each line in `output`, when the sink wants ids.
+    output_ids: Option<Vec<MsgId>>,
+    spare_output: Vec<OutputBatch>,
     emitted: u64,
 }
 
@@ -199,6 +203,7 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
                 on_end: logic.on_end.clone(),
                 format: Arc::clone(&logic.format),
                 output: Vec::with_capacity(limits.output_batch_bytes + 1024),
+                output_ids: None,
                 spare_output: Vec::new(),
                 emitted: 0,
             },
@@ -218,6 +223,13 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
     /// caught; nothing else may call it.
     pub fn disable_dedup_for_testing(&mut self) {
         self.dedup_enabled = false;
+    }
+
+    /// Keeps, beside the output lines, the id of the input behind each line
+    /// (for a sink that wants ids); off by default, as it costs 16 bytes a line.
+    pub fn collect_output_ids(&mut self) {
+        assert!(self.keyed.output.is_empty(), "switched on before any output");
+        self.keyed.output_ids = Some(Vec::new());
     }
 
     pub fn index(&self) -> u32 {
@@ -260,10 +272,11 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
     }
 
     /// Gives back an output buffer the driver is done with, to avoid allocating.
-    pub fn recycle_output(&mut self, mut buffer: Vec<u8>) {
+    pub fn recycle_output(&mut self, mut buffer: OutputBatch) {
         const SPARE_BUFFERS_MAX: usize = 4;
         if self.keyed.spare_output.len() < SPARE_BUFFERS_MAX {
-            buffer.clear();
+            buffer.lines.clear();
+            buffer.ids.clear();
             self.keyed.spare_output.push(buffer);
         }
     }
@@ -275,6 +288,7 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
                 index,
                 first_line,
                 data,
+                ..
             } => {
                 assert_eq!(
                     index % self.shards as u64,
@@ -344,13 +358,17 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
     /// wait, so latency stays low when input is slow).
     pub fn flush(&mut self) {
         if !self.keyed.output.is_empty() {
-            let fresh = self
-                .keyed
-                .spare_output
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(self.limits.output_batch_bytes + 1024));
-            let full = std::mem::replace(&mut self.keyed.output, fresh);
-            self.effects.push(Effect::Output(full));
+            let fresh = self.keyed.spare_output.pop().unwrap_or_else(|| OutputBatch {
+                lines: Vec::with_capacity(self.limits.output_batch_bytes + 1024),
+                ids: Vec::new(),
+            });
+            let lines = std::mem::replace(&mut self.keyed.output, fresh.lines);
+            let ids = match &mut self.keyed.output_ids {
+                Some(ids) => std::mem::replace(ids, fresh.ids),
+                None => fresh.ids,
+            };
+            debug_assert!(ids.is_empty() || ids.len() == memchr::memchr_iter(b'\n', &lines).count());
+            self.effects.push(Effect::Output(OutputBatch { lines, ids }));
         }
     }
 
@@ -508,6 +526,7 @@ impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
             id: record.id,
             format: &*self.format,
             buffer: &mut self.output,
+            ids: self.output_ids.as_mut(),
             emitted: &mut self.emitted,
         };
         (self.step)(state, &record.key, Msg::new(record.id, record.value), &mut output);
@@ -520,6 +539,7 @@ impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
                 id: MsgId::default(),
                 format: &*self.format,
                 buffer: &mut self.output,
+                ids: self.output_ids.as_mut(),
                 emitted: &mut self.emitted,
             };
             on_end(key, state, &mut output);

@@ -1,16 +1,59 @@
-//! Sinks and the output thread: the only place output and dead letters touch
-//! files, sockets or the terminal. Shards hand it whole buffers of lines.
+//! Sinks as the runtime sees them: what a run writes to (`SinkSpec`,
+//! `DeadLetterSpec`, opened into `SinkConnector`s — see `connector`), the
+//! buffers shards hand over (`OutputBatch`), and the output thread: the only
+//! place output and dead letters touch files, sockets or the terminal.
 
+use crate::connector::sinks::{FileSink, NullSink, WriteSink};
+use crate::connector::{CommitId, SinkConnector, SinkError};
+use crate::ids::MsgId;
 use crate::line::DeadLetter;
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::net::TcpStream;
+use bytes::Bytes;
+use std::fmt;
+use std::ops::Deref;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
 
-/// How long connecting a TCP sink may take before the run fails.
-pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const WRITER_BUFFER_BYTES: usize = 256 * 1024;
+pub use crate::connector::sinks::TCP_CONNECT_TIMEOUT;
+
+/// Opens a sink from another crate.
+pub type OpenSink = Arc<dyn Fn() -> Result<Box<dyn SinkConnector>, SinkError> + Send + Sync>;
+
+/// A sink connector from outside `core`, opened when the run starts.
+#[derive(Clone)]
+pub struct CustomSink {
+    pub name: String,
+    open: OpenSink,
+}
+
+impl CustomSink {
+    pub fn new(
+        name: &str,
+        open: impl Fn() -> Result<Box<dyn SinkConnector>, SinkError> + Send + Sync + 'static,
+    ) -> Self {
+        CustomSink {
+            name: name.into(),
+            open: Arc::new(open),
+        }
+    }
+
+    pub fn open(&self) -> Result<Box<dyn SinkConnector>, SinkError> {
+        (self.open)()
+    }
+}
+
+impl fmt::Debug for CustomSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CustomSink({})", self.name)
+    }
+}
+
+impl PartialEq for CustomSink {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && Arc::ptr_eq(&self.open, &other.open)
+    }
+}
+
+impl Eq for CustomSink {}
 
 /// Where output lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,20 +64,19 @@ pub enum SinkSpec {
     Tcp(String),
     /// Discard (benchmarks): outputs are still computed and formatted.
     Null,
+    /// A connector from another crate (see `connector::Connectors`).
+    Custom(CustomSink),
 }
 
 impl SinkSpec {
-    /// `-` is stdout, `null` discards, `tcp:HOST:PORT` connects, else a file.
+    /// Parses a command-line sink with the built-in connectors: `-` is
+    /// stdout, `null` discards, `tcp:HOST:PORT` connects, else a file.
+    /// (`Connectors::sink` also knows registered schemes and refuses unknown
+    /// ones; here they are file names.)
     pub fn parse(arg: &str) -> SinkSpec {
-        if arg == "-" {
-            SinkSpec::Stdout
-        } else if arg == "null" {
-            SinkSpec::Null
-        } else if let Some(addr) = crate::source::tcp_address(arg) {
-            SinkSpec::Tcp(addr.to_string())
-        } else {
-            SinkSpec::File(PathBuf::from(arg))
-        }
+        crate::connector::Connectors::built_in()
+            .sink(arg)
+            .unwrap_or_else(|_| SinkSpec::File(arg.into()))
     }
 
     /// Where dead letters go by default: beside a file output, else stderr.
@@ -51,45 +93,25 @@ impl SinkSpec {
 
     /// Opens the sink now, so a bad path or an unreachable address fails
     /// before any input is read.
-    pub fn open(&self) -> io::Result<Option<Box<dyn Write + Send>>> {
+    pub fn open(&self) -> Result<Box<dyn SinkConnector>, SinkError> {
         Ok(match self {
-            SinkSpec::Stdout => Some(Box::new(BufWriter::with_capacity(
-                WRITER_BUFFER_BYTES,
-                io::stdout(),
-            ))),
-            SinkSpec::File(path) => {
-                let file = File::create(path).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot create output {}: {e}", path.display()))
-                })?;
-                Some(Box::new(BufWriter::with_capacity(WRITER_BUFFER_BYTES, file)))
-            }
-            SinkSpec::Tcp(addr) => Some(Box::new(BufWriter::with_capacity(
-                WRITER_BUFFER_BYTES,
-                connect(addr)?,
-            ))),
-            SinkSpec::Null => None,
+            SinkSpec::Stdout => Box::new(WriteSink::stdout()),
+            SinkSpec::File(path) => Box::new(FileSink::create(path)?),
+            SinkSpec::Tcp(address) => Box::new(WriteSink::connect(address)?),
+            SinkSpec::Null => Box::new(NullSink),
+            SinkSpec::Custom(custom) => custom.open()?,
         })
     }
-}
-
-fn connect(addr: &str) -> io::Result<TcpStream> {
-    use std::net::ToSocketAddrs;
-    let fail = |e: io::Error| io::Error::new(e.kind(), format!("cannot connect output to {addr}: {e}"));
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
-    for resolved in addr.to_socket_addrs().map_err(fail)? {
-        match TcpStream::connect_timeout(&resolved, TCP_CONNECT_TIMEOUT) {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = e,
-        }
-    }
-    Err(fail(last))
 }
 
 /// Where rejected records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeadLetterSpec {
     Stderr,
+    /// Created on the first letter, so a clean run leaves none behind.
     File(PathBuf),
+    /// A connector from another crate; it gets each letter as one line.
+    Custom(CustomSink),
 }
 
 impl DeadLetterSpec {
@@ -100,108 +122,125 @@ impl DeadLetterSpec {
             DeadLetterSpec::File(PathBuf::from(arg))
         }
     }
+
+    /// Opens the dead-letter sink (a stale file is removed now).
+    pub fn open(&self) -> Result<Box<dyn SinkConnector>, SinkError> {
+        Ok(match self {
+            DeadLetterSpec::Stderr => Box::new(WriteSink::stderr()),
+            DeadLetterSpec::File(path) => {
+                Box::new(FileSink::create_on_first_write(path, "dead-letter file")?)
+            }
+            DeadLetterSpec::Custom(custom) => custom.open()?,
+        })
+    }
 }
 
-/// What shards send to the output thread.
+/// A buffer of whole output lines and, when the sink asked for them, the id
+/// of the input record behind each line (`ids[i]` for line `i`; else empty).
+/// It derefs to the lines, so code that only moves bytes need not change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputBatch<B = Vec<u8>> {
+    pub lines: B,
+    pub ids: Vec<MsgId>,
+}
+
+impl<B: AsRef<[u8]>> Deref for OutputBatch<B> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.lines.as_ref()
+    }
+}
+
+/// What shards (and relays of remote shards) send to the output thread.
 #[derive(Debug)]
 pub enum OutputMessage {
-    Lines(Vec<u8>),
+    Lines(OutputBatch),
+    /// Lines of a remote shard, as they came off the network.
+    Relayed(OutputBatch<Bytes>),
     DeadLetter(DeadLetter),
 }
 
-/// Writes dead letters as `<source>:<line>: <reason>: <raw record>`; the file is
-/// created on the first letter, so a clean run leaves none behind.
+/// Writes dead letters as `<source>:<line>: <reason>: <raw record>`, one line
+/// each, with the letter's id, into a sink.
 pub struct DeadLetterWriter {
-    spec: DeadLetterSpec,
+    sink: Box<dyn SinkConnector>,
     source_names: Vec<String>,
-    writer: Option<Box<dyn Write + Send>>,
+    line: Vec<u8>,
     pub written: u64,
 }
 
 impl DeadLetterWriter {
-    pub fn new(spec: DeadLetterSpec, source_names: Vec<String>) -> io::Result<Self> {
-        if let DeadLetterSpec::File(path) = &spec {
-            // A stale file from an earlier run would be read as this run's.
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot replace dead-letter file {}: {e}", path.display()),
-                    ))
-                }
-                _ => {}
-            }
-        }
-        Ok(DeadLetterWriter {
-            spec,
-            source_names,
-            writer: None,
-            written: 0,
-        })
+    pub fn new(spec: &DeadLetterSpec, source_names: Vec<String>) -> Result<Self, SinkError> {
+        Ok(DeadLetterWriter::with_sink(spec.open()?, source_names))
     }
 
-    pub fn write(&mut self, letter: &DeadLetter) -> io::Result<()> {
+    pub fn with_sink(sink: Box<dyn SinkConnector>, source_names: Vec<String>) -> Self {
+        DeadLetterWriter {
+            sink,
+            source_names,
+            line: Vec::new(),
+            written: 0,
+        }
+    }
+
+    pub fn write(&mut self, letter: &DeadLetter) -> Result<(), SinkError> {
+        use std::io::Write;
         let raw = String::from_utf8_lossy(&letter.raw);
-        let source = self.source_names.get(letter.id.producer as usize).cloned();
-        let line = format!(
+        let source = self.source_names.get(letter.id.producer as usize);
+        self.line.clear();
+        writeln!(
+            self.line,
             "{}:{}: {}: {raw:?}",
-            source.as_deref().unwrap_or("?"),
+            source.map_or("?", String::as_str),
             letter.id.seq,
             letter.reason
-        );
-        writeln!(self.writer()?, "{line}")?;
+        )?;
+        let ids = if self.sink.wants_ids() {
+            std::slice::from_ref(&letter.id)
+        } else {
+            &[]
+        };
+        self.sink.write(&self.line, ids)?;
         self.written += 1;
         Ok(())
     }
 
-    fn writer(&mut self) -> io::Result<&mut Box<dyn Write + Send>> {
-        if self.writer.is_none() {
-            let writer: Box<dyn Write + Send> = match &self.spec {
-                DeadLetterSpec::Stderr => Box::new(io::stderr()),
-                DeadLetterSpec::File(path) => Box::new(BufWriter::new(File::create(path).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot create dead-letter file {}: {e}", path.display()),
-                    )
-                })?)),
-            };
-            self.writer = Some(writer);
-        }
-        Ok(self.writer.as_mut().expect("set just above"))
+    pub fn barrier(&mut self, commit: CommitId) -> Result<(), SinkError> {
+        self.sink.barrier(commit)
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.writer.as_mut().map_or(Ok(()), |w| w.flush())
+    pub fn commit(&mut self, upto: CommitId) -> Result<(), SinkError> {
+        self.sink.commit(upto)
     }
 }
 
-/// The output thread's loop: runs until every sender is gone.
+/// The output thread's loop: runs until every sender is gone, then commits
+/// the run's one boundary (`CommitId::END_OF_INPUT`) on both sinks. Returns
+/// the dead letters written.
 pub fn write_outputs(
     messages: crossbeam_channel::Receiver<OutputMessage>,
-    mut sink: Option<Box<dyn Write + Send>>,
+    mut sink: Box<dyn SinkConnector>,
     mut dead_letters: DeadLetterWriter,
-) -> io::Result<u64> {
+) -> Result<u64, SinkError> {
     for message in messages {
         match message {
-            OutputMessage::Lines(lines) => {
-                if let Some(sink) = sink.as_mut() {
-                    sink.write_all(&lines)?;
-                }
-            }
+            OutputMessage::Lines(batch) => sink.write(&batch.lines, &batch.ids)?,
+            OutputMessage::Relayed(batch) => sink.write(&batch.lines, &batch.ids)?,
             OutputMessage::DeadLetter(letter) => dead_letters.write(&letter)?,
         }
     }
-    if let Some(sink) = sink.as_mut() {
-        sink.flush()?;
-    }
-    dead_letters.flush()?;
+    let end = CommitId::END_OF_INPUT;
+    sink.barrier(end)?;
+    dead_letters.barrier(end)?;
+    sink.commit(end)?;
+    dead_letters.commit(end)?;
     Ok(dead_letters.written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::MsgId;
+    use std::sync::Mutex;
 
     #[test]
     fn parse_recognises_sinks() {
@@ -224,14 +263,85 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dl");
         let mut writer =
-            DeadLetterWriter::new(DeadLetterSpec::File(path.clone()), vec!["in.txt".into()]).unwrap();
+            DeadLetterWriter::new(&DeadLetterSpec::File(path.clone()), vec!["in.txt".into()]).unwrap();
         assert!(!path.exists(), "created lazily");
         let letter = DeadLetter::new(MsgId::new(0, 3), "not an integer".into(), &"x\ty".into());
         writer.write(&letter).unwrap();
-        writer.flush().unwrap();
+        writer.commit(CommitId::END_OF_INPUT).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "in.txt:3: not an integer: \"x\\ty\"\n"
         );
+    }
+
+    /// What a recording sink saw, in order.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Seen {
+        lines: Vec<u8>,
+        ids: Vec<MsgId>,
+        calls: Vec<String>,
+    }
+
+    struct Recording(Arc<Mutex<Seen>>, bool);
+
+    impl SinkConnector for Recording {
+        fn wants_ids(&self) -> bool {
+            self.1
+        }
+        fn write(&mut self, lines: &[u8], ids: &[MsgId]) -> Result<(), SinkError> {
+            let mut seen = self.0.lock().unwrap();
+            seen.lines.extend_from_slice(lines);
+            seen.ids.extend_from_slice(ids);
+            seen.calls.push("write".into());
+            Ok(())
+        }
+        fn barrier(&mut self, commit: CommitId) -> Result<(), SinkError> {
+            self.0.lock().unwrap().calls.push(format!("barrier {}", commit.0));
+            Ok(())
+        }
+        fn commit(&mut self, upto: CommitId) -> Result<(), SinkError> {
+            self.0.lock().unwrap().calls.push(format!("commit {}", upto.0));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_output_thread_writes_buffers_then_commits_the_end_of_input() {
+        let (out, dead) = (Arc::default(), Arc::default());
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let ids = vec![MsgId::new(0, 1), MsgId::new(0, 2)];
+        tx.send(OutputMessage::Lines(OutputBatch {
+            lines: b"a\nb\n".to_vec(),
+            ids: ids.clone(),
+        }))
+        .unwrap();
+        tx.send(OutputMessage::Relayed(OutputBatch {
+            lines: Bytes::from_static(b"c\n"),
+            ids: vec![MsgId::new(0, 3)],
+        }))
+        .unwrap();
+        let letter = DeadLetter::new(MsgId::new(0, 4), "bad".into(), &"x".into());
+        tx.send(OutputMessage::DeadLetter(letter)).unwrap();
+        drop(tx);
+        let dead_letters =
+            DeadLetterWriter::with_sink(Box::new(Recording(Arc::clone(&dead), true)), vec!["in".into()]);
+        let written = write_outputs(rx, Box::new(Recording(Arc::clone(&out), true)), dead_letters).unwrap();
+        assert_eq!(written, 1);
+        let end = u64::MAX;
+        let out = out.lock().unwrap();
+        assert_eq!(out.lines, b"a\nb\nc\n");
+        assert_eq!(out.ids, [ids[0], ids[1], MsgId::new(0, 3)]);
+        assert_eq!(
+            out.calls,
+            [
+                "write",
+                "write",
+                &format!("barrier {end}"),
+                &format!("commit {end}")
+            ]
+        );
+        let dead = dead.lock().unwrap();
+        assert_eq!(dead.lines, b"in:4: bad: \"x\"\n");
+        assert_eq!(dead.ids, [MsgId::new(0, 4)]);
     }
 }

@@ -1,14 +1,16 @@
-//! Sources: where lines come from, and the reader threads that cut them into
-//! chunks of whole lines for the shard that owns the source.
+//! Sources as the pipeline sees them: a named `SourceSpec` around a
+//! `SourceConnector` (see `connector` for the traits and the built-in ones),
+//! the chunk events dealt to shards, and the reader thread's loop.
 //!
 //! Readers do only I/O and line framing; parsing happens on the shard. A chunk is
 //! one `Bytes` buffer of complete lines, so lines are later sliced out of it
 //! without copying.
 
+use crate::connector::sources::{FileSource, GeneratorSource, MemorySource, StdinSource, TcpListenSource};
+use crate::connector::{Chunk, Position, Pull, SourceConnector, SourceError, SourceReader};
 use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::io::{self, Read};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ pub const LINE_SIZE_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// How much of an oversized line the dead-letter record keeps.
 const OVERSIZED_PREFIX_BYTES: usize = 64;
 /// How often blocked readers look at the stop flag.
-const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+pub const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Writes generated input lines; deterministic for its seed.
 pub trait LineGenerator: Send {
@@ -30,64 +32,60 @@ pub trait LineGenerator: Send {
     fn write_lines(&mut self, out: &mut Vec<u8>, lines_max: usize) -> usize;
 }
 
-/// Where a source reads from.
-pub enum SourceKind {
-    File(PathBuf),
-    Stdin,
-    /// Listen on this address, accept one connection, read it to EOF.
-    Tcp(String),
-    Generated(Box<dyn LineGenerator>),
-    /// Pre-loaded input (benchmarks, tests).
-    Memory(Bytes),
-}
-
 /// A named source; the name appears in dead letters and errors.
 pub struct SourceSpec {
     pub name: String,
-    pub kind: SourceKind,
+    pub connector: Box<dyn SourceConnector>,
 }
 
 impl fmt::Debug for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SourceSpec({})", self.name)
+        write!(f, "SourceSpec({}, {})", self.name, self.connector.kind())
     }
 }
 
 impl SourceSpec {
-    /// Parses a command-line source: `-` is stdin, `tcp:HOST:PORT` (or
-    /// `tcp://HOST:PORT`) listens there, anything else is a file path.
+    /// Any connector, e.g. one from another crate.
+    pub fn from_connector(name: &str, connector: Box<dyn SourceConnector>) -> SourceSpec {
+        SourceSpec {
+            name: name.into(),
+            connector,
+        }
+    }
+
+    /// Parses a command-line source with the built-in connectors: `-` is
+    /// stdin, `tcp:HOST:PORT` (or `tcp://HOST:PORT`) listens there, anything
+    /// else is a file path. (`Connectors::source` also knows registered
+    /// schemes and refuses unknown ones; here they are file names.)
     pub fn parse(arg: &str) -> SourceSpec {
-        let kind = if arg == "-" {
-            SourceKind::Stdin
-        } else if let Some(addr) = tcp_address(arg) {
-            SourceKind::Tcp(addr.to_string())
-        } else {
-            SourceKind::File(PathBuf::from(arg))
-        };
-        SourceSpec {
-            name: if arg == "-" { "stdin".into() } else { arg.into() },
-            kind,
-        }
+        crate::connector::Connectors::built_in()
+            .source(arg)
+            .unwrap_or_else(|_| SourceSpec::file(arg, arg))
     }
 
-    pub fn generated(name: &str, generator: Box<dyn LineGenerator>) -> SourceSpec {
-        SourceSpec {
-            name: name.into(),
-            kind: SourceKind::Generated(generator),
-        }
+    pub fn file(name: &str, path: impl Into<PathBuf>) -> SourceSpec {
+        SourceSpec::from_connector(name, Box::new(FileSource { path: path.into() }))
     }
 
+    pub fn stdin() -> SourceSpec {
+        SourceSpec::from_connector("stdin", Box::new(StdinSource))
+    }
+
+    /// Listens on `address` for one connection and reads it to its end.
+    pub fn tcp_listen(name: &str, address: &str) -> SourceSpec {
+        SourceSpec::from_connector(name, Box::new(TcpListenSource::new(address)))
+    }
+
+    /// Generated lines; `make` returns a fresh generator at its first line
+    /// (so the source can be reopened at a position).
+    pub fn generated(name: &str, make: impl Fn() -> Box<dyn LineGenerator> + Send + 'static) -> SourceSpec {
+        SourceSpec::from_connector(name, Box::new(GeneratorSource { make: Box::new(make) }))
+    }
+
+    /// Pre-loaded input (benchmarks, tests).
     pub fn memory(name: &str, data: Bytes) -> SourceSpec {
-        SourceSpec {
-            name: name.into(),
-            kind: SourceKind::Memory(data),
-        }
+        SourceSpec::from_connector(name, Box::new(MemorySource { data }))
     }
-}
-
-/// `tcp:HOST:PORT` or `tcp://HOST:PORT` → `HOST:PORT`.
-pub fn tcp_address(arg: &str) -> Option<&str> {
-    arg.strip_prefix("tcp://").or_else(|| arg.strip_prefix("tcp:"))
 }
 
 /// The content of one chunk.
@@ -109,6 +107,15 @@ impl ChunkData {
             ChunkData::Oversized { .. } => 1,
         }
     }
+
+    /// Bytes of the stream this chunk took (an oversized line is counted with
+    /// its newline).
+    fn stream_bytes(&self) -> u64 {
+        match self {
+            ChunkData::Lines(data) => data.len() as u64,
+            ChunkData::Oversized { size_bytes, .. } => size_bytes + 1,
+        }
+    }
 }
 
 /// What a reader thread tells the shards. Chunk `index` of a source goes to shard
@@ -120,6 +127,10 @@ pub enum SourceEvent {
         index: u64,
         first_line: u64,
         data: ChunkData,
+        /// The partition the chunk came from, and where that partition stands
+        /// after it (what a checkpoint of this chunk's turn records).
+        partition: u32,
+        position: Position,
     },
     /// The source failed mid-stream (after it opened): reported, then ended.
     Failed { source: u32, error: String },
@@ -133,6 +144,8 @@ pub struct Dealer<'a> {
     shards: usize,
     next_index: u64,
     next_line: u64,
+    /// Bytes dealt so far, for chunks dealt without a position (`deal`).
+    dealt_bytes: u64,
     send: &'a mut dyn FnMut(usize, SourceEvent) -> bool,
 }
 
@@ -146,21 +159,49 @@ impl<'a> Dealer<'a> {
             shards,
             next_index: 0,
             next_line: 1,
+            dealt_bytes: 0,
             send,
         }
     }
 
+    /// Deals a chunk of a one-partition text stream read from its start,
+    /// positioned by the bytes and lines dealt so far (exact unless the stream
+    /// ends in an oversized line without a newline: then one byte over).
     pub fn deal(&mut self, data: ChunkData) -> bool {
-        let lines = data.line_count();
+        let records = data.line_count();
+        self.dealt_bytes += data.stream_bytes();
+        let position = Position::Text {
+            bytes: self.dealt_bytes,
+            lines: self.next_line - 1 + records,
+        };
+        self.deal_chunk(
+            0,
+            Chunk {
+                data,
+                records,
+                position,
+            },
+        )
+    }
+
+    /// Deals a chunk a connector read from `partition`.
+    pub fn deal_chunk(&mut self, partition: u32, chunk: Chunk) -> bool {
+        debug_assert_eq!(
+            chunk.records,
+            chunk.data.line_count(),
+            "the reader counted its lines"
+        );
         let event = SourceEvent::Chunk {
             source: self.source,
             index: self.next_index,
             first_line: self.next_line,
-            data,
+            data: chunk.data,
+            partition,
+            position: chunk.position,
         };
         let shard = (self.next_index % self.shards as u64) as usize;
         self.next_index += 1;
-        self.next_line += lines;
+        self.next_line += chunk.records;
         (self.send)(shard, event)
     }
 
@@ -187,195 +228,60 @@ impl<'a> Dealer<'a> {
     }
 }
 
-/// An opened source, ready to be read on its own thread.
-pub enum OpenSource {
-    Reader(Box<dyn Read + Send>),
-    Listener(TcpListener),
-    Generated(Box<dyn LineGenerator>),
-    Memory(Bytes),
+/// An opened source: a reader per partition, ready to be read on its own
+/// thread.
+pub struct OpenSource {
+    partitions: Vec<(u32, Box<dyn SourceReader>)>,
 }
 
-/// Opens a source now, so a missing file or a busy port fails before the run.
-pub fn open(spec: SourceSpec) -> io::Result<OpenSource> {
-    Ok(match spec.kind {
-        SourceKind::File(path) => {
-            let file = std::fs::File::open(&path).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open input {}: {e}", path.display()))
-            })?;
-            if file.metadata()?.is_dir() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("input {} is a directory", path.display()),
-                ));
-            }
-            OpenSource::Reader(Box::new(file))
-        }
-        SourceKind::Stdin => OpenSource::Reader(Box::new(ThreadedStdin::spawn())),
-        SourceKind::Tcp(addr) => {
-            let listener = TcpListener::bind(&addr)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            listener.set_nonblocking(true)?;
-            eprintln!(
-                "verity: source {} listening on {}",
-                spec.name,
-                listener.local_addr()?
-            );
-            OpenSource::Listener(listener)
-        }
-        SourceKind::Generated(generator) => OpenSource::Generated(generator),
-        SourceKind::Memory(data) => OpenSource::Memory(data),
-    })
+/// Opens every partition of a source now, from its beginning, so a missing
+/// file or a busy port fails before the run. (Today's runtime reads all
+/// partitions on process 0; the connector would let each be opened where it
+/// is owned.)
+pub fn open(spec: SourceSpec) -> Result<OpenSource, SourceError> {
+    let SourceSpec { name, mut connector } = spec;
+    let count = connector.partitions()?;
+    let partitions = (0..count)
+        .map(|partition| Ok((partition, connector.open(&name, partition, None)?)))
+        .collect::<Result<Vec<_>, SourceError>>()?;
+    Ok(OpenSource { partitions })
 }
 
-/// Reads `source` to its end, dealing its chunks. Returns when the source ends,
-/// fails, or `stop` is set.
+/// Reads `source` to its end, dealing its chunks (the partitions' chunks take
+/// turns). Returns when the source ends, fails, or `stop` is set.
 pub fn pump(source: OpenSource, stop: &AtomicBool, mut dealer: Dealer<'_>) {
-    let outcome = match source {
-        OpenSource::Reader(reader) => pump_reader(reader, stop, &mut dealer),
-        OpenSource::Listener(listener) => match accept(&listener, stop) {
-            Ok(Some(stream)) => pump_reader(Box::new(stream), stop, &mut dealer),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        },
-        OpenSource::Generated(generator) => {
-            pump_generator(generator, stop, &mut dealer);
-            Ok(())
-        }
-        OpenSource::Memory(data) => {
-            pump_memory(data, stop, &mut dealer);
-            Ok(())
-        }
-    };
+    let outcome = pump_partitions(source.partitions, stop, &mut dealer);
     dealer.finish(outcome.err().map(|e| e.to_string()));
 }
 
-fn accept(listener: &TcpListener, stop: &AtomicBool) -> io::Result<Option<TcpStream>> {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _peer)) => {
-                stream.set_nonblocking(false)?;
-                stream.set_read_timeout(Some(STOP_POLL_INTERVAL))?;
-                return Ok(Some(stream));
+fn pump_partitions(
+    mut partitions: Vec<(u32, Box<dyn SourceReader>)>,
+    stop: &AtomicBool,
+    dealer: &mut Dealer<'_>,
+) -> Result<(), SourceError> {
+    let mut turn = 0;
+    while !partitions.is_empty() && !stop.load(Ordering::Relaxed) {
+        turn %= partitions.len();
+        let (partition, reader) = &mut partitions[turn];
+        match reader.next_chunk()? {
+            Pull::Chunk(chunk) => {
+                if !dealer.deal_chunk(*partition, chunk) {
+                    return Ok(());
+                }
+                turn += 1;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(STOP_POLL_INTERVAL),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
-}
-
-fn pump_reader(reader: Box<dyn Read + Send>, stop: &AtomicBool, dealer: &mut Dealer<'_>) -> io::Result<()> {
-    let mut chunker = LineChunker::new(reader, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES);
-    while !stop.load(Ordering::Relaxed) {
-        let data = match chunker.next_piece()? {
-            Some(Piece::Lines(data)) => ChunkData::Lines(data),
-            Some(Piece::Oversized { prefix, size_bytes }) => ChunkData::Oversized { prefix, size_bytes },
-            Some(Piece::Idle) => continue,
-            None => break,
-        };
-        if !dealer.deal(data) {
-            break;
+            Pull::Idle => turn += 1,
+            Pull::End => {
+                partitions.remove(turn);
+            }
         }
     }
     Ok(())
 }
 
-fn pump_generator(mut generator: Box<dyn LineGenerator>, stop: &AtomicBool, dealer: &mut Dealer<'_>) {
-    // Lines per chunk chosen so a chunk of typical generated lines is near
-    // CHUNK_SIZE_BYTES.
-    const LINES_PER_CHUNK: usize = 2048;
-    while !stop.load(Ordering::Relaxed) {
-        let mut buffer = Vec::with_capacity(CHUNK_SIZE_BYTES + CHUNK_SIZE_BYTES / 2);
-        if generator.write_lines(&mut buffer, LINES_PER_CHUNK) == 0
-            || !dealer.deal(ChunkData::Lines(buffer.into()))
-        {
-            break;
-        }
-    }
-}
-
-fn pump_memory(mut data: Bytes, stop: &AtomicBool, dealer: &mut Dealer<'_>) {
-    while !data.is_empty() && !stop.load(Ordering::Relaxed) {
-        let cut = chunk_end(&data, CHUNK_SIZE_BYTES);
-        if !dealer.deal(ChunkData::Lines(data.split_to(cut))) {
-            break;
-        }
-    }
-}
-
-/// Stdin read on a helper thread, so the pump can wake every
-/// `STOP_POLL_INTERVAL` to look at the stop flag even while no input arrives.
-/// (A blocking read cannot be interrupted, and edge-triggered polling of a
-/// blocking fd misses an end of input that arrived with the last data.)
-struct ThreadedStdin {
-    blocks: crossbeam_channel::Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    consumed: usize,
-    ended: bool,
-}
-
-/// Stdin blocks read ahead of the pump.
-const STDIN_BLOCKS_AHEAD: usize = 4;
-
-impl ThreadedStdin {
-    fn spawn() -> Self {
-        let (sender, blocks) = crossbeam_channel::bounded(STDIN_BLOCKS_AHEAD);
-        std::thread::Builder::new()
-            .name("verity-stdin".into())
-            .spawn(move || {
-                let mut stdin = io::stdin().lock();
-                loop {
-                    let mut block = vec![0; CHUNK_SIZE_BYTES];
-                    let result = match stdin.read(&mut block) {
-                        Ok(read) => {
-                            block.truncate(read);
-                            Ok(block)
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => Err(e),
-                    };
-                    let last = !matches!(&result, Ok(block) if !block.is_empty());
-                    if sender.send(result).is_err() || last {
-                        return;
-                    }
-                }
-            })
-            .expect("spawn stdin reader thread");
-        ThreadedStdin {
-            blocks,
-            current: Vec::new(),
-            consumed: 0,
-            ended: false,
-        }
-    }
-}
-
-impl Read for ThreadedStdin {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.consumed == self.current.len() && !self.ended {
-            match self.blocks.recv_timeout(STOP_POLL_INTERVAL) {
-                Ok(block) => {
-                    self.current = block?;
-                    self.consumed = 0;
-                    self.ended = self.current.is_empty();
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    return Err(io::ErrorKind::TimedOut.into())
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => self.ended = true,
-            }
-        }
-        let available = &self.current[self.consumed..];
-        let read = available.len().min(buf.len());
-        buf[..read].copy_from_slice(&available[..read]);
-        self.consumed += read;
-        Ok(read)
-    }
-}
-
 /// Where to cut `data` so the first part holds whole lines and is about
 /// `target_bytes` long (longer only if one line is).
-fn chunk_end(data: &[u8], target_bytes: usize) -> usize {
+pub(crate) fn chunk_end(data: &[u8], target_bytes: usize) -> usize {
     if data.len() <= target_bytes {
         return data.len();
     }
@@ -410,6 +316,8 @@ pub struct LineChunker<R> {
     /// lines go out now instead of waiting for a full chunk (TCP latency).
     short_read: bool,
     eof: bool,
+    /// Bytes read from the stream so far.
+    read_bytes: u64,
 }
 
 impl<R: Read> LineChunker<R> {
@@ -424,7 +332,14 @@ impl<R: Read> LineChunker<R> {
             skipped_prefix: Bytes::new(),
             short_read: false,
             eof: false,
+            read_bytes: 0,
         }
+    }
+
+    /// Bytes of the stream handed out in pieces or skipped so far: after a
+    /// piece, where it ends in the stream.
+    pub fn consumed_bytes(&self) -> u64 {
+        self.read_bytes - self.buffer.len() as u64
     }
 
     /// The next piece, or `None` at the end of the stream.
@@ -510,6 +425,7 @@ impl<R: Read> LineChunker<R> {
         let read = *result.as_ref().unwrap_or(&0);
         self.buffer.truncate(start + read);
         let read = result?;
+        self.read_bytes += read as u64;
         self.eof = read == 0;
         self.short_read = read < self.chunk_bytes;
         Ok(())
@@ -585,14 +501,146 @@ mod tests {
 
     #[test]
     fn parse_recognises_stdin_tcp_and_files() {
-        assert!(matches!(SourceSpec::parse("-").kind, SourceKind::Stdin));
-        assert!(
-            matches!(SourceSpec::parse("tcp:127.0.0.1:9").kind, SourceKind::Tcp(a) if a == "127.0.0.1:9")
+        let kind = |arg: &str| SourceSpec::parse(arg).connector.kind();
+        assert_eq!(kind("-"), "stdin");
+        assert_eq!(SourceSpec::parse("-").name, "stdin");
+        assert_eq!(kind("tcp:127.0.0.1:9"), "tcp");
+        assert_eq!(kind("tcp://127.0.0.1:9"), "tcp");
+        assert_eq!(kind("in.txt"), "file");
+        assert_eq!(kind("nosuch://x"), "file", "as before the registry");
+    }
+
+    #[test]
+    fn the_chunker_counts_what_it_consumed() {
+        let mut input = b"ok\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 500));
+        input.extend_from_slice(b"\nafter\nend");
+        let mut chunker = LineChunker::new(&input[..], 16, 100);
+        let mut ends = Vec::new();
+        while let Some(piece) = chunker.next_piece().unwrap() {
+            let len = match &piece {
+                Piece::Lines(b) => b.len() as u64,
+                Piece::Oversized { size_bytes, .. } => size_bytes + 1,
+                Piece::Idle => continue,
+            };
+            let start = ends.last().copied().unwrap_or(0);
+            ends.push(chunker.consumed_bytes());
+            assert_eq!(chunker.consumed_bytes() - start, len, "{piece:?}");
+        }
+        assert_eq!(ends.last().copied(), Some(input.len() as u64));
+    }
+
+    /// A source of several partitions, each a memory source of its own.
+    struct Partitioned(Vec<Bytes>);
+
+    impl SourceConnector for Partitioned {
+        fn kind(&self) -> &'static str {
+            "partitioned"
+        }
+        fn partitions(&self) -> Result<u32, SourceError> {
+            Ok(self.0.len() as u32)
+        }
+        fn open(
+            &mut self,
+            name: &str,
+            partition: u32,
+            at: Option<Position>,
+        ) -> Result<Box<dyn SourceReader>, SourceError> {
+            let data = self.0[partition as usize].clone();
+            MemorySource { data }.open(name, 0, at)
+        }
+    }
+
+    fn deal_all(spec: SourceSpec, shards: usize) -> Vec<(usize, SourceEvent)> {
+        let mut dealt = Vec::new();
+        let mut send = |shard, event| {
+            dealt.push((shard, event));
+            true
+        };
+        let opened = open(spec).unwrap();
+        pump(opened, &AtomicBool::new(false), Dealer::new(3, shards, &mut send));
+        dealt
+    }
+
+    #[test]
+    fn every_partition_is_read_and_chunks_carry_their_partition_and_position() {
+        let a: Bytes = (0..10_000)
+            .flat_map(|i| format!("a{i}\n").into_bytes())
+            .collect::<Vec<_>>()
+            .into();
+        let b = Bytes::from_static(b"b0\nb1\n");
+        let spec = SourceSpec::from_connector("p", Box::new(Partitioned(vec![a.clone(), b.clone()])));
+        let dealt = deal_all(spec, 2);
+        let mut per_partition = [Vec::new(), Vec::new()];
+        let mut next_line = 1;
+        let mut ends = Vec::new();
+        for (index, (shard, event)) in dealt.iter().enumerate() {
+            match event {
+                SourceEvent::Chunk {
+                    source,
+                    index: chunk,
+                    first_line,
+                    data: ChunkData::Lines(lines),
+                    partition,
+                    position,
+                } => {
+                    assert_eq!((*source, *chunk, *shard), (3, index as u64, index % 2));
+                    assert_eq!(*first_line, next_line, "lines numbered across partitions");
+                    next_line += lines.iter().filter(|b| **b == b'\n').count() as u64;
+                    let seen = &mut per_partition[*partition as usize];
+                    seen.extend_from_slice(lines);
+                    assert_eq!(
+                        *position,
+                        Position::Text {
+                            bytes: seen.len() as u64,
+                            lines: seen.iter().filter(|b| **b == b'\n').count() as u64
+                        }
+                    );
+                }
+                SourceEvent::End { source: 3, chunks } => ends.push(*chunks),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            ends,
+            [dealt.len() as u64 - 2; 2],
+            "every shard learns the chunk count"
         );
-        assert!(matches!(
-            SourceSpec::parse("tcp://127.0.0.1:9").kind,
-            SourceKind::Tcp(_)
-        ));
-        assert!(matches!(SourceSpec::parse("in.txt").kind, SourceKind::File(_)));
+        assert_eq!(per_partition[0], a.to_vec());
+        assert_eq!(per_partition[1], b.to_vec());
+        assert!(
+            matches!(dealt[1].1, SourceEvent::Chunk { partition: 1, .. }),
+            "partitions take turns"
+        );
+    }
+
+    #[test]
+    fn deal_positions_chunks_by_what_was_dealt() {
+        let mut dealt = Vec::new();
+        let mut send = |_shard, event| {
+            dealt.push(event);
+            true
+        };
+        let mut dealer = Dealer::new(0, 1, &mut send);
+        dealer.deal(ChunkData::Lines(Bytes::from_static(b"a\nbb\n")));
+        dealer.deal(ChunkData::Oversized {
+            prefix: Bytes::new(),
+            size_bytes: 9,
+        });
+        dealer.finish(None);
+        let positions: Vec<_> = dealt
+            .iter()
+            .filter_map(|e| match e {
+                SourceEvent::Chunk { position, .. } => Some(*position),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            positions,
+            [
+                Position::Text { bytes: 5, lines: 2 },
+                Position::Text { bytes: 15, lines: 3 }
+            ]
+        );
     }
 }

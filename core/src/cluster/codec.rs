@@ -3,10 +3,12 @@
 //! what the rest are; record bytes are read in place from the received buffer.
 
 use super::ClusterError;
+use crate::connector::Position;
 use crate::ids::MsgId;
 use crate::key::Key;
 use crate::line::DeadLetter;
 use crate::shard::{Batch, Routed, ShardCounters};
+use crate::sink::OutputBatch;
 use crate::source::{ChunkData, SourceEvent};
 use crate::wire::{decode_bytes, encode_bytes, take, Wire, WireError};
 use bytes::Bytes;
@@ -84,6 +86,21 @@ fn encode_id(id: MsgId, out: &mut Vec<u8>) {
     id.seq.encode(out);
 }
 
+/// Encoded size of a `MsgId`.
+const ID_SIZE_BYTES: usize = 16;
+
+/// Exactly `count` ids, back to back.
+fn decode_ids(mut input: &[u8], count: u64) -> Result<Vec<MsgId>, WireError> {
+    if input.len() as u64 != count.saturating_mul(ID_SIZE_BYTES as u64) {
+        return Err(WireError::Invalid("output ids do not match their count"));
+    }
+    let mut ids = Vec::with_capacity(input.len() / ID_SIZE_BYTES);
+    while !input.is_empty() {
+        ids.push(decode_id(&mut input)?);
+    }
+    Ok(ids)
+}
+
 fn decode_id(input: &mut &[u8]) -> Result<MsgId, WireError> {
     Ok(MsgId {
         producer: u32::decode(input)?,
@@ -105,6 +122,8 @@ pub fn encode_source_event(event: &SourceEvent, frame: &mut FrameWriter<'_>) {
             index,
             first_line,
             data,
+            partition,
+            position,
             ..
         } => {
             let (tag, body, size_bytes) = match data {
@@ -116,6 +135,8 @@ pub fn encode_source_event(event: &SourceEvent, frame: &mut FrameWriter<'_>) {
                 index.encode(out);
                 first_line.encode(out);
                 size_bytes.encode(out);
+                partition.encode(out);
+                position.encode(out);
             });
             frame.push_record(body);
         }
@@ -142,9 +163,11 @@ pub fn decode_source_event(frame: &Frame, source: u32) -> Result<SourceEvent, Cl
     match tag {
         EVENT_CHUNK_LINES | EVENT_CHUNK_OVERSIZED => {
             let decode = |input: &mut &[u8]| -> Result<_, WireError> {
-                Ok((u64::decode(input)?, u64::decode(input)?, u64::decode(input)?))
+                let numbers = (u64::decode(input)?, u64::decode(input)?, u64::decode(input)?);
+                Ok((numbers, u32::decode(input)?, Position::decode(input)?))
             };
-            let (index, first_line, size_bytes) = decode(&mut input).map_err(|e| malformed("chunk", e))?;
+            let ((index, first_line, size_bytes), partition, position) =
+                decode(&mut input).map_err(|e| malformed("chunk", e))?;
             let body = body()?;
             let data = if tag == EVENT_CHUNK_LINES {
                 ChunkData::Lines(body)
@@ -159,6 +182,8 @@ pub fn decode_source_event(frame: &Frame, source: u32) -> Result<SourceEvent, Cl
                 index,
                 first_line,
                 data,
+                partition,
+                position,
             })
         }
         EVENT_END => {
@@ -184,7 +209,8 @@ pub fn decode_source_event(frame: &Frame, source: u32) -> Result<SourceEvent, Cl
 /// What a remote shard sends towards the sinks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
-    Lines(Bytes),
+    /// Lines read in place from the frame, with their ids if the shard kept them.
+    Lines(OutputBatch<Bytes>),
     DeadLetter(DeadLetter),
     SourceFailed {
         source: u32,
@@ -201,9 +227,20 @@ const UP_FINISHED: u8 = 3;
 
 pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
     match message {
-        UpstreamRef::Lines(lines) => {
-            frame.record_with(|out| UP_LINES.encode(out));
-            frame.push_record(lines);
+        UpstreamRef::Lines(batch) => {
+            frame.record_with(|out| {
+                UP_LINES.encode(out);
+                (batch.ids.len() as u64).encode(out);
+            });
+            frame.push_record(&batch.lines);
+            if !batch.ids.is_empty() {
+                frame.record_with(|out| {
+                    out.reserve(batch.ids.len() * ID_SIZE_BYTES);
+                    for id in &batch.ids {
+                        encode_id(*id, out);
+                    }
+                });
+            }
         }
         UpstreamRef::DeadLetter(letter) => {
             frame.record_with(|out| {
@@ -231,7 +268,7 @@ pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
 
 /// `Upstream` borrowed, so output buffers need not be copied to be encoded.
 pub enum UpstreamRef<'a> {
-    Lines(&'a [u8]),
+    Lines(&'a OutputBatch),
     DeadLetter(&'a DeadLetter),
     SourceFailed { source: u32, error: &'a str },
     Finished(ShardCounters),
@@ -248,7 +285,16 @@ pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
             .ok_or_else(|| ClusterError::Malformed("output message without its body".into()))
     };
     Ok(match tag {
-        UP_LINES => Upstream::Lines(body()?),
+        UP_LINES => {
+            let id_count = u64::decode(&mut input).map_err(bad)?;
+            let lines = body()?;
+            let ids = if id_count == 0 {
+                Vec::new()
+            } else {
+                decode_ids(&body()?, id_count).map_err(bad)?
+            };
+            Upstream::Lines(OutputBatch { lines, ids })
+        }
         UP_DEAD_LETTER => {
             let id = decode_id(&mut input).map_err(bad)?;
             let reason = String::from_utf8_lossy(decode_bytes(&mut input).map_err(bad)?).into_owned();
@@ -322,5 +368,65 @@ pub fn decode_control(frame: &Frame) -> Result<Control, ClusterError> {
                 what: "control message",
             },
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verity_net::frame::{FrameDecoder, FrameKind};
+
+    /// Encodes with `write` into one frame and decodes it back off the wire.
+    fn through_a_frame(write: impl FnOnce(&mut FrameWriter<'_>)) -> Frame {
+        let mut out = Vec::new();
+        let mut writer = FrameWriter::begin(&mut out, FrameKind::Data, 7, 1);
+        write(&mut writer);
+        writer.finish();
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&out);
+        decoder.next_frame().unwrap().expect("one whole frame")
+    }
+
+    #[test]
+    fn chunks_cross_with_their_partition_and_position() {
+        let event = SourceEvent::Chunk {
+            source: 2,
+            index: 9,
+            first_line: 100,
+            data: ChunkData::Lines(Bytes::from_static(b"a\nb\n")),
+            partition: 3,
+            position: Position::Text {
+                bytes: 4096,
+                lines: 101,
+            },
+        };
+        let frame = through_a_frame(|w| encode_source_event(&event, w));
+        assert_eq!(decode_source_event(&frame, 2).unwrap(), event);
+    }
+
+    #[test]
+    fn output_lines_cross_with_their_ids_or_without() {
+        for ids in [vec![], vec![MsgId::new(0, 1), MsgId::new(1, 2).with_part(3)]] {
+            let batch = OutputBatch {
+                lines: b"x\ny\n".to_vec(),
+                ids: ids.clone(),
+            };
+            let frame = through_a_frame(|w| encode_upstream(&UpstreamRef::Lines(&batch), w));
+            let decoded = decode_upstream(&frame).unwrap();
+            assert_eq!(
+                decoded,
+                Upstream::Lines(OutputBatch {
+                    lines: Bytes::from_static(b"x\ny\n"),
+                    ids
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn ids_that_disagree_with_their_count_are_malformed() {
+        assert!(decode_ids(&[0; 16], 2).is_err());
+        assert!(decode_ids(&[0; 17], 1).is_err());
+        assert_eq!(decode_ids(&[0; 32], 2).unwrap().len(), 2);
     }
 }

@@ -13,6 +13,7 @@ mod wiring;
 
 use crate::cluster::codec::{decode_upstream, Upstream};
 use crate::cluster::{Layout, RemoteIn};
+use crate::connector::{SinkError, SourceError};
 use crate::flow::Dataflow;
 use crate::key::Key;
 use crate::shard::{ShardCore, ShardCounters, ShardLimits};
@@ -105,8 +106,13 @@ impl RunSummary {
 pub enum RunError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A sink could not be opened.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error("writing output failed: {0}")]
-    Output(std::io::Error),
+    Output(SinkError),
     #[error("a worker thread failed: {0}")]
     Worker(String),
     #[error("cluster: {0}")]
@@ -217,30 +223,25 @@ where
     let source_count = source_names.len();
 
     // Process 0 owns the sources and the sinks.
-    let mut opened = Vec::new();
-    let mut output_thread = None;
-    let mut output_tx = None;
     let outputs = match placement {
         Placement::Leader(outputs) => Some(outputs),
         Placement::Member { .. } => None,
     };
+    let mut opened = Vec::new();
+    let mut output = None;
     if let Some(outputs) = outputs {
         opened = sources
             .into_iter()
             .map(source::open)
             .collect::<Result<Vec<_>, _>>()?;
-        let sink = outputs.sink.open()?;
-        let dead_letters = DeadLetterWriter::new(outputs.dead_letter.clone(), source_names.to_vec())?;
-        let (tx, rx) = bounded::<OutputMessage>(config.output_queue_depth_buffers);
-        output_thread = Some(
-            thread::Builder::new()
-                .name("verity-output".into())
-                .spawn(move || write_outputs(rx, sink, dead_letters))?,
-        );
-        output_tx = Some(tx);
+        output = Some(spawn_output_thread(outputs, config, layout, &source_names)?);
     }
+    let (output_thread, output_tx, output_ids) = match output {
+        Some(o) => (Some(o.thread), Some(o.tx), o.wants_ids),
+        None => (None, None, false),
+    };
     let discard_lines = match placement {
-        Placement::Leader(outputs) => outputs.sink == SinkSpec::Null,
+        Placement::Leader(_) => output_thread.as_ref().is_some_and(|o| o.discards),
         Placement::Member { discard_lines } => discard_lines,
     };
     let wiring = wire::<K, V>(
@@ -253,7 +254,10 @@ where
     );
 
     let local = layout.local_shards();
-    let cores = ShardCore::build_range(&logic, layout.total_shards(), local.clone(), config.limits);
+    let mut cores = ShardCore::build_range(&logic, layout.total_shards(), local.clone(), config.limits);
+    if output_ids {
+        cores.iter_mut().for_each(ShardCore::collect_output_ids);
+    }
     let live: Arc<Vec<LiveCounters>> = Arc::new(local.clone().map(|_| LiveCounters::default()).collect());
     let source_errors = Arc::new(Mutex::new(Vec::new()));
     let pinning = Arc::new(Pinning::new(config.pin_cores, config.first_core));
@@ -332,6 +336,7 @@ where
     }
     if let Some(output_thread) = output_thread {
         output_thread
+            .handle
             .join()
             .map_err(|_| RunError::Worker("the output thread panicked".into()))?
             .map_err(RunError::Output)?;
@@ -346,6 +351,48 @@ where
         workers: local.len(),
         interrupted,
         source_errors,
+    })
+}
+
+/// The output thread and what its sink asked of the shards.
+struct OutputThread {
+    handle: thread::JoinHandle<Result<u64, SinkError>>,
+    /// The sink throws lines away: shards need not send them.
+    discards: bool,
+}
+
+struct SpawnedOutput {
+    thread: OutputThread,
+    tx: Sender<OutputMessage>,
+    /// Shards keep each output line's input id for the sink.
+    wants_ids: bool,
+}
+
+/// Opens the sinks (so a bad path fails before any input is read) and
+/// starts the output thread that writes them.
+fn spawn_output_thread(
+    outputs: &Outputs,
+    config: &RunConfig,
+    layout: &Layout,
+    source_names: &[String],
+) -> Result<SpawnedOutput, RunError> {
+    let sink = outputs.sink.open()?;
+    let (discards, wants_ids) = (sink.discards(), sink.wants_ids());
+    if wants_ids && layout.total_shards() != layout.local_shards().len() as u32 {
+        return Err(RunError::Cluster(
+            "this sink wants record ids, which workers of a cluster do not send yet: run it in one process"
+                .into(),
+        ));
+    }
+    let dead_letters = DeadLetterWriter::new(&outputs.dead_letter, source_names.to_vec())?;
+    let (tx, rx) = bounded::<OutputMessage>(config.output_queue_depth_buffers);
+    let handle = thread::Builder::new()
+        .name("verity-output".into())
+        .spawn(move || write_outputs(rx, sink, dead_letters))?;
+    Ok(SpawnedOutput {
+        thread: OutputThread { handle, discards },
+        tx,
+        wants_ids,
     })
 }
 
@@ -370,7 +417,7 @@ fn relay_output(
             Err(e) => panic!("undecodable output from shard {shard}: {e}"),
         };
         let _ = match message {
-            Upstream::Lines(lines) => output.send(OutputMessage::Lines(lines.to_vec())),
+            Upstream::Lines(lines) => output.send(OutputMessage::Relayed(lines)),
             Upstream::DeadLetter(letter) => output.send(OutputMessage::DeadLetter(letter)),
             Upstream::SourceFailed { source, error } => {
                 errors.report(source, &error);

@@ -1,0 +1,245 @@
+//! Connectors: sources and sinks as plug-ins. A source or sink is a trait
+//! object, so a crate outside `core` (a future `verity-kafka`) can supply one;
+//! the built-in ones (files, stdin/stdout, TCP, generator, memory, null) are
+//! implementations like any other (`sources`, `sinks`), and `Connectors` maps
+//! command-line arguments and URL schemes to them.
+//!
+//! # Sources
+//!
+//! A `SourceConnector` has one or more *partitions*: independent streams, each
+//! with its own positions. `open(partition, at)` opens one partition at a
+//! `Position` (`None`: its beginning) and returns a `SourceReader`, which yields
+//! `Chunk`s — about `CHUNK_SIZE_BYTES` of whole records — each with the
+//! partition's position *after* it. Reopening a partition at a chunk's
+//! position yields exactly what followed that chunk. Nothing in the traits says
+//! which process opens a partition: today's runtime opens every partition of
+//! every source on process 0 and deals their chunks from there; a partitioned
+//! runtime opens each partition on the process that owns it (the connector is
+//! rebuilt there from its URL through `Connectors`).
+//!
+//! The reader thread makes one virtual call per chunk (`next_chunk`), never one
+//! per record; records are sliced out of the chunk's buffer by the shard that
+//! parses it.
+//!
+//! # Sinks
+//!
+//! A `SinkConnector` is written by the output thread, one buffer of whole lines
+//! per call. A sink that wants them (`wants_ids`) also gets, parallel to the
+//! lines, the id of the input record behind each line (`MsgId`); shards then
+//! collect one id per output line into a vector beside the buffer, and only
+//! then. `barrier(c)` marks a commit boundary in the output stream and
+//! `commit(upto)` says everything up to that boundary is final. Today a run
+//! has one boundary, at the end of its input; checkpoints will add one per
+//! checkpoint. Dead letters go through the same trait (`sink::DeadLetterWriter`
+//! formats each letter as a line and writes it with the letter's id).
+//!
+//! # How later work builds on this (design notes, not built yet)
+//!
+//! * **Checkpoints and replay** (crash recovery). Every `SourceEvent::Chunk`
+//!   carries its partition and position, so the shard applying a chunk's turn
+//!   knows where the source stands once that chunk is applied: the chunk turns
+//!   are the aligned barriers, and a checkpoint records per (source, partition)
+//!   the position of the last applied chunk, with the dealer's chunk index. To
+//!   recover, the runtime opens each partition at its recorded position and
+//!   the dealer continues numbering from the recorded chunk index and line
+//!   (`Position::Text` carries the line count, so ids stay those of the first
+//!   run). Files, memory and the generator reopen at a position now; stdin and
+//!   the TCP source refuse with `SourceError::CannotRewind`. The TCP source
+//!   becomes replayable by acking, per checkpoint, the byte sequence of its
+//!   position to `verity send`, which keeps and resends what is unacked after
+//!   a reconnect (the position is then a sequence in the sender's stream).
+//! * **Exactly-once file sink.** `write` appends as today; `barrier(c)` notes
+//!   the file length at the boundary; `commit(c)` fsyncs the file and records
+//!   that length as committed (in the checkpoint manifest, written atomically).
+//!   Recovery opens the sink with the last complete checkpoint and truncates
+//!   the uncommitted tail, which the replay regenerates; dead letters the same.
+//! * **Kafka.** A `KafkaSource` has the topic's partitions; `open(p, at)`
+//!   assigns partition `p` at `Position::Log { offset }` (or the start policy),
+//!   and each chunk is a batch of polled messages with the offset after the
+//!   last (records get their ids from (partition, offset): a chunk format that
+//!   carries per-record offsets joins `ChunkData` then). `partitions()` comes
+//!   from topic metadata; each process opens the partitions it owns. A
+//!   `KafkaSink` wants ids (for the output-id header), produces each buffer's
+//!   lines inside a transaction, ends it at `barrier(c)` and commits it at
+//!   `commit(c)` (or uses the idempotent producer with at-least-once
+//!   delivery). It registers as the `kafka` scheme in `Connectors`.
+
+mod position;
+mod registry;
+pub mod sinks;
+pub mod sources;
+
+pub use position::Position;
+pub use registry::{ConnectorError, Connectors, SinkFactory, SourceFactory};
+
+use crate::ids::MsgId;
+use crate::source::ChunkData;
+use std::io;
+
+/// Why a source cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The source cannot be reopened at a position (not yet: stdin, TCP).
+    #[error("source {source_name} ({kind}) cannot be reopened at {position}: it cannot rewind (yet)")]
+    CannotRewind {
+        source_name: String,
+        kind: &'static str,
+        position: Position,
+    },
+    /// The position is not one this source produces.
+    #[error("source {source_name}: {position} is not a position of a {kind} source")]
+    WrongPosition {
+        source_name: String,
+        kind: &'static str,
+        position: Position,
+    },
+    /// The position lies past the end of the source.
+    #[error("source {source_name}: {position} is past its end ({detail})")]
+    PositionPastEnd {
+        source_name: String,
+        position: Position,
+        detail: String,
+    },
+    #[error("source {source_name} has {partitions} partition(s); there is no partition {partition}")]
+    NoSuchPartition {
+        source_name: String,
+        partitions: u32,
+        partition: u32,
+    },
+    /// An error of a connector from another crate.
+    #[error("{0}")]
+    Connector(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why a sink cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// An error of a connector from another crate.
+    #[error("{0}")]
+    Connector(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// One chunk of whole records from one partition of a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub data: ChunkData,
+    /// Records in `data` (for text: its lines), counted once, by the reader.
+    pub records: u64,
+    /// The partition's position after this chunk: opening the partition there
+    /// yields what follows it.
+    pub position: Position,
+}
+
+/// What a reader has next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pull {
+    Chunk(Chunk),
+    /// Nothing arrived for a while (about `source::STOP_POLL_INTERVAL`): a
+    /// chance for the caller to look at its stop flag.
+    Idle,
+    /// The partition has no more records (a bounded source).
+    End,
+}
+
+/// A source of records that the runtime reads on a reader thread.
+pub trait SourceConnector: Send {
+    /// What kind of source this is (`file`, `tcp`, …), for errors.
+    fn kind(&self) -> &'static str;
+
+    /// Its partitions (at least 1): independent streams, each with its own
+    /// positions, each readable by any one process.
+    fn partitions(&self) -> Result<u32, SourceError> {
+        Ok(1)
+    }
+
+    /// Opens `partition` to read from `at` (`None`: its beginning). Called
+    /// before the run starts, so a missing file or a busy port fails early;
+    /// `source_name` is the source's name for error messages.
+    fn open(
+        &mut self,
+        source_name: &str,
+        partition: u32,
+        at: Option<Position>,
+    ) -> Result<Box<dyn SourceReader>, SourceError>;
+}
+
+/// An opened partition, read on its own thread.
+pub trait SourceReader: Send {
+    /// The next chunk, `Idle` when nothing arrived for about
+    /// `source::STOP_POLL_INTERVAL`, or `End`. Called once per chunk.
+    fn next_chunk(&mut self) -> Result<Pull, SourceError>;
+}
+
+/// Names a commit boundary in the output stream. Today a run has one, at the
+/// end of its input (`CommitId::END_OF_INPUT`); checkpoints will number theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommitId(pub u64);
+
+impl CommitId {
+    /// The boundary after the last output of a bounded run.
+    pub const END_OF_INPUT: CommitId = CommitId(u64::MAX);
+}
+
+/// Where output lines (or dead letters) go, written by the output thread one
+/// buffer at a time.
+pub trait SinkConnector: Send {
+    /// Whether `write` needs the id of each line's input record. Shards then
+    /// collect one id per output line (16 bytes each), so say no unless used.
+    fn wants_ids(&self) -> bool {
+        false
+    }
+
+    /// A sink that throws output away: shards then format it but do not ship
+    /// it to the output thread (dead letters still come).
+    fn discards(&self) -> bool {
+        false
+    }
+
+    /// One buffer of whole lines, each ending in `\n`. With `wants_ids`,
+    /// `ids[i]` is the id of the input record behind line `i` (the default id
+    /// for lines of `on_end`, which derive from a key's whole history);
+    /// otherwise `ids` is empty.
+    fn write(&mut self, lines: &[u8], ids: &[MsgId]) -> Result<(), SinkError>;
+
+    /// Everything written before this call belongs to `commit`; what follows
+    /// belongs to later ones. A transactional sink closes (prepares) the
+    /// transaction here.
+    fn barrier(&mut self, commit: CommitId) -> Result<(), SinkError> {
+        let _ = commit;
+        Ok(())
+    }
+
+    /// Everything up to the barrier of `upto` is final: make it durable and
+    /// visible. After a crash, output past the last commit is regenerated, so
+    /// a transactional sink drops it.
+    fn commit(&mut self, upto: CommitId) -> Result<(), SinkError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_source_and_what_to_do() {
+        let e = SourceError::CannotRewind {
+            source_name: "tcp:127.0.0.1:9".into(),
+            kind: "tcp",
+            position: Position::Text { bytes: 10, lines: 2 },
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("tcp:127.0.0.1:9") && text.contains("cannot rewind"),
+            "{text}"
+        );
+        let e = SourceError::NoSuchPartition {
+            source_name: "in".into(),
+            partitions: 1,
+            partition: 3,
+        };
+        assert!(e.to_string().contains("no partition 3"));
+    }
+}
