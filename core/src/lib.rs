@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod connector;
+pub mod driver;
 pub mod env;
 pub mod flow;
 pub mod ids;

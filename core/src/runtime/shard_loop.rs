@@ -1,20 +1,23 @@
-//! The loop of one shard thread: feeds its `ShardCore` chunks and batches and
-//! carries out the effects it returns.
+//! One shard thread: the shared `ShardDriver` decides (see `crate::driver`),
+//! this loop gives it the thread's queues as ports and does the waiting.
 //!
 //! Shards never block on another shard: a send to a full queue is parked, and
 //! while a source has parked sends the shard parses none of its chunks but
 //! keeps applying what it receives (applying only produces output). Only the
-//! output path may block a shard, and it never waits on shards.
+//! output path may block a shard (these ports block there instead of
+//! returning `Full`), and it never waits on shards.
 
-use super::wiring::{BatchOut, OutputOut, Sent, ShardChannels};
+use super::wiring::{OutputOut, ShardChannels};
 use super::LiveCounters;
 use crate::cluster::codec::{encode_upstream, UpstreamRef};
+use crate::driver::{OutputSent, Sent, ShardDriver, ShardPorts, Wait, Watch};
 use crate::key::Key;
-use crate::shard::{Batch, Effect, ShardCore, ShardCounters};
-use crate::sink::OutputMessage;
+use crate::line::DeadLetter;
+use crate::shard::{Batch, ShardCore, ShardCounters};
+use crate::sink::{OutputBatch, OutputMessage};
+use crate::source::SourceEvent;
 use crate::wire::Wire;
 use crossbeam_channel::Select;
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,11 +26,6 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// How soon a shard with parked sends looks again: a full queue has no
 /// "space available" signal.
 const PARKED_RETRY_WAIT: Duration = Duration::from_micros(50);
-/// Batches taken from peers before the shard looks at its sources again.
-const PEER_DRAIN_MAX: usize = 64;
-
-/// Per source: sends that found their queue full, kept in order.
-type Parked<K, V> = Vec<VecDeque<(u32, Batch<K, V>)>>;
 
 /// Where source failures are reported (process 0), by source name.
 pub struct SourceErrors<'a> {
@@ -48,8 +46,8 @@ impl SourceErrors<'_> {
 }
 
 pub fn drive_shard<K, V, S, O>(
-    mut core: ShardCore<K, V, S, O>,
-    mut ch: ShardChannels<K, V>,
+    core: ShardCore<K, V, S, O>,
+    ch: ShardChannels<K, V>,
     live: &LiveCounters,
     source_errors: &SourceErrors<'_>,
 ) -> ShardCounters
@@ -59,119 +57,97 @@ where
     S: Default + Send + 'static,
     O: 'static,
 {
-    let mut parked: Parked<K, V> = (0..ch.chunks.len()).map(|_| VecDeque::new()).collect();
-    let mut effects = Vec::new();
-    let mut awaited = Vec::new();
+    let mut driver = ShardDriver::new(core, ch.chunks.len());
+    let mut ports = ThreadPorts { ch, source_errors };
+    let mut watched = Vec::new();
     loop {
-        let mut progressed = receive_batches(&mut core, &ch, &mut awaited);
-        for (source, chunks) in ch.chunks.iter().enumerate() {
-            if parked[source].is_empty() && core.wants_chunk(source as u32) {
-                if let Some(event) = chunks.try_take(source as u32) {
-                    core.on_source_event(event);
-                    progressed = true;
-                }
+        let step = driver.step(&mut ports);
+        live.publish(driver.counters());
+        if step.finished {
+            return driver.counters();
+        }
+        match step.wait {
+            Wait::Nothing => {}
+            Wait::Input { parked_sends } => {
+                driver.watched(&mut watched);
+                wait_for_input(&ports.ch, &watched, parked_sends);
             }
-        }
-        if !progressed && parked.iter().all(VecDeque::is_empty) {
-            core.flush();
-        }
-        effects.extend(core.drain_effects());
-        for effect in effects.drain(..) {
-            carry_out(effect, &mut core, &mut ch, &mut parked, source_errors);
-        }
-        progressed |= retry_parked(&mut parked, &mut ch.batches_out);
-        live.publish(core.counters());
-        if core.is_finished() && parked.iter().all(VecDeque::is_empty) {
-            let counters = core.counters();
-            send_upstream(&mut ch.output, UpstreamRef::Finished(counters));
-            return counters;
-        }
-        if !progressed {
-            wait_for_input(&ch, &core, &parked, &mut awaited);
+            // These ports block on the sink rather than report it full.
+            Wait::Sink => std::thread::sleep(PARKED_RETRY_WAIT),
         }
     }
 }
 
-/// Applies batches from the senders whose turn it is, as long as they have some.
-fn receive_batches<K, V, S, O>(
-    core: &mut ShardCore<K, V, S, O>,
-    ch: &ShardChannels<K, V>,
-    awaited: &mut Vec<(u32, u32)>,
-) -> bool
-where
-    K: Key + Wire,
-    V: Wire + Send + 'static,
-    S: Default + Send + 'static,
-    O: 'static,
-{
-    let mut received = 0;
-    'turns: while received < PEER_DRAIN_MAX {
-        core.awaited_senders(awaited);
-        for &(source, from) in awaited.iter() {
-            let inbound = ch.batches_in[source as usize][from as usize]
-                .as_ref()
-                .expect("no channel from a shard to itself");
-            if let Some(batch) = inbound.try_take(source, from) {
-                core.on_batch(batch);
-                received += 1;
-                continue 'turns;
-            }
-        }
-        break;
-    }
-    received > 0
+/// A shard thread's queues.
+struct ThreadPorts<'a, K, V> {
+    ch: ShardChannels<K, V>,
+    source_errors: &'a SourceErrors<'a>,
 }
 
-fn carry_out<K, V, S, O>(
-    effect: Effect<K, V>,
-    core: &mut ShardCore<K, V, S, O>,
-    ch: &mut ShardChannels<K, V>,
-    parked: &mut Parked<K, V>,
-    source_errors: &SourceErrors<'_>,
-) where
-    K: Key + Wire,
-    V: Wire + Send + 'static,
-    S: Default + Send + 'static,
-    O: 'static,
-{
-    match effect {
-        Effect::Send { to, batch } => {
-            let source = batch.source as usize;
-            if !parked[source].is_empty() {
-                parked[source].push_back((to, batch));
-                return;
-            }
-            if let Sent::Full(batch) = outbound(&mut ch.batches_out, source, to).try_send(batch) {
-                parked[source].push_back((to, batch));
-            }
+impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
+    fn take_batch(&mut self, source: u32, from: u32) -> Option<Batch<K, V>> {
+        self.ch.batches_in[source as usize][from as usize]
+            .as_ref()
+            .expect("no channel from a shard to itself")
+            .try_take(source, from)
+    }
+
+    fn take_source_event(&mut self, source: u32) -> Option<SourceEvent> {
+        self.ch.chunks[source as usize].try_take(source)
+    }
+
+    fn try_send_batch(&mut self, to: u32, batch: Batch<K, V>) -> Sent<Batch<K, V>> {
+        self.ch.batches_out[batch.source as usize][to as usize]
+            .as_mut()
+            .expect("no channel from a shard to itself")
+            .try_send(batch)
+    }
+
+    fn try_output(&mut self, lines: OutputBatch) -> OutputSent {
+        if self.ch.discard_lines {
+            return OutputSent::Returned(lines);
         }
-        Effect::Output(lines) => {
-            if ch.discard_lines {
-                core.recycle_output(lines);
-            } else if let OutputOut::Local(tx) = &ch.output {
+        match &mut self.ch.output {
+            OutputOut::Local(tx) => {
                 // A closed output thread has failed; its error ends the run.
                 let _ = tx.send(OutputMessage::Lines(lines));
-            } else {
-                send_upstream(&mut ch.output, UpstreamRef::Lines(&lines));
-                core.recycle_output(lines);
+                OutputSent::Taken
+            }
+            output @ OutputOut::Remote(_) => {
+                send_upstream(output, UpstreamRef::Lines(&lines));
+                OutputSent::Returned(lines)
             }
         }
-        Effect::DeadLetter(letter) => match &ch.output {
+    }
+
+    fn try_dead_letter(&mut self, letter: DeadLetter) -> Sent<DeadLetter> {
+        match &mut self.ch.output {
             OutputOut::Local(tx) => {
                 let _ = tx.send(OutputMessage::DeadLetter(letter));
             }
-            OutputOut::Remote(_) => send_upstream(&mut ch.output, UpstreamRef::DeadLetter(&letter)),
-        },
-        Effect::SourceFailed { source, error } => match &ch.output {
-            OutputOut::Local(_) => source_errors.report(source, &error),
-            OutputOut::Remote(_) => send_upstream(
-                &mut ch.output,
+            output @ OutputOut::Remote(_) => send_upstream(output, UpstreamRef::DeadLetter(&letter)),
+        }
+        Sent::Done
+    }
+
+    fn try_source_failed(&mut self, source: u32, error: String) -> Sent<String> {
+        match &mut self.ch.output {
+            OutputOut::Local(_) => self.source_errors.report(source, &error),
+            output @ OutputOut::Remote(_) => send_upstream(
+                output,
                 UpstreamRef::SourceFailed {
                     source,
                     error: &error,
                 },
             ),
-        },
+        }
+        Sent::Done
+    }
+
+    fn try_finished(&mut self, counters: ShardCounters) -> bool {
+        // A local shard's counters go to the runtime when its thread returns.
+        send_upstream(&mut self.ch.output, UpstreamRef::Finished(counters));
+        true
     }
 }
 
@@ -183,55 +159,20 @@ fn send_upstream(output: &mut OutputOut, message: UpstreamRef<'_>) {
     }
 }
 
-fn outbound<K, V>(out: &mut [Vec<Option<BatchOut<K, V>>>], source: usize, to: u32) -> &mut BatchOut<K, V> {
-    out[source][to as usize]
-        .as_mut()
-        .expect("no channel from a shard to itself")
-}
-
-fn retry_parked<K: Wire, V: Wire>(
-    parked: &mut Parked<K, V>,
-    out: &mut [Vec<Option<BatchOut<K, V>>>],
-) -> bool {
-    let mut sent_any = false;
-    for (source, queue) in parked.iter_mut().enumerate() {
-        while let Some((to, batch)) = queue.pop_front() {
-            match outbound(out, source, to).try_send(batch) {
-                Sent::Done => sent_any = true,
-                Sent::Full(batch) => {
-                    queue.push_front((to, batch));
-                    break;
-                }
-            }
-        }
-    }
-    sent_any
-}
-
-fn wait_for_input<K, V, S, O>(
-    ch: &ShardChannels<K, V>,
-    core: &ShardCore<K, V, S, O>,
-    parked: &Parked<K, V>,
-    awaited: &mut Vec<(u32, u32)>,
-) where
-    K: Key + Wire,
-    V: Wire + Send + 'static,
-    S: Default + Send + 'static,
-    O: 'static,
-{
+fn wait_for_input<K: Key + Wire, V: Wire>(ch: &ShardChannels<K, V>, watched: &[Watch], parked_sends: bool) {
     let mut select = Select::new();
-    core.awaited_senders(awaited);
-    for &(source, from) in awaited.iter() {
-        let inbound = ch.batches_in[source as usize][from as usize]
-            .as_ref()
-            .expect("no channel from a shard to itself");
-        inbound.watch(&mut select);
-    }
-    for (source, chunks) in ch.chunks.iter().enumerate() {
-        if parked[source].is_empty() && core.wants_chunk(source as u32) {
-            chunks.watch(&mut select);
+    for watch in watched {
+        match *watch {
+            Watch::Batches { source, from } => ch.batches_in[source as usize][from as usize]
+                .as_ref()
+                .expect("no channel from a shard to itself")
+                .watch(&mut select),
+            Watch::Chunks { source } => ch.chunks[source as usize].watch(&mut select),
         }
     }
-    let any_parked = parked.iter().any(|q| !q.is_empty());
-    let _ = select.ready_timeout(if any_parked { PARKED_RETRY_WAIT } else { IDLE_WAIT });
+    let _ = select.ready_timeout(if parked_sends {
+        PARKED_RETRY_WAIT
+    } else {
+        IDLE_WAIT
+    });
 }

@@ -6,6 +6,7 @@
 use super::RunConfig;
 use crate::cluster::codec::{decode_batch, decode_source_event, encode_batch, encode_source_event};
 use crate::cluster::{channel_id, ChannelClosed, Layout, RemoteIn, RemoteOut};
+use crate::driver::Sent;
 use crate::key::Key;
 use crate::shard::Batch;
 use crate::sink::OutputMessage;
@@ -44,12 +45,6 @@ pub enum OutputOut {
     Local(Sender<OutputMessage>),
     /// Towards process 0's sinks.
     Remote(RemoteOut),
-}
-
-/// The outcome of a non-blocking send.
-pub enum Sent<T> {
-    Done,
-    Full(T),
 }
 
 impl<K: Key + Wire, V: Wire> BatchIn<K, V> {

@@ -1,0 +1,353 @@
+//! The shard driver: the loop policy of one shard, sans-IO, shared by the
+//! production shard thread (`runtime::shard_loop`, over crossbeam and network
+//! queues) and the simulator (over simulated bounded queues).
+//!
+//! One `step` is one turn of the production loop:
+//!
+//! 1. apply batches from the senders whose turn it is, up to `PEER_DRAIN_MAX`;
+//! 2. take one dealt event per source, but only from sources with no parked
+//!    sends (a full peer queue stops parsing that source, never receiving);
+//! 3. if nothing came in and nothing is parked, flush buffered output (so an
+//!    idle or slow stream's output does not wait for more input);
+//! 4. carry out the effects in order: sends go to their queue or, if it is
+//!    full (or earlier sends of that source are parked), to the source's
+//!    parked queue; output, dead letters and source failures go towards the
+//!    sink, which may be full (then the step stops there and the next step
+//!    resumes with the same effect, as a blocked production thread would);
+//! 5. retry parked sends, each source's in order, stopping at the first full;
+//! 6. once the core finished and nothing is parked, report `Finished`.
+//!
+//! The driver never blocks and never waits: `Step::wait` says what it waits
+//! for, and the caller waits (production `Select`s on the watched queues; the
+//! simulator steps the shard again when one of its queues changes).
+
+use crate::key::Key;
+use crate::line::DeadLetter;
+use crate::shard::{Batch, Effect, ShardCore, ShardCounters};
+use crate::sink::OutputBatch;
+use crate::source::SourceEvent;
+use std::collections::VecDeque;
+
+/// Batches taken from peers in one step before the shard looks at its
+/// sources again, so a busy peer cannot starve parsing.
+pub const PEER_DRAIN_MAX: usize = 64;
+
+/// The outcome of a send that must not block.
+#[derive(Debug)]
+pub enum Sent<T> {
+    Done,
+    Full(T),
+}
+
+/// The outcome of handing an output buffer towards the sink.
+#[derive(Debug)]
+pub enum OutputSent {
+    /// The sink took the buffer itself.
+    Taken,
+    /// The lines went on (copied, encoded or discarded); the buffer comes back
+    /// for reuse.
+    Returned(OutputBatch),
+    /// No room towards the sink now; try again later.
+    Full(OutputBatch),
+}
+
+/// The queues of one shard, as the driver sees them. Every call returns at
+/// once: production ports may block only on the way to the sink (the output
+/// thread waits on nothing, so that cannot deadlock), and may then never
+/// return `Full` from those.
+pub trait ShardPorts<K, V> {
+    /// The next batch of `source` from shard `from`, if one is queued.
+    fn take_batch(&mut self, source: u32, from: u32) -> Option<Batch<K, V>>;
+    /// The next dealt event of `source` for this shard, if one is queued.
+    fn take_source_event(&mut self, source: u32) -> Option<SourceEvent>;
+    /// Queues `batch` for shard `to`, or gives it back if the queue is full.
+    fn try_send_batch(&mut self, to: u32, batch: Batch<K, V>) -> Sent<Batch<K, V>>;
+    fn try_output(&mut self, lines: OutputBatch) -> OutputSent;
+    fn try_dead_letter(&mut self, letter: DeadLetter) -> Sent<DeadLetter>;
+    fn try_source_failed(&mut self, source: u32, error: String) -> Sent<String>;
+    /// Tells process 0 this shard is done (a local shard: nothing to send).
+    /// False if there is no room yet.
+    fn try_finished(&mut self, counters: ShardCounters) -> bool;
+}
+
+/// A queue a waiting shard wants to hear from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Batches of `source` from shard `from` (its turn).
+    Batches { source: u32, from: u32 },
+    /// Dealt events of `source`.
+    Chunks { source: u32 },
+}
+
+/// What a step that made no progress waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Nothing: it progressed, step again at once.
+    Nothing,
+    /// Input on a `watched` queue; with parked sends also room in a peer
+    /// queue, which has no signal (poll soon).
+    Input { parked_sends: bool },
+    /// Room on the way to the sink.
+    Sink,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub progressed: bool,
+    /// The shard is done and said so: stop driving it.
+    pub finished: bool,
+    pub wait: Wait,
+    /// Sends that found their queue full in this step.
+    pub parked_sends: u64,
+}
+
+/// Bugs a test plants in the shared driver to show the simulator finds them;
+/// all off in production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriverBugs {
+    /// Never flush output when idle (it then waits for a full buffer or the end).
+    pub skip_idle_flush: bool,
+    /// A parked send that is still blocked goes to the back of its queue.
+    pub reorder_parked_retry: bool,
+}
+
+/// Per source: sends that found their queue full, in order.
+type Parked<K, V> = Vec<VecDeque<(u32, Batch<K, V>)>>;
+
+/// One shard's core and the loop state around it.
+pub struct ShardDriver<K, V, S, O> {
+    core: ShardCore<K, V, S, O>,
+    sources: usize,
+    parked: Parked<K, V>,
+    /// Effects not yet carried out (the sink was full).
+    pending: VecDeque<Effect<K, V>>,
+    awaited: Vec<(u32, u32)>,
+    finished_reported: bool,
+    bugs: DriverBugs,
+}
+
+impl<K, V, S, O> ShardDriver<K, V, S, O>
+where
+    K: Key,
+    V: Send + 'static,
+    S: Default + Send + 'static,
+    O: 'static,
+{
+    pub fn new(core: ShardCore<K, V, S, O>, sources: usize) -> Self {
+        ShardDriver {
+            core,
+            sources,
+            parked: (0..sources).map(|_| VecDeque::new()).collect(),
+            pending: VecDeque::new(),
+            awaited: Vec::new(),
+            finished_reported: false,
+            bugs: DriverBugs::default(),
+        }
+    }
+
+    /// Test-only: plants `bugs` (the simulator's planted-bug tests).
+    pub fn plant_bugs_for_testing(&mut self, bugs: DriverBugs) {
+        self.bugs = bugs;
+    }
+
+    pub fn core(&self) -> &ShardCore<K, V, S, O> {
+        &self.core
+    }
+
+    pub fn counters(&self) -> ShardCounters {
+        self.core.counters()
+    }
+
+    pub fn has_parked_sends(&self) -> bool {
+        self.parked.iter().any(|queue| !queue.is_empty())
+    }
+
+    /// Batches parked per source (for liveness reports).
+    pub fn parked_counts(&self) -> Vec<usize> {
+        self.parked.iter().map(VecDeque::len).collect()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished_reported
+    }
+
+    /// One turn of the loop (see the module comment).
+    pub fn step(&mut self, ports: &mut impl ShardPorts<K, V>) -> Step {
+        assert!(!self.finished_reported, "a finished shard is not stepped");
+        let mut progressed = false;
+        let resumed = !self.pending.is_empty();
+        if !resumed {
+            progressed = self.take_input(ports);
+            if !progressed && !self.has_parked_sends() && !self.bugs.skip_idle_flush {
+                self.core.flush();
+            }
+            self.pending.extend(self.core.drain_effects());
+        }
+        let mut parked_sends = 0;
+        let carried = self.carry_out(ports, &mut parked_sends);
+        // Carrying out a step's own effects is not progress (production counts
+        // only input and retried sends); finishing a blocked step's is.
+        progressed |= resumed && carried.moved;
+        if carried.blocked {
+            let wait = if progressed { Wait::Nothing } else { Wait::Sink };
+            return Step {
+                progressed,
+                finished: false,
+                wait,
+                parked_sends,
+            };
+        }
+        progressed |= self.retry_parked(ports);
+        if self.core.is_finished() && !self.has_parked_sends() {
+            if ports.try_finished(self.core.counters()) {
+                self.finished_reported = true;
+                return Step {
+                    progressed: true,
+                    finished: true,
+                    wait: Wait::Nothing,
+                    parked_sends,
+                };
+            }
+            return Step {
+                progressed,
+                finished: false,
+                wait: if progressed { Wait::Nothing } else { Wait::Sink },
+                parked_sends,
+            };
+        }
+        let wait = if progressed {
+            Wait::Nothing
+        } else {
+            Wait::Input {
+                parked_sends: self.has_parked_sends(),
+            }
+        };
+        Step {
+            progressed,
+            finished: false,
+            wait,
+            parked_sends,
+        }
+    }
+
+    /// The queues a shard that waits for input wants to hear from.
+    pub fn watched(&mut self, into: &mut Vec<Watch>) {
+        into.clear();
+        self.core.awaited_senders(&mut self.awaited);
+        into.extend(
+            self.awaited
+                .iter()
+                .map(|&(source, from)| Watch::Batches { source, from }),
+        );
+        for source in 0..self.sources as u32 {
+            if self.parked[source as usize].is_empty() && self.core.wants_chunk(source) {
+                into.push(Watch::Chunks { source });
+            }
+        }
+    }
+
+    /// Steps 1 and 2: batches whose turn it is, then one event per source.
+    fn take_input(&mut self, ports: &mut impl ShardPorts<K, V>) -> bool {
+        let mut progressed = self.receive_batches(ports);
+        for source in 0..self.sources as u32 {
+            if self.parked[source as usize].is_empty() && self.core.wants_chunk(source) {
+                if let Some(event) = ports.take_source_event(source) {
+                    self.core.on_source_event(event);
+                    progressed = true;
+                }
+            }
+        }
+        progressed
+    }
+
+    /// Applies batches from the senders whose turn it is, as long as they have some.
+    fn receive_batches(&mut self, ports: &mut impl ShardPorts<K, V>) -> bool {
+        let mut received = 0;
+        'turns: while received < PEER_DRAIN_MAX {
+            self.core.awaited_senders(&mut self.awaited);
+            for &(source, from) in self.awaited.iter() {
+                if let Some(batch) = ports.take_batch(source, from) {
+                    self.core.on_batch(batch);
+                    received += 1;
+                    continue 'turns;
+                }
+            }
+            break;
+        }
+        received > 0
+    }
+
+    /// Step 4: the pending effects in order, until the sink is full.
+    fn carry_out(&mut self, ports: &mut impl ShardPorts<K, V>, parked_sends: &mut u64) -> Carried {
+        let mut moved = false;
+        while let Some(effect) = self.pending.pop_front() {
+            let refused = match effect {
+                Effect::Send { to, batch } => {
+                    let parked = &mut self.parked[batch.source as usize];
+                    if !parked.is_empty() {
+                        parked.push_back((to, batch));
+                    } else if let Sent::Full(batch) = ports.try_send_batch(to, batch) {
+                        *parked_sends += 1;
+                        self.parked[batch.source as usize].push_back((to, batch));
+                    }
+                    None
+                }
+                Effect::Output(lines) => match ports.try_output(lines) {
+                    OutputSent::Taken => None,
+                    OutputSent::Returned(buffer) => {
+                        self.core.recycle_output(buffer);
+                        None
+                    }
+                    OutputSent::Full(lines) => Some(Effect::Output(lines)),
+                },
+                Effect::DeadLetter(letter) => match ports.try_dead_letter(letter) {
+                    Sent::Done => None,
+                    Sent::Full(letter) => Some(Effect::DeadLetter(letter)),
+                },
+                Effect::SourceFailed { source, error } => match ports.try_source_failed(source, error) {
+                    Sent::Done => None,
+                    Sent::Full(error) => Some(Effect::SourceFailed { source, error }),
+                },
+            };
+            if let Some(effect) = refused {
+                self.pending.push_front(effect);
+                return Carried { moved, blocked: true };
+            }
+            moved = true;
+        }
+        Carried {
+            moved,
+            blocked: false,
+        }
+    }
+
+    /// Step 5: parked sends, each source's in order, up to the first full queue.
+    fn retry_parked(&mut self, ports: &mut impl ShardPorts<K, V>) -> bool {
+        let mut sent_any = false;
+        for queue in self.parked.iter_mut() {
+            while let Some((to, batch)) = queue.pop_front() {
+                match ports.try_send_batch(to, batch) {
+                    Sent::Done => sent_any = true,
+                    Sent::Full(batch) if self.bugs.reorder_parked_retry => {
+                        queue.push_back((to, batch));
+                        break;
+                    }
+                    Sent::Full(batch) => {
+                        queue.push_front((to, batch));
+                        break;
+                    }
+                }
+            }
+        }
+        sent_any
+    }
+}
+
+/// How far `carry_out` got.
+struct Carried {
+    /// At least one effect was carried out.
+    moved: bool,
+    /// Stopped at an effect the sink had no room for.
+    blocked: bool,
+}
