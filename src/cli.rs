@@ -110,6 +110,10 @@ struct SimArgs {
     /// `<name>: <count>` line per counter, summed over the seeds.
     #[arg(long)]
     stats: bool,
+    /// Input streams: 2 runs market-spread's quotes and orders as two
+    /// sources at different rates (as `run --quotes Q --orders O`).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    streams: u32,
     /// Test-only: plant a bug (no-dedup or no-retransmit) to show it is caught.
     #[arg(long, value_name = "BUG", hide = true)]
     plant_bug: Option<String>,
@@ -574,11 +578,16 @@ fn sim(args: SimArgs) -> Result<i32> {
         (None, None) => bail!("give --seeds A..B or --seed S"),
     };
     let mut bugs = verity_verify::sim::PlantedBugs::default();
+    let mut driver_bugs = verity_core::driver::DriverBugs::default();
     match args.plant_bug.as_deref() {
         None => {}
         Some("no-dedup") => bugs.no_dedup = true,
         Some("no-retransmit") => bugs.no_retransmit = true,
-        Some(other) => bail!("unknown planted bug `{other}` (no-dedup or no-retransmit)"),
+        Some("skip-idle-flush") => driver_bugs.skip_idle_flush = true,
+        Some("reorder-parked-retry") => driver_bugs.reorder_parked_retry = true,
+        Some(other) => bail!(
+            "unknown planted bug `{other}` (no-dedup, no-retransmit, skip-idle-flush or reorder-parked-retry)"
+        ),
     }
     let template = verity_verify::sim::SimConfig {
         processes: args.processes,
@@ -588,6 +597,8 @@ fn sim(args: SimArgs) -> Result<i32> {
         records: args.records,
         trace: args.trace,
         bugs,
+        driver_bugs,
+        streams: args.streams,
         ..verity_verify::sim::SimConfig::new(args.app.into(), seeds.start)
     };
     crate::sim::run(&template, seeds, args.stats)

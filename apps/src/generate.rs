@@ -36,6 +36,26 @@ pub fn generate_all(app: AppName, lines: u64, seed: u64) -> Vec<u8> {
     out
 }
 
+/// market-spread input as two streams, quotes and orders (malformed lines go
+/// to either), for `--quotes`/`--orders` runs: `lines` lines in all.
+pub fn generate_quotes_and_orders(lines: u64, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let mixed = generate_all(AppName::MarketSpread, lines, seed);
+    let mut rng = SplitMix64::new(seed ^ SPLIT_SEED_SALT);
+    let (mut quotes, mut orders) = (Vec::new(), Vec::new());
+    for line in mixed.split_inclusive(|b| *b == b'\n') {
+        let to_quotes = match line {
+            [b'Q', b',', ..] => true,
+            [b'O', b',', ..] => false,
+            _ => rng.chance(1, 2),
+        };
+        if to_quotes { &mut quotes } else { &mut orders }.extend_from_slice(line);
+    }
+    (quotes, orders)
+}
+
+/// Keeps the split's choices apart from the lines' own randomness.
+const SPLIT_SEED_SALT: u64 = 0x5EED_5B11_7000_0002;
+
 /// One app's line format.
 trait LineShape: Send {
     fn write_line(&mut self, rng: &mut SplitMix64, out: &mut Vec<u8>);

@@ -2,6 +2,7 @@
 //! faults, a seed replays to the same trace, and planted bugs are caught.
 
 use verity_apps::AppName;
+use verity_core::driver::DriverBugs;
 use verity_verify::sim::{run_seed, Faults, PlantedBugs, SimConfig};
 
 /// Seeds per app in CI (the issue asks for at least 200).
@@ -105,4 +106,83 @@ fn replay_command_names_the_seed() {
         "{command}"
     );
     assert!(command.ends_with("--trace"));
+}
+
+/// Runs market-spread seeds with a bug planted in the shared shard driver
+/// until one fails; returns its failure.
+fn first_driver_failure(driver_bugs: DriverBugs, streams: u32) -> (u64, String) {
+    for seed in 0..100 {
+        let outcome = run_seed(&SimConfig {
+            driver_bugs,
+            streams,
+            ..SimConfig::new(AppName::MarketSpread, seed)
+        });
+        if let Some(failure) = outcome.failure {
+            return (seed, failure);
+        }
+    }
+    panic!("a planted driver bug ({driver_bugs:?}) went unnoticed for 100 seeds");
+}
+
+#[test]
+fn a_skipped_idle_flush_is_caught() {
+    let (_, failure) = first_driver_failure(
+        DriverBugs {
+            skip_idle_flush: true,
+            ..DriverBugs::default()
+        },
+        1,
+    );
+    assert!(failure.contains("idle shard hold output"), "{failure}");
+}
+
+#[test]
+fn a_reordering_retry_of_parked_sends_is_caught() {
+    for streams in [1, 2] {
+        let (_, failure) = first_driver_failure(
+            DriverBugs {
+                reorder_parked_retry: true,
+                ..DriverBugs::default()
+            },
+            streams,
+        );
+        assert!(
+            failure.contains("invariant") || failure.contains("oracle") || failure.contains("interleaving"),
+            "{failure}"
+        );
+    }
+}
+
+#[test]
+fn backpressure_and_dead_letters_really_happen() {
+    let mut stats = verity_verify::sim::SimStats::default();
+    for seed in 0..20 {
+        let outcome = run_seed(&SimConfig::new(AppName::MarketSpread, seed));
+        assert!(outcome.is_ok(), "seed {seed}: {:?}", outcome.failure);
+        stats.merge(&outcome.stats);
+    }
+    for counter in ["parked_sends", "stalled_readers", "full_windows", "dead_letters"] {
+        assert!(stats.get(counter) > 0, "{counter} never happened:\n{stats}");
+    }
+}
+
+#[test]
+fn two_streams_run_clean_and_replay() {
+    for seed in 0..CI_SEEDS {
+        let config = SimConfig {
+            streams: 2,
+            ..SimConfig::new(AppName::MarketSpread, seed)
+        };
+        let outcome = run_seed(&config);
+        assert!(
+            outcome.is_ok(),
+            "seed {seed}: {}\nreplay: {}",
+            outcome.failure.unwrap_or_default(),
+            config.replay_command()
+        );
+        if seed < 2 {
+            assert_eq!(outcome.trace_hash, run_seed(&config).trace_hash);
+            assert!(config.replay_command().contains("--streams 2"));
+        }
+    }
 }

@@ -15,14 +15,18 @@
 //! unsynced writes slots in as one more fault once recovery exists: a process
 //! is a set of shards plus its channels' state, all owned by `World`.
 
+mod checks;
 mod stats;
 mod world;
 
 pub use stats::SimStats;
 
 use crate::{compare, App, Report};
+use bytes::Bytes;
 use std::fmt;
 use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
+use verity_core::driver::DriverBugs;
+use verity_core::line::DeadLetter;
 use verity_core::{Dataflow, Key, RunError, SourceSpec, Wire};
 
 /// Which faults a run may inject.
@@ -165,6 +169,11 @@ pub struct SimConfig {
     /// Keep the event lines (the hash is computed either way).
     pub trace: bool,
     pub bugs: PlantedBugs,
+    /// Bugs planted in the shared shard driver (tests only).
+    pub driver_bugs: DriverBugs,
+    /// Input streams: 1, or 2 for market-spread (quotes and orders as two
+    /// sources at different rates).
+    pub streams: u32,
 }
 
 impl SimConfig {
@@ -179,13 +188,20 @@ impl SimConfig {
             records: 2_000,
             trace: false,
             bugs: PlantedBugs::default(),
+            driver_bugs: DriverBugs::default(),
+            streams: 1,
         }
     }
 
     /// The command that replays this seed with its trace.
     pub fn replay_command(&self) -> String {
+        let streams = if self.streams == 1 {
+            String::new()
+        } else {
+            format!(" --streams {}", self.streams)
+        };
         format!(
-            "verity sim --app {} --seed {} --processes {} --workers {} --faults {} --sim-seconds {} --records {} --trace",
+            "verity sim --app {} --seed {} --processes {} --workers {} --faults {} --sim-seconds {} --records {}{streams} --trace",
             self.app.name(),
             self.seed,
             self.processes,
@@ -234,44 +250,100 @@ impl SimOutcome {
     }
 }
 
-/// Runs one seed to its end and checks it.
+/// Runs one seed to its end and checks it: the output against the app's
+/// oracle (or, for two streams, against some interleaving of them), and the
+/// dead letters against the malformed input lines.
 pub fn run_seed(config: &SimConfig) -> SimOutcome {
-    let input = verity_apps::generate::generate_all(config.app, config.records, config.seed);
-    let input = bytes::Bytes::from(input);
-    let source = SourceSpec::memory("sim", input.clone());
+    let streams = match sim_inputs(config) {
+        Ok(streams) => streams,
+        Err(e) => return failed(config, e),
+    };
+    let app_input = match &streams[..] {
+        [single] => AppInput::Single(SourceSpec::memory(single.name, single.data.clone())),
+        [quotes, orders] => AppInput::QuotesAndOrders {
+            quotes: SourceSpec::memory(quotes.name, quotes.data.clone()),
+            orders: SourceSpec::memory(orders.name, orders.data.clone()),
+        },
+        _ => unreachable!("one or two streams"),
+    };
     let driver = SimDriver {
         config,
-        input: input.clone(),
+        inputs: streams.iter().map(|s| s.data.clone()).collect(),
+        expected_lines: checks::expected_output_lines(config.app, &streams),
     };
-    let outcome = drive_app(
-        config.app,
-        AppInput::Single(source),
-        AppOptions::default(),
-        driver,
-    );
+    let outcome = drive_app(config.app, app_input, AppOptions::default(), driver);
     let mut outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => return failed(config, format!("cannot build the app: {e}")),
     };
     if outcome.failure().is_none() {
-        let app = App::from_name(config.app.name(), false).expect("known app");
-        let report = compare(app, &input, &outcome.output);
-        if !report.is_ok() {
-            outcome.sim.failure = Some(format!("output differs from the oracle:\n{report}"));
-        }
-        outcome.sim.report = Some(report);
+        outcome.sim.failure = check_outcome(config, &streams, &mut outcome);
     }
     outcome.sim
+}
+
+/// Why a finished run's output or dead letters are wrong, if they are.
+fn check_outcome(config: &SimConfig, streams: &[checks::Stream], outcome: &mut Finished) -> Option<String> {
+    if let Err(e) = checks::dead_letters(config.app, streams, &outcome.dead_letters) {
+        return Some(format!("dead letters: {e}"));
+    }
+    match streams {
+        [single] => {
+            let app = App::from_name(config.app.name(), false).expect("known app");
+            let report = compare(app, &single.data, &outcome.output);
+            let failure = (!report.is_ok()).then(|| format!("output differs from the oracle:\n{report}"));
+            outcome.sim.report = Some(report);
+            failure
+        }
+        [quotes, orders] => checks::two_streams(&quotes.data, &orders.data, &outcome.output)
+            .err()
+            .map(|e| format!("two-stream output is no interleaving of quotes and orders: {e}")),
+        _ => unreachable!("one or two streams"),
+    }
+}
+
+/// The seed's generated input streams.
+fn sim_inputs(config: &SimConfig) -> Result<Vec<checks::Stream>, String> {
+    let (app, records, seed) = (config.app, config.records, config.seed);
+    match config.streams {
+        1 => Ok(vec![checks::Stream {
+            name: "sim",
+            kind: checks::StreamKind::Mixed,
+            data: Bytes::from(verity_apps::generate::generate_all(app, records, seed)),
+        }]),
+        2 if app == AppName::MarketSpread => {
+            let (quotes, orders) = verity_apps::generate::generate_quotes_and_orders(records, seed);
+            Ok(vec![
+                checks::Stream {
+                    name: "quotes",
+                    kind: checks::StreamKind::Quotes,
+                    data: Bytes::from(quotes),
+                },
+                checks::Stream {
+                    name: "orders",
+                    kind: checks::StreamKind::Orders,
+                    data: Bytes::from(orders),
+                },
+            ])
+        }
+        2 => Err(format!(
+            "--streams 2 is for market-spread (quotes and orders), not {}",
+            app.name()
+        )),
+        n => Err(format!("--streams {n}: give 1 or 2")),
+    }
 }
 
 fn failed(config: &SimConfig, failure: String) -> SimOutcome {
     SimOutcome::failed_before_running(config.seed, failure)
 }
 
-/// A finished world: its outcome and the output it wrote.
+/// A finished world: its outcome, the output it wrote and the dead letters
+/// that reached process 0.
 struct Finished {
     sim: SimOutcome,
     output: Vec<u8>,
+    dead_letters: Vec<DeadLetter>,
 }
 
 impl Finished {
@@ -282,7 +354,8 @@ impl Finished {
 
 struct SimDriver<'a> {
     config: &'a SimConfig,
-    input: bytes::Bytes,
+    inputs: Vec<Bytes>,
+    expected_lines: u64,
 }
 
 impl Driver for SimDriver<'_> {
@@ -294,7 +367,12 @@ impl Driver for SimDriver<'_> {
         S: Default + Send + 'static,
         O: 'static,
     {
-        Ok(world::simulate(self.config, flow.logic, &self.input))
+        Ok(world::simulate(
+            self.config,
+            flow.logic,
+            &self.inputs,
+            self.expected_lines,
+        ))
     }
 }
 

@@ -11,8 +11,10 @@ use verity_core::cluster::codec::{
     Upstream, UpstreamRef,
 };
 use verity_core::cluster::{channel_id, Layout};
+use verity_core::driver::ShardDriver;
 use verity_core::flow::Logic;
-use verity_core::shard::{Batch, Effect, ShardCore, ShardLimits};
+use verity_core::line::DeadLetter;
+use verity_core::shard::{Batch, ShardCore, ShardLimits};
 use verity_core::source::{ChunkData, Dealer, LineChunker, Piece, SourceEvent, LINE_SIZE_MAX_BYTES};
 use verity_core::{Key, Rng, SplitMix64, Wire};
 use verity_net::channel::{Admission, ChannelReceiver, ChannelSender};
@@ -21,7 +23,7 @@ use verity_net::liveness::{Backoff, LivenessConfig, PeerLiveness};
 
 mod network;
 mod processes;
-use processes::deal;
+use processes::Reader;
 
 const SECOND_US: u64 = 1_000_000;
 const LATENCY_BASE_US: u64 = 50;
@@ -37,15 +39,20 @@ const RECONNECT_MAX_MS: u64 = 400;
 const FRAME_FAULT_PER_MILLE: u64 = 3;
 /// All input must be processed this long after the faults heal.
 const LIVENESS_BOUND_US: u64 = 30 * SECOND_US;
-/// Input is released over this share of the faulty period, so traffic and
-/// faults overlap.
+/// Input arrives over at most this share of the faulty period, so traffic
+/// and faults overlap.
 const RELEASE_SHARE: u64 = 2;
-const SOURCE: u32 = 0;
+/// Each source's input arrives in this many steps.
+const RELEASES_PER_SOURCE: u64 = 400;
+/// With BUGGIFY: the line-length bound (longer lines are dead-lettered
+/// unread), above the longest well-formed generated line.
+const BUGGIFY_LINE_MAX_BYTES: usize = 4096;
 
 enum Event {
-    /// The reader makes dealt event `index` available.
+    /// The first `available` bytes of `source` have arrived at its reader.
     Release {
-        index: usize,
+        source: u32,
+        available: usize,
     },
     Deliver {
         from: u32,
@@ -141,6 +148,20 @@ struct Buggify {
     window_frames: usize,
     batch_max: usize,
     chunk_bytes: usize,
+    line_max_bytes: usize,
+}
+
+/// Queue depths: production's (`RunConfig`), or BUGGIFY's tiny ones, so
+/// parked sends, full sinks and stalled readers happen.
+#[derive(Debug, Clone, Copy)]
+struct Depths {
+    /// A peer batch queue, in batches (`queue_depth_batches`).
+    batches: usize,
+    /// A shard's queue of one source, in chunks (`source_queue_depth_chunks`).
+    chunks: usize,
+    /// A remote shard's queue towards process 0, in buffers
+    /// (`output_queue_depth_buffers`).
+    output: usize,
 }
 
 struct World<'a, K, V, S, O> {
@@ -151,20 +172,33 @@ struct World<'a, K, V, S, O> {
     heal_us: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
-    shards: Vec<ShardCore<K, V, S, O>>,
+    /// Each shard's production driver (taken out while it steps).
+    drivers: Vec<Option<ShardDriver<K, V, S, O>>>,
+    /// Shards whose last step waited for room (a parked send, a full sink).
+    waits_for_room: Vec<bool>,
     processes: Vec<Process>,
     links: BTreeMap<(u32, u32), Link>,
     partition: Option<(u64, u64)>,
     outs: BTreeMap<u32, OutChan>,
     ins: BTreeMap<u32, InChan>,
-    local_chunks: Vec<VecDeque<SourceEvent>>,
-    local_batches: BTreeMap<(u32, u32), VecDeque<Batch<K, V>>>,
-    dealt: Vec<(u32, SourceEvent)>,
+    /// Process 0's shards' source queues, by (source, shard).
+    local_chunks: BTreeMap<(u32, u32), VecDeque<SourceEvent>>,
+    /// Batch queues inside a process, by (source, from, to).
+    local_batches: BTreeMap<(u32, u32, u32), VecDeque<Batch<K, V>>>,
+    /// Depth of each cross-process channel's producer queue, by channel.
+    frame_queue_depths: BTreeMap<u32, usize>,
+    readers: Vec<Reader>,
+    sources_closed: bool,
     buggify: Buggify,
+    depths: Depths,
     output: Vec<u8>,
-    /// Remote shards that sent their `Finished`, and which have.
+    output_lines: u64,
+    /// Lines the whole input must produce (the oracle's count).
+    expected_lines: u64,
+    dead_letters: Vec<DeadLetter>,
+    source_errors: Vec<String>,
+    /// Remote shards whose `Finished` process 0 has heard.
     remote_finished: u32,
-    reported_finished: Vec<bool>,
     trace_hash: u64,
     trace: Vec<String>,
     line: String,
@@ -172,7 +206,14 @@ struct World<'a, K, V, S, O> {
     stats: super::SimStats,
 }
 
-pub(super) fn simulate<K, V, S, O>(config: &SimConfig, logic: Logic<K, V, S, O>, input: &Bytes) -> Finished
+/// Runs `logic` over `inputs` (one per source), whose whole output has
+/// `expected_lines` lines.
+pub(super) fn simulate<K, V, S, O>(
+    config: &SimConfig,
+    logic: Logic<K, V, S, O>,
+    inputs: &[Bytes],
+    expected_lines: u64,
+) -> Finished
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
@@ -187,7 +228,7 @@ where
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut world = World::new(config, &logic, input);
+        let mut world = World::new(config, &logic, inputs, expected_lines);
         let failure = world.run();
         world.finish(failure)
     }));
@@ -202,6 +243,7 @@ where
         Finished {
             sim: SimOutcome::failed_before_running(config.seed, failure),
             output: Vec::new(),
+            dead_letters: Vec::new(),
         }
     })
 }
@@ -213,13 +255,20 @@ where
     S: Default + Send + 'static,
     O: 'static,
 {
-    pub(super) fn new(config: &'a SimConfig, logic: &Logic<K, V, S, O>, input: &Bytes) -> Self {
+    pub(super) fn new(
+        config: &'a SimConfig,
+        logic: &Logic<K, V, S, O>,
+        inputs: &[Bytes],
+        expected_lines: u64,
+    ) -> Self {
         let mut rng = SplitMix64::new(config.seed);
         let buggify = Buggify {
             window_frames: [1, 2, 4, 16][rng.below(4) as usize],
-            batch_max: [1, 3, 16, 1024][rng.below(4) as usize],
+            batch_max: [1, 3, 4, 16, 1024][rng.below(5) as usize],
             chunk_bytes: [64, 512, 4096, 65536][rng.below(4) as usize],
+            line_max_bytes: [BUGGIFY_LINE_MAX_BYTES, LINE_SIZE_MAX_BYTES][rng.below(2) as usize],
         };
+        let depths = Depths::draw(&mut rng);
         let layout =
             Layout::new(vec![config.workers; config.processes as usize], 0).expect("valid sim layout");
         let total = layout.total_shards();
@@ -231,6 +280,29 @@ where
         if config.bugs.no_dedup {
             shards.iter_mut().for_each(ShardCore::disable_dedup_for_testing);
         }
+        let sources = logic.chains.len();
+        assert_eq!(sources, inputs.len(), "one input per source");
+        let drivers = shards
+            .into_iter()
+            .map(|core| {
+                let mut driver = ShardDriver::new(core, sources);
+                driver.plant_bugs_for_testing(config.driver_bugs);
+                Some(driver)
+            })
+            .collect();
+        let readers = inputs
+            .iter()
+            .enumerate()
+            .map(|(source, input)| {
+                Reader::new(
+                    source as u32,
+                    input.clone(),
+                    total,
+                    buggify.chunk_bytes,
+                    buggify.line_max_bytes,
+                )
+            })
+            .collect();
         let liveness = LivenessConfig {
             peer_timeout_ms: PEER_TIMEOUT_US / 1000,
             heartbeat_interval_ms: TICK_US / 1000,
@@ -250,7 +322,6 @@ where
                 links.insert((a, b), link);
             }
         }
-        let dealt = deal(input, total, buggify.chunk_bytes);
         let mut world = World {
             config,
             layout,
@@ -259,7 +330,8 @@ where
             heal_us: config.sim_seconds * SECOND_US,
             seq: 0,
             queue: BinaryHeap::new(),
-            shards,
+            drivers,
+            waits_for_room: vec![false; total as usize],
             processes: (0..config.processes)
                 .map(|_| Process {
                     paused_until_us: 0,
@@ -270,13 +342,19 @@ where
             partition: None,
             outs: BTreeMap::new(),
             ins: BTreeMap::new(),
-            local_chunks: (0..total).map(|_| VecDeque::new()).collect(),
+            local_chunks: BTreeMap::new(),
             local_batches: BTreeMap::new(),
-            dealt,
+            frame_queue_depths: BTreeMap::new(),
+            readers,
+            sources_closed: false,
             buggify,
+            depths,
             output: Vec::new(),
+            output_lines: 0,
+            expected_lines,
+            dead_letters: Vec::new(),
+            source_errors: Vec::new(),
             remote_finished: 0,
-            reported_finished: vec![false; total as usize],
             trace_hash: 0xcbf2_9ce4_8422_2325,
             trace: Vec::new(),
             line: String::new(),
@@ -284,6 +362,7 @@ where
             stats: super::SimStats::default(),
         };
         world.wire_channels();
+        world.set_frame_queue_depths();
         world.schedule_start();
         world
     }
@@ -300,11 +379,7 @@ where
 
     /// Input releases, the first tick, and every fault, all drawn from the seed.
     pub(super) fn schedule_start(&mut self) {
-        let spread_us = self.heal_us / RELEASE_SHARE;
-        let count = self.dealt.len() as u64;
-        for index in 0..self.dealt.len() {
-            self.schedule(index as u64 * spread_us / count.max(1), Event::Release { index });
-        }
+        self.schedule_arrivals();
         self.schedule(TICK_US, Event::Tick);
         let faults = self.config.faults;
         let processes = self.config.processes;
@@ -379,38 +454,26 @@ where
                 return None;
             }
         }
-        let waiting: Vec<String> = self
-            .shards
-            .iter()
-            .filter(|s| !s.is_finished())
-            .map(|s| {
-                let mut awaited = Vec::new();
-                s.awaited_senders(&mut awaited);
-                format!(
-                    "shard {} awaits {:?} (wants chunk: {})",
-                    s.index(),
-                    awaited,
-                    s.wants_chunk(SOURCE)
-                )
-            })
-            .collect();
         Some(format!(
             "liveness: not finished {} s after the faults healed: {}",
             LIVENESS_BOUND_US / SECOND_US,
-            waiting.join("; ")
+            self.describe_waiting()
         ))
     }
 
     pub(super) fn handle(&mut self, event: Event) {
         match event {
-            Event::Release { index } => self.release(index),
+            Event::Release { source, available } => self.release(source, available),
             Event::Deliver {
                 from,
                 to,
                 epoch,
                 bytes,
             } => self.deliver(from, to, epoch, bytes),
-            Event::Tick => self.tick(),
+            Event::Tick => {
+                self.tick();
+                self.poll_waiting_shards();
+            }
             Event::Cut { a, b } => {
                 self.stats.fault("cut");
                 self.cut(a, b, "fault: connection cut");
@@ -475,6 +538,73 @@ where
                 report: None,
             },
             output: self.output,
+            dead_letters: self.dead_letters,
+        }
+    }
+
+    /// Each source's input arrives in steps over a seeded share of the
+    /// faulty period: sources run at different rates.
+    fn schedule_arrivals(&mut self) {
+        let spread_us = self.heal_us / RELEASE_SHARE;
+        for source in 0..self.readers.len() {
+            let span_us = spread_us / [1, 2, 4][self.rng.below(3) as usize];
+            let len = self.readers[source].len() as u64;
+            for step in 1..=RELEASES_PER_SOURCE {
+                let available = (len * step / RELEASES_PER_SOURCE) as usize;
+                let at = (step - 1) * span_us / RELEASES_PER_SOURCE;
+                self.schedule(
+                    at,
+                    Event::Release {
+                        source: source as u32,
+                        available,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Production's producer queue depth of every cross-process channel.
+    fn set_frame_queue_depths(&mut self) {
+        let total = self.layout.total_shards();
+        for to in 0..total {
+            for source in 0..self.readers.len() as u32 {
+                self.frame_queue_depths
+                    .insert(channel_id::chunk(source, to), self.depths.chunks);
+                for from in (0..total).filter(|from| *from != to) {
+                    self.frame_queue_depths
+                        .insert(channel_id::batch(source, from, to), self.depths.batches);
+                }
+            }
+            self.frame_queue_depths
+                .insert(channel_id::output(to), self.depths.output);
+        }
+    }
+
+    /// Is there room in the producer queue of a cross-process channel?
+    /// (Production: the bounded queue between a shard or reader and the I/O
+    /// thread, `Net::out`; here the channel's frames waiting for its window.)
+    fn frame_queue_depth(&self, channel: u32) -> usize {
+        self.frame_queue_depths
+            .get(&channel)
+            .copied()
+            .unwrap_or(usize::MAX)
+    }
+}
+
+impl Depths {
+    /// Production's depths, or (BUGGIFY, often) tiny ones.
+    fn draw(rng: &mut SplitMix64) -> Depths {
+        let production = verity_core::RunConfig::default();
+        let mut pick = |full: usize| match rng.below(4) {
+            0 => 1,
+            1 => 2,
+            2 => 4.min(full),
+            _ => full,
+        };
+        Depths {
+            batches: pick(production.queue_depth_batches),
+            chunks: pick(production.source_queue_depth_chunks),
+            output: pick(production.output_queue_depth_buffers),
         }
     }
 }

@@ -13,16 +13,21 @@ where
     pub(super) fn wire_channels(&mut self) {
         let total = self.layout.total_shards();
         let window = self.buggify.window_frames;
+        let sources = self.readers.len() as u32;
         for to in 0..total {
             if !self.layout.is_local_to(0, to) {
                 let process = self.layout.process_of(to);
-                self.add_channel(channel_id::chunk(SOURCE, to), 0, process, window);
+                for source in 0..sources {
+                    self.add_channel(channel_id::chunk(source, to), 0, process, window);
+                }
                 self.add_channel(channel_id::output(to), process, 0, window);
             }
             for from in (0..total).filter(|from| *from != to) {
                 let (p, q) = (self.layout.process_of(from), self.layout.process_of(to));
                 if p != q {
-                    self.add_channel(channel_id::batch(SOURCE, from, to), p, q, window);
+                    for source in 0..sources {
+                        self.add_channel(channel_id::batch(source, from, to), p, q, window);
+                    }
                 }
             }
         }
@@ -50,6 +55,14 @@ where
                 acked: 0,
             },
         );
+    }
+
+    /// Room in a channel's producer queue (production: `Net::out`'s bounded
+    /// queue, which the I/O thread drains as the window allows; here the
+    /// frames waiting for the window).
+    pub(super) fn frame_queue_has_room(&self, channel: u32) -> bool {
+        let out = self.outs.get(&channel).expect("wired channel");
+        out.pending.len() < self.frame_queue_depth(channel)
     }
 
     pub(super) fn take_frame(&mut self, channel: u32) -> Option<Frame> {

@@ -1,7 +1,237 @@
-//! The simulated processes: the reader's dealing, the shards, and process 0's
+//! The simulated processes: the readers (the production `LineChunker` and
+//! `Dealer` over input that arrives over time), the shards (each driven by the
+//! production `ShardDriver` over simulated bounded queues), and process 0's
 //! output relay.
 
 use super::*;
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read};
+use std::rc::Rc;
+use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait};
+use verity_core::line::DeadLetter;
+use verity_core::shard::ShardCounters;
+
+/// How much of a source has arrived, and whether it is closed (then the
+/// reader sees its end once it read everything).
+#[derive(Debug, Clone, Copy, Default)]
+struct Arrival {
+    available: usize,
+    closed: bool,
+}
+
+/// A source's bytes as its reader sees them: what arrived so far; a read with
+/// nothing new would block (a socket with a read timeout).
+struct SimInput {
+    data: Bytes,
+    pos: usize,
+    arrival: Rc<Cell<Arrival>>,
+}
+
+impl Read for SimInput {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let arrival = self.arrival.get();
+        let end = arrival.available.min(self.data.len());
+        if self.pos < end {
+            let read = buf.len().min(end - self.pos);
+            buf[..read].copy_from_slice(&self.data[self.pos..self.pos + read]);
+            self.pos += read;
+            return Ok(read);
+        }
+        if arrival.closed && self.pos == self.data.len() {
+            return Ok(0);
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+thread_local! {
+    /// What the `Dealer` of the reader being pumped just dealt. The dealer
+    /// needs a `'static` send callback that lives as long as the reader; a
+    /// capture-free closure writing here costs no allocation.
+    static DEALT: RefCell<Vec<(u32, SourceEvent)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One source's reader thread.
+pub(super) struct Reader {
+    source: u32,
+    len: usize,
+    chunker: LineChunker<SimInput>,
+    /// `None` once the source ended.
+    dealer: Option<Dealer<'static>>,
+    arrival: Rc<Cell<Arrival>>,
+    /// Dealt events their shard's queue had no room for yet: the reader
+    /// blocks on them, as production's blocks in `send`.
+    outbox: VecDeque<(u32, SourceEvent)>,
+    stalled: bool,
+}
+
+impl Reader {
+    pub(super) fn new(
+        source: u32,
+        data: Bytes,
+        shards: u32,
+        chunk_bytes: usize,
+        line_max_bytes: usize,
+    ) -> Reader {
+        let arrival = Rc::new(Cell::new(Arrival::default()));
+        let input = SimInput {
+            data: data.clone(),
+            pos: 0,
+            arrival: Rc::clone(&arrival),
+        };
+        let send: &'static mut dyn FnMut(usize, SourceEvent) -> bool =
+            Box::leak(Box::new(|shard: usize, event: SourceEvent| {
+                DEALT.with(|dealt| dealt.borrow_mut().push((shard as u32, event)));
+                true
+            }));
+        Reader {
+            source,
+            len: data.len(),
+            chunker: LineChunker::new(input, chunk_bytes, line_max_bytes),
+            dealer: Some(Dealer::new(source, shards as usize, send)),
+            arrival,
+            outbox: VecDeque::new(),
+            stalled: false,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn arrive(&self, available: usize) {
+        let mut arrival = self.arrival.get();
+        arrival.available = arrival.available.max(available);
+        self.arrival.set(arrival);
+    }
+
+    pub(super) fn all_arrived(&self) -> bool {
+        self.arrival.get().available >= self.len
+    }
+
+    pub(super) fn close(&self) {
+        let mut arrival = self.arrival.get();
+        arrival.closed = true;
+        self.arrival.set(arrival);
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.arrival.get().closed
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "reader {}: {} of {} bytes arrived, {}, {} events blocked",
+            self.source,
+            self.arrival.get().available.min(self.len),
+            self.len,
+            if self.dealer.is_none() {
+                "ended"
+            } else if self.is_closed() {
+                "closed"
+            } else {
+                "open"
+            },
+            self.outbox.len()
+        )
+    }
+
+    /// Reads one piece and deals it; false if nothing could be read now.
+    fn read_and_deal(&mut self) -> bool {
+        let Some(dealer) = self.dealer.as_mut() else {
+            return false;
+        };
+        match self.chunker.next_piece() {
+            Ok(Some(Piece::Lines(data))) => {
+                dealer.deal(ChunkData::Lines(data));
+            }
+            Ok(Some(Piece::Oversized { prefix, size_bytes })) => {
+                dealer.deal(ChunkData::Oversized { prefix, size_bytes });
+            }
+            Ok(Some(Piece::Idle)) => return false,
+            Ok(None) => self.dealer.take().expect("not ended").finish(None),
+            Err(e) => self.dealer.take().expect("not ended").finish(Some(e.to_string())),
+        }
+        DEALT.with(|dealt| self.outbox.extend(dealt.borrow_mut().drain(..)));
+        true
+    }
+}
+
+/// A shard's queues in the simulated world.
+struct SimPorts<'w, 'a, K, V, S, O> {
+    world: &'w mut World<'a, K, V, S, O>,
+    shard: u32,
+}
+
+impl<K, V, S, O> ShardPorts<K, V> for SimPorts<'_, '_, K, V, S, O>
+where
+    K: Key + Wire,
+    V: Wire + Send + 'static,
+    S: Default + Send + 'static,
+    O: 'static,
+{
+    fn take_batch(&mut self, source: u32, from: u32) -> Option<Batch<K, V>> {
+        self.world.take_batch(source, from, self.shard)
+    }
+
+    fn take_source_event(&mut self, source: u32) -> Option<SourceEvent> {
+        self.world.take_chunk(source, self.shard)
+    }
+
+    fn try_send_batch(&mut self, to: u32, batch: Batch<K, V>) -> Sent<Batch<K, V>> {
+        self.world.try_send_batch(self.shard, to, batch)
+    }
+
+    fn try_output(&mut self, lines: Vec<u8>) -> OutputSent {
+        if self.world.layout.is_local_to(0, self.shard) {
+            self.world.sink_lines(&lines);
+            return OutputSent::Returned(lines);
+        }
+        if self.world.try_upstream(self.shard, &UpstreamRef::Lines(&lines)) {
+            OutputSent::Returned(lines)
+        } else {
+            OutputSent::Full(lines)
+        }
+    }
+
+    fn try_dead_letter(&mut self, letter: DeadLetter) -> Sent<DeadLetter> {
+        if self.world.layout.is_local_to(0, self.shard) {
+            self.world.sink_dead_letter(letter);
+            return Sent::Done;
+        }
+        if self
+            .world
+            .try_upstream(self.shard, &UpstreamRef::DeadLetter(&letter))
+        {
+            Sent::Done
+        } else {
+            Sent::Full(letter)
+        }
+    }
+
+    fn try_source_failed(&mut self, source: u32, error: String) -> Sent<String> {
+        if self.world.layout.is_local_to(0, self.shard) {
+            self.world.source_errors.push(format!("source {source}: {error}"));
+            return Sent::Done;
+        }
+        let message = UpstreamRef::SourceFailed {
+            source,
+            error: &error,
+        };
+        if self.world.try_upstream(self.shard, &message) {
+            Sent::Done
+        } else {
+            Sent::Full(error)
+        }
+    }
+
+    fn try_finished(&mut self, counters: ShardCounters) -> bool {
+        self.world.layout.is_local_to(0, self.shard)
+            || self
+                .world
+                .try_upstream(self.shard, &UpstreamRef::Finished(counters))
+    }
+}
 
 impl<'a, K, V, S, O> World<'a, K, V, S, O>
 where
@@ -10,22 +240,83 @@ where
     S: Default + Send + 'static,
     O: 'static,
 {
-    // ---- the reader ----------------------------------------------------
+    // ---- the readers ---------------------------------------------------
 
-    pub(super) fn release(&mut self, index: usize) {
-        let (shard, event) = std::mem::replace(
-            &mut self.dealt[index],
-            (0, SourceEvent::End { source: 0, chunks: 0 }),
-        );
-        self.trace(format_args!("release event {index} for shard {shard}"));
-        if self.layout.is_local_to(0, shard) {
-            self.local_chunks[shard as usize].push_back(event);
-            self.step_process(0);
-        } else {
-            let channel = channel_id::chunk(SOURCE, shard);
-            self.queue_frame(channel, |frame| encode_source_event(&event, frame));
-            self.pump(0);
+    /// More of `source` arrived.
+    pub(super) fn release(&mut self, source: u32, available: usize) {
+        self.trace(format_args!("source {source}: {available} bytes arrived"));
+        self.readers[source as usize].arrive(available);
+        self.step_process(0);
+    }
+
+    /// A source stays open (like a socket) until all its input arrived and
+    /// the output holds everything that input must produce: output must not
+    /// wait for the end of a stream (an idle shard flushes).
+    fn close_sources_when_output_is_in(&mut self) {
+        if self.sources_closed
+            || !self.readers.iter().all(Reader::all_arrived)
+            || self.output_lines < self.expected_lines
+        {
+            return;
         }
+        self.sources_closed = true;
+        let lines = self.output_lines;
+        self.trace(format_args!(
+            "all input arrived and its {lines} output lines are in: sources close"
+        ));
+        self.readers.iter().for_each(Reader::close);
+    }
+
+    /// Deals what can be read; false if the reader neither read nor dealt.
+    fn pump_reader(&mut self, source: u32) -> bool {
+        let mut progressed = false;
+        loop {
+            while let Some((shard, event)) = self.readers[source as usize].outbox.pop_front() {
+                match self.try_deal(source, shard, event) {
+                    Ok(()) => {
+                        self.readers[source as usize].stalled = false;
+                        progressed = true;
+                    }
+                    Err(event) => {
+                        let reader = &mut self.readers[source as usize];
+                        reader.outbox.push_front((shard, event));
+                        if !reader.stalled {
+                            reader.stalled = true;
+                            self.stats.bump("stalled_readers");
+                        }
+                        return progressed;
+                    }
+                }
+            }
+            if !self.readers[source as usize].read_and_deal() {
+                return progressed;
+            }
+            progressed = true;
+        }
+    }
+
+    /// Into shard's bounded queue of `source`, or back if it is full.
+    fn try_deal(&mut self, source: u32, shard: u32, event: SourceEvent) -> Result<(), SourceEvent> {
+        let what = match &event {
+            SourceEvent::Chunk { index, .. } => format!("chunk {index}"),
+            SourceEvent::Failed { .. } => "failure".to_string(),
+            SourceEvent::End { chunks, .. } => format!("end after {chunks} chunks"),
+        };
+        if self.layout.is_local_to(0, shard) {
+            let queue = self.local_chunks.entry((source, shard)).or_default();
+            if queue.len() >= self.depths.chunks {
+                return Err(event);
+            }
+            queue.push_back(event);
+        } else {
+            let channel = channel_id::chunk(source, shard);
+            if !self.frame_queue_has_room(channel) {
+                return Err(event);
+            }
+            self.queue_frame(channel, |frame| encode_source_event(&event, frame));
+        }
+        self.trace(format_args!("reader {source} deals {what} to shard {shard}"));
+        Ok(())
     }
 
     // ---- processes -----------------------------------------------------
@@ -35,34 +326,110 @@ where
             return;
         }
         let shards = self.layout.shards_of(process);
-        let mut progressed = true;
-        while progressed {
-            progressed = false;
-            for shard in shards.clone() {
-                progressed |= self.feed_shard(shard);
+        loop {
+            // The I/O thread runs beside the shards: frames leave the
+            // queues as windows allow, which makes room for parked sends.
+            self.pump(process);
+            let mut progressed = false;
+            if process == 0 {
+                self.close_sources_when_output_is_in();
+                for source in 0..self.readers.len() as u32 {
+                    progressed |= self.pump_reader(source);
+                }
             }
-        }
-        if process == 0 {
-            self.relay_outputs();
+            for shard in shards.clone() {
+                progressed |= self.step_shard(shard);
+            }
+            if process == 0 {
+                progressed |= self.relay_outputs();
+            }
+            if !progressed {
+                break;
+            }
         }
         self.pump(process);
     }
 
-    /// Process 0 takes remote shards' output into the sink, as its relay
+    /// Processes whose shards wait for room (a parked send or a full sink)
+    /// look again on every tick, as production's poll (`PARKED_RETRY_WAIT`),
+    /// only coarser; room normally shows up through an event that steps them.
+    pub(super) fn poll_waiting_shards(&mut self) {
+        for process in 0..self.config.processes {
+            if self
+                .layout
+                .shards_of(process)
+                .any(|s| self.waits_for_room[s as usize])
+            {
+                self.step_process(process);
+            }
+        }
+    }
+
+    /// One step of one shard's production driver.
+    fn step_shard(&mut self, shard: u32) -> bool {
+        let Some(mut driver) = self.drivers[shard as usize].take() else {
+            return false;
+        };
+        if driver.is_finished() {
+            self.drivers[shard as usize] = Some(driver);
+            return false;
+        }
+        let step = driver.step(&mut SimPorts { world: self, shard });
+        self.drivers[shard as usize] = Some(driver);
+        if step.parked_sends > 0 {
+            self.stats.add("parked_sends", step.parked_sends);
+            self.trace(format_args!("shard {shard} parks {} sends", step.parked_sends));
+        }
+        if step.finished {
+            self.trace(format_args!("shard {shard} finished"));
+        }
+        self.waits_for_room[shard as usize] =
+            matches!(step.wait, Wait::Sink | Wait::Input { parked_sends: true });
+        step.progressed
+    }
+
+    /// Process 0 takes remote shards' output into the sinks, as its relay
     /// threads do.
-    pub(super) fn relay_outputs(&mut self) {
-        let remote: Vec<u32> = (0..self.layout.total_shards())
-            .filter(|s| !self.layout.is_local_to(0, *s))
-            .collect();
-        for shard in remote {
+    pub(super) fn relay_outputs(&mut self) -> bool {
+        let mut progressed = false;
+        for shard in self.layout.shards_of(0).end..self.layout.total_shards() {
             while let Some(frame) = self.take_frame(channel_id::output(shard)) {
+                progressed = true;
                 match decode_upstream(&frame).expect("frames of our own encoding decode") {
-                    Upstream::Lines(lines) => self.output.extend_from_slice(&lines),
-                    Upstream::Finished(_) => self.remote_finished += 1,
-                    Upstream::DeadLetter(_) | Upstream::SourceFailed { .. } => {}
+                    Upstream::Lines(lines) => self.sink_lines(&lines),
+                    Upstream::DeadLetter(letter) => self.sink_dead_letter(letter),
+                    Upstream::SourceFailed { source, error } => {
+                        self.source_errors.push(format!("source {source}: {error}"))
+                    }
+                    Upstream::Finished(_) => {
+                        self.trace(format_args!("process 0 hears shard {shard} finished"));
+                        self.remote_finished += 1;
+                    }
                 }
             }
         }
+        progressed
+    }
+
+    fn sink_lines(&mut self, lines: &[u8]) {
+        self.output.extend_from_slice(lines);
+        self.output_lines += lines.iter().filter(|b| **b == b'\n').count() as u64;
+    }
+
+    fn sink_dead_letter(&mut self, letter: DeadLetter) {
+        self.stats.bump("dead_letters");
+        self.dead_letters.push(letter);
+    }
+
+    /// Towards process 0's sinks on a remote shard's output channel, if its
+    /// queue has room.
+    fn try_upstream(&mut self, shard: u32, message: &UpstreamRef<'_>) -> bool {
+        let channel = channel_id::output(shard);
+        if !self.frame_queue_has_room(channel) {
+            return false;
+        }
+        self.queue_frame(channel, |frame| encode_upstream(message, frame));
+        true
     }
 
     /// Done as process 0 sees it: its shards finished, every remote shard
@@ -70,106 +437,75 @@ where
     pub(super) fn is_done(&self) -> bool {
         let local = self.layout.shards_of(0);
         let remote_shards = self.layout.total_shards() - local.len() as u32;
-        self.remote_finished == remote_shards && local.clone().all(|s| self.shards[s as usize].is_finished())
+        self.remote_finished == remote_shards
+            && local
+                .clone()
+                .all(|s| self.drivers[s as usize].as_ref().is_some_and(|d| d.is_finished()))
     }
 
-    /// Gives a shard what it awaits and carries out its effects.
-    pub(super) fn feed_shard(&mut self, shard: u32) -> bool {
-        let mut progressed = false;
-        let mut awaited = Vec::new();
-        loop {
-            self.shards[shard as usize].awaited_senders(&mut awaited);
-            let Some(batch) = awaited.iter().find_map(|&(_, from)| self.take_batch(from, shard)) else {
-                break;
-            };
-            self.shards[shard as usize].on_batch(batch);
-            progressed = true;
-        }
-        if self.shards[shard as usize].wants_chunk(SOURCE) {
-            if let Some(event) = self.take_chunk(shard) {
-                self.shards[shard as usize].on_source_event(event);
-                progressed = true;
-            }
-        }
-        self.shards[shard as usize].flush();
-        let effects: Vec<Effect<K, V>> = self.shards[shard as usize].drain_effects().collect();
-        for effect in effects {
-            match effect {
-                Effect::Send { to, batch } => self.send_batch(shard, to, batch),
-                Effect::Output(lines) => {
-                    if self.layout.is_local_to(0, shard) {
-                        self.output.extend_from_slice(&lines);
-                    } else {
-                        // Towards process 0's sink, over the network like any frame.
-                        let message = UpstreamRef::Lines(&lines);
-                        self.queue_frame(channel_id::output(shard), |frame| {
-                            encode_upstream(&message, frame)
-                        });
-                    }
-                    self.shards[shard as usize].recycle_output(lines);
-                }
-                Effect::DeadLetter(_) | Effect::SourceFailed { .. } => {}
-            }
-        }
-        let core = &self.shards[shard as usize];
-        if core.is_finished() && !self.layout.is_local_to(0, shard) && !self.reported_finished[shard as usize]
-        {
-            self.reported_finished[shard as usize] = true;
-            let message = UpstreamRef::Finished(core.counters());
-            self.queue_frame(channel_id::output(shard), |frame| {
-                encode_upstream(&message, frame)
-            });
-        }
-        progressed
-    }
-
-    pub(super) fn take_batch(&mut self, from: u32, to: u32) -> Option<Batch<K, V>> {
+    fn take_batch(&mut self, source: u32, from: u32, to: u32) -> Option<Batch<K, V>> {
         if self.layout.process_of(from) == self.layout.process_of(to) {
-            return self.local_batches.get_mut(&(from, to))?.pop_front();
+            return self.local_batches.get_mut(&(source, from, to))?.pop_front();
         }
-        let frame = self.take_frame(channel_id::batch(SOURCE, from, to))?;
-        Some(decode_batch(&frame, SOURCE, from).expect("frames of our own encoding decode"))
+        let frame = self.take_frame(channel_id::batch(source, from, to))?;
+        Some(decode_batch(&frame, source, from).expect("frames of our own encoding decode"))
     }
 
-    pub(super) fn take_chunk(&mut self, shard: u32) -> Option<SourceEvent> {
+    fn take_chunk(&mut self, source: u32, shard: u32) -> Option<SourceEvent> {
         if self.layout.is_local_to(0, shard) {
-            return self.local_chunks[shard as usize].pop_front();
+            return self.local_chunks.get_mut(&(source, shard))?.pop_front();
         }
-        let frame = self.take_frame(channel_id::chunk(SOURCE, shard))?;
-        Some(decode_source_event(&frame, SOURCE).expect("frames of our own encoding decode"))
+        let frame = self.take_frame(channel_id::chunk(source, shard))?;
+        Some(decode_source_event(&frame, source).expect("frames of our own encoding decode"))
     }
 
-    /// The consumer takes a frame; what it took is what gets acked.
-    pub(super) fn send_batch(&mut self, from: u32, to: u32, batch: Batch<K, V>) {
+    /// Into the bounded queue towards `to`, or back if it is full.
+    fn try_send_batch(&mut self, from: u32, to: u32, batch: Batch<K, V>) -> Sent<Batch<K, V>> {
+        let source = batch.source;
         if self.layout.process_of(from) == self.layout.process_of(to) {
-            self.local_batches.entry((from, to)).or_default().push_back(batch);
-        } else {
-            self.queue_frame(channel_id::batch(SOURCE, from, to), |frame| {
-                encode_batch(&batch, frame)
-            });
-        }
-    }
-}
-
-/// The reader's dealing of the whole input, in order: the production chunker
-/// and dealer, with the seed's chunk size.
-pub(super) fn deal(input: &Bytes, shards: u32, chunk_bytes: usize) -> Vec<(u32, SourceEvent)> {
-    let mut dealt = Vec::new();
-    let mut send = |shard: usize, event| {
-        dealt.push((shard as u32, event));
-        true
-    };
-    let mut dealer = Dealer::new(SOURCE, shards as usize, &mut send);
-    let mut chunker = LineChunker::new(&input[..], chunk_bytes, LINE_SIZE_MAX_BYTES);
-    while let Ok(Some(piece)) = chunker.next_piece() {
-        match piece {
-            Piece::Lines(data) => dealer.deal(ChunkData::Lines(data)),
-            Piece::Oversized { prefix, size_bytes } => {
-                dealer.deal(ChunkData::Oversized { prefix, size_bytes })
+            let queue = self.local_batches.entry((source, from, to)).or_default();
+            if queue.len() >= self.depths.batches {
+                return Sent::Full(batch);
             }
-            Piece::Idle => continue,
-        };
+            queue.push_back(batch);
+        } else {
+            let channel = channel_id::batch(source, from, to);
+            if !self.frame_queue_has_room(channel) {
+                return Sent::Full(batch);
+            }
+            self.queue_frame(channel, |frame| encode_batch(&batch, frame));
+        }
+        Sent::Done
     }
-    dealer.finish(None);
-    dealt
+
+    /// Why the shards that did not finish are stuck (for a liveness failure).
+    pub(super) fn describe_waiting(&self) -> String {
+        let mut parts: Vec<String> = self.readers.iter().map(Reader::describe).collect();
+        parts.push(format!(
+            "output: {} of {} expected lines{}",
+            self.output_lines,
+            self.expected_lines,
+            if self.sources_closed {
+                ""
+            } else {
+                " (sources stay open until it is all in: does an idle shard hold output?)"
+            }
+        ));
+        for driver in self.drivers.iter().flatten().filter(|d| !d.is_finished()) {
+            let core = driver.core();
+            let mut awaited = Vec::new();
+            core.awaited_senders(&mut awaited);
+            let wants: Vec<bool> = (0..self.readers.len() as u32)
+                .map(|s| core.wants_chunk(s))
+                .collect();
+            parts.push(format!(
+                "shard {} awaits (source, sender) {:?}, wants chunks {:?}, parked {:?}",
+                core.index(),
+                awaited,
+                wants,
+                driver.parked_counts()
+            ));
+        }
+        parts.join("; ")
+    }
 }
