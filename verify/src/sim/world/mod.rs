@@ -42,8 +42,10 @@ const LIVENESS_BOUND_US: u64 = 30 * SECOND_US;
 /// Input arrives over at most this share of the faulty period, so traffic
 /// and faults overlap.
 const RELEASE_SHARE: u64 = 2;
-/// Each source's input arrives in this many steps.
-const RELEASES_PER_SOURCE: u64 = 400;
+/// Each source's input arrives in one of these numbers of steps (seeded):
+/// few large arrivals or many small ones (then chunks are small: the reader
+/// deals what it has).
+const RELEASES_PER_SOURCE: [u64; 3] = [16, 64, 400];
 /// With BUGGIFY: the line-length bound (longer lines are dead-lettered
 /// unread), above the longest well-formed generated line.
 const BUGGIFY_LINE_MAX_BYTES: usize = 4096;
@@ -548,10 +550,11 @@ where
         let spread_us = self.heal_us / RELEASE_SHARE;
         for source in 0..self.readers.len() {
             let span_us = spread_us / [1, 2, 4][self.rng.below(3) as usize];
+            let releases = RELEASES_PER_SOURCE[self.rng.below(3) as usize];
             let len = self.readers[source].len() as u64;
-            for step in 1..=RELEASES_PER_SOURCE {
-                let available = (len * step / RELEASES_PER_SOURCE) as usize;
-                let at = (step - 1) * span_us / RELEASES_PER_SOURCE;
+            for step in 1..=releases {
+                let available = (len * step / releases) as usize;
+                let at = (step - 1) * span_us / releases;
                 self.schedule(
                     at,
                     Event::Release {
