@@ -351,3 +351,174 @@ struct Carried {
     /// Stopped at an effect the sink had no room for.
     blocked: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Stream;
+    use crate::line::{Line, Reject};
+    use crate::shard::ShardLimits;
+    use crate::source::{ChunkData, Dealer, SourceSpec};
+    use bytes::Bytes;
+    use std::collections::BTreeMap;
+
+    type Core = ShardCore<u64, u64, u64, (u64, u64)>;
+
+    /// Per key, the running count of its records: a reordered or lost batch
+    /// changes some line.
+    fn cores(shards: u32, batch_max: usize) -> Vec<Core> {
+        let flow = Stream::from_source(SourceSpec::memory("m", Bytes::new()))
+            .try_map(|line: Line| {
+                let text = line.text()?;
+                text.parse::<u64>().map_err(|_| Reject::new("not a number"))
+            })
+            .key_by(|value: &u64| value % 7)
+            .stateful(|count: &mut u64, key: &u64, msg, out| {
+                *count += 1;
+                out.emit((*key * 1_000_000 + msg.data, *count));
+            })
+            .sink(|(value, count), buf| buf.extend_from_slice(format!("{value} {count}").as_bytes()));
+        let limits = ShardLimits {
+            batch_max,
+            ..ShardLimits::default()
+        };
+        ShardCore::build_all(flow.logic, shards, limits)
+    }
+
+    /// In-memory queues of a fixed depth between the shards of one run.
+    struct Queues {
+        depth: usize,
+        chunks: Vec<VecDeque<SourceEvent>>,
+        batches: BTreeMap<(u32, u32), VecDeque<Batch<u64, u64>>>,
+        output: Vec<u8>,
+        dead: Vec<DeadLetter>,
+        finished: u32,
+    }
+
+    struct Ports<'q> {
+        queues: &'q mut Queues,
+        shard: u32,
+    }
+
+    impl ShardPorts<u64, u64> for Ports<'_> {
+        fn take_batch(&mut self, _source: u32, from: u32) -> Option<Batch<u64, u64>> {
+            self.queues.batches.get_mut(&(from, self.shard))?.pop_front()
+        }
+        fn take_source_event(&mut self, _source: u32) -> Option<SourceEvent> {
+            self.queues.chunks[self.shard as usize].pop_front()
+        }
+        fn try_send_batch(&mut self, to: u32, batch: Batch<u64, u64>) -> Sent<Batch<u64, u64>> {
+            let queue = self.queues.batches.entry((self.shard, to)).or_default();
+            if queue.len() >= self.queues.depth {
+                return Sent::Full(batch);
+            }
+            queue.push_back(batch);
+            Sent::Done
+        }
+        fn try_output(&mut self, lines: Vec<u8>) -> OutputSent {
+            self.queues.output.extend_from_slice(&lines);
+            OutputSent::Returned(lines)
+        }
+        fn try_dead_letter(&mut self, letter: DeadLetter) -> Sent<DeadLetter> {
+            self.queues.dead.push(letter);
+            Sent::Done
+        }
+        fn try_source_failed(&mut self, _source: u32, error: String) -> Sent<String> {
+            panic!("no source fails here: {error}")
+        }
+        fn try_finished(&mut self, _counters: ShardCounters) -> bool {
+            self.queues.finished += 1;
+            true
+        }
+    }
+
+    /// Runs `lines` lines over `shards` shards to the end; returns the
+    /// output lines (sorted), dead letters and parked sends.
+    fn run(shards: u32, depth: usize, bugs: DriverBugs) -> (Vec<String>, usize, u64) {
+        let mut input = String::new();
+        for value in 1..=600u64 {
+            input.push_str(&if value % 97 == 0 {
+                "x".to_string()
+            } else {
+                value.to_string()
+            });
+            input.push('\n');
+        }
+        let mut queues = Queues {
+            depth,
+            chunks: (0..shards).map(|_| VecDeque::new()).collect(),
+            batches: BTreeMap::new(),
+            output: Vec::new(),
+            dead: Vec::new(),
+            finished: 0,
+        };
+        let mut dealt = Vec::new();
+        let mut send = |shard: usize, event| {
+            dealt.push((shard, event));
+            true
+        };
+        let mut dealer = Dealer::new(0, shards as usize, &mut send);
+        let data = Bytes::from(input);
+        let mut at = 0;
+        // Chunks of whole lines, about 40 bytes each.
+        while at < data.len() {
+            let end = (at + 40).min(data.len());
+            let end = memchr::memchr(b'\n', &data[end - 1..]).map_or(data.len(), |p| end + p);
+            dealer.deal(ChunkData::Lines(data.slice(at..end)));
+            at = end;
+        }
+        dealer.finish(None);
+        for (shard, event) in dealt {
+            queues.chunks[shard].push_back(event);
+        }
+        let mut drivers: Vec<_> = cores(shards, 2)
+            .into_iter()
+            .map(|c| ShardDriver::new(c, 1))
+            .collect();
+        drivers.iter_mut().for_each(|d| d.plant_bugs_for_testing(bugs));
+        let mut parked = 0;
+        for _round in 0..100_000 {
+            if drivers.iter().all(ShardDriver::is_finished) {
+                let mut lines: Vec<String> = String::from_utf8(queues.output.clone())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                lines.sort();
+                assert_eq!(queues.finished, shards);
+                return (lines, queues.dead.len(), parked);
+            }
+            for (shard, driver) in drivers.iter_mut().enumerate() {
+                if !driver.is_finished() {
+                    let step = driver.step(&mut Ports {
+                        queues: &mut queues,
+                        shard: shard as u32,
+                    });
+                    parked += step.parked_sends;
+                }
+            }
+        }
+        panic!("the shards did not finish");
+    }
+
+    #[test]
+    fn tiny_queues_park_sends_and_lose_nothing() {
+        let (expected, dead, _) = run(1, 64, DriverBugs::default());
+        assert_eq!(expected.len(), 600 - 6);
+        assert_eq!(dead, 6);
+        let (lines, dead, parked) = run(3, 1, DriverBugs::default());
+        assert!(parked > 0, "depth 1 parks sends");
+        assert_eq!((lines, dead), (expected, 6));
+    }
+
+    #[test]
+    fn a_reordering_retry_breaks_per_key_order() {
+        let bugs = DriverBugs {
+            reorder_parked_retry: true,
+            ..DriverBugs::default()
+        };
+        let (expected, _, _) = run(1, 64, DriverBugs::default());
+        let outcome = std::panic::catch_unwind(|| run(3, 1, bugs));
+        assert!(outcome.map_or(true, |(lines, _, _)| lines != expected));
+    }
+}
