@@ -328,6 +328,35 @@ mod tests {
         }
     }
 
+    fn letter(source: u32, line: u64, raw: &'static [u8]) -> DeadLetter {
+        let id = verity_core::MsgId::new(source, line);
+        DeadLetter::new(id, "bad".into(), &Bytes::from_static(raw))
+    }
+
+    #[test]
+    fn dead_letters_must_be_each_malformed_line_once() {
+        let streams = [Stream {
+            name: "in",
+            kind: StreamKind::Mixed,
+            data: Bytes::from_static(b"1\nx\n2\n\n3\n"),
+        }];
+        let right = [letter(0, 2, b"x"), letter(0, 4, b"")];
+        dead_letters(AppName::Doubler, &streams, &right).unwrap();
+        let wrong: [&[DeadLetter]; 5] = [
+            &right[..1],
+            &[letter(0, 2, b"x"), letter(0, 4, b""), letter(0, 4, b"")],
+            &[letter(0, 2, b"x"), letter(0, 4, b""), letter(0, 3, b"2")],
+            &[letter(0, 2, b"x"), letter(1, 4, b"")],
+            &[letter(0, 2, b"y"), letter(0, 4, b"")],
+        ];
+        for letters in wrong {
+            assert!(
+                dead_letters(AppName::Doubler, &streams, letters).is_err(),
+                "{letters:?}"
+            );
+        }
+    }
+
     #[test]
     fn prices_parse_exactly() {
         assert_eq!(price_units(b"10"), Some(100_000));

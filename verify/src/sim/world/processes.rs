@@ -426,6 +426,8 @@ where
     fn try_upstream(&mut self, shard: u32, message: &UpstreamRef<'_>) -> bool {
         let channel = channel_id::output(shard);
         if !self.frame_queue_has_room(channel) {
+            // Production blocks the shard here; this one resumes later.
+            self.stats.bump("full_output_queues");
             return false;
         }
         self.queue_frame(channel, |frame| encode_upstream(message, frame));
