@@ -126,7 +126,7 @@ fn main() {
         if options.app.as_ref().is_some_and(|only| only != app.name()) {
             continue;
         }
-        let input = Bytes::from(generate::generate_all(app, options.records, SEED));
+        let input = Bytes::from(generate::generate_well_formed(app, options.records, SEED));
         const WORKER_COUNTS: [usize; 2] = [1, 2];
         let mut naive_run = || naive(&input);
         let mut one_worker = || engine_run(app, &input, WORKER_COUNTS[0]);
