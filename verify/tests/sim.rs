@@ -186,3 +186,26 @@ fn two_streams_run_clean_and_replay() {
         }
     }
 }
+
+#[test]
+fn other_layouts_run_clean() {
+    for (processes, workers) in [(1, 1), (1, 3), (2, 1), (4, 1)] {
+        for streams in [1, 2] {
+            for seed in 0..30 {
+                let config = SimConfig {
+                    processes,
+                    workers,
+                    streams,
+                    ..SimConfig::new(AppName::MarketSpread, seed)
+                };
+                let outcome = run_seed(&config);
+                assert!(
+                    outcome.is_ok(),
+                    "{}\nreplay: {}",
+                    outcome.failure.unwrap_or_default(),
+                    config.replay_command()
+                );
+            }
+        }
+    }
+}

@@ -252,12 +252,12 @@ where
     /// A source stays open (like a socket) until all its input arrived and
     /// the output holds everything that input must produce: output must not
     /// wait for the end of a stream (an idle shard flushes).
-    fn close_sources_when_output_is_in(&mut self) {
+    fn close_sources_when_output_is_in(&mut self) -> bool {
         if self.sources_closed
             || !self.readers.iter().all(Reader::all_arrived)
             || self.output_lines < self.expected_lines
         {
-            return;
+            return false;
         }
         self.sources_closed = true;
         let lines = self.output_lines;
@@ -265,6 +265,7 @@ where
             "all input arrived and its {lines} output lines are in: sources close"
         ));
         self.readers.iter().for_each(Reader::close);
+        true
     }
 
     /// Deals what can be read; false if the reader neither read nor dealt.
@@ -332,7 +333,6 @@ where
             self.pump(process);
             let mut progressed = false;
             if process == 0 {
-                self.close_sources_when_output_is_in();
                 for source in 0..self.readers.len() as u32 {
                     progressed |= self.pump_reader(source);
                 }
@@ -342,6 +342,8 @@ where
             }
             if process == 0 {
                 progressed |= self.relay_outputs();
+                // The last output may have come in just now (an idle flush).
+                progressed |= self.close_sources_when_output_is_in();
             }
             if !progressed {
                 break;
