@@ -1,14 +1,18 @@
 //! The deterministic cluster simulator.
 //!
 //! One thread runs a whole cluster — every process's shards (the production
-//! `ShardCore` state machines), the network between processes (the production
+//! `ShardCore` state machines, each driven by the production `ShardDriver`
+//! over bounded queues), its readers (the production `LineChunker` and
+//! `Dealer`, over input that arrives at seeded rates, one or two sources),
+//! the network between processes (the production
 //! frame codec and channel protocol: numbering, windows, acks, retransmits,
 //! dedup) and each process's clock — on a virtual clock with one seeded RNG.
 //! Faults are drawn from the seed: dropped, duplicated, delayed and reordered
 //! frames, connection cuts, partitions, process pauses, clock jumps. Each seed
 //! ends by healing every fault and checking the output against the app's
-//! oracle, the shards' internal assertions, and that everything finished
-//! within a bounded simulated time after healing.
+//! oracle (two streams: against some interleaving of them), the dead letters
+//! against the malformed input lines, the shards' internal assertions, and
+//! that everything finished within a bounded simulated time after healing.
 //!
 //! Same seed, same commit: the same run, event for event — `trace_hash` says
 //! so, and `--trace` prints the events. Crash and restart with loss of
