@@ -124,6 +124,8 @@ pub struct ShardDriver<K, V, S, O> {
     pending: VecDeque<Effect<K, V>>,
     awaited: Vec<(u32, u32)>,
     finished_reported: bool,
+    /// Batches taken per step (`PEER_DRAIN_MAX`; the simulator varies it).
+    peer_drain_max: usize,
     bugs: DriverBugs,
 }
 
@@ -142,8 +144,16 @@ where
             pending: VecDeque::new(),
             awaited: Vec::new(),
             finished_reported: false,
+            peer_drain_max: PEER_DRAIN_MAX,
             bugs: DriverBugs::default(),
         }
+    }
+
+    /// Takes at most `batches` peer batches per step (BUGGIFY in the
+    /// simulator: the policy must hold at any value).
+    pub fn set_peer_drain_max(&mut self, batches: usize) {
+        assert!(batches > 0, "a shard must be able to receive");
+        self.peer_drain_max = batches;
     }
 
     /// Test-only: plants `bugs` (the simulator's planted-bug tests).
@@ -264,7 +274,7 @@ where
     /// Applies batches from the senders whose turn it is, as long as they have some.
     fn receive_batches(&mut self, ports: &mut impl ShardPorts<K, V>) -> bool {
         let mut received = 0;
-        'turns: while received < PEER_DRAIN_MAX {
+        'turns: while received < self.peer_drain_max {
             self.core.awaited_senders(&mut self.awaited);
             for &(source, from) in self.awaited.iter() {
                 if let Some(batch) = ports.take_batch(source, from) {

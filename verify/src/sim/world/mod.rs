@@ -11,7 +11,7 @@ use verity_core::cluster::codec::{
     Upstream, UpstreamRef,
 };
 use verity_core::cluster::{channel_id, Layout};
-use verity_core::driver::ShardDriver;
+use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
 use verity_core::line::DeadLetter;
 use verity_core::shard::{Batch, ShardCore, ShardLimits};
@@ -151,6 +151,8 @@ struct Buggify {
     batch_max: usize,
     chunk_bytes: usize,
     line_max_bytes: usize,
+    /// Batches a shard takes per step (production: `PEER_DRAIN_MAX`).
+    peer_drain_max: usize,
 }
 
 /// Queue depths: production's (`RunConfig`), or BUGGIFY's tiny ones, so
@@ -269,6 +271,7 @@ where
             batch_max: [1, 3, 4, 16, 1024][rng.below(5) as usize],
             chunk_bytes: [64, 512, 4096, 65536][rng.below(4) as usize],
             line_max_bytes: [BUGGIFY_LINE_MAX_BYTES, LINE_SIZE_MAX_BYTES][rng.below(2) as usize],
+            peer_drain_max: [1, 4, PEER_DRAIN_MAX][rng.below(3) as usize],
         };
         let depths = Depths::draw(&mut rng);
         let layout =
@@ -289,6 +292,7 @@ where
             .map(|core| {
                 let mut driver = ShardDriver::new(core, sources);
                 driver.plant_bugs_for_testing(config.driver_bugs);
+                driver.set_peer_drain_max(buggify.peer_drain_max);
                 Some(driver)
             })
             .collect();
