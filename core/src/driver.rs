@@ -425,7 +425,7 @@ mod tests {
             queue.push_back(batch);
             Sent::Done
         }
-        fn try_output(&mut self, lines: Vec<u8>) -> OutputSent {
+        fn try_output(&mut self, lines: OutputBatch) -> OutputSent {
             self.queues.output.extend_from_slice(&lines);
             OutputSent::Returned(lines)
         }

@@ -21,7 +21,7 @@ pub const CHUNK_SIZE_BYTES: usize = 64 * 1024;
 /// Longest accepted input line; longer lines are dead-lettered, not buffered.
 pub const LINE_SIZE_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// How much of an oversized line the dead-letter record keeps.
-const OVERSIZED_PREFIX_BYTES: usize = 64;
+pub const OVERSIZED_PREFIX_BYTES: usize = 64;
 /// How often blocked readers look at the stop flag.
 pub const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::BufRead;
 use verity_core::line::DEAD_LETTER_RAW_MAX_BYTES;
+use verity_core::source::OVERSIZED_PREFIX_BYTES;
 
 /// The classes a dead-letter check reports (a letter naming a malformed line
 /// with another record is a wrong value).
@@ -154,6 +155,9 @@ struct StreamCheck<R> {
     malformed_lines: Vec<u64>,
     /// Malformed lines read and not yet in the letters, with their records.
     pending: BTreeMap<u64, String>,
+    /// The same lines' records if the reader skipped them as over its
+    /// line-length bound (only their first bytes are kept), when that differs.
+    oversized: BTreeMap<u64, String>,
 }
 
 impl<R: BufRead> StreamCheck<R> {
@@ -167,6 +171,10 @@ impl<R: BufRead> StreamCheck<R> {
             if !self.rule.accepts(line) {
                 self.malformed_lines.push(at);
                 self.pending.insert(at, letter_record(line));
+                if line.len() > OVERSIZED_PREFIX_BYTES {
+                    self.oversized
+                        .insert(at, letter_record(&line[..OVERSIZED_PREFIX_BYTES]));
+                }
             }
         }
     }
@@ -208,6 +216,7 @@ impl<R: BufRead> DeadLetterChecker<R> {
                     lines: LineReader::new(input.input),
                     malformed_lines: Vec::new(),
                     pending: BTreeMap::new(),
+                    oversized: BTreeMap::new(),
                 }
             })
             .collect();
@@ -316,10 +325,17 @@ impl<R: BufRead> DeadLetterChecker<R> {
         };
         // A letter about the right line counts once, right or wrong.
         if let Some(record) = stream.pending.remove(&number) {
+            let oversized = stream.oversized.remove(&number);
             let reason = rest
                 .strip_suffix(record.as_str())
                 .and_then(|r| r.strip_suffix(": "));
             if reason.is_some_and(|reason| !reason.is_empty()) {
+                return None;
+            }
+            let skipped_reason = oversized
+                .and_then(|prefix| rest.strip_suffix(prefix.as_str()).map(str::to_string))
+                .and_then(|r| r.strip_suffix(": ").map(str::to_string));
+            if skipped_reason.is_some_and(|reason| reason.ends_with(" bytes is over the limit")) {
                 return None;
             }
             let note = "the record differs, or the reason is missing";

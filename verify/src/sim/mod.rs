@@ -25,12 +25,11 @@ mod world;
 
 pub use stats::SimStats;
 
-use crate::{compare, App, Report};
+use crate::{compare, verify_dead_letters, verify_two_streams, App, NamedInput, Report};
 use bytes::Bytes;
 use std::fmt;
 use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
 use verity_core::driver::DriverBugs;
-use verity_core::line::DeadLetter;
 use verity_core::{Dataflow, Key, RunError, SourceSpec, Wire};
 
 /// Which faults a run may inject.
@@ -272,7 +271,7 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
     };
     let driver = SimDriver {
         config,
-        inputs: streams.iter().map(|s| s.data.clone()).collect(),
+        inputs: streams.iter().map(|s| (s.name, s.data.clone())).collect(),
         expected_lines: checks::expected_output_lines(config.app, &streams),
     };
     let outcome = drive_app(config.app, app_input, AppOptions::default(), driver);
@@ -288,8 +287,19 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
 
 /// Why a finished run's output or dead letters are wrong, if they are.
 fn check_outcome(config: &SimConfig, streams: &[checks::Stream], outcome: &mut Finished) -> Option<String> {
-    if let Err(e) = checks::dead_letters(config.app, streams, &outcome.dead_letters) {
-        return Some(format!("dead letters: {e}"));
+    let named: Vec<NamedInput<'_>> = streams
+        .iter()
+        .map(|stream| NamedInput {
+            name: stream.name,
+            rule: stream.kind.rule(config.app),
+            data: &stream.data,
+        })
+        .collect();
+    let letters = verify_dead_letters(&named, &outcome.dead_letters);
+    if !letters.is_ok() {
+        return Some(format!(
+            "dead letters differ from the malformed input lines:\n{letters}"
+        ));
     }
     match streams {
         [single] => {
@@ -299,9 +309,13 @@ fn check_outcome(config: &SimConfig, streams: &[checks::Stream], outcome: &mut F
             outcome.sim.report = Some(report);
             failure
         }
-        [quotes, orders] => checks::two_streams(&quotes.data, &orders.data, &outcome.output)
-            .err()
-            .map(|e| format!("two-stream output is no interleaving of quotes and orders: {e}")),
+        [quotes, orders] => {
+            let report = verify_two_streams(&quotes.data, &orders.data, &outcome.output);
+            let failure = (!report.is_ok())
+                .then(|| format!("two-stream output is no interleaving of quotes and orders:\n{report}"));
+            outcome.sim.report = Some(report);
+            failure
+        }
         _ => unreachable!("one or two streams"),
     }
 }
@@ -342,12 +356,12 @@ fn failed(config: &SimConfig, failure: String) -> SimOutcome {
     SimOutcome::failed_before_running(config.seed, failure)
 }
 
-/// A finished world: its outcome, the output it wrote and the dead letters
-/// that reached process 0.
+/// A finished world: its outcome, the output it wrote and its dead-letter
+/// file.
 struct Finished {
     sim: SimOutcome,
     output: Vec<u8>,
-    dead_letters: Vec<DeadLetter>,
+    dead_letters: Vec<u8>,
 }
 
 impl Finished {
@@ -358,7 +372,8 @@ impl Finished {
 
 struct SimDriver<'a> {
     config: &'a SimConfig,
-    inputs: Vec<Bytes>,
+    /// Per source: its name and input.
+    inputs: Vec<(&'static str, Bytes)>,
     expected_lines: u64,
 }
 

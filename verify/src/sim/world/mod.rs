@@ -13,7 +13,6 @@ use verity_core::cluster::codec::{
 use verity_core::cluster::{channel_id, Layout};
 use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
-use verity_core::line::DeadLetter;
 use verity_core::shard::{Batch, ShardCore, ShardLimits};
 use verity_core::source::{ChunkData, Dealer, LineChunker, Piece, SourceEvent, LINE_SIZE_MAX_BYTES};
 use verity_core::{Key, Rng, SplitMix64, Wire};
@@ -199,7 +198,10 @@ struct World<'a, K, V, S, O> {
     output_lines: u64,
     /// Lines the whole input must produce (the oracle's count).
     expected_lines: u64,
-    dead_letters: Vec<DeadLetter>,
+    /// Every dead letter that reached process 0, as its file has it (the
+    /// production writer into memory).
+    dead_letters: verity_core::sink::DeadLetterWriter,
+    dead_letter_text: SharedBytes,
     source_errors: Vec<String>,
     /// Remote shards whose `Finished` process 0 has heard.
     remote_finished: u32,
@@ -215,7 +217,7 @@ struct World<'a, K, V, S, O> {
 pub(super) fn simulate<K, V, S, O>(
     config: &SimConfig,
     logic: Logic<K, V, S, O>,
-    inputs: &[Bytes],
+    inputs: &[(&str, Bytes)],
     expected_lines: u64,
 ) -> Finished
 where
@@ -252,6 +254,30 @@ where
     })
 }
 
+/// A byte buffer the dead-letter writer (which wants a `Write + Send`
+/// stream) fills and the world takes at the end.
+#[derive(Clone, Default)]
+struct SharedBytes(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBytes {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl std::io::Write for SharedBytes {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl<'a, K, V, S, O> World<'a, K, V, S, O>
 where
     K: Key + Wire,
@@ -262,9 +288,10 @@ where
     pub(super) fn new(
         config: &'a SimConfig,
         logic: &Logic<K, V, S, O>,
-        inputs: &[Bytes],
+        inputs: &[(&str, Bytes)],
         expected_lines: u64,
     ) -> Self {
+        let source_names: Vec<String> = inputs.iter().map(|(name, _)| name.to_string()).collect();
         let mut rng = SplitMix64::new(config.seed);
         let buggify = Buggify {
             window_frames: [1, 2, 4, 16][rng.below(4) as usize],
@@ -274,6 +301,7 @@ where
             peer_drain_max: [1, 4, PEER_DRAIN_MAX][rng.below(3) as usize],
         };
         let depths = Depths::draw(&mut rng);
+        let dead_letter_text = SharedBytes::default();
         let layout =
             Layout::new(vec![config.workers; config.processes as usize], 0).expect("valid sim layout");
         let total = layout.total_shards();
@@ -299,7 +327,7 @@ where
         let readers = inputs
             .iter()
             .enumerate()
-            .map(|(source, input)| {
+            .map(|(source, (_, input))| {
                 Reader::new(
                     source as u32,
                     input.clone(),
@@ -358,7 +386,13 @@ where
             output: Vec::new(),
             output_lines: 0,
             expected_lines,
-            dead_letters: Vec::new(),
+            dead_letters: verity_core::sink::DeadLetterWriter::with_sink(
+                Box::new(verity_core::connector::sinks::WriteSink::unbuffered(
+                    dead_letter_text.clone(),
+                )),
+                source_names.to_vec(),
+            ),
+            dead_letter_text,
             source_errors: Vec::new(),
             remote_finished: 0,
             trace_hash: 0xcbf2_9ce4_8422_2325,
@@ -544,7 +578,7 @@ where
                 report: None,
             },
             output: self.output,
-            dead_letters: self.dead_letters,
+            dead_letters: self.dead_letter_text.take(),
         }
     }
 

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait};
 use verity_core::line::DeadLetter;
 use verity_core::shard::ShardCounters;
+use verity_core::sink::OutputBatch;
 
 /// How much of a source has arrived, and whether it is closed (then the
 /// reader sees its end once it read everything).
@@ -182,7 +183,7 @@ where
         self.world.try_send_batch(self.shard, to, batch)
     }
 
-    fn try_output(&mut self, lines: Vec<u8>) -> OutputSent {
+    fn try_output(&mut self, lines: OutputBatch) -> OutputSent {
         if self.world.layout.is_local_to(0, self.shard) {
             self.world.sink_lines(&lines);
             return OutputSent::Returned(lines);
@@ -420,7 +421,9 @@ where
 
     fn sink_dead_letter(&mut self, letter: DeadLetter) {
         self.stats.bump("dead_letters");
-        self.dead_letters.push(letter);
+        self.dead_letters
+            .write(&letter)
+            .expect("the dead-letter file is in memory");
     }
 
     /// Towards process 0's sinks on a remote shard's output channel, if its
