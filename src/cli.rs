@@ -312,6 +312,10 @@ struct GenerateArgs {
     /// ... and the order lines here (for `run --orders`).
     #[arg(long, value_name = "PATH", requires = "quotes_output")]
     orders_output: Option<PathBuf>,
+    /// Only well-formed lines (by default some are malformed: empty, not
+    /// UTF-8, bad numbers, wrong field counts, over-long).
+    #[arg(long)]
+    well_formed: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -620,7 +624,11 @@ fn generate_input(args: GenerateArgs) -> Result<i32> {
         (Some(_), Some(_)) => bail!("--quotes-output/--orders-output are market-spread options"),
         _ => None,
     };
-    let mut generator = generate::generator(app, args.count, args.seed);
+    let mut generator = if args.well_formed {
+        generate::well_formed_generator(app, args.count, args.seed)
+    } else {
+        generate::generator(app, args.count, args.seed)
+    };
     match split {
         None => write_generated(&mut *generator, &mut *create_output(&args.output)?, None),
         Some((quotes, orders)) => {

@@ -16,7 +16,7 @@ const MALFORMED_MIN: usize = 200;
 fn generated(dir: &Path, app: &str, count: u64, extra: &[&str]) -> PathBuf {
     let path = dir.join(format!("{app}.generated"));
     let count = count.to_string();
-    let mut args = vec!["generate", app, "--count", &count, "--seed", "7"];
+    let mut args = vec!["generate", app, "--count", &count, "--seed", "7", "--well-formed"];
     if extra.is_empty() {
         args.extend_from_slice(&["--output", path_str(&path)]);
     }

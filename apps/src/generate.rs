@@ -39,6 +39,14 @@ pub fn generator(app: AppName, lines: u64, seed: u64) -> Box<dyn LineGenerator> 
     Box::new(generator_shape(app, lines, seed))
 }
 
+/// Like `generator`, but only well-formed lines (`verity generate
+/// --well-formed`: for tests that plant their own bad lines).
+pub fn well_formed_generator(app: AppName, lines: u64, seed: u64) -> Box<dyn LineGenerator> {
+    let mut generator = generator_shape(app, lines, seed);
+    generator.malformed = false;
+    Box::new(generator)
+}
+
 fn generator_shape(app: AppName, lines: u64, seed: u64) -> Generator {
     let rng = SplitMix64::new(seed);
     let shape: Box<dyn LineShape> = match app {
@@ -61,8 +69,7 @@ fn generator_shape(app: AppName, lines: u64, seed: u64) -> Generator {
 /// classes stay): for benchmarks, whose naive baselines split on `\n` only
 /// and whose runs should not measure the dead-letter writer.
 pub fn generate_well_formed(app: AppName, lines: u64, seed: u64) -> Vec<u8> {
-    let mut generator = generator_shape(app, lines, seed);
-    generator.malformed = false;
+    let mut generator = well_formed_generator(app, lines, seed);
     let mut out = Vec::new();
     while generator.write_lines(&mut out, 4096) > 0 {}
     out

@@ -4,7 +4,7 @@
 //! letter, or one filed under the wrong stream, is caught and named.
 
 use std::path::{Path, PathBuf};
-use verity_apps::generate::generate_all;
+use verity_apps::generate::generate_well_formed;
 use verity_apps::{run_app, AppInput, AppName, AppOptions};
 use verity_core::{DeadLetterSpec, Outputs, RunConfig, SinkSpec, SourceSpec};
 use verity_verify::{
@@ -33,7 +33,7 @@ fn malformed(app: AppName, i: usize) -> Vec<u8> {
 /// empty one, which only wordcount accepts, once).
 fn with_malformed(app: AppName, records: u64, every: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    for (i, line) in generate_all(app, records, 3)
+    for (i, line) in generate_well_formed(app, records, 3)
         .split_inclusive(|b| *b == b'\n')
         .enumerate()
     {
@@ -146,7 +146,7 @@ fn planted_dead_letter_faults_are_caught() {
 fn two_stream_dead_letters_name_their_stream() {
     let dir = tempfile::tempdir().unwrap();
     let (mut quotes, mut orders) = (Vec::new(), Vec::new());
-    let generated = generate_all(AppName::MarketSpread, 20_000, 5);
+    let generated = generate_well_formed(AppName::MarketSpread, 20_000, 5);
     for (i, line) in generated.split_inclusive(|b| *b == b'\n').enumerate() {
         // Every 40th line goes to the wrong stream: there it is malformed.
         let to_orders = line.starts_with(b"O,") != (i % 40 == 39);

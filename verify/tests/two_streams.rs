@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use verity_apps::generate::generate_all;
+use verity_apps::generate::generate_well_formed;
 use verity_apps::{run_app, AppInput, AppName, AppOptions};
 use verity_core::{DeadLetterSpec, Outputs, RunConfig, SinkSpec, SourceSpec};
 use verity_verify::{verify_two_streams, AnomalyKind, App, InputFiles, Report};
@@ -17,7 +17,7 @@ const WORKER_COUNTS: [usize; 3] = [1, 2, 4];
 /// Generated market-spread records split into a quotes and an orders stream.
 fn split_input(records: u64, seed: u64) -> (Vec<u8>, Vec<u8>) {
     let (mut quotes, mut orders) = (Vec::new(), Vec::new());
-    for line in generate_all(AppName::MarketSpread, records, seed).split_inclusive(|b| *b == b'\n') {
+    for line in generate_well_formed(AppName::MarketSpread, records, seed).split_inclusive(|b| *b == b'\n') {
         let stream = if line.starts_with(b"O,") {
             &mut orders
         } else {
@@ -243,7 +243,7 @@ fn planted_faults_in_a_real_two_stream_output_are_caught() {
 fn single_file_market_spread_verification_still_works() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("mixed.in");
-    std::fs::write(&input, generate_all(AppName::MarketSpread, 20_000, 4)).unwrap();
+    std::fs::write(&input, generate_well_formed(AppName::MarketSpread, 20_000, 4)).unwrap();
     for workers in WORKER_COUNTS {
         let output = dir.path().join(format!("mixed-{workers}.out"));
         let outputs = Outputs {
