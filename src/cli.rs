@@ -110,7 +110,7 @@ struct SimArgs {
     /// `<name>: <count>` line per counter, summed over the seeds.
     #[arg(long)]
     stats: bool,
-    /// Test-only: plant a bug (no-dedup or no-retransmit) to show it is caught.
+    /// Test-only: plant a bug (`PlantedBugs::NAMES`) to show it is caught.
     #[arg(long, value_name = "BUG", hide = true)]
     plant_bug: Option<String>,
 }
@@ -573,13 +573,10 @@ fn sim(args: SimArgs) -> Result<i32> {
         (None, Some(seed)) => seed..seed + 1,
         (None, None) => bail!("give --seeds A..B or --seed S"),
     };
-    let mut bugs = verity_verify::sim::PlantedBugs::default();
-    match args.plant_bug.as_deref() {
-        None => {}
-        Some("no-dedup") => bugs.no_dedup = true,
-        Some("no-retransmit") => bugs.no_retransmit = true,
-        Some(other) => bail!("unknown planted bug `{other}` (no-dedup or no-retransmit)"),
-    }
+    let bugs = match args.plant_bug.as_deref() {
+        None => verity_verify::sim::PlantedBugs::default(),
+        Some(name) => verity_verify::sim::PlantedBugs::named(name).map_err(anyhow::Error::msg)?,
+    };
     let template = verity_verify::sim::SimConfig {
         processes: args.processes,
         workers: args.workers,

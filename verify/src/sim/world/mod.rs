@@ -15,12 +15,12 @@ use verity_core::flow::Logic;
 use verity_core::shard::{Batch, Effect, ShardCore, ShardLimits};
 use verity_core::source::{ChunkData, Dealer, LineChunker, Piece, SourceEvent, LINE_SIZE_MAX_BYTES};
 use verity_core::{Key, Rng, SplitMix64, Wire};
-use verity_net::channel::{Admission, ChannelReceiver, ChannelSender};
-use verity_net::frame::{encode_frame, peek_numbers, Frame, FrameDecoder, FrameKind, FrameWriter};
-use verity_net::liveness::{Backoff, LivenessConfig, PeerLiveness};
+use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
+use verity_net::liveness::LivenessConfig;
 
 mod network;
 mod processes;
+use network::{Net, NetEvent};
 use processes::deal;
 
 const SECOND_US: u64 = 1_000_000;
@@ -47,18 +47,9 @@ enum Event {
     Release {
         index: usize,
     },
-    Deliver {
-        from: u32,
-        to: u32,
-        epoch: u64,
-        bytes: Bytes,
-    },
+    Net(NetEvent),
     Tick,
     Cut {
-        a: u32,
-        b: u32,
-    },
-    Reconnect {
         a: u32,
         b: u32,
     },
@@ -102,34 +93,6 @@ impl Ord for Scheduled {
     }
 }
 
-struct OutChan {
-    from: u32,
-    to: u32,
-    sender: ChannelSender,
-    /// Encoded frames the window has no room for yet.
-    pending: VecDeque<Bytes>,
-    next_seq: u64,
-}
-
-struct InChan {
-    receiver: ChannelReceiver,
-    queue: VecDeque<Frame>,
-    consumed: u64,
-    acked: u64,
-}
-
-/// The connection between processes `a < b`; direction 0 is a→b.
-struct Link {
-    up: bool,
-    epoch: u64,
-    backoff: Backoff,
-    reconnect_pending: bool,
-    last_arrival_us: [u64; 2],
-    /// The receiving side's view of the sender, per direction.
-    liveness: [PeerLiveness; 2],
-    decoders: [FrameDecoder; 2],
-}
-
 struct Process {
     paused_until_us: u64,
     clock_offset_us: i64,
@@ -139,6 +102,10 @@ struct Process {
 /// batches, partial frames) run often: BUGGIFY, simulation only.
 struct Buggify {
     window_frames: usize,
+    /// A producer's queue to the network thread, in frames.
+    producer_depth_frames: usize,
+    /// Workers register their receiving channels late.
+    late_claims: bool,
     batch_max: usize,
     chunk_bytes: usize,
 }
@@ -153,10 +120,7 @@ struct World<'a, K, V, S, O> {
     queue: BinaryHeap<Reverse<Scheduled>>,
     shards: Vec<ShardCore<K, V, S, O>>,
     processes: Vec<Process>,
-    links: BTreeMap<(u32, u32), Link>,
-    partition: Option<(u64, u64)>,
-    outs: BTreeMap<u32, OutChan>,
-    ins: BTreeMap<u32, InChan>,
+    net: Net,
     local_chunks: Vec<VecDeque<SourceEvent>>,
     local_batches: BTreeMap<(u32, u32), VecDeque<Batch<K, V>>>,
     dealt: Vec<(u32, SourceEvent)>,
@@ -217,6 +181,8 @@ where
         let mut rng = SplitMix64::new(config.seed);
         let buggify = Buggify {
             window_frames: [1, 2, 4, 16][rng.below(4) as usize],
+            producer_depth_frames: [1, 4, 16, 64][rng.below(4) as usize],
+            late_claims: rng.chance(1, 2),
             batch_max: [1, 3, 16, 1024][rng.below(4) as usize],
             chunk_bytes: [64, 512, 4096, 65536][rng.below(4) as usize],
         };
@@ -231,25 +197,12 @@ where
         if config.bugs.no_dedup {
             shards.iter_mut().for_each(ShardCore::disable_dedup_for_testing);
         }
-        let liveness = LivenessConfig {
-            peer_timeout_ms: PEER_TIMEOUT_US / 1000,
-            heartbeat_interval_ms: TICK_US / 1000,
-        };
-        let mut links = BTreeMap::new();
-        for a in 0..config.processes {
-            for b in a + 1..config.processes {
-                let link = Link {
-                    up: true,
-                    epoch: 0,
-                    backoff: Backoff::new(RECONNECT_BASE_MS, RECONNECT_MAX_MS),
-                    reconnect_pending: false,
-                    last_arrival_us: [0; 2],
-                    liveness: [PeerLiveness::new(liveness, 0), PeerLiveness::new(liveness, 0)],
-                    decoders: [FrameDecoder::new(), FrameDecoder::new()],
-                };
-                links.insert((a, b), link);
-            }
-        }
+        let net = Net::new(
+            config,
+            &mut rng,
+            buggify.window_frames,
+            buggify.producer_depth_frames,
+        );
         let dealt = deal(input, total, buggify.chunk_bytes);
         let mut world = World {
             config,
@@ -260,16 +213,14 @@ where
             seq: 0,
             queue: BinaryHeap::new(),
             shards,
-            processes: (0..config.processes)
+            // One more for the network's wrong-secret intruder.
+            processes: (0..=config.processes)
                 .map(|_| Process {
                     paused_until_us: 0,
                     clock_offset_us: 0,
                 })
                 .collect(),
-            links,
-            partition: None,
-            outs: BTreeMap::new(),
-            ins: BTreeMap::new(),
+            net,
             local_chunks: (0..total).map(|_| VecDeque::new()).collect(),
             local_batches: BTreeMap::new(),
             dealt,
@@ -285,6 +236,7 @@ where
         };
         world.wire_channels();
         world.schedule_start();
+        world.schedule_network_faults();
         world
     }
 
@@ -374,6 +326,9 @@ where
             self.now_us = next.time_us;
             self.events += 1;
             self.handle(next.event);
+            if let Some(failure) = self.net.failure.take() {
+                return Some(failure);
+            }
             if self.is_done() {
                 self.trace(format_args!("all shards finished and their output is in"));
                 return None;
@@ -404,22 +359,16 @@ where
     pub(super) fn handle(&mut self, event: Event) {
         match event {
             Event::Release { index } => self.release(index),
-            Event::Deliver {
-                from,
-                to,
-                epoch,
-                bytes,
-            } => self.deliver(from, to, epoch, bytes),
+            Event::Net(event) => self.handle_net(event),
             Event::Tick => self.tick(),
             Event::Cut { a, b } => {
                 self.stats.fault("cut");
                 self.cut(a, b, "fault: connection cut");
             }
-            Event::Reconnect { a, b } => self.reconnect(a, b),
             Event::Partition { mask, until_us } => {
                 self.stats.fault("partition");
                 self.trace(format_args!("fault: partition {mask:#b} until {until_us}"));
-                self.partition = Some((mask, until_us));
+                self.net.partition = Some((mask, until_us));
             }
             Event::Pause { process, until_us } => {
                 self.stats.fault("pause");
@@ -446,7 +395,7 @@ where
     }
 
     pub(super) fn partitioned(&self, a: u32, b: u32) -> bool {
-        match self.partition {
+        match self.net.partition {
             Some((mask, until)) if until > self.now_us => (mask >> a & 1) != (mask >> b & 1),
             _ => false,
         }
@@ -461,7 +410,12 @@ where
         self.now_us < self.heal_us
     }
 
-    pub(super) fn finish(self, failure: Option<String>) -> Finished {
+    pub(super) fn finish(mut self, failure: Option<String>) -> Finished {
+        let protocol = self.net.protocol_stats();
+        self.stats.add("full_windows", protocol.full_windows);
+        self.stats.add("retransmitted_frames", protocol.frames_resent);
+        self.stats.add("reconnects", protocol.reconnects);
+        self.stats.add("handshakes_refused", protocol.handshakes_refused);
         Finished {
             sim: SimOutcome {
                 seed: self.config.seed,
