@@ -449,7 +449,7 @@ impl IoLoop {
         }
         let mut failure = self.shared.failure.lock().unwrap_or_else(|p| p.into_inner());
         if failure.is_none() {
-            log::error!("verity: net: {message}");
+            log::error!("net: {message}");
             *failure = Some(message);
         }
     }
@@ -485,7 +485,7 @@ impl IoLoop {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    log::warn!("verity: net: accept failed: {e}");
+                    log::warn!("net: accept failed: {e}");
                     return;
                 }
             }
@@ -501,7 +501,7 @@ impl IoLoop {
             .registry()
             .register(&mut stream, Token(conn as usize), interest)
         {
-            log::warn!("verity: net: cannot register a connection: {e}");
+            log::warn!("net: cannot register a connection: {e}");
             return None;
         }
         self.streams.insert(conn, stream);
@@ -532,6 +532,9 @@ impl IoLoop {
                 Err(e) => return self.closed_by_io(conn, &format!("read failed: {e}")),
             }
             self.protocol.on_received(conn, self.now_ms());
+            // A close the frames led to happens now, its last words (a
+            // refusal) written before the socket goes.
+            self.carry_out_actions();
         }
     }
 
@@ -641,7 +644,7 @@ impl IoLoop {
 /// The protocol's events, for the log.
 fn render(event: &PeerEvent) {
     match event {
-        PeerEvent::Connected { .. } => log::debug!("verity: net: {event}"),
-        _ => log::warn!("verity: net: {event}"),
+        PeerEvent::Connected { .. } => log::debug!("net: {event}"),
+        _ => log::warn!("net: {event}"),
     }
 }

@@ -905,3 +905,64 @@ impl In {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(process_id: u32, peers: Vec<u32>) -> ProtocolConfig {
+        ProtocolConfig {
+            cluster_id: "unit".into(),
+            process_id,
+            peers,
+            secret: Arc::new(ClusterSecret::new(b"a unit test secret, long".to_vec()).expect("long enough")),
+            liveness: LivenessConfig {
+                peer_timeout_ms: 100,
+                heartbeat_interval_ms: 10,
+            },
+            window_frames: 2,
+            window_bytes: 1 << 20,
+            reconnect_base_ms: 10,
+            reconnect_max_ms: 80,
+            peer_lost_ms: 1_000,
+            bugs: ProtocolBugs::default(),
+        }
+    }
+
+    #[test]
+    fn seeded_entropy_replays_and_nonces_differ() {
+        let (mut a, mut b) = (SeededEntropy::new(5), SeededEntropy::new(5));
+        assert_eq!(a.nonce(), b.nonce());
+        assert_ne!(a.nonce(), SeededEntropy::new(6).nonce());
+        assert_ne!(a.nonce(), a.nonce());
+    }
+
+    #[test]
+    fn only_the_higher_id_dials_and_a_failed_dial_backs_off() {
+        let mut low = PeerProtocol::new(config(0, vec![1]), SeededEntropy::new(1), 0);
+        low.on_tick(0);
+        assert!(low.next_action().is_none(), "the lower id waits to be dialled");
+        let mut high = PeerProtocol::new(config(1, vec![0]), SeededEntropy::new(1), 0);
+        high.on_tick(0);
+        assert!(matches!(high.next_action(), Some(Action::Dial { peer: 0 })));
+        high.on_dial_failed(0, 0);
+        high.on_tick(4);
+        assert!(
+            high.next_action().is_none(),
+            "at least half the base backoff passes"
+        );
+        high.on_tick(10);
+        assert!(matches!(high.next_action(), Some(Action::Dial { peer: 0 })));
+    }
+
+    #[test]
+    fn too_many_pending_connections_are_closed_at_once() {
+        let mut p = PeerProtocol::new(config(0, vec![1]), SeededEntropy::new(1), 0);
+        for conn in 0..=PENDING_CONNECTIONS_MAX as ConnId {
+            p.on_connected(conn, None, 0);
+        }
+        assert_eq!(p.connections().count(), PENDING_CONNECTIONS_MAX);
+        assert!(matches!(p.next_action(), Some(Action::Close { .. })));
+        assert_eq!(p.stats().pending_refused, 1);
+    }
+}
