@@ -166,7 +166,17 @@ impl ChannelReceiver {
         self.channel
     }
 
+    /// Applies a frame's numbers (if it is new) and says what to do with it.
     pub fn admit(&mut self, first_seq: u64, record_count: u32) -> Admission {
+        let admission = self.classify(first_seq, record_count);
+        if let Admission::Apply { .. } = admission {
+            self.applied_through = first_seq + record_count as u64 - 1;
+        }
+        admission
+    }
+
+    /// What `admit` would say, without applying anything.
+    pub fn classify(&self, first_seq: u64, record_count: u32) -> Admission {
         if record_count == 0 {
             return Admission::Duplicate;
         }
@@ -183,7 +193,6 @@ impl ChannelReceiver {
             return Admission::Gap { expected_seq };
         }
         let skip_records = (self.applied_through + 1 - first_seq) as u32;
-        self.applied_through = last;
         Admission::Apply { skip_records }
     }
 

@@ -37,6 +37,10 @@ pub const FRAMES_PER_CHANNEL_TURN_MAX: usize = 64;
 pub const WRITE_BACKLOG_SOFT_MAX_BYTES: usize = 8 << 20;
 /// Unauthenticated connections held at once; more are closed when opened.
 pub const PENDING_CONNECTIONS_MAX: usize = 64;
+/// Bytes an unauthenticated peer may have buffered: a hello and a proof are
+/// far smaller, and a stranger must not make this process hold a whole
+/// maximum-size frame per pending connection.
+pub const HANDSHAKE_BYTES_MAX: usize = 64 << 10;
 /// Channels a peer may send on before their consumer registers. Frames can
 /// arrive before the local side has wired a channel (a worker wires after the
 /// job arrives), but a peer must not make this process keep state for any
@@ -624,6 +628,10 @@ impl<E: Entropy> PeerProtocol<E> {
                         return self.close(conn, why, now_ms);
                     }
                 }
+                Ok(None) if state.peer.is_none() && state.decoder.buffered_bytes() > HANDSHAKE_BYTES_MAX => {
+                    let reason = format!("more than {HANDSHAKE_BYTES_MAX} bytes before the handshake ended");
+                    return self.close(conn, reason, now_ms);
+                }
                 Ok(None) => return,
                 Err(e) => return self.close(conn, format!("bad frame: {e}"), now_ms),
             }
@@ -742,7 +750,9 @@ impl<E: Entropy> PeerProtocol<E> {
             ));
         }
         let header = frame.header;
-        match state.receiver.admit(header.first_seq, header.record_count) {
+        // Judged before anything is applied: a refused frame must stay
+        // unapplied, or its resend would be dropped as a duplicate.
+        match state.receiver.classify(header.first_seq, header.record_count) {
             Admission::Apply { skip_records: 0 } => {}
             Admission::Duplicate if bugs.admit_duplicate_as_new => {}
             Admission::Duplicate => {
@@ -766,7 +776,8 @@ impl<E: Entropy> PeerProtocol<E> {
                 "process {peer} overran the window of channel {channel:#x}"
             ));
         }
-        let last_seq = header.first_seq + header.record_count as u64 - 1;
+        state.receiver.admit(header.first_seq, header.record_count);
+        let last_seq = (header.first_seq + header.record_count as u64).saturating_sub(1);
         state.outstanding.push_back(last_seq);
         if state.claimed {
             self.actions.push_back(Action::Deliver { channel, frame });

@@ -367,3 +367,49 @@ fn random_and_mutated_bytes_on_a_connection_never_panic_or_pile_up() {
         fuzz_case(&mut rng);
     }
 }
+
+#[test]
+fn a_refused_frame_is_not_applied_so_its_resend_is_taken() {
+    let (mut p0, mut p1) = (protocol(0, vec![1], SECRET), protocol(1, vec![0], SECRET));
+    p0.add_in(CHANNEL, 1);
+    connect(&mut p0, &mut p1, 1, 0);
+    let mut bytes = Vec::new();
+    for seq in 1..=WINDOW_FRAMES as u64 + 1 {
+        encode_frame(&mut bytes, FrameKind::Data, CHANNEL, seq, &[b"x"]);
+    }
+    p0.on_bytes(1, &bytes, 0);
+    let mut seen = Seen::default();
+    drain(&mut p0, &mut seen);
+    assert_eq!(seen.closed.len(), 1, "overran the window");
+    p0.on_consumed(CHANNEL, WINDOW_FRAMES as u64);
+    let mut p1 = protocol(1, vec![0], SECRET);
+    connect(&mut p0, &mut p1, 2, 10);
+    let mut resend = Vec::new();
+    encode_frame(
+        &mut resend,
+        FrameKind::Data,
+        CHANNEL,
+        WINDOW_FRAMES as u64 + 1,
+        &[b"x"],
+    );
+    p0.on_bytes(2, &resend, 10);
+    drain(&mut p0, &mut seen);
+    assert_eq!(
+        seen.delivered.len(),
+        WINDOW_FRAMES + 1,
+        "the refused frame arrives after all"
+    );
+}
+
+#[test]
+fn a_stranger_cannot_make_a_pending_connection_buffer_a_huge_frame() {
+    let mut p0 = protocol(0, vec![1], SECRET);
+    p0.on_connected(1, None, 0);
+    let mut header = Vec::new();
+    encode_frame(&mut header, FrameKind::Hello, 0, 0, &[&vec![0; 1 << 20]]);
+    p0.on_bytes(1, &header[..200 << 10], 0);
+    let mut seen = Seen::default();
+    drain(&mut p0, &mut seen);
+    assert_eq!(seen.closed.len(), 1);
+    assert_eq!(p0.held_bytes(), 0);
+}
