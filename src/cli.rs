@@ -94,7 +94,7 @@ struct SimArgs {
     #[arg(long, value_name = "W", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     workers: u32,
     /// Faults to inject: all, none, or a list of drop, duplicate, delay,
-    /// reorder, cut, partition, pause, clock.
+    /// reorder, cut, partition, pause, clock, corrupt, wrong-secret, forge.
     #[arg(long, value_name = "LIST", default_value = "all")]
     faults: String,
     /// Simulated seconds of faults per seed; then all heal.
@@ -114,7 +114,8 @@ struct SimArgs {
     /// sources at different rates (as `run --quotes Q --orders O`).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
     streams: u32,
-    /// Test-only: plant a bug (no-dedup or no-retransmit) to show it is caught.
+    /// Test-only: plant a bug (`PlantedBugs::NAMES`, or skip-idle-flush,
+    /// reorder-parked-retry in the shard driver) to show it is caught.
     #[arg(long, value_name = "BUG", hide = true)]
     plant_bug: Option<String>,
 }
@@ -581,18 +582,19 @@ fn sim(args: SimArgs) -> Result<i32> {
         (None, Some(seed)) => seed..seed + 1,
         (None, None) => bail!("give --seeds A..B or --seed S"),
     };
-    let mut bugs = verity_verify::sim::PlantedBugs::default();
     let mut driver_bugs = verity_core::driver::DriverBugs::default();
-    match args.plant_bug.as_deref() {
-        None => {}
-        Some("no-dedup") => bugs.no_dedup = true,
-        Some("no-retransmit") => bugs.no_retransmit = true,
-        Some("skip-idle-flush") => driver_bugs.skip_idle_flush = true,
-        Some("reorder-parked-retry") => driver_bugs.reorder_parked_retry = true,
-        Some(other) => bail!(
-            "unknown planted bug `{other}` (no-dedup, no-retransmit, skip-idle-flush or reorder-parked-retry)"
-        ),
-    }
+    let bugs = match args.plant_bug.as_deref() {
+        None => verity_verify::sim::PlantedBugs::default(),
+        Some("skip-idle-flush") => {
+            driver_bugs.skip_idle_flush = true;
+            verity_verify::sim::PlantedBugs::default()
+        }
+        Some("reorder-parked-retry") => {
+            driver_bugs.reorder_parked_retry = true;
+            verity_verify::sim::PlantedBugs::default()
+        }
+        Some(name) => verity_verify::sim::PlantedBugs::named(name).map_err(anyhow::Error::msg)?,
+    };
     let template = verity_verify::sim::SimConfig {
         processes: args.processes,
         workers: args.workers,

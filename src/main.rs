@@ -3,11 +3,13 @@
 
 mod cli;
 mod cluster;
+mod logger;
 mod sim;
 
 use clap::Parser;
 
 fn main() {
+    logger::install();
     let args = cli::Cli::parse();
     match cli::execute(args) {
         Ok(code) => std::process::exit(code),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub const CLUSTER_SECRET_ENV: &str = "VERITY_CLUSTER_SECRET";
 pub const CLUSTER_SECRET_MIN_BYTES: usize = 16;
-const NONCE_BYTES: usize = 32;
+pub const NONCE_BYTES: usize = 32;
 /// Longest text taken from a peer (cluster id, refusal reason) into an error.
 const PEER_TEXT_MAX_BYTES: usize = 200;
 const DOMAIN: &[u8] = b"verity-auth-v1";

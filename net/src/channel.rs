@@ -166,23 +166,45 @@ impl ChannelReceiver {
         self.channel
     }
 
+    /// Applies a frame's numbers (if it is new) and says what to do with it.
     pub fn admit(&mut self, first_seq: u64, record_count: u32) -> Admission {
-        let last = first_seq + record_count as u64 - 1;
-        if record_count == 0 || last <= self.applied_through {
+        let admission = self.classify(first_seq, record_count);
+        if let Admission::Apply { .. } = admission {
+            self.applied_through = first_seq + record_count as u64 - 1;
+        }
+        admission
+    }
+
+    /// What `admit` would say, without applying anything.
+    pub fn classify(&self, first_seq: u64, record_count: u32) -> Admission {
+        if record_count == 0 {
             return Admission::Duplicate;
         }
-        if first_seq > self.applied_through + 1 {
-            return Admission::Gap {
-                expected_seq: self.applied_through + 1,
-            };
+        // Numbers come off the wire: a frame whose last number does not fit
+        // cannot follow anything this channel applied.
+        let expected_seq = self.applied_through.saturating_add(1);
+        let Some(last) = first_seq.checked_add(record_count as u64 - 1) else {
+            return Admission::Gap { expected_seq };
+        };
+        if last <= self.applied_through {
+            return Admission::Duplicate;
+        }
+        if first_seq > expected_seq {
+            return Admission::Gap { expected_seq };
         }
         let skip_records = (self.applied_through + 1 - first_seq) as u32;
-        self.applied_through = last;
         Admission::Apply { skip_records }
     }
 
     pub fn applied_through(&self) -> u64 {
         self.applied_through
+    }
+
+    /// A planted bug (`ProtocolBugs::resume_one_past_applied`): takes the
+    /// next record for applied without having it. Never call it otherwise.
+    #[doc(hidden)]
+    pub fn skip_one_for_testing(&mut self) {
+        self.applied_through += 1;
     }
 
     /// The cumulative ack to send now, if one is due.
@@ -196,5 +218,24 @@ impl ChannelReceiver {
         self.acked_through = self.applied_through;
         self.last_ack_ms = now_ms;
         Some(self.applied_through)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admit_refuses_numbers_that_overflow_without_panicking() {
+        let mut receiver = ChannelReceiver::new(7);
+        assert_eq!(receiver.admit(u64::MAX, 2), Admission::Gap { expected_seq: 1 });
+        assert_eq!(
+            receiver.admit(u64::MAX - 1, u32::MAX),
+            Admission::Gap { expected_seq: 1 }
+        );
+        assert_eq!(receiver.admit(1, 3), Admission::Apply { skip_records: 0 });
+        assert_eq!(receiver.admit(u64::MAX, 1), Admission::Gap { expected_seq: 4 });
+        assert_eq!(receiver.admit(2, 0), Admission::Duplicate);
+        assert_eq!(receiver.applied_through(), 3);
     }
 }

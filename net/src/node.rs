@@ -1,24 +1,28 @@
-//! The network I/O thread of one process: one mio loop driving a connection to
-//! every peer process, carrying many numbered channels per connection.
+//! The network I/O thread of one process: the production driver of the peer
+//! protocol (`peer::PeerProtocol`). It owns the sockets (one mio loop, a
+//! connection to every peer process, many numbered channels per connection),
+//! the OS clock and OS randomness, and the bounded queues to and from
+//! producers and consumers; every decision about peers is the protocol's.
 //!
 //! Producers (shard threads, source readers) hand it whole encoded `Data`
-//! frames through one bounded queue per channel; it keeps each sent frame in the
-//! channel's retransmit buffer until the peer acks it. Consumers take received
-//! frames from one queue per channel and publish how far they have consumed;
-//! that is what gets acked, so a sender never has more frames in flight than the
+//! frames through one bounded queue per channel; the protocol keeps each sent
+//! frame until the peer acks it. Consumers take received frames from one
+//! queue per channel and publish how far they have consumed; that is what
+//! gets acked, so a sender never has more frames in flight than the
 //! receiver's queue holds (`window_frames`) and delivery never blocks the loop.
-//!
-//! A dropped connection is redialled with backoff by the higher process id; on
-//! every (re)connection the handshake authenticates both ends, the sender
-//! resends everything unacked and the receiver drops what it already has.
 
-use crate::auth::{self, ClusterSecret, Handshake, HandshakeStatus, Identity};
-use crate::channel::{Admission, ChannelReceiver, ChannelSender};
-use crate::frame::{encode_frame, peek_numbers, Frame, FrameDecoder, FrameKind};
-use crate::liveness::{Backoff, LivenessConfig, PeerLiveness};
+use crate::auth::{ClusterSecret, NONCE_BYTES};
+use crate::frame::Frame;
+use crate::liveness::LivenessConfig;
+use crate::peer::{
+    Action, ConnId, Entropy, FrameSource, PeerEvent, PeerProtocol, ProtocolBugs, ProtocolConfig,
+    ProtocolStats,
+};
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -29,16 +33,11 @@ use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
-const FIRST_CONNECTION: usize = 2;
+const FIRST_CONNECTION: ConnId = 2;
 /// Longest the loop sleeps with nothing to do (timers are checked this often).
 const POLL_INTERVAL_MAX: Duration = Duration::from_millis(5);
-/// Frames taken from one producer queue per loop turn, so one busy channel
-/// cannot starve the others or the socket reads.
-const FRAMES_PER_CHANNEL_TURN_MAX: usize = 64;
-/// A connection's unwritten bytes beyond which producers are not drained.
-const WRITE_BUFFER_SOFT_MAX_BYTES: usize = 8 << 20;
-/// Unauthenticated connections held at once; more are closed at accept.
-const PENDING_CONNECTIONS_MAX: usize = 64;
+/// Channel registrations waiting for the loop; a caller beyond this waits.
+const NODE_COMMANDS_MAX: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct PeerAddress {
@@ -63,7 +62,7 @@ pub struct NodeConfig {
     pub reconnect_max_ms: u64,
     /// A peer unreachable this long fails the run.
     pub peer_lost_ms: u64,
-    /// Seeds nonces' mixing and backoff jitter (nonces also mix in OS entropy).
+    /// Mixed into backoff jitter (nonces come from the OS RNG alone).
     pub seed: u64,
 }
 
@@ -111,6 +110,28 @@ pub struct NodeStats {
     pub connections: u64,
     pub connections_lost: u64,
     pub peers_refused: u64,
+    pub reconnects: u64,
+    pub full_windows: u64,
+    /// Connections closed for overfilling unclaimed channels, or at once for
+    /// too many unauthenticated ones.
+    pub connections_refused: u64,
+    /// Channel registrations that found the command queue full and waited.
+    pub commands_waited: u64,
+}
+
+impl NodeStats {
+    fn add_protocol(&mut self, p: ProtocolStats) {
+        self.frames_sent += p.frames_sent;
+        self.frames_received += p.frames_received;
+        self.frames_resent += p.frames_resent;
+        self.duplicates_dropped += p.duplicates_dropped;
+        self.connections += p.connections;
+        self.connections_lost += p.connections_lost;
+        self.peers_refused += p.handshakes_refused;
+        self.reconnects += p.reconnects;
+        self.full_windows += p.full_windows;
+        self.connections_refused += p.unclaimed_refused + p.pending_refused;
+    }
 }
 
 enum Command {
@@ -122,6 +143,7 @@ enum Command {
 pub struct Node {
     waker: Arc<Waker>,
     commands: Sender<Command>,
+    commands_waited: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     failure: Arc<Mutex<Option<String>>>,
     thread: Option<JoinHandle<NodeStats>>,
@@ -142,7 +164,8 @@ impl Node {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (commands, command_rx) = crossbeam_channel::unbounded();
+        let entropy = OsEntropy::new(config.seed)?;
+        let (commands, command_rx) = crossbeam_channel::bounded(NODE_COMMANDS_MAX);
         let stop = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(Mutex::new(None));
         let in_flight = Arc::new(AtomicU64::new(0));
@@ -152,7 +175,7 @@ impl Node {
             in_flight: Arc::clone(&in_flight),
             closing: Arc::clone(&closing),
         };
-        let mut io_loop = IoLoop::new(config, poll, listener, command_rx, shared);
+        let mut io_loop = IoLoop::new(config, entropy, poll, listener, command_rx, shared);
         let thread_stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("verity-net".into())
@@ -160,6 +183,7 @@ impl Node {
         Ok(Node {
             waker,
             commands,
+            commands_waited: Arc::new(AtomicU64::new(0)),
             stop,
             failure,
             thread: Some(thread),
@@ -199,12 +223,26 @@ impl Node {
     }
 
     pub fn add_out(&self, channel: OutChannel) {
-        let _ = self.commands.send(Command::AddOut(channel));
-        let _ = self.waker.wake();
+        self.command(Command::AddOut(channel));
     }
 
     pub fn add_in(&self, channel: InChannel) {
-        let _ = self.commands.send(Command::AddIn(channel));
+        self.command(Command::AddIn(channel));
+    }
+
+    /// Queues a registration; if the queue is full, waits for the loop (which
+    /// drains it every turn and waits on no caller).
+    fn command(&self, command: Command) {
+        match self.commands.try_send(command) {
+            Ok(()) => {}
+            Err(TrySendError::Full(command)) => {
+                self.commands_waited.fetch_add(1, Ordering::Relaxed);
+                let _ = self.waker.wake();
+                let _ = self.commands.send(command);
+            }
+            // The loop is gone: the run is over or failed, which is reported there.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
         let _ = self.waker.wake();
     }
 
@@ -225,10 +263,13 @@ impl Node {
     pub fn stop(mut self) -> NodeStats {
         self.stop.store(true, Ordering::Release);
         let _ = self.waker.wake();
-        self.thread
+        let mut stats = self
+            .thread
             .take()
             .map(|t| t.join().unwrap_or_default())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        stats.commands_waited = self.commands_waited.load(Ordering::Relaxed);
+        stats
     }
 }
 
@@ -239,59 +280,81 @@ impl Drop for Node {
     }
 }
 
-struct OutState {
-    peer: u32,
-    frames: Receiver<Vec<u8>>,
-    sender: ChannelSender,
-    producer_gone: bool,
+/// Nonces straight from the OS RNG; jitter from a stream seeded by it. Should
+/// the OS RNG fail after start, nonces are hashed from the start seed and a
+/// counter: still unpredictable to a peer, and never repeated.
+struct OsEntropy {
+    seed: [u8; 32],
+    counter: u64,
+    jitter: crate::peer::SeededEntropy,
 }
 
-struct InState {
-    peer: u32,
-    /// `None` until the consumer registers; frames wait in `unclaimed`.
-    frames: Option<Sender<Frame>>,
-    progress: Option<Arc<ConsumerProgress>>,
-    receiver: ChannelReceiver,
-    unclaimed: Vec<Frame>,
-    acked: u64,
+impl OsEntropy {
+    fn new(config_seed: u64) -> io::Result<Self> {
+        let mut seed = [0; 32];
+        getrandom::getrandom(&mut seed)
+            .map_err(|e| io::Error::other(format!("the OS random number generator failed: {e}")))?;
+        let mut jitter_seed = [0; 8];
+        jitter_seed.copy_from_slice(&seed[..8]);
+        let jitter = crate::peer::SeededEntropy::new(u64::from_le_bytes(jitter_seed) ^ config_seed);
+        Ok(OsEntropy {
+            seed,
+            counter: 0,
+            jitter,
+        })
+    }
 }
 
-/// One TCP connection, authenticated or not yet.
-struct Conn {
-    stream: TcpStream,
-    decoder: FrameDecoder,
-    write_buf: Vec<u8>,
-    written: usize,
-    handshake: Handshake,
-    /// Set once the handshake names and proves the peer.
-    peer: Option<u32>,
-    /// The peer this connection was dialled to, if we dialled.
-    dialled: Option<u32>,
-    liveness: PeerLiveness,
+impl Entropy for OsEntropy {
+    fn nonce(&mut self) -> [u8; NONCE_BYTES] {
+        let mut nonce = [0; NONCE_BYTES];
+        if getrandom::getrandom(&mut nonce).is_err() {
+            self.counter += 1;
+            let digest = Sha256::new()
+                .chain_update(self.seed)
+                .chain_update(self.counter.to_le_bytes())
+                .finalize();
+            nonce.copy_from_slice(&digest);
+        }
+        nonce
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.jitter.next_u64()
+    }
 }
 
-struct Peer {
-    address: SocketAddr,
-    /// The higher id dials; the lower one accepts.
-    dials: bool,
-    conn: Option<usize>,
-    backoff: Backoff,
-    next_dial_ms: u64,
-    unreachable_since_ms: Option<u64>,
+/// A producer's queue as the protocol sees it.
+struct ProducerQueue<'a>(&'a Receiver<Vec<u8>>);
+
+impl FrameSource for ProducerQueue<'_> {
+    fn has_frame(&self) -> bool {
+        !self.0.is_empty()
+    }
+    fn take_frame(&mut self) -> Option<Bytes> {
+        match self.0.try_recv() {
+            Ok(bytes) => Some(bytes.into()),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+        }
+    }
+}
+
+struct InEnd {
+    frames: Sender<Frame>,
+    progress: Arc<ConsumerProgress>,
 }
 
 struct IoLoop {
-    config: NodeConfig,
+    protocol: PeerProtocol<OsEntropy>,
     poll: Poll,
     listener: TcpListener,
     commands: Receiver<Command>,
     started: Instant,
-    conns: BTreeMap<usize, Conn>,
-    next_token: usize,
-    peers: BTreeMap<u32, Peer>,
-    outs: BTreeMap<u32, OutState>,
-    ins: BTreeMap<u32, InState>,
-    rng: u64,
+    streams: BTreeMap<ConnId, TcpStream>,
+    next_conn: ConnId,
+    addresses: BTreeMap<u32, SocketAddr>,
+    outs: BTreeMap<u32, Receiver<Vec<u8>>>,
+    ins: BTreeMap<u32, InEnd>,
     stats: NodeStats,
     shared: Shared,
 }
@@ -306,39 +369,36 @@ struct Shared {
 impl IoLoop {
     fn new(
         config: NodeConfig,
+        entropy: OsEntropy,
         poll: Poll,
         listener: TcpListener,
         commands: Receiver<Command>,
         shared: Shared,
     ) -> Self {
-        let peers = config
-            .peers
-            .iter()
-            .map(|p| {
-                let peer = Peer {
-                    address: p.address,
-                    dials: config.process_id > p.id,
-                    conn: None,
-                    backoff: Backoff::new(config.reconnect_base_ms, config.reconnect_max_ms),
-                    next_dial_ms: 0,
-                    unreachable_since_ms: Some(0),
-                };
-                (p.id, peer)
-            })
-            .collect();
-        let rng = config.seed ^ entropy();
+        let protocol_config = ProtocolConfig {
+            cluster_id: config.cluster_id.clone(),
+            process_id: config.process_id,
+            peers: config.peers.iter().map(|p| p.id).collect(),
+            secret: Arc::clone(&config.secret),
+            liveness: config.liveness,
+            window_frames: config.window_frames,
+            window_bytes: config.window_bytes,
+            reconnect_base_ms: config.reconnect_base_ms,
+            reconnect_max_ms: config.reconnect_max_ms,
+            peer_lost_ms: config.peer_lost_ms,
+            bugs: ProtocolBugs::default(),
+        };
         IoLoop {
-            config,
+            protocol: PeerProtocol::new(protocol_config, entropy, 0),
             poll,
             listener,
             commands,
             started: Instant::now(),
-            conns: BTreeMap::new(),
-            next_token: FIRST_CONNECTION,
-            peers,
+            streams: BTreeMap::new(),
+            next_conn: FIRST_CONNECTION,
+            addresses: config.peers.iter().map(|p| (p.id, p.address)).collect(),
             outs: BTreeMap::new(),
             ins: BTreeMap::new(),
-            rng,
             stats: NodeStats::default(),
             shared,
         }
@@ -346,23 +406,6 @@ impl IoLoop {
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
-    }
-
-    fn random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn nonce(&mut self) -> [u8; 32] {
-        let mut nonce = [0; 32];
-        for part in nonce.chunks_mut(8) {
-            let word = self.random() ^ entropy();
-            part.copy_from_slice(&word.to_le_bytes());
-        }
-        nonce
     }
 
     fn run(&mut self, stop: &AtomicBool) -> NodeStats {
@@ -374,39 +417,39 @@ impl IoLoop {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     WAKER => {}
-                    token => readable.push(token.0),
+                    token => readable.push(token.0 as ConnId),
                 }
             }
-            self.take_commands();
-            for token in readable {
-                self.read_conn(token);
+            if self.shared.closing.load(Ordering::Acquire) {
+                self.protocol.set_closing();
             }
+            self.take_commands();
+            for conn in readable {
+                self.read_conn(conn);
+            }
+            self.pass_progress();
             self.pump_producers();
-            self.send_acks();
-            self.tick_timers();
+            self.protocol.on_tick(self.now_ms());
+            self.carry_out_actions();
             self.flush_all();
-            let in_flight: usize = self
-                .outs
-                .values()
-                .map(|o| o.frames.len() + o.sender.buffered_batches())
-                .sum();
+            self.carry_out_actions();
+            let queued: usize = self.outs.values().map(Receiver::len).sum();
+            let in_flight = queued + self.protocol.unacked_frames();
             self.shared.in_flight.store(in_flight as u64, Ordering::Release);
         }
         self.flush_all();
-        self.stats
-    }
-
-    fn closing(&self) -> bool {
-        self.shared.closing.load(Ordering::Acquire)
+        let mut stats = self.stats;
+        stats.add_protocol(self.protocol.stats());
+        stats
     }
 
     fn fail(&self, message: String) {
-        if self.closing() {
+        if self.shared.closing.load(Ordering::Acquire) {
             return;
         }
         let mut failure = self.shared.failure.lock().unwrap_or_else(|p| p.into_inner());
         if failure.is_none() {
-            eprintln!("verity: net: {message}");
+            log::error!("net: {message}");
             *failure = Some(message);
         }
     }
@@ -415,430 +458,193 @@ impl IoLoop {
         while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::AddOut(out) => {
-                    let sender =
-                        ChannelSender::new(out.channel, self.config.window_bytes, self.config.window_frames);
-                    let state = OutState {
-                        peer: out.peer,
-                        frames: out.frames,
-                        sender,
-                        producer_gone: false,
-                    };
-                    assert!(
-                        self.outs.insert(out.channel, state).is_none(),
-                        "channel {} added twice",
-                        out.channel
-                    );
+                    self.protocol.add_out(out.channel, out.peer);
+                    self.outs.insert(out.channel, out.frames);
                 }
                 Command::AddIn(input) => {
-                    let state = self.in_state(input.channel, input.peer);
-                    assert!(state.frames.is_none(), "channel {} added twice", input.channel);
-                    for frame in state.unclaimed.drain(..) {
-                        input
-                            .frames
-                            .try_send(frame)
-                            .expect("a queue holds a whole window");
-                    }
-                    state.frames = Some(input.frames);
-                    state.progress = Some(input.progress);
+                    let end = InEnd {
+                        frames: input.frames,
+                        progress: input.progress,
+                    };
+                    self.ins.insert(input.channel, end);
+                    self.protocol.add_in(input.channel, input.peer);
                 }
             }
         }
-    }
-
-    fn in_state(&mut self, channel: u32, peer: u32) -> &mut InState {
-        self.ins.entry(channel).or_insert_with(|| InState {
-            peer,
-            frames: None,
-            progress: None,
-            receiver: ChannelReceiver::new(channel),
-            unclaimed: Vec::new(),
-            acked: 0,
-        })
+        self.carry_out_actions();
     }
 
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    let pending = self.conns.values().filter(|c| c.peer.is_none()).count();
-                    if pending >= PENDING_CONNECTIONS_MAX {
-                        continue; // dropped: closes it
-                    }
                     let _ = stream.set_nodelay(true);
-                    self.add_conn(stream, None);
+                    if let Some(conn) = self.register(stream) {
+                        self.protocol.on_connected(conn, None, self.now_ms());
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    eprintln!("verity: net: accept failed: {e}");
+                    log::warn!("net: accept failed: {e}");
                     return;
                 }
             }
         }
     }
 
-    fn add_conn(&mut self, mut stream: TcpStream, dialled: Option<u32>) -> Option<usize> {
-        let token = self.next_token;
-        self.next_token += 1;
+    fn register(&mut self, mut stream: TcpStream) -> Option<ConnId> {
+        let conn = self.next_conn;
+        self.next_conn += 1;
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(token), interest) {
-            eprintln!("verity: net: cannot register a connection: {e}");
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(conn as usize), interest)
+        {
+            log::warn!("net: cannot register a connection: {e}");
             return None;
         }
-        let identity = Identity {
-            cluster_id: self.config.cluster_id.clone(),
-            process_id: self.config.process_id,
-        };
-        let nonce = self.nonce();
-        let mut handshake = Handshake::new(identity, Arc::clone(&self.config.secret), nonce, dialled);
-        let mut write_buf = Vec::new();
-        handshake.start(&mut write_buf);
-        let now = self.now_ms();
-        let conn = Conn {
-            stream,
-            decoder: FrameDecoder::new(),
-            write_buf,
-            written: 0,
-            handshake,
-            peer: None,
-            dialled,
-            liveness: PeerLiveness::new(self.config.liveness, now),
-        };
-        self.conns.insert(token, conn);
-        Some(token)
+        self.streams.insert(conn, stream);
+        Some(conn)
     }
 
-    fn close_conn(&mut self, token: usize, why: &str) {
-        let Some(mut conn) = self.conns.remove(&token) else {
-            return;
-        };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        if let (None, Some(peer_id)) = (conn.peer, conn.dialled) {
-            // A dial that failed before the handshake: try again after backoff.
-            let now = self.now_ms();
-            let random = self.random();
-            if let Some(peer) = self.peers.get_mut(&peer_id) {
-                peer.next_dial_ms = now + peer.backoff.next_delay_ms(random).max(1);
-            }
-        }
-        if let Some(peer_id) = conn.peer {
-            self.stats.connections_lost += 1;
-            if !self.closing() {
-                eprintln!("verity: net: connection to process {peer_id} closed: {why}");
-            }
-            let now = self.now_ms();
-            let random = self.random();
-            if let Some(peer) = self.peers.get_mut(&peer_id) {
-                peer.conn = None;
-                peer.unreachable_since_ms.get_or_insert(now);
-                peer.next_dial_ms = now + peer.backoff.next_delay_ms(random).max(1);
-            }
-        }
+    fn drop_stream(&mut self, conn: ConnId) -> Option<TcpStream> {
+        let mut stream = self.streams.remove(&conn)?;
+        let _ = self.poll.registry().deregister(&mut stream);
+        Some(stream)
     }
 
-    fn read_conn(&mut self, token: usize) {
+    fn closed_by_io(&mut self, conn: ConnId, why: &str) {
+        self.drop_stream(conn);
+        self.protocol.on_closed(conn, why, self.now_ms());
+    }
+
+    fn read_conn(&mut self, conn: ConnId) {
         loop {
-            let Some(conn) = self.conns.get_mut(&token) else {
+            let Some(stream) = self.streams.get_mut(&conn) else {
                 return;
             };
-            match conn.decoder.read_from(&mut conn.stream) {
-                Ok(0) => return self.close_conn(token, "closed by the peer"),
+            match self.protocol.read_from(conn, stream) {
+                Ok(0) => return self.closed_by_io(conn, "closed by the peer"),
                 Ok(read) => self.stats.bytes_received += read as u64,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.close_conn(token, &format!("read failed: {e}")),
+                Err(e) => return self.closed_by_io(conn, &format!("read failed: {e}")),
             }
-            loop {
-                let Some(conn) = self.conns.get_mut(&token) else {
-                    return;
-                };
-                match conn.decoder.next_frame() {
-                    Ok(Some(frame)) => {
-                        if let Err(why) = self.on_frame(token, frame) {
-                            return self.close_conn(token, &why);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => return self.close_conn(token, &format!("bad frame: {e}")),
-                }
-            }
+            self.protocol.on_received(conn, self.now_ms());
+            // A close the frames led to happens now, its last words (a
+            // refusal) written before the socket goes.
+            self.carry_out_actions();
         }
     }
 
-    fn on_frame(&mut self, token: usize, frame: Frame) -> Result<(), String> {
-        let now = self.now_ms();
-        let conn = self.conns.get_mut(&token).expect("reading a live connection");
-        conn.liveness.on_heard(now);
-        self.stats.frames_received += 1;
-        let Some(peer) = conn.peer else {
-            return self.on_handshake_frame(token, frame);
-        };
-        match frame.header.kind {
-            FrameKind::Data => self.on_data(peer, frame),
-            FrameKind::Ack => match self.outs.get_mut(&frame.header.channel) {
-                Some(out) if out.peer == peer => out
-                    .sender
-                    .on_ack(frame.header.first_seq)
-                    .map_err(|e| format!("bad ack: {e}")),
-                _ => Err(format!(
-                    "ack for channel {:#x}, which sends nothing to it",
-                    frame.header.channel
-                )),
-            },
-            FrameKind::Heartbeat => Ok(()),
-            other => Err(format!("unexpected {other:?} frame after the handshake")),
+    fn pass_progress(&mut self) {
+        for (channel, end) in &self.ins {
+            self.protocol.on_consumed(*channel, end.progress.get());
         }
     }
 
-    fn on_handshake_frame(&mut self, token: usize, frame: Frame) -> Result<(), String> {
-        let conn = self.conns.get_mut(&token).expect("live connection");
-        let status = match conn.handshake.on_frame(&frame, &mut conn.write_buf) {
-            Ok(status) => status,
-            Err(e) => {
-                self.stats.peers_refused += 1;
-                eprintln!("verity: net: refused a connection: {e}");
-                auth::write_refusal(&mut conn.write_buf, &e.to_string());
-                let _ = flush(conn);
-                return Err(format!("peer refused: {e}"));
-            }
-        };
-        let HandshakeStatus::Established {
-            peer_process_id: peer_id,
-        } = status
-        else {
-            return Ok(());
-        };
-        let Some(peer) = self.peers.get_mut(&peer_id) else {
-            self.stats.peers_refused += 1;
-            eprintln!("verity: net: refused a connection: process {peer_id} is not in this cluster");
-            return Err(format!("peer refused: process {peer_id} is not in this cluster"));
-        };
-        if let Some(old) = peer.conn.replace(token) {
-            self.conns.remove(&old); // a stale connection the peer has given up on
-        }
-        peer.unreachable_since_ms = None;
-        peer.backoff.reset();
-        self.stats.connections += 1;
-        let conn = self.conns.get_mut(&token).expect("live connection");
-        conn.peer = Some(peer_id);
-        // Everything the peer has not acked goes again; it drops what it has.
-        for out in self.outs.values().filter(|o| o.peer == peer_id) {
-            for (_, _, bytes) in out.sender.unacked() {
-                conn.write_buf.extend_from_slice(bytes);
-                self.stats.frames_resent += 1;
-            }
-        }
-        for (channel, input) in self.ins.iter_mut().filter(|(_, i)| i.peer == peer_id) {
-            let consumed = input.progress.as_ref().map_or(0, |p| p.get());
-            if consumed > 0 {
-                encode_frame(&mut conn.write_buf, FrameKind::Ack, *channel, consumed, &[]);
-            }
-            input.acked = consumed;
-        }
-        Ok(())
-    }
-
-    fn on_data(&mut self, peer: u32, frame: Frame) -> Result<(), String> {
-        let channel = frame.header.channel;
-        let state = self.in_state(channel, peer);
-        if state.peer != peer {
-            return Err(format!(
-                "process {peer} sent on channel {channel:#x} of process {}",
-                state.peer
-            ));
-        }
-        match state
-            .receiver
-            .admit(frame.header.first_seq, frame.header.record_count)
-        {
-            Admission::Apply { skip_records: 0 } => {
-                match &state.frames {
-                    Some(queue) => match queue.try_send(frame) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => {
-                            return Err(format!(
-                                "process {peer} overran the window of channel {channel:#x}"
-                            ))
-                        }
-                        // The consumer is done with this channel: nothing to deliver.
-                        Err(TrySendError::Disconnected(_)) => {}
-                    },
-                    None => state.unclaimed.push(frame),
-                }
-                Ok(())
-            }
-            Admission::Apply { skip_records } => Err(format!(
-                "frame overlaps what channel {channel:#x} applied by {skip_records} records"
-            )),
-            Admission::Duplicate => {
-                self.stats.duplicates_dropped += 1;
-                Ok(())
-            }
-            Admission::Gap { expected_seq } => Err(format!(
-                "channel {channel:#x} skipped from {expected_seq} to {}",
-                frame.header.first_seq
-            )),
-        }
-    }
-
-    /// Moves frames from producer queues into retransmit buffers and onto the wire.
     fn pump_producers(&mut self) {
-        for out in self.outs.values_mut() {
-            let conn_token = self.peers.get(&out.peer).and_then(|p| p.conn);
-            let mut conn = conn_token.and_then(|t| self.conns.get_mut(&t));
-            if conn
-                .as_ref()
-                .is_some_and(|c| c.write_buf.len() - c.written > WRITE_BUFFER_SOFT_MAX_BYTES)
-            {
-                continue;
-            }
-            for _ in 0..FRAMES_PER_CHANNEL_TURN_MAX {
-                if !out
-                    .sender
-                    .has_room(crate::frame::FRAME_SIZE_MAX_BYTES.min(self.config.window_bytes / 2))
-                {
-                    break;
-                }
-                let bytes = match out.frames.try_recv() {
-                    Ok(bytes) => bytes,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        out.producer_gone = true;
-                        break;
+        for (channel, frames) in &self.outs {
+            self.protocol.send_from(*channel, &mut ProducerQueue(frames));
+        }
+    }
+
+    fn carry_out_actions(&mut self) {
+        while let Some(action) = self.protocol.next_action() {
+            match action {
+                Action::Dial { peer } => self.dial(peer),
+                Action::Close {
+                    conn,
+                    reason: _,
+                    last_words,
+                } => {
+                    if let Some(mut stream) = self.drop_stream(conn) {
+                        // Best effort: the peer learns why (a refusal) if the
+                        // socket takes it now.
+                        let _ = stream.write(&last_words);
                     }
-                };
-                let (first_seq, count) = peek_numbers(&bytes).expect("producers hand over whole frames");
-                let expected = out.sender.next_seq();
-                assert_eq!(
-                    first_seq,
-                    expected,
-                    "producer numbered channel {:#x} wrongly",
-                    out.sender.channel()
-                );
-                if let Some(conn) = conn.as_mut() {
-                    conn.write_buf.extend_from_slice(&bytes);
-                    self.stats.frames_sent += 1;
                 }
-                out.sender.record_sent(count, bytes.into());
+                Action::Deliver { channel, frame } => self.deliver(channel, frame),
+                Action::Failed { reason } => self.fail(reason),
+                Action::Log(event) => render(&event),
             }
         }
     }
 
-    fn send_acks(&mut self) {
-        for (channel, input) in self.ins.iter_mut() {
-            let Some(progress) = &input.progress else { continue };
-            let consumed = progress.get();
-            if consumed <= input.acked {
-                continue;
-            }
-            let token = self.peers.get(&input.peer).and_then(|p| p.conn);
-            if let Some(conn) = token.and_then(|t| self.conns.get_mut(&t)) {
-                encode_frame(&mut conn.write_buf, FrameKind::Ack, *channel, consumed, &[]);
-                input.acked = consumed;
-            }
+    fn deliver(&mut self, channel: u32, frame: Frame) {
+        let end = self
+            .ins
+            .get(&channel)
+            .expect("the protocol delivers only claimed channels");
+        match end.frames.try_send(frame) {
+            Ok(()) => {}
+            // The protocol admits no more than a window unconsumed, and the
+            // queue holds a window: this is a wiring bug, never the peer's.
+            Err(TrySendError::Full(_)) => self.fail(format!(
+                "the consumer queue of channel {channel:#x} is smaller than the window"
+            )),
+            // The consumer is done with this channel: nothing to deliver.
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
-    fn tick_timers(&mut self) {
+    fn dial(&mut self, peer: u32) {
         let now = self.now_ms();
-        let mut dead = Vec::new();
-        for (token, conn) in self.conns.iter_mut() {
-            if conn.liveness.is_dead(now) {
-                dead.push(*token);
-            } else if conn.peer.is_some() && conn.liveness.heartbeat_due(now) {
-                encode_frame(&mut conn.write_buf, FrameKind::Heartbeat, 0, 0, &[]);
-                conn.liveness.on_sent(now);
-            }
-        }
-        for token in dead {
-            let timeout = self.config.liveness.peer_timeout_ms;
-            self.close_conn(token, &format!("no frame for {timeout} ms"));
-        }
-        let dial: Vec<(u32, SocketAddr)> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.dials && p.conn.is_none() && p.next_dial_ms <= now)
-            .map(|(id, p)| (*id, p.address))
-            .collect();
-        for (id, address) in dial {
-            self.dial(id, address, now);
-        }
-        for (id, peer) in &self.peers {
-            if let Some(since) = peer.unreachable_since_ms {
-                if now.saturating_sub(since) > self.config.peer_lost_ms {
-                    let lost = self.config.peer_lost_ms;
-                    self.fail(format!(
-                        "process {id} at {} unreachable for {lost} ms",
-                        peer.address
-                    ));
-                }
-            }
-        }
-    }
-
-    fn dial(&mut self, id: u32, address: SocketAddr, now: u64) {
-        let connected = TcpStream::connect(address).ok().and_then(|stream| {
-            let _ = stream.set_nodelay(true);
-            self.add_conn(stream, Some(id))
-        });
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
+        let Some(address) = self.addresses.get(&peer).copied() else {
+            return self.protocol.on_dial_failed(peer, now);
         };
-        match connected {
-            // The handshake decides whether it becomes the peer's connection;
-            // until then, don't dial again.
-            Some(_) => peer.next_dial_ms = now + self.config.liveness.peer_timeout_ms,
-            None => {
-                let random = self.rng;
-                peer.next_dial_ms = now + peer.backoff.next_delay_ms(random).max(1);
-            }
+        let registered = TcpStream::connect(address).ok().and_then(|stream| {
+            let _ = stream.set_nodelay(true);
+            self.register(stream)
+        });
+        match registered {
+            Some(conn) => self.protocol.on_connected(conn, Some(peer), now),
+            None => self.protocol.on_dial_failed(peer, now),
         }
     }
 
     fn flush_all(&mut self) {
-        let tokens: Vec<usize> = self.conns.keys().copied().collect();
-        for token in tokens {
-            let Some(conn) = self.conns.get_mut(&token) else {
-                continue;
-            };
-            match flush(conn) {
+        let conns: Vec<ConnId> = self.streams.keys().copied().collect();
+        for conn in conns {
+            match self.flush(conn) {
                 Ok(written) => self.stats.bytes_sent += written as u64,
-                Err(e) => self.close_conn(token, &format!("write failed: {e}")),
+                Err(e) => self.closed_by_io(conn, &format!("write failed: {e}")),
+            }
+        }
+    }
+
+    /// Writes as much of the connection's output as the socket takes.
+    fn flush(&mut self, conn: ConnId) -> io::Result<usize> {
+        let mut total = 0;
+        let Some(stream) = self.streams.get_mut(&conn) else {
+            return Ok(0);
+        };
+        loop {
+            let output = self.protocol.output(conn);
+            if output.is_empty() {
+                return Ok(total);
+            }
+            match stream.write(output) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.protocol.advance_output(conn, n);
+                    total += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Not connected yet (a dial in progress): try again next turn.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(total),
+                Err(e) => return Err(e),
             }
         }
     }
 }
 
-/// Writes as much of the connection's buffer as the socket takes.
-fn flush(conn: &mut Conn) -> io::Result<usize> {
-    let mut total = 0;
-    while conn.written < conn.write_buf.len() {
-        match conn.stream.write(&conn.write_buf[conn.written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                conn.written += n;
-                total += n;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // Not connected yet (a dial in progress): try again next turn.
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
-            Err(e) => return Err(e),
-        }
+/// The protocol's events, for the log.
+fn render(event: &PeerEvent) {
+    match event {
+        PeerEvent::Connected { .. } => log::debug!("net: {event}"),
+        _ => log::warn!("net: {event}"),
     }
-    if conn.written == conn.write_buf.len() {
-        conn.write_buf.clear();
-        conn.written = 0;
-    } else if conn.written > conn.write_buf.len() / 2 {
-        conn.write_buf.drain(..conn.written);
-        conn.written = 0;
-    }
-    Ok(total)
-}
-
-/// Bits the OS mixed into hashing, so nonces differ between processes and runs.
-fn entropy() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos());
-    hasher.finish()
 }

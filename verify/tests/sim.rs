@@ -60,9 +60,12 @@ fn same_seed_same_trace() {
     );
 }
 
+/// Seeds within which a planted bug must be caught (the bound).
+const CATCH_WITHIN_SEEDS: u64 = 100;
+
 /// Runs seeds until one fails; returns its failure.
 fn first_failure(bugs: PlantedBugs) -> (u64, String) {
-    for seed in 0..10 {
+    for seed in 0..CATCH_WITHIN_SEEDS {
         let outcome = run_seed(&SimConfig {
             bugs,
             ..SimConfig::new(AppName::SeqWindow, seed)
@@ -71,7 +74,55 @@ fn first_failure(bugs: PlantedBugs) -> (u64, String) {
             return (seed, failure);
         }
     }
-    panic!("a planted bug ({bugs:?}) went unnoticed for 10 seeds");
+    panic!("a planted bug ({bugs:?}) went unnoticed for {CATCH_WITHIN_SEEDS} seeds");
+}
+
+/// Every bug planted in the shared peer protocol is caught by the simulator.
+#[test]
+fn planted_peer_protocol_bugs_are_caught_within_100_seeds() {
+    for name in [
+        "resend-from-wrong-seq",
+        "accept-other-peers-channel",
+        "admit-duplicate-as-new",
+        "resume-one-past-applied",
+    ] {
+        let bugs = PlantedBugs::named(name).unwrap();
+        let (seed, failure) = first_failure(bugs);
+        eprintln!(
+            "{name}: caught at seed {seed}: {}",
+            failure.lines().next().unwrap_or_default()
+        );
+    }
+    assert!(PlantedBugs::named("gremlin").is_err());
+}
+
+/// The network's new faults run, are counted, and the run still finishes.
+#[test]
+fn corrupt_wrong_secret_and_forge_are_survived_and_counted() {
+    let mut total = verity_verify::sim::SimStats::default();
+    for seed in 0..20 {
+        let config = SimConfig {
+            faults: Faults::parse("corrupt,wrong-secret,forge,cut").unwrap(),
+            ..SimConfig::new(AppName::MarketSpread, seed)
+        };
+        let outcome = run_seed(&config);
+        assert!(
+            outcome.is_ok(),
+            "seed {seed}: {:?}\nreplay: {}",
+            outcome.failure,
+            config.replay_command()
+        );
+        total.merge(&outcome.stats);
+    }
+    for counter in [
+        "fault_corrupt",
+        "fault_wrong_secret",
+        "fault_forge",
+        "handshakes_refused",
+        "reconnects",
+    ] {
+        assert!(total.get(counter) > 0, "{counter}: {total}");
+    }
 }
 
 #[test]

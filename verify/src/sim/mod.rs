@@ -7,8 +7,11 @@
 //! the network between processes (the production
 //! frame codec and channel protocol: numbering, windows, acks, retransmits,
 //! dedup) and each process's clock — on a virtual clock with one seeded RNG.
-//! Faults are drawn from the seed: dropped, duplicated, delayed and reordered
-//! frames, connection cuts, partitions, process pauses, clock jumps. Each seed
+//! Faults are drawn from the seed: dropped, duplicated, delayed, reordered and
+//! corrupted bytes, connection cuts, partitions, process pauses, clock jumps,
+//! connections with the wrong secret and frames forged on another peer's
+//! channel. Each process runs the production peer protocol
+//! (`verity_net::peer`); the simulator only carries its bytes. Each seed
 //! ends by healing every fault and checking the output against the app's
 //! oracle (two streams: against some interleaving of them), the dead letters
 //! against the malformed input lines, the shards' internal assertions, and
@@ -43,10 +46,18 @@ pub struct Faults {
     pub partition: bool,
     pub pause: bool,
     pub clock: bool,
+    /// Flipped bits, lost tails and spliced bytes on a link.
+    pub corrupt: bool,
+    /// A process with the wrong cluster secret connects (and sends data
+    /// before any proof).
+    pub wrong_secret: bool,
+    /// An authenticated peer sends a well-formed frame on a channel another
+    /// process owns.
+    pub forge: bool,
 }
 
 impl Faults {
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 11] = [
         "drop",
         "duplicate",
         "delay",
@@ -55,6 +66,9 @@ impl Faults {
         "partition",
         "pause",
         "clock",
+        "corrupt",
+        "wrong-secret",
+        "forge",
     ];
 
     pub fn all() -> Faults {
@@ -71,6 +85,9 @@ impl Faults {
             partition: false,
             pause: false,
             clock: false,
+            corrupt: false,
+            wrong_secret: false,
+            forge: false,
         }
     }
 
@@ -91,6 +108,9 @@ impl Faults {
             "partition" => &mut self.partition,
             "pause" => &mut self.pause,
             "clock" => &mut self.clock,
+            "corrupt" => &mut self.corrupt,
+            "wrong-secret" => &mut self.wrong_secret,
+            "forge" => &mut self.forge,
             _ => return None,
         })
     }
@@ -122,6 +142,9 @@ impl Faults {
             "conn-cut" | "connection-cut" | "disconnect" => "cut",
             "network-partition" | "partitions" => "partition",
             "pauses" => "pause",
+            "corruption" | "bitflip" | "bit-flip" => "corrupt",
+            "wrong_secret" | "bad-secret" | "auth" => "wrong-secret",
+            "forged" | "byzantine" => "forge",
             "skew" | "clock-skew" | "clock-jump" | "jump" => "clock",
             "crash" | "restart" | "kill" => {
                 return Err(format!(
@@ -143,7 +166,7 @@ impl fmt::Display for Faults {
             .collect();
         match on.len() {
             0 => f.write_str("none"),
-            8 => f.write_str("all"),
+            n if n == Faults::NAMES.len() => f.write_str("all"),
             _ => f.write_str(&on.join(",")),
         }
     }
@@ -156,6 +179,41 @@ pub struct PlantedBugs {
     pub no_dedup: bool,
     /// Senders forget unacked frames when a connection drops.
     pub no_retransmit: bool,
+    /// These plant `verity_net::peer::ProtocolBugs` in the shared protocol.
+    pub resend_from_wrong_seq: bool,
+    pub accept_other_peers_channel: bool,
+    pub admit_duplicate_as_new: bool,
+    pub resume_one_past_applied: bool,
+}
+
+impl PlantedBugs {
+    /// The names `verity sim --plant-bug` takes.
+    pub const NAMES: [&'static str; 6] = [
+        "no-dedup",
+        "no-retransmit",
+        "resend-from-wrong-seq",
+        "accept-other-peers-channel",
+        "admit-duplicate-as-new",
+        "resume-one-past-applied",
+    ];
+
+    /// The bug a name plants.
+    pub fn named(name: &str) -> Result<PlantedBugs, String> {
+        let mut bugs = PlantedBugs::default();
+        *match name {
+            "no-dedup" => &mut bugs.no_dedup,
+            "no-retransmit" => &mut bugs.no_retransmit,
+            "resend-from-wrong-seq" => &mut bugs.resend_from_wrong_seq,
+            "accept-other-peers-channel" => &mut bugs.accept_other_peers_channel,
+            "admit-duplicate-as-new" => &mut bugs.admit_duplicate_as_new,
+            "resume-one-past-applied" => &mut bugs.resume_one_past_applied,
+            other => {
+                let known = PlantedBugs::NAMES.join(", ");
+                return Err(format!("unknown planted bug `{other}` (known: {known})"));
+            }
+        } = true;
+        Ok(bugs)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -16,12 +16,12 @@ use verity_core::flow::Logic;
 use verity_core::shard::{Batch, ShardCore, ShardLimits};
 use verity_core::source::{ChunkData, Dealer, LineChunker, Piece, SourceEvent, LINE_SIZE_MAX_BYTES};
 use verity_core::{Key, Rng, SplitMix64, Wire};
-use verity_net::channel::{Admission, ChannelReceiver, ChannelSender};
-use verity_net::frame::{encode_frame, peek_numbers, Frame, FrameDecoder, FrameKind, FrameWriter};
-use verity_net::liveness::{Backoff, LivenessConfig, PeerLiveness};
+use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
+use verity_net::liveness::LivenessConfig;
 
 mod network;
 mod processes;
+use network::{Net, NetEvent};
 use processes::Reader;
 
 const SECOND_US: u64 = 1_000_000;
@@ -55,18 +55,9 @@ enum Event {
         source: u32,
         available: usize,
     },
-    Deliver {
-        from: u32,
-        to: u32,
-        epoch: u64,
-        bytes: Bytes,
-    },
+    Net(NetEvent),
     Tick,
     Cut {
-        a: u32,
-        b: u32,
-    },
-    Reconnect {
         a: u32,
         b: u32,
     },
@@ -110,34 +101,6 @@ impl Ord for Scheduled {
     }
 }
 
-struct OutChan {
-    from: u32,
-    to: u32,
-    sender: ChannelSender,
-    /// Encoded frames the window has no room for yet.
-    pending: VecDeque<Bytes>,
-    next_seq: u64,
-}
-
-struct InChan {
-    receiver: ChannelReceiver,
-    queue: VecDeque<Frame>,
-    consumed: u64,
-    acked: u64,
-}
-
-/// The connection between processes `a < b`; direction 0 is a→b.
-struct Link {
-    up: bool,
-    epoch: u64,
-    backoff: Backoff,
-    reconnect_pending: bool,
-    last_arrival_us: [u64; 2],
-    /// The receiving side's view of the sender, per direction.
-    liveness: [PeerLiveness; 2],
-    decoders: [FrameDecoder; 2],
-}
-
 struct Process {
     paused_until_us: u64,
     clock_offset_us: i64,
@@ -147,6 +110,10 @@ struct Process {
 /// batches, partial frames) run often: BUGGIFY, simulation only.
 struct Buggify {
     window_frames: usize,
+    /// A producer's queue to the network thread, in frames.
+    producer_depth_frames: usize,
+    /// Workers register their receiving channels late.
+    late_claims: bool,
     batch_max: usize,
     chunk_bytes: usize,
     line_max_bytes: usize,
@@ -154,17 +121,15 @@ struct Buggify {
     peer_drain_max: usize,
 }
 
-/// Queue depths: production's (`RunConfig`), or BUGGIFY's tiny ones, so
-/// parked sends, full sinks and stalled readers happen.
+/// Depths of the queues inside a process: production's (`RunConfig`), or
+/// BUGGIFY's tiny ones, so parked sends and stalled readers happen. (Queues
+/// towards the network have `Buggify::producer_depth_frames`.)
 #[derive(Debug, Clone, Copy)]
 struct Depths {
     /// A peer batch queue, in batches (`queue_depth_batches`).
     batches: usize,
     /// A shard's queue of one source, in chunks (`source_queue_depth_chunks`).
     chunks: usize,
-    /// A remote shard's queue towards process 0, in buffers
-    /// (`output_queue_depth_buffers`).
-    output: usize,
 }
 
 struct World<'a, K, V, S, O> {
@@ -180,16 +145,11 @@ struct World<'a, K, V, S, O> {
     /// Shards whose last step waited for room (a parked send, a full sink).
     waits_for_room: Vec<bool>,
     processes: Vec<Process>,
-    links: BTreeMap<(u32, u32), Link>,
-    partition: Option<(u64, u64)>,
-    outs: BTreeMap<u32, OutChan>,
-    ins: BTreeMap<u32, InChan>,
+    net: Net,
     /// Process 0's shards' source queues, by (source, shard).
     local_chunks: BTreeMap<(u32, u32), VecDeque<SourceEvent>>,
     /// Batch queues inside a process, by (source, from, to).
     local_batches: BTreeMap<(u32, u32, u32), VecDeque<Batch<K, V>>>,
-    /// Depth of each cross-process channel's producer queue, by channel.
-    frame_queue_depths: BTreeMap<u32, usize>,
     readers: Vec<Reader>,
     sources_closed: bool,
     buggify: Buggify,
@@ -295,6 +255,8 @@ where
         let mut rng = SplitMix64::new(config.seed);
         let buggify = Buggify {
             window_frames: [1, 2, 4, 16][rng.below(4) as usize],
+            producer_depth_frames: [1, 4, 16, 64][rng.below(4) as usize],
+            late_claims: rng.chance(1, 2),
             batch_max: [1, 3, 4, 16, 1024][rng.below(5) as usize],
             chunk_bytes: [64, 512, 4096, 65536][rng.below(4) as usize],
             line_max_bytes: [BUGGIFY_LINE_MAX_BYTES, LINE_SIZE_MAX_BYTES][rng.below(2) as usize],
@@ -337,25 +299,12 @@ where
                 )
             })
             .collect();
-        let liveness = LivenessConfig {
-            peer_timeout_ms: PEER_TIMEOUT_US / 1000,
-            heartbeat_interval_ms: TICK_US / 1000,
-        };
-        let mut links = BTreeMap::new();
-        for a in 0..config.processes {
-            for b in a + 1..config.processes {
-                let link = Link {
-                    up: true,
-                    epoch: 0,
-                    backoff: Backoff::new(RECONNECT_BASE_MS, RECONNECT_MAX_MS),
-                    reconnect_pending: false,
-                    last_arrival_us: [0; 2],
-                    liveness: [PeerLiveness::new(liveness, 0), PeerLiveness::new(liveness, 0)],
-                    decoders: [FrameDecoder::new(), FrameDecoder::new()],
-                };
-                links.insert((a, b), link);
-            }
-        }
+        let net = Net::new(
+            config,
+            &mut rng,
+            buggify.window_frames,
+            buggify.producer_depth_frames,
+        );
         let mut world = World {
             config,
             layout,
@@ -366,19 +315,16 @@ where
             queue: BinaryHeap::new(),
             drivers,
             waits_for_room: vec![false; total as usize],
-            processes: (0..config.processes)
+            // One more for the network's wrong-secret intruder.
+            processes: (0..=config.processes)
                 .map(|_| Process {
                     paused_until_us: 0,
                     clock_offset_us: 0,
                 })
                 .collect(),
-            links,
-            partition: None,
-            outs: BTreeMap::new(),
-            ins: BTreeMap::new(),
+            net,
             local_chunks: BTreeMap::new(),
             local_batches: BTreeMap::new(),
-            frame_queue_depths: BTreeMap::new(),
             readers,
             sources_closed: false,
             buggify,
@@ -402,8 +348,8 @@ where
             stats: super::SimStats::default(),
         };
         world.wire_channels();
-        world.set_frame_queue_depths();
         world.schedule_start();
+        world.schedule_network_faults();
         world
     }
 
@@ -489,6 +435,9 @@ where
             self.now_us = next.time_us;
             self.events += 1;
             self.handle(next.event);
+            if let Some(failure) = self.net.failure.take() {
+                return Some(failure);
+            }
             if self.is_done() {
                 self.trace(format_args!("all shards finished and their output is in"));
                 return None;
@@ -504,12 +453,7 @@ where
     pub(super) fn handle(&mut self, event: Event) {
         match event {
             Event::Release { source, available } => self.release(source, available),
-            Event::Deliver {
-                from,
-                to,
-                epoch,
-                bytes,
-            } => self.deliver(from, to, epoch, bytes),
+            Event::Net(event) => self.handle_net(event),
             Event::Tick => {
                 self.tick();
                 self.poll_waiting_shards();
@@ -518,11 +462,10 @@ where
                 self.stats.fault("cut");
                 self.cut(a, b, "fault: connection cut");
             }
-            Event::Reconnect { a, b } => self.reconnect(a, b),
             Event::Partition { mask, until_us } => {
                 self.stats.fault("partition");
                 self.trace(format_args!("fault: partition {mask:#b} until {until_us}"));
-                self.partition = Some((mask, until_us));
+                self.net.partition = Some((mask, until_us));
             }
             Event::Pause { process, until_us } => {
                 self.stats.fault("pause");
@@ -549,7 +492,7 @@ where
     }
 
     pub(super) fn partitioned(&self, a: u32, b: u32) -> bool {
-        match self.partition {
+        match self.net.partition {
             Some((mask, until)) if until > self.now_us => (mask >> a & 1) != (mask >> b & 1),
             _ => false,
         }
@@ -564,7 +507,12 @@ where
         self.now_us < self.heal_us
     }
 
-    pub(super) fn finish(self, failure: Option<String>) -> Finished {
+    pub(super) fn finish(mut self, failure: Option<String>) -> Finished {
+        let protocol = self.net.protocol_stats();
+        self.stats.add("full_windows", protocol.full_windows);
+        self.stats.add("retransmitted_frames", protocol.frames_resent);
+        self.stats.add("reconnects", protocol.reconnects);
+        self.stats.add("handshakes_refused", protocol.handshakes_refused);
         Finished {
             sim: SimOutcome {
                 seed: self.config.seed,
@@ -603,33 +551,6 @@ where
             }
         }
     }
-
-    /// Production's producer queue depth of every cross-process channel.
-    fn set_frame_queue_depths(&mut self) {
-        let total = self.layout.total_shards();
-        for to in 0..total {
-            for source in 0..self.readers.len() as u32 {
-                self.frame_queue_depths
-                    .insert(channel_id::chunk(source, to), self.depths.chunks);
-                for from in (0..total).filter(|from| *from != to) {
-                    self.frame_queue_depths
-                        .insert(channel_id::batch(source, from, to), self.depths.batches);
-                }
-            }
-            self.frame_queue_depths
-                .insert(channel_id::output(to), self.depths.output);
-        }
-    }
-
-    /// Is there room in the producer queue of a cross-process channel?
-    /// (Production: the bounded queue between a shard or reader and the I/O
-    /// thread, `Net::out`; here the channel's frames waiting for its window.)
-    fn frame_queue_depth(&self, channel: u32) -> usize {
-        self.frame_queue_depths
-            .get(&channel)
-            .copied()
-            .unwrap_or(usize::MAX)
-    }
 }
 
 impl Depths {
@@ -645,7 +566,6 @@ impl Depths {
         Depths {
             batches: pick(production.queue_depth_batches),
             chunks: pick(production.source_queue_depth_chunks),
-            output: pick(production.output_queue_depth_buffers),
         }
     }
 }

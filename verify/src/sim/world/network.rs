@@ -1,7 +1,180 @@
-//! The simulated network: links between processes that carry production
-//! frames, with the seed's faults.
+//! The simulated network: each process runs the production peer protocol
+//! (`verity_net::peer::PeerProtocol`: handshake, windows, acks, resend,
+//! heartbeats, liveness, dial backoff), and simulated connections carry the
+//! bytes it writes, with the seed's faults. Nothing here decides anything a
+//! protocol decides: this file holds links, faults and scheduling only.
+//!
+//! A connection behaves like TCP: bytes arrive in order (unless the
+//! `reorder`/`duplicate`/`corrupt` faults garble the stream, which the frame
+//! checksum must catch), a lost byte breaks the connection (`drop` cuts it),
+//! a partition holds bytes until it heals or the connection is given up, and
+//! a close arrives after the bytes sent before it.
 
 use super::*;
+use verity_net::auth::ClusterSecret;
+use verity_net::frame::FrameDecoder;
+use verity_net::peer::{
+    Action, ConnId, PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolStats, SeededEntropy,
+};
+
+const CLUSTER_ID: &str = "sim";
+const SECRET: &[u8] = b"the simulated cluster's secret";
+const WRONG_SECRET: &[u8] = b"not the simulated cluster's secret";
+/// Production's window bytes (`verity::cluster::WINDOW_BYTES`).
+const WINDOW_BYTES: usize = 16 << 20;
+/// A peer unreachable this long fails the seed, as it fails a production run.
+const PEER_LOST_MS: u64 = 25_000;
+/// With `wrong-secret`: intrusions per 10 simulated seconds of faults.
+const INTRUSIONS_PER_10_S: u64 = 2;
+/// With late claims (BUGGIFY): a worker wires its channels up to this late.
+const CLAIM_DELAY_MAX_US: u64 = 200_000;
+
+/// Network events, scheduled on the world's queue.
+pub(super) enum NetEvent {
+    /// Bytes written on `conn` arrive at process `to`.
+    Deliver { conn: ConnId, to: u32, bytes: Bytes },
+    /// A dial of `from` reaches `to`.
+    Connect { from: u32, to: u32 },
+    /// Process `process` sees `conn` end.
+    Closed { conn: ConnId, process: u32 },
+    /// The consumer of `channel` registers (a worker wiring its queues).
+    Claim { channel: u32 },
+    /// A process with the wrong secret connects to `target`.
+    Intrude { target: u32 },
+}
+
+struct OutChan {
+    from: u32,
+    to: u32,
+    /// The producer's queue: encoded frames the protocol has not taken yet.
+    pending: VecDeque<Bytes>,
+    next_seq: u64,
+}
+
+struct InChan {
+    from: u32,
+    to: u32,
+    /// Frames the protocol delivered, in order, for the consumer.
+    queue: VecDeque<Frame>,
+    delivered_through: u64,
+}
+
+/// A connection between two processes; direction 0 is `ends[0]` → `ends[1]`.
+struct SimConn {
+    ends: [u32; 2],
+    last_arrival_us: [u64; 2],
+}
+
+impl SimConn {
+    fn direction(&self, from: u32) -> usize {
+        usize::from(self.ends[0] != from)
+    }
+    fn other(&self, end: u32) -> u32 {
+        self.ends[1 - self.direction(end)]
+    }
+}
+
+/// Everything of the network the world holds.
+pub(super) struct Net {
+    /// One per process; the last one is the intruder (wrong secret).
+    protocols: Vec<PeerProtocol<SeededEntropy>>,
+    conns: BTreeMap<ConnId, SimConn>,
+    next_conn: ConnId,
+    outs: BTreeMap<u32, OutChan>,
+    ins: BTreeMap<u32, InChan>,
+    pub(super) partition: Option<(u64, u64)>,
+    /// The last bytes put on any connection, for spliced-frame corruption.
+    last_sent: Bytes,
+    /// Why a protocol said the cluster failed, if one did.
+    pub(super) failure: Option<String>,
+    producer_depth_frames: usize,
+}
+
+fn protocol_config(
+    config: &SimConfig,
+    process_id: u32,
+    peers: Vec<u32>,
+    window_frames: usize,
+) -> ProtocolConfig {
+    let bugs = config.bugs;
+    let secret = ClusterSecret::new(SECRET.to_vec()).expect("long enough");
+    ProtocolConfig {
+        cluster_id: CLUSTER_ID.into(),
+        process_id,
+        peers,
+        secret: std::sync::Arc::new(secret),
+        liveness: LivenessConfig {
+            peer_timeout_ms: PEER_TIMEOUT_US / 1000,
+            heartbeat_interval_ms: TICK_US / 1000,
+        },
+        window_frames,
+        window_bytes: WINDOW_BYTES,
+        reconnect_base_ms: RECONNECT_BASE_MS,
+        reconnect_max_ms: RECONNECT_MAX_MS,
+        peer_lost_ms: PEER_LOST_MS,
+        bugs: ProtocolBugs {
+            no_retransmit: bugs.no_retransmit,
+            resend_from_wrong_seq: bugs.resend_from_wrong_seq,
+            accept_other_peers_channel: bugs.accept_other_peers_channel,
+            admit_duplicate_as_new: bugs.admit_duplicate_as_new || bugs.no_dedup,
+            resume_one_past_applied: bugs.resume_one_past_applied,
+        },
+    }
+}
+
+impl Net {
+    pub(super) fn new(
+        config: &SimConfig,
+        rng: &mut SplitMix64,
+        window_frames: usize,
+        producer_depth_frames: usize,
+    ) -> Net {
+        let processes = config.processes;
+        let mut protocols: Vec<_> = (0..processes)
+            .map(|p| {
+                let peers = (0..processes).filter(|q| *q != p).collect();
+                let entropy = SeededEntropy::new(rng.next_u64());
+                PeerProtocol::new(protocol_config(config, p, peers, window_frames), entropy, 0)
+            })
+            .collect();
+        // The intruder claims to be a real process, but has the wrong secret.
+        let claims = processes.saturating_sub(1);
+        let mut intruder = protocol_config(config, claims, (0..claims).collect(), window_frames);
+        intruder.secret =
+            std::sync::Arc::new(ClusterSecret::new(WRONG_SECRET.to_vec()).expect("long enough"));
+        protocols.push(PeerProtocol::new(intruder, SeededEntropy::new(rng.next_u64()), 0));
+        Net {
+            protocols,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            outs: BTreeMap::new(),
+            ins: BTreeMap::new(),
+            partition: None,
+            last_sent: Bytes::new(),
+            failure: None,
+            producer_depth_frames,
+        }
+    }
+
+    fn intruder(&self) -> u32 {
+        self.protocols.len() as u32 - 1
+    }
+
+    /// The protocols' counters, summed over the real processes.
+    pub(super) fn protocol_stats(&self) -> ProtocolStats {
+        let mut sum = ProtocolStats::default();
+        for p in &self.protocols[..self.protocols.len() - 1] {
+            let s = p.stats();
+            sum.full_windows += s.full_windows;
+            sum.frames_resent += s.frames_resent;
+            sum.reconnects += s.reconnects;
+            sum.handshakes_refused += s.handshakes_refused;
+            sum.duplicates_dropped += s.duplicates_dropped;
+            sum.unclaimed_refused += s.unclaimed_refused;
+        }
+        sum
+    }
+}
 
 impl<'a, K, V, S, O> World<'a, K, V, S, O>
 where
@@ -10,72 +183,80 @@ where
     S: Default + Send + 'static,
     O: 'static,
 {
+    /// Every cross-process channel of the layout, as in the real runtime.
     pub(super) fn wire_channels(&mut self) {
         let total = self.layout.total_shards();
-        let window = self.buggify.window_frames;
         let sources = self.readers.len() as u32;
         for to in 0..total {
             if !self.layout.is_local_to(0, to) {
                 let process = self.layout.process_of(to);
                 for source in 0..sources {
-                    self.add_channel(channel_id::chunk(source, to), 0, process, window);
+                    self.add_channel(channel_id::chunk(source, to), 0, process);
                 }
-                self.add_channel(channel_id::output(to), process, 0, window);
+                self.add_channel(channel_id::output(to), process, 0);
             }
             for from in (0..total).filter(|from| *from != to) {
                 let (p, q) = (self.layout.process_of(from), self.layout.process_of(to));
                 if p != q {
                     for source in 0..sources {
-                        self.add_channel(channel_id::batch(source, from, to), p, q, window);
+                        self.add_channel(channel_id::batch(source, from, to), p, q);
                     }
                 }
             }
         }
     }
 
-    pub(super) fn add_channel(&mut self, channel: u32, from: u32, to: u32, window: usize) {
-        let sender = ChannelSender::new(channel, 64 << 20, window);
-        self.outs.insert(
-            channel,
-            OutChan {
-                from,
-                to,
-                sender,
-                pending: VecDeque::new(),
-                next_seq: 1,
-            },
-        );
-        let receiver = ChannelReceiver::new(channel);
-        self.ins.insert(
-            channel,
-            InChan {
-                receiver,
-                queue: VecDeque::new(),
-                consumed: 0,
-                acked: 0,
-            },
-        );
+    fn add_channel(&mut self, channel: u32, from: u32, to: u32) {
+        self.net.protocols[from as usize].add_out(channel, to);
+        let out = OutChan {
+            from,
+            to,
+            pending: VecDeque::new(),
+            next_seq: 1,
+        };
+        self.net.outs.insert(channel, out);
+        let input = InChan {
+            from,
+            to,
+            queue: VecDeque::new(),
+            delivered_through: 0,
+        };
+        self.net.ins.insert(channel, input);
+        // BUGGIFY: workers wire their channels after the job arrives, so
+        // frames can come before their consumer does.
+        if to != 0 && self.buggify.late_claims {
+            let at = self.rng.below(CLAIM_DELAY_MAX_US);
+            self.schedule(at, Event::Net(NetEvent::Claim { channel }));
+        } else {
+            self.net.protocols[to as usize].add_in(channel, from);
+        }
     }
 
-    /// Room in a channel's producer queue (production: `Net::out`'s bounded
-    /// queue, which the I/O thread drains as the window allows; here the
-    /// frames waiting for the window).
-    pub(super) fn frame_queue_has_room(&self, channel: u32) -> bool {
-        let out = self.outs.get(&channel).expect("wired channel");
-        out.pending.len() < self.frame_queue_depth(channel)
+    /// The network's faults of the seed's plan that are not per frame.
+    pub(super) fn schedule_network_faults(&mut self) {
+        if !self.config.faults.wrong_secret || self.config.processes < 2 {
+            return;
+        }
+        let count = self.config.sim_seconds * INTRUSIONS_PER_10_S / 10 + 1;
+        for _ in 0..count {
+            let at = self.rng.below(self.heal_us);
+            let target = self.rng.below(self.config.processes as u64) as u32;
+            self.schedule(at, Event::Net(NetEvent::Intrude { target }));
+        }
     }
 
     pub(super) fn take_frame(&mut self, channel: u32) -> Option<Frame> {
-        let input = self.ins.get_mut(&channel)?;
+        let input = self.net.ins.get_mut(&channel)?;
         let frame = input.queue.pop_front()?;
         let last = frame.header.first_seq + frame.header.record_count as u64 - 1;
-        input.consumed = input.consumed.max(last);
+        let to = input.to;
+        self.net.protocols[to as usize].on_consumed(channel, last);
         Some(frame)
     }
 
-    /// Encodes one frame onto a channel's pending queue, numbered in order.
+    /// Encodes one frame onto a channel's producer queue, numbered in order.
     pub(super) fn queue_frame(&mut self, channel: u32, write: impl FnOnce(&mut FrameWriter<'_>)) {
-        let out = self.outs.get_mut(&channel).expect("wired channel");
+        let out = self.net.outs.get_mut(&channel).expect("wired channel");
         let mut bytes = Vec::new();
         let mut frame = FrameWriter::begin(&mut bytes, FrameKind::Data, channel, out.next_seq);
         write(&mut frame);
@@ -84,106 +265,250 @@ where
         out.pending.push_back(Bytes::from(bytes));
     }
 
-    /// Moves frames into windows and onto links; sends due acks.
+    /// Whether a producer could hand over one more frame on `channel` now,
+    /// under production's bound: its queue to the network thread holds
+    /// `producer_depth_frames` (the window behind it is the protocol's).
+    pub(super) fn frame_queue_has_room(&self, channel: u32) -> bool {
+        self.net.outs[&channel].pending.len() < self.net.producer_depth_frames
+    }
+
+    /// Hands producers' frames and consumers' progress to a process's
+    /// protocol, and puts what it writes on the wire.
     pub(super) fn pump(&mut self, process: u32) {
         if self.paused(process) {
             return;
         }
-        let channels: Vec<u32> = self
-            .outs
-            .iter()
-            .filter(|(_, o)| o.from == process)
-            .map(|(c, _)| *c)
-            .collect();
-        for channel in channels {
-            loop {
-                let out = self.outs.get_mut(&channel).expect("listed");
-                let Some(bytes) = out.pending.front() else { break };
-                if !out.sender.has_room(bytes.len()) {
-                    self.stats.bump("full_windows");
-                    break;
+        let protocol = &mut self.net.protocols[process as usize];
+        for (channel, out) in self.net.outs.iter_mut().filter(|(_, o)| o.from == process) {
+            while protocol.send_from(*channel, &mut out.pending) > 0 {}
+        }
+        protocol.flush_acks();
+        self.carry_out(process);
+    }
+
+    /// Carries out a protocol's actions, then sends what it wrote.
+    fn carry_out(&mut self, process: u32) {
+        while let Some(action) = self.net.protocols[process as usize].next_action() {
+            match action {
+                Action::Dial { peer } => {
+                    let at = self.now_us + LATENCY_BASE_US;
+                    let event = NetEvent::Connect {
+                        from: process,
+                        to: peer,
+                    };
+                    self.schedule(at, Event::Net(event));
                 }
-                let bytes = out.pending.pop_front().expect("front");
-                let (_, count) = peek_numbers(&bytes).expect("own frame");
-                out.sender.record_sent(count, bytes.clone());
-                let to = out.to;
-                self.transmit(process, to, bytes);
+                Action::Close {
+                    conn,
+                    reason,
+                    last_words,
+                } => self.close(process, conn, &reason, last_words),
+                Action::Deliver { channel, frame } => self.on_delivered(process, channel, frame),
+                Action::Failed { reason } => {
+                    self.trace(format_args!("process {process}: failed: {reason}"));
+                    let failure = format!("process {process}: {reason}");
+                    self.net.failure.get_or_insert(failure);
+                }
+                Action::Log(event) => self.trace(format_args!("process {process}: {event}")),
             }
         }
-        let acks: Vec<(u32, u64)> = self
+        self.flush(process);
+    }
+
+    fn on_delivered(&mut self, process: u32, channel: u32, frame: Frame) {
+        let header = frame.header;
+        let what = channel_id::describe(channel);
+        self.trace(format_args!(
+            "process {process}: frame seq {} +{} of {what}",
+            header.first_seq, header.record_count
+        ));
+        let input = self
+            .net
             .ins
-            .iter()
-            .filter(|(c, i)| self.outs[c].to == process && i.consumed > i.acked)
-            .map(|(c, i)| (*c, i.consumed))
-            .collect();
-        for (channel, consumed) in acks {
-            let peer = self.outs[&channel].from;
-            if self.link(process, peer).up {
-                let mut ack = Vec::new();
-                encode_frame(&mut ack, FrameKind::Ack, channel, consumed, &[]);
-                self.ins.get_mut(&channel).expect("listed").acked = consumed;
-                self.transmit(process, peer, Bytes::from(ack));
+            .get_mut(&channel)
+            .expect("only wired channels are claimed");
+        assert_eq!(
+            input.to, process,
+            "a frame of {what} delivered to the wrong process"
+        );
+        let last = header.first_seq + header.record_count as u64 - 1;
+        input.delivered_through = input.delivered_through.max(last);
+        input.queue.push_back(frame);
+    }
+
+    /// Puts everything a process's protocol wrote on its connections.
+    fn flush(&mut self, process: u32) {
+        let conns: Vec<ConnId> = self.net.protocols[process as usize].connections().collect();
+        for conn in conns {
+            let bytes = self.net.protocols[process as usize].take_output(conn);
+            if !bytes.is_empty() {
+                self.transmit(conn, process, Bytes::from(bytes));
             }
         }
     }
 
-    // ---- the network ---------------------------------------------------
-
-    pub(super) fn link(&mut self, a: u32, b: u32) -> &mut Link {
-        self.links
-            .get_mut(&(a.min(b), a.max(b)))
-            .expect("every pair is linked")
-    }
-
-    pub(super) fn direction(from: u32, to: u32) -> usize {
-        usize::from(from > to)
-    }
-
-    /// Puts bytes on the wire from `from` to `to`, with the seed's faults.
-    pub(super) fn transmit(&mut self, from: u32, to: u32, bytes: Bytes) {
-        let link = self.link(from, to);
-        let (up, epoch) = (link.up, link.epoch);
-        if !up {
-            return; // kept in the retransmit buffer for the reconnect
+    fn close(&mut self, process: u32, conn: ConnId, reason: &str, last_words: Vec<u8>) {
+        self.trace(format_args!(
+            "process {process}: closes connection {conn}: {reason}"
+        ));
+        if !last_words.is_empty() {
+            self.transmit(conn, process, Bytes::from(last_words));
         }
+        let Some(sim) = self.net.conns.get(&conn) else {
+            return;
+        };
+        // The close arrives after the bytes sent before it, as a FIN does.
+        let other = sim.other(process);
+        let dir = sim.direction(process);
+        let arrival = (self.now_us + LATENCY_BASE_US).max(sim.last_arrival_us[dir]);
+        let arrival = match self.net.partition {
+            Some((_, until)) if self.partitioned(process, other) => arrival.max(until + LATENCY_BASE_US),
+            _ => arrival,
+        };
+        self.schedule(arrival, Event::Net(NetEvent::Closed { conn, process: other }));
+    }
+
+    pub(super) fn handle_net(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::Deliver { conn, to, bytes } => self.deliver(conn, to, bytes),
+            NetEvent::Connect { from, to } => self.connect(from, to),
+            NetEvent::Closed { conn, process } => {
+                if self.paused(process) {
+                    let until = self.processes[process as usize].paused_until_us;
+                    return self.schedule(until, Event::Net(NetEvent::Closed { conn, process }));
+                }
+                self.net.conns.remove(&conn);
+                let clock = self.local_clock_ms(process);
+                self.net.protocols[process as usize].on_closed(conn, "closed by the peer", clock);
+                self.carry_out(process);
+            }
+            NetEvent::Claim { channel } => {
+                let (from, to) = (self.net.ins[&channel].from, self.net.ins[&channel].to);
+                self.trace(format_args!(
+                    "process {to} claims {}",
+                    channel_id::describe(channel)
+                ));
+                self.net.protocols[to as usize].add_in(channel, from);
+                self.carry_out(to);
+                self.step_process(to);
+            }
+            NetEvent::Intrude { target } => self.intrude(target),
+        }
+    }
+
+    fn connect(&mut self, from: u32, to: u32) {
+        let clock = self.local_clock_ms(from);
+        if self.partitioned(from, to) {
+            self.trace(format_args!("dial {from}->{to} fails: partitioned"));
+            self.net.protocols[from as usize].on_dial_failed(to, clock);
+            return self.carry_out(from);
+        }
+        // A paused process's kernel accepts; its protocol hears of it on waking.
+        for process in [from, to] {
+            if self.paused(process) {
+                let until = self.processes[process as usize].paused_until_us;
+                return self.schedule(until, Event::Net(NetEvent::Connect { from, to }));
+            }
+        }
+        let conn = self.open_conn(from, to);
+        self.trace(format_args!("connection {conn}: {from} dialled {to}"));
+        self.net.protocols[from as usize].on_connected(conn, Some(to), clock);
+        let clock_to = self.local_clock_ms(to);
+        self.net.protocols[to as usize].on_connected(conn, None, clock_to);
+        self.carry_out(from);
+        self.carry_out(to);
+    }
+
+    fn open_conn(&mut self, from: u32, to: u32) -> ConnId {
+        let conn = self.net.next_conn;
+        self.net.next_conn += 1;
+        let sim = SimConn {
+            ends: [from, to],
+            last_arrival_us: [0; 2],
+        };
+        self.net.conns.insert(conn, sim);
+        conn
+    }
+
+    /// `wrong-secret`: a process with the wrong cluster secret, claiming a
+    /// real process's id, connects and (half the time) sends data before
+    /// any proof. The production handshake must refuse it, and it must
+    /// inject nothing.
+    fn intrude(&mut self, target: u32) {
+        let intruder = self.net.intruder();
+        let claims = self.net.protocols[intruder as usize].config().process_id;
+        if target == claims
+            || self.net.protocols[intruder as usize]
+                .connections()
+                .next()
+                .is_some()
+        {
+            return;
+        }
+        self.stats.fault("wrong_secret");
+        let conn = self.open_conn(intruder, target);
+        self.trace(format_args!(
+            "fault: wrong-secret process claiming id {claims} connects to {target} (connection {conn})"
+        ));
+        let now_ms = self.local_clock_ms(intruder);
+        self.net.protocols[intruder as usize].on_connected(conn, Some(target), now_ms);
+        if self.rng.chance(1, 2) {
+            // Data before the handshake, on a channel the claimed id owns.
+            let channel = self
+                .net
+                .outs
+                .iter()
+                .find(|(_, o)| o.from == claims && o.to == target);
+            if let Some((&channel, _)) = channel {
+                let seq = self.net.ins[&channel].delivered_through + 1;
+                let mut bytes = self.net.protocols[intruder as usize].take_output(conn);
+                encode_frame(&mut bytes, FrameKind::Data, channel, seq, &[b"intruder"]);
+                self.transmit(conn, intruder, Bytes::from(bytes));
+            }
+        }
+        let clock = self.local_clock_ms(target);
+        if !self.paused(target) {
+            self.net.protocols[target as usize].on_connected(conn, None, clock);
+            self.carry_out(target);
+        }
+        self.carry_out(intruder);
+    }
+
+    // ---- links ----------------------------------------------------------
+
+    /// Puts bytes on `conn` from `from`, with the seed's faults.
+    fn transmit(&mut self, conn: ConnId, from: u32, bytes: Bytes) {
+        let Some(sim) = self.net.conns.get(&conn) else {
+            return; // the connection is gone: the protocol resends after a reconnect
+        };
+        let to = sim.other(from);
+        let dir = sim.direction(from);
+        let mut bytes = bytes;
+        if self.faults_on() {
+            bytes = self.corrupt(from, to, bytes);
+            bytes = self.forge(from, to, bytes);
+        }
+        self.net.last_sent = bytes.clone();
         let faults = self.config.faults;
         if self.partitioned(from, to) {
             // TCP keeps retransmitting underneath: the bytes arrive when the
             // partition heals, unless the connection is given up first.
-            let heals = self.partition.map_or(self.now_us, |(_, until)| until);
-            let dir = Self::direction(from, to);
-            let link = self.link(from, to);
-            let arrival = (heals + LATENCY_BASE_US).max(link.last_arrival_us[dir]);
-            link.last_arrival_us[dir] = arrival;
+            let heals = self.net.partition.map_or(self.now_us, |(_, until)| until);
+            let sim = self.net.conns.get_mut(&conn).expect("present");
+            let arrival = (heals + LATENCY_BASE_US).max(sim.last_arrival_us[dir]);
+            sim.last_arrival_us[dir] = arrival;
             self.trace(format_args!(
                 "partition holds {} bytes {from}->{to} until {arrival}",
                 bytes.len()
             ));
-            self.schedule(
-                arrival,
-                Event::Deliver {
-                    from,
-                    to,
-                    epoch,
-                    bytes,
-                },
-            );
-            return;
+            return self.schedule(arrival, Event::Net(NetEvent::Deliver { conn, to, bytes }));
         }
         if self.faults_on() && faults.drop && self.rng.chance(FRAME_FAULT_PER_MILLE, 1000) {
             // TCP loses nothing silently: losing bytes means the stream broke,
-            // which the receiver notices (a gap, a bad frame, a reset).
+            // which both ends notice.
             self.stats.fault("drop");
             self.trace(format_args!("fault: drop {} bytes {from}->{to}", bytes.len()));
-            let at = self.now_us + LATENCY_BASE_US;
-            self.schedule(
-                at,
-                Event::Cut {
-                    a: from.min(to),
-                    b: from.max(to),
-                },
-            );
-            return;
+            return self.cut_conn(conn, "fault: bytes lost");
         }
         let mut latency = LATENCY_BASE_US + self.rng.below(LATENCY_JITTER_US);
         if self.faults_on() && faults.delay {
@@ -192,18 +517,16 @@ where
         }
         let reorder = self.faults_on() && faults.reorder && self.rng.chance(FRAME_FAULT_PER_MILLE, 1000);
         let now = self.now_us;
-        let dir = Self::direction(from, to);
-        let link = self.link(from, to);
+        let sim = self.net.conns.get_mut(&conn).expect("present");
         // A connection keeps order unless the `reorder` fault overtakes.
         let arrival = if reorder {
             now + 1
         } else {
-            (now + latency).max(link.last_arrival_us[dir])
+            (now + latency).max(sim.last_arrival_us[dir])
         };
         if !reorder {
-            link.last_arrival_us[dir] = arrival;
-        }
-        if reorder {
+            sim.last_arrival_us[dir] = arrival;
+        } else {
             self.stats.fault("reorder");
             self.trace(format_args!("fault: reorder {} bytes {from}->{to}", bytes.len()));
         }
@@ -213,220 +536,150 @@ where
                 "fault: duplicate {} bytes {from}->{to}",
                 bytes.len()
             ));
+            let again = bytes.clone();
             self.schedule(
                 arrival + 1,
-                Event::Deliver {
-                    from,
+                Event::Net(NetEvent::Deliver {
+                    conn,
                     to,
-                    epoch,
-                    bytes: bytes.clone(),
-                },
+                    bytes: again,
+                }),
             );
         }
-        self.schedule(
-            arrival,
-            Event::Deliver {
-                from,
-                to,
-                epoch,
-                bytes,
-            },
-        );
+        self.schedule(arrival, Event::Net(NetEvent::Deliver { conn, to, bytes }));
     }
 
-    pub(super) fn deliver(&mut self, from: u32, to: u32, epoch: u64, bytes: Bytes) {
-        let link = self.link(from, to);
-        if !link.up || link.epoch != epoch {
+    /// `corrupt`: a flipped bit, a lost tail, or a piece of other bytes
+    /// spliced in. The frame checksum must catch it.
+    fn corrupt(&mut self, from: u32, to: u32, bytes: Bytes) -> Bytes {
+        if !self.config.faults.corrupt || !self.rng.chance(FRAME_FAULT_PER_MILLE, 1000) {
+            return bytes;
+        }
+        self.stats.fault("corrupt");
+        let mut garbled = bytes.to_vec();
+        let at = self.rng.below(garbled.len() as u64) as usize;
+        let how = match self.rng.below(3) {
+            0 => {
+                garbled[at] ^= 1 << self.rng.below(8);
+                "flip a bit"
+            }
+            1 => {
+                garbled.truncate(at);
+                "truncate"
+            }
+            _ => {
+                let other = self.net.last_sent.clone();
+                let start = self.rng.below(other.len() as u64 + 1) as usize;
+                let end = start + self.rng.below((other.len() - start) as u64 + 1) as usize;
+                garbled.splice(at..at, other[start..end].iter().copied());
+                "splice into"
+            }
+        };
+        self.trace(format_args!(
+            "fault: corrupt: {how} {} bytes {from}->{to} at {at}",
+            bytes.len()
+        ));
+        Bytes::from(garbled)
+    }
+
+    /// `forge`: the sender, though authenticated, appends a well-formed frame
+    /// on a channel another process owns (as a buggy or hostile peer would).
+    /// The protocol must refuse it: no checksum can.
+    fn forge(&mut self, from: u32, to: u32, bytes: Bytes) -> Bytes {
+        if !self.config.faults.forge || !self.rng.chance(FRAME_FAULT_PER_MILLE, 1000) {
+            return bytes;
+        }
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&bytes);
+        let Ok(Some(genuine)) = decoder.next_frame() else {
+            return bytes;
+        };
+        if genuine.header.kind != FrameKind::Data {
+            return bytes;
+        }
+        let others: Vec<u32> = self
+            .net
+            .outs
+            .iter()
+            .filter(|(_, o)| o.to == to && o.from != from)
+            .map(|(c, _)| *c)
+            .collect();
+        if others.is_empty() {
+            return bytes;
+        }
+        let channel = others[self.rng.below(others.len() as u64) as usize];
+        self.stats.fault("forge");
+        let seq = self.net.ins[&channel].delivered_through + 1;
+        let records: Vec<&[u8]> = genuine.records().collect();
+        let mut forged = bytes.to_vec();
+        encode_frame(&mut forged, FrameKind::Data, channel, seq, &records);
+        self.trace(format_args!(
+            "fault: forge: {from} sends seq {seq} of {} to {to}",
+            channel_id::describe(channel)
+        ));
+        Bytes::from(forged)
+    }
+
+    fn deliver(&mut self, conn: ConnId, to: u32, bytes: Bytes) {
+        if !self.net.conns.contains_key(&conn) {
             return; // sent on a connection that is gone
         }
         if self.paused(to) {
             let until = self.processes[to as usize].paused_until_us;
-            self.schedule(
-                until,
-                Event::Deliver {
-                    from,
-                    to,
-                    epoch,
-                    bytes,
-                },
-            );
-            return;
-        }
-        // BUGGIFY: bytes arrive in pieces, so partial frames are the rule.
-        let mut frames = Vec::new();
-        let mut rest = &bytes[..];
-        let dir = Self::direction(from, to);
-        while !rest.is_empty() {
-            let piece = (1 + self.rng.below(rest.len() as u64) as usize).min(rest.len());
-            let decoder = &mut self.link(from, to).decoders[dir];
-            decoder.extend_from_slice(&rest[..piece]);
-            rest = &rest[piece..];
-            loop {
-                match self.link(from, to).decoders[dir].next_frame() {
-                    Ok(Some(frame)) => frames.push(frame),
-                    Ok(None) => break,
-                    Err(e) => return self.cut(from, to, &format!("bad frame {from}->{to}: {e}")),
-                }
-            }
+            return self.schedule(until, Event::Net(NetEvent::Deliver { conn, to, bytes }));
         }
         let clock = self.local_clock_ms(to);
-        self.link(from, to).liveness[dir].on_heard(clock);
-        for frame in frames {
-            if let Err(why) = self.on_frame(from, to, frame) {
-                return self.cut(from, to, &why);
-            }
+        // BUGGIFY: bytes arrive in pieces, so partial frames are the rule.
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let piece = (1 + self.rng.below(rest.len() as u64) as usize).min(rest.len());
+            self.net.protocols[to as usize].on_bytes(conn, &rest[..piece], clock);
+            rest = &rest[piece..];
         }
-        self.step_process(to);
-        self.pump(from);
-    }
-
-    pub(super) fn on_frame(&mut self, from: u32, to: u32, frame: Frame) -> Result<(), String> {
-        let header = frame.header;
-        match header.kind {
-            FrameKind::Data => {
-                let what = channel_id::describe(header.channel);
-                self.trace(format_args!(
-                    "process {from}->{to}: frame seq {} +{} of {what}",
-                    header.first_seq, header.record_count
-                ));
-                let no_dedup = self.config.bugs.no_dedup;
-                let input = self
-                    .ins
-                    .get_mut(&header.channel)
-                    .ok_or("data on an unknown channel")?;
-                match input.receiver.admit(header.first_seq, header.record_count) {
-                    Admission::Apply { skip_records: 0 } => input.queue.push_back(frame),
-                    Admission::Duplicate if no_dedup => input.queue.push_back(frame),
-                    Admission::Duplicate => {}
-                    Admission::Apply { skip_records } => {
-                        return Err(format!("overlap of {skip_records} records"))
-                    }
-                    Admission::Gap { expected_seq } => {
-                        return Err(format!("gap on {:#x}: expected {expected_seq}", header.channel))
-                    }
-                }
-                Ok(())
-            }
-            FrameKind::Ack => {
-                let what = channel_id::describe(header.channel);
-                self.trace(format_args!(
-                    "process {from}->{to}: ack through seq {} of {what}",
-                    header.first_seq
-                ));
-                let out = self
-                    .outs
-                    .get_mut(&header.channel)
-                    .ok_or("ack on an unknown channel")?;
-                out.sender.on_ack(header.first_seq).map_err(|e| e.to_string())
-            }
-            FrameKind::Heartbeat => Ok(()),
-            other => Err(format!("unexpected {other:?} frame")),
+        self.carry_out(to);
+        if to != self.net.intruder() {
+            self.step_process(to);
         }
     }
 
+    /// The `cut` fault: every connection between `a` and `b` is reset.
     pub(super) fn cut(&mut self, a: u32, b: u32, why: &str) {
-        let link = self.link(a, b);
-        if !link.up {
-            return;
+        let conns: Vec<ConnId> = self
+            .net
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ends == [a, b] || c.ends == [b, a])
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in conns {
+            self.cut_conn(conn, why);
         }
-        link.up = false;
-        link.epoch += 1;
-        link.decoders = [FrameDecoder::new(), FrameDecoder::new()];
-        self.trace(format_args!("cut {a}-{b}: {why}"));
-        self.schedule_reconnect(a, b);
     }
 
-    pub(super) fn schedule_reconnect(&mut self, a: u32, b: u32) {
-        let random = self.rng.next_u64();
-        let link = self.link(a, b);
-        if link.reconnect_pending {
+    /// A reset: bytes in flight are lost, and both ends hear of it.
+    fn cut_conn(&mut self, conn: ConnId, why: &str) {
+        let Some(sim) = self.net.conns.remove(&conn) else {
             return;
-        }
-        link.reconnect_pending = true;
-        let delay_us = link.backoff.next_delay_ms(random).max(1) * 1000;
-        let at = self.now_us + delay_us;
-        self.schedule(
-            at,
-            Event::Reconnect {
-                a: a.min(b),
-                b: a.max(b),
-            },
-        );
-    }
-
-    pub(super) fn reconnect(&mut self, a: u32, b: u32) {
-        self.link(a, b).reconnect_pending = false;
-        if self.partitioned(a, b) || self.paused(a) || self.paused(b) {
-            self.trace(format_args!("reconnect {a}-{b} fails"));
-            return self.schedule_reconnect(a, b);
-        }
-        let (clock_a, clock_b) = (self.local_clock_ms(a), self.local_clock_ms(b));
-        let link = self.link(a, b);
-        link.up = true;
-        link.backoff.reset();
-        link.last_arrival_us = [0; 2];
-        let config = LivenessConfig {
-            peer_timeout_ms: PEER_TIMEOUT_US / 1000,
-            heartbeat_interval_ms: TICK_US / 1000,
         };
-        // Direction 0 (a→b) is judged by b's clock, direction 1 by a's.
-        link.liveness = [
-            PeerLiveness::new(config, clock_b),
-            PeerLiveness::new(config, clock_a),
-        ];
-        self.trace(format_args!("reconnect {a}-{b}"));
-        self.stats.bump("reconnects");
-        for (from, to) in [(a, b), (b, a)] {
-            let resend: Vec<Bytes> = if self.config.bugs.no_retransmit {
-                Vec::new()
-            } else {
-                self.outs
-                    .values()
-                    .filter(|o| o.from == from && o.to == to)
-                    .flat_map(|o| o.sender.unacked().map(|(_, _, bytes)| bytes.clone()))
-                    .collect()
-            };
-            self.stats.add("retransmitted_frames", resend.len() as u64);
-            for bytes in resend {
-                self.transmit(from, to, bytes);
-            }
-            // What was consumed is acked again: the old acks may be lost.
-            for (channel, input) in self.ins.iter_mut() {
-                if self.outs[channel].to == to && self.outs[channel].from == from {
-                    input.acked = 0;
-                }
-            }
+        self.trace(format_args!(
+            "cut connection {conn} {}-{}: {why}",
+            sim.ends[0], sim.ends[1]
+        ));
+        let at = self.now_us + LATENCY_BASE_US;
+        for process in sim.ends {
+            self.schedule(at, Event::Net(NetEvent::Closed { conn, process }));
         }
-        self.step_process(a);
-        self.step_process(b);
     }
 
+    /// Every process's timers: heartbeats, liveness, dials, acks.
     pub(super) fn tick(&mut self) {
-        let pairs: Vec<(u32, u32)> = self.links.keys().copied().collect();
-        for (a, b) in pairs {
-            if !self.link(a, b).up {
+        for process in 0..self.config.processes {
+            if self.paused(process) {
                 continue;
             }
-            for (from, to) in [(a, b), (b, a)] {
-                if !self.paused(from) {
-                    let mut heartbeat = Vec::new();
-                    encode_frame(&mut heartbeat, FrameKind::Heartbeat, 0, 0, &[]);
-                    self.transmit(from, to, Bytes::from(heartbeat));
-                }
-                let clock = self.local_clock_ms(to);
-                let dir = Self::direction(from, to);
-                if !self.paused(to) && self.link(a, b).liveness[dir].is_dead(clock) {
-                    self.cut(
-                        a,
-                        b,
-                        &format!(
-                            "process {to} heard nothing from {from} for {} ms",
-                            PEER_TIMEOUT_US / 1000
-                        ),
-                    );
-                    break;
-                }
-            }
+            let clock = self.local_clock_ms(process);
+            self.net.protocols[process as usize].on_tick(clock);
+            self.carry_out(process);
         }
         self.schedule(self.now_us + TICK_US, Event::Tick);
     }

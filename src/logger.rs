@@ -1,0 +1,68 @@
+//! Renders the libraries' `log` records on stderr the way verity has always
+//! printed its diagnostics: `verity: <message>`, warnings as
+//! `verity: warning: <message>`.
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct StderrLogger;
+
+static LOGGER: StderrLogger = StderrLogger;
+
+/// Debug and trace records are for tests that capture them, not for users.
+const SHOWN_LEVEL: LevelFilter = LevelFilter::Info;
+
+pub fn install() {
+    // Fails only if a logger is already set, and then that one renders.
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(SHOWN_LEVEL);
+    }
+}
+
+/// One record as the user sees it.
+pub fn render(level: Level, message: &std::fmt::Arguments<'_>) -> String {
+    match level {
+        Level::Warn => format!("verity: warning: {message}"),
+        _ => format!("verity: {message}"),
+    }
+}
+
+impl Log for StderrLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= SHOWN_LEVEL
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("{}", render(record.level(), record.args()));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_render_as_before() {
+        assert_eq!(
+            render(
+                Level::Warn,
+                &format_args!("cannot pin worker threads to cores; running unpinned")
+            ),
+            "verity: warning: cannot pin worker threads to cores; running unpinned"
+        );
+        assert_eq!(
+            render(Level::Error, &format_args!("source input failed: x")),
+            "verity: source input failed: x"
+        );
+        assert_eq!(
+            render(
+                Level::Info,
+                &format_args!("source input listening on 127.0.0.1:1")
+            ),
+            "verity: source input listening on 127.0.0.1:1"
+        );
+    }
+}
