@@ -1,6 +1,8 @@
 //! Argument definitions and the commands they run.
 
-use crate::cluster::{run_leader_process, run_worker_process, Job, LocalCluster, NetOptions, Pinning};
+use crate::cluster::{
+    run_leader_process, run_worker_process, ExitWith, JobSpec, LocalCluster, NetOptions, Pinning,
+};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -8,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use verity_apps::{doubler, market_spread, seq_window, wordcount};
 use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
+use verity_core::cluster::lifecycle::GRACEFUL_STOP_DEADLINE_MS;
 use verity_core::cluster::ClusterFile;
 use verity_core::{
     Connectors, DeadLetterSpec, Outputs, RunConfig, RunSummary, ShardLimits, SinkSpec, SourceSpec,
@@ -212,6 +215,18 @@ struct RunArgs {
     cluster: Option<PathBuf>,
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    stop: StopArgs,
+}
+
+/// How long a stop may take.
+#[derive(Args, Debug, Clone)]
+struct StopArgs {
+    /// After the first Ctrl-C/SIGTERM, exit anyway (code 130) if the run has
+    /// not ended gracefully within this long.
+    #[arg(long, value_name = "MS", default_value_t = GRACEFUL_STOP_DEADLINE_MS,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    stop_deadline_ms: u64,
 }
 
 /// How processes of a cluster reach and trust each other.
@@ -231,11 +246,12 @@ struct NetArgs {
 }
 
 impl NetArgs {
-    fn options(&self) -> NetOptions {
+    fn options(&self, stop: &StopArgs) -> NetOptions {
         NetOptions {
             secret_file: self.secret_file.clone(),
             peer_timeout_ms: self.peer_timeout_ms,
             peer_lost_ms: self.peer_lost_ms,
+            stop_deadline_ms: stop.stop_deadline_ms,
         }
     }
 }
@@ -257,6 +273,8 @@ struct WorkerArgs {
     first_core: usize,
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    stop: StopArgs,
 }
 
 #[derive(Args, Debug)]
@@ -353,12 +371,13 @@ pub fn execute(cli: Cli) -> Result<i32> {
         Command::Verify(args) => verify(args),
         Command::Generate(args) => generate_input(args),
         Command::Worker(args) => {
-            let _stop = install_stop_handler()?;
+            let signal = install_stop_handler()?;
             let pinning = Pinning {
                 enabled: !args.no_pin,
                 first_core: args.first_core,
             };
-            run_worker_process(&args.cluster, args.id, &args.net.options(), pinning)
+            let net = args.net.options(&args.stop);
+            run_worker_process(&args.cluster, args.id, &net, pinning, &signal)
         }
         Command::Sim(args) => sim(args),
         Command::Send(args) => {
@@ -416,6 +435,12 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
     if args.final_counts && app != AppName::Wordcount {
         bail!("--final is a wordcount option");
     }
+    if let (Some(workers), Some(path)) = (args.workers, &args.cluster) {
+        bail!(
+            "--workers {workers} does not apply with --cluster: the cluster file {} says how many workers each process runs",
+            path.display()
+        );
+    }
     // The connectors this binary knows: the built-in ones. A connector crate
     // (e.g. a future `verity-kafka`) registers its scheme here.
     let connectors = Connectors::built_in();
@@ -460,11 +485,12 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         pin_cores: !args.no_pin,
         ..RunConfig::default()
     };
-    let stop = install_stop_handler()?;
+    let signal = install_stop_handler()?;
     let options = AppOptions {
         final_counts: args.final_counts,
     };
-    let job = Job {
+    let net = args.net.options(&args.stop);
+    let job = JobSpec {
         app,
         options,
         split_input: matches!(input, AppInput::QuotesAndOrders { .. }),
@@ -475,8 +501,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
     let summary = match (args.processes, &args.cluster) {
         (Some(processes), _) if processes > 1 => {
             let workers = config.workers as u32;
-            let (local, net) =
-                LocalCluster::spawn(processes, workers, &args.net.options(), config.pin_cores)?;
+            let (local, net) = LocalCluster::spawn(processes, workers, &net, config.pin_cores)?;
             let summary = run_leader_process(
                 &local.file,
                 &net,
@@ -484,7 +509,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
                 input,
                 &config,
                 &outputs,
-                stop,
+                &signal,
                 Some(&local),
             )?;
             local.join()?;
@@ -492,22 +517,45 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         }
         (_, Some(path)) => {
             let file = ClusterFile::load(path)?;
-            run_leader_process(
-                &file,
-                &args.net.options(),
-                &job,
-                input,
-                &config,
-                &outputs,
-                stop,
-                None,
-            )?
+            run_leader_process(&file, &net, &job, input, &config, &outputs, &signal, None)?
         }
-        _ => run_app(app, input, options, &config, &outputs, stop)
-            .with_context(|| format!("{} run failed", app.name()))?,
+        _ => {
+            watch_stop_deadline(Arc::clone(&signal), net.stop_deadline_ms)?;
+            run_app(app, input, options, &config, &outputs, signal)
+                .with_context(|| format!("{} run failed", app.name()))?
+        }
     };
     report(app, &summary, &outputs);
-    Ok(if summary.source_errors.is_empty() { 0 } else { 1 })
+    if summary.source_errors_not_kept > 0 {
+        eprintln!(
+            "verity: {} more source failures not shown",
+            summary.source_errors_not_kept
+        );
+    }
+    Ok(if summary.sources_failed() { 1 } else { 0 })
+}
+
+/// A single-process run has no cluster lifecycle to keep its stop deadline:
+/// this thread does. Once a stop is requested, the run has
+/// `deadline_ms` to end gracefully; then the process exits anyway.
+fn watch_stop_deadline(signal: Arc<AtomicBool>, deadline_ms: u64) -> Result<()> {
+    const LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+    std::thread::Builder::new()
+        .name("verity-stop-deadline".into())
+        .spawn(move || {
+            while !signal.load(Ordering::Relaxed) {
+                std::thread::sleep(LOOK_INTERVAL);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(deadline_ms));
+            let stopped = ExitWith {
+                code: verity_core::cluster::Outcome::Stopped.exit_code(),
+                reason: format!("the run did not stop within {deadline_ms} ms of the stop request"),
+            };
+            eprintln!("verity: error: {stopped}");
+            std::process::exit(stopped.code);
+        })
+        .context("cannot start the stop-deadline thread")?;
+    Ok(())
 }
 
 /// First Ctrl-C (or SIGTERM, SIGHUP): stop reading, flush, finish. Second: exit now.

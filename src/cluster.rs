@@ -1,14 +1,22 @@
 //! Cluster roles of the binary: process 0 (`run … --cluster` or `--processes`)
-//! and workers (`verity worker`). Process 0 sends each worker the job — the app
-//! and its options — so a worker needs only the cluster file and its id.
+//! and workers (`verity worker`). What to do when — send the job, start,
+//! finish, shut down, fail — is decided by the library's sans-IO lifecycle
+//! (`verity_core::cluster::lifecycle`); this module drives it with the network
+//! thread, a job thread and the OS clock, and keeps what only a binary does:
+//! secret files, spawning local worker processes, exit codes.
 
 use anyhow::{bail, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
-use verity_core::cluster::{ClusterFile, Control, ControlIn, Controller};
+use verity_core::cluster::{
+    Action, ClusterFile, ControlLinks, Deadlines, Event, Job, Layout, Lifecycle, Outcome,
+};
 use verity_core::{
     run_in_cluster, ClusterRun, Dataflow, Key, Outputs, Placement, RunConfig, RunError, RunSummary,
     SourceSpec, Wire,
@@ -22,11 +30,8 @@ pub const WINDOW_FRAMES: usize = 16;
 pub const WINDOW_BYTES: usize = 16 << 20;
 const RECONNECT_BASE_MS: u64 = 20;
 const RECONNECT_MAX_MS: u64 = 1_000;
-/// How long process 0 waits for workers to take the last frames and exit.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How long a finished worker waits for process 0 to finish writing (a lost
-/// process 0 is noticed sooner, after `--peer-lost-ms`).
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// How long process 0 waits for local workers to exit after the run.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(verity_core::cluster::lifecycle::SHUTDOWN_DEADLINE_MS);
 
 /// Network settings shared by both roles.
 #[derive(Debug, Clone)]
@@ -34,9 +39,20 @@ pub struct NetOptions {
     pub secret_file: Option<PathBuf>,
     pub peer_timeout_ms: u64,
     pub peer_lost_ms: u64,
+    /// How long a stop may take before the process exits anyway.
+    pub stop_deadline_ms: u64,
 }
 
 impl NetOptions {
+    fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            graceful_stop_ms: self.stop_deadline_ms,
+            // A worker waits for its job as long as for a lost peer.
+            job_wait_ms: self.peer_lost_ms,
+            ..Deadlines::default()
+        }
+    }
+
     fn secret(&self) -> Result<ClusterSecret> {
         if let Some(path) = &self.secret_file {
             return ClusterSecret::from_file(path)
@@ -86,9 +102,10 @@ pub struct Pinning {
     pub first_core: usize,
 }
 
-/// What process 0 tells workers to run.
+/// What process 0 tells workers to run, in the binary's terms; it crosses
+/// the network as the library's `Job`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
+pub struct JobSpec {
     pub app: AppName,
     pub options: AppOptions,
     /// market-spread read as two streams (two sources).
@@ -99,38 +116,70 @@ pub struct Job {
     pub discard_output: bool,
 }
 
-impl Job {
-    fn encode(&self) -> Vec<u8> {
-        format!(
-            "app={}\nfinal={}\nsplit={}\nbatch_max={}\nqueue_depth={}\ndiscard={}\n",
-            self.app.name(),
-            self.options.final_counts,
-            self.split_input,
-            self.batch_max,
-            self.queue_depth_batches,
-            self.discard_output
-        )
-        .into_bytes()
+impl JobSpec {
+    fn to_job(&self) -> Job {
+        Job {
+            app: self.app.name().to_string(),
+            final_counts: self.options.final_counts,
+            sources: if self.split_input { 2 } else { 1 },
+            // The command line bounds both far below u32::MAX.
+            batch_max: u32::try_from(self.batch_max).expect("--batch-max is bounded"),
+            queue_depth_batches: u32::try_from(self.queue_depth_batches).expect("--queue-depth is bounded"),
+            discard_output: self.discard_output,
+        }
     }
 
-    fn decode(bytes: &[u8]) -> Result<Job> {
-        let text = std::str::from_utf8(bytes).context("job is not UTF-8")?;
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
-                .with_context(|| format!("job without `{name}`"))
+    /// A job from process 0, checked against what this binary can run.
+    fn from_job(job: &Job) -> Result<JobSpec> {
+        let app = AppName::from_name(&job.app)
+            .with_context(|| format!("process 0 sent a job for an unknown app `{}`", job.app))?;
+        let split_input = match (job.sources, app) {
+            (1, _) => false,
+            (2, AppName::MarketSpread) => true,
+            (n, app) => bail!("process 0 sent a job for {} with {n} sources", app.name()),
         };
-        let app = AppName::from_name(field("app")?).context("job names an unknown app")?;
-        Ok(Job {
+        Ok(JobSpec {
             app,
             options: AppOptions {
-                final_counts: field("final")?.parse()?,
+                final_counts: job.final_counts,
             },
-            split_input: field("split")?.parse()?,
-            batch_max: field("batch_max")?.parse()?,
-            queue_depth_batches: field("queue_depth")?.parse()?,
-            discard_output: field("discard")?.parse()?,
+            split_input,
+            batch_max: job.batch_max as usize,
+            queue_depth_batches: job.queue_depth_batches as usize,
+            discard_output: job.discard_output,
         })
+    }
+}
+
+/// An error that ends the process with a given exit code (the default for
+/// errors is 1).
+#[derive(Debug)]
+pub struct ExitWith {
+    pub code: i32,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
+/// How a lifecycle ended, as the binary reports it.
+fn ended(outcome: Outcome, reason: Option<String>) -> Result<()> {
+    match (outcome, reason) {
+        (Outcome::Done, None) => Ok(()),
+        (Outcome::Done, Some(warning)) => {
+            log::warn!("{warning}");
+            Ok(())
+        }
+        (outcome, reason) => Err(ExitWith {
+            code: outcome.exit_code(),
+            reason: reason.unwrap_or_else(|| "the run failed".into()),
+        }
+        .into()),
     }
 }
 
@@ -155,100 +204,263 @@ impl Driver for ClusterDriver<'_> {
     }
 }
 
-/// Runs process 0 of the cluster in `file`: sends the job, runs, then tells
-/// the workers to exit.
+/// Runs one app's part of a cluster run on its own thread (the supervisor
+/// must stay free to notice failures and deadlines while it runs); its end
+/// is reported on `done`.
+fn spawn_job<T: Send + 'static>(
+    done: Sender<Result<(), String>>,
+    run: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<std::thread::JoinHandle<Option<T>>> {
+    let handle = std::thread::Builder::new()
+        .name("verity-job".into())
+        .spawn(move || {
+            let result = run();
+            let report = result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
+            let _ = done.send(report);
+            result.ok()
+        })
+        .context("cannot start the job thread")?;
+    Ok(handle)
+}
+
+/// Drives a lifecycle with the network thread, the control channels and the
+/// OS clock until it exits. Everything the machine decides comes out as
+/// actions; this loop only carries them out and turns what it sees into events.
+struct Supervisor<'a> {
+    node: &'a Node,
+    links: ControlLinks,
+    /// Set by the signal handler on the first Ctrl-C/SIGTERM.
+    signal: &'a AtomicBool,
+    /// What the sources watch; set on `StopSources`.
+    sources_stop: &'a AtomicBool,
+    local: Option<&'a LocalCluster>,
+    started: Instant,
+    flushing: bool,
+    stop_seen: bool,
+    failure_seen: bool,
+}
+
+/// How often the supervisor looks at its channels and deadlines.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(10);
+
+impl Supervisor<'_> {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn run(
+        &mut self,
+        lifecycle: &mut Lifecycle,
+        mut start_job: impl FnMut(Job) -> Result<()>,
+        job_done: &Receiver<Result<(), String>>,
+    ) -> (Outcome, Option<String>) {
+        let mut events = VecDeque::from([Event::Start]);
+        loop {
+            while let Some(event) = events.pop_front() {
+                for action in lifecycle.handle(self.now_ms(), event) {
+                    match action {
+                        Action::Send { to, message } => {
+                            if let Err(e) = self.links.send(to, &message) {
+                                log::warn!("cannot send {message:?} to process {to}: {e}");
+                            }
+                        }
+                        Action::StartJob(job) => {
+                            if let Err(e) = start_job(job) {
+                                events.push_back(Event::Failed {
+                                    reason: format!("{e:#}"),
+                                });
+                            }
+                        }
+                        Action::StopSources => self.sources_stop.store(true, Ordering::Relaxed),
+                        Action::Flush => {
+                            self.flushing = true;
+                            self.node.closing();
+                        }
+                        Action::Exit { outcome, reason } => return (outcome, reason),
+                    }
+                }
+            }
+            self.observe(job_done, &mut events);
+        }
+    }
+
+    /// Turns what happened since the last turn into events; waits a tick.
+    fn observe(&mut self, job_done: &Receiver<Result<(), String>>, events: &mut VecDeque<Event>) {
+        while let Some((from, message)) = self.links.poll() {
+            events.push_back(match message {
+                Ok(message) => Event::Control { from, message },
+                Err(e) => Event::Failed {
+                    reason: format!("control message from process {from}: {e}"),
+                },
+            });
+        }
+        match job_done.try_recv() {
+            Ok(Ok(())) => events.push_back(Event::JobFinished),
+            Ok(Err(reason)) => events.push_back(Event::Failed { reason }),
+            Err(_) => {}
+        }
+        if !self.failure_seen {
+            let failure = crate::panics::first_panic()
+                .or_else(|| self.node.failure())
+                .or_else(|| self.local.and_then(LocalCluster::exited_early));
+            if let Some(reason) = failure {
+                self.failure_seen = true;
+                events.push_back(Event::Failed { reason });
+            }
+        }
+        if !self.stop_seen && self.signal.load(Ordering::Relaxed) {
+            self.stop_seen = true;
+            events.push_back(Event::StopRequested);
+        }
+        // `wait_sent` with no time to spare sleeps one network turn and
+        // says whether everything is acked: it doubles as the tick's wait.
+        if self.flushing && self.node.wait_sent(Duration::ZERO) {
+            events.push_back(Event::AllSent);
+        } else if !self.flushing {
+            std::thread::sleep(SUPERVISOR_TICK);
+        }
+        events.push_back(Event::Tick);
+    }
+}
+
+/// Runs process 0 of the cluster in `file`: the lifecycle sends the job,
+/// runs this process's part, tells the workers to exit, or on any failure
+/// (here or in a worker) aborts the run everywhere.
 #[allow(clippy::too_many_arguments)]
 pub fn run_leader_process(
     file: &ClusterFile,
     net: &NetOptions,
-    job: &Job,
+    spec: &JobSpec,
     input: AppInput,
     config: &RunConfig,
     outputs: &Outputs,
-    stop: verity_core::source::StopFlag,
+    signal: &AtomicBool,
     local: Option<&LocalCluster>,
 ) -> Result<RunSummary> {
     let layout = file.layout(0)?;
-    let node = net.start_node(file, 0)?;
-    let run_over = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        if let Some(local) = local {
-            scope.spawn(|| local.watch(&node, &run_over));
-        }
-        let result = lead(&node, layout, job, input, config, outputs, stop);
-        run_over.store(true, std::sync::atomic::Ordering::Relaxed);
-        result
-    })
-    .map(|(summary, workers)| {
-        node.wait_sent(SHUTDOWN_GRACE);
+    let node = Arc::new(net.start_node(file, 0)?);
+    let links = ControlLinks::new(&node, &layout, WINDOW_FRAMES);
+    let mut lifecycle = Lifecycle::new(0, layout.processes(), Some(spec.to_job()), net.deadlines());
+    let sources_stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let mut job_thread = None;
+    let mut input = Some(input);
+    let total_shards = layout.total_shards() as usize;
+    let start_job = |_job: Job| -> Result<()> {
+        let input = input.take().context("the job starts once")?;
+        let (node, layout, stop, spec, outputs) = (
+            Arc::clone(&node),
+            layout.clone(),
+            Arc::clone(&sources_stop),
+            spec.clone(),
+            outputs.clone(),
+        );
+        let config = RunConfig {
+            workers: layout.workers[0] as usize,
+            ..config.clone()
+        };
+        job_thread = Some(spawn_job(done_tx.clone(), move || {
+            let cluster = ClusterRun {
+                layout,
+                node: &node,
+                window_frames: WINDOW_FRAMES,
+            };
+            let driver = ClusterDriver {
+                config: &config,
+                stop,
+                cluster: &cluster,
+                placement: Placement::Leader(&outputs),
+            };
+            drive_app(spec.app, input, spec.options, driver)
+                .with_context(|| format!("{} cluster run failed", spec.app.name()))
+        })?);
+        Ok(())
+    };
+    let mut supervisor = Supervisor {
+        node: &node,
+        links,
+        signal,
+        sources_stop: &sources_stop,
+        local,
+        started: Instant::now(),
+        flushing: false,
+        stop_seen: false,
+        failure_seen: false,
+    };
+    let (outcome, reason) = supervisor.run(&mut lifecycle, start_job, &done_rx);
+    ended(outcome, reason)?;
+    // The job reported its end just before its thread returns.
+    let summary = job_thread
+        .and_then(|thread| thread.join().ok().flatten())
+        .context("the job ended without its summary")?;
+    drop(supervisor);
+    if let Ok(node) = Arc::try_unwrap(node) {
         node.stop();
-        RunSummary { workers, ..summary }
+    }
+    Ok(RunSummary {
+        workers: total_shards,
+        ..summary
     })
 }
 
-/// Process 0's part once its node runs: the job, the run, the shutdown.
-/// Returns the summary and the cluster's shard count.
-fn lead(
-    node: &Node,
-    layout: verity_core::cluster::Layout,
-    job: &Job,
-    input: AppInput,
-    config: &RunConfig,
-    outputs: &Outputs,
-    stop: verity_core::source::StopFlag,
-) -> Result<(RunSummary, usize)> {
-    let mut controller = Controller::new(node, &layout, WINDOW_FRAMES);
-    controller.broadcast(&Control::Job(job.encode()))?;
-    let cluster = ClusterRun {
-        layout,
-        node,
-        window_frames: WINDOW_FRAMES,
-    };
-    let config = RunConfig {
-        workers: cluster.layout.workers[0] as usize,
-        ..config.clone()
-    };
-    let summary = drive_app(
-        job.app,
-        input,
-        job.options,
-        ClusterDriver {
-            config: &config,
-            stop,
-            cluster: &cluster,
-            placement: Placement::Leader(outputs),
-        },
-    );
-    let summary = summary.with_context(|| format!("{} cluster run failed", job.app.name()))?;
-    controller.broadcast(&Control::Shutdown)?;
-    node.closing();
-    Ok((summary, cluster.layout.total_shards() as usize))
-}
-
-/// `verity worker`: joins the cluster, waits for the job, runs its shards.
-pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pinning: Pinning) -> Result<i32> {
+/// `verity worker`: joins the cluster; the lifecycle waits for the job, runs
+/// this process's shards, and exits when process 0 says the run is over (or
+/// reports a failure to process 0 and exits).
+pub fn run_worker_process(
+    file_path: &Path,
+    id: u32,
+    net: &NetOptions,
+    pinning: Pinning,
+    signal: &AtomicBool,
+) -> Result<i32> {
     let file = ClusterFile::load(file_path)?;
     if id == 0 {
         bail!("process 0 runs the sources and sinks: start it with `verity run <app> --cluster FILE`");
     }
     let layout = file.layout(id)?;
-    let node = net.start_node(&file, id)?;
-    let control = ControlIn::new(&node, &layout, WINDOW_FRAMES);
-    let wait = Duration::from_millis(net.peer_lost_ms);
-    let job = match control
-        .next(&node, wait)
-        .context("waiting for the job from process 0")?
-    {
-        Control::Job(bytes) => Job::decode(&bytes)?,
-        Control::Shutdown => return Ok(0),
+    let node = Arc::new(net.start_node(&file, id)?);
+    let links = ControlLinks::new(&node, &layout, WINDOW_FRAMES);
+    let mut lifecycle = Lifecycle::new(id, layout.processes(), None, net.deadlines());
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let start_job = |job: Job| -> Result<()> {
+        let spec = JobSpec::from_job(&job)?;
+        let (node, layout) = (Arc::clone(&node), layout.clone());
+        spawn_job(done_tx.clone(), move || {
+            run_worker_job(&node, layout, &spec, pinning)
+        })?;
+        Ok(())
     };
+    let mut supervisor = Supervisor {
+        node: &node,
+        links,
+        signal,
+        // Sources live on process 0.
+        sources_stop: &AtomicBool::new(false),
+        local: None,
+        started: Instant::now(),
+        flushing: false,
+        stop_seen: false,
+        failure_seen: false,
+    };
+    let (outcome, reason) = supervisor.run(&mut lifecycle, start_job, &done_rx);
+    ended(outcome, reason.map(|r| format!("worker {id}: {r}")))?;
+    drop(supervisor);
+    if let Ok(node) = Arc::try_unwrap(node) {
+        node.stop();
+    }
+    Ok(0)
+}
+
+/// A worker's part of the job: its shards, on chunks dealt by process 0.
+fn run_worker_job(node: &Node, layout: Layout, spec: &JobSpec, pinning: Pinning) -> Result<()> {
+    let id = layout.process_id;
     let config = RunConfig {
         workers: layout.workers[id as usize] as usize,
         limits: verity_core::ShardLimits {
-            batch_max: job.batch_max,
+            batch_max: spec.batch_max,
             ..Default::default()
         },
-        queue_depth_batches: job.queue_depth_batches,
+        queue_depth_batches: spec.queue_depth_batches,
         pin_cores: pinning.enabled,
         first_core: pinning.first_core,
         progress: false,
@@ -256,7 +468,7 @@ pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pinning: 
     };
     // Sources live on process 0; the worker's dataflow only needs their count.
     let placeholder = |name: &str| SourceSpec::memory(name, bytes::Bytes::new());
-    let input = if job.split_input {
+    let input = if spec.split_input {
         AppInput::QuotesAndOrders {
             quotes: placeholder("quotes"),
             orders: placeholder("orders"),
@@ -266,40 +478,26 @@ pub fn run_worker_process(file_path: &Path, id: u32, net: &NetOptions, pinning: 
     };
     let cluster = ClusterRun {
         layout,
-        node: &node,
+        node,
         window_frames: WINDOW_FRAMES,
     };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let summary = drive_app(
-        job.app,
-        input,
-        job.options,
-        ClusterDriver {
-            config: &config,
-            stop,
-            cluster: &cluster,
-            placement: Placement::Member {
-                discard_lines: job.discard_output,
-            },
+    let driver = ClusterDriver {
+        config: &config,
+        stop: Arc::new(AtomicBool::new(false)),
+        cluster: &cluster,
+        placement: Placement::Member {
+            discard_lines: spec.discard_output,
         },
-    )
-    .with_context(|| format!("worker {id} failed"))?;
-    eprintln!(
-        "verity: worker {id}: {} records in, {} out, {} dead-lettered ({} shards)",
-        summary.records_in, summary.records_out, summary.dead_lettered, summary.workers
+    };
+    let summary = drive_app(spec.app, input, spec.options, driver)?;
+    log::info!(
+        "worker {id}: {} records in, {} out, {} dead-lettered ({} shards)",
+        summary.records_in,
+        summary.records_out,
+        summary.dead_lettered,
+        summary.workers
     );
-    drop(cluster);
-    // Stay until process 0 has everything: it says so.
-    let last = control
-        .next(&node, SHUTDOWN_WAIT)
-        .context("waiting for process 0 to finish")?;
-    if last != Control::Shutdown {
-        bail!("process 0 sent a second job");
-    }
-    node.closing();
-    node.wait_sent(SHUTDOWN_GRACE);
-    node.stop();
-    Ok(0)
+    Ok(())
 }
 
 /// A cluster of `processes` local processes on loopback: this process is 0,
@@ -349,6 +547,10 @@ impl LocalCluster {
                     &id.to_string(),
                     "--peer-timeout-ms",
                     &net.peer_timeout_ms.to_string(),
+                    "--peer-lost-ms",
+                    &net.peer_lost_ms.to_string(),
+                    "--stop-deadline-ms",
+                    &net.stop_deadline_ms.to_string(),
                 ])
                 .arg("--secret-file")
                 .arg(net.secret_file.as_ref().expect("set above"))
@@ -369,18 +571,13 @@ impl LocalCluster {
         self.children.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Until the run is over: a worker that exits fails the run at once,
-    /// rather than after `--peer-lost-ms`.
-    fn watch(&self, node: &Node, run_over: &std::sync::atomic::AtomicBool) {
-        while !run_over.load(std::sync::atomic::Ordering::Relaxed) {
-            for (index, child) in self.children().iter_mut().enumerate() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    node.report_failure(format!("worker {} exited early ({status})", index + 1));
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// A worker that exited before the run was over (which fails the run at
+    /// once, rather than after `--peer-lost-ms`).
+    fn exited_early(&self) -> Option<String> {
+        self.children().iter_mut().enumerate().find_map(|(index, child)| {
+            let status = child.try_wait().ok()??;
+            Some(format!("worker {} exited early ({status})", index + 1))
+        })
     }
 
     /// Waits for the workers to exit; kills any that outstay the grace period.
@@ -472,16 +669,25 @@ mod tests {
     }
 
     #[test]
-    fn job_round_trips() {
-        let job = Job {
-            app: AppName::Wordcount,
-            options: AppOptions { final_counts: true },
-            split_input: false,
+    fn job_specs_cross_the_network_as_jobs() {
+        let spec = JobSpec {
+            app: AppName::MarketSpread,
+            options: AppOptions { final_counts: false },
+            split_input: true,
             batch_max: 7,
             queue_depth_batches: 9,
             discard_output: true,
         };
-        assert_eq!(Job::decode(&job.encode()).unwrap(), job);
-        assert!(Job::decode(b"app=nope\n").is_err());
+        assert_eq!(JobSpec::from_job(&spec.to_job()).unwrap(), spec);
+        let unknown = Job {
+            app: "nope".into(),
+            ..spec.to_job()
+        };
+        assert!(JobSpec::from_job(&unknown).is_err());
+        let split_wordcount = Job {
+            app: "wordcount".into(),
+            ..spec.to_job()
+        };
+        assert!(JobSpec::from_job(&split_wordcount).is_err());
     }
 }

@@ -4,18 +4,21 @@
 mod cli;
 mod cluster;
 mod logger;
+mod panics;
 mod sim;
 
 use clap::Parser;
 
 fn main() {
     logger::install();
+    panics::install_hook();
     let args = cli::Cli::parse();
     match cli::execute(args) {
         Ok(code) => std::process::exit(code),
         Err(error) => {
             eprintln!("verity: error: {}", one_line(&error));
-            std::process::exit(1);
+            let code = error.downcast_ref::<cluster::ExitWith>().map_or(1, |e| e.code);
+            std::process::exit(code);
         }
     }
 }

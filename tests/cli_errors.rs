@@ -138,3 +138,24 @@ fn verify_reports_mismatches_with_exit_1() {
     assert_eq!(verified.status.code(), Some(1));
     assert!(stdout(&verified).contains("FAILED"), "{}", stdout(&verified));
 }
+
+#[test]
+fn workers_with_a_cluster_file_is_refused() {
+    let output = run(&[
+        "run",
+        "doubler",
+        "--generate",
+        "10",
+        "--cluster",
+        "/nonexistent/cluster.toml",
+        "--workers",
+        "2",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("--workers 2 does not apply with --cluster")
+            && err.contains("the cluster file /nonexistent/cluster.toml says how many workers"),
+        "{err}"
+    );
+}

@@ -265,3 +265,196 @@ fn a_peer_with_the_wrong_secret_is_refused() {
     assert!(written.lines().count() <= 1_000, "no record injected");
     assert!(!intruder.status.success() || stderr(&intruder).contains("refused"));
 }
+
+// ---- failures and stops end the run in bounded time ----------------------
+
+/// Longest any of these runs may take; a run still going then is hung.
+const HUNG_AFTER: Duration = Duration::from_secs(60);
+
+/// A run whose stderr lines arrive on a channel while it runs.
+struct Watched {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watched {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Watched {
+        let mut command = verity();
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("spawn verity");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Watched {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`; returns it.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + HUNG_AFTER;
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let _ = self.child.kill();
+        panic!(
+            "no line with {needle:?}; stderr so far:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Waits for the exit (killing a hung run); returns its code and stderr.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + HUNG_AFTER;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "hung: still running after {HUNG_AFTER:?}:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends with the pipe; take what is left.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (status.code(), self.seen.join("\n"))
+    }
+}
+
+/// A run of `processes` × `workers` over an input that never ends by itself.
+fn endless_run(processes: u32, workers: u32, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "run",
+        "doubler",
+        "--generate",
+        "1000000000",
+        "--output",
+        "null",
+        "--no-pin",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(["--workers".into(), workers.to_string()]);
+    if processes > 1 {
+        args.extend(["--processes".into(), processes.to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_panicked_shard_fails_the_run_at_once() {
+    // (processes, workers, where the shard panics): process 0 alone, process
+    // 0 of a cluster, and a worker process of a cluster.
+    for (processes, workers, fault) in [(1, 2, "2000@1"), (3, 1, "2000@0"), (3, 1, "2000@2")] {
+        let args = endless_run(processes, workers, &[]);
+        let run = Watched::spawn(&strs(&args), &[("VERITY_TEST_PANIC_AFTER_RECORDS", fault)]);
+        let (code, err) = run.finish();
+        let case = format!("P={processes} W={workers} panic at {fault}");
+        assert_eq!(code, Some(1), "{case}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.starts_with("verity: error:"), "{case}: {err}");
+        assert!(
+            last.contains("panicked: test-only panic"),
+            "{case}: the panic message: {err}"
+        );
+        if fault.ends_with("@2") {
+            assert!(last.contains("process 2 failed"), "{case}: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_stop_ends_a_cluster_run_on_an_endless_source_cleanly() {
+    let run = Watched::spawn(
+        &[
+            "run",
+            "doubler",
+            "--input",
+            "tcp:127.0.0.1:0",
+            "--output",
+            "null",
+            "--processes",
+            "3",
+            "--workers",
+            "1",
+            "--no-pin",
+        ],
+        &[],
+    );
+    let mut run = run;
+    let line = run.wait_for_line("listening on ");
+    let address = line.rsplit(' ').next().unwrap().to_string();
+    let mut sender = std::net::TcpStream::connect(&address).unwrap();
+    std::io::Write::write_all(&mut sender, "1\n2\n3\n".repeat(1000).as_bytes()).unwrap();
+    run.signal("-TERM");
+    let (code, err) = run.finish();
+    drop(sender);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("stopped early"), "{err}");
+}
+
+#[test]
+fn a_stop_that_cannot_finish_exits_by_its_deadline() {
+    // A shard that stops making progress (test-only switch) keeps the run
+    // from ending gracefully: the stop deadline ends it.
+    for (processes, workers, fault) in [(1, 2, "2000@1"), (3, 1, "2000@2")] {
+        let args = endless_run(processes, workers, &["--stop-deadline-ms", "1000"]);
+        let mut run = Watched::spawn(&strs(&args), &[("VERITY_TEST_HANG_AFTER_RECORDS", fault)]);
+        run.wait_for_line("test-only hang");
+        run.signal("-TERM");
+        let (code, err) = run.finish();
+        let case = format!("P={processes} W={workers} hang at {fault}");
+        assert_eq!(code, Some(130), "{case}: {err}");
+        assert!(
+            err.contains("did not stop within 1000 ms of the stop request"),
+            "{case}: {err}"
+        );
+    }
+}

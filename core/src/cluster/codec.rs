@@ -1,8 +1,10 @@
 //! What crosses a process boundary, as frame records: shard batches, dealt
 //! source chunks, output, and control messages. Each frame's first record says
 //! what the rest are; record bytes are read in place from the received buffer.
+//! Control messages (`lifecycle::Control`) travel the same way.
 
-use super::ClusterError;
+use super::lifecycle::{bounded_reason, Control, Job, APP_NAME_SIZE_MAX_BYTES, REASON_SIZE_MAX_BYTES};
+use super::{ClusterError, CLUSTER_SOURCES_MAX};
 use crate::connector::Position;
 use crate::ids::MsgId;
 use crate::key::Key;
@@ -329,45 +331,242 @@ pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
     })
 }
 
-// ---- control (process 0 → worker) ----------------------------------------
-
-/// Process 0 tells each worker what to run, and later that the run is over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Control {
-    Job(Vec<u8>),
-    Shutdown,
-}
+// ---- control (between process 0 and each worker) ------------------------
 
 const CONTROL_JOB: u8 = 0;
 const CONTROL_SHUTDOWN: u8 = 1;
+const CONTROL_ABORT: u8 = 2;
+const CONTROL_FAILED: u8 = 3;
 
+/// A control message as frame records: a tag, then the job or the reason.
 pub fn encode_control(message: &Control, frame: &mut FrameWriter<'_>) {
     match message {
         Control::Job(job) => {
             frame.record_with(|out| CONTROL_JOB.encode(out));
-            frame.push_record(job);
+            frame.record_with(|out| encode_job(job, out));
         }
         Control::Shutdown => frame.record_with(|out| CONTROL_SHUTDOWN.encode(out)),
+        Control::Abort { reason } | Control::Failed { reason } => {
+            let tag = if matches!(message, Control::Abort { .. }) {
+                CONTROL_ABORT
+            } else {
+                CONTROL_FAILED
+            };
+            frame.record_with(|out| tag.encode(out));
+            frame.push_record(bounded_reason(reason).as_bytes());
+        }
     }
+}
+
+fn encode_job(job: &Job, out: &mut Vec<u8>) {
+    assert!(job.app.len() <= APP_NAME_SIZE_MAX_BYTES, "app names are short");
+    encode_bytes(job.app.as_bytes(), out);
+    job.final_counts.encode(out);
+    job.sources.encode(out);
+    job.batch_max.encode(out);
+    job.queue_depth_batches.encode(out);
+    job.discard_output.encode(out);
+}
+
+/// Refuses a job no `encode_job` writes: a peer's bytes are not trusted
+/// to be in range just because they authenticated.
+fn decode_job(mut input: &[u8]) -> Result<Job, ClusterError> {
+    let bad = |e| malformed("job", e);
+    let app = decode_bytes(&mut input).map_err(bad)?;
+    if app.len() > APP_NAME_SIZE_MAX_BYTES {
+        return Err(bad(WireError::Invalid("app name too long")));
+    }
+    let app = std::str::from_utf8(app)
+        .map_err(|_| bad(WireError::Invalid("app name is not UTF-8")))?
+        .to_string();
+    let job = Job {
+        app,
+        final_counts: bool::decode(&mut input).map_err(bad)?,
+        sources: u32::decode(&mut input).map_err(bad)?,
+        batch_max: u32::decode(&mut input).map_err(bad)?,
+        queue_depth_batches: u32::decode(&mut input).map_err(bad)?,
+        discard_output: bool::decode(&mut input).map_err(bad)?,
+    };
+    if !input.is_empty() {
+        return Err(bad(WireError::Invalid("trailing bytes")));
+    }
+    if job.sources == 0 || job.sources > CLUSTER_SOURCES_MAX {
+        return Err(bad(WireError::Invalid("source count out of range")));
+    }
+    if job.batch_max == 0 || job.queue_depth_batches == 0 {
+        return Err(bad(WireError::Invalid("zero batch size or queue depth")));
+    }
+    Ok(job)
 }
 
 pub fn decode_control(frame: &Frame) -> Result<Control, ClusterError> {
     let (mut head, mut rest) = records(frame, "control")?;
-    match take(&mut head, 1).map_err(|e| malformed("control", e))?[0] {
-        CONTROL_JOB => {
-            let job = rest
-                .next()
-                .ok_or_else(|| ClusterError::Malformed("job message without a body".into()))?;
-            Ok(Control::Job(job.to_vec()))
+    let tag = take(&mut head, 1).map_err(|e| malformed("control", e))?[0];
+    let mut body = |what: &str| {
+        rest.next()
+            .ok_or_else(|| ClusterError::Malformed(format!("{what} message without a body")))
+    };
+    let reason = |body: &[u8]| -> Result<String, ClusterError> {
+        if body.len() > REASON_SIZE_MAX_BYTES {
+            return Err(malformed("control", WireError::Invalid("reason too long")));
         }
-        CONTROL_SHUTDOWN => Ok(Control::Shutdown),
-        tag => Err(malformed(
-            "control",
-            WireError::BadTag {
-                tag,
-                what: "control message",
+        Ok(String::from_utf8_lossy(body).into_owned())
+    };
+    let message = match tag {
+        CONTROL_JOB => Control::Job(decode_job(body("job")?)?),
+        CONTROL_SHUTDOWN => Control::Shutdown,
+        CONTROL_ABORT => Control::Abort {
+            reason: reason(body("abort")?)?,
+        },
+        CONTROL_FAILED => Control::Failed {
+            reason: reason(body("failed")?)?,
+        },
+        tag => {
+            return Err(malformed(
+                "control",
+                WireError::BadTag {
+                    tag,
+                    what: "control message",
+                },
+            ))
+        }
+    };
+    if !head.is_empty() || rest.next().is_some() {
+        return Err(malformed("control", WireError::Invalid("trailing records")));
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use verity_net::frame::{FrameDecoder, FrameKind};
+
+    fn framed(write: impl FnOnce(&mut FrameWriter<'_>)) -> Frame {
+        let mut bytes = Vec::new();
+        let mut frame = FrameWriter::begin(&mut bytes, FrameKind::Data, 7, 1);
+        write(&mut frame);
+        frame.finish();
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&bytes);
+        decoder.next_frame().unwrap().expect("one whole frame")
+    }
+
+    fn round_trip(message: &Control) -> Result<Control, ClusterError> {
+        decode_control(&framed(|frame| encode_control(message, frame)))
+    }
+
+    fn job() -> Job {
+        Job {
+            app: "market-spread".into(),
+            final_counts: true,
+            sources: 2,
+            batch_max: 256,
+            queue_depth_batches: 64,
+            discard_output: false,
+        }
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        for message in [
+            Control::Job(job()),
+            Control::Shutdown,
+            Control::Abort {
+                reason: "process 2 failed: x".into(),
             },
-        )),
+            Control::Failed {
+                reason: String::new(),
+            },
+        ] {
+            assert_eq!(round_trip(&message).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn long_reasons_are_cut_not_refused() {
+        let message = Control::Failed {
+            reason: "x".repeat(REASON_SIZE_MAX_BYTES + 10),
+        };
+        let Control::Failed { reason } = round_trip(&message).unwrap() else {
+            panic!("a failure")
+        };
+        assert_eq!(reason.len(), REASON_SIZE_MAX_BYTES);
+    }
+
+    #[test]
+    fn out_of_range_jobs_are_refused() {
+        for bad in [
+            Job { sources: 0, ..job() },
+            Job {
+                sources: CLUSTER_SOURCES_MAX + 1,
+                ..job()
+            },
+            Job {
+                batch_max: 0,
+                ..job()
+            },
+            Job {
+                queue_depth_batches: 0,
+                ..job()
+            },
+        ] {
+            assert!(round_trip(&Control::Job(bad)).is_err());
+        }
+        let tag_only = framed(|frame| frame.record_with(|out| CONTROL_JOB.encode(out)));
+        assert!(decode_control(&tag_only).is_err());
+        let unknown = framed(|frame| frame.record_with(|out| 9u8.encode(out)));
+        assert!(decode_control(&unknown).is_err());
+        let extra = framed(|frame| {
+            frame.record_with(|out| CONTROL_SHUTDOWN.encode(out));
+            frame.push_record(b"more");
+        });
+        assert!(decode_control(&extra).is_err());
+    }
+
+    fn any_job() -> impl Strategy<Value = Job> {
+        (
+            "[a-z-]{0,64}",
+            any::<bool>(),
+            1..=CLUSTER_SOURCES_MAX,
+            1..=u32::MAX,
+            1..=u32::MAX,
+            any::<bool>(),
+        )
+            .prop_map(
+                |(app, final_counts, sources, batch_max, queue_depth_batches, discard_output)| Job {
+                    app,
+                    final_counts,
+                    sources,
+                    batch_max,
+                    queue_depth_batches,
+                    discard_output,
+                },
+            )
+    }
+
+    fn any_control() -> impl Strategy<Value = Control> {
+        prop_oneof![
+            any_job().prop_map(Control::Job),
+            Just(Control::Shutdown),
+            ".{0,200}".prop_map(|reason| Control::Abort { reason }),
+            ".{0,200}".prop_map(|reason| Control::Failed { reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_control_message_round_trips(message in any_control()) {
+            prop_assert_eq!(round_trip(&message).unwrap(), message);
+        }
+
+        /// Whatever records a peer sends, decoding returns, never panics.
+        #[test]
+        fn arbitrary_control_records_never_panic(records in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..4)) {
+            let frame = framed(|frame| for record in &records { frame.push_record(record) });
+            let _ = decode_control(&frame);
+        }
     }
 }
 

@@ -1,70 +1,97 @@
-//! The process-level protocol: process 0 sends each worker the job, and once
-//! every shard has finished, the word to exit.
+//! The control channels that carry `lifecycle::Control` messages: process 0
+//! has one to and one from every worker; a worker has one to and one from
+//! process 0. Sends never block and receives never wait, so one thread can
+//! drive a lifecycle, its deadlines and these channels together.
 
-use super::codec::{decode_control, encode_control, Control};
+use super::codec::{decode_control, encode_control};
+use super::lifecycle::Control;
 use super::{channel_id, ClusterError, Layout, RemoteIn, RemoteOut};
-use crossbeam_channel::RecvTimeoutError;
-use std::time::{Duration, Instant};
+use crossbeam_channel::TryRecvError;
 use verity_net::node::Node;
 
-const CONTROL_QUEUE_DEPTH_FRAMES: usize = 4;
-const CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// A lifecycle sends a handful of messages per run (job, then shutdown or
+/// abort, or one failure report); more than this queued means something is
+/// wrong, and the message is refused rather than waited for.
+pub const CONTROL_QUEUE_DEPTH_FRAMES: usize = 4;
 
-/// Process 0's control channels, one per worker.
-pub struct Controller {
-    workers: Vec<RemoteOut>,
+/// This process's control channels, by peer process.
+pub struct ControlLinks {
+    outs: Vec<(u32, RemoteOut)>,
+    ins: Vec<(u32, RemoteIn)>,
 }
 
-impl Controller {
-    pub fn new(node: &Node, layout: &Layout, window_frames: usize) -> Controller {
+/// Why a control message did not go out.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControlSendError {
+    #[error("no control channel to process {0}")]
+    NoChannel(u32),
+    #[error("the control channel to process {0} is full")]
+    Full(u32),
+    #[error("the network thread stopped")]
+    Closed,
+}
+
+impl ControlLinks {
+    /// Process 0: to and from every worker. A worker: to and from process 0.
+    pub fn new(node: &Node, layout: &Layout, window_frames: usize) -> ControlLinks {
         let net = crate::runtime::wiring_net(node, window_frames);
-        let workers = (1..layout.processes())
-            .map(|process| net.out(channel_id::control(process), process, CONTROL_QUEUE_DEPTH_FRAMES))
-            .collect();
-        Controller { workers }
-    }
-
-    pub fn broadcast(&mut self, message: &Control) -> Result<(), ClusterError> {
-        for worker in &mut self.workers {
-            worker
-                .send(|frame| encode_control(message, frame))
-                .map_err(|_| ClusterError::Net("the network thread stopped".into()))?;
-        }
-        Ok(())
-    }
-}
-
-/// A worker's control channel from process 0.
-pub struct ControlIn {
-    remote: RemoteIn,
-}
-
-impl ControlIn {
-    pub fn new(node: &Node, layout: &Layout, window_frames: usize) -> ControlIn {
-        let net = crate::runtime::wiring_net(node, window_frames);
-        ControlIn {
-            remote: net.input(channel_id::control(layout.process_id), 0),
-        }
-    }
-
-    /// The next control message, waiting at most `timeout` (and failing early
-    /// if the node has given up on a peer).
-    pub fn next(&self, node: &Node, timeout: Duration) -> Result<Control, ClusterError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(failure) = node.failure() {
-                return Err(ClusterError::Net(failure));
+        let me = layout.process_id;
+        let peers: Vec<u32> = if me == 0 {
+            (1..layout.processes()).collect()
+        } else {
+            vec![0]
+        };
+        let out_id = |to: u32| {
+            if me == 0 {
+                channel_id::control(to)
+            } else {
+                channel_id::control_up(me)
             }
-            match self.remote.recv_timeout(CHECK_INTERVAL) {
-                Ok(frame) => return decode_control(&frame),
-                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-                Err(_) => {
-                    let waited = timeout.as_millis();
-                    return Err(ClusterError::Net(format!(
-                        "no word from process 0 in {waited} ms"
-                    )));
+        };
+        let in_id = |from: u32| {
+            if me == 0 {
+                channel_id::control_up(from)
+            } else {
+                channel_id::control(me)
+            }
+        };
+        ControlLinks {
+            outs: peers
+                .iter()
+                .map(|&to| (to, net.out(out_id(to), to, CONTROL_QUEUE_DEPTH_FRAMES)))
+                .collect(),
+            ins: peers
+                .iter()
+                .map(|&from| (from, net.input(in_id(from), from)))
+                .collect(),
+        }
+    }
+
+    pub fn send(&mut self, to: u32, message: &Control) -> Result<(), ControlSendError> {
+        let (_, out) = self
+            .outs
+            .iter_mut()
+            .find(|(peer, _)| *peer == to)
+            .ok_or(ControlSendError::NoChannel(to))?;
+        match out.try_send(|frame| encode_control(message, frame)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ControlSendError::Full(to)),
+            Err(_) => Err(ControlSendError::Closed),
+        }
+    }
+
+    /// The next control message that has arrived, from any peer, without
+    /// waiting. A message that does not decode is returned as the error.
+    pub fn poll(&self) -> Option<(u32, Result<Control, ClusterError>)> {
+        for (from, input) in &self.ins {
+            match input.try_recv() {
+                Ok(frame) => return Some((*from, decode_control(&frame))),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    return Some((*from, Err(ClusterError::Net("the network thread stopped".into()))))
                 }
             }
         }
+        None
     }
 }

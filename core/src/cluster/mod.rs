@@ -1,6 +1,8 @@
 //! Running one dataflow over several processes: the layout of shards over
 //! processes, the channels between them, and the process-level protocol
-//! (process 0 deals source chunks and collects output; workers run shards).
+//! (process 0 deals source chunks and collects output; workers run shards),
+//! and the lifecycle of a run (`lifecycle`: job, start, finish, shutdown,
+//! failure) as sans-IO state machines.
 //!
 //! Every cross-process queue of the single-process runtime becomes a numbered
 //! channel of `verity_net`: one per (source, sending shard, receiving shard)
@@ -11,11 +13,14 @@
 pub mod codec;
 mod config;
 mod control;
+pub mod lifecycle;
 mod remote;
 
-pub use codec::Control;
 pub use config::{ClusterFile, ProcessEntry};
-pub use control::{ControlIn, Controller};
+pub use control::{ControlLinks, ControlSendError, CONTROL_QUEUE_DEPTH_FRAMES};
+pub use lifecycle::{
+    Action, Control, Deadlines, Event, Job, LeaderLifecycle, Lifecycle, Outcome, WorkerLifecycle,
+};
 
 pub use remote::{ChannelClosed, RemoteIn, RemoteOut};
 
@@ -117,8 +122,19 @@ pub mod channel_id {
         pack(OUTPUT, 0, from, 0)
     }
 
+    /// Process 0 → a worker.
     pub fn control(to_process: u32) -> u32 {
+        assert!(
+            to_process > 0,
+            "process 0 sends control, it does not receive it on this channel"
+        );
         pack(CONTROL, 0, 0, to_process)
+    }
+
+    /// A worker → process 0.
+    pub fn control_up(from_process: u32) -> u32 {
+        assert!(from_process > 0, "workers report to process 0");
+        pack(CONTROL, 0, from_process, 0)
     }
 
     /// What a channel carries, in words (for traces and logs).
@@ -128,6 +144,7 @@ pub mod channel_id {
             BATCH => format!("batches of source {source} shard {from}->{to}"),
             CHUNK => format!("chunks of source {source} to shard {to}"),
             OUTPUT => format!("output of shard {from}"),
+            _ if to == 0 => format!("control from process {from}"),
             _ => format!("control to process {to}"),
         }
     }
@@ -174,7 +191,10 @@ mod tests {
         }
         for shard in 0..5 {
             assert!(ids.insert(channel_id::output(shard)));
-            assert!(ids.insert(channel_id::control(shard)));
+        }
+        for process in 1..5 {
+            assert!(ids.insert(channel_id::control(process)));
+            assert!(ids.insert(channel_id::control_up(process)));
         }
     }
 }

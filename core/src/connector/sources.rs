@@ -448,7 +448,7 @@ impl SourceConnector for TcpListenSource {
         listener.set_nonblocking(true)?;
         let bound = listener.local_addr()?;
         self.bound = Some(bound);
-        eprintln!("verity: source {source_name} listening on {bound}");
+        log::info!("source {source_name} listening on {bound}");
         Ok(Box::new(TcpListenReader {
             listener,
             connection: None,

@@ -93,10 +93,18 @@ pub struct RunSummary {
     pub workers: usize,
     /// Stopped early by the stop flag (Ctrl-C).
     pub interrupted: bool,
+    /// The first `SOURCE_ERRORS_KEPT_MAX` source failures, in the order seen.
     pub source_errors: Vec<String>,
+    /// Source failures beyond those kept (counted, not stored).
+    pub source_errors_not_kept: u64,
 }
 
 impl RunSummary {
+    /// Whether any source failed.
+    pub fn sources_failed(&self) -> bool {
+        !self.source_errors.is_empty() || self.source_errors_not_kept > 0
+    }
+
     pub fn events_per_second(&self) -> f64 {
         self.records_in as f64 / self.wall.as_secs_f64().max(1e-9)
     }
@@ -119,16 +127,147 @@ pub enum RunError {
     Cluster(String),
 }
 
+/// Source failures kept word for word; a source that fails on every chunk
+/// must not grow memory without bound, so the rest are only counted.
+pub const SOURCE_ERRORS_KEPT_MAX: usize = 64;
+
+/// The first `SOURCE_ERRORS_KEPT_MAX` messages, and how many more there were.
+#[derive(Debug, Default)]
+pub struct BoundedMessages {
+    kept: Vec<String>,
+    not_kept: u64,
+}
+
+impl BoundedMessages {
+    pub fn push(&mut self, message: String) {
+        if self.kept.len() < SOURCE_ERRORS_KEPT_MAX {
+            self.kept.push(message);
+        } else {
+            self.not_kept += 1;
+        }
+        debug_assert!(self.kept.len() <= SOURCE_ERRORS_KEPT_MAX);
+    }
+
+    /// The kept messages and the count of the others.
+    pub fn take(&mut self) -> (Vec<String>, u64) {
+        (std::mem::take(&mut self.kept), std::mem::take(&mut self.not_kept))
+    }
+}
+
+/// The first failure of any thread of a run (a panic, or a thread that
+/// ended without finishing); the waiting thread looks at it, so a failure
+/// anywhere ends the run within `CHECK_INTERVAL`.
+#[derive(Debug, Default)]
+pub struct RunFailure {
+    first: Mutex<Option<String>>,
+}
+
+impl RunFailure {
+    /// The first reason sticks: later ones are usually consequences.
+    pub fn report(&self, reason: String) {
+        self.first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.first.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// Spawns a named thread whose panic is reported to `failure` (with the
+/// thread's name and the panic message) instead of vanishing with the thread.
+/// The handle yields `None` if the body panicked.
+fn spawn_watched<T: Send + 'static>(
+    name: String,
+    failure: &Arc<RunFailure>,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<thread::JoinHandle<Option<T>>> {
+    let failure = Arc::clone(failure);
+    thread::Builder::new().name(name.clone()).spawn(move || {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            Ok(value) => Some(value),
+            Err(payload) => {
+                failure.report(format!("thread {name} panicked: {}", panic_message(&*payload)));
+                None
+            }
+        }
+    })
+}
+
+/// Test-only (debug builds): `VERITY_TEST_PANIC_AFTER_RECORDS=N` makes every
+/// shard, or with `N@S` only global shard `S`, panic once it has taken N
+/// records in, so tests can show that a panicked shard fails the run.
+pub const TEST_PANIC_ENV: &str = "VERITY_TEST_PANIC_AFTER_RECORDS";
+/// Test-only (debug builds), like `TEST_PANIC_ENV`, but the shard stops
+/// making progress for good (it says so on stderr), so tests can show that a
+/// stop request still ends the run by its deadline.
+pub const TEST_HANG_ENV: &str = "VERITY_TEST_HANG_AFTER_RECORDS";
+
+/// A planted test fault for `shard` from the environment variable `name`.
+fn test_fault_after_records(name: &str, shard: u32) -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let value = std::env::var(name).ok()?;
+    let (records, only_shard) = match value.split_once('@') {
+        Some((records, shard)) => (records, Some(shard.parse::<u32>().ok()?)),
+        None => (value.as_str(), None),
+    };
+    let records = records.parse().ok()?;
+    only_shard.is_none_or(|only| only == shard).then_some(records)
+}
+
 /// Live totals for the progress line, published by shards once per event.
 #[derive(Default)]
 struct LiveCounters {
     records_in: AtomicU64,
     records_out: AtomicU64,
     dead_lettered: AtomicU64,
+    /// Test-only planted faults (`TEST_PANIC_ENV`, `TEST_HANG_ENV`).
+    panic_after_records: Option<u64>,
+    hang_after_records: Option<u64>,
 }
 
 impl LiveCounters {
+    fn for_shard(shard: u32) -> LiveCounters {
+        LiveCounters {
+            panic_after_records: test_fault_after_records(TEST_PANIC_ENV, shard),
+            hang_after_records: test_fault_after_records(TEST_HANG_ENV, shard),
+            ..LiveCounters::default()
+        }
+    }
+
     fn publish(&self, c: ShardCounters) {
+        if let Some(limit) = self.panic_after_records {
+            assert!(
+                c.records_in < limit,
+                "test-only panic: {TEST_PANIC_ENV} reached after {} records",
+                c.records_in
+            );
+        }
+        if self.hang_after_records.is_some_and(|limit| c.records_in >= limit) {
+            let thread = thread::current();
+            log::warn!(
+                "test-only hang: {TEST_HANG_ENV} reached in {}",
+                thread.name().unwrap_or("a shard")
+            );
+            loop {
+                thread::park();
+            }
+        }
         self.records_in.store(c.records_in, Ordering::Relaxed);
         self.records_out.store(c.records_out, Ordering::Relaxed);
         self.dead_lettered.store(c.dead_lettered, Ordering::Relaxed);
@@ -218,6 +357,7 @@ where
     O: 'static,
 {
     let started = Instant::now();
+    let failure = Arc::new(RunFailure::default());
     let Dataflow { sources, logic } = flow;
     let source_names: Arc<Vec<String>> = Arc::new(sources.iter().map(|s| s.name.clone()).collect());
     let source_count = source_names.len();
@@ -234,7 +374,13 @@ where
             .into_iter()
             .map(source::open)
             .collect::<Result<Vec<_>, _>>()?;
-        output = Some(spawn_output_thread(outputs, config, layout, &source_names)?);
+        output = Some(spawn_output_thread(
+            outputs,
+            config,
+            layout,
+            &source_names,
+            &failure,
+        )?);
     }
     let (output_thread, output_tx, output_ids) = match output {
         Some(o) => (Some(o.thread), Some(o.tx), o.wants_ids),
@@ -258,8 +404,8 @@ where
     if output_ids {
         cores.iter_mut().for_each(ShardCore::collect_output_ids);
     }
-    let live: Arc<Vec<LiveCounters>> = Arc::new(local.clone().map(|_| LiveCounters::default()).collect());
-    let source_errors = Arc::new(Mutex::new(Vec::new()));
+    let live: Arc<Vec<LiveCounters>> = Arc::new(local.clone().map(LiveCounters::for_shard).collect());
+    let source_errors = Arc::new(Mutex::new(BoundedMessages::default()));
     let pinning = Arc::new(Pinning::new(config.pin_cores, config.first_core));
     let expected_done = if outputs.is_some() {
         layout.total_shards()
@@ -278,19 +424,19 @@ where
             done_tx.clone(),
             Arc::clone(&source_names),
         );
-        threads.push(
-            thread::Builder::new()
-                .name(format!("verity-shard-{}", core.index()))
-                .spawn(move || {
-                    pinning.pin(local_index);
-                    let errors = SourceErrors {
-                        errors: &errors,
-                        names: &names,
-                    };
-                    let counters = drive_shard(core, channels, &live[local_index], &errors);
-                    let _ = done.send(counters);
-                })?,
-        );
+        threads.push(spawn_watched(
+            format!("verity-shard-{}", core.index()),
+            &failure,
+            move || {
+                pinning.pin(local_index);
+                let errors = SourceErrors {
+                    errors: &errors,
+                    names: &names,
+                };
+                let counters = drive_shard(core, channels, &live[local_index], &errors);
+                let _ = done.send(counters);
+            },
+        )?);
     }
     for (shard, remote) in wiring.remote_outputs {
         let output = output_tx.clone().expect("process 0 has the output thread");
@@ -300,48 +446,57 @@ where
             Arc::clone(&source_names),
             Arc::clone(&abort),
         );
-        threads.push(
-            thread::Builder::new()
-                .name(format!("verity-relay-{shard}"))
-                .spawn(move || {
-                    let errors = SourceErrors {
-                        errors: &errors,
-                        names: &names,
-                    };
-                    relay_output(shard, &remote, &output, &done, &errors, &abort);
-                })?,
-        );
+        threads.push(spawn_watched(
+            format!("verity-relay-{shard}"),
+            &failure,
+            move || {
+                let errors = SourceErrors {
+                    errors: &errors,
+                    names: &names,
+                };
+                relay_output(shard, &remote, &output, &done, &errors, &abort);
+            },
+        )?);
     }
     drop((done_tx, output_tx));
 
     let total_shards = layout.total_shards() as usize;
     for (index, (source, mut outs)) in opened.into_iter().zip(wiring.chunk_outs).enumerate() {
         let stop = Arc::clone(&stop);
-        thread::Builder::new()
-            .name(format!("verity-source-{index}"))
-            .spawn(move || {
-                let mut send = |shard: usize, event| outs[shard].send(event);
-                source::pump(source, &stop, Dealer::new(index as u32, total_shards, &mut send));
-            })?;
+        spawn_watched(format!("verity-source-{index}"), &failure, move || {
+            let mut send = |shard: usize, event| outs[shard].send(event);
+            source::pump(source, &stop, Dealer::new(index as u32, total_shards, &mut send));
+        })?;
     }
 
-    let waited = wait_for_shards(&done_rx, expected_done, &stop, config, &live, started, net);
+    let waited = wait_for_shards(
+        &done_rx,
+        expected_done,
+        &stop,
+        config,
+        &live,
+        started,
+        net,
+        &failure,
+    );
     // On failure, shard threads blocked on a lost peer cannot be joined; the
     // relays are told to stop and the process exits with the error.
     let (interrupted, totals) = waited.inspect_err(|_| abort.store(true, Ordering::Relaxed))?;
+    let panicked = |what: &str| RunError::Worker(failure.get().unwrap_or_else(|| format!("{what} panicked")));
     for handle in threads {
-        handle
-            .join()
-            .map_err(|_| RunError::Worker("a shard panicked".into()))?;
+        handle.join().ok().flatten().ok_or_else(|| panicked("a shard"))?;
     }
     if let Some(output_thread) = output_thread {
         output_thread
             .handle
             .join()
-            .map_err(|_| RunError::Worker("the output thread panicked".into()))?
+            .ok()
+            .flatten()
+            .ok_or_else(|| panicked("the output thread"))?
             .map_err(RunError::Output)?;
     }
-    let source_errors = std::mem::take(&mut *source_errors.lock().unwrap_or_else(|p| p.into_inner()));
+    let (source_errors, source_errors_not_kept) =
+        source_errors.lock().unwrap_or_else(|p| p.into_inner()).take();
     Ok(RunSummary {
         records_in: totals.records_in,
         records_out: totals.records_out,
@@ -351,12 +506,14 @@ where
         workers: local.len(),
         interrupted,
         source_errors,
+        source_errors_not_kept,
     })
 }
 
 /// The output thread and what its sink asked of the shards.
 struct OutputThread {
-    handle: thread::JoinHandle<Result<u64, SinkError>>,
+    /// `None` from `join` if it panicked (`spawn_watched`).
+    handle: thread::JoinHandle<Option<Result<u64, SinkError>>>,
     /// The sink throws lines away: shards need not send them.
     discards: bool,
 }
@@ -375,6 +532,7 @@ fn spawn_output_thread(
     config: &RunConfig,
     layout: &Layout,
     source_names: &[String],
+    failure: &Arc<RunFailure>,
 ) -> Result<SpawnedOutput, RunError> {
     let sink = outputs.sink.open()?;
     let (discards, wants_ids) = (sink.discards(), sink.wants_ids());
@@ -386,9 +544,9 @@ fn spawn_output_thread(
     }
     let dead_letters = DeadLetterWriter::new(&outputs.dead_letter, source_names.to_vec())?;
     let (tx, rx) = bounded::<OutputMessage>(config.output_queue_depth_buffers);
-    let handle = thread::Builder::new()
-        .name("verity-output".into())
-        .spawn(move || write_outputs(rx, sink, dead_letters))?;
+    let handle = spawn_watched("verity-output".into(), failure, move || {
+        write_outputs(rx, sink, dead_letters)
+    })?;
     Ok(SpawnedOutput {
         thread: OutputThread { handle, discards },
         tx,
@@ -433,7 +591,8 @@ fn relay_output(
 
 /// Waits until every shard finished, showing progress on a terminal. Returns
 /// whether the run was stopped early (readers see the flag and end their
-/// sources) and the shards' totals.
+/// sources) and the shards' totals. Any thread's failure ends the wait.
+#[allow(clippy::too_many_arguments)]
 fn wait_for_shards(
     done: &Receiver<ShardCounters>,
     expected: u32,
@@ -442,6 +601,7 @@ fn wait_for_shards(
     live: &[LiveCounters],
     started: Instant,
     net: Option<&Net<'_>>,
+    failure: &RunFailure,
 ) -> Result<(bool, ShardCounters), RunError> {
     let show_progress = config.progress && std::io::stderr().is_terminal();
     let mut finished = 0;
@@ -457,9 +617,20 @@ fn wait_for_shards(
                 totals.duplicates_dropped += c.duplicates_dropped;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(RunError::Worker("a shard thread ended without finishing".into()))
+                // A panicking thread drops its sender while it unwinds, just
+                // before its panic is reported: give the report a moment.
+                let reported = (0..CHECK_INTERVAL.as_millis()).find_map(|_| {
+                    thread::sleep(Duration::from_millis(1));
+                    failure.get()
+                });
+                return Err(RunError::Worker(
+                    reported.unwrap_or_else(|| "a shard thread ended without finishing".into()),
+                ));
             }
             Err(RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(reason) = failure.get() {
+            return Err(RunError::Worker(reason));
         }
         if let Some(failure) = net.and_then(|n| n.node.failure()) {
             return Err(RunError::Cluster(failure));

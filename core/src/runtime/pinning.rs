@@ -34,7 +34,7 @@ impl Pinning {
                 self.core_ids[(self.first_core + local_index) % self.core_ids.len()],
             );
         if !pinned && !self.warned.swap(true, Ordering::Relaxed) {
-            eprintln!("verity: warning: cannot pin worker threads to cores; running unpinned");
+            log::warn!("cannot pin worker threads to cores; running unpinned");
         }
     }
 }

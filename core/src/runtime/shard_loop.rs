@@ -29,7 +29,7 @@ const PARKED_RETRY_WAIT: Duration = Duration::from_micros(50);
 
 /// Where source failures are reported (process 0), by source name.
 pub struct SourceErrors<'a> {
-    pub errors: &'a Mutex<Vec<String>>,
+    pub errors: &'a Mutex<super::BoundedMessages>,
     pub names: &'a [String],
 }
 
@@ -37,7 +37,7 @@ impl SourceErrors<'_> {
     pub fn report(&self, source: u32, error: &str) {
         let name = self.names.get(source as usize).map_or("?", String::as_str);
         let message = format!("source {name} failed: {error}");
-        eprintln!("verity: {message}");
+        log::error!("{message}");
         self.errors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
