@@ -659,3 +659,31 @@ fn print_progress(live: &[LiveCounters], started: Instant) {
         rate / 1e6
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_errors_keep_the_first_and_count_the_rest() {
+        let mut errors = BoundedMessages::default();
+        for n in 0..SOURCE_ERRORS_KEPT_MAX + 5 {
+            errors.push(format!("error {n}"));
+        }
+        let (kept, not_kept) = errors.take();
+        assert_eq!(kept.len(), SOURCE_ERRORS_KEPT_MAX);
+        assert_eq!(kept[0], "error 0");
+        assert_eq!(not_kept, 5);
+    }
+
+    #[test]
+    fn a_watched_thread_reports_its_panic_with_its_name() {
+        let failure = Arc::new(RunFailure::default());
+        let handle =
+            spawn_watched("verity-test".into(), &failure, || -> u32 { panic!("boom {}", 7) }).unwrap();
+        assert_eq!(handle.join().unwrap(), None);
+        assert_eq!(failure.get().unwrap(), "thread verity-test panicked: boom 7");
+        let fine = spawn_watched("verity-fine".into(), &failure, || 3).unwrap();
+        assert_eq!(fine.join().unwrap(), Some(3));
+    }
+}
