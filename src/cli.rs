@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use verity_apps::{doubler, market_spread, seq_window, wordcount};
 use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
-use verity_core::cluster::lifecycle::GRACEFUL_STOP_DEADLINE_MS;
-use verity_core::cluster::ClusterFile;
+use verity_core::cluster::lifecycle::{FAILURE_REPORT_DEADLINE_MS, GRACEFUL_STOP_DEADLINE_MS};
+use verity_core::cluster::{ClusterFile, Outcome};
 use verity_core::{
     Connectors, DeadLetterSpec, Outputs, RunConfig, RunSummary, ShardLimits, SinkSpec, SourceSpec,
 };
@@ -520,7 +520,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
             run_leader_process(&file, &net, &job, input, &config, &outputs, &signal, None)?
         }
         _ => {
-            watch_stop_deadline(Arc::clone(&signal), net.stop_deadline_ms)?;
+            watch_single_process(Arc::clone(&signal), net.stop_deadline_ms)?;
             run_app(app, input, options, &config, &outputs, signal)
                 .with_context(|| format!("{} run failed", app.name()))?
         }
@@ -535,26 +535,45 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
     Ok(if summary.sources_failed() { 1 } else { 0 })
 }
 
-/// A single-process run has no cluster lifecycle to keep its stop deadline:
-/// this thread does. Once a stop is requested, the run has
-/// `deadline_ms` to end gracefully; then the process exits anyway.
-fn watch_stop_deadline(signal: Arc<AtomicBool>, deadline_ms: u64) -> Result<()> {
+/// A single-process run has no cluster lifecycle to keep its deadlines: this
+/// thread does. Once a stop is requested, the run has `deadline_ms` to end
+/// gracefully; a panic in a thread the runtime does not watch itself (the
+/// runtime reports its own threads' panics at once) ends it after
+/// `FAILURE_REPORT_DEADLINE_MS`. Either way the process then exits.
+fn watch_single_process(signal: Arc<AtomicBool>, deadline_ms: u64) -> Result<()> {
     const LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+    let started = std::time::Instant::now();
+    let elapsed_ms = move || started.elapsed().as_millis() as u64;
     std::thread::Builder::new()
-        .name("verity-stop-deadline".into())
+        .name("verity-watch".into())
         .spawn(move || {
-            while !signal.load(Ordering::Relaxed) {
+            let (mut stop_deadline_ms, mut panic_deadline_ms) = (None, None);
+            let ended = loop {
                 std::thread::sleep(LOOK_INTERVAL);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(deadline_ms));
-            let stopped = ExitWith {
-                code: verity_core::cluster::Outcome::Stopped.exit_code(),
-                reason: format!("the run did not stop within {deadline_ms} ms of the stop request"),
+                let now_ms = elapsed_ms();
+                if signal.load(Ordering::Relaxed) {
+                    stop_deadline_ms.get_or_insert(now_ms + deadline_ms);
+                }
+                if let Some(panic) = crate::panics::first_panic() {
+                    panic_deadline_ms.get_or_insert(now_ms + FAILURE_REPORT_DEADLINE_MS);
+                    if panic_deadline_ms.is_some_and(|at| now_ms >= at) {
+                        break ExitWith {
+                            code: Outcome::Failed.exit_code(),
+                            reason: panic,
+                        };
+                    }
+                }
+                if stop_deadline_ms.is_some_and(|at| now_ms >= at) {
+                    break ExitWith {
+                        code: Outcome::Stopped.exit_code(),
+                        reason: format!("the run did not stop within {deadline_ms} ms of the stop request"),
+                    };
+                }
             };
-            eprintln!("verity: error: {stopped}");
-            std::process::exit(stopped.code);
+            eprintln!("verity: error: {ended}");
+            std::process::exit(ended.code);
         })
-        .context("cannot start the stop-deadline thread")?;
+        .context("cannot start the watch thread")?;
     Ok(())
 }
 

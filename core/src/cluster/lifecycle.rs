@@ -28,6 +28,9 @@ pub const SHUTDOWN_DEADLINE_MS: u64 = 10_000;
 /// How long a failing process waits for its failure report (`Failed`,
 /// `Abort`) to be acked before it exits.
 pub const FAILURE_REPORT_DEADLINE_MS: u64 = 2_000;
+/// How long a worker waits for its job from process 0 (the binary uses
+/// `--peer-lost-ms` instead).
+pub const JOB_WAIT_DEADLINE_MS: u64 = 30_000;
 /// Longest failure reason a control message carries; longer ones are cut.
 pub const REASON_SIZE_MAX_BYTES: usize = 4_096;
 /// Longest app name a job may carry.
@@ -141,7 +144,7 @@ impl Default for Deadlines {
             graceful_stop_ms: GRACEFUL_STOP_DEADLINE_MS,
             shutdown_ms: SHUTDOWN_DEADLINE_MS,
             failure_report_ms: FAILURE_REPORT_DEADLINE_MS,
-            job_wait_ms: 30_000,
+            job_wait_ms: JOB_WAIT_DEADLINE_MS,
         }
     }
 }
