@@ -896,4 +896,151 @@ mod tests {
         assert!(cut.len() <= REASON_SIZE_MAX_BYTES && cut.len() >= REASON_SIZE_MAX_BYTES - 1);
         assert_eq!(bounded_reason("short"), "short");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_control() -> impl Strategy<Value = Control> {
+            prop_oneof![
+                Just(Control::Job(job())),
+                Just(Control::Shutdown),
+                Just(Control::Abort { reason: "a".into() }),
+                Just(Control::Failed { reason: "f".into() }),
+            ]
+        }
+
+        fn any_event(processes: u32) -> impl Strategy<Value = Event> {
+            prop_oneof![
+                (0..processes, any_control()).prop_map(|(from, message)| Event::Control { from, message }),
+                Just(Event::JobFinished),
+                Just(Event::Failed { reason: "x".into() }),
+                Just(Event::StopRequested),
+                Just(Event::AllSent),
+                Just(Event::Tick),
+            ]
+        }
+
+        /// What a driver promises: `JobFinished` once, only for a started job.
+        #[derive(Default)]
+        struct DriverContract {
+            job_started: bool,
+            job_finished: bool,
+        }
+
+        impl DriverContract {
+            fn allows(&mut self, event: &Event) -> bool {
+                if *event != Event::JobFinished {
+                    return true;
+                }
+                let allowed = self.job_started && !self.job_finished;
+                self.job_finished |= allowed;
+                allowed
+            }
+
+            fn saw(&mut self, actions: &[Action]) {
+                self.job_started |= actions.iter().any(|a| matches!(a, Action::StartJob(_)));
+            }
+        }
+
+        /// Drives `lifecycle` with `events` (each after `dt` ms) and checks what
+        /// holds whatever happens: sends go to real peers, the job starts at
+        /// most once, an exit is the last action ever, and once anything
+        /// ends the run, the process exits by the longest deadline.
+        fn check(mut lifecycle: Lifecycle, processes: u32, is_leader: bool, events: Vec<(u64, Event)>) {
+            let mut now_ms = 0;
+            let mut starts = 0;
+            let mut jobs_sent = vec![0; processes as usize];
+            let mut exits = 0;
+            let mut ending_since = None;
+            let mut all = vec![(0, Event::Start)];
+            all.extend(events);
+            let mut contract = DriverContract::default();
+            for (dt, event) in all {
+                now_ms += dt;
+                if !contract.allows(&event) {
+                    continue;
+                }
+                let actions = lifecycle.handle(now_ms, event);
+                if exits > 0 {
+                    assert!(actions.is_empty(), "nothing after the exit: {actions:?}");
+                }
+                for action in &actions {
+                    match action {
+                        Action::Send { to, message } => {
+                            if is_leader {
+                                assert!((1..processes).contains(to));
+                            } else {
+                                assert_eq!(*to, 0);
+                            }
+                            if let Control::Job(_) = message {
+                                jobs_sent[*to as usize] += 1;
+                            }
+                        }
+                        Action::StartJob(_) => {
+                            starts += 1;
+                            contract.job_started = true;
+                        }
+                        Action::Flush => {
+                            ending_since.get_or_insert(now_ms);
+                        }
+                        Action::Exit { .. } => exits += 1,
+                        Action::StopSources => assert!(is_leader),
+                    }
+                }
+                assert_eq!(lifecycle.is_exited(), exits > 0, "an exit comes as an action");
+            }
+            assert!(starts <= 1 && exits <= 1 && jobs_sent.iter().all(|n| *n <= 1));
+            if is_leader {
+                assert_eq!(starts, 1, "process 0 starts its job at once");
+            }
+            if let Some(since) = ending_since.filter(|_| exits == 0) {
+                let d = deadlines();
+                let latest = since + d.shutdown_ms.max(d.failure_report_ms);
+                let actions = lifecycle.handle(latest.max(now_ms), Event::Tick);
+                assert!(
+                    matches!(actions.last(), Some(Action::Exit { .. })),
+                    "a flushing process exits by its deadline: {actions:?}"
+                );
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn a_leader_keeps_its_promises(events in prop::collection::vec((0..400u64, any_event(3)), 0..40)) {
+                check(Lifecycle::new(0, 3, Some(job()), deadlines()), 3, true, events);
+            }
+
+            #[test]
+            fn a_worker_keeps_its_promises(events in prop::collection::vec((0..400u64, any_event(3)), 0..40)) {
+                check(Lifecycle::new(1, 3, None, deadlines()), 3, false, events);
+            }
+
+            /// A failure ends any run, in any state, within the report deadline.
+            #[test]
+            fn a_failure_always_ends_the_process(
+                leader in any::<bool>(),
+                events in prop::collection::vec((0..400u64, any_event(3)), 0..20),
+            ) {
+                let mut lifecycle = if leader {
+                    Lifecycle::new(0, 3, Some(job()), deadlines())
+                } else {
+                    Lifecycle::new(2, 3, None, deadlines())
+                };
+                let mut now_ms = 0;
+                let mut contract = DriverContract::default();
+                contract.saw(&lifecycle.handle(now_ms, Event::Start));
+                for (dt, event) in events {
+                    now_ms += dt;
+                    if contract.allows(&event) {
+                        contract.saw(&lifecycle.handle(now_ms, event));
+                    }
+                }
+                lifecycle.handle(now_ms, Event::Failed { reason: "boom".into() });
+                let d = deadlines();
+                lifecycle.handle(now_ms + d.shutdown_ms.max(d.failure_report_ms), Event::Tick);
+                prop_assert!(lifecycle.is_exited());
+            }
+        }
+    }
 }
