@@ -19,6 +19,24 @@
 //! sends `Abort` to the other workers and exits; a worker that gets `Abort`
 //! exits. A failing process waits at most `failure_report_ms` for its last
 //! messages to be acked, so a lost peer cannot keep it alive.
+//!
+//! ## What a driver does
+//!
+//! * `Start` once, when the network is up (a worker starts waiting for its job).
+//! * `Control { from, message }` for every frame on this process's control
+//!   channels (`channel_id::control(p)`: 0 → p, `channel_id::control_up(p)`:
+//!   p → 0), decoded by `codec::decode_control`; a frame that does not decode
+//!   is a `Failed`. `ControlLinks` are production's channels.
+//! * `JobFinished` once, after `StartJob`, when this process's part ended:
+//!   for process 0, its own shards and every remote shard's
+//!   `Upstream::Finished` are in; for a worker, its shards finished and sent
+//!   their `Finished`.
+//! * `Failed` for anything else that means the run cannot go on.
+//! * `AllSent` after `Flush`, once every frame handed to the network is acked.
+//! * `Tick` often (every event checks the deadlines, against `now_ms` of this
+//!   process's clock).
+//!
+//! Actions are carried out in order; after `Exit` the machine takes nothing.
 
 /// How long a stop (first Ctrl-C or SIGTERM) may take to end the run
 /// gracefully before the process gives up and exits anyway.
