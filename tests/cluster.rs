@@ -458,3 +458,54 @@ fn a_stop_that_cannot_finish_exits_by_its_deadline() {
         );
     }
 }
+
+#[test]
+fn a_worker_panic_fails_a_cluster_file_run_on_both_sides() {
+    // No local process watching here: only the worker's `Failed` report
+    // tells process 0, long before `--peer-lost-ms` would.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = cluster_file(dir.path(), port, port);
+    let worker = verity()
+        .args(["worker", "--cluster", path_str(&file), "--id", "1", "--no-pin"])
+        .args(["--peer-lost-ms", "60000"])
+        .env("VERITY_CLUSTER_SECRET", SECRET)
+        // Process 1 runs global shard 2 (process 0 has shards 0 and 1).
+        .env("VERITY_TEST_PANIC_AFTER_RECORDS", "2000@2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    let leader = Watched::spawn(
+        &[
+            "run",
+            "doubler",
+            "--generate",
+            "1000000000",
+            "--output",
+            "null",
+            "--no-pin",
+            "--cluster",
+            path_str(&file),
+            "--peer-lost-ms",
+            "60000",
+        ],
+        &[("VERITY_CLUSTER_SECRET", SECRET)],
+    );
+    let (code, err) = leader.finish();
+    let worker = wait_with_timeout(worker, HUNG_AFTER);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or_default()
+            .contains("process 1 failed: a worker thread failed: thread verity-shard-2 panicked"),
+        "{err}"
+    );
+    assert_eq!(worker.status.code(), Some(1), "{}", stderr(&worker));
+    assert!(
+        stderr(&worker).contains("verity: error: worker 1:"),
+        "{}",
+        stderr(&worker)
+    );
+}
