@@ -19,6 +19,7 @@ use verity_core::{Key, Rng, SplitMix64, Wire};
 use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
 
+mod control;
 mod network;
 mod processes;
 use network::{Net, NetEvent};
@@ -165,6 +166,7 @@ struct World<'a, K, V, S, O> {
     source_errors: Vec<String>,
     /// Remote shards whose `Finished` process 0 has heard.
     remote_finished: u32,
+    lifecycles: control::Lifecycles,
     trace_hash: u64,
     trace: Vec<String>,
     line: String,
@@ -305,6 +307,18 @@ where
             buggify.window_frames,
             buggify.producer_depth_frames,
         );
+        let job = verity_core::cluster::Job {
+            app: config.app.name().to_string(),
+            final_counts: false,
+            sources: config.streams,
+            batch_max: buggify.batch_max as u32,
+            queue_depth_batches: verity_core::RunConfig::default().queue_depth_batches as u32,
+            discard_output: false,
+        };
+        // Past the liveness bound: a job that never arrives is a liveness
+        // finding, reported with what every shard awaits.
+        let job_wait_ms = (config.sim_seconds * SECOND_US + LIVENESS_BOUND_US + SECOND_US) / 1000;
+        let lifecycles = control::Lifecycles::new(config.processes, job, job_wait_ms);
         let mut world = World {
             config,
             layout,
@@ -341,6 +355,7 @@ where
             dead_letter_text,
             source_errors: Vec::new(),
             remote_finished: 0,
+            lifecycles,
             trace_hash: 0xcbf2_9ce4_8422_2325,
             trace: Vec::new(),
             line: String::new(),
@@ -348,7 +363,9 @@ where
             stats: super::SimStats::default(),
         };
         world.wire_channels();
+        world.wire_control_channels();
         world.schedule_start();
+        world.start_lifecycles();
         world.schedule_network_faults();
         world
     }
@@ -438,15 +455,20 @@ where
             if let Some(failure) = self.net.failure.take() {
                 return Some(failure);
             }
-            if self.is_done() {
-                self.trace(format_args!("all shards finished and their output is in"));
-                return None;
+            match self.lifecycle_end() {
+                Some(Ok(())) => {
+                    self.trace(format_args!("every process exited, done"));
+                    return None;
+                }
+                Some(Err(failure)) => return Some(failure),
+                None => {}
             }
         }
         Some(format!(
-            "liveness: not finished {} s after the faults healed: {}",
+            "liveness: not finished {} s after the faults healed: {}; {}",
             LIVENESS_BOUND_US / SECOND_US,
-            self.describe_waiting()
+            self.describe_waiting(),
+            self.describe_lifecycles()
         ))
     }
 
@@ -457,6 +479,7 @@ where
             Event::Tick => {
                 self.tick();
                 self.poll_waiting_shards();
+                self.tick_lifecycles();
             }
             Event::Cut { a, b } => {
                 self.stats.fault("cut");

@@ -206,7 +206,7 @@ where
         }
     }
 
-    fn add_channel(&mut self, channel: u32, from: u32, to: u32) {
+    pub(super) fn add_channel(&mut self, channel: u32, from: u32, to: u32) {
         self.net.protocols[from as usize].add_out(channel, to);
         let out = OutChan {
             from,
@@ -669,6 +669,23 @@ where
         for process in sim.ends {
             self.schedule(at, Event::Net(NetEvent::Closed { conn, process }));
         }
+    }
+
+    /// Whether every frame `process` produced was taken by its protocol and
+    /// acked by the peers (production's `Node::wait_sent`).
+    pub(super) fn all_sent(&self, process: u32) -> bool {
+        let producers_empty = self
+            .net
+            .outs
+            .values()
+            .filter(|out| out.from == process)
+            .all(|out| out.pending.is_empty());
+        producers_empty && self.net.protocols[process as usize].unacked_frames() == 0
+    }
+
+    /// The run is over for `process`: peers leaving is expected.
+    pub(super) fn set_closing(&mut self, process: u32) {
+        self.net.protocols[process as usize].set_closing();
     }
 
     /// Every process's timers: heartbeats, liveness, dials, acks.

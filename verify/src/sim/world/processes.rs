@@ -327,11 +327,18 @@ where
         if self.paused(process) {
             return;
         }
+        self.step_lifecycle(process);
+        // A worker's shards start when its job arrives, as in production.
         let shards = self.layout.shards_of(process);
+        // Nothing of the job runs before the job is there.
+        let started = self.job_started(process);
         loop {
             // The I/O thread runs beside the shards: frames leave the
             // queues as windows allow, which makes room for parked sends.
             self.pump(process);
+            if !started {
+                break;
+            }
             let mut progressed = false;
             if process == 0 {
                 for source in 0..self.readers.len() as u32 {
@@ -350,6 +357,7 @@ where
                 break;
             }
         }
+        self.step_lifecycle(process);
         self.pump(process);
     }
 

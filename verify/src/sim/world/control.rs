@@ -1,0 +1,211 @@
+//! The cluster lifecycle in simulation: every process runs the production
+//! `verity_core::cluster::Lifecycle` (job distribution, start, finish,
+//! shutdown, failure and its deadlines), on its own virtual clock, with the
+//! control messages encoded by the production codec on control channels like
+//! any other frame. A worker's shards start only when its job has arrived,
+//! and a seed ends when every process has exited. This file turns what the
+//! world sees into the machine's events and carries out its actions; it
+//! decides nothing itself.
+
+use super::*;
+use verity_core::cluster::codec::{decode_control, encode_control};
+use verity_core::cluster::lifecycle::{Action, Deadlines, Event as LifeEvent, Job, Lifecycle, Outcome};
+
+/// Every process's lifecycle and what the world has told it.
+pub(super) struct Lifecycles {
+    machines: Vec<Lifecycle>,
+    /// The job process 0 distributes, to check what workers start.
+    job: Job,
+    job_started: Vec<bool>,
+    job_finished: Vec<bool>,
+    flushing: Vec<bool>,
+    exits: Vec<Option<(Outcome, Option<String>)>>,
+}
+
+impl Lifecycles {
+    /// `job_wait_ms`: a worker gives up on its job this long after the start
+    /// (the whole seed's time: faults may hold the job back for long).
+    pub(super) fn new(processes: u32, job: Job, job_wait_ms: u64) -> Lifecycles {
+        let deadlines = Deadlines {
+            job_wait_ms,
+            ..Deadlines::default()
+        };
+        let count = processes as usize;
+        Lifecycles {
+            machines: (0..processes)
+                .map(|p| Lifecycle::new(p, processes, (p == 0).then(|| job.clone()), deadlines))
+                .collect(),
+            job,
+            job_started: vec![false; count],
+            job_finished: vec![false; count],
+            flushing: vec![false; count],
+            exits: vec![None; count],
+        }
+    }
+}
+
+impl<K, V, S, O> World<'_, K, V, S, O>
+where
+    K: Key + Wire,
+    V: Wire + Send + 'static,
+    S: Default + Send + 'static,
+    O: 'static,
+{
+    /// The control channels, as `ControlLinks` wires them in production.
+    pub(super) fn wire_control_channels(&mut self) {
+        for process in 1..self.config.processes {
+            self.add_channel(channel_id::control(process), 0, process);
+            self.add_channel(channel_id::control_up(process), process, 0);
+        }
+    }
+
+    pub(super) fn start_lifecycles(&mut self) {
+        for process in 0..self.config.processes {
+            self.lifecycle_event(process, LifeEvent::Start);
+        }
+    }
+
+    /// Whether `process` has its job, so its shards may run.
+    pub(super) fn job_started(&self, process: u32) -> bool {
+        self.lifecycles.job_started[process as usize]
+    }
+
+    fn lifecycle_event(&mut self, process: u32, event: LifeEvent) {
+        let now_ms = self.local_clock_ms(process);
+        let actions = self.lifecycles.machines[process as usize].handle(now_ms, event);
+        for action in actions {
+            self.carry_out_lifecycle(process, action);
+        }
+    }
+
+    fn carry_out_lifecycle(&mut self, process: u32, action: Action) {
+        match action {
+            Action::Send { to, message } => {
+                self.trace(format_args!("process {process}: control to {to}: {message:?}"));
+                let channel = if process == 0 {
+                    channel_id::control(to)
+                } else {
+                    channel_id::control_up(process)
+                };
+                self.queue_frame(channel, |frame| encode_control(&message, frame));
+                self.pump(process);
+            }
+            Action::StartJob(job) => {
+                assert_eq!(
+                    job, self.lifecycles.job,
+                    "process {process} starts the job process 0 sent"
+                );
+                self.trace(format_args!("process {process}: starts its job"));
+                self.lifecycles.job_started[process as usize] = true;
+            }
+            Action::StopSources => unreachable!("the simulator never asks a process to stop"),
+            Action::Flush => {
+                self.trace(format_args!("process {process}: flushes"));
+                self.lifecycles.flushing[process as usize] = true;
+                self.set_closing(process);
+            }
+            Action::Exit { outcome, reason } => {
+                self.trace(format_args!("process {process}: exits {outcome:?} {reason:?}"));
+                self.lifecycles.exits[process as usize] = Some((outcome, reason));
+            }
+        }
+    }
+
+    fn exited(&self, process: u32) -> bool {
+        self.lifecycles.exits[process as usize].is_some()
+    }
+
+    /// Tells `process`'s lifecycle what arrived and what ended since it last
+    /// heard: control messages, the end of its job, everything acked.
+    pub(super) fn step_lifecycle(&mut self, process: u32) {
+        if self.paused(process) || self.exited(process) {
+            return;
+        }
+        let channels: Vec<(u32, u32)> = if process == 0 {
+            (1..self.config.processes)
+                .map(|from| (from, channel_id::control_up(from)))
+                .collect()
+        } else {
+            vec![(0, channel_id::control(process))]
+        };
+        for (from, channel) in channels {
+            while let Some(frame) = self.take_frame(channel) {
+                let event = match decode_control(&frame) {
+                    Ok(message) => LifeEvent::Control { from, message },
+                    Err(e) => LifeEvent::Failed {
+                        reason: format!("control message from process {from}: {e}"),
+                    },
+                };
+                self.lifecycle_event(process, event);
+            }
+        }
+        let p = process as usize;
+        if self.lifecycles.job_started[p] && !self.lifecycles.job_finished[p] && self.job_done(process) {
+            self.lifecycles.job_finished[p] = true;
+            self.trace(format_args!("process {process}: its job finished"));
+            self.lifecycle_event(process, LifeEvent::JobFinished);
+        }
+        if self.lifecycles.flushing[p] && !self.exited(process) && self.all_sent(process) {
+            self.lifecycle_event(process, LifeEvent::AllSent);
+        }
+    }
+
+    /// Time passes for every lifecycle (deadlines).
+    pub(super) fn tick_lifecycles(&mut self) {
+        for process in 0..self.config.processes {
+            if self.paused(process) || self.exited(process) {
+                continue;
+            }
+            self.step_lifecycle(process);
+            self.lifecycle_event(process, LifeEvent::Tick);
+        }
+    }
+
+    /// A process's part of the job ended: as in production, process 0's when
+    /// its shards finished and every remote shard's `Finished` is in; a
+    /// worker's when its shards finished and sent their `Finished`.
+    fn job_done(&self, process: u32) -> bool {
+        if process == 0 {
+            return self.is_done();
+        }
+        // A production shard driver is finished once its `Finished` is sent.
+        self.layout.shards_of(process).all(|shard| {
+            self.drivers[shard as usize]
+                .as_ref()
+                .is_some_and(|d| d.is_finished())
+        })
+    }
+
+    /// Which processes have not exited, for a liveness report.
+    pub(super) fn describe_lifecycles(&self) -> String {
+        let running: Vec<usize> = (0..self.lifecycles.exits.len())
+            .filter(|p| self.lifecycles.exits[*p].is_none())
+            .collect();
+        format!("processes not exited: {running:?}")
+    }
+
+    /// The seed's end once every process exited: `Ok` if all exited done,
+    /// else why one did not. `None` while any process runs.
+    pub(super) fn lifecycle_end(&self) -> Option<Result<(), String>> {
+        let failed = self
+            .lifecycles
+            .exits
+            .iter()
+            .enumerate()
+            .find_map(|(process, exit)| match exit {
+                Some((Outcome::Done, _)) | None => None,
+                Some((outcome, reason)) => Some(format!(
+                    "process {process} exited {outcome:?}: {}",
+                    reason.as_deref().unwrap_or("no reason")
+                )),
+            });
+        if let Some(failed) = failed {
+            return Some(Err(failed));
+        }
+        self.lifecycles
+            .exits
+            .iter()
+            .all(Option::is_some)
+            .then_some(Ok(()))
+    }
+}
