@@ -121,14 +121,18 @@ where
         if self.paused(process) || self.exited(process) {
             return;
         }
-        let channels: Vec<(u32, u32)> = if process == 0 {
-            (1..self.config.processes)
-                .map(|from| (from, channel_id::control_up(from)))
-                .collect()
+        // Process 0 hears from every worker; a worker from process 0 only.
+        let peers = if process == 0 {
+            1..self.config.processes
         } else {
-            vec![(0, channel_id::control(process))]
+            0..1
         };
-        for (from, channel) in channels {
+        for from in peers {
+            let channel = if process == 0 {
+                channel_id::control_up(from)
+            } else {
+                channel_id::control(process)
+            };
             while let Some(frame) = self.take_frame(channel) {
                 let event = match decode_control(&frame) {
                     Ok(message) => LifeEvent::Control { from, message },
