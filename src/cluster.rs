@@ -24,6 +24,7 @@ use verity_core::{
 use verity_net::auth::{ClusterSecret, CLUSTER_SECRET_ENV};
 use verity_net::liveness::LivenessConfig;
 use verity_net::node::{Node, NodeConfig, PeerAddress};
+use verity_net::peer::{ProtocolBugs, ProtocolConfig};
 
 /// Frames a channel may have unacked.
 pub const WINDOW_FRAMES: usize = 16;
@@ -67,7 +68,7 @@ impl NetOptions {
     }
 
     fn start_node(&self, file: &ClusterFile, process_id: u32) -> Result<Node> {
-        let peers = (0..file.processes.len() as u32)
+        let peers: Vec<PeerAddress> = (0..file.processes.len() as u32)
             .filter(|id| *id != process_id)
             .map(|id| PeerAddress {
                 id,
@@ -75,20 +76,24 @@ impl NetOptions {
             })
             .collect();
         let config = NodeConfig {
-            cluster_id: file.cluster_id.clone(),
-            process_id,
-            listen: file.listen(process_id),
-            peers,
-            secret: Arc::new(self.secret()?),
-            liveness: LivenessConfig {
-                peer_timeout_ms: self.peer_timeout_ms,
-                heartbeat_interval_ms: (self.peer_timeout_ms / 4).max(1),
+            protocol: ProtocolConfig {
+                cluster_id: file.cluster_id.clone(),
+                process_id,
+                peers: peers.iter().map(|p: &PeerAddress| p.id).collect(),
+                secret: Arc::new(self.secret()?),
+                liveness: LivenessConfig {
+                    peer_timeout_ms: self.peer_timeout_ms,
+                    heartbeat_interval_ms: (self.peer_timeout_ms / 4).max(1),
+                },
+                window_frames: WINDOW_FRAMES,
+                window_bytes: WINDOW_BYTES,
+                reconnect_base_ms: RECONNECT_BASE_MS,
+                reconnect_max_ms: RECONNECT_MAX_MS,
+                peer_lost_ms: self.peer_lost_ms,
+                bugs: ProtocolBugs::default(),
             },
-            window_frames: WINDOW_FRAMES,
-            window_bytes: WINDOW_BYTES,
-            reconnect_base_ms: RECONNECT_BASE_MS,
-            reconnect_max_ms: RECONNECT_MAX_MS,
-            peer_lost_ms: self.peer_lost_ms,
+            listen: file.listen(process_id),
+            peer_addresses: peers,
             seed: process_id as u64,
         };
         Node::start(config).with_context(|| format!("process {process_id}"))

@@ -11,12 +11,10 @@
 //! gets acked, so a sender never has more frames in flight than the
 //! receiver's queue holds (`window_frames`) and delivery never blocks the loop.
 
-use crate::auth::{ClusterSecret, NONCE_BYTES};
+use crate::auth::NONCE_BYTES;
 use crate::frame::Frame;
-use crate::liveness::LivenessConfig;
 use crate::peer::{
-    Action, ConnId, Entropy, FrameSource, PeerEvent, PeerProtocol, ProtocolBugs, ProtocolConfig,
-    ProtocolStats,
+    Action, ConnId, Entropy, FrameSource, PeerEvent, PeerProtocol, ProtocolConfig, ProtocolStats,
 };
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -48,20 +46,12 @@ pub struct PeerAddress {
 
 #[derive(Clone)]
 pub struct NodeConfig {
-    pub cluster_id: String,
-    pub process_id: u32,
+    /// The protocol's settings; its `peers` must name exactly the processes of
+    /// `peer_addresses`.
+    pub protocol: ProtocolConfig,
     pub listen: SocketAddr,
-    /// Every other process of the cluster.
-    pub peers: Vec<PeerAddress>,
-    pub secret: Arc<ClusterSecret>,
-    pub liveness: LivenessConfig,
-    /// Frames a channel may have unacked; receivers size their queues to it.
-    pub window_frames: usize,
-    pub window_bytes: usize,
-    pub reconnect_base_ms: u64,
-    pub reconnect_max_ms: u64,
-    /// A peer unreachable this long fails the run.
-    pub peer_lost_ms: u64,
+    /// Where to dial every other process of the cluster.
+    pub peer_addresses: Vec<PeerAddress>,
     /// Mixed into backoff jitter (nonces come from the OS RNG alone).
     pub seed: u64,
 }
@@ -375,28 +365,23 @@ impl IoLoop {
         commands: Receiver<Command>,
         shared: Shared,
     ) -> Self {
-        let protocol_config = ProtocolConfig {
-            cluster_id: config.cluster_id.clone(),
-            process_id: config.process_id,
-            peers: config.peers.iter().map(|p| p.id).collect(),
-            secret: Arc::clone(&config.secret),
-            liveness: config.liveness,
-            window_frames: config.window_frames,
-            window_bytes: config.window_bytes,
-            reconnect_base_ms: config.reconnect_base_ms,
-            reconnect_max_ms: config.reconnect_max_ms,
-            peer_lost_ms: config.peer_lost_ms,
-            bugs: ProtocolBugs::default(),
-        };
+        let mut named: Vec<u32> = config.peer_addresses.iter().map(|p| p.id).collect();
+        let mut peers = config.protocol.peers.clone();
+        named.sort_unstable();
+        peers.sort_unstable();
+        assert_eq!(
+            named, peers,
+            "every peer of the protocol needs an address, and only they"
+        );
         IoLoop {
-            protocol: PeerProtocol::new(protocol_config, entropy, 0),
+            protocol: PeerProtocol::new(config.protocol, entropy, 0),
             poll,
             listener,
             commands,
             started: Instant::now(),
             streams: BTreeMap::new(),
             next_conn: FIRST_CONNECTION,
-            addresses: config.peers.iter().map(|p| (p.id, p.address)).collect(),
+            addresses: config.peer_addresses.iter().map(|p| (p.id, p.address)).collect(),
             outs: BTreeMap::new(),
             ins: BTreeMap::new(),
             stats: NodeStats::default(),

@@ -10,6 +10,7 @@ use verity_net::auth::ClusterSecret;
 use verity_net::frame::{FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
 use verity_net::node::{ConsumerProgress, InChannel, Node, NodeConfig, OutChannel, PeerAddress};
+use verity_net::peer::{ProtocolBugs, ProtocolConfig};
 
 const WINDOW_FRAMES: usize = 4;
 
@@ -19,20 +20,24 @@ fn free_address() -> SocketAddr {
 
 fn config(process_id: u32, listen: SocketAddr, peer: PeerAddress, peer_timeout_ms: u64) -> NodeConfig {
     NodeConfig {
-        cluster_id: "node-test".into(),
-        process_id,
-        listen,
-        peers: vec![peer],
-        secret: Arc::new(ClusterSecret::new(b"a secret for the node tests".to_vec()).unwrap()),
-        liveness: LivenessConfig {
-            peer_timeout_ms,
-            heartbeat_interval_ms: peer_timeout_ms / 4,
+        protocol: ProtocolConfig {
+            cluster_id: "node-test".into(),
+            process_id,
+            peers: vec![peer.id],
+            secret: Arc::new(ClusterSecret::new(b"a secret for the node tests".to_vec()).unwrap()),
+            liveness: LivenessConfig {
+                peer_timeout_ms,
+                heartbeat_interval_ms: peer_timeout_ms / 4,
+            },
+            window_frames: WINDOW_FRAMES,
+            window_bytes: 1 << 20,
+            reconnect_base_ms: 5,
+            reconnect_max_ms: 100,
+            peer_lost_ms: 10_000,
+            bugs: ProtocolBugs::default(),
         },
-        window_frames: WINDOW_FRAMES,
-        window_bytes: 1 << 20,
-        reconnect_base_ms: 5,
-        reconnect_max_ms: 100,
-        peer_lost_ms: 10_000,
+        listen,
+        peer_addresses: vec![peer],
         seed: process_id as u64,
     }
 }

@@ -29,6 +29,18 @@ fn only_partition_zero(source_name: &str, partition: u32) -> Result<(), SourceEr
     })
 }
 
+/// A source that can only be read from its beginning refuses any position.
+fn refuse_rewind(source_name: &str, kind: &'static str, at: Option<Position>) -> Result<(), SourceError> {
+    match at {
+        None => Ok(()),
+        Some(position) => Err(SourceError::CannotRewind {
+            source_name: source_name.into(),
+            kind,
+            position,
+        }),
+    }
+}
+
 /// The byte and line counts of a text position (a `Log` one is refused).
 fn text_position(source_name: &str, kind: &'static str, at: Position) -> Result<(u64, u64), SourceError> {
     match at {
@@ -316,13 +328,7 @@ impl SourceConnector for StdinSource {
         at: Option<Position>,
     ) -> Result<Box<dyn SourceReader>, SourceError> {
         only_partition_zero(source_name, partition)?;
-        if let Some(position) = at {
-            return Err(SourceError::CannotRewind {
-                source_name: source_name.into(),
-                kind: self.kind(),
-                position,
-            });
-        }
+        refuse_rewind(source_name, self.kind(), at)?;
         Ok(Box::new(LineReader::new(
             ThreadedStdin::spawn()?,
             TextCursor::at(0, 0),
@@ -435,13 +441,7 @@ impl SourceConnector for TcpListenSource {
         at: Option<Position>,
     ) -> Result<Box<dyn SourceReader>, SourceError> {
         only_partition_zero(source_name, partition)?;
-        if let Some(position) = at {
-            return Err(SourceError::CannotRewind {
-                source_name: source_name.into(),
-                kind: self.kind(),
-                position,
-            });
-        }
+        refuse_rewind(source_name, self.kind(), at)?;
         let address = &self.address;
         let listener = TcpListener::bind(address)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
