@@ -15,5 +15,6 @@ echo "== generating $records market-spread records (seed $seed)"
 "$verity" generate market-spread --count "$records" --seed "$seed" --output "$work/input.txt"
 echo "== running market-spread on all cores"
 "$verity" run market-spread --input "$work/input.txt" --output "$work/output.txt"
-echo "== verifying the output against the market-spread oracle"
-"$verity" verify market-spread --input "$work/input.txt" --output "$work/output.txt"
+echo "== verifying the output and the dead letters (the generator plants malformed lines) against the market-spread oracle"
+"$verity" verify market-spread --input "$work/input.txt" --output "$work/output.txt" \
+    --dead-letter "$work/output.txt.dead-letter"
