@@ -78,6 +78,17 @@ pub struct FrameHeader {
     pub crc32c: u32,
 }
 
+impl FrameHeader {
+    /// The sequence number of a data frame's last record: what consuming the
+    /// frame acknowledges. Every consumer (the runtime's `RemoteIn`, the
+    /// simulator's) acks through this one computation, so a bug in it is one
+    /// the simulator's seeds meet.
+    pub fn last_seq(&self) -> u64 {
+        assert!(self.record_count > 0, "a data frame carries at least one record");
+        self.first_seq + u64::from(self.record_count) - 1
+    }
+}
+
 /// A decoded frame; `payload` is a slice of the receive buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {

@@ -87,9 +87,7 @@ impl RemoteIn {
     }
 
     fn consumed(&self, frame: &Frame) {
-        let header = &frame.header;
-        self.progress
-            .consumed(header.first_seq + header.record_count as u64 - 1);
+        self.progress.consumed(frame.header.last_seq());
         let _ = self.waker.wake();
     }
 

@@ -248,7 +248,7 @@ where
     pub(super) fn take_frame(&mut self, channel: u32) -> Option<Frame> {
         let input = self.net.ins.get_mut(&channel)?;
         let frame = input.queue.pop_front()?;
-        let last = frame.header.first_seq + frame.header.record_count as u64 - 1;
+        let last = frame.header.last_seq();
         let to = input.to;
         self.net.protocols[to as usize].on_consumed(channel, last);
         Some(frame)
@@ -331,7 +331,7 @@ where
             input.to, process,
             "a frame of {what} delivered to the wrong process"
         );
-        let last = header.first_seq + header.record_count as u64 - 1;
+        let last = header.last_seq();
         input.delivered_through = input.delivered_through.max(last);
         input.queue.push_back(frame);
     }
