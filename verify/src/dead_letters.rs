@@ -230,22 +230,11 @@ impl<R: BufRead> DeadLetterChecker<R> {
     }
 
     /// The next piece of the dead-letter file, cut anywhere.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
-        if !self.partial.is_empty() {
-            let Some(end) = bytes.iter().position(|b| *b == b'\n') else {
-                self.partial.extend_from_slice(bytes);
-                return;
-            };
-            let mut line = std::mem::take(&mut self.partial);
-            line.extend_from_slice(&bytes[..end]);
-            self.check_letter(&line);
-            bytes = &bytes[end + 1..];
-        }
-        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
-            self.check_letter(&bytes[..end]);
-            bytes = &bytes[end + 1..];
-        }
-        self.partial.extend_from_slice(bytes);
+    pub fn feed(&mut self, bytes: &[u8]) {
+        // Out of `self` while the lines it holds are checked (no copy).
+        let mut partial = std::mem::take(&mut self.partial);
+        crate::input::feed_lines(&mut partial, bytes, |line| self.check_letter(line));
+        self.partial = partial;
     }
 
     fn note(&mut self, anomaly: LetterAnomaly) {

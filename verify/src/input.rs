@@ -17,6 +17,29 @@ pub fn for_each_line<'a>(text: &'a [u8], mut f: impl FnMut(u64, &'a [u8])) {
     }
 }
 
+/// Feeds whole `\n`-terminated lines of `bytes` to `f`, carrying a line that
+/// is cut at the end of `bytes` in `partial` until a later call completes it.
+/// The streaming checkers (output, two streams, dead letters) read their
+/// input in arbitrary pieces through this one splitter; each takes what is left
+/// in `partial` at the end as a last line without `\n`.
+pub fn feed_lines(partial: &mut Vec<u8>, mut bytes: &[u8], mut f: impl FnMut(&[u8])) {
+    if !partial.is_empty() {
+        let Some(end) = bytes.iter().position(|b| *b == b'\n') else {
+            partial.extend_from_slice(bytes);
+            return;
+        };
+        partial.extend_from_slice(&bytes[..end]);
+        f(partial);
+        partial.clear();
+        bytes = &bytes[end + 1..];
+    }
+    while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
+        f(&bytes[..end]);
+        bytes = &bytes[end + 1..];
+    }
+    partial.extend_from_slice(bytes);
+}
+
 /// Reads numbered lines from a stream on demand, the way the engine numbers
 /// them, holding only the current line.
 pub struct LineReader<R> {
@@ -68,6 +91,23 @@ impl<R: std::io::BufRead> LineReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn feed_lines_gives_the_same_lines_however_the_bytes_are_cut() {
+        let text = b"alpha\nbe\n\ngamma delta\nlast";
+        for cut_a in 0..text.len() {
+            for cut_b in cut_a..text.len() {
+                let mut partial = Vec::new();
+                let mut seen: Vec<Vec<u8>> = Vec::new();
+                for piece in [&text[..cut_a], &text[cut_a..cut_b], &text[cut_b..]] {
+                    feed_lines(&mut partial, piece, |line| seen.push(line.to_vec()));
+                }
+                let want: Vec<&[u8]> = vec![b"alpha", b"be", b"", b"gamma delta"];
+                assert_eq!(seen, want, "cuts at {cut_a} and {cut_b}");
+                assert_eq!(partial, b"last", "the unterminated last line stays in partial");
+            }
+        }
+    }
 
     fn lines(text: &[u8]) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();

@@ -294,22 +294,11 @@ impl<Q: BufRead, O: BufRead> TwoStreamComparator<Q, O> {
     }
 
     /// The next piece of output, cut anywhere.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
-        if !self.partial.is_empty() {
-            let Some(end) = bytes.iter().position(|b| *b == b'\n') else {
-                self.partial.extend_from_slice(bytes);
-                return;
-            };
-            let mut line = std::mem::take(&mut self.partial);
-            line.extend_from_slice(&bytes[..end]);
-            self.check_line(&line);
-            bytes = &bytes[end + 1..];
-        }
-        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
-            self.check_line(&bytes[..end]);
-            bytes = &bytes[end + 1..];
-        }
-        self.partial.extend_from_slice(bytes);
+    pub fn feed(&mut self, bytes: &[u8]) {
+        // Out of `self` while the lines it holds are checked (no copy).
+        let mut partial = std::mem::take(&mut self.partial);
+        crate::input::feed_lines(&mut partial, bytes, |line| self.check_line(line));
+        self.partial = partial;
     }
 
     fn note(&mut self, kind: AnomalyKind, order: Option<(u64, String)>, actual: &[u8], note: Option<String>) {
