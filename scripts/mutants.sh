@@ -34,7 +34,8 @@ default_files=(
     state/src/keyed.rs
     core/src/shard.rs
     core/src/driver.rs
-    core/src/runtime/driver.rs
+    core/src/cluster/remote.rs
+    core/src/sink.rs
     core/src/cluster/lifecycle.rs
     core/src/cluster/codec.rs
     core/src/source.rs
