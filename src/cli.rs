@@ -117,8 +117,8 @@ struct SimArgs {
     /// sources at different rates (as `run --quotes Q --orders O`).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
     streams: u32,
-    /// Test-only: plant a bug (`PlantedBugs::NAMES`, or skip-idle-flush,
-    /// reorder-parked-retry in the shard driver) to show it is caught.
+    /// Test-only: plant a bug (one of `PlantedBugs::NAMES`) in the shared
+    /// production code to show the simulator catches it.
     #[arg(long, value_name = "BUG", hide = true)]
     plant_bug: Option<String>,
 }
@@ -649,17 +649,8 @@ fn sim(args: SimArgs) -> Result<i32> {
         (None, Some(seed)) => seed..seed + 1,
         (None, None) => bail!("give --seeds A..B or --seed S"),
     };
-    let mut driver_bugs = verity_core::driver::DriverBugs::default();
     let bugs = match args.plant_bug.as_deref() {
         None => verity_verify::sim::PlantedBugs::default(),
-        Some("skip-idle-flush") => {
-            driver_bugs.skip_idle_flush = true;
-            verity_verify::sim::PlantedBugs::default()
-        }
-        Some("reorder-parked-retry") => {
-            driver_bugs.reorder_parked_retry = true;
-            verity_verify::sim::PlantedBugs::default()
-        }
         Some(name) => verity_verify::sim::PlantedBugs::named(name).map_err(anyhow::Error::msg)?,
     };
     let template = verity_verify::sim::SimConfig {
@@ -670,7 +661,6 @@ fn sim(args: SimArgs) -> Result<i32> {
         records: args.records,
         trace: args.trace,
         bugs,
-        driver_bugs,
         streams: args.streams,
         ..verity_verify::sim::SimConfig::new(args.app.into(), seeds.start)
     };

@@ -214,27 +214,52 @@ impl DeadLetterWriter {
     }
 }
 
-/// The output thread's loop: runs until every sender is gone, then commits
-/// the run's one boundary (`CommitId::END_OF_INPUT`) on both sinks. Returns
-/// the dead letters written.
-pub fn write_outputs(
-    messages: crossbeam_channel::Receiver<OutputMessage>,
-    mut sink: Box<dyn SinkConnector>,
-    mut dead_letters: DeadLetterWriter,
-) -> Result<u64, SinkError> {
-    for message in messages {
+/// What the output thread does with each message, sans-IO: lines into the
+/// sink, dead letters into theirs, and at the end of input the run's one
+/// commit boundary (`CommitId::END_OF_INPUT`) on both. The output thread
+/// (`write_outputs`) and the simulator both drive it.
+pub struct OutputWriter {
+    sink: Box<dyn SinkConnector>,
+    dead_letters: DeadLetterWriter,
+}
+
+impl OutputWriter {
+    pub fn new(sink: Box<dyn SinkConnector>, dead_letters: DeadLetterWriter) -> Self {
+        OutputWriter { sink, dead_letters }
+    }
+
+    pub fn write(&mut self, message: OutputMessage) -> Result<(), SinkError> {
         match message {
-            OutputMessage::Lines(batch) => sink.write(&batch.lines, &batch.ids)?,
-            OutputMessage::Relayed(batch) => sink.write(&batch.lines, &batch.ids)?,
-            OutputMessage::DeadLetter(letter) => dead_letters.write(&letter)?,
+            OutputMessage::Lines(batch) => self.sink.write(&batch.lines, &batch.ids),
+            OutputMessage::Relayed(batch) => self.sink.write(&batch.lines, &batch.ids),
+            OutputMessage::DeadLetter(letter) => self.dead_letters.write(&letter),
         }
     }
-    let end = CommitId::END_OF_INPUT;
-    sink.barrier(end)?;
-    dead_letters.barrier(end)?;
-    sink.commit(end)?;
-    dead_letters.commit(end)?;
-    Ok(dead_letters.written)
+
+    /// All input is written: commits both sinks. Returns the dead letters
+    /// written.
+    pub fn finish(mut self) -> Result<u64, SinkError> {
+        let end = CommitId::END_OF_INPUT;
+        self.sink.barrier(end)?;
+        self.dead_letters.barrier(end)?;
+        self.sink.commit(end)?;
+        self.dead_letters.commit(end)?;
+        Ok(self.dead_letters.written)
+    }
+}
+
+/// The output thread's loop: runs until every sender is gone, then finishes
+/// the writer. Returns the dead letters written.
+pub fn write_outputs(
+    messages: crossbeam_channel::Receiver<OutputMessage>,
+    sink: Box<dyn SinkConnector>,
+    dead_letters: DeadLetterWriter,
+) -> Result<u64, SinkError> {
+    let mut writer = OutputWriter::new(sink, dead_letters);
+    for message in messages {
+        writer.write(message)?;
+    }
+    writer.finish()
 }
 
 #[cfg(test)]

@@ -248,35 +248,109 @@ pub fn open(spec: SourceSpec) -> Result<OpenSource, SourceError> {
 }
 
 /// Reads `source` to its end, dealing its chunks (the partitions' chunks take
-/// turns). Returns when the source ends, fails, or `stop` is set.
+/// turns). Returns when the source ends, fails, or `stop` is set. An idle
+/// read (the reader waited for data and none came) only gives `stop` a look.
 pub fn pump(source: OpenSource, stop: &AtomicBool, mut dealer: Dealer<'_>) {
-    let outcome = pump_partitions(source.partitions, stop, &mut dealer);
+    let mut reading = ReadLoop::new(source.partitions);
+    let outcome = loop {
+        if stop.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        match reading.step(&mut dealer) {
+            Ok(ReadStep::Dealt | ReadStep::Idle) => {}
+            Ok(ReadStep::Ended | ReadStep::ShardsGone) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
     dealer.finish(outcome.err().map(|e| e.to_string()));
 }
 
-fn pump_partitions(
-    mut partitions: Vec<(u32, Box<dyn SourceReader>)>,
-    stop: &AtomicBool,
-    dealer: &mut Dealer<'_>,
-) -> Result<(), SourceError> {
-    let mut turn = 0;
-    while !partitions.is_empty() && !stop.load(Ordering::Relaxed) {
-        turn %= partitions.len();
-        let (partition, reader) = &mut partitions[turn];
-        match reader.next_chunk()? {
-            Pull::Chunk(chunk) => {
-                if !dealer.deal_chunk(*partition, chunk) {
-                    return Ok(());
-                }
-                turn += 1;
-            }
-            Pull::Idle => turn += 1,
-            Pull::End => {
-                partitions.remove(turn);
-            }
+/// Planted bugs for the simulator's own tests (`verity sim --plant-bug`):
+/// each is off in production and turns a real reader-loop mistake on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderBugs {
+    /// Take a partition's first idle read for its end.
+    pub end_at_first_idle: bool,
+}
+
+/// What one `ReadLoop::step` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStep {
+    /// A chunk was dealt.
+    Dealt,
+    /// Every open partition's last read was idle: nothing is waiting now.
+    Idle,
+    /// Every partition ended.
+    Ended,
+    /// A shard is gone (the run is ending): stop reading.
+    ShardsGone,
+}
+
+/// A reader's decisions, sans-IO: which partition to pull next and what its
+/// answer means. The reader thread (`pump`) and the simulator both drive it,
+/// one pull per step.
+pub struct ReadLoop {
+    partitions: Vec<(u32, Box<dyn SourceReader>)>,
+    /// Index into `partitions` of the next one to pull.
+    turn: usize,
+    /// Idle reads in a row, across partitions.
+    idle_reads: usize,
+    bugs: ReaderBugs,
+}
+
+impl ReadLoop {
+    pub fn new(partitions: Vec<(u32, Box<dyn SourceReader>)>) -> Self {
+        ReadLoop {
+            partitions,
+            turn: 0,
+            idle_reads: 0,
+            bugs: ReaderBugs::default(),
         }
     }
-    Ok(())
+
+    pub fn with_bugs(mut self, bugs: ReaderBugs) -> Self {
+        self.bugs = bugs;
+        self
+    }
+
+    /// Pulls once from the partition whose turn it is and deals what it read.
+    pub fn step(&mut self, dealer: &mut Dealer<'_>) -> Result<ReadStep, SourceError> {
+        if self.partitions.is_empty() {
+            return Ok(ReadStep::Ended);
+        }
+        self.turn %= self.partitions.len();
+        let (partition, reader) = &mut self.partitions[self.turn];
+        match reader.next_chunk()? {
+            Pull::Chunk(chunk) => {
+                self.idle_reads = 0;
+                if !dealer.deal_chunk(*partition, chunk) {
+                    return Ok(ReadStep::ShardsGone);
+                }
+                self.turn += 1;
+                Ok(ReadStep::Dealt)
+            }
+            Pull::Idle if self.bugs.end_at_first_idle => Ok(self.end_partition()),
+            Pull::Idle => {
+                self.turn += 1;
+                self.idle_reads += 1;
+                if self.idle_reads >= self.partitions.len() {
+                    return Ok(ReadStep::Idle);
+                }
+                self.step(dealer)
+            }
+            Pull::End => Ok(self.end_partition()),
+        }
+    }
+
+    fn end_partition(&mut self) -> ReadStep {
+        self.partitions.remove(self.turn);
+        self.idle_reads = 0;
+        if self.partitions.is_empty() {
+            ReadStep::Ended
+        } else {
+            ReadStep::Dealt
+        }
+    }
 }
 
 /// Where to cut `data` so the first part holds whole lines and is about

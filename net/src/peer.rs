@@ -105,6 +105,8 @@ pub struct ProtocolBugs {
     pub admit_duplicate_as_new: bool,
     /// After a reconnect, the receiver resumes one record past what it applied.
     pub resume_one_past_applied: bool,
+    /// Ack one record more than the consumer took (a relay's off-by-one).
+    pub ack_one_past_consumed: bool,
 }
 
 #[derive(Clone)]
@@ -400,6 +402,7 @@ impl<E: Entropy> PeerProtocol<E> {
 
     /// The consumer of `channel` took everything through `through_seq`.
     pub fn on_consumed(&mut self, channel: u32, through_seq: u64) {
+        let through_seq = through_seq + u64::from(self.config.bugs.ack_one_past_consumed);
         let Some(state) = self.ins.get_mut(&channel) else {
             return;
         };
@@ -464,6 +467,12 @@ impl<E: Entropy> PeerProtocol<E> {
     /// Frames handed over and not yet acked, over all channels.
     pub fn unacked_frames(&self) -> usize {
         self.outs.values().map(|o| o.sender.buffered_batches()).sum()
+    }
+
+    /// Frames of `channel` handed over and not yet acked (0 for a channel
+    /// this process does not send on).
+    pub fn channel_unacked_frames(&self, channel: u32) -> usize {
+        self.outs.get(&channel).map_or(0, |o| o.sender.buffered_batches())
     }
 
     // ---- connections ----------------------------------------------------

@@ -437,21 +437,23 @@ pub fn decode_control(frame: &Frame) -> Result<Control, ClusterError> {
     Ok(message)
 }
 
+/// One frame as a receiver decodes it, written by `write` (for tests).
+#[cfg(test)]
+pub(crate) fn framed(write: impl FnOnce(&mut FrameWriter<'_>)) -> Frame {
+    use verity_net::frame::{FrameDecoder, FrameKind};
+    let mut bytes = Vec::new();
+    let mut frame = FrameWriter::begin(&mut bytes, FrameKind::Data, 7, 1);
+    write(&mut frame);
+    frame.finish();
+    let mut decoder = FrameDecoder::new();
+    decoder.extend_from_slice(&bytes);
+    decoder.next_frame().unwrap().expect("one whole frame")
+}
+
 #[cfg(test)]
 mod control_tests {
     use super::*;
     use proptest::prelude::*;
-    use verity_net::frame::{FrameDecoder, FrameKind};
-
-    fn framed(write: impl FnOnce(&mut FrameWriter<'_>)) -> Frame {
-        let mut bytes = Vec::new();
-        let mut frame = FrameWriter::begin(&mut bytes, FrameKind::Data, 7, 1);
-        write(&mut frame);
-        frame.finish();
-        let mut decoder = FrameDecoder::new();
-        decoder.extend_from_slice(&bytes);
-        decoder.next_frame().unwrap().expect("one whole frame")
-    }
 
     fn round_trip(message: &Control) -> Result<Control, ClusterError> {
         decode_control(&framed(|frame| encode_control(message, frame)))
@@ -573,19 +575,6 @@ mod control_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verity_net::frame::{FrameDecoder, FrameKind};
-
-    /// Encodes with `write` into one frame and decodes it back off the wire.
-    fn through_a_frame(write: impl FnOnce(&mut FrameWriter<'_>)) -> Frame {
-        let mut out = Vec::new();
-        let mut writer = FrameWriter::begin(&mut out, FrameKind::Data, 7, 1);
-        write(&mut writer);
-        writer.finish();
-        let mut decoder = FrameDecoder::new();
-        decoder.extend_from_slice(&out);
-        decoder.next_frame().unwrap().expect("one whole frame")
-    }
-
     #[test]
     fn chunks_cross_with_their_partition_and_position() {
         let event = SourceEvent::Chunk {
@@ -599,7 +588,7 @@ mod tests {
                 lines: 101,
             },
         };
-        let frame = through_a_frame(|w| encode_source_event(&event, w));
+        let frame = framed(|w| encode_source_event(&event, w));
         assert_eq!(decode_source_event(&frame, 2).unwrap(), event);
     }
 
@@ -610,7 +599,7 @@ mod tests {
                 lines: b"x\ny\n".to_vec(),
                 ids: ids.clone(),
             };
-            let frame = through_a_frame(|w| encode_upstream(&UpstreamRef::Lines(&batch), w));
+            let frame = framed(|w| encode_upstream(&UpstreamRef::Lines(&batch), w));
             let decoded = decode_upstream(&frame).unwrap();
             assert_eq!(
                 decoded,

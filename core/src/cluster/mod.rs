@@ -14,6 +14,7 @@ pub mod codec;
 mod config;
 mod control;
 pub mod lifecycle;
+pub mod relay;
 mod remote;
 
 pub use config::{ClusterFile, ProcessEntry};

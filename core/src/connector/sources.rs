@@ -88,6 +88,22 @@ struct LineReader<R> {
     consumed_bytes: u64,
 }
 
+/// Any byte stream read from its start as a partition: chunks of about
+/// `chunk_bytes` whole lines, lines over `line_max_bytes` dead-lettered. A
+/// read that would block is an idle pull. (The simulator reads its input
+/// through this, with small chunks.)
+pub fn line_reader(
+    reader: impl Read + Send + 'static,
+    chunk_bytes: usize,
+    line_max_bytes: usize,
+) -> Box<dyn SourceReader> {
+    Box::new(LineReader {
+        chunker: LineChunker::new(reader, chunk_bytes, line_max_bytes),
+        cursor: TextCursor::at(0, 0),
+        consumed_bytes: 0,
+    })
+}
+
 impl<R: Read> LineReader<R> {
     fn new(reader: R, cursor: TextCursor) -> Self {
         LineReader {

@@ -11,7 +11,7 @@ mod pinning;
 mod shard_loop;
 mod wiring;
 
-use crate::cluster::codec::{decode_upstream, Upstream};
+use crate::cluster::relay::{OutputRelay, Relayed};
 use crate::cluster::{Layout, RemoteIn};
 use crate::connector::{SinkError, SourceError};
 use crate::flow::Dataflow;
@@ -564,27 +564,28 @@ fn relay_output(
     errors: &SourceErrors<'_>,
     abort: &AtomicBool,
 ) {
+    let mut relay = OutputRelay::new(shard);
     while !abort.load(Ordering::Relaxed) {
         let frame = match remote.recv_timeout(CHECK_INTERVAL) {
             Ok(frame) => frame,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let message = match decode_upstream(&frame) {
-            Ok(message) => message,
-            Err(e) => panic!("undecodable output from shard {shard}: {e}"),
+        let relayed = match relay.on_frame(&frame) {
+            Ok(relayed) => relayed,
+            Err(e) => panic!("{e}"),
         };
-        let _ = match message {
-            Upstream::Lines(lines) => output.send(OutputMessage::Relayed(lines)),
-            Upstream::DeadLetter(letter) => output.send(OutputMessage::DeadLetter(letter)),
-            Upstream::SourceFailed { source, error } => {
+        let _ = match relayed {
+            Relayed::ToSinks(message) => output.send(message),
+            Relayed::SourceFailed { source, error } => {
                 errors.report(source, &error);
                 Ok(())
             }
-            Upstream::Finished(counters) => {
+            Relayed::Finished(counters) => {
                 let _ = done.send(counters);
                 return;
             }
+            Relayed::Dropped => Ok(()),
         };
     }
 }

@@ -32,8 +32,11 @@ use crate::{compare, verify_dead_letters, verify_two_streams, App, NamedInput, R
 use bytes::Bytes;
 use std::fmt;
 use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
+use verity_core::cluster::relay::RelayBugs;
 use verity_core::driver::DriverBugs;
+use verity_core::source::ReaderBugs;
 use verity_core::{Dataflow, Key, RunError, SourceSpec, Wire};
+use verity_net::peer::ProtocolBugs;
 
 /// Which faults a run may inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,29 +175,37 @@ impl fmt::Display for Faults {
     }
 }
 
-/// Bugs a test can plant without editing code, to prove the simulator finds them.
+/// Bugs a test can plant without editing code, to prove the simulator finds
+/// them. Each lives in the shared production code it would be a bug of, off
+/// unless a test turns it on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PlantedBugs {
-    /// Receivers keep replayed frames and shards apply replayed batches.
+    /// Shards apply replayed batches and receivers keep replayed frames.
     pub no_dedup: bool,
-    /// Senders forget unacked frames when a connection drops.
-    pub no_retransmit: bool,
-    /// These plant `verity_net::peer::ProtocolBugs` in the shared protocol.
-    pub resend_from_wrong_seq: bool,
-    pub accept_other_peers_channel: bool,
-    pub admit_duplicate_as_new: bool,
-    pub resume_one_past_applied: bool,
+    /// In the shared peer protocol (`verity_net::peer`).
+    pub protocol: ProtocolBugs,
+    /// In the shared shard driver (`verity_core::driver`).
+    pub driver: DriverBugs,
+    /// In the shared reader loop (`verity_core::source::ReadLoop`).
+    pub reader: ReaderBugs,
+    /// In the shared output relay (`verity_core::cluster::relay`).
+    pub relay: RelayBugs,
 }
 
 impl PlantedBugs {
     /// The names `verity sim --plant-bug` takes.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 11] = [
         "no-dedup",
         "no-retransmit",
         "resend-from-wrong-seq",
         "accept-other-peers-channel",
         "admit-duplicate-as-new",
         "resume-one-past-applied",
+        "ack-one-past-consumed",
+        "skip-idle-flush",
+        "reorder-parked-retry",
+        "reader-ends-at-first-idle",
+        "relay-drops-dead-letters",
     ];
 
     /// The bug a name plants.
@@ -202,11 +213,16 @@ impl PlantedBugs {
         let mut bugs = PlantedBugs::default();
         *match name {
             "no-dedup" => &mut bugs.no_dedup,
-            "no-retransmit" => &mut bugs.no_retransmit,
-            "resend-from-wrong-seq" => &mut bugs.resend_from_wrong_seq,
-            "accept-other-peers-channel" => &mut bugs.accept_other_peers_channel,
-            "admit-duplicate-as-new" => &mut bugs.admit_duplicate_as_new,
-            "resume-one-past-applied" => &mut bugs.resume_one_past_applied,
+            "no-retransmit" => &mut bugs.protocol.no_retransmit,
+            "resend-from-wrong-seq" => &mut bugs.protocol.resend_from_wrong_seq,
+            "accept-other-peers-channel" => &mut bugs.protocol.accept_other_peers_channel,
+            "admit-duplicate-as-new" => &mut bugs.protocol.admit_duplicate_as_new,
+            "resume-one-past-applied" => &mut bugs.protocol.resume_one_past_applied,
+            "ack-one-past-consumed" => &mut bugs.protocol.ack_one_past_consumed,
+            "skip-idle-flush" => &mut bugs.driver.skip_idle_flush,
+            "reorder-parked-retry" => &mut bugs.driver.reorder_parked_retry,
+            "reader-ends-at-first-idle" => &mut bugs.reader.end_at_first_idle,
+            "relay-drops-dead-letters" => &mut bugs.relay.drop_dead_letters,
             other => {
                 let known = PlantedBugs::NAMES.join(", ");
                 return Err(format!("unknown planted bug `{other}` (known: {known})"));
@@ -230,8 +246,6 @@ pub struct SimConfig {
     /// Keep the event lines (the hash is computed either way).
     pub trace: bool,
     pub bugs: PlantedBugs,
-    /// Bugs planted in the shared shard driver (tests only).
-    pub driver_bugs: DriverBugs,
     /// Input streams: 1, or 2 for market-spread (quotes and orders as two
     /// sources at different rates).
     pub streams: u32,
@@ -249,7 +263,6 @@ impl SimConfig {
             records: 2_000,
             trace: false,
             bugs: PlantedBugs::default(),
-            driver_bugs: DriverBugs::default(),
             streams: 1,
         }
     }
@@ -337,11 +350,24 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
         Ok(outcome) => outcome,
         Err(e) => return failed(config, format!("cannot build the app: {e}")),
     };
-    if outcome.failure().is_none() {
-        outcome.sim.failure = check_outcome(config, &streams, &mut outcome);
+    match outcome.sim.failure.take() {
+        None => outcome.sim.failure = check_outcome(config, &streams, &mut outcome),
+        // A run that never finished: say, as the oracle would, what its
+        // output lacks so far (besides where it is stuck).
+        Some(stuck) if stuck.starts_with("liveness") => {
+            let lacking = check_output(config, &streams, &mut outcome).map_or(String::new(), |report| {
+                let head: Vec<&str> = report.lines().take(LACKING_LINES_SHOWN).collect();
+                format!("\nwhen it stopped, {}", head.join("\n"))
+            });
+            outcome.sim.failure = Some(stuck + &lacking);
+        }
+        failure => outcome.sim.failure = failure,
     }
     outcome.sim
 }
+
+/// Lines of the oracle's report a liveness failure shows.
+const LACKING_LINES_SHOWN: usize = 8;
 
 /// Why a finished run's output or dead letters are wrong, if they are.
 fn check_outcome(config: &SimConfig, streams: &[checks::Stream], outcome: &mut Finished) -> Option<String> {
@@ -359,6 +385,11 @@ fn check_outcome(config: &SimConfig, streams: &[checks::Stream], outcome: &mut F
             "dead letters differ from the malformed input lines:\n{letters}"
         ));
     }
+    check_output(config, streams, outcome)
+}
+
+/// Why a run's output is wrong against the oracle, if it is.
+fn check_output(config: &SimConfig, streams: &[checks::Stream], outcome: &mut Finished) -> Option<String> {
     match streams {
         [single] => {
             let app = App::from_name(config.app.name(), false).expect("known app");
@@ -420,12 +451,6 @@ struct Finished {
     sim: SimOutcome,
     output: Vec<u8>,
     dead_letters: Vec<u8>,
-}
-
-impl Finished {
-    fn failure(&self) -> Option<&String> {
-        self.sim.failure.as_ref()
-    }
 }
 
 struct SimDriver<'a> {

@@ -7,14 +7,17 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use verity_core::cluster::codec::{
-    decode_batch, decode_source_event, decode_upstream, encode_batch, encode_source_event, encode_upstream,
-    Upstream, UpstreamRef,
+    decode_batch, decode_source_event, encode_batch, encode_source_event, encode_upstream, UpstreamRef,
 };
+use verity_core::cluster::relay::OutputRelay;
 use verity_core::cluster::{channel_id, Layout};
+use verity_core::connector::sinks::WriteSink;
+use verity_core::connector::sources::line_reader;
 use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
 use verity_core::shard::{Batch, ShardCore, ShardLimits};
-use verity_core::source::{ChunkData, Dealer, LineChunker, Piece, SourceEvent, LINE_SIZE_MAX_BYTES};
+use verity_core::sink::{DeadLetterWriter, OutputWriter};
+use verity_core::source::{Dealer, ReaderBugs, SourceEvent, LINE_SIZE_MAX_BYTES};
 use verity_core::{Key, Rng, SplitMix64, Wire};
 use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
@@ -155,14 +158,18 @@ struct World<'a, K, V, S, O> {
     sources_closed: bool,
     buggify: Buggify,
     depths: Depths,
-    output: Vec<u8>,
+    /// Process 0's output thread: the production writer, into memory.
+    /// `None` once the run finished it.
+    writer: Option<OutputWriter>,
+    output_text: SharedBytes,
+    /// Lines handed to the writer so far.
     output_lines: u64,
     /// Lines the whole input must produce (the oracle's count).
     expected_lines: u64,
-    /// Every dead letter that reached process 0, as its file has it (the
-    /// production writer into memory).
-    dead_letters: verity_core::sink::DeadLetterWriter,
+    /// Every dead letter that reached process 0, as its file has it.
     dead_letter_text: SharedBytes,
+    /// Process 0's relay of each shard's output (remote shards only).
+    relays: Vec<OutputRelay>,
     source_errors: Vec<String>,
     /// Remote shards whose `Finished` process 0 has heard.
     remote_finished: u32,
@@ -265,7 +272,7 @@ where
             peer_drain_max: [1, 4, PEER_DRAIN_MAX][rng.below(3) as usize],
         };
         let depths = Depths::draw(&mut rng);
-        let dead_letter_text = SharedBytes::default();
+        let (output_text, dead_letter_text) = (SharedBytes::default(), SharedBytes::default());
         let layout =
             Layout::new(vec![config.workers; config.processes as usize], 0).expect("valid sim layout");
         let total = layout.total_shards();
@@ -283,7 +290,7 @@ where
             .into_iter()
             .map(|core| {
                 let mut driver = ShardDriver::new(core, sources);
-                driver.plant_bugs_for_testing(config.driver_bugs);
+                driver.plant_bugs_for_testing(config.bugs.driver);
                 driver.set_peer_drain_max(buggify.peer_drain_max);
                 Some(driver)
             })
@@ -292,13 +299,7 @@ where
             .iter()
             .enumerate()
             .map(|(source, (_, input))| {
-                Reader::new(
-                    source as u32,
-                    input.clone(),
-                    total,
-                    buggify.chunk_bytes,
-                    buggify.line_max_bytes,
-                )
+                Reader::new(source as u32, input.clone(), total, &buggify, config.bugs.reader)
             })
             .collect();
         let net = Net::new(
@@ -343,16 +344,20 @@ where
             sources_closed: false,
             buggify,
             depths,
-            output: Vec::new(),
+            writer: Some(OutputWriter::new(
+                Box::new(WriteSink::unbuffered(output_text.clone())),
+                DeadLetterWriter::with_sink(
+                    Box::new(WriteSink::unbuffered(dead_letter_text.clone())),
+                    source_names.to_vec(),
+                ),
+            )),
+            output_text,
             output_lines: 0,
             expected_lines,
-            dead_letters: verity_core::sink::DeadLetterWriter::with_sink(
-                Box::new(verity_core::connector::sinks::WriteSink::unbuffered(
-                    dead_letter_text.clone(),
-                )),
-                source_names.to_vec(),
-            ),
             dead_letter_text,
+            relays: (0..total)
+                .map(|shard| OutputRelay::new(shard).with_bugs(config.bugs.relay))
+                .collect(),
             source_errors: Vec::new(),
             remote_finished: 0,
             lifecycles,
@@ -465,9 +470,10 @@ where
             }
         }
         Some(format!(
-            "liveness: not finished {} s after the faults healed: {}; {}",
+            "liveness: not finished {} s after the faults healed: {}; {}; {}",
             LIVENESS_BOUND_US / SECOND_US,
             self.describe_waiting(),
+            self.net.describe_busy_channels(),
             self.describe_lifecycles()
         ))
     }
@@ -531,6 +537,10 @@ where
     }
 
     pub(super) fn finish(mut self, failure: Option<String>) -> Finished {
+        // As the output thread once every sender is gone: commit both sinks.
+        if let Some(writer) = self.writer.take() {
+            writer.finish().expect("the sinks are in memory");
+        }
         let protocol = self.net.protocol_stats();
         self.stats.add("full_windows", protocol.full_windows);
         self.stats.add("retransmitted_frames", protocol.frames_resent);
@@ -548,7 +558,7 @@ where
                 stats: self.stats,
                 report: None,
             },
-            output: self.output,
+            output: self.output_text.take(),
             dead_letters: self.dead_letter_text.take(),
         }
     }

@@ -113,11 +113,8 @@ fn protocol_config(
         reconnect_max_ms: RECONNECT_MAX_MS,
         peer_lost_ms: PEER_LOST_MS,
         bugs: ProtocolBugs {
-            no_retransmit: bugs.no_retransmit,
-            resend_from_wrong_seq: bugs.resend_from_wrong_seq,
-            accept_other_peers_channel: bugs.accept_other_peers_channel,
-            admit_duplicate_as_new: bugs.admit_duplicate_as_new || bugs.no_dedup,
-            resume_one_past_applied: bugs.resume_one_past_applied,
+            admit_duplicate_as_new: bugs.protocol.admit_duplicate_as_new || bugs.no_dedup,
+            ..bugs.protocol
         },
     }
 }
@@ -158,6 +155,31 @@ impl Net {
 
     fn intruder(&self) -> u32 {
         self.protocols.len() as u32 - 1
+    }
+
+    /// Every channel that still holds frames somewhere (the producer's
+    /// queue, the sender's window, the consumer's queue), for a liveness
+    /// failure: where the run is stuck.
+    pub(super) fn describe_busy_channels(&self) -> String {
+        let mut busy = Vec::new();
+        for (&channel, out) in &self.outs {
+            let unacked = self.protocols[out.from as usize].channel_unacked_frames(channel);
+            let consumer = self.ins.get(&channel).map_or(0, |input| input.queue.len());
+            if out.pending.len() + unacked + consumer > 0 {
+                busy.push(format!(
+                    "{} (process {} -> {}): {} queued by the producer, {unacked} unacked, \
+                     {consumer} delivered and not consumed",
+                    channel_id::describe(channel),
+                    out.from,
+                    out.to,
+                    out.pending.len(),
+                ));
+            }
+        }
+        if busy.is_empty() {
+            return "no channel holds frames".into();
+        }
+        format!("channels holding frames: {}", busy.join("; "))
     }
 
     /// The protocols' counters, summed over the real processes.

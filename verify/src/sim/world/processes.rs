@@ -1,44 +1,53 @@
-//! The simulated processes: the readers (the production `LineChunker` and
-//! `Dealer` over input that arrives over time), the shards (each driven by the
-//! production `ShardDriver` over simulated bounded queues), and process 0's
-//! output relay.
+//! The simulated processes: the readers (the production `ReadLoop` over a
+//! production line reader, dealing through the production `Dealer`, over
+//! input that arrives over time), the shards (each driven by the production
+//! `ShardDriver` over simulated bounded queues), and process 0's output
+//! relays and output writer (the production `OutputRelay` and
+//! `OutputWriter`).
 
 use super::*;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io::{self, Read};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use verity_core::cluster::relay::Relayed;
 use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait};
 use verity_core::line::DeadLetter;
 use verity_core::shard::ShardCounters;
-use verity_core::sink::OutputBatch;
+use verity_core::sink::{OutputBatch, OutputMessage};
+use verity_core::source::{ReadLoop, ReadStep};
 
 /// How much of a source has arrived, and whether it is closed (then the
-/// reader sees its end once it read everything).
-#[derive(Debug, Clone, Copy, Default)]
+/// reader sees its end once it read everything). Shared with the reader,
+/// which production wants `Send`; the simulation is one thread.
+#[derive(Debug, Default)]
 struct Arrival {
-    available: usize,
-    closed: bool,
+    available: AtomicUsize,
+    closed: AtomicBool,
 }
 
 /// A source's bytes as its reader sees them: what arrived so far; a read with
-/// nothing new would block (a socket with a read timeout).
+/// nothing new would block (a socket with a read timeout: an idle pull).
 struct SimInput {
     data: Bytes,
     pos: usize,
-    arrival: Rc<Cell<Arrival>>,
+    arrival: Arc<Arrival>,
 }
 
 impl Read for SimInput {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let arrival = self.arrival.get();
-        let end = arrival.available.min(self.data.len());
+        let end = self
+            .arrival
+            .available
+            .load(Ordering::Relaxed)
+            .min(self.data.len());
         if self.pos < end {
             let read = buf.len().min(end - self.pos);
             buf[..read].copy_from_slice(&self.data[self.pos..self.pos + read]);
             self.pos += read;
             return Ok(read);
         }
-        if arrival.closed && self.pos == self.data.len() {
+        if self.arrival.closed.load(Ordering::Relaxed) && self.pos == self.data.len() {
             return Ok(0);
         }
         Err(io::ErrorKind::WouldBlock.into())
@@ -56,10 +65,10 @@ thread_local! {
 pub(super) struct Reader {
     source: u32,
     len: usize,
-    chunker: LineChunker<SimInput>,
+    reading: ReadLoop,
     /// `None` once the source ended.
     dealer: Option<Dealer<'static>>,
-    arrival: Rc<Cell<Arrival>>,
+    arrival: Arc<Arrival>,
     /// Dealt events their shard's queue had no room for yet: the reader
     /// blocks on them, as production's blocks in `send`.
     outbox: VecDeque<(u32, SourceEvent)>,
@@ -67,28 +76,23 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    pub(super) fn new(
-        source: u32,
-        data: Bytes,
-        shards: u32,
-        chunk_bytes: usize,
-        line_max_bytes: usize,
-    ) -> Reader {
-        let arrival = Rc::new(Cell::new(Arrival::default()));
+    pub(super) fn new(source: u32, data: Bytes, shards: u32, buggify: &Buggify, bugs: ReaderBugs) -> Reader {
+        let arrival = Arc::new(Arrival::default());
         let input = SimInput {
             data: data.clone(),
             pos: 0,
-            arrival: Rc::clone(&arrival),
+            arrival: Arc::clone(&arrival),
         };
         let send: &'static mut dyn FnMut(usize, SourceEvent) -> bool =
             Box::leak(Box::new(|shard: usize, event: SourceEvent| {
                 DEALT.with(|dealt| dealt.borrow_mut().push((shard as u32, event)));
                 true
             }));
+        let partition = line_reader(input, buggify.chunk_bytes, buggify.line_max_bytes);
         Reader {
             source,
             len: data.len(),
-            chunker: LineChunker::new(input, chunk_bytes, line_max_bytes),
+            reading: ReadLoop::new(vec![(0, partition)]).with_bugs(bugs),
             dealer: Some(Dealer::new(source, shards as usize, send)),
             arrival,
             outbox: VecDeque::new(),
@@ -101,30 +105,30 @@ impl Reader {
     }
 
     pub(super) fn arrive(&self, available: usize) {
-        let mut arrival = self.arrival.get();
-        arrival.available = arrival.available.max(available);
-        self.arrival.set(arrival);
+        self.arrival.available.fetch_max(available, Ordering::Relaxed);
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrival.available.load(Ordering::Relaxed)
     }
 
     pub(super) fn all_arrived(&self) -> bool {
-        self.arrival.get().available >= self.len
+        self.arrived() >= self.len
     }
 
     pub(super) fn close(&self) {
-        let mut arrival = self.arrival.get();
-        arrival.closed = true;
-        self.arrival.set(arrival);
+        self.arrival.closed.store(true, Ordering::Relaxed);
     }
 
     pub(super) fn is_closed(&self) -> bool {
-        self.arrival.get().closed
+        self.arrival.closed.load(Ordering::Relaxed)
     }
 
     pub(super) fn describe(&self) -> String {
         format!(
             "reader {}: {} of {} bytes arrived, {}, {} events blocked",
             self.source,
-            self.arrival.get().available.min(self.len),
+            self.arrived().min(self.len),
             self.len,
             if self.dealer.is_none() {
                 "ended"
@@ -137,20 +141,16 @@ impl Reader {
         )
     }
 
-    /// Reads one piece and deals it; false if nothing could be read now.
+    /// One step of the production reader loop; false if nothing could be
+    /// read now (an idle read: the thread would wait in its read).
     fn read_and_deal(&mut self) -> bool {
         let Some(dealer) = self.dealer.as_mut() else {
             return false;
         };
-        match self.chunker.next_piece() {
-            Ok(Some(Piece::Lines(data))) => {
-                dealer.deal(ChunkData::Lines(data));
-            }
-            Ok(Some(Piece::Oversized { prefix, size_bytes })) => {
-                dealer.deal(ChunkData::Oversized { prefix, size_bytes });
-            }
-            Ok(Some(Piece::Idle)) => return false,
-            Ok(None) => self.dealer.take().expect("not ended").finish(None),
+        match self.reading.step(dealer) {
+            Ok(ReadStep::Dealt) => {}
+            Ok(ReadStep::Idle) => return false,
+            Ok(ReadStep::Ended | ReadStep::ShardsGone) => self.dealer.take().expect("not ended").finish(None),
             Err(e) => self.dealer.take().expect("not ended").finish(Some(e.to_string())),
         }
         DEALT.with(|dealt| self.outbox.extend(dealt.borrow_mut().drain(..)));
@@ -185,8 +185,8 @@ where
 
     fn try_output(&mut self, lines: OutputBatch) -> OutputSent {
         if self.world.layout.is_local_to(0, self.shard) {
-            self.world.sink_lines(&lines);
-            return OutputSent::Returned(lines);
+            self.world.write_to_sinks(OutputMessage::Lines(lines));
+            return OutputSent::Taken;
         }
         if self.world.try_upstream(self.shard, &UpstreamRef::Lines(&lines)) {
             OutputSent::Returned(lines)
@@ -197,7 +197,7 @@ where
 
     fn try_dead_letter(&mut self, letter: DeadLetter) -> Sent<DeadLetter> {
         if self.world.layout.is_local_to(0, self.shard) {
-            self.world.sink_dead_letter(letter);
+            self.world.write_to_sinks(OutputMessage::DeadLetter(letter));
             return Sent::Done;
         }
         if self
@@ -399,39 +399,44 @@ where
         step.progressed
     }
 
-    /// Process 0 takes remote shards' output into the sinks, as its relay
-    /// threads do.
+    /// Process 0 takes remote shards' output into the sinks through the
+    /// production relay, as its relay threads do.
     pub(super) fn relay_outputs(&mut self) -> bool {
         let mut progressed = false;
         for shard in self.layout.shards_of(0).end..self.layout.total_shards() {
             while let Some(frame) = self.take_frame(channel_id::output(shard)) {
                 progressed = true;
-                match decode_upstream(&frame).expect("frames of our own encoding decode") {
-                    Upstream::Lines(lines) => self.sink_lines(&lines),
-                    Upstream::DeadLetter(letter) => self.sink_dead_letter(letter),
-                    Upstream::SourceFailed { source, error } => {
+                let relay = &mut self.relays[shard as usize];
+                match relay.on_frame(&frame).unwrap_or_else(|e| panic!("{e}")) {
+                    Relayed::ToSinks(message) => self.write_to_sinks(message),
+                    Relayed::SourceFailed { source, error } => {
                         self.source_errors.push(format!("source {source}: {error}"))
                     }
-                    Upstream::Finished(_) => {
+                    Relayed::Finished(_) => {
                         self.trace(format_args!("process 0 hears shard {shard} finished"));
                         self.remote_finished += 1;
                     }
+                    Relayed::Dropped => {}
                 }
             }
         }
         progressed
     }
 
-    fn sink_lines(&mut self, lines: &[u8]) {
-        self.output.extend_from_slice(lines);
-        self.output_lines += lines.iter().filter(|b| **b == b'\n').count() as u64;
+    /// Into process 0's output writer (the output thread's production
+    /// logic, writing into memory).
+    fn write_to_sinks(&mut self, message: OutputMessage) {
+        match &message {
+            OutputMessage::Lines(batch) => self.count_output(batch),
+            OutputMessage::Relayed(batch) => self.count_output(batch),
+            OutputMessage::DeadLetter(_) => self.stats.bump("dead_letters"),
+        }
+        let writer = self.writer.as_mut().expect("the writer finishes with the world");
+        writer.write(message).expect("the sinks are in memory");
     }
 
-    fn sink_dead_letter(&mut self, letter: DeadLetter) {
-        self.stats.bump("dead_letters");
-        self.dead_letters
-            .write(&letter)
-            .expect("the dead-letter file is in memory");
+    fn count_output(&mut self, lines: &[u8]) {
+        self.output_lines += lines.iter().filter(|b| **b == b'\n').count() as u64;
     }
 
     /// Towards process 0's sinks on a remote shard's output channel, if its
