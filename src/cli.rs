@@ -117,6 +117,9 @@ struct SimArgs {
     /// sources at different rates (as `run --quotes Q --orders O`).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
     streams: u32,
+    /// wordcount only: final counts at the end of input (as `run --final`).
+    #[arg(long = "final")]
+    final_counts: bool,
     /// Test-only: plant a bug (one of `PlantedBugs::NAMES`) in the shared
     /// production code to show the simulator catches it.
     #[arg(long, value_name = "BUG", hide = true)]
@@ -653,6 +656,9 @@ fn sim(args: SimArgs) -> Result<i32> {
         None => verity_verify::sim::PlantedBugs::default(),
         Some(name) => verity_verify::sim::PlantedBugs::named(name).map_err(anyhow::Error::msg)?,
     };
+    if args.final_counts && !matches!(args.app, AppArg::Wordcount) {
+        bail!("--final is for wordcount");
+    }
     let template = verity_verify::sim::SimConfig {
         processes: args.processes,
         workers: args.workers,
@@ -662,6 +668,7 @@ fn sim(args: SimArgs) -> Result<i32> {
         trace: args.trace,
         bugs,
         streams: args.streams,
+        final_counts: args.final_counts,
         ..verity_verify::sim::SimConfig::new(args.app.into(), seeds.start)
     };
     crate::sim::run(&template, seeds, args.stats)

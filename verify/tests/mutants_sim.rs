@@ -13,9 +13,18 @@ const SEEDS_PER_LAYOUT: u64 = 25;
 /// and two single-shard processes (every batch crosses the network).
 const LAYOUTS: [(u32, u32); 2] = [(3, 2), (2, 1)];
 
+/// Besides every app on one stream: market-spread's quotes and orders as two
+/// sources, and wordcount's final counts.
+const EXTRA_VARIANTS: [(AppName, u32, bool); 2] =
+    [(AppName::MarketSpread, 2, false), (AppName::Wordcount, 1, true)];
+
 #[test]
 fn simulator_seed_sweep_for_mutants() {
-    for app in AppName::ALL {
+    let variants = AppName::ALL
+        .into_iter()
+        .map(|app| (app, 1, false))
+        .chain(EXTRA_VARIANTS);
+    for (app, streams, final_counts) in variants {
         for (processes, workers) in LAYOUTS {
             for seed in 0..SEEDS_PER_LAYOUT {
                 let config = SimConfig {
@@ -23,6 +32,8 @@ fn simulator_seed_sweep_for_mutants() {
                     workers,
                     sim_seconds: 10,
                     records: 800,
+                    streams,
+                    final_counts,
                     ..SimConfig::new(app, 10_000 + seed)
                 };
                 let outcome = run_seed(&config);

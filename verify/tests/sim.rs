@@ -24,6 +24,31 @@ fn every_app_runs_clean_over_many_seeds() {
 }
 
 #[test]
+fn wordcount_final_counts_run_clean() {
+    for seed in 0..CI_SEEDS / 2 {
+        let config = SimConfig {
+            final_counts: true,
+            ..SimConfig::new(AppName::Wordcount, seed)
+        };
+        let outcome = run_seed(&config);
+        assert!(
+            outcome.is_ok(),
+            "seed {seed}: {}\nreplay: {}",
+            outcome.failure.unwrap_or_default(),
+            config.replay_command()
+        );
+    }
+    let doubler = SimConfig {
+        final_counts: true,
+        ..SimConfig::new(AppName::Doubler, 0)
+    };
+    assert!(run_seed(&doubler)
+        .failure
+        .unwrap()
+        .contains("--final is for wordcount"));
+}
+
+#[test]
 fn faults_are_injected() {
     let outcome = run_seed(&SimConfig::new(AppName::MarketSpread, 3));
     assert!(outcome.faults_injected > 0);

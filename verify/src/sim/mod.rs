@@ -249,6 +249,8 @@ pub struct SimConfig {
     /// Input streams: 1, or 2 for market-spread (quotes and orders as two
     /// sources at different rates).
     pub streams: u32,
+    /// wordcount's `--final`: counts only at the end of input.
+    pub final_counts: bool,
 }
 
 impl SimConfig {
@@ -264,6 +266,7 @@ impl SimConfig {
             trace: false,
             bugs: PlantedBugs::default(),
             streams: 1,
+            final_counts: false,
         }
     }
 
@@ -273,6 +276,11 @@ impl SimConfig {
             String::new()
         } else {
             format!(" --streams {}", self.streams)
+        };
+        let streams = if self.final_counts {
+            streams + " --final"
+        } else {
+            streams
         };
         format!(
             "verity sim --app {} --seed {} --processes {} --workers {} --faults {} --sim-seconds {} --records {}{streams} --trace",
@@ -340,12 +348,28 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
         },
         _ => unreachable!("one or two streams"),
     };
+    if config.final_counts && config.app != AppName::Wordcount {
+        return failed(
+            config,
+            format!("--final is for wordcount, not {}", config.app.name()),
+        );
+    }
+    // Sources stay open until the output their input must produce is in;
+    // final counts come only after the end of input.
+    let expected_lines = if config.final_counts {
+        0
+    } else {
+        checks::expected_output_lines(config.app, &streams)
+    };
     let driver = SimDriver {
         config,
         inputs: streams.iter().map(|s| (s.name, s.data.clone())).collect(),
-        expected_lines: checks::expected_output_lines(config.app, &streams),
+        expected_lines,
     };
-    let outcome = drive_app(config.app, app_input, AppOptions::default(), driver);
+    let options = AppOptions {
+        final_counts: config.final_counts,
+    };
+    let outcome = drive_app(config.app, app_input, options, driver);
     let mut outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => return failed(config, format!("cannot build the app: {e}")),
@@ -392,7 +416,7 @@ fn check_outcome(config: &SimConfig, streams: &[checks::Stream], outcome: &mut F
 fn check_output(config: &SimConfig, streams: &[checks::Stream], outcome: &mut Finished) -> Option<String> {
     match streams {
         [single] => {
-            let app = App::from_name(config.app.name(), false).expect("known app");
+            let app = App::from_name(config.app.name(), config.final_counts).expect("known app");
             let report = compare(app, &single.data, &outcome.output);
             let failure = (!report.is_ok()).then(|| format!("output differs from the oracle:\n{report}"));
             outcome.sim.report = Some(report);
