@@ -44,10 +44,6 @@ impl ChannelSender {
         }
     }
 
-    pub fn channel(&self) -> u32 {
-        self.channel
-    }
-
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
@@ -105,10 +101,6 @@ impl ChannelSender {
         Ok(())
     }
 
-    pub fn acked_through(&self) -> u64 {
-        self.acked_through
-    }
-
     /// The batches to resend after a reconnect, in order.
     pub fn unacked(&self) -> impl Iterator<Item = (u64, u32, &Bytes)> {
         self.unacked.iter().map(|u| (u.first_seq, u.count, &u.encoded))
@@ -144,28 +136,24 @@ pub const ACK_RECORDS_EVERY: u64 = 1024;
 
 /// The receiving end: what was applied, and when to ack.
 pub struct ChannelReceiver {
-    channel: u32,
     applied_through: u64,
     acked_through: u64,
     last_ack_ms: u64,
     ack_interval_ms: u64,
 }
 
-impl ChannelReceiver {
-    pub fn new(channel: u32) -> Self {
+impl Default for ChannelReceiver {
+    fn default() -> Self {
         ChannelReceiver {
-            channel,
             applied_through: 0,
             acked_through: 0,
             last_ack_ms: 0,
             ack_interval_ms: 2,
         }
     }
+}
 
-    pub fn channel(&self) -> u32 {
-        self.channel
-    }
-
+impl ChannelReceiver {
     /// Applies a frame's numbers (if it is new) and says what to do with it.
     pub fn admit(&mut self, first_seq: u64, record_count: u32) -> Admission {
         let admission = self.classify(first_seq, record_count);
@@ -227,7 +215,7 @@ mod tests {
 
     #[test]
     fn admit_refuses_numbers_that_overflow_without_panicking() {
-        let mut receiver = ChannelReceiver::new(7);
+        let mut receiver = ChannelReceiver::default();
         assert_eq!(receiver.admit(u64::MAX, 2), Admission::Gap { expected_seq: 1 });
         assert_eq!(
             receiver.admit(u64::MAX - 1, u32::MAX),

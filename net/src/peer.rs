@@ -109,6 +109,13 @@ pub struct ProtocolBugs {
     pub ack_one_past_consumed: bool,
 }
 
+/// How full one channel's window is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
 #[derive(Clone)]
 pub struct ProtocolConfig {
     pub cluster_id: String,
@@ -383,7 +390,7 @@ impl<E: Entropy> PeerProtocol<E> {
                 });
             }
         }
-        let state = self.ins.entry(channel).or_insert_with(|| In::new(channel, peer));
+        let state = self.ins.entry(channel).or_insert_with(|| In::new(peer));
         state.claimed = true;
         let held = std::mem::take(&mut state.held);
         self.unclaimed_frames -= held.len();
@@ -419,16 +426,20 @@ impl<E: Entropy> PeerProtocol<E> {
     /// both drivers admit frames by. A frame may be up to the frame size
     /// limit, so the room asked for is the worst case the window allows.
     pub fn window_has_room(&self, channel: u32) -> bool {
-        let out = &self.outs[&channel];
-        out.sender
-            .has_room(FRAME_SIZE_MAX_BYTES.min(self.config.window_bytes / 2))
+        self.outs[&channel].sender.has_room(self.room_per_frame())
+    }
+
+    /// The window room a frame needs: the worst case, the largest frame the
+    /// window allows.
+    fn room_per_frame(&self) -> usize {
+        FRAME_SIZE_MAX_BYTES.min(self.config.window_bytes / 2)
     }
 
     /// Moves frames from a producer into the window and onto the peer's
     /// connection (if there is one; otherwise they wait for the resend).
     /// Returns how many it took.
     pub fn send_from(&mut self, channel: u32, source: &mut impl FrameSource) -> usize {
-        let room_per_frame = FRAME_SIZE_MAX_BYTES.min(self.config.window_bytes / 2);
+        let room_per_frame = self.room_per_frame();
         let out = self
             .outs
             .get_mut(&channel)
@@ -469,10 +480,13 @@ impl<E: Entropy> PeerProtocol<E> {
         self.outs.values().map(|o| o.sender.buffered_batches()).sum()
     }
 
-    /// Frames of `channel` handed over and not yet acked (0 for a channel
-    /// this process does not send on).
-    pub fn channel_unacked_frames(&self, channel: u32) -> usize {
-        self.outs.get(&channel).map_or(0, |o| o.sender.buffered_batches())
+    /// Frames and bytes of `channel` handed over and not yet acked (none
+    /// for a channel this process does not send on).
+    pub fn channel_in_flight(&self, channel: u32) -> InFlight {
+        self.outs.get(&channel).map_or(InFlight::default(), |o| InFlight {
+            frames: o.sender.buffered_batches(),
+            bytes: o.sender.buffered_bytes(),
+        })
     }
 
     // ---- connections ----------------------------------------------------
@@ -812,7 +826,7 @@ impl<E: Entropy> PeerProtocol<E> {
                 "data on channel {channel:#x}, and {UNCLAIMED_CHANNELS_MAX} channels are unclaimed already"
             ));
         }
-        self.ins.insert(channel, In::new(channel, peer));
+        self.ins.insert(channel, In::new(peer));
         Ok(())
     }
 
@@ -913,12 +927,12 @@ impl<E: Entropy> PeerProtocol<E> {
 }
 
 impl In {
-    fn new(channel: u32, peer: u32) -> Self {
+    fn new(peer: u32) -> Self {
         In {
             peer,
             claimed: false,
             held: Vec::new(),
-            receiver: ChannelReceiver::new(channel),
+            receiver: ChannelReceiver::default(),
             outstanding: VecDeque::new(),
             consumed: 0,
             acked: 0,

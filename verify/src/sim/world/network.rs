@@ -12,9 +12,9 @@
 
 use super::*;
 use verity_net::auth::ClusterSecret;
-use verity_net::frame::FrameDecoder;
+use verity_net::frame::{FrameDecoder, FRAME_SIZE_MAX_BYTES};
 use verity_net::peer::{
-    Action, ConnId, PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolStats, SeededEntropy,
+    Action, ConnId, InFlight, PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolStats, SeededEntropy,
 };
 
 const CLUSTER_ID: &str = "sim";
@@ -88,6 +88,8 @@ pub(super) struct Net {
     /// Why a protocol said the cluster failed, if one did.
     pub(super) failure: Option<String>,
     producer_depth_frames: usize,
+    /// Every protocol's window, in frames (BUGGIFY'd per seed).
+    window_frames: usize,
 }
 
 fn protocol_config(
@@ -117,6 +119,41 @@ fn protocol_config(
             ..bugs.protocol
         },
     }
+}
+
+/// The window rule, checked from outside on every channel after every pump:
+/// a channel never has more than `window_frames` frames, nor (past its first
+/// frame) more than the window's bytes, unacked; and its window takes one
+/// more frame exactly when it is empty or has room for the largest frame it
+/// allows. So a window that lets too much out (unbounded memory) and one that
+/// shrinks (a silent loss of throughput) are both findings.
+fn check_window(
+    protocol: &PeerProtocol<SeededEntropy>,
+    channel: u32,
+    window_frames: usize,
+) -> Result<(), String> {
+    let InFlight { frames, bytes } = protocol.channel_in_flight(channel);
+    let described = || {
+        format!(
+            "{} ({frames} frames, {bytes} bytes unacked)",
+            channel_id::describe(channel)
+        )
+    };
+    if frames > window_frames || (frames > 1 && bytes > WINDOW_BYTES) {
+        return Err(format!(
+            "window overrun on {}: the window is {window_frames} frames, {WINDOW_BYTES} bytes",
+            described()
+        ));
+    }
+    let largest_frame = FRAME_SIZE_MAX_BYTES.min(WINDOW_BYTES / 2);
+    let room = frames == 0 || (frames < window_frames && bytes + largest_frame <= WINDOW_BYTES);
+    if protocol.window_has_room(channel) != room {
+        return Err(format!(
+            "window rule broken on {}: room is {room} by the rule, the protocol says otherwise",
+            described()
+        ));
+    }
+    Ok(())
 }
 
 impl Net {
@@ -150,6 +187,7 @@ impl Net {
             last_sent: Bytes::new(),
             failure: None,
             producer_depth_frames,
+            window_frames,
         }
     }
 
@@ -163,7 +201,9 @@ impl Net {
     pub(super) fn describe_busy_channels(&self) -> String {
         let mut busy = Vec::new();
         for (&channel, out) in &self.outs {
-            let unacked = self.protocols[out.from as usize].channel_unacked_frames(channel);
+            let unacked = self.protocols[out.from as usize]
+                .channel_in_flight(channel)
+                .frames;
             let consumer = self.ins.get(&channel).map_or(0, |input| input.queue.len());
             if out.pending.len() + unacked + consumer > 0 {
                 busy.push(format!(
@@ -303,6 +343,11 @@ where
         let protocol = &mut self.net.protocols[process as usize];
         for (channel, out) in self.net.outs.iter_mut().filter(|(_, o)| o.from == process) {
             while protocol.send_from(*channel, &mut out.pending) > 0 {}
+            if let Err(broken) = check_window(protocol, *channel, self.net.window_frames) {
+                self.net
+                    .failure
+                    .get_or_insert(format!("process {process}: {broken}"));
+            }
         }
         protocol.flush_acks();
         self.carry_out(process);
