@@ -106,11 +106,6 @@ impl ChannelSender {
         self.unacked.iter().map(|u| (u.first_seq, u.count, &u.encoded))
     }
 
-    /// After a reconnect the peer says what it applied: an ack by another name.
-    pub fn resume_from(&mut self, peer_applied_through: u64) -> Result<(), ProtocolError> {
-        self.on_ack(peer_applied_through)
-    }
-
     pub fn buffered_bytes(&self) -> usize {
         self.buffered_bytes
     }
@@ -131,26 +126,11 @@ pub enum Admission {
     Gap { expected_seq: u64 },
 }
 
-/// Records of a channel applied before an ack is sent anyway.
-pub const ACK_RECORDS_EVERY: u64 = 1024;
-
-/// The receiving end: what was applied, and when to ack.
+/// The receiving end: what was applied. (What it acks is what its consumer
+/// took, which the peer protocol tracks: `peer::PeerProtocol::on_consumed`.)
+#[derive(Debug, Default)]
 pub struct ChannelReceiver {
     applied_through: u64,
-    acked_through: u64,
-    last_ack_ms: u64,
-    ack_interval_ms: u64,
-}
-
-impl Default for ChannelReceiver {
-    fn default() -> Self {
-        ChannelReceiver {
-            applied_through: 0,
-            acked_through: 0,
-            last_ack_ms: 0,
-            ack_interval_ms: 2,
-        }
-    }
 }
 
 impl ChannelReceiver {
@@ -192,20 +172,9 @@ impl ChannelReceiver {
     /// next record for applied without having it. Never call it otherwise.
     #[doc(hidden)]
     pub fn skip_one_for_testing(&mut self) {
-        self.applied_through += 1;
-    }
-
-    /// The cumulative ack to send now, if one is due.
-    pub fn ack_due(&mut self, now_ms: u64) -> Option<u64> {
-        let pending = self.applied_through - self.acked_through;
-        let due =
-            pending >= ACK_RECORDS_EVERY || now_ms.saturating_sub(self.last_ack_ms) >= self.ack_interval_ms;
-        if pending == 0 || !due {
-            return None;
+        if self.applied_through > 0 {
+            self.applied_through += 1;
         }
-        self.acked_through = self.applied_through;
-        self.last_ack_ms = now_ms;
-        Some(self.applied_through)
     }
 }
 
