@@ -229,6 +229,33 @@ impl<'a> FrameWriter<'a> {
         self.start..self.out.len()
     }
 }
+/// The producing end of one channel's data frames: numbers their records
+/// from 1, in order, as the receiver's dedup and the sender's window expect.
+/// The runtime's `RemoteOut` and the simulator's producers both build their
+/// frames here.
+#[derive(Debug)]
+pub struct ChannelFrames {
+    channel: u32,
+    next_seq: u64,
+}
+
+impl ChannelFrames {
+    pub fn new(channel: u32) -> Self {
+        ChannelFrames { channel, next_seq: 1 }
+    }
+
+    /// One whole frame, written by `write`, numbered after the last one.
+    pub fn build(&mut self, write: impl FnOnce(&mut FrameWriter<'_>)) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut frame = FrameWriter::begin(&mut bytes, FrameKind::Data, self.channel, self.next_seq);
+        write(&mut frame);
+        let records = frame.record_count();
+        assert!(records > 0, "every frame carries a header record");
+        frame.finish();
+        self.next_seq += u64::from(records);
+        bytes
+    }
+}
 
 fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&header[CRC_COVERED_HEADER]), payload)

@@ -2,13 +2,12 @@
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use std::sync::Arc;
-use verity_net::frame::{Frame, FrameKind, FrameWriter};
+use verity_net::frame::{ChannelFrames, Frame, FrameWriter};
 use verity_net::node::ConsumerProgress;
 
 /// Sends frames on one channel: numbers them and wakes the I/O thread.
 pub struct RemoteOut {
-    channel: u32,
-    next_seq: u64,
+    numbering: ChannelFrames,
     frames: Sender<Vec<u8>>,
     waker: Arc<mio::Waker>,
 }
@@ -20,8 +19,7 @@ pub struct ChannelClosed;
 impl RemoteOut {
     pub fn new(channel: u32, frames: Sender<Vec<u8>>, waker: Arc<mio::Waker>) -> Self {
         RemoteOut {
-            channel,
-            next_seq: 1,
+            numbering: ChannelFrames::new(channel),
             frames,
             waker,
         }
@@ -33,14 +31,7 @@ impl RemoteOut {
     }
 
     fn build(&mut self, write: impl FnOnce(&mut FrameWriter<'_>)) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        let mut frame = FrameWriter::begin(&mut bytes, FrameKind::Data, self.channel, self.next_seq);
-        write(&mut frame);
-        let records = frame.record_count();
-        assert!(records > 0, "every frame carries a header record");
-        frame.finish();
-        self.next_seq += records as u64;
-        bytes
+        self.numbering.build(write)
     }
 
     /// Builds and sends one frame, blocking while the queue is full.

@@ -12,7 +12,7 @@
 
 use super::*;
 use verity_net::auth::ClusterSecret;
-use verity_net::frame::{FrameDecoder, FRAME_SIZE_MAX_BYTES};
+use verity_net::frame::{ChannelFrames, FrameDecoder, FRAME_SIZE_MAX_BYTES};
 use verity_net::peer::{
     Action, ConnId, InFlight, PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolStats, SeededEntropy,
 };
@@ -48,7 +48,7 @@ struct OutChan {
     to: u32,
     /// The producer's queue: encoded frames the protocol has not taken yet.
     pending: VecDeque<Bytes>,
-    next_seq: u64,
+    numbering: ChannelFrames,
 }
 
 struct InChan {
@@ -274,7 +274,7 @@ where
             from,
             to,
             pending: VecDeque::new(),
-            next_seq: 1,
+            numbering: ChannelFrames::new(channel),
         };
         self.net.outs.insert(channel, out);
         let input = InChan {
@@ -319,12 +319,8 @@ where
     /// Encodes one frame onto a channel's producer queue, numbered in order.
     pub(super) fn queue_frame(&mut self, channel: u32, write: impl FnOnce(&mut FrameWriter<'_>)) {
         let out = self.net.outs.get_mut(&channel).expect("wired channel");
-        let mut bytes = Vec::new();
-        let mut frame = FrameWriter::begin(&mut bytes, FrameKind::Data, channel, out.next_seq);
-        write(&mut frame);
-        out.next_seq += frame.record_count() as u64;
-        frame.finish();
-        out.pending.push_back(Bytes::from(bytes));
+        let frame = out.numbering.build(write);
+        out.pending.push_back(Bytes::from(frame));
     }
 
     /// Whether a producer could hand over one more frame on `channel` now,
