@@ -3,6 +3,7 @@
 #
 #   scripts/mutants.sh                 # every module below (hours on 2 cores)
 #   scripts/mutants.sh net/src/channel.rs core/src/shard.rs   # just these files
+#   MUTANTS_JOBS=2 scripts/mutants.sh  # two mutants at a time (builds are mostly serial)
 #
 # For each file, cargo-mutants plants one small bug at a time (a replaced
 # operator, a function returning a default, a deleted statement, ...) and runs
@@ -36,6 +37,7 @@ default_files=(
     state/src/keyed.rs
     core/src/shard.rs
     core/src/driver.rs
+    core/src/cluster/relay.rs
     core/src/cluster/remote.rs
     core/src/sink.rs
     core/src/cluster/lifecycle.rs
@@ -80,7 +82,7 @@ for file in "${files[@]}"; do
     # exit status 2 means "some mutants survived": that is a result, not an error.
     cargo mutants --workspace --file "$file" --test-package verity-verify \
         --cargo-test-arg=--test=mutants_sim --baseline skip --timeout 60 --build-timeout 600 \
-        --exclude-re '_for_testing' \
+        --exclude-re '_for_testing' --jobs "${MUTANTS_JOBS:-1}" \
         --output "$dir" --no-shuffle --colors never >&2 || true
     m="$dir/mutants.out"
     count() { if [ -f "$m/$1" ]; then grep -c . "$m/$1" || true; else echo 0; fi; }
