@@ -81,7 +81,7 @@ for file in "${files[@]}"; do
     echo "== $file" >&2
     # exit status 2 means "some mutants survived": that is a result, not an error.
     cargo mutants --workspace --file "$file" --test-package verity-verify \
-        --cargo-test-arg=--test=mutants_sim --baseline skip --timeout 60 --build-timeout 600 \
+        --cargo-arg=--test=mutants_sim --baseline skip --timeout 60 --build-timeout 600 \
         --exclude-re '_for_testing' --jobs "${MUTANTS_JOBS:-1}" \
         --output "$dir" --no-shuffle --colors never >&2 || true
     m="$dir/mutants.out"
