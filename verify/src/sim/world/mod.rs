@@ -15,7 +15,7 @@ use verity_core::connector::sinks::WriteSink;
 use verity_core::connector::sources::line_reader;
 use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
-use verity_core::shard::{Batch, ShardCore, ShardLimits};
+use verity_core::shard::{Batch, ShardCore, ShardCounters, ShardLimits};
 use verity_core::sink::{DeadLetterWriter, OutputWriter};
 use verity_core::source::{Dealer, ReaderBugs, SourceEvent, LINE_SIZE_MAX_BYTES};
 use verity_core::{Key, Rng, SplitMix64, Wire};
@@ -162,8 +162,9 @@ struct World<'a, K, V, S, O> {
     /// `None` once the run finished it.
     writer: Option<OutputWriter>,
     output_text: SharedBytes,
-    /// Lines handed to the writer so far.
+    /// Lines and dead letters handed to the writer so far.
     output_lines: u64,
+    dead_letters_written: u64,
     /// Lines the whole input must produce (the oracle's count).
     expected_lines: u64,
     /// Every dead letter that reached process 0, as its file has it.
@@ -173,6 +174,10 @@ struct World<'a, K, V, S, O> {
     source_errors: Vec<String>,
     /// Remote shards whose `Finished` process 0 has heard.
     remote_finished: u32,
+    /// The totals remote shards reported with their `Finished`.
+    remote_counters: ShardCounters,
+    /// Lines in all the input (each becomes a record).
+    input_lines: u64,
     lifecycles: control::Lifecycles,
     trace_hash: u64,
     trace: Vec<String>,
@@ -221,6 +226,20 @@ where
             dead_letters: Vec::new(),
         }
     })
+}
+
+/// Lines in `data` as the line splitter sees them (a last line may lack
+/// its `\n`).
+fn line_count(data: &[u8]) -> u64 {
+    let newlines = data.iter().filter(|b| **b == b'\n').count() as u64;
+    newlines + u64::from(data.last().is_some_and(|b| *b != b'\n'))
+}
+
+fn add_counters(totals: &mut ShardCounters, more: ShardCounters) {
+    totals.records_in += more.records_in;
+    totals.records_out += more.records_out;
+    totals.dead_lettered += more.dead_lettered;
+    totals.duplicates_dropped += more.duplicates_dropped;
 }
 
 /// A byte buffer the dead-letter writer (which wants a `Write + Send`
@@ -353,6 +372,7 @@ where
             )),
             output_text,
             output_lines: 0,
+            dead_letters_written: 0,
             expected_lines,
             dead_letter_text,
             relays: (0..total)
@@ -360,6 +380,8 @@ where
                 .collect(),
             source_errors: Vec::new(),
             remote_finished: 0,
+            remote_counters: ShardCounters::default(),
+            input_lines: inputs.iter().map(|(_, data)| line_count(data)).sum(),
             lifecycles,
             trace_hash: 0xcbf2_9ce4_8422_2325,
             trace: Vec::new(),
@@ -463,7 +485,7 @@ where
             match self.lifecycle_end() {
                 Some(Ok(())) => {
                     self.trace(format_args!("every process exited, done"));
-                    return None;
+                    return self.check_counters().err();
                 }
                 Some(Err(failure)) => return Some(failure),
                 None => {}
@@ -476,6 +498,34 @@ where
             self.net.describe_busy_channels(),
             self.describe_lifecycles()
         ))
+    }
+
+    /// The run's totals, as the summary reports them, must match what
+    /// happened: every input line counted once, every dead letter and every
+    /// output line the sinks got.
+    fn check_counters(&self) -> Result<(), String> {
+        let mut totals = self.remote_counters;
+        for driver in self.drivers.iter().flatten() {
+            if self.layout.is_local_to(0, driver.core().index()) {
+                add_counters(&mut totals, driver.counters());
+            }
+        }
+        let dead_letters = self.dead_letters_written;
+        let wrong = |what: &str, counted: u64, actual: u64| {
+            Err(format!(
+                "the shards' totals say {counted} {what}, but there were {actual}"
+            ))
+        };
+        if totals.records_in != self.input_lines {
+            return wrong("records in", totals.records_in, self.input_lines);
+        }
+        if totals.dead_lettered != dead_letters {
+            return wrong("dead-lettered", totals.dead_lettered, dead_letters);
+        }
+        if totals.records_out != self.output_lines {
+            return wrong("records out", totals.records_out, self.output_lines);
+        }
+        Ok(())
     }
 
     pub(super) fn handle(&mut self, event: Event) {

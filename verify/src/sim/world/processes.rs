@@ -13,7 +13,6 @@ use std::sync::Arc;
 use verity_core::cluster::relay::Relayed;
 use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait};
 use verity_core::line::DeadLetter;
-use verity_core::shard::ShardCounters;
 use verity_core::sink::{OutputBatch, OutputMessage};
 use verity_core::source::{ReadLoop, ReadStep};
 
@@ -412,9 +411,10 @@ where
                     Relayed::SourceFailed { source, error } => {
                         self.source_errors.push(format!("source {source}: {error}"))
                     }
-                    Relayed::Finished(_) => {
+                    Relayed::Finished(counters) => {
                         self.trace(format_args!("process 0 hears shard {shard} finished"));
                         self.remote_finished += 1;
+                        add_counters(&mut self.remote_counters, counters);
                     }
                     Relayed::Dropped => {}
                 }
@@ -429,7 +429,10 @@ where
         match &message {
             OutputMessage::Lines(batch) => self.count_output(batch),
             OutputMessage::Relayed(batch) => self.count_output(batch),
-            OutputMessage::DeadLetter(_) => self.stats.bump("dead_letters"),
+            OutputMessage::DeadLetter(_) => {
+                self.stats.bump("dead_letters");
+                self.dead_letters_written += 1;
+            }
         }
         let writer = self.writer.as_mut().expect("the writer finishes with the world");
         writer.write(message).expect("the sinks are in memory");
