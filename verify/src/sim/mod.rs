@@ -23,6 +23,7 @@
 //! is a set of shards plus its channels' state, all owned by `World`.
 
 mod checks;
+pub mod disk;
 mod stats;
 mod world;
 
