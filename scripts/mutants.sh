@@ -3,7 +3,9 @@
 #
 #   scripts/mutants.sh                 # every module below (hours on 2 cores)
 #   scripts/mutants.sh net/src/channel.rs core/src/shard.rs   # just these files
+#   scripts/mutants.sh net/src/peer.rs:0/4    # a sample: every 4th mutant
 #   MUTANTS_JOBS=2 scripts/mutants.sh  # two mutants at a time (builds are mostly serial)
+#   scripts/mutants.sh --report        # only rebuild REPORT.md from what was measured
 #
 # For each file, cargo-mutants plants one small bug at a time (a replaced
 # operator, a function returning a default, a deleted statement, ...) and runs
@@ -19,7 +21,9 @@
 # Planted-bug switches (`*_for_testing`) are not mutated: they are off in
 # every run the sweep makes, so no mutant of theirs can change a result.
 # Survivors that are equivalent mutants (no behaviour change) are listed in
-# scripts/mutants-equivalent.txt with why; the report marks them.
+# scripts/mutants-equivalent.txt, one per line as `<mutant> | <why>` (the
+# mutant as cargo-mutants names it, without its line:column); the
+# report marks them and gives the score without them too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,71 +52,115 @@ default_files=(
     apps/src/market_spread.rs
     apps/src/seq_window.rs
 )
-if [ $# -gt 0 ]; then files=("$@"); else files=("${default_files[@]}"); fi
+report_only=false
+if [ "${1:-}" = "--report" ]; then
+    report_only=true
+    files=()
+elif [ $# -gt 0 ]; then
+    files=("$@")
+else
+    files=("${default_files[@]}")
+fi
 
 # The unmutated tree must pass the sweep, or every mutant would look caught.
 # (cargo-mutants' own baseline would run the sweep in the mutated file's
 # package, which does not hold it.)
-echo "baseline: the simulator sweep on the unmutated tree" >&2
-cargo test -q -p verity-verify --test mutants_sim >&2
+if ! $report_only; then
+    echo "baseline: the simulator sweep on the unmutated tree" >&2
+    cargo test -q -p verity-verify --test mutants_sim >&2
+fi
 
 out=target/mutants
 mkdir -p "$out"
 report="$out/REPORT.md"
 equivalent=scripts/mutants-equivalent.txt
-{
-    echo "# Mutation score: the simulator as the only test"
-    echo
-    echo "commit $(git rev-parse --short HEAD), $(date -u +%Y-%m-%dT%H:%MZ)"
-    echo
-    echo "| file | caught | timeout | missed | unviable | score |"
-    echo "|---|---|---|---|---|---|"
-} >"$report"
-survivors=""
-total_caught=0
-total_missed=0
-for file in "${files[@]}"; do
+
+# ---- run: one cargo-mutants output directory per file ----------------------
+for spec in "${files[@]+"${files[@]}"}"; do
+    file="${spec%%:*}"
+    sample=""
+    [ "$spec" != "$file" ] && sample="${spec#*:}"
     if [ ! -f "$file" ]; then
         echo "skipping $file (not in this tree)" >&2
         continue
     fi
     dir="$out/$(echo "$file" | tr / _)"
     rm -rf "$dir"
-    echo "== $file" >&2
+    mkdir -p "$dir"
+    echo "== $file${sample:+ (sample $sample)}" >&2
+    shard_args=()
+    [ -n "$sample" ] && shard_args=(--shard "$sample")
     # exit status 2 means "some mutants survived": that is a result, not an error.
     cargo mutants --workspace --file "$file" --test-package verity-verify \
         --cargo-arg=--test=mutants_sim --baseline skip --timeout 60 --build-timeout 600 \
-        --exclude-re '_for_testing' --jobs "${MUTANTS_JOBS:-1}" \
+        --exclude-re '_for_testing' --jobs "${MUTANTS_JOBS:-1}" "${shard_args[@]}" \
         --output "$dir" --no-shuffle --colors never >&2 || true
+    printf '%s\t%s\t%s\n' "$file" "${sample:-all}" "$(git rev-parse --short HEAD)" >"$dir/what"
+done
+
+# ---- report: every file measured so far (runs may be split over sessions) --
+{
+    echo "# Mutation score: the simulator as the only test"
+    echo
+    echo "Generated $(date -u +%Y-%m-%dT%H:%MZ) by scripts/mutants.sh. A sample k/n is"
+    echo "cargo-mutants' --shard: every n-th mutant of the file."
+    echo "Score = caught (timeouts count as caught) / viable; the last column leaves"
+    echo "out the survivors listed as equivalent in $equivalent."
+    echo
+    echo "| file | commit | mutants | caught | timeout | missed | unviable | score | score without equivalents |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+} >"$report"
+survivors=""
+total_caught=0
+total_missed=0
+total_equivalent=0
+for what in "$out"/*/what; do
+    [ -f "$what" ] || continue
+    dir="$(dirname "$what")"
+    IFS=$'\t' read -r file sample commit <"$what"
     m="$dir/mutants.out"
     count() { if [ -f "$m/$1" ]; then grep -c . "$m/$1" || true; else echo 0; fi; }
     caught=$(count caught.txt)
     timeout=$(count timeout.txt)
     missed=$(count missed.txt)
     unviable=$(count unviable.txt)
-    viable=$((caught + timeout + missed))
-    score="n/a"
-    [ "$viable" -gt 0 ] && score="$(( 100 * (caught + timeout) / viable ))%"
-    echo "| $file | $caught | $timeout | $missed | $unviable | $score |" >>"$report"
-    total_caught=$((total_caught + caught + timeout))
-    total_missed=$((total_missed + missed))
+    equivalent_here=0
     if [ -s "$m/missed.txt" ]; then
+        survivors+=$'\n'"### $file"$'\n\n'
         while IFS= read -r line; do
-            mark=""
-            if [ -f "$equivalent" ] && grep -qF "$line" "$equivalent"; then mark=" (equivalent: see $equivalent)"; fi
-            survivors+="- \`$line\`$mark"$'\n'
+            why=""
+            if [ -f "$equivalent" ]; then
+                # Entries leave out line:column, which move as the code changes.
+                key="$(printf '%s' "$line" | sed -E 's/:[0-9]+:[0-9]+:/:/')"
+                why="$(awk -F ' [|] ' -v key="$key" '$1 == key { print $2; exit }' "$equivalent")"
+            fi
+            if [ -n "$why" ]; then
+                equivalent_here=$((equivalent_here + 1))
+                survivors+="- \`$line\` — equivalent: $why"$'\n'
+            else
+                survivors+="- \`$line\`"$'\n'
+            fi
         done <"$m/missed.txt"
     fi
+    viable=$((caught + timeout + missed))
+    score="n/a"
+    honest="n/a"
+    [ "$viable" -gt 0 ] && score="$(( 100 * (caught + timeout) / viable ))%"
+    [ "$((viable - equivalent_here))" -gt 0 ] && honest="$(( 100 * (caught + timeout) / (viable - equivalent_here) ))%"
+    echo "| $file | $commit | $sample | $caught | $timeout | $missed | $unviable | $score | $honest |" >>"$report"
+    total_caught=$((total_caught + caught + timeout))
+    total_missed=$((total_missed + missed))
+    total_equivalent=$((total_equivalent + equivalent_here))
 done
 total=$((total_caught + total_missed))
 {
     echo
     if [ "$total" -gt 0 ]; then
-        echo "**Overall: $total_caught of $total viable mutants caught ($(( 100 * total_caught / total ))%).**"
+        echo "**Overall: $total_caught of $total viable mutants caught ($(( 100 * total_caught / total ))%);"
+        echo "without the $total_equivalent listed as equivalent: $(( 100 * total_caught / (total - total_equivalent) ))%.**"
     fi
     echo
     echo "## Survivors"
-    echo
     echo "${survivors:-none}"
 } >>"$report"
 cat "$report"
