@@ -148,6 +148,8 @@ struct World<'a, K, V, S, O> {
     drivers: Vec<Option<ShardDriver<K, V, S, O>>>,
     /// Shards whose last step waited for room (a parked send, a full sink).
     waits_for_room: Vec<bool>,
+    /// Per shard that waits for input: the queues it waits on.
+    watching: Vec<Option<Vec<verity_core::driver::Watch>>>,
     processes: Vec<Process>,
     net: Net,
     /// Process 0's shards' source queues, by (source, shard).
@@ -349,6 +351,7 @@ where
             queue: BinaryHeap::new(),
             drivers,
             waits_for_room: vec![false; total as usize],
+            watching: vec![None; total as usize],
             // One more for the network's wrong-secret intruder.
             processes: (0..=config.processes)
                 .map(|_| Process {

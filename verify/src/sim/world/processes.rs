@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use verity_core::cluster::relay::Relayed;
-use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait};
+use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait, Watch};
 use verity_core::line::DeadLetter;
 use verity_core::sink::{OutputBatch, OutputMessage};
 use verity_core::source::{ReadLoop, ReadStep};
@@ -171,11 +171,16 @@ where
     O: 'static,
 {
     fn take_batch(&mut self, source: u32, from: u32) -> Option<Batch<K, V>> {
-        self.world.take_batch(source, from, self.shard)
+        let batch = self.world.take_batch(source, from, self.shard)?;
+        self.world
+            .check_woken_by(self.shard, Watch::Batches { source, from });
+        Some(batch)
     }
 
     fn take_source_event(&mut self, source: u32) -> Option<SourceEvent> {
-        self.world.take_chunk(source, self.shard)
+        let event = self.world.take_chunk(source, self.shard)?;
+        self.world.check_woken_by(self.shard, Watch::Chunks { source });
+        Some(event)
     }
 
     fn try_send_batch(&mut self, to: u32, batch: Batch<K, V>) -> Sent<Batch<K, V>> {
@@ -385,7 +390,6 @@ where
             return false;
         }
         let step = driver.step(&mut SimPorts { world: self, shard });
-        self.drivers[shard as usize] = Some(driver);
         if step.parked_sends > 0 {
             self.stats.add("parked_sends", step.parked_sends);
             self.trace(format_args!("shard {shard} parks {} sends", step.parked_sends));
@@ -395,7 +399,30 @@ where
         }
         self.waits_for_room[shard as usize] =
             matches!(step.wait, Wait::Sink | Wait::Input { parked_sends: true });
+        // What the production shard thread would now block on: the next
+        // input this shard takes must come from one of these queues, or
+        // production would have slept through its arrival.
+        self.watching[shard as usize] = matches!(step.wait, Wait::Input { .. }).then(|| {
+            let mut watched = Vec::new();
+            driver.watched(&mut watched);
+            watched
+        });
+        self.drivers[shard as usize] = Some(driver);
         step.progressed
+    }
+
+    /// A shard that waited for input took some from `queue`: it must have
+    /// been watching that queue.
+    fn check_woken_by(&mut self, shard: u32, queue: Watch) {
+        let Some(watched) = self.watching[shard as usize].take() else {
+            return;
+        };
+        if !watched.contains(&queue) {
+            let failure = format!(
+                "shard {shard} missed a wakeup: it waited on {watched:?}, but its next input came from {queue:?}"
+            );
+            self.net.failure.get_or_insert(failure);
+        }
     }
 
     /// Process 0 takes remote shards' output into the sinks through the
