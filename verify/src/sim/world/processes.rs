@@ -53,6 +53,9 @@ impl Read for SimInput {
     }
 }
 
+/// One no-progress step in this many is followed by a spurious wakeup.
+const SPURIOUS_WAKEUP_ONE_IN: u64 = 4;
+
 thread_local! {
     /// What the `Dealer` of the reader being pumped just dealt. The dealer
     /// needs a `'static` send callback that lives as long as the reader; a
@@ -390,6 +393,21 @@ where
             return false;
         }
         let step = driver.step(&mut SimPorts { world: self, shard });
+        if !step.progressed && !step.finished && self.rng.chance(1, SPURIOUS_WAKEUP_ONE_IN) {
+            // A spurious wakeup, as production's timed waits have: with
+            // nothing new, a step after one that made no progress makes none.
+            // If it does, the step before had work it did not report, and the
+            // production thread would have slept on it.
+            let probe = driver.step(&mut SimPorts { world: self, shard });
+            self.stats.bump("spurious_wakeups");
+            if probe.progressed {
+                let failure = format!(
+                    "shard {shard} made progress on a spurious wakeup: the step before said it had nothing to do ({:?})",
+                    step.wait
+                );
+                self.net.failure.get_or_insert(failure);
+            }
+        }
         if step.parked_sends > 0 {
             self.stats.add("parked_sends", step.parked_sends);
             self.trace(format_args!("shard {shard} parks {} sends", step.parked_sends));
