@@ -48,6 +48,34 @@ fn wordcount_final_counts_run_clean() {
         .contains("--final is for wordcount"));
 }
 
+/// Seeds where a process fails: the run ends everywhere in bounded time and
+/// says why (the seed fails otherwise); they are part of `all`.
+#[test]
+fn a_failing_process_ends_the_run_everywhere() {
+    let mut failure_seeds = 0;
+    for seed in 0..CI_SEEDS {
+        for (processes, workers) in [(3, 2), (2, 1)] {
+            let config = SimConfig {
+                processes,
+                workers,
+                ..SimConfig::new(AppName::SeqWindow, seed)
+            };
+            let outcome = run_seed(&config);
+            assert!(
+                outcome.is_ok(),
+                "{}\nreplay: {}",
+                outcome.failure.unwrap_or_default(),
+                config.replay_command()
+            );
+            failure_seeds += u32::from(outcome.failure_injected);
+        }
+    }
+    assert!(
+        failure_seeds >= 20,
+        "only {failure_seeds} seeds had a failing process"
+    );
+}
+
 #[test]
 fn faults_are_injected() {
     let outcome = run_seed(&SimConfig::new(AppName::MarketSpread, 3));
@@ -202,7 +230,10 @@ fn a_reordering_retry_of_parked_sends_is_caught() {
     for streams in [1, 2] {
         let (_, failure) = first_failure("reorder-parked-retry", AppName::MarketSpread, (3, 2), streams);
         assert!(
-            failure.contains("invariant") || failure.contains("oracle") || failure.contains("interleaving"),
+            failure.contains("invariant")
+                || failure.contains("oracle")
+                || failure.contains("interleaving")
+                || failure.contains("spurious wakeup"),
             "{failure}"
         );
     }

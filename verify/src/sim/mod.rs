@@ -58,10 +58,15 @@ pub struct Faults {
     /// An authenticated peer sends a well-formed frame on a channel another
     /// process owns.
     pub forge: bool,
+    /// In one seed in `FAIL_SEED_ONE_IN`: a process fails (as when a shard
+    /// thread panics) at a seeded time; the run must end everywhere, each
+    /// process that was still running exits failed and says why, and the
+    /// process exits for good (its connections reset, dials to it refused).
+    pub fail: bool,
 }
 
 impl Faults {
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "drop",
         "duplicate",
         "delay",
@@ -73,6 +78,7 @@ impl Faults {
         "corrupt",
         "wrong-secret",
         "forge",
+        "fail",
     ];
 
     pub fn all() -> Faults {
@@ -92,6 +98,7 @@ impl Faults {
             corrupt: false,
             wrong_secret: false,
             forge: false,
+            fail: false,
         }
     }
 
@@ -115,6 +122,7 @@ impl Faults {
             "corrupt" => &mut self.corrupt,
             "wrong-secret" => &mut self.wrong_secret,
             "forge" => &mut self.forge,
+            "fail" => &mut self.fail,
             _ => return None,
         })
     }
@@ -149,6 +157,7 @@ impl Faults {
             "corruption" | "bitflip" | "bit-flip" => "corrupt",
             "wrong_secret" | "bad-secret" | "auth" => "wrong-secret",
             "forged" | "byzantine" => "forge",
+            "failure" | "panic" => "fail",
             "skew" | "clock-skew" | "clock-jump" | "jump" => "clock",
             "crash" | "restart" | "kill" => {
                 return Err(format!(
@@ -310,6 +319,9 @@ pub struct SimOutcome {
     /// How often each rare path and fault ran (`verity sim --stats`).
     pub stats: SimStats,
     pub report: Option<Report>,
+    /// The `fail` fault stopped the run before it completed: the seed checks
+    /// that it ended everywhere with the failure reported, not its output.
+    pub failure_injected: bool,
 }
 
 impl SimOutcome {
@@ -329,6 +341,7 @@ impl SimOutcome {
             faults_injected: 0,
             stats: SimStats::default(),
             report: None,
+            failure_injected: false,
         }
     }
 }
@@ -376,6 +389,8 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
         Err(e) => return failed(config, format!("cannot build the app: {e}")),
     };
     match outcome.sim.failure.take() {
+        // A run that failed on purpose has no output to check.
+        None if outcome.sim.failure_injected => {}
         None => outcome.sim.failure = check_outcome(config, &streams, &mut outcome),
         // A run that never finished: say, as the oracle would, what its
         // output lacks so far (besides where it is stuck).

@@ -20,7 +20,31 @@ pub(super) struct Lifecycles {
     job_finished: Vec<bool>,
     flushing: Vec<bool>,
     exits: Vec<Option<(Outcome, Option<String>)>>,
+    /// The `fail` fault, once it struck a running process.
+    pub(super) injected: Option<InjectedFailure>,
 }
+
+/// What the world looked like when the `fail` fault struck.
+pub(super) struct InjectedFailure {
+    process: u32,
+    /// Which processes had not exited yet.
+    running: Vec<bool>,
+    /// When every process must have exited: the failure report goes out at
+    /// once (or once the faults healed), so no one waits for a lost peer.
+    exit_by_us: u64,
+    /// Process 0 exited failed with everything it sent acked (its `Abort`s
+    /// taken): the workers must follow at once.
+    leader_reported_at_us: Option<u64>,
+}
+
+/// How long after a failure (or after the faults healed, if later) every
+/// process must have exited: the failure report's own deadline, plus room
+/// for clock jumps and a few heartbeats. Far less than a lost peer takes.
+const EXIT_AFTER_FAILURE_US: u64 =
+    verity_core::cluster::lifecycle::FAILURE_REPORT_DEADLINE_MS * 1000 + 2 * PEER_TIMEOUT_US + SECOND_US;
+
+/// Why the `fail` fault says a process failed.
+pub(super) const FAIL_REASON: &str = "simulated failure (as a panicked shard thread)";
 
 impl Lifecycles {
     /// `job_wait_ms`: a worker gives up on its job this long after the start
@@ -40,6 +64,7 @@ impl Lifecycles {
             job_finished: vec![false; count],
             flushing: vec![false; count],
             exits: vec![None; count],
+            injected: None,
         }
     }
 }
@@ -107,8 +132,89 @@ where
             Action::Exit { outcome, reason } => {
                 self.trace(format_args!("process {process}: exits {outcome:?} {reason:?}"));
                 self.lifecycles.exits[process as usize] = Some((outcome, reason));
+                if outcome != Outcome::Done {
+                    let unreported = !self.all_sent(process);
+                    let lost_by_us = self.now_us + PEER_LOST_MS * 1000 + EXIT_AFTER_FAILURE_US;
+                    let now_us = self.now_us;
+                    if let Some(injected) = self.lifecycles.injected.as_mut() {
+                        if unreported {
+                            // Its report did not get through in time: the others
+                            // learn of it only when they give the peer up.
+                            injected.exit_by_us = injected.exit_by_us.max(lost_by_us);
+                        } else if process == 0 {
+                            injected.leader_reported_at_us = Some(now_us);
+                        }
+                    }
+                    self.kill(process);
+                }
             }
         }
+    }
+
+    /// Something outside the lifecycle (the network: a peer lost for good)
+    /// means `process` cannot go on.
+    pub(super) fn lifecycle_failed(&mut self, process: u32, reason: String) {
+        if !self.exited(process) {
+            self.lifecycle_event(process, LifeEvent::Failed { reason });
+        }
+    }
+
+    /// The `fail` fault: `process` fails now (if it still runs).
+    pub(super) fn inject_failure(&mut self, process: u32) {
+        if self.exited(process) || self.lifecycles.injected.is_some() {
+            return self.trace(format_args!("fault: fail process {process}: it already exited"));
+        }
+        self.stats.fault("fail");
+        self.trace(format_args!("fault: process {process} fails"));
+        self.lifecycles.injected = Some(InjectedFailure {
+            process,
+            running: (0..self.config.processes).map(|p| !self.exited(p)).collect(),
+            exit_by_us: self.now_us.max(self.heal_us) + EXIT_AFTER_FAILURE_US,
+            leader_reported_at_us: None,
+        });
+        let reason = FAIL_REASON.to_string();
+        self.lifecycle_event(process, LifeEvent::Failed { reason });
+    }
+
+    /// A failure seed, once every process exited. If process 0 exited done,
+    /// all output was in before the failure could stop it (the output is
+    /// then checked as in any seed); else every process that still ran when
+    /// the failure struck exited failed. The failing process exits failed
+    /// with its reason, and process 0, if it failed, names the failure.
+    fn judge_failure(&self, injected: &InjectedFailure) -> Result<(), String> {
+        let failing = injected.process;
+        let completed = self.leader_exited_done();
+        for (process, exit) in self.lifecycles.exits.iter().enumerate() {
+            if !injected.running[process] {
+                continue;
+            }
+            let (outcome, reason) = exit.as_ref().expect("every process exited");
+            let reason = reason.as_deref().unwrap_or("");
+            let why = match outcome {
+                Outcome::Done if completed && process as u32 != failing => continue,
+                Outcome::Failed if process as u32 == failing && !reason.contains(FAIL_REASON) => {
+                    "the failing process exited failed without its reason"
+                }
+                Outcome::Failed
+                    if process == 0
+                        && !reason.contains(FAIL_REASON)
+                        && !reason.contains(&format!("process {failing}")) =>
+                {
+                    "process 0 exited failed without naming the failure"
+                }
+                Outcome::Failed => continue,
+                _ => "it did not exit failed",
+            };
+            return Err(format!(
+                "process {failing} failed and process {process} exited {outcome:?} ({reason:?}): {why}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Process 0 exited done: the run completed (its output is whole).
+    pub(super) fn leader_exited_done(&self) -> bool {
+        matches!(self.lifecycles.exits[0], Some((Outcome::Done, _)))
     }
 
     fn exited(&self, process: u32) -> bool {
@@ -191,6 +297,28 @@ where
     /// The seed's end once every process exited: `Ok` if all exited done,
     /// else why one did not. `None` while any process runs.
     pub(super) fn lifecycle_end(&self) -> Option<Result<(), String>> {
+        if let Some(injected) = &self.lifecycles.injected {
+            let all_exited = self.lifecycles.exits.iter().all(Option::is_some);
+            let told = injected
+                .leader_reported_at_us
+                .map(|at| at + EXIT_AFTER_FAILURE_US);
+            if !all_exited && told.is_some_and(|by| self.now_us > by) {
+                return Some(Err(format!(
+                    "process {} failed and process 0 exited with its reports taken, but {} still ran",
+                    injected.process,
+                    self.describe_lifecycles(),
+                )));
+            }
+            if !all_exited && self.now_us > injected.exit_by_us {
+                return Some(Err(format!(
+                    "process {} failed, but {} still ran {} ms after the failure could be reported",
+                    injected.process,
+                    self.describe_lifecycles(),
+                    EXIT_AFTER_FAILURE_US / 1000
+                )));
+            }
+            return all_exited.then(|| self.judge_failure(injected));
+        }
         let failed = self
             .lifecycles
             .exits

@@ -25,7 +25,7 @@ use verity_net::liveness::LivenessConfig;
 mod control;
 mod network;
 mod processes;
-use network::{Net, NetEvent};
+use network::{Net, NetEvent, PEER_LOST_MS};
 use processes::Reader;
 
 const SECOND_US: u64 = 1_000_000;
@@ -42,6 +42,8 @@ const RECONNECT_MAX_MS: u64 = 400;
 const FRAME_FAULT_PER_MILLE: u64 = 3;
 /// All input must be processed this long after the faults heal.
 const LIVENESS_BOUND_US: u64 = 30 * SECOND_US;
+/// With the `fail` fault, one seed in this many has a process fail.
+const FAIL_SEED_ONE_IN: u64 = 8;
 /// Input arrives over at most this share of the faulty period, so traffic
 /// and faults overlap.
 const RELEASE_SHARE: u64 = 2;
@@ -80,6 +82,10 @@ enum Event {
         process: u32,
         delta_us: i64,
     },
+    /// `process` fails (the `fail` fault).
+    Fail {
+        process: u32,
+    },
 }
 
 struct Scheduled {
@@ -108,6 +114,8 @@ impl Ord for Scheduled {
 struct Process {
     paused_until_us: u64,
     clock_offset_us: i64,
+    /// Exited after a failure: gone for good.
+    dead: bool,
 }
 
 /// Sizes the simulator shrinks per seed so rare paths (a full window, tiny
@@ -357,6 +365,7 @@ where
                 .map(|_| Process {
                     paused_until_us: 0,
                     clock_offset_us: 0,
+                    dead: false,
                 })
                 .collect(),
             net,
@@ -445,6 +454,10 @@ where
                 let until_us = (at + 100_000 + self.rng.below(2 * SECOND_US)).min(self.heal_us);
                 plan.push((at, Event::Pause { process, until_us }));
             }
+            if faults.fail && self.rng.chance(1, FAIL_SEED_ONE_IN) {
+                let process = self.rng.below(processes as u64) as u32;
+                plan.push((self.rng.below(self.heal_us), Event::Fail { process }));
+            }
             if faults.clock {
                 let process = self.rng.below(processes as u64) as u32;
                 let delta_us = self.rng.below(2 * PEER_TIMEOUT_US) as i64 - PEER_TIMEOUT_US as i64;
@@ -486,6 +499,12 @@ where
                 return Some(failure);
             }
             match self.lifecycle_end() {
+                Some(Ok(())) if self.lifecycles.injected.is_some() && !self.leader_exited_done() => {
+                    self.trace(format_args!(
+                        "every process exited after the failure, as it should"
+                    ));
+                    return None;
+                }
                 Some(Ok(())) => {
                     self.trace(format_args!("every process exited, done"));
                     return self.check_counters().err();
@@ -566,11 +585,17 @@ where
                 ));
                 self.processes[process as usize].clock_offset_us += delta_us;
             }
+            Event::Fail { process } => self.inject_failure(process),
         }
     }
 
     pub(super) fn paused(&self, process: u32) -> bool {
-        self.processes[process as usize].paused_until_us > self.now_us
+        let p = &self.processes[process as usize];
+        p.dead || p.paused_until_us > self.now_us
+    }
+
+    pub(super) fn dead(&self, process: u32) -> bool {
+        self.processes[process as usize].dead
     }
 
     pub(super) fn partitioned(&self, a: u32, b: u32) -> bool {
@@ -590,6 +615,7 @@ where
     }
 
     pub(super) fn finish(mut self, failure: Option<String>) -> Finished {
+        let failure_injected = self.lifecycles.injected.is_some() && !self.leader_exited_done();
         // As the output thread once every sender is gone: commit both sinks.
         if let Some(writer) = self.writer.take() {
             writer.finish().expect("the sinks are in memory");
@@ -610,6 +636,7 @@ where
                 faults_injected: self.stats.faults_injected(),
                 stats: self.stats,
                 report: None,
+                failure_injected,
             },
             output: self.output_text.take(),
             dead_letters: self.dead_letter_text.take(),

@@ -23,7 +23,7 @@ const WRONG_SECRET: &[u8] = b"not the simulated cluster's secret";
 /// Production's window bytes (`verity::cluster::WINDOW_BYTES`).
 const WINDOW_BYTES: usize = 16 << 20;
 /// A peer unreachable this long fails the seed, as it fails a production run.
-const PEER_LOST_MS: u64 = 25_000;
+pub(super) const PEER_LOST_MS: u64 = 25_000;
 /// With `wrong-secret`: intrusions per 10 simulated seconds of faults.
 const INTRUSIONS_PER_10_S: u64 = 2;
 /// With late claims (BUGGIFY): a worker wires its channels up to this late.
@@ -368,9 +368,10 @@ where
                 } => self.close(process, conn, &reason, last_words),
                 Action::Deliver { channel, frame } => self.on_delivered(process, channel, frame),
                 Action::Failed { reason } => {
+                    // As the binary does: the lifecycle hears of it and ends
+                    // the run (a seed without the `fail` fault then fails).
                     self.trace(format_args!("process {process}: failed: {reason}"));
-                    let failure = format!("process {process}: {reason}");
-                    self.net.failure.get_or_insert(failure);
+                    self.lifecycle_failed(process, reason);
                 }
                 Action::Log(event) => self.trace(format_args!("process {process}: {event}")),
             }
@@ -436,6 +437,9 @@ where
             NetEvent::Deliver { conn, to, bytes } => self.deliver(conn, to, bytes),
             NetEvent::Connect { from, to } => self.connect(from, to),
             NetEvent::Closed { conn, process } => {
+                if self.dead(process) {
+                    return;
+                }
                 if self.paused(process) {
                     let until = self.processes[process as usize].paused_until_us;
                     return self.schedule(until, Event::Net(NetEvent::Closed { conn, process }));
@@ -463,6 +467,14 @@ where
         let clock = self.local_clock_ms(from);
         if self.partitioned(from, to) {
             self.trace(format_args!("dial {from}->{to} fails: partitioned"));
+            self.net.protocols[from as usize].on_dial_failed(to, clock);
+            return self.carry_out(from);
+        }
+        if self.dead(from) {
+            return;
+        }
+        if self.dead(to) {
+            self.trace(format_args!("dial {from}->{to} refused: process {to} exited"));
             self.net.protocols[from as usize].on_dial_failed(to, clock);
             return self.carry_out(from);
         }
@@ -501,6 +513,7 @@ where
         let intruder = self.net.intruder();
         let claims = self.net.protocols[intruder as usize].config().process_id;
         if target == claims
+            || self.dead(target)
             || self.net.protocols[intruder as usize]
                 .connections()
                 .next()
@@ -687,6 +700,9 @@ where
         if !self.net.conns.contains_key(&conn) {
             return; // sent on a connection that is gone
         }
+        if self.dead(to) {
+            return;
+        }
         if self.paused(to) {
             let until = self.processes[to as usize].paused_until_us;
             return self.schedule(until, Event::Net(NetEvent::Deliver { conn, to, bytes }));
@@ -716,6 +732,18 @@ where
             .collect();
         for conn in conns {
             self.cut_conn(conn, why);
+        }
+    }
+
+    /// A process exited for good: the kernel resets its connections, and
+    /// dials to it are refused from now on.
+    pub(super) fn kill(&mut self, process: u32) {
+        self.trace(format_args!("process {process} is gone"));
+        self.processes[process as usize].dead = true;
+        for other in 0..self.config.processes {
+            if other != process {
+                self.cut(process.min(other), process.max(other), "its process exited");
+            }
         }
     }
 
