@@ -191,7 +191,10 @@ where
             let (outcome, reason) = exit.as_ref().expect("every process exited");
             let reason = reason.as_deref().unwrap_or("");
             let why = match outcome {
-                Outcome::Done if completed && process as u32 != failing => continue,
+                // All output was in: a process that was already ending
+                // (process 0 after its job, a worker after `Shutdown`) ends
+                // done, the failing one too.
+                Outcome::Done if completed => continue,
                 Outcome::Failed if process as u32 == failing && !reason.contains(FAIL_REASON) => {
                     "the failing process exited failed without its reason"
                 }

@@ -86,6 +86,12 @@ enum Event {
     Fail {
         process: u32,
     },
+    /// One shard thread is not scheduled until then (the `pause` fault,
+    /// for a single thread: a busy core).
+    Stall {
+        shard: u32,
+        until_us: u64,
+    },
 }
 
 struct Scheduled {
@@ -156,6 +162,8 @@ struct World<'a, K, V, S, O> {
     drivers: Vec<Option<ShardDriver<K, V, S, O>>>,
     /// Shards whose last step waited for room (a parked send, a full sink).
     waits_for_room: Vec<bool>,
+    /// Per shard: its thread is not scheduled before this time.
+    stalled_until_us: Vec<u64>,
     /// Per shard that waits for input: the queues it waits on.
     watching: Vec<Option<Vec<verity_core::driver::Watch>>>,
     processes: Vec<Process>,
@@ -359,6 +367,7 @@ where
             queue: BinaryHeap::new(),
             drivers,
             waits_for_room: vec![false; total as usize],
+            stalled_until_us: vec![0; total as usize],
             watching: vec![None; total as usize],
             // One more for the network's wrong-secret intruder.
             processes: (0..=config.processes)
@@ -453,6 +462,10 @@ where
                 let at = self.rng.below(self.heal_us);
                 let until_us = (at + 100_000 + self.rng.below(2 * SECOND_US)).min(self.heal_us);
                 plan.push((at, Event::Pause { process, until_us }));
+                let shard = self.rng.below(self.layout.total_shards() as u64) as u32;
+                let at = self.rng.below(self.heal_us);
+                let until_us = (at + 10_000 + self.rng.below(SECOND_US / 2)).min(self.heal_us);
+                plan.push((at, Event::Stall { shard, until_us }));
             }
             if faults.fail && self.rng.chance(1, FAIL_SEED_ONE_IN) {
                 let process = self.rng.below(processes as u64) as u32;
@@ -586,6 +599,15 @@ where
                 self.processes[process as usize].clock_offset_us += delta_us;
             }
             Event::Fail { process } => self.inject_failure(process),
+            Event::Stall { shard, until_us } => {
+                self.stats.bump("shard_stalls");
+                self.trace(format_args!(
+                    "fault: shard {shard} is not scheduled until {until_us}"
+                ));
+                self.stalled_until_us[shard as usize] = until_us;
+                let process = self.layout.process_of(shard);
+                self.schedule(until_us, Event::Wake { process });
+            }
         }
     }
 

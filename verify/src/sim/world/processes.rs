@@ -388,7 +388,7 @@ where
         let Some(mut driver) = self.drivers[shard as usize].take() else {
             return false;
         };
-        if driver.is_finished() {
+        if driver.is_finished() || self.stalled_until_us[shard as usize] > self.now_us {
             self.drivers[shard as usize] = Some(driver);
             return false;
         }
