@@ -4,7 +4,7 @@
 //! of the ordinary test suite, where it is one more seed sweep.
 
 use verity_apps::AppName;
-use verity_verify::sim::{run_seed, SimConfig};
+use verity_verify::sim::{run_seed_ok, SimConfig};
 
 /// Seeds per app and layout: enough to catch a planted single-point bug in the
 /// engine's logic, few enough that a mutant is judged in seconds.
@@ -36,15 +36,7 @@ fn simulator_seed_sweep_for_mutants() {
                     final_counts,
                     ..SimConfig::new(app, 10_000 + seed)
                 };
-                let outcome = run_seed(&config);
-                assert!(
-                    outcome.is_ok(),
-                    "{} P={processes} W={workers} seed {}: {}\nreplay: {}",
-                    app.name(),
-                    config.seed,
-                    outcome.failure.unwrap_or_default(),
-                    config.replay_command()
-                );
+                run_seed_ok(&config);
             }
         }
     }

@@ -2,7 +2,7 @@
 //! faults, a seed replays to the same trace, and planted bugs are caught.
 
 use verity_apps::AppName;
-use verity_verify::sim::{run_seed, Faults, PlantedBugs, SimConfig};
+use verity_verify::sim::{run_seed, run_seed_ok, Faults, PlantedBugs, SimConfig};
 
 /// Seeds per app in CI (the issue asks for at least 200).
 const CI_SEEDS: u64 = 200;
@@ -11,14 +11,7 @@ const CI_SEEDS: u64 = 200;
 fn every_app_runs_clean_over_many_seeds() {
     for app in AppName::ALL {
         for seed in 0..CI_SEEDS {
-            let outcome = run_seed(&SimConfig::new(app, seed));
-            assert!(
-                outcome.is_ok(),
-                "{} seed {seed}: {}\nreplay: {}",
-                app.name(),
-                outcome.failure.unwrap_or_default(),
-                SimConfig::new(app, seed).replay_command()
-            );
+            run_seed_ok(&SimConfig::new(app, seed));
         }
     }
 }
@@ -30,13 +23,7 @@ fn wordcount_final_counts_run_clean() {
             final_counts: true,
             ..SimConfig::new(AppName::Wordcount, seed)
         };
-        let outcome = run_seed(&config);
-        assert!(
-            outcome.is_ok(),
-            "seed {seed}: {}\nreplay: {}",
-            outcome.failure.unwrap_or_default(),
-            config.replay_command()
-        );
+        run_seed_ok(&config);
     }
     let doubler = SimConfig {
         final_counts: true,
@@ -60,13 +47,7 @@ fn a_failing_process_ends_the_run_everywhere() {
                 workers,
                 ..SimConfig::new(AppName::SeqWindow, seed)
             };
-            let outcome = run_seed(&config);
-            assert!(
-                outcome.is_ok(),
-                "{}\nreplay: {}",
-                outcome.failure.unwrap_or_default(),
-                config.replay_command()
-            );
+            let outcome = run_seed_ok(&config);
             failure_seeds += u32::from(outcome.failure_injected);
         }
     }
@@ -167,13 +148,7 @@ fn corrupt_wrong_secret_and_forge_are_survived_and_counted() {
             faults: Faults::parse("corrupt,wrong-secret,forge,cut").unwrap(),
             ..SimConfig::new(AppName::MarketSpread, seed)
         };
-        let outcome = run_seed(&config);
-        assert!(
-            outcome.is_ok(),
-            "seed {seed}: {:?}\nreplay: {}",
-            outcome.failure,
-            config.replay_command()
-        );
+        let outcome = run_seed_ok(&config);
         total.merge(&outcome.stats);
     }
     for counter in [
@@ -243,11 +218,17 @@ fn a_reordering_retry_of_parked_sends_is_caught() {
 fn backpressure_and_dead_letters_really_happen() {
     let mut stats = verity_verify::sim::SimStats::default();
     for seed in 0..20 {
-        let outcome = run_seed(&SimConfig::new(AppName::MarketSpread, seed));
-        assert!(outcome.is_ok(), "seed {seed}: {:?}", outcome.failure);
+        let outcome = run_seed_ok(&SimConfig::new(AppName::MarketSpread, seed));
         stats.merge(&outcome.stats);
     }
-    for counter in ["parked_sends", "stalled_readers", "full_windows", "dead_letters"] {
+    for counter in [
+        "parked_sends",
+        "stalled_readers",
+        "full_windows",
+        "dead_letters",
+        "spurious_wakeups",
+        "shard_stalls",
+    ] {
         assert!(stats.get(counter) > 0, "{counter} never happened:\n{stats}");
     }
 }
@@ -259,13 +240,7 @@ fn two_streams_run_clean_and_replay() {
             streams: 2,
             ..SimConfig::new(AppName::MarketSpread, seed)
         };
-        let outcome = run_seed(&config);
-        assert!(
-            outcome.is_ok(),
-            "seed {seed}: {}\nreplay: {}",
-            outcome.failure.unwrap_or_default(),
-            config.replay_command()
-        );
+        let outcome = run_seed_ok(&config);
         if seed < 2 {
             assert_eq!(outcome.trace_hash, run_seed(&config).trace_hash);
             assert!(config.replay_command().contains("--streams 2"));
@@ -284,13 +259,7 @@ fn other_layouts_run_clean() {
                     streams,
                     ..SimConfig::new(AppName::MarketSpread, seed)
                 };
-                let outcome = run_seed(&config);
-                assert!(
-                    outcome.is_ok(),
-                    "{}\nreplay: {}",
-                    outcome.failure.unwrap_or_default(),
-                    config.replay_command()
-                );
+                run_seed_ok(&config);
             }
         }
     }

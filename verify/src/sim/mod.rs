@@ -409,6 +409,21 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
 /// Lines of the oracle's report a liveness failure shows.
 const LACKING_LINES_SHOWN: usize = 8;
 
+/// Runs one seed and panics if it failed, saying why and how to replay it
+/// (for tests: a failing seed is a finding to act on).
+pub fn run_seed_ok(config: &SimConfig) -> SimOutcome {
+    let outcome = run_seed(config);
+    if let Some(failure) = &outcome.failure {
+        panic!(
+            "{} seed {}: {failure}\nreplay: {}",
+            config.app.name(),
+            config.seed,
+            config.replay_command()
+        );
+    }
+    outcome
+}
+
 /// Why a finished run's output or dead letters are wrong, if they are.
 fn check_outcome(config: &SimConfig, streams: &[checks::Stream], outcome: &mut Finished) -> Option<String> {
     let named: Vec<NamedInput<'_>> = streams
