@@ -49,10 +49,6 @@ impl OutputRelay {
         self
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.finished
-    }
-
     /// The next frame the shard's output channel delivered.
     pub fn on_frame(&mut self, frame: &Frame) -> Result<Relayed, ClusterError> {
         let shard = self.shard;
@@ -113,7 +109,6 @@ mod tests {
         };
         let done = frame(&UpstreamRef::Finished(counters));
         assert!(matches!(relay.on_frame(&done).unwrap(), Relayed::Finished(c) if c.records_in == 5));
-        assert!(relay.is_finished());
         let late = relay.on_frame(&done).unwrap_err().to_string();
         assert!(late.contains("shard 3 after it finished"), "{late}");
     }
