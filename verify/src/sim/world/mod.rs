@@ -127,7 +127,7 @@ struct Process {
 /// Sizes the simulator shrinks per seed so rare paths (a full window, tiny
 /// batches, partial frames) run often: BUGGIFY, simulation only.
 struct Buggify {
-    window_frames: usize,
+    window: network::Window,
     /// A producer's queue to the network thread, in frames.
     producer_depth_frames: usize,
     /// Workers register their receiving channels late.
@@ -300,7 +300,7 @@ where
         let source_names: Vec<String> = inputs.iter().map(|(name, _)| name.to_string()).collect();
         let mut rng = SplitMix64::new(config.seed);
         let buggify = Buggify {
-            window_frames: [1, 2, 4, 16][rng.below(4) as usize],
+            window: network::Window::draw(&mut rng),
             producer_depth_frames: [1, 4, 16, 64][rng.below(4) as usize],
             late_claims: rng.chance(1, 2),
             batch_max: [1, 3, 4, 16, 1024][rng.below(5) as usize],
@@ -339,12 +339,7 @@ where
                 Reader::new(source as u32, input.clone(), total, &buggify, config.bugs.reader)
             })
             .collect();
-        let net = Net::new(
-            config,
-            &mut rng,
-            buggify.window_frames,
-            buggify.producer_depth_frames,
-        );
+        let net = Net::new(config, &mut rng, buggify.window, buggify.producer_depth_frames);
         let job = verity_core::cluster::Job {
             app: config.app.name().to_string(),
             final_counts: false,

@@ -41,6 +41,9 @@ pub(super) enum NetEvent {
     Claim { channel: u32 },
     /// A process with the wrong secret connects to `target`.
     Intrude { target: u32 },
+    /// `conn` lost bytes (a `corrupt` truncation): a TCP stream that lost
+    /// bytes is broken, which both ends notice.
+    Reset { conn: ConnId },
 }
 
 struct OutChan {
@@ -88,16 +91,30 @@ pub(super) struct Net {
     /// Why a protocol said the cluster failed, if one did.
     pub(super) failure: Option<String>,
     producer_depth_frames: usize,
-    /// Every protocol's window, in frames (BUGGIFY'd per seed).
-    window_frames: usize,
+    /// Every protocol's window (BUGGIFY'd per seed).
+    window: Window,
 }
 
-fn protocol_config(
-    config: &SimConfig,
-    process_id: u32,
-    peers: Vec<u32>,
-    window_frames: usize,
-) -> ProtocolConfig {
+/// A sender's window: at most this many frames and (past the first) bytes
+/// unacked.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Window {
+    pub(super) frames: usize,
+    pub(super) bytes: usize,
+}
+
+impl Window {
+    /// Production's windows, or (BUGGIFY) small ones, in frames and in bytes
+    /// (so large frames meet the byte bound).
+    pub(super) fn draw(rng: &mut SplitMix64) -> Window {
+        Window {
+            frames: [1, 2, 4, 16][rng.below(4) as usize],
+            bytes: [WINDOW_BYTES, WINDOW_BYTES, 64 << 10, 8 << 10][rng.below(4) as usize],
+        }
+    }
+}
+
+fn protocol_config(config: &SimConfig, process_id: u32, peers: Vec<u32>, window: Window) -> ProtocolConfig {
     let bugs = config.bugs;
     let secret = ClusterSecret::new(SECRET.to_vec()).expect("long enough");
     ProtocolConfig {
@@ -109,8 +126,8 @@ fn protocol_config(
             peer_timeout_ms: PEER_TIMEOUT_US / 1000,
             heartbeat_interval_ms: TICK_US / 1000,
         },
-        window_frames,
-        window_bytes: WINDOW_BYTES,
+        window_frames: window.frames,
+        window_bytes: window.bytes,
         reconnect_base_ms: RECONNECT_BASE_MS,
         reconnect_max_ms: RECONNECT_MAX_MS,
         peer_lost_ms: PEER_LOST_MS,
@@ -122,16 +139,16 @@ fn protocol_config(
 }
 
 /// The window rule, checked from outside on every channel after every pump:
-/// a channel never has more than `window_frames` frames, nor (past its first
-/// frame) more than the window's bytes, unacked; and its window takes one
-/// more frame exactly when it is empty or has room for the largest frame it
-/// allows. So a window that lets too much out (unbounded memory) and one that
-/// shrinks (a silent loss of throughput) are both findings.
-fn check_window(
-    protocol: &PeerProtocol<SeededEntropy>,
-    channel: u32,
-    window_frames: usize,
-) -> Result<(), String> {
+/// a channel never has more than its window's frames unacked, and its window
+/// takes one more frame exactly when it is empty, or has a free frame slot
+/// and room in bytes for the largest frame it allows. So a window that lets
+/// too much out (unbounded memory) and one that shrinks (a silent loss of
+/// throughput) are both findings.
+fn check_window(protocol: &PeerProtocol<SeededEntropy>, channel: u32, window: Window) -> Result<(), String> {
+    let Window {
+        frames: window_frames,
+        bytes: window_bytes,
+    } = window;
     let InFlight { frames, bytes } = protocol.channel_in_flight(channel);
     let described = || {
         format!(
@@ -139,14 +156,14 @@ fn check_window(
             channel_id::describe(channel)
         )
     };
-    if frames > window_frames || (frames > 1 && bytes > WINDOW_BYTES) {
+    if frames > window_frames {
         return Err(format!(
-            "window overrun on {}: the window is {window_frames} frames, {WINDOW_BYTES} bytes",
+            "window overrun on {}: the window is {window_frames} frames",
             described()
         ));
     }
-    let largest_frame = FRAME_SIZE_MAX_BYTES.min(WINDOW_BYTES / 2);
-    let room = frames == 0 || (frames < window_frames && bytes + largest_frame <= WINDOW_BYTES);
+    let largest_frame = FRAME_SIZE_MAX_BYTES.min(window_bytes / 2);
+    let room = frames == 0 || (frames < window_frames && bytes + largest_frame <= window_bytes);
     if protocol.window_has_room(channel) != room {
         return Err(format!(
             "window rule broken on {}: room is {room} by the rule, the protocol says otherwise",
@@ -160,7 +177,7 @@ impl Net {
     pub(super) fn new(
         config: &SimConfig,
         rng: &mut SplitMix64,
-        window_frames: usize,
+        window: Window,
         producer_depth_frames: usize,
     ) -> Net {
         let processes = config.processes;
@@ -168,12 +185,12 @@ impl Net {
             .map(|p| {
                 let peers = (0..processes).filter(|q| *q != p).collect();
                 let entropy = SeededEntropy::new(rng.next_u64());
-                PeerProtocol::new(protocol_config(config, p, peers, window_frames), entropy, 0)
+                PeerProtocol::new(protocol_config(config, p, peers, window), entropy, 0)
             })
             .collect();
         // The intruder claims to be a real process, but has the wrong secret.
         let claims = processes.saturating_sub(1);
-        let mut intruder = protocol_config(config, claims, (0..claims).collect(), window_frames);
+        let mut intruder = protocol_config(config, claims, (0..claims).collect(), window);
         intruder.secret =
             std::sync::Arc::new(ClusterSecret::new(WRONG_SECRET.to_vec()).expect("long enough"));
         protocols.push(PeerProtocol::new(intruder, SeededEntropy::new(rng.next_u64()), 0));
@@ -187,7 +204,7 @@ impl Net {
             last_sent: Bytes::new(),
             failure: None,
             producer_depth_frames,
-            window_frames,
+            window,
         }
     }
 
@@ -339,7 +356,7 @@ where
         let protocol = &mut self.net.protocols[process as usize];
         for (channel, out) in self.net.outs.iter_mut().filter(|(_, o)| o.from == process) {
             while protocol.send_from(*channel, &mut out.pending) > 0 {}
-            if let Err(broken) = check_window(protocol, *channel, self.net.window_frames) {
+            if let Err(broken) = check_window(protocol, *channel, self.net.window) {
                 self.net
                     .failure
                     .get_or_insert(format!("process {process}: {broken}"));
@@ -460,6 +477,7 @@ where
                 self.step_process(to);
             }
             NetEvent::Intrude { target } => self.intrude(target),
+            NetEvent::Reset { conn } => self.cut_conn(conn, "fault: the stream lost a tail"),
         }
     }
 
@@ -560,8 +578,9 @@ where
         let to = sim.other(from);
         let dir = sim.direction(from);
         let mut bytes = bytes;
+        let mut lost_tail = false;
         if self.faults_on() {
-            bytes = self.corrupt(from, to, bytes);
+            (bytes, lost_tail) = self.corrupt(from, to, bytes);
             bytes = self.forge(from, to, bytes);
         }
         self.net.last_sent = bytes.clone();
@@ -623,25 +642,33 @@ where
             );
         }
         self.schedule(arrival, Event::Net(NetEvent::Deliver { conn, to, bytes }));
+        if lost_tail {
+            // A lost tail that ends on a frame boundary leaves nothing for a
+            // checksum to catch; TCP never loses bytes and goes on, so the
+            // stream breaks once the prefix is in.
+            self.schedule(arrival + 1, Event::Net(NetEvent::Reset { conn }));
+        }
     }
 
     /// `corrupt`: a flipped bit, a lost tail, or a piece of other bytes
-    /// spliced in. The frame checksum must catch it.
-    fn corrupt(&mut self, from: u32, to: u32, bytes: Bytes) -> Bytes {
+    /// spliced in. The frame checksum must catch it. Returns the bytes and
+    /// whether their tail was lost.
+    fn corrupt(&mut self, from: u32, to: u32, bytes: Bytes) -> (Bytes, bool) {
         if !self.config.faults.corrupt || !self.rng.chance(FRAME_FAULT_PER_MILLE, 1000) {
-            return bytes;
+            return (bytes, false);
         }
         self.stats.fault("corrupt");
         let mut garbled = bytes.to_vec();
         let at = self.rng.below(garbled.len() as u64) as usize;
-        let how = match self.rng.below(3) {
+        let lost_tail = self.rng.below(3) == 1;
+        let how = match self.rng.below(2) {
+            _ if lost_tail => {
+                garbled.truncate(at);
+                "truncate"
+            }
             0 => {
                 garbled[at] ^= 1 << self.rng.below(8);
                 "flip a bit"
-            }
-            1 => {
-                garbled.truncate(at);
-                "truncate"
             }
             _ => {
                 let other = self.net.last_sent.clone();
@@ -655,7 +682,7 @@ where
             "fault: corrupt: {how} {} bytes {from}->{to} at {at}",
             bytes.len()
         ));
-        Bytes::from(garbled)
+        (Bytes::from(garbled), lost_tail)
     }
 
     /// `forge`: the sender, though authenticated, appends a well-formed frame
