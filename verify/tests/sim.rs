@@ -35,10 +35,12 @@ fn wordcount_final_counts_run_clean() {
         .contains("--final is for wordcount"));
 }
 
-/// Seeds where a process fails: the run ends everywhere in bounded time and
-/// says why (the seed fails otherwise); they are part of `all`.
+/// Seeds where a process fails or a stop arrives: the run ends everywhere in
+/// bounded time and says why (a stopped run that completes is checked
+/// against the input read before the stop); they are part of `all`.
 #[test]
-fn a_failing_process_ends_the_run_everywhere() {
+fn a_failing_process_or_a_stop_ends_the_run_everywhere() {
+    let mut stats = verity_verify::sim::SimStats::default();
     let mut failure_seeds = 0;
     for seed in 0..CI_SEEDS {
         for (processes, workers) in [(3, 2), (2, 1)] {
@@ -49,11 +51,15 @@ fn a_failing_process_ends_the_run_everywhere() {
             };
             let outcome = run_seed_ok(&config);
             failure_seeds += u32::from(outcome.failure_injected);
+            stats.merge(&outcome.stats);
         }
+    }
+    for counter in ["fault_fail", "fault_stop", "stops_completed"] {
+        assert!(stats.get(counter) > 0, "{counter} never happened:\n{stats}");
     }
     assert!(
         failure_seeds >= 20,
-        "only {failure_seeds} seeds had a failing process"
+        "only {failure_seeds} seeds were cut short by a failing process or a stop"
     );
 }
 

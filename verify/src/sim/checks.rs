@@ -32,6 +32,7 @@ impl StreamKind {
 }
 
 /// One simulated source: source index = its position in the list.
+#[derive(Clone)]
 pub struct Stream {
     pub name: &'static str,
     pub kind: StreamKind,

@@ -63,10 +63,15 @@ pub struct Faults {
     /// process that was still running exits failed and says why, and the
     /// process exits for good (its connections reset, dials to it refused).
     pub fail: bool,
+    /// In one seed in `STOP_SEED_ONE_IN`: a stop (Ctrl-C, SIGTERM) reaches
+    /// process 0 (sometimes every process) at a seeded time. The sources end
+    /// where they are; the run must end, and if it ends done, its output is
+    /// checked against the input read up to the stop.
+    pub stop: bool,
 }
 
 impl Faults {
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 13] = [
         "drop",
         "duplicate",
         "delay",
@@ -79,6 +84,7 @@ impl Faults {
         "wrong-secret",
         "forge",
         "fail",
+        "stop",
     ];
 
     pub fn all() -> Faults {
@@ -99,6 +105,7 @@ impl Faults {
             wrong_secret: false,
             forge: false,
             fail: false,
+            stop: false,
         }
     }
 
@@ -123,6 +130,7 @@ impl Faults {
             "wrong-secret" => &mut self.wrong_secret,
             "forge" => &mut self.forge,
             "fail" => &mut self.fail,
+            "stop" => &mut self.stop,
             _ => return None,
         })
     }
@@ -158,6 +166,7 @@ impl Faults {
             "wrong_secret" | "bad-secret" | "auth" => "wrong-secret",
             "forged" | "byzantine" => "forge",
             "failure" | "panic" => "fail",
+            "ctrl-c" | "sigterm" | "interrupt" => "stop",
             "skew" | "clock-skew" | "clock-jump" | "jump" => "clock",
             "crash" | "restart" | "kill" => {
                 return Err(format!(
@@ -319,9 +328,13 @@ pub struct SimOutcome {
     /// How often each rare path and fault ran (`verity sim --stats`).
     pub stats: SimStats,
     pub report: Option<Report>,
-    /// The `fail` fault stopped the run before it completed: the seed checks
-    /// that it ended everywhere with the failure reported, not its output.
+    /// An injected fault (`fail`, or a `stop` the run could not finish in
+    /// time) ended the run before it completed: the seed checks that it
+    /// ended everywhere as it should, not its output.
     pub failure_injected: bool,
+    /// The `stop` fault ended the sources early: how many bytes of each
+    /// source were read (the output is checked against that prefix).
+    pub stopped_at: Option<Vec<usize>>,
 }
 
 impl SimOutcome {
@@ -342,6 +355,7 @@ impl SimOutcome {
             stats: SimStats::default(),
             report: None,
             failure_injected: false,
+            stopped_at: None,
         }
     }
 }
@@ -387,6 +401,18 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
     let mut outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => return failed(config, format!("cannot build the app: {e}")),
+    };
+    // A stopped run's output is that of the input read before the stop.
+    let streams = match &outcome.sim.stopped_at {
+        Some(read) => streams
+            .iter()
+            .zip(read)
+            .map(|(stream, &bytes)| checks::Stream {
+                data: stream.data.slice(..bytes),
+                ..stream.clone()
+            })
+            .collect(),
+        None => streams,
     };
     match outcome.sim.failure.take() {
         // A run that failed on purpose has no output to check.

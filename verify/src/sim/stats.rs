@@ -74,6 +74,7 @@ pub fn fault_counter(kind: &'static str) -> &'static str {
         "wrong_secret" | "wrong-secret" => "fault_wrong_secret",
         "forge" => "fault_forge",
         "fail" => "fault_fail",
+        "stop" => "fault_stop",
         "crash" => "fault_crash",
         other => panic!("no counter for fault kind `{other}`: add it to stats::fault_counter"),
     }

@@ -22,6 +22,8 @@ pub(super) struct Lifecycles {
     exits: Vec<Option<(Outcome, Option<String>)>>,
     /// The `fail` fault, once it struck a running process.
     pub(super) injected: Option<InjectedFailure>,
+    /// When the `stop` fault reached process 0.
+    pub(super) stop_requested_at_us: Option<u64>,
 }
 
 /// What the world looked like when the `fail` fault struck.
@@ -42,6 +44,14 @@ pub(super) struct InjectedFailure {
 /// for clock jumps and a few heartbeats. Far less than a lost peer takes.
 const EXIT_AFTER_FAILURE_US: u64 =
     verity_core::cluster::lifecycle::FAILURE_REPORT_DEADLINE_MS * 1000 + 2 * PEER_TIMEOUT_US + SECOND_US;
+
+/// How long after a stop request process 0 may still run: the graceful-stop
+/// deadline, then the failure report's, plus room for clock jumps.
+const STOP_EXIT_BOUND_US: u64 = (verity_core::cluster::lifecycle::GRACEFUL_STOP_DEADLINE_MS
+    + verity_core::cluster::lifecycle::FAILURE_REPORT_DEADLINE_MS)
+    * 1000
+    + 2 * PEER_TIMEOUT_US
+    + SECOND_US;
 
 /// Why the `fail` fault says a process failed.
 pub(super) const FAIL_REASON: &str = "simulated failure (as a panicked shard thread)";
@@ -65,6 +75,7 @@ impl Lifecycles {
             flushing: vec![false; count],
             exits: vec![None; count],
             injected: None,
+            stop_requested_at_us: None,
         }
     }
 }
@@ -123,7 +134,12 @@ where
                 self.trace(format_args!("process {process}: starts its job"));
                 self.lifecycles.job_started[process as usize] = true;
             }
-            Action::StopSources => unreachable!("the simulator never asks a process to stop"),
+            Action::StopSources => {
+                self.trace(format_args!("process {process}: stops its sources"));
+                self.readers.iter_mut().for_each(Reader::stop);
+                // The reader threads see the stop flag on their next turn.
+                self.schedule(self.now_us, Event::Wake { process });
+            }
             Action::Flush => {
                 self.trace(format_args!("process {process}: flushes"));
                 self.lifecycles.flushing[process as usize] = true;
@@ -149,6 +165,58 @@ where
                 }
             }
         }
+    }
+
+    /// The `stop` fault: a stop request (Ctrl-C, SIGTERM) reaches process 0,
+    /// or every process, now.
+    pub(super) fn request_stop(&mut self, everyone: bool) {
+        if self.exited(0) {
+            return self.trace(format_args!("fault: stop: process 0 already exited"));
+        }
+        self.stats.fault("stop");
+        self.trace(format_args!("fault: stop requested (everyone: {everyone})"));
+        self.lifecycles.stop_requested_at_us = Some(self.now_us);
+        let reached = if everyone { self.config.processes } else { 1 };
+        for process in 0..reached {
+            if !self.exited(process) {
+                self.lifecycle_event(process, LifeEvent::StopRequested);
+            }
+        }
+    }
+
+    /// A stopped seed's end: process 0 exits within the graceful-stop
+    /// deadline (and what it takes to report); once all exited, either the
+    /// run completed (process 0 done; its output is then checked against the
+    /// input read before the stop) or process 0 exited stopped and no
+    /// process claims to be done.
+    fn stopped_end(&self, stop_at_us: u64) -> Option<Result<(), String>> {
+        let bound_us = stop_at_us + STOP_EXIT_BOUND_US;
+        if self.lifecycles.exits[0].is_none() && self.now_us > bound_us {
+            return Some(Err(format!(
+                "a stop reached process 0 at {stop_at_us} us, but it still ran {} ms later",
+                (self.now_us - stop_at_us) / 1000
+            )));
+        }
+        if !self.lifecycles.exits.iter().all(Option::is_some) {
+            return None;
+        }
+        let completed = self.leader_exited_done();
+        for (process, exit) in self.lifecycles.exits.iter().enumerate() {
+            let (outcome, reason) = exit.as_ref().expect("every process exited");
+            let fine = match outcome {
+                Outcome::Done => completed,
+                Outcome::Stopped => process != 0 || !completed,
+                Outcome::Failed => process != 0 && !completed,
+            };
+            if !fine {
+                return Some(Err(format!(
+                    "after a stop, process {process} exited {outcome:?} ({}) while process 0 {}",
+                    reason.as_deref().unwrap_or("no reason"),
+                    if completed { "completed" } else { "did not" }
+                )));
+            }
+        }
+        Some(Ok(()))
     }
 
     /// Something outside the lifecycle (the network: a peer lost for good)
@@ -321,6 +389,9 @@ where
                 )));
             }
             return all_exited.then(|| self.judge_failure(injected));
+        }
+        if let Some(stop_at_us) = self.lifecycles.stop_requested_at_us {
+            return self.stopped_end(stop_at_us);
         }
         let failed = self
             .lifecycles

@@ -44,6 +44,9 @@ const FRAME_FAULT_PER_MILLE: u64 = 3;
 const LIVENESS_BOUND_US: u64 = 30 * SECOND_US;
 /// With the `fail` fault, one seed in this many has a process fail.
 const FAIL_SEED_ONE_IN: u64 = 8;
+/// With the `stop` fault, one seed in this many (of those without a
+/// failure) is stopped early.
+const STOP_SEED_ONE_IN: u64 = 8;
 /// Input arrives over at most this share of the faulty period, so traffic
 /// and faults overlap.
 const RELEASE_SHARE: u64 = 2;
@@ -85,6 +88,11 @@ enum Event {
     /// `process` fails (the `fail` fault).
     Fail {
         process: u32,
+    },
+    /// A stop request reaches process 0, or every process (the `stop`
+    /// fault).
+    Stop {
+        everyone: bool,
     },
     /// One shard thread is not scheduled until then (the `pause` fault,
     /// for a single thread: a busy core).
@@ -465,6 +473,9 @@ where
             if faults.fail && self.rng.chance(1, FAIL_SEED_ONE_IN) {
                 let process = self.rng.below(processes as u64) as u32;
                 plan.push((self.rng.below(self.heal_us), Event::Fail { process }));
+            } else if faults.stop && self.rng.chance(1, STOP_SEED_ONE_IN) {
+                let everyone = self.rng.chance(1, 2);
+                plan.push((self.rng.below(self.heal_us), Event::Stop { everyone }));
             }
             if faults.clock {
                 let process = self.rng.below(processes as u64) as u32;
@@ -507,7 +518,7 @@ where
                 return Some(failure);
             }
             match self.lifecycle_end() {
-                Some(Ok(())) if self.lifecycles.injected.is_some() && !self.leader_exited_done() => {
+                Some(Ok(())) if self.cut_short() => {
                     self.trace(format_args!(
                         "every process exited after the failure, as it should"
                     ));
@@ -530,6 +541,12 @@ where
         ))
     }
 
+    /// An injected failure or stop ended the run before it completed.
+    fn cut_short(&self) -> bool {
+        let injected = self.lifecycles.injected.is_some() || self.lifecycles.stop_requested_at_us.is_some();
+        injected && !self.leader_exited_done()
+    }
+
     /// The run's totals, as the summary reports them, must match what
     /// happened: every input line counted once, every dead letter and every
     /// output line the sinks got.
@@ -546,8 +563,14 @@ where
                 "the shards' totals say {counted} {what}, but there were {actual}"
             ))
         };
-        if totals.records_in != self.input_lines {
-            return wrong("records in", totals.records_in, self.input_lines);
+        // A stopped run read only a prefix of its input.
+        let input_lines = if self.lifecycles.stop_requested_at_us.is_some() {
+            self.readers.iter().map(Reader::read_lines).sum()
+        } else {
+            self.input_lines
+        };
+        if totals.records_in != input_lines {
+            return wrong("records in", totals.records_in, input_lines);
         }
         if totals.dead_lettered != dead_letters {
             return wrong("dead-lettered", totals.dead_lettered, dead_letters);
@@ -594,6 +617,7 @@ where
                 self.processes[process as usize].clock_offset_us += delta_us;
             }
             Event::Fail { process } => self.inject_failure(process),
+            Event::Stop { everyone } => self.request_stop(everyone),
             Event::Stall { shard, until_us } => {
                 self.stats.bump("shard_stalls");
                 self.trace(format_args!(
@@ -632,7 +656,20 @@ where
     }
 
     pub(super) fn finish(mut self, failure: Option<String>) -> Finished {
-        let failure_injected = self.lifecycles.injected.is_some() && !self.leader_exited_done();
+        let failure_injected = self.cut_short();
+        if self.lifecycles.stop_requested_at_us.is_some() {
+            let completed = self.leader_exited_done();
+            self.stats.bump(if completed {
+                "stops_completed"
+            } else {
+                "stops_cut_short"
+            });
+        }
+        let stopped_at = self
+            .lifecycles
+            .stop_requested_at_us
+            .is_some()
+            .then(|| self.readers.iter().map(Reader::read_bytes).collect());
         // As the output thread once every sender is gone: commit both sinks.
         if let Some(writer) = self.writer.take() {
             writer.finish().expect("the sinks are in memory");
@@ -654,6 +691,7 @@ where
                 stats: self.stats,
                 report: None,
                 failure_injected,
+                stopped_at,
             },
             output: self.output_text.take(),
             dead_letters: self.dead_letter_text.take(),

@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use verity_core::cluster::relay::Relayed;
+use verity_core::connector::Position;
 use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait, Watch};
 use verity_core::line::DeadLetter;
 use verity_core::sink::{OutputBatch, OutputMessage};
@@ -66,7 +67,11 @@ thread_local! {
 /// One source's reader thread.
 pub(super) struct Reader {
     source: u32,
-    len: usize,
+    data: Bytes,
+    /// Bytes of `data` dealt so far (the position of the last chunk).
+    read_bytes: usize,
+    /// The stop flag production's reader thread looks at between chunks.
+    stopping: bool,
     reading: ReadLoop,
     /// `None` once the source ended.
     dealer: Option<Dealer<'static>>,
@@ -93,7 +98,9 @@ impl Reader {
         let partition = line_reader(input, buggify.chunk_bytes, buggify.line_max_bytes);
         Reader {
             source,
-            len: data.len(),
+            data: data.clone(),
+            read_bytes: 0,
+            stopping: false,
             reading: ReadLoop::new(vec![(0, partition)]).with_bugs(bugs),
             dealer: Some(Dealer::new(source, shards as usize, send)),
             arrival,
@@ -103,7 +110,22 @@ impl Reader {
     }
 
     pub(super) fn len(&self) -> usize {
-        self.len
+        self.data.len()
+    }
+
+    /// Set the stop flag (`Action::StopSources`).
+    pub(super) fn stop(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Bytes of the source dealt so far.
+    pub(super) fn read_bytes(&self) -> usize {
+        self.read_bytes
+    }
+
+    /// Lines in what was dealt so far.
+    pub(super) fn read_lines(&self) -> u64 {
+        super::line_count(&self.data[..self.read_bytes])
     }
 
     pub(super) fn arrive(&self, available: usize) {
@@ -115,7 +137,7 @@ impl Reader {
     }
 
     pub(super) fn all_arrived(&self) -> bool {
-        self.arrived() >= self.len
+        self.arrived() >= self.len()
     }
 
     pub(super) fn close(&self) {
@@ -130,8 +152,8 @@ impl Reader {
         format!(
             "reader {}: {} of {} bytes arrived, {}, {} events blocked",
             self.source,
-            self.arrived().min(self.len),
-            self.len,
+            self.arrived().min(self.len()),
+            self.len(),
             if self.dealer.is_none() {
                 "ended"
             } else if self.is_closed() {
@@ -149,13 +171,30 @@ impl Reader {
         let Some(dealer) = self.dealer.as_mut() else {
             return false;
         };
+        if self.stopping {
+            // As `source::pump` does once it sees the stop flag.
+            self.dealer.take().expect("not ended").finish(None);
+            DEALT.with(|dealt| self.outbox.extend(dealt.borrow_mut().drain(..)));
+            return true;
+        }
         match self.reading.step(dealer) {
             Ok(ReadStep::Dealt) => {}
             Ok(ReadStep::Idle) => return false,
             Ok(ReadStep::Ended | ReadStep::ShardsGone) => self.dealer.take().expect("not ended").finish(None),
             Err(e) => self.dealer.take().expect("not ended").finish(Some(e.to_string())),
         }
-        DEALT.with(|dealt| self.outbox.extend(dealt.borrow_mut().drain(..)));
+        DEALT.with(|dealt| {
+            for (_, event) in dealt.borrow().iter() {
+                if let SourceEvent::Chunk {
+                    position: Position::Text { bytes, .. },
+                    ..
+                } = event
+                {
+                    self.read_bytes = *bytes as usize;
+                }
+            }
+            self.outbox.extend(dealt.borrow_mut().drain(..))
+        });
         true
     }
 }
