@@ -188,8 +188,9 @@ impl Node {
         self.closing.store(true, Ordering::Release);
     }
 
-    /// Waits until every frame handed over so far is acked by its peer (or
-    /// `timeout` passes). Returns whether all were.
+    /// Waits until every frame handed over so far is acked by its peer, and
+    /// every ack and byte this process owes is written (or `timeout`
+    /// passes). Returns whether all were.
     pub fn wait_sent(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         // The loop publishes after its turn; give it one to see the latest frames.
@@ -419,7 +420,7 @@ impl IoLoop {
             self.flush_all();
             self.carry_out_actions();
             let queued: usize = self.outs.values().map(Receiver::len).sum();
-            let in_flight = queued + self.protocol.unacked_frames();
+            let in_flight = queued + self.protocol.unsettled();
             self.shared.in_flight.store(in_flight as u64, Ordering::Release);
         }
         self.flush_all();

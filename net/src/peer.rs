@@ -480,6 +480,23 @@ impl<E: Entropy> PeerProtocol<E> {
         self.outs.values().map(|o| o.sender.buffered_batches()).sum()
     }
 
+    /// What a process that exits now would lose: frames not yet acked, acks
+    /// of frames its consumers took that are not yet written to a live
+    /// connection, and bytes not yet handed to one. Zero means everything
+    /// this process owes its peers is out (a worker acks `Shutdown` before it
+    /// exits). An ack owed to a peer without a connection is not counted:
+    /// it is sent again on a reconnect, and the peer may be gone for good.
+    pub fn unsettled(&self) -> usize {
+        let connected = |peer: &u32| self.peers.get(peer).is_some_and(|p| p.conn.is_some());
+        let acks_owed = self
+            .ins
+            .values()
+            .filter(|i| i.consumed > i.acked && connected(&i.peer))
+            .count();
+        let unwritten = self.conns.values().filter(|c| !c.output.is_empty()).count();
+        self.unacked_frames() + acks_owed + unwritten
+    }
+
     /// Frames and bytes of `channel` handed over and not yet acked (none
     /// for a channel this process does not send on).
     pub fn channel_in_flight(&self, channel: u32) -> InFlight {

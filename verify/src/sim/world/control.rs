@@ -24,6 +24,8 @@ pub(super) struct Lifecycles {
     pub(super) injected: Option<InjectedFailure>,
     /// When the `stop` fault reached process 0.
     pub(super) stop_requested_at_us: Option<u64>,
+    /// When process 0's job finished (all output in): the shutdown starts.
+    leader_finished_at_us: Option<u64>,
 }
 
 /// What the world looked like when the `fail` fault struck.
@@ -45,13 +47,17 @@ pub(super) struct InjectedFailure {
 const EXIT_AFTER_FAILURE_US: u64 =
     verity_core::cluster::lifecycle::FAILURE_REPORT_DEADLINE_MS * 1000 + 2 * PEER_TIMEOUT_US + SECOND_US;
 
+/// How long after all output is in (or the faults healed, if later) a
+/// process may still run: a worker whose last acks could not get out waits
+/// out its flush deadline (the shutdown deadline) before it exits.
+const SHUTDOWN_BOUND_US: u64 =
+    verity_core::cluster::lifecycle::SHUTDOWN_DEADLINE_MS * 1000 + EXIT_AFTER_FAILURE_US;
+
 /// How long after a stop request process 0 may still run: the graceful-stop
-/// deadline, then the failure report's, plus room for clock jumps.
-const STOP_EXIT_BOUND_US: u64 = (verity_core::cluster::lifecycle::GRACEFUL_STOP_DEADLINE_MS
-    + verity_core::cluster::lifecycle::FAILURE_REPORT_DEADLINE_MS)
-    * 1000
-    + 2 * PEER_TIMEOUT_US
-    + SECOND_US;
+/// deadline, then the shutdown's (or the failure report's), plus room for
+/// clock jumps.
+const STOP_EXIT_BOUND_US: u64 =
+    verity_core::cluster::lifecycle::GRACEFUL_STOP_DEADLINE_MS * 1000 + SHUTDOWN_BOUND_US;
 
 /// Why the `fail` fault says a process failed.
 pub(super) const FAIL_REASON: &str = "simulated failure (as a panicked shard thread)";
@@ -76,6 +82,7 @@ impl Lifecycles {
             exits: vec![None; count],
             injected: None,
             stop_requested_at_us: None,
+            leader_finished_at_us: None,
         }
     }
 }
@@ -161,8 +168,10 @@ where
                             injected.leader_reported_at_us = Some(now_us);
                         }
                     }
-                    self.kill(process);
                 }
+                // As in production, an exited process is gone: whatever it
+                // had not got acked is lost with it.
+                self.kill(process);
             }
         }
     }
@@ -323,6 +332,9 @@ where
         let p = process as usize;
         if self.lifecycles.job_started[p] && !self.lifecycles.job_finished[p] && self.job_done(process) {
             self.lifecycles.job_finished[p] = true;
+            if process == 0 {
+                self.lifecycles.leader_finished_at_us = Some(self.now_us);
+            }
             self.trace(format_args!("process {process}: its job finished"));
             self.lifecycle_event(process, LifeEvent::JobFinished);
         }
@@ -392,6 +404,18 @@ where
         }
         if let Some(stop_at_us) = self.lifecycles.stop_requested_at_us {
             return self.stopped_end(stop_at_us);
+        }
+        let running = !self.lifecycles.exits.iter().all(Option::is_some);
+        let shutdown_by_us = self
+            .lifecycles
+            .leader_finished_at_us
+            .map(|at| at.max(self.heal_us) + SHUTDOWN_BOUND_US);
+        if running && shutdown_by_us.is_some_and(|by| self.now_us > by) {
+            return Some(Err(format!(
+                "all output was in, but {} still ran {} ms later (after the faults healed): the shutdown is stuck",
+                self.describe_lifecycles(),
+                SHUTDOWN_BOUND_US / 1000
+            )));
         }
         let failed = self
             .lifecycles

@@ -350,7 +350,7 @@ where
         let net = Net::new(config, &mut rng, buggify.window, buggify.producer_depth_frames);
         let job = verity_core::cluster::Job {
             app: config.app.name().to_string(),
-            final_counts: false,
+            final_counts: config.final_counts,
             sources: config.streams,
             batch_max: buggify.batch_max as u32,
             queue_depth_batches: verity_core::RunConfig::default().queue_depth_batches as u32,

@@ -762,15 +762,21 @@ where
         }
     }
 
-    /// A process exited for good: the kernel resets its connections, and
-    /// dials to it are refused from now on.
+    /// A process exited for good: the kernel closes its connections (the
+    /// peers get what it wrote, then the end of the stream), and dials to it
+    /// are refused from now on.
     pub(super) fn kill(&mut self, process: u32) {
         self.trace(format_args!("process {process} is gone"));
         self.processes[process as usize].dead = true;
-        for other in 0..self.config.processes {
-            if other != process {
-                self.cut(process.min(other), process.max(other), "its process exited");
-            }
+        let conns: Vec<ConnId> = self
+            .net
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ends.contains(&process))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in conns {
+            self.close(process, conn, "its process exited", Vec::new());
         }
     }
 
@@ -790,7 +796,8 @@ where
     }
 
     /// Whether every frame `process` produced was taken by its protocol and
-    /// acked by the peers (production's `Node::wait_sent`).
+    /// acked by the peers, and every ack it owes is written (production's
+    /// `Node::wait_sent`).
     pub(super) fn all_sent(&self, process: u32) -> bool {
         let producers_empty = self
             .net
@@ -798,7 +805,7 @@ where
             .values()
             .filter(|out| out.from == process)
             .all(|out| out.pending.is_empty());
-        producers_empty && self.net.protocols[process as usize].unacked_frames() == 0
+        producers_empty && self.net.protocols[process as usize].unsettled() == 0
     }
 
     /// The run is over for `process`: peers leaving is expected.
