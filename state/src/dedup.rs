@@ -27,6 +27,8 @@ impl DedupWatermarks {
         Self::default()
     }
 
+    /// Test-only until a reader needs it (checkpoints).
+    #[cfg(test)]
     pub fn watermark(&self, producer: u32) -> u64 {
         self.applied.get(&producer).copied().unwrap_or(0)
     }
