@@ -9,7 +9,9 @@
 
 use super::*;
 use verity_core::cluster::codec::{decode_control, encode_control};
-use verity_core::cluster::lifecycle::{Action, Deadlines, Event as LifeEvent, Job, Lifecycle, Outcome};
+use verity_core::cluster::lifecycle::{
+    Action, Control, Deadlines, Event as LifeEvent, Job, Lifecycle, Outcome, REASON_SIZE_MAX_BYTES,
+};
 
 /// Every process's lifecycle and what the world has told it.
 pub(super) struct Lifecycles {
@@ -124,6 +126,15 @@ where
     fn carry_out_lifecycle(&mut self, process: u32, action: Action) {
         match action {
             Action::Send { to, message } => {
+                if let Control::Failed { reason } | Control::Abort { reason } = &message {
+                    if reason.len() > REASON_SIZE_MAX_BYTES {
+                        let failure = format!(
+                            "process {process} sends a failure reason of {} bytes (at most {REASON_SIZE_MAX_BYTES})",
+                            reason.len()
+                        );
+                        self.net.failure.get_or_insert(failure);
+                    }
+                }
                 self.trace(format_args!("process {process}: control to {to}: {message:?}"));
                 let channel = if process == 0 {
                     channel_id::control(to)
@@ -153,6 +164,18 @@ where
                 self.set_closing(process);
             }
             Action::Exit { outcome, reason } => {
+                // The command line's contract: 0 done, 1 failed, 130 stopped.
+                let code = outcome.exit_code();
+                let expected = match outcome {
+                    Outcome::Done => 0,
+                    Outcome::Failed => 1,
+                    Outcome::Stopped => 130,
+                };
+                if code != expected {
+                    let failure =
+                        format!("process {process} exits {outcome:?} with code {code}, not {expected}");
+                    self.net.failure.get_or_insert(failure);
+                }
                 self.trace(format_args!("process {process}: exits {outcome:?} {reason:?}"));
                 self.lifecycles.exits[process as usize] = Some((outcome, reason));
                 if outcome != Outcome::Done {
@@ -249,7 +272,13 @@ where
             exit_by_us: self.now_us.max(self.heal_us) + EXIT_AFTER_FAILURE_US,
             leader_reported_at_us: None,
         });
-        let reason = FAIL_REASON.to_string();
+        let mut reason = FAIL_REASON.to_string();
+        if self.rng.chance(1, 2) {
+            // A reason longer than a control message carries (a panic with
+            // a long message), cut where a character would be split.
+            reason.push(' ');
+            reason.extend(std::iter::repeat_n('é', REASON_SIZE_MAX_BYTES));
+        }
         self.lifecycle_event(process, LifeEvent::Failed { reason });
     }
 
