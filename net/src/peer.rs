@@ -487,6 +487,12 @@ impl<E: Entropy> PeerProtocol<E> {
     /// exits). An ack owed to a peer without a connection is not counted:
     /// it is sent again on a reconnect, and the peer may be gone for good.
     pub fn unsettled(&self) -> usize {
+        // Called on every turn of the I/O loop: while frames are in flight
+        // (most of a run) that is the answer, without looking further.
+        let unacked = self.unacked_frames();
+        if unacked > 0 {
+            return unacked;
+        }
         let connected = |peer: &u32| self.peers.get(peer).is_some_and(|p| p.conn.is_some());
         let acks_owed = self
             .ins
@@ -494,7 +500,7 @@ impl<E: Entropy> PeerProtocol<E> {
             .filter(|i| i.consumed > i.acked && connected(&i.peer))
             .count();
         let unwritten = self.conns.values().filter(|c| !c.output.is_empty()).count();
-        self.unacked_frames() + acks_owed + unwritten
+        acks_owed + unwritten
     }
 
     /// Frames and bytes of `channel` handed over and not yet acked (none
