@@ -18,7 +18,7 @@ fn main() {
         .unwrap_or(2_000_000);
     let input = Bytes::from(generate::generate_all(AppName::Wordcount, records, 42));
     let flow = wordcount::dataflow(SourceSpec::memory("m", Bytes::new()), false);
-    let mut cores = ShardCore::build_all(flow.logic, 1, ShardLimits::default());
+    let mut cores = ShardCore::build_range(&flow.logic, 1, 0..1, ShardLimits::default());
     let core = &mut cores[0];
     let start = Instant::now();
     let mut data = input.clone();

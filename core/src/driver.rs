@@ -392,7 +392,7 @@ mod tests {
             batch_max,
             ..ShardLimits::default()
         };
-        ShardCore::build_all(flow.logic, shards, limits)
+        ShardCore::build_range(&flow.logic, shards, 0..shards, limits)
     }
 
     /// In-memory queues of a fixed depth between the shards of one run.

@@ -159,11 +159,6 @@ pub struct ShardCore<K, V, S, O> {
 }
 
 impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCore<K, V, S, O> {
-    /// One core per shard, each with every source's chain (any shard parses).
-    pub fn build_all(logic: Logic<K, V, S, O>, shards: u32, limits: ShardLimits) -> Vec<Self> {
-        Self::build_range(&logic, shards, 0..shards, limits)
-    }
-
     /// The cores of shards `range` out of `shards` in all (one process's share
     /// of a cluster).
     pub fn build_range(
