@@ -235,10 +235,11 @@ where
         let completed = self.leader_exited_done();
         for (process, exit) in self.lifecycles.exits.iter().enumerate() {
             let (outcome, reason) = exit.as_ref().expect("every process exited");
+            // A process whose own stop deadline passed exits stopped and
+            // reports it, so the others may exit failed.
             let fine = match outcome {
                 Outcome::Done => completed,
-                Outcome::Stopped => process != 0 || !completed,
-                Outcome::Failed => process != 0 && !completed,
+                Outcome::Stopped | Outcome::Failed => !completed || process != 0,
             };
             if !fine {
                 return Some(Err(format!(

@@ -145,6 +145,8 @@ struct Buggify {
     line_max_bytes: usize,
     /// Batches a shard takes per step (production: `PEER_DRAIN_MAX`).
     peer_drain_max: usize,
+    /// The sink wants each output line's input id (shards then collect them).
+    output_ids: bool,
 }
 
 /// Depths of the queues inside a process: production's (`RunConfig`), or
@@ -268,6 +270,55 @@ fn add_counters(totals: &mut ShardCounters, more: ShardCounters) {
     totals.duplicates_dropped += more.duplicates_dropped;
 }
 
+/// Process 0's output sink in the simulated world: the output into memory,
+/// and, when it wants ids, a check that each line came with the id of an
+/// input record (or the default id of a key's end-of-input line).
+struct SimSink {
+    text: SharedBytes,
+    wants_ids: bool,
+    source_lines: Vec<u64>,
+}
+
+impl verity_core::connector::SinkConnector for SimSink {
+    fn wants_ids(&self) -> bool {
+        self.wants_ids
+    }
+
+    fn write(
+        &mut self,
+        lines: &[u8],
+        ids: &[verity_core::MsgId],
+    ) -> Result<(), verity_core::connector::SinkError> {
+        use std::io::Write;
+        let count = line_count(lines) as usize;
+        let expected_ids = if self.wants_ids { count } else { 0 };
+        let bad = ids.iter().find(|id| {
+            **id != verity_core::MsgId::default()
+                && self
+                    .source_lines
+                    .get(id.producer as usize)
+                    .is_none_or(|&n| id.seq == 0 || id.seq > n)
+        });
+        if ids.len() != expected_ids || bad.is_some() {
+            let problem = format!(
+                "the sink got {count} lines with {} ids (wants ids: {}), first bad id {bad:?}",
+                ids.len(),
+                self.wants_ids
+            );
+            return Err(verity_core::connector::SinkError::Connector(problem.into()));
+        }
+        self.text.clone().write_all(lines)?;
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        _upto: verity_core::connector::CommitId,
+    ) -> Result<(), verity_core::connector::SinkError> {
+        Ok(())
+    }
+}
+
 /// A byte buffer the dead-letter writer (which wants a `Write + Send`
 /// stream) fills and the world takes at the end.
 #[derive(Clone, Default)]
@@ -315,8 +366,10 @@ where
             chunk_bytes: [64, 512, 4096, 65536][rng.below(4) as usize],
             line_max_bytes: [BUGGIFY_LINE_MAX_BYTES, LINE_SIZE_MAX_BYTES][rng.below(2) as usize],
             peer_drain_max: [1, 4, PEER_DRAIN_MAX][rng.below(3) as usize],
+            output_ids: rng.chance(1, 3),
         };
         let depths = Depths::draw(&mut rng);
+        let output_ids = buggify.output_ids;
         let (output_text, dead_letter_text) = (SharedBytes::default(), SharedBytes::default());
         let layout =
             Layout::new(vec![config.workers; config.processes as usize], 0).expect("valid sim layout");
@@ -326,6 +379,9 @@ where
             ..ShardLimits::default()
         };
         let mut shards = ShardCore::build_range(logic, total, 0..total, limits);
+        if buggify.output_ids {
+            shards.iter_mut().for_each(ShardCore::collect_output_ids);
+        }
         if config.bugs.no_dedup {
             shards.iter_mut().for_each(ShardCore::disable_dedup_for_testing);
         }
@@ -388,7 +444,11 @@ where
             buggify,
             depths,
             writer: Some(OutputWriter::new(
-                Box::new(WriteSink::unbuffered(output_text.clone())),
+                Box::new(SimSink {
+                    text: output_text.clone(),
+                    wants_ids: output_ids,
+                    source_lines: inputs.iter().map(|(_, data)| line_count(data)).collect(),
+                }),
                 DeadLetterWriter::with_sink(
                     Box::new(WriteSink::unbuffered(dead_letter_text.clone())),
                     source_names.to_vec(),
@@ -470,13 +530,6 @@ where
                 let until_us = (at + 10_000 + self.rng.below(SECOND_US / 2)).min(self.heal_us);
                 plan.push((at, Event::Stall { shard, until_us }));
             }
-            if faults.fail && self.rng.chance(1, FAIL_SEED_ONE_IN) {
-                let process = self.rng.below(processes as u64) as u32;
-                plan.push((self.rng.below(self.heal_us), Event::Fail { process }));
-            } else if faults.stop && self.rng.chance(1, STOP_SEED_ONE_IN) {
-                let everyone = self.rng.chance(1, 2);
-                plan.push((self.rng.below(self.heal_us), Event::Stop { everyone }));
-            }
             if faults.clock {
                 let process = self.rng.below(processes as u64) as u32;
                 let delta_us = self.rng.below(2 * PEER_TIMEOUT_US) as i64 - PEER_TIMEOUT_US as i64;
@@ -485,6 +538,14 @@ where
                     Event::ClockJump { process, delta_us },
                 ));
             }
+        }
+        // At most one of a failure and a stop per seed: each is judged alone.
+        if faults.fail && self.rng.chance(1, FAIL_SEED_ONE_IN) {
+            let process = self.rng.below(processes as u64) as u32;
+            plan.push((self.rng.below(self.heal_us), Event::Fail { process }));
+        } else if faults.stop && self.rng.chance(1, STOP_SEED_ONE_IN) {
+            let everyone = self.rng.chance(1, 2);
+            plan.push((self.rng.below(self.heal_us), Event::Stop { everyone }));
         }
         for (at, event) in plan {
             self.schedule(at, event);

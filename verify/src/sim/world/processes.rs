@@ -519,7 +519,9 @@ where
             }
         }
         let writer = self.writer.as_mut().expect("the writer finishes with the world");
-        writer.write(message).expect("the sinks are in memory");
+        if let Err(e) = writer.write(message) {
+            self.net.failure.get_or_insert(format!("process 0's sink: {e}"));
+        }
     }
 
     fn count_output(&mut self, lines: &[u8]) {
