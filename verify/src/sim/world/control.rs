@@ -10,7 +10,8 @@
 use super::*;
 use verity_core::cluster::codec::{decode_control, encode_control};
 use verity_core::cluster::lifecycle::{
-    Action, Control, Deadlines, Event as LifeEvent, Job, Lifecycle, Outcome, REASON_SIZE_MAX_BYTES,
+    Action, Control, Deadlines, Event as LifeEvent, Job, Lifecycle, Outcome, GRACEFUL_STOP_DEADLINE_MS,
+    REASON_SIZE_MAX_BYTES,
 };
 
 /// Every process's lifecycle and what the world has told it.
@@ -28,6 +29,10 @@ pub(super) struct Lifecycles {
     pub(super) stop_requested_at_us: Option<u64>,
     /// When process 0's job finished (all output in): the shutdown starts.
     leader_finished_at_us: Option<u64>,
+    /// When each process exited.
+    exited_at_us: Vec<Option<u64>>,
+    /// Process 0 told its readers to stop.
+    sources_stopped: bool,
 }
 
 /// What the world looked like when the `fail` fault struck.
@@ -85,6 +90,8 @@ impl Lifecycles {
             injected: None,
             stop_requested_at_us: None,
             leader_finished_at_us: None,
+            exited_at_us: vec![None; count],
+            sources_stopped: false,
         }
     }
 }
@@ -155,6 +162,7 @@ where
             Action::StopSources => {
                 self.trace(format_args!("process {process}: stops its sources"));
                 self.readers.iter_mut().for_each(Reader::stop);
+                self.lifecycles.sources_stopped = true;
                 // The reader threads see the stop flag on their next turn.
                 self.schedule(self.now_us, Event::Wake { process });
             }
@@ -178,6 +186,7 @@ where
                 }
                 self.trace(format_args!("process {process}: exits {outcome:?} {reason:?}"));
                 self.lifecycles.exits[process as usize] = Some((outcome, reason));
+                self.lifecycles.exited_at_us[process as usize] = Some(self.now_us);
                 if outcome != Outcome::Done {
                     let unreported = !self.all_sent(process);
                     let lost_by_us = self.now_us + PEER_LOST_MS * 1000 + EXIT_AFTER_FAILURE_US;
@@ -233,6 +242,28 @@ where
             return None;
         }
         let completed = self.leader_exited_done();
+        // Process 0's stop deadline, as its clock may see it (jumps, ticks).
+        let deadline_us = stop_at_us + GRACEFUL_STOP_DEADLINE_MS * 1000;
+        let slack_us = 2 * PEER_TIMEOUT_US + 2 * TICK_US;
+        let finished_at = self.lifecycles.leader_finished_at_us;
+        let leader_exit_us = self.lifecycles.exited_at_us[0].expect("process 0 exited");
+        if !self.lifecycles.sources_stopped && finished_at.is_none_or(|at| at > stop_at_us) {
+            return Some(Err(
+                "a stop reached process 0 while its job ran, but its sources never stopped".into(),
+            ));
+        }
+        if finished_at.is_none_or(|at| at > deadline_us + slack_us) && completed {
+            return Some(Err(format!(
+                "process 0 was still running its job {} ms after the stop, past the stop deadline, and exited done",
+                (finished_at.unwrap_or(leader_exit_us) - stop_at_us) / 1000
+            )));
+        }
+        if !completed && finished_at.is_none() && leader_exit_us + slack_us < deadline_us {
+            return Some(Err(format!(
+                "process 0 gave up on the stop {} ms after it, before the stop deadline",
+                (leader_exit_us - stop_at_us) / 1000
+            )));
+        }
         for (process, exit) in self.lifecycles.exits.iter().enumerate() {
             let (outcome, reason) = exit.as_ref().expect("every process exited");
             // A process whose own stop deadline passed exits stopped and
