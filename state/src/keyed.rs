@@ -76,10 +76,12 @@ impl<K, S: Default> KeyedStore<K, S> {
             .map(|e| &e.state)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
