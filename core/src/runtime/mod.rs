@@ -12,7 +12,7 @@ mod shard_loop;
 mod wiring;
 
 use crate::cluster::relay::{OutputRelay, Relayed};
-use crate::cluster::{Layout, RemoteIn};
+use crate::cluster::{ClusterError, Layout, RemoteIn};
 use crate::connector::{SinkError, SourceError};
 use crate::flow::Dataflow;
 use crate::key::Key;
@@ -440,11 +440,12 @@ where
     }
     for (shard, remote) in wiring.remote_outputs {
         let output = output_tx.clone().expect("process 0 has the output thread");
-        let (done, errors, names, abort) = (
+        let (done, errors, names, abort, failed) = (
             done_tx.clone(),
             Arc::clone(&source_errors),
             Arc::clone(&source_names),
             Arc::clone(&abort),
+            Arc::clone(&failure),
         );
         threads.push(spawn_watched(
             format!("verity-relay-{shard}"),
@@ -454,7 +455,10 @@ where
                     errors: &errors,
                     names: &names,
                 };
-                relay_output(shard, &remote, &output, &done, &errors, &abort);
+                // A peer's malformed output ends the run with its reason.
+                if let Err(e) = relay_output(shard, &remote, &output, &done, &errors, &abort) {
+                    failed.report(e.to_string());
+                }
             },
         )?);
     }
@@ -555,7 +559,8 @@ fn spawn_output_thread(
 }
 
 /// Process 0's end of one remote shard's output: into the sinks, until the
-/// shard reports it finished.
+/// shard reports it finished. Output that does not decode (a peer that
+/// breaks the protocol) is an error, which ends the run with its reason.
 fn relay_output(
     shard: u32,
     remote: &RemoteIn,
@@ -563,18 +568,15 @@ fn relay_output(
     done: &Sender<ShardCounters>,
     errors: &SourceErrors<'_>,
     abort: &AtomicBool,
-) {
+) -> Result<(), ClusterError> {
     let mut relay = OutputRelay::new(shard);
     while !abort.load(Ordering::Relaxed) {
         let frame = match remote.recv_timeout(CHECK_INTERVAL) {
             Ok(frame) => frame,
             Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
-        let relayed = match relay.on_frame(&frame) {
-            Ok(relayed) => relayed,
-            Err(e) => panic!("{e}"),
-        };
+        let relayed = relay.on_frame(&frame)?;
         let _ = match relayed {
             Relayed::ToSinks(message) => output.send(message),
             Relayed::SourceFailed { source, error } => {
@@ -583,11 +585,12 @@ fn relay_output(
             }
             Relayed::Finished(counters) => {
                 let _ = done.send(counters);
-                return;
+                return Ok(());
             }
             Relayed::Dropped => Ok(()),
         };
     }
+    Ok(())
 }
 
 /// Waits until every shard finished, showing progress on a terminal. Returns
