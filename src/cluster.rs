@@ -24,7 +24,7 @@ use verity_core::{
 use verity_net::auth::{ClusterSecret, CLUSTER_SECRET_ENV};
 use verity_net::liveness::LivenessConfig;
 use verity_net::node::{Node, NodeConfig, PeerAddress};
-use verity_net::peer::{ProtocolBugs, ProtocolConfig};
+use verity_net::peer::{ProtocolBugs, ProtocolConfig, ProtocolLimits};
 
 /// Frames a channel may have unacked.
 pub const WINDOW_FRAMES: usize = 16;
@@ -90,6 +90,7 @@ impl NetOptions {
                 reconnect_base_ms: RECONNECT_BASE_MS,
                 reconnect_max_ms: RECONNECT_MAX_MS,
                 peer_lost_ms: self.peer_lost_ms,
+                limits: ProtocolLimits::default(),
                 bugs: ProtocolBugs::default(),
             },
             listen: file.listen(process_id),

@@ -33,7 +33,8 @@ pub type ConnId = u64;
 /// Frames taken from one producer per `send_from` call, so one busy channel
 /// cannot starve the others or the socket reads.
 pub const FRAMES_PER_CHANNEL_TURN_MAX: usize = 64;
-/// A connection's unwritten bytes beyond which producers are not drained.
+/// A connection's unwritten bytes beyond which producers are not drained
+/// (the default of `ProtocolLimits::write_backlog_soft_max_bytes`).
 pub const WRITE_BACKLOG_SOFT_MAX_BYTES: usize = 8 << 20;
 /// Unauthenticated connections held at once; more are closed when opened.
 pub const PENDING_CONNECTIONS_MAX: usize = 64;
@@ -41,16 +42,39 @@ pub const PENDING_CONNECTIONS_MAX: usize = 64;
 /// far smaller, and a stranger must not make this process hold a whole
 /// maximum-size frame per pending connection.
 pub const HANDSHAKE_BYTES_MAX: usize = 64 << 10;
-/// Channels a peer may send on before their consumer registers. Frames can
-/// arrive before the local side has wired a channel (a worker wires after the
-/// job arrives), but a peer must not make this process keep state for any
-/// channel id it names.
+/// Channels a peer may send on before their consumer registers (the default
+/// of `ProtocolLimits::unclaimed_channels_max`). Frames can arrive before the
+/// local side has wired a channel (a worker wires after the job arrives), but
+/// a peer must not make this process keep state for any channel id it names.
 pub const UNCLAIMED_CHANNELS_MAX: usize = 4096;
 /// Frames held, over all unclaimed channels, before a connection that sends
 /// more is closed (its sender resends them after the reconnect).
 pub const UNCLAIMED_FRAMES_MAX: usize = 16_384;
 /// Bytes held, over all unclaimed channels, likewise.
 pub const UNCLAIMED_BYTES_MAX: usize = 256 << 20;
+
+/// How much the protocol holds for a connection and for channels nobody
+/// claimed yet. Production runs the defaults; the simulator draws small ones
+/// so that every limit is met and its way out (a paused producer, a closed
+/// connection and a resend) is exercised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProtocolLimits {
+    pub write_backlog_soft_max_bytes: usize,
+    pub unclaimed_channels_max: usize,
+    pub unclaimed_frames_max: usize,
+    pub unclaimed_bytes_max: usize,
+}
+
+impl Default for ProtocolLimits {
+    fn default() -> Self {
+        ProtocolLimits {
+            write_backlog_soft_max_bytes: WRITE_BACKLOG_SOFT_MAX_BYTES,
+            unclaimed_channels_max: UNCLAIMED_CHANNELS_MAX,
+            unclaimed_frames_max: UNCLAIMED_FRAMES_MAX,
+            unclaimed_bytes_max: UNCLAIMED_BYTES_MAX,
+        }
+    }
+}
 
 /// Where the protocol gets randomness: handshake nonces and dial jitter.
 /// Production draws from the OS; the simulator from its seed.
@@ -131,6 +155,7 @@ pub struct ProtocolConfig {
     pub reconnect_max_ms: u64,
     /// A peer unreachable this long fails the run.
     pub peer_lost_ms: u64,
+    pub limits: ProtocolLimits,
     pub bugs: ProtocolBugs,
 }
 
@@ -224,10 +249,21 @@ pub struct ProtocolStats {
     pub handshakes_refused: u64,
     /// Times a producer had a frame but the window had no room.
     pub full_windows: u64,
+    /// Times a producer was not drained because its connection's unwritten
+    /// bytes were past the soft maximum (a slow peer).
+    pub backlog_pauses: u64,
     /// Connections closed for sending more than unclaimed channels may hold.
     pub unclaimed_refused: u64,
     /// Connections closed at once because too many were unauthenticated.
     pub pending_refused: u64,
+}
+
+/// Channels that have data and no consumer yet, and what they hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unclaimed {
+    pub channels: usize,
+    pub frames: usize,
+    pub bytes: usize,
 }
 
 /// A producer's queue of whole encoded `Data` frames, as the driver has it.
@@ -255,6 +291,8 @@ struct In {
     /// False until the consumer registers; delivered frames wait in `held`.
     claimed: bool,
     held: Vec<Frame>,
+    /// Payload bytes of `held` (while unclaimed; not kept after).
+    held_bytes: usize,
     receiver: ChannelReceiver,
     /// Last sequence of each delivered frame the consumer has not consumed.
     outstanding: VecDeque<u64>,
@@ -298,8 +336,6 @@ pub struct PeerProtocol<E: Entropy> {
     peers: BTreeMap<u32, Peer>,
     outs: BTreeMap<u32, Out>,
     ins: BTreeMap<u32, In>,
-    unclaimed_frames: usize,
-    unclaimed_bytes: usize,
     actions: VecDeque<Action>,
     stats: ProtocolStats,
     /// The run is over: peers leaving is expected, not a failure.
@@ -336,8 +372,6 @@ impl<E: Entropy> PeerProtocol<E> {
             peers,
             outs: BTreeMap::new(),
             ins: BTreeMap::new(),
-            unclaimed_frames: 0,
-            unclaimed_bytes: 0,
             actions: VecDeque::new(),
             stats: ProtocolStats::default(),
             closing: false,
@@ -392,19 +426,28 @@ impl<E: Entropy> PeerProtocol<E> {
         }
         let state = self.ins.entry(channel).or_insert_with(|| In::new(peer));
         state.claimed = true;
-        let held = std::mem::take(&mut state.held);
-        self.unclaimed_frames -= held.len();
-        for frame in held {
-            self.unclaimed_bytes -= frame.payload.len();
+        for frame in std::mem::take(&mut state.held) {
             self.actions.push_back(Action::Deliver { channel, frame });
         }
     }
 
     fn drop_unclaimed(&mut self, channel: u32) {
-        if let Some(state) = self.ins.remove(&channel) {
-            self.unclaimed_frames -= state.held.len();
-            self.unclaimed_bytes -= state.held.iter().map(|f| f.payload.len()).sum::<usize>();
-        }
+        self.ins.remove(&channel);
+    }
+
+    /// What is held for channels nobody claimed yet, within
+    /// `ProtocolLimits`. Counted when asked (only while frames for unclaimed
+    /// channels arrive, at startup), so there is no running total to keep
+    /// right.
+    pub fn unclaimed(&self) -> Unclaimed {
+        self.ins
+            .values()
+            .filter(|i| !i.claimed)
+            .fold(Unclaimed::default(), |sum, i| Unclaimed {
+                channels: sum.channels + 1,
+                frames: sum.frames + i.held.len(),
+                bytes: sum.bytes + i.held_bytes,
+            })
     }
 
     /// The consumer of `channel` took everything through `through_seq`.
@@ -448,8 +491,9 @@ impl<E: Entropy> PeerProtocol<E> {
         let mut conn = conn_id.and_then(|c| self.conns.get_mut(&c));
         if conn
             .as_ref()
-            .is_some_and(|c| c.backlog_bytes() > WRITE_BACKLOG_SOFT_MAX_BYTES)
+            .is_some_and(|c| c.backlog_bytes() > self.config.limits.write_backlog_soft_max_bytes)
         {
+            self.stats.backlog_pauses += 1;
             return 0;
         }
         let mut taken = 0;
@@ -607,6 +651,14 @@ impl<E: Entropy> PeerProtocol<E> {
         if let Some(peer) = self.peers.get_mut(&peer_id) {
             peer.next_dial_ms = now_ms + peer.backoff.next_delay_ms(random).max(1);
         }
+    }
+
+    /// Bytes written for `peer`'s connection and not yet taken by the
+    /// socket (0 without a connection): producers to it are not drained
+    /// past `ProtocolLimits::write_backlog_soft_max_bytes`.
+    pub fn write_backlog_bytes(&self, peer: u32) -> usize {
+        let conn = self.peers.get(&peer).and_then(|p| p.conn);
+        conn.map_or(0, |c| self.output(c).len())
     }
 
     /// Bytes to write on `conn`, oldest first; `advance_output` says how many
@@ -828,10 +880,11 @@ impl<E: Entropy> PeerProtocol<E> {
         if state.claimed {
             self.actions.push_back(Action::Deliver { channel, frame });
         } else {
-            self.unclaimed_frames += 1;
-            self.unclaimed_bytes += frame.payload.len();
+            state.held_bytes += frame.payload.len();
             state.held.push(frame);
-            if self.unclaimed_frames > UNCLAIMED_FRAMES_MAX || self.unclaimed_bytes > UNCLAIMED_BYTES_MAX {
+            let limits = self.config.limits;
+            let held = self.unclaimed();
+            if held.frames > limits.unclaimed_frames_max || held.bytes > limits.unclaimed_bytes_max {
                 self.stats.unclaimed_refused += 1;
                 // Forget this channel's frames: the sender resends them.
                 self.drop_unclaimed(channel);
@@ -843,10 +896,11 @@ impl<E: Entropy> PeerProtocol<E> {
 
     fn open_unclaimed(&mut self, channel: u32, peer: u32) -> Result<(), String> {
         let unclaimed = self.ins.values().filter(|i| !i.claimed).count();
-        if unclaimed >= UNCLAIMED_CHANNELS_MAX {
+        let most = self.config.limits.unclaimed_channels_max;
+        if unclaimed >= most {
             self.stats.unclaimed_refused += 1;
             return Err(format!(
-                "data on channel {channel:#x}, and {UNCLAIMED_CHANNELS_MAX} channels are unclaimed already"
+                "data on channel {channel:#x}, and {most} channels are unclaimed already"
             ));
         }
         self.ins.insert(channel, In::new(peer));
@@ -945,7 +999,7 @@ impl<E: Entropy> PeerProtocol<E> {
             .values()
             .map(|c| c.output.len() + c.decoder.buffered_bytes())
             .sum();
-        conns + self.unclaimed_bytes
+        conns + self.unclaimed().bytes
     }
 }
 
@@ -955,6 +1009,7 @@ impl In {
             peer,
             claimed: false,
             held: Vec::new(),
+            held_bytes: 0,
             receiver: ChannelReceiver::default(),
             outstanding: VecDeque::new(),
             consumed: 0,
@@ -982,6 +1037,7 @@ mod tests {
             reconnect_base_ms: 10,
             reconnect_max_ms: 80,
             peer_lost_ms: 1_000,
+            limits: ProtocolLimits::default(),
             bugs: ProtocolBugs::default(),
         }
     }

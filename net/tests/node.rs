@@ -10,7 +10,7 @@ use verity_net::auth::ClusterSecret;
 use verity_net::frame::{FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
 use verity_net::node::{ConsumerProgress, InChannel, Node, NodeConfig, OutChannel, PeerAddress};
-use verity_net::peer::{ProtocolBugs, ProtocolConfig};
+use verity_net::peer::{ProtocolBugs, ProtocolConfig, ProtocolLimits};
 
 const WINDOW_FRAMES: usize = 4;
 
@@ -34,6 +34,7 @@ fn config(process_id: u32, listen: SocketAddr, peer: PeerAddress, peer_timeout_m
             reconnect_base_ms: 5,
             reconnect_max_ms: 100,
             peer_lost_ms: 10_000,
+            limits: ProtocolLimits::default(),
             bugs: ProtocolBugs::default(),
         },
         listen,

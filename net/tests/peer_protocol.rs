@@ -12,8 +12,8 @@ use verity_net::auth::ClusterSecret;
 use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
 use verity_net::peer::{
-    Action, ConnId, Entropy, PeerEvent, PeerProtocol, ProtocolBugs, ProtocolConfig, SeededEntropy,
-    UNCLAIMED_FRAMES_MAX,
+    Action, ConnId, Entropy, PeerEvent, PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolLimits,
+    SeededEntropy, UNCLAIMED_FRAMES_MAX,
 };
 
 const SECRET: &[u8] = b"a secret for the protocol tests";
@@ -35,6 +35,7 @@ fn config(process_id: u32, peers: Vec<u32>, secret: &[u8]) -> ProtocolConfig {
         reconnect_base_ms: 10,
         reconnect_max_ms: 100,
         peer_lost_ms: 60_000,
+        limits: ProtocolLimits::default(),
         bugs: ProtocolBugs::default(),
     }
 }

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use verity_net::auth::ClusterSecret;
 use verity_net::liveness::LivenessConfig;
-use verity_net::peer::{PeerProtocol, ProtocolBugs, ProtocolConfig, SeededEntropy};
+use verity_net::peer::{PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolLimits, SeededEntropy};
 
 /// State the protocol may hold beyond the input itself (its handshake output,
 /// acks, heartbeats).
@@ -28,6 +28,7 @@ fn protocol(process_id: u32, peer: u32) -> PeerProtocol<SeededEntropy> {
         reconnect_base_ms: 10,
         reconnect_max_ms: 100,
         peer_lost_ms: 60_000,
+        limits: ProtocolLimits::default(),
         bugs: ProtocolBugs::default(),
     };
     PeerProtocol::new(config, SeededEntropy::new(process_id as u64), 0)

@@ -15,8 +15,11 @@ pub struct SimStats {
 impl SimStats {
     /// Counters every summary shows, even at zero, so a path that never ran
     /// is visible as `0` rather than missing.
-    pub const ALWAYS_SHOWN: [&'static str; 6] = [
+    pub const ALWAYS_SHOWN: [&'static str; 9] = [
         "parked_sends",
+        "backlog_pauses",
+        "full_send_buffers",
+        "unclaimed_refused",
         "full_windows",
         "retransmitted_frames",
         "reconnects",

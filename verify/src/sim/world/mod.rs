@@ -135,7 +135,7 @@ struct Process {
 /// Sizes the simulator shrinks per seed so rare paths (a full window, tiny
 /// batches, partial frames) run often: BUGGIFY, simulation only.
 struct Buggify {
-    window: network::Window,
+    net: network::NetSizes,
     /// A producer's queue to the network thread, in frames.
     producer_depth_frames: usize,
     /// Workers register their receiving channels late.
@@ -359,7 +359,7 @@ where
         let source_names: Vec<String> = inputs.iter().map(|(name, _)| name.to_string()).collect();
         let mut rng = SplitMix64::new(config.seed);
         let buggify = Buggify {
-            window: network::Window::draw(&mut rng),
+            net: network::NetSizes::draw(&mut rng),
             producer_depth_frames: [1, 4, 16, 64][rng.below(4) as usize],
             late_claims: rng.chance(1, 2),
             batch_max: [1, 3, 4, 16, 1024][rng.below(5) as usize],
@@ -403,7 +403,7 @@ where
                 Reader::new(source as u32, input.clone(), total, &buggify, config.bugs.reader)
             })
             .collect();
-        let net = Net::new(config, &mut rng, buggify.window, buggify.producer_depth_frames);
+        let net = Net::new(config, &mut rng, buggify.net, buggify.producer_depth_frames);
         let job = verity_core::cluster::Job {
             app: config.app.name().to_string(),
             final_counts: config.final_counts,
@@ -740,6 +740,8 @@ where
         self.stats.add("retransmitted_frames", protocol.frames_resent);
         self.stats.add("reconnects", protocol.reconnects);
         self.stats.add("handshakes_refused", protocol.handshakes_refused);
+        self.stats.add("unclaimed_refused", protocol.unclaimed_refused);
+        self.stats.add("backlog_pauses", protocol.backlog_pauses);
         Finished {
             sim: SimOutcome {
                 seed: self.config.seed,

@@ -14,7 +14,8 @@ use super::*;
 use verity_net::auth::ClusterSecret;
 use verity_net::frame::{ChannelFrames, FrameDecoder, FRAME_SIZE_MAX_BYTES};
 use verity_net::peer::{
-    Action, ConnId, InFlight, PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolStats, SeededEntropy,
+    Action, ConnId, InFlight, PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolLimits, ProtocolStats,
+    SeededEntropy, Unclaimed,
 };
 
 const CLUSTER_ID: &str = "sim";
@@ -31,8 +32,15 @@ const CLAIM_DELAY_MAX_US: u64 = 200_000;
 
 /// Network events, scheduled on the world's queue.
 pub(super) enum NetEvent {
-    /// Bytes written on `conn` arrive at process `to`.
-    Deliver { conn: ConnId, to: u32, bytes: Bytes },
+    /// Bytes written on `conn` arrive at process `to`; once it read them,
+    /// `sent` bytes leave the writer's send buffer (0 for bytes a fault
+    /// added, or that were written past the buffer).
+    Deliver {
+        conn: ConnId,
+        to: u32,
+        bytes: Bytes,
+        sent: usize,
+    },
     /// A dial of `from` reaches `to`.
     Connect { from: u32, to: u32 },
     /// Process `process` sees `conn` end.
@@ -66,6 +74,9 @@ struct InChan {
 struct SimConn {
     ends: [u32; 2],
     last_arrival_us: [u64; 2],
+    /// Per direction: bytes written and not yet read by the other end (the
+    /// kernel's socket buffers), at most `NetSizes::send_buffer_bytes`.
+    unread: [usize; 2],
 }
 
 impl SimConn {
@@ -91,8 +102,43 @@ pub(super) struct Net {
     /// Why a protocol said the cluster failed, if one did.
     pub(super) failure: Option<String>,
     producer_depth_frames: usize,
-    /// Every protocol's window (BUGGIFY'd per seed).
-    window: Window,
+    /// The seed's windows, limits and send buffers (BUGGIFY).
+    sizes: NetSizes,
+}
+
+/// The network's sizes for one seed: production's, or (BUGGIFY) small ones,
+/// so that full windows, a write backlog that pauses producers, frames for
+/// unclaimed channels past their limits and a slow reader's full socket
+/// buffer all happen.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NetSizes {
+    pub(super) window: Window,
+    pub(super) limits: ProtocolLimits,
+    /// Bytes a connection takes per direction before the reader reads them;
+    /// the writer's protocol keeps the rest as its backlog.
+    pub(super) send_buffer_bytes: usize,
+}
+
+impl NetSizes {
+    pub(super) fn draw(rng: &mut SplitMix64) -> NetSizes {
+        let window = Window::draw(rng);
+        let limits = if rng.chance(1, 2) {
+            ProtocolLimits::default()
+        } else {
+            ProtocolLimits {
+                write_backlog_soft_max_bytes: [0, 4 << 10, 64 << 10][rng.below(3) as usize],
+                unclaimed_channels_max: [1, 2, 8][rng.below(3) as usize],
+                unclaimed_frames_max: [1, 4, 64][rng.below(3) as usize],
+                unclaimed_bytes_max: [1 << 10, 64 << 10][rng.below(2) as usize],
+            }
+        };
+        let send_buffer_bytes = [usize::MAX, 256 << 10, 16 << 10, 2 << 10][rng.below(4) as usize];
+        NetSizes {
+            window,
+            limits,
+            send_buffer_bytes,
+        }
+    }
 }
 
 /// A sender's window: at most this many frames and (past the first) bytes
@@ -114,7 +160,8 @@ impl Window {
     }
 }
 
-fn protocol_config(config: &SimConfig, process_id: u32, peers: Vec<u32>, window: Window) -> ProtocolConfig {
+fn protocol_config(config: &SimConfig, process_id: u32, peers: Vec<u32>, sizes: NetSizes) -> ProtocolConfig {
+    let window = sizes.window;
     let bugs = config.bugs;
     let secret = ClusterSecret::new(SECRET.to_vec()).expect("long enough");
     ProtocolConfig {
@@ -131,6 +178,7 @@ fn protocol_config(config: &SimConfig, process_id: u32, peers: Vec<u32>, window:
         reconnect_base_ms: RECONNECT_BASE_MS,
         reconnect_max_ms: RECONNECT_MAX_MS,
         peer_lost_ms: PEER_LOST_MS,
+        limits: sizes.limits,
         bugs: ProtocolBugs {
             admit_duplicate_as_new: bugs.protocol.admit_duplicate_as_new || bugs.no_dedup,
             ..bugs.protocol
@@ -173,11 +221,49 @@ fn check_window(protocol: &PeerProtocol<SeededEntropy>, channel: u32, window: Wi
     Ok(())
 }
 
+/// The backlog rule, checked from outside on every `send_from`: a producer
+/// is drained exactly when its connection's unwritten bytes are within the
+/// soft maximum and it has a frame the window takes. So a protocol that
+/// buffers without bound behind a slow peer, and one that stops draining a
+/// producer it should, are both findings.
+fn check_backlog(
+    channel: u32,
+    backlog: usize,
+    soft_max: usize,
+    may_take: bool,
+    taken: usize,
+) -> Result<(), String> {
+    let should_take = may_take && backlog <= soft_max;
+    if (taken > 0) != should_take {
+        return Err(format!(
+            "backlog rule broken on {}: {backlog} bytes unwritten (soft maximum {soft_max}), \
+             a frame the window takes: {may_take}, frames taken: {taken}",
+            channel_id::describe(channel)
+        ));
+    }
+    Ok(())
+}
+
+/// What a process holds for channels without a consumer stays within its
+/// limits, whatever peers send: beyond them it closes the connection and
+/// forgets the frames (their sender resends them).
+fn check_unclaimed(held: Unclaimed, limits: ProtocolLimits) -> Result<(), String> {
+    if held.channels > limits.unclaimed_channels_max
+        || held.frames > limits.unclaimed_frames_max
+        || held.bytes > limits.unclaimed_bytes_max
+    {
+        return Err(format!(
+            "unclaimed channels hold more than their limits: {held:?}, limits {limits:?}"
+        ));
+    }
+    Ok(())
+}
+
 impl Net {
     pub(super) fn new(
         config: &SimConfig,
         rng: &mut SplitMix64,
-        window: Window,
+        sizes: NetSizes,
         producer_depth_frames: usize,
     ) -> Net {
         let processes = config.processes;
@@ -185,12 +271,12 @@ impl Net {
             .map(|p| {
                 let peers = (0..processes).filter(|q| *q != p).collect();
                 let entropy = SeededEntropy::new(rng.next_u64());
-                PeerProtocol::new(protocol_config(config, p, peers, window), entropy, 0)
+                PeerProtocol::new(protocol_config(config, p, peers, sizes), entropy, 0)
             })
             .collect();
         // The intruder claims to be a real process, but has the wrong secret.
         let claims = processes.saturating_sub(1);
-        let mut intruder = protocol_config(config, claims, (0..claims).collect(), window);
+        let mut intruder = protocol_config(config, claims, (0..claims).collect(), sizes);
         intruder.secret =
             std::sync::Arc::new(ClusterSecret::new(WRONG_SECRET.to_vec()).expect("long enough"));
         protocols.push(PeerProtocol::new(intruder, SeededEntropy::new(rng.next_u64()), 0));
@@ -204,7 +290,7 @@ impl Net {
             last_sent: Bytes::new(),
             failure: None,
             producer_depth_frames,
-            window,
+            sizes,
         }
     }
 
@@ -250,6 +336,7 @@ impl Net {
             sum.handshakes_refused += s.handshakes_refused;
             sum.duplicates_dropped += s.duplicates_dropped;
             sum.unclaimed_refused += s.unclaimed_refused;
+            sum.backlog_pauses += s.backlog_pauses;
         }
         sum
     }
@@ -354,9 +441,22 @@ where
             return;
         }
         let protocol = &mut self.net.protocols[process as usize];
+        let soft_max = self.net.sizes.limits.write_backlog_soft_max_bytes;
         for (channel, out) in self.net.outs.iter_mut().filter(|(_, o)| o.from == process) {
-            while protocol.send_from(*channel, &mut out.pending) > 0 {}
-            if let Err(broken) = check_window(protocol, *channel, self.net.window) {
+            loop {
+                let backlog = protocol.write_backlog_bytes(out.to);
+                let may_take = !out.pending.is_empty() && protocol.window_has_room(*channel);
+                let taken = protocol.send_from(*channel, &mut out.pending);
+                if let Err(broken) = check_backlog(*channel, backlog, soft_max, may_take, taken) {
+                    self.net
+                        .failure
+                        .get_or_insert(format!("process {process}: {broken}"));
+                }
+                if taken == 0 {
+                    break;
+                }
+            }
+            if let Err(broken) = check_window(protocol, *channel, self.net.sizes.window) {
                 self.net
                     .failure
                     .get_or_insert(format!("process {process}: {broken}"));
@@ -417,14 +517,35 @@ where
         input.queue.push_back(frame);
     }
 
-    /// Puts everything a process's protocol wrote on its connections.
+    /// Puts what a process's protocol wrote on its connections, as far as
+    /// their send buffers take it (production's non-blocking write: the
+    /// rest stays in the protocol's backlog until the reader reads).
     fn flush(&mut self, process: u32) {
         let conns: Vec<ConnId> = self.net.protocols[process as usize].connections().collect();
         for conn in conns {
-            let bytes = self.net.protocols[process as usize].take_output(conn);
-            if !bytes.is_empty() {
-                self.transmit(conn, process, Bytes::from(bytes));
+            let protocol = &mut self.net.protocols[process as usize];
+            let output = protocol.output(conn);
+            if output.is_empty() {
+                continue;
             }
+            let Some(sim) = self.net.conns.get_mut(&conn) else {
+                // The socket is gone: what it was given is lost, and the
+                // protocol resends it after the reconnect.
+                let all = output.len();
+                protocol.advance_output(conn, all);
+                continue;
+            };
+            let dir = sim.direction(process);
+            let room = self.net.sizes.send_buffer_bytes.saturating_sub(sim.unread[dir]);
+            let written = output.len().min(room);
+            if written == 0 {
+                self.stats.bump("full_send_buffers");
+                continue;
+            }
+            let bytes = Bytes::copy_from_slice(&output[..written]);
+            protocol.advance_output(conn, written);
+            sim.unread[dir] += written;
+            self.transmit(conn, process, bytes, written);
         }
     }
 
@@ -433,7 +554,7 @@ where
             "process {process}: closes connection {conn}: {reason}"
         ));
         if !last_words.is_empty() {
-            self.transmit(conn, process, Bytes::from(last_words));
+            self.transmit(conn, process, Bytes::from(last_words), 0);
         }
         let Some(sim) = self.net.conns.get(&conn) else {
             return;
@@ -451,7 +572,12 @@ where
 
     pub(super) fn handle_net(&mut self, event: NetEvent) {
         match event {
-            NetEvent::Deliver { conn, to, bytes } => self.deliver(conn, to, bytes),
+            NetEvent::Deliver {
+                conn,
+                to,
+                bytes,
+                sent,
+            } => self.deliver(conn, to, bytes, sent),
             NetEvent::Connect { from, to } => self.connect(from, to),
             NetEvent::Closed { conn, process } => {
                 if self.dead(process) {
@@ -518,6 +644,7 @@ where
         let sim = SimConn {
             ends: [from, to],
             last_arrival_us: [0; 2],
+            unread: [0; 2],
         };
         self.net.conns.insert(conn, sim);
         conn
@@ -557,7 +684,7 @@ where
                 let seq = self.net.ins[&channel].delivered_through + 1;
                 let mut bytes = self.net.protocols[intruder as usize].take_output(conn);
                 encode_frame(&mut bytes, FrameKind::Data, channel, seq, &[b"intruder"]);
-                self.transmit(conn, intruder, Bytes::from(bytes));
+                self.transmit(conn, intruder, Bytes::from(bytes), 0);
             }
         }
         let clock = self.local_clock_ms(target);
@@ -570,8 +697,9 @@ where
 
     // ---- links ----------------------------------------------------------
 
-    /// Puts bytes on `conn` from `from`, with the seed's faults.
-    fn transmit(&mut self, conn: ConnId, from: u32, bytes: Bytes) {
+    /// Puts bytes on `conn` from `from`, with the seed's faults; `sent` of
+    /// them count against the send buffer until they are read.
+    fn transmit(&mut self, conn: ConnId, from: u32, bytes: Bytes, sent: usize) {
         let Some(sim) = self.net.conns.get(&conn) else {
             return; // the connection is gone: the protocol resends after a reconnect
         };
@@ -596,7 +724,13 @@ where
                 "partition holds {} bytes {from}->{to} until {arrival}",
                 bytes.len()
             ));
-            return self.schedule(arrival, Event::Net(NetEvent::Deliver { conn, to, bytes }));
+            let event = NetEvent::Deliver {
+                conn,
+                to,
+                bytes,
+                sent,
+            };
+            return self.schedule(arrival, Event::Net(event));
         }
         if self.faults_on() && faults.drop && self.rng.chance(FRAME_FAULT_PER_MILLE, 1000) {
             // TCP loses nothing silently: losing bytes means the stream broke,
@@ -638,10 +772,17 @@ where
                     conn,
                     to,
                     bytes: again,
+                    sent: 0,
                 }),
             );
         }
-        self.schedule(arrival, Event::Net(NetEvent::Deliver { conn, to, bytes }));
+        let event = NetEvent::Deliver {
+            conn,
+            to,
+            bytes,
+            sent,
+        };
+        self.schedule(arrival, Event::Net(event));
         if lost_tail {
             // A lost tail that ends on a frame boundary leaves nothing for a
             // checksum to catch; TCP never loses bytes and goes on, so the
@@ -723,7 +864,7 @@ where
         Bytes::from(forged)
     }
 
-    fn deliver(&mut self, conn: ConnId, to: u32, bytes: Bytes) {
+    fn deliver(&mut self, conn: ConnId, to: u32, bytes: Bytes, sent: usize) {
         if !self.net.conns.contains_key(&conn) {
             return; // sent on a connection that is gone
         }
@@ -731,8 +872,15 @@ where
             return;
         }
         if self.paused(to) {
+            // A paused reader reads nothing: the writer's buffer stays full.
             let until = self.processes[to as usize].paused_until_us;
-            return self.schedule(until, Event::Net(NetEvent::Deliver { conn, to, bytes }));
+            let event = NetEvent::Deliver {
+                conn,
+                to,
+                bytes,
+                sent,
+            };
+            return self.schedule(until, Event::Net(event));
         }
         let clock = self.local_clock_ms(to);
         // BUGGIFY: bytes arrive in pieces, so partial frames are the rule.
@@ -742,9 +890,32 @@ where
             self.net.protocols[to as usize].on_bytes(conn, &rest[..piece], clock);
             rest = &rest[piece..];
         }
+        if let Err(broken) =
+            check_unclaimed(self.net.protocols[to as usize].unclaimed(), self.net.sizes.limits)
+        {
+            self.net.failure.get_or_insert(format!("process {to}: {broken}"));
+        }
         self.carry_out(to);
         if to != self.net.intruder() {
             self.step_process(to);
+        }
+        if sent > 0 {
+            self.read_from_send_buffer(conn, to, sent);
+        }
+    }
+
+    /// The reader took `sent` bytes off the connection: its writer may write
+    /// again (production's writable socket), and with the backlog gone its
+    /// producers are drained again.
+    fn read_from_send_buffer(&mut self, conn: ConnId, reader: u32, sent: usize) {
+        let Some(sim) = self.net.conns.get_mut(&conn) else {
+            return;
+        };
+        let dir = 1 - sim.direction(reader);
+        sim.unread[dir] -= sent;
+        let writer = sim.ends[dir];
+        if writer != self.net.intruder() && !self.dead(writer) {
+            self.step_process(writer);
         }
     }
 
