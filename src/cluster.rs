@@ -203,7 +203,7 @@ impl Driver for ClusterDriver<'_> {
     where
         K: Key + Wire,
         V: Wire + Send + 'static,
-        S: Default + Send + 'static,
+        S: verity_core::State,
         O: 'static,
     {
         run_in_cluster(flow, self.config, self.placement, self.stop, self.cluster)

@@ -84,7 +84,7 @@ pub trait Driver {
     where
         K: Key + Wire,
         V: Wire + Send + 'static,
-        S: Default + Send + 'static,
+        S: verity_core::State,
         O: 'static;
 }
 
@@ -101,7 +101,7 @@ impl Driver for LocalRun<'_> {
     where
         K: Key + Wire,
         V: Wire + Send + 'static,
-        S: Default + Send + 'static,
+        S: verity_core::State,
         O: 'static,
     {
         run(flow, self.config, self.outputs, self.stop)

@@ -142,6 +142,19 @@ pub struct Book {
     pub rejecting: bool,
 }
 
+impl Wire for Book {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.quote.encode(out);
+        self.rejecting.encode(out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, WireError> {
+        Ok(Book {
+            quote: Option::decode(input)?,
+            rejecting: bool::decode(input)?,
+        })
+    }
+}
+
 /// One order decision, with the quote it was decided on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {

@@ -12,6 +12,7 @@ use crate::ids::{Msg, MsgId};
 use crate::key::Key;
 use crate::line::{Line, Reject};
 use crate::source::SourceSpec;
+use crate::State;
 use std::sync::Arc;
 
 /// Where a step hands its outputs.
@@ -217,7 +218,7 @@ impl<K: Key, V: Send + 'static> KeyedStream<K, V> {
     }
 
     /// The keyed stateful step; state `S` starts as `S::default()` per key.
-    pub fn stateful<S: Default + Send + 'static, O: 'static>(
+    pub fn stateful<S: State, O: 'static>(
         self,
         step: impl Fn(&mut S, &K, Msg<V>, &mut Output<'_, O>) + Send + Sync + 'static,
     ) -> Stateful<K, V, S, O> {

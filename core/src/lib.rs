@@ -32,3 +32,9 @@ pub use sink::{CustomSink, DeadLetterSpec, OutputBatch, SinkSpec};
 pub use small::SmallBytes;
 pub use source::{LineGenerator, SourceSpec};
 pub use wire::{Wire, WireError};
+
+/// What a keyed stateful step's per-key state must be: a fresh one per key
+/// (`Default`), and encodable (`Wire`) so checkpoints can snapshot it.
+pub trait State: Default + Wire + Send + 'static {}
+
+impl<S: Default + Wire + Send + 'static> State for S {}

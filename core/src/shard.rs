@@ -18,13 +18,36 @@
 //! receiver applies up to that chunk without waiting on anything later), so the
 //! turn order cannot deadlock; `RUNAHEAD_CHUNKS_PER_SHARD` bounds how far a shard
 //! parses ahead of what it has applied.
+//!
+//! # Checkpoints: the chunk turns are the aligned barriers
+//!
+//! A source's dealer puts checkpoint `k`'s barrier between two chunks (its
+//! *cut*) and into every shard's queue of that source, and stamps every chunk
+//! with its *epoch*, the barriers dealt before it; a batch carries the epoch
+//! of its chunk. A shard applies a chunk of epoch `e` only after it took the
+//! snapshots of checkpoints `1..=e`, and takes snapshot `k` once every source
+//! stands at its cut of `k` (or has ended): it has applied exactly the chunks
+//! before the cuts. It learns a cut from the barrier in its own queue or from
+//! the epoch of the next chunk to apply, whichever comes first, so a shard
+//! that reads its own queue late still stops at the cut. Parsing goes on past
+//! a cut (the runahead bound holds); only applying waits, and only as long as
+//! the other sources take to reach their cuts. Dead letters of chunks past a
+//! cut wait for the snapshot too, so each is in the output stream on the
+//! right side of its checkpoint (`Effect::Checkpoint` marks the place).
+//!
+//! Because every receiver applies in chunk order, the snapshots of all shards
+//! with the sources' cuts are one consistent state of the whole dataflow:
+//! recovery restores every shard from it (`ShardCore::restore`), reopens the
+//! sources at their cuts and starts every channel anew.
 
 use crate::flow::{Chain, EndFn, FormatFn, Keyed, Logic, Output, StepFn};
 use crate::ids::{Msg, MsgId};
 use crate::key::{shard_for, Key};
 use crate::line::{for_each_line, DeadLetter, Line};
 use crate::sink::OutputBatch;
-use crate::source::{ChunkData, SourceEvent};
+use crate::source::{ChunkData, SourceCut, SourceEvent};
+use crate::wire::{Wire, WireError};
+use crate::State;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -67,6 +90,9 @@ pub struct Routed<K, V> {
 /// A record kept on the shard that parsed it, with its key's route hash.
 type Hashed<K, V> = (Routed<K, V>, u64);
 
+/// An own chunk parsed ahead of its turn: index, epoch, its local records.
+type ParsedChunk<K, V> = (u64, u64, Vec<Hashed<K, V>>);
+
 /// Records of one chunk of one source, from the shard that parsed it to one
 /// receiver. `first_seq` numbers the channel (source, sender → receiver) from 1,
 /// so the receiver can drop replays.
@@ -75,6 +101,8 @@ pub struct Batch<K, V> {
     pub source: u32,
     pub from: u32,
     pub chunk: u64,
+    /// The chunk's epoch (see the module docs on checkpoints).
+    pub epoch: u64,
     pub first_seq: u64,
     /// The chunk's last batch for this receiver.
     pub last: bool,
@@ -97,6 +125,23 @@ pub enum Effect<K, V> {
         source: u32,
         error: String,
     },
+    /// This shard's part of checkpoint `checkpoint`: everything before it in
+    /// the effects belongs to the checkpoint, everything after to later ones.
+    Checkpoint(CheckpointPart),
+}
+
+/// One shard's snapshot at a checkpoint, encoded (`ShardCore::restore`
+/// reads it back), with the cuts of the sources it knows of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointPart {
+    pub shard: u32,
+    pub checkpoint: u64,
+    /// Per source: its cut, if this shard saw the barrier (the parser of the
+    /// chunk at the cut always has), or `None`.
+    pub cuts: Vec<Option<SourceCut>>,
+    /// Per source: its chunks in all, if it had ended and all were applied.
+    pub ended: Vec<Option<u64>>,
+    pub state: Vec<u8>,
 }
 
 /// Running totals of one shard.
@@ -116,16 +161,49 @@ struct SourceState<K, V> {
     total_chunks: Option<u64>,
     /// The chunk whose records this shard applies next.
     next_apply: u64,
-    /// Own chunks parsed but not yet at their turn, with their local records.
-    own_parsed: VecDeque<(u64, Vec<Hashed<K, V>>)>,
-    /// An own chunk dealt but held back by the runahead bound.
-    held: Option<(u64, u64, ChunkData)>,
+    /// Own chunks parsed but not yet at their turn: index, epoch, and their
+    /// local records.
+    own_parsed: VecDeque<ParsedChunk<K, V>>,
+    /// An own chunk dealt but held back by the runahead bound: index, epoch,
+    /// first line, data.
+    held: Option<(u64, u64, u64, ChunkData)>,
     next_seq: Vec<u64>,
+    /// Barriers seen in this shard's queue and not yet passed, oldest first.
+    barriers: VecDeque<(u64, SourceCut)>,
+    /// The first batch of the chunk at the turn, when that chunk lies past a
+    /// checkpoint whose snapshot is not taken yet.
+    waiting: Option<Batch<K, V>>,
+    /// Dead letters of own chunks past a checkpoint not taken yet: (epoch,
+    /// letter).
+    deferred_letters: VecDeque<(u64, DeadLetter)>,
 }
 
 impl<K, V> SourceState<K, V> {
     fn is_done(&self) -> bool {
         self.total_chunks == Some(self.next_apply) && self.held.is_none()
+    }
+
+    /// The highest checkpoint whose cut this source stands at (the chunks
+    /// before it applied, none after), as far as this shard knows; `taken`
+    /// if it knows of none beyond.
+    fn at_cut(&self, taken: u64) -> u64 {
+        if self.is_done() {
+            return u64::MAX;
+        }
+        let from_barriers = self
+            .barriers
+            .iter()
+            .filter(|(_, cut)| cut.next_chunk == self.next_apply)
+            .map(|(k, _)| *k)
+            .max()
+            .unwrap_or(0);
+        let next_epoch = match (&self.waiting, self.own_parsed.front(), &self.held) {
+            (Some(batch), _, _) => batch.epoch,
+            (_, Some((chunk, epoch, _)), _) if *chunk == self.next_apply => *epoch,
+            (_, _, Some((chunk, epoch, _, _))) if *chunk == self.next_apply => *epoch,
+            _ => 0,
+        };
+        taken.max(from_barriers).max(next_epoch)
     }
 }
 
@@ -154,11 +232,33 @@ pub struct ShardCore<K, V, S, O> {
     finished: bool,
     counters: ShardCounters,
     effects: Vec<Effect<K, V>>,
+    /// Checkpoints whose snapshot this shard took.
+    checkpoints_taken: u64,
     /// Off only in the simulator's planted-bug tests (see `disable_dedup_for_testing`).
     dedup_enabled: bool,
 }
 
-impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCore<K, V, S, O> {
+/// The version of `ShardCore`'s snapshot encoding; a checkpoint of another
+/// version is refused, not misread.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("shard {shard}'s snapshot is not readable: {error}")]
+    Malformed { shard: u32, error: WireError },
+    #[error("shard {shard}'s snapshot has version {found}; this build reads version {SNAPSHOT_VERSION}")]
+    Version { shard: u32, found: u32 },
+    #[error("shard {shard}'s snapshot is of a dataflow with {found} sources; this one has {expected}")]
+    Sources {
+        shard: u32,
+        found: usize,
+        expected: usize,
+    },
+    #[error("the snapshot is of shard {found}, not {expected}")]
+    WrongShard { found: u32, expected: u32 },
+}
+
+impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, O> {
     /// The cores of shards `range` out of `shards` in all (one process's share
     /// of a cluster).
     pub fn build_range(
@@ -185,6 +285,9 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
                 own_parsed: VecDeque::new(),
                 held: None,
                 next_seq: vec![1; shards as usize],
+                barriers: VecDeque::new(),
+                waiting: None,
+                deferred_letters: VecDeque::new(),
             })
             .collect();
         let mut core = ShardCore {
@@ -207,6 +310,7 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
             finished: false,
             counters: ShardCounters::default(),
             effects: Vec::new(),
+            checkpoints_taken: 0,
             dedup_enabled: true,
         };
         core.finish_if_done();
@@ -255,7 +359,7 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
         into.clear();
         for (source, state) in self.sources.iter().enumerate() {
             let parser = (state.next_apply % self.shards as u64) as u32;
-            if !state.is_done() && parser != self.index {
+            if !state.is_done() && parser != self.index && state.waiting.is_none() {
                 into.push((source as u32, parser));
             }
         }
@@ -283,6 +387,7 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
                 index,
                 first_line,
                 data,
+                epoch,
                 ..
             } => {
                 assert_eq!(
@@ -295,7 +400,19 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
                     state.held.is_none() && state.total_chunks.is_none(),
                     "chunk not asked for"
                 );
-                state.held = Some((index, first_line, data));
+                state.held = Some((index, epoch, first_line, data));
+                self.make_progress(source);
+            }
+            SourceEvent::Barrier {
+                source,
+                checkpoint,
+                cut,
+            } => {
+                let state = &mut self.sources[source as usize];
+                assert!(state.total_chunks.is_none(), "a barrier after the end");
+                if checkpoint > self.checkpoints_taken {
+                    state.barriers.push_back((checkpoint, cut));
+                }
                 self.make_progress(source);
             }
             SourceEvent::Failed { source, error } => {
@@ -316,6 +433,18 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
         let source = batch.source;
         let state = &mut self.sources[source as usize];
         assert_eq!(batch.chunk, state.next_apply, "batch out of turn");
+        if batch.epoch > self.checkpoints_taken {
+            // The chunk lies past a cut: it waits for the snapshot.
+            assert!(state.waiting.is_none(), "a second batch past a cut");
+            state.waiting = Some(batch);
+            self.make_progress(source);
+            return;
+        }
+        self.apply_batch(batch);
+    }
+
+    fn apply_batch(&mut self, batch: Batch<K, V>) {
+        let source = batch.source;
         assert_eq!(
             batch.from as u64,
             batch.chunk % self.shards as u64,
@@ -371,10 +500,11 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
     /// runahead bound allows, until neither can move.
     fn make_progress(&mut self, source: u32) {
         loop {
+            let taken = self.checkpoints_taken;
             let state = &mut self.sources[source as usize];
-            if let Some((chunk, _)) = state.own_parsed.front() {
-                if *chunk == state.next_apply {
-                    let (_, records) = state.own_parsed.pop_front().expect("front exists");
+            if let Some((chunk, epoch, _)) = state.own_parsed.front() {
+                if *chunk == state.next_apply && *epoch <= taken {
+                    let (_, _, records) = state.own_parsed.pop_front().expect("front exists");
                     state.next_apply += 1;
                     for (record, hash) in records {
                         self.keyed.apply(record, hash);
@@ -384,38 +514,211 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
             }
             let runahead = RUNAHEAD_CHUNKS_PER_SHARD * self.shards as u64;
             match &state.held {
-                Some((chunk, _, _)) if *chunk < state.next_apply + runahead => {
-                    let (chunk, first_line, data) = state.held.take().expect("held exists");
-                    self.parse_chunk(source, chunk, first_line, &data);
+                Some((chunk, _, _, _)) if *chunk < state.next_apply + runahead => {
+                    let (chunk, epoch, first_line, data) = state.held.take().expect("held exists");
+                    self.parse_chunk(source, chunk, epoch, first_line, &data);
                 }
-                _ => break,
+                _ => {
+                    if self.take_checkpoints() {
+                        continue;
+                    }
+                    break;
+                }
             }
         }
         self.flush_output_if_full();
         self.finish_if_done();
     }
 
-    fn parse_chunk(&mut self, source: u32, chunk: u64, first_line: u64, data: &ChunkData) {
-        // At its turn, a chunk's local records apply at once; ahead of it they wait.
+    /// Takes every checkpoint whose cuts all sources stand at; then lets
+    /// what waited for them go on. Returns whether it took one.
+    fn take_checkpoints(&mut self) -> bool {
+        let mut took = false;
+        loop {
+            let next = self.checkpoints_taken + 1;
+            let aligned = self
+                .sources
+                .iter()
+                .all(|s| s.at_cut(self.checkpoints_taken) >= next);
+            // Only a checkpoint some source has dealt (a shard sees every
+            // barrier in its queue before the end of that source).
+            let dealt = self
+                .sources
+                .iter()
+                .any(|s| s.barriers.iter().any(|(k, _)| *k >= next) || (!s.is_done() && s.at_cut(0) >= next));
+            if !aligned || !dealt {
+                break;
+            }
+            self.take_checkpoint(next);
+            took = true;
+        }
+        if took {
+            self.release_after_checkpoint();
+        }
+        took
+    }
+
+    fn take_checkpoint(&mut self, checkpoint: u64) {
+        self.flush();
+        let mut cuts = Vec::with_capacity(self.sources.len());
+        let mut ended = Vec::with_capacity(self.sources.len());
+        for state in &mut self.sources {
+            while state.barriers.front().is_some_and(|(k, _)| *k < checkpoint) {
+                state.barriers.pop_front();
+            }
+            let cut = match state.barriers.front() {
+                Some((k, _)) if *k == checkpoint => state.barriers.pop_front().map(|(_, cut)| cut),
+                _ => None,
+            };
+            cuts.push(cut);
+            ended.push(state.total_chunks.filter(|_| state.is_done()));
+        }
+        let mut encoded = Vec::new();
+        self.encode_state(&mut encoded);
+        self.checkpoints_taken = checkpoint;
+        self.effects.push(Effect::Checkpoint(CheckpointPart {
+            shard: self.index,
+            checkpoint,
+            cuts,
+            ended,
+            state: encoded,
+        }));
+    }
+
+    /// The snapshot: counters, each source's next chunk, then every key and
+    /// its state in key order (so equal states encode to equal bytes).
+    fn encode_state(&self, out: &mut Vec<u8>) {
+        SNAPSHOT_VERSION.encode(out);
+        let c = &self.counters;
+        for n in [
+            c.records_in,
+            c.dead_lettered,
+            c.duplicates_dropped,
+            self.keyed.emitted,
+        ] {
+            n.encode(out);
+        }
+        (self.sources.len() as u32).encode(out);
+        for state in &self.sources {
+            state.next_apply.encode(out);
+        }
+        let entries = self.keyed.store.sorted();
+        (entries.len() as u64).encode(out);
+        for (key, state) in entries {
+            key.encode(out);
+            state.encode(out);
+        }
+    }
+
+    /// Starts this shard from its part of a checkpoint (a recovery): its
+    /// state and counters as they were, each source at its cut. Channels
+    /// start anew, so sequence numbers and dedup watermarks do too.
+    pub fn restore(&mut self, part: &CheckpointPart) -> Result<(), RestoreError> {
+        let shard = self.index;
+        if part.shard != shard {
+            return Err(RestoreError::WrongShard {
+                found: part.shard,
+                expected: shard,
+            });
+        }
+        let malformed = |error| RestoreError::Malformed { shard, error };
+        let mut input = &part.state[..];
+        let version = u32::decode(&mut input).map_err(malformed)?;
+        if version != SNAPSHOT_VERSION {
+            return Err(RestoreError::Version {
+                shard,
+                found: version,
+            });
+        }
+        let mut counts = [0u64; 4];
+        for n in &mut counts {
+            *n = u64::decode(&mut input).map_err(malformed)?;
+        }
+        let sources = u32::decode(&mut input).map_err(malformed)? as usize;
+        if sources != self.sources.len() {
+            return Err(RestoreError::Sources {
+                shard,
+                found: sources,
+                expected: self.sources.len(),
+            });
+        }
+        let mut next_apply = Vec::with_capacity(sources);
+        for _ in 0..sources {
+            next_apply.push(u64::decode(&mut input).map_err(malformed)?);
+        }
+        let keys = u64::decode(&mut input).map_err(malformed)?;
+        let mut store = KeyedStore::new();
+        for _ in 0..keys {
+            let key = K::decode(&mut input).map_err(malformed)?;
+            let state = S::decode(&mut input).map_err(malformed)?;
+            *store.state_mut(key.route_hash(), &key, Key::detach) = state;
+        }
+        if !input.is_empty() {
+            return Err(malformed(WireError::Invalid("bytes after the last key")));
+        }
+        let [records_in, dead_lettered, duplicates_dropped, emitted] = counts;
+        self.counters = ShardCounters {
+            records_in,
+            records_out: 0,
+            dead_lettered,
+            duplicates_dropped,
+        };
+        self.keyed.emitted = emitted;
+        self.keyed.store = store;
+        for (state, next) in self.sources.iter_mut().zip(next_apply) {
+            state.next_apply = next;
+        }
+        self.checkpoints_taken = part.checkpoint;
+        self.finished = false;
+        Ok(())
+    }
+
+    /// Checkpoints this shard took (or restored from).
+    pub fn checkpoints_taken(&self) -> u64 {
+        self.checkpoints_taken
+    }
+
+    /// After a snapshot: dead letters and a waiting batch of the chunks it
+    /// let through go on.
+    fn release_after_checkpoint(&mut self) {
+        let taken = self.checkpoints_taken;
+        for source in 0..self.sources.len() {
+            let state = &mut self.sources[source];
+            while state.deferred_letters.front().is_some_and(|(e, _)| *e <= taken) {
+                let (_, letter) = state.deferred_letters.pop_front().expect("front exists");
+                self.effects.push(Effect::DeadLetter(letter));
+            }
+            let state = &mut self.sources[source];
+            if state.waiting.as_ref().is_some_and(|b| b.epoch <= taken) {
+                let batch = state.waiting.take().expect("waiting exists");
+                self.apply_batch(batch);
+            }
+        }
+    }
+
+    fn parse_chunk(&mut self, source: u32, chunk: u64, epoch: u64, first_line: u64, data: &ChunkData) {
+        // At its turn, a chunk's local records apply at once; ahead of it (or
+        // past a checkpoint not taken yet) they wait.
+        let taken = self.checkpoints_taken;
         let state = &self.sources[source as usize];
-        let in_turn = chunk == state.next_apply;
+        let in_turn = chunk == state.next_apply && epoch <= taken;
         debug_assert!(!in_turn || state.own_parsed.is_empty());
         let mut local = Vec::new();
         match data {
             ChunkData::Lines(lines) => {
-                self.route_lines(source, chunk, first_line, lines, in_turn, &mut local)
+                self.route_lines(source, (chunk, epoch), first_line, lines, in_turn, &mut local)
             }
             ChunkData::Oversized { prefix, size_bytes } => {
                 self.counters.records_in += 1;
                 self.counters.dead_lettered += 1;
                 let reason = format!("line of {size_bytes} bytes is over the limit");
                 let letter = DeadLetter::new(MsgId::new(source, first_line), reason.into(), prefix);
-                self.effects.push(Effect::DeadLetter(letter));
+                self.dead_letter(source, epoch, letter);
             }
         }
         for to in 0..self.shards {
             if to != self.index {
-                self.send_batch(source, chunk, to, true);
+                self.send_batch(source, chunk, epoch, to, true);
             }
         }
         let state = &mut self.sources[source as usize];
@@ -423,14 +726,26 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
             debug_assert!(local.is_empty());
             state.next_apply += 1;
         } else {
-            state.own_parsed.push_back((chunk, local));
+            state.own_parsed.push_back((chunk, epoch, local));
+        }
+    }
+
+    /// A dead letter of a chunk of `epoch`: out now, or after the snapshots
+    /// the chunk comes after.
+    fn dead_letter(&mut self, source: u32, epoch: u64, letter: DeadLetter) {
+        if epoch <= self.checkpoints_taken {
+            self.effects.push(Effect::DeadLetter(letter));
+        } else {
+            self.sources[source as usize]
+                .deferred_letters
+                .push_back((epoch, letter));
         }
     }
 
     fn route_lines(
         &mut self,
         source: u32,
-        chunk: u64,
+        (chunk, epoch): (u64, u64),
         first_line: u64,
         data: &Bytes,
         in_turn: bool,
@@ -458,7 +773,7 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
                 } else {
                     self.outgoing[to as usize].push(record);
                     if self.outgoing[to as usize].len() >= batch_max {
-                        self.send_batch(source, chunk, to, false);
+                        self.send_batch(source, chunk, epoch, to, false);
                     }
                 }
                 Ok(())
@@ -466,13 +781,13 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
             if let Err(reject) = routed {
                 self.counters.dead_lettered += 1;
                 let letter = DeadLetter::new(id, reject.reason, &data.slice(range));
-                self.effects.push(Effect::DeadLetter(letter));
+                self.dead_letter(source, epoch, letter);
             }
         });
         self.counters.records_in += line_no - first_line;
     }
 
-    fn send_batch(&mut self, source: u32, chunk: u64, to: u32, last: bool) {
+    fn send_batch(&mut self, source: u32, chunk: u64, epoch: u64, to: u32, last: bool) {
         let capacity = if last { 0 } else { self.limits.batch_max };
         let records = std::mem::replace(&mut self.outgoing[to as usize], Vec::with_capacity(capacity));
         let next_seq = &mut self.sources[source as usize].next_seq[to as usize];
@@ -482,6 +797,7 @@ impl<K: Key, V: Send + 'static, S: Default + Send + 'static, O: 'static> ShardCo
             source,
             from: self.index,
             chunk,
+            epoch,
             first_seq,
             last,
             records,

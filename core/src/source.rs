@@ -131,11 +131,36 @@ pub enum SourceEvent {
         /// after it (what a checkpoint of this chunk's turn records).
         partition: u32,
         position: Position,
+        /// Checkpoint barriers dealt before this chunk: the chunk belongs
+        /// after the snapshots of checkpoints `1..=epoch`.
+        epoch: u64,
+    },
+    /// Checkpoint `checkpoint`'s barrier: it comes after chunk `cut - 1` of
+    /// the source and before chunk `cut`; every shard gets it. A shard
+    /// snapshots once it applied exactly the chunks before the cut of every
+    /// source (see `shard`'s module docs).
+    Barrier {
+        source: u32,
+        checkpoint: u64,
+        cut: SourceCut,
     },
     /// The source failed mid-stream (after it opened): reported, then ended.
     Failed { source: u32, error: String },
     /// No more chunks from `source`: it had `chunks` in all.
     End { source: u32, chunks: u64 },
+}
+
+/// Where a source stands at a checkpoint's barrier: what its dealer and its
+/// partitions resume from after a recovery.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceCut {
+    /// The index of the first chunk after the barrier.
+    pub next_chunk: u64,
+    /// The id (line number) of the first record after the barrier.
+    pub next_line: u64,
+    /// Each partition dealt from, and its position after its last chunk
+    /// before the barrier (a partition not listed resumes at its start).
+    pub positions: Vec<(u32, Position)>,
 }
 
 /// Numbers a source's chunks and deals them round-robin over the shards.
@@ -144,6 +169,10 @@ pub struct Dealer<'a> {
     shards: usize,
     next_index: u64,
     next_line: u64,
+    /// Barriers dealt so far (the epoch of the next chunk).
+    epoch: u64,
+    /// Per partition dealt from: its position after its last chunk.
+    positions: Vec<(u32, Position)>,
     /// Bytes dealt so far, for chunks dealt without a position (`deal`).
     dealt_bytes: u64,
     send: &'a mut dyn FnMut(usize, SourceEvent) -> bool,
@@ -159,9 +188,52 @@ impl<'a> Dealer<'a> {
             shards,
             next_index: 0,
             next_line: 1,
+            epoch: 0,
+            positions: Vec::new(),
             dealt_bytes: 0,
             send,
         }
+    }
+
+    /// Continues a source from checkpoint `checkpoint`'s cut (a recovery):
+    /// chunks and ids go on from there, as in the run that took it.
+    pub fn resume_at(&mut self, checkpoint: u64, cut: &SourceCut) {
+        self.next_index = cut.next_chunk;
+        self.next_line = cut.next_line;
+        self.epoch = checkpoint;
+        self.positions = cut.positions.clone();
+        if let [(0, Position::Text { bytes, .. })] = cut.positions[..] {
+            self.dealt_bytes = bytes;
+        }
+    }
+
+    /// Checkpoints whose barriers were dealt.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Deals the barriers of every checkpoint up to `requested` not dealt
+    /// yet, to every shard. False once a shard is gone.
+    pub fn barrier_to(&mut self, requested: u64) -> bool {
+        while self.epoch < requested {
+            self.epoch += 1;
+            let cut = SourceCut {
+                next_chunk: self.next_index,
+                next_line: self.next_line,
+                positions: self.positions.clone(),
+            };
+            for shard in 0..self.shards {
+                let event = SourceEvent::Barrier {
+                    source: self.source,
+                    checkpoint: self.epoch,
+                    cut: cut.clone(),
+                };
+                if !(self.send)(shard, event) {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Deals a chunk of a one-partition text stream read from its start,
@@ -198,7 +270,12 @@ impl<'a> Dealer<'a> {
             data: chunk.data,
             partition,
             position: chunk.position,
+            epoch: self.epoch,
         };
+        match self.positions.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, at)) => *at = chunk.position,
+            None => self.positions.push((partition, chunk.position)),
+        }
         let shard = (self.next_index % self.shards as u64) as usize;
         self.next_index += 1;
         self.next_line += chunk.records;
@@ -657,6 +734,7 @@ mod tests {
                     data: ChunkData::Lines(lines),
                     partition,
                     position,
+                    ..
                 } => {
                     assert_eq!((*source, *chunk, *shard), (3, index as u64, index % 2));
                     assert_eq!(*first_line, next_line, "lines numbered across partitions");

@@ -104,6 +104,22 @@ impl<const N: usize> Wire for [u64; N] {
     }
 }
 
+impl<T: Wire> Wire for Option<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.is_some().encode(out);
+        if let Some(value) = self {
+            value.encode(out);
+        }
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, WireError> {
+        Ok(match u8::decode(input)? {
+            0 => None,
+            1 => Some(T::decode(input)?),
+            tag => return Err(WireError::BadTag { tag, what: "option" }),
+        })
+    }
+}
+
 impl<A: Wire, B: Wire> Wire for (A, B) {
     fn encode(&self, out: &mut Vec<u8>) {
         self.0.encode(out);

@@ -11,7 +11,7 @@ use crate::key::Key;
 use crate::line::DeadLetter;
 use crate::shard::{Batch, Routed, ShardCounters};
 use crate::sink::OutputBatch;
-use crate::source::{ChunkData, SourceEvent};
+use crate::source::{ChunkData, SourceCut, SourceEvent};
 use crate::wire::{decode_bytes, encode_bytes, take, Wire, WireError};
 use bytes::Bytes;
 use verity_net::frame::{Frame, FrameWriter};
@@ -36,6 +36,7 @@ fn records<'a>(
 pub fn encode_batch<K: Wire, V: Wire>(batch: &Batch<K, V>, frame: &mut FrameWriter<'_>) {
     frame.record_with(|out| {
         batch.chunk.encode(out);
+        batch.epoch.encode(out);
         batch.first_seq.encode(out);
         batch.last.encode(out);
     });
@@ -56,13 +57,16 @@ pub fn decode_batch<K: Key + Wire, V: Wire>(
     let (head, rest) = records(frame, "batch")?;
     let mut input = head;
     let decode_head = |input: &mut &[u8]| -> Result<_, WireError> {
-        Ok((u64::decode(input)?, u64::decode(input)?, bool::decode(input)?))
+        let numbers = (u64::decode(input)?, u64::decode(input)?, u64::decode(input)?);
+        Ok((numbers, bool::decode(input)?))
     };
-    let (chunk, first_seq, last) = decode_head(&mut input).map_err(|e| malformed("batch header", e))?;
+    let ((chunk, epoch, first_seq), last) =
+        decode_head(&mut input).map_err(|e| malformed("batch header", e))?;
     let mut batch = Batch {
         source,
         from,
         chunk,
+        epoch,
         first_seq,
         last,
         records: Vec::with_capacity(frame.header.record_count as usize),
@@ -117,6 +121,7 @@ const EVENT_CHUNK_LINES: u8 = 0;
 const EVENT_CHUNK_OVERSIZED: u8 = 1;
 const EVENT_END: u8 = 2;
 const EVENT_FAILED: u8 = 3;
+const EVENT_BARRIER: u8 = 4;
 
 pub fn encode_source_event(event: &SourceEvent, frame: &mut FrameWriter<'_>) {
     match event {
@@ -126,6 +131,7 @@ pub fn encode_source_event(event: &SourceEvent, frame: &mut FrameWriter<'_>) {
             data,
             partition,
             position,
+            epoch,
             ..
         } => {
             let (tag, body, size_bytes) = match data {
@@ -139,9 +145,15 @@ pub fn encode_source_event(event: &SourceEvent, frame: &mut FrameWriter<'_>) {
                 size_bytes.encode(out);
                 partition.encode(out);
                 position.encode(out);
+                epoch.encode(out);
             });
             frame.push_record(body);
         }
+        SourceEvent::Barrier { checkpoint, cut, .. } => frame.record_with(|out| {
+            EVENT_BARRIER.encode(out);
+            checkpoint.encode(out);
+            encode_cut(cut, out);
+        }),
         SourceEvent::End { chunks, .. } => frame.record_with(|out| {
             EVENT_END.encode(out);
             chunks.encode(out);
@@ -166,9 +178,10 @@ pub fn decode_source_event(frame: &Frame, source: u32) -> Result<SourceEvent, Cl
         EVENT_CHUNK_LINES | EVENT_CHUNK_OVERSIZED => {
             let decode = |input: &mut &[u8]| -> Result<_, WireError> {
                 let numbers = (u64::decode(input)?, u64::decode(input)?, u64::decode(input)?);
-                Ok((numbers, u32::decode(input)?, Position::decode(input)?))
+                let (partition, position) = (u32::decode(input)?, Position::decode(input)?);
+                Ok((numbers, partition, position, u64::decode(input)?))
             };
-            let ((index, first_line, size_bytes), partition, position) =
+            let ((index, first_line, size_bytes), partition, position, epoch) =
                 decode(&mut input).map_err(|e| malformed("chunk", e))?;
             let body = body()?;
             let data = if tag == EVENT_CHUNK_LINES {
@@ -186,6 +199,17 @@ pub fn decode_source_event(frame: &Frame, source: u32) -> Result<SourceEvent, Cl
                 data,
                 partition,
                 position,
+                epoch,
+            })
+        }
+        EVENT_BARRIER => {
+            let decode =
+                |input: &mut &[u8]| -> Result<_, WireError> { Ok((u64::decode(input)?, decode_cut(input)?)) };
+            let (checkpoint, cut) = decode(&mut input).map_err(|e| malformed("barrier", e))?;
+            Ok(SourceEvent::Barrier {
+                source,
+                checkpoint,
+                cut,
             })
         }
         EVENT_END => {
@@ -204,6 +228,38 @@ pub fn decode_source_event(frame: &Frame, source: u32) -> Result<SourceEvent, Cl
             },
         )),
     }
+}
+
+/// A source's cut at a barrier: `next_chunk, next_line, count, (partition,
+/// position)*`. Also the form a checkpoint stores it in.
+pub fn encode_cut(cut: &SourceCut, out: &mut Vec<u8>) {
+    cut.next_chunk.encode(out);
+    cut.next_line.encode(out);
+    (cut.positions.len() as u32).encode(out);
+    for (partition, position) in &cut.positions {
+        partition.encode(out);
+        position.encode(out);
+    }
+}
+
+pub fn decode_cut(input: &mut &[u8]) -> Result<SourceCut, WireError> {
+    let next_chunk = u64::decode(input)?;
+    let next_line = u64::decode(input)?;
+    let count = u32::decode(input)?;
+    // Each entry takes at least 5 bytes: a count beyond that is corrupt,
+    // and must not make us reserve memory for it.
+    if count as usize > input.len() / 5 {
+        return Err(WireError::Invalid("more partitions than bytes"));
+    }
+    let mut positions = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        positions.push((u32::decode(input)?, Position::decode(input)?));
+    }
+    Ok(SourceCut {
+        next_chunk,
+        next_line,
+        positions,
+    })
 }
 
 // ---- output channel (worker shard → process 0) ---------------------------
@@ -587,9 +643,38 @@ mod tests {
                 bytes: 4096,
                 lines: 101,
             },
+            epoch: 7,
         };
         let frame = framed(|w| encode_source_event(&event, w));
         assert_eq!(decode_source_event(&frame, 2).unwrap(), event);
+    }
+
+    #[test]
+    fn barriers_cross_with_their_cut() {
+        let event = SourceEvent::Barrier {
+            source: 1,
+            checkpoint: 4,
+            cut: SourceCut {
+                next_chunk: 12,
+                next_line: 300,
+                positions: vec![
+                    (
+                        0,
+                        Position::Text {
+                            bytes: 99,
+                            lines: 299,
+                        },
+                    ),
+                    (2, Position::Log { offset: 5 }),
+                ],
+            },
+        };
+        let frame = framed(|w| encode_source_event(&event, w));
+        assert_eq!(decode_source_event(&frame, 1).unwrap(), event);
+        let mut short = Vec::new();
+        encode_cut(&SourceCut::default(), &mut short);
+        short[16] = 200; // 200 partitions in 0 bytes
+        assert!(decode_cut(&mut &short[..]).is_err(), "a corrupt count is refused");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::shard::{ShardCore, ShardCounters, ShardLimits};
 use crate::sink::{write_outputs, DeadLetterSpec, DeadLetterWriter, OutputMessage, SinkSpec};
 use crate::source::{self, Dealer, StopFlag};
 use crate::wire::Wire;
+use crate::State;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use pinning::Pinning;
 use shard_loop::{drive_shard, SourceErrors};
@@ -298,7 +299,7 @@ pub fn run<K, V, S, O>(
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
-    S: Default + Send + 'static,
+    S: State,
     O: 'static,
 {
     let layout = Layout::new(vec![config.workers as u32], 0).map_err(|e| RunError::Cluster(e.to_string()))?;
@@ -319,7 +320,7 @@ pub fn run_in_cluster<K, V, S, O>(
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
-    S: Default + Send + 'static,
+    S: State,
     O: 'static,
 {
     assert_eq!(
@@ -353,7 +354,7 @@ fn run_process<K, V, S, O>(
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
-    S: Default + Send + 'static,
+    S: State,
     O: 'static,
 {
     let started = Instant::now();

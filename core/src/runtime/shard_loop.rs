@@ -13,10 +13,11 @@ use crate::cluster::codec::{encode_upstream, UpstreamRef};
 use crate::driver::{OutputSent, Sent, ShardDriver, ShardPorts, Wait, Watch};
 use crate::key::Key;
 use crate::line::DeadLetter;
-use crate::shard::{Batch, ShardCore, ShardCounters};
+use crate::shard::{Batch, CheckpointPart, ShardCore, ShardCounters};
 use crate::sink::{OutputBatch, OutputMessage};
 use crate::source::SourceEvent;
 use crate::wire::Wire;
+use crate::State;
 use crossbeam_channel::Select;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -54,7 +55,7 @@ pub fn drive_shard<K, V, S, O>(
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
-    S: Default + Send + 'static,
+    S: State,
     O: 'static,
 {
     let mut driver = ShardDriver::new(core, ch.chunks.len());
@@ -140,6 +141,18 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
                     error: &error,
                 },
             ),
+        }
+        Sent::Done
+    }
+
+    fn try_checkpoint(&mut self, part: CheckpointPart) -> Sent<CheckpointPart> {
+        match &mut self.ch.output {
+            OutputOut::Local(tx) => {
+                let _ = tx.send(OutputMessage::Checkpoint(part));
+            }
+            // A worker will write its parts into its own state dir; until
+            // then the runtime deals no barriers in a cluster.
+            OutputOut::Remote(_) => panic!("checkpoints of remote shards are not supported yet"),
         }
         Sent::Done
     }

@@ -547,7 +547,7 @@ impl Driver for SimDriver<'_> {
     where
         K: Key + Wire,
         V: Wire + Send + 'static,
-        S: Default + Send + 'static,
+        S: verity_core::State,
         O: 'static,
     {
         Ok(world::simulate(

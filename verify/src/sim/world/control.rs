@@ -100,7 +100,7 @@ impl<K, V, S, O> World<'_, K, V, S, O>
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
-    S: Default + Send + 'static,
+    S: verity_core::State,
     O: 'static,
 {
     /// The control channels, as `ControlLinks` wires them in production.

@@ -15,7 +15,7 @@ use verity_core::connector::sinks::WriteSink;
 use verity_core::connector::sources::line_reader;
 use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
-use verity_core::shard::{Batch, ShardCore, ShardCounters, ShardLimits};
+use verity_core::shard::{Batch, CheckpointPart, ShardCore, ShardCounters, ShardLimits};
 use verity_core::sink::{DeadLetterWriter, OutputWriter};
 use verity_core::source::{Dealer, ReaderBugs, SourceEvent, LINE_SIZE_MAX_BYTES};
 use verity_core::{Key, Rng, SplitMix64, Wire};
@@ -225,7 +225,7 @@ pub(super) fn simulate<K, V, S, O>(
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
-    S: Default + Send + 'static,
+    S: verity_core::State,
     O: 'static,
 {
     // A violated assertion is a finding to report, not a crash: keep the
@@ -347,7 +347,7 @@ impl<'a, K, V, S, O> World<'a, K, V, S, O>
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
-    S: Default + Send + 'static,
+    S: verity_core::State,
     O: 'static,
 {
     pub(super) fn new(

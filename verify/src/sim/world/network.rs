@@ -346,7 +346,7 @@ impl<'a, K, V, S, O> World<'a, K, V, S, O>
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
-    S: Default + Send + 'static,
+    S: verity_core::State,
     O: 'static,
 {
     /// Every cross-process channel of the layout, as in the real runtime.

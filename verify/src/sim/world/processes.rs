@@ -209,7 +209,7 @@ impl<K, V, S, O> ShardPorts<K, V> for SimPorts<'_, '_, K, V, S, O>
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
-    S: Default + Send + 'static,
+    S: verity_core::State,
     O: 'static,
 {
     fn take_batch(&mut self, source: u32, from: u32) -> Option<Batch<K, V>> {
@@ -256,6 +256,15 @@ where
         }
     }
 
+    fn try_checkpoint(&mut self, part: CheckpointPart) -> Sent<CheckpointPart> {
+        // The simulated readers deal no barriers yet (the runtime does not
+        // either): nothing takes a checkpoint.
+        unreachable!(
+            "shard {} took checkpoint {} in a run without barriers",
+            part.shard, part.checkpoint
+        )
+    }
+
     fn try_source_failed(&mut self, source: u32, error: String) -> Sent<String> {
         if self.world.layout.is_local_to(0, self.shard) {
             self.world.source_errors.push(format!("source {source}: {error}"));
@@ -284,7 +293,7 @@ impl<'a, K, V, S, O> World<'a, K, V, S, O>
 where
     K: Key + Wire,
     V: Wire + Send + 'static,
-    S: Default + Send + 'static,
+    S: verity_core::State,
     O: 'static,
 {
     // ---- the readers ---------------------------------------------------
@@ -349,6 +358,7 @@ where
             SourceEvent::Chunk { index, .. } => format!("chunk {index}"),
             SourceEvent::Failed { .. } => "failure".to_string(),
             SourceEvent::End { chunks, .. } => format!("end after {chunks} chunks"),
+            SourceEvent::Barrier { checkpoint, .. } => format!("barrier {checkpoint}"),
         };
         if self.layout.is_local_to(0, shard) {
             let queue = self.local_chunks.entry((source, shard)).or_default();
@@ -517,6 +527,7 @@ where
                 self.stats.bump("dead_letters");
                 self.dead_letters_written += 1;
             }
+            OutputMessage::Checkpoint(_) => {}
         }
         let writer = self.writer.as_mut().expect("the writer finishes with the world");
         if let Err(e) = writer.write(message) {
