@@ -40,6 +40,7 @@ fn main() {
                 bytes: (input.len() - data.len()) as u64,
                 lines: line - 1 + lines,
             },
+            epoch: 0,
         });
         index += 1;
         line += lines;

@@ -598,8 +598,19 @@ where
                     "process {to} claims {}",
                     channel_id::describe(channel)
                 ));
+                let queued = self.net.ins[&channel].queue.len();
                 self.net.protocols[to as usize].add_in(channel, from);
                 self.carry_out(to);
+                // What the protocol held for the channel comes out now: never
+                // more than its limit (counted here, not by the protocol).
+                let held = self.net.ins[&channel].queue.len() - queued;
+                let most = self.net.sizes.limits.unclaimed_frames_max;
+                if held > most {
+                    self.net.failure.get_or_insert(format!(
+                        "process {to} held {held} frames for the unclaimed {}, more than its limit of {most}",
+                        channel_id::describe(channel)
+                    ));
+                }
                 self.step_process(to);
             }
             NetEvent::Intrude { target } => self.intrude(target),
