@@ -68,6 +68,9 @@ mod position;
 mod registry;
 pub mod sinks;
 pub mod sources;
+pub mod tcp_sink;
+mod tcp_source;
+pub mod tcp_stream;
 
 pub use position::Position;
 pub use registry::{ConnectorError, Connectors, SinkFactory, SourceFactory};
@@ -172,6 +175,13 @@ pub trait SourceReader: Send {
     /// The next chunk, `Idle` when nothing arrived for about
     /// `source::STOP_POLL_INTERVAL`, or `End`. Called once per chunk.
     fn next_chunk(&mut self) -> Result<Pull, SourceError>;
+
+    /// Everything up to `upto` (a position this reader produced) is durably
+    /// checkpointed: a replayable source may let its upstream forget it.
+    fn commit(&mut self, upto: &Position) -> Result<(), SourceError> {
+        let _ = upto;
+        Ok(())
+    }
 }
 
 /// Names a commit boundary in the output stream. Today a run has one, at the

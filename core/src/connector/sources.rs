@@ -8,7 +8,6 @@ use crate::source::{
 };
 use bytes::Bytes;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 
 /// Lines asked of a generator per chunk, so a chunk of typical generated
@@ -18,7 +17,7 @@ const GENERATED_LINES_PER_CHUNK: usize = 2048;
 const GENERATOR_SKIP_LINES_PER_CALL: usize = 4096;
 
 /// Refuses every partition but 0 of a one-partition source.
-fn only_partition_zero(source_name: &str, partition: u32) -> Result<(), SourceError> {
+pub(super) fn only_partition_zero(source_name: &str, partition: u32) -> Result<(), SourceError> {
     if partition == 0 {
         return Ok(());
     }
@@ -30,7 +29,7 @@ fn only_partition_zero(source_name: &str, partition: u32) -> Result<(), SourceEr
 }
 
 /// A source that can only be read from its beginning refuses any position.
-fn refuse_rewind(source_name: &str, kind: &'static str, at: Option<Position>) -> Result<(), SourceError> {
+pub(super) fn refuse_rewind(source_name: &str, kind: &'static str, at: Option<Position>) -> Result<(), SourceError> {
     match at {
         None => Ok(()),
         Some(position) => Err(SourceError::CannotRewind {
@@ -42,7 +41,7 @@ fn refuse_rewind(source_name: &str, kind: &'static str, at: Option<Position>) ->
 }
 
 /// The byte and line counts of a text position (a `Log` one is refused).
-fn text_position(source_name: &str, kind: &'static str, at: Position) -> Result<(u64, u64), SourceError> {
+pub(super) fn text_position(source_name: &str, kind: &'static str, at: Position) -> Result<(u64, u64), SourceError> {
     match at {
         Position::Text { bytes, lines } => Ok((bytes, lines)),
         Position::Log { .. } => Err(SourceError::WrongPosition {
@@ -55,13 +54,13 @@ fn text_position(source_name: &str, kind: &'static str, at: Position) -> Result<
 
 /// Counts a text stream's bytes and lines so each chunk carries its position.
 #[derive(Debug, Clone, Copy)]
-struct TextCursor {
-    bytes: u64,
-    lines: u64,
+pub(super) struct TextCursor {
+    pub(super) bytes: u64,
+    pub(super) lines: u64,
 }
 
 impl TextCursor {
-    fn at(bytes: u64, lines: u64) -> Self {
+    pub(super) fn at(bytes: u64, lines: u64) -> Self {
         TextCursor { bytes, lines }
     }
 
@@ -81,7 +80,7 @@ impl TextCursor {
 }
 
 /// Any byte stream, cut into chunks of whole lines.
-struct LineReader<R> {
+pub(super) struct LineReader<R> {
     chunker: LineChunker<R>,
     cursor: TextCursor,
     /// The chunker's consumed bytes when the last chunk went out.
@@ -105,7 +104,7 @@ pub fn line_reader(
 }
 
 impl<R: Read> LineReader<R> {
-    fn new(reader: R, cursor: TextCursor) -> Self {
+    pub(super) fn new(reader: R, cursor: TextCursor) -> Self {
         LineReader {
             chunker: LineChunker::new(reader, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES),
             cursor,
@@ -113,7 +112,7 @@ impl<R: Read> LineReader<R> {
         }
     }
 
-    fn next(&mut self) -> io::Result<Pull> {
+    pub(super) fn next(&mut self) -> io::Result<Pull> {
         let (data, records) = match self.chunker.next_piece()? {
             None => return Ok(Pull::End),
             Some(Piece::Idle) => return Ok(Pull::Idle),
@@ -421,77 +420,10 @@ impl Read for ThreadedStdin {
     }
 }
 
-// ---- TCP -----------------------------------------------------------------
+// ---- TCP ----------------------------------------------------------------
 
-/// Listens on an address, accepts one connection and reads it to its end.
-/// It cannot rewind yet (see the module notes in `connector` on acks).
-pub struct TcpListenSource {
-    pub address: String,
-    /// Where the last `open` listens (useful with port 0).
-    pub bound: Option<std::net::SocketAddr>,
-}
-
-impl TcpListenSource {
-    pub fn new(address: &str) -> Self {
-        TcpListenSource {
-            address: address.into(),
-            bound: None,
-        }
-    }
-}
-
-struct TcpListenReader {
-    listener: TcpListener,
-    connection: Option<LineReader<TcpStream>>,
-}
-
-impl SourceConnector for TcpListenSource {
-    fn kind(&self) -> &'static str {
-        "tcp"
-    }
-
-    fn open(
-        &mut self,
-        source_name: &str,
-        partition: u32,
-        at: Option<Position>,
-    ) -> Result<Box<dyn SourceReader>, SourceError> {
-        only_partition_zero(source_name, partition)?;
-        refuse_rewind(source_name, self.kind(), at)?;
-        let address = &self.address;
-        let listener = TcpListener::bind(address)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
-        listener.set_nonblocking(true)?;
-        let bound = listener.local_addr()?;
-        self.bound = Some(bound);
-        log::info!("source {source_name} listening on {bound}");
-        Ok(Box::new(TcpListenReader {
-            listener,
-            connection: None,
-        }))
-    }
-}
-
-impl SourceReader for TcpListenReader {
-    fn next_chunk(&mut self) -> Result<Pull, SourceError> {
-        if let Some(connection) = &mut self.connection {
-            return Ok(connection.next()?);
-        }
-        match self.listener.accept() {
-            Ok((stream, _peer)) => {
-                stream.set_nonblocking(false)?;
-                stream.set_read_timeout(Some(STOP_POLL_INTERVAL))?;
-                self.connection = Some(LineReader::new(stream, TextCursor::at(0, 0)));
-                Ok(Pull::Idle)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(STOP_POLL_INTERVAL);
-                Ok(Pull::Idle)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-}
+/// The TCP source lives in its own module (it speaks `verity send`'s protocol).
+pub use super::tcp_source::TcpListenSource;
 
 #[cfg(test)]
 mod tests {
@@ -644,34 +576,12 @@ mod tests {
     }
 
     #[test]
-    fn stdin_and_tcp_cannot_rewind() {
+    fn stdin_cannot_rewind() {
         let at = Some(Position::Text { bytes: 10, lines: 1 });
         let e = StdinSource.open("stdin", 0, at).err().unwrap();
         assert!(
             matches!(e, SourceError::CannotRewind { kind: "stdin", .. }),
             "{e}"
-        );
-        let mut tcp = TcpListenSource::new("127.0.0.1:0");
-        let e = tcp.open("tcp:127.0.0.1:0", 0, at).err().unwrap();
-        assert!(matches!(e, SourceError::CannotRewind { kind: "tcp", .. }), "{e}");
-    }
-
-    #[test]
-    fn a_tcp_source_counts_the_bytes_and_lines_it_received() {
-        let mut tcp = TcpListenSource::new("127.0.0.1:0");
-        let mut reader = tcp.open("tcp", 0, None).unwrap();
-        let address = tcp.bound.expect("open binds");
-        let sender = std::thread::spawn(move || {
-            use std::io::Write;
-            let mut stream = TcpStream::connect(address).unwrap();
-            stream.write_all(b"one\ntwo\nthree\n").unwrap();
-        });
-        let chunks = read_all(&mut *reader);
-        sender.join().unwrap();
-        assert_eq!(bytes_of(&chunks), b"one\ntwo\nthree\n");
-        assert_eq!(
-            chunks.last().unwrap().position,
-            Position::Text { bytes: 14, lines: 3 }
         );
     }
 }
