@@ -43,8 +43,22 @@ enum Command {
     /// Forward TCP from --listen to --to, injecting seeded faults (for testing).
     Proxy(ProxyArgs),
     /// Stream a file into a running verity TCP source (an external sender).
+    ///
+    /// Replayable: the source acks what it received (or, with checkpoints,
+    /// what is durable); after a lost connection `send` reconnects (for up to
+    /// 30 s) and resends from where the source asks. A regular file is re-read
+    /// for that; other input (a pipe) is kept in memory until acked (at most
+    /// 64 MiB, reading waits beyond). Exits 0 once the source confirmed the
+    /// end of the input and acked all of it.
     Send(SendArgs),
     /// Collect a verity TCP sink's output to a file (an external receiver).
+    ///
+    /// The TCP sink sends numbered lines: `receive` writes each line once
+    /// (dropping lines resent after a reconnect), acks them, and accepts
+    /// reconnections. The output file holds plain lines. (A plain listener
+    /// such as `nc -l` would see the sink's framing, and the sink refuses to
+    /// start without `receive`'s welcome.) A connection that is not a verity
+    /// sink is written as it comes, without dedup.
     Receive(ReceiveArgs),
     /// Run a whole cluster in one thread on a virtual clock, with seeded faults,
     /// and check each seed's output against the oracle.
@@ -61,7 +75,7 @@ struct SendArgs {
     /// Lines per second [default: as fast as possible].
     #[arg(long, value_name = "EVENTS_PER_S")]
     rate: Option<u64>,
-    /// Lines per write.
+    /// Lines per write, when sending at a --rate.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     batch: usize,
 }
@@ -386,12 +400,13 @@ pub fn execute(cli: Cli) -> Result<i32> {
         Command::Send(args) => {
             let report = verity_verify::harness::send(&args.to, &args.input, args.rate, args.batch)?;
             eprintln!(
-                "verity send: {} lines ({} bytes) to {} in {:.3} s ({:.0} lines/s)",
+                "verity send: {} lines ({} bytes) to {} in {:.3} s ({:.0} lines/s){}",
                 report.lines,
                 report.bytes,
                 args.to,
                 report.seconds,
-                report.lines as f64 / report.seconds.max(1e-9)
+                report.lines as f64 / report.seconds.max(1e-9),
+                reconnections(report.connections)
             );
             Ok(0)
         }
@@ -402,11 +417,16 @@ pub fn execute(cli: Cli) -> Result<i32> {
             let silence = std::time::Duration::from_secs_f64(args.timeout_s);
             let report = verity_verify::harness::receive(&args.listen, &args.output, args.expect, silence)?;
             eprintln!(
-                "verity receive: {} lines ({} bytes) in {:.3} s{}",
+                "verity receive: {} lines ({} bytes) in {:.3} s{}{}{}",
                 report.lines,
                 report.bytes,
                 report.seconds,
-                if report.complete { "" } else { ", ended by silence" }
+                if report.complete { "" } else { ", ended by silence" },
+                reconnections(report.connections),
+                match report.duplicates {
+                    0 => String::new(),
+                    n => format!(", {n} resent lines dropped"),
+                }
             );
             Ok(if args.expect.is_some() && !report.complete {
                 1
@@ -734,4 +754,12 @@ fn write_generated(
         orders.flush()?;
     }
     out.flush()
+}
+
+/// ", after N reconnections" when a harness connection had to reconnect.
+fn reconnections(connections: u32) -> String {
+    match connections.saturating_sub(1) {
+        0 => String::new(),
+        n => format!(", after {n} reconnection(s)"),
+    }
 }

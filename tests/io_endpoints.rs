@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,10 +42,35 @@ fn wait_with_timeout(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
+/// A `verity receive` (the library function) on a free port, collecting into
+/// `output` until it has `expect` lines.
+fn receiver(
+    output: &std::path::Path,
+    expect: u64,
+) -> (
+    String,
+    std::thread::JoinHandle<verity_verify::harness::ReceiveReport>,
+) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let output = output.to_path_buf();
+    let listen = address.clone();
+    let handle = std::thread::spawn(move || {
+        verity_verify::harness::receive(&listen, &output, Some(expect), TIMEOUT).unwrap()
+    });
+    let started = Instant::now();
+    // The sink connects at start: wait until the receiver listens.
+    while TcpStream::connect(&address).is_err() {
+        assert!(started.elapsed() < TIMEOUT, "the receiver never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (address, handle)
+}
+
 #[test]
-fn tcp_source_to_tcp_sink() {
-    let sink = TcpListener::bind("127.0.0.1:0").unwrap();
-    let sink_addr = sink.local_addr().unwrap();
+fn a_plain_tcp_sender_to_a_tcp_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.txt");
+    let (sink_addr, receiving) = receiver(&output, 1000);
     let mut child = verity()
         .args([
             "run",
@@ -59,8 +84,6 @@ fn tcp_source_to_tcp_sink() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (mut received, _) = sink.accept().unwrap();
-    received.set_read_timeout(Some(TIMEOUT)).unwrap();
     let source_addr = listening_address(&mut child);
     let mut sender = TcpStream::connect(&source_addr).unwrap();
     let mut expected = Vec::new();
@@ -68,9 +91,10 @@ fn tcp_source_to_tcp_sink() {
         writeln!(sender, "k{} {}", value % 3, value / 3 + 1).unwrap();
     }
     drop(sender);
-    let mut text = String::new();
-    received.read_to_string(&mut text).unwrap();
     assert!(wait_with_timeout(&mut child).success());
+    let report = receiving.join().unwrap();
+    assert!(report.complete, "{report:?}");
+    let text = std::fs::read_to_string(&output).unwrap();
     for key in 0..3 {
         let mut window = [0u64; 4];
         for value in (1..=1000u64).filter(|v| v % 3 == key) {

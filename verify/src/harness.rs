@@ -1,86 +1,480 @@
 //! The black-box harness: an external sender that streams a file into a
 //! running verity TCP source, and an external receiver that collects a TCP
 //! sink's output with arrival times. Neither knows anything of verity's
-//! insides: they see what a user's systems would see.
+//! insides beyond the edge protocols (`verity_core::connector::tcp_stream`):
+//! they see what a user's systems would see.
+//!
+//! `send` replays: it keeps every byte the source has not acked (a regular
+//! file is simply re-read from the offset the source asks for; a pipe's bytes
+//! are kept in memory, at most `HELD_BYTES_MAX`, reading waits for acks
+//! beyond), reconnects after a lost connection (with backoff, for at most
+//! `RECONNECT_PATIENCE` without a working connection) and resends from where
+//! the source asks. It is done when the source confirmed the end of the
+//! input (`Ended`) and acked every byte: without checkpoints the source acks
+//! on receipt, so that is once everything arrived; with checkpoints, once the
+//! final checkpoint is durable.
+//!
+//! `receive` accepts the sink's connections (and reconnections), writes each
+//! numbered line once (dropping resent ones) to a plain file of lines, acks
+//! what it wrote, and stops at `--expect` lines or after a silence.
 
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use verity_core::connector::tcp_stream::{
+    self, data_header, end_frame, greeting, is_timeout, Greeting, LinesHeader, ReceiverMessage,
+    SourceMessage, LINES_HEADER_BYTES, SEND_MAGIC, SINK_MAGIC, SOURCE_MESSAGE_BYTES,
+};
 
 /// How long the sender keeps trying to reach a source that is not up yet.
 pub const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+/// How long the sender keeps trying to reconnect after a lost connection.
+pub const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a source may take to say where to resume.
+const RESUME_PATIENCE: Duration = Duration::from_secs(10);
+/// Input that cannot be re-read (a pipe) kept for resending, at most.
+pub const HELD_BYTES_MAX: usize = 64 << 20;
 const CONNECT_RETRY: Duration = Duration::from_millis(50);
-const READ_POLL: Duration = Duration::from_millis(50);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const BUFFER_BYTES: usize = 1 << 20;
+/// Input bytes per data frame.
+const FRAME_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SendReport {
     pub lines: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// Connections it took (1 without a disconnect).
+    pub connections: u32,
 }
 
-/// Streams `input` to `to`, `batch` lines per write, at `rate` lines per
-/// second (as fast as possible without one).
-pub fn send(to: &str, input: &Path, rate: Option<u64>, batch: usize) -> io::Result<SendReport> {
-    let file = std::fs::File::open(input)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", input.display())))?;
-    let mut lines = BufReader::with_capacity(BUFFER_BYTES, file);
-    let stream = connect_patiently(to)?;
-    let mut out = BufWriter::with_capacity(BUFFER_BYTES, stream);
-    let started = Instant::now();
-    let (mut sent, mut bytes) = (0u64, 0u64);
-    let mut line = Vec::new();
-    loop {
-        let mut in_batch = 0;
-        while in_batch < batch.max(1) {
-            line.clear();
-            if lines.read_until(b'\n', &mut line)? == 0 {
-                break;
+/// The input, readable again from any byte the source has not acked.
+enum Input {
+    /// A regular file: re-read from the offset asked for.
+    File { file: File, at: u64 },
+    /// Anything else (a pipe): unacked bytes kept in memory, bounded.
+    Pipe {
+        reader: File,
+        held: VecDeque<u8>,
+        /// The offset of `held[0]`.
+        base: u64,
+        eof: bool,
+    },
+}
+
+impl Input {
+    fn open(path: &Path) -> io::Result<Input> {
+        let file = File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
+        Ok(if file.metadata()?.is_file() {
+            Input::File { file, at: 0 }
+        } else {
+            Input::Pipe {
+                reader: file,
+                held: VecDeque::new(),
+                base: 0,
+                eof: false,
             }
-            if !line.ends_with(b"\n") {
-                line.push(b'\n');
-            }
-            out.write_all(&line)?;
-            bytes += line.len() as u64;
-            in_batch += 1;
+        })
+    }
+
+    /// The bytes before this are gone.
+    fn forgotten_before(&self) -> u64 {
+        match self {
+            Input::File { .. } => 0,
+            Input::Pipe { base, .. } => *base,
         }
-        sent += in_batch as u64;
-        if in_batch == 0 {
+    }
+
+    fn forget_before(&mut self, offset: u64) {
+        if let Input::Pipe { held, base, .. } = self {
+            let drop = offset.saturating_sub(*base).min(held.len() as u64);
+            held.drain(..drop as usize);
+            *base += drop;
+        }
+    }
+
+    /// Bytes at `offset` into `buf`: `Some(0)` at the end, `None` when the
+    /// held bytes are at their bound (wait for acks).
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self {
+            Input::File { file, at } => {
+                if *at != offset {
+                    file.seek(SeekFrom::Start(offset))?;
+                    *at = offset;
+                }
+                let read = loop {
+                    match file.read(buf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        other => break other?,
+                    }
+                };
+                *at += read as u64;
+                Ok(Some(read))
+            }
+            Input::Pipe {
+                reader,
+                held,
+                base,
+                eof,
+            } => {
+                let Some(within) = offset.checked_sub(*base).filter(|w| *w <= held.len() as u64) else {
+                    return Err(io::Error::other(format!(
+                        "asked for byte {offset}, but the sender holds bytes {base}..{} only",
+                        *base + held.len() as u64
+                    )));
+                };
+                let within = within as usize;
+                if within < held.len() {
+                    let (front, back) = held.as_slices();
+                    let piece = if within < front.len() {
+                        &front[within..]
+                    } else {
+                        &back[within - front.len()..]
+                    };
+                    let n = piece.len().min(buf.len());
+                    buf[..n].copy_from_slice(&piece[..n]);
+                    return Ok(Some(n));
+                }
+                if *eof {
+                    return Ok(Some(0));
+                }
+                let room = HELD_BYTES_MAX.saturating_sub(held.len()).min(buf.len());
+                if room == 0 {
+                    return Ok(None);
+                }
+                let read = loop {
+                    match reader.read(&mut buf[..room]) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        other => break other?,
+                    }
+                };
+                *eof = read == 0;
+                held.extend(&buf[..read]);
+                Ok(Some(read))
+            }
+        }
+    }
+}
+
+/// What the source said, as the ack thread saw it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Heard {
+    acked: u64,
+    ended: Option<u64>,
+    closed: bool,
+}
+
+type Progress = Arc<(Mutex<Heard>, Condvar)>;
+
+/// Reads the source's acks until the connection ends.
+fn hear_acks(mut stream: TcpStream, progress: Progress) {
+    // Any error ends the connection for the sender: it reconnects.
+    let mut message = [0; SOURCE_MESSAGE_BYTES];
+    loop {
+        if stream.read_exact(&mut message).is_err() {
             break;
         }
-        if let Some(rate) = rate.filter(|r| *r > 0) {
-            out.flush()?;
-            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
+        let Ok(heard) = SourceMessage::decode(&message) else {
+            break;
+        };
+        let (lock, changed) = &*progress;
+        let mut state = lock.lock().expect("no panics under the lock");
+        match heard {
+            SourceMessage::Ack { upto } => state.acked = state.acked.max(upto),
+            SourceMessage::Ended { upto } => state.ended = Some(upto),
+            SourceMessage::Resume { .. } => {}
+        }
+        changed.notify_all();
+    }
+    let (lock, changed) = &*progress;
+    lock.lock().expect("no panics under the lock").closed = true;
+    changed.notify_all();
+}
+
+/// How a connection ended.
+enum Session {
+    /// Everything was received and acked.
+    Done,
+    /// The connection broke (after `resumed`: the source said where to resume).
+    Lost { why: io::Error, resumed: bool },
+}
+
+/// Counts the input's lines once, however often bytes are resent.
+#[derive(Default)]
+struct LineCount {
+    /// Bytes counted so far.
+    upto: u64,
+    lines: u64,
+    last_byte: Option<u8>,
+}
+
+impl LineCount {
+    fn saw(&mut self, offset: u64, bytes: &[u8]) {
+        let end = offset + bytes.len() as u64;
+        if end <= self.upto {
+            return;
+        }
+        let new = &bytes[(self.upto - offset) as usize..];
+        self.lines += memchr_count(new);
+        self.last_byte = new.last().copied().or(self.last_byte);
+        self.upto = end;
+    }
+
+    /// Lines of the whole input (a last line without `\n` counts).
+    fn total(&self) -> u64 {
+        self.lines + u64::from(self.last_byte.is_some_and(|b| b != b'\n'))
+    }
+}
+
+/// Streams `input` to the TCP source at `to`, at most `batch` lines per
+/// write, at `rate` lines per second (as fast as possible without one), and
+/// resends what the source did not ack after a lost connection. Returns once
+/// the source received (and acked) the whole input.
+pub fn send(to: &str, input: &Path, rate: Option<u64>, batch: usize) -> io::Result<SendReport> {
+    let mut input = Input::open(input)?;
+    let address = resolve(to)?;
+    let started = Instant::now();
+    let mut heard = Heard::default();
+    let mut count = LineCount::default();
+    let mut connections = 0;
+    let mut lost_since: Option<Instant> = None;
+    let mut backoff = CONNECT_RETRY;
+    loop {
+        let patience = match lost_since {
+            None => CONNECT_PATIENCE,
+            Some(since) => RECONNECT_PATIENCE.saturating_sub(since.elapsed()),
+        };
+        let stream = connect_within(address, patience).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                match lost_since {
+                    None => format!("cannot connect to {to}: {e}"),
+                    Some(_) => format!(
+                        "gave up reconnecting to {to} after {RECONNECT_PATIENCE:?}: {e} \
+                         (the source acked bytes up to {} of the input)",
+                        heard.acked
+                    ),
+                },
+            )
+        })?;
+        connections += 1;
+        let pace = Pace { rate, batch, started };
+        match session(stream, &mut input, &mut heard, &mut count, pace)? {
+            Session::Done => break,
+            Session::Lost { why, resumed } => {
+                if resumed || lost_since.is_none() {
+                    lost_since = Some(Instant::now());
+                    backoff = CONNECT_RETRY;
+                }
+                eprintln!(
+                    "verity send: lost the connection to {to} ({why}); reconnecting (acked: {} bytes)",
+                    heard.acked
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            }
+        }
+    }
+    Ok(SendReport {
+        lines: count.total(),
+        bytes: heard.acked,
+        seconds: started.elapsed().as_secs_f64(),
+        connections,
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Pace {
+    rate: Option<u64>,
+    batch: usize,
+    started: Instant,
+}
+
+/// One connection: hello, resume where the source asks, data, end, and the
+/// acks until everything is acked or the connection breaks. An `Err` is
+/// fatal (reconnecting cannot help).
+fn session(
+    mut stream: TcpStream,
+    input: &mut Input,
+    heard: &mut Heard,
+    count: &mut LineCount,
+    pace: Pace,
+) -> io::Result<Session> {
+    let lost = |why: io::Error, resumed: bool| Ok(Session::Lost { why, resumed });
+    let from = match hello(&mut stream) {
+        Ok(from) => from,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(e),
+        Err(e) => return lost(e, false),
+    };
+    if from < input.forgotten_before() {
+        return Err(io::Error::other(format!(
+            "the source asks to resume at byte {from}, but it acked (and the sender forgot) everything \
+             before byte {}: is it the same source?",
+            input.forgotten_before()
+        )));
+    }
+    let progress: Progress = Arc::new((
+        Mutex::new(Heard {
+            closed: false,
+            ..*heard
+        }),
+        Condvar::new(),
+    ));
+    let listener = {
+        let stream = stream.try_clone()?;
+        let progress = progress.clone();
+        std::thread::spawn(move || hear_acks(stream, progress))
+    };
+    let result = stream_from(&mut stream, from, input, &progress, count, pace);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = listener.join();
+    *heard = Heard {
+        closed: false,
+        ..*progress.0.lock().expect("no panics under the lock")
+    };
+    match result? {
+        Outcome::Done => Ok(Session::Done),
+        Outcome::Closed => lost(
+            io::Error::new(io::ErrorKind::ConnectionAborted, "the source closed it"),
+            true,
+        ),
+        Outcome::Broken(e) => lost(e, true),
+    }
+}
+
+/// Says hello; returns where the source wants the input from.
+fn hello(stream: &mut TcpStream) -> io::Result<u64> {
+    stream.set_nodelay(true)?;
+    stream.write_all(&tcp_stream::preamble(SEND_MAGIC))?;
+    stream.set_read_timeout(Some(RESUME_PATIENCE))?;
+    let mut message = [0; SOURCE_MESSAGE_BYTES];
+    stream.read_exact(&mut message)?;
+    stream.set_read_timeout(None)?;
+    match SourceMessage::decode(&message)? {
+        SourceMessage::Resume { from, .. } => Ok(from),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the source answered the hello with {other:?}"),
+        )),
+    }
+}
+
+/// How streaming on one connection ended (an `Err` beside it is fatal: the
+/// input failed, or the source contradicts it).
+enum Outcome {
+    Done,
+    Closed,
+    Broken(io::Error),
+}
+
+/// Sends the input from `from`, then the end, then waits for the acks.
+fn stream_from(
+    stream: &mut TcpStream,
+    from: u64,
+    input: &mut Input,
+    progress: &Progress,
+    count: &mut LineCount,
+    pace: Pace,
+) -> io::Result<Outcome> {
+    let (lock, changed) = &**progress;
+    let mut buf = vec![0u8; FRAME_BYTES];
+    let mut offset = from;
+    let mut total: Option<u64> = None;
+    loop {
+        {
+            let mut heard = lock.lock().expect("no panics under the lock");
+            input.forget_before(heard.acked);
+            if let (Some(total), Some(ended)) = (total, heard.ended) {
+                if ended != total {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the source says the input ended at byte {ended}, but it has {total} bytes"),
+                    ));
+                }
+                if heard.acked >= total {
+                    return Ok(Outcome::Done);
+                }
+            }
+            if heard.closed {
+                return Ok(Outcome::Closed);
+            }
+            if total.is_some() {
+                // Sent the end: wait for the source to confirm and ack.
+                heard = changed.wait(heard).expect("no panics under the lock");
+                drop(heard);
+                continue;
+            }
+        }
+        let Some(read) = input.read_at(offset, &mut buf)? else {
+            // The held input is at its bound: wait for acks.
+            let heard = lock.lock().expect("no panics under the lock");
+            let _ = changed
+                .wait_timeout(heard, Duration::from_millis(100))
+                .expect("no panics under the lock");
+            continue;
+        };
+        if read == 0 {
+            if let Err(e) = stream.write_all(&end_frame(offset)) {
+                return Ok(Outcome::Broken(e));
+            }
+            total = Some(offset);
+            continue;
+        }
+        let send = match pace.rate {
+            Some(_) => batch_end(&buf[..read], pace.batch.max(1)),
+            None => read,
+        };
+        let sent = stream
+            .write_all(&data_header(send))
+            .and_then(|()| stream.write_all(&buf[..send]));
+        if let Err(e) = sent {
+            return Ok(Outcome::Broken(e));
+        }
+        count.saw(offset, &buf[..send]);
+        offset += send as u64;
+        if let Some(rate) = pace.rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(count.lines as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(pace.started.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
     }
-    out.flush()?;
-    Ok(SendReport {
-        lines: sent,
-        bytes,
-        seconds: started.elapsed().as_secs_f64(),
-    })
 }
 
-fn connect_patiently(to: &str) -> io::Result<TcpStream> {
-    let address: SocketAddr = to
-        .to_socket_addrs()
+/// The end of the first `lines` lines of `bytes` (all of it if fewer).
+fn batch_end(bytes: &[u8], lines: usize) -> usize {
+    memchr_iter_nth(bytes, lines - 1).map_or(bytes.len(), |pos| pos + 1)
+}
+
+fn memchr_iter_nth(bytes: &[u8], n: usize) -> Option<usize> {
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(n)
+        .map(|(i, _)| i)
+}
+
+fn resolve(to: &str) -> io::Result<SocketAddr> {
+    to.to_socket_addrs()
         .map_err(|e| io::Error::new(e.kind(), format!("bad address {to}: {e}")))?
         .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{to} resolves to nothing")))?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{to} resolves to nothing")))
+}
+
+fn connect_within(address: SocketAddr, patience: Duration) -> io::Result<TcpStream> {
     let started = Instant::now();
     loop {
         match TcpStream::connect(address) {
             Ok(stream) => return Ok(stream),
-            Err(e) if started.elapsed() < CONNECT_PATIENCE => {
-                let _ = e;
-                std::thread::sleep(CONNECT_RETRY);
-            }
-            Err(e) => return Err(io::Error::new(e.kind(), format!("cannot connect to {to}: {e}"))),
+            Err(_) if started.elapsed() < patience => std::thread::sleep(CONNECT_RETRY),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -91,14 +485,252 @@ pub struct ReceiveReport {
     pub bytes: u64,
     /// From the first byte to the last.
     pub seconds: f64,
-    /// Ended by --expect (true) or by silence / the sender closing.
+    /// Ended by --expect (true) or by silence.
     pub complete: bool,
+    /// Lines that arrived again (resent after a reconnect) and were dropped.
+    pub duplicates: u64,
+    /// Connections accepted (1 without a disconnect).
+    pub connections: u32,
 }
 
-/// Accepts sink connections on `listen` and writes what arrives to `output`,
-/// with `OUTPUT.arrivals` holding `<microseconds since the first byte>
-/// <lines so far>` per read. Ends at `expect` lines, or after `silence` with
-/// nothing arriving.
+/// How long writing the last acks may take before the receiver exits.
+const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// The pause when no connection had anything.
+const IDLE_POLL: Duration = Duration::from_millis(2);
+
+/// What a connection turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerKind {
+    Greeting,
+    /// A TCP sink: numbered lines.
+    Sink,
+    /// Something else: its bytes are written as they come, without dedup.
+    Plain,
+}
+
+struct Peer {
+    stream: TcpStream,
+    kind: PeerKind,
+    /// Bytes read and not yet handled.
+    incoming: Vec<u8>,
+    /// Bytes to write (welcome, acks) and how many went out.
+    out: Vec<u8>,
+    out_written: usize,
+    /// An ack not yet in `out` (acks are cumulative: only the latest counts).
+    ack_due: Option<u64>,
+    closed: bool,
+}
+
+/// What the receiver wrote, across connections.
+struct Written {
+    out: BufWriter<File>,
+    arrivals: BufWriter<File>,
+    /// Every sequence up to this is written.
+    have: u64,
+    lines: u64,
+    bytes: u64,
+    duplicates: u64,
+    first: Option<Instant>,
+    last_byte: Instant,
+}
+
+impl Written {
+    /// Writes lines arrived now and logs their arrival.
+    fn lines(&mut self, bytes: &[u8], lines: u64) -> io::Result<()> {
+        let now = Instant::now();
+        let since = now.duration_since(*self.first.get_or_insert(now));
+        self.out.write_all(bytes)?;
+        self.lines += lines;
+        self.bytes += bytes.len() as u64;
+        writeln!(self.arrivals, "{} {}", since.as_micros(), self.lines)?;
+        self.last_byte = now;
+        Ok(())
+    }
+
+    /// One `Lines` frame: writes the lines past `have`, drops the rest.
+    fn frame(&mut self, header: LinesHeader, payload: &[u8]) -> io::Result<()> {
+        let count = u64::from(header.count);
+        if memchr_count(payload) != count || !(payload.is_empty() || payload.ends_with(b"\n")) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a frame says it holds {count} lines but does not"),
+            ));
+        }
+        if header.first > self.have + 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "lines {}..{} are missing before line {} (closing this connection; the sink resends)",
+                    self.have + 1,
+                    header.first - 1,
+                    header.first
+                ),
+            ));
+        }
+        let already = (self.have + 1 - header.first).min(count);
+        self.duplicates += already;
+        if already < count {
+            let start = line_start(payload, already);
+            self.lines(&payload[start..], count - already)?;
+            self.have = header.first + count - 1;
+        }
+        Ok(())
+    }
+}
+
+/// Where line `index` (from 0) of `lines` starts.
+fn line_start(lines: &[u8], index: u64) -> usize {
+    if index == 0 {
+        return 0;
+    }
+    memchr_iter_nth(lines, index as usize - 1).map_or(lines.len(), |pos| pos + 1)
+}
+
+impl Peer {
+    fn new(stream: TcpStream) -> io::Result<Peer> {
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        Ok(Peer {
+            stream,
+            kind: PeerKind::Greeting,
+            incoming: Vec::new(),
+            out: Vec::new(),
+            out_written: 0,
+            ack_due: None,
+            closed: false,
+        })
+    }
+
+    /// Reads what arrived (one read); `true` if anything did.
+    fn read(&mut self, buf: &mut [u8]) -> bool {
+        match self.stream.read(buf) {
+            Ok(0) => {
+                self.closed = true;
+                false
+            }
+            Ok(n) => {
+                self.incoming.extend_from_slice(&buf[..n]);
+                true
+            }
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => false,
+            Err(_) => {
+                self.closed = true;
+                false
+            }
+        }
+    }
+
+    /// Handles every whole frame (or plain bytes) that arrived.
+    fn handle(&mut self, written: &mut Written) -> io::Result<()> {
+        if self.kind == PeerKind::Greeting {
+            match greeting(SINK_MAGIC, &self.incoming) {
+                Greeting::Undecided => return Ok(()),
+                Greeting::Protocol { version } if version == tcp_stream::VERSION => {
+                    self.incoming.drain(..tcp_stream::PREAMBLE_BYTES);
+                    self.kind = PeerKind::Sink;
+                    self.out
+                        .extend_from_slice(&ReceiverMessage::Welcome { have: written.have }.encode());
+                }
+                Greeting::Protocol { version } => {
+                    eprintln!(
+                        "verity receive: a sink speaks protocol version {version}, this one {}: closed it",
+                        tcp_stream::VERSION
+                    );
+                    self.closed = true;
+                    return Ok(());
+                }
+                Greeting::Plain => {
+                    eprintln!(
+                        "verity receive: a connection that is not a verity TCP sink: writing its bytes \
+                         as they come, without dedup"
+                    );
+                    self.kind = PeerKind::Plain;
+                }
+            }
+        }
+        if self.kind == PeerKind::Plain {
+            let lines = memchr_count(&self.incoming);
+            written.lines(&self.incoming, lines)?;
+            self.incoming.clear();
+            return Ok(());
+        }
+        let mut used = 0;
+        while self.incoming.len() - used >= LINES_HEADER_BYTES {
+            let header_bytes: &[u8; LINES_HEADER_BYTES] = self.incoming[used..used + LINES_HEADER_BYTES]
+                .try_into()
+                .expect("header-sized");
+            let header = match LinesHeader::decode(header_bytes) {
+                Ok(header) => header,
+                Err(e) => return self.refuse(e),
+            };
+            let end = used + LINES_HEADER_BYTES + header.len as usize;
+            if self.incoming.len() < end {
+                break;
+            }
+            if let Err(e) = written.frame(header, &self.incoming[used + LINES_HEADER_BYTES..end]) {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    return self.refuse(e);
+                }
+                return Err(e);
+            }
+            used = end;
+            self.ack_due = Some(written.have);
+        }
+        self.incoming.drain(..used);
+        Ok(())
+    }
+
+    fn refuse(&mut self, e: io::Error) -> io::Result<()> {
+        eprintln!("verity receive: {e}");
+        self.closed = true;
+        Ok(())
+    }
+
+    /// Writes what it can of the welcome and acks without blocking.
+    fn flush(&mut self) {
+        loop {
+            if self.out_written == self.out.len() {
+                self.out.clear();
+                self.out_written = 0;
+                match self.ack_due.take() {
+                    Some(have) => self
+                        .out
+                        .extend_from_slice(&ReceiverMessage::Ack { have }.encode()),
+                    None => return,
+                }
+            }
+            match self.stream.write(&self.out[self.out_written..]) {
+                Ok(n) => self.out_written += n,
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => return,
+                Err(_) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The last acks, so a sink waiting on them can finish.
+    fn flush_before_exit(&mut self, have: u64) {
+        if self.kind != PeerKind::Sink || self.closed {
+            return;
+        }
+        self.ack_due = Some(have);
+        let started = Instant::now();
+        while (self.out_written < self.out.len() || self.ack_due.is_some())
+            && !self.closed
+            && started.elapsed() < FINAL_ACK_TIMEOUT
+        {
+            self.flush();
+            std::thread::sleep(IDLE_POLL);
+        }
+    }
+}
+
+/// Accepts TCP sink connections (and reconnections) on `listen` and writes
+/// each numbered line once to `output`, with `OUTPUT.arrivals` holding
+/// `<microseconds since the first byte> <lines so far>` per frame. Ends at
+/// `expect` lines, or after `silence` with nothing arriving.
 pub fn receive(
     listen: &str,
     output: &Path,
@@ -110,70 +742,70 @@ pub fn receive(
     listener.set_nonblocking(true)?;
     eprintln!("verity receive: listening on {}", listener.local_addr()?);
     let create = |path: &Path| {
-        std::fs::File::create(path)
+        File::create(path)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))
     };
-    let mut out = BufWriter::with_capacity(BUFFER_BYTES, create(output)?);
     let arrivals_path = output.with_file_name(format!(
         "{}.arrivals",
         output
             .file_name()
             .map_or("output".into(), |n| n.to_string_lossy().into_owned())
     ));
-    let mut arrivals = BufWriter::new(create(&arrivals_path)?);
-    let mut connections: Vec<TcpStream> = Vec::new();
+    let mut written = Written {
+        out: BufWriter::with_capacity(BUFFER_BYTES, create(output)?),
+        arrivals: BufWriter::new(create(&arrivals_path)?),
+        have: 0,
+        lines: 0,
+        bytes: 0,
+        duplicates: 0,
+        first: None,
+        last_byte: Instant::now(),
+    };
+    let mut peers: Vec<Peer> = Vec::new();
+    let mut connections = 0;
     let mut buf = vec![0u8; BUFFER_BYTES];
-    let (mut lines, mut bytes) = (0u64, 0u64);
-    let mut first: Option<Instant> = None;
     let mut last_data = Instant::now();
-    let mut last_byte = Instant::now();
     let complete = loop {
-        if expect.is_some_and(|n| lines >= n) {
+        if expect.is_some_and(|n| written.lines >= n) {
             break true;
         }
         if last_data.elapsed() >= silence {
             break false;
         }
         while let Ok((stream, _)) = listener.accept() {
-            stream.set_nonblocking(false)?;
-            stream.set_read_timeout(Some(READ_POLL))?;
-            connections.push(stream);
+            peers.push(Peer::new(stream)?);
+            connections += 1;
             last_data = Instant::now();
         }
-        if connections.is_empty() {
-            std::thread::sleep(READ_POLL);
-            continue;
-        }
-        let mut closed = Vec::new();
-        for (index, stream) in connections.iter_mut().enumerate() {
-            match stream.read(&mut buf) {
-                Ok(0) => closed.push(index),
-                Ok(n) => {
-                    let now = Instant::now();
-                    let since = now.duration_since(*first.get_or_insert(now));
-                    out.write_all(&buf[..n])?;
-                    lines += memchr_count(&buf[..n]);
-                    bytes += n as u64;
-                    writeln!(arrivals, "{} {lines}", since.as_micros())?;
-                    last_data = now;
-                    last_byte = now;
-                }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(_) => closed.push(index),
+        let mut busy = false;
+        for peer in &mut peers {
+            if peer.read(&mut buf) {
+                busy = true;
+                last_data = Instant::now();
+                peer.handle(&mut written)?;
             }
+            peer.flush();
         }
-        for index in closed.into_iter().rev() {
-            connections.remove(index);
+        peers.retain(|peer| !peer.closed);
+        if !busy {
+            std::thread::sleep(IDLE_POLL);
         }
     };
-    out.flush()?;
-    arrivals.flush()?;
-    let seconds = first.map_or(0.0, |f| last_byte.duration_since(f).as_secs_f64());
+    for peer in &mut peers {
+        peer.flush_before_exit(written.have);
+    }
+    written.out.flush()?;
+    written.arrivals.flush()?;
+    let seconds = written
+        .first
+        .map_or(0.0, |f| written.last_byte.duration_since(f).as_secs_f64());
     Ok(ReceiveReport {
-        lines,
-        bytes,
+        lines: written.lines,
+        bytes: written.bytes,
         seconds,
         complete,
+        duplicates: written.duplicates,
+        connections,
     })
 }
 

@@ -1,37 +1,41 @@
-//! The built-in sinks: files, stdout/stderr, a TCP connection, and null. None
-//! wants record ids; each commit flushes (durable commits come with the
-//! exactly-once file sink, see the notes in `connector`).
+//! The built-in sinks: files, stdout/stderr, a TCP connection (to `verity
+//! receive`, numbered and acked: `tcp_sink`), and null. None wants record
+//! ids; each commit flushes (durable commits come with the exactly-once file
+//! sink, see the notes in `connector`).
 
+use super::tcp_sink::{TcpSink, TcpSinkOptions};
 use super::{CommitId, SinkConnector, SinkError};
 use crate::ids::MsgId;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-/// How long connecting a TCP sink may take before the run fails.
-pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use super::tcp_sink::TCP_CONNECT_TIMEOUT;
 /// Bytes gathered before a write reaches the file, terminal or socket.
 pub const WRITER_BUFFER_BYTES: usize = 256 * 1024;
 
-/// Any byte stream: stdout, stderr, a TCP connection.
+/// Any byte stream (stdout, stderr), or a TCP connection to `verity receive`.
 pub struct WriteSink {
-    writer: Box<dyn Write + Send>,
+    writer: Writer,
+}
+
+enum Writer {
+    Stream(Box<dyn Write + Send>),
+    Tcp(TcpSink),
 }
 
 impl WriteSink {
     /// Buffered (stdout, sockets).
     pub fn buffered(writer: impl Write + Send + 'static) -> Self {
         WriteSink {
-            writer: Box::new(BufWriter::with_capacity(WRITER_BUFFER_BYTES, writer)),
+            writer: Writer::Stream(Box::new(BufWriter::with_capacity(WRITER_BUFFER_BYTES, writer))),
         }
     }
 
     /// Unbuffered (stderr: each dead letter shows at once).
     pub fn unbuffered(writer: impl Write + Send + 'static) -> Self {
         WriteSink {
-            writer: Box::new(writer),
+            writer: Writer::Stream(Box::new(writer)),
         }
     }
 
@@ -43,34 +47,38 @@ impl WriteSink {
         WriteSink::unbuffered(io::stderr())
     }
 
-    /// Connects to `address` now, so an unreachable receiver fails the run
-    /// before any input is read.
+    /// Connects to a `verity receive` at `address` now, so an unreachable
+    /// receiver fails the run before any input is read. Lines go out as
+    /// written, numbered and kept until acked (`TcpSink` with its default
+    /// options: at-least-once).
     pub fn connect(address: &str) -> Result<Self, SinkError> {
-        Ok(WriteSink::buffered(connect(address)?))
+        Ok(WriteSink {
+            writer: Writer::Tcp(TcpSink::connect(address, TcpSinkOptions::default())?),
+        })
     }
 }
 
 impl SinkConnector for WriteSink {
-    fn write(&mut self, lines: &[u8], _ids: &[MsgId]) -> Result<(), SinkError> {
-        Ok(self.writer.write_all(lines)?)
-    }
-
-    fn commit(&mut self, _upto: CommitId) -> Result<(), SinkError> {
-        Ok(self.writer.flush()?)
-    }
-}
-
-fn connect(address: &str) -> io::Result<TcpStream> {
-    use std::net::ToSocketAddrs;
-    let fail = |e: io::Error| io::Error::new(e.kind(), format!("cannot connect output to {address}: {e}"));
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
-    for resolved in address.to_socket_addrs().map_err(fail)? {
-        match TcpStream::connect_timeout(&resolved, TCP_CONNECT_TIMEOUT) {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = e,
+    fn write(&mut self, lines: &[u8], ids: &[MsgId]) -> Result<(), SinkError> {
+        match &mut self.writer {
+            Writer::Stream(writer) => Ok(writer.write_all(lines)?),
+            Writer::Tcp(sink) => sink.write(lines, ids),
         }
     }
-    Err(fail(last))
+
+    fn barrier(&mut self, commit: CommitId) -> Result<(), SinkError> {
+        match &mut self.writer {
+            Writer::Stream(_) => Ok(()),
+            Writer::Tcp(sink) => sink.barrier(commit),
+        }
+    }
+
+    fn commit(&mut self, upto: CommitId) -> Result<(), SinkError> {
+        match &mut self.writer {
+            Writer::Stream(writer) => Ok(writer.flush()?),
+            Writer::Tcp(sink) => sink.commit(upto),
+        }
+    }
 }
 
 /// A file, created (truncated) when opened, or on the first write.
@@ -194,20 +202,5 @@ mod tests {
                 .contains("cannot create output /nonexistent/dir/out"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn a_tcp_sink_writes_to_its_receiver() {
-        use std::io::Read;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let mut sink = WriteSink::connect(&address).unwrap();
-        let (mut stream, _) = listener.accept().unwrap();
-        sink.write(b"1\n2\n", &[]).unwrap();
-        sink.commit(CommitId::END_OF_INPUT).unwrap();
-        drop(sink);
-        let mut received = Vec::new();
-        stream.read_to_end(&mut received).unwrap();
-        assert_eq!(received, b"1\n2\n");
     }
 }

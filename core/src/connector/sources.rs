@@ -29,7 +29,11 @@ pub(super) fn only_partition_zero(source_name: &str, partition: u32) -> Result<(
 }
 
 /// A source that can only be read from its beginning refuses any position.
-pub(super) fn refuse_rewind(source_name: &str, kind: &'static str, at: Option<Position>) -> Result<(), SourceError> {
+pub(super) fn refuse_rewind(
+    source_name: &str,
+    kind: &'static str,
+    at: Option<Position>,
+) -> Result<(), SourceError> {
     match at {
         None => Ok(()),
         Some(position) => Err(SourceError::CannotRewind {
@@ -41,7 +45,11 @@ pub(super) fn refuse_rewind(source_name: &str, kind: &'static str, at: Option<Po
 }
 
 /// The byte and line counts of a text position (a `Log` one is refused).
-pub(super) fn text_position(source_name: &str, kind: &'static str, at: Position) -> Result<(u64, u64), SourceError> {
+pub(super) fn text_position(
+    source_name: &str,
+    kind: &'static str,
+    at: Position,
+) -> Result<(u64, u64), SourceError> {
     match at {
         Position::Text { bytes, lines } => Ok((bytes, lines)),
         Position::Log { .. } => Err(SourceError::WrongPosition {

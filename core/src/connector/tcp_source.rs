@@ -14,8 +14,8 @@
 
 use super::sources::{only_partition_zero, text_position, LineReader, TextCursor};
 use super::tcp_stream::{
-    self, greeting, is_timeout, Greeting, SourceMessage, DATA_FRAME_MAX_BYTES, DATA_HEADER_BYTES, PREAMBLE_BYTES,
-    SEND_MAGIC, TAG_DATA, TAG_END,
+    self, greeting, is_timeout, Greeting, SourceMessage, DATA_FRAME_MAX_BYTES, DATA_HEADER_BYTES,
+    PREAMBLE_BYTES, SEND_MAGIC, TAG_DATA, TAG_END,
 };
 use super::{Position, Pull, SourceConnector, SourceError, SourceReader};
 use crate::source::STOP_POLL_INTERVAL;
@@ -219,7 +219,10 @@ impl TcpListenReader {
                 Ok(n) => *have += n,
                 Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => return Ok(false),
                 Err(e) => {
-                    log::warn!("source {}: a connection failed before it said anything: {e}", self.source_name);
+                    log::warn!(
+                        "source {}: a connection failed before it said anything: {e}",
+                        self.source_name
+                    );
                     self.connection = Connection::Waiting;
                     return Ok(true);
                 }
@@ -274,7 +277,10 @@ impl TcpListenReader {
             acks_on_commit: self.acks_on_commit,
         };
         if let Err(e) = acks.write_all(&resume.encode()) {
-            log::info!("source {}: a sender left before it was told where to resume: {e}", self.source_name);
+            log::info!(
+                "source {}: a sender left before it was told where to resume: {e}",
+                self.source_name
+            );
             return Ok(());
         }
         log::info!(
@@ -296,7 +302,8 @@ impl TcpListenReader {
 
     /// The sender's `End` arrived and every line before it went out.
     fn end(&mut self) -> Result<Pull, SourceError> {
-        let Connection::Sender { acks, ended, .. } = std::mem::replace(&mut self.connection, Connection::Waiting)
+        let Connection::Sender { acks, ended, .. } =
+            std::mem::replace(&mut self.connection, Connection::Waiting)
         else {
             unreachable!("end is called on a sender connection")
         };
@@ -316,7 +323,10 @@ impl TcpListenReader {
             self.ack(total);
         }
         self.send_on_ended(SourceMessage::Ended { upto: total });
-        log::info!("source {}: the sender's input ended at byte {total}", self.source_name);
+        log::info!(
+            "source {}: the sender's input ended at byte {total}",
+            self.source_name
+        );
         Ok(Pull::End)
     }
 
@@ -334,7 +344,10 @@ impl TcpListenReader {
     fn take_newer_connection(&mut self) -> Result<(), SourceError> {
         match self.listener.accept() {
             Ok((stream, _)) => {
-                log::info!("source {}: a new connection replaces the sender's old one", self.source_name);
+                log::info!(
+                    "source {}: a new connection replaces the sender's old one",
+                    self.source_name
+                );
                 configure(&stream)?;
                 self.connection = Connection::Greeting {
                     stream,
@@ -390,7 +403,11 @@ impl TcpListenReader {
             return;
         }
         let total = self.cursor.bytes;
-        let acked = if self.acks_on_commit { self.committed } else { total };
+        let acked = if self.acks_on_commit {
+            self.committed
+        } else {
+            total
+        };
         let mut messages = Vec::with_capacity(3 * tcp_stream::SOURCE_MESSAGE_BYTES);
         for m in [
             SourceMessage::Resume {
@@ -465,7 +482,10 @@ impl DataFrames {
 }
 
 fn cut_off() -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended without the sender's end")
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the connection ended without the sender's end",
+    )
 }
 
 impl Read for DataFrames {

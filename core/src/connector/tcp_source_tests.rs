@@ -7,7 +7,10 @@ fn read_all(reader: &mut dyn SourceReader) -> Vec<Chunk> {
     let started = Instant::now();
     let mut chunks = Vec::new();
     loop {
-        assert!(started.elapsed() < Duration::from_secs(30), "the source never ended");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the source never ended"
+        );
         match reader.next_chunk().unwrap() {
             Pull::Chunk(chunk) => chunks.push(chunk),
             Pull::Idle => {}
@@ -106,14 +109,19 @@ fn a_line_cut_by_a_disconnect_is_asked_for_again() {
         let (mut first, from) = hello(address);
         assert_eq!(from, 0);
         data(&mut first, &input[..6]); // "one\ntw"
-        // Wait for the ack of the whole line before cutting the connection.
+                                       // Wait for the ack of the whole line before cutting the connection.
         let mut message = [0; tcp_stream::SOURCE_MESSAGE_BYTES];
         first.read_exact(&mut message).unwrap();
-        assert_eq!(SourceMessage::decode(&message).unwrap(), SourceMessage::Ack { upto: 4 });
+        assert_eq!(
+            SourceMessage::decode(&message).unwrap(),
+            SourceMessage::Ack { upto: 4 }
+        );
         drop(first);
         let (mut second, from) = hello(address);
         data(&mut second, &input[from as usize..]);
-        second.write_all(&tcp_stream::end_frame(input.len() as u64)).unwrap();
+        second
+            .write_all(&tcp_stream::end_frame(input.len() as u64))
+            .unwrap();
         let mut acked = 0;
         let mut ended = false;
         while !(ended && acked == input.len() as u64) {

@@ -261,7 +261,10 @@ mod tests {
     #[test]
     fn greetings_tell_the_protocol_from_plain_text() {
         let hello = preamble(SEND_MAGIC);
-        assert_eq!(greeting(SEND_MAGIC, &hello), Greeting::Protocol { version: VERSION });
+        assert_eq!(
+            greeting(SEND_MAGIC, &hello),
+            Greeting::Protocol { version: VERSION }
+        );
         assert_eq!(greeting(SEND_MAGIC, &hello[..3]), Greeting::Undecided);
         assert_eq!(greeting(SEND_MAGIC, b""), Greeting::Undecided);
         assert_eq!(greeting(SEND_MAGIC, b"1\n"), Greeting::Plain);
@@ -285,7 +288,10 @@ mod tests {
             assert_eq!(SourceMessage::decode(&m.encode()).unwrap(), m);
         }
         assert!(SourceMessage::decode(&[9; SOURCE_MESSAGE_BYTES]).is_err());
-        for m in [ReceiverMessage::Welcome { have: 0 }, ReceiverMessage::Ack { have: 5 }] {
+        for m in [
+            ReceiverMessage::Welcome { have: 0 },
+            ReceiverMessage::Ack { have: 5 },
+        ] {
             assert_eq!(ReceiverMessage::decode(&m.encode()).unwrap(), m);
         }
         let header = LinesHeader {
@@ -295,6 +301,9 @@ mod tests {
         };
         assert_eq!(LinesHeader::decode(&header.encode()).unwrap(), header);
         let zero = LinesHeader { first: 0, ..header };
-        assert!(LinesHeader::decode(&zero.encode()).is_err(), "sequences start at 1");
+        assert!(
+            LinesHeader::decode(&zero.encode()).is_err(),
+            "sequences start at 1"
+        );
     }
 }
