@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use verity_core::connector::sinks::WriteSink;
 use verity_core::connector::tcp_sink::{Release, TcpSink, TcpSinkOptions};
-use verity_core::connector::{sources::TcpListenSource, Chunk, Position, Pull, SinkConnector, SourceConnector, SourceReader};
 use verity_core::connector::CommitId;
+use verity_core::connector::{
+    sources::TcpListenSource, Chunk, Position, Pull, SinkConnector, SourceConnector, SourceReader,
+};
 use verity_core::source::ChunkData;
 use verity_verify::harness;
 
@@ -64,17 +66,20 @@ impl CuttingProxy {
     }
 }
 
-/// Copies both ways; after `budget` client bytes, cuts both connections.
+/// Copies both ways; after `budget` client bytes, cuts the connection
+/// cleanly: the server sees an orderly end (FIN, not a reset) in the middle
+/// of whatever it was reading, which is the harder case to tell from a real
+/// end; the client sees its connection closed.
 fn forward(client: TcpStream, server: TcpStream, budget: Option<usize>) {
     let (mut from_client, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let (mut from_server, mut to_client) = (server, client);
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut left = budget.unwrap_or(usize::MAX);
-        loop {
+        while left > 0 {
             let want = buf.len().min(left);
             match from_client.read(&mut buf[..want]) {
-                Ok(n) if n > 0 && want > 0 => {
+                Ok(n @ 1..) => {
                     if to_server.write_all(&buf[..n]).is_err() {
                         break;
                     }
@@ -83,18 +88,18 @@ fn forward(client: TcpStream, server: TcpStream, budget: Option<usize>) {
                 _ => break,
             }
         }
-        let _ = to_server.shutdown(std::net::Shutdown::Both);
+        let _ = to_server.shutdown(std::net::Shutdown::Write);
         let _ = from_client.shutdown(std::net::Shutdown::Both);
     });
     std::thread::spawn(move || {
+        // Reads the server to its end (so closing sends no reset), passing
+        // on what the client can still take.
         let mut buf = [0u8; 4096];
+        let mut client_open = true;
         while let Ok(n @ 1..) = from_server.read(&mut buf) {
-            if to_client.write_all(&buf[..n]).is_err() {
-                break;
-            }
+            client_open = client_open && to_client.write_all(&buf[..n]).is_ok();
         }
         let _ = to_client.shutdown(std::net::Shutdown::Both);
-        let _ = from_server.shutdown(std::net::Shutdown::Both);
     });
 }
 
@@ -252,7 +257,13 @@ fn start_receiver(
     drop(probe);
     let output = output.to_path_buf();
     let receiving = std::thread::spawn(move || {
-        harness::receive(&address.to_string(), &output, Some(expect), Duration::from_secs(30)).unwrap()
+        harness::receive(
+            &address.to_string(),
+            &output,
+            Some(expect),
+            Duration::from_secs(30),
+        )
+        .unwrap()
     });
     let started = Instant::now();
     while TcpStream::connect(address).is_err() {
@@ -337,7 +348,10 @@ fn receive_drops_a_frame_it_already_has() {
     stream.write_all(&tcp_stream::preamble(SINK_MAGIC)).unwrap();
     let mut message = [0; tcp_stream::RECEIVER_MESSAGE_BYTES];
     stream.read_exact(&mut message).unwrap();
-    assert_eq!(ReceiverMessage::decode(&message).unwrap(), ReceiverMessage::Welcome { have: 0 });
+    assert_eq!(
+        ReceiverMessage::decode(&message).unwrap(),
+        ReceiverMessage::Welcome { have: 0 }
+    );
     let frame = |first: u64, lines: &[u8]| {
         let count = lines.iter().filter(|b| **b == b'\n').count() as u32;
         let mut frame = LinesHeader {

@@ -43,11 +43,28 @@
 //!   recover, the runtime opens each partition at its recorded position and
 //!   the dealer continues numbering from the recorded chunk index and line
 //!   (`Position::Text` carries the line count, so ids stay those of the first
-//!   run). Files, memory and the generator reopen at a position now; stdin and
-//!   the TCP source refuse with `SourceError::CannotRewind`. The TCP source
-//!   becomes replayable by acking, per checkpoint, the byte sequence of its
-//!   position to `verity send`, which keeps and resends what is unacked after
-//!   a reconnect (the position is then a sequence in the sender's stream).
+//!   run). Files, memory, the generator and the TCP source reopen at a
+//!   position; stdin refuses with `SourceError::CannotRewind`. After each
+//!   durable checkpoint the runtime is to call `SourceReader::commit` with
+//!   its position, on the reader thread, so a replayable upstream may forget
+//!   what came before.
+//! * **The TCP edges** (built: `tcp_stream` holds both protocols). The TCP
+//!   source speaks to `verity send`: the sender opens with a preamble, the
+//!   source answers with the byte position it wants the stream from (its
+//!   position, whole lines only), the sender sends its input from there in
+//!   frames and ends with an explicit end marker; a connection that ends
+//!   without it is a disconnect, and the source waits for the sender to
+//!   reconnect and resume. The source acks bytes the sender may forget: with
+//!   `TcpListenSource::acks_on_commit` (a run with checkpoints) those
+//!   `commit` made durable, otherwise those handed to the runtime. A plain
+//!   sender (no preamble: `nc`) is read to the end of its one connection and
+//!   cannot be resumed. The TCP sink (`tcp_sink::TcpSink`) numbers its lines
+//!   from `first_seq` in frames of whole lines, keeps them until `verity
+//!   receive` acks them, and resends from the receiver's count after a
+//!   reconnect; the receiver writes each sequence once. `Release::OnCommit`
+//!   holds lines until `commit` (regenerated output after a recovery may
+//!   differ in order across shards, so dedup by sequence is exact only for
+//!   committed output); `Release::Immediately` is at-least-once.
 //! * **Exactly-once file sink.** `write` appends as today; `barrier(c)` notes
 //!   the file length at the boundary; `commit(c)` fsyncs the file and records
 //!   that length as committed (in the checkpoint manifest, written atomically).
@@ -84,7 +101,8 @@ use std::io;
 pub enum SourceError {
     #[error("{0}")]
     Io(#[from] io::Error),
-    /// The source cannot be reopened at a position (not yet: stdin, TCP).
+    /// The source cannot be reopened at a position (stdin; a plain TCP
+    /// sender).
     #[error("source {source_name} ({kind}) cannot be reopened at {position}: it cannot rewind (yet)")]
     CannotRewind {
         source_name: String,

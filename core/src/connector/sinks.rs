@@ -21,7 +21,7 @@ pub struct WriteSink {
 
 enum Writer {
     Stream(Box<dyn Write + Send>),
-    Tcp(TcpSink),
+    Tcp(Box<TcpSink>),
 }
 
 impl WriteSink {
@@ -53,7 +53,7 @@ impl WriteSink {
     /// options: at-least-once).
     pub fn connect(address: &str) -> Result<Self, SinkError> {
         Ok(WriteSink {
-            writer: Writer::Tcp(TcpSink::connect(address, TcpSinkOptions::default())?),
+            writer: Writer::Tcp(Box::new(TcpSink::connect(address, TcpSinkOptions::default())?)),
         })
     }
 }

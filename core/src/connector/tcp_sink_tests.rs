@@ -20,11 +20,18 @@ impl Receiver {
             let mut preamble = [0; PREAMBLE_BYTES];
             stream.read_exact(&mut preamble).unwrap();
             assert_eq!(preamble, tcp_stream::preamble(SINK_MAGIC));
-            stream.write_all(&ReceiverMessage::Welcome { have }.encode()).unwrap();
+            stream
+                .write_all(&ReceiverMessage::Welcome { have }.encode())
+                .unwrap();
             stream
         });
         let sink = connect(address);
-        (sink, Receiver { stream: welcoming.join().unwrap() })
+        (
+            sink,
+            Receiver {
+                stream: welcoming.join().unwrap(),
+            },
+        )
     }
 
     /// The next frame, or `None` if nothing comes within `wait`.
@@ -44,7 +51,9 @@ impl Receiver {
     }
 
     fn ack(&mut self, have: u64) {
-        self.stream.write_all(&ReceiverMessage::Ack { have }.encode()).unwrap();
+        self.stream
+            .write_all(&ReceiverMessage::Ack { have }.encode())
+            .unwrap();
     }
 }
 
@@ -61,7 +70,11 @@ fn on_commit_releases_nothing_before_the_commit() {
     sink.write(b"a\nb\n", &[]).unwrap();
     sink.barrier(CommitId(1)).unwrap();
     sink.write(b"c\n", &[]).unwrap();
-    assert_eq!(receiver.frame(Duration::from_millis(300)), None, "nothing before the commit");
+    assert_eq!(
+        receiver.frame(Duration::from_millis(300)),
+        None,
+        "nothing before the commit"
+    );
     let acking = std::thread::spawn(move || {
         let (header, payload) = receiver.frame(PATIENCE).expect("the committed lines");
         receiver.ack(2);
@@ -71,7 +84,11 @@ fn on_commit_releases_nothing_before_the_commit() {
     let (header, payload, mut receiver) = acking.join().unwrap();
     assert_eq!((header.first, header.count), (1, 2));
     assert_eq!(payload, b"a\nb\n", "only what the barrier closed");
-    assert_eq!(receiver.frame(Duration::from_millis(300)), None, "c waits for its commit");
+    assert_eq!(
+        receiver.frame(Duration::from_millis(300)),
+        None,
+        "c waits for its commit"
+    );
     assert_eq!(sink.acked(), 2);
 }
 
@@ -84,7 +101,10 @@ fn immediately_sends_as_written_numbered_from_first_seq() {
     let (mut sink, mut receiver) = Receiver::accept(40, |a| TcpSink::connect(&a, options).unwrap());
     sink.write(b"x\ny\n", &[]).unwrap();
     let (header, payload) = receiver.frame(PATIENCE).expect("sent at once");
-    assert_eq!((header.first, header.count, payload.as_slice()), (41, 2, &b"x\ny\n"[..]));
+    assert_eq!(
+        (header.first, header.count, payload.as_slice()),
+        (41, 2, &b"x\ny\n"[..])
+    );
 }
 
 #[test]
@@ -99,7 +119,9 @@ fn a_receiver_missing_lines_before_first_seq_is_refused() {
         let (mut stream, _) = listener.accept().unwrap();
         let mut preamble = [0; PREAMBLE_BYTES];
         stream.read_exact(&mut preamble).unwrap();
-        stream.write_all(&ReceiverMessage::Welcome { have: 3 }.encode()).unwrap();
+        stream
+            .write_all(&ReceiverMessage::Welcome { have: 3 }.encode())
+            .unwrap();
         stream
     });
     let e = TcpSink::connect(&address, options).err().expect("refused");
@@ -116,7 +138,9 @@ fn a_plain_listener_is_not_taken_for_a_receiver() {
         std::thread::sleep(Duration::from_millis(200));
         drop(stream); // `nc -l` that is then closed
     });
-    let e = TcpSink::connect(&address, TcpSinkOptions::default()).err().expect("refused");
+    let e = TcpSink::connect(&address, TcpSinkOptions::default())
+        .err()
+        .expect("refused");
     silent.join().unwrap();
     assert!(e.to_string().contains("is it `verity receive`"), "{e}");
 }
@@ -129,7 +153,7 @@ fn a_receiver_that_takes_nothing_fails_the_sink_by_its_patience() {
         ..TcpSinkOptions::default()
     };
     let (mut sink, _receiver) = Receiver::accept(0, |a| TcpSink::connect(&a, options).unwrap());
-    let e = sink.write(b"0123456789\n", &[]).err().expect("no acks: no room");
+    let e = sink.write(b"0123456789\n", &[]).expect_err("no acks: no room");
     assert!(e.to_string().contains("took nothing"), "{e}");
 }
 
@@ -140,7 +164,7 @@ fn on_commit_output_over_the_bound_is_an_error() {
         ..on_commit()
     };
     let (mut sink, _receiver) = Receiver::accept(0, |a| TcpSink::connect(&a, options).unwrap());
-    let e = sink.write(b"0123456789\n", &[]).err().expect("over the bound");
+    let e = sink.write(b"0123456789\n", &[]).expect_err("over the bound");
     assert!(e.to_string().contains("since the last commit"), "{e}");
 }
 
