@@ -224,3 +224,138 @@ fn stops_cleanly_on(signal: &str) {
         "lines read before the stop are processed and flushed"
     );
 }
+
+/// `verity send` → proxy → `verity run` → proxy → `verity receive`, the
+/// proxies cutting every connection after a seeded time: each output line
+/// arrives exactly once (the verifier reports duplicates and losses).
+#[test]
+fn both_tcp_edges_survive_cut_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    ok(run(&[
+        "generate",
+        "seq-window",
+        "--count",
+        "20000",
+        "--seed",
+        "3",
+        "--output",
+        path_str(&input),
+    ]));
+    let generated = std::fs::read(&input).unwrap();
+    let expected = verity_verify::expected_output(verity_verify::App::SeqWindow, &generated)
+        .lines
+        .len()
+        .to_string();
+    let output = dir.path().join("out.txt");
+    let ports: Vec<String> = (0..4).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let (receive_at, sink_proxy, source_at, source_proxy) = (&ports[0], &ports[1], &ports[2], &ports[3]);
+    let logs = dir.path().to_path_buf();
+    let spawn = |args: &[&str]| {
+        let log = std::fs::File::create(logs.join(format!("{}-{}.log", args[0], args[2].replace(':', "_"))))
+            .unwrap();
+        verity()
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn verity")
+    };
+    // Every process's log, for a failure's message.
+    let all_logs = || {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&logs).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") {
+                text += &format!(
+                    "== {}\n{}",
+                    path.display(),
+                    std::fs::read_to_string(&path).unwrap()
+                );
+            }
+        }
+        text
+    };
+    let cutting = |listen: &str, to: &str| {
+        spawn(&[
+            "proxy",
+            "--listen",
+            listen,
+            "--to",
+            to,
+            "--seed",
+            "7",
+            "--drop-conn-every-ms",
+            "150",
+        ])
+    };
+    let mut receiver = spawn(&[
+        "receive",
+        "--listen",
+        receive_at,
+        "--output",
+        path_str(&output),
+        "--expect",
+        &expected,
+        "--timeout-s",
+        "30",
+    ]);
+    let mut proxies = vec![cutting(sink_proxy, receive_at), cutting(source_proxy, source_at)];
+    for address in [receive_at, sink_proxy, source_proxy] {
+        let started = Instant::now();
+        while TcpStream::connect(address).is_err() {
+            assert!(started.elapsed() < TIMEOUT, "nothing listens on {address}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let mut engine = spawn(&[
+        "run",
+        "seq-window",
+        "--workers",
+        "2",
+        "--input",
+        &format!("tcp:{source_at}"),
+        "--output",
+        &format!("tcp:{sink_proxy}"),
+    ]);
+    let sent = run(&[
+        "send",
+        "--to",
+        source_proxy,
+        "--input",
+        path_str(&input),
+        "--rate",
+        "20000",
+        "--batch",
+        "200",
+    ]);
+    let engine_status = wait_with_timeout(&mut engine);
+    let receiver_status = wait_with_timeout(&mut receiver);
+    for proxy in &mut proxies {
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+    }
+    assert!(sent.status.success(), "send: {}\n{}", stderr(&sent), all_logs());
+    assert!(engine_status.success(), "run: {engine_status:?}\n{}", all_logs());
+    assert!(receiver_status.success(), "receive: {}", all_logs());
+    assert!(
+        stderr(&sent).contains("reconnection"),
+        "the proxy cut the sender's connection: {}",
+        stderr(&sent)
+    );
+    let verified = run(&[
+        "verify",
+        "seq-window",
+        "--input",
+        path_str(&input),
+        "--output",
+        path_str(&output),
+    ]);
+    assert!(
+        stdout(&verified).starts_with("OK seq-window"),
+        "{}{}",
+        stdout(&verified),
+        all_logs()
+    );
+}

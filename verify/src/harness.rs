@@ -12,7 +12,10 @@
 //! the source asks. It is done when the source confirmed the end of the
 //! input (`Ended`) and acked every byte: without checkpoints the source acks
 //! on receipt, so that is once everything arrived; with checkpoints, once the
-//! final checkpoint is durable.
+//! final checkpoint is durable. (If the connection breaks after every byte
+//! was acked and the source stays unreachable for `END_GRACE`, the
+//! confirmation of the end was lost with it: the source's run most likely
+//! finished, and `send` ends with a warning rather than an error.)
 //!
 //! `receive` accepts the sink's connections (and reconnections), writes each
 //! numbered line once (dropping resent ones) to a plain file of lines, acks
@@ -36,6 +39,9 @@ pub const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 pub const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a source may take to say where to resume.
 const RESUME_PATIENCE: Duration = Duration::from_secs(10);
+/// How long the sender looks for a source that acked every byte but went
+/// away before confirming the end of the input.
+const END_GRACE: Duration = Duration::from_secs(3);
 /// Input that cannot be re-read (a pipe) kept for resending, at most.
 pub const HELD_BYTES_MAX: usize = 64 << 20;
 const CONNECT_RETRY: Duration = Duration::from_millis(50);
@@ -56,7 +62,7 @@ pub struct SendReport {
 /// The input, readable again from any byte the source has not acked.
 enum Input {
     /// A regular file: re-read from the offset asked for.
-    File { file: File, at: u64 },
+    File { file: File, at: u64, len: u64 },
     /// Anything else (a pipe): unacked bytes kept in memory, bounded.
     Pipe {
         reader: File,
@@ -71,8 +77,13 @@ impl Input {
     fn open(path: &Path) -> io::Result<Input> {
         let file = File::open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
-        Ok(if file.metadata()?.is_file() {
-            Input::File { file, at: 0 }
+        let metadata = file.metadata()?;
+        Ok(if metadata.is_file() {
+            Input::File {
+                file,
+                at: 0,
+                len: metadata.len(),
+            }
         } else {
             Input::Pipe {
                 reader: file,
@@ -103,7 +114,13 @@ impl Input {
     /// held bytes are at their bound (wait for acks).
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<Option<usize>> {
         match self {
-            Input::File { file, at } => {
+            Input::File { file, at, len } => {
+                if offset > *len {
+                    return Err(io::Error::other(format!(
+                        "the source asks for byte {offset}, past the end of the input ({len} bytes): \
+                         is it reading another input?"
+                    )));
+                }
                 if *at != offset {
                     file.seek(SeekFrom::Start(offset))?;
                     *at = offset;
@@ -245,12 +262,21 @@ pub fn send(to: &str, input: &Path, rate: Option<u64>, batch: usize) -> io::Resu
     let mut connections = 0;
     let mut lost_since: Option<Instant> = None;
     let mut backoff = CONNECT_RETRY;
+    // The input's length, once read to its end and the end sent.
+    let mut total: Option<u64> = None;
     loop {
+        // Every byte acked after the end was sent: the source has the input
+        // (without checkpoints an ack is all it can give). If the
+        // confirmation of the end was lost with the connection and the
+        // source stays gone (its run finished), that is a finish too.
+        let delivered = total.is_some_and(|t| heard.acked >= t);
         let patience = match lost_since {
             None => CONNECT_PATIENCE,
-            Some(since) => RECONNECT_PATIENCE.saturating_sub(since.elapsed()),
+            Some(_) if delivered => END_GRACE,
+            Some(_) => RECONNECT_PATIENCE,
         };
-        let stream = connect_within(address, patience).map_err(|e| {
+        let left = patience.saturating_sub(lost_since.map_or(Duration::ZERO, |since| since.elapsed()));
+        let gave_up = |e: io::Error| {
             io::Error::new(
                 e.kind(),
                 match lost_since {
@@ -262,10 +288,31 @@ pub fn send(to: &str, input: &Path, rate: Option<u64>, batch: usize) -> io::Resu
                     ),
                 },
             )
-        })?;
+        };
+        let connected = match left.is_zero() {
+            true => Err(io::Error::new(io::ErrorKind::TimedOut, "no working connection")),
+            false => connect_within(address, left),
+        };
+        let stream = match connected {
+            Ok(stream) => stream,
+            Err(_) if delivered => {
+                eprintln!(
+                    "verity send: warning: the source acked all {} bytes, then went away before \
+                     confirming the end of the input (its run most likely finished)",
+                    heard.acked
+                );
+                break;
+            }
+            Err(e) => return Err(gave_up(e)),
+        };
         connections += 1;
-        let pace = Pace { rate, batch, started };
-        match session(stream, &mut input, &mut heard, &mut count, pace)? {
+        let pace = Pace {
+            rate,
+            batch,
+            started,
+            hello_patience: left.min(RESUME_PATIENCE),
+        };
+        match session(stream, &mut input, &mut heard, &mut count, &mut total, pace)? {
             Session::Done => break,
             Session::Lost { why, resumed } => {
                 if resumed || lost_since.is_none() {
@@ -294,6 +341,8 @@ struct Pace {
     rate: Option<u64>,
     batch: usize,
     started: Instant,
+    /// How long the source may take to answer the hello.
+    hello_patience: Duration,
 }
 
 /// One connection: hello, resume where the source asks, data, end, and the
@@ -304,10 +353,11 @@ fn session(
     input: &mut Input,
     heard: &mut Heard,
     count: &mut LineCount,
+    total: &mut Option<u64>,
     pace: Pace,
 ) -> io::Result<Session> {
     let lost = |why: io::Error, resumed: bool| Ok(Session::Lost { why, resumed });
-    let from = match hello(&mut stream) {
+    let from = match hello(&mut stream, pace.hello_patience) {
         Ok(from) => from,
         Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(e),
         Err(e) => return lost(e, false),
@@ -331,7 +381,7 @@ fn session(
         let progress = progress.clone();
         std::thread::spawn(move || hear_acks(stream, progress))
     };
-    let result = stream_from(&mut stream, from, input, &progress, count, pace);
+    let result = stream_from(&mut stream, from, input, &progress, count, total, pace);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = listener.join();
     *heard = Heard {
@@ -349,10 +399,10 @@ fn session(
 }
 
 /// Says hello; returns where the source wants the input from.
-fn hello(stream: &mut TcpStream) -> io::Result<u64> {
+fn hello(stream: &mut TcpStream, patience: Duration) -> io::Result<u64> {
     stream.set_nodelay(true)?;
     stream.write_all(&tcp_stream::preamble(SEND_MAGIC))?;
-    stream.set_read_timeout(Some(RESUME_PATIENCE))?;
+    stream.set_read_timeout(Some(patience.max(Duration::from_millis(1))))?;
     let mut message = [0; SOURCE_MESSAGE_BYTES];
     stream.read_exact(&mut message)?;
     stream.set_read_timeout(None)?;
@@ -380,6 +430,7 @@ fn stream_from(
     input: &mut Input,
     progress: &Progress,
     count: &mut LineCount,
+    input_total: &mut Option<u64>,
     pace: Pace,
 ) -> io::Result<Outcome> {
     let (lock, changed) = &**progress;
@@ -424,6 +475,7 @@ fn stream_from(
                 return Ok(Outcome::Broken(e));
             }
             total = Some(offset);
+            *input_total = total;
             continue;
         }
         let send = match pace.rate {

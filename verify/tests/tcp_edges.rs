@@ -371,3 +371,27 @@ fn receive_drops_a_frame_it_already_has() {
     assert_eq!(std::fs::read(&output).unwrap(), b"a\nb\nc\n");
     assert_eq!(report.duplicates, 3);
 }
+
+#[test]
+fn a_sender_refuses_to_resume_past_the_end_of_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), b"a\nb\n");
+    let mut source = TcpListenSource::new("127.0.0.1:0");
+    let beyond = Position::Text {
+        bytes: 1000,
+        lines: 9,
+    };
+    let mut reader = source.open("tcp", 0, Some(beyond)).unwrap();
+    let to = source.bound.unwrap().to_string();
+    let sender = std::thread::spawn(move || harness::send(&to, &input, None, 1024));
+    let started = Instant::now();
+    while !sender.is_finished() {
+        assert!(started.elapsed() < PATIENCE, "the sender never gave up");
+        assert!(!matches!(reader.next_chunk().unwrap(), Pull::Chunk(_)));
+    }
+    let e = sender.join().unwrap().expect_err("another input's position");
+    assert!(
+        e.to_string().contains("past the end of the input (4 bytes)"),
+        "{e}"
+    );
+}

@@ -10,7 +10,9 @@
 //!
 //! A plain sender (`nc`) is read to the end of its one connection, as before:
 //! it cannot be resumed, so a reconnect or a position other than the start is
-//! refused for it.
+//! refused for it. A connection that closes without sending a byte (a port
+//! probe, a connection cut before its hello) is ignored: it does not end the
+//! stream as an empty plain input would.
 
 use super::sources::{only_partition_zero, text_position, LineReader, TextCursor};
 use super::tcp_stream::{
@@ -215,6 +217,17 @@ impl TcpListenReader {
                 decided => break decided,
             }
             match stream.read(&mut first[*have..]) {
+                Ok(0) if *have == 0 => {
+                    // A port probe (a health check, `nc -z`), or a cut before
+                    // the hello: it does not end the stream (an empty plain
+                    // stream would end the whole run).
+                    log::info!(
+                        "source {}: a connection closed without sending anything",
+                        self.source_name
+                    );
+                    self.connection = Connection::Waiting;
+                    return Ok(true);
+                }
                 Ok(0) => break Greeting::Plain,
                 Ok(n) => *have += n,
                 Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => return Ok(false),

@@ -48,6 +48,22 @@ fn a_plain_sender_is_read_to_its_end_with_positions() {
 }
 
 #[test]
+fn a_connection_that_sends_nothing_does_not_end_the_stream() {
+    let mut tcp = TcpListenSource::new("127.0.0.1:0");
+    let mut reader = tcp.open("tcp", 0, None).unwrap();
+    let address = tcp.bound.unwrap();
+    drop(TcpStream::connect(address).unwrap()); // a port probe
+    let sender = std::thread::spawn(move || {
+        // Accepted after the probe (the listen backlog keeps order).
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.write_all(b"x\n").unwrap();
+    });
+    let chunks = read_all(&mut *reader);
+    sender.join().unwrap();
+    assert_eq!(bytes_of(&chunks), b"x\n", "the probe did not end the stream");
+}
+
+#[test]
 fn a_plain_sender_cannot_resume_a_stream() {
     let mut tcp = TcpListenSource::new("127.0.0.1:0");
     let at = Position::Text { bytes: 4, lines: 1 };
