@@ -13,7 +13,8 @@ use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
 use verity_core::cluster::lifecycle::{FAILURE_REPORT_DEADLINE_MS, GRACEFUL_STOP_DEADLINE_MS};
 use verity_core::cluster::{ClusterFile, Outcome};
 use verity_core::{
-    Connectors, DeadLetterSpec, Outputs, RunConfig, RunSummary, ShardLimits, SinkSpec, SourceSpec,
+    CheckpointSettings, Connectors, DeadLetterSpec, Outputs, RunConfig, RunSummary, ShardLimits, SinkSpec,
+    SourceSpec,
 };
 
 #[derive(Parser, Debug)]
@@ -234,6 +235,33 @@ struct RunArgs {
     net: NetArgs,
     #[command(flatten)]
     stop: StopArgs,
+    #[command(flatten)]
+    checkpoints: CheckpointArgs,
+}
+
+/// Checkpoints and recovery.
+#[derive(Args, Debug, Clone)]
+struct CheckpointArgs {
+    /// Take consistent checkpoints of all state into DIR (created if missing),
+    /// so a crashed run can continue with --recover; with a file output, the
+    /// output and dead-letter files are cut back to the last checkpoint on
+    /// recovery, so the finished files hold each line exactly once. One
+    /// process only, for now.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["processes", "cluster"])]
+    state_dir: Option<PathBuf>,
+    /// How often a checkpoint is taken.
+    #[arg(long, value_name = "MS", default_value_t = verity_core::checkpoint::DEFAULT_INTERVAL_MS,
+          requires = "state_dir", value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    checkpoint_interval_ms: u64,
+    /// Complete checkpoints kept (older ones are deleted once a newer one is
+    /// complete).
+    #[arg(long, value_name = "N", default_value_t = verity_core::checkpoint::DEFAULT_RETAINED,
+          requires = "state_dir", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    checkpoints_retained: usize,
+    /// Continue the job from the newest complete checkpoint in --state-dir
+    /// (after a crash); run it with the same input and options.
+    #[arg(long, requires = "state_dir")]
+    recover: bool,
 }
 
 /// How long a stop may take.
@@ -506,6 +534,19 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         },
         queue_depth_batches: args.queue_depth,
         pin_cores: !args.no_pin,
+        checkpoints: args.checkpoints.state_dir.as_ref().map(|dir| CheckpointSettings {
+            state_dir: dir.clone(),
+            interval_ms: args.checkpoints.checkpoint_interval_ms,
+            retained: args.checkpoints.checkpoints_retained,
+            recover: args.checkpoints.recover,
+            job: format!(
+                "{}; final counts {}; generate {:?} seed {}",
+                app.name(),
+                args.final_counts,
+                args.generate,
+                args.seed
+            ),
+        }),
         ..RunConfig::default()
     };
     let signal = install_stop_handler()?;

@@ -169,6 +169,11 @@ where
         &self.core
     }
 
+    /// The shard's index.
+    pub fn index(&self) -> u32 {
+        self.core.index()
+    }
+
     pub fn counters(&self) -> ShardCounters {
         self.core.counters()
     }
@@ -406,8 +411,10 @@ mod tests {
     /// In-memory queues of a fixed depth between the shards of one run.
     struct Queues {
         depth: usize,
-        chunks: Vec<VecDeque<SourceEvent>>,
-        batches: BTreeMap<(u32, u32), VecDeque<Batch<u64, u64>>>,
+        /// Per (shard, source).
+        chunks: BTreeMap<(u32, u32), VecDeque<SourceEvent>>,
+        /// Per (source, sender, receiver).
+        batches: BTreeMap<(u32, u32, u32), VecDeque<Batch<u64, u64>>>,
         /// Per shard, in the order it wrote them.
         output: Vec<Vec<u8>>,
         dead: Vec<Vec<DeadLetter>>,
@@ -421,13 +428,26 @@ mod tests {
         fn new(shards: u32, depth: usize) -> Self {
             Queues {
                 depth,
-                chunks: (0..shards).map(|_| VecDeque::new()).collect(),
+                chunks: BTreeMap::new(),
                 batches: BTreeMap::new(),
                 output: vec![Vec::new(); shards as usize],
                 dead: vec![Vec::new(); shards as usize],
                 parts: vec![Vec::new(); shards as usize],
                 finished: 0,
             }
+        }
+
+        fn deal(&mut self, shard: usize, event: SourceEvent) {
+            let source = match &event {
+                SourceEvent::Chunk { source, .. }
+                | SourceEvent::Barrier { source, .. }
+                | SourceEvent::End { source, .. }
+                | SourceEvent::Failed { source, .. } => *source,
+            };
+            self.chunks
+                .entry((shard as u32, source))
+                .or_default()
+                .push_back(event);
         }
 
         /// Drives every shard until all finished.
@@ -491,14 +511,21 @@ mod tests {
     }
 
     impl ShardPorts<u64, u64> for Ports<'_> {
-        fn take_batch(&mut self, _source: u32, from: u32) -> Option<Batch<u64, u64>> {
-            self.queues.batches.get_mut(&(from, self.shard))?.pop_front()
+        fn take_batch(&mut self, source: u32, from: u32) -> Option<Batch<u64, u64>> {
+            self.queues
+                .batches
+                .get_mut(&(source, from, self.shard))?
+                .pop_front()
         }
         fn take_source_event(&mut self, _source: u32) -> Option<SourceEvent> {
-            self.queues.chunks[self.shard as usize].pop_front()
+            self.queues.chunks.get_mut(&(self.shard, _source))?.pop_front()
         }
         fn try_send_batch(&mut self, to: u32, batch: Batch<u64, u64>) -> Sent<Batch<u64, u64>> {
-            let queue = self.queues.batches.entry((self.shard, to)).or_default();
+            let queue = self
+                .queues
+                .batches
+                .entry((batch.source, self.shard, to))
+                .or_default();
             if queue.len() >= self.queues.depth {
                 return Sent::Full(batch);
             }
@@ -533,7 +560,7 @@ mod tests {
     fn run(shards: u32, depth: usize, bugs: DriverBugs) -> (Vec<String>, usize, u64) {
         let mut queues = Queues::new(shards, depth);
         let mut send = |shard: usize, event| {
-            queues.chunks[shard].push_back(event);
+            queues.deal(shard, event);
             true
         };
         let mut dealer = Dealer::new(0, shards as usize, &mut send);
@@ -574,7 +601,7 @@ mod tests {
         );
         let mut queues = Queues::new(shards, depth);
         let mut send = |shard: usize, event| {
-            queues.chunks[shard].push_back(event);
+            queues.deal(shard, event);
             true
         };
         let mut dealer = Dealer::new(0, shards as usize, &mut send);
@@ -613,7 +640,7 @@ mod tests {
         let mut queues = Queues::new(shards, depth);
         let cut = cuts[&resume_at].clone();
         let mut send = |shard: usize, event| {
-            queues.chunks[shard].push_back(event);
+            queues.deal(shard, event);
             true
         };
         let mut dealer = Dealer::new(0, shards as usize, &mut send);
@@ -631,6 +658,13 @@ mod tests {
             })
             .collect();
         queues.run_to_end(&mut drivers);
+        let counted: u64 = drivers.iter().map(|d| d.counters().records_in).sum();
+        let dead_counted: u64 = drivers.iter().map(|d| d.counters().dead_lettered).sum();
+        assert_eq!(
+            (counted, dead_counted),
+            (600, 6),
+            "the totals count each input record once"
+        );
         committed.extend_from_slice(&queues.output.concat());
         dead += queues.dead.iter().map(Vec::len).sum::<usize>();
         (sorted_lines(&committed), dead)
@@ -653,6 +687,173 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Two sources of numbers joined (`union`) on `value % 7`, each line out
+    /// as the value.
+    fn two_source_cores(shards: u32) -> Vec<ShardCore<u64, u64, u64, u64>> {
+        let parse = |line: Line| {
+            let text = line.text()?;
+            text.parse::<u64>().map_err(|_| Reject::new("not a number"))
+        };
+        let a = Stream::from_source(SourceSpec::memory("a", Bytes::new()))
+            .try_map(parse)
+            .key_by(|value: &u64| value % 7);
+        let b = Stream::from_source(SourceSpec::memory("b", Bytes::new()))
+            .try_map(parse)
+            .key_by(|value: &u64| value % 7);
+        let flow = a
+            .union(b)
+            .stateful(|count: &mut u64, _: &u64, msg, out| {
+                *count += 1;
+                out.emit(msg.data);
+            })
+            .sink(|value, buf| buf.extend_from_slice(value.to_string().as_bytes()));
+        let limits = ShardLimits {
+            batch_max: 2,
+            ..ShardLimits::default()
+        };
+        ShardCore::build_range(&flow.logic, shards, 0..shards, limits)
+    }
+
+    /// Two readers with bounded queues to the shards (a reader waits while
+    /// its next event finds its queue full, as a blocked reader thread
+    /// does), checkpoints requested every few turns, shards stepped in a
+    /// seeded order: every run must finish, with every checkpoint taken by
+    /// every shard, and every record out exactly once.
+    #[test]
+    fn two_sources_with_checkpoints_and_full_queues_never_stall() {
+        use crate::env::Rng;
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        /// A reader's events not yet in their queue (it is blocked on the first).
+        type Outbox = Rc<RefCell<VecDeque<(usize, SourceEvent)>>>;
+        let chunks = input_chunks();
+        let short: Vec<ChunkData> = chunks[..chunks.len() / 3].to_vec();
+        for seed in 0..60u64 {
+            let shards = 1 + (seed % 3) as u32;
+            let depth = [1, 2, 64][(seed / 3 % 3) as usize];
+            let chunk_depth = [1, 2, 16][(seed / 9 % 3) as usize];
+            let every = [1, 3, 10][(seed / 27 % 3) as usize];
+            // One source ends early in half the seeds.
+            let inputs = [
+                chunks.clone(),
+                if seed % 2 == 0 {
+                    short.clone()
+                } else {
+                    chunks.clone()
+                },
+            ];
+            let mut rng = crate::env::SplitMix64::new(seed);
+            let mut queues = Queues::new(shards, depth);
+            let outboxes: Vec<Outbox> = (0..2).map(|_| Rc::default()).collect();
+            let mut sends: Vec<_> = outboxes
+                .iter()
+                .map(|outbox| {
+                    let outbox = Rc::clone(outbox);
+                    move |shard: usize, event: SourceEvent| {
+                        outbox.borrow_mut().push_back((shard, event));
+                        true
+                    }
+                })
+                .collect();
+            let mut dealers: Vec<Option<Dealer<'_>>> = sends
+                .iter_mut()
+                .enumerate()
+                .map(|(source, send)| Some(Dealer::new(source as u32, shards as usize, send)))
+                .collect();
+            let mut next_chunk = [0usize; 2];
+            let mut drivers: Vec<_> = two_source_cores(shards)
+                .into_iter()
+                .map(|c| ShardDriver::new(c, 2))
+                .collect();
+            let mut requested = 0;
+            let mut finished = false;
+            for round in 0..200_000u64 {
+                // As the output thread does: the next only once the last is
+                // complete (every shard's part is in).
+                let completed = queues.parts.iter().map(Vec::len).min().unwrap_or(0) as u64;
+                if round % every == 0 && requested == completed {
+                    requested += 1;
+                }
+                for source in 0..2 {
+                    // The reader's blocked send, then its next step.
+                    let mut outbox = outboxes[source].borrow_mut();
+                    while let Some((shard, event)) = outbox.front() {
+                        let key = (*shard as u32, source as u32);
+                        if queues.chunks.get(&key).map_or(0, VecDeque::len) >= chunk_depth {
+                            break;
+                        }
+                        let _ = event;
+                        let (shard, event) = outbox.pop_front().expect("front exists");
+                        queues.deal(shard, event);
+                    }
+                    if !outbox.is_empty() {
+                        continue;
+                    }
+                    drop(outbox);
+                    let Some(dealer) = dealers[source].as_mut() else {
+                        continue;
+                    };
+                    if dealer.epoch() < requested {
+                        dealer.barrier_to(dealer.epoch() + 1);
+                    } else if next_chunk[source] < inputs[source].len() {
+                        dealer.deal(inputs[source][next_chunk[source]].clone());
+                        next_chunk[source] += 1;
+                    } else {
+                        dealers[source].take().expect("not ended").finish(None);
+                    }
+                }
+                let first = rng.below(shards as u64) as usize;
+                for offset in 0..shards as usize {
+                    let shard = (first + offset) % shards as usize;
+                    if !drivers[shard].is_finished() {
+                        drivers[shard].step(&mut Ports {
+                            queues: &mut queues,
+                            shard: shard as u32,
+                        });
+                    }
+                }
+                if drivers.iter().all(ShardDriver::is_finished) {
+                    finished = true;
+                    break;
+                }
+            }
+            if !finished {
+                for d in &drivers {
+                    eprintln!("{}", d.core.describe());
+                }
+                eprintln!(
+                    "requested {requested}, queues {:?}",
+                    queues
+                        .chunks
+                        .iter()
+                        .map(|(k, q)| (*k, q.len()))
+                        .collect::<Vec<_>>()
+                );
+            }
+            assert!(finished, "seed {seed}: the shards stalled");
+            let taken: Vec<usize> = queues.parts.iter().map(Vec::len).collect();
+            assert!(
+                taken.iter().all(|t| *t == taken[0]),
+                "seed {seed}: every shard takes every checkpoint: {taken:?}"
+            );
+            let mut expected: Vec<String> = inputs
+                .iter()
+                .flat_map(|chunks| chunks.iter())
+                .flat_map(|chunk| match chunk {
+                    ChunkData::Lines(lines) => String::from_utf8(lines.to_vec())
+                        .unwrap()
+                        .lines()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>(),
+                    ChunkData::Oversized { .. } => Vec::new(),
+                })
+                .filter(|line| line.parse::<u64>().is_ok())
+                .collect();
+            expected.sort();
+            assert_eq!(sorted_lines(&queues.output.concat()), expected, "seed {seed}");
         }
     }
 

@@ -3,6 +3,7 @@
 //! batched queues, reader and output threads).
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod cluster;
 pub mod connector;
 pub mod driver;
@@ -26,7 +27,9 @@ pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output,
 pub use ids::{Msg, MsgId};
 pub use key::Key;
 pub use line::{Line, Reject};
-pub use runtime::{run, run_in_cluster, ClusterRun, Outputs, Placement, RunConfig, RunError, RunSummary};
+pub use runtime::{
+    run, run_in_cluster, CheckpointSettings, ClusterRun, Outputs, Placement, RunConfig, RunError, RunSummary,
+};
 pub use shard::ShardLimits;
 pub use sink::{CustomSink, DeadLetterSpec, OutputBatch, SinkSpec};
 pub use small::SmallBytes;

@@ -90,8 +90,17 @@ pub struct Routed<K, V> {
 /// A record kept on the shard that parsed it, with its key's route hash.
 type Hashed<K, V> = (Routed<K, V>, u64);
 
-/// An own chunk parsed ahead of its turn: index, epoch, its local records.
-type ParsedChunk<K, V> = (u64, u64, Vec<Hashed<K, V>>);
+/// An own chunk parsed ahead of its turn.
+struct ParsedChunk<K, V> {
+    chunk: u64,
+    epoch: u64,
+    /// Its records this shard owns.
+    local: Vec<Hashed<K, V>>,
+    /// The records and dead letters its parse counted: a snapshot taken
+    /// before its turn leaves them out, as the recovered run parses it again.
+    records: u64,
+    dead_lettered: u64,
+}
 
 /// Records of one chunk of one source, from the shard that parsed it to one
 /// receiver. `first_seq` numbers the channel (source, sender → receiver) from 1,
@@ -199,7 +208,7 @@ impl<K, V> SourceState<K, V> {
             .unwrap_or(0);
         let next_epoch = match (&self.waiting, self.own_parsed.front(), &self.held) {
             (Some(batch), _, _) => batch.epoch,
-            (_, Some((chunk, epoch, _)), _) if *chunk == self.next_apply => *epoch,
+            (_, Some(parsed), _) if parsed.chunk == self.next_apply => parsed.epoch,
             (_, _, Some((chunk, epoch, _, _))) if *chunk == self.next_apply => *epoch,
             _ => 0,
         };
@@ -496,17 +505,32 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         }
     }
 
-    /// Applies own chunks whose turn has come and parses a held chunk once the
-    /// runahead bound allows, until neither can move.
+    /// Moves `source` on, then takes the checkpoints that are aligned and
+    /// moves every source on after each.
     fn make_progress(&mut self, source: u32) {
+        self.progress_source(source);
+        // A checkpoint lets every source go on, not only the one that
+        // completed its alignment.
+        while self.take_checkpoints() {
+            for other in 0..self.sources.len() as u32 {
+                self.progress_source(other);
+            }
+        }
+        self.flush_output_if_full();
+        self.finish_if_done();
+    }
+
+    /// Applies `source`'s own chunks whose turn has come and parses a held
+    /// chunk once the runahead bound allows, until neither can move.
+    fn progress_source(&mut self, source: u32) {
         loop {
             let taken = self.checkpoints_taken;
             let state = &mut self.sources[source as usize];
-            if let Some((chunk, epoch, _)) = state.own_parsed.front() {
-                if *chunk == state.next_apply && *epoch <= taken {
-                    let (_, _, records) = state.own_parsed.pop_front().expect("front exists");
+            if let Some(parsed) = state.own_parsed.front() {
+                if parsed.chunk == state.next_apply && parsed.epoch <= taken {
+                    let parsed = state.own_parsed.pop_front().expect("front exists");
                     state.next_apply += 1;
-                    for (record, hash) in records {
+                    for (record, hash) in parsed.local {
                         self.keyed.apply(record, hash);
                     }
                     continue;
@@ -518,16 +542,9 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                     let (chunk, epoch, first_line, data) = state.held.take().expect("held exists");
                     self.parse_chunk(source, chunk, epoch, first_line, &data);
                 }
-                _ => {
-                    if self.take_checkpoints() {
-                        continue;
-                    }
-                    break;
-                }
+                _ => break,
             }
         }
-        self.flush_output_if_full();
-        self.finish_if_done();
     }
 
     /// Takes every checkpoint whose cuts all sources stand at; then lets
@@ -589,10 +606,17 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     /// its state in key order (so equal states encode to equal bytes).
     fn encode_state(&self, out: &mut Vec<u8>) {
         SNAPSHOT_VERSION.encode(out);
+        // Chunks parsed ahead of the cut are parsed again after a recovery:
+        // their counts are not part of the state at the cut.
+        let ahead = self.sources.iter().flat_map(|s| &s.own_parsed);
+        let (records_ahead, dead_ahead) =
+            ahead.fold((0, 0), |(r, d), p| (r + p.records, d + p.dead_lettered));
         let c = &self.counters;
+        let records_in = c.records_in - records_ahead;
+        let dead_lettered = c.dead_lettered - dead_ahead;
         for n in [
-            c.records_in,
-            c.dead_lettered,
+            records_in,
+            dead_lettered,
             c.duplicates_dropped,
             self.keyed.emitted,
         ] {
@@ -673,6 +697,30 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         Ok(())
     }
 
+    #[cfg(test)]
+    pub(crate) fn describe(&self) -> String {
+        let sources: Vec<String> =
+            self.sources
+                .iter()
+                .map(|s| {
+                    format!(
+                    "next_apply {} total {:?} held {:?} own_parsed {:?} barriers {:?} waiting {:?} at_cut {}",
+                    s.next_apply,
+                    s.total_chunks,
+                    s.held.as_ref().map(|h| (h.0, h.1)),
+                    s.own_parsed.iter().map(|p| (p.chunk, p.epoch)).collect::<Vec<_>>(),
+                    s.barriers.iter().map(|(k, c)| (*k, c.next_chunk)).collect::<Vec<_>>(),
+                    s.waiting.as_ref().map(|b| (b.chunk, b.epoch)),
+                    s.at_cut(self.checkpoints_taken)
+                )
+                })
+                .collect();
+        format!(
+            "shard {} taken {}: {sources:?}",
+            self.index, self.checkpoints_taken
+        )
+    }
+
     /// Checkpoints this shard took (or restored from).
     pub fn checkpoints_taken(&self) -> u64 {
         self.checkpoints_taken
@@ -703,6 +751,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         let state = &self.sources[source as usize];
         let in_turn = chunk == state.next_apply && epoch <= taken;
         debug_assert!(!in_turn || state.own_parsed.is_empty());
+        let counted_before = (self.counters.records_in, self.counters.dead_lettered);
         let mut local = Vec::new();
         match data {
             ChunkData::Lines(lines) => {
@@ -726,7 +775,13 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             debug_assert!(local.is_empty());
             state.next_apply += 1;
         } else {
-            state.own_parsed.push_back((chunk, epoch, local));
+            state.own_parsed.push_back(ParsedChunk {
+                chunk,
+                epoch,
+                local,
+                records: self.counters.records_in - counted_before.0,
+                dead_lettered: self.counters.dead_lettered - counted_before.1,
+            });
         }
     }
 

@@ -3,15 +3,18 @@
 //! buffers shards hand over (`OutputBatch`), and the output thread: the only
 //! place output and dead letters touch files, sockets or the terminal.
 
+use crate::checkpoint::{Checkpointer, JobMeta};
 use crate::connector::sinks::{FileSink, NullSink, WriteSink};
 use crate::connector::{CommitId, SinkConnector, SinkError};
 use crate::ids::MsgId;
 use crate::line::DeadLetter;
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
+use verity_state::checkpoint::CheckpointError;
 
 pub use crate::connector::sinks::TCP_CONNECT_TIMEOUT;
 
@@ -102,6 +105,15 @@ impl SinkSpec {
             SinkSpec::Custom(custom) => custom.open()?,
         })
     }
+
+    /// Opens the sink to continue an earlier run (`SinkConnector::resume`
+    /// follows): a file is not truncated here.
+    pub fn open_resuming(&self) -> Result<Box<dyn SinkConnector>, SinkError> {
+        match self {
+            SinkSpec::File(path) => Ok(Box::new(FileSink::for_resume(path, "output"))),
+            other => other.open(),
+        }
+    }
 }
 
 /// Where rejected records go.
@@ -132,6 +144,13 @@ impl DeadLetterSpec {
             }
             DeadLetterSpec::Custom(custom) => custom.open()?,
         })
+    }
+    /// Opens the dead letters' sink to continue an earlier run.
+    pub fn open_resuming(&self) -> Result<Box<dyn SinkConnector>, SinkError> {
+        match self {
+            DeadLetterSpec::File(path) => Ok(Box::new(FileSink::for_resume(path, "dead-letter file"))),
+            other => other.open(),
+        }
     }
 }
 
@@ -212,40 +231,173 @@ impl DeadLetterWriter {
         self.sink.barrier(commit)
     }
 
+    pub fn resume_mark(&mut self) -> Result<Vec<u8>, SinkError> {
+        self.sink.resume_mark()
+    }
+
+    /// Continues from a checkpoint's mark, with the dead letters written
+    /// up to it.
+    pub fn resume(&mut self, mark: &[u8], written: u64) -> Result<(), SinkError> {
+        self.written = written;
+        self.sink.resume(mark)
+    }
+
     pub fn commit(&mut self, upto: CommitId) -> Result<(), SinkError> {
         self.sink.commit(upto)
     }
 }
 
 /// What the output thread does with each message, sans-IO: lines into the
-/// sink, dead letters into theirs, and at the end of input the run's one
-/// commit boundary (`CommitId::END_OF_INPUT`) on both. The output thread
-/// (`write_outputs`) and the simulator both drive it.
+/// sink, dead letters into theirs, checkpoints lined up with both, and at the
+/// end of input the run's last commit boundary (`CommitId::END_OF_INPUT`).
+/// The output thread (`write_outputs`) and the simulator both drive it.
+///
+/// With checkpoints, each shard's part of checkpoint `k` comes after the
+/// output that belongs to `k`. Once a shard's part is in, what the shard
+/// sends next waits until every shard's part is: then every line of `k` is
+/// written and none after it, the sinks put their boundary there, the
+/// checkpoint is written (parts, then the manifest), the sinks commit, and
+/// the waiting output goes on. A shard runs at most a few chunks ahead of
+/// the slowest (the chunk turns), so what waits stays small.
 pub struct OutputWriter {
     sink: Box<dyn SinkConnector>,
     dead_letters: DeadLetterWriter,
+    checkpoints: Option<Checkpoints>,
+}
+
+struct Checkpoints {
+    writer: Checkpointer,
+    /// Per shard: whether its part of the checkpoint being collected is in.
+    passed: Vec<bool>,
+    /// Per shard: what it sent after its part, in order.
+    waiting: Vec<VecDeque<OutputMessage>>,
+}
+
+/// Why the output thread stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
 }
 
 impl OutputWriter {
     pub fn new(sink: Box<dyn SinkConnector>, dead_letters: DeadLetterWriter) -> Self {
-        OutputWriter { sink, dead_letters }
+        OutputWriter {
+            sink,
+            dead_letters,
+            checkpoints: None,
+        }
     }
 
-    pub fn write(&mut self, message: OutputMessage) -> Result<(), SinkError> {
-        match message {
-            OutputMessage::Lines(batch) => self.sink.write(&batch.lines, &batch.ids),
-            OutputMessage::Relayed(batch) => self.sink.write(&batch.lines, &batch.ids),
-            OutputMessage::DeadLetter(letter) => self.dead_letters.write(&letter),
-            // The runtime deals no barriers yet, so no part comes here; the
-            // checkpoint writer (sink barriers and commits, parts into the
-            // state dir) is the next step of the exactly-once work.
-            OutputMessage::Checkpoint(_) => Ok(()),
+    /// Writes checkpoints as the shards' parts come in.
+    pub fn with_checkpoints(mut self, writer: Checkpointer) -> Self {
+        let shards = writer.shards() as usize;
+        self.checkpoints = Some(Checkpoints {
+            writer,
+            passed: vec![false; shards],
+            waiting: (0..shards).map(|_| VecDeque::new()).collect(),
+        });
+        self
+    }
+
+    /// Continues both sinks from a checkpoint's marks (a recovery).
+    pub fn resume(&mut self, meta: &JobMeta) -> Result<(), SinkError> {
+        self.sink.resume(&meta.output_mark)?;
+        self.dead_letters
+            .resume(&meta.dead_letter_mark, meta.dead_letters)
+    }
+
+    /// Barriers requested so far, for the readers (0 without checkpoints):
+    /// requests the next checkpoint if it is due at `now_ms`.
+    pub fn tick(&mut self, now_ms: u64) -> u64 {
+        self.checkpoints.as_mut().map_or(0, |c| c.writer.tick(now_ms))
+    }
+
+    /// How long until the next checkpoint may be due (`None` without them).
+    pub fn due_in_ms(&self, now_ms: u64) -> Option<u64> {
+        self.checkpoints.as_ref().map(|c| c.writer.due_in_ms(now_ms))
+    }
+
+    /// Checkpoints complete (with a recovery's included).
+    pub fn checkpoints_completed(&self) -> u64 {
+        self.checkpoints.as_ref().map_or(0, |c| c.writer.completed())
+    }
+
+    /// A message of shard `shard`.
+    pub fn write(&mut self, shard: u32, message: OutputMessage) -> Result<(), OutputError> {
+        if let Some(c) = &mut self.checkpoints {
+            if c.passed[shard as usize] {
+                c.waiting[shard as usize].push_back(message);
+                return Ok(());
+            }
         }
+        self.apply(shard, message)
+    }
+
+    fn apply(&mut self, shard: u32, message: OutputMessage) -> Result<(), OutputError> {
+        match message {
+            OutputMessage::Lines(batch) => self.sink.write(&batch.lines, &batch.ids)?,
+            OutputMessage::Relayed(batch) => self.sink.write(&batch.lines, &batch.ids)?,
+            OutputMessage::DeadLetter(letter) => self.dead_letters.write(&letter)?,
+            OutputMessage::Checkpoint(part) => {
+                let Some(c) = &mut self.checkpoints else {
+                    panic!("shard {shard} took a checkpoint in a run without them");
+                };
+                c.passed[shard as usize] = true;
+                if c.writer.add_part(part) {
+                    self.complete_checkpoint()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every shard's part is in: the boundary, the checkpoint, the commit,
+    /// then what waited for it.
+    fn complete_checkpoint(&mut self) -> Result<(), OutputError> {
+        let commit = CommitId(self.checkpoints_completed() + 1);
+        self.sink.barrier(commit)?;
+        self.dead_letters.barrier(commit)?;
+        let output_mark = self.sink.resume_mark()?;
+        let dead_letter_mark = self.dead_letters.resume_mark()?;
+        let written = self.dead_letters.written;
+        let c = self.checkpoints.as_mut().expect("checkpoints are on");
+        c.writer.write(output_mark, dead_letter_mark, written)?;
+        self.sink.commit(commit)?;
+        self.dead_letters.commit(commit)?;
+        let c = self.checkpoints.as_mut().expect("checkpoints are on");
+        c.passed.iter_mut().for_each(|p| *p = false);
+        let waiting: Vec<_> = c.waiting.iter_mut().map(std::mem::take).collect();
+        // In each shard's order; a shard's next part holds back its rest
+        // again (`write`).
+        for (shard, messages) in waiting.into_iter().enumerate() {
+            for message in messages {
+                self.write(shard as u32, message)?;
+            }
+        }
+        Ok(())
     }
 
     /// All input is written: commits both sinks. Returns the dead letters
     /// written.
-    pub fn finish(mut self) -> Result<u64, SinkError> {
+    pub fn finish(mut self) -> Result<u64, OutputError> {
+        if let Some(c) = &mut self.checkpoints {
+            // Every shard takes every checkpoint whose barrier it saw, so
+            // nothing waits here unless a shard stopped early; its output
+            // still belongs to the run.
+            let waiting: Vec<_> = c.waiting.iter_mut().map(std::mem::take).collect();
+            c.passed.iter_mut().for_each(|p| *p = false);
+            self.checkpoints = None;
+            for (shard, messages) in waiting.into_iter().enumerate() {
+                for message in messages {
+                    if !matches!(message, OutputMessage::Checkpoint(_)) {
+                        self.apply(shard as u32, message)?;
+                    }
+                }
+            }
+        }
         let end = CommitId::END_OF_INPUT;
         self.sink.barrier(end)?;
         self.dead_letters.barrier(end)?;
@@ -256,15 +408,28 @@ impl OutputWriter {
 }
 
 /// The output thread's loop: runs until every sender is gone, then finishes
-/// the writer. Returns the dead letters written.
+/// the writer; requests checkpoints as they come due (into `requested`, which
+/// the readers read). Returns the dead letters written.
 pub fn write_outputs(
-    messages: crossbeam_channel::Receiver<OutputMessage>,
-    sink: Box<dyn SinkConnector>,
-    dead_letters: DeadLetterWriter,
-) -> Result<u64, SinkError> {
-    let mut writer = OutputWriter::new(sink, dead_letters);
-    for message in messages {
-        writer.write(message)?;
+    messages: crossbeam_channel::Receiver<(u32, OutputMessage)>,
+    mut writer: OutputWriter,
+    requested: &std::sync::atomic::AtomicU64,
+) -> Result<u64, OutputError> {
+    let started = std::time::Instant::now();
+    let now_ms = || started.elapsed().as_millis() as u64;
+    loop {
+        let received = match writer.due_in_ms(now_ms()) {
+            None => messages
+                .recv()
+                .map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected),
+            Some(wait_ms) => messages.recv_timeout(std::time::Duration::from_millis(wait_ms.max(1))),
+        };
+        match received {
+            Ok((shard, message)) => writer.write(shard, message)?,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        requested.store(writer.tick(now_ms()), std::sync::atomic::Ordering::Relaxed);
     }
     writer.finish()
 }
@@ -337,27 +502,88 @@ mod tests {
         }
     }
 
+    fn lines(text: &'static str) -> OutputMessage {
+        OutputMessage::Lines(OutputBatch {
+            lines: text.as_bytes().to_vec(),
+            ids: Vec::new(),
+        })
+    }
+
+    fn part(shard: u32, checkpoint: u64) -> OutputMessage {
+        OutputMessage::Checkpoint(crate::shard::CheckpointPart {
+            shard,
+            checkpoint,
+            cuts: vec![Some(crate::source::SourceCut::default())],
+            ended: vec![None],
+            state: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_checkpoint_boundary_has_every_shards_output_before_its_part_and_none_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Box<dyn verity_state::storage::Storage> =
+            Box::new(verity_state::storage::DirStorage::open(dir.path()).unwrap());
+        let store = verity_state::checkpoint::CheckpointStore::new(storage);
+        let checkpoints = Checkpointer::new(store, "job".into(), 2, 1000, 0, 1);
+        let out: Arc<Mutex<Seen>> = Arc::default();
+        let dead_letters = DeadLetterWriter::with_sink(Box::new(Recording(Arc::default(), false)), vec![]);
+        let mut writer = OutputWriter::new(Box::new(Recording(Arc::clone(&out), false)), dead_letters)
+            .with_checkpoints(checkpoints);
+        writer.write(0, lines("a\n")).unwrap();
+        writer.write(0, part(0, 1)).unwrap();
+        writer.write(0, lines("after\n")).unwrap();
+        writer.write(0, part(0, 2)).unwrap();
+        writer.write(0, lines("later\n")).unwrap();
+        writer.write(1, lines("b\n")).unwrap();
+        assert_eq!(
+            out.lock().unwrap().lines,
+            b"a\nb\n",
+            "shard 0 waits for shard 1's part"
+        );
+        writer.write(1, part(1, 1)).unwrap();
+        assert_eq!(writer.checkpoints_completed(), 1);
+        writer.write(1, part(1, 2)).unwrap();
+        assert_eq!(writer.checkpoints_completed(), 2);
+        let recorded = out.lock().unwrap();
+        assert_eq!(recorded.lines, b"a\nb\nafter\nlater\n");
+        assert_eq!(
+            recorded.calls,
+            [
+                "write",
+                "write",
+                "barrier 1",
+                "commit 1",
+                "write",
+                "barrier 2",
+                "commit 2",
+                "write"
+            ]
+        );
+    }
+
     #[test]
     fn the_output_thread_writes_buffers_then_commits_the_end_of_input() {
         let (out, dead) = (Arc::default(), Arc::default());
         let (tx, rx) = crossbeam_channel::bounded(8);
         let ids = vec![MsgId::new(0, 1), MsgId::new(0, 2)];
-        tx.send(OutputMessage::Lines(OutputBatch {
+        let lines = OutputBatch {
             lines: b"a\nb\n".to_vec(),
             ids: ids.clone(),
-        }))
-        .unwrap();
-        tx.send(OutputMessage::Relayed(OutputBatch {
+        };
+        tx.send((0, OutputMessage::Lines(lines))).unwrap();
+        let relayed = OutputBatch {
             lines: Bytes::from_static(b"c\n"),
             ids: vec![MsgId::new(0, 3)],
-        }))
-        .unwrap();
+        };
+        tx.send((1, OutputMessage::Relayed(relayed))).unwrap();
         let letter = DeadLetter::new(MsgId::new(0, 4), "bad".into(), &"x".into());
-        tx.send(OutputMessage::DeadLetter(letter)).unwrap();
+        tx.send((0, OutputMessage::DeadLetter(letter))).unwrap();
         drop(tx);
         let dead_letters =
             DeadLetterWriter::with_sink(Box::new(Recording(Arc::clone(&dead), true)), vec!["in".into()]);
-        let written = write_outputs(rx, Box::new(Recording(Arc::clone(&out), true)), dead_letters).unwrap();
+        let writer = OutputWriter::new(Box::new(Recording(Arc::clone(&out), true)), dead_letters);
+        let written = write_outputs(rx, writer, &std::sync::atomic::AtomicU64::new(0)).unwrap();
         assert_eq!(written, 1);
         let end = u64::MAX;
         let out = out.lock().unwrap();

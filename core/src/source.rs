@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -324,13 +324,43 @@ pub fn open(spec: SourceSpec) -> Result<OpenSource, SourceError> {
     Ok(OpenSource { partitions })
 }
 
+/// Opens a source to continue from a checkpoint's cut (a recovery): each
+/// partition the cut names at its position, the others from their start.
+pub fn open_at(spec: SourceSpec, cut: &SourceCut) -> Result<OpenSource, SourceError> {
+    let SourceSpec { name, mut connector } = spec;
+    let count = connector.partitions()?;
+    let partitions = (0..count)
+        .map(|partition| {
+            let at = cut
+                .positions
+                .iter()
+                .find(|(p, _)| *p == partition)
+                .map(|(_, at)| *at);
+            Ok((partition, connector.open(&name, partition, at)?))
+        })
+        .collect::<Result<Vec<_>, SourceError>>()?;
+    Ok(OpenSource { partitions })
+}
+
+/// A source that had ended at a checkpoint: nothing is left to read.
+pub fn ended() -> OpenSource {
+    OpenSource {
+        partitions: Vec::new(),
+    }
+}
+
 /// Reads `source` to its end, dealing its chunks (the partitions' chunks take
-/// turns). Returns when the source ends, fails, or `stop` is set. An idle
-/// read (the reader waited for data and none came) only gives `stop` a look.
-pub fn pump(source: OpenSource, stop: &AtomicBool, mut dealer: Dealer<'_>) {
+/// turns), and the barriers of the checkpoints `requested` asks for between
+/// them. Returns when the source ends, fails, or `stop` is set. An idle read
+/// (the reader waited for data and none came) only gives `stop` and
+/// `requested` a look.
+pub fn pump(source: OpenSource, stop: &AtomicBool, requested: &AtomicU64, mut dealer: Dealer<'_>) {
     let mut reading = ReadLoop::new(source.partitions);
     let outcome = loop {
         if stop.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        if !dealer.barrier_to(requested.load(Ordering::Relaxed)) {
             break Ok(());
         }
         match reading.step(&mut dealer) {
@@ -709,7 +739,12 @@ mod tests {
             true
         };
         let opened = open(spec).unwrap();
-        pump(opened, &AtomicBool::new(false), Dealer::new(3, shards, &mut send));
+        pump(
+            opened,
+            &AtomicBool::new(false),
+            &AtomicU64::new(0),
+            Dealer::new(3, shards, &mut send),
+        );
         dealt
     }
 

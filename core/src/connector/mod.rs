@@ -245,6 +245,22 @@ pub trait SinkConnector: Send {
     /// visible. After a crash, output past the last commit is regenerated, so
     /// a transactional sink drops it.
     fn commit(&mut self, upto: CommitId) -> Result<(), SinkError>;
+
+    /// Right after `barrier`: what this sink needs to continue from that
+    /// boundary after a crash (a file's length, a next sequence number),
+    /// stored in the checkpoint. Everything before the boundary must be
+    /// durable by now. Empty: the sink cannot resume, and output after its
+    /// last commit may repeat after a recovery (stdout).
+    fn resume_mark(&mut self) -> Result<Vec<u8>, SinkError> {
+        Ok(Vec::new())
+    }
+
+    /// Continues from a mark a checkpoint stored (a recovery): whatever the
+    /// earlier run wrote after it is dropped, as it will be written again.
+    fn resume(&mut self, mark: &[u8]) -> Result<(), SinkError> {
+        let _ = mark;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

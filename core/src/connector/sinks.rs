@@ -87,6 +87,8 @@ pub struct FileSink {
     /// What a creation error calls the file ("output", "dead-letter file").
     role: &'static str,
     writer: Option<BufWriter<File>>,
+    /// Bytes written to the file so far.
+    written: u64,
 }
 
 impl FileSink {
@@ -96,6 +98,7 @@ impl FileSink {
             path: path.to_path_buf(),
             role: "output",
             writer: None,
+            written: 0,
         };
         sink.writer()?;
         Ok(sink)
@@ -118,7 +121,19 @@ impl FileSink {
             path: path.to_path_buf(),
             role,
             writer: None,
+            written: 0,
         })
+    }
+
+    /// A file an earlier run wrote, left as it is until `resume` cuts it at
+    /// the checkpoint's mark (a recovery).
+    pub fn for_resume(path: &Path, role: &'static str) -> Self {
+        FileSink {
+            path: path.to_path_buf(),
+            role,
+            writer: None,
+            written: 0,
+        }
     }
 
     fn writer(&mut self) -> io::Result<&mut BufWriter<File>> {
@@ -137,11 +152,61 @@ impl FileSink {
 
 impl SinkConnector for FileSink {
     fn write(&mut self, lines: &[u8], _ids: &[MsgId]) -> Result<(), SinkError> {
-        Ok(self.writer()?.write_all(lines)?)
+        self.writer()?.write_all(lines)?;
+        self.written += lines.len() as u64;
+        Ok(())
     }
 
     fn commit(&mut self, _upto: CommitId) -> Result<(), SinkError> {
         self.writer.as_mut().map_or(Ok(()), |w| w.flush())?;
+        Ok(())
+    }
+
+    /// The file's length, once all of it is on disk.
+    fn resume_mark(&mut self) -> Result<Vec<u8>, SinkError> {
+        if let Some(writer) = &mut self.writer {
+            writer.flush()?;
+            writer.get_ref().sync_data()?;
+        }
+        Ok(self.written.to_le_bytes().to_vec())
+    }
+
+    /// Reopens the file an earlier run wrote and cuts it at the mark's
+    /// length: the uncommitted tail is written again by the recovered run.
+    fn resume(&mut self, mark: &[u8]) -> Result<(), SinkError> {
+        let length = <[u8; 8]>::try_from(mark)
+            .map(u64::from_le_bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a file sink's mark is its length"))?;
+        let describe = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot resume {} {} at byte {length}: {e}",
+                    self.role,
+                    self.path.display()
+                ),
+            )
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)
+            .map_err(describe)?;
+        let found = file.metadata().map_err(describe)?.len();
+        if found < length {
+            return Err(describe(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("it holds only {found} bytes: it is not the file the checkpoint wrote"),
+            ))
+            .into());
+        }
+        file.set_len(length).map_err(describe)?;
+        file.sync_all().map_err(describe)?;
+        use std::io::Seek;
+        file.seek(io::SeekFrom::End(0)).map_err(describe)?;
+        self.writer = Some(BufWriter::with_capacity(WRITER_BUFFER_BYTES, file));
+        self.written = length;
         Ok(())
     }
 }

@@ -11,13 +11,17 @@ mod pinning;
 mod shard_loop;
 mod wiring;
 
+use crate::checkpoint::{Checkpointer, Restart, SourceMeta};
 use crate::cluster::relay::{OutputRelay, Relayed};
 use crate::cluster::{ClusterError, Layout, RemoteIn};
 use crate::connector::{SinkError, SourceError};
 use crate::flow::Dataflow;
 use crate::key::Key;
 use crate::shard::{ShardCore, ShardCounters, ShardLimits};
-use crate::sink::{write_outputs, DeadLetterSpec, DeadLetterWriter, OutputMessage, SinkSpec};
+use crate::sink::{
+    write_outputs, DeadLetterSpec, DeadLetterWriter, OutputError, OutputMessage, OutputWriter, SinkSpec,
+};
+use crate::source::SourceCut;
 use crate::source::{self, Dealer, StopFlag};
 use crate::wire::Wire;
 use crate::State;
@@ -25,11 +29,14 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use pinning::Pinning;
 use shard_loop::{drive_shard, SourceErrors};
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 use verity_net::node::Node;
+use verity_state::checkpoint::CheckpointStore;
+use verity_state::storage::{DirStorage, Storage};
 use wiring::{wire, Net};
 
 /// How often waiting threads look at failure flags.
@@ -54,6 +61,24 @@ pub struct RunConfig {
     pub first_core: usize,
     /// Progress lines on stderr (shown only when stderr is a terminal).
     pub progress: bool,
+    /// Checkpoints (`--state-dir`); none by default.
+    pub checkpoints: Option<CheckpointSettings>,
+}
+
+/// A run's checkpoints: where, how often, how many are kept, and whether the
+/// run continues from the newest one.
+#[derive(Debug, Clone)]
+pub struct CheckpointSettings {
+    pub state_dir: PathBuf,
+    pub interval_ms: u64,
+    pub retained: usize,
+    /// Continue from the newest complete checkpoint (`--recover`); without
+    /// it a state dir that holds one is refused, so a finished job's state
+    /// is never overwritten by mistake.
+    pub recover: bool,
+    /// Names the job (app and options) in every manifest: a state dir of
+    /// another job is refused. The runtime adds the layout and the sources.
+    pub job: String,
 }
 
 impl Default for RunConfig {
@@ -67,6 +92,7 @@ impl Default for RunConfig {
             pin_cores: true,
             first_core: 0,
             progress: true,
+            checkpoints: None,
         }
     }
 }
@@ -121,11 +147,13 @@ pub enum RunError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error("writing output failed: {0}")]
-    Output(SinkError),
+    Output(OutputError),
     #[error("a worker thread failed: {0}")]
     Worker(String),
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("checkpoints: {0}")]
+    Checkpoint(String),
 }
 
 /// Source failures kept word for word; a source that fails on every chunk
@@ -370,17 +398,39 @@ where
     };
     let mut opened = Vec::new();
     let mut output = None;
+    let mut restart = None;
+    let requested = Arc::new(AtomicU64::new(0));
     if let Some(outputs) = outputs {
-        opened = sources
-            .into_iter()
-            .map(source::open)
-            .collect::<Result<Vec<_>, _>>()?;
+        let checkpoints = match &config.checkpoints {
+            Some(settings) => Some(open_checkpoints(settings, layout, &source_names)?),
+            None => None,
+        };
+        restart = checkpoints.as_ref().and_then(|(_, r)| r.clone());
+        opened = match &restart {
+            None => sources
+                .into_iter()
+                .map(source::open)
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(restart) => sources
+                .into_iter()
+                .zip(&restart.meta.sources)
+                .map(|(spec, at)| match at {
+                    SourceMeta::At(cut) => source::open_at(spec, cut),
+                    SourceMeta::Ended { .. } => Ok(source::ended()),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if let Some(restart) = &restart {
+            requested.store(restart.meta.checkpoint, Ordering::Relaxed);
+        }
         output = Some(spawn_output_thread(
             outputs,
             config,
             layout,
             &source_names,
             &failure,
+            checkpoints,
+            &requested,
         )?);
     }
     let (output_thread, output_tx, output_ids) = match output {
@@ -404,6 +454,18 @@ where
     let mut cores = ShardCore::build_range(&logic, layout.total_shards(), local.clone(), config.limits);
     if output_ids {
         cores.iter_mut().for_each(ShardCore::collect_output_ids);
+    }
+    if let Some(restart) = &restart {
+        for core in &mut cores {
+            let part = &restart.parts[core.index() as usize];
+            core.restore(part)
+                .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+        }
+        log::info!(
+            "continuing from checkpoint {}: {} records applied before it",
+            restart.meta.checkpoint,
+            cores.iter().map(|c| c.counters().records_in).sum::<u64>()
+        );
     }
     let live: Arc<Vec<LiveCounters>> = Arc::new(local.clone().map(LiveCounters::for_shard).collect());
     let source_errors = Arc::new(Mutex::new(BoundedMessages::default()));
@@ -467,10 +529,17 @@ where
 
     let total_shards = layout.total_shards() as usize;
     for (index, (source, mut outs)) in opened.into_iter().zip(wiring.chunk_outs).enumerate() {
-        let stop = Arc::clone(&stop);
+        let (stop, requested) = (Arc::clone(&stop), Arc::clone(&requested));
+        let resume = restart
+            .as_ref()
+            .map(|r| (r.meta.checkpoint, resume_cut(&r.meta.sources[index])));
         spawn_watched(format!("verity-source-{index}"), &failure, move || {
             let mut send = |shard: usize, event| outs[shard].send(event);
-            source::pump(source, &stop, Dealer::new(index as u32, total_shards, &mut send));
+            let mut dealer = Dealer::new(index as u32, total_shards, &mut send);
+            if let Some((checkpoint, cut)) = &resume {
+                dealer.resume_at(*checkpoint, cut);
+            }
+            source::pump(source, &stop, &requested, dealer);
         })?;
     }
 
@@ -518,14 +587,72 @@ where
 /// The output thread and what its sink asked of the shards.
 struct OutputThread {
     /// `None` from `join` if it panicked (`spawn_watched`).
-    handle: thread::JoinHandle<Option<Result<u64, SinkError>>>,
+    handle: thread::JoinHandle<Option<Result<u64, OutputError>>>,
     /// The sink throws lines away: shards need not send them.
     discards: bool,
 }
 
+/// Where a recovered source's dealer goes on from.
+fn resume_cut(meta: &SourceMeta) -> SourceCut {
+    match meta {
+        SourceMeta::At(cut) => cut.clone(),
+        // Nothing is read: the dealer only ends the source, with its count.
+        SourceMeta::Ended { chunks } => SourceCut {
+            next_chunk: *chunks,
+            ..SourceCut::default()
+        },
+    }
+}
+
+/// The checkpoint store of a run, and the checkpoint it continues from.
+type OpenedCheckpoints = (Checkpointer, Option<Restart>);
+
+/// Opens the state dir: the newest complete checkpoint of this job if the
+/// run recovers (a state dir of another job, or one that holds a checkpoint
+/// when the run does not recover, is refused), and the writer of the next.
+fn open_checkpoints(
+    settings: &CheckpointSettings,
+    layout: &Layout,
+    source_names: &[String],
+) -> Result<OpenedCheckpoints, RunError> {
+    let fail =
+        |e: &dyn std::fmt::Display| RunError::Checkpoint(format!("{}: {e}", settings.state_dir.display()));
+    if layout.total_shards() != layout.local_shards().len() as u32 {
+        return Err(RunError::Checkpoint(
+            "checkpoints of a multi-process cluster are not built yet: run with one process".into(),
+        ));
+    }
+    let storage = DirStorage::open(&settings.state_dir).map_err(|e| fail(&e))?;
+    let mut store = CheckpointStore::with_retained(Box::new(storage) as Box<dyn Storage>, settings.retained)
+        .map_err(|e| fail(&e))?;
+    let shards = layout.total_shards();
+    let fingerprint = format!(
+        "{}; {shards} shards; sources {source_names:?}; verity {}",
+        settings.job,
+        env!("CARGO_PKG_VERSION")
+    );
+    let (restart, next_id) = Checkpointer::recover(&mut store, &fingerprint, shards).map_err(|e| fail(&e))?;
+    match (&restart, settings.recover) {
+        (Some(restart), false) => {
+            return Err(fail(&format_args!(
+                "holds checkpoint {} of this job: pass --recover to continue it, or use an empty directory",
+                restart.meta.checkpoint
+            )))
+        }
+        (None, true) => log::warn!(
+            "{}: no complete checkpoint to recover from: starting from the beginning",
+            settings.state_dir.display()
+        ),
+        _ => {}
+    }
+    let resumed = restart.as_ref().map_or(0, |r| r.meta.checkpoint);
+    let writer = Checkpointer::new(store, fingerprint, shards, settings.interval_ms, resumed, next_id);
+    Ok((writer, restart))
+}
+
 struct SpawnedOutput {
     thread: OutputThread,
-    tx: Sender<OutputMessage>,
+    tx: Sender<(u32, OutputMessage)>,
     /// Shards keep each output line's input id for the sink.
     wants_ids: bool,
 }
@@ -538,8 +665,15 @@ fn spawn_output_thread(
     layout: &Layout,
     source_names: &[String],
     failure: &Arc<RunFailure>,
+    checkpoints: Option<OpenedCheckpoints>,
+    requested: &Arc<AtomicU64>,
 ) -> Result<SpawnedOutput, RunError> {
-    let sink = outputs.sink.open()?;
+    let resuming = checkpoints.as_ref().is_some_and(|(_, restart)| restart.is_some());
+    let sink = if resuming {
+        outputs.sink.open_resuming()?
+    } else {
+        outputs.sink.open()?
+    };
     let (discards, wants_ids) = (sink.discards(), sink.wants_ids());
     if wants_ids && layout.total_shards() != layout.local_shards().len() as u32 {
         return Err(RunError::Cluster(
@@ -547,10 +681,22 @@ fn spawn_output_thread(
                 .into(),
         ));
     }
-    let dead_letters = DeadLetterWriter::new(&outputs.dead_letter, source_names.to_vec())?;
-    let (tx, rx) = bounded::<OutputMessage>(config.output_queue_depth_buffers);
+    let dead_letters = if resuming {
+        DeadLetterWriter::with_sink(outputs.dead_letter.open_resuming()?, source_names.to_vec())
+    } else {
+        DeadLetterWriter::new(&outputs.dead_letter, source_names.to_vec())?
+    };
+    let mut writer = OutputWriter::new(sink, dead_letters);
+    if let Some((checkpointer, restart)) = checkpoints {
+        if let Some(restart) = &restart {
+            writer.resume(&restart.meta)?;
+        }
+        writer = writer.with_checkpoints(checkpointer);
+    }
+    let (tx, rx) = bounded::<(u32, OutputMessage)>(config.output_queue_depth_buffers);
+    let requested = Arc::clone(requested);
     let handle = spawn_watched("verity-output".into(), failure, move || {
-        write_outputs(rx, sink, dead_letters)
+        write_outputs(rx, writer, &requested)
     })?;
     Ok(SpawnedOutput {
         thread: OutputThread { handle, discards },
@@ -565,7 +711,7 @@ fn spawn_output_thread(
 fn relay_output(
     shard: u32,
     remote: &RemoteIn,
-    output: &Sender<OutputMessage>,
+    output: &Sender<(u32, OutputMessage)>,
     done: &Sender<ShardCounters>,
     errors: &SourceErrors<'_>,
     abort: &AtomicBool,
@@ -579,7 +725,7 @@ fn relay_output(
         };
         let relayed = relay.on_frame(&frame)?;
         let _ = match relayed {
-            Relayed::ToSinks(message) => output.send(message),
+            Relayed::ToSinks(message) => output.send((shard, message)),
             Relayed::SourceFailed { source, error } => {
                 errors.report(source, &error);
                 Ok(())

@@ -59,7 +59,12 @@ where
     O: 'static,
 {
     let mut driver = ShardDriver::new(core, ch.chunks.len());
-    let mut ports = ThreadPorts { ch, source_errors };
+    let shard = driver.index();
+    let mut ports = ThreadPorts {
+        ch,
+        source_errors,
+        shard,
+    };
     let mut watched = Vec::new();
     loop {
         let step = driver.step(&mut ports);
@@ -83,6 +88,8 @@ where
 struct ThreadPorts<'a, K, V> {
     ch: ShardChannels<K, V>,
     source_errors: &'a SourceErrors<'a>,
+    /// The shard's index, which the output thread lines checkpoints up by.
+    shard: u32,
 }
 
 impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
@@ -111,7 +118,7 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
         match &mut self.ch.output {
             OutputOut::Local(tx) => {
                 // A closed output thread has failed; its error ends the run.
-                let _ = tx.send(OutputMessage::Lines(lines));
+                let _ = tx.send((self.shard, OutputMessage::Lines(lines)));
                 OutputSent::Taken
             }
             output @ OutputOut::Remote(_) => {
@@ -124,7 +131,7 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
     fn try_dead_letter(&mut self, letter: DeadLetter) -> Sent<DeadLetter> {
         match &mut self.ch.output {
             OutputOut::Local(tx) => {
-                let _ = tx.send(OutputMessage::DeadLetter(letter));
+                let _ = tx.send((self.shard, OutputMessage::DeadLetter(letter)));
             }
             output @ OutputOut::Remote(_) => send_upstream(output, UpstreamRef::DeadLetter(&letter)),
         }
@@ -148,7 +155,7 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
     fn try_checkpoint(&mut self, part: CheckpointPart) -> Sent<CheckpointPart> {
         match &mut self.ch.output {
             OutputOut::Local(tx) => {
-                let _ = tx.send(OutputMessage::Checkpoint(part));
+                let _ = tx.send((self.shard, OutputMessage::Checkpoint(part)));
             }
             // A worker will write its parts into its own state dir; until
             // then the runtime deals no barriers in a cluster.

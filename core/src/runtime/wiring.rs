@@ -42,7 +42,7 @@ pub enum ChunksOut {
 
 /// Where a shard's output and dead letters go.
 pub enum OutputOut {
-    Local(Sender<OutputMessage>),
+    Local(Sender<(u32, OutputMessage)>),
     /// Towards process 0's sinks.
     Remote(RemoteOut),
 }
@@ -181,7 +181,7 @@ pub fn wire<K, V>(
     sources: usize,
     layout: &Layout,
     config: &RunConfig,
-    output: Option<&Sender<OutputMessage>>,
+    output: Option<&Sender<(u32, OutputMessage)>>,
     discard_lines: bool,
     net: Option<&Net<'_>>,
 ) -> Wiring<K, V> {

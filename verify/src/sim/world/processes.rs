@@ -231,7 +231,7 @@ where
 
     fn try_output(&mut self, lines: OutputBatch) -> OutputSent {
         if self.world.layout.is_local_to(0, self.shard) {
-            self.world.write_to_sinks(OutputMessage::Lines(lines));
+            self.world.write_to_sinks(self.shard, OutputMessage::Lines(lines));
             return OutputSent::Taken;
         }
         if self.world.try_upstream(self.shard, &UpstreamRef::Lines(&lines)) {
@@ -243,7 +243,8 @@ where
 
     fn try_dead_letter(&mut self, letter: DeadLetter) -> Sent<DeadLetter> {
         if self.world.layout.is_local_to(0, self.shard) {
-            self.world.write_to_sinks(OutputMessage::DeadLetter(letter));
+            self.world
+                .write_to_sinks(self.shard, OutputMessage::DeadLetter(letter));
             return Sent::Done;
         }
         if self
@@ -501,7 +502,7 @@ where
                 progressed = true;
                 let relay = &mut self.relays[shard as usize];
                 match relay.on_frame(&frame).unwrap_or_else(|e| panic!("{e}")) {
-                    Relayed::ToSinks(message) => self.write_to_sinks(message),
+                    Relayed::ToSinks(message) => self.write_to_sinks(shard, message),
                     Relayed::SourceFailed { source, error } => {
                         self.source_errors.push(format!("source {source}: {error}"))
                     }
@@ -519,7 +520,7 @@ where
 
     /// Into process 0's output writer (the output thread's production
     /// logic, writing into memory).
-    fn write_to_sinks(&mut self, message: OutputMessage) {
+    fn write_to_sinks(&mut self, shard: u32, message: OutputMessage) {
         match &message {
             OutputMessage::Lines(batch) => self.count_output(batch),
             OutputMessage::Relayed(batch) => self.count_output(batch),
@@ -530,7 +531,7 @@ where
             OutputMessage::Checkpoint(_) => {}
         }
         let writer = self.writer.as_mut().expect("the writer finishes with the world");
-        if let Err(e) = writer.write(message) {
+        if let Err(e) = writer.write(shard, message) {
             self.net.failure.get_or_insert(format!("process 0's sink: {e}"));
         }
     }

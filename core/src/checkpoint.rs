@@ -1,0 +1,426 @@
+//! The output thread's half of checkpoints, over a `Storage` (a directory in
+//! production, the simulated disk in the simulator): when a checkpoint is
+//! due, what a checkpoint stores besides the shards' snapshots, and writing
+//! and reading it back. The shards' half (barriers, snapshots) is in `shard`;
+//! `sink::OutputWriter` lines the two up.
+//!
+//! A checkpoint in the store has part 0, the job's `JobMeta` (the number of
+//! the checkpoint, each source's cut, the sinks' resume marks), and part
+//! `1 + s` for shard `s`'s snapshot. It is complete once its manifest is
+//! durable (`state::checkpoint`); the sinks commit only after that, so the
+//! output a recovery keeps is exactly what the checkpoint's state produced.
+
+use crate::cluster::codec::{decode_cut, encode_cut};
+use crate::shard::CheckpointPart;
+use crate::source::SourceCut;
+use crate::wire::{decode_bytes, encode_bytes, Wire, WireError};
+use verity_state::checkpoint::{CheckpointError, CheckpointStore, PartInfo};
+use verity_state::storage::Storage;
+
+pub use verity_state::checkpoint::DEFAULT_RETAINED;
+
+/// How often a checkpoint is taken by default (`--checkpoint-interval-ms`).
+pub const DEFAULT_INTERVAL_MS: u64 = 1000;
+/// The version of `JobMeta`'s encoding.
+const META_VERSION: u32 = 1;
+
+/// Where a source stands in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceMeta {
+    /// Resume it at its cut.
+    At(SourceCut),
+    /// It had ended, with this many chunks, all applied: nothing to read.
+    Ended { chunks: u64 },
+}
+
+/// Part 0 of a checkpoint: what the job needs besides the shards' state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobMeta {
+    /// The barrier number (`Dealer::epoch` after it), which a recovered run
+    /// goes on from.
+    pub checkpoint: u64,
+    pub sources: Vec<SourceMeta>,
+    /// `SinkConnector::resume_mark` of the output sink and of the dead
+    /// letters' sink at the checkpoint's boundary.
+    pub output_mark: Vec<u8>,
+    pub dead_letter_mark: Vec<u8>,
+    /// Dead letters written up to the boundary.
+    pub dead_letters: u64,
+}
+
+impl JobMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        META_VERSION.encode(&mut out);
+        self.checkpoint.encode(&mut out);
+        (self.sources.len() as u32).encode(&mut out);
+        for source in &self.sources {
+            match source {
+                SourceMeta::At(cut) => {
+                    0u8.encode(&mut out);
+                    encode_cut(cut, &mut out);
+                }
+                SourceMeta::Ended { chunks } => {
+                    1u8.encode(&mut out);
+                    chunks.encode(&mut out);
+                }
+            }
+        }
+        encode_bytes(&self.output_mark, &mut out);
+        encode_bytes(&self.dead_letter_mark, &mut out);
+        self.dead_letters.encode(&mut out);
+        out
+    }
+
+    pub fn decode(mut input: &[u8]) -> Result<JobMeta, WireError> {
+        let input = &mut input;
+        if u32::decode(input)? != META_VERSION {
+            return Err(WireError::Invalid("job metadata of another version"));
+        }
+        let checkpoint = u64::decode(input)?;
+        let count = u32::decode(input)?;
+        if count as usize > input.len() {
+            return Err(WireError::Invalid("more sources than bytes"));
+        }
+        let mut sources = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            sources.push(match u8::decode(input)? {
+                0 => SourceMeta::At(decode_cut(input)?),
+                1 => SourceMeta::Ended {
+                    chunks: u64::decode(input)?,
+                },
+                tag => {
+                    return Err(WireError::BadTag {
+                        tag,
+                        what: "source meta",
+                    })
+                }
+            });
+        }
+        let output_mark = decode_bytes(input)?.to_vec();
+        let dead_letter_mark = decode_bytes(input)?.to_vec();
+        let dead_letters = u64::decode(input)?;
+        if !input.is_empty() {
+            return Err(WireError::Invalid("bytes after the job metadata"));
+        }
+        Ok(JobMeta {
+            checkpoint,
+            sources,
+            output_mark,
+            dead_letter_mark,
+            dead_letters,
+        })
+    }
+}
+
+/// A checkpoint read back for a recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    pub meta: JobMeta,
+    /// Shard `s`'s part at index `s`.
+    pub parts: Vec<CheckpointPart>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error(transparent)]
+    Store(#[from] CheckpointError),
+    #[error("checkpoint {id} holds {found} parts; a job of {shards} shards has {expected}")]
+    Parts {
+        id: u64,
+        found: usize,
+        shards: u32,
+        expected: usize,
+    },
+    #[error("checkpoint {id}: {what} does not decode: {error}")]
+    Malformed { id: u64, what: String, error: WireError },
+}
+
+/// The checkpoints of one job: when the next is due, collecting its parts,
+/// writing it. Sans-IO but for the `Storage` it writes through.
+pub struct Checkpointer {
+    store: CheckpointStore<Box<dyn Storage>>,
+    fingerprint: String,
+    shards: u32,
+    interval_ms: u64,
+    /// Barriers requested so far (`Dealer::barrier_to` reads it).
+    requested: u64,
+    /// Checkpoints written.
+    completed: u64,
+    last_request_ms: Option<u64>,
+    /// The next id in the store (above every id there, torn ones included).
+    next_store_id: u64,
+    /// The parts of the checkpoint being collected, shard `s` at index `s`.
+    parts: Vec<Option<CheckpointPart>>,
+}
+
+impl Checkpointer {
+    /// Checkpoints of the job `fingerprint` (app, layout, sources: a store of
+    /// another job is refused) into `store`, every `interval_ms`. `resumed`
+    /// is the checkpoint a recovery started from (0 for a fresh run), and
+    /// `next_store_id` the store's next id (`Recovered::next_id`, or 1).
+    pub fn new(
+        store: CheckpointStore<Box<dyn Storage>>,
+        fingerprint: String,
+        shards: u32,
+        interval_ms: u64,
+        resumed: u64,
+        next_store_id: u64,
+    ) -> Checkpointer {
+        assert!(shards > 0 && interval_ms > 0);
+        Checkpointer {
+            store,
+            fingerprint,
+            shards,
+            interval_ms,
+            requested: resumed,
+            completed: resumed,
+            last_request_ms: None,
+            next_store_id: next_store_id.max(1),
+            parts: vec![None; shards as usize],
+        }
+    }
+
+    /// Reads the newest complete checkpoint of `fingerprint` for a recovery:
+    /// `None` if there is none. Why newer ones were passed over (torn,
+    /// corrupt) is logged.
+    pub fn recover(
+        store: &mut CheckpointStore<Box<dyn Storage>>,
+        fingerprint: &str,
+        shards: u32,
+    ) -> Result<(Option<Restart>, u64), RecoverError> {
+        let recovered = store.latest_complete(fingerprint)?;
+        for why in &recovered.skipped {
+            log::warn!("checkpoint passed over: {why}");
+        }
+        let Some((id, parts)) = recovered.checkpoint else {
+            return Ok((None, recovered.next_id));
+        };
+        let expected = shards as usize + 1;
+        if parts.len() != expected {
+            return Err(RecoverError::Parts {
+                id,
+                found: parts.len(),
+                shards,
+                expected,
+            });
+        }
+        let malformed = |what: String| move |error| RecoverError::Malformed { id, what, error };
+        let meta = JobMeta::decode(&parts[0]).map_err(malformed("its job metadata".into()))?;
+        let parts = parts[1..]
+            .iter()
+            .enumerate()
+            .map(|(shard, bytes)| decode_part(bytes).map_err(malformed(format!("shard {shard}'s part"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((Some(Restart { meta, parts }), recovered.next_id))
+    }
+
+    /// Barriers requested so far.
+    pub fn requested(&self) -> u64 {
+        self.requested
+    }
+
+    /// Checkpoints complete so far (or restored from).
+    pub fn completed(&self) -> u64 {
+        self.completed
+    }
+
+    /// Asks for the next checkpoint when the interval passed since the last
+    /// request and the one before is complete (so requests never pile up
+    /// behind a slow shard). Returns the barrier number now requested.
+    pub fn tick(&mut self, now_ms: u64) -> u64 {
+        let last = *self.last_request_ms.get_or_insert(now_ms);
+        if self.requested == self.completed && now_ms.saturating_sub(last) >= self.interval_ms {
+            self.requested += 1;
+            self.last_request_ms = Some(now_ms);
+        }
+        self.requested
+    }
+
+    /// How long until `tick` may request the next checkpoint.
+    pub fn due_in_ms(&self, now_ms: u64) -> u64 {
+        let last = self.last_request_ms.unwrap_or(now_ms);
+        (last + self.interval_ms).saturating_sub(now_ms)
+    }
+
+    /// Keeps a shard's part of the checkpoint being collected. Returns
+    /// whether every shard's part is in.
+    pub fn add_part(&mut self, part: CheckpointPart) -> bool {
+        assert_eq!(
+            part.checkpoint,
+            self.completed + 1,
+            "shard {}'s part of checkpoint {} out of order",
+            part.shard,
+            part.checkpoint
+        );
+        let slot = &mut self.parts[part.shard as usize];
+        assert!(slot.is_none(), "two parts of shard {}", part.shard);
+        *slot = Some(part);
+        self.parts.iter().all(Option::is_some)
+    }
+
+    /// Writes the collected checkpoint with the sinks' marks (taken at its
+    /// boundary, with everything before the boundary durable): parts, then
+    /// the manifest. Once this returns the checkpoint is complete and the
+    /// sinks may commit.
+    pub fn write(
+        &mut self,
+        output_mark: Vec<u8>,
+        dead_letter_mark: Vec<u8>,
+        dead_letters: u64,
+    ) -> Result<JobMeta, CheckpointError> {
+        let checkpoint = self.completed + 1;
+        let parts: Vec<CheckpointPart> = self
+            .parts
+            .iter_mut()
+            .map(|p| p.take().expect("every part is in"))
+            .collect();
+        let sources = source_meta(&parts);
+        let meta = JobMeta {
+            checkpoint,
+            sources,
+            output_mark,
+            dead_letter_mark,
+            dead_letters,
+        };
+        let id = self.next_store_id;
+        let mut written: Vec<PartInfo> = Vec::with_capacity(parts.len() + 1);
+        written.push(self.store.write_part(id, 0, &meta.encode())?);
+        for part in &parts {
+            written.push(self.store.write_part(id, part.shard + 1, &encode_part(part))?);
+        }
+        self.store.commit(id, &self.fingerprint, &written)?;
+        self.next_store_id += 1;
+        self.completed = checkpoint;
+        Ok(meta)
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+}
+
+/// Each source's place: from the shard that saw its barrier (the parser of
+/// the chunk at the cut always has), or ended.
+fn source_meta(parts: &[CheckpointPart]) -> Vec<SourceMeta> {
+    let sources = parts.first().map_or(0, |p| p.cuts.len());
+    (0..sources)
+        .map(|source| {
+            let cut = parts.iter().find_map(|p| p.cuts[source].clone());
+            let ended = parts.iter().find_map(|p| p.ended[source]);
+            match (cut, ended) {
+                (Some(cut), _) => SourceMeta::At(cut),
+                (None, Some(chunks)) => SourceMeta::Ended { chunks },
+                (None, None) => panic!("no shard knows where source {source} stands at the checkpoint"),
+            }
+        })
+        .collect()
+}
+
+fn encode_part(part: &CheckpointPart) -> Vec<u8> {
+    let mut out = Vec::with_capacity(part.state.len() + 64);
+    part.shard.encode(&mut out);
+    part.checkpoint.encode(&mut out);
+    (part.cuts.len() as u32).encode(&mut out);
+    for (cut, ended) in part.cuts.iter().zip(&part.ended) {
+        cut.is_some().encode(&mut out);
+        if let Some(cut) = cut {
+            encode_cut(cut, &mut out);
+        }
+        ended.encode(&mut out);
+    }
+    encode_bytes(&part.state, &mut out);
+    out
+}
+
+fn decode_part(mut input: &[u8]) -> Result<CheckpointPart, WireError> {
+    let input = &mut input;
+    let shard = u32::decode(input)?;
+    let checkpoint = u64::decode(input)?;
+    let count = u32::decode(input)?;
+    if count as usize > input.len() {
+        return Err(WireError::Invalid("more sources than bytes"));
+    }
+    let (mut cuts, mut ended) = (Vec::new(), Vec::new());
+    for _ in 0..count {
+        cuts.push(if bool::decode(input)? {
+            Some(decode_cut(input)?)
+        } else {
+            None
+        });
+        ended.push(Option::<u64>::decode(input)?);
+    }
+    let state = decode_bytes(input)?.to_vec();
+    if !input.is_empty() {
+        return Err(WireError::Invalid("bytes after the part"));
+    }
+    Ok(CheckpointPart {
+        shard,
+        checkpoint,
+        cuts,
+        ended,
+        state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::Position;
+
+    fn part(shard: u32, cut: Option<SourceCut>) -> CheckpointPart {
+        CheckpointPart {
+            shard,
+            checkpoint: 1,
+            cuts: vec![cut, None],
+            ended: vec![None, Some(9)],
+            state: vec![shard as u8; 5],
+        }
+    }
+
+    #[test]
+    fn parts_and_metadata_cross_the_store_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Box<dyn Storage> =
+            Box::new(verity_state::storage::DirStorage::open(dir.path()).unwrap());
+        let mut store = CheckpointStore::new(storage);
+        assert_eq!(Checkpointer::recover(&mut store, "job", 2).unwrap().0, None);
+        let mut checkpoints = Checkpointer::new(store, "job".into(), 2, 1000, 0, 1);
+        assert_eq!(checkpoints.tick(0), 0);
+        assert_eq!(checkpoints.tick(999), 0);
+        assert_eq!(checkpoints.tick(1000), 1);
+        assert_eq!(checkpoints.tick(5000), 1, "one at a time");
+        let cut = SourceCut {
+            next_chunk: 4,
+            next_line: 70,
+            positions: vec![(
+                0,
+                Position::Text {
+                    bytes: 300,
+                    lines: 69,
+                },
+            )],
+        };
+        assert!(!checkpoints.add_part(part(1, None)));
+        assert!(checkpoints.add_part(part(0, Some(cut.clone()))));
+        let meta = checkpoints.write(b"out".to_vec(), vec![], 3).unwrap();
+        assert_eq!(
+            meta.sources,
+            vec![SourceMeta::At(cut), SourceMeta::Ended { chunks: 9 }]
+        );
+        assert_eq!(checkpoints.completed(), 1);
+        let mut store = CheckpointStore::new(Box::new(
+            verity_state::storage::DirStorage::open(dir.path()).unwrap(),
+        ) as Box<dyn Storage>);
+        let (restart, next_id) = Checkpointer::recover(&mut store, "job", 2).unwrap();
+        let restart = restart.expect("a complete checkpoint");
+        assert_eq!(restart.meta, meta);
+        assert_eq!(restart.parts[1].state, vec![1; 5]);
+        assert_eq!(next_id, 2);
+        assert!(Checkpointer::recover(&mut store, "another job", 2).is_err());
+        assert!(matches!(
+            Checkpointer::recover(&mut store, "job", 3),
+            Err(RecoverError::Parts { .. })
+        ));
+    }
+}
