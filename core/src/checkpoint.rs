@@ -317,7 +317,8 @@ fn source_meta(parts: &[CheckpointPart]) -> Vec<SourceMeta> {
         .collect()
 }
 
-fn encode_part(part: &CheckpointPart) -> Vec<u8> {
+/// A part as it is stored, and as a remote shard sends it to process 0.
+pub(crate) fn encode_part(part: &CheckpointPart) -> Vec<u8> {
     let mut out = Vec::with_capacity(part.state.len() + 64);
     part.shard.encode(&mut out);
     part.checkpoint.encode(&mut out);
@@ -333,7 +334,7 @@ fn encode_part(part: &CheckpointPart) -> Vec<u8> {
     out
 }
 
-fn decode_part(mut input: &[u8]) -> Result<CheckpointPart, WireError> {
+pub(crate) fn decode_part(mut input: &[u8]) -> Result<CheckpointPart, WireError> {
     let input = &mut input;
     let shard = u32::decode(input)?;
     let checkpoint = u64::decode(input)?;

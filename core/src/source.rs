@@ -357,13 +357,8 @@ pub fn ended() -> OpenSource {
 pub fn pump(source: OpenSource, stop: &AtomicBool, requested: &AtomicU64, mut dealer: Dealer<'_>) {
     let mut reading = ReadLoop::new(source.partitions);
     let outcome = loop {
-        if stop.load(Ordering::Relaxed) {
-            break Ok(());
-        }
-        if !dealer.barrier_to(requested.load(Ordering::Relaxed)) {
-            break Ok(());
-        }
-        match reading.step(&mut dealer) {
+        let stopping = stop.load(Ordering::Relaxed);
+        match reading.turn(&mut dealer, stopping, requested.load(Ordering::Relaxed)) {
             Ok(ReadStep::Dealt | ReadStep::Idle) => {}
             Ok(ReadStep::Ended | ReadStep::ShardsGone) => break Ok(()),
             Err(e) => break Err(e),
@@ -418,6 +413,28 @@ impl ReadLoop {
     pub fn with_bugs(mut self, bugs: ReaderBugs) -> Self {
         self.bugs = bugs;
         self
+    }
+
+    /// One turn of a reader thread: a stop ends the source (`Ended`), the
+    /// barriers of checkpoints requested up to `requested` go out before
+    /// the next chunk, else one pull (`step`). Both drivers run it.
+    pub fn turn(
+        &mut self,
+        dealer: &mut Dealer<'_>,
+        stopping: bool,
+        requested: u64,
+    ) -> Result<ReadStep, SourceError> {
+        if stopping {
+            return Ok(ReadStep::Ended);
+        }
+        if dealer.epoch() < requested {
+            return Ok(if dealer.barrier_to(requested) {
+                ReadStep::Dealt
+            } else {
+                ReadStep::ShardsGone
+            });
+        }
+        self.step(dealer)
     }
 
     /// Pulls once from the partition whose turn it is and deals what it read.

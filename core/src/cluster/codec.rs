@@ -9,7 +9,7 @@ use crate::connector::Position;
 use crate::ids::MsgId;
 use crate::key::Key;
 use crate::line::DeadLetter;
-use crate::shard::{Batch, Routed, ShardCounters};
+use crate::shard::{Batch, CheckpointPart, Routed, ShardCounters};
 use crate::sink::OutputBatch;
 use crate::source::{ChunkData, SourceCut, SourceEvent};
 use crate::wire::{decode_bytes, encode_bytes, take, Wire, WireError};
@@ -276,12 +276,15 @@ pub enum Upstream {
     },
     /// The shard finished; its last message.
     Finished(ShardCounters),
+    /// The shard's part of a checkpoint, after the output that belongs to it.
+    Checkpoint(CheckpointPart),
 }
 
 const UP_LINES: u8 = 0;
 const UP_DEAD_LETTER: u8 = 1;
 const UP_SOURCE_FAILED: u8 = 2;
 const UP_FINISHED: u8 = 3;
+const UP_CHECKPOINT: u8 = 4;
 
 pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
     match message {
@@ -315,6 +318,10 @@ pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
             });
             frame.push_record(error.as_bytes());
         }
+        UpstreamRef::Checkpoint(part) => {
+            frame.record_with(|out| UP_CHECKPOINT.encode(out));
+            frame.push_record(&crate::checkpoint::encode_part(part));
+        }
         UpstreamRef::Finished(c) => frame.record_with(|out| {
             UP_FINISHED.encode(out);
             for value in [c.records_in, c.records_out, c.dead_lettered, c.duplicates_dropped] {
@@ -330,6 +337,7 @@ pub enum UpstreamRef<'a> {
     DeadLetter(&'a DeadLetter),
     SourceFailed { source: u32, error: &'a str },
     Finished(ShardCounters),
+    Checkpoint(&'a CheckpointPart),
 }
 
 pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
@@ -369,6 +377,7 @@ pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
                 error: String::from_utf8_lossy(&body()?).into_owned(),
             }
         }
+        UP_CHECKPOINT => Upstream::Checkpoint(crate::checkpoint::decode_part(&body()?).map_err(bad)?),
         UP_FINISHED => {
             let mut next = || u64::decode(&mut input).map_err(bad);
             Upstream::Finished(ShardCounters {

@@ -64,6 +64,13 @@ impl OutputRelay {
             Upstream::DeadLetter(_) if self.bugs.drop_dead_letters => Relayed::Dropped,
             Upstream::DeadLetter(letter) => Relayed::ToSinks(OutputMessage::DeadLetter(letter)),
             Upstream::SourceFailed { source, error } => Relayed::SourceFailed { source, error },
+            Upstream::Checkpoint(part) if part.shard != shard => {
+                return Err(ClusterError::Malformed(format!(
+                    "shard {shard} sent shard {}'s checkpoint part",
+                    part.shard
+                )))
+            }
+            Upstream::Checkpoint(part) => Relayed::ToSinks(OutputMessage::Checkpoint(part)),
             Upstream::Finished(counters) => {
                 self.finished = true;
                 Relayed::Finished(counters)

@@ -157,9 +157,9 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
             OutputOut::Local(tx) => {
                 let _ = tx.send((self.shard, OutputMessage::Checkpoint(part)));
             }
-            // A worker will write its parts into its own state dir; until
-            // then the runtime deals no barriers in a cluster.
-            OutputOut::Remote(_) => panic!("checkpoints of remote shards are not supported yet"),
+            // To process 0, which writes every part (the runtime deals no
+            // barriers in a cluster yet; the simulator does).
+            output @ OutputOut::Remote(_) => send_upstream(output, UpstreamRef::Checkpoint(&part)),
         }
         Sent::Done
     }

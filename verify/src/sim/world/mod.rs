@@ -147,6 +147,9 @@ struct Buggify {
     peer_drain_max: usize,
     /// The sink wants each output line's input id (shards then collect them).
     output_ids: bool,
+    /// How often process 0's output thread asks for a checkpoint, on its
+    /// clock.
+    checkpoint_interval_ms: u64,
 }
 
 /// Depths of the queues inside a process: production's (`RunConfig`), or
@@ -189,6 +192,8 @@ struct World<'a, K, V, S, O> {
     /// Process 0's output thread: the production writer, into memory.
     /// `None` once the run finished it.
     writer: Option<OutputWriter>,
+    /// Barriers process 0's output thread asked the readers for.
+    checkpoints_requested: u64,
     output_text: SharedBytes,
     /// Lines and dead letters handed to the writer so far.
     output_lines: u64,
@@ -367,6 +372,7 @@ where
             line_max_bytes: [BUGGIFY_LINE_MAX_BYTES, LINE_SIZE_MAX_BYTES][rng.below(2) as usize],
             peer_drain_max: [1, 4, PEER_DRAIN_MAX][rng.below(3) as usize],
             output_ids: rng.chance(1, 3),
+            checkpoint_interval_ms: [20, 100, 1000][rng.below(3) as usize],
         };
         let depths = Depths::draw(&mut rng);
         let output_ids = buggify.output_ids;
@@ -404,6 +410,18 @@ where
             })
             .collect();
         let net = Net::new(config, &mut rng, buggify.net, buggify.producer_depth_frames);
+        // Checkpoints onto the simulated disk, as production writes them
+        // into the state dir.
+        let disk: Box<dyn verity_state::storage::Storage> =
+            Box::new(crate::sim::disk::SimDisk::new(rng.next_u64()));
+        let checkpointer = verity_core::checkpoint::Checkpointer::new(
+            verity_state::checkpoint::CheckpointStore::new(disk),
+            "sim".into(),
+            total,
+            buggify.checkpoint_interval_ms,
+            0,
+            1,
+        );
         let job = verity_core::cluster::Job {
             app: config.app.name().to_string(),
             final_counts: config.final_counts,
@@ -443,17 +461,21 @@ where
             sources_closed: false,
             buggify,
             depths,
-            writer: Some(OutputWriter::new(
-                Box::new(SimSink {
-                    text: output_text.clone(),
-                    wants_ids: output_ids,
-                    source_lines: inputs.iter().map(|(_, data)| line_count(data)).collect(),
-                }),
-                DeadLetterWriter::with_sink(
-                    Box::new(WriteSink::unbuffered(dead_letter_text.clone())),
-                    source_names.to_vec(),
-                ),
-            )),
+            writer: Some(
+                OutputWriter::new(
+                    Box::new(SimSink {
+                        text: output_text.clone(),
+                        wants_ids: output_ids,
+                        source_lines: inputs.iter().map(|(_, data)| line_count(data)).collect(),
+                    }),
+                    DeadLetterWriter::with_sink(
+                        Box::new(WriteSink::unbuffered(dead_letter_text.clone())),
+                        source_names.to_vec(),
+                    ),
+                )
+                .with_checkpoints(checkpointer),
+            ),
+            checkpoints_requested: 0,
             output_text,
             output_lines: 0,
             dead_letters_written: 0,
@@ -647,6 +669,10 @@ where
             Event::Release { source, available } => self.release(source, available),
             Event::Net(event) => self.handle_net(event),
             Event::Tick => {
+                let now_ms = self.local_clock_ms(0);
+                if let Some(writer) = &mut self.writer {
+                    self.checkpoints_requested = writer.tick(now_ms);
+                }
                 self.tick();
                 self.poll_waiting_shards();
                 self.tick_lifecycles();
@@ -733,6 +759,7 @@ where
             .then(|| self.readers.iter().map(Reader::read_bytes).collect());
         // As the output thread once every sender is gone: commit both sinks.
         if let Some(writer) = self.writer.take() {
+            self.stats.add("checkpoints", writer.checkpoints_completed());
             writer.finish().expect("the sinks are in memory");
         }
         let protocol = self.net.protocol_stats();

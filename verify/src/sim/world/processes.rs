@@ -167,17 +167,11 @@ impl Reader {
 
     /// One step of the production reader loop; false if nothing could be
     /// read now (an idle read: the thread would wait in its read).
-    fn read_and_deal(&mut self) -> bool {
+    fn read_and_deal(&mut self, requested: u64) -> bool {
         let Some(dealer) = self.dealer.as_mut() else {
             return false;
         };
-        if self.stopping {
-            // As `source::pump` does once it sees the stop flag.
-            self.dealer.take().expect("not ended").finish(None);
-            DEALT.with(|dealt| self.outbox.extend(dealt.borrow_mut().drain(..)));
-            return true;
-        }
-        match self.reading.step(dealer) {
+        match self.reading.turn(dealer, self.stopping, requested) {
             Ok(ReadStep::Dealt) => {}
             Ok(ReadStep::Idle) => return false,
             Ok(ReadStep::Ended | ReadStep::ShardsGone) => self.dealer.take().expect("not ended").finish(None),
@@ -258,12 +252,19 @@ where
     }
 
     fn try_checkpoint(&mut self, part: CheckpointPart) -> Sent<CheckpointPart> {
-        // The simulated readers deal no barriers yet (the runtime does not
-        // either): nothing takes a checkpoint.
-        unreachable!(
-            "shard {} took checkpoint {} in a run without barriers",
-            part.shard, part.checkpoint
-        )
+        if self.world.layout.is_local_to(0, self.shard) {
+            self.world
+                .write_to_sinks(self.shard, OutputMessage::Checkpoint(part));
+            return Sent::Done;
+        }
+        if self
+            .world
+            .try_upstream(self.shard, &UpstreamRef::Checkpoint(&part))
+        {
+            Sent::Done
+        } else {
+            Sent::Full(part)
+        }
     }
 
     fn try_source_failed(&mut self, source: u32, error: String) -> Sent<String> {
@@ -346,7 +347,8 @@ where
                     }
                 }
             }
-            if !self.readers[source as usize].read_and_deal() {
+            let requested = self.checkpoints_requested;
+            if !self.readers[source as usize].read_and_deal(requested) {
                 return progressed;
             }
             progressed = true;
