@@ -112,7 +112,9 @@ struct SimArgs {
     #[arg(long, value_name = "W", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     workers: u32,
     /// Faults to inject: all, none, or a list of drop, duplicate, delay,
-    /// reorder, cut, partition, pause, clock, corrupt, wrong-secret, forge.
+    /// reorder, cut, partition, pause, clock, corrupt, wrong-secret, forge,
+    /// fail, stop, crash (every process dies at once and recovers from its
+    /// newest checkpoint).
     #[arg(long, value_name = "LIST", default_value = "all")]
     faults: String,
     /// Simulated seconds of faults per seed; then all heal.

@@ -111,6 +111,22 @@ pub fn line_reader(
     })
 }
 
+/// `line_reader` over a stream that starts `bytes` (holding `lines` lines)
+/// into its partition (a recovery that reopens it there): positions go on
+/// from there.
+pub fn line_reader_at(
+    reader: impl Read + Send + 'static,
+    chunk_bytes: usize,
+    line_max_bytes: usize,
+    (bytes, lines): (u64, u64),
+) -> Box<dyn SourceReader> {
+    Box::new(LineReader {
+        chunker: LineChunker::new(reader, chunk_bytes, line_max_bytes),
+        cursor: TextCursor::at(bytes, lines),
+        consumed_bytes: 0,
+    })
+}
+
 impl<R: Read> LineReader<R> {
     pub(super) fn new(reader: R, cursor: TextCursor) -> Self {
         LineReader {

@@ -375,3 +375,52 @@ mod tests {
         assert_eq!(run(9), run(9));
     }
 }
+
+/// A `SimDisk` that outlives the world using it: the world writes through a
+/// `SharedDisk`, the simulator crashes the disk under it and hands the
+/// same disk to the restarted cluster.
+#[derive(Clone)]
+pub struct SharedDisk(std::sync::Arc<std::sync::Mutex<SimDisk>>);
+
+impl SharedDisk {
+    pub fn new(disk: SimDisk) -> SharedDisk {
+        SharedDisk(std::sync::Arc::new(std::sync::Mutex::new(disk)))
+    }
+
+    fn disk(&self) -> std::sync::MutexGuard<'_, SimDisk> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every process dies at once: what was not synced is lost, as `crash`.
+    pub fn crash(&self) {
+        self.disk().crash();
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        self.disk().stats()
+    }
+}
+
+impl Storage for SharedDisk {
+    fn create(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.disk().create(name, bytes)
+    }
+    fn sync_file(&mut self, name: &str) -> io::Result<()> {
+        self.disk().sync_file(name)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
+        self.disk().rename(from, to)
+    }
+    fn sync_dir(&mut self) -> io::Result<()> {
+        self.disk().sync_dir()
+    }
+    fn read(&mut self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        self.disk().read(name)
+    }
+    fn list(&mut self) -> io::Result<Vec<String>> {
+        self.disk().list()
+    }
+    fn remove(&mut self, name: &str) -> io::Result<()> {
+        self.disk().remove(name)
+    }
+}

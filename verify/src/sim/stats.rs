@@ -15,8 +15,9 @@ pub struct SimStats {
 impl SimStats {
     /// Counters every summary shows, even at zero, so a path that never ran
     /// is visible as `0` rather than missing.
-    pub const ALWAYS_SHOWN: [&'static str; 9] = [
+    pub const ALWAYS_SHOWN: [&'static str; 10] = [
         "parked_sends",
+        "checkpoints",
         "backlog_pauses",
         "full_send_buffers",
         "unclaimed_refused",

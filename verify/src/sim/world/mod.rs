@@ -6,13 +6,13 @@ use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
+use verity_core::checkpoint::{Checkpointer, Restart};
 use verity_core::cluster::codec::{
     decode_batch, decode_source_event, encode_batch, encode_source_event, encode_upstream, UpstreamRef,
 };
 use verity_core::cluster::relay::OutputRelay;
 use verity_core::cluster::{channel_id, Layout};
-use verity_core::connector::sinks::WriteSink;
-use verity_core::connector::sources::line_reader;
+use verity_core::connector::sources::{line_reader, line_reader_at};
 use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
 use verity_core::shard::{Batch, CheckpointPart, ShardCore, ShardCounters, ShardLimits};
@@ -47,6 +47,11 @@ const FAIL_SEED_ONE_IN: u64 = 8;
 /// With the `stop` fault, one seed in this many (of those without a
 /// failure) is stopped early.
 const STOP_SEED_ONE_IN: u64 = 8;
+/// With the `crash` fault, one seed in this many (of those without a
+/// failure or a stop) has every process die at once and recover.
+const CRASH_SEED_ONE_IN: u64 = 3;
+/// The job name the simulated checkpoints carry.
+const SIM_JOB: &str = "sim";
 /// Input arrives over at most this share of the faulty period, so traffic
 /// and faults overlap.
 const RELEASE_SHARE: u64 = 2;
@@ -94,6 +99,8 @@ enum Event {
     Stop {
         everyone: bool,
     },
+    /// Every process dies at once (the `crash` fault).
+    CrashAll,
     /// One shard thread is not scheduled until then (the `pause` fault,
     /// for a single thread: a busy core).
     Stall {
@@ -148,8 +155,8 @@ struct Buggify {
     /// The sink wants each output line's input id (shards then collect them).
     output_ids: bool,
     /// How often process 0's output thread asks for a checkpoint, on its
-    /// clock.
-    checkpoint_interval_ms: u64,
+    /// clock; `None`: a run without `--state-dir`, production's default.
+    checkpoint_interval_ms: Option<u64>,
 }
 
 /// Depths of the queues inside a process: production's (`RunConfig`), or
@@ -217,6 +224,33 @@ struct World<'a, K, V, S, O> {
     line: String,
     events: u64,
     stats: super::SimStats,
+    /// The state dir's disk (checkpoints), which outlives a crash.
+    disk: crate::sim::disk::SharedDisk,
+    /// Every process died (the `crash` fault): the run stops here.
+    crashed: bool,
+    /// This cluster was restarted after a crash: no second one.
+    recovered: bool,
+}
+
+/// What outlives every process dying at once: the disk, the files the sinks
+/// wrote, and the simulation's own record of the run.
+struct Crashed {
+    disk: crate::sim::disk::SharedDisk,
+    output_text: SharedBytes,
+    dead_letter_text: SharedBytes,
+    stats: super::SimStats,
+    trace_hash: u64,
+    trace: Vec<String>,
+    events: u64,
+}
+
+/// A restart after a crash: what survived, and the checkpoint read from the
+/// disk (`None` if none was complete: the run starts again from the
+/// beginning, as `--recover` does then).
+struct Recovery {
+    crashed: Crashed,
+    restart: Option<Restart>,
+    next_store_id: u64,
 }
 
 /// Runs `logic` over `inputs` (one per source), whose whole output has
@@ -241,8 +275,34 @@ where
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut world = World::new(config, &logic, inputs, expected_lines);
-        let failure = world.run();
+        let mut world = World::new(config, &logic, inputs, expected_lines, None);
+        let mut failure = world.run();
+        if failure.is_none() && world.crashed {
+            let crashed = world.crash();
+            let total = config.processes * config.workers;
+            let mut store = verity_state::checkpoint::CheckpointStore::new(
+                Box::new(crashed.disk.clone()) as Box<dyn verity_state::storage::Storage>
+            );
+            match Checkpointer::recover(&mut store, SIM_JOB, total) {
+                Ok((restart, next_store_id)) => {
+                    let recovery = Recovery {
+                        crashed,
+                        restart,
+                        next_store_id,
+                    };
+                    world = World::new(config, &logic, inputs, expected_lines, Some(recovery));
+                    failure = world.run();
+                }
+                Err(e) => {
+                    let failure = format!("recovery after the crash: {e}");
+                    return Finished {
+                        sim: SimOutcome::failed_before_running(config.seed, failure),
+                        output: Vec::new(),
+                        dead_letters: Vec::new(),
+                    };
+                }
+            }
+        }
         world.finish(failure)
     }));
     std::panic::set_hook(hook);
@@ -322,6 +382,44 @@ impl verity_core::connector::SinkConnector for SimSink {
     ) -> Result<(), verity_core::connector::SinkError> {
         Ok(())
     }
+
+    fn resume_mark(&mut self) -> Result<Vec<u8>, verity_core::connector::SinkError> {
+        Ok(self.text.mark())
+    }
+
+    fn resume(&mut self, mark: &[u8]) -> Result<(), verity_core::connector::SinkError> {
+        Ok(self.text.cut_at(mark)?)
+    }
+}
+
+/// The dead-letter file: bytes in memory that a recovery cuts back to a
+/// checkpoint's mark, as production's file sink does with its file.
+struct SimFile(SharedBytes);
+
+impl verity_core::connector::SinkConnector for SimFile {
+    fn write(
+        &mut self,
+        lines: &[u8],
+        _ids: &[verity_core::MsgId],
+    ) -> Result<(), verity_core::connector::SinkError> {
+        use std::io::Write;
+        Ok(self.0.write_all(lines)?)
+    }
+
+    fn commit(
+        &mut self,
+        _upto: verity_core::connector::CommitId,
+    ) -> Result<(), verity_core::connector::SinkError> {
+        Ok(())
+    }
+
+    fn resume_mark(&mut self) -> Result<Vec<u8>, verity_core::connector::SinkError> {
+        Ok(self.0.mark())
+    }
+
+    fn resume(&mut self, mark: &[u8]) -> Result<(), verity_core::connector::SinkError> {
+        Ok(self.0.cut_at(mark)?)
+    }
 }
 
 /// A byte buffer the dead-letter writer (which wants a `Write + Send`
@@ -331,7 +429,32 @@ struct SharedBytes(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl SharedBytes {
     fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.bytes())
+    }
+
+    fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Its length, as a file sink's mark is.
+    fn mark(&self) -> Vec<u8> {
+        (self.bytes().len() as u64).to_le_bytes().to_vec()
+    }
+
+    /// Drops what followed `mark` (a recovery).
+    fn cut_at(&self, mark: &[u8]) -> std::io::Result<()> {
+        let length = <[u8; 8]>::try_from(mark)
+            .map(u64::from_le_bytes)
+            .map_err(|_| std::io::Error::other("not a simulated file's mark"))? as usize;
+        let mut bytes = self.bytes();
+        if bytes.len() < length {
+            return Err(std::io::Error::other(format!(
+                "the file holds {} bytes, less than the checkpoint's {length}",
+                bytes.len()
+            )));
+        }
+        bytes.truncate(length);
+        Ok(())
     }
 }
 
@@ -360,6 +483,7 @@ where
         logic: &Logic<K, V, S, O>,
         inputs: &[(&str, Bytes)],
         expected_lines: u64,
+        recovery: Option<Recovery>,
     ) -> Self {
         let source_names: Vec<String> = inputs.iter().map(|(name, _)| name.to_string()).collect();
         let mut rng = SplitMix64::new(config.seed);
@@ -372,11 +496,14 @@ where
             line_max_bytes: [BUGGIFY_LINE_MAX_BYTES, LINE_SIZE_MAX_BYTES][rng.below(2) as usize],
             peer_drain_max: [1, 4, PEER_DRAIN_MAX][rng.below(3) as usize],
             output_ids: rng.chance(1, 3),
-            checkpoint_interval_ms: [20, 100, 1000][rng.below(3) as usize],
+            checkpoint_interval_ms: [None, Some(20), Some(100), Some(1000)][rng.below(4) as usize],
         };
         let depths = Depths::draw(&mut rng);
         let output_ids = buggify.output_ids;
-        let (output_text, dead_letter_text) = (SharedBytes::default(), SharedBytes::default());
+        let (output_text, dead_letter_text) = match &recovery {
+            Some(r) => (r.crashed.output_text.clone(), r.crashed.dead_letter_text.clone()),
+            None => (SharedBytes::default(), SharedBytes::default()),
+        };
         let layout =
             Layout::new(vec![config.workers; config.processes as usize], 0).expect("valid sim layout");
         let total = layout.total_shards();
@@ -390,6 +517,14 @@ where
         }
         if config.bugs.no_dedup {
             shards.iter_mut().for_each(ShardCore::disable_dedup_for_testing);
+        }
+        let restart = recovery.as_ref().and_then(|r| r.restart.as_ref());
+        if let Some(restart) = restart {
+            for core in &mut shards {
+                let part = &restart.parts[core.index() as usize];
+                core.restore(part)
+                    .unwrap_or_else(|e| panic!("restoring after the crash: {e}"));
+            }
         }
         let sources = logic.chains.len();
         assert_eq!(sources, inputs.len(), "one input per source");
@@ -406,22 +541,38 @@ where
             .iter()
             .enumerate()
             .map(|(source, (_, input))| {
-                Reader::new(source as u32, input.clone(), total, &buggify, config.bugs.reader)
+                let mut reader =
+                    Reader::new(source as u32, input.clone(), total, &buggify, config.bugs.reader);
+                if let Some(restart) = restart {
+                    let at = &restart.meta.sources[source];
+                    reader.resume(restart.meta.checkpoint, at, &buggify, config.bugs.reader);
+                }
+                reader
             })
             .collect();
         let net = Net::new(config, &mut rng, buggify.net, buggify.producer_depth_frames);
         // Checkpoints onto the simulated disk, as production writes them
         // into the state dir.
-        let disk: Box<dyn verity_state::storage::Storage> =
-            Box::new(crate::sim::disk::SimDisk::new(rng.next_u64()));
-        let checkpointer = verity_core::checkpoint::Checkpointer::new(
-            verity_state::checkpoint::CheckpointStore::new(disk),
-            "sim".into(),
-            total,
-            buggify.checkpoint_interval_ms,
-            0,
-            1,
-        );
+        let disk = match &recovery {
+            Some(r) => r.crashed.disk.clone(),
+            None => crate::sim::disk::SharedDisk::new(crate::sim::disk::SimDisk::new(rng.next_u64())),
+        };
+        if recovery.is_some() {
+            // The same sizes (BUGGIFY) as before the crash, other timings.
+            rng = SplitMix64::new(config.seed ^ 0x00c0_ffee_d00d);
+        }
+        let resumed = restart.map_or(0, |r| r.meta.checkpoint);
+        let checkpointer = buggify.checkpoint_interval_ms.map(|interval_ms| {
+            let storage = Box::new(disk.clone()) as Box<dyn verity_state::storage::Storage>;
+            Checkpointer::new(
+                verity_state::checkpoint::CheckpointStore::new(storage),
+                SIM_JOB.into(),
+                total,
+                interval_ms,
+                resumed,
+                recovery.as_ref().map_or(1, |r| r.next_store_id),
+            )
+        });
         let job = verity_core::cluster::Job {
             app: config.app.name().to_string(),
             final_counts: config.final_counts,
@@ -434,6 +585,29 @@ where
         // finding, reported with what every shard awaits.
         let job_wait_ms = (config.sim_seconds * SECOND_US + LIVENESS_BOUND_US + SECOND_US) / 1000;
         let lifecycles = control::Lifecycles::new(config.processes, job, job_wait_ms);
+        let mut writer = OutputWriter::new(
+            Box::new(SimSink {
+                text: output_text.clone(),
+                wants_ids: output_ids,
+                source_lines: inputs.iter().map(|(_, data)| line_count(data)).collect(),
+            }),
+            DeadLetterWriter::with_sink(Box::new(SimFile(dead_letter_text.clone())), source_names.to_vec()),
+        );
+        let mut dead_letters_written = 0;
+        if let Some(recovery) = &recovery {
+            match &recovery.restart {
+                Some(restart) => {
+                    writer.resume(&restart.meta).expect("the simulated files resume");
+                    dead_letters_written = restart.meta.dead_letters;
+                }
+                // Nothing was checkpointed: the files start over.
+                None => {
+                    output_text.take();
+                    dead_letter_text.take();
+                }
+            }
+        }
+        let output_lines = line_count(&output_text.bytes());
         let mut world = World {
             config,
             layout,
@@ -461,24 +635,14 @@ where
             sources_closed: false,
             buggify,
             depths,
-            writer: Some(
-                OutputWriter::new(
-                    Box::new(SimSink {
-                        text: output_text.clone(),
-                        wants_ids: output_ids,
-                        source_lines: inputs.iter().map(|(_, data)| line_count(data)).collect(),
-                    }),
-                    DeadLetterWriter::with_sink(
-                        Box::new(WriteSink::unbuffered(dead_letter_text.clone())),
-                        source_names.to_vec(),
-                    ),
-                )
-                .with_checkpoints(checkpointer),
-            ),
-            checkpoints_requested: 0,
+            writer: Some(match checkpointer {
+                Some(checkpointer) => writer.with_checkpoints(checkpointer),
+                None => writer,
+            }),
+            checkpoints_requested: resumed,
             output_text,
-            output_lines: 0,
-            dead_letters_written: 0,
+            output_lines,
+            dead_letters_written,
             expected_lines,
             dead_letter_text,
             relays: (0..total)
@@ -494,7 +658,23 @@ where
             line: String::new(),
             events: 0,
             stats: super::SimStats::default(),
+            disk,
+            crashed: false,
+            recovered: recovery.is_some(),
         };
+        if let Some(recovery) = recovery {
+            let crashed = recovery.crashed;
+            (world.stats, world.trace_hash, world.trace, world.events) =
+                (crashed.stats, crashed.trace_hash, crashed.trace, crashed.events);
+            world.stats.bump(if recovery.restart.is_some() {
+                "recoveries_from_checkpoint"
+            } else {
+                "recoveries_from_start"
+            });
+            world.trace(format_args!(
+                "every process restarts from checkpoint {resumed} (--recover)"
+            ));
+        }
         world.wire_channels();
         world.wire_control_channels();
         world.schedule_start();
@@ -568,6 +748,8 @@ where
         } else if faults.stop && self.rng.chance(1, STOP_SEED_ONE_IN) {
             let everyone = self.rng.chance(1, 2);
             plan.push((self.rng.below(self.heal_us), Event::Stop { everyone }));
+        } else if faults.crash && !self.recovered && self.rng.chance(1, CRASH_SEED_ONE_IN) {
+            plan.push((self.rng.below(self.heal_us), Event::CrashAll));
         }
         for (at, event) in plan {
             self.schedule(at, event);
@@ -600,6 +782,9 @@ where
             if let Some(failure) = self.net.failure.take() {
                 return Some(failure);
             }
+            if self.crashed {
+                return None;
+            }
             match self.lifecycle_end() {
                 Some(Ok(())) if self.cut_short() => {
                     self.trace(format_args!(
@@ -622,6 +807,21 @@ where
             self.net.describe_busy_channels(),
             self.describe_lifecycles()
         ))
+    }
+
+    /// Every process died: what outlives them (the disk loses what was not
+    /// synced).
+    fn crash(self) -> Crashed {
+        self.disk.crash();
+        Crashed {
+            disk: self.disk,
+            output_text: self.output_text,
+            dead_letter_text: self.dead_letter_text,
+            stats: self.stats,
+            trace_hash: self.trace_hash,
+            trace: self.trace,
+            events: self.events,
+        }
     }
 
     /// An injected failure or stop ended the run before it completed.
@@ -705,6 +905,11 @@ where
             }
             Event::Fail { process } => self.inject_failure(process),
             Event::Stop { everyone } => self.request_stop(everyone),
+            Event::CrashAll => {
+                self.stats.fault("crash");
+                self.trace(format_args!("fault: every process dies at once (kill -9)"));
+                self.crashed = true;
+            }
             Event::Stall { shard, until_us } => {
                 self.stats.bump("shard_stalls");
                 self.trace(format_args!(

@@ -10,12 +10,13 @@ use std::cell::RefCell;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use verity_core::checkpoint::SourceMeta;
 use verity_core::cluster::relay::Relayed;
 use verity_core::connector::Position;
 use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait, Watch};
 use verity_core::line::DeadLetter;
 use verity_core::sink::{OutputBatch, OutputMessage};
-use verity_core::source::{ReadLoop, ReadStep};
+use verity_core::source::{ReadLoop, ReadStep, SourceCut};
 
 /// How much of a source has arrived, and whether it is closed (then the
 /// reader sees its end once it read everything). Shared with the reader,
@@ -111,6 +112,41 @@ impl Reader {
 
     pub(super) fn len(&self) -> usize {
         self.data.len()
+    }
+
+    /// Continues the source from a checkpoint (a recovered cluster): the
+    /// production dealer goes on at the cut, and the production line reader
+    /// reads from the cut's byte on; a source that had ended reads nothing.
+    pub(super) fn resume(&mut self, checkpoint: u64, at: &SourceMeta, buggify: &Buggify, bugs: ReaderBugs) {
+        let dealer = self.dealer.as_mut().expect("a reader that has not started");
+        match at {
+            SourceMeta::At(cut) => {
+                dealer.resume_at(checkpoint, cut);
+                let (bytes, lines) = match cut.positions[..] {
+                    [] => (0, 0),
+                    [(0, Position::Text { bytes, lines })] => (bytes, lines),
+                    ref other => panic!("a simulated source has one text partition, not {other:?}"),
+                };
+                let input = SimInput {
+                    data: self.data.clone(),
+                    pos: bytes as usize,
+                    arrival: Arc::clone(&self.arrival),
+                };
+                let partition =
+                    line_reader_at(input, buggify.chunk_bytes, buggify.line_max_bytes, (bytes, lines));
+                self.reading = ReadLoop::new(vec![(0, partition)]).with_bugs(bugs);
+                self.read_bytes = bytes as usize;
+            }
+            SourceMeta::Ended { chunks } => {
+                let cut = SourceCut {
+                    next_chunk: *chunks,
+                    ..SourceCut::default()
+                };
+                dealer.resume_at(checkpoint, &cut);
+                self.reading = ReadLoop::new(Vec::new());
+                self.read_bytes = self.data.len();
+            }
+        }
     }
 
     /// Set the stop flag (`Action::StopSources`).
