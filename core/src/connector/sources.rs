@@ -44,6 +44,15 @@ pub(super) fn refuse_rewind(
     }
 }
 
+/// Where a text partition opens: at `at`'s byte and line, or its start.
+pub(super) fn text_start(
+    source_name: &str,
+    kind: &'static str,
+    at: Option<Position>,
+) -> Result<(u64, u64), SourceError> {
+    at.map_or(Ok((0, 0)), |at| text_position(source_name, kind, at))
+}
+
 /// The byte and line counts of a text position (a `Log` one is refused).
 pub(super) fn text_position(
     source_name: &str,
@@ -190,10 +199,7 @@ impl SourceConnector for FileSource {
             )
             .into());
         }
-        let (bytes, lines) = match at {
-            Some(at) => text_position(source_name, self.kind(), at)?,
-            None => (0, 0),
-        };
+        let (bytes, lines) = text_start(source_name, self.kind(), at)?;
         if bytes > length.len() {
             return Err(SourceError::PositionPastEnd {
                 source_name: source_name.into(),
@@ -231,10 +237,7 @@ impl SourceConnector for MemorySource {
         at: Option<Position>,
     ) -> Result<Box<dyn SourceReader>, SourceError> {
         only_partition_zero(source_name, partition)?;
-        let (bytes, lines) = match at {
-            Some(at) => text_position(source_name, self.kind(), at)?,
-            None => (0, 0),
-        };
+        let (bytes, lines) = text_start(source_name, self.kind(), at)?;
         let Some(start) = usize::try_from(bytes).ok().filter(|b| *b <= self.data.len()) else {
             return Err(SourceError::PositionPastEnd {
                 source_name: source_name.into(),
@@ -311,10 +314,7 @@ impl SourceConnector for GeneratorSource {
     ) -> Result<Box<dyn SourceReader>, SourceError> {
         only_partition_zero(source_name, partition)?;
         let mut generator = (self.make)();
-        let (bytes, lines) = match at {
-            Some(at) => text_position(source_name, self.kind(), at)?,
-            None => (0, 0),
-        };
+        let (bytes, lines) = text_start(source_name, self.kind(), at)?;
         let past_end = |detail: String| SourceError::PositionPastEnd {
             source_name: source_name.into(),
             position: Position::Text { bytes, lines },
@@ -450,7 +450,7 @@ impl Read for ThreadedStdin {
 pub use super::tcp_source::TcpListenSource;
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Reads a reader to its end: the chunks and what they hold.
@@ -465,7 +465,7 @@ mod tests {
         }
     }
 
-    fn bytes_of(chunks: &[Chunk]) -> Vec<u8> {
+    pub(in crate::connector) fn bytes_of(chunks: &[Chunk]) -> Vec<u8> {
         let mut all = Vec::new();
         for chunk in chunks {
             if let ChunkData::Lines(lines) = &chunk.data {

@@ -14,7 +14,7 @@
 //! probe, a connection cut before its hello) is ignored: it does not end the
 //! stream as an empty plain input would.
 
-use super::sources::{only_partition_zero, text_position, LineReader, TextCursor};
+use super::sources::{only_partition_zero, text_position, text_start, LineReader, TextCursor};
 use super::tcp_stream::{
     self, greeting, is_timeout, Greeting, SourceMessage, DATA_FRAME_MAX_BYTES, DATA_HEADER_BYTES,
     PREAMBLE_BYTES, SEND_MAGIC, TAG_DATA, TAG_END,
@@ -66,10 +66,7 @@ impl SourceConnector for TcpListenSource {
         at: Option<Position>,
     ) -> Result<Box<dyn SourceReader>, SourceError> {
         only_partition_zero(source_name, partition)?;
-        let (bytes, lines) = match at {
-            Some(at) => text_position(source_name, self.kind(), at)?,
-            None => (0, 0),
-        };
+        let (bytes, lines) = text_start(source_name, self.kind(), at)?;
         let address = &self.address;
         let listener = TcpListener::bind(address)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;

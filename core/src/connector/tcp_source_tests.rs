@@ -1,6 +1,5 @@
 use super::*;
 use crate::connector::Chunk;
-use crate::source::ChunkData;
 
 /// Reads a reader to its end (bounded: a test that hangs fails).
 fn read_all(reader: &mut dyn SourceReader) -> Vec<Chunk> {
@@ -19,15 +18,7 @@ fn read_all(reader: &mut dyn SourceReader) -> Vec<Chunk> {
     }
 }
 
-fn bytes_of(chunks: &[Chunk]) -> Vec<u8> {
-    let mut all = Vec::new();
-    for chunk in chunks {
-        if let ChunkData::Lines(lines) = &chunk.data {
-            all.extend_from_slice(lines);
-        }
-    }
-    all
-}
+use super::super::sources::tests::bytes_of;
 
 #[test]
 fn a_plain_sender_is_read_to_its_end_with_positions() {
