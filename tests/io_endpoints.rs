@@ -51,11 +51,13 @@ fn receiver(
     String,
     std::thread::JoinHandle<verity_verify::harness::ReceiveReport>,
 ) {
-    let address = format!("127.0.0.1:{}", free_port());
+    // Bound here, on port 0, so no test running beside this one can take
+    // the port between choosing and binding it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
     let output = output.to_path_buf();
-    let listen = address.clone();
     let handle = std::thread::spawn(move || {
-        verity_verify::harness::receive(&listen, &output, Some(expect), TIMEOUT).unwrap()
+        verity_verify::harness::receive_on(listener, &output, Some(expect), TIMEOUT).unwrap()
     });
     let started = Instant::now();
     // The sink connects at start: wait until the receiver listens.

@@ -791,6 +791,17 @@ pub fn receive(
 ) -> io::Result<ReceiveReport> {
     let listener = TcpListener::bind(listen)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+    receive_on(listener, output, expect, silence)
+}
+
+/// `receive` on a listener bound already (a test binds port 0 and reads the
+/// port, so no other test can take it in between).
+pub fn receive_on(
+    listener: TcpListener,
+    output: &Path,
+    expect: Option<u64>,
+    silence: Duration,
+) -> io::Result<ReceiveReport> {
     listener.set_nonblocking(true)?;
     eprintln!("verity receive: listening on {}", listener.local_addr()?);
     let create = |path: &Path| {
