@@ -244,19 +244,25 @@ impl Checkpointer {
     }
 
     /// Keeps a shard's part of the checkpoint being collected. Returns
-    /// whether every shard's part is in.
-    pub fn add_part(&mut self, part: CheckpointPart) -> bool {
-        assert_eq!(
-            part.checkpoint,
-            self.completed + 1,
-            "shard {}'s part of checkpoint {} out of order",
-            part.shard,
-            part.checkpoint
-        );
-        let slot = &mut self.parts[part.shard as usize];
-        assert!(slot.is_none(), "two parts of shard {}", part.shard);
+    /// whether every shard's part is in. A part out of order (a remote
+    /// shard that breaks the protocol) is refused with why.
+    pub fn add_part(&mut self, part: CheckpointPart) -> Result<bool, String> {
+        let expected = self.completed + 1;
+        let shard = part.shard;
+        if part.checkpoint != expected {
+            return Err(format!(
+                "shard {shard} sent its part of checkpoint {}, while checkpoint {expected} is being collected",
+                part.checkpoint
+            ));
+        }
+        let Some(slot) = self.parts.get_mut(shard as usize) else {
+            return Err(format!("a part of shard {shard}, which the job does not have"));
+        };
+        if slot.is_some() {
+            return Err(format!("shard {shard} sent two parts of checkpoint {expected}"));
+        }
         *slot = Some(part);
-        self.parts.iter().all(Option::is_some)
+        Ok(self.parts.iter().all(Option::is_some))
     }
 
     /// Writes the collected checkpoint with the sinks' marks (taken at its
@@ -402,8 +408,16 @@ mod tests {
                 },
             )],
         };
-        assert!(!checkpoints.add_part(part(1, None)));
-        assert!(checkpoints.add_part(part(0, Some(cut.clone()))));
+        assert!(!checkpoints.add_part(part(1, None)).unwrap());
+        assert!(
+            checkpoints.add_part(part(1, None)).is_err(),
+            "a second part of a shard"
+        );
+        assert!(
+            checkpoints.add_part(part(7, None)).is_err(),
+            "a shard the job does not have"
+        );
+        assert!(checkpoints.add_part(part(0, Some(cut.clone()))).unwrap());
         let meta = checkpoints.write(b"out".to_vec(), vec![], 3).unwrap();
         assert_eq!(
             meta.sources,

@@ -280,6 +280,9 @@ pub enum OutputError {
     Sink(#[from] SinkError),
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
+    /// A shard's part that does not fit (a remote shard off the protocol).
+    #[error("checkpoint: {0}")]
+    Part(String),
 }
 
 impl OutputWriter {
@@ -343,10 +346,12 @@ impl OutputWriter {
             OutputMessage::DeadLetter(letter) => self.dead_letters.write(&letter)?,
             OutputMessage::Checkpoint(part) => {
                 let Some(c) = &mut self.checkpoints else {
-                    panic!("shard {shard} took a checkpoint in a run without them");
+                    return Err(OutputError::Part(format!(
+                        "shard {shard} took a checkpoint in a run without them"
+                    )));
                 };
                 c.passed[shard as usize] = true;
-                if c.writer.add_part(part) {
+                if c.writer.add_part(part).map_err(OutputError::Part)? {
                     self.complete_checkpoint()?;
                 }
             }
