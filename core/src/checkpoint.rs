@@ -249,9 +249,15 @@ impl Checkpointer {
     pub fn add_part(&mut self, part: CheckpointPart) -> Result<bool, String> {
         let expected = self.completed + 1;
         let shard = part.shard;
-        if part.checkpoint != expected {
+        if part.checkpoint < expected {
             return Err(format!(
-                "shard {shard} sent its part of checkpoint {}, while checkpoint {expected} is being collected",
+                "shard {shard}'s part of checkpoint {} arrived duplicated, after that checkpoint was complete",
+                part.checkpoint
+            ));
+        }
+        if part.checkpoint > expected {
+            return Err(format!(
+                "shard {shard} sent its part of checkpoint {} before that of {expected}",
                 part.checkpoint
             ));
         }
