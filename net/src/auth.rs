@@ -3,6 +3,11 @@
 //! HMAC-SHA256 over both nonces and both identities. The secret never goes on
 //! the wire, and a proof cannot be replayed on another connection (the peer's
 //! nonce differs). Until both proofs check out, no data frame is accepted.
+//!
+//! A hello also names the sender's *incarnation*: a number drawn afresh each
+//! time a process starts, covered by its proof. A peer that comes back with
+//! another incarnation has restarted: its channels start over, so a survivor
+//! must not take it for the old life (`peer` fails the run instead).
 
 use crate::frame::{encode_frame, Frame, FrameKind, PROTOCOL_VERSION};
 use hmac::{Hmac, Mac};
@@ -15,7 +20,7 @@ pub const CLUSTER_SECRET_MIN_BYTES: usize = 16;
 pub const NONCE_BYTES: usize = 32;
 /// Longest text taken from a peer (cluster id, refusal reason) into an error.
 const PEER_TEXT_MAX_BYTES: usize = 200;
-const DOMAIN: &[u8] = b"verity-auth-v1";
+const DOMAIN: &[u8] = b"verity-auth-v2";
 
 /// The shared secret of a cluster. Never printed.
 pub struct ClusterSecret(Vec<u8>);
@@ -65,6 +70,8 @@ impl ClusterSecret {
 pub struct Identity {
     pub cluster_id: String,
     pub process_id: u32,
+    /// This life of the process (see the module docs).
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,7 +101,15 @@ pub enum AuthError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeStatus {
     InProgress,
-    Established { peer_process_id: u32 },
+    Established { peer_process_id: u32, peer_incarnation: u64 },
+}
+
+/// What a peer's hello said.
+#[derive(Debug, Clone, Copy)]
+struct PeerHello {
+    process_id: u32,
+    nonce: [u8; NONCE_BYTES],
+    incarnation: u64,
 }
 
 /// Sans-IO and symmetric: both ends run the same machine.
@@ -103,8 +118,8 @@ pub struct Handshake {
     secret: Arc<ClusterSecret>,
     nonce: [u8; NONCE_BYTES],
     expected_peer: Option<u32>,
-    /// The peer's id and nonce, once its hello arrived.
-    peer: Option<(u32, [u8; NONCE_BYTES])>,
+    /// The peer's hello, once it arrived.
+    peer: Option<PeerHello>,
     established: bool,
 }
 
@@ -125,11 +140,18 @@ impl Handshake {
         }
     }
 
-    /// Writes our hello: cluster id, process id, version, nonce.
+    /// Writes our hello: cluster id, process id, version, nonce, incarnation.
     pub fn start(&mut self, out: &mut Vec<u8>) {
         let id = self.local.process_id.to_le_bytes();
         let version = PROTOCOL_VERSION.to_le_bytes();
-        let records: [&[u8]; 4] = [self.local.cluster_id.as_bytes(), &id, &version, &self.nonce];
+        let incarnation = self.local.incarnation.to_le_bytes();
+        let records: [&[u8]; 5] = [
+            self.local.cluster_id.as_bytes(),
+            &id,
+            &version,
+            &self.nonce,
+            &incarnation,
+        ];
         encode_frame(out, FrameKind::Hello, 0, 0, &records);
     }
 
@@ -140,30 +162,29 @@ impl Handshake {
     pub fn on_frame(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<HandshakeStatus, AuthError> {
         match (frame.header.kind, self.peer) {
             (FrameKind::Hello, None) => {
-                let (peer_id, peer_nonce) = self.check_hello(frame)?;
-                self.peer = Some((peer_id, peer_nonce));
-                let proof = self.proof(self.local.process_id, peer_id, &peer_nonce, &self.nonce);
+                let hello = self.check_hello(frame)?;
+                self.peer = Some(hello);
+                let proof = self.proof(hello.process_id, &hello.nonce);
                 encode_frame(out, FrameKind::Proof, 0, 0, &[&proof]);
                 Ok(HandshakeStatus::InProgress)
             }
-            (FrameKind::Proof, Some((peer_id, peer_nonce))) if !self.established => {
+            (FrameKind::Proof, Some(peer)) if !self.established => {
                 let proof = frame
                     .records()
                     .next()
                     .ok_or(AuthError::Malformed("empty proof"))?;
                 let mut mac = self.mac();
-                feed(
-                    &mut mac,
-                    &self.local.cluster_id,
-                    peer_id,
-                    self.local.process_id,
-                    &self.nonce,
-                    &peer_nonce,
-                );
+                let prover = Prover {
+                    process_id: peer.process_id,
+                    incarnation: peer.incarnation,
+                    nonce: &peer.nonce,
+                };
+                feed(&mut mac, &self.local.cluster_id, prover, self.local.process_id, &self.nonce);
                 mac.verify_slice(proof).map_err(|_| AuthError::BadProof)?;
                 self.established = true;
                 Ok(HandshakeStatus::Established {
-                    peer_process_id: peer_id,
+                    peer_process_id: peer.process_id,
+                    peer_incarnation: peer.incarnation,
                 })
             }
             (FrameKind::Refused, _) => {
@@ -174,7 +195,7 @@ impl Handshake {
         }
     }
 
-    fn check_hello(&self, frame: &Frame) -> Result<(u32, [u8; NONCE_BYTES]), AuthError> {
+    fn check_hello(&self, frame: &Frame) -> Result<PeerHello, AuthError> {
         let mut records = frame.records();
         let mut next = || records.next().ok_or(AuthError::Malformed("short hello"));
         let cluster = next()?;
@@ -184,13 +205,17 @@ impl Handshake {
         let version: [u8; 2] = next()?[..]
             .try_into()
             .map_err(|_| AuthError::Malformed("version"))?;
-        let nonce: [u8; NONCE_BYTES] = next()?[..]
-            .try_into()
-            .map_err(|_| AuthError::Malformed("nonce"))?;
+        // Before the rest: an older build's hello may be laid out otherwise.
         let version = u16::from_le_bytes(version);
         if version != PROTOCOL_VERSION {
             return Err(AuthError::WrongVersion { found: version });
         }
+        let nonce: [u8; NONCE_BYTES] = next()?[..]
+            .try_into()
+            .map_err(|_| AuthError::Malformed("nonce"))?;
+        let incarnation: [u8; 8] = next()?[..]
+            .try_into()
+            .map_err(|_| AuthError::Malformed("incarnation"))?;
         if cluster[..] != *self.local.cluster_id.as_bytes() {
             return Err(AuthError::WrongCluster {
                 expected: self.local.cluster_id.clone(),
@@ -210,44 +235,47 @@ impl Handshake {
         if nonce == self.nonce {
             return Err(AuthError::Malformed("peer echoed our nonce"));
         }
-        Ok((peer_id, nonce))
+        Ok(PeerHello {
+            process_id: peer_id,
+            nonce,
+            incarnation: u64::from_le_bytes(incarnation),
+        })
     }
 
     fn mac(&self) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(&self.secret.0).expect("HMAC takes any key size")
     }
 
-    /// The proof `prover` gives: over the verifier's nonce first, so it only
-    /// answers this connection's challenge.
-    fn proof(&self, prover: u32, verifier: u32, verifier_nonce: &[u8], prover_nonce: &[u8]) -> Vec<u8> {
+    /// Our proof to `verifier`: over its nonce first, so it only answers
+    /// this connection's challenge.
+    fn proof(&self, verifier: u32, verifier_nonce: &[u8]) -> Vec<u8> {
         let mut mac = self.mac();
-        feed(
-            &mut mac,
-            &self.local.cluster_id,
-            prover,
-            verifier,
-            verifier_nonce,
-            prover_nonce,
-        );
+        let prover = Prover {
+            process_id: self.local.process_id,
+            incarnation: self.local.incarnation,
+            nonce: &self.nonce,
+        };
+        feed(&mut mac, &self.local.cluster_id, prover, verifier, verifier_nonce);
         mac.finalize().into_bytes().to_vec()
     }
 }
 
-fn feed(
-    mac: &mut Hmac<Sha256>,
-    cluster: &str,
-    prover: u32,
-    verifier: u32,
-    verifier_nonce: &[u8],
-    prover_nonce: &[u8],
-) {
+/// Who gives a proof: its id, this life of it, its nonce.
+struct Prover<'a> {
+    process_id: u32,
+    incarnation: u64,
+    nonce: &'a [u8],
+}
+
+fn feed(mac: &mut Hmac<Sha256>, cluster: &str, prover: Prover<'_>, verifier: u32, verifier_nonce: &[u8]) {
     mac.update(DOMAIN);
     mac.update(&(cluster.len() as u32).to_le_bytes());
     mac.update(cluster.as_bytes());
-    mac.update(&prover.to_le_bytes());
+    mac.update(&prover.process_id.to_le_bytes());
+    mac.update(&prover.incarnation.to_le_bytes());
     mac.update(&verifier.to_le_bytes());
     mac.update(verifier_nonce);
-    mac.update(prover_nonce);
+    mac.update(prover.nonce);
 }
 
 /// Text a peer sent, made safe for a one-line log message: control
@@ -277,6 +305,7 @@ mod tests {
         let identity = Identity {
             cluster_id: "c".into(),
             process_id: id,
+            incarnation: 100 + u64::from(nonce),
         };
         let secret = Arc::new(ClusterSecret::new(SECRET.to_vec()).expect("long enough"));
         Handshake::new(identity, secret, [nonce; NONCE_BYTES], None)
@@ -323,6 +352,44 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_whose_incarnation_was_changed_on_the_way_fails_its_proof() {
+        let (mut a, mut b) = (handshake(0, 1), handshake(1, 2));
+        let a_hello = hello_of(&mut a);
+        let b_hello = hello_of(&mut b);
+        let mut b_proof = Vec::new();
+        b.on_frame(&a_hello, &mut b_proof).unwrap();
+        // Same hello, another incarnation: the proof no longer covers it.
+        let mut forged = Vec::new();
+        let records: Vec<&[u8]> = b_hello.records().collect();
+        let other = 7u64.to_le_bytes();
+        encode_frame(
+            &mut forged,
+            FrameKind::Hello,
+            0,
+            0,
+            &[records[0], records[1], records[2], records[3], &other],
+        );
+        a.on_frame(&only_frame(&forged), &mut Vec::new()).unwrap();
+        assert_eq!(
+            a.on_frame(&only_frame(&b_proof), &mut Vec::new()),
+            Err(AuthError::BadProof)
+        );
+        // The true hello establishes, naming b's incarnation.
+        let mut a = handshake(0, 1);
+        let a_hello = hello_of(&mut a);
+        let mut b_proof = Vec::new();
+        handshake(1, 2).on_frame(&a_hello, &mut b_proof).unwrap();
+        a.on_frame(&b_hello, &mut Vec::new()).unwrap();
+        assert_eq!(
+            a.on_frame(&only_frame(&b_proof), &mut Vec::new()),
+            Ok(HandshakeStatus::Established {
+                peer_process_id: 1,
+                peer_incarnation: 102
+            })
+        );
+    }
+
+    #[test]
     fn our_own_proof_reflected_back_is_refused() {
         let (mut a, mut b) = (handshake(0, 1), handshake(1, 2));
         let b_hello = hello_of(&mut b);
@@ -357,11 +424,14 @@ mod tests {
     #[test]
     fn malformed_hellos_are_refused() {
         let mut a = handshake(0, 1);
-        let cases: [&[&[u8]]; 4] = [
+        let v = PROTOCOL_VERSION.to_le_bytes();
+        let cases: [&[&[u8]]; 6] = [
             &[],
             &[b"c", &[1, 0, 0]],
-            &[b"c", &[1, 0, 0, 0], &[1, 0], &[5; 31]],
-            &[b"c", &[1, 0, 0, 0], &[1, 0], &[1; NONCE_BYTES]], // our own nonce echoed
+            &[b"c", &[1, 0, 0, 0], &v, &[5; 31], &[0; 8]],
+            &[b"c", &[1, 0, 0, 0], &v, &[1; NONCE_BYTES], &[0; 8]], // our own nonce echoed
+            &[b"c", &[1, 0, 0, 0], &v, &[5; NONCE_BYTES]],          // no incarnation
+            &[b"c", &[1, 0, 0, 0], &v, &[5; NONCE_BYTES], &[0; 7]],
         ];
         for records in cases {
             let mut out = Vec::new();
@@ -378,7 +448,8 @@ mod tests {
     fn errors_are_one_line_even_with_hostile_peer_text() {
         let mut a = handshake(0, 1);
         let hostile = format!("evil\ncluster\r{}", "x".repeat(1000));
-        let records: [&[u8]; 4] = [hostile.as_bytes(), &[1, 0, 0, 0], &[1, 0], &[9; NONCE_BYTES]];
+        let v = PROTOCOL_VERSION.to_le_bytes();
+        let records: [&[u8]; 5] = [hostile.as_bytes(), &[1, 0, 0, 0], &v, &[9; NONCE_BYTES], &[0; 8]];
         let mut out = Vec::new();
         encode_frame(&mut out, FrameKind::Hello, 0, 0, &records);
         let error = a.on_frame(&only_frame(&out), &mut Vec::new()).unwrap_err();

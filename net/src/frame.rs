@@ -26,7 +26,8 @@ use std::io::{self, Read};
 use std::ops::Range;
 
 pub const FRAME_MAGIC: [u8; 4] = *b"VRTY";
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: a hello names the sender's incarnation (`auth`).
+pub const PROTOCOL_VERSION: u16 = 2;
 pub const FRAME_HEADER_SIZE_BYTES: usize = 32;
 /// Largest frame, header included.
 pub const FRAME_SIZE_MAX_BYTES: usize = 16 << 20;
@@ -447,7 +448,7 @@ mod tests {
         let frame = &out[range];
         assert_eq!(frame.len(), FRAME_HEADER_SIZE_BYTES + RECORD_PREFIX_BYTES + 3);
         assert_eq!(&frame[0..4], b"VRTY");
-        assert_eq!(&frame[4..6], &[1, 0]);
+        assert_eq!(&frame[4..6], &[2, 0]);
         assert_eq!(frame[6], FrameKind::Ack as u8);
         assert_eq!(frame[7], 0);
         assert_eq!(&frame[8..12], &[7, 0, 0, 0]);

@@ -131,6 +131,9 @@ pub struct ProtocolBugs {
     pub resume_one_past_applied: bool,
     /// Ack one record more than the consumer took (a relay's off-by-one).
     pub ack_one_past_consumed: bool,
+    /// Take a peer that comes back with a new incarnation (it restarted, its
+    /// channels start over) for its old life.
+    pub ignore_peer_restart: bool,
 }
 
 /// How full one channel's window is.
@@ -323,6 +326,8 @@ struct Peer {
     dials: bool,
     conn: Option<ConnId>,
     connected_before: bool,
+    /// The peer's incarnation since its first handshake.
+    incarnation: Option<u64>,
     backoff: Backoff,
     next_dial_ms: u64,
     unreachable_since_ms: Option<u64>,
@@ -332,6 +337,8 @@ struct Peer {
 pub struct PeerProtocol<E: Entropy> {
     config: ProtocolConfig,
     entropy: E,
+    /// This life of the process: drawn at start, named in every hello.
+    incarnation: u64,
     conns: BTreeMap<ConnId, Conn>,
     peers: BTreeMap<u32, Peer>,
     outs: BTreeMap<u32, Out>,
@@ -344,7 +351,7 @@ pub struct PeerProtocol<E: Entropy> {
 }
 
 impl<E: Entropy> PeerProtocol<E> {
-    pub fn new(config: ProtocolConfig, entropy: E, now_ms: u64) -> Self {
+    pub fn new(config: ProtocolConfig, mut entropy: E, now_ms: u64) -> Self {
         assert!(config.window_frames > 0 && config.window_bytes > 0);
         assert!(
             !config.peers.contains(&config.process_id),
@@ -358,6 +365,7 @@ impl<E: Entropy> PeerProtocol<E> {
                     dials: config.process_id > id,
                     conn: None,
                     connected_before: false,
+                    incarnation: None,
                     backoff: Backoff::new(config.reconnect_base_ms, config.reconnect_max_ms),
                     next_dial_ms: now_ms,
                     unreachable_since_ms: Some(now_ms),
@@ -365,9 +373,11 @@ impl<E: Entropy> PeerProtocol<E> {
                 (id, peer)
             })
             .collect();
+        let incarnation = entropy.next_u64();
         PeerProtocol {
             config,
             entropy,
+            incarnation,
             conns: BTreeMap::new(),
             peers,
             outs: BTreeMap::new(),
@@ -381,6 +391,11 @@ impl<E: Entropy> PeerProtocol<E> {
 
     pub fn config(&self) -> &ProtocolConfig {
         &self.config
+    }
+
+    /// This life of the process (see `auth`).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     pub fn stats(&self) -> ProtocolStats {
@@ -574,6 +589,7 @@ impl<E: Entropy> PeerProtocol<E> {
         let identity = Identity {
             cluster_id: self.config.cluster_id.clone(),
             process_id: self.config.process_id,
+            incarnation: self.incarnation,
         };
         let nonce = self.entropy.nonce();
         let mut handshake = Handshake::new(identity, Arc::clone(&self.config.secret), nonce, dialled);
@@ -763,15 +779,40 @@ impl<E: Entropy> PeerProtocol<E> {
                 return Err(self.refused(conn, format!("peer refused: {e}")));
             }
         };
-        let HandshakeStatus::Established { peer_process_id } = status else {
+        let HandshakeStatus::Established {
+            peer_process_id,
+            peer_incarnation,
+        } = status
+        else {
             return Ok(());
         };
-        if !self.peers.contains_key(&peer_process_id) {
+        let Some(peer) = self.peers.get_mut(&peer_process_id) else {
             let reason = format!("process {peer_process_id} is not in this cluster");
             return Err(self.refused(conn, format!("peer refused: {reason}")));
+        };
+        let known = *peer.incarnation.get_or_insert(peer_incarnation);
+        if known != peer_incarnation && !self.config.bugs.ignore_peer_restart {
+            return Err(self.peer_restarted(conn, peer_process_id));
         }
+        peer.incarnation = Some(peer_incarnation);
         self.on_established(conn, peer_process_id, now_ms);
         Ok(())
+    }
+
+    /// A peer came back as a new life: what it had received and sent is
+    /// gone, and channels numbered from its old life would either drop its
+    /// new frames as duplicates or wait forever for resends it cannot make.
+    /// This run cannot go on (a run with checkpoints restarts from the last
+    /// one); the connection is refused so nothing of it is applied.
+    fn peer_restarted(&mut self, conn: ConnId, peer: u32) -> String {
+        let reason = format!("process {peer} restarted (a new incarnation): its channels start over");
+        if !self.failed && !self.closing {
+            self.failed = true;
+            self.actions.push_back(Action::Failed {
+                reason: reason.clone(),
+            });
+        }
+        self.refused(conn, reason)
     }
 
     fn refused(&mut self, conn: ConnId, reason: String) -> String {

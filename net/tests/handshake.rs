@@ -12,6 +12,7 @@ fn handshake(cluster: &str, id: u32, secret: &[u8], nonce: u8) -> Handshake {
     let identity = Identity {
         cluster_id: cluster.into(),
         process_id: id,
+        incarnation: 1000 + u64::from(id),
     };
     let secret = Arc::new(ClusterSecret::new(secret.to_vec()).unwrap());
     Handshake::new(identity, secret, [nonce; 32], None)
@@ -50,8 +51,14 @@ fn peers_with_the_secret_establish_and_the_secret_stays_home() {
     let (mut a, mut b) = (handshake("c", 0, SECRET, 1), handshake("c", 1, SECRET, 2));
     let (outcomes, wire) = exchange(&mut a, &mut b);
     assert!(a.is_established() && b.is_established(), "{outcomes:?}");
-    assert!(outcomes.contains(&Ok(HandshakeStatus::Established { peer_process_id: 0 })));
-    assert!(outcomes.contains(&Ok(HandshakeStatus::Established { peer_process_id: 1 })));
+    let established = |peer_process_id| {
+        Ok(HandshakeStatus::Established {
+            peer_process_id,
+            peer_incarnation: 1000 + u64::from(peer_process_id),
+        })
+    };
+    assert!(outcomes.contains(&established(0)));
+    assert!(outcomes.contains(&established(1)));
     assert!(
         !wire.windows(SECRET.len()).any(|w| w == SECRET),
         "the secret went on the wire"
@@ -134,6 +141,7 @@ fn a_dialler_refuses_a_peer_other_than_the_one_it_dialled() {
     let identity = Identity {
         cluster_id: "c".into(),
         process_id: 0,
+        incarnation: 1,
     };
     let mut a = Handshake::new(identity, secret, [1; 32], Some(2));
     let mut b = handshake("c", 1, SECRET, 2);

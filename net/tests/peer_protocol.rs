@@ -158,6 +158,54 @@ fn a_channel_is_carried_in_order_acked_and_resent_after_a_reconnect() {
 }
 
 #[test]
+fn a_peer_back_with_a_new_incarnation_fails_the_run_unless_the_bug_is_planted() {
+    for bug in [false, true] {
+        let mut config0 = config(0, vec![1], SECRET);
+        config0.bugs.ignore_peer_restart = bug;
+        let mut p0 = PeerProtocol::new(config0, SeededEntropy::new(9), 0);
+        p0.add_in(CHANNEL, 1);
+        let mut p1 = protocol(1, vec![0], SECRET);
+        p1.add_out(CHANNEL, 0);
+        connect(&mut p0, &mut p1, 1, 0);
+        let mut producer: VecDeque<Bytes> = (1..=3).map(|i| data_frame(CHANNEL, i, &[b"r"])).collect();
+        p1.send_from(CHANNEL, &mut producer);
+        exchange(&mut p1, &mut p0, 1, 0);
+        // The same life reconnects: nothing is wrong.
+        p0.on_closed(1, "reset", 1);
+        p1.on_closed(1, "reset", 1);
+        connect(&mut p0, &mut p1, 2, 2);
+        let mut seen = Seen::default();
+        drain(&mut p0, &mut seen);
+        assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+        assert_eq!(seen.delivered.len(), 3);
+
+        // Process 1 restarts: a new life numbers its channel from 1 again.
+        p0.on_closed(2, "reset", 3);
+        let mut reborn = PeerProtocol::new(config(1, vec![0], SECRET), SeededEntropy::new(77), 3);
+        assert_ne!(reborn.incarnation(), p1.incarnation());
+        reborn.add_out(CHANNEL, 0);
+        connect(&mut p0, &mut reborn, 3, 4);
+        let dropped_before = p0.stats().duplicates_dropped;
+        let mut producer = VecDeque::from([data_frame(CHANNEL, 1, &[b"new life"])]);
+        reborn.send_from(CHANNEL, &mut producer);
+        exchange(&mut reborn, &mut p0, 3, 5);
+        let mut seen = Seen::default();
+        drain(&mut p0, &mut seen);
+        if bug {
+            // Taken for the old life: its new frame is dropped as a duplicate.
+            assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+            assert!(seen.delivered.is_empty());
+            assert_eq!(p0.stats().duplicates_dropped, dropped_before + 1);
+        } else {
+            assert_eq!(seen.failed.len(), 1, "{:?}", seen.failed);
+            assert!(seen.failed[0].contains("process 1 restarted"), "{:?}", seen.failed);
+            assert!(seen.delivered.is_empty());
+            assert!(seen.closed.iter().any(|(conn, _)| *conn == 3), "{:?}", seen.closed);
+        }
+    }
+}
+
+#[test]
 fn a_wrong_secret_is_refused_and_its_data_never_delivered() {
     let (mut p0, mut intruder) = (
         protocol(0, vec![1], SECRET),
