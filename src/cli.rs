@@ -247,9 +247,10 @@ struct CheckpointArgs {
     /// Take consistent checkpoints of all state into DIR (created if missing),
     /// so a crashed run can continue with --recover; with a file output, the
     /// output and dead-letter files are cut back to the last checkpoint on
-    /// recovery, so the finished files hold each line exactly once. One
-    /// process only, for now.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["processes", "cluster"])]
+    /// recovery, so the finished files hold each line exactly once. In a
+    /// cluster every process must read DIR at the same path (one machine, or
+    /// a shared file system).
+    #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// How often a checkpoint is taken.
     #[arg(long, value_name = "MS", default_value_t = verity_core::checkpoint::DEFAULT_INTERVAL_MS,
@@ -264,6 +265,11 @@ struct CheckpointArgs {
     /// (after a crash); run it with the same input and options.
     #[arg(long, requires = "state_dir")]
     recover: bool,
+    /// In a cluster (--processes, --cluster), a failed run (a worker killed,
+    /// a lost peer) restarts every process from the newest checkpoint; it
+    /// gives up after N restarts in a row without a new checkpoint.
+    #[arg(long, value_name = "N", default_value_t = crate::restart::DEFAULT_MAX_RESTARTS, requires = "state_dir")]
+    max_restarts: u32,
 }
 
 /// How long a stop may take.
@@ -318,6 +324,12 @@ struct WorkerArgs {
     /// one machine).
     #[arg(long, value_name = "N", default_value_t = 0)]
     first_core: usize,
+    /// Exit after one run even when it failed with checkpoints on (for a
+    /// supervisor that restarts the process itself). By default a worker
+    /// whose run failed that way starts over and waits for the next job, as
+    /// process 0 restarts the cluster from its newest checkpoint.
+    #[arg(long)]
+    once: bool,
     #[command(flatten)]
     net: NetArgs,
     #[command(flatten)]
@@ -424,7 +436,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 first_core: args.first_core,
             };
             let net = args.net.options(&args.stop);
-            run_worker_process(&args.cluster, args.id, &net, pinning, &signal)
+            run_worker_process(&args.cluster, args.id, &net, pinning, &signal, !args.once)
         }
         Command::Sim(args) => sim(args),
         Command::Send(args) => {
@@ -563,12 +575,13 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         batch_max: config.limits.batch_max,
         queue_depth_batches: config.queue_depth_batches,
         discard_output: outputs.sink == SinkSpec::Null,
+        checkpoints: None,
     };
     let summary = match (args.processes, &args.cluster) {
         (Some(processes), _) if processes > 1 => {
             let workers = config.workers as u32;
             let (local, net) = LocalCluster::spawn(processes, workers, &net, config.pin_cores)?;
-            let summary = run_leader_process(
+            let run = run_leader_process(
                 &local.file,
                 &net,
                 &job,
@@ -577,13 +590,20 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
                 &outputs,
                 &signal,
                 Some(&local),
-            )?;
-            local.join()?;
-            summary
+            );
+            match run {
+                Ok(summary) => {
+                    local.join();
+                    summary
+                }
+                // The restarted process spawns its workers anew.
+                Err(e) => return Err(after_cluster_failure(&args.checkpoints, e, || drop(local))),
+            }
         }
         (_, Some(path)) => {
             let file = ClusterFile::load(path)?;
-            run_leader_process(&file, &net, &job, input, &config, &outputs, &signal, None)?
+            run_leader_process(&file, &net, &job, input, &config, &outputs, &signal, None)
+                .map_err(|e| after_cluster_failure(&args.checkpoints, e, || {}))?
         }
         _ => {
             watch_single_process(Arc::clone(&signal), net.stop_deadline_ms)?;
@@ -599,6 +619,25 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         );
     }
     Ok(if summary.sources_failed() { 1 } else { 0 })
+}
+
+/// A cluster run with checkpoints that failed restarts from its newest
+/// checkpoint (`restart`); a stopped run, or one without checkpoints, ends
+/// with its error.
+fn after_cluster_failure(
+    checkpoints: &CheckpointArgs,
+    error: anyhow::Error,
+    before_exec: impl FnOnce(),
+) -> anyhow::Error {
+    let stopped = error
+        .downcast_ref::<ExitWith>()
+        .is_some_and(|e| e.code == Outcome::Stopped.exit_code());
+    match &checkpoints.state_dir {
+        Some(state_dir) if !stopped => {
+            crate::restart::restart_or_give_up(state_dir, error, checkpoints.max_restarts, before_exec)
+        }
+        _ => error,
+    }
 }
 
 /// A single-process run has no cluster lifecycle to keep its deadlines: this

@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
+use verity_core::checkpoint::RestoreFrom;
 use verity_core::cluster::{
-    Action, ClusterFile, ControlLinks, Deadlines, Event, Job, Layout, Lifecycle, Outcome,
+    Action, ClusterFile, ControlLinks, Deadlines, Event, Job, JobCheckpoints, Layout, Lifecycle, Outcome,
 };
 use verity_core::{
-    run_in_cluster, ClusterRun, Dataflow, Key, Outputs, Placement, RunConfig, RunError, RunSummary,
-    SourceSpec, Wire,
+    open_checkpoints, run_in_cluster, ClusterRun, Dataflow, Key, Outputs, Placement, RunConfig, RunError,
+    RunSummary, SourceSpec, Wire,
 };
 use verity_net::auth::{ClusterSecret, CLUSTER_SECRET_ENV};
 use verity_net::liveness::LivenessConfig;
@@ -120,6 +121,8 @@ pub struct JobSpec {
     pub queue_depth_batches: usize,
     /// The sink discards output (`--output null`): workers need not send it.
     pub discard_output: bool,
+    /// Set by process 0 once it opened the state dir (`--state-dir`).
+    pub checkpoints: Option<JobCheckpoints>,
 }
 
 impl JobSpec {
@@ -132,7 +135,18 @@ impl JobSpec {
             batch_max: u32::try_from(self.batch_max).expect("--batch-max is bounded"),
             queue_depth_batches: u32::try_from(self.queue_depth_batches).expect("--queue-depth is bounded"),
             discard_output: self.discard_output,
+            checkpoints: self.checkpoints.clone(),
         }
+    }
+
+    /// Where this worker's shards continue from, if the run recovers.
+    fn restore(&self) -> Option<RestoreFrom> {
+        let checkpoints = self.checkpoints.as_ref().filter(|c| c.restore_from > 0)?;
+        Some(RestoreFrom {
+            state_dir: PathBuf::from(&checkpoints.state_dir),
+            fingerprint: checkpoints.fingerprint.clone(),
+            checkpoint: checkpoints.restore_from,
+        })
     }
 
     /// A job from process 0, checked against what this binary can run.
@@ -153,6 +167,7 @@ impl JobSpec {
             batch_max: job.batch_max as usize,
             queue_depth_batches: job.queue_depth_batches as usize,
             discard_output: job.discard_output,
+            checkpoints: job.checkpoints.clone(),
         })
     }
 }
@@ -344,6 +359,15 @@ pub fn run_leader_process(
     local: Option<&LocalCluster>,
 ) -> Result<RunSummary> {
     let layout = file.layout(0)?;
+    // Before the job goes out: it tells the workers where to restore from.
+    let mut checkpoints = match &config.checkpoints {
+        Some(settings) => Some(open_checkpoints(settings, &layout, &input.source_names())?),
+        None => None,
+    };
+    let spec = JobSpec {
+        checkpoints: checkpoints.as_ref().map(|c| c.for_workers()),
+        ..spec.clone()
+    };
     let node = Arc::new(net.start_node(file, 0)?);
     let links = ControlLinks::new(&node, &layout, WINDOW_FRAMES);
     let mut lifecycle = Lifecycle::new(0, layout.processes(), Some(spec.to_job()), net.deadlines());
@@ -354,6 +378,7 @@ pub fn run_leader_process(
     let total_shards = layout.total_shards() as usize;
     let start_job = |_job: Job| -> Result<()> {
         let input = input.take().context("the job starts once")?;
+        let checkpoints = checkpoints.take().map(Box::new);
         let (node, layout, stop, spec, outputs) = (
             Arc::clone(&node),
             layout.clone(),
@@ -375,7 +400,10 @@ pub fn run_leader_process(
                 config: &config,
                 stop,
                 cluster: &cluster,
-                placement: Placement::Leader(&outputs),
+                placement: Placement::Leader {
+                    outputs: &outputs,
+                    checkpoints,
+                },
             };
             drive_app(spec.app, input, spec.options, driver)
                 .with_context(|| format!("{} cluster run failed", spec.app.name()))
@@ -418,6 +446,7 @@ pub fn run_worker_process(
     net: &NetOptions,
     pinning: Pinning,
     signal: &AtomicBool,
+    rejoin: bool,
 ) -> Result<i32> {
     let file = ClusterFile::load(file_path)?;
     if id == 0 {
@@ -428,8 +457,12 @@ pub fn run_worker_process(
     let links = ControlLinks::new(&node, &layout, WINDOW_FRAMES);
     let mut lifecycle = Lifecycle::new(id, layout.processes(), None, net.deadlines());
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    // The state dir of a job with checkpoints: if it fails, the cluster
+    // restarts from there, and so does this worker.
+    let mut state_dir = None;
     let start_job = |job: Job| -> Result<()> {
         let spec = JobSpec::from_job(&job)?;
+        state_dir = job.checkpoints.as_ref().map(|c| PathBuf::from(&c.state_dir));
         let (node, layout) = (Arc::clone(&node), layout.clone());
         spawn_job(done_tx.clone(), move || {
             run_worker_job(&node, layout, &spec, pinning)
@@ -449,7 +482,17 @@ pub fn run_worker_process(
         failure_seen: false,
     };
     let (outcome, reason) = supervisor.run(&mut lifecycle, start_job, &done_rx);
-    ended(outcome, reason.map(|r| format!("worker {id}: {r}")))?;
+    let result = ended(outcome, reason.map(|r| format!("worker {id}: {r}")));
+    if let (Err(e), Some(state_dir), Outcome::Failed, true) = (&result, &state_dir, outcome, rejoin) {
+        let error = anyhow::anyhow!("{e:#}");
+        return Err(crate::restart::restart_or_give_up(
+            state_dir,
+            error,
+            crate::restart::DEFAULT_MAX_RESTARTS,
+            || {},
+        ));
+    }
+    result?;
     drop(supervisor);
     if let Ok(node) = Arc::try_unwrap(node) {
         node.stop();
@@ -493,6 +536,7 @@ fn run_worker_job(node: &Node, layout: Layout, spec: &JobSpec, pinning: Pinning)
         cluster: &cluster,
         placement: Placement::Member {
             discard_lines: spec.discard_output,
+            restore: spec.restore(),
         },
     };
     let summary = drive_app(spec.app, input, spec.options, driver)?;
@@ -560,6 +604,8 @@ impl LocalCluster {
                 ])
                 .arg("--secret-file")
                 .arg(net.secret_file.as_ref().expect("set above"))
+                // Process 0 restarts its local workers itself.
+                .arg("--once")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());
             if !pin_cores {
@@ -586,32 +632,34 @@ impl LocalCluster {
         })
     }
 
-    /// Waits for the workers to exit; kills any that outstay the grace period.
-    pub fn join(self) -> Result<()> {
+    /// Waits for the workers to exit after a run that ended well; kills any
+    /// that outstay the grace period. The run's output is complete and
+    /// committed by then, so a worker that dies now (killed, crashed in its
+    /// shutdown) changes no result: it is reported as a warning.
+    pub fn join(self) {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        let mut failed = Vec::new();
         for (index, child) in self.children().iter_mut().enumerate() {
             loop {
-                match child.try_wait()? {
-                    Some(status) if status.success() => break,
-                    Some(status) => {
-                        failed.push(format!("worker {} exited with {status}", index + 1));
+                match child.try_wait() {
+                    Ok(Some(status)) if status.success() => break,
+                    Ok(Some(status)) => {
+                        log::warn!("worker {} exited with {status} after the run ended", index + 1);
                         break;
                     }
-                    None if Instant::now() > deadline => {
+                    Ok(None) if Instant::now() > deadline => {
                         let _ = child.kill();
                         let _ = child.wait();
-                        failed.push(format!("worker {} did not exit; killed", index + 1));
+                        log::warn!("worker {} did not exit after the run ended; killed", index + 1);
                         break;
                     }
-                    None => std::thread::sleep(Duration::from_millis(20)),
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => {
+                        log::warn!("worker {}: {e}", index + 1);
+                        break;
+                    }
                 }
             }
         }
-        if !failed.is_empty() {
-            bail!("{}", failed.join("; "));
-        }
-        Ok(())
     }
 }
 
@@ -683,8 +731,22 @@ mod tests {
             batch_max: 7,
             queue_depth_batches: 9,
             discard_output: true,
+            checkpoints: Some(JobCheckpoints {
+                state_dir: "/shared/state".into(),
+                fingerprint: "market-spread; 4 shards".into(),
+                restore_from: 3,
+            }),
         };
         assert_eq!(JobSpec::from_job(&spec.to_job()).unwrap(), spec);
+        assert_eq!(spec.restore().unwrap().checkpoint, 3);
+        let fresh = JobSpec {
+            checkpoints: Some(JobCheckpoints {
+                restore_from: 0,
+                ..spec.checkpoints.clone().unwrap()
+            }),
+            ..spec.clone()
+        };
+        assert_eq!(fresh.restore(), None, "a run from the start restores nothing");
         let unknown = Job {
             app: "nope".into(),
             ..spec.to_job()

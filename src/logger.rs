@@ -26,6 +26,15 @@ pub fn render(level: Level, message: &std::fmt::Arguments<'_>) -> String {
     }
 }
 
+/// One line to stderr in one write: processes of a local cluster share
+/// stderr, and `eprintln!` writes the text and its newline separately, so
+/// lines of two processes could run together.
+pub fn write_line(text: &str) {
+    use std::io::Write;
+    let line = format!("{text}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         metadata.level() <= SHOWN_LEVEL
@@ -33,7 +42,7 @@ impl Log for StderrLogger {
 
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
-            eprintln!("{}", render(record.level(), record.args()));
+            write_line(&render(record.level(), record.args()));
         }
     }
 

@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod logger;
 mod panics;
+mod restart;
 mod sim;
 
 use clap::Parser;
@@ -16,7 +17,7 @@ fn main() {
     match cli::execute(args) {
         Ok(code) => std::process::exit(code),
         Err(error) => {
-            eprintln!("verity: error: {}", one_line(&error));
+            logger::write_line(&format!("verity: error: {}", one_line(&error)));
             let code = error.downcast_ref::<cluster::ExitWith>().map_or(1, |e| e.code);
             std::process::exit(code);
         }

@@ -4,6 +4,11 @@
 //! (`verity verify`: nothing lost, nothing twice, nothing wrong). A kill that
 //! comes after the run finished is no failure: the test never depends on
 //! timing, only the number of real crashes varies.
+//!
+//! In a 3-process cluster, a killed worker makes process 0 restart every
+//! process from the newest checkpoint by itself; the test kills a worker
+//! each time a new checkpoint appeared (so every restart follows progress),
+//! then waits for the run to finish on its own.
 mod common;
 
 use common::{ok, path_str, run, stderr, verity};
@@ -50,6 +55,9 @@ struct Job {
     input: Vec<String>,
     output: PathBuf,
     state: PathBuf,
+    /// A local cluster of this many processes of one shard each (else one
+    /// process of two shards).
+    processes: Option<u32>,
 }
 
 impl Job {
@@ -59,18 +67,24 @@ impl Job {
             input: generate(dir, app, records),
             output: dir.join("out.txt"),
             state: dir.join("state"),
+            processes: None,
         }
     }
 
     fn args(&self, recover: bool) -> Vec<String> {
         let mut args: Vec<String> = vec!["run".into(), self.app.into()];
         args.extend(self.input.iter().cloned());
+        let layout = match self.processes {
+            None => vec!["--workers".to_string(), "2".to_string()],
+            Some(p) => ["--processes", &p.to_string(), "--workers", "1", "--no-pin"]
+                .map(String::from)
+                .to_vec(),
+        };
+        args.extend(layout);
         args.extend(
             [
                 "--output",
                 path_str(&self.output),
-                "--workers",
-                "2",
                 "--state-dir",
                 path_str(&self.state),
                 "--checkpoint-interval-ms",
@@ -166,6 +180,173 @@ fn newest_checkpoint_files(state: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&newest))
         .collect()
+}
+
+/// The processes whose parent is `pid` (Linux: `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue; // gone meanwhile
+        };
+        // `pid (name) state ppid ...`: the name may hold spaces.
+        let after_name = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        let ppid = after_name
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            children.push(child);
+        }
+    }
+    children.sort_unstable();
+    children
+}
+
+/// The newest complete checkpoint in `state` (0 if none).
+fn newest_checkpoint(state: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(state) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("ckpt-")?
+                .strip_suffix(".manifest")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Bounded waits: generous, since the machine may be busy; a test never
+/// passes or fails on how long something took within them.
+const WAIT_MAX: Duration = Duration::from_secs(240);
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `ready` or the child exited; false if it exited.
+fn wait_while_running(child: &mut std::process::Child, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + WAIT_MAX;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().expect("poll verity").is_some() {
+            return false;
+        }
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(POLL);
+    }
+    let _ = child.kill();
+    panic!("verity neither got ready nor exited within {WAIT_MAX:?}");
+}
+
+/// A 3-process run of `app` in which `kills` workers are killed with
+/// SIGKILL, each after a new checkpoint; the run must restart by itself and
+/// finish with the exact output.
+fn cluster_survives_killed_workers(app: &'static str, records: u64, kills: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job {
+        processes: Some(3),
+        ..Job::new(dir.path(), app, records)
+    };
+    let log = dir.path().join("stderr.txt");
+    let mut leader = verity()
+        .args(job.args(false))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start verity");
+    let mut killed = 0;
+    for kill in 0..kills {
+        let seen = newest_checkpoint(&job.state);
+        let pid = leader.id();
+        // Two workers of this life, and a checkpoint newer than the last kill.
+        let ready = wait_while_running(&mut leader, || {
+            newest_checkpoint(&job.state) > seen && children_of(pid).len() == 2
+        });
+        if !ready {
+            break; // finished before this kill
+        }
+        let workers = children_of(pid);
+        let victim = workers[kill as usize % workers.len()];
+        let status = std::process::Command::new("kill")
+            .args(["-9", &victim.to_string()])
+            .status();
+        if status.is_ok_and(|s| s.success()) {
+            killed += 1;
+        }
+    }
+    let deadline = std::time::Instant::now() + WAIT_MAX;
+    let status = loop {
+        if let Some(status) = leader.try_wait().expect("poll verity") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run did not finish");
+        std::thread::sleep(POLL);
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    let restarts = stderr.matches("restarting every process").count();
+    assert!(
+        restarts >= killed.min(1) as usize,
+        "{killed} kills, {restarts} restarts: {stderr}"
+    );
+    job.verify();
+    eprintln!("{app}: {killed} workers killed, {restarts} restarts");
+}
+
+#[test]
+fn a_cluster_restarts_itself_after_killed_workers_and_finishes_exactly() {
+    cluster_survives_killed_workers("seq-window", 400_000, 3);
+}
+
+#[test]
+fn a_two_stream_cluster_restarts_itself_after_killed_workers_and_finishes_exactly() {
+    cluster_survives_killed_workers("market-spread", 400_000, 3);
+}
+
+#[test]
+fn a_wordcount_cluster_restarts_itself_after_killed_workers_and_finishes_exactly() {
+    cluster_survives_killed_workers("wordcount", 200_000, 3);
+}
+
+#[test]
+fn a_cluster_killed_whole_recovers_with_recover_past_a_corrupt_newest_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job {
+        processes: Some(3),
+        ..Job::new(dir.path(), "wordcount", 200_000)
+    };
+    let mut leader = verity()
+        .args(job.args(false))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start verity");
+    let pid = leader.id();
+    let ready = wait_while_running(&mut leader, || {
+        newest_checkpoint(&job.state) >= 2 && children_of(pid).len() == 2
+    });
+    if ready {
+        // Every process at once: the workers first, so none outlives the test.
+        for victim in children_of(pid).into_iter().chain([pid]) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &victim.to_string()])
+                .status();
+        }
+    }
+    let _ = leader.wait();
+    let part = newest_checkpoint_files(&job.state).pop().expect("a part");
+    let mut bytes = std::fs::read(&part).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&part, bytes).unwrap();
+    let summary = job.finish();
+    assert!(summary.contains("passed over"), "{summary}");
+    job.verify();
 }
 
 #[test]

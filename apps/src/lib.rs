@@ -61,6 +61,16 @@ pub enum AppInput {
     QuotesAndOrders { quotes: SourceSpec, orders: SourceSpec },
 }
 
+impl AppInput {
+    /// The names of its sources, in the dataflow's order.
+    pub fn source_names(&self) -> Vec<String> {
+        match self {
+            AppInput::Single(source) => vec![source.name.clone()],
+            AppInput::QuotesAndOrders { quotes, orders } => vec![quotes.name.clone(), orders.name.clone()],
+        }
+    }
+}
+
 /// App options beyond input and output.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AppOptions {

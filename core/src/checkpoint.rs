@@ -14,8 +14,10 @@ use crate::cluster::codec::{decode_cut, encode_cut};
 use crate::shard::CheckpointPart;
 use crate::source::SourceCut;
 use crate::wire::{decode_bytes, encode_bytes, Wire, WireError};
+use std::ops::Range;
+use std::path::PathBuf;
 use verity_state::checkpoint::{CheckpointError, CheckpointStore, PartInfo};
-use verity_state::storage::Storage;
+use verity_state::storage::{DirStorage, Storage};
 
 pub use verity_state::checkpoint::DEFAULT_RETAINED;
 
@@ -134,6 +136,55 @@ pub enum RecoverError {
     },
     #[error("checkpoint {id}: {what} does not decode: {error}")]
     Malformed { id: u64, what: String, error: WireError },
+    #[error(
+        "state dir {0}: not found on this process; a cluster's checkpoints need a directory \
+         every process reads at the same path (one machine, or a shared file system)"
+    )]
+    NotShared(String),
+}
+
+/// The checkpoint a process of a cluster restores its shards from: the one
+/// process 0 recovers from, read from the state dir at the same path (the
+/// parts process 0 wrote, so nothing large crosses the control channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreFrom {
+    pub state_dir: PathBuf,
+    /// The job's fingerprint in every manifest (`Checkpointer::fingerprint`).
+    pub fingerprint: String,
+    pub checkpoint: u64,
+}
+
+impl RestoreFrom {
+    /// The parts of `shards` (global indexes), in that order, each checked
+    /// against the manifest.
+    pub fn read_parts(&self, shards: Range<u32>) -> Result<Vec<CheckpointPart>, RecoverError> {
+        if !self.state_dir.is_dir() {
+            return Err(RecoverError::NotShared(self.state_dir.display().to_string()));
+        }
+        let storage = DirStorage::open(&self.state_dir).map_err(CheckpointError::Io)?;
+        let mut store = CheckpointStore::new(storage);
+        let id = self.checkpoint;
+        let wanted: Vec<u32> = shards.clone().map(|shard| shard + 1).collect();
+        let bytes = store.read_parts(id, &self.fingerprint, &wanted)?;
+        shards
+            .zip(bytes)
+            .map(|(shard, bytes)| {
+                let part = decode_part(&bytes).map_err(|error| RecoverError::Malformed {
+                    id,
+                    what: format!("shard {shard}'s part"),
+                    error,
+                })?;
+                if part.shard != shard || part.checkpoint != id {
+                    return Err(RecoverError::Malformed {
+                        id,
+                        what: format!("shard {shard}'s part"),
+                        error: WireError::Invalid("it names another shard or checkpoint"),
+                    });
+                }
+                Ok(part)
+            })
+            .collect()
+    }
 }
 
 /// The checkpoints of one job: when the next is due, collecting its parts,
@@ -213,6 +264,11 @@ impl Checkpointer {
             .map(|(shard, bytes)| decode_part(bytes).map_err(malformed(format!("shard {shard}'s part"))))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((Some(Restart { meta, parts }), recovered.next_id))
+    }
+
+    /// The job's fingerprint, in every manifest.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Barriers requested so far.

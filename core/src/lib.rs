@@ -28,7 +28,8 @@ pub use ids::{Msg, MsgId};
 pub use key::Key;
 pub use line::{Line, Reject};
 pub use runtime::{
-    run, run_in_cluster, CheckpointSettings, ClusterRun, Outputs, Placement, RunConfig, RunError, RunSummary,
+    open_checkpoints, run, run_in_cluster, CheckpointSettings, ClusterRun, OpenedCheckpoints, Outputs,
+    Placement, RunConfig, RunError, RunSummary,
 };
 pub use shard::ShardLimits;
 pub use sink::{CustomSink, DeadLetterSpec, OutputBatch, SinkSpec};

@@ -497,7 +497,7 @@ impl<S: Storage> CheckpointStore<S> {
             }
         }
         for &id in ids.iter().rev() {
-            match self.check(id, expected_fingerprint)? {
+            match self.check(id, expected_fingerprint, None)? {
                 Ok(parts) => {
                     return Ok(Recovered {
                         checkpoint: Some((id, parts)),
@@ -515,11 +515,28 @@ impl<S: Storage> CheckpointStore<S> {
         })
     }
 
-    /// Checkpoint `id`'s parts if it is complete and sound, or why not.
+    /// Parts `wanted` of checkpoint `id` of the job `expected_fingerprint`,
+    /// each checked against the manifest: how a process of a cluster reads
+    /// its own shards' parts of the checkpoint process 0 recovers from.
+    pub fn read_parts(
+        &mut self,
+        id: u64,
+        expected_fingerprint: &str,
+        wanted: &[u32],
+    ) -> Result<Vec<Vec<u8>>, CheckpointError> {
+        match self.check(id, expected_fingerprint, Some(wanted))? {
+            Ok(parts) => Ok(parts),
+            Err(reason) => Err(CheckpointError::Invalid { id, reason }),
+        }
+    }
+
+    /// Checkpoint `id`'s parts (all of them, or those `wanted`, in that
+    /// order) if it is complete and they are sound, or why not.
     fn check(
         &mut self,
         id: u64,
         expected_fingerprint: &str,
+        wanted: Option<&[u32]>,
     ) -> Result<Result<Vec<Vec<u8>>, String>, CheckpointError> {
         let Some(file) = self.storage.read(&manifest_name(id))? else {
             return Ok(Err("no manifest (incomplete)".to_string()));
@@ -540,8 +557,21 @@ impl<S: Storage> CheckpointStore<S> {
         if manifest.id != id {
             return Ok(Err(format!("manifest names checkpoint {}", manifest.id)));
         }
-        let mut parts = Vec::with_capacity(manifest.parts.len());
-        for info in &manifest.parts {
+        let infos: Vec<&PartInfo> = match wanted {
+            None => manifest.parts.iter().collect(),
+            Some(wanted) => {
+                let mut infos = Vec::with_capacity(wanted.len());
+                for part in wanted {
+                    match manifest.parts.iter().find(|info| info.part == *part) {
+                        Some(info) => infos.push(info),
+                        None => return Ok(Err(format!("the manifest has no part {part}"))),
+                    }
+                }
+                infos
+            }
+        };
+        let mut parts = Vec::with_capacity(infos.len());
+        for info in infos {
             let Some(file) = self.storage.read(&part_name(id, info.part))? else {
                 return Ok(Err(format!("part {}: missing", info.part)));
             };
@@ -568,6 +598,20 @@ impl<S: Storage> CheckpointStore<S> {
         }
         Ok(Ok(parts))
     }
+}
+
+/// The id of the newest checkpoint with a manifest in `storage` (0 if
+/// none), without reading it: how a supervisor sees whether a run made
+/// progress since it last restarted.
+pub fn newest_manifest_id(storage: &mut impl Storage) -> io::Result<u64> {
+    let newest = storage
+        .list()?
+        .iter()
+        .filter_map(|name| FileName::parse(name)?.ok())
+        .filter(|file| file.part.is_none() && !file.temp)
+        .map(|file| file.id)
+        .max();
+    Ok(newest.unwrap_or(0))
 }
 
 /// Checkpoints grouped by id, for tests and tools that list a directory.
@@ -624,6 +668,43 @@ mod tests {
         assert_eq!(recovered.checkpoint, Some((2, vec![Vec::new(), vec![0; 70_000]])));
         assert!(recovered.skipped.is_empty(), "{:?}", recovered.skipped);
         assert_eq!(recovered.next_id, 3);
+    }
+
+    #[test]
+    fn the_newest_manifest_is_found_without_reading_it() {
+        let (_dir, mut store) = store(3);
+        assert_eq!(newest_manifest_id(store.storage_mut()).unwrap(), 0);
+        checkpoint(&mut store, 2, &parts_of(2, 2));
+        checkpoint(&mut store, 9, &parts_of(9, 2));
+        store
+            .write_part(10, 0, b"a part of an incomplete checkpoint")
+            .unwrap();
+        assert_eq!(newest_manifest_id(store.storage_mut()).unwrap(), 9);
+    }
+
+    #[test]
+    fn a_process_reads_only_its_parts_each_checked() {
+        let (_dir, mut store) = store(DEFAULT_RETAINED);
+        checkpoint(&mut store, 4, &parts_of(4, 5));
+        let parts = store.read_parts(4, JOB, &[3, 1]).unwrap();
+        assert_eq!(parts, vec![parts_of(4, 5)[3].clone(), parts_of(4, 5)[1].clone()]);
+        let missing = store.read_parts(4, JOB, &[5]).unwrap_err().to_string();
+        assert!(missing.contains("no part 5"), "{missing}");
+        assert!(store.read_parts(3, JOB, &[1]).is_err(), "no such checkpoint");
+        assert!(matches!(
+            store.read_parts(4, "another job", &[1]),
+            Err(CheckpointError::DifferentJob { .. })
+        ));
+        let name = part_name(4, 3);
+        let mut file = store.storage_mut().read(&name).unwrap().unwrap();
+        *file.last_mut().unwrap() ^= 0x10;
+        store.storage_mut().create(&name, &file).unwrap();
+        let corrupt = store.read_parts(4, JOB, &[1, 3]).unwrap_err().to_string();
+        assert!(corrupt.contains("part 3: checksum mismatch"), "{corrupt}");
+        assert_eq!(
+            store.read_parts(4, JOB, &[1]).unwrap(),
+            vec![parts_of(4, 5)[1].clone()]
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! what the rest are; record bytes are read in place from the received buffer.
 //! Control messages (`lifecycle::Control`) travel the same way.
 
-use super::lifecycle::{bounded_reason, Control, Job, APP_NAME_SIZE_MAX_BYTES, REASON_SIZE_MAX_BYTES};
+use super::lifecycle::{
+    bounded_reason, Control, Job, JobCheckpoints, APP_NAME_SIZE_MAX_BYTES, JOB_TEXT_SIZE_MAX_BYTES,
+    REASON_SIZE_MAX_BYTES,
+};
 use super::{ClusterError, CLUSTER_SOURCES_MAX};
 use crate::connector::Position;
 use crate::ids::MsgId;
@@ -431,6 +434,31 @@ fn encode_job(job: &Job, out: &mut Vec<u8>) {
     job.batch_max.encode(out);
     job.queue_depth_batches.encode(out);
     job.discard_output.encode(out);
+    match &job.checkpoints {
+        None => false.encode(out),
+        Some(checkpoints) => {
+            true.encode(out);
+            for text in [&checkpoints.state_dir, &checkpoints.fingerprint] {
+                assert!(
+                    text.len() <= JOB_TEXT_SIZE_MAX_BYTES,
+                    "bounded by the command line"
+                );
+                encode_bytes(text.as_bytes(), out);
+            }
+            checkpoints.restore_from.encode(out);
+        }
+    }
+}
+
+/// A bounded UTF-8 text of a job.
+fn decode_job_text(input: &mut &[u8], what: &'static str) -> Result<String, WireError> {
+    let bytes = decode_bytes(input)?;
+    if bytes.len() > JOB_TEXT_SIZE_MAX_BYTES {
+        return Err(WireError::Invalid(what));
+    }
+    std::str::from_utf8(bytes)
+        .map(str::to_string)
+        .map_err(|_| WireError::Invalid(what))
 }
 
 /// Refuses a job no `encode_job` writes: a peer's bytes are not trusted
@@ -451,6 +479,14 @@ fn decode_job(mut input: &[u8]) -> Result<Job, ClusterError> {
         batch_max: u32::decode(&mut input).map_err(bad)?,
         queue_depth_batches: u32::decode(&mut input).map_err(bad)?,
         discard_output: bool::decode(&mut input).map_err(bad)?,
+        checkpoints: match bool::decode(&mut input).map_err(bad)? {
+            false => None,
+            true => Some(JobCheckpoints {
+                state_dir: decode_job_text(&mut input, "state dir too long or not UTF-8").map_err(bad)?,
+                fingerprint: decode_job_text(&mut input, "fingerprint too long or not UTF-8").map_err(bad)?,
+                restore_from: u64::decode(&mut input).map_err(bad)?,
+            }),
+        },
     };
     if !input.is_empty() {
         return Err(bad(WireError::Invalid("trailing bytes")));
@@ -532,6 +568,11 @@ mod control_tests {
             batch_max: 256,
             queue_depth_batches: 64,
             discard_output: false,
+            checkpoints: Some(JobCheckpoints {
+                state_dir: "/var/lib/verity/state".into(),
+                fingerprint: "market-spread; 6 shards".into(),
+                restore_from: 12,
+            }),
         }
     }
 
@@ -539,6 +580,10 @@ mod control_tests {
     fn control_messages_round_trip() {
         for message in [
             Control::Job(job()),
+            Control::Job(Job {
+                checkpoints: None,
+                ..job()
+            }),
             Control::Shutdown,
             Control::Abort {
                 reason: "process 2 failed: x".into(),
@@ -600,15 +645,29 @@ mod control_tests {
             1..=u32::MAX,
             1..=u32::MAX,
             any::<bool>(),
+            proptest::option::of(("[ -~]{0,100}", ".{0,100}", any::<u64>())),
         )
             .prop_map(
-                |(app, final_counts, sources, batch_max, queue_depth_batches, discard_output)| Job {
+                |(
                     app,
                     final_counts,
                     sources,
                     batch_max,
                     queue_depth_batches,
                     discard_output,
+                    checkpoints,
+                )| Job {
+                    app,
+                    final_counts,
+                    sources,
+                    batch_max,
+                    queue_depth_batches,
+                    discard_output,
+                    checkpoints: checkpoints.map(|(state_dir, fingerprint, restore_from)| JobCheckpoints {
+                        state_dir,
+                        fingerprint,
+                        restore_from,
+                    }),
                 },
             )
     }

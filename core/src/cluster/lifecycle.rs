@@ -53,6 +53,8 @@ pub const JOB_WAIT_DEADLINE_MS: u64 = 30_000;
 pub const REASON_SIZE_MAX_BYTES: usize = 4_096;
 /// Longest app name a job may carry.
 pub const APP_NAME_SIZE_MAX_BYTES: usize = 64;
+/// Longest state dir path and job fingerprint a job may carry.
+pub const JOB_TEXT_SIZE_MAX_BYTES: usize = 4_096;
 
 /// What process 0 tells every worker to run: enough to build the same
 /// dataflow (the sources themselves live on process 0).
@@ -68,6 +70,21 @@ pub struct Job {
     pub queue_depth_batches: u32,
     /// The sink discards output (`--output null`): workers need not send it.
     pub discard_output: bool,
+    /// The run takes checkpoints (`--state-dir`).
+    pub checkpoints: Option<JobCheckpoints>,
+}
+
+/// A run's checkpoints, as a worker needs to know them: where its shards'
+/// state is restored from. A worker of such a run that fails starts over
+/// and waits for the next job (the cluster restarts from the last checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCheckpoints {
+    /// The state dir, at the same path on every process.
+    pub state_dir: String,
+    /// The job's fingerprint in every manifest.
+    pub fingerprint: String,
+    /// The checkpoint the run continues from; 0 for a run from the start.
+    pub restore_from: u64,
 }
 
 /// The control messages between process 0 and a worker.
@@ -597,6 +614,7 @@ mod tests {
             batch_max: 256,
             queue_depth_batches: 64,
             discard_output: false,
+            checkpoints: None,
         }
     }
 

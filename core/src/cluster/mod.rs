@@ -20,7 +20,8 @@ mod remote;
 pub use config::{ClusterFile, ProcessEntry};
 pub use control::{ControlLinks, ControlSendError, CONTROL_QUEUE_DEPTH_FRAMES};
 pub use lifecycle::{
-    Action, Control, Deadlines, Event, Job, LeaderLifecycle, Lifecycle, Outcome, WorkerLifecycle,
+    Action, Control, Deadlines, Event, Job, JobCheckpoints, LeaderLifecycle, Lifecycle, Outcome,
+    WorkerLifecycle,
 };
 
 pub use remote::{ChannelClosed, RemoteIn, RemoteOut};

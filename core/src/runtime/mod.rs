@@ -11,9 +11,9 @@ mod pinning;
 mod shard_loop;
 mod wiring;
 
-use crate::checkpoint::{Checkpointer, Restart, SourceMeta};
+use crate::checkpoint::{Checkpointer, Restart, RestoreFrom, SourceMeta};
 use crate::cluster::relay::{OutputRelay, Relayed};
-use crate::cluster::{ClusterError, Layout, RemoteIn};
+use crate::cluster::{ClusterError, JobCheckpoints, Layout, RemoteIn};
 use crate::connector::{SinkError, SourceError};
 use crate::flow::Dataflow;
 use crate::key::Key;
@@ -331,7 +331,13 @@ where
     O: 'static,
 {
     let layout = Layout::new(vec![config.workers as u32], 0).map_err(|e| RunError::Cluster(e.to_string()))?;
-    run_process(flow, config, Placement::Leader(outputs), stop, &layout, None)
+    let names: Vec<String> = flow.sources.iter().map(|s| s.name.clone()).collect();
+    let checkpoints = match &config.checkpoints {
+        Some(settings) => Some(Box::new(open_checkpoints(settings, &layout, &names)?)),
+        None => None,
+    };
+    let placement = Placement::Leader { outputs, checkpoints };
+    run_process(flow, config, placement, stop, &layout, None)
 }
 
 /// This process's part of a cluster run: process 0 (`Placement::Leader`) reads
@@ -353,7 +359,7 @@ where
 {
     assert_eq!(
         cluster.layout.process_id == 0,
-        matches!(placement, Placement::Leader(_)),
+        matches!(placement, Placement::Leader { .. }),
         "process 0 leads; workers are processes 1 and up"
     );
     let net = Net {
@@ -365,10 +371,18 @@ where
 
 /// What this process does with sources and sinks.
 pub enum Placement<'a> {
-    /// Opens the sources and writes the sinks.
-    Leader(&'a Outputs),
+    /// Opens the sources and writes the sinks, and the checkpoints if the
+    /// run takes them (`open_checkpoints`).
+    Leader {
+        outputs: &'a Outputs,
+        checkpoints: Option<Box<OpenedCheckpoints>>,
+    },
     /// A worker; its output goes to process 0 unless the sink discards it.
-    Member { discard_lines: bool },
+    /// Its shards continue from `restore` if the run recovers.
+    Member {
+        discard_lines: bool,
+        restore: Option<RestoreFrom>,
+    },
 }
 
 fn run_process<K, V, S, O>(
@@ -392,20 +406,19 @@ where
     let source_count = source_names.len();
 
     // Process 0 owns the sources and the sinks.
-    let outputs = match placement {
-        Placement::Leader(outputs) => Some(outputs),
-        Placement::Member { .. } => None,
+    let (outputs, checkpoints, discard_lines, restore) = match placement {
+        Placement::Leader { outputs, checkpoints } => (Some(outputs), checkpoints.map(|c| *c), None, None),
+        Placement::Member {
+            discard_lines,
+            restore,
+        } => (None, None, Some(discard_lines), restore),
     };
     let mut opened = Vec::new();
     let mut output = None;
     let mut restart = None;
     let requested = Arc::new(AtomicU64::new(0));
     if let Some(outputs) = outputs {
-        let checkpoints = match &config.checkpoints {
-            Some(settings) => Some(open_checkpoints(settings, layout, &source_names)?),
-            None => None,
-        };
-        restart = checkpoints.as_ref().and_then(|(_, r)| r.clone());
+        restart = checkpoints.as_ref().and_then(|c| c.restart.clone());
         opened = match &restart {
             None => sources
                 .into_iter()
@@ -437,10 +450,7 @@ where
         Some(o) => (Some(o.thread), Some(o.tx), o.wants_ids),
         None => (None, None, false),
     };
-    let discard_lines = match placement {
-        Placement::Leader(_) => output_thread.as_ref().is_some_and(|o| o.discards),
-        Placement::Member { discard_lines } => discard_lines,
-    };
+    let discard_lines = discard_lines.unwrap_or_else(|| output_thread.as_ref().is_some_and(|o| o.discards));
     let wiring = wire::<K, V>(
         source_count,
         layout,
@@ -455,15 +465,26 @@ where
     if output_ids {
         cores.iter_mut().for_each(ShardCore::collect_output_ids);
     }
-    if let Some(restart) = &restart {
-        for core in &mut cores {
-            let part = &restart.parts[core.index() as usize];
+    let parts = match (&restart, &restore) {
+        (Some(restart), _) => Some((
+            restart.meta.checkpoint,
+            restart.parts[local.start as usize..local.end as usize].to_vec(),
+        )),
+        (None, Some(restore)) => {
+            let parts = restore
+                .read_parts(local.clone())
+                .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+            Some((restore.checkpoint, parts))
+        }
+        (None, None) => None,
+    };
+    if let Some((checkpoint, parts)) = parts {
+        for (core, part) in cores.iter_mut().zip(&parts) {
             core.restore(part)
                 .map_err(|e| RunError::Checkpoint(e.to_string()))?;
         }
         log::info!(
-            "continuing from checkpoint {}: {} records applied before it",
-            restart.meta.checkpoint,
+            "continuing from checkpoint {checkpoint}: {} records applied before it by this process's shards",
             cores.iter().map(|c| c.counters().records_in).sum::<u64>()
         );
     }
@@ -605,23 +626,41 @@ fn resume_cut(meta: &SourceMeta) -> SourceCut {
 }
 
 /// The checkpoint store of a run, and the checkpoint it continues from.
-type OpenedCheckpoints = (Checkpointer, Option<Restart>);
+pub struct OpenedCheckpoints {
+    writer: Checkpointer,
+    restart: Option<Restart>,
+    state_dir: PathBuf,
+}
+
+impl OpenedCheckpoints {
+    /// The checkpoint the run continues from (0: from the start).
+    pub fn resumed_from(&self) -> u64 {
+        self.restart.as_ref().map_or(0, |r| r.meta.checkpoint)
+    }
+
+    /// What the workers of a cluster need to know of them.
+    pub fn for_workers(&self) -> JobCheckpoints {
+        JobCheckpoints {
+            state_dir: self.state_dir.display().to_string(),
+            fingerprint: self.writer.fingerprint().to_string(),
+            restore_from: self.resumed_from(),
+        }
+    }
+}
 
 /// Opens the state dir: the newest complete checkpoint of this job if the
 /// run recovers (a state dir of another job, or one that holds a checkpoint
 /// when the run does not recover, is refused), and the writer of the next.
-fn open_checkpoints(
+/// `source_names` are the dataflow's sources' names, in order. In a
+/// cluster, process 0 opens them before it sends the job, which tells the
+/// workers where to restore from (`Placement::Member`).
+pub fn open_checkpoints(
     settings: &CheckpointSettings,
     layout: &Layout,
     source_names: &[String],
 ) -> Result<OpenedCheckpoints, RunError> {
     let fail =
         |e: &dyn std::fmt::Display| RunError::Checkpoint(format!("{}: {e}", settings.state_dir.display()));
-    if layout.total_shards() != layout.local_shards().len() as u32 {
-        return Err(RunError::Checkpoint(
-            "checkpoints of a multi-process cluster are not built yet: run with one process".into(),
-        ));
-    }
     let storage = DirStorage::open(&settings.state_dir).map_err(|e| fail(&e))?;
     let mut store = CheckpointStore::with_retained(Box::new(storage) as Box<dyn Storage>, settings.retained)
         .map_err(|e| fail(&e))?;
@@ -647,7 +686,14 @@ fn open_checkpoints(
     }
     let resumed = restart.as_ref().map_or(0, |r| r.meta.checkpoint);
     let writer = Checkpointer::new(store, fingerprint, shards, settings.interval_ms, resumed, next_id);
-    Ok((writer, restart))
+    // Workers read the same path: make it absolute, so it does not depend
+    // on where each process was started.
+    let state_dir = std::path::absolute(&settings.state_dir).map_err(|e| fail(&e))?;
+    Ok(OpenedCheckpoints {
+        writer,
+        restart,
+        state_dir,
+    })
 }
 
 struct SpawnedOutput {
@@ -668,7 +714,7 @@ fn spawn_output_thread(
     checkpoints: Option<OpenedCheckpoints>,
     requested: &Arc<AtomicU64>,
 ) -> Result<SpawnedOutput, RunError> {
-    let resuming = checkpoints.as_ref().is_some_and(|(_, restart)| restart.is_some());
+    let resuming = checkpoints.as_ref().is_some_and(|c| c.restart.is_some());
     let sink = if resuming {
         outputs.sink.open_resuming()?
     } else {
@@ -687,7 +733,12 @@ fn spawn_output_thread(
         DeadLetterWriter::new(&outputs.dead_letter, source_names.to_vec())?
     };
     let mut writer = OutputWriter::new(sink, dead_letters);
-    if let Some((checkpointer, restart)) = checkpoints {
+    if let Some(OpenedCheckpoints {
+        writer: checkpointer,
+        restart,
+        ..
+    }) = checkpoints
+    {
         if let Some(restart) = &restart {
             writer.resume(&restart.meta)?;
         }

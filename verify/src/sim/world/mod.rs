@@ -580,6 +580,8 @@ where
             batch_max: buggify.batch_max as u32,
             queue_depth_batches: verity_core::RunConfig::default().queue_depth_batches as u32,
             discard_output: false,
+            // The simulated shards are restored from the recovery itself.
+            checkpoints: None,
         };
         // Past the liveness bound: a job that never arrives is a liveness
         // finding, reported with what every shard awaits.
