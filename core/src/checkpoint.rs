@@ -201,6 +201,8 @@ pub struct Checkpointer {
     last_request_ms: Option<u64>,
     /// The next id in the store (above every id there, torn ones included).
     next_store_id: u64,
+    /// Bytes of the last checkpoint written (parts and metadata).
+    last_size_bytes: u64,
     /// The parts of the checkpoint being collected, shard `s` at index `s`.
     parts: Vec<Option<CheckpointPart>>,
 }
@@ -228,6 +230,7 @@ impl Checkpointer {
             completed: resumed,
             last_request_ms: None,
             next_store_id: next_store_id.max(1),
+            last_size_bytes: 0,
             parts: vec![None; shards as usize],
         }
     }
@@ -264,6 +267,11 @@ impl Checkpointer {
             .map(|(shard, bytes)| decode_part(bytes).map_err(malformed(format!("shard {shard}'s part"))))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((Some(Restart { meta, parts }), recovered.next_id))
+    }
+
+    /// Bytes of the last checkpoint written: its parts' payloads.
+    pub fn last_size_bytes(&self) -> u64 {
+        self.last_size_bytes
     }
 
     /// The job's fingerprint, in every manifest.
@@ -358,6 +366,7 @@ impl Checkpointer {
             written.push(self.store.write_part(id, part.shard + 1, &encode_part(part))?);
         }
         self.store.commit(id, &self.fingerprint, &written)?;
+        self.last_size_bytes = written.iter().map(|info| info.len).sum();
         self.next_store_id += 1;
         self.completed = checkpoint;
         Ok(meta)

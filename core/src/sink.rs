@@ -328,6 +328,13 @@ impl OutputWriter {
         self.checkpoints.as_ref().map_or(0, |c| c.writer.completed())
     }
 
+    /// Bytes of the last checkpoint written (0 before the first).
+    pub fn last_checkpoint_bytes(&self) -> u64 {
+        self.checkpoints
+            .as_ref()
+            .map_or(0, |c| c.writer.last_size_bytes())
+    }
+
     /// A message of shard `shard`.
     pub fn write(&mut self, shard: u32, message: OutputMessage) -> Result<(), OutputError> {
         if let Some(c) = &mut self.checkpoints {
@@ -422,6 +429,7 @@ pub fn write_outputs(
 ) -> Result<u64, OutputError> {
     let started = std::time::Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
+    let mut times = CheckpointTimes::default();
     loop {
         let received = match writer.due_in_ms(now_ms()) {
             None => messages
@@ -430,13 +438,88 @@ pub fn write_outputs(
             Some(wait_ms) => messages.recv_timeout(std::time::Duration::from_millis(wait_ms.max(1))),
         };
         match received {
-            Ok((shard, message)) => writer.write(shard, message)?,
+            Ok((shard, message)) => {
+                let before = writer.checkpoints_completed();
+                let writing = std::time::Instant::now();
+                writer.write(shard, message)?;
+                if writer.checkpoints_completed() > before {
+                    times.completed(writing.elapsed(), started.elapsed());
+                }
+            }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
-        requested.store(writer.tick(now_ms()), std::sync::atomic::Ordering::Relaxed);
+        let now = writer.tick(now_ms());
+        if now > requested.swap(now, std::sync::atomic::Ordering::Relaxed) {
+            times.requested(started.elapsed());
+        }
+    }
+    if let Some(summary) = times.summary(writer.last_checkpoint_bytes()) {
+        log::info!("{summary}");
     }
     writer.finish()
+}
+
+/// How long the production output thread's checkpoints took, for the log
+/// at the end of a run (and `bench/checkpoints.sh`): from the request to
+/// durable (alignment across shards, snapshots, writing), and the writing
+/// alone. The newest `CHECKPOINT_TIMES_KEPT` are kept, so memory is bounded
+/// however long the run.
+#[derive(Default)]
+struct CheckpointTimes {
+    requested_at: Option<std::time::Duration>,
+    to_durable_us: std::collections::VecDeque<u64>,
+    writing_us: std::collections::VecDeque<u64>,
+    count: u64,
+}
+
+const CHECKPOINT_TIMES_KEPT: usize = 4096;
+
+impl CheckpointTimes {
+    fn requested(&mut self, at: std::time::Duration) {
+        self.requested_at = Some(at);
+    }
+
+    fn completed(&mut self, writing: std::time::Duration, at: std::time::Duration) {
+        self.count += 1;
+        let keep = |times: &mut std::collections::VecDeque<u64>, time: std::time::Duration| {
+            if times.len() == CHECKPOINT_TIMES_KEPT {
+                times.pop_front();
+            }
+            times.push_back(time.as_micros() as u64);
+        };
+        keep(&mut self.writing_us, writing);
+        if let Some(requested) = self.requested_at.take() {
+            keep(&mut self.to_durable_us, at.saturating_sub(requested));
+        }
+    }
+
+    fn summary(&self, last_bytes: u64) -> Option<String> {
+        if self.count == 0 {
+            return None;
+        }
+        let percentiles = |times: &std::collections::VecDeque<u64>| {
+            let mut sorted: Vec<u64> = times.iter().copied().collect();
+            sorted.sort_unstable();
+            let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                at(0.5),
+                at(0.99),
+                at(1.0)
+            )
+        };
+        let to_durable = if self.to_durable_us.is_empty() {
+            "n/a".to_string()
+        } else {
+            percentiles(&self.to_durable_us)
+        };
+        Some(format!(
+            "checkpoints: {} written, the last {last_bytes} bytes; request to durable {to_durable}; writing {}",
+            self.count,
+            percentiles(&self.writing_us)
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -157,8 +157,7 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
             OutputOut::Local(tx) => {
                 let _ = tx.send((self.shard, OutputMessage::Checkpoint(part)));
             }
-            // To process 0, which writes every part (the runtime deals no
-            // barriers in a cluster yet; the simulator does).
+            // To process 0, which writes every part.
             output @ OutputOut::Remote(_) => send_upstream(output, UpstreamRef::Checkpoint(&part)),
         }
         Sent::Done
