@@ -366,6 +366,11 @@ struct VerifyArgs {
     /// exactly once, with its source and line, and nothing else.
     #[arg(long, value_name = "PATH")]
     dead_letter: Option<PathBuf>,
+    /// The name the run knew its input by, when it read it from elsewhere
+    /// (e.g. `tcp:127.0.0.1:9000` for input streamed with `verity send`):
+    /// dead letters name their source by it.
+    #[arg(long, value_name = "NAME", requires = "dead_letter", conflicts_with_all = ["quotes", "orders"])]
+    input_name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -741,7 +746,8 @@ fn verify(args: VerifyArgs) -> Result<i32> {
     println!("{report}");
     let mut ok = report.is_ok();
     if let Some(path) = &args.dead_letter {
-        let letters = verity_verify::verify_dead_letter_file(&app, &inputs, path)?;
+        let also_named: Vec<String> = args.input_name.iter().cloned().collect();
+        let letters = verity_verify::verify_dead_letter_file_as(&app, &inputs, path, &also_named)?;
         println!("{letters}");
         ok &= letters.is_ok();
     }

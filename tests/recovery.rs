@@ -391,3 +391,82 @@ fn a_state_dir_is_refused_for_a_fresh_run_and_for_another_job() {
     assert!(!other.status.success());
     assert!(stderr(&other).contains("checkpoints"), "{}", stderr(&other));
 }
+
+/// A port free on loopback now (the OS picks it; a test beside this one
+/// could take it before the run binds it, which fails that run loudly).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_run_fed_by_verity_send_is_killed_and_recovered_and_reads_each_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    ok(run(&[
+        "generate",
+        "seq-window",
+        "--count",
+        "300000",
+        "--output",
+        path_str(&input),
+    ]));
+    let address = format!("127.0.0.1:{}", free_port());
+    let job = Job {
+        input: vec!["--input".into(), format!("tcp:{address}")],
+        output: dir.path().join("out.txt"),
+        state: dir.path().join("state"),
+        app: "seq-window",
+        processes: None,
+    };
+    let mut first = verity()
+        .args(job.args(false))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start verity");
+    // Paced, so the run is still reading when it is killed.
+    let sender = verity()
+        .args([
+            "send",
+            "--to",
+            &address,
+            "--input",
+            path_str(&input),
+            "--rate",
+            "100000",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start verity send");
+    let killed = wait_while_running(&mut first, || newest_checkpoint(&job.state) >= 3);
+    let _ = first.kill();
+    let _ = first.wait();
+    // The sender keeps what was not checkpointed and resends it to the
+    // recovered run, which listens on the same address.
+    let summary = job.finish();
+    let sent = sender.wait_with_output().unwrap();
+    assert!(sent.status.success(), "verity send: {}", stderr(&sent));
+    let mut verify: Vec<String> = ["verify", "seq-window", "--input", path_str(&input)]
+        .map(String::from)
+        .to_vec();
+    let dead = format!("{}.dead-letter", path_str(&job.output));
+    let name = format!("tcp:{address}");
+    verify.extend(
+        [
+            "--output",
+            path_str(&job.output),
+            "--dead-letter",
+            &dead,
+            "--input-name",
+            &name,
+        ]
+        .map(String::from),
+    );
+    let verify: Vec<&str> = verify.iter().map(String::as_str).collect();
+    let report = common::stdout(&ok(run(&verify)));
+    assert!(report.contains("OK"), "{report}");
+    eprintln!("killed while reading: {killed}; then: {summary}");
+}

@@ -420,13 +420,15 @@ impl OutputWriter {
 }
 
 /// The output thread's loop: runs until every sender is gone, then finishes
-/// the writer; requests checkpoints as they come due (into `requested`, which
-/// the readers read). Returns the dead letters written.
+/// the writer; requests checkpoints as they come due, and says which are
+/// complete (`progress`, which the readers read; `ReaderProgress::ALL` once
+/// every output is in). Returns the dead letters written.
 pub fn write_outputs(
     messages: crossbeam_channel::Receiver<(u32, OutputMessage)>,
     mut writer: OutputWriter,
-    requested: &std::sync::atomic::AtomicU64,
+    progress: &crate::source::ReaderProgress,
 ) -> Result<u64, OutputError> {
+    use std::sync::atomic::Ordering::Relaxed;
     let started = std::time::Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
     let mut times = CheckpointTimes::default();
@@ -442,22 +444,29 @@ pub fn write_outputs(
                 let before = writer.checkpoints_completed();
                 let writing = std::time::Instant::now();
                 writer.write(shard, message)?;
-                if writer.checkpoints_completed() > before {
+                let completed = writer.checkpoints_completed();
+                if completed > before {
                     times.completed(writing.elapsed(), started.elapsed());
+                    progress.committed.store(completed, Relaxed);
                 }
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
         let now = writer.tick(now_ms());
-        if now > requested.swap(now, std::sync::atomic::Ordering::Relaxed) {
+        if now > progress.requested.swap(now, Relaxed) {
             times.requested(started.elapsed());
         }
     }
     if let Some(summary) = times.summary(writer.last_checkpoint_bytes()) {
         log::info!("{summary}");
     }
-    writer.finish()
+    let written = writer.finish()?;
+    // Every output is in its sinks: the sources may commit all they read.
+    progress
+        .committed
+        .store(crate::source::ReaderProgress::ALL, Relaxed);
+    Ok(written)
 }
 
 /// How long the production output thread's checkpoints took, for the log
@@ -671,7 +680,7 @@ mod tests {
         let dead_letters =
             DeadLetterWriter::with_sink(Box::new(Recording(Arc::clone(&dead), true)), vec!["in".into()]);
         let writer = OutputWriter::new(Box::new(Recording(Arc::clone(&out), true)), dead_letters);
-        let written = write_outputs(rx, writer, &std::sync::atomic::AtomicU64::new(0)).unwrap();
+        let written = write_outputs(rx, writer, &crate::source::ReaderProgress::default()).unwrap();
         assert_eq!(written, 1);
         let end = u64::MAX;
         let out = out.lock().unwrap();

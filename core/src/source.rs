@@ -175,8 +175,15 @@ pub struct Dealer<'a> {
     positions: Vec<(u32, Position)>,
     /// Bytes dealt so far, for chunks dealt without a position (`deal`).
     dealt_bytes: u64,
+    /// The cuts of the newest barriers dealt, for `cut_upto` (bounded by
+    /// `CUTS_KEPT`; a commit of a newer cut covers an older one).
+    cuts: std::collections::VecDeque<(u64, SourceCut)>,
     send: &'a mut dyn FnMut(usize, SourceEvent) -> bool,
 }
+
+/// Barrier cuts a dealer keeps for commits (only one checkpoint is in flight
+/// at a time, so a few suffice).
+const CUTS_KEPT: usize = 8;
 
 impl<'a> Dealer<'a> {
     /// `send(shard, event)` delivers (blocking on a full queue: backpressure) and
@@ -191,8 +198,28 @@ impl<'a> Dealer<'a> {
             epoch: 0,
             positions: Vec::new(),
             dealt_bytes: 0,
+            cuts: std::collections::VecDeque::new(),
             send,
         }
+    }
+
+    /// Where the source stands now: the cut a barrier dealt now would have.
+    pub fn cut(&self) -> SourceCut {
+        SourceCut {
+            next_chunk: self.next_index,
+            next_line: self.next_line,
+            positions: self.positions.clone(),
+        }
+    }
+
+    /// The cut of the newest barrier up to `checkpoint` not yet taken (what
+    /// a commit of `checkpoint` makes durable); older ones are dropped.
+    pub fn cut_upto(&mut self, checkpoint: u64) -> Option<SourceCut> {
+        let mut newest = None;
+        while self.cuts.front().is_some_and(|(id, _)| *id <= checkpoint) {
+            newest = self.cuts.pop_front().map(|(_, cut)| cut);
+        }
+        newest
     }
 
     /// Continues a source from checkpoint `checkpoint`'s cut (a recovery):
@@ -217,11 +244,11 @@ impl<'a> Dealer<'a> {
     pub fn barrier_to(&mut self, requested: u64) -> bool {
         while self.epoch < requested {
             self.epoch += 1;
-            let cut = SourceCut {
-                next_chunk: self.next_index,
-                next_line: self.next_line,
-                positions: self.positions.clone(),
-            };
+            let cut = self.cut();
+            if self.cuts.len() == CUTS_KEPT {
+                self.cuts.pop_front();
+            }
+            self.cuts.push_back((self.epoch, cut.clone()));
             for shard in 0..self.shards {
                 let event = SourceEvent::Barrier {
                     source: self.source,
@@ -354,17 +381,71 @@ pub fn ended() -> OpenSource {
 /// them. Returns when the source ends, fails, or `stop` is set. An idle read
 /// (the reader waited for data and none came) only gives `stop` and
 /// `requested` a look.
-pub fn pump(source: OpenSource, stop: &AtomicBool, requested: &AtomicU64, mut dealer: Dealer<'_>) {
+pub fn pump(source: OpenSource, stop: &AtomicBool, progress: &ReaderProgress, mut dealer: Dealer<'_>) {
     let mut reading = ReadLoop::new(source.partitions);
+    let mut committed = 0;
     let outcome = loop {
+        if let Err(e) = commit_checkpoints(&mut reading, &mut dealer, progress, &mut committed) {
+            break Err(e);
+        }
         let stopping = stop.load(Ordering::Relaxed);
-        match reading.turn(&mut dealer, stopping, requested.load(Ordering::Relaxed)) {
+        match reading.turn(&mut dealer, stopping, progress.requested.load(Ordering::Relaxed)) {
             Ok(ReadStep::Dealt | ReadStep::Idle) => {}
             Ok(ReadStep::Ended | ReadStep::ShardsGone) => break Ok(()),
             Err(e) => break Err(e),
         }
     };
+    let end = dealer.cut();
+    let failed = outcome.is_err();
     dealer.finish(outcome.err().map(|e| e.to_string()));
+    // The readers stay until the run's output is final: a source that acks
+    // its upstream on commit acks the rest then (or never, if the run failed).
+    loop {
+        match progress.committed.load(Ordering::Relaxed) {
+            ReaderProgress::ALL if !failed => {
+                if let Err(e) = reading.commit(&end) {
+                    log::warn!("a source's last commit failed: {e}");
+                }
+                return;
+            }
+            ReaderProgress::ALL | ReaderProgress::ABANDONED => return,
+            _ => std::thread::sleep(STOP_POLL_INTERVAL),
+        }
+    }
+}
+
+/// Commits the cut of each checkpoint completed since the last look.
+fn commit_checkpoints(
+    reading: &mut ReadLoop,
+    dealer: &mut Dealer<'_>,
+    progress: &ReaderProgress,
+    committed: &mut u64,
+) -> Result<(), SourceError> {
+    let completed = progress.committed.load(Ordering::Relaxed);
+    if completed <= *committed || completed >= ReaderProgress::ABANDONED {
+        return Ok(());
+    }
+    *committed = completed;
+    match dealer.cut_upto(completed) {
+        Some(cut) => reading.commit(&cut),
+        None => Ok(()),
+    }
+}
+
+/// What a reader thread learns from the rest of the run: the checkpoint
+/// requested (its barrier goes between two chunks), and the newest
+/// checkpoint complete, whose cut the readers commit.
+#[derive(Debug, Default)]
+pub struct ReaderProgress {
+    pub requested: AtomicU64,
+    /// The newest complete checkpoint; `ALL` once the run's output is final
+    /// (commit everything read), `ABANDONED` if the run ended otherwise.
+    pub committed: AtomicU64,
+}
+
+impl ReaderProgress {
+    pub const ALL: u64 = u64::MAX;
+    pub const ABANDONED: u64 = u64::MAX - 1;
 }
 
 /// Planted bugs for the simulator's own tests (`verity sim --plant-bug`):
@@ -393,6 +474,9 @@ pub enum ReadStep {
 /// one pull per step.
 pub struct ReadLoop {
     partitions: Vec<(u32, Box<dyn SourceReader>)>,
+    /// Partitions that ended, kept for the commits still to come (a source
+    /// may ack its upstream only once a checkpoint covers its end).
+    ended: Vec<(u32, Box<dyn SourceReader>)>,
     /// Index into `partitions` of the next one to pull.
     turn: usize,
     /// Idle reads in a row, across partitions.
@@ -404,6 +488,7 @@ impl ReadLoop {
     pub fn new(partitions: Vec<(u32, Box<dyn SourceReader>)>) -> Self {
         ReadLoop {
             partitions,
+            ended: Vec::new(),
             turn: 0,
             idle_reads: 0,
             bugs: ReaderBugs::default(),
@@ -466,8 +551,25 @@ impl ReadLoop {
         }
     }
 
+    /// Everything up to `cut` is durably checkpointed: each partition's
+    /// reader may let its upstream forget what it read up to there.
+    pub fn commit(&mut self, cut: &SourceCut) -> Result<(), SourceError> {
+        for (partition, position) in &cut.positions {
+            let reader = self
+                .partitions
+                .iter_mut()
+                .chain(self.ended.iter_mut())
+                .find(|(p, _)| p == partition);
+            if let Some((_, reader)) = reader {
+                reader.commit(position)?;
+            }
+        }
+        Ok(())
+    }
+
     fn end_partition(&mut self) -> ReadStep {
-        self.partitions.remove(self.turn);
+        let ended = self.partitions.remove(self.turn);
+        self.ended.push(ended);
         self.idle_reads = 0;
         if self.partitions.is_empty() {
             ReadStep::Ended
@@ -756,13 +858,130 @@ mod tests {
             true
         };
         let opened = open(spec).unwrap();
+        // The output is final at once: the reader ends after its source.
+        let progress = ReaderProgress::default();
+        progress.committed.store(ReaderProgress::ALL, Ordering::Relaxed);
         pump(
             opened,
             &AtomicBool::new(false),
-            &AtomicU64::new(0),
+            &progress,
             Dealer::new(3, shards, &mut send),
         );
         dealt
+    }
+
+    /// Reads `lines` lines of one chunk each; records every commit.
+    struct Committing {
+        lines: u64,
+        read: u64,
+        commits: Arc<std::sync::Mutex<Vec<Position>>>,
+    }
+
+    impl SourceReader for Committing {
+        fn next_chunk(&mut self) -> Result<Pull, SourceError> {
+            if self.read == self.lines {
+                return Ok(Pull::End);
+            }
+            self.read += 1;
+            let data = ChunkData::Lines(Bytes::from_static(b"x\n"));
+            let position = Position::Log { offset: self.read };
+            Ok(Pull::Chunk(Chunk {
+                data,
+                records: 1,
+                position,
+            }))
+        }
+        fn commit(&mut self, upto: &Position) -> Result<(), SourceError> {
+            self.commits.lock().unwrap().push(*upto);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_checkpoints_cut_is_committed_to_the_readers_and_the_end_once_the_output_is_final() {
+        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = Committing {
+            lines: 5,
+            read: 0,
+            commits: Arc::clone(&commits),
+        };
+        let mut reading = ReadLoop::new(vec![(0, Box::new(reader) as Box<dyn SourceReader>)]);
+        let mut send = |_, _| true;
+        let mut dealer = Dealer::new(0, 2, &mut send);
+        for requested in [0, 0, 1, 1, 2] {
+            assert_eq!(
+                reading.turn(&mut dealer, false, requested).unwrap(),
+                ReadStep::Dealt
+            );
+        }
+        // Barrier 1 after two chunks, 2 after three.
+        let cut = dealer.cut_upto(1).expect("barrier 1 was dealt");
+        assert_eq!(cut.positions, vec![(0, Position::Log { offset: 2 })]);
+        reading.commit(&cut).unwrap();
+        assert_eq!(dealer.cut_upto(1), None, "taken");
+        assert_eq!(
+            dealer.cut_upto(2).unwrap().positions,
+            vec![(0, Position::Log { offset: 3 })]
+        );
+        assert_eq!(*commits.lock().unwrap(), vec![Position::Log { offset: 2 }]);
+
+        // Through `pump`: checkpoint 1 is complete before it reads; the rest
+        // is committed only once the output is final.
+        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = Committing {
+            lines: 4,
+            read: 0,
+            commits: Arc::clone(&commits),
+        };
+        let source = OpenSource {
+            partitions: vec![(0, Box::new(reader))],
+        };
+        let progress = Arc::new(ReaderProgress::default());
+        progress.requested.store(1, Ordering::Relaxed);
+        let pumping = {
+            let progress = Arc::clone(&progress);
+            std::thread::spawn(move || {
+                let mut send = |_, _| true;
+                pump(
+                    source,
+                    &AtomicBool::new(false),
+                    &progress,
+                    Dealer::new(0, 1, &mut send),
+                );
+            })
+        };
+        // The reader waits after its end until the output is final.
+        std::thread::sleep(STOP_POLL_INTERVAL * 2);
+        assert!(!pumping.is_finished(), "the reader waits for the final commit");
+        assert!(commits.lock().unwrap().is_empty(), "no checkpoint completed yet");
+        progress.committed.store(ReaderProgress::ALL, Ordering::Relaxed);
+        pumping.join().unwrap();
+        assert_eq!(*commits.lock().unwrap(), vec![Position::Log { offset: 4 }]);
+    }
+
+    #[test]
+    fn an_abandoned_run_commits_nothing_more() {
+        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = Committing {
+            lines: 3,
+            read: 0,
+            commits: Arc::clone(&commits),
+        };
+        let source = OpenSource {
+            partitions: vec![(0, Box::new(reader))],
+        };
+        let progress = ReaderProgress::default();
+        progress
+            .committed
+            .store(ReaderProgress::ABANDONED, Ordering::Relaxed);
+        let mut send = |_, _| true;
+        pump(
+            source,
+            &AtomicBool::new(false),
+            &progress,
+            Dealer::new(0, 1, &mut send),
+        );
+        assert!(commits.lock().unwrap().is_empty());
     }
 
     #[test]

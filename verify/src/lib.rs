@@ -244,8 +244,21 @@ pub fn verify_dead_letter_file(
     inputs: &InputFiles,
     dead_letters: &Path,
 ) -> Result<DeadLetterReport, VerifyError> {
+    verify_dead_letter_file_as(app, inputs, dead_letters, &[])
+}
+
+/// `verify_dead_letter_file` for a run that knew its single input by other
+/// names too (`also_named`: e.g. `tcp:HOST:PORT` for input that came
+/// through `verity send`): letters may name the input by any of them.
+pub fn verify_dead_letter_file_as(
+    app: &App,
+    inputs: &InputFiles,
+    dead_letters: &Path,
+    also_named: &[String],
+) -> Result<DeadLetterReport, VerifyError> {
     let named = |rule, path: &Path| -> Result<_, VerifyError> {
-        let mut names = vec![path.to_string_lossy().into_owned()];
+        let mut names = also_named.to_vec();
+        names.push(path.to_string_lossy().into_owned());
         if let Ok(canonical) = path.canonicalize() {
             names.push(canonical.to_string_lossy().into_owned());
         }
@@ -258,6 +271,7 @@ pub fn verify_dead_letter_file(
     let inputs = match inputs {
         InputFiles::Single(input) => vec![named(LineRule::App(*app), input)?],
         InputFiles::QuotesAndOrders { quotes, orders } => {
+            assert!(also_named.is_empty(), "other names are for a single input");
             vec![named(LineRule::Quotes, quotes)?, named(LineRule::Orders, orders)?]
         }
     };

@@ -177,6 +177,12 @@ pub trait SourceConnector: Send {
         Ok(1)
     }
 
+    /// The run takes checkpoints and `SourceReader::commit`s what each one
+    /// covers: a source that acknowledges its upstream (so the upstream may
+    /// forget) acknowledges only that from now on, and the upstream replays
+    /// the rest after a crash. Called before `open`.
+    fn acknowledge_on_commit(&mut self) {}
+
     /// Opens `partition` to read from `at` (`None`: its beginning). Called
     /// before the run starts, so a missing file or a busy port fails early;
     /// `source_name` is the source's name for error messages.

@@ -59,6 +59,10 @@ impl SourceConnector for TcpListenSource {
         "tcp"
     }
 
+    fn acknowledge_on_commit(&mut self) {
+        self.acks_on_commit = true;
+    }
+
     fn open(
         &mut self,
         source_name: &str,

@@ -22,7 +22,7 @@ use crate::sink::{
     write_outputs, DeadLetterSpec, DeadLetterWriter, OutputError, OutputMessage, OutputWriter, SinkSpec,
 };
 use crate::source::SourceCut;
-use crate::source::{self, Dealer, StopFlag};
+use crate::source::{self, Dealer, ReaderProgress, StopFlag};
 use crate::wire::Wire;
 use crate::State;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -416,9 +416,18 @@ where
     let mut opened = Vec::new();
     let mut output = None;
     let mut restart = None;
-    let requested = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(ReaderProgress::default());
+    // However the run ends, the readers stop waiting for commits.
+    let _release_readers = ReleaseReaders(Arc::clone(&progress));
     if let Some(outputs) = outputs {
         restart = checkpoints.as_ref().and_then(|c| c.restart.clone());
+        let mut sources = sources;
+        if checkpoints.is_some() {
+            // A source acks its upstream only what a checkpoint covers.
+            sources
+                .iter_mut()
+                .for_each(|s| s.connector.acknowledge_on_commit());
+        }
         opened = match &restart {
             None => sources
                 .into_iter()
@@ -434,7 +443,12 @@ where
                 .collect::<Result<Vec<_>, _>>()?,
         };
         if let Some(restart) = &restart {
-            requested.store(restart.meta.checkpoint, Ordering::Relaxed);
+            progress
+                .requested
+                .store(restart.meta.checkpoint, Ordering::Relaxed);
+            progress
+                .committed
+                .store(restart.meta.checkpoint, Ordering::Relaxed);
         }
         output = Some(spawn_output_thread(
             outputs,
@@ -443,7 +457,7 @@ where
             &source_names,
             &failure,
             checkpoints,
-            &requested,
+            &progress,
         )?);
     }
     let (output_thread, output_tx, output_ids) = match output {
@@ -549,19 +563,24 @@ where
     drop((done_tx, output_tx));
 
     let total_shards = layout.total_shards() as usize;
+    let mut readers = Vec::new();
     for (index, (source, mut outs)) in opened.into_iter().zip(wiring.chunk_outs).enumerate() {
-        let (stop, requested) = (Arc::clone(&stop), Arc::clone(&requested));
+        let (stop, progress) = (Arc::clone(&stop), Arc::clone(&progress));
         let resume = restart
             .as_ref()
             .map(|r| (r.meta.checkpoint, resume_cut(&r.meta.sources[index])));
-        spawn_watched(format!("verity-source-{index}"), &failure, move || {
-            let mut send = |shard: usize, event| outs[shard].send(event);
-            let mut dealer = Dealer::new(index as u32, total_shards, &mut send);
-            if let Some((checkpoint, cut)) = &resume {
-                dealer.resume_at(*checkpoint, cut);
-            }
-            source::pump(source, &stop, &requested, dealer);
-        })?;
+        readers.push(spawn_watched(
+            format!("verity-source-{index}"),
+            &failure,
+            move || {
+                let mut send = |shard: usize, event| outs[shard].send(event);
+                let mut dealer = Dealer::new(index as u32, total_shards, &mut send);
+                if let Some((checkpoint, cut)) = &resume {
+                    dealer.resume_at(*checkpoint, cut);
+                }
+                source::pump(source, &stop, &progress, dealer);
+            },
+        )?);
     }
 
     let waited = wait_for_shards(
@@ -590,6 +609,11 @@ where
             .ok_or_else(|| panicked("the output thread"))?
             .map_err(RunError::Output)?;
     }
+    // The readers make their last commits (a source's final acks) now that
+    // the output is final; then they end.
+    for reader in readers {
+        let _ = reader.join();
+    }
     let (source_errors, source_errors_not_kept) =
         source_errors.lock().unwrap_or_else(|p| p.into_inner()).take();
     Ok(RunSummary {
@@ -603,6 +627,21 @@ where
         source_errors,
         source_errors_not_kept,
     })
+}
+
+/// Tells the readers, when the run ends without its output made final
+/// (`ReaderProgress::ALL`), that no commit will come.
+struct ReleaseReaders(Arc<ReaderProgress>);
+
+impl Drop for ReleaseReaders {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .committed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c != ReaderProgress::ALL).then_some(ReaderProgress::ABANDONED)
+            });
+    }
 }
 
 /// The output thread and what its sink asked of the shards.
@@ -712,7 +751,7 @@ fn spawn_output_thread(
     source_names: &[String],
     failure: &Arc<RunFailure>,
     checkpoints: Option<OpenedCheckpoints>,
-    requested: &Arc<AtomicU64>,
+    progress: &Arc<ReaderProgress>,
 ) -> Result<SpawnedOutput, RunError> {
     let resuming = checkpoints.as_ref().is_some_and(|c| c.restart.is_some());
     let sink = if resuming {
@@ -745,9 +784,9 @@ fn spawn_output_thread(
         writer = writer.with_checkpoints(checkpointer);
     }
     let (tx, rx) = bounded::<(u32, OutputMessage)>(config.output_queue_depth_buffers);
-    let requested = Arc::clone(requested);
+    let progress = Arc::clone(progress);
     let handle = spawn_watched("verity-output".into(), failure, move || {
-        write_outputs(rx, writer, &requested)
+        write_outputs(rx, writer, &progress)
     })?;
     Ok(SpawnedOutput {
         thread: OutputThread { handle, discards },
