@@ -4,7 +4,8 @@
 # 1. Throughput without checkpoints and with them every 1000 ms (the
 #    default), the runners taking turns, median of REPEAT; the output
 #    thread's own figures of the checkpointed runs: size, request to durable
-#    (alignment + snapshots + writing), writing alone.
+#    (alignment + snapshots + writing), writing alone, and each shard's
+#    stall (the step that took its snapshot).
 # 2. Recovery of a 3-process cluster: a worker is killed with SIGKILL once a
 #    checkpoint of the whole state exists; the time from the kill until every
 #    process restored its shards and processes again.
@@ -40,7 +41,7 @@ off=() on=()
 for _ in $(seq "$repeat"); do
     off+=("$(run)")
     on+=("$(run --state-dir "$work/state")")
-    grep "checkpoints:" "$work/log" >> "$work/checkpoint-lines" || true
+    grep -E "checkpoints:|checkpoint stall" "$work/log" >> "$work/checkpoint-lines" || true
 done
 off_s=$(printf '%s\n' "${off[@]}" | median)
 on_s=$(printf '%s\n' "${on[@]}" | median)

@@ -115,6 +115,20 @@ impl JobMeta {
     }
 }
 
+/// Durations in µs as "p50 …, p99 …, max …" in ms, for the end-of-run
+/// reports of checkpoint times (`values` is not empty).
+pub(crate) fn percentiles_ms(mut values: Vec<u64>) -> String {
+    assert!(!values.is_empty());
+    values.sort_unstable();
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    )
+}
+
 /// A checkpoint read back for a recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restart {

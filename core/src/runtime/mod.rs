@@ -268,7 +268,13 @@ struct LiveCounters {
     /// Test-only planted faults (`TEST_PANIC_ENV`, `TEST_HANG_ENV`).
     panic_after_records: Option<u64>,
     hang_after_records: Option<u64>,
+    /// How long the shard's snapshotting steps took, in µs (the newest
+    /// `STALLS_KEPT`): written once per checkpoint, off the hot path.
+    stalls_us: Mutex<std::collections::VecDeque<u64>>,
 }
+
+/// Checkpoint stalls kept per shard for the end-of-run report.
+const STALLS_KEPT: usize = 1024;
 
 impl LiveCounters {
     fn for_shard(shard: u32) -> LiveCounters {
@@ -277,6 +283,14 @@ impl LiveCounters {
             hang_after_records: test_fault_after_records(TEST_HANG_ENV, shard),
             ..LiveCounters::default()
         }
+    }
+
+    fn checkpoint_stall(&self, took: Duration) {
+        let mut stalls = self.stalls_us.lock().unwrap_or_else(|p| p.into_inner());
+        if stalls.len() == STALLS_KEPT {
+            stalls.pop_front();
+        }
+        stalls.push_back(took.as_micros() as u64);
     }
 
     fn publish(&self, c: ShardCounters) {
@@ -614,6 +628,7 @@ where
     for reader in readers {
         let _ = reader.join();
     }
+    report_checkpoint_stalls(&live);
     let (source_errors, source_errors_not_kept) =
         source_errors.lock().unwrap_or_else(|p| p.into_inner()).take();
     Ok(RunSummary {
@@ -627,6 +642,22 @@ where
         source_errors,
         source_errors_not_kept,
     })
+}
+
+/// Logs how long this process's shards stalled for their snapshots: the
+/// length of each step that took one (an upper bound), over all its shards.
+fn report_checkpoint_stalls(live: &[LiveCounters]) {
+    let stalls: Vec<u64> = live
+        .iter()
+        .flat_map(|c| c.stalls_us.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .collect();
+    if !stalls.is_empty() {
+        log::info!(
+            "checkpoint stall per shard over {} snapshots: {}",
+            stalls.len(),
+            crate::checkpoint::percentiles_ms(stalls)
+        );
+    }
 }
 
 /// Tells the readers, when the run ends without its output made final

@@ -64,10 +64,17 @@ where
         ch,
         source_errors,
         shard,
+        parts_sent: 0,
     };
     let mut watched = Vec::new();
     loop {
+        let began = std::time::Instant::now();
+        let parts_before = ports.parts_sent;
         let step = driver.step(&mut ports);
+        if ports.parts_sent > parts_before {
+            // The step that took a snapshot: its length bounds the stall.
+            live.checkpoint_stall(began.elapsed());
+        }
         live.publish(driver.counters());
         if step.finished {
             return driver.counters();
@@ -90,6 +97,8 @@ struct ThreadPorts<'a, K, V> {
     source_errors: &'a SourceErrors<'a>,
     /// The shard's index, which the output thread lines checkpoints up by.
     shard: u32,
+    /// Checkpoint parts sent so far.
+    parts_sent: u64,
 }
 
 impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
@@ -153,6 +162,7 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
     }
 
     fn try_checkpoint(&mut self, part: CheckpointPart) -> Sent<CheckpointPart> {
+        self.parts_sent += 1;
         match &mut self.ch.output {
             OutputOut::Local(tx) => {
                 let _ = tx.send((self.shard, OutputMessage::Checkpoint(part)));
