@@ -56,10 +56,13 @@ enum Command {
     ///
     /// The TCP sink sends numbered lines: `receive` writes each line once
     /// (dropping lines resent after a reconnect), acks them, and accepts
-    /// reconnections. The output file holds plain lines. (A plain listener
-    /// such as `nc -l` would see the sink's framing, and the sink refuses to
-    /// start without `receive`'s welcome.) A connection that is not a verity
-    /// sink is written as it comes, without dedup.
+    /// reconnections. The output file holds plain lines. A run with
+    /// checkpoints stages its lines here until the checkpoint covering them
+    /// is durable, and after a recovery aborts what was staged past its
+    /// checkpoint: the file holds each line exactly once across crashes.
+    /// (A plain listener such as `nc -l` would see the sink's framing, and
+    /// the sink refuses to start without `receive`'s welcome.) A connection
+    /// that is not a verity sink is written as it comes, without dedup.
     Receive(ReceiveArgs),
     /// Run a whole cluster in one thread on a virtual clock, with seeded faults,
     /// and check each seed's output against the oracle.

@@ -470,3 +470,73 @@ fn a_run_fed_by_verity_send_is_killed_and_recovered_and_reads_each_line_once() {
     assert!(report.contains("OK"), "{report}");
     eprintln!("killed while reading: {killed}; then: {summary}");
 }
+
+#[test]
+fn a_run_into_verity_receive_is_killed_and_recovered_and_the_receiver_holds_each_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let received = dir.path().join("received.txt");
+    let receiver = verity()
+        .args([
+            "receive",
+            "--listen",
+            &address,
+            "--output",
+            path_str(&received),
+            "--timeout-s",
+            "5",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start verity receive");
+    let job = Job {
+        output: PathBuf::from(format!("tcp:{address}")),
+        ..Job::new(dir.path(), "wordcount", 300_000)
+    };
+    let dead = dir.path().join("dead.txt");
+    let args = |recover| {
+        let mut args = job.args(recover);
+        args.extend(["--dead-letter".to_string(), path_str(&dead).to_string()]);
+        args
+    };
+    // Wait for the receiver to listen.
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(started.elapsed() < WAIT_MAX, "verity receive never listened");
+        std::thread::sleep(POLL);
+    }
+    let mut finished = false;
+    for kill in 0..3u64 {
+        let mut run = verity()
+            .args(args(kill > 0))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start verity");
+        let seen = newest_checkpoint(&job.state);
+        if !wait_while_running(&mut run, || newest_checkpoint(&job.state) > seen + 1) {
+            // It finished first: its output is final, nothing to recover.
+            finished = run.wait().unwrap().success();
+            assert!(finished, "the run failed");
+            break;
+        }
+        let _ = run.kill();
+        let _ = run.wait();
+        eprintln!(
+            "killed run {kill} with checkpoints up to {}",
+            newest_checkpoint(&job.state)
+        );
+    }
+    if !finished {
+        let last: Vec<String> = args(true);
+        let last: Vec<&str> = last.iter().map(String::as_str).collect();
+        ok(run(&last));
+    }
+    let report = receiver.wait_with_output().unwrap();
+    assert!(report.status.success(), "verity receive: {}", stderr(&report));
+    let mut verify: Vec<String> = vec!["verify".into(), "wordcount".into()];
+    verify.extend(job.input.iter().cloned());
+    verify.extend(["--output", path_str(&received), "--dead-letter", path_str(&dead)].map(String::from));
+    let verify: Vec<&str> = verify.iter().map(String::as_str).collect();
+    let verdict = common::stdout(&ok(run(&verify)));
+    assert!(verdict.contains("OK"), "{verdict}");
+}

@@ -5,6 +5,7 @@
 
 use crate::checkpoint::{Checkpointer, JobMeta};
 use crate::connector::sinks::{FileSink, NullSink, WriteSink};
+use crate::connector::tcp_sink::{Release, TcpSinkOptions};
 use crate::connector::{CommitId, SinkConnector, SinkError};
 use crate::ids::MsgId;
 use crate::line::DeadLetter;
@@ -106,11 +107,20 @@ impl SinkSpec {
         })
     }
 
-    /// Opens the sink to continue an earlier run (`SinkConnector::resume`
-    /// follows): a file is not truncated here.
-    pub fn open_resuming(&self) -> Result<Box<dyn SinkConnector>, SinkError> {
+    /// Opens the sink of a run with checkpoints: to continue an earlier run
+    /// if `resuming` (`SinkConnector::resume` follows: a file is not
+    /// truncated here), and the TCP sink with its lines staged at the
+    /// receiver until commits (exactly-once).
+    pub fn open_checkpointed(&self, resuming: bool) -> Result<Box<dyn SinkConnector>, SinkError> {
         match self {
-            SinkSpec::File(path) => Ok(Box::new(FileSink::for_resume(path, "output"))),
+            SinkSpec::File(path) if resuming => Ok(Box::new(FileSink::for_resume(path, "output"))),
+            SinkSpec::Tcp(address) => Ok(Box::new(WriteSink::connect_with(
+                address,
+                TcpSinkOptions {
+                    release: Release::OnCommit,
+                    ..TcpSinkOptions::default()
+                },
+            )?)),
             other => other.open(),
         }
     }

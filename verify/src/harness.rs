@@ -29,8 +29,8 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use verity_core::connector::tcp_stream::{
-    self, data_header, end_frame, greeting, is_timeout, Greeting, LinesHeader, ReceiverMessage,
-    SourceMessage, LINES_HEADER_BYTES, SEND_MAGIC, SINK_MAGIC, SOURCE_MESSAGE_BYTES,
+    self, data_header, end_frame, greeting, is_timeout, Greeting, LinesHeader, ReceiverMessage, SinkHeader,
+    SourceMessage, LINES_HEADER_BYTES, SEND_MAGIC, SINK_MAGIC, SINK_VERSION_STAGED, SOURCE_MESSAGE_BYTES,
 };
 
 /// How long the sender keeps trying to reach a source that is not up yet.
@@ -570,6 +570,8 @@ struct Peer {
     out_written: usize,
     /// An ack not yet in `out` (acks are cumulative: only the latest counts).
     ack_due: Option<u64>,
+    /// A staged sink's commit answer not yet in `out`.
+    committed_due: Option<u64>,
     closed: bool,
 }
 
@@ -577,8 +579,16 @@ struct Peer {
 struct Written {
     out: BufWriter<File>,
     arrivals: BufWriter<File>,
-    /// Every sequence up to this is written.
+    /// Every sequence up to this is held: written, or (from a staged sink)
+    /// staged.
     have: u64,
+    /// Whether sinks stage their lines (`tcp_stream`, version 2): set by
+    /// the first sink, the same for every later one.
+    staged_sinks: Option<bool>,
+    /// Staged lines `committed + 1 ..= have`, in frames as they came.
+    staged: VecDeque<Vec<u8>>,
+    /// Lines final in the output (with unstaged sinks: `have`).
+    committed: u64,
     lines: u64,
     bytes: u64,
     duplicates: u64,
@@ -599,7 +609,62 @@ impl Written {
         Ok(())
     }
 
-    /// One `Lines` frame: writes the lines past `have`, drops the rest.
+    /// Staged lines through `upto` become final, in order.
+    fn commit(&mut self, upto: u64) -> io::Result<()> {
+        if upto > self.have {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a commit through line {upto}, but only lines up to {} arrived",
+                    self.have
+                ),
+            ));
+        }
+        while self.committed < upto {
+            let mut frame = self.staged.pop_front().expect("staged lines up to have");
+            let count = memchr_count(&frame);
+            let take = count.min(upto - self.committed);
+            if take < count {
+                let rest = frame.split_off(line_start(&frame, take));
+                self.staged.push_front(rest);
+            }
+            self.lines(&frame, take)?;
+            self.committed += take;
+        }
+        self.out.flush()
+    }
+
+    /// Staged lines past `keep` are dropped: a recovered sink writes again
+    /// what came after its checkpoint.
+    fn abort(&mut self, keep: u64) -> io::Result<()> {
+        if keep < self.committed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "an abort back to line {keep}, but lines up to {} are final",
+                    self.committed
+                ),
+            ));
+        }
+        let mut held = self.committed;
+        let mut kept = VecDeque::new();
+        while let Some(mut frame) = self.staged.pop_front() {
+            if held >= keep {
+                break;
+            }
+            let count = memchr_count(&frame);
+            let take = count.min(keep - held);
+            frame.truncate(line_start(&frame, take));
+            kept.push_back(frame);
+            held += take;
+        }
+        self.staged = kept;
+        self.have = self.have.min(keep);
+        Ok(())
+    }
+
+    /// One `Lines` frame: writes (or stages) the lines past `have`, drops
+    /// the rest.
     fn frame(&mut self, header: LinesHeader, payload: &[u8]) -> io::Result<()> {
         let count = u64::from(header.count);
         if memchr_count(payload) != count || !(payload.is_empty() || payload.ends_with(b"\n")) {
@@ -623,7 +688,12 @@ impl Written {
         self.duplicates += already;
         if already < count {
             let start = line_start(payload, already);
-            self.lines(&payload[start..], count - already)?;
+            if self.staged_sinks == Some(true) {
+                self.staged.push_back(payload[start..].to_vec());
+            } else {
+                self.lines(&payload[start..], count - already)?;
+                self.committed = header.first + count - 1;
+            }
             self.have = header.first + count - 1;
         }
         Ok(())
@@ -649,6 +719,7 @@ impl Peer {
             out: Vec::new(),
             out_written: 0,
             ack_due: None,
+            committed_due: None,
             closed: false,
         })
     }
@@ -677,11 +748,27 @@ impl Peer {
         if self.kind == PeerKind::Greeting {
             match greeting(SINK_MAGIC, &self.incoming) {
                 Greeting::Undecided => return Ok(()),
-                Greeting::Protocol { version } if version == tcp_stream::VERSION => {
+                Greeting::Protocol { version }
+                    if version == tcp_stream::VERSION || version == SINK_VERSION_STAGED =>
+                {
+                    let staged = version == SINK_VERSION_STAGED;
+                    if *written.staged_sinks.get_or_insert(staged) != staged {
+                        eprintln!(
+                            "verity receive: a sink that {} its lines after one that did not: closed it",
+                            if staged { "stages" } else { "does not stage" }
+                        );
+                        self.closed = true;
+                        return Ok(());
+                    }
                     self.incoming.drain(..tcp_stream::PREAMBLE_BYTES);
                     self.kind = PeerKind::Sink;
                     self.out
                         .extend_from_slice(&ReceiverMessage::Welcome { have: written.have }.encode());
+                    if staged {
+                        let upto = written.committed;
+                        self.out
+                            .extend_from_slice(&ReceiverMessage::Committed { upto }.encode());
+                    }
                 }
                 Greeting::Protocol { version } => {
                     eprintln!(
@@ -711,15 +798,29 @@ impl Peer {
             let header_bytes: &[u8; LINES_HEADER_BYTES] = self.incoming[used..used + LINES_HEADER_BYTES]
                 .try_into()
                 .expect("header-sized");
-            let header = match LinesHeader::decode(header_bytes) {
+            let header = match SinkHeader::decode(header_bytes) {
+                Ok(header)
+                    if !matches!(header, SinkHeader::Lines(_)) && written.staged_sinks != Some(true) =>
+                {
+                    return self.refuse(io::Error::other(
+                        "a commit or abort from a sink that does not stage",
+                    ))
+                }
                 Ok(header) => header,
                 Err(e) => return self.refuse(e),
             };
-            let end = used + LINES_HEADER_BYTES + header.len as usize;
+            let end = used + LINES_HEADER_BYTES + header.payload_len();
             if self.incoming.len() < end {
                 break;
             }
-            if let Err(e) = written.frame(header, &self.incoming[used + LINES_HEADER_BYTES..end]) {
+            let handled = match header {
+                SinkHeader::Lines(lines) => {
+                    written.frame(lines, &self.incoming[used + LINES_HEADER_BYTES..end])
+                }
+                SinkHeader::Commit { upto } => written.commit(upto).map(|()| self.committed_due = Some(upto)),
+                SinkHeader::Abort { keep } => written.abort(keep),
+            };
+            if let Err(e) = handled {
                 if e.kind() == io::ErrorKind::InvalidData {
                     return self.refuse(e);
                 }
@@ -744,11 +845,16 @@ impl Peer {
             if self.out_written == self.out.len() {
                 self.out.clear();
                 self.out_written = 0;
-                match self.ack_due.take() {
-                    Some(have) => self
-                        .out
-                        .extend_from_slice(&ReceiverMessage::Ack { have }.encode()),
-                    None => return,
+                if let Some(have) = self.ack_due.take() {
+                    self.out
+                        .extend_from_slice(&ReceiverMessage::Ack { have }.encode());
+                }
+                if let Some(upto) = self.committed_due.take() {
+                    self.out
+                        .extend_from_slice(&ReceiverMessage::Committed { upto }.encode());
+                }
+                if self.out.is_empty() {
+                    return;
                 }
             }
             match self.stream.write(&self.out[self.out_written..]) {
@@ -769,7 +875,7 @@ impl Peer {
         }
         self.ack_due = Some(have);
         let started = Instant::now();
-        while (self.out_written < self.out.len() || self.ack_due.is_some())
+        while (self.out_written < self.out.len() || self.ack_due.is_some() || self.committed_due.is_some())
             && !self.closed
             && started.elapsed() < FINAL_ACK_TIMEOUT
         {
@@ -818,6 +924,9 @@ pub fn receive_on(
         out: BufWriter::with_capacity(BUFFER_BYTES, create(output)?),
         arrivals: BufWriter::new(create(&arrivals_path)?),
         have: 0,
+        staged_sinks: None,
+        staged: VecDeque::new(),
+        committed: 0,
         lines: 0,
         bytes: 0,
         duplicates: 0,
@@ -856,6 +965,13 @@ pub fn receive_on(
     };
     for peer in &mut peers {
         peer.flush_before_exit(written.have);
+    }
+    if !written.staged.is_empty() {
+        eprintln!(
+            "verity receive: lines {}..={} were staged and never committed: not written",
+            written.committed + 1,
+            written.have
+        );
     }
     written.out.flush()?;
     written.arrivals.flush()?;

@@ -395,3 +395,114 @@ fn a_sender_refuses_to_resume_past_the_end_of_its_input() {
         "{e}"
     );
 }
+
+fn staged() -> TcpSinkOptions {
+    TcpSinkOptions {
+        release: Release::OnCommit,
+        ..TcpSinkOptions::default()
+    }
+}
+
+/// The bytes of lines `from..=to` (from 1) of `data`, whose lines all have
+/// the same length.
+fn lines_of(data: &[u8], line_bytes: usize, from: usize, to: usize) -> &[u8] {
+    &data[(from - 1) * line_bytes..to * line_bytes]
+}
+
+#[test]
+fn a_sink_that_died_while_sending_past_its_checkpoint_is_recovered_by_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.txt");
+    let data = numbered_lines(3000);
+    let line_bytes = data.len() / 3000;
+    let (receiver, receiving) = start_receiver(&output, 3000);
+    let mut first = TcpSink::connect(&receiver.to_string(), staged()).unwrap();
+    write_in_buffers(&mut first, lines_of(&data, line_bytes, 1, 1000), 300);
+    first.barrier(CommitId(1)).unwrap();
+    let mark = first.resume_mark().unwrap(); // checkpoint 1 records it
+    first.commit(CommitId(1)).unwrap(); // checkpoint 1 is durable
+    write_in_buffers(&mut first, lines_of(&data, line_bytes, 1001, 1800), 300);
+    first.barrier(CommitId(2)).unwrap(); // staged, but checkpoint 2 never completes
+    write_in_buffers(&mut first, lines_of(&data, line_bytes, 1801, 2000), 300);
+    drop(first); // the crash
+
+    // The recovered run writes lines 1001.. again, here in another order
+    // (as two streams may): nothing staged before the crash may survive.
+    let mut second = TcpSink::connect(&receiver.to_string(), staged()).unwrap();
+    second.resume(&mark).unwrap();
+    let mut again: Vec<&[u8]> = lines_of(&data, line_bytes, 1001, 3000)
+        .chunks(line_bytes)
+        .collect();
+    again[..800].reverse();
+    let again = again.concat();
+    write_in_buffers(&mut second, &again, 300);
+    second.barrier(CommitId::END_OF_INPUT).unwrap();
+    second.commit(CommitId::END_OF_INPUT).unwrap();
+    let report = receiving.join().unwrap();
+    assert!(report.complete, "{report:?}");
+    let expected = [lines_of(&data, line_bytes, 1, 1000), &again].concat();
+    assert_eq!(
+        std::fs::read(&output).unwrap(),
+        expected,
+        "each line once, the recovered run's"
+    );
+}
+
+#[test]
+fn a_commit_the_crash_cut_off_is_made_again_by_the_recovered_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.txt");
+    let data = numbered_lines(2000);
+    let line_bytes = data.len() / 2000;
+    let (receiver, receiving) = start_receiver(&output, 2000);
+    let mut first = TcpSink::connect(&receiver.to_string(), staged()).unwrap();
+    write_in_buffers(&mut first, lines_of(&data, line_bytes, 1, 1200), 300);
+    first.barrier(CommitId(1)).unwrap();
+    let mark = first.resume_mark().unwrap();
+    drop(first); // the checkpoint was durable; the crash came before the commit
+    assert_eq!(
+        std::fs::read(&output).unwrap(),
+        b"",
+        "staged lines are not output"
+    );
+
+    let mut second = TcpSink::connect(&receiver.to_string(), staged()).unwrap();
+    second.resume(&mark).unwrap();
+    assert_eq!(
+        std::fs::read(&output).unwrap(),
+        lines_of(&data, line_bytes, 1, 1200),
+        "the checkpoint's lines are final once the recovered sink resumed"
+    );
+    write_in_buffers(&mut second, lines_of(&data, line_bytes, 1201, 2000), 300);
+    second.barrier(CommitId::END_OF_INPUT).unwrap();
+    second.commit(CommitId::END_OF_INPUT).unwrap();
+    let report = receiving.join().unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(std::fs::read(&output).unwrap(), data);
+
+    // Recovering from a checkpoint older than what the receiver made final
+    // is refused: those lines cannot be taken back.
+    let (receiver, receiving) = start_receiver(&dir.path().join("other.txt"), 20);
+    let mut sink = TcpSink::connect(&receiver.to_string(), staged()).unwrap();
+    write_in_buffers(&mut sink, lines_of(&data, line_bytes, 1, 10), 5);
+    sink.barrier(CommitId(1)).unwrap();
+    let older = 6u64.to_le_bytes(); // a checkpoint after line 5
+    sink.commit(CommitId(1)).unwrap();
+    drop(sink);
+    let mut late = TcpSink::connect(&receiver.to_string(), staged()).unwrap();
+    let refused = late.resume(&older).unwrap_err().to_string();
+    assert!(refused.contains("made lines up to 10 final"), "{refused}");
+    drop(late);
+    let mut rest = TcpSink::connect(
+        &receiver.to_string(),
+        TcpSinkOptions {
+            first_seq: 11,
+            ..staged()
+        },
+    )
+    .unwrap();
+    write_in_buffers(&mut rest, lines_of(&data, line_bytes, 11, 20), 5);
+    rest.barrier(CommitId::END_OF_INPUT).unwrap();
+    rest.commit(CommitId::END_OF_INPUT).unwrap();
+    assert!(receiving.join().unwrap().complete);
+}

@@ -52,8 +52,14 @@ impl WriteSink {
     /// written, numbered and kept until acked (`TcpSink` with its default
     /// options: at-least-once).
     pub fn connect(address: &str) -> Result<Self, SinkError> {
+        Self::connect_with(address, TcpSinkOptions::default())
+    }
+
+    /// `connect` with other options (a run with checkpoints stages its
+    /// lines: `Release::OnCommit`).
+    pub fn connect_with(address: &str, options: TcpSinkOptions) -> Result<Self, SinkError> {
         Ok(WriteSink {
-            writer: Writer::Tcp(Box::new(TcpSink::connect(address, TcpSinkOptions::default())?)),
+            writer: Writer::Tcp(Box::new(TcpSink::connect(address, options)?)),
         })
     }
 }
@@ -77,6 +83,20 @@ impl SinkConnector for WriteSink {
         match &mut self.writer {
             Writer::Stream(writer) => Ok(writer.flush()?),
             Writer::Tcp(sink) => sink.commit(upto),
+        }
+    }
+
+    fn resume_mark(&mut self) -> Result<Vec<u8>, SinkError> {
+        match &mut self.writer {
+            Writer::Stream(_) => Ok(Vec::new()),
+            Writer::Tcp(sink) => sink.resume_mark(),
+        }
+    }
+
+    fn resume(&mut self, mark: &[u8]) -> Result<(), SinkError> {
+        match &mut self.writer {
+            Writer::Stream(_) => Ok(()),
+            Writer::Tcp(sink) => sink.resume(mark),
         }
     }
 }

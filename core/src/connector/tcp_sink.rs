@@ -3,28 +3,30 @@
 //! is lost when a connection breaks and the receiver writes each line once.
 //!
 //! Two release modes:
-//! * `Release::Immediately` (at-least-once): lines go out as written.
-//! * `Release::OnCommit` (exactly-once with checkpoints): lines written since
-//!   the last barrier are held, in memory, and go out only when `commit`
-//!   makes them final. Output regenerated after a crash recovery may come in
-//!   another order across shards, so the receiver's dedup by sequence is
-//!   exact only for committed output; a recovered sink starts at the
-//!   committed line count (`TcpSinkOptions::first_seq`).
+//! * `Release::Immediately` (at-least-once): lines are final as written.
+//! * `Release::OnCommit` (exactly-once with checkpoints): the receiver
+//!   *stages* lines as they arrive and makes them final only when the sink
+//!   commits them (the two-phase commit in `tcp_stream`): at a barrier the
+//!   sink waits until everything before it is staged, its resume mark is the
+//!   next line's number, and `commit` (after the checkpoint is durable) makes
+//!   the lines through the barrier final. A recovered sink (`resume`)
+//!   commits again what its checkpoint covered and aborts what was staged
+//!   after it, so lines written again after a crash are never doubled, even
+//!   when the crash came halfway through sending them.
 //!
-//! Memory: lines released and not yet acked are bounded by `held_bytes_max`
-//! (over it, a write waits for acks, at most `patience` without progress),
-//! and so are lines not yet released (over it is an error: the output
-//! between two checkpoints must fit; checkpoint more often or raise the
-//! bound): at most twice `held_bytes_max` in all. Spans are the buffers the output thread wrote, one per
-//! `write` (never one per line), recycled once acked.
+//! Memory: lines sent and not yet acked are bounded by `held_bytes_max`
+//! (over it, a write waits for acks, at most `patience` without progress).
+//! Spans are the buffers the output thread wrote, one per `write` (never one
+//! per line), recycled once acked. The receiver's staged lines are bounded
+//! by the checkpoint interval's output.
 //!
 //! The sink is driven only by the output thread's calls: a broken connection
 //! is noticed, and the sink reconnects, on the next `write` or `commit`;
 //! every `commit` waits until the receiver acked everything released.
 
 use super::tcp_stream::{
-    self, is_timeout, LinesHeader, ReceiverMessage, LINES_FRAME_TARGET_BYTES, LINES_HEADER_BYTES,
-    RECEIVER_MESSAGE_BYTES, SINK_MAGIC,
+    self, is_timeout, LinesHeader, ReceiverMessage, SinkHeader, LINES_FRAME_TARGET_BYTES, LINES_HEADER_BYTES,
+    RECEIVER_MESSAGE_BYTES, SINK_MAGIC, SINK_VERSION_STAGED,
 };
 use super::{CommitId, SinkConnector, SinkError};
 use crate::ids::MsgId;
@@ -47,9 +49,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// When written lines may go to the receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
-    /// As written (at-least-once).
+    /// Final as written (at-least-once).
     Immediately,
-    /// When `commit` makes them final (exactly-once with checkpoints).
+    /// Staged by the receiver, final when `commit` says (exactly-once with
+    /// checkpoints).
     OnCommit,
 }
 
@@ -59,7 +62,7 @@ pub struct TcpSinkOptions {
     /// The sequence of the first line this sink writes: 1 for a fresh run,
     /// the committed line count + 1 after a recovery.
     pub first_seq: u64,
-    /// The most bytes held (unreleased, or sent and not acked).
+    /// The most bytes held (sent and not acked).
     pub held_bytes_max: usize,
     /// How long the receiver may make no progress (unreachable, or taking
     /// nothing) while the sink waits for it, before the run fails.
@@ -89,8 +92,10 @@ struct Span {
 enum Until {
     /// Everything released is sent and the held bytes are within the bound.
     Room,
-    /// Everything released is acked.
+    /// Everything released is acked (staged, with `OnCommit`).
     Acked,
+    /// The receiver made everything through `commit_target` final.
+    Committed,
 }
 
 pub struct TcpSink {
@@ -100,14 +105,19 @@ pub struct TcpSink {
     spans: VecDeque<Span>,
     spare: Vec<Vec<u8>>,
     held_bytes: usize,
-    /// Of `held_bytes`, those of lines not yet released.
-    unreleased_bytes: usize,
     /// The sequence the next written line gets.
     next_seq: u64,
     /// Lines below this may be sent.
     released: u64,
-    /// The receiver holds every line up to this.
+    /// The receiver holds every line up to this (staged or final).
     acked: u64,
+    /// `OnCommit`: lines through this are final at the receiver, and lines
+    /// through `commit_target` should be.
+    receiver_committed: u64,
+    commit_target: u64,
+    /// `OnCommit` after a recovery: the receiver must drop what it staged
+    /// past this before any new line.
+    abort_past: Option<u64>,
     /// Barriers not yet committed: (commit, lines below this belong to it).
     barriers: VecDeque<(CommitId, u64)>,
     /// Since when the receiver is unreachable, and when to try it again.
@@ -128,6 +138,9 @@ struct Connection {
     frame_written: usize,
     message: [u8; RECEIVER_MESSAGE_BYTES],
     message_have: usize,
+    /// The highest commit sent on this connection, and whether the abort was.
+    commit_sent: u64,
+    abort_sent: bool,
 }
 
 impl TcpSink {
@@ -142,10 +155,12 @@ impl TcpSink {
             spans: VecDeque::new(),
             spare: Vec::new(),
             held_bytes: 0,
-            unreleased_bytes: 0,
             next_seq: options.first_seq,
             released: options.first_seq,
             acked: options.first_seq - 1,
+            receiver_committed: 0,
+            commit_target: 0,
+            abort_past: None,
             barriers: VecDeque::new(),
             lost_since: None,
             retry_at: None,
@@ -167,9 +182,11 @@ impl TcpSink {
         let mut stream = connect(address).map_err(fail)?;
         stream.set_nodelay(true).map_err(fail)?;
         stream.set_read_timeout(Some(TCP_CONNECT_TIMEOUT)).map_err(fail)?;
-        stream
-            .write_all(&tcp_stream::preamble(SINK_MAGIC))
-            .map_err(fail)?;
+        let mut preamble = tcp_stream::preamble(SINK_MAGIC);
+        if self.staged() {
+            preamble[tcp_stream::PREAMBLE_BYTES - 1] = SINK_VERSION_STAGED;
+        }
+        stream.write_all(&preamble).map_err(fail)?;
         let mut welcome = [0; RECEIVER_MESSAGE_BYTES];
         stream.read_exact(&mut welcome).map_err(|e| {
             io::Error::new(
@@ -187,6 +204,28 @@ impl TcpSink {
             )
             .into());
         };
+        if self.staged() {
+            let mut committed = [0; RECEIVER_MESSAGE_BYTES];
+            stream.read_exact(&mut committed).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "output {address}: no word of what it committed ({e}): an older `verity receive`?"
+                    ),
+                )
+            })?;
+            let ReceiverMessage::Committed { upto } = ReceiverMessage::decode(&committed)? else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("output {address}: no word of what it committed"),
+                )
+                .into());
+            };
+            self.receiver_committed = upto;
+            if self.abort_past.is_some_and(|keep| have <= keep) {
+                self.abort_past = None; // nothing past it is staged
+            }
+        }
         let oldest = self.spans.front().map_or(self.next_seq, |s| s.first);
         if have + 1 < oldest {
             let why = if have < self.acked {
@@ -218,7 +257,13 @@ impl TcpSink {
             frame_written: 0,
             message: [0; RECEIVER_MESSAGE_BYTES],
             message_have: 0,
+            commit_sent: 0,
+            abort_sent: false,
         })
+    }
+
+    fn staged(&self) -> bool {
+        self.options.release == Release::OnCommit
     }
 
     /// Frees spans the receiver holds entirely.
@@ -229,44 +274,28 @@ impl TcpSink {
             }
             let span = self.spans.pop_front().expect("a front span");
             self.held_bytes -= span.lines.len();
-            if span.first >= self.released {
-                // A receiver ahead of a restarted sink holds lines not yet
-                // released here.
-                self.unreleased_bytes -= span.lines.len();
-            }
             if self.spare.len() < SPARE_SPANS {
                 self.spare.push(span.lines);
             }
         }
     }
 
-    /// Releases the lines below `end` (a barrier's).
-    fn release(&mut self, end: u64) {
-        if end <= self.released {
-            return;
-        }
-        let newly: usize = self
-            .spans
-            .iter()
-            .rev()
-            .skip_while(|s| s.first >= end)
-            .take_while(|s| s.first >= self.released)
-            .map(|s| s.lines.len())
-            .sum();
-        self.unreleased_bytes -= newly;
-        self.released = end;
-    }
-
     /// Released lines not yet acked fit the bound.
     fn has_room(&self) -> bool {
-        self.held_bytes - self.unreleased_bytes <= self.options.held_bytes_max
+        self.held_bytes <= self.options.held_bytes_max
     }
 
     fn done(&self, until: Until) -> bool {
         match until {
             Until::Room => self.has_room(),
-            Until::Acked => self.acked + 1 >= self.released,
+            Until::Acked => self.all_acked(),
+            Until::Committed => self.abort_past.is_none() && self.receiver_committed >= self.commit_target,
         }
+    }
+
+    /// Nothing to send or to wait for (a pending abort counts as something).
+    fn all_acked(&self) -> bool {
+        self.acked + 1 >= self.released && self.abort_past.is_none()
     }
 
     /// Sends, reads acks and reconnects until `until` holds, or fails when
@@ -276,7 +305,7 @@ impl TcpSink {
     fn pump(&mut self, until: Until) -> Result<(), SinkError> {
         let mut last_progress = Instant::now();
         loop {
-            if self.acked + 1 >= self.released {
+            if self.all_acked() && self.done(Until::Committed) {
                 // Nothing to send or to wait for: a receiver that left after
                 // taking everything (`--expect`) is no failure.
                 return Ok(());
@@ -322,8 +351,13 @@ impl TcpSink {
                     }
                 }
                 Err(e) => {
-                    log::info!("output {}: connection lost ({e}); reconnecting", self.address);
                     self.connection = None;
+                    if self.done(until) {
+                        // What was waited for came before the connection
+                        // ended; the next write reconnects.
+                        return Ok(());
+                    }
+                    log::info!("output {}: connection lost ({e}); reconnecting", self.address);
                     continue;
                 }
             }
@@ -399,7 +433,15 @@ impl TcpSink {
                     if connection.message_have == RECEIVER_MESSAGE_BYTES {
                         connection.message_have = 0;
                         match ReceiverMessage::decode(&connection.message)? {
+                            ReceiverMessage::Committed { upto } => {
+                                self.receiver_committed = self.receiver_committed.max(upto);
+                            }
                             ReceiverMessage::Ack { have } | ReceiverMessage::Welcome { have } => {
+                                if connection.abort_sent {
+                                    // The receiver answers frames in order: the
+                                    // abort, the first frame here, is done.
+                                    self.abort_past = None;
+                                }
                                 self.acked = self.acked.max(have);
                                 if have >= connection.sent
                                     && connection.frame_written == connection.frame.len()
@@ -424,6 +466,30 @@ impl TcpSink {
     /// `false` when there are none.
     fn next_frame(&mut self) -> bool {
         let connection = self.connection.as_mut().expect("connected");
+        // A recovered sink's abort goes before any line; a commit once the
+        // lines it covers are staged.
+        let control = match self.abort_past {
+            Some(keep) if !connection.abort_sent => {
+                connection.abort_sent = true;
+                Some(SinkHeader::Abort { keep })
+            }
+            Some(_) => return false, // no line before the abort is answered
+            None if self.commit_target > self.receiver_committed.max(connection.commit_sent)
+                && self.acked >= self.commit_target =>
+            {
+                connection.commit_sent = self.commit_target;
+                Some(SinkHeader::Commit {
+                    upto: self.commit_target,
+                })
+            }
+            None => None,
+        };
+        if let Some(control) = control {
+            connection.frame.clear();
+            connection.frame.extend_from_slice(&control.encode_control());
+            connection.frame_written = 0;
+            return true;
+        }
         if connection.sent >= self.released {
             return false;
         }
@@ -499,27 +565,17 @@ impl SinkConnector for TcpSink {
         });
         self.held_bytes += bytes;
         self.next_seq += count;
-        match self.options.release {
-            Release::Immediately => self.released = self.next_seq,
-            Release::OnCommit => {
-                self.unreleased_bytes += bytes;
-                let unreleased = self.unreleased_bytes;
-                if unreleased > self.options.held_bytes_max {
-                    return Err(io::Error::other(format!(
-                        "output {}: {unreleased} bytes of output since the last commit, over the bound of {} \
-                         (checkpoint more often, or raise the bound)",
-                        self.address, self.options.held_bytes_max
-                    ))
-                    .into());
-                }
-            }
-        }
+        // Sent at once either way: with `OnCommit` the receiver stages them.
+        self.released = self.next_seq;
         self.pump(Until::Room)
     }
 
+    /// `OnCommit`: the pre-commit. Everything before the barrier is staged
+    /// at the receiver before the checkpoint that records it is written.
     fn barrier(&mut self, commit: CommitId) -> Result<(), SinkError> {
-        if self.options.release == Release::OnCommit {
+        if self.staged() {
             self.barriers.push_back((commit, self.next_seq));
+            self.pump(Until::Acked)?;
         }
         Ok(())
     }
@@ -529,10 +585,82 @@ impl SinkConnector for TcpSink {
             if commit > upto {
                 break;
             }
-            self.release(end);
+            self.commit_target = self.commit_target.max(end - 1);
             self.barriers.pop_front();
         }
-        self.pump(Until::Acked)
+        // Without staging, lines are final once the receiver has them.
+        self.pump(if self.staged() {
+            Until::Committed
+        } else {
+            Until::Acked
+        })
+    }
+
+    /// The number of the next line (after the barrier just dealt).
+    fn resume_mark(&mut self) -> Result<Vec<u8>, SinkError> {
+        Ok(self.next_seq.to_le_bytes().to_vec())
+    }
+
+    /// Continues at the mark's line. With `OnCommit`, what the checkpoint
+    /// covered is committed again (the crash may have cut the commit off)
+    /// and what the receiver staged after it is aborted.
+    fn resume(&mut self, mark: &[u8]) -> Result<(), SinkError> {
+        let next: [u8; 8] = mark
+            .try_into()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a TCP sink mark is 8 bytes"))?;
+        let next = u64::from_le_bytes(next).max(1);
+        assert!(self.spans.is_empty(), "a sink resumes before it writes");
+        let address = &self.address;
+        if self.staged() {
+            if self.receiver_committed >= next {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "output {address} made lines up to {} final, but the checkpoint continues from line \
+                         {next}: an older checkpoint than the last one committed (the run finished since, \
+                         or the newest checkpoint was lost)",
+                        self.receiver_committed
+                    ),
+                )
+                .into());
+            }
+            if self.acked + 1 < next {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "output {address} holds lines up to {}, but the checkpoint covers lines up to {}: \
+                         was the receiver restarted?",
+                        self.acked,
+                        next - 1
+                    ),
+                )
+                .into());
+            }
+            self.commit_target = next - 1;
+            if self.acked >= next {
+                self.abort_past = Some(next - 1);
+            }
+        } else if self.acked + 1 < next {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "output {address} has lines up to {}, the checkpoint continues from line {next}: lines \
+                     {}..{} are missing",
+                    self.acked,
+                    self.acked + 1,
+                    next - 1
+                ),
+            )
+            .into());
+        }
+        self.acked = next - 1;
+        self.next_seq = next;
+        self.released = next;
+        if let Some(connection) = &mut self.connection {
+            connection.sent = next;
+            connection.sent_offset = None;
+        }
+        self.pump(Until::Committed)
     }
 }
 

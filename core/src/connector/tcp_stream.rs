@@ -55,6 +55,32 @@
 //! * A receiver that is not `verity receive` (`nc -l`) sees the preamble and
 //!   frame headers among the lines, and the sink, without a `Welcome`, fails
 //!   at connect with an error saying so.
+//!
+//! ## Staged output: two-phase commit with checkpoints (version 2)
+//!
+//! A sink of a run with checkpoints says version `SINK_VERSION_STAGED` in its
+//! preamble. The receiver then *stages* lines (holds them, not yet in its
+//! output) until the sink commits them:
+//!
+//! ```text
+//!                                     ◀──  Welcome { have }  (lines staged or final: 1..=have)
+//!                                     ◀──  Committed { upto } (final: 1..=upto)
+//!   Lines …                           ──▶
+//!                                     ◀──  Ack { have }  (staged)
+//!   Commit { upto }                   ──▶   (make 1..=upto final, in order)
+//!                                     ◀──  Committed { upto }
+//!   Abort { keep }                    ──▶   (drop staged lines past `keep`)
+//!                                     ◀──  Ack { have: keep }
+//! ```
+//!
+//! At a checkpoint's barrier the sink waits until everything before it is
+//! staged (the pre-commit), the checkpoint records the next line's number,
+//! and once the checkpoint is durable the sink commits through it. A
+//! recovered sink continues at the recorded number: it commits again what
+//! the checkpoint covered (the commit may have been lost with the crash) and
+//! aborts what was staged after it, which the recovered run writes again. So
+//! the receiver's output holds every line once even when the sink died
+//! halfway through sending, and output is final at checkpoint boundaries.
 
 use std::io;
 
@@ -64,6 +90,8 @@ pub const SEND_MAGIC: [u8; 6] = *b"\xffVRTYS";
 pub const SINK_MAGIC: [u8; 6] = *b"\xffVRTYK";
 /// The protocol version both edges speak.
 pub const VERSION: u8 = 1;
+/// A TCP sink's version when its receiver stages lines until commits.
+pub const SINK_VERSION_STAGED: u8 = 2;
 /// Magic and version.
 pub const PREAMBLE_BYTES: usize = 7;
 
@@ -169,6 +197,10 @@ pub fn end_frame(total: u64) -> [u8; 9] {
 
 /// Sink → receiver: a frame of whole lines.
 pub const TAG_LINES: u8 = 1;
+/// Sink → receiver (staged): lines up to `first` are final.
+pub const TAG_COMMIT: u8 = 2;
+/// Sink → receiver (staged): drop staged lines past `first`.
+pub const TAG_ABORT: u8 = 3;
 /// Tag, first sequence (u64), line count (u32), byte length (u32).
 pub const LINES_HEADER_BYTES: usize = 17;
 /// The largest `Lines` frame a receiver accepts; the sink cuts bigger
@@ -210,13 +242,56 @@ impl LinesHeader {
     }
 }
 
+/// What a sink → receiver frame header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkHeader {
+    Lines(LinesHeader),
+    Commit { upto: u64 },
+    Abort { keep: u64 },
+}
+
+impl SinkHeader {
+    /// A commit or abort: a header alone (no count, no bytes).
+    pub fn encode_control(self) -> [u8; LINES_HEADER_BYTES] {
+        let (tag, seq) = match self {
+            SinkHeader::Lines(header) => return header.encode(),
+            SinkHeader::Commit { upto } => (TAG_COMMIT, upto),
+            SinkHeader::Abort { keep } => (TAG_ABORT, keep),
+        };
+        let mut out = [0; LINES_HEADER_BYTES];
+        out[0] = tag;
+        out[1..9].copy_from_slice(&seq.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8; LINES_HEADER_BYTES]) -> io::Result<Self> {
+        let seq = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
+        match bytes[0] {
+            TAG_LINES => LinesHeader::decode(bytes).map(SinkHeader::Lines),
+            TAG_COMMIT if bytes[9..] == [0; 8] => Ok(SinkHeader::Commit { upto: seq }),
+            TAG_ABORT if bytes[9..] == [0; 8] => Ok(SinkHeader::Abort { keep: seq }),
+            tag => Err(invalid(format!("not a sink frame (tag {tag})"))),
+        }
+    }
+
+    /// Bytes of payload that follow the header.
+    pub fn payload_len(self) -> usize {
+        match self {
+            SinkHeader::Lines(header) => header.len as usize,
+            _ => 0,
+        }
+    }
+}
+
 /// Receiver → sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceiverMessage {
     /// The receiver holds lines 1..=have: send from `have + 1`.
     Welcome { have: u64 },
-    /// The receiver wrote lines 1..=have.
+    /// The receiver wrote (staged sinks: staged) lines 1..=have.
     Ack { have: u64 },
+    /// A staged sink's lines 1..=upto are final in the receiver's output.
+    Committed { upto: u64 },
 }
 
 pub const RECEIVER_MESSAGE_BYTES: usize = 9;
@@ -226,6 +301,7 @@ impl ReceiverMessage {
         let (tag, have) = match self {
             ReceiverMessage::Welcome { have } => (1, have),
             ReceiverMessage::Ack { have } => (2, have),
+            ReceiverMessage::Committed { upto } => (3, upto),
         };
         let mut out = [0; RECEIVER_MESSAGE_BYTES];
         out[0] = tag;
@@ -238,6 +314,7 @@ impl ReceiverMessage {
         match bytes[0] {
             1 => Ok(ReceiverMessage::Welcome { have }),
             2 => Ok(ReceiverMessage::Ack { have }),
+            3 => Ok(ReceiverMessage::Committed { upto: have }),
             tag => Err(invalid(format!(
                 "not a receiver message (tag {tag}): is the receiver `verity receive`?"
             ))),
@@ -291,6 +368,7 @@ mod tests {
         for m in [
             ReceiverMessage::Welcome { have: 0 },
             ReceiverMessage::Ack { have: 5 },
+            ReceiverMessage::Committed { upto: 7 },
         ] {
             assert_eq!(ReceiverMessage::decode(&m.encode()).unwrap(), m);
         }
@@ -305,5 +383,19 @@ mod tests {
             LinesHeader::decode(&zero.encode()).is_err(),
             "sequences start at 1"
         );
+        for h in [
+            SinkHeader::Lines(header),
+            SinkHeader::Commit { upto: 9 },
+            SinkHeader::Abort { keep: 0 },
+        ] {
+            assert_eq!(SinkHeader::decode(&h.encode_control()).unwrap(), h);
+        }
+        let mut commit_with_bytes = SinkHeader::Commit { upto: 1 }.encode_control();
+        commit_with_bytes[13] = 1;
+        assert!(
+            SinkHeader::decode(&commit_with_bytes).is_err(),
+            "a commit carries no lines"
+        );
+        assert_eq!(SinkHeader::Commit { upto: 3 }.payload_len(), 0);
     }
 }

@@ -785,8 +785,8 @@ fn spawn_output_thread(
     progress: &Arc<ReaderProgress>,
 ) -> Result<SpawnedOutput, RunError> {
     let resuming = checkpoints.as_ref().is_some_and(|c| c.restart.is_some());
-    let sink = if resuming {
-        outputs.sink.open_resuming()?
+    let sink = if checkpoints.is_some() {
+        outputs.sink.open_checkpointed(resuming)?
     } else {
         outputs.sink.open()?
     };
