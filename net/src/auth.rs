@@ -101,7 +101,10 @@ pub enum AuthError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeStatus {
     InProgress,
-    Established { peer_process_id: u32, peer_incarnation: u64 },
+    Established {
+        peer_process_id: u32,
+        peer_incarnation: u64,
+    },
 }
 
 /// What a peer's hello said.
@@ -179,7 +182,13 @@ impl Handshake {
                     incarnation: peer.incarnation,
                     nonce: &peer.nonce,
                 };
-                feed(&mut mac, &self.local.cluster_id, prover, self.local.process_id, &self.nonce);
+                feed(
+                    &mut mac,
+                    &self.local.cluster_id,
+                    prover,
+                    self.local.process_id,
+                    &self.nonce,
+                );
                 mac.verify_slice(proof).map_err(|_| AuthError::BadProof)?;
                 self.established = true;
                 Ok(HandshakeStatus::Established {

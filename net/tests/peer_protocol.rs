@@ -198,9 +198,17 @@ fn a_peer_back_with_a_new_incarnation_fails_the_run_unless_the_bug_is_planted() 
             assert_eq!(p0.stats().duplicates_dropped, dropped_before + 1);
         } else {
             assert_eq!(seen.failed.len(), 1, "{:?}", seen.failed);
-            assert!(seen.failed[0].contains("process 1 restarted"), "{:?}", seen.failed);
+            assert!(
+                seen.failed[0].contains("process 1 restarted"),
+                "{:?}",
+                seen.failed
+            );
             assert!(seen.delivered.is_empty());
-            assert!(seen.closed.iter().any(|(conn, _)| *conn == 3), "{:?}", seen.closed);
+            assert!(
+                seen.closed.iter().any(|(conn, _)| *conn == 3),
+                "{:?}",
+                seen.closed
+            );
         }
     }
 }
