@@ -165,6 +165,7 @@ where
     /// The `restart` fault strikes `process`.
     pub(super) fn restart(&mut self, process: u32) {
         if self.exited(process) {
+            self.stats.bump("restarts_skipped");
             return self.trace(format_args!(
                 "fault: restart process {process}: it already exited"
             ));
@@ -182,6 +183,7 @@ where
         if self.job_done(process) {
             // Its part is done: what a new life would change is only whether
             // it hears `Shutdown`, which is not this fault's question.
+            self.stats.bump("restarts_skipped");
             return self.trace(format_args!(
                 "fault: restart process {process}: its part of the job already ended"
             ));
