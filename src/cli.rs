@@ -117,7 +117,8 @@ struct SimArgs {
     /// Faults to inject: all, none, or a list of drop, duplicate, delay,
     /// reorder, cut, partition, pause, clock, corrupt, wrong-secret, forge,
     /// fail, stop, crash (every process dies at once and recovers from its
-    /// newest checkpoint).
+    /// newest checkpoint), restart (one process dies alone and comes back as
+    /// a new life; the run must fail and recover from its newest checkpoint).
     #[arg(long, value_name = "LIST", default_value = "all")]
     faults: String,
     /// Simulated seconds of faults per seed; then all heal.

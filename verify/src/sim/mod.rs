@@ -18,9 +18,10 @@
 //! that everything finished within a bounded simulated time after healing.
 //!
 //! Same seed, same commit: the same run, event for event — `trace_hash` says
-//! so, and `--trace` prints the events. Crash and restart with loss of
-//! unsynced writes slots in as one more fault once recovery exists: a process
-//! is a set of shards plus its channels' state, all owned by `World`.
+//! so, and `--trace` prints the events. A crash (every process at once) and a
+//! restart (one process alone, back as a new life) lose unsynced writes and
+//! end in a recovery of the whole cluster from its newest checkpoint: a
+//! process is a set of shards plus its channels' state, all owned by `World`.
 
 mod checks;
 pub mod disk;
@@ -73,10 +74,17 @@ pub struct Faults {
     /// not synced; the cluster restarts from its newest complete checkpoint
     /// (`--recover`), and the finished output must be exact.
     pub crash: bool,
+    /// In one seed in `RESTART_SEED_ONE_IN` of those with checkpoints on:
+    /// one process (a worker, sometimes process 0) dies alone and comes back
+    /// soon as a new life (a new incarnation, no channel state). A survivor
+    /// that knew its old life must notice at the first handshake and fail
+    /// the run; then every process restarts from the newest complete
+    /// checkpoint, as after `crash`, and the finished output must be exact.
+    pub restart: bool,
 }
 
 impl Faults {
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 15] = [
         "drop",
         "duplicate",
         "delay",
@@ -91,6 +99,7 @@ impl Faults {
         "fail",
         "stop",
         "crash",
+        "restart",
     ];
 
     pub fn all() -> Faults {
@@ -113,6 +122,7 @@ impl Faults {
             fail: false,
             stop: false,
             crash: false,
+            restart: false,
         }
     }
 
@@ -139,6 +149,7 @@ impl Faults {
             "fail" => &mut self.fail,
             "stop" => &mut self.stop,
             "crash" => &mut self.crash,
+            "restart" => &mut self.restart,
             _ => return None,
         })
     }
@@ -176,7 +187,8 @@ impl Faults {
             "failure" | "panic" => "fail",
             "ctrl-c" | "sigterm" | "interrupt" => "stop",
             "skew" | "clock-skew" | "clock-jump" | "jump" => "clock",
-            "restart" | "kill" | "kill-9" => "crash",
+            "kill" | "kill-9" | "power-loss" => "crash",
+            "process-restart" | "reboot" => "restart",
             other => other,
         })
     }
@@ -216,7 +228,7 @@ pub struct PlantedBugs {
 
 impl PlantedBugs {
     /// The names `verity sim --plant-bug` takes.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "no-dedup",
         "no-retransmit",
         "resend-from-wrong-seq",
@@ -228,6 +240,7 @@ impl PlantedBugs {
         "reorder-parked-retry",
         "reader-ends-at-first-idle",
         "relay-drops-dead-letters",
+        "ignore-peer-restart",
     ];
 
     /// The bug a name plants.
@@ -245,6 +258,7 @@ impl PlantedBugs {
             "reorder-parked-retry" => &mut bugs.driver.reorder_parked_retry,
             "reader-ends-at-first-idle" => &mut bugs.reader.end_at_first_idle,
             "relay-drops-dead-letters" => &mut bugs.relay.drop_dead_letters,
+            "ignore-peer-restart" => &mut bugs.protocol.ignore_peer_restart,
             other => {
                 let known = PlantedBugs::NAMES.join(", ");
                 return Err(format!("unknown planted bug `{other}` (known: {known})"));
@@ -581,6 +595,9 @@ mod tests {
         let some = Faults::parse("dup, clock-skew,connection-cut").unwrap();
         assert_eq!(some.to_string(), "duplicate,cut,clock");
         let crash = Faults::parse("drop,kill-9").unwrap();
-        assert!(crash.crash && crash.drop);
+        assert!(crash.crash && crash.drop && !crash.restart);
+        let restart = Faults::parse("restart").unwrap();
+        assert!(restart.restart && !restart.crash);
+        assert_eq!(restart.to_string(), "restart");
     }
 }

@@ -80,6 +80,7 @@ pub fn fault_counter(kind: &'static str) -> &'static str {
         "fail" => "fault_fail",
         "stop" => "fault_stop",
         "crash" => "fault_crash",
+        "restart" => "fault_restart",
         other => panic!("no counter for fault kind `{other}`: add it to stats::fault_counter"),
     }
 }

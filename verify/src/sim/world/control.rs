@@ -17,6 +17,9 @@ use verity_core::cluster::lifecycle::{
 /// Every process's lifecycle and what the world has told it.
 pub(super) struct Lifecycles {
     machines: Vec<Lifecycle>,
+    /// The deadlines every machine runs with (a restarted process's new
+    /// life too).
+    deadlines: Deadlines,
     /// The job process 0 distributes, to check what workers start.
     job: Job,
     job_started: Vec<bool>,
@@ -51,7 +54,7 @@ pub(super) struct InjectedFailure {
 /// How long after a failure (or after the faults healed, if later) every
 /// process must have exited: the failure report's own deadline, plus room
 /// for clock jumps and a few heartbeats. Far less than a lost peer takes.
-const EXIT_AFTER_FAILURE_US: u64 =
+pub(super) const EXIT_AFTER_FAILURE_US: u64 =
     verity_core::cluster::lifecycle::FAILURE_REPORT_DEADLINE_MS * 1000 + 2 * PEER_TIMEOUT_US + SECOND_US;
 
 /// How long after all output is in (or the faults healed, if later) a
@@ -82,6 +85,7 @@ impl Lifecycles {
             machines: (0..processes)
                 .map(|p| Lifecycle::new(p, processes, (p == 0).then(|| job.clone()), deadlines))
                 .collect(),
+            deadlines,
             job,
             job_started: vec![false; count],
             job_finished: vec![false; count],
@@ -115,6 +119,28 @@ where
         for process in 0..self.config.processes {
             self.lifecycle_event(process, LifeEvent::Start);
         }
+    }
+
+    /// The `restart` fault: `process` comes back as a fresh worker, whose
+    /// lifecycle starts over (it waits for a job) and knows nothing of its
+    /// old life's job, flush or exit.
+    pub(super) fn restart_lifecycle(&mut self, process: u32) {
+        let p = process as usize;
+        let lifecycles = &mut self.lifecycles;
+        lifecycles.machines[p] = Lifecycle::new(process, self.config.processes, None, lifecycles.deadlines);
+        lifecycles.job_started[p] = false;
+        lifecycles.job_finished[p] = false;
+        lifecycles.flushing[p] = false;
+        lifecycles.exits[p] = None;
+        lifecycles.exited_at_us[p] = None;
+        self.lifecycle_event(process, LifeEvent::Start);
+    }
+
+    /// Whether `process` is ending its run (flushing after a shutdown, an
+    /// abort or a failure): its protocol then takes peers leaving, or
+    /// coming back, as expected and reports no failure of its own.
+    pub(super) fn flushing(&self, process: u32) -> bool {
+        self.lifecycles.flushing[process as usize]
     }
 
     /// Whether `process` has its job, so its shards may run.
@@ -358,7 +384,7 @@ where
         matches!(self.lifecycles.exits[0], Some((Outcome::Done, _)))
     }
 
-    fn exited(&self, process: u32) -> bool {
+    pub(super) fn exited(&self, process: u32) -> bool {
         self.lifecycles.exits[process as usize].is_some()
     }
 
@@ -418,7 +444,7 @@ where
     /// A process's part of the job ended: as in production, process 0's when
     /// its shards finished and every remote shard's `Finished` is in; a
     /// worker's when its shards finished and sent their `Finished`.
-    fn job_done(&self, process: u32) -> bool {
+    pub(super) fn job_done(&self, process: u32) -> bool {
         if process == 0 {
             return self.is_done();
         }
@@ -441,6 +467,11 @@ where
     /// The seed's end once every process exited: `Ok` if all exited done,
     /// else why one did not. `None` while any process runs.
     pub(super) fn lifecycle_end(&self) -> Option<Result<(), String>> {
+        // A survivor noticed a restarted process: the run fails everywhere
+        // (processes exit failed), and then the whole cluster restarts.
+        if self.restart_noticed() {
+            return self.restart_end();
+        }
         if let Some(injected) = &self.lifecycles.injected {
             let all_exited = self.lifecycles.exits.iter().all(Option::is_some);
             let told = injected

@@ -25,6 +25,7 @@ use verity_net::liveness::LivenessConfig;
 mod control;
 mod network;
 mod processes;
+mod restart;
 use network::{Net, NetEvent, PEER_LOST_MS};
 use processes::Reader;
 
@@ -101,6 +102,22 @@ enum Event {
     },
     /// Every process dies at once (the `crash` fault).
     CrashAll,
+    /// `process` dies alone and starts again soon (the `restart` fault).
+    Restart {
+        process: u32,
+    },
+    /// The restarted `process` starts its new life.
+    Revive {
+        process: u32,
+    },
+    /// The restarted process's new life completed a handshake on `conn`
+    /// with `survivor`, which knew its old life, at `since_us` (or bytes
+    /// towards it were held until then): it must have failed by now.
+    RestartNoticeDue {
+        survivor: u32,
+        conn: verity_net::peer::ConnId,
+        since_us: u64,
+    },
     /// One shard thread is not scheduled until then (the `pause` fault,
     /// for a single thread: a busy core).
     Stall {
@@ -230,6 +247,8 @@ struct World<'a, K, V, S, O> {
     crashed: bool,
     /// This cluster was restarted after a crash: no second one.
     recovered: bool,
+    /// The `restart` fault, watched from outside.
+    restart_watch: restart::RestartWatch,
 }
 
 /// What outlives every process dying at once: the disk, the files the sinks
@@ -663,6 +682,7 @@ where
             disk,
             crashed: false,
             recovered: recovery.is_some(),
+            restart_watch: restart::RestartWatch::new(config.processes),
         };
         if let Some(recovery) = recovery {
             let crashed = recovery.crashed;
@@ -752,6 +772,13 @@ where
             plan.push((self.rng.below(self.heal_us), Event::Stop { everyone }));
         } else if faults.crash && !self.recovered && self.rng.chance(1, CRASH_SEED_ONE_IN) {
             plan.push((self.rng.below(self.heal_us), Event::CrashAll));
+        } else if faults.restart
+            && !self.recovered
+            && self.buggify.checkpoint_interval_ms.is_some()
+            && self.rng.chance(1, restart::RESTART_SEED_ONE_IN)
+        {
+            // Production restarts a failed run only from its checkpoints.
+            self.plan_restart(&mut plan);
         }
         for (at, event) in plan {
             self.schedule(at, event);
@@ -785,6 +812,14 @@ where
                 return Some(failure);
             }
             if self.crashed {
+                return None;
+            }
+            if self.restart_failed_the_run() {
+                self.trace(format_args!(
+                    "process 0 exited after a survivor noticed the restart: every process restarts"
+                ));
+                self.stats.bump("restarts_recovered");
+                self.crashed = true;
                 return None;
             }
             match self.lifecycle_end() {
@@ -887,11 +922,13 @@ where
                 self.stats.fault("partition");
                 self.trace(format_args!("fault: partition {mask:#b} until {until_us}"));
                 self.net.partition = Some((mask, until_us));
+                self.restart_watch.on_partition(mask, until_us);
             }
             Event::Pause { process, until_us } => {
                 self.stats.fault("pause");
                 self.trace(format_args!("fault: pause process {process} until {until_us}"));
                 self.processes[process as usize].paused_until_us = until_us;
+                self.restart_watch.on_pause(process, until_us);
                 self.schedule(until_us, Event::Wake { process });
             }
             Event::Wake { process } => {
@@ -912,6 +949,13 @@ where
                 self.trace(format_args!("fault: every process dies at once (kill -9)"));
                 self.crashed = true;
             }
+            Event::Restart { process } => self.restart(process),
+            Event::Revive { process } => self.revive(process),
+            Event::RestartNoticeDue {
+                survivor,
+                conn,
+                since_us,
+            } => self.check_restart_noticed(survivor, conn, since_us),
             Event::Stall { shard, until_us } => {
                 self.stats.bump("shard_stalls");
                 self.trace(format_args!(

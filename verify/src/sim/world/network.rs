@@ -14,8 +14,8 @@ use super::*;
 use verity_net::auth::ClusterSecret;
 use verity_net::frame::{ChannelFrames, FrameDecoder, FRAME_SIZE_MAX_BYTES};
 use verity_net::peer::{
-    Action, ConnId, InFlight, PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolLimits, ProtocolStats,
-    SeededEntropy, Unclaimed,
+    Action, ConnId, InFlight, PeerEvent, PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolLimits,
+    ProtocolStats, SeededEntropy, Unclaimed,
 };
 
 const CLUSTER_ID: &str = "sim";
@@ -68,6 +68,8 @@ struct InChan {
     /// Frames the protocol delivered, in order, for the consumer.
     queue: VecDeque<Frame>,
     delivered_through: u64,
+    /// The consumer registered with the protocol (`add_in`).
+    claimed: bool,
 }
 
 /// A connection between two processes; direction 0 is `ends[0]` → `ends[1]`.
@@ -104,6 +106,8 @@ pub(super) struct Net {
     producer_depth_frames: usize,
     /// The seed's windows, limits and send buffers (BUGGIFY).
     sizes: NetSizes,
+    /// The counters of protocols a restart replaced.
+    retired: ProtocolStats,
 }
 
 /// The network's sizes for one seed: production's, or (BUGGIFY) small ones,
@@ -291,6 +295,7 @@ impl Net {
             failure: None,
             producer_depth_frames,
             sizes,
+            retired: ProtocolStats::default(),
         }
     }
 
@@ -328,8 +333,10 @@ impl Net {
     /// The protocols' counters, summed over the real processes.
     pub(super) fn protocol_stats(&self) -> ProtocolStats {
         let mut sum = ProtocolStats::default();
-        for p in &self.protocols[..self.protocols.len() - 1] {
-            let s = p.stats();
+        let live = self.protocols[..self.protocols.len() - 1]
+            .iter()
+            .map(PeerProtocol::stats);
+        for s in live.chain([self.retired]) {
             sum.full_windows += s.full_windows;
             sum.frames_resent += s.frames_resent;
             sum.reconnects += s.reconnects;
@@ -386,16 +393,84 @@ where
             to,
             queue: VecDeque::new(),
             delivered_through: 0,
+            claimed: false,
         };
         self.net.ins.insert(channel, input);
-        // BUGGIFY: workers wire their channels after the job arrives, so
-        // frames can come before their consumer does.
-        if to != 0 && self.buggify.late_claims {
-            let at = self.rng.below(CLAIM_DELAY_MAX_US);
+        self.claim_in_time(channel);
+    }
+
+    /// The consumer of `channel` registers: at once, or (BUGGIFY: workers
+    /// wire their channels after the job arrives, so frames can come before
+    /// their consumer does) a little later.
+    fn claim_in_time(&mut self, channel: u32) {
+        let input = self.net.ins.get_mut(&channel).expect("wired channel");
+        if input.to != 0 && self.buggify.late_claims {
+            let at = self.now_us + self.rng.below(CLAIM_DELAY_MAX_US);
             self.schedule(at, Event::Net(NetEvent::Claim { channel }));
         } else {
-            self.net.protocols[to as usize].add_in(channel, from);
+            input.claimed = true;
+            self.net.protocols[input.to as usize].add_in(channel, input.from);
         }
+    }
+
+    /// The `restart` fault: `process` starts again with a new protocol (a
+    /// new seeded entropy, so a new incarnation) and nothing of its old
+    /// channels: its producers number from 1 again, its consumers await seq
+    /// 1. Returns the new incarnation.
+    pub(super) fn restart_network(&mut self, process: u32) -> u64 {
+        let old = &self.net.protocols[process as usize];
+        let config = old.config().clone();
+        let stats = old.stats();
+        let retired = &mut self.net.retired;
+        retired.full_windows += stats.full_windows;
+        retired.frames_resent += stats.frames_resent;
+        retired.reconnects += stats.reconnects;
+        retired.handshakes_refused += stats.handshakes_refused;
+        retired.duplicates_dropped += stats.duplicates_dropped;
+        retired.unclaimed_refused += stats.unclaimed_refused;
+        retired.backlog_pauses += stats.backlog_pauses;
+        let entropy = SeededEntropy::new(self.rng.next_u64());
+        let clock = self.local_clock_ms(process);
+        let protocol = PeerProtocol::new(config, entropy, clock);
+        let incarnation = protocol.incarnation();
+        self.net.protocols[process as usize] = protocol;
+        let outs: Vec<(u32, u32)> = self
+            .net
+            .outs
+            .iter()
+            .filter(|(_, out)| out.from == process)
+            .map(|(&channel, out)| (channel, out.to))
+            .collect();
+        for (channel, to) in outs {
+            let out = self.net.outs.get_mut(&channel).expect("listed");
+            out.pending.clear();
+            out.numbering = ChannelFrames::new(channel);
+            self.net.protocols[process as usize].add_out(channel, to);
+        }
+        let ins: Vec<u32> = self
+            .net
+            .ins
+            .iter()
+            .filter(|(_, input)| input.to == process)
+            .map(|(&channel, _)| channel)
+            .collect();
+        for channel in ins {
+            let input = self.net.ins.get_mut(&channel).expect("listed");
+            input.queue.clear();
+            input.delivered_through = 0;
+            input.claimed = false;
+            self.claim_in_time(channel);
+        }
+        incarnation
+    }
+
+    /// Whether both ends still have `conn`: the network carries it and
+    /// `process`'s protocol has not closed it.
+    pub(super) fn net_holds_conn(&self, process: u32, conn: ConnId) -> bool {
+        self.net.conns.contains_key(&conn)
+            && self.net.protocols[process as usize]
+                .connections()
+                .any(|c| c == conn)
     }
 
     /// The network's faults of the seed's plan that are not per frame.
@@ -488,9 +563,15 @@ where
                     // As the binary does: the lifecycle hears of it and ends
                     // the run (a seed without the `fail` fault then fails).
                     self.trace(format_args!("process {process}: failed: {reason}"));
+                    self.on_protocol_failed(process);
                     self.lifecycle_failed(process, reason);
                 }
-                Action::Log(event) => self.trace(format_args!("process {process}: {event}")),
+                Action::Log(event) => {
+                    self.trace(format_args!("process {process}: {event}"));
+                    if let PeerEvent::Connected { peer, conn } = event {
+                        self.on_handshake_logged(process, peer, conn);
+                    }
+                }
             }
         }
         self.flush(process);
@@ -515,6 +596,8 @@ where
         let last = header.last_seq();
         input.delivered_through = input.delivered_through.max(last);
         input.queue.push_back(frame);
+        let from = input.from;
+        self.check_new_life_frame(process, channel, from, header.first_seq);
     }
 
     /// Puts what a process's protocol wrote on its connections, as far as
@@ -593,7 +676,12 @@ where
                 self.carry_out(process);
             }
             NetEvent::Claim { channel } => {
-                let (from, to) = (self.net.ins[&channel].from, self.net.ins[&channel].to);
+                let input = self.net.ins.get_mut(&channel).expect("wired channel");
+                if std::mem::replace(&mut input.claimed, true) {
+                    // A restarted process's new life claimed it already.
+                    return;
+                }
+                let (from, to) = (input.from, input.to);
                 self.trace(format_args!(
                     "process {to} claims {}",
                     channel_id::describe(channel)
@@ -658,6 +746,7 @@ where
             unread: [0; 2],
         };
         self.net.conns.insert(conn, sim);
+        self.restart_watch.on_open(conn, from, to);
         conn
     }
 
@@ -895,6 +984,7 @@ where
         }
         let clock = self.local_clock_ms(to);
         // BUGGIFY: bytes arrive in pieces, so partial frames are the rule.
+        self.restart_watch.reading = Some(conn);
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             let piece = (1 + self.rng.below(rest.len() as u64) as usize).min(rest.len());
@@ -907,6 +997,7 @@ where
             self.net.failure.get_or_insert(format!("process {to}: {broken}"));
         }
         self.carry_out(to);
+        self.restart_watch.reading = None;
         if to != self.net.intruder() {
             self.step_process(to);
         }
