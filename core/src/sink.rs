@@ -273,6 +273,15 @@ pub struct OutputWriter {
     sink: Box<dyn SinkConnector>,
     dead_letters: DeadLetterWriter,
     checkpoints: Option<Checkpoints>,
+    bugs: OutputBugs,
+}
+
+/// Bugs a test can plant in the output thread's logic to prove the
+/// simulator finds them. All off in production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputBugs {
+    /// Commit the sinks before the checkpoint that covers them is durable.
+    pub commit_before_durable: bool,
 }
 
 struct Checkpoints {
@@ -301,7 +310,13 @@ impl OutputWriter {
             sink,
             dead_letters,
             checkpoints: None,
+            bugs: OutputBugs::default(),
         }
+    }
+
+    pub fn with_bugs(mut self, bugs: OutputBugs) -> Self {
+        self.bugs = bugs;
+        self
     }
 
     /// Writes checkpoints as the shards' parts come in.
@@ -385,10 +400,18 @@ impl OutputWriter {
         let output_mark = self.sink.resume_mark()?;
         let dead_letter_mark = self.dead_letters.resume_mark()?;
         let written = self.dead_letters.written;
+        if self.bugs.commit_before_durable {
+            self.sink.commit(commit)?;
+            self.dead_letters.commit(commit)?;
+        }
         let c = self.checkpoints.as_mut().expect("checkpoints are on");
         c.writer.write(output_mark, dead_letter_mark, written)?;
-        self.sink.commit(commit)?;
-        self.dead_letters.commit(commit)?;
+        // Only now: a crash before this line recovers from the checkpoint
+        // before, and the sinks must be able to take this one's output back.
+        if !self.bugs.commit_before_durable {
+            self.sink.commit(commit)?;
+            self.dead_letters.commit(commit)?;
+        }
         let c = self.checkpoints.as_mut().expect("checkpoints are on");
         c.passed.iter_mut().for_each(|p| *p = false);
         let waiting: Vec<_> = c.waiting.iter_mut().map(std::mem::take).collect();

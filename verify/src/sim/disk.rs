@@ -399,6 +399,12 @@ impl SharedDisk {
     pub fn stats(&self) -> DiskStats {
         self.disk().stats()
     }
+
+    /// Arms `SimDisk::crash_after`: the process dies in the middle of a
+    /// write (a checkpoint's), at the operation after the next `ops`.
+    pub fn crash_after(&self, ops: u64) {
+        self.disk().crash_after(ops);
+    }
 }
 
 impl Storage for SharedDisk {

@@ -224,11 +224,13 @@ pub struct PlantedBugs {
     pub reader: ReaderBugs,
     /// In the shared output relay (`verity_core::cluster::relay`).
     pub relay: RelayBugs,
+    /// In the output thread's logic (`verity_core::sink::OutputWriter`).
+    pub output: verity_core::sink::OutputBugs,
 }
 
 impl PlantedBugs {
     /// The names `verity sim --plant-bug` takes.
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 13] = [
         "no-dedup",
         "no-retransmit",
         "resend-from-wrong-seq",
@@ -241,6 +243,7 @@ impl PlantedBugs {
         "reader-ends-at-first-idle",
         "relay-drops-dead-letters",
         "ignore-peer-restart",
+        "commit-before-durable",
     ];
 
     /// The bug a name plants.
@@ -259,6 +262,7 @@ impl PlantedBugs {
             "reader-ends-at-first-idle" => &mut bugs.reader.end_at_first_idle,
             "relay-drops-dead-letters" => &mut bugs.relay.drop_dead_letters,
             "ignore-peer-restart" => &mut bugs.protocol.ignore_peer_restart,
+            "commit-before-durable" => &mut bugs.output.commit_before_durable,
             other => {
                 let known = PlantedBugs::NAMES.join(", ");
                 return Err(format!("unknown planted bug `{other}` (known: {known})"));

@@ -102,6 +102,11 @@ enum Event {
     },
     /// Every process dies at once (the `crash` fault).
     CrashAll,
+    /// Every process dies at once, in the middle of the next checkpoint's
+    /// writing: `ops` more disk operations succeed (the `crash` fault).
+    CrashMidCheckpoint {
+        ops: u64,
+    },
     /// `process` dies alone and starts again soon (the `restart` fault).
     Restart {
         process: u32,
@@ -395,10 +400,19 @@ impl verity_core::connector::SinkConnector for SimSink {
         Ok(())
     }
 
+    fn barrier(
+        &mut self,
+        commit: verity_core::connector::CommitId,
+    ) -> Result<(), verity_core::connector::SinkError> {
+        self.text.barrier(commit);
+        Ok(())
+    }
+
     fn commit(
         &mut self,
-        _upto: verity_core::connector::CommitId,
+        upto: verity_core::connector::CommitId,
     ) -> Result<(), verity_core::connector::SinkError> {
+        self.text.commit(upto);
         Ok(())
     }
 
@@ -425,10 +439,19 @@ impl verity_core::connector::SinkConnector for SimFile {
         Ok(self.0.write_all(lines)?)
     }
 
+    fn barrier(
+        &mut self,
+        commit: verity_core::connector::CommitId,
+    ) -> Result<(), verity_core::connector::SinkError> {
+        self.0.barrier(commit);
+        Ok(())
+    }
+
     fn commit(
         &mut self,
-        _upto: verity_core::connector::CommitId,
+        upto: verity_core::connector::CommitId,
     ) -> Result<(), verity_core::connector::SinkError> {
+        self.0.commit(upto);
         Ok(())
     }
 
@@ -442,11 +465,48 @@ impl verity_core::connector::SinkConnector for SimFile {
 }
 
 /// A byte buffer the dead-letter writer (which wants a `Write + Send`
-/// stream) fills and the world takes at the end.
+/// stream) fills and the world takes at the end. It also keeps what its
+/// sink committed, which, as with any exactly-once sink, no recovery may
+/// take back (a sink told to commit before its checkpoint was durable is
+/// caught here).
 #[derive(Clone, Default)]
-struct SharedBytes(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+struct SharedBytes(
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    std::sync::Arc<std::sync::Mutex<Commits>>,
+);
+
+/// A simulated file's barriers not yet committed (commit, length at it), and
+/// the length committed.
+#[derive(Default)]
+struct Commits {
+    barriers: std::collections::VecDeque<(u64, usize)>,
+    committed: usize,
+}
 
 impl SharedBytes {
+    fn commits(&self) -> std::sync::MutexGuard<'_, Commits> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn barrier(&self, commit: verity_core::connector::CommitId) {
+        let len = self.bytes().len();
+        self.commits().barriers.push_back((commit.0, len));
+    }
+
+    fn commit(&self, upto: verity_core::connector::CommitId) {
+        let mut commits = self.commits();
+        while commits.barriers.front().is_some_and(|(c, _)| *c <= upto.0) {
+            let (_, len) = commits.barriers.pop_front().expect("a barrier");
+            commits.committed = commits.committed.max(len);
+        }
+    }
+
+    /// A recovery without any checkpoint: the file starts over, which is
+    /// only right if nothing in it was committed.
+    fn start_over(&self) -> std::io::Result<()> {
+        self.cut_at(&0u64.to_le_bytes())
+    }
+
     fn take(&self) -> Vec<u8> {
         std::mem::take(&mut *self.bytes())
     }
@@ -472,6 +532,16 @@ impl SharedBytes {
                 bytes.len()
             )));
         }
+        let mut commits = self.commits();
+        if length < commits.committed {
+            return Err(std::io::Error::other(format!(
+                "the recovery would take back committed output: the sink made {} bytes final, the \
+                 checkpoint it recovers from ends at byte {length} (was the sink committed before its \
+                 checkpoint was durable?)",
+                commits.committed
+            )));
+        }
+        commits.barriers.clear();
         bytes.truncate(length);
         Ok(())
     }
@@ -613,18 +683,24 @@ where
                 source_lines: inputs.iter().map(|(_, data)| line_count(data)).collect(),
             }),
             DeadLetterWriter::with_sink(Box::new(SimFile(dead_letter_text.clone())), source_names.to_vec()),
-        );
+        )
+        .with_bugs(config.bugs.output);
         let mut dead_letters_written = 0;
         if let Some(recovery) = &recovery {
             match &recovery.restart {
                 Some(restart) => {
-                    writer.resume(&restart.meta).expect("the simulated files resume");
+                    if let Err(e) = writer.resume(&restart.meta) {
+                        panic!("recovery from checkpoint {}: {e}", restart.meta.checkpoint);
+                    }
                     dead_letters_written = restart.meta.dead_letters;
                 }
                 // Nothing was checkpointed: the files start over.
                 None => {
-                    output_text.take();
-                    dead_letter_text.take();
+                    for file in [&output_text, &dead_letter_text] {
+                        if let Err(e) = file.start_over() {
+                            panic!("recovery from the start: {e}");
+                        }
+                    }
                 }
             }
         }
@@ -771,7 +847,18 @@ where
             let everyone = self.rng.chance(1, 2);
             plan.push((self.rng.below(self.heal_us), Event::Stop { everyone }));
         } else if faults.crash && !self.recovered && self.rng.chance(1, CRASH_SEED_ONE_IN) {
-            plan.push((self.rng.below(self.heal_us), Event::CrashAll));
+            let event = if self.rng.chance(1, 2) {
+                Event::CrashAll
+            } else {
+                // A checkpoint writes about 3 operations per file.
+                let files = u64::from(self.layout.total_shards()) + 2;
+                Event::CrashMidCheckpoint {
+                    ops: self.rng.below(3 * files),
+                }
+            };
+            // While input arrives: later, the run may have taken its last
+            // checkpoint, and an armed crash would never strike.
+            plan.push((self.rng.below(self.heal_us / RELEASE_SHARE), event));
         } else if faults.restart
             && !self.recovered
             && self.buggify.checkpoint_interval_ms.is_some()
@@ -948,6 +1035,12 @@ where
                 self.stats.fault("crash");
                 self.trace(format_args!("fault: every process dies at once (kill -9)"));
                 self.crashed = true;
+            }
+            Event::CrashMidCheckpoint { ops } => {
+                self.trace(format_args!(
+                    "fault armed: every process dies after {ops} more disk operations"
+                ));
+                self.disk.crash_after(ops);
             }
             Event::Restart { process } => self.restart(process),
             Event::Revive { process } => self.revive(process),

@@ -559,6 +559,9 @@ where
     /// Into process 0's output writer (the output thread's production
     /// logic, writing into memory).
     fn write_to_sinks(&mut self, shard: u32, message: OutputMessage) {
+        if self.crashed {
+            return; // process 0 died in this very turn
+        }
         match &message {
             OutputMessage::Lines(batch) => self.count_output(batch),
             OutputMessage::Relayed(batch) => self.count_output(batch),
@@ -569,7 +572,18 @@ where
             OutputMessage::Checkpoint(_) => {}
         }
         let writer = self.writer.as_mut().expect("the writer finishes with the world");
+        let crashes = self.disk.stats().crashes;
         if let Err(e) = writer.write(shard, message) {
+            if self.disk.stats().crashes > crashes {
+                // The armed crash: the process died halfway through writing
+                // a checkpoint, and so does every other one.
+                self.stats.fault("crash");
+                self.trace(format_args!(
+                    "fault: every process dies in the middle of a checkpoint ({e})"
+                ));
+                self.crashed = true;
+                return;
+            }
             self.net.failure.get_or_insert(format!("process 0's sink: {e}"));
         }
     }
