@@ -11,7 +11,7 @@
 //! then waits for the run to finish on its own.
 mod common;
 
-use common::{ok, path_str, run, stderr, verity};
+use common::{free_port, ok, path_str, run, stderr, verity};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -120,14 +120,23 @@ impl Job {
     }
 
     fn verify(&self) {
-        let mut args: Vec<String> = vec!["verify".into(), self.app.into()];
-        args.extend(self.input.iter().cloned());
-        let dead = format!("{}.dead-letter", path_str(&self.output));
-        args.extend(["--output", path_str(&self.output), "--dead-letter", &dead].map(String::from));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let report = common::stdout(&ok(run(&args)));
-        assert!(report.contains("OK"), "{report}");
+        let dead = PathBuf::from(format!("{}.dead-letter", path_str(&self.output)));
+        verify_files(self.app, &self.input, &self.output, &dead, None);
     }
+}
+
+/// `verity verify` of `output` and `dead` against `input` (its arguments),
+/// which the run knew as `input_name` if given; it must say OK.
+fn verify_files(app: &str, input: &[String], output: &Path, dead: &Path, input_name: Option<&str>) {
+    let mut args: Vec<String> = vec!["verify".into(), app.into()];
+    args.extend(input.iter().cloned());
+    args.extend(["--output", path_str(output), "--dead-letter", path_str(dead)].map(String::from));
+    if let Some(name) = input_name {
+        args.extend(["--input-name".to_string(), name.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = common::stdout(&ok(run(&args)));
+    assert!(report.contains("OK"), "{report}");
 }
 
 /// Kills a run `kills` times at growing delays, then lets it finish.
@@ -392,16 +401,6 @@ fn a_state_dir_is_refused_for_a_fresh_run_and_for_another_job() {
     assert!(stderr(&other).contains("checkpoints"), "{}", stderr(&other));
 }
 
-/// A port free on loopback now (the OS picks it; a test beside this one
-/// could take it before the run binds it, which fails that run loudly).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_run_fed_by_verity_send_is_killed_and_recovered_and_reads_each_line_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -449,25 +448,15 @@ fn a_run_fed_by_verity_send_is_killed_and_recovered_and_reads_each_line_once() {
     let summary = job.finish();
     let sent = sender.wait_with_output().unwrap();
     assert!(sent.status.success(), "verity send: {}", stderr(&sent));
-    let mut verify: Vec<String> = ["verify", "seq-window", "--input", path_str(&input)]
-        .map(String::from)
-        .to_vec();
-    let dead = format!("{}.dead-letter", path_str(&job.output));
-    let name = format!("tcp:{address}");
-    verify.extend(
-        [
-            "--output",
-            path_str(&job.output),
-            "--dead-letter",
-            &dead,
-            "--input-name",
-            &name,
-        ]
-        .map(String::from),
+    let dead = PathBuf::from(format!("{}.dead-letter", path_str(&job.output)));
+    let inputs = ["--input".to_string(), path_str(&input).to_string()];
+    verify_files(
+        "seq-window",
+        &inputs,
+        &job.output,
+        &dead,
+        Some(&format!("tcp:{address}")),
     );
-    let verify: Vec<&str> = verify.iter().map(String::as_str).collect();
-    let report = common::stdout(&ok(run(&verify)));
-    assert!(report.contains("OK"), "{report}");
     eprintln!("killed while reading: {killed}; then: {summary}");
 }
 
@@ -533,10 +522,5 @@ fn a_run_into_verity_receive_is_killed_and_recovered_and_the_receiver_holds_each
     }
     let report = receiver.wait_with_output().unwrap();
     assert!(report.status.success(), "verity receive: {}", stderr(&report));
-    let mut verify: Vec<String> = vec!["verify".into(), "wordcount".into()];
-    verify.extend(job.input.iter().cloned());
-    verify.extend(["--output", path_str(&received), "--dead-letter", path_str(&dead)].map(String::from));
-    let verify: Vec<&str> = verify.iter().map(String::as_str).collect();
-    let verdict = common::stdout(&ok(run(&verify)));
-    assert!(verdict.contains("OK"), "{verdict}");
+    verify_files("wordcount", &job.input, &received, &dead, None);
 }

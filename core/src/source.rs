@@ -877,6 +877,17 @@ mod tests {
         commits: Arc<std::sync::Mutex<Vec<Position>>>,
     }
 
+    /// A reader of `lines` lines, and the commits it will record.
+    fn committing(lines: u64) -> (Committing, Arc<std::sync::Mutex<Vec<Position>>>) {
+        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = Committing {
+            lines,
+            read: 0,
+            commits: Arc::clone(&commits),
+        };
+        (reader, commits)
+    }
+
     impl SourceReader for Committing {
         fn next_chunk(&mut self) -> Result<Pull, SourceError> {
             if self.read == self.lines {
@@ -899,12 +910,7 @@ mod tests {
 
     #[test]
     fn a_checkpoints_cut_is_committed_to_the_readers_and_the_end_once_the_output_is_final() {
-        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let reader = Committing {
-            lines: 5,
-            read: 0,
-            commits: Arc::clone(&commits),
-        };
+        let (reader, commits) = committing(5);
         let mut reading = ReadLoop::new(vec![(0, Box::new(reader) as Box<dyn SourceReader>)]);
         let mut send = |_, _| true;
         let mut dealer = Dealer::new(0, 2, &mut send);
@@ -927,12 +933,7 @@ mod tests {
 
         // Through `pump`: checkpoint 1 is complete before it reads; the rest
         // is committed only once the output is final.
-        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let reader = Committing {
-            lines: 4,
-            read: 0,
-            commits: Arc::clone(&commits),
-        };
+        let (reader, commits) = committing(4);
         let source = OpenSource {
             partitions: vec![(0, Box::new(reader))],
         };
@@ -961,12 +962,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_run_commits_nothing_more() {
-        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let reader = Committing {
-            lines: 3,
-            read: 0,
-            commits: Arc::clone(&commits),
-        };
+        let (reader, commits) = committing(3);
         let source = OpenSource {
             partitions: vec![(0, Box::new(reader))],
         };
