@@ -274,6 +274,19 @@ struct CheckpointArgs {
     /// gives up after N restarts in a row without a new checkpoint.
     #[arg(long, value_name = "N", default_value_t = crate::restart::DEFAULT_MAX_RESTARTS, requires = "state_dir")]
     max_restarts: u32,
+    /// What `verity receive` behind a TCP output sees: exactly-once (lines
+    /// final at checkpoint boundaries, each once across crashes) or
+    /// at-least-once (final as they arrive, lower latency; after a crash the
+    /// lines written again may repeat or replace some). Files are exact
+    /// either way.
+    #[arg(long, value_enum, default_value_t = DeliveryArg::ExactlyOnce, requires = "state_dir")]
+    delivery: DeliveryArg,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum DeliveryArg {
+    ExactlyOnce,
+    AtLeastOnce,
 }
 
 /// How long a stop may take.
@@ -562,6 +575,10 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
             interval_ms: args.checkpoints.checkpoint_interval_ms,
             retained: args.checkpoints.checkpoints_retained,
             recover: args.checkpoints.recover,
+            delivery: match args.checkpoints.delivery {
+                DeliveryArg::ExactlyOnce => verity_core::Delivery::ExactlyOnce,
+                DeliveryArg::AtLeastOnce => verity_core::Delivery::AtLeastOnce,
+            },
             job: format!(
                 "{}; final counts {}; generate {:?} seed {}",
                 app.name(),

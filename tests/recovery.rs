@@ -524,3 +524,57 @@ fn a_run_into_verity_receive_is_killed_and_recovered_and_the_receiver_holds_each
     assert!(report.status.success(), "verity receive: {}", stderr(&report));
     verify_files("wordcount", &job.input, &received, &dead, None);
 }
+
+#[test]
+fn at_least_once_delivery_sends_lines_final_as_they_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let received = dir.path().join("received.txt");
+    let receiver = verity()
+        .args([
+            "receive",
+            "--listen",
+            &address,
+            "--output",
+            path_str(&received),
+            "--timeout-s",
+            "3",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start verity receive");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(started.elapsed() < WAIT_MAX, "verity receive never listened");
+        std::thread::sleep(POLL);
+    }
+    let job = Job {
+        output: PathBuf::from(format!("tcp:{address}")),
+        ..Job::new(dir.path(), "seq-window", 100_000)
+    };
+    let dead = dir.path().join("dead.txt");
+    let mut args = job.args(false);
+    args.extend(["--dead-letter", path_str(&dead), "--delivery", "at-least-once"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(run(&args));
+    let report = receiver.wait_with_output().unwrap();
+    assert!(report.status.success(), "verity receive: {}", stderr(&report));
+    assert!(
+        !stderr(&report).contains("staged"),
+        "nothing staged: {}",
+        stderr(&report)
+    );
+    verify_files("seq-window", &job.input, &received, &dead, None);
+    let refused = run(&[
+        "run",
+        "doubler",
+        "--generate",
+        "10",
+        "--output",
+        "null",
+        "--delivery",
+        "at-least-once",
+    ]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("--state-dir"), "{}", stderr(&refused));
+}

@@ -28,8 +28,8 @@ pub use ids::{Msg, MsgId};
 pub use key::Key;
 pub use line::{Line, Reject};
 pub use runtime::{
-    open_checkpoints, run, run_in_cluster, CheckpointSettings, ClusterRun, OpenedCheckpoints, Outputs,
-    Placement, RunConfig, RunError, RunSummary,
+    open_checkpoints, run, run_in_cluster, CheckpointSettings, ClusterRun, Delivery, OpenedCheckpoints,
+    Outputs, Placement, RunConfig, RunError, RunSummary,
 };
 pub use shard::ShardLimits;
 pub use sink::{CustomSink, DeadLetterSpec, OutputBatch, SinkSpec};

@@ -109,18 +109,24 @@ impl SinkSpec {
 
     /// Opens the sink of a run with checkpoints: to continue an earlier run
     /// if `resuming` (`SinkConnector::resume` follows: a file is not
-    /// truncated here), and the TCP sink with its lines staged at the
-    /// receiver until commits (exactly-once).
-    pub fn open_checkpointed(&self, resuming: bool) -> Result<Box<dyn SinkConnector>, SinkError> {
+    /// truncated here), and, exactly-once, the TCP sink with its lines
+    /// staged at the receiver until commits.
+    pub fn open_checkpointed(
+        &self,
+        resuming: bool,
+        delivery: crate::runtime::Delivery,
+    ) -> Result<Box<dyn SinkConnector>, SinkError> {
         match self {
             SinkSpec::File(path) if resuming => Ok(Box::new(FileSink::for_resume(path, "output"))),
-            SinkSpec::Tcp(address) => Ok(Box::new(WriteSink::connect_with(
-                address,
-                TcpSinkOptions {
-                    release: Release::OnCommit,
-                    ..TcpSinkOptions::default()
-                },
-            )?)),
+            SinkSpec::Tcp(address) if delivery == crate::runtime::Delivery::ExactlyOnce => {
+                Ok(Box::new(WriteSink::connect_with(
+                    address,
+                    TcpSinkOptions {
+                        release: Release::OnCommit,
+                        ..TcpSinkOptions::default()
+                    },
+                )?))
+            }
             other => other.open(),
         }
     }

@@ -79,6 +79,21 @@ pub struct CheckpointSettings {
     /// Names the job (app and options) in every manifest: a state dir of
     /// another job is refused. The runtime adds the layout and the sources.
     pub job: String,
+    /// What a sink outside the run (`verity receive`) sees (`--delivery`).
+    pub delivery: Delivery,
+}
+
+/// How a run with checkpoints delivers to a sink that cannot be cut back
+/// (the TCP sink); files are cut back on recovery either way, at no cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Output final at checkpoint boundaries, each line once across crashes
+    /// (the TCP sink's two-phase commit with `verity receive`).
+    #[default]
+    ExactlyOnce,
+    /// Output final as it arrives (lower latency); after a crash, what the
+    /// recovered run writes again may repeat or replace lines.
+    AtLeastOnce,
 }
 
 impl Default for RunConfig {
@@ -700,6 +715,7 @@ pub struct OpenedCheckpoints {
     writer: Checkpointer,
     restart: Option<Restart>,
     state_dir: PathBuf,
+    delivery: Delivery,
 }
 
 impl OpenedCheckpoints {
@@ -763,6 +779,7 @@ pub fn open_checkpoints(
         writer,
         restart,
         state_dir,
+        delivery: settings.delivery,
     })
 }
 
@@ -785,10 +802,9 @@ fn spawn_output_thread(
     progress: &Arc<ReaderProgress>,
 ) -> Result<SpawnedOutput, RunError> {
     let resuming = checkpoints.as_ref().is_some_and(|c| c.restart.is_some());
-    let sink = if checkpoints.is_some() {
-        outputs.sink.open_checkpointed(resuming)?
-    } else {
-        outputs.sink.open()?
+    let sink = match &checkpoints {
+        Some(c) => outputs.sink.open_checkpointed(resuming, c.delivery)?,
+        None => outputs.sink.open()?,
     };
     let (discards, wants_ids) = (sink.discards(), sink.wants_ids());
     if wants_ids && layout.total_shards() != layout.local_shards().len() as u32 {
