@@ -61,7 +61,7 @@ rm -rf "$work/state"
 leader=$!
 # Wait (bounded) for a checkpoint taken after the first round: every key in it.
 for _ in $(seq 6000); do
-    newest=$(ls "$work/state" 2>/dev/null | sed -n 's/^ckpt-0*\([0-9][0-9]*\)\.manifest$/\1/p' | sort -n | tail -n 1)
+    newest=$(ls "$work/state" 2>/dev/null | sed -n 's/^ckpt-0*\([0-9][0-9]*\)\.manifest$/\1/p' | sort -n | tail -n 1 || true)
     [ "${newest:-0}" -ge 2 ] && break
     kill -0 "$leader" 2>/dev/null || break
     sleep 0.02

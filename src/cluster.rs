@@ -32,6 +32,9 @@ pub const WINDOW_FRAMES: usize = 16;
 pub const WINDOW_BYTES: usize = 16 << 20;
 const RECONNECT_BASE_MS: u64 = 20;
 const RECONNECT_MAX_MS: u64 = 1_000;
+/// How long process 0 of a local cluster waits for its workers to take an
+/// abort before it stops them itself (a dead worker never acks it).
+const LOCAL_FAILURE_REPORT_MS: u64 = 200;
 /// How long process 0 waits for local workers to exit after the run.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(verity_core::cluster::lifecycle::SHUTDOWN_DEADLINE_MS);
 
@@ -370,7 +373,13 @@ pub fn run_leader_process(
     };
     let node = Arc::new(net.start_node(file, 0)?);
     let links = ControlLinks::new(&node, &layout, WINDOW_FRAMES);
-    let mut lifecycle = Lifecycle::new(0, layout.processes(), Some(spec.to_job()), net.deadlines());
+    let mut deadlines = net.deadlines();
+    if local.is_some() {
+        // Local workers are stopped by this process itself after a failure:
+        // their abort needs no more than loopback's round trip.
+        deadlines.failure_report_ms = deadlines.failure_report_ms.min(LOCAL_FAILURE_REPORT_MS);
+    }
+    let mut lifecycle = Lifecycle::new(0, layout.processes(), Some(spec.to_job()), deadlines);
     let sources_stop = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     let mut job_thread = None;
