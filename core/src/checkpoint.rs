@@ -201,6 +201,15 @@ impl RestoreFrom {
     }
 }
 
+/// Bugs a test can plant in recovery to prove the simulator finds them. All
+/// off in production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoverBugs {
+    /// Restore the shards (their keyed state and dedup watermarks) from an
+    /// older checkpoint than the one whose cuts the sources resume at.
+    pub state_from_older_checkpoint: bool,
+}
+
 /// The checkpoints of one job: when the next is due, collecting its parts,
 /// writing it. Sans-IO but for the `Storage` it writes through.
 pub struct Checkpointer {
@@ -257,6 +266,16 @@ impl Checkpointer {
         fingerprint: &str,
         shards: u32,
     ) -> Result<(Option<Restart>, u64), RecoverError> {
+        Self::recover_with_bugs(store, fingerprint, shards, RecoverBugs::default())
+    }
+
+    /// `recover`, with a planted bug for the simulator's tests.
+    pub fn recover_with_bugs(
+        store: &mut CheckpointStore<Box<dyn Storage>>,
+        fingerprint: &str,
+        shards: u32,
+        bugs: RecoverBugs,
+    ) -> Result<(Option<Restart>, u64), RecoverError> {
         let recovered = store.latest_complete(fingerprint)?;
         for why in &recovered.skipped {
             log::warn!("checkpoint passed over: {why}");
@@ -275,6 +294,18 @@ impl Checkpointer {
         }
         let malformed = |what: String| move |error| RecoverError::Malformed { id, what, error };
         let meta = JobMeta::decode(&parts[0]).map_err(malformed("its job metadata".into()))?;
+        let mut parts = parts;
+        if bugs.state_from_older_checkpoint {
+            // The sources' cuts of this checkpoint, the state of an older one.
+            let wanted: Vec<u32> = (1..=shards).collect();
+            let older = (id.saturating_sub(8)..id)
+                .rev()
+                .find_map(|older| store.read_parts(older, fingerprint, &wanted).ok());
+            if let Some(older) = older {
+                parts.truncate(1);
+                parts.extend(older);
+            }
+        }
         let parts = parts[1..]
             .iter()
             .enumerate()

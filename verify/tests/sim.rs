@@ -163,9 +163,9 @@ fn faults_to_catch(bug: &str) -> Faults {
             crash: false,
             ..Faults::all()
         },
-        // Only a crash in the middle of a checkpoint shows it: no fault that
-        // would take the crash's place in a seed.
-        "commit-before-durable" => Faults {
+        // Only a crash shows them: no fault that would take the crash's
+        // place in a seed.
+        "commit-before-durable" | "state-from-older-checkpoint" => Faults {
             fail: false,
             stop: false,
             restart: false,

@@ -226,11 +226,13 @@ pub struct PlantedBugs {
     pub relay: RelayBugs,
     /// In the output thread's logic (`verity_core::sink::OutputWriter`).
     pub output: verity_core::sink::OutputBugs,
+    /// In recovery (`verity_core::checkpoint::Checkpointer::recover`).
+    pub recover: verity_core::checkpoint::RecoverBugs,
 }
 
 impl PlantedBugs {
     /// The names `verity sim --plant-bug` takes.
-    pub const NAMES: [&'static str; 13] = [
+    pub const NAMES: [&'static str; 14] = [
         "no-dedup",
         "no-retransmit",
         "resend-from-wrong-seq",
@@ -244,6 +246,7 @@ impl PlantedBugs {
         "relay-drops-dead-letters",
         "ignore-peer-restart",
         "commit-before-durable",
+        "state-from-older-checkpoint",
     ];
 
     /// The bug a name plants.
@@ -263,6 +266,7 @@ impl PlantedBugs {
             "relay-drops-dead-letters" => &mut bugs.relay.drop_dead_letters,
             "ignore-peer-restart" => &mut bugs.protocol.ignore_peer_restart,
             "commit-before-durable" => &mut bugs.output.commit_before_durable,
+            "state-from-older-checkpoint" => &mut bugs.recover.state_from_older_checkpoint,
             other => {
                 let known = PlantedBugs::NAMES.join(", ");
                 return Err(format!("unknown planted bug `{other}` (known: {known})"));

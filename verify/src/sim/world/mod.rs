@@ -307,7 +307,7 @@ where
             let mut store = verity_state::checkpoint::CheckpointStore::new(
                 Box::new(crashed.disk.clone()) as Box<dyn verity_state::storage::Storage>
             );
-            match Checkpointer::recover(&mut store, SIM_JOB, total) {
+            match Checkpointer::recover_with_bugs(&mut store, SIM_JOB, total, config.bugs.recover) {
                 Ok((restart, next_store_id)) => {
                     let recovery = Recovery {
                         crashed,
