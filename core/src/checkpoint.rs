@@ -226,6 +226,12 @@ pub struct Checkpointer {
     next_store_id: u64,
     /// Bytes of the last checkpoint written (parts and metadata).
     last_size_bytes: u64,
+    /// Checkpoints `tick` saw complete, when the last one did, and how long
+    /// it took from its request: the next waits at least that long after it.
+    seen_completed: u64,
+    last_completed_ms: u64,
+    pause_ms: u64,
+    warned_slow: bool,
     /// The parts of the checkpoint being collected, shard `s` at index `s`.
     parts: Vec<Option<CheckpointPart>>,
 }
@@ -254,6 +260,10 @@ impl Checkpointer {
             last_request_ms: None,
             next_store_id: next_store_id.max(1),
             last_size_bytes: 0,
+            seen_completed: resumed,
+            last_completed_ms: 0,
+            pause_ms: 0,
+            warned_slow: false,
             parts: vec![None; shards as usize],
         }
     }
@@ -336,10 +346,29 @@ impl Checkpointer {
 
     /// Asks for the next checkpoint when the interval passed since the last
     /// request and the one before is complete (so requests never pile up
-    /// behind a slow shard). Returns the barrier number now requested.
+    /// behind a slow shard), and at least as long has passed since it
+    /// completed as it took (a checkpoint slower than the interval, of a
+    /// large state, still leaves the job half its time to work). Returns the
+    /// barrier number now requested.
     pub fn tick(&mut self, now_ms: u64) -> u64 {
         let last = *self.last_request_ms.get_or_insert(now_ms);
-        if self.requested == self.completed && now_ms.saturating_sub(last) >= self.interval_ms {
+        if self.completed > self.seen_completed {
+            // Completed since the last look: how long it took.
+            self.seen_completed = self.completed;
+            self.pause_ms = now_ms.saturating_sub(last);
+            self.last_completed_ms = now_ms;
+            if self.pause_ms > self.interval_ms && !self.warned_slow {
+                self.warned_slow = true;
+                log::warn!(
+                    "checkpoint {} took {} ms, more than the interval of {} ms: checkpoints are spaced by \
+                     how long they take",
+                    self.completed,
+                    self.pause_ms,
+                    self.interval_ms
+                );
+            }
+        }
+        if self.requested == self.completed && self.due_in_ms(now_ms) == 0 {
             self.requested += 1;
             self.last_request_ms = Some(now_ms);
         }
@@ -349,7 +378,9 @@ impl Checkpointer {
     /// How long until `tick` may request the next checkpoint.
     pub fn due_in_ms(&self, now_ms: u64) -> u64 {
         let last = self.last_request_ms.unwrap_or(now_ms);
-        (last + self.interval_ms).saturating_sub(now_ms)
+        let by_interval = last + self.interval_ms;
+        let by_pause = self.last_completed_ms + self.pause_ms;
+        by_interval.max(by_pause).saturating_sub(now_ms)
     }
 
     /// Keeps a shard's part of the checkpoint being collected. Returns
@@ -540,6 +571,12 @@ mod tests {
             vec![SourceMeta::At(cut), SourceMeta::Ended { chunks: 9 }]
         );
         assert_eq!(checkpoints.completed(), 1);
+        // It took 4000 ms (requested at 1000, seen complete at 5000): the next
+        // waits as long after it, though the interval is 1000.
+        assert_eq!(checkpoints.tick(5000), 1);
+        assert_eq!(checkpoints.due_in_ms(5000), 4000);
+        assert_eq!(checkpoints.tick(8999), 1, "spaced by how long it took");
+        assert_eq!(checkpoints.tick(9000), 2);
         let mut store = CheckpointStore::new(Box::new(
             verity_state::storage::DirStorage::open(dir.path()).unwrap(),
         ) as Box<dyn Storage>);
