@@ -337,16 +337,21 @@ impl Net {
             .iter()
             .map(PeerProtocol::stats);
         for s in live.chain([self.retired]) {
-            sum.full_windows += s.full_windows;
-            sum.frames_resent += s.frames_resent;
-            sum.reconnects += s.reconnects;
-            sum.handshakes_refused += s.handshakes_refused;
-            sum.duplicates_dropped += s.duplicates_dropped;
-            sum.unclaimed_refused += s.unclaimed_refused;
-            sum.backlog_pauses += s.backlog_pauses;
+            add_counted_stats(&mut sum, s);
         }
         sum
     }
+}
+
+/// Adds the protocol counters the seed's statistics report.
+fn add_counted_stats(sum: &mut ProtocolStats, s: ProtocolStats) {
+    sum.full_windows += s.full_windows;
+    sum.frames_resent += s.frames_resent;
+    sum.reconnects += s.reconnects;
+    sum.handshakes_refused += s.handshakes_refused;
+    sum.duplicates_dropped += s.duplicates_dropped;
+    sum.unclaimed_refused += s.unclaimed_refused;
+    sum.backlog_pauses += s.backlog_pauses;
 }
 
 impl<'a, K, V, S, O> World<'a, K, V, S, O>
@@ -421,14 +426,7 @@ where
         let old = &self.net.protocols[process as usize];
         let config = old.config().clone();
         let stats = old.stats();
-        let retired = &mut self.net.retired;
-        retired.full_windows += stats.full_windows;
-        retired.frames_resent += stats.frames_resent;
-        retired.reconnects += stats.reconnects;
-        retired.handshakes_refused += stats.handshakes_refused;
-        retired.duplicates_dropped += stats.duplicates_dropped;
-        retired.unclaimed_refused += stats.unclaimed_refused;
-        retired.backlog_pauses += stats.backlog_pauses;
+        add_counted_stats(&mut self.net.retired, stats);
         let entropy = SeededEntropy::new(self.rng.next_u64());
         let clock = self.local_clock_ms(process);
         let protocol = PeerProtocol::new(config, entropy, clock);
