@@ -553,6 +553,12 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         _ => AppInput::Single(connectors.source(args.input.as_deref().unwrap_or("-"))?),
     };
     let sink = connectors.sink(&args.output)?;
+    if args.checkpoints.state_dir.is_some() && sink == SinkSpec::Stdout {
+        bail!(
+            "--state-dir needs an output a recovery can cut back or commit (a file, tcp:HOST:PORT to \
+             `verity receive`, or null); stdout cannot take lines back, so a recovery would repeat them"
+        );
+    }
     let outputs = Outputs {
         dead_letter: args
             .dead_letter

@@ -37,6 +37,30 @@ fn bad_flags_and_values_fail() {
     assert_fails_with(&["run", "market-spread", "--quotes", "a"], "--orders");
     assert_fails_with(
         &[
+            "run",
+            "doubler",
+            "--generate",
+            "10",
+            "--state-dir",
+            "/nonexistent/state",
+        ],
+        "stdout cannot take lines back",
+    );
+    assert_fails_with(
+        &[
+            "run",
+            "doubler",
+            "--generate",
+            "10",
+            "--output",
+            "null",
+            "--max-restarts",
+            "3",
+        ],
+        "--state-dir",
+    );
+    assert_fails_with(
+        &[
             "verify",
             "doubler",
             "--input",
