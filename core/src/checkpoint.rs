@@ -132,9 +132,12 @@ pub(crate) fn percentiles_ms(mut values: Vec<u64>) -> String {
 /// A checkpoint read back for a recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restart {
+    /// Its id in the store (the next checkpoint's deltas are over it).
+    pub store_id: u64,
     pub meta: JobMeta,
-    /// Shard `s`'s part at index `s`.
-    pub parts: Vec<CheckpointPart>,
+    /// Shard `s`'s part at index `s`, as its chain: the whole snapshot,
+    /// then each delta over it (`ShardCore::restore`).
+    pub parts: Vec<Vec<CheckpointPart>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,9 +172,9 @@ pub struct RestoreFrom {
 }
 
 impl RestoreFrom {
-    /// The parts of `shards` (global indexes), in that order, each checked
-    /// against the manifest.
-    pub fn read_parts(&self, shards: Range<u32>) -> Result<Vec<CheckpointPart>, RecoverError> {
+    /// The parts of `shards` (global indexes), in that order, each as its
+    /// chain and checked against the manifests.
+    pub fn read_parts(&self, shards: Range<u32>) -> Result<Vec<Vec<CheckpointPart>>, RecoverError> {
         if !self.state_dir.is_dir() {
             return Err(RecoverError::NotShared(self.state_dir.display().to_string()));
         }
@@ -179,26 +182,41 @@ impl RestoreFrom {
         let mut store = CheckpointStore::new(storage);
         let id = self.checkpoint;
         let wanted: Vec<u32> = shards.clone().map(|shard| shard + 1).collect();
-        let bytes = store.read_parts(id, &self.fingerprint, &wanted)?;
-        shards
-            .zip(bytes)
-            .map(|(shard, bytes)| {
-                let part = decode_part(&bytes).map_err(|error| RecoverError::Malformed {
+        let chains = store.read_parts(id, &self.fingerprint, &wanted)?;
+        let parts = shards
+            .zip(&chains)
+            .map(|(shard, chain)| decode_chain(id, shard, chain))
+            .collect::<Result<Vec<_>, _>>()?;
+        for chain in &parts {
+            if chain.last().map(|part| part.checkpoint) != Some(self.checkpoint) {
+                return Err(RecoverError::Malformed {
                     id,
-                    what: format!("shard {shard}'s part"),
-                    error,
-                })?;
-                if part.shard != shard || part.checkpoint != id {
-                    return Err(RecoverError::Malformed {
-                        id,
-                        what: format!("shard {shard}'s part"),
-                        error: WireError::Invalid("it names another shard or checkpoint"),
-                    });
-                }
-                Ok(part)
-            })
-            .collect()
+                    what: format!("shard {}'s part", chain[0].shard),
+                    error: WireError::Invalid("it is of another checkpoint"),
+                });
+            }
+        }
+        Ok(parts)
     }
+}
+
+/// A shard's part chain as stored, decoded; each link must be of `shard`.
+fn decode_chain(id: u64, shard: u32, chain: &[Vec<u8>]) -> Result<Vec<CheckpointPart>, RecoverError> {
+    let malformed = |error| RecoverError::Malformed {
+        id,
+        what: format!("shard {shard}'s part"),
+        error,
+    };
+    chain
+        .iter()
+        .map(|bytes| {
+            let part = decode_part(bytes).map_err(malformed)?;
+            match part.shard == shard {
+                true => Ok(part),
+                false => Err(malformed(WireError::Invalid("it names another shard"))),
+            }
+        })
+        .collect()
 }
 
 /// Bugs a test can plant in recovery to prove the simulator finds them. All
@@ -224,6 +242,9 @@ pub struct Checkpointer {
     last_request_ms: Option<u64>,
     /// The next id in the store (above every id there, torn ones included).
     next_store_id: u64,
+    /// The id of the last complete checkpoint in the store, written or
+    /// recovered from: shards' deltas are over its parts.
+    previous_store_id: Option<u64>,
     /// Bytes of the last checkpoint written (parts and metadata).
     last_size_bytes: u64,
     /// Checkpoints `tick` saw complete, when the last one did, and how long
@@ -239,17 +260,19 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// Checkpoints of the job `fingerprint` (app, layout, sources: a store of
     /// another job is refused) into `store`, every `interval_ms`. `resumed`
-    /// is the checkpoint a recovery started from (0 for a fresh run), and
-    /// `next_store_id` the store's next id (`Recovered::next_id`, or 1).
+    /// is the checkpoint a recovery started from (`None` for a fresh run),
+    /// and `next_store_id` the store's next id (`Recovered::next_id`, or 1).
     pub fn new(
         store: CheckpointStore<Box<dyn Storage>>,
         fingerprint: String,
         shards: u32,
         interval_ms: u64,
-        resumed: u64,
+        resumed: Option<&Restart>,
         next_store_id: u64,
     ) -> Checkpointer {
         assert!(shards > 0 && interval_ms > 0);
+        let previous_store_id = resumed.map(|r| r.store_id);
+        let resumed = resumed.map_or(0, |r| r.meta.checkpoint);
         Checkpointer {
             store,
             fingerprint,
@@ -259,6 +282,7 @@ impl Checkpointer {
             completed: resumed,
             last_request_ms: None,
             next_store_id: next_store_id.max(1),
+            previous_store_id,
             last_size_bytes: 0,
             seen_completed: resumed,
             last_completed_ms: 0,
@@ -303,7 +327,11 @@ impl Checkpointer {
             });
         }
         let malformed = |what: String| move |error| RecoverError::Malformed { id, what, error };
-        let meta = JobMeta::decode(&parts[0]).map_err(malformed("its job metadata".into()))?;
+        if parts[0].len() != 1 {
+            let error = WireError::Invalid("stored as a delta");
+            return Err(malformed("its job metadata".into())(error));
+        }
+        let meta = JobMeta::decode(&parts[0][0]).map_err(malformed("its job metadata".into()))?;
         let mut parts = parts;
         if bugs.state_from_older_checkpoint {
             // The sources' cuts of this checkpoint, the state of an older one.
@@ -319,9 +347,14 @@ impl Checkpointer {
         let parts = parts[1..]
             .iter()
             .enumerate()
-            .map(|(shard, bytes)| decode_part(bytes).map_err(malformed(format!("shard {shard}'s part"))))
+            .map(|(shard, chain)| decode_chain(id, shard as u32, chain))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((Some(Restart { meta, parts }), recovered.next_id))
+        let restart = Restart {
+            store_id: id,
+            meta,
+            parts,
+        };
+        Ok((Some(restart), recovered.next_id))
     }
 
     /// Bytes of the last checkpoint written: its parts' payloads.
@@ -439,10 +472,25 @@ impl Checkpointer {
         let mut written: Vec<PartInfo> = Vec::with_capacity(parts.len() + 1);
         written.push(self.store.write_part(id, 0, &meta.encode())?);
         for part in &parts {
-            written.push(self.store.write_part(id, part.shard + 1, &encode_part(part))?);
+            let base = match (part.delta, self.previous_store_id) {
+                (false, _) => None,
+                (true, Some(previous)) => Some(previous),
+                (true, None) => {
+                    let reason = format!(
+                        "shard {}'s part is a delta, with no checkpoint before it",
+                        part.shard
+                    );
+                    return Err(CheckpointError::Invalid { id, reason });
+                }
+            };
+            written.push(
+                self.store
+                    .write_part_over(id, part.shard + 1, base, &encode_part(part))?,
+            );
         }
         self.store.commit(id, &self.fingerprint, &written)?;
         self.last_size_bytes = written.iter().map(|info| info.len).sum();
+        self.previous_store_id = Some(id);
         self.next_store_id += 1;
         self.completed = checkpoint;
         Ok(meta)
@@ -483,6 +531,7 @@ pub(crate) fn encode_part(part: &CheckpointPart) -> Vec<u8> {
         }
         ended.encode(&mut out);
     }
+    part.delta.encode(&mut out);
     encode_bytes(&part.state, &mut out);
     out
 }
@@ -504,6 +553,7 @@ pub(crate) fn decode_part(mut input: &[u8]) -> Result<CheckpointPart, WireError>
         });
         ended.push(Option::<u64>::decode(input)?);
     }
+    let delta = bool::decode(input)?;
     let state = decode_bytes(input)?.to_vec();
     if !input.is_empty() {
         return Err(WireError::Invalid("bytes after the part"));
@@ -513,6 +563,7 @@ pub(crate) fn decode_part(mut input: &[u8]) -> Result<CheckpointPart, WireError>
         checkpoint,
         cuts,
         ended,
+        delta,
         state,
     })
 }
@@ -528,6 +579,7 @@ mod tests {
             checkpoint: 1,
             cuts: vec![cut, None],
             ended: vec![None, Some(9)],
+            delta: false,
             state: vec![shard as u8; 5],
         }
     }
@@ -539,7 +591,7 @@ mod tests {
             Box::new(verity_state::storage::DirStorage::open(dir.path()).unwrap());
         let mut store = CheckpointStore::new(storage);
         assert_eq!(Checkpointer::recover(&mut store, "job", 2).unwrap().0, None);
-        let mut checkpoints = Checkpointer::new(store, "job".into(), 2, 1000, 0, 1);
+        let mut checkpoints = Checkpointer::new(store, "job".into(), 2, 1000, None, 1);
         assert_eq!(checkpoints.tick(0), 0);
         assert_eq!(checkpoints.tick(999), 0);
         assert_eq!(checkpoints.tick(1000), 1);
@@ -583,7 +635,7 @@ mod tests {
         let (restart, next_id) = Checkpointer::recover(&mut store, "job", 2).unwrap();
         let restart = restart.expect("a complete checkpoint");
         assert_eq!(restart.meta, meta);
-        assert_eq!(restart.parts[1].state, vec![1; 5]);
+        assert_eq!(restart.parts[1][0].state, vec![1; 5]);
         assert_eq!(next_id, 2);
         assert!(Checkpointer::recover(&mut store, "another job", 2).is_err());
         assert!(matches!(

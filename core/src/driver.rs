@@ -403,6 +403,8 @@ mod tests {
             .sink(|(value, count), buf| buf.extend_from_slice(format!("{value} {count}").as_bytes()));
         let limits = ShardLimits {
             batch_max,
+            // Deltas whenever allowed, however many of the 7 keys changed.
+            snapshot_delta_changed_max_percent: 100,
             ..ShardLimits::default()
         };
         ShardCore::build_range(&flow.logic, shards, 0..shards, limits)
@@ -631,10 +633,22 @@ mod tests {
                     cuts.insert(part.checkpoint, cut.clone());
                 }
             }
-            let (part, output_len, dead_len) = &taken[restore_from as usize - 1];
+            let upto = restore_from as usize - 1;
+            let (_, output_len, dead_len) = &taken[upto];
             committed.extend_from_slice(&queues.output[shard][..*output_len]);
             dead += dead_len;
-            parts.push(part.clone());
+            // The part as the store gives it back: its chain, from the
+            // whole snapshot at or before it.
+            let whole = (0..=upto)
+                .rev()
+                .find(|i| !taken[*i].0.delta)
+                .expect("a whole snapshot first");
+            parts.push(
+                taken[whole..=upto]
+                    .iter()
+                    .map(|(part, _, _)| part.clone())
+                    .collect::<Vec<_>>(),
+            );
         }
         // The recovery: restored shards, the source reopened at the cut.
         let mut queues = Queues::new(shards, depth);

@@ -66,13 +66,28 @@ pub struct ShardLimits {
     pub batch_max: usize,
     /// Output bytes gathered before they are handed to the sink.
     pub output_batch_bytes: usize,
+    /// Incremental snapshots (only the keys changed since the previous
+    /// snapshot) between two whole ones; 0 makes every snapshot whole.
+    /// A recovery reads the whole snapshot and every delta after it, so this
+    /// bounds recovery's reading as the interval bounds lost work.
+    pub snapshot_deltas_max: u32,
+    /// A delta is taken only if at most this percentage of the keys changed
+    /// since the last snapshot: a delta of most keys costs about as much to
+    /// write as a whole snapshot and lengthens every recovery.
+    pub snapshot_delta_changed_max_percent: u32,
 }
+
+/// `ShardLimits::snapshot_deltas_max` by default: with 1 s checkpoints, a
+/// whole snapshot at least every 8 s.
+pub const SNAPSHOT_DELTAS_MAX: u32 = 7;
 
 impl Default for ShardLimits {
     fn default() -> Self {
         ShardLimits {
             batch_max: 1024,
             output_batch_bytes: 64 * 1024,
+            snapshot_deltas_max: SNAPSHOT_DELTAS_MAX,
+            snapshot_delta_changed_max_percent: 50,
         }
     }
 }
@@ -150,6 +165,9 @@ pub struct CheckpointPart {
     pub cuts: Vec<Option<SourceCut>>,
     /// Per source: its chunks in all, if it had ended and all were applied.
     pub ended: Vec<Option<u64>>,
+    /// Whether `state` holds only the keys changed since this shard's part
+    /// of the previous checkpoint (which it then applies over), or all.
+    pub delta: bool,
     pub state: Vec<u8>,
 }
 
@@ -243,13 +261,16 @@ pub struct ShardCore<K, V, S, O> {
     effects: Vec<Effect<K, V>>,
     /// Checkpoints whose snapshot this shard took.
     checkpoints_taken: u64,
+    /// Deltas since the last whole snapshot, if this life took or restored
+    /// one (so the next may be a delta over it).
+    deltas_since_whole: Option<u32>,
     /// Off only in the simulator's planted-bug tests (see `disable_dedup_for_testing`).
     dedup_enabled: bool,
 }
 
 /// The version of `ShardCore`'s snapshot encoding; a checkpoint of another
-/// version is refused, not misread.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// version is refused, not misread. 2: whole snapshots and deltas.
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -265,6 +286,8 @@ pub enum RestoreError {
     },
     #[error("the snapshot is of shard {found}, not {expected}")]
     WrongShard { found: u32, expected: u32 },
+    #[error("shard {shard}'s snapshots do not chain: {why}")]
+    Chain { shard: u32, why: &'static str },
 }
 
 impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, O> {
@@ -320,6 +343,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             counters: ShardCounters::default(),
             effects: Vec::new(),
             checkpoints_taken: 0,
+            deltas_since_whole: None,
             dedup_enabled: true,
         };
         core.finish_if_done();
@@ -590,22 +614,44 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             cuts.push(cut);
             ended.push(state.total_chunks.filter(|_| state.is_done()));
         }
+        let delta = self.next_snapshot_is_delta();
         let mut encoded = Vec::new();
-        self.encode_state(&mut encoded);
+        self.encode_state(delta, &mut encoded);
         self.checkpoints_taken = checkpoint;
+        self.deltas_since_whole = Some(match delta {
+            true => self.deltas_since_whole.map_or(0, |n| n + 1),
+            false => 0,
+        });
         self.effects.push(Effect::Checkpoint(CheckpointPart {
             shard: self.index,
             checkpoint,
             cuts,
             ended,
+            delta,
             state: encoded,
         }));
     }
 
-    /// The snapshot: counters, each source's next chunk, then every key and
-    /// its state in key order (so equal states encode to equal bytes).
-    fn encode_state(&self, out: &mut Vec<u8>) {
+    /// A delta needs a snapshot before it in this life (taken, or restored
+    /// from), fewer than `snapshot_deltas_max` deltas since the last whole
+    /// one, and few enough changed keys to be worth it.
+    fn next_snapshot_is_delta(&self) -> bool {
+        let Some(deltas) = self.deltas_since_whole else {
+            return false;
+        };
+        let store = &self.keyed.store;
+        let changed_percent = store.changed_len() as u128 * 100;
+        let max_percent = self.limits.snapshot_delta_changed_max_percent as u128 * store.len() as u128;
+        deltas < self.limits.snapshot_deltas_max && changed_percent <= max_percent
+    }
+
+    /// The snapshot: whether it is a delta, counters, each source's next
+    /// chunk, then every key (or, in a delta, every key changed since the
+    /// last snapshot) and its state, in an order that makes equal states
+    /// encode to equal bytes (`KeyedStore::snapshot`).
+    fn encode_state(&mut self, delta: bool, out: &mut Vec<u8>) {
         SNAPSHOT_VERSION.encode(out);
+        delta.encode(out);
         // Chunks parsed ahead of the cut are parsed again after a recovery:
         // their counts are not part of the state at the cut.
         let ahead = self.sources.iter().flat_map(|s| &s.own_parsed);
@@ -626,7 +672,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         for state in &self.sources {
             state.next_apply.encode(out);
         }
-        let entries = self.keyed.store.sorted();
+        let entries = self.keyed.store.snapshot(!delta);
         (entries.len() as u64).encode(out);
         for (key, state) in entries {
             key.encode(out);
@@ -635,16 +681,61 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     }
 
     /// Starts this shard from its part of a checkpoint (a recovery): its
-    /// state and counters as they were, each source at its cut. Channels
-    /// start anew, so sequence numbers and dedup watermarks do too.
-    pub fn restore(&mut self, part: &CheckpointPart) -> Result<(), RestoreError> {
+    /// state and counters as they were, each source at its cut. `chain` is
+    /// the part as stored: a whole snapshot, then each delta over it, oldest
+    /// first. Channels start anew, so sequence numbers and dedup watermarks
+    /// do too.
+    pub fn restore(&mut self, chain: &[CheckpointPart]) -> Result<(), RestoreError> {
         let shard = self.index;
-        if part.shard != shard {
-            return Err(RestoreError::WrongShard {
-                found: part.shard,
-                expected: shard,
-            });
+        let chained = |why| Err(RestoreError::Chain { shard, why });
+        let Some(last) = chain.last() else {
+            return chained("no snapshot at all");
+        };
+        let mut store = KeyedStore::new();
+        let mut header = None;
+        for (link, part) in chain.iter().enumerate() {
+            if part.shard != shard {
+                return Err(RestoreError::WrongShard {
+                    found: part.shard,
+                    expected: shard,
+                });
+            }
+            if part.delta != (link > 0) {
+                return chained("a delta first, or a whole snapshot after the first");
+            }
+            if link > 0 && part.checkpoint <= chain[link - 1].checkpoint {
+                return chained("checkpoints out of order");
+            }
+            header = Some(self.decode_snapshot(part, &mut store)?);
         }
+        let (counts, next_apply) = header.expect("the chain is not empty");
+        store.forget_changes();
+        let [records_in, dead_lettered, duplicates_dropped, emitted] = counts;
+        self.counters = ShardCounters {
+            records_in,
+            records_out: 0,
+            dead_lettered,
+            duplicates_dropped,
+        };
+        self.keyed.emitted = emitted;
+        self.keyed.store = store;
+        for (state, next) in self.sources.iter_mut().zip(next_apply) {
+            state.next_apply = next;
+        }
+        self.checkpoints_taken = last.checkpoint;
+        self.deltas_since_whole = Some(chain.len() as u32 - 1);
+        self.finished = false;
+        Ok(())
+    }
+
+    /// Applies one snapshot's keys to `store`; returns its counters and
+    /// each source's next chunk.
+    fn decode_snapshot(
+        &self,
+        part: &CheckpointPart,
+        store: &mut KeyedStore<K, S>,
+    ) -> Result<([u64; 4], Vec<u64>), RestoreError> {
+        let shard = self.index;
         let malformed = |error| RestoreError::Malformed { shard, error };
         let mut input = &part.state[..];
         let version = u32::decode(&mut input).map_err(malformed)?;
@@ -652,6 +743,12 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             return Err(RestoreError::Version {
                 shard,
                 found: version,
+            });
+        }
+        if bool::decode(&mut input).map_err(malformed)? != part.delta {
+            return Err(RestoreError::Chain {
+                shard,
+                why: "a snapshot's kind differs from its part's",
             });
         }
         let mut counts = [0u64; 4];
@@ -671,7 +768,6 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             next_apply.push(u64::decode(&mut input).map_err(malformed)?);
         }
         let keys = u64::decode(&mut input).map_err(malformed)?;
-        let mut store = KeyedStore::new();
         for _ in 0..keys {
             let key = K::decode(&mut input).map_err(malformed)?;
             let state = S::decode(&mut input).map_err(malformed)?;
@@ -680,21 +776,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         if !input.is_empty() {
             return Err(malformed(WireError::Invalid("bytes after the last key")));
         }
-        let [records_in, dead_lettered, duplicates_dropped, emitted] = counts;
-        self.counters = ShardCounters {
-            records_in,
-            records_out: 0,
-            dead_lettered,
-            duplicates_dropped,
-        };
-        self.keyed.emitted = emitted;
-        self.keyed.store = store;
-        for (state, next) in self.sources.iter_mut().zip(next_apply) {
-            state.next_apply = next;
-        }
-        self.checkpoints_taken = part.checkpoint;
-        self.finished = false;
-        Ok(())
+        Ok((counts, next_apply))
     }
 
     #[cfg(test)]

@@ -651,6 +651,7 @@ mod tests {
             checkpoint,
             cuts: vec![Some(crate::source::SourceCut::default())],
             ended: vec![None],
+            delta: false,
             state: Vec::new(),
         })
     }
@@ -661,7 +662,7 @@ mod tests {
         let storage: Box<dyn verity_state::storage::Storage> =
             Box::new(verity_state::storage::DirStorage::open(dir.path()).unwrap());
         let store = verity_state::checkpoint::CheckpointStore::new(storage);
-        let checkpoints = Checkpointer::new(store, "job".into(), 2, 1000, 0, 1);
+        let checkpoints = Checkpointer::new(store, "job".into(), 2, 1000, None, 1);
         let out: Arc<Mutex<Seen>> = Arc::default();
         let dead_letters = DeadLetterWriter::with_sink(Box::new(Recording(Arc::default(), false)), vec![]);
         let mut writer = OutputWriter::new(Box::new(Recording(Arc::clone(&out), false)), dead_letters)

@@ -11,7 +11,13 @@
 //!
 //! * `ckpt-{id}-part-{part}.bin`: a part's bytes.
 //! * `ckpt-{id}.manifest`: the job fingerprint, the id, and each part's number,
-//!   length and crc32c.
+//!   length, crc32c and base.
+//!
+//! A part is *whole*, or a *delta* over the same-numbered part of an older
+//! checkpoint, its base (an incremental snapshot: only what changed since).
+//! Reading a part reads its chain, the whole part and every delta over it,
+//! each checked against its own manifest; retention keeps every checkpoint
+//! a kept one's chains reach.
 //!
 //! Each file is one frame: magic `VRTYCKPT`, format version (u32), kind (u8:
 //! part or manifest), payload length (u64), crc32c of the payload (u32), the
@@ -33,12 +39,17 @@ pub const PARTS_MAX: u32 = 100_000;
 pub const FINGERPRINT_MAX_BYTES: usize = 64 * 1024;
 
 const MAGIC: [u8; 8] = *b"VRTYCKPT";
-const FORMAT_VERSION: u32 = 1;
+/// 2: manifests name each part's base (deltas).
+const FORMAT_VERSION: u32 = 2;
 /// magic + version + kind + payload length + crc.
 const HEADER_BYTES: usize = 8 + 4 + 1 + 8 + 4;
 const NAME_PREFIX: &str = "ckpt-";
-/// Bytes of one part entry in a manifest: number, length, crc.
-const PART_ENTRY_BYTES: usize = 4 + 8 + 4;
+/// Bytes of one part entry in a manifest: number, length, crc, base.
+const PART_ENTRY_BYTES: usize = 4 + 8 + 4 + 8;
+/// The longest chain of deltas over a whole part that is read back: ids of
+/// bases strictly decrease, so a chain ends anyway; this bounds the reading
+/// of a directory that was tampered with.
+pub const CHAIN_MAX: usize = 1024;
 
 /// What a framed file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +139,14 @@ pub struct PartInfo {
     pub part: u32,
     pub len: u64,
     pub crc: u32,
+    /// `None` for a whole part; for a delta, the checkpoint over whose part
+    /// of the same number it applies.
+    pub base: Option<u64>,
 }
+
+/// A part as recovery reads it: the whole part first, then each delta over
+/// it, oldest first (one element for a whole part).
+pub type PartChain = Vec<Vec<u8>>;
 
 /// A checkpoint's manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,14 +172,18 @@ pub enum ManifestError {
     PartOutOfOrder { index: u32, found: u32 },
     #[error("{0} bytes after the last part entry")]
     TrailingBytes(usize),
+    #[error("part {part} is a delta over checkpoint {base}, which is not older")]
+    BaseNotOlder { part: u32, base: u64 },
 }
 
 impl Manifest {
     /// fingerprint length (u32) and bytes, id (u64), part count (u32), then per
-    /// part: number (u32), length (u64), crc32c (u32); all little-endian.
+    /// part: number (u32), length (u64), crc32c (u32), base (u64, 0 for a
+    /// whole part); all little-endian.
     pub fn encode(&self) -> Vec<u8> {
         assert!(self.fingerprint.len() <= FINGERPRINT_MAX_BYTES);
-        let mut out = Vec::with_capacity(4 + self.fingerprint.len() + 8 + 4 + 16 * self.parts.len());
+        let mut out =
+            Vec::with_capacity(4 + self.fingerprint.len() + 8 + 4 + PART_ENTRY_BYTES * self.parts.len());
         out.extend_from_slice(&(self.fingerprint.len() as u32).to_le_bytes());
         out.extend_from_slice(self.fingerprint.as_bytes());
         out.extend_from_slice(&self.id.to_le_bytes());
@@ -170,6 +192,7 @@ impl Manifest {
             out.extend_from_slice(&part.part.to_le_bytes());
             out.extend_from_slice(&part.len.to_le_bytes());
             out.extend_from_slice(&part.crc.to_le_bytes());
+            out.extend_from_slice(&part.base.unwrap_or(0).to_le_bytes());
         }
         out
     }
@@ -198,14 +221,24 @@ impl Manifest {
         }
         let mut parts = Vec::with_capacity(count as usize);
         for index in 0..count {
-            let entry = (r.u32(), r.u64(), r.u32());
-            let (Some(part), Some(len), Some(crc)) = entry else {
+            let entry = (r.u32(), r.u64(), r.u32(), r.u64());
+            let (Some(part), Some(len), Some(crc), Some(base)) = entry else {
                 return Err(ManifestError::Truncated("part entries"));
             };
             if part != index {
                 return Err(ManifestError::PartOutOfOrder { index, found: part });
             }
-            parts.push(PartInfo { id, part, len, crc });
+            if base != 0 && base >= id {
+                return Err(ManifestError::BaseNotOlder { part, base });
+            }
+            let base = (base != 0).then_some(base);
+            parts.push(PartInfo {
+                id,
+                part,
+                len,
+                crc,
+                base,
+            });
         }
         if !r.0.is_empty() {
             return Err(ManifestError::TrailingBytes(r.0.len()));
@@ -265,9 +298,9 @@ pub enum CheckpointError {
 /// What recovery found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
-    /// The newest complete checkpoint: its id and its parts' bytes, part `i`
-    /// at index `i`.
-    pub checkpoint: Option<(u64, Vec<Vec<u8>>)>,
+    /// The newest complete checkpoint: its id and its parts' chains, part
+    /// `i` at index `i`.
+    pub checkpoint: Option<(u64, Vec<PartChain>)>,
     /// Why each newer checkpoint (and each unreadable checkpoint file name)
     /// was passed over, newest first, for the caller to report.
     pub skipped: Vec<String>,
@@ -373,10 +406,27 @@ impl<S: Storage> CheckpointStore<S> {
         self.storage
     }
 
-    /// Writes part `part` of checkpoint `id` atomically and durably.
+    /// Writes the whole part `part` of checkpoint `id` atomically and durably.
     pub fn write_part(&mut self, id: u64, part: u32, bytes: &[u8]) -> Result<PartInfo, CheckpointError> {
+        self.write_part_over(id, part, None, bytes)
+    }
+
+    /// Writes part `part` of checkpoint `id`, whole (`base` is `None`) or
+    /// as a delta over the same part of the complete checkpoint `base`, an
+    /// older one and not 0 (which the manifest reserves for "whole").
+    pub fn write_part_over(
+        &mut self,
+        id: u64,
+        part: u32,
+        base: Option<u64>,
+        bytes: &[u8],
+    ) -> Result<PartInfo, CheckpointError> {
         if part >= PARTS_MAX {
             let reason = format!("part {part}: at most {PARTS_MAX} parts");
+            return Err(CheckpointError::Invalid { id, reason });
+        }
+        if let Some(base) = base.filter(|base| *base == 0 || *base >= id) {
+            let reason = format!("part {part}: a delta over checkpoint {base}, which is not an older one");
             return Err(CheckpointError::Invalid { id, reason });
         }
         let framed = encode_frame(FileKind::Part, bytes);
@@ -386,6 +436,7 @@ impl<S: Storage> CheckpointStore<S> {
             part,
             len: bytes.len() as u64,
             crc: crc32c::crc32c(bytes),
+            base,
         })
     }
 
@@ -423,14 +474,15 @@ impl<S: Storage> CheckpointStore<S> {
         write_atomically_with(&mut self.storage, &manifest_name(id), &framed, sync_dir)?;
         // Removals only now, after the manifest is durable: until then the
         // older checkpoints are what recovery falls back on.
-        self.remove_unneeded(id, parts.len())
+        self.remove_unneeded(id, parts)
             .map_err(|source| CheckpointError::Retention { id, source })
     }
 
     /// Removes every file the newest `retained` complete checkpoints do not
-    /// need. No directory sync follows: a removal a crash undoes only leaves
-    /// a file that the next commit removes again.
-    fn remove_unneeded(&mut self, committed: u64, committed_parts: usize) -> io::Result<()> {
+    /// need (themselves and the bases their chains reach). No directory sync
+    /// follows: a removal a crash undoes only leaves a file that the next
+    /// commit removes again.
+    fn remove_unneeded(&mut self, committed: u64, committed_parts: &[PartInfo]) -> io::Result<()> {
         let files: Vec<(String, FileName)> = self
             .storage
             .list()?
@@ -454,15 +506,17 @@ impl<S: Storage> CheckpointStore<S> {
             .copied()
             .unwrap_or(committed);
         assert!(oldest_kept <= newest);
+        let kept: Vec<u64> = complete.iter().rev().take(self.retained).copied().collect();
+        let bases = self.bases_reached(&kept, committed, committed_parts)?;
         let unneeded = |f: &FileName| {
-            f.id < oldest_kept
+            (f.id < oldest_kept && !bases.contains(&f.id))
                 // An incomplete checkpoint older than a complete one is never
                 // completed.
                 || (f.id < newest && !complete.contains(&f.id))
                 // Temp files of finished writes are left over from a crash.
                 || (f.temp && f.id <= newest)
                 // A part beyond the manifest's, from an earlier attempt at the id.
-                || (f.id == committed && f.part.is_some_and(|p| p as usize >= committed_parts))
+                || (f.id == committed && f.part.is_some_and(|p| p as usize >= committed_parts.len()))
         };
         // Manifests first: a checkpoint half removed by a crash then reads as
         // incomplete rather than corrupt.
@@ -474,6 +528,52 @@ impl<S: Storage> CheckpointStore<S> {
             self.storage.remove(&name)?;
         }
         Ok(())
+    }
+
+    /// Every checkpoint the chains of the parts of `kept` reach. The manifest
+    /// of `committed` is `committed_parts`; others are read (one that does
+    /// not read is not a checkpoint recovery could use, and reaches nothing).
+    fn bases_reached(
+        &mut self,
+        kept: &[u64],
+        committed: u64,
+        committed_parts: &[PartInfo],
+    ) -> io::Result<BTreeSet<u64>> {
+        let mut reached = BTreeSet::new();
+        let mut pending: Vec<u64> = kept.to_vec();
+        while let Some(id) = pending.pop() {
+            let bases: Vec<u64> = if id == committed {
+                committed_parts.iter().filter_map(|p| p.base).collect()
+            } else {
+                match self.read_manifest(id)? {
+                    Ok(manifest) => manifest.parts.iter().filter_map(|p| p.base).collect(),
+                    Err(_) => Vec::new(),
+                }
+            };
+            for base in bases {
+                if reached.insert(base) {
+                    pending.push(base);
+                }
+            }
+        }
+        Ok(reached)
+    }
+
+    /// Checkpoint `id`'s manifest, or why it does not read.
+    fn read_manifest(&mut self, id: u64) -> io::Result<Result<Manifest, String>> {
+        let Some(file) = self.storage.read(&manifest_name(id))? else {
+            return Ok(Err("no manifest (incomplete)".to_string()));
+        };
+        Ok(match decode_frame(FileKind::Manifest, &file) {
+            Err(e) => Err(format!("manifest: {e}")),
+            Ok(payload) => match Manifest::decode(payload) {
+                Err(e) => Err(format!("manifest: {e}")),
+                Ok(manifest) if manifest.id != id => {
+                    Err(format!("manifest names checkpoint {}", manifest.id))
+                }
+                Ok(manifest) => Ok(manifest),
+            },
+        })
     }
 
     /// The newest checkpoint whose manifest and parts all check out, and why
@@ -515,38 +615,66 @@ impl<S: Storage> CheckpointStore<S> {
         })
     }
 
-    /// Parts `wanted` of checkpoint `id` of the job `expected_fingerprint`,
-    /// each checked against the manifest: how a process of a cluster reads
-    /// its own shards' parts of the checkpoint process 0 recovers from.
+    /// The chains of parts `wanted` of checkpoint `id` of the job
+    /// `expected_fingerprint`, each checked against its manifest: how a
+    /// process of a cluster reads its own shards' parts of the checkpoint
+    /// process 0 recovers from.
     pub fn read_parts(
         &mut self,
         id: u64,
         expected_fingerprint: &str,
         wanted: &[u32],
-    ) -> Result<Vec<Vec<u8>>, CheckpointError> {
+    ) -> Result<Vec<PartChain>, CheckpointError> {
         match self.check(id, expected_fingerprint, Some(wanted))? {
             Ok(parts) => Ok(parts),
             Err(reason) => Err(CheckpointError::Invalid { id, reason }),
         }
     }
 
-    /// Checkpoint `id`'s parts (all of them, or those `wanted`, in that
-    /// order) if it is complete and they are sound, or why not.
+    /// Checkpoint `id`'s part chains (all of its parts, or those `wanted`,
+    /// in that order) if it is complete and they are sound, or why not.
     fn check(
         &mut self,
         id: u64,
         expected_fingerprint: &str,
         wanted: Option<&[u32]>,
-    ) -> Result<Result<Vec<Vec<u8>>, String>, CheckpointError> {
-        let Some(file) = self.storage.read(&manifest_name(id))? else {
-            return Ok(Err("no manifest (incomplete)".to_string()));
+    ) -> Result<Result<Vec<PartChain>, String>, CheckpointError> {
+        let manifest = match self.checked_manifest(id, expected_fingerprint)? {
+            Ok(manifest) => manifest,
+            Err(why) => return Ok(Err(why)),
         };
-        let manifest = match decode_frame(FileKind::Manifest, &file) {
-            Err(e) => return Ok(Err(format!("manifest: {e}"))),
-            Ok(payload) => match Manifest::decode(payload) {
-                Err(e) => return Ok(Err(format!("manifest: {e}"))),
-                Ok(manifest) => manifest,
-            },
+        let infos: Vec<PartInfo> = match wanted {
+            None => manifest.parts.clone(),
+            Some(wanted) => {
+                let mut infos = Vec::with_capacity(wanted.len());
+                for part in wanted {
+                    match manifest.parts.iter().find(|info| info.part == *part) {
+                        Some(info) => infos.push(*info),
+                        None => return Ok(Err(format!("the manifest has no part {part}"))),
+                    }
+                }
+                infos
+            }
+        };
+        let mut chains = Vec::with_capacity(infos.len());
+        for info in infos {
+            match self.read_chain(info, expected_fingerprint)? {
+                Ok(chain) => chains.push(chain),
+                Err(why) => return Ok(Err(why)),
+            }
+        }
+        Ok(Ok(chains))
+    }
+
+    /// Checkpoint `id`'s manifest if it reads and is of this job.
+    fn checked_manifest(
+        &mut self,
+        id: u64,
+        expected_fingerprint: &str,
+    ) -> Result<Result<Manifest, String>, CheckpointError> {
+        let manifest = match self.read_manifest(id)? {
+            Ok(manifest) => manifest,
+            Err(why) => return Ok(Err(why)),
         };
         if manifest.fingerprint != expected_fingerprint {
             return Err(CheckpointError::DifferentJob {
@@ -554,49 +682,63 @@ impl<S: Storage> CheckpointStore<S> {
                 expected: expected_fingerprint.to_string(),
             });
         }
-        if manifest.id != id {
-            return Ok(Err(format!("manifest names checkpoint {}", manifest.id)));
-        }
-        let infos: Vec<&PartInfo> = match wanted {
-            None => manifest.parts.iter().collect(),
-            Some(wanted) => {
-                let mut infos = Vec::with_capacity(wanted.len());
-                for part in wanted {
-                    match manifest.parts.iter().find(|info| info.part == *part) {
-                        Some(info) => infos.push(info),
-                        None => return Ok(Err(format!("the manifest has no part {part}"))),
-                    }
-                }
-                infos
-            }
+        Ok(Ok(manifest))
+    }
+
+    /// The part `info` names and, if it is a delta, its base's part before
+    /// it, down to a whole part: oldest first.
+    fn read_chain(
+        &mut self,
+        info: PartInfo,
+        expected_fingerprint: &str,
+    ) -> Result<Result<PartChain, String>, CheckpointError> {
+        let (top, part) = (info.id, info.part);
+        // Where a link's trouble is: the top checkpoint's own part, or a base.
+        let at = |id: u64| match id == top {
+            true => format!("part {part}"),
+            false => format!("part {part}, in its base checkpoint {id}"),
         };
-        let mut parts = Vec::with_capacity(infos.len());
-        for info in infos {
-            let Some(file) = self.storage.read(&part_name(id, info.part))? else {
-                return Ok(Err(format!("part {}: missing", info.part)));
-            };
-            let payload = match decode_frame(FileKind::Part, &file) {
-                Ok(payload) => payload,
-                Err(e) => return Ok(Err(format!("part {}: {e}", info.part))),
-            };
-            if payload.len() as u64 != info.len {
-                let why = format!(
-                    "part {}: {} bytes, the manifest says {}",
-                    info.part,
-                    payload.len(),
-                    info.len
-                );
-                return Ok(Err(why));
+        let mut chain = Vec::new();
+        let mut info = info;
+        loop {
+            match self.read_checked_part(&info)? {
+                Ok(payload) => chain.push(payload),
+                Err(why) => return Ok(Err(format!("{}: {why}", at(info.id)))),
             }
-            if crc32c::crc32c(payload) != info.crc {
-                return Ok(Err(format!(
-                    "part {}: checksum mismatch with the manifest",
-                    info.part
-                )));
+            let Some(base) = info.base else { break };
+            if chain.len() >= CHAIN_MAX {
+                return Ok(Err(format!("part {part}: more than {CHAIN_MAX} deltas")));
             }
-            parts.push(payload.to_vec());
+            let manifest = match self.checked_manifest(base, expected_fingerprint)? {
+                Ok(manifest) => manifest,
+                Err(why) => return Ok(Err(format!("{}: {why}", at(base)))),
+            };
+            match manifest.parts.into_iter().find(|p| p.part == part) {
+                Some(base_info) => info = base_info,
+                None => return Ok(Err(format!("{}: the manifest has no such part", at(base)))),
+            }
         }
-        Ok(Ok(parts))
+        chain.reverse();
+        Ok(Ok(chain))
+    }
+
+    /// The payload of the part `info` names, if it matches the manifest.
+    fn read_checked_part(&mut self, info: &PartInfo) -> Result<Result<Vec<u8>, String>, CheckpointError> {
+        let Some(file) = self.storage.read(&part_name(info.id, info.part))? else {
+            return Ok(Err("missing".to_string()));
+        };
+        let payload = match decode_frame(FileKind::Part, &file) {
+            Ok(payload) => payload,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if payload.len() as u64 != info.len {
+            let why = format!("{} bytes, the manifest says {}", payload.len(), info.len);
+            return Ok(Err(why));
+        }
+        if crc32c::crc32c(payload) != info.crc {
+            return Ok(Err("checksum mismatch with the manifest".to_string()));
+        }
+        Ok(Ok(payload.to_vec()))
     }
 }
 
@@ -639,6 +781,11 @@ mod tests {
         (dir, CheckpointStore::with_retained(storage, retained).unwrap())
     }
 
+    /// Chains of whole parts only.
+    fn wholes(parts: Vec<Vec<u8>>) -> Vec<PartChain> {
+        parts.into_iter().map(|part| vec![part]).collect()
+    }
+
     fn parts_of(id: u64, count: u32) -> Vec<Vec<u8>> {
         (0..count)
             .map(|p| format!("checkpoint {id} part {p}").into_bytes())
@@ -665,7 +812,10 @@ mod tests {
         checkpoint(&mut store, 1, &parts_of(1, 3));
         checkpoint(&mut store, 2, &[Vec::new(), vec![0; 70_000]]);
         let recovered = store.latest_complete(JOB).unwrap();
-        assert_eq!(recovered.checkpoint, Some((2, vec![Vec::new(), vec![0; 70_000]])));
+        assert_eq!(
+            recovered.checkpoint,
+            Some((2, wholes(vec![Vec::new(), vec![0; 70_000]])))
+        );
         assert!(recovered.skipped.is_empty(), "{:?}", recovered.skipped);
         assert_eq!(recovered.next_id, 3);
     }
@@ -687,7 +837,10 @@ mod tests {
         let (_dir, mut store) = store(DEFAULT_RETAINED);
         checkpoint(&mut store, 4, &parts_of(4, 5));
         let parts = store.read_parts(4, JOB, &[3, 1]).unwrap();
-        assert_eq!(parts, vec![parts_of(4, 5)[3].clone(), parts_of(4, 5)[1].clone()]);
+        assert_eq!(
+            parts,
+            wholes(vec![parts_of(4, 5)[3].clone(), parts_of(4, 5)[1].clone()])
+        );
         let missing = store.read_parts(4, JOB, &[5]).unwrap_err().to_string();
         assert!(missing.contains("no part 5"), "{missing}");
         assert!(store.read_parts(3, JOB, &[1]).is_err(), "no such checkpoint");
@@ -703,7 +856,7 @@ mod tests {
         assert!(corrupt.contains("part 3: checksum mismatch"), "{corrupt}");
         assert_eq!(
             store.read_parts(4, JOB, &[1]).unwrap(),
-            vec![parts_of(4, 5)[1].clone()]
+            wholes(vec![parts_of(4, 5)[1].clone()])
         );
     }
 
@@ -717,7 +870,7 @@ mod tests {
         *file.last_mut().unwrap() ^= 0x10;
         store.storage_mut().create(&name, &file).unwrap();
         let recovered = store.latest_complete(JOB).unwrap();
-        assert_eq!(recovered.checkpoint, Some((6, parts_of(6, 3))));
+        assert_eq!(recovered.checkpoint, Some((6, wholes(parts_of(6, 3)))));
         assert_eq!(recovered.skipped, vec!["checkpoint 7: part 2: checksum mismatch"]);
         assert_eq!(recovered.next_id, 8);
     }
@@ -735,7 +888,7 @@ mod tests {
         store.storage_mut().create("notes.txt", b"mine").unwrap();
         store.storage_mut().create("ckpt-garbage", b"?").unwrap();
         let recovered = store.latest_complete(JOB).unwrap();
-        assert_eq!(recovered.checkpoint, Some((1, parts_of(1, 2))));
+        assert_eq!(recovered.checkpoint, Some((1, wholes(parts_of(1, 2)))));
         assert_eq!(
             recovered.skipped,
             vec![
@@ -744,6 +897,86 @@ mod tests {
             ]
         );
         assert_eq!(recovered.next_id, 4);
+    }
+
+    /// Checkpoint `id` with part 0 whole and part 1 a delta over `base`.
+    fn checkpoint_over(store: &mut CheckpointStore<impl Storage>, id: u64, base: Option<u64>) {
+        let infos = vec![
+            store.write_part(id, 0, format!("meta {id}").as_bytes()).unwrap(),
+            store
+                .write_part_over(id, 1, base, format!("state {id}").as_bytes())
+                .unwrap(),
+        ];
+        store.commit(id, JOB, &infos).unwrap();
+    }
+
+    fn chain_of(ids: &[u64]) -> PartChain {
+        ids.iter().map(|id| format!("state {id}").into_bytes()).collect()
+    }
+
+    #[test]
+    fn a_delta_reads_back_as_its_chain_and_keeps_its_bases() {
+        let (_dir, mut store) = store(2);
+        checkpoint_over(&mut store, 1, None);
+        checkpoint_over(&mut store, 2, Some(1));
+        checkpoint_over(&mut store, 3, Some(2));
+        checkpoint_over(&mut store, 4, Some(3));
+        let (id, parts) = store.latest_complete(JOB).unwrap().checkpoint.unwrap();
+        assert_eq!(id, 4);
+        assert_eq!(
+            parts[0],
+            vec![b"meta 4".to_vec()],
+            "a whole part is a chain of one"
+        );
+        assert_eq!(parts[1], chain_of(&[1, 2, 3, 4]));
+        assert_eq!(
+            store.read_parts(3, JOB, &[1]).unwrap(),
+            vec![chain_of(&[1, 2, 3])]
+        );
+        // Retaining 2 keeps 3 and 4, and the bases they reach: all of them.
+        assert_eq!(checkpoint_ids(&names(&mut store)).len(), 4);
+        // A whole part again: the chain before it is no longer needed.
+        checkpoint_over(&mut store, 5, None);
+        checkpoint_over(&mut store, 6, Some(5));
+        let kept: Vec<u64> = checkpoint_ids(&names(&mut store)).into_keys().collect();
+        assert_eq!(kept, vec![5, 6]);
+        assert_eq!(
+            store.latest_complete(JOB).unwrap().checkpoint.unwrap().1[1],
+            chain_of(&[5, 6])
+        );
+        assert!(
+            store.write_part_over(7, 1, Some(7), b"x").is_err(),
+            "a delta over itself"
+        );
+        assert!(store.write_part_over(7, 1, Some(0), b"x").is_err());
+    }
+
+    #[test]
+    fn a_corrupt_base_fails_every_checkpoint_over_it_and_says_where() {
+        let (dir, mut store) = store(3);
+        checkpoint_over(&mut store, 1, None);
+        checkpoint_over(&mut store, 2, None);
+        checkpoint_over(&mut store, 3, Some(2));
+        checkpoint_over(&mut store, 4, Some(3));
+        let base = dir.path().join(part_name(3, 1));
+        let mut bytes = std::fs::read(&base).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&base, bytes).unwrap();
+        let recovered = store.latest_complete(JOB).unwrap();
+        assert_eq!(recovered.checkpoint.unwrap().1[1], chain_of(&[2]));
+        assert_eq!(
+            recovered.skipped,
+            vec![
+                "checkpoint 4: part 1, in its base checkpoint 3: checksum mismatch",
+                "checkpoint 3: part 1: checksum mismatch",
+            ]
+        );
+        std::fs::remove_file(dir.path().join(manifest_name(2))).unwrap();
+        let error = store.read_parts(4, JOB, &[0, 1]).unwrap_err().to_string();
+        assert!(
+            error.contains("checkpoint 4: part 1, in its base checkpoint 3"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -768,7 +1001,7 @@ mod tests {
             assert_eq!(manifests, retained);
             assert_eq!(names.len(), retained * 3 + 2, "{names:?}");
             let recovered = store.latest_complete(JOB).unwrap();
-            assert_eq!(recovered.checkpoint, Some((60, parts_of(60, 2))));
+            assert_eq!(recovered.checkpoint, Some((60, wholes(parts_of(60, 2)))));
         }
         let dir = tempfile::tempdir().unwrap();
         let storage = DirStorage::open(dir.path()).unwrap();
@@ -827,7 +1060,7 @@ mod tests {
             .rename(&part_name(1, 0), &part_name(3, 0))
             .unwrap();
         let recovered = store.latest_complete(JOB).unwrap();
-        assert_eq!(recovered.checkpoint, Some((2, parts_of(2, 1))));
+        assert_eq!(recovered.checkpoint, Some((2, wholes(parts_of(2, 1)))));
         assert_eq!(
             recovered.skipped,
             vec!["checkpoint 3: manifest names checkpoint 1"]
@@ -866,7 +1099,7 @@ mod tests {
         (
             ".{0,40}",
             any::<u64>(),
-            proptest::collection::vec((any::<u64>(), any::<u32>()), 0..20),
+            proptest::collection::vec((any::<u64>(), any::<u32>(), any::<u64>()), 0..20),
         )
             .prop_map(|(fingerprint, id, parts)| Manifest {
                 fingerprint,
@@ -874,11 +1107,13 @@ mod tests {
                 parts: parts
                     .into_iter()
                     .enumerate()
-                    .map(|(p, (len, crc))| PartInfo {
+                    .map(|(p, (len, crc, base))| PartInfo {
                         id,
                         part: p as u32,
                         len,
                         crc,
+                        // A base is older than its checkpoint, or none.
+                        base: (id > 1 && base % 2 == 0).then(|| 1 + base % (id - 1)),
                     })
                     .collect(),
             })

@@ -1,11 +1,13 @@
 //! The production checkpoint store on the simulated disk, crashed between any
 //! two storage calls: recovery must always find a complete checkpoint with
 //! exactly the bytes written, never older than the last one committed, and a
-//! planted missing directory sync must be caught.
+//! planted missing directory sync must be caught. Parts are whole or deltas
+//! over the previous checkpoint's part, so retention must keep every base a
+//! kept checkpoint reaches.
 
 use std::collections::BTreeMap;
 use verity_core::{Rng, SplitMix64};
-use verity_state::checkpoint::{CheckpointError, CheckpointStore, Recovered};
+use verity_state::checkpoint::{CheckpointError, CheckpointStore, PartChain, Recovered};
 use verity_verify::sim::disk::{DiskStats, SimDisk};
 
 const JOB: &str = "app=wordcount layout=2x2 sources=sim";
@@ -28,6 +30,13 @@ struct SeedStats {
     recoveries_with_skips: u64,
     /// Storage calls that failed because the disk crashed during them.
     crashes_mid_checkpoint: u64,
+    /// Recovered parts that were deltas (chains of more than one link).
+    deltas_recovered: u64,
+}
+
+fn deltas_in(recovered: &Recovered) -> u64 {
+    let chains = recovered.checkpoint.iter().flat_map(|(_, chains)| chains);
+    chains.filter(|chain| chain.len() > 1).count() as u64
 }
 
 /// Runs one seed, returning why it failed if it did.
@@ -35,9 +44,9 @@ fn run_seed(seed: u64, plant_missing_dir_sync: bool) -> Result<SeedStats, String
     let mut rng = SplitMix64::new(seed ^ 0xD15C_C4A5_4000_0000);
     let mut disk = SimDisk::new(seed);
     let mut stats = SeedStats::default();
-    // The bytes last written for each id, and the newest id whose commit
+    // The chains last written for each id, and the newest id whose commit
     // returned (or whose manifest is known durable).
-    let mut written: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut written: BTreeMap<u64, Vec<PartChain>> = BTreeMap::new();
     let mut committed: Option<u64> = None;
     let retained = 1 + rng.below(3) as usize;
     for life in 0..INCARNATIONS {
@@ -47,19 +56,36 @@ fn run_seed(seed: u64, plant_missing_dir_sync: bool) -> Result<SeedStats, String
         }
         let recovered = recover(&mut store, seed, life, &written, committed)?;
         stats.recoveries_with_skips += u64::from(!recovered.skipped.is_empty());
+        stats.deltas_recovered += deltas_in(&recovered);
         store.storage_mut().crash_after(rng.below(CRASH_WITHIN_OPS));
         let crashes_before = store.storage().stats().crashes;
+        // The complete checkpoint a delta may be over.
+        let mut previous = recovered.checkpoint.as_ref().map(|(id, _)| *id);
         let ids = recovered.next_id..recovered.next_id + u64::from(CHECKPOINTS_PER_INCARNATION);
         'life: for id in ids {
             let parts = random_parts(&mut rng, seed, id);
-            written.insert(id, parts.clone());
+            let mut chains = Vec::with_capacity(parts.len());
             let mut infos = Vec::new();
-            for (part, bytes) in parts.iter().enumerate() {
-                match store.write_part(id, part as u32, bytes) {
+            for (part, bytes) in parts.into_iter().enumerate() {
+                // Checkpoint 0 cannot be a base (the manifest's "whole").
+                let base_chain = previous
+                    .filter(|base| *base != 0)
+                    .and_then(|base| Some((base, written.get(&base)?.get(part)?)));
+                let (base, mut chain) = match base_chain {
+                    Some((base, chain)) if rng.below(2) == 0 => (Some(base), chain.clone()),
+                    _ => (None, Vec::new()),
+                };
+                chain.push(bytes);
+                match store.write_part_over(id, part as u32, base, chain.last().expect("pushed")) {
                     Ok(info) => infos.push(info),
-                    Err(_) => break 'life,
+                    Err(_) => {
+                        written.insert(id, chains);
+                        break 'life;
+                    }
                 }
+                chains.push(chain);
             }
+            written.insert(id, chains);
             match store.commit(id, JOB, &infos) {
                 Ok(()) => {}
                 // The manifest is durable; only removing old files failed.
@@ -67,6 +93,7 @@ fn run_seed(seed: u64, plant_missing_dir_sync: bool) -> Result<SeedStats, String
                 Err(_) => break 'life,
             }
             committed = Some(id);
+            previous = Some(id);
             stats.commits += 1;
         }
         let disk_stats = store.storage().stats();
@@ -82,7 +109,8 @@ fn run_seed(seed: u64, plant_missing_dir_sync: bool) -> Result<SeedStats, String
         disk = store.into_storage();
     }
     let mut store = CheckpointStore::with_retained(disk, retained).expect("retained ≥ 1");
-    recover(&mut store, seed, INCARNATIONS, &written, committed)?;
+    let recovered = recover(&mut store, seed, INCARNATIONS, &written, committed)?;
+    stats.deltas_recovered += deltas_in(&recovered);
     stats.disk = store.storage().stats();
     Ok(stats)
 }
@@ -92,7 +120,7 @@ fn recover(
     store: &mut CheckpointStore<SimDisk>,
     seed: u64,
     life: u32,
-    written: &BTreeMap<u64, Vec<Vec<u8>>>,
+    written: &BTreeMap<u64, Vec<PartChain>>,
     committed: Option<u64>,
 ) -> Result<Recovered, String> {
     let at = format!("seed {seed}, recovery {life}");
@@ -149,6 +177,7 @@ fn crashes_never_lose_a_committed_checkpoint() {
         total.commits += stats.commits;
         total.recoveries_with_skips += stats.recoveries_with_skips;
         total.crashes_mid_checkpoint += stats.crashes_mid_checkpoint;
+        total.deltas_recovered += stats.deltas_recovered;
         total.disk.ops += stats.disk.ops;
         total.disk.crashes += stats.disk.crashes;
         total.disk.torn_files += stats.disk.torn_files;
@@ -164,6 +193,7 @@ fn crashes_never_lose_a_committed_checkpoint() {
     assert!(total.disk.lost_dir_ops > SEEDS, "{total:?}");
     assert!(total.recoveries_with_skips > SEEDS / 10, "{total:?}");
     assert!(total.commits > SEEDS * 3, "{total:?}");
+    assert!(total.deltas_recovered > SEEDS, "{total:?}");
 }
 
 #[test]

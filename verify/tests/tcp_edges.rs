@@ -252,18 +252,12 @@ fn start_receiver(
     output: &Path,
     expect: u64,
 ) -> (SocketAddr, std::thread::JoinHandle<harness::ReceiveReport>) {
-    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = probe.local_addr().unwrap();
-    drop(probe);
+    // Bound here, so no other test can take the port in between.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
     let output = output.to_path_buf();
     let receiving = std::thread::spawn(move || {
-        harness::receive(
-            &address.to_string(),
-            &output,
-            Some(expect),
-            Duration::from_secs(30),
-        )
-        .unwrap()
+        harness::receive_on(listener, &output, Some(expect), Duration::from_secs(30)).unwrap()
     });
     let started = Instant::now();
     while TcpStream::connect(address).is_err() {

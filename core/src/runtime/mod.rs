@@ -770,8 +770,14 @@ pub fn open_checkpoints(
         ),
         _ => {}
     }
-    let resumed = restart.as_ref().map_or(0, |r| r.meta.checkpoint);
-    let writer = Checkpointer::new(store, fingerprint, shards, settings.interval_ms, resumed, next_id);
+    let writer = Checkpointer::new(
+        store,
+        fingerprint,
+        shards,
+        settings.interval_ms,
+        restart.as_ref(),
+        next_id,
+    );
     // Workers read the same path: make it absolute, so it does not depend
     // on where each process was started.
     let state_dir = std::path::absolute(&settings.state_dir).map_err(|e| fail(&e))?;

@@ -596,8 +596,13 @@ where
         let layout =
             Layout::new(vec![config.workers; config.processes as usize], 0).expect("valid sim layout");
         let total = layout.total_shards();
+        // From a stream of its own, so drawing them moved no other draw.
+        let mut snapshot_rng = SplitMix64::new(config.seed ^ 0x5A4B_5107_DE17_A500);
         let limits = ShardLimits {
             batch_max: buggify.batch_max,
+            snapshot_deltas_max: [0, 1, 3, verity_core::shard::SNAPSHOT_DELTAS_MAX]
+                [snapshot_rng.below(4) as usize],
+            snapshot_delta_changed_max_percent: [50, 100][snapshot_rng.below(2) as usize],
             ..ShardLimits::default()
         };
         let mut shards = ShardCore::build_range(logic, total, 0..total, limits);
@@ -658,7 +663,7 @@ where
                 SIM_JOB.into(),
                 total,
                 interval_ms,
-                resumed,
+                restart,
                 recovery.as_ref().map_or(1, |r| r.next_store_id),
             )
         });
