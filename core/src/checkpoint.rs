@@ -532,7 +532,9 @@ pub(crate) fn encode_part(part: &CheckpointPart) -> Vec<u8> {
         ended.encode(&mut out);
     }
     part.delta.encode(&mut out);
-    encode_bytes(&part.state, &mut out);
+    // A u64 length: one shard's state may be over 4 GiB.
+    (part.state.len() as u64).encode(&mut out);
+    out.extend_from_slice(&part.state);
     out
 }
 
@@ -554,7 +556,10 @@ pub(crate) fn decode_part(mut input: &[u8]) -> Result<CheckpointPart, WireError>
         ended.push(Option::<u64>::decode(input)?);
     }
     let delta = bool::decode(input)?;
-    let state = decode_bytes(input)?.to_vec();
+    let state_len = u64::decode(input)?;
+    let state_len =
+        usize::try_from(state_len).map_err(|_| WireError::Invalid("a state larger than memory"))?;
+    let state = crate::wire::take(input, state_len)?.to_vec();
     if !input.is_empty() {
         return Err(WireError::Invalid("bytes after the part"));
     }

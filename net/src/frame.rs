@@ -26,8 +26,9 @@ use std::io::{self, Read};
 use std::ops::Range;
 
 pub const FRAME_MAGIC: [u8; 4] = *b"VRTY";
-/// 2: a hello names the sender's incarnation (`auth`).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 2: a hello names the sender's incarnation (`auth`). 3: checkpoint parts
+/// cross in pieces, and say whether they are deltas (`verity-core`'s codec).
+pub const PROTOCOL_VERSION: u16 = 3;
 pub const FRAME_HEADER_SIZE_BYTES: usize = 32;
 /// Largest frame, header included.
 pub const FRAME_SIZE_MAX_BYTES: usize = 16 << 20;
@@ -448,7 +449,7 @@ mod tests {
         let frame = &out[range];
         assert_eq!(frame.len(), FRAME_HEADER_SIZE_BYTES + RECORD_PREFIX_BYTES + 3);
         assert_eq!(&frame[0..4], b"VRTY");
-        assert_eq!(&frame[4..6], &[2, 0]);
+        assert_eq!(&frame[4..6], &[3, 0]);
         assert_eq!(frame[6], FrameKind::Ack as u8);
         assert_eq!(frame[7], 0);
         assert_eq!(&frame[8..12], &[7, 0, 0, 0]);

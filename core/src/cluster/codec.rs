@@ -279,15 +279,116 @@ pub enum Upstream {
     },
     /// The shard finished; its last message.
     Finished(ShardCounters),
-    /// The shard's part of a checkpoint, after the output that belongs to it.
-    Checkpoint(CheckpointPart),
+    /// A piece of the shard's part of a checkpoint (`PartUpload`), after
+    /// the output that belongs to it: bytes `offset..` of the encoded part of
+    /// `total` bytes.
+    CheckpointPiece {
+        total: u64,
+        offset: u64,
+        bytes: Bytes,
+    },
 }
 
 const UP_LINES: u8 = 0;
 const UP_DEAD_LETTER: u8 = 1;
 const UP_SOURCE_FAILED: u8 = 2;
 const UP_FINISHED: u8 = 3;
-const UP_CHECKPOINT: u8 = 4;
+const UP_CHECKPOINT_PIECE: u8 = 5;
+
+/// The largest piece of a checkpoint part in one frame: well under the frame
+/// limit, so a part of any size (a large keyed state) crosses in frames
+/// the network takes.
+pub const PART_PIECE_MAX_BYTES: usize = 4 << 20;
+
+/// A shard's checkpoint part on its way to process 0, in pieces of at most
+/// `piece_max` bytes: both drivers send `next` until it is `None`, and may
+/// stop between pieces (a full queue) and go on later.
+#[derive(Debug)]
+pub struct PartUpload {
+    checkpoint: u64,
+    bytes: Vec<u8>,
+    sent: usize,
+    piece_max: usize,
+    done: bool,
+}
+
+impl PartUpload {
+    pub fn new(part: &CheckpointPart, piece_max: usize) -> PartUpload {
+        assert!(piece_max > 0);
+        PartUpload {
+            checkpoint: part.checkpoint,
+            bytes: crate::checkpoint::encode_part(part),
+            sent: 0,
+            piece_max,
+            done: false,
+        }
+    }
+
+    /// The checkpoint whose part this is.
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    /// The next piece to send, if any is left.
+    pub fn next(&self) -> Option<UpstreamRef<'_>> {
+        if self.done {
+            return None;
+        }
+        let end = self.bytes.len().min(self.sent + self.piece_max);
+        Some(UpstreamRef::CheckpointPiece {
+            total: self.bytes.len() as u64,
+            offset: self.sent as u64,
+            bytes: &self.bytes[self.sent..end],
+        })
+    }
+
+    /// The piece `next` gave was sent.
+    pub fn sent_one(&mut self) {
+        self.sent = self.bytes.len().min(self.sent + self.piece_max);
+        self.done = self.sent == self.bytes.len();
+    }
+}
+
+/// Process 0's end of `PartUpload`: pieces of one shard's parts, put back
+/// together, each checked to follow the one before.
+#[derive(Debug, Default)]
+pub struct PartAssembly {
+    bytes: Vec<u8>,
+    total: Option<u64>,
+}
+
+impl PartAssembly {
+    /// Takes the next piece; returns the part once its last piece is in.
+    pub fn on_piece(
+        &mut self,
+        total: u64,
+        offset: u64,
+        piece: &[u8],
+    ) -> Result<Option<CheckpointPart>, String> {
+        if *self.total.get_or_insert(total) != total {
+            return Err(format!(
+                "a checkpoint piece says the part has {total} bytes, an earlier one {}",
+                self.total.unwrap_or_default()
+            ));
+        }
+        if offset != self.bytes.len() as u64 {
+            return Err(format!(
+                "a checkpoint piece at byte {offset}, where byte {} was next",
+                self.bytes.len()
+            ));
+        }
+        if offset + piece.len() as u64 > total {
+            return Err(format!("a checkpoint piece runs past the part's {total} bytes"));
+        }
+        self.bytes.extend_from_slice(piece);
+        if (self.bytes.len() as u64) < total {
+            return Ok(None);
+        }
+        let part = crate::checkpoint::decode_part(&self.bytes).map_err(|e| format!("a checkpoint part: {e}"));
+        *self = PartAssembly::default();
+        part.map(Some)
+    }
+}
 
 pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
     match message {
@@ -321,9 +422,13 @@ pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
             });
             frame.push_record(error.as_bytes());
         }
-        UpstreamRef::Checkpoint(part) => {
-            frame.record_with(|out| UP_CHECKPOINT.encode(out));
-            frame.push_record(&crate::checkpoint::encode_part(part));
+        UpstreamRef::CheckpointPiece { total, offset, bytes } => {
+            frame.record_with(|out| {
+                UP_CHECKPOINT_PIECE.encode(out);
+                total.encode(out);
+                offset.encode(out);
+            });
+            frame.push_record(bytes);
         }
         UpstreamRef::Finished(c) => frame.record_with(|out| {
             UP_FINISHED.encode(out);
@@ -338,9 +443,16 @@ pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
 pub enum UpstreamRef<'a> {
     Lines(&'a OutputBatch),
     DeadLetter(&'a DeadLetter),
-    SourceFailed { source: u32, error: &'a str },
+    SourceFailed {
+        source: u32,
+        error: &'a str,
+    },
     Finished(ShardCounters),
-    Checkpoint(&'a CheckpointPart),
+    CheckpointPiece {
+        total: u64,
+        offset: u64,
+        bytes: &'a [u8],
+    },
 }
 
 pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
@@ -380,7 +492,11 @@ pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
                 error: String::from_utf8_lossy(&body()?).into_owned(),
             }
         }
-        UP_CHECKPOINT => Upstream::Checkpoint(crate::checkpoint::decode_part(&body()?).map_err(bad)?),
+        UP_CHECKPOINT_PIECE => Upstream::CheckpointPiece {
+            total: u64::decode(&mut input).map_err(bad)?,
+            offset: u64::decode(&mut input).map_err(bad)?,
+            bytes: body()?,
+        },
         UP_FINISHED => {
             let mut next = || u64::decode(&mut input).map_err(bad);
             Upstream::Finished(ShardCounters {
@@ -699,6 +815,73 @@ mod control_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn part_of(bytes: usize) -> CheckpointPart {
+        CheckpointPart {
+            shard: 2,
+            checkpoint: 7,
+            cuts: vec![None],
+            ended: vec![Some(3)],
+            delta: true,
+            state: (0..bytes).map(|i| i as u8).collect(),
+        }
+    }
+
+    #[test]
+    fn a_part_crosses_in_pieces_and_is_put_back_together() {
+        for (state_bytes, piece_max) in [(0, 1), (10, 4), (1000, 64), (1000, PART_PIECE_MAX_BYTES)] {
+            let part = part_of(state_bytes);
+            let mut upload = PartUpload::new(&part, piece_max);
+            let mut assembly = PartAssembly::default();
+            let mut pieces = 0;
+            let mut assembled = None;
+            while let Some(piece) = upload.next() {
+                let frame = framed(|writer| encode_upstream(&piece, writer));
+                let Upstream::CheckpointPiece { total, offset, bytes } = decode_upstream(&frame).unwrap()
+                else {
+                    panic!("a piece decodes as a piece")
+                };
+                assert!(bytes.len() <= piece_max);
+                assert!(assembled.is_none(), "nothing after the last piece");
+                assembled = assembly.on_piece(total, offset, &bytes).unwrap();
+                upload.sent_one();
+                pieces += 1;
+            }
+            let encoded = crate::checkpoint::encode_part(&part).len();
+            assert_eq!(
+                pieces,
+                encoded.div_ceil(piece_max),
+                "{state_bytes} bytes in pieces of {piece_max}"
+            );
+            assert_eq!(assembled, Some(part));
+        }
+    }
+
+    #[test]
+    fn pieces_out_of_order_or_of_another_size_are_refused() {
+        let mut assembly = PartAssembly::default();
+        assert_eq!(assembly.on_piece(10, 0, &[0; 4]).unwrap(), None);
+        assert!(assembly
+            .on_piece(10, 0, &[0; 4])
+            .unwrap_err()
+            .contains("where byte 4 was next"));
+        let mut assembly = PartAssembly::default();
+        assembly.on_piece(10, 0, &[0; 4]).unwrap();
+        assert!(assembly
+            .on_piece(12, 4, &[0; 4])
+            .unwrap_err()
+            .contains("an earlier one 10"));
+        let mut assembly = PartAssembly::default();
+        assert!(assembly
+            .on_piece(3, 0, &[0; 4])
+            .unwrap_err()
+            .contains("runs past"));
+        let mut assembly = PartAssembly::default();
+        assert!(assembly
+            .on_piece(2, 0, &[0; 2])
+            .unwrap_err()
+            .contains("a checkpoint part"));
+    }
     #[test]
     fn chunks_cross_with_their_partition_and_position() {
         let event = SourceEvent::Chunk {

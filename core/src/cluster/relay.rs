@@ -2,7 +2,7 @@
 //! output frame means and where it goes. The runtime's relay thread
 //! (`runtime::relay_output`) and the simulator both drive it.
 
-use super::codec::{decode_upstream, Upstream};
+use super::codec::{decode_upstream, PartAssembly, Upstream};
 use super::ClusterError;
 use crate::shard::ShardCounters;
 use crate::sink::OutputMessage;
@@ -25,6 +25,9 @@ pub enum Relayed {
     SourceFailed { source: u32, error: String },
     /// The shard finished with these totals; nothing follows on its channel.
     Finished(ShardCounters),
+    /// Nothing to do: a piece of a checkpoint part whose last piece is
+    /// still to come.
+    Pending,
     /// Nothing to do (only a planted bug says so).
     Dropped,
 }
@@ -32,6 +35,7 @@ pub enum Relayed {
 pub struct OutputRelay {
     shard: u32,
     finished: bool,
+    part: PartAssembly,
     bugs: RelayBugs,
 }
 
@@ -40,6 +44,7 @@ impl OutputRelay {
         OutputRelay {
             shard,
             finished: false,
+            part: PartAssembly::default(),
             bugs: RelayBugs::default(),
         }
     }
@@ -64,13 +69,22 @@ impl OutputRelay {
             Upstream::DeadLetter(_) if self.bugs.drop_dead_letters => Relayed::Dropped,
             Upstream::DeadLetter(letter) => Relayed::ToSinks(OutputMessage::DeadLetter(letter)),
             Upstream::SourceFailed { source, error } => Relayed::SourceFailed { source, error },
-            Upstream::Checkpoint(part) if part.shard != shard => {
-                return Err(ClusterError::Malformed(format!(
-                    "shard {shard} sent shard {}'s checkpoint part",
-                    part.shard
-                )))
+            Upstream::CheckpointPiece { total, offset, bytes } => {
+                let part = self
+                    .part
+                    .on_piece(total, offset, &bytes)
+                    .map_err(|e| ClusterError::Malformed(format!("output from shard {shard}: {e}")))?;
+                match part {
+                    None => Relayed::Pending,
+                    Some(part) if part.shard != shard => {
+                        return Err(ClusterError::Malformed(format!(
+                            "shard {shard} sent shard {}'s checkpoint part",
+                            part.shard
+                        )))
+                    }
+                    Some(part) => Relayed::ToSinks(OutputMessage::Checkpoint(part)),
+                }
             }
-            Upstream::Checkpoint(part) => Relayed::ToSinks(OutputMessage::Checkpoint(part)),
             Upstream::Finished(counters) => {
                 self.finished = true;
                 Relayed::Finished(counters)

@@ -877,7 +877,7 @@ fn relay_output(
                 let _ = done.send(counters);
                 return Ok(());
             }
-            Relayed::Dropped => Ok(()),
+            Relayed::Pending | Relayed::Dropped => Ok(()),
         };
     }
     Ok(())

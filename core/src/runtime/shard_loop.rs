@@ -9,7 +9,7 @@
 
 use super::wiring::{OutputOut, ShardChannels};
 use super::LiveCounters;
-use crate::cluster::codec::{encode_upstream, UpstreamRef};
+use crate::cluster::codec::{encode_upstream, PartUpload, UpstreamRef, PART_PIECE_MAX_BYTES};
 use crate::driver::{OutputSent, Sent, ShardDriver, ShardPorts, Wait, Watch};
 use crate::key::Key;
 use crate::line::DeadLetter;
@@ -167,8 +167,15 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
             OutputOut::Local(tx) => {
                 let _ = tx.send((self.shard, OutputMessage::Checkpoint(part)));
             }
-            // To process 0, which writes every part.
-            output @ OutputOut::Remote(_) => send_upstream(output, UpstreamRef::Checkpoint(&part)),
+            // To process 0, which writes every part, in pieces (a part can
+            // be far larger than a frame).
+            output @ OutputOut::Remote(_) => {
+                let mut upload = PartUpload::new(&part, PART_PIECE_MAX_BYTES);
+                while let Some(piece) = upload.next() {
+                    send_upstream(output, piece);
+                    upload.sent_one();
+                }
+            }
         }
         Sent::Done
     }

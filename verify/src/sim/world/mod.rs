@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use verity_core::checkpoint::{Checkpointer, Restart};
 use verity_core::cluster::codec::{
-    decode_batch, decode_source_event, encode_batch, encode_source_event, encode_upstream, UpstreamRef,
+    decode_batch, decode_source_event, encode_batch, encode_source_event, encode_upstream, PartUpload,
+    UpstreamRef, PART_PIECE_MAX_BYTES,
 };
 use verity_core::cluster::relay::OutputRelay;
 use verity_core::cluster::{channel_id, Layout};
@@ -204,6 +205,11 @@ struct World<'a, K, V, S, O> {
     drivers: Vec<Option<ShardDriver<K, V, S, O>>>,
     /// Shards whose last step waited for room (a parked send, a full sink).
     waits_for_room: Vec<bool>,
+    /// Per remote shard: its checkpoint part on the way to process 0, in
+    /// pieces (`PartUpload`), while the output queue takes them.
+    uploads: Vec<Option<PartUpload>>,
+    /// The largest piece of an upload (production: `PART_PIECE_MAX_BYTES`).
+    part_piece_max: usize,
     /// Per shard: its thread is not scheduled before this time.
     stalled_until_us: Vec<u64>,
     /// Per shard that waits for input: the queues it waits on.
@@ -720,6 +726,8 @@ where
             queue: BinaryHeap::new(),
             drivers,
             waits_for_room: vec![false; total as usize],
+            uploads: (0..total).map(|_| None).collect(),
+            part_piece_max: [64, 1024, PART_PIECE_MAX_BYTES][snapshot_rng.below(3) as usize],
             stalled_until_us: vec![0; total as usize],
             watching: vec![None; total as usize],
             // One more for the network's wrong-secret intruder.

@@ -293,14 +293,25 @@ where
                 .write_to_sinks(self.shard, OutputMessage::Checkpoint(part));
             return Sent::Done;
         }
-        if self
-            .world
-            .try_upstream(self.shard, &UpstreamRef::Checkpoint(&part))
-        {
-            Sent::Done
-        } else {
-            Sent::Full(part)
+        // In pieces, as many as the output queue takes now; the rest when
+        // the driver offers the part again.
+        let s = self.shard as usize;
+        let piece_max = self.world.part_piece_max;
+        let mut upload = match self.world.uploads[s].take() {
+            Some(upload) => {
+                assert_eq!(upload.checkpoint(), part.checkpoint, "one part at a time");
+                upload
+            }
+            None => PartUpload::new(&part, piece_max),
+        };
+        while let Some(piece) = upload.next() {
+            if !self.world.try_upstream(self.shard, &piece) {
+                self.world.uploads[s] = Some(upload);
+                return Sent::Full(part);
+            }
+            upload.sent_one();
         }
+        Sent::Done
     }
 
     fn try_source_failed(&mut self, source: u32, error: String) -> Sent<String> {
@@ -549,7 +560,7 @@ where
                         self.remote_finished += 1;
                         add_counters(&mut self.remote_counters, counters);
                     }
-                    Relayed::Dropped => {}
+                    Relayed::Pending | Relayed::Dropped => {}
                 }
             }
         }

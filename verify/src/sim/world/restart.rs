@@ -209,6 +209,7 @@ where
                 self.drivers[s] = None;
             }
             self.waits_for_room[s] = false;
+            self.uploads[s] = None;
             self.watching[s] = None;
             self.stalled_until_us[s] = 0;
         }
