@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Checkpoints of a large state: seq-window over KEYS distinct keys (ROUNDS
-# records each, key after key), 2 workers, file sink.
+# Checkpoints of a large state: seq-window over KEYS distinct keys, 2
+# workers, file sink. The first round gives every key a record; the other
+# ROUNDS-1 rounds' KEYS records each go, key after key, over the first HOT
+# keys only (HOT = KEYS, the default: every key changes all the time; a
+# small HOT: a large cold state and a hot set, where incremental snapshots
+# write only what changed).
 # 1. Throughput without checkpoints and with them every 1000 ms (the
 #    default), the runners taking turns, median of REPEAT; the output
 #    thread's own figures of the checkpointed runs: size, request to durable
@@ -9,14 +13,18 @@
 # 2. Recovery of a 3-process cluster: a worker is killed with SIGKILL once a
 #    checkpoint of the whole state exists; the time from the kill until every
 #    process restored its shards and processes again.
-# Usage: bench/checkpoints-large-state.sh [KEYS] [ROUNDS] [REPEAT]
+# Usage: bench/checkpoints-large-state.sh [KEYS] [ROUNDS] [REPEAT] [HOT]
+# VERITY_BIN=path runs another build (e.g. an older one, for a comparison).
 set -euo pipefail
 keys=${1:-1000000}
 rounds=${2:-6}
 repeat=${3:-3}
+hot=${4:-$keys}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p verity
-verity=$PWD/target/release/verity
+if [ -z "${VERITY_BIN:-}" ]; then
+    cargo build --release --quiet -p verity
+fi
+verity=${VERITY_BIN:-$PWD/target/release/verity}
 work=$(mktemp -d)
 leader=
 cleanup() {
@@ -27,8 +35,10 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-awk -v keys="$keys" -v rounds="$rounds" \
-    'BEGIN { for (r = 1; r <= rounds; r++) for (k = 0; k < keys; k++) print "key" k, r }' > "$work/in.txt"
+awk -v keys="$keys" -v rounds="$rounds" -v hot="$hot" 'BEGIN {
+    for (k = 0; k < keys; k++) print "key" k, 1
+    for (j = 0; j < (rounds - 1) * keys; j++) print "key" (j % hot), 2 + int(j / hot)
+}' > "$work/in.txt"
 records=$((keys * rounds))
 
 run() {
@@ -45,7 +55,7 @@ for _ in $(seq "$repeat"); do
 done
 off_s=$(printf '%s\n' "${off[@]}" | median)
 on_s=$(printf '%s\n' "${on[@]}" | median)
-echo "# seq-window, $keys keys x $rounds rounds = $records records, 2 workers, file sink, median of $repeat interleaved runs"
+echo "# seq-window, $keys keys x $rounds rounds = $records records (after the first round over $hot hot keys), 2 workers, file sink, median of $repeat interleaved runs"
 printf '%-34s %9s %14s %8s\n' runner seconds records/s ratio
 row() { awk -v name="$1" -v s="$2" -v n="$records" -v base="$off_s" \
     'BEGIN { printf "%-34s %9.3f %14.0f %8.2f\n", name, s, n / s, base / s }'; }
