@@ -294,6 +294,25 @@ fn a_reordering_retry_of_parked_sends_is_caught() {
     }
 }
 
+/// Recoveries read deltas over whole snapshots, and remote shards' parts
+/// cross in pieces, some of them held up by a full output queue.
+#[test]
+fn incremental_snapshots_and_part_pieces_really_happen() {
+    let mut stats = verity_verify::sim::SimStats::default();
+    for seed in 0..40 {
+        for app in [AppName::SeqWindow, AppName::Wordcount] {
+            let config = SimConfig {
+                faults: Faults::parse("crash,delay,cut,pause").unwrap(),
+                ..SimConfig::new(app, seed)
+            };
+            stats.merge(&run_seed_ok(&config).stats);
+        }
+    }
+    for counter in ["deltas_restored", "part_pieces", "part_uploads_resumed"] {
+        assert!(stats.get(counter) > 0, "{counter} never happened:\n{stats}");
+    }
+}
+
 #[test]
 fn backpressure_and_dead_letters_really_happen() {
     let mut stats = verity_verify::sim::SimStats::default();

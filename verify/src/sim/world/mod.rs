@@ -619,9 +619,11 @@ where
             shards.iter_mut().for_each(ShardCore::disable_dedup_for_testing);
         }
         let restart = recovery.as_ref().and_then(|r| r.restart.as_ref());
+        let mut restored_deltas = 0;
         if let Some(restart) = restart {
             for core in &mut shards {
                 let part = &restart.parts[core.index() as usize];
+                restored_deltas += part.len() as u64 - 1;
                 core.restore(part)
                     .unwrap_or_else(|e| panic!("restoring after the crash: {e}"));
             }
@@ -782,6 +784,7 @@ where
             } else {
                 "recoveries_from_start"
             });
+            world.stats.add("deltas_restored", restored_deltas);
             world.trace(format_args!(
                 "every process restarts from checkpoint {resumed} (--recover)"
             ));

@@ -304,12 +304,19 @@ where
             }
             None => PartUpload::new(&part, piece_max),
         };
+        if upload
+            .next()
+            .is_some_and(|piece| matches!(piece, UpstreamRef::CheckpointPiece { offset, .. } if offset > 0))
+        {
+            self.world.stats.bump("part_uploads_resumed");
+        }
         while let Some(piece) = upload.next() {
             if !self.world.try_upstream(self.shard, &piece) {
                 self.world.uploads[s] = Some(upload);
                 return Sent::Full(part);
             }
             upload.sent_one();
+            self.world.stats.bump("part_pieces");
         }
         Sent::Done
     }
