@@ -148,7 +148,7 @@ impl JobSpec {
         Some(RestoreFrom {
             state_dir: PathBuf::from(&checkpoints.state_dir),
             fingerprint: checkpoints.fingerprint.clone(),
-            checkpoint: checkpoints.restore_from,
+            store_id: checkpoints.restore_from,
         })
     }
 
@@ -747,7 +747,7 @@ mod tests {
             }),
         };
         assert_eq!(JobSpec::from_job(&spec.to_job()).unwrap(), spec);
-        assert_eq!(spec.restore().unwrap().checkpoint, 3);
+        assert_eq!(spec.restore().unwrap().store_id, 3);
         let fresh = JobSpec {
             checkpoints: Some(JobCheckpoints {
                 restore_from: 0,

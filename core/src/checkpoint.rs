@@ -168,35 +168,62 @@ pub struct RestoreFrom {
     pub state_dir: PathBuf,
     /// The job's fingerprint in every manifest (`Checkpointer::fingerprint`).
     pub fingerprint: String,
-    pub checkpoint: u64,
+    /// Its id in the store (`Restart::store_id`).
+    pub store_id: u64,
 }
 
 impl RestoreFrom {
-    /// The parts of `shards` (global indexes), in that order, each as its
-    /// chain and checked against the manifests.
-    pub fn read_parts(&self, shards: Range<u32>) -> Result<Vec<Vec<CheckpointPart>>, RecoverError> {
+    /// The checkpoint's number and the parts of `shards` (global indexes),
+    /// in that order, each as its chain and checked against the manifests.
+    pub fn read_parts(&self, shards: Range<u32>) -> Result<(u64, Vec<Vec<CheckpointPart>>), RecoverError> {
         if !self.state_dir.is_dir() {
             return Err(RecoverError::NotShared(self.state_dir.display().to_string()));
         }
         let storage = DirStorage::open(&self.state_dir).map_err(CheckpointError::Io)?;
+        self.read_parts_from(storage, shards)
+    }
+
+    /// `read_parts` from `storage` (the simulator's disk, or the state dir).
+    pub fn read_parts_from(
+        &self,
+        storage: impl Storage,
+        shards: Range<u32>,
+    ) -> Result<(u64, Vec<Vec<CheckpointPart>>), RecoverError> {
         let mut store = CheckpointStore::new(storage);
-        let id = self.checkpoint;
-        let wanted: Vec<u32> = shards.clone().map(|shard| shard + 1).collect();
+        let id = self.store_id;
+        // Part 0 too: its metadata names the checkpoint every part must be of.
+        let wanted: Vec<u32> = std::iter::once(0)
+            .chain(shards.clone().map(|shard| shard + 1))
+            .collect();
         let chains = store.read_parts(id, &self.fingerprint, &wanted)?;
+        let meta = decode_meta(id, &chains[0])?;
         let parts = shards
-            .zip(&chains)
+            .zip(&chains[1..])
             .map(|(shard, chain)| decode_chain(id, shard, chain))
             .collect::<Result<Vec<_>, _>>()?;
         for chain in &parts {
-            if chain.last().map(|part| part.checkpoint) != Some(self.checkpoint) {
+            if chain.last().map(|part| part.checkpoint) != Some(meta.checkpoint) {
                 return Err(RecoverError::Malformed {
                     id,
                     what: format!("shard {}'s part", chain[0].shard),
-                    error: WireError::Invalid("it is of another checkpoint"),
+                    error: WireError::Invalid("it is of another checkpoint than the job metadata"),
                 });
             }
         }
-        Ok(parts)
+        Ok((meta.checkpoint, parts))
+    }
+}
+
+/// Part 0 of checkpoint `id`, which is always whole.
+fn decode_meta(id: u64, chain: &[Vec<u8>]) -> Result<JobMeta, RecoverError> {
+    let malformed = |error| RecoverError::Malformed {
+        id,
+        what: "its job metadata".into(),
+        error,
+    };
+    match chain {
+        [whole] => JobMeta::decode(whole).map_err(malformed),
+        _ => Err(malformed(WireError::Invalid("stored as a delta"))),
     }
 }
 
@@ -326,12 +353,7 @@ impl Checkpointer {
                 expected,
             });
         }
-        let malformed = |what: String| move |error| RecoverError::Malformed { id, what, error };
-        if parts[0].len() != 1 {
-            let error = WireError::Invalid("stored as a delta");
-            return Err(malformed("its job metadata".into())(error));
-        }
-        let meta = JobMeta::decode(&parts[0][0]).map_err(malformed("its job metadata".into()))?;
+        let meta = decode_meta(id, &parts[0])?;
         let mut parts = parts;
         if bugs.state_from_older_checkpoint {
             // The sources' cuts of this checkpoint, the state of an older one.

@@ -83,7 +83,8 @@ pub struct JobCheckpoints {
     pub state_dir: String,
     /// The job's fingerprint in every manifest.
     pub fingerprint: String,
-    /// The checkpoint the run continues from; 0 for a run from the start.
+    /// The id in the store of the checkpoint the run continues from (not its
+    /// number: ids also count torn checkpoints); 0 for a run from the start.
     pub restore_from: u64,
 }
 

@@ -517,7 +517,7 @@ where
             let parts = restore
                 .read_parts(local.clone())
                 .map_err(|e| RunError::Checkpoint(e.to_string()))?;
-            Some((restore.checkpoint, parts))
+            Some(parts)
         }
         (None, None) => None,
     };
@@ -720,8 +720,9 @@ pub struct OpenedCheckpoints {
 
 impl OpenedCheckpoints {
     /// The checkpoint the run continues from (0: from the start).
+    /// The store id of the checkpoint the run recovers from, 0 if none.
     pub fn resumed_from(&self) -> u64 {
-        self.restart.as_ref().map_or(0, |r| r.meta.checkpoint)
+        self.restart.as_ref().map_or(0, |r| r.store_id)
     }
 
     /// What the workers of a cluster need to know of them.

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
+use verity_core::checkpoint::RestoreFrom;
 use verity_core::checkpoint::{Checkpointer, Restart};
 use verity_core::cluster::codec::{
     decode_batch, decode_source_event, encode_batch, encode_source_event, encode_upstream, PartUpload,
@@ -52,6 +53,10 @@ const STOP_SEED_ONE_IN: u64 = 8;
 /// With the `crash` fault, one seed in this many (of those without a
 /// failure or a stop) has every process die at once and recover.
 const CRASH_SEED_ONE_IN: u64 = 3;
+/// Lives of a cluster in one seed: a recovered cluster may crash again (as
+/// likely as the first), so a recovery meets the store of an earlier one,
+/// whose ids ran ahead of the checkpoints' numbers past a torn checkpoint.
+const LIVES_MAX: u32 = 3;
 /// The job name the simulated checkpoints carry.
 const SIM_JOB: &str = "sim";
 /// Input arrives over at most this share of the faulty period, so traffic
@@ -256,8 +261,10 @@ struct World<'a, K, V, S, O> {
     disk: crate::sim::disk::SharedDisk,
     /// Every process died (the `crash` fault): the run stops here.
     crashed: bool,
-    /// This cluster was restarted after a crash: no second one.
+    /// This cluster was restarted after a crash.
     recovered: bool,
+    /// Which life of the cluster this is: 0, then one more per crash.
+    life: u32,
     /// The `restart` fault, watched from outside.
     restart_watch: restart::RestartWatch,
 }
@@ -281,6 +288,8 @@ struct Recovery {
     crashed: Crashed,
     restart: Option<Restart>,
     next_store_id: u64,
+    /// The life it begins (1 after the first crash).
+    life: u32,
 }
 
 /// Runs `logic` over `inputs` (one per source), whose whole output has
@@ -307,7 +316,9 @@ where
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut world = World::new(config, &logic, inputs, expected_lines, None);
         let mut failure = world.run();
-        if failure.is_none() && world.crashed {
+        let mut life = 0;
+        while failure.is_none() && world.crashed {
+            life += 1;
             let crashed = world.crash();
             let total = config.processes * config.workers;
             let mut store = verity_state::checkpoint::CheckpointStore::new(
@@ -319,6 +330,7 @@ where
                         crashed,
                         restart,
                         next_store_id,
+                        life,
                     };
                     world = World::new(config, &logic, inputs, expected_lines, Some(recovery));
                     failure = world.run();
@@ -620,11 +632,34 @@ where
         }
         let restart = recovery.as_ref().and_then(|r| r.restart.as_ref());
         let mut restored_deltas = 0;
-        if let Some(restart) = restart {
+        if let (Some(restart), Some(recovery)) = (restart, &recovery) {
+            // Process 0's shards from its recovery; every other process reads
+            // its own shards' parts from the disk, as a worker does.
+            let restore_from = RestoreFrom {
+                state_dir: Default::default(),
+                fingerprint: SIM_JOB.into(),
+                store_id: restart.store_id,
+            };
+            let mut chains: Vec<Vec<CheckpointPart>> = Vec::with_capacity(total as usize);
+            for process in 0..config.processes {
+                let range = layout.shards_of(process);
+                if process == 0 {
+                    chains.extend_from_slice(&restart.parts[range.start as usize..range.end as usize]);
+                    continue;
+                }
+                let (checkpoint, read) = restore_from
+                    .read_parts_from(recovery.crashed.disk.clone(), range)
+                    .unwrap_or_else(|e| panic!("process {process} reading its parts after the crash: {e}"));
+                assert_eq!(
+                    checkpoint, restart.meta.checkpoint,
+                    "the checkpoint process 0 recovers"
+                );
+                chains.extend(read);
+            }
             for core in &mut shards {
-                let part = &restart.parts[core.index() as usize];
-                restored_deltas += part.len() as u64 - 1;
-                core.restore(part)
+                let chain = &chains[core.index() as usize];
+                restored_deltas += chain.len() as u64 - 1;
+                core.restore(chain)
                     .unwrap_or_else(|e| panic!("restoring after the crash: {e}"));
             }
         }
@@ -661,7 +696,8 @@ where
         };
         if recovery.is_some() {
             // The same sizes (BUGGIFY) as before the crash, other timings.
-            rng = SplitMix64::new(config.seed ^ 0x00c0_ffee_d00d);
+            let life = recovery.as_ref().map_or(0, |r| r.life);
+            rng = SplitMix64::new(config.seed ^ 0x00c0_ffee_d00d ^ (u64::from(life - 1) << 48));
         }
         let resumed = restart.map_or(0, |r| r.meta.checkpoint);
         let checkpointer = buggify.checkpoint_interval_ms.map(|interval_ms| {
@@ -773,6 +809,7 @@ where
             disk,
             crashed: false,
             recovered: recovery.is_some(),
+            life: recovery.as_ref().map_or(0, |r| r.life),
             restart_watch: restart::RestartWatch::new(config.processes),
         };
         if let Some(recovery) = recovery {
@@ -862,7 +899,7 @@ where
         } else if faults.stop && self.rng.chance(1, STOP_SEED_ONE_IN) {
             let everyone = self.rng.chance(1, 2);
             plan.push((self.rng.below(self.heal_us), Event::Stop { everyone }));
-        } else if faults.crash && !self.recovered && self.rng.chance(1, CRASH_SEED_ONE_IN) {
+        } else if faults.crash && self.life + 1 < LIVES_MAX && self.rng.chance(1, CRASH_SEED_ONE_IN) {
             let event = if self.rng.chance(1, 2) {
                 Event::CrashAll
             } else {
