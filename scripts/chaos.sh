@@ -5,7 +5,15 @@
 # processes 0 and 1, and worker processes paused (SIGSTOP/SIGCONT) at seeded
 # times. The output is then checked against the oracle.
 # Usage: scripts/chaos.sh [SEED] [RECORDS] [APP]
+#        scripts/chaos.sh --kill [APP] [RECORDS] [KILLS] [SEED] [--no-kill-all]
+# --kill: the kill -9 soak of a checkpointed 3-process cluster instead
+# (scripts/cluster-crash-recover.sh): random workers killed KILLS times, then
+# every process at once, the newest checkpoint corrupted, --recover, verify.
 set -euo pipefail
+if [ "${1:-}" = "--kill" ]; then
+    shift
+    exec "$(dirname "$0")/cluster-crash-recover.sh" "$@"
+fi
 seed=${1:-1}
 records=${2:-200000}
 app=${3:-seq-window}
