@@ -21,6 +21,9 @@
 //! numbered line once (dropping resent ones) to a plain file of lines, acks
 //! what it wrote, and stops at `--expect` lines or after a silence.
 
+mod staging;
+
+use staging::Staging;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -577,28 +580,33 @@ struct Peer {
 
 /// What the receiver wrote, across connections.
 struct Written {
-    out: BufWriter<File>,
-    arrivals: BufWriter<File>,
+    output: FinalOutput,
     /// Every sequence up to this is held: written, or (from a staged sink)
     /// staged.
     have: u64,
     /// Whether sinks stage their lines (`tcp_stream`, version 2): set by
     /// the first sink, the same for every later one.
     staged_sinks: Option<bool>,
-    /// Staged lines `committed + 1 ..= have`, in frames as they came.
-    staged: VecDeque<Vec<u8>>,
+    /// Staged lines `committed + 1 ..= have`, in a file beside the output.
+    staged: Staging,
     /// Lines final in the output (with unstaged sinks: `have`).
     committed: u64,
+    duplicates: u64,
+}
+
+/// The receiver's output file, final lines only, and its arrivals log.
+struct FinalOutput {
+    out: BufWriter<File>,
+    arrivals: BufWriter<File>,
     lines: u64,
     bytes: u64,
-    duplicates: u64,
     first: Option<Instant>,
     last_byte: Instant,
 }
 
-impl Written {
-    /// Writes lines arrived now and logs their arrival.
-    fn lines(&mut self, bytes: &[u8], lines: u64) -> io::Result<()> {
+impl FinalOutput {
+    /// Writes lines final now and logs their arrival.
+    fn write(&mut self, bytes: &[u8], lines: u64) -> io::Result<()> {
         let now = Instant::now();
         let since = now.duration_since(*self.first.get_or_insert(now));
         self.out.write_all(bytes)?;
@@ -608,7 +616,9 @@ impl Written {
         self.last_byte = now;
         Ok(())
     }
+}
 
+impl Written {
     /// Staged lines through `upto` become final, in order.
     fn commit(&mut self, upto: u64) -> io::Result<()> {
         if upto > self.have {
@@ -620,18 +630,13 @@ impl Written {
                 ),
             ));
         }
-        while self.committed < upto {
-            let mut frame = self.staged.pop_front().expect("staged lines up to have");
-            let count = memchr_count(&frame);
-            let take = count.min(upto - self.committed);
-            if take < count {
-                let rest = frame.split_off(line_start(&frame, take));
-                self.staged.push_front(rest);
-            }
-            self.lines(&frame, take)?;
-            self.committed += take;
+        if upto > self.committed {
+            let output = &mut self.output;
+            self.staged
+                .commit(upto - self.committed, |bytes, lines| output.write(bytes, lines))?;
+            self.committed = upto;
         }
-        self.out.flush()
+        self.output.out.flush()
     }
 
     /// Staged lines past `keep` are dropped: a recovered sink writes again
@@ -646,19 +651,7 @@ impl Written {
                 ),
             ));
         }
-        let mut held = self.committed;
-        let mut kept = VecDeque::new();
-        while let Some(mut frame) = self.staged.pop_front() {
-            if held >= keep {
-                break;
-            }
-            let count = memchr_count(&frame);
-            let take = count.min(keep - held);
-            frame.truncate(line_start(&frame, take));
-            kept.push_back(frame);
-            held += take;
-        }
-        self.staged = kept;
+        self.staged.truncate(keep - self.committed)?;
         self.have = self.have.min(keep);
         Ok(())
     }
@@ -689,9 +682,9 @@ impl Written {
         if already < count {
             let start = line_start(payload, already);
             if self.staged_sinks == Some(true) {
-                self.staged.push_back(payload[start..].to_vec());
+                self.staged.push(count - already, &payload[start..])?;
             } else {
-                self.lines(&payload[start..], count - already)?;
+                self.output.write(&payload[start..], count - already)?;
                 self.committed = header.first + count - 1;
             }
             self.have = header.first + count - 1;
@@ -789,7 +782,7 @@ impl Peer {
         }
         if self.kind == PeerKind::Plain {
             let lines = memchr_count(&self.incoming);
-            written.lines(&self.incoming, lines)?;
+            written.output.write(&self.incoming, lines)?;
             self.incoming.clear();
             return Ok(());
         }
@@ -921,24 +914,31 @@ pub fn receive_on(
             .map_or("output".into(), |n| n.to_string_lossy().into_owned())
     ));
     let mut written = Written {
-        out: BufWriter::with_capacity(BUFFER_BYTES, create(output)?),
-        arrivals: BufWriter::new(create(&arrivals_path)?),
+        output: FinalOutput {
+            out: BufWriter::with_capacity(BUFFER_BYTES, create(output)?),
+            arrivals: BufWriter::new(create(&arrivals_path)?),
+            lines: 0,
+            bytes: 0,
+            first: None,
+            last_byte: Instant::now(),
+        },
         have: 0,
         staged_sinks: None,
-        staged: VecDeque::new(),
+        staged: Staging::create(&output.with_file_name(format!(
+            "{}.staging",
+            output
+                .file_name()
+                .map_or("output".into(), |n| n.to_string_lossy().into_owned())
+        )))?,
         committed: 0,
-        lines: 0,
-        bytes: 0,
         duplicates: 0,
-        first: None,
-        last_byte: Instant::now(),
     };
     let mut peers: Vec<Peer> = Vec::new();
     let mut connections = 0;
     let mut buf = vec![0u8; BUFFER_BYTES];
     let mut last_data = Instant::now();
     let complete = loop {
-        if expect.is_some_and(|n| written.lines >= n) {
+        if expect.is_some_and(|n| written.output.lines >= n) {
             break true;
         }
         if last_data.elapsed() >= silence {
@@ -973,14 +973,16 @@ pub fn receive_on(
             written.have
         );
     }
-    written.out.flush()?;
-    written.arrivals.flush()?;
-    let seconds = written
+    let output = written.output;
+    output.out.into_inner().map_err(|e| e.into_error())?;
+    output.arrivals.into_inner().map_err(|e| e.into_error())?;
+    written.staged.remove()?;
+    let seconds = output
         .first
-        .map_or(0.0, |f| written.last_byte.duration_since(f).as_secs_f64());
+        .map_or(0.0, |f| output.last_byte.duration_since(f).as_secs_f64());
     Ok(ReceiveReport {
-        lines: written.lines,
-        bytes: written.bytes,
+        lines: output.lines,
+        bytes: output.bytes,
         seconds,
         complete,
         duplicates: written.duplicates,
