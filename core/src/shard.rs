@@ -264,6 +264,8 @@ pub struct ShardCore<K, V, S, O> {
     /// Deltas since the last whole snapshot, if this life took or restored
     /// one (so the next may be a delta over it).
     deltas_since_whole: Option<u32>,
+    /// Bytes of the last whole snapshot.
+    whole_snapshot_bytes: usize,
     /// Off only in the simulator's planted-bug tests (see `disable_dedup_for_testing`).
     dedup_enabled: bool,
 }
@@ -344,6 +346,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             effects: Vec::new(),
             checkpoints_taken: 0,
             deltas_since_whole: None,
+            whole_snapshot_bytes: 0,
             dedup_enabled: true,
         };
         core.finish_if_done();
@@ -615,8 +618,12 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             ended.push(state.total_chunks.filter(|_| state.is_done()));
         }
         let delta = self.next_snapshot_is_delta();
-        let mut encoded = Vec::new();
+        // Sized like the last whole snapshot: no copies while a large one grows.
+        let mut encoded = Vec::with_capacity(if delta { 0 } else { self.whole_snapshot_bytes });
         self.encode_state(delta, &mut encoded);
+        if !delta {
+            self.whole_snapshot_bytes = encoded.len();
+        }
         self.checkpoints_taken = checkpoint;
         self.deltas_since_whole = Some(match delta {
             true => self.deltas_since_whole.map_or(0, |n| n + 1),

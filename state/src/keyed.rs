@@ -99,7 +99,7 @@ impl<K, S: Default> KeyedStore<K, S> {
     /// Afterwards nothing counts as changed. Sorting by the hash, kept in the
     /// entry, touches no key in the common case: much cheaper than key order
     /// on a large store (`sorted`).
-    pub fn snapshot(&mut self, whole: bool) -> Vec<(&K, &S)>
+    pub fn snapshot(&mut self, whole: bool) -> impl ExactSizeIterator<Item = (&K, &S)>
     where
         K: Ord,
     {
@@ -114,7 +114,7 @@ impl<K, S: Default> KeyedStore<K, S> {
         }
         self.changed = 0;
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key.cmp(&b.1.key)));
-        entries.into_iter().map(|(_, e)| (&e.key, &e.state)).collect()
+        entries.into_iter().map(|(_, e)| (&e.key, &e.state))
     }
 
     /// Marks every entry unchanged: a store just restored from a snapshot
@@ -209,7 +209,7 @@ mod tests {
         let names: Vec<&str> = whole.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["b", "c", "d", "a"]);
         assert_eq!(store.changed_len(), 0);
-        assert!(store.snapshot(false).is_empty(), "nothing changed since");
+        assert_eq!(store.snapshot(false).len(), 0, "nothing changed since");
         *store.state_mut(5, "d", |w| w.to_string()) += 10;
         *store.state_mut(5, "d", |w| w.to_string()) += 10;
         *store.state_mut(1, "e", |w| w.to_string()) += 1;
@@ -224,6 +224,6 @@ mod tests {
         *store.state_mut(9, "a", |w| w.to_string()) += 1;
         store.forget_changes();
         assert_eq!(store.changed_len(), 0);
-        assert!(store.snapshot(false).is_empty());
+        assert_eq!(store.snapshot(false).len(), 0);
     }
 }
