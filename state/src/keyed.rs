@@ -201,11 +201,7 @@ mod tests {
             *store.state_mut(hash, word, |w| w.to_string()) += 1;
         }
         assert_eq!(store.changed_len(), 4);
-        let whole: Vec<(String, u64)> = store
-            .snapshot(true)
-            .into_iter()
-            .map(|(k, s)| (k.clone(), *s))
-            .collect();
+        let whole: Vec<(String, u64)> = store.snapshot(true).map(|(k, s)| (k.clone(), *s)).collect();
         let names: Vec<&str> = whole.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["b", "c", "d", "a"]);
         assert_eq!(store.changed_len(), 0);
@@ -214,11 +210,7 @@ mod tests {
         *store.state_mut(5, "d", |w| w.to_string()) += 10;
         *store.state_mut(1, "e", |w| w.to_string()) += 1;
         assert_eq!(store.changed_len(), 2, "a key counts once");
-        let delta: Vec<(String, u64)> = store
-            .snapshot(false)
-            .into_iter()
-            .map(|(k, s)| (k.clone(), *s))
-            .collect();
+        let delta: Vec<(String, u64)> = store.snapshot(false).map(|(k, s)| (k.clone(), *s)).collect();
         assert_eq!(delta, [("e".to_string(), 1), ("d".to_string(), 21)]);
         assert_eq!(store.snapshot(true).len(), 5, "a whole snapshot holds every key");
         *store.state_mut(9, "a", |w| w.to_string()) += 1;
