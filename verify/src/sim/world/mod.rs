@@ -223,6 +223,12 @@ struct World<'a, K, V, S, O> {
     writer: Option<OutputWriter>,
     /// Barriers process 0's output thread asked the readers for.
     checkpoints_requested: u64,
+    /// The checkpoint this life recovered from (0 for none).
+    checkpoints_resumed: u64,
+    /// Process 0's clock when the output writer was first ticked.
+    first_writer_tick_ms: Option<u64>,
+    /// Per shard: the newest checkpoint whose part it gave the writer.
+    checkpoint_parts: Vec<u64>,
     output_text: SharedBytes,
     /// Lines and dead letters handed to the writer so far.
     output_lines: u64,
@@ -404,16 +410,14 @@ impl verity_core::connector::SinkConnector for SimSink {
         &mut self,
         commit: verity_core::connector::CommitId,
     ) -> Result<(), verity_core::connector::SinkError> {
-        self.text.barrier(commit);
-        Ok(())
+        self.text.barrier(commit)
     }
 
     fn commit(
         &mut self,
         upto: verity_core::connector::CommitId,
     ) -> Result<(), verity_core::connector::SinkError> {
-        self.text.commit(upto);
-        Ok(())
+        self.text.commit(upto)
     }
 
     fn resume_mark(&mut self) -> Result<Vec<u8>, verity_core::connector::SinkError> {
@@ -443,16 +447,14 @@ impl verity_core::connector::SinkConnector for SimFile {
         &mut self,
         commit: verity_core::connector::CommitId,
     ) -> Result<(), verity_core::connector::SinkError> {
-        self.0.barrier(commit);
-        Ok(())
+        self.0.barrier(commit)
     }
 
     fn commit(
         &mut self,
         upto: verity_core::connector::CommitId,
     ) -> Result<(), verity_core::connector::SinkError> {
-        self.0.commit(upto);
-        Ok(())
+        self.0.commit(upto)
     }
 
     fn resume_mark(&mut self) -> Result<Vec<u8>, verity_core::connector::SinkError> {
@@ -481,6 +483,11 @@ struct SharedBytes(
 struct Commits {
     barriers: std::collections::VecDeque<(u64, usize)>,
     committed: usize,
+    /// The commit the next barrier must be (this life's checkpoints
+    /// number on from the one it recovered from), unless it is the end.
+    next_barrier: u64,
+    /// The end of input was committed.
+    ended: bool,
 }
 
 impl SharedBytes {
@@ -488,17 +495,75 @@ impl SharedBytes {
         self.1.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn barrier(&self, commit: verity_core::connector::CommitId) {
-        let len = self.bytes().len();
-        self.commits().barriers.push_back((commit.0, len));
+    /// A life of the run starts writing: its first checkpoint's commit is
+    /// `first_commit`.
+    fn expect_commits_from(&self, first_commit: u64) {
+        let mut commits = self.commits();
+        commits.next_barrier = first_commit;
+        commits.ended = false;
     }
 
-    fn commit(&self, upto: verity_core::connector::CommitId) {
+    /// The sink protocol, as the output thread must follow it: each
+    /// checkpoint's barrier in turn (1, 2, … from the recovered one on, then
+    /// the end of input), each committed before the next barrier.
+    fn barrier(
+        &self,
+        commit: verity_core::connector::CommitId,
+    ) -> Result<(), verity_core::connector::SinkError> {
+        let len = self.bytes().len();
         let mut commits = self.commits();
+        let end = commit == verity_core::connector::CommitId::END_OF_INPUT;
+        let problem = if let Some((open, _)) = commits.barriers.back() {
+            Some(format!(
+                "barrier {} before barrier {open} was committed",
+                commit.0
+            ))
+        } else if commits.ended {
+            Some(format!(
+                "barrier {} after the end of input was committed",
+                commit.0
+            ))
+        } else if !end && commit.0 != commits.next_barrier {
+            Some(format!(
+                "barrier {}, but the next checkpoint is {}",
+                commit.0, commits.next_barrier
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(verity_core::connector::SinkError::Connector(problem.into()));
+        }
+        commits.barriers.push_back((commit.0, len));
+        if !end {
+            commits.next_barrier = commit.0 + 1;
+        }
+        Ok(())
+    }
+
+    fn commit(
+        &self,
+        upto: verity_core::connector::CommitId,
+    ) -> Result<(), verity_core::connector::SinkError> {
+        let mut commits = self.commits();
+        if commits.barriers.back().map(|(c, _)| *c) != Some(upto.0) {
+            let problem = format!(
+                "commit {} without its barrier (open: {:?})",
+                upto.0, commits.barriers
+            );
+            return Err(verity_core::connector::SinkError::Connector(problem.into()));
+        }
         while commits.barriers.front().is_some_and(|(c, _)| *c <= upto.0) {
             let (_, len) = commits.barriers.pop_front().expect("a barrier");
             commits.committed = commits.committed.max(len);
         }
+        commits.ended |= upto == verity_core::connector::CommitId::END_OF_INPUT;
+        Ok(())
+    }
+
+    /// Whether the end of input was committed (after `finish`).
+    fn ended(&self) -> bool {
+        self.commits().ended
     }
 
     /// A recovery without any checkpoint: the file starts over, which is
@@ -704,6 +769,9 @@ where
                 }
             }
         }
+        for file in [&output_text, &dead_letter_text] {
+            file.expect_commits_from(resumed + 1);
+        }
         let output_lines = line_count(&output_text.bytes());
         let mut world = World {
             config,
@@ -737,6 +805,9 @@ where
                 None => writer,
             }),
             checkpoints_requested: resumed,
+            checkpoints_resumed: resumed,
+            first_writer_tick_ms: None,
+            checkpoint_parts: vec![resumed; total as usize],
             output_text,
             output_lines,
             dead_letters_written,
@@ -997,6 +1068,7 @@ where
                 if let Some(writer) = &mut self.writer {
                     self.checkpoints_requested = writer.tick(now_ms);
                 }
+                self.check_checkpoint_requested(now_ms);
                 self.tick();
                 self.poll_waiting_shards();
                 self.tick_lifecycles();
@@ -1077,6 +1149,44 @@ where
         }
     }
 
+    /// Checkpoints are asked for: the first one of a life when its
+    /// interval has passed since the writer's first tick (as
+    /// `Checkpointer::tick` promises). A writer that never asks loses no
+    /// output, only every checkpoint a recovery would need.
+    fn check_checkpoint_requested(&mut self, now_ms: u64) {
+        let (Some(interval_ms), Some(_)) = (self.buggify.checkpoint_interval_ms, &self.writer) else {
+            return;
+        };
+        let first = *self.first_writer_tick_ms.get_or_insert(now_ms);
+        if self.checkpoints_requested <= self.checkpoints_resumed && now_ms >= first + interval_ms {
+            self.net.failure.get_or_insert(format!(
+                "checkpoints: none requested {} ms after the output writer's first tick (interval {interval_ms} ms)",
+                now_ms - first
+            ));
+        }
+    }
+
+    /// The output writer finished as the output thread must: both sinks
+    /// committed the end of input, and it counts the dead letters written.
+    fn check_finished_sinks(&self, finished: Result<u64, String>) -> Result<(), String> {
+        let written = finished.map_err(|e| format!("process 0's sinks at the end: {e}"))?;
+        for (name, file) in [
+            ("output", &self.output_text),
+            ("dead-letter", &self.dead_letter_text),
+        ] {
+            if !file.ended() {
+                return Err(format!("the {name} sink never committed the end of input"));
+            }
+        }
+        if written != self.dead_letters_written {
+            return Err(format!(
+                "the output writer says {written} dead letters were written, the simulator gave it {}",
+                self.dead_letters_written
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn local_clock_ms(&self, process: u32) -> u64 {
         let offset = self.processes[process as usize].clock_offset_us;
         (self.now_us as i64 + offset).max(0) as u64 / 1000
@@ -1102,9 +1212,15 @@ where
             .is_some()
             .then(|| self.readers.iter().map(Reader::read_bytes).collect());
         // As the output thread once every sender is gone: commit both sinks.
+        let mut failure = failure;
         if let Some(writer) = self.writer.take() {
             self.stats.add("checkpoints", writer.checkpoints_completed());
-            writer.finish().expect("the sinks are in memory");
+            let finished = writer.finish();
+            if failure.is_none() && !self.crashed {
+                failure = self
+                    .check_finished_sinks(finished.map_err(|e| e.to_string()))
+                    .err();
+            }
         }
         let protocol = self.net.protocol_stats();
         self.stats.add("full_windows", protocol.full_windows);
