@@ -365,6 +365,22 @@ fn add_counters(totals: &mut ShardCounters, more: ShardCounters) {
     totals.duplicates_dropped += more.duplicates_dropped;
 }
 
+/// A text of a job (`JobCheckpoints`) in the length class `pick` draws:
+/// short, or exactly `JOB_TEXT_SIZE_MAX_BYTES` long, in ASCII or ending in
+/// two-byte characters.
+fn job_text(pick: u64, short: &str) -> String {
+    let max = verity_core::cluster::lifecycle::JOB_TEXT_SIZE_MAX_BYTES;
+    match pick % 3 {
+        0 => short.to_string(),
+        1 => "d".repeat(max),
+        _ => {
+            let mut text = "s".repeat(max % 2);
+            text.push_str(&"é".repeat(max / 2));
+            text
+        }
+    }
+}
+
 /// Process 0's output sink in the simulated world: the output into memory,
 /// and, when it wants ids, a check that each line came with the id of an
 /// input record (or the default id of a key's end-of-input line).
@@ -734,8 +750,17 @@ where
             batch_max: buggify.batch_max as u32,
             queue_depth_batches: verity_core::RunConfig::default().queue_depth_batches as u32,
             discard_output: false,
-            // The simulated shards are restored from the recovery itself.
-            checkpoints: None,
+            // The simulated shards are restored from the recovery itself;
+            // the job still carries what production's does, as texts of
+            // every length class (up to the bound, multi-byte at it), so that
+            // the workers' decoding of it is judged too (`StartJob`).
+            checkpoints: buggify
+                .checkpoint_interval_ms
+                .map(|_| verity_core::cluster::JobCheckpoints {
+                    state_dir: job_text(config.seed, "/var/lib/verity/state-é"),
+                    fingerprint: job_text(config.seed / 3, "fp-0123456789abcdef"),
+                    restore_from: resumed,
+                }),
         };
         // Past the liveness bound: a job that never arrives is a liveness
         // finding, reported with what every shard awaits.
