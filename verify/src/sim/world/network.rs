@@ -116,6 +116,9 @@ pub(super) struct Net {
     heard_ms: BTreeMap<(u32, ConnId), u64>,
     wrote_ms: BTreeMap<(u32, ConnId), u64>,
     established: std::collections::BTreeSet<(u32, ConnId)>,
+    /// Connections whose bytes a fault changed (corrupted, forged,
+    /// duplicated or reordered); only on these may a frame be bad.
+    tampered: std::collections::BTreeSet<ConnId>,
 }
 
 /// The network's sizes for one seed: production's, or (BUGGIFY) small ones,
@@ -307,6 +310,7 @@ impl Net {
             heard_ms: BTreeMap::new(),
             wrote_ms: BTreeMap::new(),
             established: Default::default(),
+            tampered: Default::default(),
         }
     }
 
@@ -825,8 +829,15 @@ where
         let mut bytes = bytes;
         let mut lost_tail = false;
         if self.faults_on() {
+            let sent_bytes = bytes.clone();
             (bytes, lost_tail) = self.corrupt(from, to, bytes);
             bytes = self.forge(from, to, bytes);
+            if lost_tail || bytes != sent_bytes {
+                self.net.tampered.insert(conn);
+            }
+        }
+        if from == self.net.intruder() || to == self.net.intruder() {
+            self.net.tampered.insert(conn);
         }
         self.net.last_sent = bytes.clone();
         let faults = self.config.faults;
@@ -873,11 +884,13 @@ where
         if !reorder {
             sim.last_arrival_us[dir] = arrival;
         } else {
+            self.net.tampered.insert(conn);
             self.stats.fault("reorder");
             self.trace(format_args!("fault: reorder {} bytes {from}->{to}", bytes.len()));
         }
         if self.faults_on() && faults.duplicate && self.rng.chance(FRAME_FAULT_PER_MILLE, 1000) {
             self.stats.fault("duplicate");
+            self.net.tampered.insert(conn);
             self.trace(format_args!(
                 "fault: duplicate {} bytes {from}->{to}",
                 bytes.len()
@@ -1134,6 +1147,14 @@ where
         let heard = self.net.heard_ms.remove(&(process, conn));
         self.net.wrote_ms.remove(&(process, conn));
         self.net.established.remove(&(process, conn));
+        // A production protocol writes only well-formed frames, and the
+        // stream keeps them whole unless a fault changed its bytes.
+        if reason.starts_with("bad frame") && !self.net.tampered.contains(&conn) {
+            self.net.failure.get_or_insert(format!(
+                "process {process}: closed connection {conn}, which no fault touched: {reason}"
+            ));
+            return;
+        }
         // The protocol's reason for a silent peer (`PeerProtocol::on_tick`).
         if !reason.starts_with("no frame for") {
             return;
