@@ -50,12 +50,6 @@ impl PeerLiveness {
     pub fn is_dead(&self, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.last_heard_ms) >= self.config.peer_timeout_ms
     }
-
-    /// The next time something is due: a heartbeat or the death deadline.
-    pub fn deadline_ms(&self) -> u64 {
-        (self.last_sent_ms + self.config.heartbeat_interval_ms)
-            .min(self.last_heard_ms + self.config.peer_timeout_ms)
-    }
 }
 
 /// Exponential backoff with jitter: attempt n waits about `base·2ⁿ`, capped.
@@ -90,10 +84,6 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempts = 0;
     }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
 }
 
 #[cfg(test)]
@@ -113,7 +103,6 @@ mod tests {
         assert!(!peer.is_dead(1_099) && peer.is_dead(1_100));
         peer.on_heard(1_090);
         assert!(!peer.is_dead(1_150));
-        assert_eq!(peer.deadline_ms(), 1_050);
     }
 
     #[test]
@@ -128,6 +117,6 @@ mod tests {
             assert!((5..=10).contains(&d), "{d}");
         }
         backoff.reset();
-        assert_eq!(backoff.attempts(), 0);
+        assert!(backoff.next_delay_ms(0) <= 10, "back to the base after a reset");
     }
 }

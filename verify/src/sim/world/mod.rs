@@ -234,6 +234,12 @@ struct World<'a, K, V, S, O> {
     writer: Option<OutputWriter>,
     /// Barriers process 0's output thread asked the readers for.
     checkpoints_requested: u64,
+    /// The checkpoint this life recovered from (0 for none).
+    checkpoints_resumed: u64,
+    /// Process 0's clock when the output writer was first ticked.
+    first_writer_tick_ms: Option<u64>,
+    /// Per shard: the newest checkpoint whose part it gave the writer.
+    checkpoint_parts: Vec<u64>,
     output_text: SharedBytes,
     /// Lines and dead letters handed to the writer so far.
     output_lines: u64,
@@ -377,6 +383,22 @@ fn add_counters(totals: &mut ShardCounters, more: ShardCounters) {
     totals.duplicates_dropped += more.duplicates_dropped;
 }
 
+/// A text of a job (`JobCheckpoints`) in the length class `pick` draws:
+/// short, or exactly `JOB_TEXT_SIZE_MAX_BYTES` long, in ASCII or ending in
+/// two-byte characters.
+fn job_text(pick: u64, short: &str) -> String {
+    let max = verity_core::cluster::lifecycle::JOB_TEXT_SIZE_MAX_BYTES;
+    match pick % 3 {
+        0 => short.to_string(),
+        1 => "d".repeat(max),
+        _ => {
+            let mut text = "s".repeat(max % 2);
+            text.push_str(&"é".repeat(max / 2));
+            text
+        }
+    }
+}
+
 /// Process 0's output sink in the simulated world: the output into memory,
 /// and, when it wants ids, a check that each line came with the id of an
 /// input record (or the default id of a key's end-of-input line).
@@ -422,16 +444,14 @@ impl verity_core::connector::SinkConnector for SimSink {
         &mut self,
         commit: verity_core::connector::CommitId,
     ) -> Result<(), verity_core::connector::SinkError> {
-        self.text.barrier(commit);
-        Ok(())
+        self.text.barrier(commit)
     }
 
     fn commit(
         &mut self,
         upto: verity_core::connector::CommitId,
     ) -> Result<(), verity_core::connector::SinkError> {
-        self.text.commit(upto);
-        Ok(())
+        self.text.commit(upto)
     }
 
     fn resume_mark(&mut self) -> Result<Vec<u8>, verity_core::connector::SinkError> {
@@ -461,16 +481,14 @@ impl verity_core::connector::SinkConnector for SimFile {
         &mut self,
         commit: verity_core::connector::CommitId,
     ) -> Result<(), verity_core::connector::SinkError> {
-        self.0.barrier(commit);
-        Ok(())
+        self.0.barrier(commit)
     }
 
     fn commit(
         &mut self,
         upto: verity_core::connector::CommitId,
     ) -> Result<(), verity_core::connector::SinkError> {
-        self.0.commit(upto);
-        Ok(())
+        self.0.commit(upto)
     }
 
     fn resume_mark(&mut self) -> Result<Vec<u8>, verity_core::connector::SinkError> {
@@ -499,6 +517,11 @@ struct SharedBytes(
 struct Commits {
     barriers: std::collections::VecDeque<(u64, usize)>,
     committed: usize,
+    /// The commit the next barrier must be (this life's checkpoints
+    /// number on from the one it recovered from), unless it is the end.
+    next_barrier: u64,
+    /// The end of input was committed.
+    ended: bool,
 }
 
 impl SharedBytes {
@@ -506,17 +529,75 @@ impl SharedBytes {
         self.1.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn barrier(&self, commit: verity_core::connector::CommitId) {
-        let len = self.bytes().len();
-        self.commits().barriers.push_back((commit.0, len));
+    /// A life of the run starts writing: its first checkpoint's commit is
+    /// `first_commit`.
+    fn expect_commits_from(&self, first_commit: u64) {
+        let mut commits = self.commits();
+        commits.next_barrier = first_commit;
+        commits.ended = false;
     }
 
-    fn commit(&self, upto: verity_core::connector::CommitId) {
+    /// The sink protocol, as the output thread must follow it: each
+    /// checkpoint's barrier in turn (1, 2, … from the recovered one on, then
+    /// the end of input), each committed before the next barrier.
+    fn barrier(
+        &self,
+        commit: verity_core::connector::CommitId,
+    ) -> Result<(), verity_core::connector::SinkError> {
+        let len = self.bytes().len();
         let mut commits = self.commits();
+        let end = commit == verity_core::connector::CommitId::END_OF_INPUT;
+        let problem = if let Some((open, _)) = commits.barriers.back() {
+            Some(format!(
+                "barrier {} before barrier {open} was committed",
+                commit.0
+            ))
+        } else if commits.ended {
+            Some(format!(
+                "barrier {} after the end of input was committed",
+                commit.0
+            ))
+        } else if !end && commit.0 != commits.next_barrier {
+            Some(format!(
+                "barrier {}, but the next checkpoint is {}",
+                commit.0, commits.next_barrier
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(verity_core::connector::SinkError::Connector(problem.into()));
+        }
+        commits.barriers.push_back((commit.0, len));
+        if !end {
+            commits.next_barrier = commit.0 + 1;
+        }
+        Ok(())
+    }
+
+    fn commit(
+        &self,
+        upto: verity_core::connector::CommitId,
+    ) -> Result<(), verity_core::connector::SinkError> {
+        let mut commits = self.commits();
+        if commits.barriers.back().map(|(c, _)| *c) != Some(upto.0) {
+            let problem = format!(
+                "commit {} without its barrier (open: {:?})",
+                upto.0, commits.barriers
+            );
+            return Err(verity_core::connector::SinkError::Connector(problem.into()));
+        }
         while commits.barriers.front().is_some_and(|(c, _)| *c <= upto.0) {
             let (_, len) = commits.barriers.pop_front().expect("a barrier");
             commits.committed = commits.committed.max(len);
         }
+        commits.ended |= upto == verity_core::connector::CommitId::END_OF_INPUT;
+        Ok(())
+    }
+
+    /// Whether the end of input was committed (after `finish`).
+    fn ended(&self) -> bool {
+        self.commits().ended
     }
 
     /// A recovery without any checkpoint: the file starts over, which is
@@ -718,8 +799,17 @@ where
             batch_max: buggify.batch_max as u32,
             queue_depth_batches: verity_core::RunConfig::default().queue_depth_batches as u32,
             discard_output: false,
-            // The simulated shards are restored from the recovery itself.
-            checkpoints: None,
+            // The simulated shards are restored from the recovery itself;
+            // the job still carries what production's does, as texts of
+            // every length class (up to the bound, multi-byte at it), so that
+            // the workers' decoding of it is judged too (`StartJob`).
+            checkpoints: buggify
+                .checkpoint_interval_ms
+                .map(|_| verity_core::cluster::JobCheckpoints {
+                    state_dir: job_text(config.seed, "/var/lib/verity/state-é"),
+                    fingerprint: job_text(config.seed / 3, "fp-0123456789abcdef"),
+                    restore_from: resumed,
+                }),
         };
         // Past the liveness bound: a job that never arrives is a liveness
         // finding, reported with what every shard awaits.
@@ -752,6 +842,9 @@ where
                     }
                 }
             }
+        }
+        for file in [&output_text, &dead_letter_text] {
+            file.expect_commits_from(resumed + 1);
         }
         let output_lines = line_count(&output_text.bytes());
         let mut world = World {
@@ -788,6 +881,9 @@ where
                 None => writer,
             }),
             checkpoints_requested: resumed,
+            checkpoints_resumed: resumed,
+            first_writer_tick_ms: None,
+            checkpoint_parts: vec![resumed; total as usize],
             output_text,
             output_lines,
             dead_letters_written,
@@ -1050,6 +1146,7 @@ where
                 if let Some(writer) = &mut self.writer {
                     self.checkpoints_requested = writer.tick(now_ms);
                 }
+                self.check_checkpoint_requested(now_ms);
                 self.tick();
                 self.poll_waiting_shards();
                 self.tick_lifecycles();
@@ -1130,6 +1227,44 @@ where
         }
     }
 
+    /// Checkpoints are asked for: the first one of a life when its
+    /// interval has passed since the writer's first tick (as
+    /// `Checkpointer::tick` promises). A writer that never asks loses no
+    /// output, only every checkpoint a recovery would need.
+    fn check_checkpoint_requested(&mut self, now_ms: u64) {
+        let (Some(interval_ms), Some(_)) = (self.buggify.checkpoint_interval_ms, &self.writer) else {
+            return;
+        };
+        let first = *self.first_writer_tick_ms.get_or_insert(now_ms);
+        if self.checkpoints_requested <= self.checkpoints_resumed && now_ms >= first + interval_ms {
+            self.net.failure.get_or_insert(format!(
+                "checkpoints: none requested {} ms after the output writer's first tick (interval {interval_ms} ms)",
+                now_ms - first
+            ));
+        }
+    }
+
+    /// The output writer finished as the output thread must: both sinks
+    /// committed the end of input, and it counts the dead letters written.
+    fn check_finished_sinks(&self, finished: Result<u64, String>) -> Result<(), String> {
+        let written = finished.map_err(|e| format!("process 0's sinks at the end: {e}"))?;
+        for (name, file) in [
+            ("output", &self.output_text),
+            ("dead-letter", &self.dead_letter_text),
+        ] {
+            if !file.ended() {
+                return Err(format!("the {name} sink never committed the end of input"));
+            }
+        }
+        if written != self.dead_letters_written {
+            return Err(format!(
+                "the output writer says {written} dead letters were written, the simulator gave it {}",
+                self.dead_letters_written
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn local_clock_ms(&self, process: u32) -> u64 {
         let offset = self.processes[process as usize].clock_offset_us;
         (self.now_us as i64 + offset).max(0) as u64 / 1000
@@ -1155,9 +1290,15 @@ where
             .is_some()
             .then(|| self.readers.iter().map(Reader::read_bytes).collect());
         // As the output thread once every sender is gone: commit both sinks.
+        let mut failure = failure;
         if let Some(writer) = self.writer.take() {
             self.stats.add("checkpoints", writer.checkpoints_completed());
-            writer.finish().expect("the sinks are in memory");
+            let finished = writer.finish();
+            if failure.is_none() && !self.crashed {
+                failure = self
+                    .check_finished_sinks(finished.map_err(|e| e.to_string()))
+                    .err();
+            }
         }
         let protocol = self.net.protocol_stats();
         self.stats.add("full_windows", protocol.full_windows);

@@ -108,6 +108,17 @@ pub(super) struct Net {
     sizes: NetSizes,
     /// The counters of protocols a restart replaced.
     retired: ProtocolStats,
+    /// The failure detector's inputs as the simulator saw them, per
+    /// (process, connection), on that process's clock: when its protocol
+    /// last took a whole frame on it, and when it last had bytes to write on
+    /// it; and the connections it logged as established. `check_suspicion`
+    /// and `check_heartbeats` judge the protocol's liveness by them.
+    heard_ms: BTreeMap<(u32, ConnId), u64>,
+    wrote_ms: BTreeMap<(u32, ConnId), u64>,
+    established: std::collections::BTreeSet<(u32, ConnId)>,
+    /// Connections whose bytes a fault changed (corrupted, forged,
+    /// duplicated or reordered); only on these may a frame be bad.
+    tampered: std::collections::BTreeSet<ConnId>,
 }
 
 /// The network's sizes for one seed: production's, or (BUGGIFY) small ones,
@@ -296,6 +307,10 @@ impl Net {
             producer_depth_frames,
             sizes,
             retired: ProtocolStats::default(),
+            heard_ms: BTreeMap::new(),
+            wrote_ms: BTreeMap::new(),
+            established: Default::default(),
+            tampered: Default::default(),
         }
     }
 
@@ -555,7 +570,10 @@ where
                     conn,
                     reason,
                     last_words,
-                } => self.close(process, conn, &reason, last_words),
+                } => {
+                    self.check_suspicion(process, conn, &reason);
+                    self.close(process, conn, &reason, last_words)
+                }
                 Action::Deliver { channel, frame } => self.on_delivered(process, channel, frame),
                 Action::Failed { reason } => {
                     // As the binary does: the lifecycle hears of it and ends
@@ -567,6 +585,7 @@ where
                 Action::Log(event) => {
                     self.trace(format_args!("process {process}: {event}"));
                     if let PeerEvent::Connected { peer, conn } = event {
+                        self.net.established.insert((process, conn));
                         self.on_handshake_logged(process, peer, conn);
                     }
                 }
@@ -603,12 +622,16 @@ where
     /// rest stays in the protocol's backlog until the reader reads).
     fn flush(&mut self, process: u32) {
         let conns: Vec<ConnId> = self.net.protocols[process as usize].connections().collect();
+        let clock = self.local_clock_ms(process);
         for conn in conns {
             let protocol = &mut self.net.protocols[process as usize];
             let output = protocol.output(conn);
             if output.is_empty() {
                 continue;
             }
+            // Clocks jump back: the latest time counts, as in the protocol.
+            let wrote = self.net.wrote_ms.entry((process, conn)).or_insert(clock);
+            *wrote = (*wrote).max(clock);
             let Some(sim) = self.net.conns.get_mut(&conn) else {
                 // The socket is gone: what it was given is lost, and the
                 // protocol resends it after the reconnect.
@@ -806,8 +829,15 @@ where
         let mut bytes = bytes;
         let mut lost_tail = false;
         if self.faults_on() {
+            let sent_bytes = bytes.clone();
             (bytes, lost_tail) = self.corrupt(from, to, bytes);
             bytes = self.forge(from, to, bytes);
+            if lost_tail || bytes != sent_bytes {
+                self.net.tampered.insert(conn);
+            }
+        }
+        if from == self.net.intruder() || to == self.net.intruder() {
+            self.net.tampered.insert(conn);
         }
         self.net.last_sent = bytes.clone();
         let faults = self.config.faults;
@@ -854,11 +884,13 @@ where
         if !reorder {
             sim.last_arrival_us[dir] = arrival;
         } else {
+            self.net.tampered.insert(conn);
             self.stats.fault("reorder");
             self.trace(format_args!("fault: reorder {} bytes {from}->{to}", bytes.len()));
         }
         if self.faults_on() && faults.duplicate && self.rng.chance(FRAME_FAULT_PER_MILLE, 1000) {
             self.stats.fault("duplicate");
+            self.net.tampered.insert(conn);
             self.trace(format_args!(
                 "fault: duplicate {} bytes {from}->{to}",
                 bytes.len()
@@ -986,7 +1018,13 @@ where
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             let piece = (1 + self.rng.below(rest.len() as u64) as usize).min(rest.len());
-            self.net.protocols[to as usize].on_bytes(conn, &rest[..piece], clock);
+            let protocol = &mut self.net.protocols[to as usize];
+            let frames_before = protocol.stats().frames_received;
+            protocol.on_bytes(conn, &rest[..piece], clock);
+            if protocol.stats().frames_received > frames_before {
+                let heard = self.net.heard_ms.entry((to, conn)).or_insert(clock);
+                *heard = (*heard).max(clock);
+            }
             rest = &rest[piece..];
         }
         if let Err(broken) =
@@ -1093,7 +1131,68 @@ where
             let clock = self.local_clock_ms(process);
             self.net.protocols[process as usize].on_tick(clock);
             self.carry_out(process);
+            if !self.dead(process) {
+                self.check_heartbeats(process, clock);
+            }
         }
         self.schedule(self.now_us + TICK_US, Event::Tick);
+    }
+
+    /// No false suspicion: a protocol that closes a connection for silence
+    /// must not have taken a frame on it within its peer timeout (on its own
+    /// clock, clock jumps included). A failure detector that suspects live
+    /// peers only costs reconnects and resends in a run's results, so
+    /// nothing else here would notice it.
+    fn check_suspicion(&mut self, process: u32, conn: ConnId, reason: &str) {
+        let heard = self.net.heard_ms.remove(&(process, conn));
+        self.net.wrote_ms.remove(&(process, conn));
+        self.net.established.remove(&(process, conn));
+        // A production protocol writes only well-formed frames, and the
+        // stream keeps them whole unless a fault changed its bytes.
+        if reason.starts_with("bad frame") && !self.net.tampered.contains(&conn) {
+            self.net.failure.get_or_insert(format!(
+                "process {process}: closed connection {conn}, which no fault touched: {reason}"
+            ));
+            return;
+        }
+        // The protocol's reason for a silent peer (`PeerProtocol::on_tick`).
+        if !reason.starts_with("no frame for") {
+            return;
+        }
+        let Some(heard) = heard else {
+            return;
+        };
+        let clock = self.local_clock_ms(process);
+        let timeout = self.net.protocols[process as usize]
+            .config()
+            .liveness
+            .peer_timeout_ms;
+        if clock.saturating_sub(heard) < timeout {
+            self.net.failure.get_or_insert(format!(
+                "process {process}: false suspicion: closed connection {conn} as silent ({reason}) at {clock} \
+                 ms, but took a frame on it at {heard} ms (peer timeout {timeout} ms)"
+            ));
+        }
+    }
+
+    /// Heartbeats: after its timers ran, a process has had something to
+    /// write on each connection it established within the last heartbeat
+    /// interval, so that a healthy but idle peer never looks dead.
+    fn check_heartbeats(&mut self, process: u32, clock: u64) {
+        let protocol = &self.net.protocols[process as usize];
+        let interval = protocol.config().liveness.heartbeat_interval_ms;
+        for conn in protocol.connections() {
+            if !self.net.established.contains(&(process, conn)) {
+                continue;
+            }
+            let wrote = self.net.wrote_ms.get(&(process, conn)).copied();
+            if wrote.is_none_or(|at| clock.saturating_sub(at) >= interval) {
+                self.net.failure.get_or_insert(format!(
+                    "process {process}: no heartbeat: connection {conn} had nothing written since {wrote:?} ms, \
+                     at {clock} ms (heartbeat interval {interval} ms)"
+                ));
+                return;
+            }
+        }
     }
 }

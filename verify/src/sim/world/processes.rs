@@ -587,7 +587,7 @@ where
                 self.stats.bump("dead_letters");
                 self.dead_letters_written += 1;
             }
-            OutputMessage::Checkpoint(_) => {}
+            OutputMessage::Checkpoint(part) => self.checkpoint_parts[shard as usize] = part.checkpoint,
         }
         let writer = self.writer.as_mut().expect("the writer finishes with the world");
         let crashes = self.disk.stats().crashes;
@@ -603,6 +603,15 @@ where
                 return;
             }
             self.net.failure.get_or_insert(format!("process 0's sink: {e}"));
+            return;
+        }
+        // Once every shard's part of a checkpoint is in, it is complete.
+        let all_in = self.checkpoint_parts.iter().copied().min().unwrap_or(0);
+        let completed = writer.checkpoints_completed();
+        if completed < all_in {
+            self.net.failure.get_or_insert(format!(
+                "checkpoint {all_in}: every shard's part is in, but the output writer completed only {completed}"
+            ));
         }
     }
 
