@@ -287,6 +287,12 @@ pub enum CheckpointError {
          `{expected}`): give this run another --state-dir, or remove that directory to start over"
     )]
     DifferentJob { found: String, expected: String },
+    #[error(
+        "checkpoint {id} is of an older checkpoint format (version {found}; this build reads version \
+         {FORMAT_VERSION}): finish or recover that job with the verity that wrote it, or remove the \
+         directory to start over"
+    )]
+    OlderFormat { id: u64, found: u32 },
     #[error("checkpoints to retain must be at least 1, not {0}")]
     InvalidRetention(usize),
     #[error("checkpoint {id}: {reason}")]
@@ -545,9 +551,10 @@ impl<S: Storage> CheckpointStore<S> {
             let bases: Vec<u64> = if id == committed {
                 committed_parts.iter().filter_map(|p| p.base).collect()
             } else {
-                match self.read_manifest(id)? {
-                    Ok(manifest) => manifest.parts.iter().filter_map(|p| p.base).collect(),
-                    Err(_) => Vec::new(),
+                match self.read_manifest(id) {
+                    Ok(Ok(manifest)) => manifest.parts.iter().filter_map(|p| p.base).collect(),
+                    Err(CheckpointError::Io(e)) => return Err(e),
+                    Ok(Err(_)) | Err(_) => Vec::new(),
                 }
             };
             for base in bases {
@@ -560,11 +567,16 @@ impl<S: Storage> CheckpointStore<S> {
     }
 
     /// Checkpoint `id`'s manifest, or why it does not read.
-    fn read_manifest(&mut self, id: u64) -> io::Result<Result<Manifest, String>> {
+    /// A manifest of an older format is `CheckpointError::OlderFormat`: its
+    /// job is not to be restarted from scratch by mistake.
+    fn read_manifest(&mut self, id: u64) -> Result<Result<Manifest, String>, CheckpointError> {
         let Some(file) = self.storage.read(&manifest_name(id))? else {
             return Ok(Err("no manifest (incomplete)".to_string()));
         };
         Ok(match decode_frame(FileKind::Manifest, &file) {
+            Err(FrameError::UnsupportedVersion(found)) if (1..FORMAT_VERSION).contains(&found) => {
+                return Err(CheckpointError::OlderFormat { id, found })
+            }
             Err(e) => Err(format!("manifest: {e}")),
             Ok(payload) => match Manifest::decode(payload) {
                 Err(e) => Err(format!("manifest: {e}")),
@@ -976,6 +988,32 @@ mod tests {
         assert!(
             error.contains("checkpoint 4: part 1, in its base checkpoint 3"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_of_an_older_format_is_refused_not_passed_over() {
+        let (dir, mut store) = store(2);
+        checkpoint(&mut store, 1, &parts_of(1, 2));
+        let manifest = dir.path().join(manifest_name(1));
+        let mut bytes = std::fs::read(&manifest).unwrap();
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        std::fs::write(&manifest, &bytes).unwrap();
+        let error = store.latest_complete(JOB).unwrap_err();
+        assert!(
+            matches!(error, CheckpointError::OlderFormat { id: 1, found: 1 }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("remove the directory to start over"));
+        // A version no build wrote (a damaged header) is passed over.
+        bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
+        std::fs::write(&manifest, &bytes).unwrap();
+        let recovered = store.latest_complete(JOB).unwrap();
+        assert_eq!(recovered.checkpoint, None);
+        assert!(
+            recovered.skipped[0].contains("format version 99"),
+            "{:?}",
+            recovered.skipped
         );
     }
 
