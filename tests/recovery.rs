@@ -300,9 +300,13 @@ fn cluster_survives_killed_workers(app: &'static str, records: u64, kills: u32) 
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{status:?}: {stderr}");
     let restarts = stderr.matches("restarting every process").count();
+    // A kill can land after the output was complete (a fast machine): that
+    // worker's death is only a warning, and no restart follows.
+    let after_the_end = stderr.matches("(SIGKILL) after the run ended").count();
+    let noticed = (killed as usize).saturating_sub(after_the_end);
     assert!(
-        restarts >= killed.min(1) as usize,
-        "{killed} kills, {restarts} restarts: {stderr}"
+        restarts >= noticed.min(1),
+        "{killed} kills ({after_the_end} after the run ended), {restarts} restarts: {stderr}"
     );
     job.verify();
     eprintln!("{app}: {killed} workers killed, {restarts} restarts");
@@ -310,12 +314,12 @@ fn cluster_survives_killed_workers(app: &'static str, records: u64, kills: u32) 
 
 #[test]
 fn a_cluster_restarts_itself_after_killed_workers_and_finishes_exactly() {
-    cluster_survives_killed_workers("seq-window", 400_000, 3);
+    cluster_survives_killed_workers("seq-window", 1_000_000, 3);
 }
 
 #[test]
 fn a_two_stream_cluster_restarts_itself_after_killed_workers_and_finishes_exactly() {
-    cluster_survives_killed_workers("market-spread", 400_000, 3);
+    cluster_survives_killed_workers("market-spread", 1_000_000, 3);
 }
 
 #[test]
