@@ -301,15 +301,15 @@ const UP_CHECKPOINT_PIECE: u8 = 5;
 pub const PART_PIECE_MAX_BYTES: usize = 4 << 20;
 
 /// A shard's checkpoint part on its way to process 0, in pieces of at most
-/// `piece_max` bytes: both drivers send `next` until it is `None`, and may
-/// stop between pieces (a full queue) and go on later.
+/// `piece_max` bytes: both drivers `send` it, and may stop between pieces
+/// (a full queue) and go on later.
 #[derive(Debug)]
 pub struct PartUpload {
     checkpoint: u64,
+    /// The encoded part (never empty: it has a header).
     bytes: Vec<u8>,
     sent: usize,
     piece_max: usize,
-    done: bool,
 }
 
 impl PartUpload {
@@ -320,7 +320,6 @@ impl PartUpload {
             bytes: crate::checkpoint::encode_part(part),
             sent: 0,
             piece_max,
-            done: false,
         }
     }
 
@@ -329,23 +328,27 @@ impl PartUpload {
         self.checkpoint
     }
 
-    /// The next piece to send, if any is left.
-    pub fn next(&self) -> Option<UpstreamRef<'_>> {
-        if self.done {
-            return None;
-        }
-        let end = self.bytes.len().min(self.sent + self.piece_max);
-        Some(UpstreamRef::CheckpointPiece {
-            total: self.bytes.len() as u64,
-            offset: self.sent as u64,
-            bytes: &self.bytes[self.sent..end],
-        })
+    /// Whether some pieces were sent already (a resumed upload).
+    pub fn is_started(&self) -> bool {
+        self.sent > 0
     }
 
-    /// The piece `next` gave was sent.
-    pub fn sent_one(&mut self) {
-        self.sent = self.bytes.len().min(self.sent + self.piece_max);
-        self.done = self.sent == self.bytes.len();
+    /// Offers the pieces left, in order, to `try_send` until it refuses one
+    /// (returns false: the queue is full); returns whether all were sent.
+    pub fn send(&mut self, mut try_send: impl FnMut(&UpstreamRef<'_>) -> bool) -> bool {
+        while self.sent < self.bytes.len() {
+            let end = self.bytes.len().min(self.sent + self.piece_max);
+            let piece = UpstreamRef::CheckpointPiece {
+                total: self.bytes.len() as u64,
+                offset: self.sent as u64,
+                bytes: &self.bytes[self.sent..end],
+            };
+            if !try_send(&piece) {
+                return false;
+            }
+            self.sent = end;
+        }
+        true
     }
 }
 
@@ -440,6 +443,7 @@ pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
 }
 
 /// `Upstream` borrowed, so output buffers need not be copied to be encoded.
+#[derive(Clone, Copy)]
 pub enum UpstreamRef<'a> {
     Lines(&'a OutputBatch),
     DeadLetter(&'a DeadLetter),
@@ -835,17 +839,28 @@ mod tests {
             let mut assembly = PartAssembly::default();
             let mut pieces = 0;
             let mut assembled = None;
-            while let Some(piece) = upload.next() {
-                let frame = framed(|writer| encode_upstream(&piece, writer));
-                let Upstream::CheckpointPiece { total, offset, bytes } = decode_upstream(&frame).unwrap()
-                else {
-                    panic!("a piece decodes as a piece")
-                };
-                assert!(bytes.len() <= piece_max);
-                assert!(assembled.is_none(), "nothing after the last piece");
-                assembled = assembly.on_piece(total, offset, &bytes).unwrap();
-                upload.sent_one();
-                pieces += 1;
+            // One piece per offer, as a queue of one frame would take them.
+            loop {
+                let mut room = true;
+                let done = upload.send(|piece| {
+                    if !std::mem::take(&mut room) {
+                        return false;
+                    }
+                    let frame = framed(|writer| encode_upstream(piece, writer));
+                    let Upstream::CheckpointPiece { total, offset, bytes } = decode_upstream(&frame).unwrap()
+                    else {
+                        panic!("a piece decodes as a piece")
+                    };
+                    assert!(bytes.len() <= piece_max);
+                    assert!(assembled.is_none(), "nothing after the last piece");
+                    assembled = assembly.on_piece(total, offset, &bytes).unwrap();
+                    pieces += 1;
+                    true
+                });
+                if done {
+                    break;
+                }
+                assert!(upload.is_started(), "a refused upload resumes where it stopped");
             }
             let encoded = crate::checkpoint::encode_part(&part).len();
             assert_eq!(

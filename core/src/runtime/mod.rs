@@ -719,7 +719,6 @@ pub struct OpenedCheckpoints {
 }
 
 impl OpenedCheckpoints {
-    /// The checkpoint the run continues from (0: from the start).
     /// The store id of the checkpoint the run recovers from, 0 if none.
     pub fn resumed_from(&self) -> u64 {
         self.restart.as_ref().map_or(0, |r| r.store_id)

@@ -170,11 +170,10 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
             // To process 0, which writes every part, in pieces (a part can
             // be far larger than a frame).
             output @ OutputOut::Remote(_) => {
-                let mut upload = PartUpload::new(&part, PART_PIECE_MAX_BYTES);
-                while let Some(piece) = upload.next() {
-                    send_upstream(output, piece);
-                    upload.sent_one();
-                }
+                PartUpload::new(&part, PART_PIECE_MAX_BYTES).send(|piece| {
+                    send_upstream(output, *piece);
+                    true
+                });
             }
         }
         Sent::Done

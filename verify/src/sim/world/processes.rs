@@ -304,19 +304,20 @@ where
             }
             None => PartUpload::new(&part, piece_max),
         };
-        if upload
-            .next()
-            .is_some_and(|piece| matches!(piece, UpstreamRef::CheckpointPiece { offset, .. } if offset > 0))
-        {
+        if upload.is_started() {
             self.world.stats.bump("part_uploads_resumed");
         }
-        while let Some(piece) = upload.next() {
-            if !self.world.try_upstream(self.shard, &piece) {
-                self.world.uploads[s] = Some(upload);
-                return Sent::Full(part);
+        let (world, shard) = (&mut *self.world, self.shard);
+        let sent = upload.send(|piece| {
+            let taken = world.try_upstream(shard, piece);
+            if taken {
+                world.stats.bump("part_pieces");
             }
-            upload.sent_one();
-            self.world.stats.bump("part_pieces");
+            taken
+        });
+        if !sent {
+            self.world.uploads[s] = Some(upload);
+            return Sent::Full(part);
         }
         Sent::Done
     }
