@@ -28,6 +28,11 @@ pub trait Storage: Send {
     /// until `sync_file`; a new name is not durable until `sync_dir`.
     fn create(&mut self, name: &str, bytes: &[u8]) -> io::Result<()>;
 
+    /// Appends `bytes` to `name`, creating it if missing. Not durable until
+    /// `sync_file` (a crash may keep a prefix of what was appended since);
+    /// a new name is not durable until `sync_dir`.
+    fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()>;
+
     /// Makes the contents of `name` durable.
     fn sync_file(&mut self, name: &str) -> io::Result<()>;
 
@@ -52,6 +57,9 @@ pub trait Storage: Send {
 impl<S: Storage + ?Sized> Storage for Box<S> {
     fn create(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         (**self).create(name, bytes)
+    }
+    fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        (**self).append(name, bytes)
     }
     fn sync_file(&mut self, name: &str) -> io::Result<()> {
         (**self).sync_file(name)
@@ -177,6 +185,16 @@ impl Storage for DirStorage {
         let path = self.file(name)?;
         let mut file = File::create(&path).map_err(|e| with_path(e, &path, "create"))?;
         file.write_all(bytes).map_err(|e| with_path(e, &path, "write"))
+    }
+
+    fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.file(name)?;
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| with_path(e, &path, "open"))?;
+        file.write_all(bytes).map_err(|e| with_path(e, &path, "append to"))
     }
 
     fn sync_file(&mut self, name: &str) -> io::Result<()> {

@@ -53,6 +53,9 @@ struct Inode {
     current: Vec<u8>,
     /// Current contents are durable.
     synced: bool,
+    /// Since it was last synced, only appended to: a crash keeps at least
+    /// its durable contents (a rewrite may lose them all).
+    appended_only: bool,
 }
 
 /// A directory change not yet durable.
@@ -122,12 +125,14 @@ impl SimDisk {
         self.forget_unlinked();
         for inode in self.inodes.values_mut().filter(|inode| !inode.synced) {
             if self.rng.chance(1, 2) {
-                let len = self.rng.below(inode.current.len() as u64 + 1) as usize;
+                let kept = if inode.appended_only { inode.durable.len() } else { 0 };
+                let len = kept + self.rng.below((inode.current.len() - kept) as u64 + 1) as usize;
                 inode.durable = inode.current[..len].to_vec();
                 self.stats.torn_files += 1;
             }
             inode.current = inode.durable.clone();
             inode.synced = true;
+            inode.appended_only = true;
         }
         self.check_invariants();
     }
@@ -212,6 +217,7 @@ impl Storage for SimDisk {
         if let Ok(inode) = self.inode_of(name) {
             inode.current = bytes.to_vec();
             inode.synced = false;
+            inode.appended_only = false;
             return Ok(());
         }
         let id = InodeId(self.next_inode);
@@ -221,6 +227,7 @@ impl Storage for SimDisk {
             current: bytes.to_vec(),
             // An empty new file is what a crash would leave of it anyway.
             synced: bytes.is_empty(),
+            appended_only: true,
         };
         self.inodes.insert(id, inode);
         self.current.insert(name.to_string(), id);
@@ -238,7 +245,20 @@ impl Storage for SimDisk {
         let inode = self.inode_of(name)?;
         inode.durable = inode.current.clone();
         inode.synced = true;
+        inode.appended_only = true;
         Ok(())
+    }
+
+    fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        validate_name(name)?;
+        if self.current.contains_key(name) {
+            self.begin()?;
+            let inode = self.inode_of(name)?;
+            inode.current.extend_from_slice(bytes);
+            inode.synced &= bytes.is_empty();
+            return Ok(());
+        }
+        self.create(name, bytes)
     }
 
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
@@ -410,6 +430,9 @@ impl SharedDisk {
 impl Storage for SharedDisk {
     fn create(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         self.disk().create(name, bytes)
+    }
+    fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.disk().append(name, bytes)
     }
     fn sync_file(&mut self, name: &str) -> io::Result<()> {
         self.disk().sync_file(name)
