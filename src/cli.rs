@@ -28,6 +28,8 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a reference app to the end of its input.
@@ -67,6 +69,67 @@ enum Command {
     /// Run a whole cluster in one thread on a virtual clock, with seeded faults,
     /// and check each seed's output against the oracle.
     Sim(SimArgs),
+    /// Check and read an audit log (`run … --audit DIR`).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AuditCommand {
+    /// Check every record's checksum and every link of each process's hash
+    /// chain; with --digest, also that the log still holds what a saved
+    /// digest saw (which catches a log cut back). Exit 1 on any problem,
+    /// naming the first bad record or missing segment.
+    Verify {
+        dir: PathBuf,
+        /// A file of `verity audit digest` output saved earlier.
+        #[arg(long, value_name = "FILE")]
+        digest: Option<PathBuf>,
+    },
+    /// Print the head of each process's chain, to keep somewhere else.
+    Digest { dir: PathBuf },
+    /// Counts per record kind, time range, processes, segments.
+    Summary { dir: PathBuf },
+}
+
+/// The audit log.
+#[derive(Args, Debug, Clone)]
+struct AuditArgs {
+    /// Keep an audit log in DIR (created if missing; a later run continues
+    /// its chain): every input chunk received, what each shard applied and
+    /// sent and when, the clock readings and market state decisions used,
+    /// the lineage of every output line, dead letters, checkpoints and
+    /// recoveries. Check it with `verity audit verify DIR`.
+    #[arg(long, value_name = "DIR")]
+    audit: Option<PathBuf>,
+    /// When audit records are made durable: every-batch, interval-ms:N, or
+    /// none (the OS decides; a crash may lose any of them).
+    #[arg(long, value_name = "POLICY", default_value = "interval-ms:10", requires = "audit",
+          value_parser = |s: &str| s.parse::<verity_audit::FsyncPolicy>())]
+    audit_fsync: verity_audit::FsyncPolicy,
+    /// Start a new segment file once one holds this many bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = verity_audit::writer::DEFAULT_SEGMENT_MAX_BYTES,
+          requires = "audit", value_parser = clap::value_parser!(u64).range(4096..))]
+    audit_segment_bytes: u64,
+}
+
+impl AuditArgs {
+    fn settings(&self) -> Option<verity_core::AuditSettings> {
+        let dir = self.audit.clone()?;
+        let mut incarnation = [0u8; 8];
+        let _ = getrandom::getrandom(&mut incarnation);
+        Some(verity_core::AuditSettings {
+            dir,
+            limits: verity_audit::WriterLimits {
+                segment_max_bytes: self.audit_segment_bytes,
+                fsync: self.audit_fsync,
+            },
+            command_line: std::env::args().collect(),
+            incarnation: u64::from_le_bytes(incarnation),
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -243,6 +306,14 @@ struct RunArgs {
     stop: StopArgs,
     #[command(flatten)]
     checkpoints: CheckpointArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
+    /// market-spread: reject an order when the quote in force is older than
+    /// this by the process clock at decision time (never trade on a stale
+    /// quote). The decision depends on the clock: keep an --audit log to
+    /// re-create it.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    max_quote_age_ms: Option<u64>,
 }
 
 /// Checkpoints and recovery.
@@ -461,6 +532,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
             run_worker_process(&args.cluster, args.id, &net, pinning, &signal, !args.once)
         }
         Command::Sim(args) => sim(args),
+        Command::Audit { command } => crate::audit::execute(command),
         Command::Send(args) => {
             let report = verity_verify::harness::send(&args.to, &args.input, args.rate, args.batch)?;
             eprintln!(
@@ -593,11 +665,22 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
                 args.seed
             ),
         }),
+        audit: args.audit.settings(),
         ..RunConfig::default()
     };
+    if args.max_quote_age_ms.is_some() && app != AppName::MarketSpread {
+        bail!("--max-quote-age-ms is a market-spread option");
+    }
+    if config.audit.is_some() && args.processes.is_some_and(|p| p > 1) {
+        bail!(
+            "--audit with --processes is not supported yet (workers keep no audit log); \
+             run in one process, or use --cluster and start each `verity worker` yourself"
+        );
+    }
     let signal = install_stop_handler()?;
     let options = AppOptions {
         final_counts: args.final_counts,
+        max_quote_age_ms: args.max_quote_age_ms,
     };
     let net = args.net.options(&args.stop);
     let job = JobSpec {

@@ -133,6 +133,7 @@ impl JobSpec {
         Job {
             app: self.app.name().to_string(),
             final_counts: self.options.final_counts,
+            max_quote_age_ms: self.options.max_quote_age_ms,
             sources: if self.split_input { 2 } else { 1 },
             // The command line bounds both far below u32::MAX.
             batch_max: u32::try_from(self.batch_max).expect("--batch-max is bounded"),
@@ -165,6 +166,7 @@ impl JobSpec {
             app,
             options: AppOptions {
                 final_counts: job.final_counts,
+                max_quote_age_ms: job.max_quote_age_ms,
             },
             split_input,
             batch_max: job.batch_max as usize,
@@ -735,7 +737,10 @@ mod tests {
     fn job_specs_cross_the_network_as_jobs() {
         let spec = JobSpec {
             app: AppName::MarketSpread,
-            options: AppOptions { final_counts: false },
+            options: AppOptions {
+                final_counts: false,
+                max_quote_age_ms: Some(250),
+            },
             split_input: true,
             batch_max: 7,
             queue_depth_batches: 9,

@@ -1,6 +1,7 @@
 //! The `verity` command line: parses arguments, wires them to the engine, and
 //! reports. No engine logic lives here.
 
+mod audit;
 mod cli;
 mod cluster;
 mod logger;

@@ -76,6 +76,9 @@ impl AppInput {
 pub struct AppOptions {
     /// wordcount: final counts at end of input instead of running counts.
     pub final_counts: bool,
+    /// market-spread: reject orders on a quote older than this (by the
+    /// process clock at decision time).
+    pub max_quote_age_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +164,7 @@ pub fn drive_app<D: Driver>(
                     market_spread::Inputs::Split { quotes, orders }
                 }
             };
-            driver.drive(market_spread::dataflow(inputs))?
+            driver.drive(market_spread::dataflow_with(inputs, options.max_quote_age_ms))?
         }
     };
     Ok(out)

@@ -4,7 +4,7 @@
 
 use crate::format::{write_price, write_u64, PRICE_UNITS_PER_ONE};
 use verity_core::wire::take;
-use verity_core::{Dataflow, Either, Line, Reject, SourceSpec, Stream, Wire, WireError};
+use verity_core::{Dataflow, Either, Line, MsgId, Reject, SourceSpec, Stream, Wire, WireError};
 
 pub const FORMAT_HELP: &str = "\
 Input: quote lines `Q,<symbol>,<bid>,<ask>` and order lines
@@ -15,6 +15,9 @@ quantities are u64; symbols are 1-8 chars of [A-Z0-9.]. Give one mixed stream
 `-` or tcp:HOST:PORT).
 State per symbol: its last quote. A symbol starts rejecting; a quote makes it
 rejecting when ask - bid >= 0.05 or 40*(ask - bid) >= bid + ask (spread >= 5% of mid).
+With --max-quote-age-ms N an order is also rejected when the quote in force
+arrived more than N ms before the decision, by the process clock (a stale
+quote); keep an --audit log to re-create such decisions.
 Output per order: `<order_id>,<ACCEPT|REJECT>,<symbol>,<bid>,<ask>` with the
 bid/ask in force at the decision, printed with 4 fractional digits (both empty if
 the symbol has no quote yet). Malformed lines are dead-lettered.";
@@ -135,23 +138,135 @@ pub struct Order {
 
 pub type Event = Either<Quote, Order>;
 
-/// Per-symbol market state: the last quote, and whether it makes orders reject.
+/// Per-symbol market state: the last quote, whether it makes orders reject,
+/// and, for the audit log and the stale-quote rule, which input record it
+/// was and when it arrived (processing time, µs since the epoch).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Book {
     pub quote: Option<(u64, u64)>,
     pub rejecting: bool,
+    pub quote_id: MsgId,
+    pub quote_at_us: u64,
 }
 
 impl Wire for Book {
     fn encode(&self, out: &mut Vec<u8>) {
         self.quote.encode(out);
         self.rejecting.encode(out);
+        self.quote_id.producer.encode(out);
+        self.quote_id.part.encode(out);
+        self.quote_id.seq.encode(out);
+        self.quote_at_us.encode(out);
     }
     fn decode(input: &mut &[u8]) -> Result<Self, WireError> {
         Ok(Book {
             quote: Option::decode(input)?,
             rejecting: bool::decode(input)?,
+            quote_id: MsgId {
+                producer: u32::decode(input)?,
+                part: u32::decode(input)?,
+                seq: u64::decode(input)?,
+            },
+            quote_at_us: u64::decode(input)?,
         })
+    }
+}
+
+/// Why an order was decided as it was (the audit note's decision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Accepted,
+    NoQuote,
+    WideSpread,
+    StaleQuote,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 4] = [
+        Reason::Accepted,
+        Reason::NoQuote,
+        Reason::WideSpread,
+        Reason::StaleQuote,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Accepted => "accepted",
+            Reason::NoQuote => "rejected: no quote yet",
+            Reason::WideSpread => "rejected: spread too wide",
+            Reason::StaleQuote => "rejected: stale quote",
+        }
+    }
+}
+
+/// What an order's decision read that its input does not hold, as the
+/// audit log keeps it (`Output::note`): the quote in force (which input
+/// record, when it arrived), the clock reading, and the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecisionNote {
+    pub reason: Reason,
+    pub quote: Option<(u64, u64)>,
+    pub quote_id: MsgId,
+    pub quote_at_us: u64,
+    /// The clock reading the decision used (0 if the rule needed none).
+    pub now_us: u64,
+}
+
+const NOTE_VERSION: u8 = 1;
+
+impl DecisionNote {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        use verity_audit::codec::{put_u8, put_varint};
+        put_u8(out, NOTE_VERSION);
+        put_u8(
+            out,
+            Reason::ALL
+                .iter()
+                .position(|r| *r == self.reason)
+                .expect("a reason") as u8,
+        );
+        let (bid, ask) = self.quote.unwrap_or_default();
+        put_u8(out, self.quote.is_some() as u8);
+        for field in [
+            bid,
+            ask,
+            self.quote_id.producer as u64,
+            self.quote_id.seq,
+            self.quote_id.part as u64,
+            self.quote_at_us,
+            self.now_us,
+        ] {
+            put_varint(out, field);
+        }
+    }
+
+    pub fn decode(note: &[u8]) -> Result<DecisionNote, verity_audit::codec::DecodeError> {
+        use verity_audit::codec::{DecodeError, Reader};
+        let mut input = Reader::new(note);
+        if input.u8()? != NOTE_VERSION {
+            return Err(DecodeError::Invalid("market-spread note version"));
+        }
+        let reason = *Reason::ALL
+            .get(input.u8()? as usize)
+            .ok_or(DecodeError::Invalid("market-spread reason"))?;
+        let has_quote = input.bool()?;
+        let (bid, ask) = (input.varint()?, input.varint()?);
+        let quote_id = MsgId {
+            producer: input.varint_u32()?,
+            seq: input.varint()?,
+            part: input.varint_u32()?,
+        };
+        let note = DecisionNote {
+            reason,
+            quote: has_quote.then_some((bid, ask)),
+            quote_id,
+            quote_at_us: input.varint()?,
+            now_us: input.varint()?,
+        };
+        if !input.is_empty() {
+            return Err(DecodeError::Invalid("bytes after a market-spread note"));
+        }
+        Ok(note)
     }
 }
 
@@ -171,6 +286,15 @@ pub enum Inputs {
 }
 
 pub fn dataflow(inputs: Inputs) -> Dataflow<Symbol, Event, Book, Decision> {
+    dataflow_with(inputs, None)
+}
+
+/// The dataflow, with the stale-quote rule when `max_quote_age_ms` is set.
+pub fn dataflow_with(
+    inputs: Inputs,
+    max_quote_age_ms: Option<u64>,
+) -> Dataflow<Symbol, Event, Book, Decision> {
+    let max_quote_age_us = max_quote_age_ms.map(|ms| ms.saturating_mul(1000));
     let events = match inputs {
         Inputs::Mixed(input) => Stream::from_source(input)
             .try_map(|line: Line| parse_event(line.as_bytes()))
@@ -192,8 +316,29 @@ pub fn dataflow(inputs: Inputs) -> Dataflow<Symbol, Event, Book, Decision> {
         }
     };
     events
-        .stateful(|book: &mut Book, _, msg, out| {
-            if let Some(decision) = apply(book, &msg.data) {
+        .stateful(move |book: &mut Book, _, msg, out| {
+            // Clock readings only where a decision needs one: a quote's
+            // arrival (for the age rule) and an order's decision time.
+            let needs_clock = max_quote_age_us.is_some() || out.is_audited();
+            if let Either::Left(_) = msg.data {
+                book.quote_id = msg.id;
+                book.quote_at_us = if needs_clock { out.now_us() } else { 0 };
+            }
+            let now_us = match (&msg.data, needs_clock) {
+                (Either::Right(_), true) => out.now_us(),
+                _ => 0,
+            };
+            if let Some((decision, reason)) = decide(book, &msg.data, now_us, max_quote_age_us) {
+                out.note(|note| {
+                    DecisionNote {
+                        reason,
+                        quote: book.quote,
+                        quote_id: book.quote_id,
+                        quote_at_us: book.quote_at_us,
+                        now_us,
+                    }
+                    .encode(note)
+                });
                 out.emit(decision);
             }
         })
@@ -205,6 +350,28 @@ fn event_symbol(event: &Event) -> Symbol {
         Either::Left(q) => q.symbol,
         Either::Right(o) => o.symbol,
     }
+}
+
+/// The decision with the stale-quote rule: an order is rejected when the
+/// quote in force arrived more than `max_quote_age_us` before `now_us`.
+pub fn decide(
+    book: &mut Book,
+    event: &Event,
+    now_us: u64,
+    max_quote_age_us: Option<u64>,
+) -> Option<(Decision, Reason)> {
+    let mut decision = apply(book, event)?;
+    let reason = if book.quote.is_none() {
+        Reason::NoQuote
+    } else if book.rejecting {
+        Reason::WideSpread
+    } else if max_quote_age_us.is_some_and(|max| now_us.saturating_sub(book.quote_at_us) > max) {
+        decision.accept = false;
+        Reason::StaleQuote
+    } else {
+        Reason::Accepted
+    };
+    Some((decision, reason))
 }
 
 /// The whole decision logic: a quote updates the book, an order is decided.

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod query;
 pub mod record;
 pub mod segment;
 pub mod writer;

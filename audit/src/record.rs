@@ -41,6 +41,26 @@ fn read_id(input: &mut Reader<'_>) -> Result<Id, DecodeError> {
     })
 }
 
+/// Notes built in place on the hot path (no `Notes` value, no allocation
+/// per note): `put_note` each into an entries buffer, then `push_notes`.
+pub fn put_note(entries: &mut Vec<u8>, id: Id, note: &[u8]) {
+    put_id(entries, id);
+    put_bytes(entries, note);
+}
+
+/// Appends a `Notes` record of `count` entries made by `put_note` to a
+/// producer's buffer (as `writer::push_record` would).
+pub fn push_notes(buffer: &mut Vec<u8>, shard: u32, count: u64, entries: &[u8]) {
+    let at = buffer.len();
+    buffer.extend_from_slice(&[0; 4]);
+    put_u8(buffer, kind::NOTES);
+    put_varint(buffer, shard as u64);
+    put_varint(buffer, count);
+    buffer.extend_from_slice(entries);
+    let len = (buffer.len() - at - 4) as u32;
+    buffer[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
 /// Where in its stream a chunk ended: a text stream's bytes and lines
 /// consumed (for TCP the byte count is the sender's stream sequence), or a
 /// log's next offset.
@@ -139,9 +159,11 @@ pub struct Output {
     pub utc_us: u64,
     pub shard: u32,
     pub first_line: u64,
+    pub lines: u64,
     pub bytes: u64,
     pub crc32c: u32,
-    /// One per line.
+    /// One per line, or none where the shard did not send them (a remote
+    /// shard's output, so far).
     pub ids: Vec<Id>,
 }
 
@@ -347,6 +369,7 @@ impl Record {
                 put_varint(out, r.utc_us);
                 put_varint(out, r.shard as u64);
                 put_varint(out, r.first_line);
+                put_varint(out, r.lines);
                 put_varint(out, r.bytes);
                 out.extend_from_slice(&r.crc32c.to_le_bytes());
                 put_varint(out, r.ids.len() as u64);
@@ -457,6 +480,7 @@ impl Record {
                 let utc_us = input.varint()?;
                 let shard = input.varint_u32()?;
                 let first_line = input.varint()?;
+                let lines = input.varint()?;
                 let bytes = input.varint()?;
                 let crc32c = input.u32_le()?;
                 let count = input.varint()?;
@@ -468,6 +492,7 @@ impl Record {
                     utc_us,
                     shard,
                     first_line,
+                    lines,
                     bytes,
                     crc32c,
                     ids,
@@ -598,6 +623,7 @@ pub(crate) mod tests {
                     utc_us: f[0],
                     shard,
                     first_line: f[1],
+                    lines: f[2] / 2,
                     bytes: f[2],
                     crc32c,
                     ids,
@@ -651,6 +677,33 @@ pub(crate) mod tests {
             let keep = body.len().saturating_sub(cut);
             prop_assert!(Record::decode(&body[..keep]).is_err());
         }
+    }
+
+    #[test]
+    fn notes_built_in_place_decode_as_notes() {
+        let notes = vec![
+            (
+                Id {
+                    producer: 1,
+                    part: 0,
+                    seq: 9,
+                },
+                b"abc".to_vec(),
+            ),
+            (Id::default(), Vec::new()),
+        ];
+        let mut entries = Vec::new();
+        for (id, note) in &notes {
+            put_note(&mut entries, *id, note);
+        }
+        let mut buffer = Vec::new();
+        push_notes(&mut buffer, 4, 2, &entries);
+        let len = u32::from_le_bytes(buffer[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, buffer.len() - 4);
+        assert_eq!(
+            Record::decode(&buffer[4..]),
+            Ok(Record::Notes(Notes { shard: 4, notes }))
+        );
     }
 
     #[test]

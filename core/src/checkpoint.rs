@@ -380,6 +380,11 @@ impl Checkpointer {
     }
 
     /// Bytes of the last checkpoint written: its parts' payloads.
+    /// The store id of the newest checkpoint written (or resumed from).
+    pub fn last_store_id(&self) -> u64 {
+        self.previous_store_id.unwrap_or(0)
+    }
+
     pub fn last_size_bytes(&self) -> u64 {
         self.last_size_bytes
     }

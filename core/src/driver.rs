@@ -69,6 +69,10 @@ pub trait ShardPorts<K, V> {
     /// This shard's part of a checkpoint, on the way to the sink after the
     /// output before it (the checkpoint's place in the output stream).
     fn try_checkpoint(&mut self, part: CheckpointPart) -> Sent<CheckpointPart>;
+    /// Audit records for the audit writer (only from a shard with
+    /// `enable_audit`); the production port waits while the writer's queue
+    /// is full, as no audit record may be dropped.
+    fn try_audit(&mut self, records: Vec<u8>) -> Sent<Vec<u8>>;
     /// Tells process 0 this shard is done (a local shard: nothing to send).
     /// False if there is no room yet.
     fn try_finished(&mut self, counters: ShardCounters) -> bool;
@@ -332,6 +336,10 @@ where
                     Sent::Done => None,
                     Sent::Full(part) => Some(Effect::Checkpoint(part)),
                 },
+                Effect::Audit(records) => match ports.try_audit(records) {
+                    Sent::Done => None,
+                    Sent::Full(records) => Some(Effect::Audit(records)),
+                },
             };
             if let Some(effect) = refused {
                 self.pending.push_front(effect);
@@ -542,6 +550,10 @@ mod tests {
             self.queues.dead[self.shard as usize].push(letter);
             Sent::Done
         }
+        fn try_audit(&mut self, _records: Vec<u8>) -> Sent<Vec<u8>> {
+            unreachable!("these tests keep no audit log")
+        }
+
         fn try_checkpoint(&mut self, part: CheckpointPart) -> Sent<CheckpointPart> {
             let shard = self.shard as usize;
             let marks = (self.queues.output[shard].len(), self.queues.dead[shard].len());

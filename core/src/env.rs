@@ -3,32 +3,63 @@
 //! simulator injects a virtual clock, so the same code replays exactly.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
 
-/// A monotonic clock in microseconds since an arbitrary origin.
-pub trait Clock: Send {
+/// Processing time: microseconds since the Unix epoch (UTC), never going
+/// backwards within a process. Logic reads it only through this trait, so
+/// the simulator can drive it and the audit log can record every reading
+/// that a decision used.
+pub trait Clock: Send + Sync {
     fn now_us(&self) -> u64;
+    /// How this clock reads time, for the audit log.
+    fn source(&self) -> &'static str;
 }
 
-/// The OS monotonic clock. Only drivers construct it; logic sees `dyn Clock`.
-#[derive(Debug, Clone)]
+/// The OS clock: UTC read once at process start, moved on by the monotonic
+/// clock, so readings are UTC to the accuracy of the system clock at start
+/// and never jump (an NTP step later does not reach them). Only drivers
+/// construct it; logic sees `dyn Clock`.
+#[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
     origin: Instant,
+    origin_utc_us: u64,
+}
+
+impl SystemClock {
+    /// The process's clock: every shard and thread reads the same one.
+    pub fn process() -> SystemClock {
+        static PROCESS: OnceLock<SystemClock> = OnceLock::new();
+        *PROCESS.get_or_init(|| {
+            let since_epoch = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            SystemClock {
+                origin: Instant::now(),
+                origin_utc_us: since_epoch.as_micros() as u64,
+            }
+        })
+    }
 }
 
 impl Default for SystemClock {
     fn default() -> Self {
-        SystemClock {
-            origin: Instant::now(),
-        }
+        SystemClock::process()
     }
 }
 
 impl Clock for SystemClock {
     fn now_us(&self) -> u64 {
-        self.origin.elapsed().as_micros() as u64
+        self.origin_utc_us + self.origin.elapsed().as_micros() as u64
     }
+    fn source(&self) -> &'static str {
+        "system realtime (UTC) at process start + CLOCK_MONOTONIC since, microseconds"
+    }
+}
+
+/// The process clock, shared.
+pub fn process_clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock::process())
 }
 
 /// A clock that moves only when told to: tests and the simulator share one.
@@ -46,6 +77,9 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_us(&self) -> u64 {
         self.now_us.load(Ordering::Relaxed)
+    }
+    fn source(&self) -> &'static str {
+        "manual (a test's or the simulator's virtual clock)"
     }
 }
 
@@ -109,6 +143,23 @@ mod tests {
             for _ in 0..1000 {
                 assert!(rng.below(bound) < bound);
             }
+        }
+    }
+
+    #[test]
+    fn the_system_clock_reads_utc_and_never_goes_back() {
+        let clock = SystemClock::process();
+        let first = clock.now_us();
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        assert!(first.abs_diff(wall) < 60_000_000, "{first} vs {wall}");
+        let mut last = first;
+        for _ in 0..1000 {
+            let now = SystemClock::default().now_us();
+            assert!(now >= last);
+            last = now;
         }
     }
 

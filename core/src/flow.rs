@@ -8,6 +8,7 @@
 //! runs on the shard that owns the key, so one key's state is only ever touched
 //! by one thread.
 
+use crate::audit::{NoteSink, UnitClock};
 use crate::ids::{Msg, MsgId};
 use crate::key::Key;
 use crate::line::{Line, Reject};
@@ -283,6 +284,9 @@ pub struct Output<'a, O> {
     /// The input id of each line, kept only when the sink wants ids.
     pub(crate) ids: Option<&'a mut Vec<MsgId>>,
     pub(crate) emitted: &'a mut u64,
+    pub(crate) clock: &'a mut UnitClock,
+    /// Where notes go when the audit log is on.
+    pub(crate) notes: Option<&'a mut NoteSink>,
 }
 
 impl<O> Output<'_, O> {
@@ -298,5 +302,28 @@ impl<O> Output<'_, O> {
     /// The id of the input being processed (for lineage).
     pub fn input_id(&self) -> MsgId {
         self.id
+    }
+
+    /// Processing time, microseconds since the Unix epoch (UTC), through the
+    /// injected `Clock`. Every record of a batch sees the same reading, and
+    /// the audit log records it, so a decision that depends on it can be
+    /// re-created.
+    pub fn now_us(&mut self) -> u64 {
+        self.clock.now_us()
+    }
+
+    /// Whether `note` records anything (the audit log is on): logic can skip
+    /// preparing a note nobody keeps.
+    pub fn is_audited(&self) -> bool {
+        self.notes.is_some()
+    }
+
+    /// Records, for the input being processed, what the logic read or
+    /// decided that the input does not hold (the state a decision saw), in
+    /// the app's own encoding. `write` runs only when the audit log is on.
+    pub fn note(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if let Some(notes) = self.notes.as_deref_mut() {
+            notes.note(self.id, write);
+        }
     }
 }

@@ -43,3 +43,13 @@ impl<T> Msg<T> {
         Msg { id, data }
     }
 }
+
+impl From<MsgId> for verity_audit::Id {
+    fn from(id: MsgId) -> Self {
+        verity_audit::Id {
+            producer: id.producer,
+            part: id.part,
+            seq: id.seq,
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! batched queues, reader and output threads).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod checkpoint;
 pub mod cluster;
 pub mod connector;
@@ -14,6 +15,7 @@ pub mod key;
 pub mod line;
 pub mod runtime;
 pub mod shard;
+
 pub mod sink;
 pub mod small;
 pub mod source;
@@ -28,8 +30,8 @@ pub use ids::{Msg, MsgId};
 pub use key::Key;
 pub use line::{Line, Reject};
 pub use runtime::{
-    open_checkpoints, run, run_in_cluster, CheckpointSettings, ClusterRun, Delivery, OpenedCheckpoints,
-    Outputs, Placement, RunConfig, RunError, RunSummary,
+    open_checkpoints, run, run_in_cluster, AuditSettings, CheckpointSettings, ClusterRun, Delivery,
+    OpenedCheckpoints, Outputs, Placement, RunConfig, RunError, RunSummary,
 };
 pub use shard::ShardLimits;
 pub use sink::{CustomSink, DeadLetterSpec, OutputBatch, SinkSpec};

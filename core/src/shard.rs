@@ -40,6 +40,8 @@
 //! recovery restores every shard from it (`ShardCore::restore`), reopens the
 //! sources at their cuts and starts every channel anew.
 
+use crate::audit::{ShardAudit, UnitClock, UnitSource};
+use crate::env::Clock;
 use crate::flow::{Chain, EndFn, FormatFn, Keyed, Logic, Output, StepFn};
 use crate::ids::{Msg, MsgId};
 use crate::key::{shard_for, Key};
@@ -152,6 +154,9 @@ pub enum Effect<K, V> {
     /// This shard's part of checkpoint `checkpoint`: everything before it in
     /// the effects belongs to the checkpoint, everything after to later ones.
     Checkpoint(CheckpointPart),
+    /// Audit records (`verity_audit::writer::push_record`'s format), for the
+    /// audit writer; only with `enable_audit`.
+    Audit(Vec<u8>),
 }
 
 /// One shard's snapshot at a checkpoint, encoded (`ShardCore::restore`
@@ -245,6 +250,9 @@ struct KeyedPart<K, V, S, O> {
     output_ids: Option<Vec<MsgId>>,
     spare_output: Vec<OutputBatch>,
     emitted: u64,
+    clock: UnitClock,
+    /// On with `enable_audit`.
+    audit: Option<ShardAudit>,
 }
 
 pub struct ShardCore<K, V, S, O> {
@@ -338,6 +346,8 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 output_ids: None,
                 spare_output: Vec::new(),
                 emitted: 0,
+                clock: UnitClock::new(crate::env::process_clock()),
+                audit: None,
             },
             outgoing: (0..shards).map(|_| Vec::new()).collect(),
             watermarks: DedupWatermarks::new(),
@@ -358,6 +368,22 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     /// caught; nothing else may call it.
     pub fn disable_dedup_for_testing(&mut self) {
         self.dedup_enabled = false;
+    }
+
+    /// The clock the step's logic reads (`Output::now_us`); the process's
+    /// system clock by default.
+    pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.keyed.clock = UnitClock::new(clock);
+    }
+
+    /// Records what this shard applies and sends, the clock readings its
+    /// logic used and the logic's notes (`Effect::Audit`), and keeps the
+    /// input id of every output line (the lineage).
+    pub fn enable_audit(&mut self) {
+        self.keyed.audit = Some(ShardAudit::new(self.index));
+        if self.keyed.output_ids.is_none() {
+            self.collect_output_ids();
+        }
     }
 
     /// Keeps, beside the output lines, the id of the input behind each line
@@ -498,6 +524,13 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             batch.from, self.index
         );
         self.counters.duplicates_dropped += admit.skip;
+        let unit = UnitSource {
+            source,
+            from: batch.from,
+            chunk: batch.chunk,
+            first_seq: batch.first_seq + admit.skip,
+        };
+        let applied = count - admit.skip.min(count);
         for record in batch.records.into_iter().skip(admit.skip as usize) {
             let hash = record.key.route_hash();
             assert_eq!(
@@ -507,6 +540,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             );
             self.keyed.apply(record, hash);
         }
+        self.end_unit(unit, applied);
         if batch.last {
             self.sources[source as usize].next_apply += 1;
             self.make_progress(source);
@@ -517,12 +551,17 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     /// Hands buffered output to the driver (called when the driver is about to
     /// wait, so latency stays low when input is slow).
     pub fn flush(&mut self) {
+        if self.keyed.output.is_empty() {
+            self.flush_audit();
+        }
         if !self.keyed.output.is_empty() {
             let fresh = self.keyed.spare_output.pop().unwrap_or_else(|| OutputBatch {
                 lines: Vec::with_capacity(self.limits.output_batch_bytes + 1024),
                 ids: Vec::new(),
             });
             let lines = std::mem::replace(&mut self.keyed.output, fresh.lines);
+            // Audit records of the units behind these lines go first.
+            self.flush_audit();
             let ids = match &mut self.keyed.output_ids {
                 Some(ids) => std::mem::replace(ids, fresh.ids),
                 None => fresh.ids,
@@ -557,9 +596,17 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 if parsed.chunk == state.next_apply && parsed.epoch <= taken {
                     let parsed = state.own_parsed.pop_front().expect("front exists");
                     state.next_apply += 1;
+                    let unit = UnitSource {
+                        source,
+                        from: self.index,
+                        chunk: parsed.chunk,
+                        first_seq: 0,
+                    };
+                    let applied = parsed.local.len() as u64;
                     for (record, hash) in parsed.local {
                         self.keyed.apply(record, hash);
                     }
+                    self.end_unit(unit, applied);
                     continue;
                 }
             }
@@ -844,7 +891,15 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         let mut local = Vec::new();
         match data {
             ChunkData::Lines(lines) => {
-                self.route_lines(source, (chunk, epoch), first_line, lines, in_turn, &mut local)
+                let applied =
+                    self.route_lines(source, (chunk, epoch), first_line, lines, in_turn, &mut local);
+                let unit = UnitSource {
+                    source,
+                    from: self.index,
+                    chunk,
+                    first_seq: 0,
+                };
+                self.end_unit(unit, applied);
             }
             ChunkData::Oversized { prefix, size_bytes } => {
                 self.counters.records_in += 1;
@@ -894,8 +949,9 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         data: &Bytes,
         in_turn: bool,
         local: &mut Vec<Hashed<K, V>>,
-    ) {
+    ) -> u64 {
         let (index, shards, batch_max) = (self.index, self.shards, self.limits.batch_max);
+        let mut applied = 0;
         let chain = Arc::clone(&self.sources[source as usize].chain);
         let mut line_no = first_line;
         for_each_line(data, |range| {
@@ -912,6 +968,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 };
                 if to == index && in_turn {
                     self.keyed.apply(record, hash);
+                    applied += 1;
                 } else if to == index {
                     local.push((record, hash));
                 } else {
@@ -929,6 +986,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             }
         });
         self.counters.records_in += line_no - first_line;
+        applied
     }
 
     fn send_batch(&mut self, source: u32, chunk: u64, epoch: u64, to: u32, last: bool) {
@@ -937,6 +995,15 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         let next_seq = &mut self.sources[source as usize].next_seq[to as usize];
         let first_seq = *next_seq;
         *next_seq += records.len() as u64;
+        if let Some(audit) = self.keyed.audit.as_mut().filter(|_| !records.is_empty()) {
+            let unit = UnitSource {
+                source,
+                from: self.index,
+                chunk,
+                first_seq,
+            };
+            audit.sent(&self.keyed.clock, to, unit, records.len() as u64);
+        }
         let batch = Batch {
             source,
             from: self.index,
@@ -947,6 +1014,30 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             records,
         };
         self.effects.push(Effect::Send { to, batch });
+    }
+
+    /// A unit of `applied` records of one source is done: its clock reading
+    /// and notes go to the audit log.
+    fn end_unit(&mut self, unit: UnitSource, applied: u64) {
+        let keyed = &mut self.keyed;
+        match keyed.audit.as_mut() {
+            Some(audit) => {
+                audit.applied(&mut keyed.clock, unit, applied);
+                if audit.is_full() {
+                    self.flush_audit();
+                }
+            }
+            None => {
+                // The next unit reads the clock afresh.
+                let _ = keyed.clock.take_reading();
+            }
+        }
+    }
+
+    fn flush_audit(&mut self) {
+        if let Some(records) = self.keyed.audit.as_mut().and_then(ShardAudit::take) {
+            self.effects.push(Effect::Audit(records));
+        }
     }
 
     fn finish_if_done(&mut self) {
@@ -983,6 +1074,8 @@ impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
             buffer: &mut self.output,
             ids: self.output_ids.as_mut(),
             emitted: &mut self.emitted,
+            clock: &mut self.clock,
+            notes: self.audit.as_mut().map(|audit| &mut audit.notes),
         };
         (self.step)(state, &record.key, Msg::new(record.id, record.value), &mut output);
     }
@@ -990,14 +1083,19 @@ impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
     fn run_on_end(&mut self) {
         let Some(on_end) = self.on_end.clone() else { return };
         for (key, state) in self.store.sorted() {
+            // The end's outputs derive from the final states alone: no
+            // notes, and a clock reading here is not part of any unit.
             let mut output = Output {
                 id: MsgId::default(),
                 format: &*self.format,
                 buffer: &mut self.output,
                 ids: self.output_ids.as_mut(),
                 emitted: &mut self.emitted,
+                clock: &mut self.clock,
+                notes: None,
             };
             on_end(key, state, &mut output);
         }
+        let _ = self.clock.take_reading();
     }
 }

@@ -280,6 +280,8 @@ pub struct OutputWriter {
     dead_letters: DeadLetterWriter,
     checkpoints: Option<Checkpoints>,
     bugs: OutputBugs,
+    /// The lineage of what is written, when the audit log is on.
+    audit: Option<crate::audit::OutputAudit>,
 }
 
 /// Bugs a test can plant in the output thread's logic to prove the
@@ -308,6 +310,8 @@ pub enum OutputError {
     /// A shard's part that does not fit (a remote shard off the protocol).
     #[error("checkpoint: {0}")]
     Part(String),
+    #[error(transparent)]
+    Audit(#[from] verity_audit::AuditClosed),
 }
 
 impl OutputWriter {
@@ -317,6 +321,7 @@ impl OutputWriter {
             dead_letters,
             checkpoints: None,
             bugs: OutputBugs::default(),
+            audit: None,
         }
     }
 
@@ -333,6 +338,13 @@ impl OutputWriter {
             passed: vec![false; shards],
             waiting: (0..shards).map(|_| VecDeque::new()).collect(),
         });
+        self
+    }
+
+    /// Records the lineage of every output batch, every dead letter and
+    /// every checkpoint.
+    pub fn with_audit(mut self, audit: crate::audit::OutputAudit) -> Self {
+        self.audit = Some(audit);
         self
     }
 
@@ -378,6 +390,14 @@ impl OutputWriter {
     }
 
     fn apply(&mut self, shard: u32, message: OutputMessage) -> Result<(), OutputError> {
+        if let Some(audit) = &mut self.audit {
+            match &message {
+                OutputMessage::Lines(batch) => audit.output(shard, &batch.lines, &batch.ids)?,
+                OutputMessage::Relayed(batch) => audit.output(shard, &batch.lines, &batch.ids)?,
+                OutputMessage::DeadLetter(letter) => audit.dead_letter(letter)?,
+                OutputMessage::Checkpoint(_) => {}
+            }
+        }
         match message {
             OutputMessage::Lines(batch) => self.sink.write(&batch.lines, &batch.ids)?,
             OutputMessage::Relayed(batch) => self.sink.write(&batch.lines, &batch.ids)?,
@@ -411,7 +431,19 @@ impl OutputWriter {
             self.dead_letters.commit(commit)?;
         }
         let c = self.checkpoints.as_mut().expect("checkpoints are on");
+        let began_us = self.audit.as_ref().map(|a| a.now_us());
         c.writer.write(output_mark, dead_letter_mark, written)?;
+        if let (Some(audit), Some(began_us)) = (&mut self.audit, began_us) {
+            let now_us = audit.now_us();
+            let record = verity_audit::Record::Checkpoint(verity_audit::record::Checkpoint {
+                utc_us: now_us,
+                checkpoint: c.writer.completed(),
+                store_id: c.writer.last_store_id(),
+                bytes: c.writer.last_size_bytes(),
+                duration_us: now_us.saturating_sub(began_us),
+            });
+            audit.record(&record)?;
+        }
         // Only now: a crash before this line recovers from the checkpoint
         // before, and the sinks must be able to take this one's output back.
         if !self.bugs.commit_before_durable {
@@ -454,6 +486,9 @@ impl OutputWriter {
         self.dead_letters.barrier(end)?;
         self.sink.commit(end)?;
         self.dead_letters.commit(end)?;
+        if let Some(audit) = &mut self.audit {
+            audit.flush()?;
+        }
         Ok(self.dead_letters.written)
     }
 }

@@ -179,6 +179,22 @@ pub struct Dealer<'a> {
     /// `CUTS_KEPT`; a commit of a newer cut covers an older one).
     cuts: std::collections::VecDeque<(u64, SourceCut)>,
     send: &'a mut dyn FnMut(usize, SourceEvent) -> bool,
+    /// Records every chunk's receipt, when the audit log is on.
+    audit: Option<InputAudit>,
+}
+
+/// A reader's audit records: one `InputChunk` per chunk dealt.
+pub struct InputAudit {
+    pub out: Box<dyn crate::audit::AuditOut>,
+    pub clock: std::sync::Arc<dyn crate::env::Clock>,
+}
+
+fn audit_position(position: Position) -> verity_audit::record::StreamPosition {
+    use verity_audit::record::StreamPosition;
+    match position {
+        Position::Text { bytes, lines } => StreamPosition::Text { bytes, lines },
+        Position::Log { offset } => StreamPosition::Log { offset },
+    }
 }
 
 /// Barrier cuts a dealer keeps for commits (only one checkpoint is in flight
@@ -200,7 +216,13 @@ impl<'a> Dealer<'a> {
             dealt_bytes: 0,
             cuts: std::collections::VecDeque::new(),
             send,
+            audit: None,
         }
+    }
+
+    /// Records the receipt of every chunk dealt from now on.
+    pub fn record_input(&mut self, audit: InputAudit) {
+        self.audit = Some(audit);
     }
 
     /// Where the source stands now: the cut a barrier dealt now would have.
@@ -290,6 +312,7 @@ impl<'a> Dealer<'a> {
             chunk.data.line_count(),
             "the reader counted its lines"
         );
+        let bytes = chunk.data.stream_bytes();
         let event = SourceEvent::Chunk {
             source: self.source,
             index: self.next_index,
@@ -302,6 +325,25 @@ impl<'a> Dealer<'a> {
         match self.positions.iter_mut().find(|(p, _)| *p == partition) {
             Some((_, at)) => *at = chunk.position,
             None => self.positions.push((partition, chunk.position)),
+        }
+        if let Some(audit) = &mut self.audit {
+            let record = verity_audit::Record::InputChunk(verity_audit::record::InputChunk {
+                utc_us: audit.clock.now_us(),
+                source: self.source,
+                partition,
+                chunk: self.next_index,
+                first_line: self.next_line,
+                lines: chunk.records,
+                bytes,
+                position_after: audit_position(chunk.position),
+            });
+            let mut records = Vec::with_capacity(64);
+            verity_audit::push_record(&mut records, &record);
+            if let Err(e) = audit.out.submit(records) {
+                // The run must not go on unaudited: stop this source with the reason.
+                log::error!("source {}: {e}", self.source);
+                return false;
+            }
         }
         let shard = (self.next_index % self.shards as u64) as usize;
         self.next_index += 1;

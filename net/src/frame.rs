@@ -28,7 +28,7 @@ use std::ops::Range;
 pub const FRAME_MAGIC: [u8; 4] = *b"VRTY";
 /// 2: a hello names the sender's incarnation (`auth`). 3: checkpoint parts
 /// cross in pieces, and say whether they are deltas (`verity-core`'s codec).
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 pub const FRAME_HEADER_SIZE_BYTES: usize = 32;
 /// Largest frame, header included.
 pub const FRAME_SIZE_MAX_BYTES: usize = 16 << 20;

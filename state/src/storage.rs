@@ -194,7 +194,8 @@ impl Storage for DirStorage {
             .create(true)
             .open(&path)
             .map_err(|e| with_path(e, &path, "open"))?;
-        file.write_all(bytes).map_err(|e| with_path(e, &path, "append to"))
+        file.write_all(bytes)
+            .map_err(|e| with_path(e, &path, "append to"))
     }
 
     fn sync_file(&mut self, name: &str) -> io::Result<()> {

@@ -550,6 +550,7 @@ fn encode_job(job: &Job, out: &mut Vec<u8>) {
     assert!(job.app.len() <= APP_NAME_SIZE_MAX_BYTES, "app names are short");
     encode_bytes(job.app.as_bytes(), out);
     job.final_counts.encode(out);
+    job.max_quote_age_ms.encode(out);
     job.sources.encode(out);
     job.batch_max.encode(out);
     job.queue_depth_batches.encode(out);
@@ -595,6 +596,7 @@ fn decode_job(mut input: &[u8]) -> Result<Job, ClusterError> {
     let job = Job {
         app,
         final_counts: bool::decode(&mut input).map_err(bad)?,
+        max_quote_age_ms: Option::decode(&mut input).map_err(bad)?,
         sources: u32::decode(&mut input).map_err(bad)?,
         batch_max: u32::decode(&mut input).map_err(bad)?,
         queue_depth_batches: u32::decode(&mut input).map_err(bad)?,
@@ -684,6 +686,7 @@ mod control_tests {
         Job {
             app: "market-spread".into(),
             final_counts: true,
+            max_quote_age_ms: Some(250),
             sources: 2,
             batch_max: 256,
             queue_depth_batches: 64,
@@ -759,7 +762,7 @@ mod control_tests {
 
     fn any_job() -> impl Strategy<Value = Job> {
         (
-            "[a-z-]{0,64}",
+            ("[a-z-]{0,64}", any::<Option<u64>>()),
             any::<bool>(),
             1..=CLUSTER_SOURCES_MAX,
             1..=u32::MAX,
@@ -769,7 +772,7 @@ mod control_tests {
         )
             .prop_map(
                 |(
-                    app,
+                    (app, max_quote_age_ms),
                     final_counts,
                     sources,
                     batch_max,
@@ -779,6 +782,7 @@ mod control_tests {
                 )| Job {
                     app,
                     final_counts,
+                    max_quote_age_ms,
                     sources,
                     batch_max,
                     queue_depth_batches,

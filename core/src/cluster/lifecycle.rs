@@ -64,6 +64,8 @@ pub struct Job {
     pub app: String,
     /// wordcount: final counts instead of running ones.
     pub final_counts: bool,
+    /// market-spread: the stale-quote rule (`--max-quote-age-ms`).
+    pub max_quote_age_ms: Option<u64>,
     /// Sources of the dataflow (market-spread reads one or two streams).
     pub sources: u32,
     pub batch_max: u32,
@@ -611,6 +613,7 @@ mod tests {
         Job {
             app: "doubler".into(),
             final_counts: false,
+            max_quote_age_ms: None,
             sources: 1,
             batch_max: 256,
             queue_depth_batches: 64,

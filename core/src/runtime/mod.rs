@@ -7,6 +7,7 @@
 //! queue per (sender, receiver) pair, so a slow source never blocks another
 //! one's records (see `shard_loop` for why shards never deadlock).
 
+mod audit;
 mod pinning;
 mod shard_loop;
 mod wiring;
@@ -25,6 +26,8 @@ use crate::source::SourceCut;
 use crate::source::{self, Dealer, ReaderProgress, StopFlag};
 use crate::wire::Wire;
 use crate::State;
+pub use audit::AuditSettings;
+use audit::ProcessAudit;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use pinning::Pinning;
 use shard_loop::{drive_shard, SourceErrors};
@@ -63,6 +66,8 @@ pub struct RunConfig {
     pub progress: bool,
     /// Checkpoints (`--state-dir`); none by default.
     pub checkpoints: Option<CheckpointSettings>,
+    /// The audit log (`--audit`); none by default.
+    pub audit: Option<AuditSettings>,
 }
 
 /// A run's checkpoints: where, how often, how many are kept, and whether the
@@ -108,6 +113,7 @@ impl Default for RunConfig {
             first_core: 0,
             progress: true,
             checkpoints: None,
+            audit: None,
         }
     }
 }
@@ -169,6 +175,8 @@ pub enum RunError {
     Cluster(String),
     #[error("checkpoints: {0}")]
     Checkpoint(String),
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
 /// Source failures kept word for word; a source that fails on every chunk
@@ -428,7 +436,50 @@ where
     S: State,
     O: 'static,
 {
+    let Some(settings) = &config.audit else {
+        return run_process_with(flow, config, placement, stop, layout, net, None);
+    };
+    let audit = ProcessAudit::start(settings, layout.process_id, crate::env::process_clock())?;
+    let result = run_process_with(flow, config, placement, stop, layout, net, Some(&audit));
+    let (outcome, counts) = match &result {
+        Ok(s) if s.interrupted => (
+            "stopped".to_string(),
+            [s.records_in, s.records_out, s.dead_lettered],
+        ),
+        Ok(s) => ("done".to_string(), [s.records_in, s.records_out, s.dead_lettered]),
+        Err(e) => (format!("failed: {e}"), [0; 3]),
+    };
+    let stats = audit.end(&outcome, counts)?;
+    if let Some(head) = stats.head {
+        log::info!(
+            "audit log: {} records, {} bytes, {} syncs, producers waited {} times; head {}",
+            stats.records,
+            stats.bytes,
+            stats.syncs,
+            stats.producer_waits,
+            verity_audit::segment::hex(&head.head)
+        );
+    }
+    result
+}
+
+fn run_process_with<K, V, S, O>(
+    flow: Dataflow<K, V, S, O>,
+    config: &RunConfig,
+    placement: Placement<'_>,
+    stop: StopFlag,
+    layout: &Layout,
+    net: Option<&Net<'_>>,
+    audit: Option<&ProcessAudit>,
+) -> Result<RunSummary, RunError>
+where
+    K: Key + Wire,
+    V: Wire + Send + 'static,
+    S: State,
+    O: 'static,
+{
     let started = Instant::now();
+    let output_lines_before = Arc::new(AtomicU64::new(0));
     let failure = Arc::new(RunFailure::default());
     let Dataflow { sources, logic } = flow;
     let source_names: Arc<Vec<String>> = Arc::new(sources.iter().map(|s| s.name.clone()).collect());
@@ -479,13 +530,16 @@ where
                 .committed
                 .store(restart.meta.checkpoint, Ordering::Relaxed);
         }
+        let output_audit = audit.map(|a| {
+            crate::audit::OutputAudit::new(Box::new(a.handle()), a.clock(), Arc::clone(&output_lines_before))
+        });
         output = Some(spawn_output_thread(
             outputs,
             config,
             layout,
             &source_names,
             &failure,
-            checkpoints,
+            (checkpoints, output_audit),
             &progress,
         )?);
     }
@@ -507,6 +561,12 @@ where
     let mut cores = ShardCore::build_range(&logic, layout.total_shards(), local.clone(), config.limits);
     if output_ids {
         cores.iter_mut().for_each(ShardCore::collect_output_ids);
+    }
+    if let Some(audit) = audit {
+        for core in &mut cores {
+            core.set_clock(audit.clock());
+            core.enable_audit();
+        }
     }
     let parts = match (&restart, &restore) {
         (Some(restart), _) => Some((
@@ -530,6 +590,14 @@ where
             "continuing from checkpoint {checkpoint}: {} records applied before it by this process's shards",
             cores.iter().map(|c| c.counters().records_in).sum::<u64>()
         );
+        output_lines_before.store(
+            cores.iter().map(|c| c.counters().records_out).sum(),
+            Ordering::Relaxed,
+        );
+        if let Some(audit) = audit {
+            let store_id = restart.as_ref().map_or(0, |r| r.store_id);
+            audit.recovered(checkpoint, store_id)?;
+        }
     }
     let live: Arc<Vec<LiveCounters>> = Arc::new(local.clone().map(LiveCounters::for_shard).collect());
     let source_errors = Arc::new(Mutex::new(BoundedMessages::default()));
@@ -551,6 +619,7 @@ where
             done_tx.clone(),
             Arc::clone(&source_names),
         );
+        let shard_audit = audit.map(ProcessAudit::handle);
         threads.push(spawn_watched(
             format!("verity-shard-{}", core.index()),
             &failure,
@@ -560,7 +629,7 @@ where
                     errors: &errors,
                     names: &names,
                 };
-                let counters = drive_shard(core, channels, &live[local_index], &errors);
+                let counters = drive_shard(core, channels, &live[local_index], &errors, shard_audit);
                 let _ = done.send(counters);
             },
         )?);
@@ -598,12 +667,19 @@ where
         let resume = restart
             .as_ref()
             .map(|r| (r.meta.checkpoint, resume_cut(&r.meta.sources[index])));
+        let input_audit = audit.map(|a| source::InputAudit {
+            out: Box::new(a.handle()),
+            clock: a.clock(),
+        });
         readers.push(spawn_watched(
             format!("verity-source-{index}"),
             &failure,
             move || {
                 let mut send = |shard: usize, event| outs[shard].send(event);
                 let mut dealer = Dealer::new(index as u32, total_shards, &mut send);
+                if let Some(input_audit) = input_audit {
+                    dealer.record_input(input_audit);
+                }
                 if let Some((checkpoint, cut)) = &resume {
                     dealer.resume_at(*checkpoint, cut);
                 }
@@ -804,7 +880,7 @@ fn spawn_output_thread(
     layout: &Layout,
     source_names: &[String],
     failure: &Arc<RunFailure>,
-    checkpoints: Option<OpenedCheckpoints>,
+    (checkpoints, audit): (Option<OpenedCheckpoints>, Option<crate::audit::OutputAudit>),
     progress: &Arc<ReaderProgress>,
 ) -> Result<SpawnedOutput, RunError> {
     let resuming = checkpoints.as_ref().is_some_and(|c| c.restart.is_some());
@@ -835,6 +911,9 @@ fn spawn_output_thread(
             writer.resume(&restart.meta)?;
         }
         writer = writer.with_checkpoints(checkpointer);
+    }
+    if let Some(audit) = audit {
+        writer = writer.with_audit(audit);
     }
     let (tx, rx) = bounded::<(u32, OutputMessage)>(config.output_queue_depth_buffers);
     let progress = Arc::clone(progress);

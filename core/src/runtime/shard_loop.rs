@@ -51,6 +51,7 @@ pub fn drive_shard<K, V, S, O>(
     ch: ShardChannels<K, V>,
     live: &LiveCounters,
     source_errors: &SourceErrors<'_>,
+    audit: Option<verity_audit::AuditHandle>,
 ) -> ShardCounters
 where
     K: Key + Wire,
@@ -65,6 +66,7 @@ where
         source_errors,
         shard,
         parts_sent: 0,
+        audit,
     };
     let mut watched = Vec::new();
     loop {
@@ -99,6 +101,8 @@ struct ThreadPorts<'a, K, V> {
     shard: u32,
     /// Checkpoint parts sent so far.
     parts_sent: u64,
+    /// The process's audit log, if it keeps one.
+    audit: Option<verity_audit::AuditHandle>,
 }
 
 impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
@@ -175,6 +179,18 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
                     true
                 });
             }
+        }
+        Sent::Done
+    }
+
+    fn try_audit(&mut self, records: Vec<u8>) -> Sent<Vec<u8>> {
+        let audit = self
+            .audit
+            .as_ref()
+            .expect("audit records from a shard of a process without an audit log");
+        if let Err(e) = audit.submit(records) {
+            // The run must not go on unaudited; the panic fails it.
+            panic!("shard {}: {e}", self.shard);
         }
         Sent::Done
     }

@@ -125,7 +125,11 @@ impl SimDisk {
         self.forget_unlinked();
         for inode in self.inodes.values_mut().filter(|inode| !inode.synced) {
             if self.rng.chance(1, 2) {
-                let kept = if inode.appended_only { inode.durable.len() } else { 0 };
+                let kept = if inode.appended_only {
+                    inode.durable.len()
+                } else {
+                    0
+                };
                 let len = kept + self.rng.below((inode.current.len() - kept) as u64 + 1) as usize;
                 inode.durable = inode.current[..len].to_vec();
                 self.stats.torn_files += 1;

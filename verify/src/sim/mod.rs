@@ -419,8 +419,11 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
         inputs: streams.iter().map(|s| (s.name, s.data.clone())).collect(),
         expected_lines,
     };
+    // The clock-dependent rule waits for the audit log in the simulator,
+    // which alone makes it checkable (a later change).
     let options = AppOptions {
         final_counts: config.final_counts,
+        max_quote_age_ms: None,
     };
     let outcome = drive_app(config.app, app_input, options, driver);
     let mut outcome = match outcome {

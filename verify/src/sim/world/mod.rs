@@ -795,6 +795,7 @@ where
         let job = verity_core::cluster::Job {
             app: config.app.name().to_string(),
             final_counts: config.final_counts,
+            max_quote_age_ms: None,
             sources: config.streams,
             batch_max: buggify.batch_max as u32,
             queue_depth_batches: verity_core::RunConfig::default().queue_depth_batches as u32,

@@ -1,0 +1,252 @@
+//! The engine's side of the audit log (`verity_audit` writes it).
+//!
+//! A shard's side: the clock reading its step's logic sees
+//! for each *unit* (a batch of one source's records applied together), the
+//! notes the logic writes about what it read and decided, and the records of
+//! what the shard applied and sent, gathered in a buffer the driver hands to
+//! the audit writer (`Effect::Audit`).
+//!
+//! A unit reads the clock at most once, so every record of a batch is
+//! decided on the same reading, and the audit log needs one reading per
+//! batch to re-create them all. With the audit off, none of this but the
+//! lazy clock reading costs anything.
+
+use crate::env::Clock;
+use crate::ids::MsgId;
+use std::sync::Arc;
+use verity_audit::record::{push_notes, put_note, Applied, Failed, Output, Sent};
+use verity_audit::{push_record, AuditClosed, AuditHandle, Record};
+
+/// Where audit records go: the side thread in production
+/// (`AuditHandle`), memory in the simulator.
+pub trait AuditOut: Send {
+    /// Takes a buffer of records (`push_record`'s format), waiting while
+    /// the writer is behind; an error when the writer has failed.
+    fn submit(&mut self, records: Vec<u8>) -> Result<(), AuditClosed>;
+}
+
+impl AuditOut for AuditHandle {
+    fn submit(&mut self, records: Vec<u8>) -> Result<(), AuditClosed> {
+        AuditHandle::submit(self, records)
+    }
+}
+
+/// The output thread's records: the lineage of every output batch and
+/// every dead letter.
+pub struct OutputAudit {
+    out: Box<dyn AuditOut>,
+    clock: Arc<dyn Clock>,
+    buffer: Vec<u8>,
+    /// The output's next line number (from 1; a recovery continues it).
+    next_line: Option<u64>,
+    /// Lines the output held before this life (a recovery's), set before
+    /// any shard starts.
+    lines_before: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl OutputAudit {
+    pub fn new(
+        out: Box<dyn AuditOut>,
+        clock: Arc<dyn Clock>,
+        lines_before: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        OutputAudit {
+            out,
+            clock,
+            buffer: Vec::new(),
+            next_line: None,
+            lines_before,
+        }
+    }
+
+    /// A batch of shard `shard`'s lines was written.
+    pub fn output(&mut self, shard: u32, lines: &[u8], ids: &[MsgId]) -> Result<(), AuditClosed> {
+        let count = memchr::memchr_iter(b'\n', lines).count() as u64;
+        debug_assert!(ids.is_empty() || ids.len() as u64 == count);
+        let first_line = *self
+            .next_line
+            .get_or_insert_with(|| self.lines_before.load(std::sync::atomic::Ordering::Relaxed) + 1);
+        let record = Record::Output(Output {
+            utc_us: self.clock.now_us(),
+            shard,
+            first_line,
+            lines: count,
+            bytes: lines.len() as u64,
+            crc32c: crc32c::crc32c(lines),
+            ids: ids.iter().map(|&id| id.into()).collect(),
+        });
+        self.next_line = Some(first_line + count);
+        push_record(&mut self.buffer, &record);
+        self.submit_if_full()
+    }
+
+    pub fn dead_letter(&mut self, letter: &crate::line::DeadLetter) -> Result<(), AuditClosed> {
+        let record = Record::Failed(Failed {
+            utc_us: self.clock.now_us(),
+            id: letter.id.into(),
+            reason: letter.reason.to_string(),
+            raw: letter.raw.to_vec(),
+        });
+        push_record(&mut self.buffer, &record);
+        self.submit_if_full()
+    }
+
+    /// A record of its own (a checkpoint's), after everything before it.
+    pub fn record(&mut self, record: &Record) -> Result<(), AuditClosed> {
+        push_record(&mut self.buffer, record);
+        self.flush()
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.clock.now_us()
+    }
+
+    fn submit_if_full(&mut self) -> Result<(), AuditClosed> {
+        if self.buffer.len() >= AUDIT_BUFFER_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), AuditClosed> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::replace(&mut self.buffer, Vec::with_capacity(AUDIT_BUFFER_BYTES));
+        self.out.submit(records)
+    }
+}
+
+/// The processing time a unit's logic reads: the first reading, kept.
+pub struct UnitClock {
+    clock: Arc<dyn Clock>,
+    reading: Option<u64>,
+}
+
+impl UnitClock {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        UnitClock { clock, reading: None }
+    }
+
+    pub fn now_us(&mut self) -> u64 {
+        *self.reading.get_or_insert_with(|| self.clock.now_us())
+    }
+
+    /// Starts the next unit; returns the reading the last one used, if any.
+    pub(crate) fn take_reading(&mut self) -> Option<u64> {
+        self.reading.take()
+    }
+
+    fn read_fresh(&self) -> u64 {
+        self.clock.now_us()
+    }
+}
+
+/// Notes of the unit being applied, encoded in place.
+#[derive(Default)]
+pub struct NoteSink {
+    entries: Vec<u8>,
+    count: u64,
+    scratch: Vec<u8>,
+}
+
+impl NoteSink {
+    pub fn note(&mut self, id: MsgId, write: impl FnOnce(&mut Vec<u8>)) {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        put_note(&mut self.entries, id.into(), &self.scratch);
+        self.count += 1;
+    }
+}
+
+/// What a shard records when the audit is on.
+pub struct ShardAudit {
+    shard: u32,
+    pub notes: NoteSink,
+    buffer: Vec<u8>,
+}
+
+/// The buffer goes to the driver once it holds this much (and whenever the
+/// shard flushes).
+const AUDIT_BUFFER_BYTES: usize = verity_audit::writer::BUFFER_BYTES;
+
+/// Where an applied unit came from.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitSource {
+    pub source: u32,
+    pub from: u32,
+    pub chunk: u64,
+    pub first_seq: u64,
+}
+
+impl ShardAudit {
+    pub fn new(shard: u32) -> Self {
+        ShardAudit {
+            shard,
+            notes: NoteSink::default(),
+            buffer: Vec::with_capacity(AUDIT_BUFFER_BYTES),
+        }
+    }
+
+    /// Records a unit of `records` applied records with the reading its
+    /// logic used, and its notes.
+    pub fn applied(&mut self, clock: &mut UnitClock, unit: UnitSource, records: u64) {
+        let clock_us = clock.take_reading();
+        if records == 0 {
+            debug_assert!(
+                clock_us.is_none() && self.notes.count == 0,
+                "logic ran without records"
+            );
+            return;
+        }
+        let record = Record::Applied(Applied {
+            utc_us: clock_us.unwrap_or_else(|| clock.read_fresh()),
+            shard: self.shard,
+            source: unit.source,
+            from: unit.from,
+            chunk: unit.chunk,
+            first_seq: unit.first_seq,
+            records,
+            clock_us,
+        });
+        push_record(&mut self.buffer, &record);
+        if self.notes.count > 0 {
+            push_notes(
+                &mut self.buffer,
+                self.shard,
+                self.notes.count,
+                &self.notes.entries,
+            );
+            self.notes.entries.clear();
+            self.notes.count = 0;
+        }
+    }
+
+    pub fn sent(&mut self, clock: &UnitClock, to: u32, unit: UnitSource, records: u64) {
+        let record = Record::Sent(Sent {
+            utc_us: clock.read_fresh(),
+            shard: self.shard,
+            to,
+            source: unit.source,
+            chunk: unit.chunk,
+            first_seq: unit.first_seq,
+            records,
+        });
+        push_record(&mut self.buffer, &record);
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.buffer.len() >= AUDIT_BUFFER_BYTES
+    }
+
+    /// The records gathered so far, if any.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        if self.buffer.is_empty() {
+            return None;
+        }
+        Some(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(AUDIT_BUFFER_BYTES),
+        ))
+    }
+}
