@@ -92,6 +92,27 @@ pub(crate) enum AuditCommand {
     Digest { dir: PathBuf },
     /// Counts per record kind, time range, processes, segments.
     Summary { dir: PathBuf },
+    /// Re-run the newest run in the log from its input plus what the log
+    /// recorded that the input does not hold (each shard's interleaving of
+    /// streams, the clock readings its decisions used, the output order),
+    /// and check the output is byte-identical to what the run wrote. Exit 1
+    /// at the first divergence, which it names.
+    Replay {
+        dir: PathBuf,
+        /// The run's input [default: the recorded command line's, if it
+        /// read a file or the generator].
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["quotes", "orders"])]
+        input: Option<String>,
+        /// market-spread: the quotes stream the run read.
+        #[arg(long, value_name = "PATH", requires = "orders")]
+        quotes: Option<String>,
+        /// market-spread: the orders stream the run read.
+        #[arg(long, value_name = "PATH", requires = "quotes")]
+        orders: Option<String>,
+        /// Write the replayed output here.
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// The audit log.
@@ -532,6 +553,24 @@ pub fn execute(cli: Cli) -> Result<i32> {
             run_worker_process(&args.cluster, args.id, &net, pinning, &signal, !args.once)
         }
         Command::Sim(args) => sim(args),
+        Command::Audit {
+            command:
+                AuditCommand::Replay {
+                    dir,
+                    input,
+                    quotes,
+                    orders,
+                    output,
+                },
+        } => replay(
+            &dir,
+            ReplayInputs {
+                input,
+                quotes,
+                orders,
+            },
+            output.as_deref(),
+        ),
         Command::Audit { command } => crate::audit::execute(command),
         Command::Send(args) => {
             let report = verity_verify::harness::send(&args.to, &args.input, args.rate, args.batch)?;
@@ -590,19 +629,8 @@ pub fn execute(cli: Cli) -> Result<i32> {
     }
 }
 
-fn run(app: AppName, args: RunArgs) -> Result<i32> {
-    if args.final_counts && app != AppName::Wordcount {
-        bail!("--final is a wordcount option");
-    }
-    if let (Some(workers), Some(path)) = (args.workers, &args.cluster) {
-        bail!(
-            "--workers {workers} does not apply with --cluster: the cluster file {} says how many workers each process runs",
-            path.display()
-        );
-    }
-    // The connectors this binary knows: the built-in ones. A connector crate
-    // (e.g. a future `verity-kafka`) registers its scheme here.
-    let connectors = Connectors::built_in();
+/// The input a `run` command line names (also what a replay re-reads).
+fn app_input(app: AppName, args: &RunArgs, connectors: &Connectors) -> Result<AppInput> {
     let input = match (&args.quotes, &args.orders, args.generate) {
         (Some(quotes), Some(orders), _) => {
             if app != AppName::MarketSpread {
@@ -624,6 +652,23 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         }
         _ => AppInput::Single(connectors.source(args.input.as_deref().unwrap_or("-"))?),
     };
+    Ok(input)
+}
+
+fn run(app: AppName, args: RunArgs) -> Result<i32> {
+    if args.final_counts && app != AppName::Wordcount {
+        bail!("--final is a wordcount option");
+    }
+    if let (Some(workers), Some(path)) = (args.workers, &args.cluster) {
+        bail!(
+            "--workers {workers} does not apply with --cluster: the cluster file {} says how many workers each process runs",
+            path.display()
+        );
+    }
+    // The connectors this binary knows: the built-in ones. A connector crate
+    // (e.g. a future `verity-kafka`) registers its scheme here.
+    let connectors = Connectors::built_in();
+    let input = app_input(app, &args, &connectors)?;
     let sink = connectors.sink(&args.output)?;
     if args.checkpoints.state_dir.is_some() && sink == SinkSpec::Stdout {
         bail!(
@@ -959,5 +1004,104 @@ fn reconnections(connections: u32) -> String {
     match connections.saturating_sub(1) {
         0 => String::new(),
         n => format!(", after {n} reconnection(s)"),
+    }
+}
+
+/// The inputs `audit replay` was given (each overrides the recorded one).
+struct ReplayInputs {
+    input: Option<String>,
+    quotes: Option<String>,
+    orders: Option<String>,
+}
+
+/// `verity audit replay`: the recorded command line says the app and its
+/// options; the inputs are the recorded ones unless given.
+fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path::Path>) -> Result<i32> {
+    use verity_core::replay::{replay, RecordedRun, ReplayError, ReplayReport};
+    let run = RecordedRun::read(&mut crate::audit::open(dir)?)?;
+    let recorded = Cli::try_parse_from(&run.start.args)
+        .map_err(|e| anyhow::anyhow!("the recorded command line does not parse with this build: {e}"))?;
+    let Command::Run { app } = recorded.command else {
+        bail!(
+            "the recorded process was not a `verity run`: {}",
+            run.start.args.join(" ")
+        );
+    };
+    let (app, mut args) = match app {
+        RunApp::Doubler(a) => (AppName::Doubler, a),
+        RunApp::Wordcount(a) => (AppName::Wordcount, a),
+        RunApp::MarketSpread(a) => (AppName::MarketSpread, a),
+        RunApp::SeqWindow(a) => (AppName::SeqWindow, a),
+    };
+    let replayable = |path: &Option<String>| {
+        path.as_deref()
+            .is_some_and(|p| p != "-" && !p.starts_with("tcp:"))
+    };
+    if given.input.is_some() || given.quotes.is_some() {
+        args.generate = None;
+        args.input = given.input;
+        args.quotes = given.quotes;
+        args.orders = given.orders;
+    } else if args.generate.is_none()
+        && !replayable(&args.input)
+        && !(replayable(&args.quotes) && replayable(&args.orders))
+    {
+        bail!(
+            "the recorded run read stdin or TCP, which cannot be read again: give the same input with \
+             --input PATH (or --quotes/--orders)"
+        );
+    }
+    let input = app_input(app, &args, &Connectors::built_in())?;
+    let options = AppOptions {
+        final_counts: args.final_counts,
+        max_quote_age_ms: args.max_quote_age_ms,
+    };
+    struct ReplayDriver<'a> {
+        run: RecordedRun,
+        out: &'a mut dyn std::io::Write,
+    }
+    impl verity_apps::Driver for ReplayDriver<'_> {
+        type Out = Result<ReplayReport, ReplayError>;
+        fn drive<K, V, S, O>(
+            self,
+            flow: verity_core::Dataflow<K, V, S, O>,
+        ) -> Result<Self::Out, verity_core::RunError>
+        where
+            K: verity_core::Key + verity_core::Wire,
+            V: verity_core::Wire + Send + 'static,
+            S: verity_core::State,
+            O: 'static,
+        {
+            Ok(replay(flow, self.run, self.out))
+        }
+    }
+    let mut file;
+    let mut discard = std::io::sink();
+    let out: &mut dyn std::io::Write = match output {
+        Some(path) => {
+            file = std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            );
+            &mut file
+        }
+        None => &mut discard,
+    };
+    let report = verity_apps::drive_app(app, input, options, ReplayDriver { run, out })??;
+    match &report.divergence {
+        None => {
+            eprintln!(
+                "verity audit replay: {} output lines ({} bytes) from {} batches applied in the recorded order: \
+                 byte-identical to the recorded run",
+                report.lines, report.bytes, report.units
+            );
+            Ok(0)
+        }
+        Some(why) => {
+            eprintln!(
+                "verity audit replay: DIVERGED after {} identical output lines: {why}",
+                report.lines
+            );
+            Ok(1)
+        }
     }
 }

@@ -93,6 +93,12 @@ pub struct RunStart {
     pub host: String,
     /// The command line, program name first.
     pub args: Vec<String>,
+    /// The cluster's shards in all, and this process's: `first_shard..first_shard + shards`.
+    pub shards_total: u32,
+    pub first_shard: u32,
+    pub shards: u32,
+    /// Records per batch between shards (a replay must split as the run did).
+    pub batch_max: u32,
 }
 
 /// A chunk of input taken in by a reader: the ids of its records
@@ -299,6 +305,9 @@ impl Record {
                 for arg in &r.args {
                     put_str(out, arg);
                 }
+                for field in [r.shards_total, r.first_shard, r.shards, r.batch_max] {
+                    put_varint(out, field as u64);
+                }
             }
             Record::InputChunk(r) => {
                 for field in [
@@ -423,6 +432,10 @@ impl Record {
                     }
                     args
                 },
+                shards_total: input.varint_u32()?,
+                first_shard: input.varint_u32()?,
+                shards: input.varint_u32()?,
+                batch_max: input.varint_u32()?,
             }),
             kind::INPUT_CHUNK => Record::InputChunk(InputChunk {
                 utc_us: input.varint()?,
@@ -564,6 +577,10 @@ pub(crate) mod tests {
                         user: text.clone(),
                         host: text,
                         args,
+                        shards_total: process.wrapping_add(1),
+                        first_shard: process / 2,
+                        shards: 1,
+                        batch_max: 1024,
                     }
                 )),
             (any::<[u64; 6]>(), any::<(u32, u32)>(), any::<bool>()).prop_map(

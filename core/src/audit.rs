@@ -117,23 +117,58 @@ impl OutputAudit {
     }
 }
 
-/// The processing time a unit's logic reads: the first reading, kept.
+/// The processing time a unit's logic reads: the first reading, kept. A
+/// replay (`crate::replay`) gives each unit the reading its recorded
+/// counterpart used instead.
 pub struct UnitClock {
     clock: Arc<dyn Clock>,
     reading: Option<u64>,
+    /// Replaying: the recorded reading of each unit still to apply, in order.
+    replayed: Option<std::collections::VecDeque<Option<u64>>>,
+    /// Replaying: readings the logic took where the recorded run took none.
+    pub(crate) unrecorded_readings: u64,
 }
 
 impl UnitClock {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        UnitClock { clock, reading: None }
+        UnitClock {
+            clock,
+            reading: None,
+            replayed: None,
+            unrecorded_readings: 0,
+        }
+    }
+
+    /// A clock that reads back `readings`, one per unit with records.
+    pub fn replaying(readings: std::collections::VecDeque<Option<u64>>) -> Self {
+        UnitClock {
+            replayed: Some(readings),
+            ..UnitClock::new(crate::env::process_clock())
+        }
     }
 
     pub fn now_us(&mut self) -> u64 {
-        *self.reading.get_or_insert_with(|| self.clock.now_us())
+        if let Some(reading) = self.reading {
+            return reading;
+        }
+        let reading = match &self.replayed {
+            None => self.clock.now_us(),
+            Some(readings) => readings.front().copied().flatten().unwrap_or_else(|| {
+                self.unrecorded_readings += 1;
+                0
+            }),
+        };
+        self.reading = Some(reading);
+        reading
     }
 
-    /// Starts the next unit; returns the reading the last one used, if any.
-    pub(crate) fn take_reading(&mut self) -> Option<u64> {
+    /// Ends a unit of `applied` records; returns the reading it used, if any.
+    pub(crate) fn end_unit(&mut self, applied: u64) -> Option<u64> {
+        if applied > 0 {
+            if let Some(readings) = &mut self.replayed {
+                readings.pop_front();
+            }
+        }
         self.reading.take()
     }
 
@@ -170,8 +205,9 @@ pub struct ShardAudit {
 /// shard flushes).
 const AUDIT_BUFFER_BYTES: usize = verity_audit::writer::BUFFER_BYTES;
 
-/// Where an applied unit came from.
-#[derive(Debug, Clone, Copy)]
+/// Where an applied unit came from: with its record count, what names it
+/// in the audit log and in a replay's schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnitSource {
     pub source: u32,
     pub from: u32,
@@ -191,7 +227,7 @@ impl ShardAudit {
     /// Records a unit of `records` applied records with the reading its
     /// logic used, and its notes.
     pub fn applied(&mut self, clock: &mut UnitClock, unit: UnitSource, records: u64) {
-        let clock_us = clock.take_reading();
+        let clock_us = clock.end_unit(records);
         if records == 0 {
             debug_assert!(
                 clock_us.is_none() && self.notes.count == 0,

@@ -276,6 +276,10 @@ pub struct ShardCore<K, V, S, O> {
     whole_snapshot_bytes: usize,
     /// Off only in the simulator's planted-bug tests (see `disable_dedup_for_testing`).
     dedup_enabled: bool,
+    /// A replay's recorded order of units with records (`follow_schedule`).
+    schedule: Option<VecDeque<UnitSource>>,
+    /// The first unit a replay applied out of its recorded order.
+    schedule_divergence: Option<String>,
 }
 
 /// The version of `ShardCore`'s snapshot encoding; a checkpoint of another
@@ -358,6 +362,8 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             deltas_since_whole: None,
             whole_snapshot_bytes: 0,
             dedup_enabled: true,
+            schedule: None,
+            schedule_divergence: None,
         };
         core.finish_if_done();
         core
@@ -384,6 +390,55 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         if self.keyed.output_ids.is_none() {
             self.collect_output_ids();
         }
+    }
+
+    /// A replay: apply units with records only in `units`' order (what the
+    /// recorded run's audit log says this shard applied), each with the
+    /// clock reading in `readings`. Own chunks wait for their place here;
+    /// the driver delivers another shard's batch with records only when
+    /// `schedule_front` names it.
+    pub fn follow_schedule(&mut self, units: VecDeque<UnitSource>, readings: VecDeque<Option<u64>>) {
+        assert_eq!(units.len(), readings.len(), "one reading per unit");
+        self.schedule = Some(units);
+        self.keyed.clock = UnitClock::replaying(readings);
+    }
+
+    /// The next unit of a replay's schedule.
+    pub fn schedule_front(&self) -> Option<UnitSource> {
+        self.schedule.as_ref().and_then(|units| units.front().copied())
+    }
+
+    /// Why the replay left its schedule, if it did: a unit applied out of
+    /// order, or a clock reading the recorded run did not take.
+    pub fn schedule_divergence(&self) -> Option<String> {
+        if let Some(why) = &self.schedule_divergence {
+            return Some(why.clone());
+        }
+        let unrecorded = self.keyed.clock.unrecorded_readings;
+        (unrecorded > 0).then(|| {
+            format!(
+                "shard {}'s logic read the clock in {unrecorded} batch(es) where the recorded run read none",
+                self.index
+            )
+        })
+    }
+
+    /// A replay: applies what the schedule lets through now (the driver
+    /// calls it after delivering, since a unit of one source may free
+    /// another source's own chunk).
+    pub fn resume_scheduled(&mut self) {
+        for source in 0..self.sources.len() as u32 {
+            self.make_progress(source);
+        }
+    }
+
+    /// Whether a replay's schedule lets this shard apply its own part of
+    /// `chunk` of `source` now.
+    fn allows_own(&self, source: u32, chunk: u64) -> bool {
+        let own = |u: &UnitSource| u.source == source && u.from == self.index && u.chunk == chunk;
+        self.schedule
+            .as_ref()
+            .is_none_or(|units| units.front().is_some_and(own))
     }
 
     /// Keeps, beside the output lines, the id of the input behind each line
@@ -591,9 +646,14 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     fn progress_source(&mut self, source: u32) {
         loop {
             let taken = self.checkpoints_taken;
-            let state = &mut self.sources[source as usize];
-            if let Some(parsed) = state.own_parsed.front() {
-                if parsed.chunk == state.next_apply && parsed.epoch <= taken {
+            let state = &self.sources[source as usize];
+            let ready = state.own_parsed.front().and_then(|parsed| {
+                let turn = parsed.chunk == state.next_apply && parsed.epoch <= taken;
+                turn.then_some((parsed.chunk, parsed.local.is_empty()))
+            });
+            if let Some((chunk, idle)) = ready {
+                if idle || self.allows_own(source, chunk) {
+                    let state = &mut self.sources[source as usize];
                     let parsed = state.own_parsed.pop_front().expect("front exists");
                     state.next_apply += 1;
                     let unit = UnitSource {
@@ -611,6 +671,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 }
             }
             let runahead = RUNAHEAD_CHUNKS_PER_SHARD * self.shards as u64;
+            let state = &mut self.sources[source as usize];
             match &state.held {
                 Some((chunk, _, _, _)) if *chunk < state.next_apply + runahead => {
                     let (chunk, epoch, first_line, data) = state.held.take().expect("held exists");
@@ -885,7 +946,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         // past a checkpoint not taken yet) they wait.
         let taken = self.checkpoints_taken;
         let state = &self.sources[source as usize];
-        let in_turn = chunk == state.next_apply && epoch <= taken;
+        let in_turn = chunk == state.next_apply && epoch <= taken && self.allows_own(source, chunk);
         debug_assert!(!in_turn || state.own_parsed.is_empty());
         let counted_before = (self.counters.records_in, self.counters.dead_lettered);
         let mut local = Vec::new();
@@ -1019,6 +1080,19 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     /// A unit of `applied` records of one source is done: its clock reading
     /// and notes go to the audit log.
     fn end_unit(&mut self, unit: UnitSource, applied: u64) {
+        if let (Some(units), true) = (&mut self.schedule, applied > 0) {
+            match units.pop_front() {
+                Some(expected) if expected == unit => {}
+                expected => {
+                    self.schedule_divergence.get_or_insert_with(|| {
+                        format!(
+                            "shard {} applied {unit:?}; the recorded run applied {expected:?} next",
+                            self.index
+                        )
+                    });
+                }
+            }
+        }
         let keyed = &mut self.keyed;
         match keyed.audit.as_mut() {
             Some(audit) => {
@@ -1029,7 +1103,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             }
             None => {
                 // The next unit reads the clock afresh.
-                let _ = keyed.clock.take_reading();
+                let _ = keyed.clock.end_unit(applied);
             }
         }
     }
@@ -1096,6 +1170,6 @@ impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
             };
             on_end(key, state, &mut output);
         }
-        let _ = self.clock.take_reading();
+        let _ = self.clock.end_unit(0);
     }
 }

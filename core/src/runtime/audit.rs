@@ -32,9 +32,12 @@ impl ProcessAudit {
     /// records the run's start.
     pub fn start(
         settings: &AuditSettings,
-        process: u32,
+        layout: &crate::cluster::Layout,
+        batch_max: usize,
         clock: Arc<dyn Clock>,
     ) -> Result<ProcessAudit, RunError> {
+        let process = layout.process_id;
+        let local = layout.local_shards();
         let cannot = |e: std::io::Error| {
             RunError::Audit(format!(
                 "cannot open the audit log in {}: {e}",
@@ -57,6 +60,10 @@ impl ProcessAudit {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
             args: settings.command_line.clone(),
+            shards_total: layout.total_shards(),
+            first_shard: local.start,
+            shards: local.end - local.start,
+            batch_max: batch_max as u32,
         }))?;
         Ok(audit)
     }

@@ -439,7 +439,12 @@ where
     let Some(settings) = &config.audit else {
         return run_process_with(flow, config, placement, stop, layout, net, None);
     };
-    let audit = ProcessAudit::start(settings, layout.process_id, crate::env::process_clock())?;
+    let audit = ProcessAudit::start(
+        settings,
+        layout,
+        config.limits.batch_max,
+        crate::env::process_clock(),
+    )?;
     let result = run_process_with(flow, config, placement, stop, layout, net, Some(&audit));
     let (outcome, counts) = match &result {
         Ok(s) if s.interrupted => (

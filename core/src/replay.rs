@@ -1,0 +1,483 @@
+//! Replay: re-runs a recorded run from its inputs and its audit log, and
+//! proves it wrote the same output byte for byte.
+//!
+//! What the input does not determine, the audit log holds: the order in
+//! which each shard applied its units (batches of one source's records: the
+//! interleaving of streams), the clock reading each unit's logic used, the
+//! chunks each source was cut into, and the order in which the output
+//! thread wrote the shards' output. This driver runs every shard of the
+//! dataflow in one thread, `ShardCore` unchanged but for
+//! `follow_schedule`: each shard applies its units in the recorded order
+//! with the recorded readings, and the output is merged in the recorded
+//! order and checked against each recorded batch's length and checksum.
+//!
+//! For now a replay covers one life of a one-process run (a cluster's
+//! workers keep no audit log yet, and a recovery's life would need the
+//! checkpoint it started from).
+
+use crate::audit::UnitSource;
+use crate::connector::{Position, Pull, SourceReader};
+use crate::flow::Dataflow;
+use crate::key::Key;
+use crate::shard::{Batch, Effect, ShardCore, ShardLimits};
+use crate::source::{ChunkData, SourceEvent};
+use crate::wire::Wire;
+use crate::State;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use verity_audit::record::{InputChunk, Output, RunStart, StreamPosition};
+use verity_audit::Record;
+use verity_state::storage::Storage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The log cannot be replayed (it does not verify, or holds what a
+    /// replay does not cover yet).
+    #[error("{0}")]
+    Log(String),
+    /// The input given is not the recorded run's.
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// What a recorded run's audit log says a replay must reproduce.
+pub struct RecordedRun {
+    pub start: RunStart,
+    /// Per shard: its units with records, in the order it applied them,
+    /// and the clock reading of each.
+    units: Vec<(VecDeque<UnitSource>, VecDeque<Option<u64>>)>,
+    /// Per source: its chunks, by index.
+    chunks: Vec<Vec<InputChunk>>,
+    /// The output batches, in the order they were written.
+    outputs: Vec<Output>,
+    pub outcome: String,
+}
+
+impl RecordedRun {
+    /// Reads the newest life in the log (verifying the whole log first).
+    pub fn read(storage: &mut dyn Storage) -> Result<RecordedRun, ReplayError> {
+        let mut records = Vec::new();
+        let mut undecodable = None;
+        let report = verity_audit::verify(storage, &[], |process, body| match Record::decode(body) {
+            Ok(record) => records.push((process, record)),
+            Err(e) => {
+                undecodable.get_or_insert(e);
+            }
+        })?;
+        if let Some(problem) = report.problems.first() {
+            return Err(ReplayError::Log(format!(
+                "the audit log does not verify ({problem}); `verity audit verify` says more"
+            )));
+        }
+        if report.heads.len() != 1 || report.heads[0].process != 0 {
+            return Err(ReplayError::Log(
+                "replay covers a one-process run; this log holds several processes' chains".into(),
+            ));
+        }
+        let last_start = records
+            .iter()
+            .rposition(|(_, r)| matches!(r, Record::RunStart(_)))
+            .ok_or_else(|| ReplayError::Log("the log has no run start".into()))?;
+        let mut life = records.split_off(last_start).into_iter().map(|(_, r)| r);
+        let Some(Record::RunStart(start)) = life.next() else {
+            unreachable!("the life starts with its run start")
+        };
+        if start.first_shard != 0 || start.shards != start.shards_total || start.shards_total == 0 {
+            return Err(ReplayError::Log(format!(
+                "the recorded process ran shards {}..{} of {}: replay covers a one-process run",
+                start.first_shard,
+                start.first_shard + start.shards,
+                start.shards_total
+            )));
+        }
+        let mut run = RecordedRun {
+            units: (0..start.shards_total).map(|_| Default::default()).collect(),
+            start,
+            chunks: Vec::new(),
+            outputs: Vec::new(),
+            outcome: String::new(),
+        };
+        for record in life {
+            match record {
+                Record::Applied(a) => {
+                    let shard = run.units.get_mut(a.shard as usize).ok_or_else(|| {
+                        ReplayError::Log(format!("a batch applied by shard {}, which the run did not have", a.shard))
+                    })?;
+                    let unit = UnitSource {
+                        source: a.source,
+                        from: a.from,
+                        chunk: a.chunk,
+                        first_seq: a.first_seq,
+                    };
+                    shard.0.push_back(unit);
+                    shard.1.push_back(a.clock_us);
+                }
+                Record::InputChunk(c) => {
+                    let source = c.source as usize;
+                    if run.chunks.len() <= source {
+                        run.chunks.resize_with(source + 1, Vec::new);
+                    }
+                    if c.chunk != run.chunks[source].len() as u64 {
+                        return Err(ReplayError::Log(format!(
+                            "source {source}'s chunk {} is recorded out of order",
+                            c.chunk
+                        )));
+                    }
+                    run.chunks[source].push(c);
+                }
+                Record::Output(o) => run.outputs.push(o),
+                Record::Recovery(r) => {
+                    return Err(ReplayError::Log(format!(
+                        "the newest life continued from checkpoint {}: replay of a recovered life is not supported yet",
+                        r.checkpoint
+                    )))
+                }
+                Record::RunEnd(end) => run.outcome = end.outcome,
+                _ => {}
+            }
+        }
+        if run.outcome.is_empty() {
+            return Err(ReplayError::Log(
+                "the newest life has no end recorded (still running, or it died): nothing complete to replay"
+                    .into(),
+            ));
+        }
+        if run.outcome.starts_with("failed") {
+            return Err(ReplayError::Log(format!(
+                "the recorded run {}: its output is not complete",
+                run.outcome
+            )));
+        }
+        Ok(run)
+    }
+
+    /// The sources the recorded run read (that took in any chunk).
+    pub fn sources_read(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub lines: u64,
+    pub bytes: u64,
+    /// Units applied in the recorded order.
+    pub units: u64,
+    /// The first place the replay differs from the recorded run.
+    pub divergence: Option<String>,
+}
+
+/// Re-cuts a source's input into the recorded chunks.
+struct Rechunker {
+    source: u32,
+    partitions: Vec<(Box<dyn SourceReader>, Vec<u8>, bool)>,
+    recorded: Vec<InputChunk>,
+    next: usize,
+}
+
+impl Rechunker {
+    fn next_event(&mut self) -> Result<Option<SourceEvent>, ReplayError> {
+        let Some(chunk) = self.recorded.get(self.next).copied() else {
+            return Ok(None);
+        };
+        self.next += 1;
+        let partition = self.partitions.get_mut(chunk.partition as usize).ok_or_else(|| {
+            ReplayError::Input(format!(
+                "source {} has no partition {}, which the recorded run read",
+                self.source, chunk.partition
+            ))
+        })?;
+        let (reader, pending, ended) = partition;
+        let want =
+            usize::try_from(chunk.bytes).map_err(|_| ReplayError::Log("a chunk beyond memory".into()))?;
+        while pending.len() < want && !*ended {
+            match reader
+                .next_chunk()
+                .map_err(|e| ReplayError::Input(e.to_string()))?
+            {
+                Pull::Chunk(c) => match c.data {
+                    ChunkData::Lines(bytes) => pending.extend_from_slice(&bytes),
+                    ChunkData::Oversized { .. } => {
+                        return Err(ReplayError::Input(
+                            "the input holds a line over the size limit: replay does not cover those yet"
+                                .into(),
+                        ))
+                    }
+                },
+                Pull::Idle => {}
+                Pull::End => *ended = true,
+            }
+        }
+        let input_differs = |what: String| {
+            ReplayError::Input(format!(
+                "the input differs from the recorded run's at source {} chunk {} (line {}): {what}",
+                self.source, chunk.chunk, chunk.first_line
+            ))
+        };
+        if pending.len() < want {
+            return Err(input_differs(format!(
+                "it ends {} bytes early",
+                want - pending.len()
+            )));
+        }
+        let data = Bytes::copy_from_slice(&pending[..want]);
+        pending.drain(..want);
+        let data = ChunkData::Lines(data);
+        if data.line_count() != chunk.lines {
+            return Err(input_differs(format!(
+                "{} lines where the run read {}",
+                data.line_count(),
+                chunk.lines
+            )));
+        }
+        Ok(Some(SourceEvent::Chunk {
+            source: self.source,
+            index: chunk.chunk,
+            first_line: chunk.first_line,
+            data,
+            partition: chunk.partition,
+            position: match chunk.position_after {
+                StreamPosition::Text { bytes, lines } => Position::Text { bytes, lines },
+                StreamPosition::Log { offset } => Position::Log { offset },
+            },
+            epoch: 0,
+        }))
+    }
+}
+
+/// The output each shard produced, not yet matched to a recorded batch.
+#[derive(Default)]
+struct ShardOutput {
+    bytes: Vec<u8>,
+    read: usize,
+}
+
+impl ShardOutput {
+    /// The next `lines` lines, if they are all here.
+    fn take_lines(&mut self, lines: u64) -> Option<&[u8]> {
+        let rest = &self.bytes[self.read..];
+        let end = match lines {
+            0 => 0,
+            n => memchr::memchr_iter(b'\n', rest).nth(n as usize - 1)? + 1,
+        };
+        let start = self.read;
+        self.read += end;
+        Some(&self.bytes[start..start + end])
+    }
+
+    fn compact(&mut self) {
+        if self.read > 1 << 20 {
+            self.bytes.drain(..self.read);
+            self.read = 0;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.read == self.bytes.len()
+    }
+}
+
+/// Replays `run` with `flow` (built from the recorded run's app and
+/// options, over the given inputs), writing the replayed output to `out`.
+pub fn replay<K, V, S, O>(
+    flow: Dataflow<K, V, S, O>,
+    mut run: RecordedRun,
+    out: &mut dyn Write,
+) -> Result<ReplayReport, ReplayError>
+where
+    K: Key + Wire,
+    V: Send + 'static,
+    S: State,
+    O: 'static,
+{
+    let Dataflow { sources, logic } = flow;
+    if sources.len() < run.chunks.len() {
+        return Err(ReplayError::Input(format!(
+            "the recorded run read {} sources; this dataflow has {}",
+            run.chunks.len(),
+            sources.len()
+        )));
+    }
+    run.chunks.resize_with(sources.len(), Vec::new);
+    let shards = run.start.shards_total;
+    let n = shards as usize;
+    let limits = ShardLimits {
+        batch_max: run.start.batch_max as usize,
+        ..ShardLimits::default()
+    };
+    let mut cores = ShardCore::build_range(&logic, shards, 0..shards, limits);
+    let units_total: usize = run.units.iter().map(|(units, _)| units.len()).sum();
+    for (core, (units, readings)) in cores.iter_mut().zip(std::mem::take(&mut run.units)) {
+        core.follow_schedule(units, readings);
+    }
+    let mut rechunkers = Vec::new();
+    for (index, (spec, recorded)) in sources
+        .into_iter()
+        .zip(std::mem::take(&mut run.chunks))
+        .enumerate()
+    {
+        let name = spec.name.clone();
+        let mut connector = spec.connector;
+        let count = connector
+            .partitions()
+            .map_err(|e| ReplayError::Input(e.to_string()))?;
+        let partitions = (0..count)
+            .map(|p| Ok((connector.open(&name, p, None)?, Vec::new(), false)))
+            .collect::<Result<Vec<_>, crate::connector::SourceError>>()
+            .map_err(|e| ReplayError::Input(format!("cannot open {name}: {e}")))?;
+        rechunkers.push(Rechunker {
+            source: index as u32,
+            partitions,
+            recorded,
+            next: 0,
+        });
+    }
+    let source_count = rechunkers.len();
+    let mut chunk_queues: Vec<VecDeque<SourceEvent>> =
+        (0..source_count * n).map(|_| VecDeque::new()).collect();
+    let mut ended = vec![false; source_count];
+    let mut batches: Vec<VecDeque<Batch<K, V>>> =
+        (0..source_count * n * n).map(|_| VecDeque::new()).collect();
+    let batch_queue =
+        |source: u32, from: u32, to: u32| (source as usize * n + from as usize) * n + to as usize;
+    let mut outputs: Vec<ShardOutput> = (0..n).map(|_| ShardOutput::default()).collect();
+    let mut recorded_outputs = std::mem::take(&mut run.outputs).into_iter().peekable();
+    let mut report = ReplayReport::default();
+    let mut awaited = Vec::new();
+    loop {
+        // Deal each source's chunks a few ahead of each shard.
+        for (source, rechunker) in rechunkers.iter_mut().enumerate() {
+            while !ended[source] {
+                let next = rechunker.next;
+                let queue = &chunk_queues[source * n + next % n];
+                if queue.len() >= 2 {
+                    break;
+                }
+                match rechunker.next_event()? {
+                    Some(event) => chunk_queues[source * n + next % n].push_back(event),
+                    None => {
+                        ended[source] = true;
+                        for shard in 0..n {
+                            chunk_queues[source * n + shard].push_back(SourceEvent::End {
+                                source: source as u32,
+                                chunks: next as u64,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let mut moved = false;
+        for (a, core) in cores.iter_mut().enumerate() {
+            if core.is_finished() {
+                continue;
+            }
+            let units_before = core.schedule_front();
+            for source in 0..source_count {
+                while core.wants_chunk(source as u32) {
+                    let Some(event) = chunk_queues[source * n + a].pop_front() else {
+                        break;
+                    };
+                    core.on_source_event(event);
+                    moved = true;
+                }
+            }
+            // Another shard's batch with records goes in only at its place
+            // in the schedule; an empty one (a chunk's end) any time.
+            'batches: loop {
+                core.awaited_senders(&mut awaited);
+                for &(source, from) in &awaited {
+                    let queue = &mut batches[batch_queue(source, from, a as u32)];
+                    let Some(batch) = queue.front() else { continue };
+                    let unit = UnitSource {
+                        source,
+                        from,
+                        chunk: batch.chunk,
+                        first_seq: batch.first_seq,
+                    };
+                    if batch.records.is_empty() || core.schedule_front() == Some(unit) {
+                        let batch = queue.pop_front().expect("front exists");
+                        core.on_batch(batch);
+                        moved = true;
+                        continue 'batches;
+                    }
+                }
+                break;
+            }
+            core.resume_scheduled();
+            moved |= core.schedule_front() != units_before;
+            if let Some(why) = core.schedule_divergence() {
+                report.divergence = Some(why);
+                return Ok(report);
+            }
+            for effect in core.drain_effects() {
+                match effect {
+                    Effect::Send { to, batch } => {
+                        batches[batch_queue(batch.source, batch.from, to)].push_back(batch)
+                    }
+                    Effect::Output(batch) => outputs[a].bytes.extend_from_slice(&batch.lines),
+                    Effect::SourceFailed { source, error } => {
+                        return Err(ReplayError::Input(format!("source {source} failed: {error}")))
+                    }
+                    Effect::DeadLetter(_) | Effect::Checkpoint(_) | Effect::Audit(_) => {}
+                }
+            }
+        }
+        // Write the output in the recorded order, checking each batch.
+        while let Some(recorded) = recorded_outputs.peek() {
+            let Some(shard) = outputs.get_mut(recorded.shard as usize) else {
+                report.divergence = Some(format!("the recorded output names shard {}", recorded.shard));
+                return Ok(report);
+            };
+            let Some(lines) = shard.take_lines(recorded.lines) else {
+                break;
+            };
+            if lines.len() as u64 != recorded.bytes || crc32c::crc32c(lines) != recorded.crc32c {
+                report.divergence = Some(format!(
+                    "output lines {}..{} (shard {}'s batch) differ from the recorded run's: {} bytes replayed, {} recorded",
+                    recorded.first_line,
+                    recorded.first_line + recorded.lines,
+                    recorded.shard,
+                    lines.len(),
+                    recorded.bytes
+                ));
+                return Ok(report);
+            }
+            out.write_all(lines)?;
+            report.lines += recorded.lines;
+            report.bytes += recorded.bytes;
+            shard.compact();
+            recorded_outputs.next();
+        }
+        if cores.iter().all(ShardCore::is_finished) {
+            break;
+        }
+        if !moved {
+            let waiting: Vec<String> = cores
+                .iter()
+                .filter(|c| !c.is_finished())
+                .map(|c| format!("shard {} waits to apply {:?}", c.index(), c.schedule_front()))
+                .collect();
+            report.divergence = Some(format!("the replay cannot go on: {}", waiting.join("; ")));
+            return Ok(report);
+        }
+    }
+    report.units = units_total as u64;
+    if let Some(left) = recorded_outputs.next() {
+        report.divergence = Some(format!(
+            "the recorded run wrote output from line {} on (shard {}) that the replay did not",
+            left.first_line, left.shard
+        ));
+    } else if let Some((shard, _)) = outputs.iter().enumerate().find(|(_, o)| !o.is_empty()) {
+        report.divergence = Some(format!(
+            "the replay wrote output of shard {shard} after line {} that the recorded run did not",
+            report.lines
+        ));
+    }
+    out.flush()?;
+    Ok(report)
+}
