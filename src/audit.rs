@@ -23,6 +23,15 @@ pub fn open(dir: &Path) -> Result<DirStorage> {
     Ok(storage)
 }
 
+/// Writes a report to stdout; a reader that went away (`| head`) is not an error.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
+}
+
 pub fn execute(command: AuditCommand) -> Result<i32> {
     match command {
         AuditCommand::Verify { dir, digest } => {
@@ -61,17 +70,27 @@ pub fn execute(command: AuditCommand) -> Result<i32> {
             if let Some(problem) = report.problems.first() {
                 bail!("the log does not verify, so it has no digest: {problem}");
             }
-            for head in &report.heads {
-                println!("{head}");
+            let heads: String = report.heads.iter().map(|h| format!("{h}\n")).collect();
+            print_stdout(&heads)?;
+            Ok(0)
+        }
+        AuditCommand::Replay { .. } | AuditCommand::Trace { .. } => {
+            unreachable!("`verity audit replay` and `trace` run in cli.rs, which knows the run's flags")
+        }
+        AuditCommand::Errors { dir } => {
+            let (log, report) = verity_audit::query::Log::read(&mut open(&dir)?)?;
+            let (count, listing) = log.errors();
+            print_stdout(&listing)?;
+            eprintln!("verity audit errors: {count} failed records");
+            if let Some(problem) = report.problems.first() {
+                eprintln!("warning: the log does not verify past {problem}");
+                return Ok(1);
             }
             Ok(0)
         }
-        AuditCommand::Replay { .. } => {
-            unreachable!("`verity audit replay` runs in cli.rs, which knows the run's flags")
-        }
         AuditCommand::Summary { dir } => {
             let summary = summarize(&mut open(&dir)?)?;
-            print!("{summary}");
+            print_stdout(&summary.to_string())?;
             Ok(if summary.report.is_ok() { 0 } else { 1 })
         }
     }

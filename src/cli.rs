@@ -92,6 +92,26 @@ pub(crate) enum AuditCommand {
     Digest { dir: PathBuf },
     /// Counts per record kind, time range, processes, segments.
     Summary { dir: PathBuf },
+    /// The full story of one record: its input with its place in the
+    /// stream, every hop between shards with times, what its processing
+    /// read (for market-spread, the quote in force and when it arrived,
+    /// traced in turn), and its output or failure.
+    Trace {
+        dir: PathBuf,
+        /// An output's id: market-spread's order id; for the other apps the
+        /// input record behind it, SOURCE:LINE (as --input-id).
+        #[arg(long, value_name = "ID", conflicts_with_all = ["input_id", "output_line"])]
+        output_id: Option<String>,
+        /// An input record: SOURCE:LINE[.PART] (source 0 is the first input;
+        /// LINE alone means source 0).
+        #[arg(long, value_name = "ID", conflicts_with = "output_line")]
+        input_id: Option<String>,
+        /// A line number of the output (from 1).
+        #[arg(long, value_name = "N")]
+        output_line: Option<u64>,
+    },
+    /// Every record that failed (dead-lettered), with its input and why.
+    Errors { dir: PathBuf },
     /// Re-run the newest run in the log from its input plus what the log
     /// recorded that the input does not hold (each shard's interleaving of
     /// streams, the clock readings its decisions used, the output order),
@@ -533,12 +553,7 @@ impl From<AppArg> for AppName {
 pub fn execute(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Run { app } => {
-            let (name, args) = match app {
-                RunApp::Doubler(a) => (AppName::Doubler, a),
-                RunApp::Wordcount(a) => (AppName::Wordcount, a),
-                RunApp::MarketSpread(a) => (AppName::MarketSpread, a),
-                RunApp::SeqWindow(a) => (AppName::SeqWindow, a),
-            };
+            let (name, args) = app.into_parts();
             run(name, args)
         }
         Command::Verify(args) => verify(args),
@@ -571,6 +586,15 @@ pub fn execute(cli: Cli) -> Result<i32> {
             },
             output.as_deref(),
         ),
+        Command::Audit {
+            command:
+                AuditCommand::Trace {
+                    dir,
+                    output_id,
+                    input_id,
+                    output_line,
+                },
+        } => trace(&dir, output_id, input_id, output_line),
         Command::Audit { command } => crate::audit::execute(command),
         Command::Send(args) => {
             let report = verity_verify::harness::send(&args.to, &args.input, args.rate, args.batch)?;
@@ -1019,20 +1043,7 @@ struct ReplayInputs {
 fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path::Path>) -> Result<i32> {
     use verity_core::replay::{replay, RecordedRun, ReplayError, ReplayReport};
     let run = RecordedRun::read(&mut crate::audit::open(dir)?)?;
-    let recorded = Cli::try_parse_from(&run.start.args)
-        .map_err(|e| anyhow::anyhow!("the recorded command line does not parse with this build: {e}"))?;
-    let Command::Run { app } = recorded.command else {
-        bail!(
-            "the recorded process was not a `verity run`: {}",
-            run.start.args.join(" ")
-        );
-    };
-    let (app, mut args) = match app {
-        RunApp::Doubler(a) => (AppName::Doubler, a),
-        RunApp::Wordcount(a) => (AppName::Wordcount, a),
-        RunApp::MarketSpread(a) => (AppName::MarketSpread, a),
-        RunApp::SeqWindow(a) => (AppName::SeqWindow, a),
-    };
+    let (app, mut args) = recorded_run(&run.start.args)?;
     let replayable = |path: &Option<String>| {
         path.as_deref()
             .is_some_and(|p| p != "-" && !p.starts_with("tcp:"))
@@ -1104,4 +1115,97 @@ fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path:
             Ok(1)
         }
     }
+}
+
+impl RunApp {
+    fn into_parts(self) -> (AppName, RunArgs) {
+        match self {
+            RunApp::Doubler(a) => (AppName::Doubler, a),
+            RunApp::Wordcount(a) => (AppName::Wordcount, a),
+            RunApp::MarketSpread(a) => (AppName::MarketSpread, a),
+            RunApp::SeqWindow(a) => (AppName::SeqWindow, a),
+        }
+    }
+}
+
+/// The app and flags of a recorded `verity run` command line.
+fn recorded_run(command_line: &[String]) -> Result<(AppName, RunArgs)> {
+    let recorded = Cli::try_parse_from(command_line)
+        .map_err(|e| anyhow::anyhow!("the recorded command line does not parse with this build: {e}"))?;
+    let Command::Run { app } = recorded.command else {
+        bail!(
+            "the recorded process was not a `verity run`: {}",
+            command_line.join(" ")
+        );
+    };
+    Ok(app.into_parts())
+}
+
+/// Parses SOURCE:LINE[.PART] (or LINE, of source 0).
+fn parse_input_id(text: &str) -> Result<verity_audit::Id> {
+    let bad = || {
+        anyhow::anyhow!("`{text}` is not an input id: SOURCE:LINE[.PART], e.g. 0:17 (or LINE for source 0)")
+    };
+    let (source, rest) = text.split_once(':').unwrap_or(("0", text));
+    let (line, part) = rest.split_once('.').unwrap_or((rest, "0"));
+    Ok(verity_audit::Id {
+        producer: source.parse().map_err(|_| bad())?,
+        seq: line.parse().map_err(|_| bad())?,
+        part: part.parse().map_err(|_| bad())?,
+    })
+}
+
+/// `verity audit trace`.
+fn trace(
+    dir: &std::path::Path,
+    output_id: Option<String>,
+    input_id: Option<String>,
+    output_line: Option<u64>,
+) -> Result<i32> {
+    use verity_audit::query::{Log, NoteView};
+    let (log, report) = Log::read(&mut crate::audit::open(dir)?)?;
+    if let Some(problem) = report.problems.first() {
+        eprintln!("warning: the log does not verify past {problem}; what follows is from the part before it");
+    }
+    let app = log
+        .command_line()
+        .and_then(|line| recorded_run(line).ok())
+        .map(|(app, _)| app);
+    let generic = |note: &[u8]| NoteView {
+        text: format!("a note of {} bytes", note.len()),
+        refers_to: Vec::new(),
+    };
+    let render: &dyn Fn(&[u8]) -> NoteView = match app {
+        Some(AppName::MarketSpread) => &verity_apps::market_spread::note_view,
+        _ => &generic,
+    };
+    let id = match (output_id, input_id, output_line) {
+        (_, Some(input), _) => parse_input_id(&input)?,
+        (_, _, Some(line)) => match log.output_line(line) {
+            Some((batch, id)) => {
+                crate::audit::print_stdout(&format!(
+                    "output line {line}: written by shard {} from input {id}\n",
+                    batch.shard
+                ))?;
+                id
+            }
+            None => {
+                bail!("the log has no lineage for output line {line} (out of range, or a worker's output)")
+            }
+        },
+        (Some(output), _, _) if app == Some(AppName::MarketSpread) => {
+            let order: u64 = output.parse().map_err(|_| {
+                anyhow::anyhow!("market-spread's output id is its order id, a number: `{output}`")
+            })?;
+            let is_order = |note: &[u8]| {
+                verity_apps::market_spread::DecisionNote::decode(note).is_ok_and(|n| n.order_id == order)
+            };
+            log.find_note(is_order)
+                .ok_or_else(|| anyhow::anyhow!("no decision on order {order} in the log"))?
+        }
+        (Some(output), _, _) => parse_input_id(&output)?,
+        (None, None, None) => bail!("say what to trace: --output-id, --input-id or --output-line"),
+    };
+    crate::audit::print_stdout(&log.trace_input(id, render))?;
+    Ok(0)
 }

@@ -249,3 +249,57 @@ fn every_reference_app_writes_its_records_and_replays() {
         );
     }
 }
+
+#[test]
+fn trace_tells_an_orders_story_with_the_quote_it_read_and_errors_list_every_failure() {
+    let (dir, audit, output) = audited_run(&[]);
+    let text = std::fs::read_to_string(&output).unwrap();
+    let first = text
+        .lines()
+        .find(|l| l.contains(",ACCEPT,"))
+        .expect("an accepted order");
+    let order = first.split(',').next().unwrap();
+    let story = stdout(&ok(run(&[
+        "audit",
+        "trace",
+        path_str(&audit),
+        "--output-id",
+        order,
+    ])));
+    for part in [
+        "received",
+        "parsed by shard",
+        "applied by shard",
+        &format!("order {order}: accepted"),
+        "quote in force",
+        "the quote it read:",
+        "output line",
+    ] {
+        assert!(story.contains(part), "`{part}` missing from:\n{story}");
+    }
+    let by_line = stdout(&ok(run(&[
+        "audit",
+        "trace",
+        path_str(&audit),
+        "--output-line",
+        "1",
+    ])));
+    assert!(
+        by_line.starts_with("output line 1: written by shard"),
+        "{by_line}"
+    );
+
+    let listed = ok(run(&["audit", "errors", path_str(&audit)]));
+    let dead = std::fs::read_to_string(dir.path().join("out.txt.dead-letter")).unwrap();
+    let count = dead.lines().count();
+    assert!(count > 0);
+    assert!(
+        stderr(&listed).contains(&format!("{count} failed records")),
+        "{}",
+        stderr(&listed)
+    );
+    assert_eq!(stdout(&listed).lines().count(), count);
+
+    let out = run(&["audit", "trace", path_str(&audit), "--input-id", "x:y"]);
+    assert!(stderr(&out).contains("is not an input id"), "{}", stderr(&out));
+}

@@ -204,6 +204,7 @@ impl Reason {
 /// record, when it arrived), the clock reading, and the reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecisionNote {
+    pub order_id: u64,
     pub reason: Reason,
     pub quote: Option<(u64, u64)>,
     pub quote_id: MsgId,
@@ -228,6 +229,7 @@ impl DecisionNote {
         let (bid, ask) = self.quote.unwrap_or_default();
         put_u8(out, self.quote.is_some() as u8);
         for field in [
+            self.order_id,
             bid,
             ask,
             self.quote_id.producer as u64,
@@ -250,6 +252,7 @@ impl DecisionNote {
             .get(input.u8()? as usize)
             .ok_or(DecodeError::Invalid("market-spread reason"))?;
         let has_quote = input.bool()?;
+        let order_id = input.varint()?;
         let (bid, ask) = (input.varint()?, input.varint()?);
         let quote_id = MsgId {
             producer: input.varint_u32()?,
@@ -257,6 +260,7 @@ impl DecisionNote {
             part: input.varint_u32()?,
         };
         let note = DecisionNote {
+            order_id,
             reason,
             quote: has_quote.then_some((bid, ask)),
             quote_id,
@@ -331,6 +335,7 @@ pub fn dataflow_with(
             if let Some((decision, reason)) = decide(book, &msg.data, now_us, max_quote_age_us) {
                 out.note(|note| {
                     DecisionNote {
+                        order_id: decision.order_id,
                         reason,
                         quote: book.quote,
                         quote_id: book.quote_id,
@@ -411,6 +416,42 @@ pub fn format_decision(decision: &Decision, buf: &mut Vec<u8>) {
     }
 }
 
+/// How `verity audit trace` shows a decision's note: the order, the
+/// decision and why, the quote it read (which it then traces), its age.
+pub fn note_view(note: &[u8]) -> verity_audit::query::NoteView {
+    let Ok(note) = DecisionNote::decode(note) else {
+        return verity_audit::query::NoteView {
+            text: format!("a note this build does not read ({} bytes)", note.len()),
+            refers_to: Vec::new(),
+        };
+    };
+    let mut text = format!("order {}: {}", note.order_id, note.reason.name());
+    let mut refers_to = Vec::new();
+    if let Some((bid, ask)) = note.quote {
+        let mut prices = Vec::new();
+        write_price(&mut prices, bid);
+        prices.push(b'/');
+        write_price(&mut prices, ask);
+        text.push_str(&format!(
+            "; quote in force: {} bid/ask {}, arrived {}",
+            note.quote_id,
+            String::from_utf8_lossy(&prices),
+            verity_audit::query::format_utc_us(note.quote_at_us)
+        ));
+        if note.now_us > 0 {
+            let age_us = note.now_us.saturating_sub(note.quote_at_us);
+            text.push_str(&format!(
+                "; decided at {}, the quote {}.{:03} ms old",
+                verity_audit::query::format_utc_us(note.now_us),
+                age_us / 1000,
+                age_us % 1000
+            ));
+        }
+        refers_to.push(("quote", note.quote_id.into()));
+    }
+    verity_audit::query::NoteView { text, refers_to }
+}
+
 /// Parses a quote or an order line.
 pub fn parse_event(line: &[u8]) -> Result<Event, Reject> {
     let mut fields = line.split(|b| *b == b',');
@@ -487,6 +528,58 @@ pub fn parse_price(field: &[u8]) -> Result<u64, Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_order_on_a_quote_older_than_the_limit_is_rejected_as_stale() {
+        let quote = parse_event(b"Q,ABC,10.00,10.01").unwrap();
+        let order = parse_event(b"O,7,ABC,B,100,10.00").unwrap();
+        let mut book = Book::default();
+        assert_eq!(super::decide(&mut book, &quote, 1_000, Some(500)), None);
+        book.quote_at_us = 1_000;
+        let at = |now_us, book: &mut Book| {
+            super::decide(book, &order, now_us, Some(500)).map(|(d, r)| (d.accept, r))
+        };
+        assert_eq!(
+            at(1_500, &mut book),
+            Some((true, Reason::Accepted)),
+            "exactly the limit is fresh"
+        );
+        assert_eq!(at(1_501, &mut book), Some((false, Reason::StaleQuote)));
+        assert_eq!(
+            super::decide(&mut book, &order, 9_999_999, None).map(|(d, r)| (d.accept, r)),
+            Some((true, Reason::Accepted)),
+            "no limit, no age rule"
+        );
+        let mut wide = Book::default();
+        super::decide(&mut wide, &parse_event(b"Q,ABC,1.00,2.00").unwrap(), 0, None);
+        assert_eq!(
+            super::decide(&mut wide, &order, 0, Some(500)).map(|(_, r)| r),
+            Some(Reason::WideSpread)
+        );
+        assert_eq!(
+            super::decide(&mut Book::default(), &order, 0, Some(500)).map(|(_, r)| r),
+            Some(Reason::NoQuote)
+        );
+    }
+
+    #[test]
+    fn decision_notes_round_trip_and_refuse_garbage() {
+        for reason in Reason::ALL {
+            let note = DecisionNote {
+                order_id: 77,
+                reason,
+                quote: (reason != Reason::NoQuote).then_some((100_000, 100_100)),
+                quote_id: MsgId::new(1, 42),
+                quote_at_us: 1_796_000_000_000_000,
+                now_us: 1_796_000_000_004_000,
+            };
+            let mut bytes = Vec::new();
+            note.encode(&mut bytes);
+            assert_eq!(DecisionNote::decode(&bytes), Ok(note));
+            assert!(DecisionNote::decode(&bytes[..bytes.len() - 1]).is_err());
+        }
+        assert!(DecisionNote::decode(&[9, 0]).is_err());
+    }
 
     fn decide(lines: &[&str]) -> Vec<String> {
         let mut books = std::collections::BTreeMap::new();

@@ -1,6 +1,6 @@
 //! Questions asked of an audit log after the fact.
 
-use crate::record::{Record, KIND_NAMES};
+use crate::record::{Id, Output, Record, KIND_NAMES};
 use crate::segment::{verify, ChainHead, VerifyReport};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -169,5 +169,286 @@ mod tests {
         let heads = parse_digest(&format!("{line}\n\n")).unwrap();
         assert_eq!((heads[0].process, heads[0].records), (2, 7));
         assert!(parse_digest("garbage").unwrap_err().contains("garbage"));
+    }
+}
+
+/// How an app shows its notes: a line of text, and the input records the
+/// note names (e.g. the quote a decision read), which a trace follows.
+pub struct NoteView {
+    pub text: String,
+    pub refers_to: Vec<(&'static str, Id)>,
+}
+
+/// An app's note renderer (`NoteView` from a note's bytes).
+pub type NoteRenderer<'a> = &'a dyn Fn(&[u8]) -> NoteView;
+
+/// A whole audit log in memory, for queries.
+pub struct Log {
+    records: Vec<(u32, Record)>,
+}
+
+impl Log {
+    /// Reads (and verifies) the whole log; the report says what, if
+    /// anything, is wrong with it (records after a problem are not read).
+    pub fn read(storage: &mut dyn Storage) -> io::Result<(Log, VerifyReport)> {
+        let mut records = Vec::new();
+        let report = verify(storage, &[], |process, body| {
+            if let Ok(record) = Record::decode(body) {
+                records.push((process, record));
+            }
+        })?;
+        Ok((Log { records }, report))
+    }
+
+    /// The newest run start's command line.
+    pub fn command_line(&self) -> Option<&[String]> {
+        self.all()
+            .filter_map(|r| match r {
+                Record::RunStart(s) => Some(s.args.as_slice()),
+                _ => None,
+            })
+            .last()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter().map(|(_, r)| r)
+    }
+
+    fn shards_total(&self) -> u32 {
+        self.all()
+            .filter_map(|r| match r {
+                Record::RunStart(s) => Some(s.shards_total),
+                _ => None,
+            })
+            .last()
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// The input behind output line `line` (from 1), with the batch that
+    /// wrote it.
+    pub fn output_line(&self, line: u64) -> Option<(&Output, Id)> {
+        self.all().find_map(|r| match r {
+            Record::Output(o) if o.first_line <= line && line < o.first_line + o.lines => {
+                o.ids.get((line - o.first_line) as usize).map(|id| (o, *id))
+            }
+            _ => None,
+        })
+    }
+
+    /// The input record whose note `matches` (e.g. an order id's decision).
+    pub fn find_note(&self, matches: impl Fn(&[u8]) -> bool) -> Option<Id> {
+        self.all().find_map(|r| match r {
+            Record::Notes(n) => n.notes.iter().find(|(_, note)| matches(note)).map(|(id, _)| *id),
+            _ => None,
+        })
+    }
+
+    /// The full story of input record `id`: where it came in, every hop,
+    /// what its processing read (and the story of what that names), what it
+    /// produced or why it failed.
+    pub fn trace_input(&self, id: Id, render: NoteRenderer<'_>) -> String {
+        let mut out = String::new();
+        self.trace_into(&mut out, id, render, None, 0);
+        out
+    }
+
+    fn trace_into(
+        &self,
+        out: &mut String,
+        id: Id,
+        render: NoteRenderer<'_>,
+        shard: Option<u32>,
+        depth: usize,
+    ) {
+        use fmt::Write as _;
+        let pad = "  ".repeat(depth);
+        let Some(chunk) = self.all().find_map(|r| match r {
+            Record::InputChunk(c)
+                if c.source == id.producer && c.first_line <= id.seq && id.seq < c.first_line + c.lines =>
+            {
+                Some(*c)
+            }
+            _ => None,
+        }) else {
+            let _ = writeln!(out, "{pad}input {id}: no input chunk of the log holds it");
+            return;
+        };
+        let start = self
+            .all()
+            .filter_map(|r| match r {
+                Record::InputChunk(c)
+                    if c.source == chunk.source
+                        && c.partition == chunk.partition
+                        && c.chunk < chunk.chunk =>
+                {
+                    Some(c.position_after.to_string())
+                }
+                _ => None,
+            })
+            .last()
+            .unwrap_or_else(|| "its start".into());
+        let _ = writeln!(
+            out,
+            "{pad}input {id}: source {} partition {} chunk {} (lines {}..{}), from {start} to {}, received {}",
+            chunk.source,
+            chunk.partition,
+            chunk.chunk,
+            chunk.first_line,
+            chunk.first_line + chunk.lines,
+            chunk.position_after,
+            format_utc_us(chunk.utc_us)
+        );
+        let parser = (chunk.chunk % self.shards_total() as u64) as u32;
+        let shard = shard.or_else(|| self.owner_of(id));
+        let _ = writeln!(out, "{pad}  parsed by shard {parser}");
+        // The story in time order; a note follows the batch it was taken
+        // in, which names the exact batch that applied the record.
+        let mut events: Vec<(u64, String)> = Vec::new();
+        let mut last_applied: BTreeMap<u32, &crate::record::Applied> = BTreeMap::new();
+        let mut exact_batch = false;
+        let mut chunk_batches = Vec::new();
+        let mut referred = Vec::new();
+        let applied_line = |a: &crate::record::Applied, which: &str| {
+            let clock = a.clock_us.map_or(String::new(), |c| {
+                format!("; its logic read the clock: {}", format_utc_us(c))
+            });
+            format!(
+                "applied by shard {} at {} ({which}a batch of {} records from shard {}){clock}",
+                a.shard,
+                format_utc_us(a.utc_us),
+                a.records,
+                a.from
+            )
+        };
+        for record in self.all() {
+            match record {
+                Record::Sent(s)
+                    if s.source == chunk.source
+                        && s.chunk == chunk.chunk
+                        && shard.is_none_or(|o| s.to == o) =>
+                {
+                    events.push((
+                        s.utc_us,
+                        format!(
+                            "sent by shard {} to shard {} at {} ({} records, channel seq {}..{})",
+                            s.shard,
+                            s.to,
+                            format_utc_us(s.utc_us),
+                            s.records,
+                            s.first_seq,
+                            s.first_seq + s.records
+                        ),
+                    ));
+                }
+                Record::Applied(a) => {
+                    last_applied.insert(a.shard, a);
+                    if a.source == chunk.source
+                        && a.chunk == chunk.chunk
+                        && shard.is_none_or(|o| a.shard == o)
+                    {
+                        chunk_batches.push(a);
+                    }
+                }
+                Record::Notes(n) => {
+                    for (_, note) in n.notes.iter().filter(|(noted, _)| *noted == id) {
+                        let view = render(note);
+                        let at = match last_applied.get(&n.shard) {
+                            Some(a) => {
+                                exact_batch = true;
+                                events.push((a.utc_us, applied_line(a, "")));
+                                a.utc_us
+                            }
+                            None => 0,
+                        };
+                        events.push((at, format!("read and decided (shard {}): {}", n.shard, view.text)));
+                        referred.extend(view.refers_to.into_iter().map(|r| (r, n.shard)));
+                    }
+                }
+                Record::Output(o) => {
+                    for (index, _) in o.ids.iter().enumerate().filter(|(_, out_id)| **out_id == id) {
+                        events.push((
+                            o.utc_us,
+                            format!(
+                                "output line {} (shard {}), written at {}",
+                                o.first_line + index as u64,
+                                o.shard,
+                                format_utc_us(o.utc_us)
+                            ),
+                        ));
+                    }
+                }
+                Record::Failed(f) if f.id == id => {
+                    events.push((
+                        f.utc_us,
+                        format!(
+                            "FAILED at {}: {} (input: {:?})",
+                            format_utc_us(f.utc_us),
+                            f.reason,
+                            String::from_utf8_lossy(&f.raw)
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if !exact_batch {
+            for a in chunk_batches {
+                events.push((a.utc_us, applied_line(a, "in one of its chunk's batches: ")));
+            }
+        }
+        events.sort_by_key(|(at, _)| *at);
+        for (_, line) in events {
+            let _ = writeln!(out, "{pad}  {line}");
+        }
+        if depth == 0 {
+            for ((what, other), shard) in referred {
+                let _ = writeln!(out, "{pad}  the {what} it read:");
+                self.trace_into(out, other, render, Some(shard), depth + 2);
+            }
+        }
+    }
+
+    /// The shard that owns `id`'s key, where a note or an output says.
+    fn owner_of(&self, id: Id) -> Option<u32> {
+        self.all().find_map(|r| match r {
+            Record::Notes(n) if n.notes.iter().any(|(noted, _)| *noted == id) => Some(n.shard),
+            Record::Output(o) if o.ids.contains(&id) => Some(o.shard),
+            _ => None,
+        })
+    }
+
+    /// Every failed record, with where its input lay.
+    pub fn errors(&self) -> (u64, String) {
+        use fmt::Write as _;
+        let mut out = String::new();
+        let mut count = 0;
+        for record in self.all() {
+            if let Record::Failed(f) = record {
+                count += 1;
+                let chunk = self.all().find_map(|r| match r {
+                    Record::InputChunk(c)
+                        if c.source == f.id.producer
+                            && c.first_line <= f.id.seq
+                            && f.id.seq < c.first_line + c.lines =>
+                    {
+                        Some(*c)
+                    }
+                    _ => None,
+                });
+                let place = chunk.map_or(String::new(), |c| {
+                    format!(" in chunk {} (received {})", c.chunk, format_utc_us(c.utc_us))
+                });
+                let _ = writeln!(
+                    out,
+                    "input {}{place}: {} at {}; the record: {:?}",
+                    f.id,
+                    f.reason,
+                    format_utc_us(f.utc_us),
+                    String::from_utf8_lossy(&f.raw)
+                );
+            }
+        }
+        (count, out)
     }
 }
