@@ -149,29 +149,6 @@ pub fn parse_digest(text: &str) -> Result<Vec<ChainHead>, String> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_times_format_like_iso_8601() {
-        assert_eq!(format_utc_us(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(format_utc_us(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
-        assert_eq!(
-            format_utc_us(1_796_083_199_999_999),
-            "2026-11-30T23:59:59.999999Z"
-        );
-    }
-
-    #[test]
-    fn digests_parse_and_bad_lines_are_named() {
-        let line = format!("process 2 records 7 head {}", "ab".repeat(32));
-        let heads = parse_digest(&format!("{line}\n\n")).unwrap();
-        assert_eq!((heads[0].process, heads[0].records), (2, 7));
-        assert!(parse_digest("garbage").unwrap_err().contains("garbage"));
-    }
-}
-
 /// How an app shows its notes: a line of text, and the input records the
 /// note names (e.g. the quote a decision read), which a trace follows.
 pub struct NoteView {
@@ -450,5 +427,28 @@ impl Log {
             }
         }
         (count, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_format_like_iso_8601() {
+        assert_eq!(format_utc_us(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(format_utc_us(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(
+            format_utc_us(1_796_083_199_999_999),
+            "2026-11-30T23:59:59.999999Z"
+        );
+    }
+
+    #[test]
+    fn digests_parse_and_bad_lines_are_named() {
+        let line = format!("process 2 records 7 head {}", "ab".repeat(32));
+        let heads = parse_digest(&format!("{line}\n\n")).unwrap();
+        assert_eq!((heads[0].process, heads[0].records), (2, 7));
+        assert!(parse_digest("garbage").unwrap_err().contains("garbage"));
     }
 }
