@@ -355,6 +355,10 @@ struct RunArgs {
     /// re-create it.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     max_quote_age_ms: Option<u64>,
+    /// A bug planted on purpose, to show a verifier catches it (tests only):
+    /// `stale-quote` (market-spread decides on the quote before the newest).
+    #[arg(long, value_name = "NAME", hide = true, value_parser = ["stale-quote"])]
+    plant_bug: Option<String>,
 }
 
 /// Checkpoints and recovery.
@@ -500,6 +504,16 @@ struct VerifyArgs {
     /// dead letters name their source by it.
     #[arg(long, value_name = "NAME", requires = "dead_letter", conflicts_with_all = ["quotes", "orders"])]
     input_name: Option<String>,
+    /// market-spread: check exactly with the run's audit log (`run --audit
+    /// DIR`): every decision on the newest quote its shard applied before
+    /// it, by the rule and the recorded clock reading (needed for a run with
+    /// --max-quote-age-ms, whose stale rejections only the log explains).
+    #[arg(long, value_name = "DIR", conflicts_with = "follow")]
+    audit: Option<PathBuf>,
+    /// With --audit: the stale-quote limit the run used [default: the
+    /// recorded command line's].
+    #[arg(long, value_name = "MS", requires = "audit")]
+    max_quote_age_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -653,6 +667,17 @@ pub fn execute(cli: Cli) -> Result<i32> {
     }
 }
 
+/// The app options a `run` command line names.
+fn app_options(args: &RunArgs) -> AppOptions {
+    AppOptions {
+        final_counts: args.final_counts,
+        max_quote_age_ms: args.max_quote_age_ms,
+        market_spread_bugs: verity_apps::market_spread::Bugs {
+            stale_quote: args.plant_bug.as_deref() == Some("stale-quote"),
+        },
+    }
+}
+
 /// The input a `run` command line names (also what a replay re-reads).
 fn app_input(app: AppName, args: &RunArgs, connectors: &Connectors) -> Result<AppInput> {
     let input = match (&args.quotes, &args.orders, args.generate) {
@@ -747,10 +772,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         );
     }
     let signal = install_stop_handler()?;
-    let options = AppOptions {
-        final_counts: args.final_counts,
-        max_quote_age_ms: args.max_quote_age_ms,
-    };
+    let options = app_options(&args);
     let net = args.net.options(&args.stop);
     let job = JobSpec {
         app,
@@ -904,6 +926,9 @@ fn report(app: AppName, summary: &RunSummary, outputs: &Outputs) {
 }
 
 fn verify(args: VerifyArgs) -> Result<i32> {
+    if let Some(dir) = &args.audit {
+        return verify_with_audit(&args, dir);
+    }
     let app = verity_verify::App::from_name(AppName::from(args.app).name(), args.final_counts)?;
     let inputs = match (args.input, args.quotes, args.orders) {
         (_, Some(quotes), Some(orders)) => verity_verify::InputFiles::QuotesAndOrders { quotes, orders },
@@ -927,6 +952,56 @@ fn verify(args: VerifyArgs) -> Result<i32> {
     if let Some(path) = &args.dead_letter {
         let also_named: Vec<String> = args.input_name.iter().cloned().collect();
         let letters = verity_verify::verify_dead_letter_file_as(&app, &inputs, path, &also_named)?;
+        println!("{letters}");
+        ok &= letters.is_ok();
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// `verify market-spread --audit DIR`: the exact check over the log's newest life.
+fn verify_with_audit(args: &VerifyArgs, dir: &std::path::Path) -> Result<i32> {
+    if !matches!(args.app, AppArg::MarketSpread) {
+        bail!("--audit checks market-spread decisions; the other apps' outputs are derivable: verify them without it");
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let inputs = match (&args.input, &args.quotes, &args.orders) {
+        (_, Some(quotes), Some(orders)) => vec![read(quotes)?, read(orders)?],
+        (Some(input), _, _) => vec![read(input)?],
+        _ => bail!("give --input IN, or --quotes Q --orders O"),
+    };
+    let output = read(&args.output)?;
+    let (log, report) = verity_audit::query::Log::read(&mut crate::audit::open(dir)?)?;
+    if let Some(problem) = report.problems.first() {
+        bail!("the audit log does not verify ({problem}): it cannot vouch for the run");
+    }
+    let recorded_age = log
+        .command_line()
+        .and_then(|line| recorded_run(line).ok())
+        .and_then(|(_, run)| run.max_quote_age_ms);
+    let max_age = args.max_quote_age_ms.or(recorded_age);
+    let inputs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let checked = verity_verify::audited::verify_market_spread_with_audit(
+        &inputs,
+        &output,
+        &log.newest_life(),
+        max_age,
+    )
+    .map_err(anyhow::Error::msg)?;
+    println!("{checked}");
+    let mut ok = checked.is_ok();
+    if let Some(path) = &args.dead_letter {
+        let app = verity_verify::App::from_name("market-spread", false)?;
+        let files = match (&args.input, &args.quotes, &args.orders) {
+            (_, Some(quotes), Some(orders)) => verity_verify::InputFiles::QuotesAndOrders {
+                quotes: quotes.clone(),
+                orders: orders.clone(),
+            },
+            (Some(input), _, _) => verity_verify::InputFiles::Single(input.clone()),
+            _ => unreachable!("checked above"),
+        };
+        let letters = verity_verify::verify_dead_letter_file_as(&app, &files, path, &[])?;
         println!("{letters}");
         ok &= letters.is_ok();
     }
@@ -1063,10 +1138,7 @@ fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path:
         );
     }
     let input = app_input(app, &args, &Connectors::built_in())?;
-    let options = AppOptions {
-        final_counts: args.final_counts,
-        max_quote_age_ms: args.max_quote_age_ms,
-    };
+    let options = app_options(&args);
     struct ReplayDriver<'a> {
         run: RecordedRun,
         out: &'a mut dyn std::io::Write,

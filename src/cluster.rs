@@ -167,6 +167,8 @@ impl JobSpec {
             options: AppOptions {
                 final_counts: job.final_counts,
                 max_quote_age_ms: job.max_quote_age_ms,
+                // Planted bugs are for one-process test runs; they do not travel.
+                market_spread_bugs: Default::default(),
             },
             split_input,
             batch_max: job.batch_max as usize,
@@ -740,6 +742,7 @@ mod tests {
             options: AppOptions {
                 final_counts: false,
                 max_quote_age_ms: Some(250),
+                market_spread_bugs: Default::default(),
             },
             split_input: true,
             batch_max: 7,

@@ -303,3 +303,79 @@ fn trace_tells_an_orders_story_with_the_quote_it_read_and_errors_list_every_fail
     let out = run(&["audit", "trace", path_str(&audit), "--input-id", "x:y"]);
     assert!(stderr(&out).contains("is not an input id"), "{}", stderr(&out));
 }
+
+#[test]
+fn the_audit_aware_verifier_is_exact_and_catches_a_stale_quote_the_plain_one_cannot() {
+    // A clock-dependent run checks out exactly against its log.
+    let (dir, audit, output) = audited_run(&[]);
+    let (quotes, orders) = (dir.path().join("q.txt"), dir.path().join("o.txt"));
+    let dead = format!("{}.dead-letter", path_str(&output));
+    let verify = |output: &Path, audit: Option<&Path>| {
+        let mut args = vec![
+            "verify",
+            "market-spread",
+            "--quotes",
+            path_str(&quotes),
+            "--orders",
+            path_str(&orders),
+            "--output",
+            path_str(output),
+        ];
+        if let Some(audit) = audit {
+            args.extend(["--audit", path_str(audit)]);
+        }
+        run(&args)
+    };
+    let checked = ok(run(&[
+        "verify",
+        "market-spread",
+        "--quotes",
+        path_str(&quotes),
+        "--orders",
+        path_str(&orders),
+        "--output",
+        path_str(&output),
+        "--audit",
+        path_str(&audit),
+        "--dead-letter",
+        &dead,
+    ]));
+    assert!(
+        stdout(&checked).contains("OK (with the audit log)"),
+        "{}",
+        stdout(&checked)
+    );
+
+    // A shard that decides on the previous quote: every decision is on a
+    // quote that existed, in an order some interleaving allows.
+    let (bugged, bugged_audit) = (dir.path().join("bugged.txt"), dir.path().join("bugged-audit"));
+    ok(run(&[
+        "run",
+        "market-spread",
+        "--quotes",
+        path_str(&quotes),
+        "--orders",
+        path_str(&orders),
+        "--output",
+        path_str(&bugged),
+        "--workers",
+        "2",
+        "--audit",
+        path_str(&bugged_audit),
+        "--plant-bug",
+        "stale-quote",
+    ]));
+    let plain = verify(&bugged, None);
+    assert!(
+        plain.status.success(),
+        "the audit-free check cannot see it: {}",
+        stdout(&plain)
+    );
+    let exact = verify(&bugged, Some(&bugged_audit));
+    assert_eq!(exact.status.code(), Some(1), "{}", stdout(&exact));
+    assert!(
+        stdout(&exact).contains("but the newest quote applied before it was"),
+        "{}",
+        stdout(&exact)
+    );
+}

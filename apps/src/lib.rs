@@ -79,6 +79,8 @@ pub struct AppOptions {
     /// market-spread: reject orders on a quote older than this (by the
     /// process clock at decision time).
     pub max_quote_age_ms: Option<u64>,
+    /// Planted bugs (tests only; `verity run --plant-bug`).
+    pub market_spread_bugs: market_spread::Bugs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +166,11 @@ pub fn drive_app<D: Driver>(
                     market_spread::Inputs::Split { quotes, orders }
                 }
             };
-            driver.drive(market_spread::dataflow_with(inputs, options.max_quote_age_ms))?
+            driver.drive(market_spread::dataflow_with_bugs(
+                inputs,
+                options.max_quote_age_ms,
+                options.market_spread_bugs,
+            ))?
         }
     };
     Ok(out)

@@ -147,6 +147,27 @@ pub struct Book {
     pub rejecting: bool,
     pub quote_id: MsgId,
     pub quote_at_us: u64,
+    /// Only with the planted stale-quote bug (`Bugs::stale_quote`): the
+    /// newest quote, held back while orders see the one before.
+    pub held_back: Option<HeldQuote>,
+}
+
+/// A quote the planted stale-quote bug holds back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldQuote {
+    pub bid_units: u64,
+    pub ask_units: u64,
+    pub id: MsgId,
+    pub at_us: u64,
+}
+
+/// Bugs a test plants in market-spread to show a verifier catches them;
+/// all off in production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Orders are decided on the quote before the newest one (a shard that
+    /// reads the previous quote), and the note says so honestly.
+    pub stale_quote: bool,
 }
 
 impl Wire for Book {
@@ -157,6 +178,17 @@ impl Wire for Book {
         self.quote_id.part.encode(out);
         self.quote_id.seq.encode(out);
         self.quote_at_us.encode(out);
+        match self.held_back {
+            None => false.encode(out),
+            Some(held) => {
+                true.encode(out);
+                for n in [held.bid_units, held.ask_units, held.id.seq, held.at_us] {
+                    n.encode(out);
+                }
+                held.id.producer.encode(out);
+                held.id.part.encode(out);
+            }
+        }
     }
     fn decode(input: &mut &[u8]) -> Result<Self, WireError> {
         Ok(Book {
@@ -168,6 +200,27 @@ impl Wire for Book {
                 seq: u64::decode(input)?,
             },
             quote_at_us: u64::decode(input)?,
+            held_back: match bool::decode(input)? {
+                false => None,
+                true => {
+                    let [bid_units, ask_units, seq, at_us] = [
+                        u64::decode(input)?,
+                        u64::decode(input)?,
+                        u64::decode(input)?,
+                        u64::decode(input)?,
+                    ];
+                    Some(HeldQuote {
+                        bid_units,
+                        ask_units,
+                        id: MsgId {
+                            producer: u32::decode(input)?,
+                            part: u32::decode(input)?,
+                            seq,
+                        },
+                        at_us,
+                    })
+                }
+            },
         })
     }
 }
@@ -298,6 +351,15 @@ pub fn dataflow_with(
     inputs: Inputs,
     max_quote_age_ms: Option<u64>,
 ) -> Dataflow<Symbol, Event, Book, Decision> {
+    dataflow_with_bugs(inputs, max_quote_age_ms, Bugs::default())
+}
+
+/// The dataflow with planted bugs (tests only).
+pub fn dataflow_with_bugs(
+    inputs: Inputs,
+    max_quote_age_ms: Option<u64>,
+    bugs: Bugs,
+) -> Dataflow<Symbol, Event, Book, Decision> {
     let max_quote_age_us = max_quote_age_ms.map(|ms| ms.saturating_mul(1000));
     let events = match inputs {
         Inputs::Mixed(input) => Stream::from_source(input)
@@ -324,15 +386,33 @@ pub fn dataflow_with(
             // Clock readings only where a decision needs one: a quote's
             // arrival (for the age rule) and an order's decision time.
             let needs_clock = max_quote_age_us.is_some() || out.is_audited();
-            if let Either::Left(_) = msg.data {
-                book.quote_id = msg.id;
-                book.quote_at_us = if needs_clock { out.now_us() } else { 0 };
+            let mut event = msg.data;
+            let mut now_us = 0;
+            match &mut event {
+                Either::Left(quote) => {
+                    let (mut id, mut at_us) = (msg.id, if needs_clock { out.now_us() } else { 0 });
+                    if bugs.stale_quote {
+                        let newest = HeldQuote {
+                            bid_units: quote.bid_units,
+                            ask_units: quote.ask_units,
+                            id,
+                            at_us,
+                        };
+                        // The quote held back before takes force instead (a
+                        // symbol's first quote is only held).
+                        let Some(held) = book.held_back.replace(newest) else {
+                            return;
+                        };
+                        (quote.bid_units, quote.ask_units) = (held.bid_units, held.ask_units);
+                        (id, at_us) = (held.id, held.at_us);
+                    }
+                    book.quote_id = id;
+                    book.quote_at_us = at_us;
+                }
+                Either::Right(_) if needs_clock => now_us = out.now_us(),
+                Either::Right(_) => {}
             }
-            let now_us = match (&msg.data, needs_clock) {
-                (Either::Right(_), true) => out.now_us(),
-                _ => 0,
-            };
-            if let Some((decision, reason)) = decide(book, &msg.data, now_us, max_quote_age_us) {
+            if let Some((decision, reason)) = decide(book, &event, now_us, max_quote_age_us) {
                 out.note(|note| {
                     DecisionNote {
                         order_id: decision.order_id,

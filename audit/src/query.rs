@@ -177,6 +177,16 @@ impl Log {
         Ok((Log { records }, report))
     }
 
+    /// The records of the newest life: from the last run start on.
+    pub fn newest_life(&self) -> Vec<&Record> {
+        let start = self
+            .records
+            .iter()
+            .rposition(|(_, r)| matches!(r, Record::RunStart(_)))
+            .unwrap_or(0);
+        self.records[start..].iter().map(|(_, r)| r).collect()
+    }
+
     /// The newest run start's command line.
     pub fn command_line(&self) -> Option<&[String]> {
         self.all()

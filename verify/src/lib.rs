@@ -22,6 +22,7 @@
 //!   nothing else (lost, duplicated, unexpected, wrong record).
 #![forbid(unsafe_code)]
 
+pub mod audited;
 mod compare;
 mod dead_letters;
 pub mod harness;

@@ -424,6 +424,7 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
     let options = AppOptions {
         final_counts: config.final_counts,
         max_quote_age_ms: None,
+        market_spread_bugs: Default::default(),
     };
     let outcome = drive_app(config.app, app_input, options, driver);
     let mut outcome = match outcome {
