@@ -178,10 +178,33 @@ struct SendArgs {
     /// The source's address (`verity run … --input tcp:HOST:PORT`).
     #[arg(long, value_name = "HOST:PORT")]
     to: String,
+    /// The input: a file, a pipe, or `-` for stdin.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "replay",
+        conflicts_with = "replay"
+    )]
+    input: Option<PathBuf>,
+    /// Also write the input, as it is sent, with each piece's arrival time,
+    /// to FILE: a traffic recording for --replay.
+    #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+    record: Option<PathBuf>,
+    /// Send a traffic recording (made with --record) instead of an input,
+    /// each piece at its recorded time.
     #[arg(long, value_name = "FILE")]
-    input: PathBuf,
+    replay: Option<PathBuf>,
+    /// With --replay: this many times the recorded pace (2: twice as fast;
+    /// a huge number: as fast as possible) [default: 1].
+    #[arg(
+        long,
+        value_name = "X",
+        conflicts_with = "input",
+        allow_negative_numbers = true
+    )]
+    speed: Option<f64>,
     /// Lines per second [default: as fast as possible].
-    #[arg(long, value_name = "EVENTS_PER_S")]
+    #[arg(long, value_name = "EVENTS_PER_S", conflicts_with = "replay")]
     rate: Option<u64>,
     /// Lines per write, when sending at a --rate.
     #[arg(long, value_name = "N", default_value_t = 1024)]
@@ -611,7 +634,24 @@ pub fn execute(cli: Cli) -> Result<i32> {
         } => trace(&dir, output_id, input_id, output_line),
         Command::Audit { command } => crate::audit::execute(command),
         Command::Send(args) => {
-            let report = verity_verify::harness::send(&args.to, &args.input, args.rate, args.batch)?;
+            use verity_verify::harness;
+            let report = match (&args.replay, &args.input, &args.record) {
+                (Some(recording), _, _) => harness::replay(&args.to, recording, args.speed.unwrap_or(1.0))?,
+                (None, Some(input), Some(record)) => {
+                    let (report, recorded) =
+                        harness::send_and_record(&args.to, input, args.rate, args.batch, record)?;
+                    eprintln!(
+                        "verity send: recorded {} bytes in {} frames over {:.3} s to {}",
+                        recorded.bytes,
+                        recorded.frames,
+                        recorded.last_arrival_us as f64 / 1e6,
+                        record.display()
+                    );
+                    report
+                }
+                (None, Some(input), None) => harness::send(&args.to, input, args.rate, args.batch)?,
+                (None, None, _) => bail!("give --input FILE or --replay FILE"),
+            };
             eprintln!(
                 "verity send: {} lines ({} bytes) to {} in {:.3} s ({:.0} lines/s){}",
                 report.lines,

@@ -17,11 +17,19 @@
 //! confirmation of the end was lost with it: the source's run most likely
 //! finished, and `send` ends with a warning rather than an error.)
 //!
+//! With `--record FILE` (`send_and_record`), `send` also writes each byte
+//! of the input once, as it first sends it, into a traffic recording with
+//! the time it took it (`traffic`); `replay` sends such a recording again
+//! at its recorded pace (or `speed` times faster), read as a pipe is: each
+//! frame waits for its time once, and bytes resent after a reconnect come
+//! from memory, without waiting again.
+//!
 //! `receive` accepts the sink's connections (and reconnections), writes each
 //! numbered line once (dropping resent ones) to a plain file of lines, acks
 //! what it wrote, and stops at `--expect` lines or after a silence.
 
 mod staging;
+pub mod traffic;
 
 use staging::Staging;
 use std::collections::VecDeque;
@@ -31,6 +39,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use traffic::{Recorder, RecordingSummary, Replay};
 use verity_core::connector::tcp_stream::{
     self, data_header, end_frame, greeting, is_timeout, Greeting, LinesHeader, ReceiverMessage, SinkHeader,
     SourceMessage, LINES_HEADER_BYTES, SEND_MAGIC, SINK_MAGIC, SINK_VERSION_STAGED, SOURCE_MESSAGE_BYTES,
@@ -66,9 +75,10 @@ pub struct SendReport {
 enum Input {
     /// A regular file: re-read from the offset asked for.
     File { file: File, at: u64, len: u64 },
-    /// Anything else (a pipe): unacked bytes kept in memory, bounded.
+    /// Anything read only once (a pipe, stdin, a recording replayed at its
+    /// pace): unacked bytes kept in memory, bounded.
     Pipe {
-        reader: File,
+        reader: Box<dyn Read>,
         held: VecDeque<u8>,
         /// The offset of `held[0]`.
         base: u64,
@@ -77,7 +87,11 @@ enum Input {
 }
 
 impl Input {
+    /// `-` is stdin.
     fn open(path: &Path) -> io::Result<Input> {
+        if path.as_os_str() == "-" {
+            return Ok(Input::read_once(Box::new(io::stdin())));
+        }
         let file = File::open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
         let metadata = file.metadata()?;
@@ -88,13 +102,17 @@ impl Input {
                 len: metadata.len(),
             }
         } else {
-            Input::Pipe {
-                reader: file,
-                held: VecDeque::new(),
-                base: 0,
-                eof: false,
-            }
+            Input::read_once(Box::new(file))
         })
+    }
+
+    fn read_once(reader: Box<dyn Read>) -> Input {
+        Input::Pipe {
+            reader,
+            held: VecDeque::new(),
+            base: 0,
+            eof: false,
+        }
     }
 
     /// The bytes before this are gone.
@@ -225,6 +243,25 @@ enum Session {
     Lost { why: io::Error, resumed: bool },
 }
 
+/// What the sender took from its input, each byte once however often it
+/// is resent: the lines counted, and (with `--record`) the recording.
+#[derive(Default)]
+struct Taken {
+    lines: LineCount,
+    recorder: Option<Recorder>,
+}
+
+impl Taken {
+    /// The input's bytes at `offset` are about to be sent.
+    fn saw(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.saw(offset, bytes)?;
+        }
+        self.lines.saw(offset, bytes);
+        Ok(())
+    }
+}
+
 /// Counts the input's lines once, however often bytes are resent.
 #[derive(Default)]
 struct LineCount {
@@ -257,11 +294,69 @@ impl LineCount {
 /// resends what the source did not ack after a lost connection. Returns once
 /// the source received (and acked) the whole input.
 pub fn send(to: &str, input: &Path, rate: Option<u64>, batch: usize) -> io::Result<SendReport> {
-    let mut input = Input::open(input)?;
+    send_input(to, Input::open(input)?, rate, batch, &mut Taken::default())
+}
+
+/// `send`, writing what it sends into a traffic recording at `record` as
+/// it goes (`traffic` describes the format). What was recorded is kept
+/// (flushed) even if sending fails.
+pub fn send_and_record(
+    to: &str,
+    input: &Path,
+    rate: Option<u64>,
+    batch: usize,
+    record: &Path,
+) -> io::Result<(SendReport, RecordingSummary)> {
+    // Before the input opens (a FIFO's open waits for its writer): the
+    // recording's clock starts before anything can arrive.
+    let mut taken = Taken {
+        recorder: Some(Recorder::create(record)?),
+        ..Taken::default()
+    };
+    let sent = Input::open(input).and_then(|input| send_input(to, input, rate, batch, &mut taken));
+    let recorded = taken.recorder.take().expect("recording").finish();
+    Ok((sent?, recorded?))
+}
+
+/// Sends the traffic recording at `recording` as `send` sends an input,
+/// each frame at its arrival time divided by `speed` after the first
+/// (`f64::INFINITY`: as fast as possible). The whole recording is checked
+/// first, so a corrupt one is refused before anything is sent.
+pub fn replay(to: &str, recording: &Path, speed: f64) -> io::Result<SendReport> {
+    if speed.is_nan() || speed <= 0.0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a replay speed must be above 0, not {speed} (1 replays at the recorded pace, 10 ten times faster)"),
+        ));
+    }
+    let summary = traffic::scan(recording)?;
+    eprintln!(
+        "verity send: replaying {} ({} bytes in {} frames over {:.3} s) at speed {speed}",
+        recording.display(),
+        summary.bytes,
+        summary.frames,
+        summary.last_arrival_us as f64 / 1e6
+    );
+    let replay = Replay::open(recording, speed)?;
+    send_input(
+        to,
+        Input::read_once(Box::new(replay)),
+        None,
+        1,
+        &mut Taken::default(),
+    )
+}
+
+fn send_input(
+    to: &str,
+    mut input: Input,
+    rate: Option<u64>,
+    batch: usize,
+    taken: &mut Taken,
+) -> io::Result<SendReport> {
     let address = resolve(to)?;
     let started = Instant::now();
     let mut heard = Heard::default();
-    let mut count = LineCount::default();
     let mut connections = 0;
     let mut lost_since: Option<Instant> = None;
     let mut backoff = CONNECT_RETRY;
@@ -315,7 +410,7 @@ pub fn send(to: &str, input: &Path, rate: Option<u64>, batch: usize) -> io::Resu
             started,
             hello_patience: left.min(RESUME_PATIENCE),
         };
-        match session(stream, &mut input, &mut heard, &mut count, &mut total, pace)? {
+        match session(stream, &mut input, &mut heard, taken, &mut total, pace)? {
             Session::Done => break,
             Session::Lost { why, resumed } => {
                 if resumed || lost_since.is_none() {
@@ -332,7 +427,7 @@ pub fn send(to: &str, input: &Path, rate: Option<u64>, batch: usize) -> io::Resu
         }
     }
     Ok(SendReport {
-        lines: count.total(),
+        lines: taken.lines.total(),
         bytes: heard.acked,
         seconds: started.elapsed().as_secs_f64(),
         connections,
@@ -355,7 +450,7 @@ fn session(
     mut stream: TcpStream,
     input: &mut Input,
     heard: &mut Heard,
-    count: &mut LineCount,
+    taken: &mut Taken,
     total: &mut Option<u64>,
     pace: Pace,
 ) -> io::Result<Session> {
@@ -384,7 +479,7 @@ fn session(
         let progress = progress.clone();
         std::thread::spawn(move || hear_acks(stream, progress))
     };
-    let result = stream_from(&mut stream, from, input, &progress, count, total, pace);
+    let result = stream_from(&mut stream, from, input, &progress, taken, total, pace);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = listener.join();
     *heard = Heard {
@@ -432,7 +527,7 @@ fn stream_from(
     from: u64,
     input: &mut Input,
     progress: &Progress,
-    count: &mut LineCount,
+    taken: &mut Taken,
     input_total: &mut Option<u64>,
     pace: Pace,
 ) -> io::Result<Outcome> {
@@ -485,16 +580,16 @@ fn stream_from(
             Some(_) => batch_end(&buf[..read], pace.batch.max(1)),
             None => read,
         };
+        taken.saw(offset, &buf[..send])?;
         let sent = stream
             .write_all(&data_header(send))
             .and_then(|()| stream.write_all(&buf[..send]));
         if let Err(e) = sent {
             return Ok(Outcome::Broken(e));
         }
-        count.saw(offset, &buf[..send]);
         offset += send as u64;
         if let Some(rate) = pace.rate.filter(|r| *r > 0) {
-            let due = Duration::from_secs_f64(count.lines as f64 / rate as f64);
+            let due = Duration::from_secs_f64(taken.lines.lines as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(pace.started.elapsed()) {
                 std::thread::sleep(wait);
             }
@@ -992,4 +1087,70 @@ pub fn receive_on(
 
 fn memchr_count(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|b| **b == b'\n').count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// Counts the reads that reach the reader under it.
+    struct CountingReads<R> {
+        inner: R,
+        reads: Rc<Cell<u64>>,
+    }
+
+    impl<R: Read> Read for CountingReads<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.read(buf)
+        }
+    }
+
+    /// Reads `input` from `from` to its end.
+    fn read_to_end(input: &mut Input, from: u64) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 7];
+        loop {
+            let read = input
+                .read_at(from + all.len() as u64, &mut buf)
+                .unwrap()
+                .expect("within bounds");
+            if read == 0 {
+                return all;
+            }
+            all.extend_from_slice(&buf[..read]);
+        }
+    }
+
+    #[test]
+    fn a_replay_resent_after_a_reconnect_comes_from_memory_without_waiting_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recording");
+        let mut writer = traffic::RecordingWriter::new(File::create(&path).unwrap()).unwrap();
+        for (arrival_us, bytes) in [
+            (0, &b"line 1\n"[..]),
+            (20_000, b"line 2\n"),
+            (40_000, b"line 3\n"),
+        ] {
+            writer.frame(arrival_us, bytes).unwrap();
+        }
+        drop(writer);
+        let reads = Rc::new(Cell::new(0));
+        let replay = CountingReads {
+            inner: Replay::open(&path, 1.0).unwrap(),
+            reads: reads.clone(),
+        };
+        let mut input = Input::read_once(Box::new(replay));
+        assert_eq!(read_to_end(&mut input, 0), b"line 1\nline 2\nline 3\n");
+        let paced_reads = reads.get();
+        input.forget_before(7); // the source acked line 1
+        assert_eq!(read_to_end(&mut input, 7), b"line 2\nline 3\n", "resent");
+        assert_eq!(
+            reads.get(),
+            paced_reads,
+            "the recording (and its pacing) was not read again"
+        );
+    }
 }
