@@ -253,77 +253,88 @@ impl Reason {
 }
 
 /// What an order's decision read that its input does not hold, as the
-/// audit log keeps it (`Output::note`): the quote in force (which input
-/// record, when it arrived), the clock reading, and the reason.
+/// audit log keeps it (`Output::note`): the reason, and the quote in force
+/// (which input record, and how old it was by the decision's clock reading,
+/// which the audit log holds for the batch). About 15 bytes a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecisionNote {
     pub order_id: u64,
     pub reason: Reason,
-    pub quote: Option<(u64, u64)>,
-    pub quote_id: MsgId,
-    pub quote_at_us: u64,
-    /// The clock reading the decision used (0 if the rule needed none).
-    pub now_us: u64,
+    pub quote: Option<QuoteRead>,
 }
 
-const NOTE_VERSION: u8 = 1;
+/// The quote a decision read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuoteRead {
+    pub bid_units: u64,
+    pub ask_units: u64,
+    pub id: MsgId,
+    /// Its age at the decision: the decision's clock reading minus the
+    /// reading when the quote arrived (0 when the rule read no clock).
+    pub age_us: u64,
+}
+
+/// The note's first byte: version in the high nibble, then whether a quote
+/// follows, then the reason.
+const NOTE_VERSION: u8 = 2;
+const NOTE_HAS_QUOTE: u8 = 0b100;
+const NOTE_REASON_MASK: u8 = 0b11;
 
 impl DecisionNote {
     pub fn encode(&self, out: &mut Vec<u8>) {
         use verity_audit::codec::{put_u8, put_varint};
-        put_u8(out, NOTE_VERSION);
-        put_u8(
-            out,
-            Reason::ALL
-                .iter()
-                .position(|r| *r == self.reason)
-                .expect("a reason") as u8,
-        );
-        let (bid, ask) = self.quote.unwrap_or_default();
-        put_u8(out, self.quote.is_some() as u8);
-        for field in [
-            self.order_id,
-            bid,
-            ask,
-            self.quote_id.producer as u64,
-            self.quote_id.seq,
-            self.quote_id.part as u64,
-            self.quote_at_us,
-            self.now_us,
-        ] {
-            put_varint(out, field);
+        let reason = Reason::ALL
+            .iter()
+            .position(|r| *r == self.reason)
+            .expect("a reason") as u8;
+        let has_quote = if self.quote.is_some() { NOTE_HAS_QUOTE } else { 0 };
+        put_u8(out, NOTE_VERSION << 4 | has_quote | reason);
+        put_varint(out, self.order_id);
+        if let Some(q) = self.quote {
+            for field in [
+                q.bid_units,
+                q.ask_units,
+                q.id.producer as u64,
+                q.id.seq,
+                q.id.part as u64,
+                q.age_us,
+            ] {
+                put_varint(out, field);
+            }
         }
     }
 
     pub fn decode(note: &[u8]) -> Result<DecisionNote, verity_audit::codec::DecodeError> {
         use verity_audit::codec::{DecodeError, Reader};
         let mut input = Reader::new(note);
-        if input.u8()? != NOTE_VERSION {
+        let first = input.u8()?;
+        if first >> 4 != NOTE_VERSION || first & 0b1000 != 0 {
             return Err(DecodeError::Invalid("market-spread note version"));
         }
-        let reason = *Reason::ALL
-            .get(input.u8()? as usize)
-            .ok_or(DecodeError::Invalid("market-spread reason"))?;
-        let has_quote = input.bool()?;
+        let reason = Reason::ALL[(first & NOTE_REASON_MASK) as usize];
         let order_id = input.varint()?;
-        let (bid, ask) = (input.varint()?, input.varint()?);
-        let quote_id = MsgId {
-            producer: input.varint_u32()?,
-            seq: input.varint()?,
-            part: input.varint_u32()?,
-        };
-        let note = DecisionNote {
-            order_id,
-            reason,
-            quote: has_quote.then_some((bid, ask)),
-            quote_id,
-            quote_at_us: input.varint()?,
-            now_us: input.varint()?,
+        let quote = if first & NOTE_HAS_QUOTE != 0 {
+            Some(QuoteRead {
+                bid_units: input.varint()?,
+                ask_units: input.varint()?,
+                id: MsgId {
+                    producer: input.varint_u32()?,
+                    seq: input.varint()?,
+                    part: input.varint_u32()?,
+                },
+                age_us: input.varint()?,
+            })
+        } else {
+            None
         };
         if !input.is_empty() {
             return Err(DecodeError::Invalid("bytes after a market-spread note"));
         }
-        Ok(note)
+        Ok(DecisionNote {
+            order_id,
+            reason,
+            quote,
+        })
     }
 }
 
@@ -414,13 +425,16 @@ pub fn dataflow_with_bugs(
             }
             if let Some((decision, reason)) = decide(book, &event, now_us, max_quote_age_us) {
                 out.note(|note| {
+                    let quote = book.quote.map(|(bid_units, ask_units)| QuoteRead {
+                        bid_units,
+                        ask_units,
+                        id: book.quote_id,
+                        age_us: now_us.saturating_sub(book.quote_at_us),
+                    });
                     DecisionNote {
                         order_id: decision.order_id,
                         reason,
-                        quote: book.quote,
-                        quote_id: book.quote_id,
-                        quote_at_us: book.quote_at_us,
-                        now_us,
+                        quote,
                     }
                     .encode(note)
                 });
@@ -507,27 +521,19 @@ pub fn note_view(note: &[u8]) -> verity_audit::query::NoteView {
     };
     let mut text = format!("order {}: {}", note.order_id, note.reason.name());
     let mut refers_to = Vec::new();
-    if let Some((bid, ask)) = note.quote {
+    if let Some(q) = note.quote {
         let mut prices = Vec::new();
-        write_price(&mut prices, bid);
+        write_price(&mut prices, q.bid_units);
         prices.push(b'/');
-        write_price(&mut prices, ask);
+        write_price(&mut prices, q.ask_units);
         text.push_str(&format!(
-            "; quote in force: {} bid/ask {}, arrived {}",
-            note.quote_id,
+            "; quote in force: {} bid/ask {}, {}.{:03} ms old at the decision",
+            q.id,
             String::from_utf8_lossy(&prices),
-            verity_audit::query::format_utc_us(note.quote_at_us)
+            q.age_us / 1000,
+            q.age_us % 1000
         ));
-        if note.now_us > 0 {
-            let age_us = note.now_us.saturating_sub(note.quote_at_us);
-            text.push_str(&format!(
-                "; decided at {}, the quote {}.{:03} ms old",
-                verity_audit::query::format_utc_us(note.now_us),
-                age_us / 1000,
-                age_us % 1000
-            ));
-        }
-        refers_to.push(("quote", note.quote_id.into()));
+        refers_to.push(("quote", q.id.into()));
     }
     verity_audit::query::NoteView { text, refers_to }
 }
@@ -648,13 +654,16 @@ mod tests {
             let note = DecisionNote {
                 order_id: 77,
                 reason,
-                quote: (reason != Reason::NoQuote).then_some((100_000, 100_100)),
-                quote_id: MsgId::new(1, 42),
-                quote_at_us: 1_796_000_000_000_000,
-                now_us: 1_796_000_000_004_000,
+                quote: (reason != Reason::NoQuote).then_some(QuoteRead {
+                    bid_units: 100_000,
+                    ask_units: 100_100,
+                    id: MsgId::new(1, 42),
+                    age_us: 4_000,
+                }),
             };
             let mut bytes = Vec::new();
             note.encode(&mut bytes);
+            assert!(bytes.len() <= 16, "{} bytes", bytes.len());
             assert_eq!(DecisionNote::decode(&bytes), Ok(note));
             assert!(DecisionNote::decode(&bytes[..bytes.len() - 1]).is_err());
         }

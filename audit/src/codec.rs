@@ -25,11 +25,21 @@ pub fn put_u64_le(out: &mut Vec<u8>, value: u64) {
 
 /// Unsigned LEB128: 1 byte below 128, at most 10.
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push(value as u8 | 0x80);
-        value >>= 7;
+    if value < 0x80 {
+        out.push(value as u8);
+        return;
     }
-    out.push(value as u8);
+    // One copy of the whole encoding rather than a push (and its capacity
+    // check) per byte: this runs per audit field on the hot path.
+    let mut bytes = [0u8; 10];
+    let mut len = 0;
+    while value >= 0x80 {
+        bytes[len] = value as u8 | 0x80;
+        value >>= 7;
+        len += 1;
+    }
+    bytes[len] = value as u8;
+    out.extend_from_slice(&bytes[..=len]);
 }
 
 pub fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {

@@ -187,9 +187,21 @@ pub struct NoteSink {
 
 impl NoteSink {
     pub fn note(&mut self, id: MsgId, write: impl FnOnce(&mut Vec<u8>)) {
-        self.scratch.clear();
-        write(&mut self.scratch);
-        put_note(&mut self.entries, id.into(), &self.scratch);
+        // Written in place after a one-byte length, which almost every note
+        // fits (the rare longer one goes through `put_note`).
+        let at = self.entries.len();
+        put_note(&mut self.entries, id.into(), &[]);
+        let body_at = self.entries.len();
+        write(&mut self.entries);
+        let len = self.entries.len() - body_at;
+        if len >= 0x80 {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&self.entries[body_at..]);
+            self.entries.truncate(at);
+            put_note(&mut self.entries, id.into(), &self.scratch);
+        } else {
+            self.entries[body_at - 1] = len as u8;
+        }
         self.count += 1;
     }
 }
@@ -284,5 +296,50 @@ impl ShardAudit {
             &mut self.buffer,
             Vec::with_capacity(AUDIT_BUFFER_BYTES),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verity_audit::record::Notes;
+
+    #[test]
+    fn notes_of_any_length_are_written_in_place_and_decode() {
+        let mut sink = NoteSink::default();
+        let notes: Vec<Vec<u8>> = [0usize, 5, 127, 128, 300].iter().map(|n| vec![7u8; *n]).collect();
+        for (seq, note) in notes.iter().enumerate() {
+            sink.note(MsgId::new(1, seq as u64), |out| out.extend_from_slice(note));
+        }
+        let mut buffer = Vec::new();
+        push_notes(&mut buffer, 3, sink.count, &sink.entries);
+        let expected = notes
+            .iter()
+            .enumerate()
+            .map(|(seq, note)| (MsgId::new(1, seq as u64).into(), note.clone()))
+            .collect();
+        assert_eq!(
+            Record::decode(&buffer[4..]),
+            Ok(Record::Notes(Notes {
+                shard: 3,
+                notes: expected
+            }))
+        );
+    }
+
+    #[test]
+    fn a_replayed_clock_reads_back_each_units_recording() {
+        let mut clock = UnitClock::replaying([Some(10), None, Some(30)].into_iter().collect());
+        assert_eq!((clock.now_us(), clock.now_us()), (10, 10), "one reading per unit");
+        assert_eq!(clock.end_unit(4), Some(10));
+        assert_eq!(
+            clock.end_unit(0),
+            None,
+            "a unit without records uses no recording"
+        );
+        assert_eq!(clock.now_us(), 0, "the recorded unit read no clock");
+        assert_eq!(clock.unrecorded_readings, 1);
+        clock.end_unit(1);
+        assert_eq!(clock.now_us(), 30);
     }
 }
