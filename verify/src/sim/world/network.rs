@@ -569,8 +569,8 @@ where
 
     /// The producer of `channel` encodes one frame onto its queue if the
     /// queue has room (production's `RemoteOut::try_send`); false if full.
-    /// Its queue to the network thread holds `producer_depth_frames` (the
-    /// window behind it is the protocol's).
+    /// Its queue to the network thread holds `producer_depth_frames`, or a
+    /// control channel's depth (the window behind it is the protocol's).
     pub(super) fn try_queue_frame(&mut self, channel: u32, write: impl FnOnce(&mut FrameWriter<'_>)) -> bool {
         let out = self.net.outs.get_mut(&channel).expect("wired channel");
         match out.producer.try_send(write) {
