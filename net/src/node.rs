@@ -83,8 +83,23 @@ impl ConsumerProgress {
         self.consumed_through.store(through_seq, Ordering::Release);
     }
 
-    fn get(&self) -> u64 {
+    /// What the I/O side passes to the protocol (`PeerProtocol::on_consumed`).
+    pub fn get(&self) -> u64 {
         self.consumed_through.load(Ordering::Acquire)
+    }
+}
+
+/// How a producer or consumer tells the I/O side it has work (frames queued,
+/// frames consumed). Production's is the I/O thread's `mio::Waker`; the
+/// simulator's records the wake, so a missed one is a finding.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+impl Wake for Waker {
+    fn wake(&self) {
+        // A failed wake only delays: the loop polls every `POLL_INTERVAL_MAX`.
+        let _ = Waker::wake(self);
     }
 }
 
@@ -315,8 +330,8 @@ impl Entropy for OsEntropy {
     }
 }
 
-/// A producer's queue as the protocol sees it.
-struct ProducerQueue<'a>(&'a Receiver<Vec<u8>>);
+/// A producer's queue as the protocol sees it (`PeerProtocol::send_from`).
+pub struct ProducerQueue<'a>(pub &'a Receiver<Vec<u8>>);
 
 impl FrameSource for ProducerQueue<'_> {
     fn has_frame(&self) -> bool {

@@ -1,15 +1,15 @@
 //! A shard's or reader's end of a cross-process channel.
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use verity_net::frame::{ChannelFrames, Frame, FrameWriter};
-use verity_net::node::ConsumerProgress;
+use verity_net::node::{ConsumerProgress, InChannel, OutChannel, Wake};
 
-/// Sends frames on one channel: numbers them and wakes the I/O thread.
+/// Sends frames on one channel: numbers them and wakes the I/O side.
 pub struct RemoteOut {
     numbering: ChannelFrames,
     frames: Sender<Vec<u8>>,
-    waker: Arc<mio::Waker>,
+    waker: Arc<dyn Wake>,
 }
 
 /// The I/O thread stopped taking frames (the run is being torn down).
@@ -17,12 +17,21 @@ pub struct RemoteOut {
 pub struct ChannelClosed;
 
 impl RemoteOut {
-    pub fn new(channel: u32, frames: Sender<Vec<u8>>, waker: Arc<mio::Waker>) -> Self {
-        RemoteOut {
+    /// A channel to process `peer` through a queue of `depth` frames: the
+    /// producer's end, and the I/O side's (`Node::add_out`).
+    pub fn pair(channel: u32, peer: u32, depth: usize, waker: Arc<dyn Wake>) -> (RemoteOut, OutChannel) {
+        let (tx, rx) = bounded(depth);
+        let out = RemoteOut {
             numbering: ChannelFrames::new(channel),
-            frames,
+            frames: tx,
             waker,
-        }
+        };
+        let io = OutChannel {
+            channel,
+            peer,
+            frames: rx,
+        };
+        (out, io)
     }
 
     /// Whether a send would block (a full queue is backpressure).
@@ -38,7 +47,7 @@ impl RemoteOut {
     pub fn send(&mut self, write: impl FnOnce(&mut FrameWriter<'_>)) -> Result<(), ChannelClosed> {
         let bytes = self.build(write);
         self.frames.send(bytes).map_err(|_| ChannelClosed)?;
-        let _ = self.waker.wake();
+        self.waker.wake();
         Ok(())
     }
 
@@ -51,7 +60,7 @@ impl RemoteOut {
         // Only this end sends on the queue, so the room seen above is still there.
         match self.frames.try_send(bytes) {
             Ok(()) => {
-                let _ = self.waker.wake();
+                self.waker.wake();
                 Ok(true)
             }
             Err(TrySendError::Full(_)) => unreachable!("single producer found room taken"),
@@ -64,22 +73,40 @@ impl RemoteOut {
 pub struct RemoteIn {
     pub frames: Receiver<Frame>,
     progress: Arc<ConsumerProgress>,
-    /// Wakes the I/O thread so the ack (and so the sender's window) moves at once.
-    waker: Arc<mio::Waker>,
+    /// Wakes the I/O side so the ack (and so the sender's window) moves at once.
+    waker: Arc<dyn Wake>,
 }
 
 impl RemoteIn {
-    pub fn new(frames: Receiver<Frame>, progress: Arc<ConsumerProgress>, waker: Arc<mio::Waker>) -> Self {
-        RemoteIn {
-            frames,
-            progress,
+    /// A channel from process `peer`: the consumer's end, and the I/O
+    /// side's (`Node::add_in`).
+    pub fn pair(
+        channel: u32,
+        peer: u32,
+        window_frames: usize,
+        waker: Arc<dyn Wake>,
+    ) -> (RemoteIn, InChannel) {
+        // The sender never has more than a window unacked, and only consumed
+        // frames are acked: the queue never overflows.
+        let (tx, rx) = bounded(window_frames);
+        let progress = Arc::new(ConsumerProgress::default());
+        let input = RemoteIn {
+            frames: rx,
+            progress: Arc::clone(&progress),
             waker,
-        }
+        };
+        let io = InChannel {
+            channel,
+            peer,
+            frames: tx,
+            progress,
+        };
+        (input, io)
     }
 
     fn consumed(&self, frame: &Frame) {
         self.progress.consumed(frame.header.last_seq());
-        let _ = self.waker.wake();
+        self.waker.wake();
     }
 
     pub fn try_recv(&self) -> Result<Frame, TryRecvError> {

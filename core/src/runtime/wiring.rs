@@ -13,8 +13,7 @@ use crate::sink::OutputMessage;
 use crate::source::SourceEvent;
 use crate::wire::Wire;
 use crossbeam_channel::{bounded, Receiver, Select, Sender, TryRecvError, TrySendError};
-use std::sync::Arc;
-use verity_net::node::{ConsumerProgress, InChannel, Node, OutChannel};
+use verity_net::node::Node;
 
 /// Where batches from one peer shard come in.
 pub enum BatchIn<K, V> {
@@ -151,27 +150,15 @@ pub struct Net<'a> {
 
 impl Net<'_> {
     pub fn out(&self, channel: u32, peer: u32, depth: usize) -> RemoteOut {
-        let (tx, rx) = bounded(depth);
-        self.node.add_out(OutChannel {
-            channel,
-            peer,
-            frames: rx,
-        });
-        RemoteOut::new(channel, tx, self.node.waker())
+        let (out, io) = RemoteOut::pair(channel, peer, depth, self.node.waker());
+        self.node.add_out(io);
+        out
     }
 
     pub fn input(&self, channel: u32, peer: u32) -> RemoteIn {
-        // The sender never has more than a window unacked, and only consumed
-        // frames are acked: the queue never overflows.
-        let (tx, rx) = bounded(self.window_frames);
-        let progress = Arc::new(ConsumerProgress::default());
-        self.node.add_in(InChannel {
-            channel,
-            peer,
-            frames: tx,
-            progress: Arc::clone(&progress),
-        });
-        RemoteIn::new(rx, progress, self.node.waker())
+        let (input, io) = RemoteIn::pair(channel, peer, self.window_frames, self.node.waker());
+        self.node.add_in(io);
+        input
     }
 }
 

@@ -110,8 +110,8 @@ where
     /// The control channels, as `ControlLinks` wires them in production.
     pub(super) fn wire_control_channels(&mut self) {
         for process in 1..self.config.processes {
-            self.add_channel(channel_id::control(process), 0, process);
-            self.add_channel(channel_id::control_up(process), process, 0);
+            self.add_control_channel(channel_id::control(process), 0, process);
+            self.add_control_channel(channel_id::control_up(process), process, 0);
         }
     }
 
@@ -174,7 +174,12 @@ where
                 } else {
                     channel_id::control_up(process)
                 };
-                self.queue_frame(channel, |frame| encode_control(&message, frame));
+                // Production refuses a message past the control queue's
+                // depth (`ControlLinks::send`), which no lifecycle reaches.
+                if !self.try_queue_frame(channel, |frame| encode_control(&message, frame)) {
+                    let failure = format!("process {process}: the control queue to {to} is full");
+                    self.net.failure.get_or_insert(failure);
+                }
                 self.pump(process);
             }
             Action::StartJob(job) => {

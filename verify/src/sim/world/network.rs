@@ -11,8 +11,12 @@
 //! a close arrives after the bytes sent before it.
 
 use super::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use verity_core::cluster::{ChannelClosed, RemoteIn, RemoteOut, CONTROL_QUEUE_DEPTH_FRAMES};
 use verity_net::auth::ClusterSecret;
-use verity_net::frame::{ChannelFrames, FrameDecoder, FRAME_SIZE_MAX_BYTES};
+use verity_net::frame::{FrameDecoder, FRAME_SIZE_MAX_BYTES};
+use verity_net::node::{InChannel, OutChannel, ProducerQueue, Wake};
 use verity_net::peer::{
     Action, ConnId, InFlight, PeerEvent, PeerProtocol, ProtocolBugs, ProtocolConfig, ProtocolLimits,
     ProtocolStats, SeededEntropy, Unclaimed,
@@ -54,22 +58,83 @@ pub(super) enum NetEvent {
     Reset { conn: ConnId },
 }
 
+/// The simulator's `Wake`, one per channel end: it records that the end
+/// woke its process's I/O side, which `pump` checks it did whenever it
+/// queued or consumed frames (production's loop would sleep on them).
+#[derive(Debug, Default)]
+struct SimWake(AtomicBool);
+
+impl Wake for SimWake {
+    fn wake(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl SimWake {
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
+}
+
 struct OutChan {
     from: u32,
     to: u32,
-    /// The producer's queue: encoded frames the protocol has not taken yet.
-    pending: VecDeque<Bytes>,
-    numbering: ChannelFrames,
+    /// The production producer's end, as a shard or reader holds it.
+    producer: RemoteOut,
+    /// The I/O side's end of its queue: encoded frames the protocol has
+    /// not taken yet.
+    io: OutChannel,
+    wake: Arc<SimWake>,
+    /// Frames left in the queue when the I/O side last took from it.
+    left_after_pump: usize,
+}
+
+impl OutChan {
+    fn new(channel: u32, from: u32, to: u32, depth: usize) -> OutChan {
+        let wake = Arc::new(SimWake::default());
+        let (producer, io) = RemoteOut::pair(channel, to, depth, Arc::clone(&wake) as Arc<dyn Wake>);
+        OutChan {
+            from,
+            to,
+            producer,
+            io,
+            wake,
+            left_after_pump: 0,
+        }
+    }
 }
 
 struct InChan {
     from: u32,
     to: u32,
-    /// Frames the protocol delivered, in order, for the consumer.
-    queue: VecDeque<Frame>,
+    /// The production consumer's end, as a shard or relay holds it.
+    consumer: RemoteIn,
+    /// The I/O side's end: frames the protocol delivered, in order, for
+    /// the consumer, and how far it consumed.
+    io: InChannel,
+    wake: Arc<SimWake>,
+    /// The consumer's progress as the I/O side last passed it on.
+    passed_through: u64,
     delivered_through: u64,
     /// The consumer registered with the protocol (`add_in`).
     claimed: bool,
+}
+
+impl InChan {
+    fn new(channel: u32, from: u32, to: u32, window_frames: usize) -> InChan {
+        let wake = Arc::new(SimWake::default());
+        let (consumer, io) = RemoteIn::pair(channel, from, window_frames, Arc::clone(&wake) as Arc<dyn Wake>);
+        InChan {
+            from,
+            to,
+            consumer,
+            io,
+            wake,
+            passed_through: 0,
+            delivered_through: 0,
+            claimed: false,
+        }
+    }
 }
 
 /// A connection between two processes; direction 0 is `ends[0]` → `ends[1]`.
@@ -327,15 +392,15 @@ impl Net {
             let unacked = self.protocols[out.from as usize]
                 .channel_in_flight(channel)
                 .frames;
-            let consumer = self.ins.get(&channel).map_or(0, |input| input.queue.len());
-            if out.pending.len() + unacked + consumer > 0 {
+            let consumer = self.ins.get(&channel).map_or(0, |input| input.io.frames.len());
+            let queued = out.io.frames.len();
+            if queued + unacked + consumer > 0 {
                 busy.push(format!(
-                    "{} (process {} -> {}): {} queued by the producer, {unacked} unacked, \
+                    "{} (process {} -> {}): {queued} queued by the producer, {unacked} unacked, \
                      {consumer} delivered and not consumed",
                     channel_id::describe(channel),
                     out.from,
                     out.to,
-                    out.pending.len(),
                 ));
             }
         }
@@ -399,22 +464,21 @@ where
         }
     }
 
-    pub(super) fn add_channel(&mut self, channel: u32, from: u32, to: u32) {
+    /// Production's control channels (`ControlLinks`) have their own depth.
+    pub(super) fn add_control_channel(&mut self, channel: u32, from: u32, to: u32) {
+        self.add_channel_of_depth(channel, from, to, CONTROL_QUEUE_DEPTH_FRAMES);
+    }
+
+    fn add_channel(&mut self, channel: u32, from: u32, to: u32) {
+        self.add_channel_of_depth(channel, from, to, self.net.producer_depth_frames);
+    }
+
+    fn add_channel_of_depth(&mut self, channel: u32, from: u32, to: u32, depth: usize) {
         self.net.protocols[from as usize].add_out(channel, to);
-        let out = OutChan {
-            from,
-            to,
-            pending: VecDeque::new(),
-            numbering: ChannelFrames::new(channel),
-        };
-        self.net.outs.insert(channel, out);
-        let input = InChan {
-            from,
-            to,
-            queue: VecDeque::new(),
-            delivered_through: 0,
-            claimed: false,
-        };
+        self.net
+            .outs
+            .insert(channel, OutChan::new(channel, from, to, depth));
+        let input = InChan::new(channel, from, to, self.net.sizes.window.frames);
         self.net.ins.insert(channel, input);
         self.claim_in_time(channel);
     }
@@ -456,8 +520,8 @@ where
             .collect();
         for (channel, to) in outs {
             let out = self.net.outs.get_mut(&channel).expect("listed");
-            out.pending.clear();
-            out.numbering = ChannelFrames::new(channel);
+            let depth = out.io.frames.capacity().expect("a bounded queue");
+            *out = OutChan::new(channel, process, to, depth);
             self.net.protocols[process as usize].add_out(channel, to);
         }
         let ins: Vec<u32> = self
@@ -469,9 +533,7 @@ where
             .collect();
         for channel in ins {
             let input = self.net.ins.get_mut(&channel).expect("listed");
-            input.queue.clear();
-            input.delivered_through = 0;
-            input.claimed = false;
+            *input = InChan::new(channel, input.from, process, self.net.sizes.window.frames);
             self.claim_in_time(channel);
         }
         incarnation
@@ -499,27 +561,49 @@ where
         }
     }
 
+    /// The consumer of `channel` takes its next frame, if one was delivered
+    /// (production's `RemoteIn`, which publishes the progress and wakes).
     pub(super) fn take_frame(&mut self, channel: u32) -> Option<Frame> {
-        let input = self.net.ins.get_mut(&channel)?;
-        let frame = input.queue.pop_front()?;
-        let last = frame.header.last_seq();
-        let to = input.to;
-        self.net.protocols[to as usize].on_consumed(channel, last);
-        Some(frame)
+        self.net.ins.get(&channel)?.consumer.try_recv().ok()
     }
 
-    /// Encodes one frame onto a channel's producer queue, numbered in order.
-    pub(super) fn queue_frame(&mut self, channel: u32, write: impl FnOnce(&mut FrameWriter<'_>)) {
+    /// The producer of `channel` encodes one frame onto its queue if the
+    /// queue has room (production's `RemoteOut::try_send`); false if full.
+    /// Its queue to the network thread holds `producer_depth_frames`, or a
+    /// control channel's depth (the window behind it is the protocol's).
+    pub(super) fn try_queue_frame(&mut self, channel: u32, write: impl FnOnce(&mut FrameWriter<'_>)) -> bool {
         let out = self.net.outs.get_mut(&channel).expect("wired channel");
-        let frame = out.numbering.build(write);
-        out.pending.push_back(Bytes::from(frame));
+        match out.producer.try_send(write) {
+            Ok(queued) => queued,
+            Err(ChannelClosed) => unreachable!("the simulated I/O side holds every queue"),
+        }
     }
 
-    /// Whether a producer could hand over one more frame on `channel` now,
-    /// under production's bound: its queue to the network thread holds
-    /// `producer_depth_frames` (the window behind it is the protocol's).
-    pub(super) fn frame_queue_has_room(&self, channel: u32) -> bool {
-        self.net.outs[&channel].pending.len() < self.net.producer_depth_frames
+    /// A blocking send of one frame, as a reader thread makes it
+    /// (`RemoteOut::send`), where it would not block: false, and nothing
+    /// sent, while `is_full` says the queue is full.
+    pub(super) fn send_frame_unless_full(
+        &mut self,
+        channel: u32,
+        write: impl FnOnce(&mut FrameWriter<'_>),
+    ) -> bool {
+        let out = self.net.outs.get_mut(&channel).expect("wired channel");
+        if out.producer.is_full() {
+            return false;
+        }
+        if out.io.frames.is_full() {
+            // A send would block this one thread for good; production's
+            // reader would block until the I/O thread took a frame.
+            let what = channel_id::describe(channel);
+            self.net
+                .failure
+                .get_or_insert(format!("the producer of {what} sees room in its full queue"));
+            return false;
+        }
+        match out.producer.send(write) {
+            Ok(()) => true,
+            Err(ChannelClosed) => unreachable!("the simulated I/O side holds every queue"),
+        }
     }
 
     /// Hands producers' frames and consumers' progress to a process's
@@ -529,25 +613,42 @@ where
             return;
         }
         let protocol = &mut self.net.protocols[process as usize];
+        let failure = &mut self.net.failure;
+        // Production's `pass_progress`: what each consumer took, through
+        // `ConsumerProgress`.
+        for (channel, input) in self.net.ins.iter_mut().filter(|(_, i)| i.to == process) {
+            let through = input.io.progress.get();
+            if !input.wake.take() && through != input.passed_through {
+                let what = channel_id::describe(*channel);
+                failure.get_or_insert(format!(
+                    "process {process}: the consumer of {what} consumed through {through} without waking the I/O side"
+                ));
+            }
+            input.passed_through = through;
+            protocol.on_consumed(*channel, through);
+        }
         let soft_max = self.net.sizes.limits.write_backlog_soft_max_bytes;
         for (channel, out) in self.net.outs.iter_mut().filter(|(_, o)| o.from == process) {
+            if !out.wake.take() && out.io.frames.len() > out.left_after_pump {
+                let what = channel_id::describe(*channel);
+                failure.get_or_insert(format!(
+                    "process {process}: the producer of {what} queued frames without waking the I/O side"
+                ));
+            }
             loop {
                 let backlog = protocol.write_backlog_bytes(out.to);
-                let may_take = !out.pending.is_empty() && protocol.window_has_room(*channel);
-                let taken = protocol.send_from(*channel, &mut out.pending);
+                let may_take = !out.io.frames.is_empty() && protocol.window_has_room(*channel);
+                let taken = protocol.send_from(*channel, &mut ProducerQueue(&out.io.frames));
                 if let Err(broken) = check_backlog(*channel, backlog, soft_max, may_take, taken) {
-                    self.net
-                        .failure
-                        .get_or_insert(format!("process {process}: {broken}"));
+                    failure.get_or_insert(format!("process {process}: {broken}"));
                 }
                 if taken == 0 {
                     break;
                 }
             }
+            out.left_after_pump = out.io.frames.len();
             if let Err(broken) = check_window(protocol, *channel, self.net.sizes.window) {
-                self.net
-                    .failure
-                    .get_or_insert(format!("process {process}: {broken}"));
+                failure.get_or_insert(format!("process {process}: {broken}"));
             }
         }
         protocol.flush_acks();
@@ -612,8 +713,16 @@ where
         );
         let last = header.last_seq();
         input.delivered_through = input.delivered_through.max(last);
-        input.queue.push_back(frame);
+        let overflow = input.io.frames.try_send(frame).is_err();
         let from = input.from;
+        if overflow {
+            // Production's consumer queue holds a window, and its I/O thread
+            // fails the run when a frame does not fit: a frame admitted twice
+            // or past the window.
+            self.net.failure.get_or_insert(format!(
+                "process {process}: {what} delivered more than its window unconsumed: its consumer queue overflows"
+            ));
+        }
         self.check_new_life_frame(process, channel, from, header.first_seq);
     }
 
@@ -707,12 +816,12 @@ where
                     "process {to} claims {}",
                     channel_id::describe(channel)
                 ));
-                let queued = self.net.ins[&channel].queue.len();
+                let queued = self.net.ins[&channel].io.frames.len();
                 self.net.protocols[to as usize].add_in(channel, from);
                 self.carry_out(to);
                 // What the protocol held for the channel comes out now: never
                 // more than its limit (counted here, not by the protocol).
-                let held = self.net.ins[&channel].queue.len() - queued;
+                let held = self.net.ins[&channel].io.frames.len() - queued;
                 let most = self.net.sizes.limits.unclaimed_frames_max;
                 if held > most {
                     self.net.failure.get_or_insert(format!(
@@ -1106,15 +1215,22 @@ where
 
     /// Whether every frame `process` produced was taken by its protocol and
     /// acked by the peers, and every ack it owes is written (production's
-    /// `Node::wait_sent`).
+    /// `Node::wait_sent`, which first lets the I/O thread take a turn, so
+    /// that its protocol has seen what the consumers took).
     pub(super) fn all_sent(&self, process: u32) -> bool {
         let producers_empty = self
             .net
             .outs
             .values()
             .filter(|out| out.from == process)
-            .all(|out| out.pending.is_empty());
-        producers_empty && self.net.protocols[process as usize].unsettled() == 0
+            .all(|out| out.io.frames.is_empty());
+        let progress_passed = self
+            .net
+            .ins
+            .values()
+            .filter(|input| input.to == process)
+            .all(|input| input.io.progress.get() == input.passed_through);
+        producers_empty && progress_passed && self.net.protocols[process as usize].unsettled() == 0
     }
 
     /// The run is over for `process`: peers leaving is expected.

@@ -430,10 +430,9 @@ where
             queue.push_back(event);
         } else {
             let channel = channel_id::chunk(source, shard);
-            if !self.frame_queue_has_room(channel) {
+            if !self.send_frame_unless_full(channel, |frame| encode_source_event(&event, frame)) {
                 return Err(event);
             }
-            self.queue_frame(channel, |frame| encode_source_event(&event, frame));
         }
         self.trace(format_args!("reader {source} deals {what} to shard {shard}"));
         Ok(())
@@ -628,12 +627,11 @@ where
     /// queue has room.
     fn try_upstream(&mut self, shard: u32, message: &UpstreamRef<'_>) -> bool {
         let channel = channel_id::output(shard);
-        if !self.frame_queue_has_room(channel) {
+        if !self.try_queue_frame(channel, |frame| encode_upstream(message, frame)) {
             // Production blocks the shard here; this one resumes later.
             self.stats.bump("full_output_queues");
             return false;
         }
-        self.queue_frame(channel, |frame| encode_upstream(message, frame));
         true
     }
 
@@ -677,10 +675,9 @@ where
             queue.push_back(batch);
         } else {
             let channel = channel_id::batch(source, from, to);
-            if !self.frame_queue_has_room(channel) {
+            if !self.try_queue_frame(channel, |frame| encode_batch(&batch, frame)) {
                 return Sent::Full(batch);
             }
-            self.queue_frame(channel, |frame| encode_batch(&batch, frame));
         }
         Sent::Done
     }
