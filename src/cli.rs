@@ -490,6 +490,10 @@ struct WorkerArgs {
     net: NetArgs,
     #[command(flatten)]
     stop: StopArgs,
+    /// Keep this process's audit log in DIR, beside the other processes'
+    /// (`verity run … --audit DIR` on process 0; the same DIR).
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 #[derive(Args, Debug)]
@@ -602,7 +606,15 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 first_core: args.first_core,
             };
             let net = args.net.options(&args.stop);
-            run_worker_process(&args.cluster, args.id, &net, pinning, &signal, !args.once)
+            run_worker_process(
+                &args.cluster,
+                args.id,
+                &net,
+                pinning,
+                &signal,
+                !args.once,
+                args.audit.settings(),
+            )
         }
         Command::Sim(args) => sim(args),
         Command::Audit {
@@ -805,12 +817,6 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
     if args.max_quote_age_ms.is_some() && app != AppName::MarketSpread {
         bail!("--max-quote-age-ms is a market-spread option");
     }
-    if config.audit.is_some() && args.processes.is_some_and(|p| p > 1) {
-        bail!(
-            "--audit with --processes is not supported yet (workers keep no audit log); \
-             run in one process, or use --cluster and start each `verity worker` yourself"
-        );
-    }
     let signal = install_stop_handler()?;
     let options = app_options(&args);
     let net = args.net.options(&args.stop);
@@ -826,7 +832,8 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
     let summary = match (args.processes, &args.cluster) {
         (Some(processes), _) if processes > 1 => {
             let workers = config.workers as u32;
-            let (local, net) = LocalCluster::spawn(processes, workers, &net, config.pin_cores)?;
+            let (local, net) =
+                LocalCluster::spawn(processes, workers, &net, config.pin_cores, config.audit.as_ref())?;
             let run = run_leader_process(
                 &local.file,
                 &net,

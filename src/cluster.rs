@@ -460,6 +460,7 @@ pub fn run_worker_process(
     pinning: Pinning,
     signal: &AtomicBool,
     rejoin: bool,
+    audit: Option<verity_core::AuditSettings>,
 ) -> Result<i32> {
     let file = ClusterFile::load(file_path)?;
     if id == 0 {
@@ -476,9 +477,9 @@ pub fn run_worker_process(
     let start_job = |job: Job| -> Result<()> {
         let spec = JobSpec::from_job(&job)?;
         state_dir = job.checkpoints.as_ref().map(|c| PathBuf::from(&c.state_dir));
-        let (node, layout) = (Arc::clone(&node), layout.clone());
+        let (node, layout, audit) = (Arc::clone(&node), layout.clone(), audit.clone());
         spawn_job(done_tx.clone(), move || {
-            run_worker_job(&node, layout, &spec, pinning)
+            run_worker_job(&node, layout, &spec, pinning, audit)
         })?;
         Ok(())
     };
@@ -514,9 +515,16 @@ pub fn run_worker_process(
 }
 
 /// A worker's part of the job: its shards, on chunks dealt by process 0.
-fn run_worker_job(node: &Node, layout: Layout, spec: &JobSpec, pinning: Pinning) -> Result<()> {
+fn run_worker_job(
+    node: &Node,
+    layout: Layout,
+    spec: &JobSpec,
+    pinning: Pinning,
+    audit: Option<verity_core::AuditSettings>,
+) -> Result<()> {
     let id = layout.process_id;
     let config = RunConfig {
+        audit,
         workers: layout.workers[id as usize] as usize,
         limits: verity_core::ShardLimits {
             batch_max: spec.batch_max,
@@ -577,6 +585,7 @@ impl LocalCluster {
         workers: u32,
         net: &NetOptions,
         pin_cores: bool,
+        audit: Option<&verity_core::AuditSettings>,
     ) -> Result<(LocalCluster, NetOptions)> {
         let ports = free_ports(processes as usize)?;
         let cluster_id = format!("local-{}", std::process::id());
@@ -623,6 +632,17 @@ impl LocalCluster {
                 .stdout(Stdio::null());
             if !pin_cores {
                 command.arg("--no-pin");
+            }
+            // Every process keeps its own chain in the one audit dir.
+            if let Some(audit) = audit {
+                command
+                    .arg("--audit")
+                    .arg(&audit.dir)
+                    .args(["--audit-fsync", &audit.limits.fsync.to_string()])
+                    .args([
+                        "--audit-segment-bytes",
+                        &audit.limits.segment_max_bytes.to_string(),
+                    ]);
             }
             // Processes on one machine pin their shards to different cores.
             command.args(["--first-core", &(id * workers).to_string()]);

@@ -379,3 +379,44 @@ fn the_audit_aware_verifier_is_exact_and_catches_a_stale_quote_the_plain_one_can
         stdout(&exact)
     );
 }
+
+#[test]
+fn a_local_clusters_processes_keep_one_chain_each_and_the_run_replays() {
+    let (dir, audit, output) = audited_run(&["--processes", "2", "--no-pin"]);
+    let names: Vec<String> = segments(&audit)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("p00001-")),
+        "the worker's chain: {names:?}"
+    );
+    let verified = ok(run(&["audit", "verify", path_str(&audit)]));
+    assert!(stderr(&verified).contains("2 chains"), "{}", stderr(&verified));
+    let replayed = dir.path().join("replayed.txt");
+    ok(run(&[
+        "audit",
+        "replay",
+        path_str(&audit),
+        "--output",
+        path_str(&replayed),
+    ]));
+    assert_eq!(std::fs::read(&replayed).unwrap(), std::fs::read(&output).unwrap());
+    let checked = ok(run(&[
+        "verify",
+        "market-spread",
+        "--quotes",
+        path_str(&dir.path().join("q.txt")),
+        "--orders",
+        path_str(&dir.path().join("o.txt")),
+        "--output",
+        path_str(&output),
+        "--audit",
+        path_str(&audit),
+    ]));
+    assert!(
+        stdout(&checked).contains("OK (with the audit log)"),
+        "{}",
+        stdout(&checked)
+    );
+}

@@ -177,21 +177,30 @@ impl Log {
         Ok((Log { records }, report))
     }
 
-    /// The records of the newest life: from the last run start on.
+    /// The records of each process's newest life (from its last run start
+    /// on), process by process, each in its order.
     pub fn newest_life(&self) -> Vec<&Record> {
-        let start = self
-            .records
+        let mut starts: BTreeMap<u32, usize> = BTreeMap::new();
+        for (index, (process, record)) in self.records.iter().enumerate() {
+            if matches!(record, Record::RunStart(_)) {
+                starts.insert(*process, index);
+            }
+        }
+        self.records
             .iter()
-            .rposition(|(_, r)| matches!(r, Record::RunStart(_)))
-            .unwrap_or(0);
-        self.records[start..].iter().map(|(_, r)| r).collect()
+            .enumerate()
+            .filter(|(index, (process, _))| starts.get(process).is_some_and(|start| index >= start))
+            .map(|(_, (_, record))| record)
+            .collect()
     }
 
-    /// The newest run start's command line.
+    /// The command line of process 0's newest run start (the `verity run`
+    /// that defined the job).
     pub fn command_line(&self) -> Option<&[String]> {
-        self.all()
-            .filter_map(|r| match r {
-                Record::RunStart(s) => Some(s.args.as_slice()),
+        self.records
+            .iter()
+            .filter_map(|(process, r)| match r {
+                Record::RunStart(s) if *process == 0 => Some(s.args.as_slice()),
                 _ => None,
             })
             .last()

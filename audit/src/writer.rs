@@ -37,6 +37,17 @@ impl Default for FsyncPolicy {
 
 pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 10;
 
+impl std::fmt::Display for FsyncPolicy {
+    /// The form `FromStr` reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::EveryBatch => write!(f, "every-batch"),
+            FsyncPolicy::IntervalMs(ms) => write!(f, "interval-ms:{ms}"),
+            FsyncPolicy::Never => write!(f, "none"),
+        }
+    }
+}
+
 impl std::str::FromStr for FsyncPolicy {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
@@ -431,6 +442,13 @@ mod tests {
         assert_eq!("every-batch".parse(), Ok(FsyncPolicy::EveryBatch));
         assert_eq!("none".parse(), Ok(FsyncPolicy::Never));
         assert_eq!("interval-ms:25".parse(), Ok(FsyncPolicy::IntervalMs(25)));
+        for policy in [
+            FsyncPolicy::EveryBatch,
+            FsyncPolicy::Never,
+            FsyncPolicy::IntervalMs(7),
+        ] {
+            assert_eq!(policy.to_string().parse(), Ok(policy));
+        }
         for bad in ["interval-ms:0", "interval-ms:x", "always", ""] {
             let e = bad.parse::<FsyncPolicy>().unwrap_err();
             assert!(e.contains("every-batch"), "{e}");

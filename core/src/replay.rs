@@ -11,9 +11,9 @@
 //! with the recorded readings, and the output is merged in the recorded
 //! order and checked against each recorded batch's length and checksum.
 //!
-//! For now a replay covers one life of a one-process run (a cluster's
-//! workers keep no audit log yet, and a recovery's life would need the
-//! checkpoint it started from).
+//! A cluster's run replays from the logs of all its processes in one
+//! directory. For now a replay covers a run without a recovery (a
+//! recovered life would need the checkpoint it started from).
 
 use crate::audit::UnitSource;
 use crate::connector::{Position, Pull, SourceReader};
@@ -57,14 +57,14 @@ pub struct RecordedRun {
 }
 
 impl RecordedRun {
-    /// Reads the newest life in the log (verifying the whole log first).
+    /// Reads the newest life of every process in the log (verifying the
+    /// whole log first): process 0's inputs and output order, and every
+    /// shard's units from the process that ran it.
     pub fn read(storage: &mut dyn Storage) -> Result<RecordedRun, ReplayError> {
-        let mut records = Vec::new();
-        let mut undecodable = None;
-        let report = verity_audit::verify(storage, &[], |process, body| match Record::decode(body) {
-            Ok(record) => records.push((process, record)),
-            Err(e) => {
-                undecodable.get_or_insert(e);
+        let mut records: Vec<(u32, Record)> = Vec::new();
+        let report = verity_audit::verify(storage, &[], |process, body| {
+            if let Ok(record) = Record::decode(body) {
+                records.push((process, record));
             }
         })?;
         if let Some(problem) = report.problems.first() {
@@ -72,27 +72,18 @@ impl RecordedRun {
                 "the audit log does not verify ({problem}); `verity audit verify` says more"
             )));
         }
-        if report.heads.len() != 1 || report.heads[0].process != 0 {
-            return Err(ReplayError::Log(
-                "replay covers a one-process run; this log holds several processes' chains".into(),
-            ));
+        let mut newest_start = std::collections::BTreeMap::new();
+        for (index, (process, record)) in records.iter().enumerate() {
+            if matches!(record, Record::RunStart(_)) {
+                newest_start.insert(*process, index);
+            }
         }
-        let last_start = records
-            .iter()
-            .rposition(|(_, r)| matches!(r, Record::RunStart(_)))
-            .ok_or_else(|| ReplayError::Log("the log has no run start".into()))?;
-        let mut life = records.split_off(last_start).into_iter().map(|(_, r)| r);
-        let Some(Record::RunStart(start)) = life.next() else {
-            unreachable!("the life starts with its run start")
+        let Some(&leader) = newest_start.get(&0) else {
+            return Err(ReplayError::Log("the log has no run start of process 0".into()));
         };
-        if start.first_shard != 0 || start.shards != start.shards_total || start.shards_total == 0 {
-            return Err(ReplayError::Log(format!(
-                "the recorded process ran shards {}..{} of {}: replay covers a one-process run",
-                start.first_shard,
-                start.first_shard + start.shards,
-                start.shards_total
-            )));
-        }
+        let Record::RunStart(start) = records[leader].1.clone() else {
+            unreachable!("indexed as a run start")
+        };
         let mut run = RecordedRun {
             units: (0..start.shards_total).map(|_| Default::default()).collect(),
             start,
@@ -100,44 +91,19 @@ impl RecordedRun {
             outputs: Vec::new(),
             outcome: String::new(),
         };
-        for record in life {
-            match record {
-                Record::Applied(a) => {
-                    let shard = run.units.get_mut(a.shard as usize).ok_or_else(|| {
-                        ReplayError::Log(format!("a batch applied by shard {}, which the run did not have", a.shard))
-                    })?;
-                    let unit = UnitSource {
-                        source: a.source,
-                        from: a.from,
-                        chunk: a.chunk,
-                        first_seq: a.first_seq,
-                    };
-                    shard.0.push_back(unit);
-                    shard.1.push_back(a.clock_us);
-                }
-                Record::InputChunk(c) => {
-                    let source = c.source as usize;
-                    if run.chunks.len() <= source {
-                        run.chunks.resize_with(source + 1, Vec::new);
-                    }
-                    if c.chunk != run.chunks[source].len() as u64 {
-                        return Err(ReplayError::Log(format!(
-                            "source {source}'s chunk {} is recorded out of order",
-                            c.chunk
-                        )));
-                    }
-                    run.chunks[source].push(c);
-                }
-                Record::Output(o) => run.outputs.push(o),
-                Record::Recovery(r) => {
-                    return Err(ReplayError::Log(format!(
-                        "the newest life continued from checkpoint {}: replay of a recovered life is not supported yet",
-                        r.checkpoint
-                    )))
-                }
-                Record::RunEnd(end) => run.outcome = end.outcome,
-                _ => {}
+        let mut shards_covered = 0;
+        for (index, (process, record)) in records.into_iter().enumerate() {
+            if newest_start.get(&process).is_none_or(|start| index < *start) {
+                continue;
             }
+            run.take(process, record, &mut shards_covered)?;
+        }
+        if shards_covered != run.start.shards_total {
+            return Err(ReplayError::Log(format!(
+                "the log holds the newest lives of processes running {shards_covered} of the run's {} shards: \
+                 every process of a cluster must keep its audit log in the same directory (`verity worker --audit DIR`)",
+                run.start.shards_total
+            )));
         }
         if run.outcome.is_empty() {
             return Err(ReplayError::Log(
@@ -152,6 +118,62 @@ impl RecordedRun {
             )));
         }
         Ok(run)
+    }
+
+    /// One record of a process's newest life.
+    fn take(&mut self, process: u32, record: Record, shards_covered: &mut u32) -> Result<(), ReplayError> {
+        match record {
+            Record::RunStart(start) => {
+                if start.shards_total != self.start.shards_total {
+                    return Err(ReplayError::Log(format!(
+                        "process {process}'s newest life ran a cluster of {} shards, process 0's of {}: not one run",
+                        start.shards_total, self.start.shards_total
+                    )));
+                }
+                *shards_covered += start.shards;
+            }
+            Record::Applied(a) => {
+                let shard = self.units.get_mut(a.shard as usize).ok_or_else(|| {
+                    ReplayError::Log(format!(
+                        "a batch applied by shard {}, which the run did not have",
+                        a.shard
+                    ))
+                })?;
+                let unit = UnitSource {
+                    source: a.source,
+                    from: a.from,
+                    chunk: a.chunk,
+                    first_seq: a.first_seq,
+                };
+                shard.0.push_back(unit);
+                shard.1.push_back(a.clock_us);
+            }
+            Record::InputChunk(c) => {
+                let source = c.source as usize;
+                if self.chunks.len() <= source {
+                    self.chunks.resize_with(source + 1, Vec::new);
+                }
+                if c.chunk != self.chunks[source].len() as u64 {
+                    return Err(ReplayError::Log(format!(
+                        "source {source}'s chunk {} is recorded out of order",
+                        c.chunk
+                    )));
+                }
+                self.chunks[source].push(c);
+            }
+            Record::Output(o) => self.outputs.push(o),
+            Record::Recovery(r) => return Err(ReplayError::Log(format!(
+                "process {process}'s newest life continued from checkpoint {}: replay of a recovered life \
+                     is not supported yet",
+                r.checkpoint
+            ))),
+            Record::RunEnd(end) if process == 0 => self.outcome = end.outcome,
+            Record::RunEnd(end) if end.outcome.starts_with("failed") => {
+                return Err(ReplayError::Log(format!("process {process} {}", end.outcome)))
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The sources the recorded run read (that took in any chunk).

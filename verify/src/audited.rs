@@ -96,11 +96,25 @@ pub fn verify_market_spread_with_audit(
     life: &[&Record],
     max_quote_age_ms: Option<u64>,
 ) -> Result<AuditedReport, String> {
-    let Some(Record::RunStart(start)) = life.first() else {
-        return Err("the log has no run start".into());
+    let Some(start) = life.iter().find_map(|r| match r {
+        Record::RunStart(s) if s.process == 0 => Some(s),
+        _ => None,
+    }) else {
+        return Err("the log has no run start of process 0".into());
     };
-    if start.shards != start.shards_total {
-        return Err("the log is of one process of a cluster: give a one-process run's log".into());
+    let covered: u32 = life
+        .iter()
+        .filter_map(|r| match r {
+            Record::RunStart(s) => Some(s.shards),
+            _ => None,
+        })
+        .sum();
+    if covered != start.shards_total {
+        return Err(format!(
+            "the log holds {covered} of the run's {} shards: every process of a cluster must keep its audit log \
+             in the same directory (`verity worker --audit DIR`)",
+            start.shards_total
+        ));
     }
     let shards = start.shards_total.max(1);
     let mut chunks: Vec<Vec<InputChunk>> = vec![Vec::new(); inputs.len()];
