@@ -203,7 +203,7 @@ impl Log {
                 Record::RunStart(s) if *process == 0 => Some(s.args.as_slice()),
                 _ => None,
             })
-            .last()
+            .next_back()
     }
 
     fn all(&self) -> impl Iterator<Item = &Record> {
