@@ -11,19 +11,23 @@ pub enum DecodeError {
     Invalid(&'static str),
 }
 
+#[inline]
 pub fn put_u8(out: &mut Vec<u8>, value: u8) {
     out.push(value);
 }
 
+#[inline]
 pub fn put_u32_le(out: &mut Vec<u8>, value: u32) {
     out.extend_from_slice(&value.to_le_bytes());
 }
 
+#[inline]
 pub fn put_u64_le(out: &mut Vec<u8>, value: u64) {
     out.extend_from_slice(&value.to_le_bytes());
 }
 
 /// Unsigned LEB128: 1 byte below 128, at most 10.
+#[inline]
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     if value < 0x80 {
         out.push(value as u8);
@@ -42,11 +46,13 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.extend_from_slice(&bytes[..=len]);
 }
 
+#[inline]
 pub fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
+#[inline]
 pub fn put_str(out: &mut Vec<u8>, text: &str) {
     put_bytes(out, text.as_bytes());
 }

@@ -27,6 +27,7 @@ impl fmt::Display for Id {
     }
 }
 
+#[inline]
 fn put_id(out: &mut Vec<u8>, id: Id) {
     put_varint(out, id.producer as u64);
     put_varint(out, id.seq);
@@ -43,6 +44,7 @@ fn read_id(input: &mut Reader<'_>) -> Result<Id, DecodeError> {
 
 /// Notes built in place on the hot path (no `Notes` value, no allocation
 /// per note): `put_note` each into an entries buffer, then `push_notes`.
+#[inline]
 pub fn put_note(entries: &mut Vec<u8>, id: Id, note: &[u8]) {
     put_id(entries, id);
     put_bytes(entries, note);
