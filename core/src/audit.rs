@@ -182,6 +182,8 @@ impl UnitClock {
 pub struct NoteSink {
     entries: Vec<u8>,
     count: u64,
+    /// The id of the last entry (ids are delta-coded within a record).
+    prev: verity_audit::Id,
     scratch: Vec<u8>,
 }
 
@@ -190,7 +192,8 @@ impl NoteSink {
         // Written in place after a one-byte length, which almost every note
         // fits (the rare longer one goes through `put_note`).
         let at = self.entries.len();
-        put_note(&mut self.entries, id.into(), &[]);
+        let prev = self.prev;
+        put_note(&mut self.entries, &mut self.prev, id.into(), &[]);
         let body_at = self.entries.len();
         write(&mut self.entries);
         let len = self.entries.len() - body_at;
@@ -198,7 +201,8 @@ impl NoteSink {
             self.scratch.clear();
             self.scratch.extend_from_slice(&self.entries[body_at..]);
             self.entries.truncate(at);
-            put_note(&mut self.entries, id.into(), &self.scratch);
+            self.prev = prev;
+            put_note(&mut self.entries, &mut self.prev, id.into(), &self.scratch);
         } else {
             self.entries[body_at - 1] = len as u8;
         }
@@ -267,6 +271,7 @@ impl ShardAudit {
             );
             self.notes.entries.clear();
             self.notes.count = 0;
+            self.notes.prev = verity_audit::Id::default();
         }
     }
 

@@ -162,11 +162,13 @@ impl RecordedRun {
                 self.chunks[source].push(c);
             }
             Record::Output(o) => self.outputs.push(o),
-            Record::Recovery(r) => return Err(ReplayError::Log(format!(
+            Record::Recovery(r) => {
+                return Err(ReplayError::Log(format!(
                 "process {process}'s newest life continued from checkpoint {}: replay of a recovered life \
                      is not supported yet",
                 r.checkpoint
-            ))),
+            )))
+            }
             Record::RunEnd(end) if process == 0 => self.outcome = end.outcome,
             Record::RunEnd(end) if end.outcome.starts_with("failed") => {
                 return Err(ReplayError::Log(format!("process {process} {}", end.outcome)))
