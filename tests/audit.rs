@@ -50,6 +50,24 @@ fn audited_run(extra: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
     (dir, audit, output)
 }
 
+/// `verity verify market-spread` of `output` against the two streams in
+/// `dir` (as `audited_run` writes them), with `extra` flags.
+fn verify_split(dir: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    let (quotes, orders) = (dir.join("q.txt"), dir.join("o.txt"));
+    let mut args = vec![
+        "verify",
+        "market-spread",
+        "--quotes",
+        path_str(&quotes),
+        "--orders",
+        path_str(&orders),
+        "--output",
+        path_str(output),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn segments(audit: &Path) -> Vec<PathBuf> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(audit)
         .unwrap()
@@ -310,36 +328,11 @@ fn the_audit_aware_verifier_is_exact_and_catches_a_stale_quote_the_plain_one_can
     let (dir, audit, output) = audited_run(&[]);
     let (quotes, orders) = (dir.path().join("q.txt"), dir.path().join("o.txt"));
     let dead = format!("{}.dead-letter", path_str(&output));
-    let verify = |output: &Path, audit: Option<&Path>| {
-        let mut args = vec![
-            "verify",
-            "market-spread",
-            "--quotes",
-            path_str(&quotes),
-            "--orders",
-            path_str(&orders),
-            "--output",
-            path_str(output),
-        ];
-        if let Some(audit) = audit {
-            args.extend(["--audit", path_str(audit)]);
-        }
-        run(&args)
-    };
-    let checked = ok(run(&[
-        "verify",
-        "market-spread",
-        "--quotes",
-        path_str(&quotes),
-        "--orders",
-        path_str(&orders),
-        "--output",
-        path_str(&output),
-        "--audit",
-        path_str(&audit),
-        "--dead-letter",
-        &dead,
-    ]));
+    let checked = ok(verify_split(
+        dir.path(),
+        &output,
+        &["--audit", path_str(&audit), "--dead-letter", &dead],
+    ));
     assert!(
         stdout(&checked).contains("OK (with the audit log)"),
         "{}",
@@ -365,13 +358,13 @@ fn the_audit_aware_verifier_is_exact_and_catches_a_stale_quote_the_plain_one_can
         "--plant-bug",
         "stale-quote",
     ]));
-    let plain = verify(&bugged, None);
+    let plain = verify_split(dir.path(), &bugged, &[]);
     assert!(
         plain.status.success(),
         "the audit-free check cannot see it: {}",
         stdout(&plain)
     );
-    let exact = verify(&bugged, Some(&bugged_audit));
+    let exact = verify_split(dir.path(), &bugged, &["--audit", path_str(&bugged_audit)]);
     assert_eq!(exact.status.code(), Some(1), "{}", stdout(&exact));
     assert!(
         stdout(&exact).contains("but the newest quote applied before it was"),
@@ -402,18 +395,7 @@ fn a_local_clusters_processes_keep_one_chain_each_and_the_run_replays() {
         path_str(&replayed),
     ]));
     assert_eq!(std::fs::read(&replayed).unwrap(), std::fs::read(&output).unwrap());
-    let checked = ok(run(&[
-        "verify",
-        "market-spread",
-        "--quotes",
-        path_str(&dir.path().join("q.txt")),
-        "--orders",
-        path_str(&dir.path().join("o.txt")),
-        "--output",
-        path_str(&output),
-        "--audit",
-        path_str(&audit),
-    ]));
+    let checked = ok(verify_split(dir.path(), &output, &["--audit", path_str(&audit)]));
     assert!(
         stdout(&checked).contains("OK (with the audit log)"),
         "{}",

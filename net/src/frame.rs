@@ -449,7 +449,7 @@ mod tests {
         let frame = &out[range];
         assert_eq!(frame.len(), FRAME_HEADER_SIZE_BYTES + RECORD_PREFIX_BYTES + 3);
         assert_eq!(&frame[0..4], b"VRTY");
-        assert_eq!(&frame[4..6], &[3, 0]);
+        assert_eq!(&frame[4..6], &PROTOCOL_VERSION.to_le_bytes());
         assert_eq!(frame[6], FrameKind::Ack as u8);
         assert_eq!(frame[7], 0);
         assert_eq!(&frame[8..12], &[7, 0, 0, 0]);
