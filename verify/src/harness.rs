@@ -277,7 +277,9 @@ impl LineCount {
         if end <= self.upto {
             return;
         }
-        let new = &bytes[(self.upto - offset) as usize..];
+        // A sender that starts where a recovered source asks (past byte 0)
+        // counts from there: what came before was an earlier sender's.
+        let new = &bytes[self.upto.saturating_sub(offset) as usize..];
         self.lines += memchr_count(new);
         self.last_byte = new.last().copied().or(self.last_byte);
         self.upto = end;
@@ -1092,6 +1094,17 @@ fn memchr_count(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_counted_once_and_from_where_the_source_asked() {
+        let mut count = LineCount::default();
+        count.saw(0, b"a\nb\n");
+        count.saw(2, b"b\nc");
+        assert_eq!(count.total(), 3, "resent bytes count once");
+        let mut resumed = LineCount::default();
+        resumed.saw(100, b"x\ny\n");
+        assert_eq!(resumed.total(), 2, "a fresh sender resuming past byte 0");
+    }
     use std::cell::Cell;
     use std::rc::Rc;
 
