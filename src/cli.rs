@@ -343,7 +343,8 @@ struct RunArgs {
     orders: Option<String>,
     /// Records per batch between shards.
     #[arg(long, value_name = "N", default_value_t = ShardLimits::default().batch_max,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+              .range(1..=verity_core::shard::BATCH_MAX_LIMIT as u64))]
     batch_max: usize,
     /// Depth of each shard's input queue, in batches (full queues apply backpressure).
     #[arg(long, value_name = "N", default_value_t = RunConfig::default().queue_depth_batches,
@@ -1032,7 +1033,10 @@ fn verify_with_audit(args: &VerifyArgs, dir: &std::path::Path) -> Result<i32> {
     let checked = verity_verify::audited::verify_market_spread_with_audit(
         &inputs,
         &output,
-        &log.newest_life(),
+        &log.newest_life()
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect::<Vec<_>>(),
         max_age,
     )
     .map_err(anyhow::Error::msg)?;

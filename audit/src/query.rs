@@ -179,7 +179,7 @@ impl Log {
 
     /// The records of each process's newest life (from its last run start
     /// on), process by process, each in its order.
-    pub fn newest_life(&self) -> Vec<&Record> {
+    pub fn newest_life(&self) -> Vec<(u32, &Record)> {
         let mut starts: BTreeMap<u32, usize> = BTreeMap::new();
         for (index, (process, record)) in self.records.iter().enumerate() {
             if matches!(record, Record::RunStart(_)) {
@@ -190,7 +190,7 @@ impl Log {
             .iter()
             .enumerate()
             .filter(|(index, (process, _))| starts.get(process).is_some_and(|start| index >= start))
-            .map(|(_, (_, record))| record)
+            .map(|(_, (process, record))| (*process, record))
             .collect()
     }
 
@@ -225,7 +225,7 @@ impl Log {
     /// wrote it.
     pub fn output_line(&self, line: u64) -> Option<(&Output, Id)> {
         self.all().find_map(|r| match r {
-            Record::Output(o) if o.first_line <= line && line < o.first_line + o.lines => {
+            Record::Output(o) if (o.first_line..o.end_line()).contains(&line) => {
                 o.ids.get((line - o.first_line) as usize).map(|id| (o, *id))
             }
             _ => None,
@@ -260,11 +260,7 @@ impl Log {
         use fmt::Write as _;
         let pad = "  ".repeat(depth);
         let Some(chunk) = self.all().find_map(|r| match r {
-            Record::InputChunk(c)
-                if c.source == id.producer && c.first_line <= id.seq && id.seq < c.first_line + c.lines =>
-            {
-                Some(*c)
-            }
+            Record::InputChunk(c) if c.holds(id.producer, id.seq) => Some(*c),
             _ => None,
         }) else {
             let _ = writeln!(out, "{pad}input {id}: no input chunk of the log holds it");
@@ -291,7 +287,7 @@ impl Log {
             chunk.partition,
             chunk.chunk,
             chunk.first_line,
-            chunk.first_line + chunk.lines,
+            chunk.end_line(),
             chunk.position_after,
             format_utc_us(chunk.utc_us)
         );
@@ -333,7 +329,7 @@ impl Log {
                             format_utc_us(s.utc_us),
                             s.records,
                             s.first_seq,
-                            s.first_seq + s.records
+                            s.first_seq.saturating_add(s.records)
                         ),
                     ));
                 }
@@ -367,7 +363,7 @@ impl Log {
                             o.utc_us,
                             format!(
                                 "output line {} (shard {}), written at {}",
-                                o.first_line + index as u64,
+                                o.first_line.saturating_add(index as u64),
                                 o.shard,
                                 format_utc_us(o.utc_us)
                             ),
@@ -423,13 +419,7 @@ impl Log {
             if let Record::Failed(f) = record {
                 count += 1;
                 let chunk = self.all().find_map(|r| match r {
-                    Record::InputChunk(c)
-                        if c.source == f.id.producer
-                            && c.first_line <= f.id.seq
-                            && f.id.seq < c.first_line + c.lines =>
-                    {
-                        Some(*c)
-                    }
+                    Record::InputChunk(c) if c.holds(f.id.producer, f.id.seq) => Some(*c),
                     _ => None,
                 });
                 let place = chunk.map_or(String::new(), |c| {

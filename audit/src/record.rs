@@ -156,6 +156,18 @@ pub struct InputChunk {
     pub position_after: StreamPosition,
 }
 
+impl InputChunk {
+    /// The line after its last (values from a log are not trusted to add up).
+    pub fn end_line(&self) -> u64 {
+        self.first_line.saturating_add(self.lines)
+    }
+
+    /// Whether record `seq` of source `source` came in with this chunk.
+    pub fn holds(&self, source: u32, seq: u64) -> bool {
+        self.source == source && (self.first_line..self.end_line()).contains(&seq)
+    }
+}
+
 /// A shard applied one batch of a source's records: the unit of the
 /// interleaving of streams, and the receiving end of a hop. `clock_us` is
 /// the clock reading the step's logic saw for the batch, if it read one.
@@ -210,6 +222,13 @@ pub struct Output {
     /// One per line, or none where the shard did not send them (a remote
     /// shard's output, so far).
     pub ids: Vec<Id>,
+}
+
+impl Output {
+    /// The output line after its last.
+    pub fn end_line(&self) -> u64 {
+        self.first_line.saturating_add(self.lines)
+    }
 }
 
 /// A record that failed: its id, why, and the start of its raw bytes.

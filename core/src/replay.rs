@@ -61,29 +61,28 @@ impl RecordedRun {
     /// whole log first): process 0's inputs and output order, and every
     /// shard's units from the process that ran it.
     pub fn read(storage: &mut dyn Storage) -> Result<RecordedRun, ReplayError> {
-        let mut records: Vec<(u32, Record)> = Vec::new();
-        let report = verity_audit::verify(storage, &[], |process, body| {
-            if let Ok(record) = Record::decode(body) {
-                records.push((process, record));
-            }
-        })?;
+        let (log, report) = verity_audit::query::Log::read(storage)?;
         if let Some(problem) = report.problems.first() {
             return Err(ReplayError::Log(format!(
                 "the audit log does not verify ({problem}); `verity audit verify` says more"
             )));
         }
-        let mut newest_start = std::collections::BTreeMap::new();
-        for (index, (process, record)) in records.iter().enumerate() {
-            if matches!(record, Record::RunStart(_)) {
-                newest_start.insert(*process, index);
-            }
-        }
-        let Some(&leader) = newest_start.get(&0) else {
+        let life = log.newest_life();
+        let Some(start) = life.iter().find_map(|(process, record)| match record {
+            Record::RunStart(start) if *process == 0 => Some(start.clone()),
+            _ => None,
+        }) else {
             return Err(ReplayError::Log("the log has no run start of process 0".into()));
         };
-        let Record::RunStart(start) = records[leader].1.clone() else {
-            unreachable!("indexed as a run start")
-        };
+        // The log is outside input: a layout no run can have is refused,
+        // not allocated.
+        let shards_ok = (1..=crate::cluster::CLUSTER_SHARDS_MAX).contains(&start.shards_total);
+        if !shards_ok || !(1..=crate::shard::BATCH_MAX_LIMIT as u32).contains(&start.batch_max) {
+            return Err(ReplayError::Log(format!(
+                "the recorded run start names {} shards and batches of {} records: no run has that layout",
+                start.shards_total, start.batch_max
+            )));
+        }
         let mut run = RecordedRun {
             units: (0..start.shards_total).map(|_| Default::default()).collect(),
             start,
@@ -92,10 +91,7 @@ impl RecordedRun {
             outcome: String::new(),
         };
         let mut shards_covered = 0;
-        for (index, (process, record)) in records.into_iter().enumerate() {
-            if newest_start.get(&process).is_none_or(|start| index < *start) {
-                continue;
-            }
+        for (process, record) in life {
             run.take(process, record, &mut shards_covered)?;
         }
         if shards_covered != run.start.shards_total {
@@ -121,7 +117,7 @@ impl RecordedRun {
     }
 
     /// One record of a process's newest life.
-    fn take(&mut self, process: u32, record: Record, shards_covered: &mut u32) -> Result<(), ReplayError> {
+    fn take(&mut self, process: u32, record: &Record, shards_covered: &mut u32) -> Result<(), ReplayError> {
         match record {
             Record::RunStart(start) => {
                 if start.shards_total != self.start.shards_total {
@@ -159,9 +155,9 @@ impl RecordedRun {
                         c.chunk
                     )));
                 }
-                self.chunks[source].push(c);
+                self.chunks[source].push(*c);
             }
-            Record::Output(o) => self.outputs.push(o),
+            Record::Output(o) => self.outputs.push(o.clone()),
             Record::Recovery(r) => {
                 return Err(ReplayError::Log(format!(
                 "process {process}'s newest life continued from checkpoint {}: replay of a recovered life \
@@ -169,7 +165,7 @@ impl RecordedRun {
                 r.checkpoint
             )))
             }
-            Record::RunEnd(end) if process == 0 => self.outcome = end.outcome,
+            Record::RunEnd(end) if process == 0 => self.outcome = end.outcome.clone(),
             Record::RunEnd(end) if end.outcome.starts_with("failed") => {
                 return Err(ReplayError::Log(format!("process {process} {}", end.outcome)))
             }
@@ -464,7 +460,7 @@ where
                 report.divergence = Some(format!(
                     "output lines {}..{} (shard {}'s batch) differ from the recorded run's: {} bytes replayed, {} recorded",
                     recorded.first_line,
-                    recorded.first_line + recorded.lines,
+                    recorded.end_line(),
                     recorded.shard,
                     lines.len(),
                     recorded.bytes
@@ -504,4 +500,56 @@ where
     }
     out.flush()?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verity_audit::record::RunEnd;
+    use verity_audit::{SegmentWriter, WriterLimits};
+    use verity_state::storage::DirStorage;
+
+    fn start(shards_total: u32, batch_max: u32) -> RunStart {
+        RunStart {
+            utc_us: 1,
+            process: 0,
+            incarnation: 0,
+            version: "test".into(),
+            clock_source: "manual".into(),
+            user: "u".into(),
+            host: "h".into(),
+            args: vec!["verity".into()],
+            shards_total,
+            first_shard: 0,
+            shards: shards_total,
+            batch_max,
+        }
+    }
+
+    #[test]
+    fn a_log_naming_an_impossible_layout_is_refused_not_allocated() {
+        for (shards, batch_max) in [(0, 1024), (u32::MAX, 1024), (2, 0), (2, u32::MAX)] {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = Box::new(DirStorage::open(dir.path()).unwrap());
+            let mut writer = SegmentWriter::open(storage, 0, WriterLimits::default()).unwrap();
+            let end = Record::RunEnd(RunEnd {
+                utc_us: 2,
+                outcome: "done".into(),
+                records_in: 0,
+                records_out: 0,
+                dead_lettered: 0,
+            });
+            for record in [Record::RunStart(start(shards, batch_max)), end] {
+                let mut body = Vec::new();
+                record.encode(&mut body);
+                writer.push(&body).unwrap();
+            }
+            writer.write().unwrap();
+            let read = RecordedRun::read(&mut DirStorage::open(dir.path()).unwrap());
+            let Err(ReplayError::Log(why)) = read else {
+                panic!("{shards} shards, batches of {batch_max}: accepted");
+            };
+            assert!(why.contains("no run has that layout"), "{why}");
+        }
+    }
 }

@@ -61,6 +61,10 @@ use verity_state::{DedupWatermarks, KeyedStore};
 /// more often. Bounded: about 1 MiB of input per shard and source.
 pub const RUNAHEAD_CHUNKS_PER_SHARD: u64 = 16;
 
+/// The largest `ShardLimits::batch_max` a run takes (`--batch-max`; a
+/// replay refuses a recorded larger one).
+pub const BATCH_MAX_LIMIT: usize = 1_000_000;
+
 /// Limits of one shard, all configurable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardLimits {

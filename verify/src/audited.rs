@@ -116,7 +116,13 @@ pub fn verify_market_spread_with_audit(
             start.shards_total
         ));
     }
-    let shards = start.shards_total.max(1);
+    if !(1..=verity_core::cluster::CLUSTER_SHARDS_MAX).contains(&start.shards_total) {
+        return Err(format!(
+            "the recorded run start names {} shards: no run has that many",
+            start.shards_total
+        ));
+    }
+    let shards = start.shards_total;
     let mut chunks: Vec<Vec<InputChunk>> = vec![Vec::new(); inputs.len()];
     for record in life {
         if let Record::InputChunk(c) = record {
@@ -143,7 +149,7 @@ pub fn verify_market_spread_with_audit(
         let mut routed = Ok(());
         verity_core::line::for_each_line(input, |range| {
             line += 1;
-            while chunk_at < list.len() && line >= list[chunk_at].first_line + list[chunk_at].lines {
+            while chunk_at < list.len() && line >= list[chunk_at].end_line() {
                 chunk_at += 1;
             }
             let Some(chunk) = list.get(chunk_at) else {
@@ -211,7 +217,10 @@ pub fn verify_market_spread_with_audit(
                         .get(&(a.source, a.from, a.shard))
                         .map_or(&[][..], Vec::as_slice);
                     let first = (a.first_seq as usize).saturating_sub(1);
-                    channel.get(first..first + a.records as usize).unwrap_or(&[])
+                    usize::try_from(a.records)
+                        .ok()
+                        .and_then(|records| channel.get(first..first.checked_add(records)?))
+                        .unwrap_or(&[])
                 };
                 if records.len() as u64 != a.records {
                     report.anomaly(format!(
