@@ -268,6 +268,13 @@ struct SimArgs {
     /// wordcount only: final counts at the end of input (as `run --final`).
     #[arg(long = "final")]
     final_counts: bool,
+    /// Keep an audit log in every process (on), in none (off), or as each
+    /// seed draws (drawn: one seed in two). A seed with one checks that the
+    /// log verifies, that a replay of it reproduces the output byte for
+    /// byte, and (market-spread, half of them) the stale-quote rule against
+    /// what the log says each decision saw.
+    #[arg(long, value_name = "on|off|drawn", default_value = "drawn", value_parser = ["on", "off", "drawn"])]
+    audit: String,
     /// Test-only: plant a bug (one of `PlantedBugs::NAMES`) in the shared
     /// production code to show the simulator catches it.
     #[arg(long, value_name = "BUG", hide = true)]
@@ -1082,6 +1089,11 @@ fn sim(args: SimArgs) -> Result<i32> {
         bugs,
         streams: args.streams,
         final_counts: args.final_counts,
+        audit: match args.audit.as_str() {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        },
         ..verity_verify::sim::SimConfig::new(args.app.into(), seeds.start)
     };
     crate::sim::run(&template, seeds, args.stats)
@@ -1167,7 +1179,7 @@ struct ReplayInputs {
 /// `verity audit replay`: the recorded command line says the app and its
 /// options; the inputs are the recorded ones unless given.
 fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path::Path>) -> Result<i32> {
-    use verity_core::replay::{replay, RecordedRun, ReplayError, ReplayReport};
+    use verity_core::replay::RecordedRun;
     let run = RecordedRun::read(&mut crate::audit::open(dir)?)?;
     let (app, mut args) = recorded_run(&run.start.args)?;
     let replayable = |path: &Option<String>| {
@@ -1190,25 +1202,6 @@ fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path:
     }
     let input = app_input(app, &args, &Connectors::built_in())?;
     let options = app_options(&args);
-    struct ReplayDriver<'a> {
-        run: RecordedRun,
-        out: &'a mut dyn std::io::Write,
-    }
-    impl verity_apps::Driver for ReplayDriver<'_> {
-        type Out = Result<ReplayReport, ReplayError>;
-        fn drive<K, V, S, O>(
-            self,
-            flow: verity_core::Dataflow<K, V, S, O>,
-        ) -> Result<Self::Out, verity_core::RunError>
-        where
-            K: verity_core::Key + verity_core::Wire,
-            V: verity_core::Wire + Send + 'static,
-            S: verity_core::State,
-            O: 'static,
-        {
-            Ok(replay(flow, self.run, self.out))
-        }
-    }
     let mut file;
     let mut discard = std::io::sink();
     let out: &mut dyn std::io::Write = match output {
@@ -1220,7 +1213,7 @@ fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path:
         }
         None => &mut discard,
     };
-    let report = verity_apps::drive_app(app, input, options, ReplayDriver { run, out })??;
+    let report = verity_apps::drive_app(app, input, options, verity_apps::Replay { run, out })??;
     match &report.divergence {
         None => {
             eprintln!(

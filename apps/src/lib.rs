@@ -144,6 +144,26 @@ pub fn run_app(
     )
 }
 
+/// `verity_core::replay` as a `Driver`: re-runs a recorded run's shards in
+/// its recorded order, the replayed output into `out`.
+pub struct Replay<'a> {
+    pub run: verity_core::replay::RecordedRun,
+    pub out: &'a mut dyn std::io::Write,
+}
+
+impl Driver for Replay<'_> {
+    type Out = Result<verity_core::replay::ReplayReport, verity_core::replay::ReplayError>;
+    fn drive<K, V, S, O>(self, flow: Dataflow<K, V, S, O>) -> Result<Self::Out, RunError>
+    where
+        K: Key + Wire,
+        V: Wire + Send + 'static,
+        S: verity_core::State,
+        O: 'static,
+    {
+        Ok(verity_core::replay::replay(flow, self.run, self.out))
+    }
+}
+
 /// Builds `app`'s dataflow and hands it to `driver`.
 pub fn drive_app<D: Driver>(
     app: AppName,

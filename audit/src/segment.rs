@@ -486,8 +486,9 @@ fn verify_process(
     Ok(())
 }
 
-/// Where a writer continues a process's chain: the next segment's header.
-/// Reads only the newest segment (the rest was checked when it was written
+/// Where a writer continues a process's chain: the next segment's header,
+/// after syncing the newest segment it vouches for. Reads only the newest
+/// segment (the rest was checked when it was written
 /// and is `verify`'s business).
 pub fn continue_chain(storage: &mut dyn Storage, process: u32) -> io::Result<(SegmentHeader, u64)> {
     let newest = list_segments(storage)?
@@ -510,6 +511,10 @@ pub fn continue_chain(storage: &mut dyn Storage, process: u32) -> io::Result<(Se
             format!("the audit segment {name} does not read ({e}); check it with `verity audit verify`"),
         )
     })?;
+    // The new header vouches for these bytes: they must outlive a power
+    // loss first. (After a process crash they may still be only in the
+    // page cache: its writer never synced them, by policy or by dying.)
+    storage.sync_file(&name)?;
     let header = SegmentHeader {
         process,
         index: index + 1,

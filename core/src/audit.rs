@@ -31,6 +31,43 @@ impl AuditOut for AuditHandle {
     }
 }
 
+/// Who started a process's run, and how: what its run-start record says
+/// besides the layout.
+pub struct RunIdentity {
+    /// Drawn at process start (in a cluster, the one the handshake carries).
+    pub incarnation: u64,
+    /// The command line, program first.
+    pub args: Vec<String>,
+    pub user: String,
+    pub host: String,
+}
+
+/// The record that opens a process's life in the audit log: who started
+/// it, with which version and clock, and which shards it runs (both
+/// drivers write it, the threaded runtime and the simulator).
+pub fn run_start(
+    identity: RunIdentity,
+    layout: &crate::cluster::Layout,
+    batch_max: usize,
+    clock: &dyn Clock,
+) -> Record {
+    let local = layout.local_shards();
+    Record::RunStart(verity_audit::record::RunStart {
+        utc_us: clock.now_us(),
+        process: layout.process_id,
+        incarnation: identity.incarnation,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        clock_source: clock.source().to_string(),
+        user: identity.user,
+        host: identity.host,
+        args: identity.args,
+        shards_total: layout.total_shards(),
+        first_shard: local.start,
+        shards: local.end - local.start,
+        batch_max: batch_max as u32,
+    })
+}
+
 /// The output thread's records: the lineage of every output batch and
 /// every dead letter.
 pub struct OutputAudit {

@@ -7,7 +7,7 @@ use super::RunError;
 use crate::env::Clock;
 use std::path::PathBuf;
 use std::sync::Arc;
-use verity_audit::record::{Recovery, RunEnd, RunStart};
+use verity_audit::record::{Recovery, RunEnd};
 use verity_audit::{AuditHandle, AuditLog, AuditStats, Record, WriterLimits};
 use verity_state::storage::DirStorage;
 
@@ -37,7 +37,6 @@ impl ProcessAudit {
         clock: Arc<dyn Clock>,
     ) -> Result<ProcessAudit, RunError> {
         let process = layout.process_id;
-        let local = layout.local_shards();
         let cannot = |e: std::io::Error| {
             RunError::Audit(format!(
                 "cannot open the audit log in {}: {e}",
@@ -47,24 +46,22 @@ impl ProcessAudit {
         let storage = DirStorage::open(&settings.dir).map_err(cannot)?;
         let log = AuditLog::start(Box::new(storage), process, settings.limits).map_err(cannot)?;
         let audit = ProcessAudit { log, clock };
-        audit.record(&Record::RunStart(RunStart {
-            utc_us: audit.clock.now_us(),
-            process,
+        let identity = crate::audit::RunIdentity {
             incarnation: settings.incarnation,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            clock_source: audit.clock.source().to_string(),
+            args: settings.command_line.clone(),
             user: std::env::var("USER")
                 .or_else(|_| std::env::var("LOGNAME"))
                 .unwrap_or_else(|_| "unknown".into()),
             host: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
-            args: settings.command_line.clone(),
-            shards_total: layout.total_shards(),
-            first_shard: local.start,
-            shards: local.end - local.start,
-            batch_max: batch_max as u32,
-        }))?;
+        };
+        audit.record(&crate::audit::run_start(
+            identity,
+            layout,
+            batch_max,
+            &*audit.clock,
+        ))?;
         Ok(audit)
     }
 

@@ -23,12 +23,14 @@
 //! end in a recovery of the whole cluster from its newest checkpoint: a
 //! process is a set of shards plus its channels' state, all owned by `World`.
 
+mod audit_checks;
 mod checks;
 pub mod disk;
 mod stats;
 mod world;
 
 pub use stats::SimStats;
+pub use world::AuditPlan;
 
 use crate::{compare, verify_dead_letters, verify_two_streams, App, NamedInput, Report};
 use bytes::Bytes;
@@ -228,11 +230,13 @@ pub struct PlantedBugs {
     pub output: verity_core::sink::OutputBugs,
     /// In recovery (`verity_core::checkpoint::Checkpointer::recover`).
     pub recover: verity_core::checkpoint::RecoverBugs,
+    /// In market-spread's logic (what only the audit log can judge).
+    pub market_spread: verity_apps::market_spread::Bugs,
 }
 
 impl PlantedBugs {
     /// The names `verity sim --plant-bug` takes.
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 15] = [
         "no-dedup",
         "no-retransmit",
         "resend-from-wrong-seq",
@@ -247,6 +251,7 @@ impl PlantedBugs {
         "ignore-peer-restart",
         "commit-before-durable",
         "state-from-older-checkpoint",
+        "stale-quote",
     ];
 
     /// The bug a name plants.
@@ -267,6 +272,7 @@ impl PlantedBugs {
             "ignore-peer-restart" => &mut bugs.protocol.ignore_peer_restart,
             "commit-before-durable" => &mut bugs.output.commit_before_durable,
             "state-from-older-checkpoint" => &mut bugs.recover.state_from_older_checkpoint,
+            "stale-quote" => &mut bugs.market_spread.stale_quote,
             other => {
                 let known = PlantedBugs::NAMES.join(", ");
                 return Err(format!("unknown planted bug `{other}` (known: {known})"));
@@ -295,6 +301,46 @@ pub struct SimConfig {
     pub streams: u32,
     /// wordcount's `--final`: counts only at the end of input.
     pub final_counts: bool,
+    /// Keep an audit log (`Some(true)`), not (`Some(false)`), or as the
+    /// seed draws (`None`: one seed in `AUDIT_SEED_ONE_IN`).
+    pub audit: Option<bool>,
+}
+
+/// One seed in this many keeps an audit log, unless the config says.
+pub const AUDIT_SEED_ONE_IN: u64 = 2;
+/// Of market-spread seeds with an audit log, one in this many applies the
+/// stale-quote rule (`--max-quote-age-ms`), with one of these bounds.
+const STALE_QUOTE_RULE_ONE_IN: u64 = 2;
+const MAX_QUOTE_AGES_MS: [u64; 4] = [1, 20, 200, 2000];
+
+/// A seed's audit log, and the rule that only the log makes checkable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditSetup {
+    pub plan: Option<AuditPlan>,
+    /// market-spread's `--max-quote-age-ms` (only with an audit log).
+    pub max_quote_age_ms: Option<u64>,
+}
+
+impl AuditSetup {
+    /// Drawn from a stream of the seed's own, so no other draw moves.
+    pub fn draw(config: &SimConfig) -> AuditSetup {
+        let mut rng = verity_core::SplitMix64::new(config.seed ^ 0x0a0d_1750_0000_5eed);
+        let on = config
+            .audit
+            .unwrap_or_else(|| verity_core::Rng::chance(&mut rng, 1, AUDIT_SEED_ONE_IN));
+        if !on {
+            return AuditSetup::default();
+        }
+        let plan = AuditPlan::draw(&mut rng);
+        let rule = config.app == AppName::MarketSpread
+            && verity_core::Rng::chance(&mut rng, 1, STALE_QUOTE_RULE_ONE_IN);
+        let age =
+            MAX_QUOTE_AGES_MS[verity_core::Rng::below(&mut rng, MAX_QUOTE_AGES_MS.len() as u64) as usize];
+        AuditSetup {
+            plan: Some(plan),
+            max_quote_age_ms: rule.then_some(age),
+        }
+    }
 }
 
 impl SimConfig {
@@ -311,6 +357,7 @@ impl SimConfig {
             bugs: PlantedBugs::default(),
             streams: 1,
             final_counts: false,
+            audit: None,
         }
     }
 
@@ -325,6 +372,11 @@ impl SimConfig {
             streams + " --final"
         } else {
             streams
+        };
+        let streams = match self.audit {
+            None => streams,
+            Some(true) => streams + " --audit on",
+            Some(false) => streams + " --audit off",
         };
         format!(
             "verity sim --app {} --seed {} --processes {} --workers {} --faults {} --sim-seconds {} --records {}{streams} --trace",
@@ -389,17 +441,26 @@ impl SimOutcome {
 /// oracle (or, for two streams, against some interleaving of them), and the
 /// dead letters against the malformed input lines.
 pub fn run_seed(config: &SimConfig) -> SimOutcome {
+    let audit = AuditSetup::draw(config);
+    // The stale-quote rule is checked against the audit log of the newest
+    // life: such seeds keep the cluster to one life.
+    let one_life;
+    let config = if audit.max_quote_age_ms.is_some() {
+        one_life = SimConfig {
+            faults: Faults {
+                crash: false,
+                restart: false,
+                ..config.faults
+            },
+            ..config.clone()
+        };
+        &one_life
+    } else {
+        config
+    };
     let streams = match sim_inputs(config) {
         Ok(streams) => streams,
         Err(e) => return failed(config, e),
-    };
-    let app_input = match &streams[..] {
-        [single] => AppInput::Single(SourceSpec::memory(single.name, single.data.clone())),
-        [quotes, orders] => AppInput::QuotesAndOrders {
-            quotes: SourceSpec::memory(quotes.name, quotes.data.clone()),
-            orders: SourceSpec::memory(orders.name, orders.data.clone()),
-        },
-        _ => unreachable!("one or two streams"),
     };
     if config.final_counts && config.app != AppName::Wordcount {
         return failed(
@@ -418,15 +479,14 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
         config,
         inputs: streams.iter().map(|s| (s.name, s.data.clone())).collect(),
         expected_lines,
+        audit,
     };
-    // The clock-dependent rule waits for the audit log in the simulator,
-    // which alone makes it checkable (a later change).
     let options = AppOptions {
         final_counts: config.final_counts,
-        max_quote_age_ms: None,
-        market_spread_bugs: Default::default(),
+        max_quote_age_ms: audit.max_quote_age_ms,
+        market_spread_bugs: config.bugs.market_spread,
     };
-    let outcome = drive_app(config.app, app_input, options, driver);
+    let outcome = drive_app(config.app, app_input(&streams), options, driver);
     let mut outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => return failed(config, format!("cannot build the app: {e}")),
@@ -444,9 +504,18 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
         None => streams,
     };
     match outcome.sim.failure.take() {
-        // A run that failed on purpose has no output to check.
-        None if outcome.sim.failure_injected => {}
-        None => outcome.sim.failure = check_outcome(config, &streams, &mut outcome),
+        // A run that failed on purpose has no output to check; its audit
+        // log must still verify.
+        None if outcome.sim.failure_injected => {
+            outcome.sim.failure = outcome
+                .audit
+                .as_ref()
+                .and_then(|run| audit_checks::check_chains(run).err());
+        }
+        None => {
+            outcome.sim.failure = check_outcome(config, &streams, &mut outcome, audit.max_quote_age_ms)
+                .or_else(|| check_audit(config, &outcome, app_input(&streams), options).err())
+        }
         // A run that never finished: say, as the oracle would, what its
         // output lacks so far (besides where it is stuck).
         Some(stuck) if stuck.starts_with("liveness") => {
@@ -479,8 +548,31 @@ pub fn run_seed_ok(config: &SimConfig) -> SimOutcome {
     outcome
 }
 
+/// A finished run's audit log: its chains verify, and (one life) a replay
+/// of it reproduces the output.
+fn check_audit(
+    config: &SimConfig,
+    outcome: &Finished,
+    input: AppInput,
+    options: AppOptions,
+) -> Result<(), String> {
+    let Some(run) = &outcome.audit else {
+        return Ok(());
+    };
+    audit_checks::check_chains(run)?;
+    if run.lives == 1 {
+        audit_checks::check_replay(config, run, input, options, &outcome.output)?;
+    }
+    Ok(())
+}
+
 /// Why a finished run's output or dead letters are wrong, if they are.
-fn check_outcome(config: &SimConfig, streams: &[checks::Stream], outcome: &mut Finished) -> Option<String> {
+fn check_outcome(
+    config: &SimConfig,
+    streams: &[checks::Stream],
+    outcome: &mut Finished,
+    max_quote_age_ms: Option<u64>,
+) -> Option<String> {
     let named: Vec<NamedInput<'_>> = streams
         .iter()
         .map(|stream| NamedInput {
@@ -495,7 +587,12 @@ fn check_outcome(config: &SimConfig, streams: &[checks::Stream], outcome: &mut F
             "dead letters differ from the malformed input lines:\n{letters}"
         ));
     }
-    check_output(config, streams, outcome)
+    match (max_quote_age_ms, &outcome.audit) {
+        // Decisions on the clock: only the audit log can say what was right.
+        (Some(age), Some(run)) => audit_checks::check_market_spread(run, streams, &outcome.output, age).err(),
+        (Some(_), None) => Some("the stale-quote rule without an audit log".into()),
+        (None, _) => check_output(config, streams, outcome),
+    }
 }
 
 /// Why a run's output is wrong against the oracle, if it is.
@@ -515,6 +612,18 @@ fn check_output(config: &SimConfig, streams: &[checks::Stream], outcome: &mut Fi
             outcome.sim.report = Some(report);
             failure
         }
+        _ => unreachable!("one or two streams"),
+    }
+}
+
+/// The streams as the app's sources read them (from memory).
+fn app_input(streams: &[checks::Stream]) -> AppInput {
+    match streams {
+        [single] => AppInput::Single(SourceSpec::memory(single.name, single.data.clone())),
+        [quotes, orders] => AppInput::QuotesAndOrders {
+            quotes: SourceSpec::memory(quotes.name, quotes.data.clone()),
+            orders: SourceSpec::memory(orders.name, orders.data.clone()),
+        },
         _ => unreachable!("one or two streams"),
     }
 }
@@ -561,6 +670,17 @@ struct Finished {
     sim: SimOutcome,
     output: Vec<u8>,
     dead_letters: Vec<u8>,
+    /// The audit log, when the seed kept one.
+    audit: Option<AuditedRun>,
+}
+
+/// A seed's audit log at the end: its disk and every running process's
+/// chain head (`Err` if a writer failed at the end), and how many lives
+/// the cluster had (a crash starts another).
+struct AuditedRun {
+    plan: AuditPlan,
+    finished: Result<(disk::SharedDisk, Vec<verity_audit::ChainHead>), String>,
+    lives: u32,
 }
 
 struct SimDriver<'a> {
@@ -568,6 +688,7 @@ struct SimDriver<'a> {
     /// Per source: its name and input.
     inputs: Vec<(&'static str, Bytes)>,
     expected_lines: u64,
+    audit: AuditSetup,
 }
 
 impl Driver for SimDriver<'_> {
@@ -584,6 +705,7 @@ impl Driver for SimDriver<'_> {
             flow.logic,
             &self.inputs,
             self.expected_lines,
+            self.audit,
         ))
     }
 }

@@ -2,6 +2,7 @@
 //! carry production frames between them, and a virtual-time event queue.
 
 use super::{Finished, SimConfig, SimOutcome};
+pub use audit::AuditPlan;
 use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -24,6 +25,7 @@ use verity_core::{Key, Rng, SplitMix64, Wire};
 use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
 
+mod audit;
 mod control;
 mod network;
 mod processes;
@@ -273,12 +275,20 @@ struct World<'a, K, V, S, O> {
     life: u32,
     /// The `restart` fault, watched from outside.
     restart_watch: restart::RestartWatch,
+    /// Each process's clock (UTC on virtual time): what the logic reads.
+    clocks: audit::Clocks,
+    /// Every process's audit log, when the seed keeps one.
+    audit: Option<audit::SimAudit>,
 }
 
 /// What outlives every process dying at once: the disk, the files the sinks
 /// wrote, and the simulation's own record of the run.
 struct Crashed {
     disk: crate::sim::disk::SharedDisk,
+    /// The audit log's disk, when the seed keeps one.
+    audit_disk: Option<crate::sim::disk::SharedDisk>,
+    /// Where the next life's clocks go on from.
+    clocks_after: (u64, u64),
     output_text: SharedBytes,
     dead_letter_text: SharedBytes,
     stats: super::SimStats,
@@ -305,6 +315,7 @@ pub(super) fn simulate<K, V, S, O>(
     logic: Logic<K, V, S, O>,
     inputs: &[(&str, Bytes)],
     expected_lines: u64,
+    audit: super::AuditSetup,
 ) -> Finished
 where
     K: Key + Wire,
@@ -320,7 +331,7 @@ where
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut world = World::new(config, &logic, inputs, expected_lines, None);
+        let mut world = World::new(config, &logic, inputs, expected_lines, audit, None);
         let mut failure = world.run();
         let mut life = 0;
         while failure.is_none() && world.crashed {
@@ -338,7 +349,7 @@ where
                         next_store_id,
                         life,
                     };
-                    world = World::new(config, &logic, inputs, expected_lines, Some(recovery));
+                    world = World::new(config, &logic, inputs, expected_lines, audit, Some(recovery));
                     failure = world.run();
                 }
                 Err(e) => {
@@ -347,6 +358,7 @@ where
                         sim: SimOutcome::failed_before_running(config.seed, failure),
                         output: Vec::new(),
                         dead_letters: Vec::new(),
+                        audit: None,
                     };
                 }
             }
@@ -365,6 +377,7 @@ where
             sim: SimOutcome::failed_before_running(config.seed, failure),
             output: Vec::new(),
             dead_letters: Vec::new(),
+            audit: None,
         }
     })
 }
@@ -671,8 +684,10 @@ where
         logic: &Logic<K, V, S, O>,
         inputs: &[(&str, Bytes)],
         expected_lines: u64,
+        setup: super::AuditSetup,
         recovery: Option<Recovery>,
     ) -> Self {
+        let audit_plan = setup.plan;
         let source_names: Vec<String> = inputs.iter().map(|(name, _)| name.to_string()).collect();
         let mut rng = SplitMix64::new(config.seed);
         let buggify = Buggify {
@@ -687,7 +702,8 @@ where
             checkpoint_interval_ms: [None, Some(20), Some(100), Some(1000)][rng.below(4) as usize],
         };
         let depths = Depths::draw(&mut rng);
-        let output_ids = buggify.output_ids;
+        // The audit log keeps every output line's input id (its lineage).
+        let output_ids = buggify.output_ids || audit_plan.is_some();
         let (output_text, dead_letter_text) = match &recovery {
             Some(r) => (r.crashed.output_text.clone(), r.crashed.dead_letter_text.clone()),
             None => (SharedBytes::default(), SharedBytes::default()),
@@ -707,6 +723,17 @@ where
         let mut shards = ShardCore::build_range(logic, total, 0..total, limits);
         if buggify.output_ids {
             shards.iter_mut().for_each(ShardCore::collect_output_ids);
+        }
+        let clocks = audit::Clocks::new(
+            config.processes,
+            config.seed,
+            recovery.as_ref().map(|r| r.crashed.clocks_after),
+        );
+        for core in &mut shards {
+            core.set_clock(clocks.of(layout.process_of(core.index())));
+            if audit_plan.is_some() {
+                core.enable_audit();
+            }
         }
         if config.bugs.no_dedup {
             shards.iter_mut().for_each(ShardCore::disable_dedup_for_testing);
@@ -755,7 +782,7 @@ where
                 Some(driver)
             })
             .collect();
-        let readers = inputs
+        let mut readers: Vec<Reader> = inputs
             .iter()
             .enumerate()
             .map(|(source, (_, input))| {
@@ -769,6 +796,28 @@ where
             })
             .collect();
         let net = Net::new(config, &mut rng, buggify.net, buggify.producer_depth_frames);
+        let mut audit_failure = None;
+        let mut audit = audit_plan.and_then(|plan| {
+            // A disk of its own (the audit dir), which a crash hits too.
+            let disk = match recovery.as_ref().and_then(|r| r.crashed.audit_disk.clone()) {
+                Some(disk) => disk,
+                None => crate::sim::disk::SharedDisk::new(crate::sim::disk::SimDisk::new(
+                    config.seed ^ 0xa0d1_7d15_c0de,
+                )),
+            };
+            let incarnations: Vec<u64> = (0..config.processes).map(|p| net.incarnation(p)).collect();
+            audit::SimAudit::start(plan, disk, &layout, buggify.batch_max, &clocks, &incarnations)
+                .map_err(|e| audit_failure = Some(e))
+                .ok()
+        });
+        if let Some(audit) = &audit {
+            for reader in &mut readers {
+                reader.record_input(verity_core::source::InputAudit {
+                    out: audit.out(0),
+                    clock: clocks.of(0),
+                });
+            }
+        }
         // Checkpoints onto the simulated disk, as production writes them
         // into the state dir.
         let disk = match &recovery {
@@ -795,7 +844,7 @@ where
         let job = verity_core::cluster::Job {
             app: config.app.name().to_string(),
             final_counts: config.final_counts,
-            max_quote_age_ms: None,
+            max_quote_age_ms: setup.max_quote_age_ms,
             sources: config.streams,
             batch_max: buggify.batch_max as u32,
             queue_depth_batches: verity_core::RunConfig::default().queue_depth_batches as u32,
@@ -848,6 +897,20 @@ where
             file.expect_commits_from(resumed + 1);
         }
         let output_lines = line_count(&output_text.bytes());
+        if let Some(audit) = &mut audit {
+            // Output lines are numbered on from those a recovery kept.
+            let lines_before = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(output_lines));
+            writer = writer.with_audit(verity_core::audit::OutputAudit::new(
+                audit.out(0),
+                clocks.of(0),
+                lines_before,
+            ));
+            if let Some(restart) = restart {
+                let recorded =
+                    audit.recovered(clocks.of(0).now_us(), restart.meta.checkpoint, restart.store_id);
+                audit_failure = audit_failure.or(recorded.err());
+            }
+        }
         let mut world = World {
             config,
             layout,
@@ -908,7 +971,12 @@ where
             recovered: recovery.is_some(),
             life: recovery.as_ref().map_or(0, |r| r.life),
             restart_watch: restart::RestartWatch::new(config.processes),
+            clocks,
+            audit,
         };
+        if let Some(failure) = audit_failure {
+            world.net.failure.get_or_insert(failure);
+        }
         if let Some(recovery) = recovery {
             let crashed = recovery.crashed;
             (world.stats, world.trace_hash, world.trace, world.events) =
@@ -1043,6 +1111,7 @@ where
                 break;
             }
             self.now_us = next.time_us;
+            self.clocks.set_now(self.now_us);
             self.events += 1;
             self.handle(next.event);
             if let Some(failure) = self.net.failure.take() {
@@ -1087,8 +1156,14 @@ where
     /// synced).
     fn crash(self) -> Crashed {
         self.disk.crash();
+        let audit_disk = self.audit.map(|audit| {
+            audit.disk.crash();
+            audit.disk
+        });
         Crashed {
             disk: self.disk,
+            audit_disk,
+            clocks_after: self.clocks.continued(self.now_us),
             output_text: self.output_text,
             dead_letter_text: self.dead_letter_text,
             stats: self.stats,
@@ -1148,6 +1223,11 @@ where
                     self.checkpoints_requested = writer.tick(now_ms);
                 }
                 self.check_checkpoint_requested(now_ms);
+                for process in 0..self.config.processes {
+                    if !self.paused(process) {
+                        self.audit_turn(process);
+                    }
+                }
                 self.tick();
                 self.poll_waiting_shards();
                 self.tick_lifecycles();
@@ -1266,6 +1346,54 @@ where
         Ok(())
     }
 
+    /// A turn of `process`'s audit side thread; true if it wrote anything.
+    pub(super) fn audit_turn(&mut self, process: u32) -> bool {
+        let Some(audit) = &mut self.audit else {
+            return false;
+        };
+        audit.turn(process, self.now_us).unwrap_or_else(|e| {
+            self.net.failure.get_or_insert(e);
+            false
+        })
+    }
+
+    /// The audit logs at the end of the run: each running process records
+    /// how it ended and syncs; the disk and the chain heads, to check.
+    fn finish_audit(
+        &mut self,
+        failure: Option<&String>,
+        failure_injected: bool,
+    ) -> Option<super::AuditedRun> {
+        let audit = self.audit.take()?;
+        let outcome = match failure {
+            Some(failure) => format!("failed: {failure}"),
+            None if failure_injected => "failed (injected)".to_string(),
+            None if self.lifecycles.stop_requested_at_us.is_some() => "stopped".to_string(),
+            None => "done".to_string(),
+        };
+        let mut counts = vec![[0; 3]; self.config.processes as usize];
+        for driver in self.drivers.iter().flatten() {
+            let c = driver.counters();
+            let process = self.layout.process_of(driver.core().index()) as usize;
+            for (total, n) in counts[process]
+                .iter_mut()
+                .zip([c.records_in, c.records_out, c.dead_lettered])
+            {
+                *total += n;
+            }
+        }
+        let utc_us = self.clocks.of(0).now_us();
+        let plan = audit.plan;
+        let (written, full_queues) = (audit.records, audit.full_queues);
+        self.stats.add("audit_records", written);
+        self.stats.add("audit_full_queues", full_queues);
+        Some(super::AuditedRun {
+            plan,
+            finished: audit.finish(utc_us, &outcome, |p| counts[p as usize]),
+            lives: self.life + 1,
+        })
+    }
+
     pub(super) fn local_clock_ms(&self, process: u32) -> u64 {
         let offset = self.processes[process as usize].clock_offset_us;
         (self.now_us as i64 + offset).max(0) as u64 / 1000
@@ -1301,6 +1429,8 @@ where
                     .err();
             }
         }
+        // After the writer, whose last lineage records it flushed.
+        let audit = self.finish_audit(failure.as_ref(), failure_injected);
         let protocol = self.net.protocol_stats();
         self.stats.add("full_windows", protocol.full_windows);
         self.stats.add("retransmitted_frames", protocol.frames_resent);
@@ -1324,6 +1454,7 @@ where
             },
             output: self.output_text.take(),
             dead_letters: self.dead_letter_text.take(),
+            audit,
         }
     }
 

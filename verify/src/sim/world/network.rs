@@ -410,6 +410,11 @@ impl Net {
         format!("channels holding frames: {}", busy.join("; "))
     }
 
+    /// `process`'s protocol incarnation (a new one after a restart).
+    pub(super) fn incarnation(&self, process: u32) -> u64 {
+        self.protocols[process as usize].incarnation()
+    }
+
     /// The protocols' counters, summed over the real processes.
     pub(super) fn protocol_stats(&self) -> ProtocolStats {
         let mut sum = ProtocolStats::default();

@@ -117,6 +117,13 @@ impl Reader {
     /// Continues the source from a checkpoint (a recovered cluster): the
     /// production dealer goes on at the cut, and the production line reader
     /// reads from the cut's byte on; a source that had ended reads nothing.
+    /// Records the receipt of every chunk in the audit log.
+    pub(super) fn record_input(&mut self, audit: verity_core::source::InputAudit) {
+        if let Some(dealer) = &mut self.dealer {
+            dealer.record_input(audit);
+        }
+    }
+
     pub(super) fn resume(&mut self, checkpoint: u64, at: &SourceMeta, buggify: &Buggify, bugs: ReaderBugs) {
         let dealer = self.dealer.as_mut().expect("a reader that has not started");
         match at {
@@ -287,8 +294,11 @@ where
         }
     }
 
-    fn try_audit(&mut self, _records: Vec<u8>) -> Sent<Vec<u8>> {
-        unreachable!("the simulator's shards keep no audit log yet")
+    fn try_audit(&mut self, records: Vec<u8>) -> Sent<Vec<u8>> {
+        let process = self.world.layout.process_of(self.shard);
+        let audit =
+            (self.world.audit.as_mut()).expect("audit records from a shard of a seed without an audit log");
+        audit.try_submit(process, records)
     }
 
     fn try_checkpoint(&mut self, part: CheckpointPart) -> Sent<CheckpointPart> {
@@ -464,6 +474,11 @@ where
             }
             for shard in shards.clone() {
                 progressed |= self.step_shard(shard);
+            }
+            // The process's audit side thread runs beside its shards, now
+            // and then: a shard may find its queue full and wait.
+            if self.audit.is_some() && self.rng.chance(1, 2) {
+                progressed |= self.audit_turn(process);
             }
             if process == 0 {
                 progressed |= self.relay_outputs();

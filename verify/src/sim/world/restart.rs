@@ -189,6 +189,9 @@ where
             ));
         }
         self.stats.fault("restart");
+        if let Some(audit) = &mut self.audit {
+            audit.kill(process);
+        }
         let down_us = RESTART_DOWN_MIN_US + self.rng.below(RESTART_DOWN_SPREAD_US);
         self.trace(format_args!(
             "fault: process {process} dies alone (kill -9) and starts again in {down_us} us"
@@ -229,6 +232,19 @@ where
         p.dead = false;
         p.paused_until_us = 0;
         let incarnation = self.restart_network(process);
+        if let Some(audit) = &mut self.audit {
+            // Its audit log goes on in a new segment, as a new life.
+            let opened = audit.open(
+                process,
+                &self.layout,
+                self.buggify.batch_max,
+                &self.clocks,
+                incarnation,
+            );
+            if let Err(e) = opened {
+                self.net.failure.get_or_insert(e);
+            }
+        }
         self.trace(format_args!(
             "process {process} starts again after {down_ms} ms: a new life (incarnation {incarnation:#x}), no channel state"
         ));
