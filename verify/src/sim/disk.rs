@@ -167,8 +167,12 @@ impl SimDisk {
     /// Drops inodes no namespace names any more: nothing can reach them again.
     fn forget_unlinked(&mut self) {
         // A set first: an audit log in small segments names thousands.
-        let named: std::collections::BTreeSet<InodeId> =
-            self.current.values().chain(self.durable.values()).copied().collect();
+        let named: std::collections::BTreeSet<InodeId> = self
+            .current
+            .values()
+            .chain(self.durable.values())
+            .copied()
+            .collect();
         self.inodes.retain(|id, _| named.contains(id));
     }
 

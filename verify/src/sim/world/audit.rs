@@ -88,7 +88,7 @@ impl Clocks {
             None => SIM_EPOCH_UTC_US,
         };
         let now_us = Arc::new(AtomicU64::new(0));
-        let mut rng = SplitMix64::new(seed ^ 0xc10c_5e7f_a11_5eed);
+        let mut rng = SplitMix64::new(seed ^ 0x0c10_c5e7_fa11_5eed);
         let processes = (0..processes)
             .map(|_| {
                 Arc::new(SimClock {
