@@ -18,7 +18,7 @@ use verity_core::connector::sources::{line_reader, line_reader_at};
 use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
 use verity_core::shard::{Batch, CheckpointPart, ShardCore, ShardCounters, ShardLimits};
-use verity_core::sink::{DeadLetterWriter, OutputWriter};
+use verity_core::sink::{DeadLetterWriter, OutputLoop, OutputWriter};
 use verity_core::source::{Dealer, ReaderBugs, SourceEvent, LINE_SIZE_MAX_BYTES};
 use verity_core::{Key, Rng, SplitMix64, Wire};
 use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
@@ -26,6 +26,7 @@ use verity_net::liveness::LivenessConfig;
 
 mod control;
 mod network;
+mod output;
 mod processes;
 mod restart;
 use network::{Net, NetEvent, PEER_LOST_MS};
@@ -78,6 +79,8 @@ enum Event {
     },
     Net(NetEvent),
     Tick,
+    /// Process 0's output thread's wait for a message runs out.
+    OutputWake,
     Cut {
         a: u32,
         b: u32,
@@ -229,15 +232,11 @@ struct World<'a, K, V, S, O> {
     sources_closed: bool,
     buggify: Buggify,
     depths: Depths,
-    /// Process 0's output thread: the production writer, into memory.
-    /// `None` once the run finished it.
-    writer: Option<OutputWriter>,
-    /// Barriers process 0's output thread asked the readers for.
-    checkpoints_requested: u64,
+    /// Process 0's output thread: the production loop and writer, into
+    /// memory.
+    output: output::OutputThread,
     /// The checkpoint this life recovered from (0 for none).
     checkpoints_resumed: u64,
-    /// Process 0's clock when the output writer was first ticked.
-    first_writer_tick_ms: Option<u64>,
     /// Per shard: the newest checkpoint whose part it gave the writer.
     checkpoint_parts: Vec<u64>,
     output_text: SharedBytes,
@@ -877,13 +876,14 @@ where
             sources_closed: false,
             buggify,
             depths,
-            writer: Some(match checkpointer {
-                Some(checkpointer) => writer.with_checkpoints(checkpointer),
-                None => writer,
-            }),
-            checkpoints_requested: resumed,
+            output: output::OutputThread::new(OutputLoop::new(
+                match checkpointer {
+                    Some(checkpointer) => writer.with_checkpoints(checkpointer),
+                    None => writer,
+                },
+                Default::default(),
+            )),
             checkpoints_resumed: resumed,
-            first_writer_tick_ms: None,
             checkpoint_parts: vec![resumed; total as usize],
             output_text,
             output_lines,
@@ -926,6 +926,7 @@ where
         world.wire_channels();
         world.wire_control_channels();
         world.schedule_start();
+        world.start_output();
         world.start_lifecycles();
         world.schedule_network_faults();
         world
@@ -1142,12 +1143,9 @@ where
         match event {
             Event::Release { source, available } => self.release(source, available),
             Event::Net(event) => self.handle_net(event),
+            Event::OutputWake => self.output_wake(),
             Event::Tick => {
-                let now_ms = self.local_clock_ms(0);
-                if let Some(writer) = &mut self.writer {
-                    self.checkpoints_requested = writer.tick(now_ms);
-                }
-                self.check_checkpoint_requested(now_ms);
+                self.check_checkpoint_requested();
                 self.tick();
                 self.poll_waiting_shards();
                 self.tick_lifecycles();
@@ -1228,23 +1226,6 @@ where
         }
     }
 
-    /// Checkpoints are asked for: the first one of a life when its
-    /// interval has passed since the writer's first tick (as
-    /// `Checkpointer::tick` promises). A writer that never asks loses no
-    /// output, only every checkpoint a recovery would need.
-    fn check_checkpoint_requested(&mut self, now_ms: u64) {
-        let (Some(interval_ms), Some(_)) = (self.buggify.checkpoint_interval_ms, &self.writer) else {
-            return;
-        };
-        let first = *self.first_writer_tick_ms.get_or_insert(now_ms);
-        if self.checkpoints_requested <= self.checkpoints_resumed && now_ms >= first + interval_ms {
-            self.net.failure.get_or_insert(format!(
-                "checkpoints: none requested {} ms after the output writer's first tick (interval {interval_ms} ms)",
-                now_ms - first
-            ));
-        }
-    }
-
     /// The output writer finished as the output thread must: both sinks
     /// committed the end of input, and it counts the dead letters written.
     fn check_finished_sinks(&self, finished: Result<u64, String>) -> Result<(), String> {
@@ -1292,13 +1273,9 @@ where
             .then(|| self.readers.iter().map(Reader::read_bytes).collect());
         // As the output thread once every sender is gone: commit both sinks.
         let mut failure = failure;
-        if let Some(writer) = self.writer.take() {
-            self.stats.add("checkpoints", writer.checkpoints_completed());
-            let finished = writer.finish();
+        if let Some(finished) = self.finish_output() {
             if failure.is_none() && !self.crashed {
-                failure = self
-                    .check_finished_sinks(finished.map_err(|e| e.to_string()))
-                    .err();
+                failure = self.check_finished_sinks(finished).err();
             }
         }
         let protocol = self.net.protocol_stats();

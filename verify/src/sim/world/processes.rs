@@ -406,7 +406,7 @@ where
                     }
                 }
             }
-            let requested = self.checkpoints_requested;
+            let requested = self.output.progress().requested.load(Ordering::Relaxed);
             if !self.readers[source as usize].read_and_deal(requested) {
                 return progressed;
             }
@@ -593,9 +593,8 @@ where
             }
             OutputMessage::Checkpoint(part) => self.checkpoint_parts[shard as usize] = part.checkpoint,
         }
-        let writer = self.writer.as_mut().expect("the writer finishes with the world");
         let crashes = self.disk.stats().crashes;
-        if let Err(e) = writer.write(shard, message) {
+        if let Err(e) = self.output_message(shard, message) {
             if self.disk.stats().crashes > crashes {
                 // The armed crash: the process died halfway through writing
                 // a checkpoint, and so does every other one.
@@ -611,7 +610,10 @@ where
         }
         // Once every shard's part of a checkpoint is in, it is complete.
         let all_in = self.checkpoint_parts.iter().copied().min().unwrap_or(0);
-        let completed = writer.checkpoints_completed();
+        let completed = self
+            .output
+            .output()
+            .map_or(0, |o| o.writer().checkpoints_completed());
         if completed < all_in {
             self.net.failure.get_or_insert(format!(
                 "checkpoint {all_in}: every shard's part is in, but the output writer completed only {completed}"
