@@ -425,9 +425,8 @@ pub fn ended() -> OpenSource {
 /// `requested` a look.
 pub fn pump(source: OpenSource, stop: &AtomicBool, progress: &ReaderProgress, mut dealer: Dealer<'_>) {
     let mut reading = ReadLoop::new(source.partitions);
-    let mut committed = 0;
     let outcome = loop {
-        if let Err(e) = commit_checkpoints(&mut reading, &mut dealer, progress, &mut committed) {
+        if let Err(e) = reading.commit_completed(&mut dealer, progress.committed.load(Ordering::Relaxed)) {
             break Err(e);
         }
         let stopping = stop.load(Ordering::Relaxed);
@@ -442,35 +441,8 @@ pub fn pump(source: OpenSource, stop: &AtomicBool, progress: &ReaderProgress, mu
     dealer.finish(outcome.err().map(|e| e.to_string()));
     // The readers stay until the run's output is final: a source that acks
     // its upstream on commit acks the rest then (or never, if the run failed).
-    loop {
-        match progress.committed.load(Ordering::Relaxed) {
-            ReaderProgress::ALL if !failed => {
-                if let Err(e) = reading.commit(&end) {
-                    log::warn!("a source's last commit failed: {e}");
-                }
-                return;
-            }
-            ReaderProgress::ALL | ReaderProgress::ABANDONED => return,
-            _ => std::thread::sleep(STOP_POLL_INTERVAL),
-        }
-    }
-}
-
-/// Commits the cut of each checkpoint completed since the last look.
-fn commit_checkpoints(
-    reading: &mut ReadLoop,
-    dealer: &mut Dealer<'_>,
-    progress: &ReaderProgress,
-    committed: &mut u64,
-) -> Result<(), SourceError> {
-    let completed = progress.committed.load(Ordering::Relaxed);
-    if completed <= *committed || completed >= ReaderProgress::ABANDONED {
-        return Ok(());
-    }
-    *committed = completed;
-    match dealer.cut_upto(completed) {
-        Some(cut) => reading.commit(&cut),
-        None => Ok(()),
+    while !reading.after_end(&end, failed, progress.committed.load(Ordering::Relaxed)) {
+        std::thread::sleep(STOP_POLL_INTERVAL);
     }
 }
 
@@ -521,6 +493,8 @@ pub struct ReadLoop {
     ended: Vec<(u32, Box<dyn SourceReader>)>,
     /// Index into `partitions` of the next one to pull.
     turn: usize,
+    /// The newest complete checkpoint whose cut was committed.
+    committed: u64,
     /// Idle reads in a row, across partitions.
     idle_reads: usize,
     bugs: ReaderBugs,
@@ -532,6 +506,7 @@ impl ReadLoop {
             partitions,
             ended: Vec::new(),
             turn: 0,
+            committed: 0,
             idle_reads: 0,
             bugs: ReaderBugs::default(),
         }
@@ -607,6 +582,37 @@ impl ReadLoop {
             }
         }
         Ok(())
+    }
+
+    /// Commits the cut of the newest checkpoint complete (`completed`, as
+    /// `ReaderProgress::committed` says) if it is newer than the last one
+    /// committed. Both drivers call it before each turn.
+    pub fn commit_completed(&mut self, dealer: &mut Dealer<'_>, completed: u64) -> Result<(), SourceError> {
+        if completed <= self.committed || completed >= ReaderProgress::ABANDONED {
+            return Ok(());
+        }
+        self.committed = completed;
+        match dealer.cut_upto(completed) {
+            Some(cut) => self.commit(&cut),
+            None => Ok(()),
+        }
+    }
+
+    /// After the source ended at `end` (`failed` if it failed), given what
+    /// the output thread says (`committed`): true once the reader is done.
+    /// When every output is final (`ALL`), an unfailed source commits
+    /// everything read; an abandoned run commits nothing more.
+    pub fn after_end(&mut self, end: &SourceCut, failed: bool, committed: u64) -> bool {
+        match committed {
+            ReaderProgress::ALL if !failed => {
+                if let Err(e) = self.commit(end) {
+                    log::warn!("a source's last commit failed: {e}");
+                }
+                true
+            }
+            ReaderProgress::ALL | ReaderProgress::ABANDONED => true,
+            _ => false,
+        }
     }
 
     fn end_partition(&mut self) -> ReadStep {

@@ -29,6 +29,7 @@ mod network;
 mod output;
 mod processes;
 mod restart;
+mod upstream;
 use network::{Net, NetEvent, PEER_LOST_MS};
 use processes::Reader;
 
@@ -278,6 +279,8 @@ struct World<'a, K, V, S, O> {
 /// wrote, and the simulation's own record of the run.
 struct Crashed {
     disk: crate::sim::disk::SharedDisk,
+    /// Per source: the bytes its upstream was told it may forget.
+    forgotten: Vec<u64>,
     output_text: SharedBytes,
     dead_letter_text: SharedBytes,
     stats: super::SimStats,
@@ -764,6 +767,9 @@ where
                     let at = &restart.meta.sources[source];
                     reader.resume(restart.meta.checkpoint, at, &buggify, config.bugs.reader);
                 }
+                if let Some(recovery) = &recovery {
+                    reader.recovering(recovery.crashed.forgotten[source]);
+                }
                 reader
             })
             .collect();
@@ -1090,6 +1096,7 @@ where
         self.disk.crash();
         Crashed {
             disk: self.disk,
+            forgotten: self.readers.iter().map(|r| r.forgotten().0).collect(),
             output_text: self.output_text,
             dead_letter_text: self.dead_letter_text,
             stats: self.stats,
@@ -1276,6 +1283,15 @@ where
         if let Some(finished) = self.finish_output() {
             if failure.is_none() && !self.crashed {
                 failure = self.check_finished_sinks(finished).err();
+            }
+            let committed = self
+                .output
+                .progress()
+                .committed
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.readers.iter_mut().for_each(|r| r.after_output(committed));
+            if failure.is_none() && !self.crashed && !failure_injected {
+                failure = self.check_sources_committed_to_their_end().err();
             }
         }
         let protocol = self.net.protocol_stats();

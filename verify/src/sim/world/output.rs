@@ -32,6 +32,9 @@ pub(super) struct OutputThread {
     last_request: Option<(u64, u64, i64)>,
     /// Process 0's clock when the newest checkpoint completed.
     completed_at_ms: Option<u64>,
+    /// Per checkpoint, per source: the byte its cut stands at (from the
+    /// shards' parts), if the source had read any and not ended.
+    cuts: BTreeMap<u64, Vec<Option<u64>>>,
 }
 
 impl OutputThread {
@@ -46,7 +49,13 @@ impl OutputThread {
             seen_completed: resumed,
             last_request: None,
             completed_at_ms: None,
+            cuts: BTreeMap::new(),
         }
+    }
+
+    /// Where checkpoint `checkpoint` cut `source`, if known.
+    pub(super) fn cut(&self, checkpoint: u64, source: u32) -> Option<u64> {
+        *self.cuts.get(&checkpoint)?.get(source as usize)?
     }
 
     pub(super) fn progress(&self) -> &ReaderProgress {
@@ -87,6 +96,15 @@ where
     /// A message for the sinks, as the output thread takes it off its
     /// queue: written, then a tick.
     pub(super) fn output_message(&mut self, shard: u32, message: OutputMessage) -> Result<(), OutputError> {
+        if let OutputMessage::Checkpoint(part) = &message {
+            let cuts = self.output.cuts.entry(part.checkpoint).or_default();
+            cuts.resize(part.cuts.len(), None);
+            for (source, cut) in part.cuts.iter().enumerate() {
+                if let Some(bytes) = cut.as_ref().and_then(upstream::cut_bytes) {
+                    cuts[source] = Some(bytes);
+                }
+            }
+        }
         let output = self
             .output
             .output

@@ -76,6 +76,10 @@ pub(super) struct Reader {
     reading: ReadLoop,
     /// `None` once the source ended.
     dealer: Option<Dealer<'static>>,
+    /// Once the source ended: where, and whether it failed.
+    end: Option<(SourceCut, bool)>,
+    /// What its upstream was told it may forget.
+    forgotten: Arc<std::sync::Mutex<upstream::Forgotten>>,
     arrival: Arc<Arrival>,
     /// Dealt events their shard's queue had no room for yet: the reader
     /// blocks on them, as production's blocks in `send`.
@@ -96,7 +100,12 @@ impl Reader {
                 DEALT.with(|dealt| dealt.borrow_mut().push((shard as u32, event)));
                 true
             }));
-        let partition = line_reader(input, buggify.chunk_bytes, buggify.line_max_bytes);
+        let forgotten = Arc::default();
+        let partition = upstream::Committing {
+            inner: line_reader(input, buggify.chunk_bytes, buggify.line_max_bytes),
+            forgotten: Arc::clone(&forgotten),
+        };
+        let partition: Box<dyn verity_core::connector::SourceReader> = Box::new(partition);
         Reader {
             source,
             data: data.clone(),
@@ -104,6 +113,8 @@ impl Reader {
             stopping: false,
             reading: ReadLoop::new(vec![(0, partition)]).with_bugs(bugs),
             dealer: Some(Dealer::new(source, shards as usize, send)),
+            end: None,
+            forgotten,
             arrival,
             outbox: VecDeque::new(),
             stalled: false,
@@ -132,8 +143,10 @@ impl Reader {
                     pos: bytes as usize,
                     arrival: Arc::clone(&self.arrival),
                 };
-                let partition =
-                    line_reader_at(input, buggify.chunk_bytes, buggify.line_max_bytes, (bytes, lines));
+                let partition = Box::new(upstream::Committing {
+                    inner: line_reader_at(input, buggify.chunk_bytes, buggify.line_max_bytes, (bytes, lines)),
+                    forgotten: Arc::clone(&self.forgotten),
+                });
                 self.reading = ReadLoop::new(vec![(0, partition)]).with_bugs(bugs);
                 self.read_bytes = bytes as usize;
             }
@@ -149,12 +162,46 @@ impl Reader {
         }
     }
 
+    /// A recovered cluster's reader, whose upstream already forgot
+    /// `forgotten` bytes: no recovery may resume before them.
+    pub(super) fn recovering(&mut self, forgotten: u64) {
+        let resumes_at = self.read_bytes as u64;
+        assert!(
+            resumes_at >= forgotten,
+            "source {}: the recovery resumes it at byte {resumes_at}, but its upstream was told it may forget              up to byte {forgotten} (a commit before its checkpoint was durable?)",
+            self.source
+        );
+        self.forgotten.lock().unwrap_or_else(|p| p.into_inner()).bytes = forgotten;
+    }
+
+    /// Bytes its upstream may forget, and a commit that went wrong.
+    pub(super) fn forgotten(&self) -> (u64, Option<String>) {
+        let forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        (forgotten.bytes, forgotten.wrong.clone())
+    }
+
+    pub(super) fn source(&self) -> u32 {
+        self.source
+    }
+
+    /// Every output is final (`committed`, as the output thread says):
+    /// the production reader loop's last commit.
+    pub(super) fn after_output(&mut self, committed: u64) {
+        if let Some((end, failed)) = &self.end {
+            self.reading.after_end(end, *failed, committed);
+        }
+    }
+
     /// Set the stop flag (`Action::StopSources`).
     pub(super) fn stop(&mut self) {
         self.stopping = true;
     }
 
     /// Bytes of the source dealt so far.
+    fn is_reading(&self) -> bool {
+        self.dealer.is_some()
+    }
+
     pub(super) fn read_bytes(&self) -> usize {
         self.read_bytes
     }
@@ -203,15 +250,19 @@ impl Reader {
 
     /// One step of the production reader loop; false if nothing could be
     /// read now (an idle read: the thread would wait in its read).
-    fn read_and_deal(&mut self, requested: u64) -> bool {
+    fn read_and_deal(&mut self, requested: u64, completed: u64) -> bool {
         let Some(dealer) = self.dealer.as_mut() else {
             return false;
         };
-        match self.reading.turn(dealer, self.stopping, requested) {
+        let step = match self.reading.commit_completed(dealer, completed) {
+            Ok(()) => self.reading.turn(dealer, self.stopping, requested),
+            Err(e) => Err(e),
+        };
+        match step {
             Ok(ReadStep::Dealt) => {}
             Ok(ReadStep::Idle) => return false,
-            Ok(ReadStep::Ended | ReadStep::ShardsGone) => self.dealer.take().expect("not ended").finish(None),
-            Err(e) => self.dealer.take().expect("not ended").finish(Some(e.to_string())),
+            Ok(ReadStep::Ended | ReadStep::ShardsGone) => self.end_source(None),
+            Err(e) => self.end_source(Some(e.to_string())),
         }
         DEALT.with(|dealt| {
             for (_, event) in dealt.borrow().iter() {
@@ -226,6 +277,14 @@ impl Reader {
             self.outbox.extend(dealt.borrow_mut().drain(..))
         });
         true
+    }
+}
+
+impl Reader {
+    fn end_source(&mut self, failure: Option<String>) {
+        let dealer = self.dealer.take().expect("not ended");
+        self.end = Some((dealer.cut(), failure.is_some()));
+        dealer.finish(failure);
     }
 }
 
@@ -406,8 +465,15 @@ where
                     }
                 }
             }
-            let requested = self.output.progress().requested.load(Ordering::Relaxed);
-            if !self.readers[source as usize].read_and_deal(requested) {
+            let progress = self.output.progress();
+            let requested = progress.requested.load(Ordering::Relaxed);
+            let completed = progress.committed.load(Ordering::Relaxed);
+            let reading = self.readers[source as usize].is_reading();
+            let dealt = self.readers[source as usize].read_and_deal(requested, completed);
+            if reading {
+                self.check_source_commit(source, completed);
+            }
+            if !dealt {
                 return progressed;
             }
             progressed = true;
