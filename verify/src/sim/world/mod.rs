@@ -1284,14 +1284,8 @@ where
             if failure.is_none() && !self.crashed {
                 failure = self.check_finished_sinks(finished).err();
             }
-            let committed = self
-                .output
-                .progress()
-                .committed
-                .load(std::sync::atomic::Ordering::Relaxed);
-            self.readers.iter_mut().for_each(|r| r.after_output(committed));
-            if failure.is_none() && !self.crashed && !failure_injected {
-                failure = self.check_sources_committed_to_their_end().err();
+            if failure.is_none() && !self.crashed {
+                failure = self.release_readers(failure_injected).err();
             }
         }
         let protocol = self.net.protocol_stats();

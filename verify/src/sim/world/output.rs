@@ -53,6 +53,11 @@ impl OutputThread {
         }
     }
 
+    /// The newest checkpoint complete, as it published.
+    pub(super) fn completed(&self) -> u64 {
+        self.seen_completed
+    }
+
     /// Where checkpoint `checkpoint` cut `source`, if known.
     pub(super) fn cut(&self, checkpoint: u64, source: u32) -> Option<u64> {
         *self.cuts.get(&checkpoint)?.get(source as usize)?

@@ -186,9 +186,18 @@ impl Reader {
 
     /// Every output is final (`committed`, as the output thread says):
     /// the production reader loop's last commit.
-    pub(super) fn after_output(&mut self, committed: u64) {
-        if let Some((end, failed)) = &self.end {
-            self.reading.after_end(end, *failed, committed);
+    /// True if the reader is done then, as its thread must be.
+    /// `ReaderProgress::ABANDONED` instead: the run ended without its output
+    /// final (production's runtime says so as it returns), and a reader
+    /// still reading takes one more look before its process exits.
+    pub(super) fn after_output(&mut self, committed: u64) -> bool {
+        if let Some(dealer) = self.dealer.as_mut() {
+            let _ = self.reading.commit_completed(dealer, committed);
+            return true;
+        }
+        match &self.end {
+            Some((end, failed)) => self.reading.after_end(end, *failed, committed),
+            None => true,
         }
     }
 

@@ -8,8 +8,10 @@
 //! it read (else the upstream never learns it may let go).
 
 use super::*;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use verity_core::connector::{Position, Pull, SourceError, SourceReader};
+use verity_core::source::ReaderProgress;
 
 /// Bytes of a source its upstream was told it may forget; it outlives a
 /// crash, as the upstream does.
@@ -90,9 +92,47 @@ where
         }
     }
 
+    /// The run ended: every reader learns it and is done. After a run that
+    /// completed, every output is final and every reader committed all it
+    /// read; after one cut short (abandoned), none committed past the
+    /// newest complete checkpoint.
+    pub(super) fn release_readers(&mut self, abandoned: bool) -> Result<(), String> {
+        let committed = if abandoned {
+            ReaderProgress::ABANDONED
+        } else {
+            self.output.progress().committed.load(Relaxed)
+        };
+        for reader in &mut self.readers {
+            if !reader.after_output(committed) {
+                return Err(format!(
+                    "source {}: its reader is not done once the output thread says {committed}",
+                    reader.source()
+                ));
+            }
+        }
+        if !abandoned {
+            return self.check_sources_committed_to_their_end();
+        }
+        let newest = self.output.completed();
+        for reader in &self.readers {
+            let (forgotten, _) = reader.forgotten();
+            match self.output.cut(newest, reader.source()) {
+                Some(cut) if forgotten > cut => {
+                    return Err(format!(
+                        "source {}: the run was abandoned, and its upstream may forget up to byte {forgotten}, \
+                         past byte {cut}, where the newest complete checkpoint ({newest}) cuts it",
+                        reader.source()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Once every output is final and the run completed: every reader
     /// committed all it read.
-    pub(super) fn check_sources_committed_to_their_end(&self) -> Result<(), String> {
+    fn check_sources_committed_to_their_end(&self) -> Result<(), String> {
         for reader in &self.readers {
             let (forgotten, wrong) = reader.forgotten();
             if let Some(wrong) = wrong {
