@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -411,38 +411,17 @@ pub fn open_at(spec: SourceSpec, cut: &SourceCut) -> Result<OpenSource, SourceEr
     Ok(OpenSource { partitions })
 }
 
+impl OpenSource {
+    /// Its partitions in the reader loop that both drivers run.
+    pub fn into_read_loop(self) -> ReadLoop {
+        ReadLoop::new(self.partitions)
+    }
+}
+
 /// A source that had ended at a checkpoint: nothing is left to read.
 pub fn ended() -> OpenSource {
     OpenSource {
         partitions: Vec::new(),
-    }
-}
-
-/// Reads `source` to its end, dealing its chunks (the partitions' chunks take
-/// turns), and the barriers of the checkpoints `requested` asks for between
-/// them. Returns when the source ends, fails, or `stop` is set. An idle read
-/// (the reader waited for data and none came) only gives `stop` and
-/// `requested` a look.
-pub fn pump(source: OpenSource, stop: &AtomicBool, progress: &ReaderProgress, mut dealer: Dealer<'_>) {
-    let mut reading = ReadLoop::new(source.partitions);
-    let outcome = loop {
-        if let Err(e) = reading.commit_completed(&mut dealer, progress.committed.load(Ordering::Relaxed)) {
-            break Err(e);
-        }
-        let stopping = stop.load(Ordering::Relaxed);
-        match reading.turn(&mut dealer, stopping, progress.requested.load(Ordering::Relaxed)) {
-            Ok(ReadStep::Dealt | ReadStep::Idle) => {}
-            Ok(ReadStep::Ended | ReadStep::ShardsGone) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-    };
-    let end = dealer.cut();
-    let failed = outcome.is_err();
-    dealer.finish(outcome.err().map(|e| e.to_string()));
-    // The readers stay until the run's output is final: a source that acks
-    // its upstream on commit acks the rest then (or never, if the run failed).
-    while !reading.after_end(&end, failed, progress.committed.load(Ordering::Relaxed)) {
-        std::thread::sleep(STOP_POLL_INTERVAL);
     }
 }
 
@@ -786,6 +765,7 @@ pub type StopFlag = Arc<AtomicBool>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn pieces(input: &[u8], chunk: usize, line_max: usize) -> Vec<Piece> {
         let mut chunker = LineChunker::new(input, chunk, line_max);
@@ -909,7 +889,7 @@ mod tests {
         // The output is final at once: the reader ends after its source.
         let progress = ReaderProgress::default();
         progress.committed.store(ReaderProgress::ALL, Ordering::Relaxed);
-        pump(
+        crate::runtime::pump(
             opened,
             &AtomicBool::new(false),
             &progress,
@@ -991,7 +971,7 @@ mod tests {
             let progress = Arc::clone(&progress);
             std::thread::spawn(move || {
                 let mut send = |_, _| true;
-                pump(
+                crate::runtime::pump(
                     source,
                     &AtomicBool::new(false),
                     &progress,
@@ -1019,7 +999,7 @@ mod tests {
             .committed
             .store(ReaderProgress::ABANDONED, Ordering::Relaxed);
         let mut send = |_, _| true;
-        pump(
+        crate::runtime::pump(
             source,
             &AtomicBool::new(false),
             &progress,

@@ -10,6 +10,7 @@
 mod audit;
 mod output_thread;
 mod pinning;
+mod reader_thread;
 mod shard_loop;
 mod wiring;
 
@@ -32,6 +33,7 @@ use audit::ProcessAudit;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use output_thread::write_outputs;
 use pinning::Pinning;
+pub use reader_thread::pump;
 use shard_loop::{drive_shard, SourceErrors};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -682,7 +684,7 @@ where
                 if let Some((checkpoint, cut)) = &resume {
                     dealer.resume_at(*checkpoint, cut);
                 }
-                source::pump(source, &stop, &progress, dealer);
+                pump(source, &stop, &progress, dealer);
             },
         )?);
     }

@@ -14,7 +14,7 @@ use verity_core::cluster::codec::{
 };
 use verity_core::cluster::relay::OutputRelay;
 use verity_core::cluster::{channel_id, Layout};
-use verity_core::connector::sources::{line_reader, line_reader_at};
+use verity_core::connector::sources::line_reader_at;
 use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
 use verity_core::shard::{Batch, CheckpointPart, ShardCore, ShardCounters, ShardLimits};

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use verity_core::checkpoint::SourceMeta;
 use verity_core::cluster::relay::Relayed;
 use verity_core::connector::Position;
+use verity_core::connector::{SourceConnector, SourceError, SourceReader};
 use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait, Watch};
 use verity_core::line::DeadLetter;
 use verity_core::sink::{OutputBatch, OutputMessage};
-use verity_core::source::{ReadLoop, ReadStep, SourceCut};
+use verity_core::source::{self, ReadLoop, ReadStep, SourceCut, SourceSpec};
 
 /// How much of a source has arrived, and whether it is closed (then the
 /// reader sees its end once it read everything). Shared with the reader,
@@ -55,6 +56,46 @@ impl Read for SimInput {
     }
 }
 
+/// The simulated source's connector: one partition, the production line
+/// reader over what arrived, from its start or a checkpoint's position; its
+/// commits go to the upstream's record.
+struct SimConnector {
+    data: Bytes,
+    arrival: Arc<Arrival>,
+    chunk_bytes: usize,
+    line_max_bytes: usize,
+    forgotten: Arc<std::sync::Mutex<upstream::Forgotten>>,
+}
+
+impl SourceConnector for SimConnector {
+    fn kind(&self) -> &'static str {
+        "sim"
+    }
+
+    fn open(
+        &mut self,
+        source_name: &str,
+        partition: u32,
+        at: Option<Position>,
+    ) -> Result<Box<dyn SourceReader>, SourceError> {
+        assert_eq!(partition, 0, "{source_name} has one partition");
+        let (bytes, lines) = match at {
+            None => (0, 0),
+            Some(Position::Text { bytes, lines }) => (bytes, lines),
+            Some(other) => panic!("{source_name} is a text stream, not at {other:?}"),
+        };
+        let input = SimInput {
+            data: self.data.clone(),
+            pos: bytes as usize,
+            arrival: Arc::clone(&self.arrival),
+        };
+        Ok(Box::new(upstream::Committing {
+            inner: line_reader_at(input, self.chunk_bytes, self.line_max_bytes, (bytes, lines)),
+            forgotten: Arc::clone(&self.forgotten),
+        }))
+    }
+}
+
 /// One no-progress step in this many is followed by a spurious wakeup.
 const SPURIOUS_WAKEUP_ONE_IN: u64 = 4;
 
@@ -90,35 +131,42 @@ pub(super) struct Reader {
 impl Reader {
     pub(super) fn new(source: u32, data: Bytes, shards: u32, buggify: &Buggify, bugs: ReaderBugs) -> Reader {
         let arrival = Arc::new(Arrival::default());
-        let input = SimInput {
-            data: data.clone(),
-            pos: 0,
-            arrival: Arc::clone(&arrival),
-        };
         let send: &'static mut dyn FnMut(usize, SourceEvent) -> bool =
             Box::leak(Box::new(|shard: usize, event: SourceEvent| {
                 DEALT.with(|dealt| dealt.borrow_mut().push((shard as u32, event)));
                 true
             }));
-        let forgotten = Arc::default();
-        let partition = upstream::Committing {
-            inner: line_reader(input, buggify.chunk_bytes, buggify.line_max_bytes),
-            forgotten: Arc::clone(&forgotten),
-        };
-        let partition: Box<dyn verity_core::connector::SourceReader> = Box::new(partition);
-        Reader {
+        let mut reader = Reader {
             source,
             data: data.clone(),
             read_bytes: 0,
             stopping: false,
-            reading: ReadLoop::new(vec![(0, partition)]).with_bugs(bugs),
+            reading: source::ended().into_read_loop(),
             dealer: Some(Dealer::new(source, shards as usize, send)),
             end: None,
-            forgotten,
+            forgotten: Arc::default(),
             arrival,
             outbox: VecDeque::new(),
             stalled: false,
-        }
+        };
+        // Opened as production opens a source, from its start.
+        reader.reading = source::open(reader.spec(buggify))
+            .unwrap_or_else(|e| panic!("opening simulated source {source}: {e}"))
+            .into_read_loop()
+            .with_bugs(bugs);
+        reader
+    }
+
+    /// The source as production's runtime gets it: a connector.
+    fn spec(&self, buggify: &Buggify) -> SourceSpec {
+        let connector = SimConnector {
+            data: self.data.clone(),
+            arrival: Arc::clone(&self.arrival),
+            chunk_bytes: buggify.chunk_bytes,
+            line_max_bytes: buggify.line_max_bytes,
+            forgotten: Arc::clone(&self.forgotten),
+        };
+        SourceSpec::from_connector(&format!("sim-{}", self.source), Box::new(connector))
     }
 
     pub(super) fn len(&self) -> usize {
@@ -133,21 +181,15 @@ impl Reader {
         match at {
             SourceMeta::At(cut) => {
                 dealer.resume_at(checkpoint, cut);
-                let (bytes, lines) = match cut.positions[..] {
-                    [] => (0, 0),
-                    [(0, Position::Text { bytes, lines })] => (bytes, lines),
+                let bytes = match cut.positions[..] {
+                    [] => 0,
+                    [(0, Position::Text { bytes, .. })] => bytes,
                     ref other => panic!("a simulated source has one text partition, not {other:?}"),
                 };
-                let input = SimInput {
-                    data: self.data.clone(),
-                    pos: bytes as usize,
-                    arrival: Arc::clone(&self.arrival),
-                };
-                let partition = Box::new(upstream::Committing {
-                    inner: line_reader_at(input, buggify.chunk_bytes, buggify.line_max_bytes, (bytes, lines)),
-                    forgotten: Arc::clone(&self.forgotten),
-                });
-                self.reading = ReadLoop::new(vec![(0, partition)]).with_bugs(bugs);
+                self.reading = source::open_at(self.spec(buggify), cut)
+                    .unwrap_or_else(|e| panic!("reopening simulated source {}: {e}", self.source))
+                    .into_read_loop()
+                    .with_bugs(bugs);
                 self.read_bytes = bytes as usize;
             }
             SourceMeta::Ended { chunks } => {
@@ -156,7 +198,7 @@ impl Reader {
                     ..SourceCut::default()
                 };
                 dealer.resume_at(checkpoint, &cut);
-                self.reading = ReadLoop::new(Vec::new());
+                self.reading = source::ended().into_read_loop();
                 self.read_bytes = self.data.len();
             }
         }
