@@ -268,7 +268,7 @@ impl DeadLetterWriter {
 /// What the output thread does with each message, sans-IO: lines into the
 /// sink, dead letters into theirs, checkpoints lined up with both, and at the
 /// end of input the run's last commit boundary (`CommitId::END_OF_INPUT`).
-/// The output thread (`write_outputs`) and the simulator both drive it.
+/// The output thread (through `OutputLoop`) and the simulator both drive it.
 ///
 /// With checkpoints, each shard's part of checkpoint `k` comes after the
 /// output that belongs to `k`. Once a shard's part is in, what the shard

@@ -463,7 +463,7 @@ pub enum ReadStep {
 }
 
 /// A reader's decisions, sans-IO: which partition to pull next and what its
-/// answer means. The reader thread (`pump`) and the simulator both drive it,
+/// answer means. The reader thread (`runtime::pump`) and the simulator both drive it,
 /// one pull per step.
 pub struct ReadLoop {
     partitions: Vec<(u32, Box<dyn SourceReader>)>,

@@ -19,7 +19,7 @@ use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
 use verity_core::shard::{Batch, CheckpointPart, ShardCore, ShardCounters, ShardLimits};
 use verity_core::sink::{DeadLetterWriter, OutputLoop, OutputWriter};
-use verity_core::source::{Dealer, ReaderBugs, SourceEvent, LINE_SIZE_MAX_BYTES};
+use verity_core::source::{Dealer, ReaderBugs, SourceEvent, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES};
 use verity_core::{Key, Rng, SplitMix64, Wire};
 use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
@@ -682,7 +682,7 @@ where
             producer_depth_frames: [1, 4, 16, 64][rng.below(4) as usize],
             late_claims: rng.chance(1, 2),
             batch_max: [1, 3, 4, 16, 1024][rng.below(5) as usize],
-            chunk_bytes: [64, 512, 4096, 65536][rng.below(4) as usize],
+            chunk_bytes: [64, 512, 4096, CHUNK_SIZE_BYTES][rng.below(4) as usize],
             line_max_bytes: [BUGGIFY_LINE_MAX_BYTES, LINE_SIZE_MAX_BYTES][rng.below(2) as usize],
             peer_drain_max: [1, 4, PEER_DRAIN_MAX][rng.below(3) as usize],
             output_ids: rng.chance(1, 3),
