@@ -584,6 +584,8 @@ mod tests {
             DeadLetterSpec::File("out.txt.dead-letter".into())
         );
         assert_eq!(SinkSpec::Stdout.default_dead_letter(), DeadLetterSpec::Stderr);
+        assert_eq!(DeadLetterSpec::parse("-"), DeadLetterSpec::Stderr);
+        assert_eq!(DeadLetterSpec::parse("dl"), DeadLetterSpec::File("dl".into()));
     }
 
     #[test]
