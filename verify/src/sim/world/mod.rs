@@ -189,6 +189,8 @@ struct Buggify {
     /// How often process 0's output thread asks for a checkpoint, on its
     /// clock; `None`: a run without `--state-dir`, production's default.
     checkpoint_interval_ms: Option<u64>,
+    /// Every this many reads of a source is interrupted (`EINTR`); 0: none.
+    read_interrupt_every: u64,
 }
 
 /// Depths of the queues inside a process: production's (`RunConfig`), or
@@ -687,6 +689,8 @@ where
             peer_drain_max: [1, 4, PEER_DRAIN_MAX][rng.below(3) as usize],
             output_ids: rng.chance(1, 3),
             checkpoint_interval_ms: [None, Some(20), Some(100), Some(1000)][rng.below(4) as usize],
+            // Not drawn from `rng`, so that no other draw moved.
+            read_interrupt_every: [0, 3, 11][(config.seed / 7 % 3) as usize],
         };
         let depths = Depths::draw(&mut rng);
         let output_ids = buggify.output_ids;
@@ -1116,6 +1120,10 @@ where
     /// happened: every input line counted once, every dead letter and every
     /// output line the sinks got.
     fn check_counters(&self) -> Result<(), String> {
+        // No simulated source fails: a failure reported is the reader's.
+        if let Some(error) = self.source_errors.first() {
+            return Err(format!("a source failed, as process 0 heard: {error}"));
+        }
         let mut totals = self.remote_counters;
         for driver in self.drivers.iter().flatten() {
             if self.layout.is_local_to(0, driver.core().index()) {

@@ -29,15 +29,23 @@ struct Arrival {
 }
 
 /// A source's bytes as its reader sees them: what arrived so far; a read with
-/// nothing new would block (a socket with a read timeout: an idle pull).
+/// nothing new would block (a socket with a read timeout: an idle pull,
+/// `WouldBlock` or, as on some systems, `TimedOut`). With BUGGIFY, every
+/// `interrupt_every`-th read is interrupted by a signal (`EINTR`) first.
 struct SimInput {
     data: Bytes,
     pos: usize,
     arrival: Arc<Arrival>,
+    reads: u64,
+    interrupt_every: u64,
 }
 
 impl Read for SimInput {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reads += 1;
+        if self.interrupt_every > 0 && self.reads % self.interrupt_every == 0 {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
         let end = self
             .arrival
             .available
@@ -52,6 +60,9 @@ impl Read for SimInput {
         if self.arrival.closed.load(Ordering::Relaxed) && self.pos == self.data.len() {
             return Ok(0);
         }
+        if self.reads % 2 == 0 {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
         Err(io::ErrorKind::WouldBlock.into())
     }
 }
@@ -64,6 +75,7 @@ struct SimConnector {
     arrival: Arc<Arrival>,
     chunk_bytes: usize,
     line_max_bytes: usize,
+    interrupt_every: u64,
     forgotten: Arc<std::sync::Mutex<upstream::Forgotten>>,
 }
 
@@ -88,6 +100,8 @@ impl SourceConnector for SimConnector {
             data: self.data.clone(),
             pos: bytes as usize,
             arrival: Arc::clone(&self.arrival),
+            reads: 0,
+            interrupt_every: self.interrupt_every,
         };
         Ok(Box::new(upstream::Committing {
             inner: line_reader_at(input, self.chunk_bytes, self.line_max_bytes, (bytes, lines)),
@@ -164,6 +178,7 @@ impl Reader {
             arrival: Arc::clone(&self.arrival),
             chunk_bytes: buggify.chunk_bytes,
             line_max_bytes: buggify.line_max_bytes,
+            interrupt_every: buggify.read_interrupt_every,
             forgotten: Arc::clone(&self.forgotten),
         };
         SourceSpec::from_connector(&format!("sim-{}", self.source), Box::new(connector))
