@@ -52,6 +52,9 @@ const FAIL_SEED_ONE_IN: u64 = 8;
 /// With the `stop` fault, one seed in this many (of those without a
 /// failure) is stopped early.
 const STOP_SEED_ONE_IN: u64 = 8;
+/// With the `fail` fault, one seed in this many (of one stream) has its
+/// source fail mid-stream instead of any other failure.
+const SOURCE_FAIL_SEED_ONE_IN: u64 = 8;
 /// With the `crash` fault, one seed in this many (of those without a
 /// failure or a stop) has every process die at once and recover.
 const CRASH_SEED_ONE_IN: u64 = 3;
@@ -240,6 +243,8 @@ struct World<'a, K, V, S, O> {
     output: output::OutputThread,
     /// The checkpoint this life recovered from (0 for none).
     checkpoints_resumed: u64,
+    /// The byte where the source fails (the `fail` fault), if it does.
+    source_fails_at: Option<usize>,
     /// Per shard: the newest checkpoint whose part it gave the writer.
     checkpoint_parts: Vec<u64>,
     output_text: SharedBytes,
@@ -761,6 +766,16 @@ where
                 Some(driver)
             })
             .collect();
+        // With the `fail` fault, in some seeds of one stream that plan no
+        // other failure (`schedule_start`), the source fails mid-stream:
+        // chosen from the seed alone, so that no other draw moves.
+        let source_fails_at = (config.faults.fail
+            && config.streams == 1
+            && recovery.is_none()
+            && config.seed % SOURCE_FAIL_SEED_ONE_IN == 1)
+            .then(|| {
+                SplitMix64::new(config.seed ^ 0x50_0ece_fa11).below(inputs[0].1.len() as u64 + 1) as usize
+            });
         let readers = inputs
             .iter()
             .enumerate()
@@ -773,6 +788,9 @@ where
                 }
                 if let Some(recovery) = &recovery {
                     reader.recovering(recovery.crashed.forgotten[source]);
+                }
+                if let Some(at) = source_fails_at {
+                    reader.fail_at(at);
                 }
                 reader
             })
@@ -894,6 +912,7 @@ where
                 Default::default(),
             )),
             checkpoints_resumed: resumed,
+            source_fails_at,
             checkpoint_parts: vec![resumed; total as usize],
             output_text,
             output_lines,
@@ -1001,7 +1020,10 @@ where
             }
         }
         // At most one of a failure and a stop per seed: each is judged alone.
-        if faults.fail && self.rng.chance(1, FAIL_SEED_ONE_IN) {
+        if self.source_fails_at.is_some() {
+            self.stats.fault("fail");
+            self.stats.bump("source_failures");
+        } else if faults.fail && self.rng.chance(1, FAIL_SEED_ONE_IN) {
             let process = self.rng.below(processes as u64) as u32;
             plan.push((self.rng.below(self.heal_us), Event::Fail { process }));
         } else if faults.stop && self.rng.chance(1, STOP_SEED_ONE_IN) {
@@ -1120,9 +1142,16 @@ where
     /// happened: every input line counted once, every dead letter and every
     /// output line the sinks got.
     fn check_counters(&self) -> Result<(), String> {
-        // No simulated source fails: a failure reported is the reader's.
-        if let Some(error) = self.source_errors.first() {
-            return Err(format!("a source failed, as process 0 heard: {error}"));
+        // Only the `fail` fault fails a source, and process 0 hears it once.
+        match (self.source_fails_at, &self.source_errors[..]) {
+            (None, []) => {}
+            (Some(_), [error]) if error.starts_with("source 0: ") => {}
+            (Some(at), errors) => {
+                return Err(format!(
+                    "the source failed at byte {at}, and process 0 heard of it as {errors:?}, not once"
+                ))
+            }
+            (None, errors) => return Err(format!("a source failed, as process 0 heard: {errors:?}")),
         }
         let mut totals = self.remote_counters;
         for driver in self.drivers.iter().flatten() {
@@ -1137,7 +1166,8 @@ where
             ))
         };
         // A stopped run read only a prefix of its input.
-        let input_lines = if self.lifecycles.stop_requested_at_us.is_some() {
+        let input_lines = if self.lifecycles.stop_requested_at_us.is_some() || self.source_fails_at.is_some()
+        {
             self.readers.iter().map(Reader::read_lines).sum()
         } else {
             self.input_lines
@@ -1281,10 +1311,8 @@ where
                 "stops_cut_short"
             });
         }
-        let stopped_at = self
-            .lifecycles
-            .stop_requested_at_us
-            .is_some()
+        // A stopped or failed source's output is that of what it read.
+        let stopped_at = (self.lifecycles.stop_requested_at_us.is_some() || self.source_fails_at.is_some())
             .then(|| self.readers.iter().map(Reader::read_bytes).collect());
         // As the output thread once every sender is gone: commit both sinks.
         let mut failure = failure;

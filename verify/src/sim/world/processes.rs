@@ -26,6 +26,9 @@ use verity_core::source::{self, ReadLoop, ReadStep, SourceCut, SourceSpec};
 struct Arrival {
     available: AtomicUsize,
     closed: AtomicBool,
+    /// With the `fail` fault, one byte past where the source fails (its
+    /// connection reset, every read from there on); 0: it never does.
+    fails_at_plus_one: AtomicUsize,
 }
 
 /// A source's bytes as its reader sees them: what arrived so far; a read with
@@ -46,11 +49,19 @@ impl Read for SimInput {
         if self.interrupt_every > 0 && self.reads % self.interrupt_every == 0 {
             return Err(io::ErrorKind::Interrupted.into());
         }
+        let fails_at = match self.arrival.fails_at_plus_one.load(Ordering::Relaxed) {
+            0 => usize::MAX,
+            plus_one => plus_one - 1,
+        };
+        if self.pos >= fails_at {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
         let end = self
             .arrival
             .available
             .load(Ordering::Relaxed)
-            .min(self.data.len());
+            .min(self.data.len())
+            .min(fails_at);
         if self.pos < end {
             let read = buf.len().min(end - self.pos);
             buf[..read].copy_from_slice(&self.data[self.pos..self.pos + read]);
@@ -217,6 +228,16 @@ impl Reader {
                 self.read_bytes = self.data.len();
             }
         }
+    }
+
+    /// The source fails at byte `at` (the `fail` fault).
+    pub(super) fn fail_at(&self, at: usize) {
+        self.arrival.fails_at_plus_one.store(at + 1, Ordering::Relaxed);
+    }
+
+    /// Whether the source ended failed.
+    pub(super) fn failed(&self) -> bool {
+        self.end.as_ref().is_some_and(|(_, failed)| *failed)
     }
 
     /// A recovered cluster's reader, whose upstream already forgot

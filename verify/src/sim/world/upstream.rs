@@ -103,10 +103,19 @@ where
             self.output.progress().committed.load(Relaxed)
         };
         for reader in &mut self.readers {
+            let before = reader.forgotten().0;
             if !reader.after_output(committed) {
                 return Err(format!(
                     "source {}: its reader is not done once the output thread says {committed}",
                     reader.source()
+                ));
+            }
+            if reader.failed() && reader.forgotten().0 != before {
+                return Err(format!(
+                    "source {}: it failed, yet at the end its upstream may forget up to byte {} (was {before}): \
+                     what a failed source read past its newest checkpoint is not final",
+                    reader.source(),
+                    reader.forgotten().0
                 ));
             }
         }
@@ -133,7 +142,7 @@ where
     /// Once every output is final and the run completed: every reader
     /// committed all it read.
     fn check_sources_committed_to_their_end(&self) -> Result<(), String> {
-        for reader in &self.readers {
+        for reader in self.readers.iter().filter(|r| !r.failed()) {
             let (forgotten, wrong) = reader.forgotten();
             if let Some(wrong) = wrong {
                 return Err(format!("source {}: {wrong}", reader.source()));
