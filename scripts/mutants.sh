@@ -93,6 +93,10 @@ for spec in "${files[@]+"${files[@]}"}"; do
     rm -rf "$dir"
     mkdir -p "$dir"
     echo "== $file${sample:+ (sample $sample)}" >&2
+    # The commit measured (cargo-mutants copies the tree as it starts);
+    # "+dirty" if the tree had uncommitted changes.
+    commit="$(git rev-parse --short HEAD)"
+    git diff --quiet HEAD -- . ':!mutants' || commit="$commit+dirty"
     shard_args=()
     [ -n "$sample" ] && shard_args=(--shard "$sample")
     # exit status 2 means "some mutants survived": that is a result, not an error.
@@ -114,9 +118,6 @@ for spec in "${files[@]+"${files[@]}"}"; do
             : >"$kept/$list"
         fi
     done
-    # The commit measured; "+dirty" if the tree had uncommitted changes.
-    commit="$(git rev-parse --short HEAD)"
-    git diff --quiet HEAD -- . ':!mutants' || commit="$commit+dirty"
     printf '%s\t%s\t%s\n' "$file" "${sample:-all}" "$commit" >"$kept/what"
 done
 
