@@ -46,7 +46,7 @@ struct SimInput {
 impl Read for SimInput {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reads += 1;
-        if self.interrupt_every > 0 && self.reads % self.interrupt_every == 0 {
+        if self.interrupt_every > 0 && self.reads.is_multiple_of(self.interrupt_every) {
             return Err(io::ErrorKind::Interrupted.into());
         }
         let fails_at = match self.arrival.fails_at_plus_one.load(Ordering::Relaxed) {
@@ -71,7 +71,7 @@ impl Read for SimInput {
         if self.arrival.closed.load(Ordering::Relaxed) && self.pos == self.data.len() {
             return Ok(0);
         }
-        if self.reads % 2 == 0 {
+        if self.reads.is_multiple_of(2) {
             return Err(io::ErrorKind::TimedOut.into());
         }
         Err(io::ErrorKind::WouldBlock.into())
