@@ -13,9 +13,12 @@
 # only test: a mutant the simulator does not reject is a bug it would miss.
 # Unit tests are left out on purpose, so the score measures the simulator.
 #
-# Writes target/mutants/<file>/ (cargo-mutants' own output: caught.txt,
-# missed.txt, timeout.txt, unviable.txt) and target/mutants/REPORT.md with the
-# score per file and every survivor, then prints the overall score:
+# cargo-mutants works in target/mutants/<file>/; after each file its result
+# lists (caught.txt, missed.txt, timeout.txt, unviable.txt) and a `what` line
+# (file, sample, commit) are copied into mutants/<file with / as _>/, which is
+# committed, so measurements survive a fresh clone and runs can be split over
+# sessions. mutants/REPORT.md (committed too) is built from that directory:
+# the score per file and every survivor, then the overall score:
 #   score = caught / (caught + missed), over viable mutants; timeouts count as
 #   caught (a hang is a failure the simulator reports as a liveness failure).
 # Planted-bug switches (`*_for_testing`) are not mutated: they are off in
@@ -71,8 +74,9 @@ if ! $report_only; then
 fi
 
 out=target/mutants
-mkdir -p "$out"
-report="$out/REPORT.md"
+results=mutants
+mkdir -p "$out" "$results"
+report="$results/REPORT.md"
 equivalent=scripts/mutants-equivalent.txt
 
 # ---- run: one cargo-mutants output directory per file ----------------------
@@ -84,10 +88,15 @@ for spec in "${files[@]+"${files[@]}"}"; do
         echo "skipping $file (not in this tree)" >&2
         continue
     fi
-    dir="$out/$(echo "$file" | tr / _)"
+    name="$(echo "$file" | tr / _)"
+    dir="$out/$name"
     rm -rf "$dir"
     mkdir -p "$dir"
     echo "== $file${sample:+ (sample $sample)}" >&2
+    # The commit measured (cargo-mutants copies the tree as it starts);
+    # "+dirty" if the tree had uncommitted changes.
+    commit="$(git rev-parse --short HEAD)"
+    git diff --quiet HEAD -- . ':!mutants' || commit="$commit+dirty"
     shard_args=()
     [ -n "$sample" ] && shard_args=(--shard "$sample")
     # exit status 2 means "some mutants survived": that is a result, not an error.
@@ -95,7 +104,21 @@ for spec in "${files[@]+"${files[@]}"}"; do
         --cargo-arg=--test=mutants_sim --baseline skip --timeout 60 --build-timeout 600 \
         --exclude-re '_for_testing|guard (self\.)?(config\.)?bugs\.' --jobs "${MUTANTS_JOBS:-1}" "${shard_args[@]}" \
         --output "$dir" --no-shuffle --colors never >&2 || true
-    printf '%s\t%s\t%s\n' "$file" "${sample:-all}" "$(git rev-parse --short HEAD)" >"$dir/what"
+    kept="$results/$name"
+    if [ ! -d "$dir/mutants.out" ]; then
+        echo "cargo-mutants left no results for $file; $kept is kept as it was" >&2
+        continue
+    fi
+    rm -rf "$kept"
+    mkdir -p "$kept"
+    for list in caught.txt missed.txt timeout.txt unviable.txt; do
+        if [ -f "$dir/mutants.out/$list" ]; then
+            cp "$dir/mutants.out/$list" "$kept/$list"
+        else
+            : >"$kept/$list"
+        fi
+    done
+    printf '%s\t%s\t%s\n' "$file" "${sample:-all}" "$commit" >"$kept/what"
 done
 
 # ---- report: every file measured so far (runs may be split over sessions) --
@@ -115,11 +138,10 @@ survivors=""
 total_caught=0
 total_missed=0
 total_equivalent=0
-for what in "$out"/*/what; do
+for what in "$results"/*/what; do
     [ -f "$what" ] || continue
-    dir="$(dirname "$what")"
+    m="$(dirname "$what")"
     IFS=$'\t' read -r file sample commit <"$what"
-    m="$dir/mutants.out"
     count() { if [ -f "$m/$1" ]; then grep -c . "$m/$1" || true; else echo 0; fi; }
     caught=$(count caught.txt)
     timeout=$(count timeout.txt)

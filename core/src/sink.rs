@@ -9,11 +9,13 @@ use crate::connector::tcp_sink::{Release, TcpSinkOptions};
 use crate::connector::{CommitId, SinkConnector, SinkError};
 use crate::ids::MsgId;
 use crate::line::DeadLetter;
+use crate::source::ReaderProgress;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Deref;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use verity_state::checkpoint::CheckpointError;
 
@@ -266,7 +268,7 @@ impl DeadLetterWriter {
 /// What the output thread does with each message, sans-IO: lines into the
 /// sink, dead letters into theirs, checkpoints lined up with both, and at the
 /// end of input the run's last commit boundary (`CommitId::END_OF_INPUT`).
-/// The output thread (`write_outputs`) and the simulator both drive it.
+/// The output thread (through `OutputLoop`) and the simulator both drive it.
 ///
 /// With checkpoints, each shard's part of checkpoint `k` comes after the
 /// output that belongs to `k`. Once a shard's part is in, what the shard
@@ -493,115 +495,73 @@ impl OutputWriter {
     }
 }
 
-/// The output thread's loop: runs until every sender is gone, then finishes
-/// the writer; requests checkpoints as they come due, and says which are
-/// complete (`progress`, which the readers read; `ReaderProgress::ALL` once
-/// every output is in). Returns the dead letters written.
-pub fn write_outputs(
-    messages: crossbeam_channel::Receiver<(u32, OutputMessage)>,
-    mut writer: OutputWriter,
-    progress: &crate::source::ReaderProgress,
-) -> Result<u64, OutputError> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let started = std::time::Instant::now();
-    let now_ms = || started.elapsed().as_millis() as u64;
-    let mut times = CheckpointTimes::default();
-    loop {
-        let received = match writer.due_in_ms(now_ms()) {
-            None => messages
-                .recv()
-                .map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected),
-            Some(wait_ms) => messages.recv_timeout(std::time::Duration::from_millis(wait_ms.max(1))),
-        };
-        match received {
-            Ok((shard, message)) => {
-                let before = writer.checkpoints_completed();
-                let writing = std::time::Instant::now();
-                writer.write(shard, message)?;
-                let completed = writer.checkpoints_completed();
-                if completed > before {
-                    times.completed(writing.elapsed(), started.elapsed());
-                    progress.committed.store(completed, Relaxed);
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        }
-        let now = writer.tick(now_ms());
-        if now > progress.requested.swap(now, Relaxed) {
-            times.requested(started.elapsed());
-        }
-    }
-    if let Some(summary) = times.summary(writer.last_checkpoint_bytes()) {
-        log::info!("{summary}");
-    }
-    let written = writer.finish()?;
-    // Every output is in its sinks: the sources may commit all they read.
-    progress
-        .committed
-        .store(crate::source::ReaderProgress::ALL, Relaxed);
-    Ok(written)
+/// The output thread's decisions, sans-IO, around the `OutputWriter`: how
+/// long it may wait for the next message, and what each message and each
+/// wake-up tells the readers (`ReaderProgress`: the checkpoint requested,
+/// whose barrier they deal; the newest complete, whose cut they commit;
+/// `ALL` once every output is final). After each message, and after each
+/// wait that ran out, a `tick`. The output thread (`runtime`'s
+/// `write_outputs`: a channel and the OS clock) and the simulator (process
+/// 0's output on virtual time) both drive it.
+pub struct OutputLoop {
+    writer: OutputWriter,
+    progress: Arc<ReaderProgress>,
 }
 
-/// How long the production output thread's checkpoints took, for the log
-/// at the end of a run (and `bench/checkpoints.sh`): from the request to
-/// durable (alignment across shards, snapshots, writing), and the writing
-/// alone. The newest `CHECKPOINT_TIMES_KEPT` are kept, so memory is bounded
-/// however long the run.
-#[derive(Default)]
-struct CheckpointTimes {
-    requested_at: Option<std::time::Duration>,
-    to_durable_us: std::collections::VecDeque<u64>,
-    writing_us: std::collections::VecDeque<u64>,
-    count: u64,
-}
-
-const CHECKPOINT_TIMES_KEPT: usize = 4096;
-
-impl CheckpointTimes {
-    fn requested(&mut self, at: std::time::Duration) {
-        self.requested_at = Some(at);
+impl OutputLoop {
+    /// Tells the readers where the writer starts: a recovery's checkpoint
+    /// is requested and complete (0 for a fresh run).
+    pub fn new(writer: OutputWriter, progress: Arc<ReaderProgress>) -> Self {
+        let resumed = writer.checkpoints_completed();
+        progress.requested.store(resumed, Relaxed);
+        progress.committed.store(resumed, Relaxed);
+        OutputLoop { writer, progress }
     }
 
-    fn completed(&mut self, writing: std::time::Duration, at: std::time::Duration) {
-        self.count += 1;
-        let keep = |times: &mut std::collections::VecDeque<u64>, time: std::time::Duration| {
-            if times.len() == CHECKPOINT_TIMES_KEPT {
-                times.pop_front();
-            }
-            times.push_back(time.as_micros() as u64);
-        };
-        keep(&mut self.writing_us, writing);
-        if let Some(requested) = self.requested_at.take() {
-            keep(&mut self.to_durable_us, at.saturating_sub(requested));
-        }
+    pub fn writer(&self) -> &OutputWriter {
+        &self.writer
     }
 
-    fn summary(&self, last_bytes: u64) -> Option<String> {
-        if self.count == 0 {
-            return None;
+    /// What the readers are told.
+    pub fn progress(&self) -> &Arc<ReaderProgress> {
+        &self.progress
+    }
+
+    /// How long to wait for a message at `now_ms` before the next `tick`
+    /// (`None`: until one comes). At least 1 ms: a checkpoint that is due
+    /// while the one before is still being collected is looked at again
+    /// each millisecond, not spun on.
+    pub fn wait_ms(&self, now_ms: u64) -> Option<u64> {
+        self.writer.due_in_ms(now_ms).map(|wait_ms| wait_ms.max(1))
+    }
+
+    /// A message of shard `shard`, written. True if a checkpoint completed
+    /// with it: the readers may commit its cut.
+    pub fn on_message(&mut self, shard: u32, message: OutputMessage) -> Result<bool, OutputError> {
+        let before = self.writer.checkpoints_completed();
+        self.writer.write(shard, message)?;
+        let completed = self.writer.checkpoints_completed();
+        if completed > before {
+            self.progress.committed.store(completed, Relaxed);
+            return Ok(true);
         }
-        let percentiles = |times: &std::collections::VecDeque<u64>| {
-            let mut sorted: Vec<u64> = times.iter().copied().collect();
-            sorted.sort_unstable();
-            let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
-            format!(
-                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                at(0.5),
-                at(0.99),
-                at(1.0)
-            )
-        };
-        let to_durable = if self.to_durable_us.is_empty() {
-            "n/a".to_string()
-        } else {
-            percentiles(&self.to_durable_us)
-        };
-        Some(format!(
-            "checkpoints: {} written, the last {last_bytes} bytes; request to durable {to_durable}; writing {}",
-            self.count,
-            percentiles(&self.writing_us)
-        ))
+        Ok(false)
+    }
+
+    /// Requests the next checkpoint if it is due at `now_ms`, for the
+    /// readers to deal its barrier. True if a new one was requested.
+    pub fn tick(&mut self, now_ms: u64) -> bool {
+        let requested = self.writer.tick(now_ms);
+        requested > self.progress.requested.swap(requested, Relaxed)
+    }
+
+    /// Every sender is gone: finishes the writer, and only then tells the
+    /// readers that every output is in its sinks (they may commit all they
+    /// read). Returns the dead letters written.
+    pub fn finish(self) -> Result<u64, OutputError> {
+        let written = self.writer.finish()?;
+        self.progress.committed.store(ReaderProgress::ALL, Relaxed);
+        Ok(written)
     }
 }
 
@@ -624,6 +584,8 @@ mod tests {
             DeadLetterSpec::File("out.txt.dead-letter".into())
         );
         assert_eq!(SinkSpec::Stdout.default_dead_letter(), DeadLetterSpec::Stderr);
+        assert_eq!(DeadLetterSpec::parse("-"), DeadLetterSpec::Stderr);
+        assert_eq!(DeadLetterSpec::parse("dl"), DeadLetterSpec::File("dl".into()));
     }
 
     #[test]
@@ -735,28 +697,38 @@ mod tests {
     }
 
     #[test]
-    fn the_output_thread_writes_buffers_then_commits_the_end_of_input() {
+    fn the_output_loop_writes_buffers_then_commits_the_end_of_input() {
         let (out, dead) = (Arc::default(), Arc::default());
-        let (tx, rx) = crossbeam_channel::bounded(8);
         let ids = vec![MsgId::new(0, 1), MsgId::new(0, 2)];
         let lines = OutputBatch {
             lines: b"a\nb\n".to_vec(),
             ids: ids.clone(),
         };
-        tx.send((0, OutputMessage::Lines(lines))).unwrap();
+        let mut messages = vec![(0, OutputMessage::Lines(lines))];
         let relayed = OutputBatch {
             lines: Bytes::from_static(b"c\n"),
             ids: vec![MsgId::new(0, 3)],
         };
-        tx.send((1, OutputMessage::Relayed(relayed))).unwrap();
+        messages.push((1, OutputMessage::Relayed(relayed)));
         let letter = DeadLetter::new(MsgId::new(0, 4), "bad".into(), &"x".into());
-        tx.send((0, OutputMessage::DeadLetter(letter))).unwrap();
-        drop(tx);
+        messages.push((0, OutputMessage::DeadLetter(letter)));
         let dead_letters =
             DeadLetterWriter::with_sink(Box::new(Recording(Arc::clone(&dead), true)), vec!["in".into()]);
         let writer = OutputWriter::new(Box::new(Recording(Arc::clone(&out), true)), dead_letters);
-        let written = write_outputs(rx, writer, &crate::source::ReaderProgress::default()).unwrap();
-        assert_eq!(written, 1);
+        let progress = Arc::new(ReaderProgress::default());
+        let mut output = OutputLoop::new(writer, Arc::clone(&progress));
+        assert_eq!(
+            output.wait_ms(0),
+            None,
+            "without checkpoints it waits for messages"
+        );
+        for (shard, message) in messages {
+            assert!(!output.on_message(shard, message).unwrap());
+            assert!(!output.tick(0));
+        }
+        assert_eq!(progress.committed.load(Relaxed), 0);
+        assert_eq!(output.finish().unwrap(), 1);
+        assert_eq!(progress.committed.load(Relaxed), ReaderProgress::ALL);
         let end = u64::MAX;
         let out = out.lock().unwrap();
         assert_eq!(out.lines, b"a\nb\nc\n");

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -411,66 +411,17 @@ pub fn open_at(spec: SourceSpec, cut: &SourceCut) -> Result<OpenSource, SourceEr
     Ok(OpenSource { partitions })
 }
 
+impl OpenSource {
+    /// Its partitions in the reader loop that both drivers run.
+    pub fn into_read_loop(self) -> ReadLoop {
+        ReadLoop::new(self.partitions)
+    }
+}
+
 /// A source that had ended at a checkpoint: nothing is left to read.
 pub fn ended() -> OpenSource {
     OpenSource {
         partitions: Vec::new(),
-    }
-}
-
-/// Reads `source` to its end, dealing its chunks (the partitions' chunks take
-/// turns), and the barriers of the checkpoints `requested` asks for between
-/// them. Returns when the source ends, fails, or `stop` is set. An idle read
-/// (the reader waited for data and none came) only gives `stop` and
-/// `requested` a look.
-pub fn pump(source: OpenSource, stop: &AtomicBool, progress: &ReaderProgress, mut dealer: Dealer<'_>) {
-    let mut reading = ReadLoop::new(source.partitions);
-    let mut committed = 0;
-    let outcome = loop {
-        if let Err(e) = commit_checkpoints(&mut reading, &mut dealer, progress, &mut committed) {
-            break Err(e);
-        }
-        let stopping = stop.load(Ordering::Relaxed);
-        match reading.turn(&mut dealer, stopping, progress.requested.load(Ordering::Relaxed)) {
-            Ok(ReadStep::Dealt | ReadStep::Idle) => {}
-            Ok(ReadStep::Ended | ReadStep::ShardsGone) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-    };
-    let end = dealer.cut();
-    let failed = outcome.is_err();
-    dealer.finish(outcome.err().map(|e| e.to_string()));
-    // The readers stay until the run's output is final: a source that acks
-    // its upstream on commit acks the rest then (or never, if the run failed).
-    loop {
-        match progress.committed.load(Ordering::Relaxed) {
-            ReaderProgress::ALL if !failed => {
-                if let Err(e) = reading.commit(&end) {
-                    log::warn!("a source's last commit failed: {e}");
-                }
-                return;
-            }
-            ReaderProgress::ALL | ReaderProgress::ABANDONED => return,
-            _ => std::thread::sleep(STOP_POLL_INTERVAL),
-        }
-    }
-}
-
-/// Commits the cut of each checkpoint completed since the last look.
-fn commit_checkpoints(
-    reading: &mut ReadLoop,
-    dealer: &mut Dealer<'_>,
-    progress: &ReaderProgress,
-    committed: &mut u64,
-) -> Result<(), SourceError> {
-    let completed = progress.committed.load(Ordering::Relaxed);
-    if completed <= *committed || completed >= ReaderProgress::ABANDONED {
-        return Ok(());
-    }
-    *committed = completed;
-    match dealer.cut_upto(completed) {
-        Some(cut) => reading.commit(&cut),
-        None => Ok(()),
     }
 }
 
@@ -512,7 +463,7 @@ pub enum ReadStep {
 }
 
 /// A reader's decisions, sans-IO: which partition to pull next and what its
-/// answer means. The reader thread (`pump`) and the simulator both drive it,
+/// answer means. The reader thread (`runtime::pump`) and the simulator both drive it,
 /// one pull per step.
 pub struct ReadLoop {
     partitions: Vec<(u32, Box<dyn SourceReader>)>,
@@ -521,6 +472,8 @@ pub struct ReadLoop {
     ended: Vec<(u32, Box<dyn SourceReader>)>,
     /// Index into `partitions` of the next one to pull.
     turn: usize,
+    /// The newest complete checkpoint whose cut was committed.
+    committed: u64,
     /// Idle reads in a row, across partitions.
     idle_reads: usize,
     bugs: ReaderBugs,
@@ -532,6 +485,7 @@ impl ReadLoop {
             partitions,
             ended: Vec::new(),
             turn: 0,
+            committed: 0,
             idle_reads: 0,
             bugs: ReaderBugs::default(),
         }
@@ -607,6 +561,37 @@ impl ReadLoop {
             }
         }
         Ok(())
+    }
+
+    /// Commits the cut of the newest checkpoint complete (`completed`, as
+    /// `ReaderProgress::committed` says) if it is newer than the last one
+    /// committed. Both drivers call it before each turn.
+    pub fn commit_completed(&mut self, dealer: &mut Dealer<'_>, completed: u64) -> Result<(), SourceError> {
+        if completed <= self.committed || completed >= ReaderProgress::ABANDONED {
+            return Ok(());
+        }
+        self.committed = completed;
+        match dealer.cut_upto(completed) {
+            Some(cut) => self.commit(&cut),
+            None => Ok(()),
+        }
+    }
+
+    /// After the source ended at `end` (`failed` if it failed), given what
+    /// the output thread says (`committed`): true once the reader is done.
+    /// When every output is final (`ALL`), an unfailed source commits
+    /// everything read; an abandoned run commits nothing more.
+    pub fn after_end(&mut self, end: &SourceCut, failed: bool, committed: u64) -> bool {
+        match committed {
+            ReaderProgress::ALL if !failed => {
+                if let Err(e) = self.commit(end) {
+                    log::warn!("a source's last commit failed: {e}");
+                }
+                true
+            }
+            ReaderProgress::ALL | ReaderProgress::ABANDONED => true,
+            _ => false,
+        }
     }
 
     fn end_partition(&mut self) -> ReadStep {
@@ -780,6 +765,7 @@ pub type StopFlag = Arc<AtomicBool>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn pieces(input: &[u8], chunk: usize, line_max: usize) -> Vec<Piece> {
         let mut chunker = LineChunker::new(input, chunk, line_max);
@@ -903,7 +889,7 @@ mod tests {
         // The output is final at once: the reader ends after its source.
         let progress = ReaderProgress::default();
         progress.committed.store(ReaderProgress::ALL, Ordering::Relaxed);
-        pump(
+        crate::runtime::pump(
             opened,
             &AtomicBool::new(false),
             &progress,
@@ -985,7 +971,7 @@ mod tests {
             let progress = Arc::clone(&progress);
             std::thread::spawn(move || {
                 let mut send = |_, _| true;
-                pump(
+                crate::runtime::pump(
                     source,
                     &AtomicBool::new(false),
                     &progress,
@@ -1013,7 +999,7 @@ mod tests {
             .committed
             .store(ReaderProgress::ABANDONED, Ordering::Relaxed);
         let mut send = |_, _| true;
-        pump(
+        crate::runtime::pump(
             source,
             &AtomicBool::new(false),
             &progress,

@@ -8,7 +8,9 @@
 //! one's records (see `shard_loop` for why shards never deadlock).
 
 mod audit;
+mod output_thread;
 mod pinning;
+mod reader_thread;
 mod shard_loop;
 mod wiring;
 
@@ -20,7 +22,7 @@ use crate::flow::Dataflow;
 use crate::key::Key;
 use crate::shard::{ShardCore, ShardCounters, ShardLimits};
 use crate::sink::{
-    write_outputs, DeadLetterSpec, DeadLetterWriter, OutputError, OutputMessage, OutputWriter, SinkSpec,
+    DeadLetterSpec, DeadLetterWriter, OutputError, OutputLoop, OutputMessage, OutputWriter, SinkSpec,
 };
 use crate::source::SourceCut;
 use crate::source::{self, Dealer, ReaderProgress, StopFlag};
@@ -29,7 +31,9 @@ use crate::State;
 pub use audit::AuditSettings;
 use audit::ProcessAudit;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use output_thread::write_outputs;
 use pinning::Pinning;
+pub use reader_thread::pump;
 use shard_loop::{drive_shard, SourceErrors};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -527,14 +531,6 @@ where
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
-        if let Some(restart) = &restart {
-            progress
-                .requested
-                .store(restart.meta.checkpoint, Ordering::Relaxed);
-            progress
-                .committed
-                .store(restart.meta.checkpoint, Ordering::Relaxed);
-        }
         let output_audit = audit.map(|a| {
             crate::audit::OutputAudit::new(Box::new(a.handle()), a.clock(), Arc::clone(&output_lines_before))
         });
@@ -688,7 +684,7 @@ where
                 if let Some((checkpoint, cut)) = &resume {
                     dealer.resume_at(*checkpoint, cut);
                 }
-                source::pump(source, &stop, &progress, dealer);
+                pump(source, &stop, &progress, dealer);
             },
         )?);
     }
@@ -921,10 +917,9 @@ fn spawn_output_thread(
         writer = writer.with_audit(audit);
     }
     let (tx, rx) = bounded::<(u32, OutputMessage)>(config.output_queue_depth_buffers);
-    let progress = Arc::clone(progress);
-    let handle = spawn_watched("verity-output".into(), failure, move || {
-        write_outputs(rx, writer, &progress)
-    })?;
+    // Before the readers start: a recovery's checkpoint is requested and complete.
+    let output = OutputLoop::new(writer, Arc::clone(progress));
+    let handle = spawn_watched("verity-output".into(), failure, move || write_outputs(rx, output))?;
     Ok(SpawnedOutput {
         thread: OutputThread { handle, discards },
         tx,

@@ -15,12 +15,12 @@ use verity_core::cluster::codec::{
 };
 use verity_core::cluster::relay::OutputRelay;
 use verity_core::cluster::{channel_id, Layout};
-use verity_core::connector::sources::{line_reader, line_reader_at};
+use verity_core::connector::sources::line_reader_at;
 use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
 use verity_core::shard::{Batch, CheckpointPart, ShardCore, ShardCounters, ShardLimits};
-use verity_core::sink::{DeadLetterWriter, OutputWriter};
-use verity_core::source::{Dealer, ReaderBugs, SourceEvent, LINE_SIZE_MAX_BYTES};
+use verity_core::sink::{DeadLetterWriter, OutputLoop, OutputWriter};
+use verity_core::source::{Dealer, ReaderBugs, SourceEvent, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES};
 use verity_core::{Key, Rng, SplitMix64, Wire};
 use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
@@ -28,8 +28,10 @@ use verity_net::liveness::LivenessConfig;
 mod audit;
 mod control;
 mod network;
+mod output;
 mod processes;
 mod restart;
+mod upstream;
 use network::{Net, NetEvent, PEER_LOST_MS};
 use processes::Reader;
 
@@ -52,6 +54,9 @@ const FAIL_SEED_ONE_IN: u64 = 8;
 /// With the `stop` fault, one seed in this many (of those without a
 /// failure) is stopped early.
 const STOP_SEED_ONE_IN: u64 = 8;
+/// With the `fail` fault, one seed in this many (of one stream) has its
+/// source fail mid-stream instead of any other failure.
+const SOURCE_FAIL_SEED_ONE_IN: u64 = 8;
 /// With the `crash` fault, one seed in this many (of those without a
 /// failure or a stop) has every process die at once and recover.
 const CRASH_SEED_ONE_IN: u64 = 3;
@@ -80,6 +85,8 @@ enum Event {
     },
     Net(NetEvent),
     Tick,
+    /// Process 0's output thread's wait for a message runs out.
+    OutputWake,
     Cut {
         a: u32,
         b: u32,
@@ -187,6 +194,8 @@ struct Buggify {
     /// How often process 0's output thread asks for a checkpoint, on its
     /// clock; `None`: a run without `--state-dir`, production's default.
     checkpoint_interval_ms: Option<u64>,
+    /// Every this many reads of a source is interrupted (`EINTR`); 0: none.
+    read_interrupt_every: u64,
 }
 
 /// Depths of the queues inside a process: production's (`RunConfig`), or
@@ -231,15 +240,13 @@ struct World<'a, K, V, S, O> {
     sources_closed: bool,
     buggify: Buggify,
     depths: Depths,
-    /// Process 0's output thread: the production writer, into memory.
-    /// `None` once the run finished it.
-    writer: Option<OutputWriter>,
-    /// Barriers process 0's output thread asked the readers for.
-    checkpoints_requested: u64,
+    /// Process 0's output thread: the production loop and writer, into
+    /// memory.
+    output: output::OutputThread,
     /// The checkpoint this life recovered from (0 for none).
     checkpoints_resumed: u64,
-    /// Process 0's clock when the output writer was first ticked.
-    first_writer_tick_ms: Option<u64>,
+    /// The byte where the source fails (the `fail` fault), if it does.
+    source_fails_at: Option<usize>,
     /// Per shard: the newest checkpoint whose part it gave the writer.
     checkpoint_parts: Vec<u64>,
     output_text: SharedBytes,
@@ -289,6 +296,8 @@ struct Crashed {
     audit_disk: Option<crate::sim::disk::SharedDisk>,
     /// Where the next life's clocks go on from.
     clocks_after: (u64, u64),
+    /// Per source: the bytes its upstream was told it may forget.
+    forgotten: Vec<u64>,
     output_text: SharedBytes,
     dead_letter_text: SharedBytes,
     stats: super::SimStats,
@@ -695,11 +704,13 @@ where
             producer_depth_frames: [1, 4, 16, 64][rng.below(4) as usize],
             late_claims: rng.chance(1, 2),
             batch_max: [1, 3, 4, 16, 1024][rng.below(5) as usize],
-            chunk_bytes: [64, 512, 4096, 65536][rng.below(4) as usize],
+            chunk_bytes: [64, 512, 4096, CHUNK_SIZE_BYTES][rng.below(4) as usize],
             line_max_bytes: [BUGGIFY_LINE_MAX_BYTES, LINE_SIZE_MAX_BYTES][rng.below(2) as usize],
             peer_drain_max: [1, 4, PEER_DRAIN_MAX][rng.below(3) as usize],
             output_ids: rng.chance(1, 3),
             checkpoint_interval_ms: [None, Some(20), Some(100), Some(1000)][rng.below(4) as usize],
+            // Not drawn from `rng`, so that no other draw moved.
+            read_interrupt_every: [0, 3, 11][(config.seed / 7 % 3) as usize],
         };
         let depths = Depths::draw(&mut rng);
         // The audit log keeps every output line's input id (its lineage).
@@ -782,6 +793,16 @@ where
                 Some(driver)
             })
             .collect();
+        // With the `fail` fault, in some seeds of one stream that plan no
+        // other failure (`schedule_start`), the source fails mid-stream:
+        // chosen from the seed alone, so that no other draw moves.
+        let source_fails_at = (config.faults.fail
+            && config.streams == 1
+            && recovery.is_none()
+            && config.seed % SOURCE_FAIL_SEED_ONE_IN == 1)
+            .then(|| {
+                SplitMix64::new(config.seed ^ 0x50_0ece_fa11).below(inputs[0].1.len() as u64 + 1) as usize
+            });
         let mut readers: Vec<Reader> = inputs
             .iter()
             .enumerate()
@@ -791,6 +812,12 @@ where
                 if let Some(restart) = restart {
                     let at = &restart.meta.sources[source];
                     reader.resume(restart.meta.checkpoint, at, &buggify, config.bugs.reader);
+                }
+                if let Some(recovery) = &recovery {
+                    reader.recovering(recovery.crashed.forgotten[source]);
+                }
+                if let Some(at) = source_fails_at {
+                    reader.fail_at(at);
                 }
                 reader
             })
@@ -940,13 +967,15 @@ where
             sources_closed: false,
             buggify,
             depths,
-            writer: Some(match checkpointer {
-                Some(checkpointer) => writer.with_checkpoints(checkpointer),
-                None => writer,
-            }),
-            checkpoints_requested: resumed,
+            output: output::OutputThread::new(OutputLoop::new(
+                match checkpointer {
+                    Some(checkpointer) => writer.with_checkpoints(checkpointer),
+                    None => writer,
+                },
+                Default::default(),
+            )),
             checkpoints_resumed: resumed,
-            first_writer_tick_ms: None,
+            source_fails_at,
             checkpoint_parts: vec![resumed; total as usize],
             output_text,
             output_lines,
@@ -994,6 +1023,7 @@ where
         world.wire_channels();
         world.wire_control_channels();
         world.schedule_start();
+        world.start_output();
         world.start_lifecycles();
         world.schedule_network_faults();
         world
@@ -1058,7 +1088,10 @@ where
             }
         }
         // At most one of a failure and a stop per seed: each is judged alone.
-        if faults.fail && self.rng.chance(1, FAIL_SEED_ONE_IN) {
+        if self.source_fails_at.is_some() {
+            self.stats.fault("fail");
+            self.stats.bump("source_failures");
+        } else if faults.fail && self.rng.chance(1, FAIL_SEED_ONE_IN) {
             let process = self.rng.below(processes as u64) as u32;
             plan.push((self.rng.below(self.heal_us), Event::Fail { process }));
         } else if faults.stop && self.rng.chance(1, STOP_SEED_ONE_IN) {
@@ -1164,6 +1197,7 @@ where
             disk: self.disk,
             audit_disk,
             clocks_after: self.clocks.continued(self.now_us),
+            forgotten: self.readers.iter().map(|r| r.forgotten().0).collect(),
             output_text: self.output_text,
             dead_letter_text: self.dead_letter_text,
             stats: self.stats,
@@ -1183,6 +1217,17 @@ where
     /// happened: every input line counted once, every dead letter and every
     /// output line the sinks got.
     fn check_counters(&self) -> Result<(), String> {
+        // Only the `fail` fault fails a source, and process 0 hears it once.
+        match (self.source_fails_at, &self.source_errors[..]) {
+            (None, []) => {}
+            (Some(_), [error]) if error.starts_with("source 0: ") => {}
+            (Some(at), errors) => {
+                return Err(format!(
+                    "the source failed at byte {at}, and process 0 heard of it as {errors:?}, not once"
+                ))
+            }
+            (None, errors) => return Err(format!("a source failed, as process 0 heard: {errors:?}")),
+        }
         let mut totals = self.remote_counters;
         for driver in self.drivers.iter().flatten() {
             if self.layout.is_local_to(0, driver.core().index()) {
@@ -1196,7 +1241,8 @@ where
             ))
         };
         // A stopped run read only a prefix of its input.
-        let input_lines = if self.lifecycles.stop_requested_at_us.is_some() {
+        let input_lines = if self.lifecycles.stop_requested_at_us.is_some() || self.source_fails_at.is_some()
+        {
             self.readers.iter().map(Reader::read_lines).sum()
         } else {
             self.input_lines
@@ -1217,12 +1263,9 @@ where
         match event {
             Event::Release { source, available } => self.release(source, available),
             Event::Net(event) => self.handle_net(event),
+            Event::OutputWake => self.output_wake(),
             Event::Tick => {
-                let now_ms = self.local_clock_ms(0);
-                if let Some(writer) = &mut self.writer {
-                    self.checkpoints_requested = writer.tick(now_ms);
-                }
-                self.check_checkpoint_requested(now_ms);
+                self.check_checkpoint_requested();
                 for process in 0..self.config.processes {
                     if !self.paused(process) {
                         self.audit_turn(process);
@@ -1305,23 +1348,6 @@ where
         match self.net.partition {
             Some((mask, until)) if until > self.now_us => (mask >> a & 1) != (mask >> b & 1),
             _ => false,
-        }
-    }
-
-    /// Checkpoints are asked for: the first one of a life when its
-    /// interval has passed since the writer's first tick (as
-    /// `Checkpointer::tick` promises). A writer that never asks loses no
-    /// output, only every checkpoint a recovery would need.
-    fn check_checkpoint_requested(&mut self, now_ms: u64) {
-        let (Some(interval_ms), Some(_)) = (self.buggify.checkpoint_interval_ms, &self.writer) else {
-            return;
-        };
-        let first = *self.first_writer_tick_ms.get_or_insert(now_ms);
-        if self.checkpoints_requested <= self.checkpoints_resumed && now_ms >= first + interval_ms {
-            self.net.failure.get_or_insert(format!(
-                "checkpoints: none requested {} ms after the output writer's first tick (interval {interval_ms} ms)",
-                now_ms - first
-            ));
         }
     }
 
@@ -1413,20 +1439,17 @@ where
                 "stops_cut_short"
             });
         }
-        let stopped_at = self
-            .lifecycles
-            .stop_requested_at_us
-            .is_some()
+        // A stopped or failed source's output is that of what it read.
+        let stopped_at = (self.lifecycles.stop_requested_at_us.is_some() || self.source_fails_at.is_some())
             .then(|| self.readers.iter().map(Reader::read_bytes).collect());
         // As the output thread once every sender is gone: commit both sinks.
         let mut failure = failure;
-        if let Some(writer) = self.writer.take() {
-            self.stats.add("checkpoints", writer.checkpoints_completed());
-            let finished = writer.finish();
+        if let Some(finished) = self.finish_output() {
             if failure.is_none() && !self.crashed {
-                failure = self
-                    .check_finished_sinks(finished.map_err(|e| e.to_string()))
-                    .err();
+                failure = self.check_finished_sinks(finished).err();
+            }
+            if failure.is_none() && !self.crashed {
+                failure = self.release_readers(failure_injected).err();
             }
         }
         // After the writer, whose last lineage records it flushed.

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use verity_core::checkpoint::SourceMeta;
 use verity_core::cluster::relay::Relayed;
 use verity_core::connector::Position;
+use verity_core::connector::{SourceConnector, SourceError, SourceReader};
 use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait, Watch};
 use verity_core::line::DeadLetter;
 use verity_core::sink::{OutputBatch, OutputMessage};
-use verity_core::source::{ReadLoop, ReadStep, SourceCut};
+use verity_core::source::{self, ReadLoop, ReadStep, SourceCut, SourceSpec};
 
 /// How much of a source has arrived, and whether it is closed (then the
 /// reader sees its end once it read everything). Shared with the reader,
@@ -25,23 +26,42 @@ use verity_core::source::{ReadLoop, ReadStep, SourceCut};
 struct Arrival {
     available: AtomicUsize,
     closed: AtomicBool,
+    /// With the `fail` fault, one byte past where the source fails (its
+    /// connection reset, every read from there on); 0: it never does.
+    fails_at_plus_one: AtomicUsize,
 }
 
 /// A source's bytes as its reader sees them: what arrived so far; a read with
-/// nothing new would block (a socket with a read timeout: an idle pull).
+/// nothing new would block (a socket with a read timeout: an idle pull,
+/// `WouldBlock` or, as on some systems, `TimedOut`). With BUGGIFY, every
+/// `interrupt_every`-th read is interrupted by a signal (`EINTR`) first.
 struct SimInput {
     data: Bytes,
     pos: usize,
     arrival: Arc<Arrival>,
+    reads: u64,
+    interrupt_every: u64,
 }
 
 impl Read for SimInput {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reads += 1;
+        if self.interrupt_every > 0 && self.reads.is_multiple_of(self.interrupt_every) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        let fails_at = match self.arrival.fails_at_plus_one.load(Ordering::Relaxed) {
+            0 => usize::MAX,
+            plus_one => plus_one - 1,
+        };
+        if self.pos >= fails_at {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
         let end = self
             .arrival
             .available
             .load(Ordering::Relaxed)
-            .min(self.data.len());
+            .min(self.data.len())
+            .min(fails_at);
         if self.pos < end {
             let read = buf.len().min(end - self.pos);
             buf[..read].copy_from_slice(&self.data[self.pos..self.pos + read]);
@@ -51,7 +71,53 @@ impl Read for SimInput {
         if self.arrival.closed.load(Ordering::Relaxed) && self.pos == self.data.len() {
             return Ok(0);
         }
+        if self.reads.is_multiple_of(2) {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
         Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+/// The simulated source's connector: one partition, the production line
+/// reader over what arrived, from its start or a checkpoint's position; its
+/// commits go to the upstream's record.
+struct SimConnector {
+    data: Bytes,
+    arrival: Arc<Arrival>,
+    chunk_bytes: usize,
+    line_max_bytes: usize,
+    interrupt_every: u64,
+    forgotten: Arc<std::sync::Mutex<upstream::Forgotten>>,
+}
+
+impl SourceConnector for SimConnector {
+    fn kind(&self) -> &'static str {
+        "sim"
+    }
+
+    fn open(
+        &mut self,
+        source_name: &str,
+        partition: u32,
+        at: Option<Position>,
+    ) -> Result<Box<dyn SourceReader>, SourceError> {
+        assert_eq!(partition, 0, "{source_name} has one partition");
+        let (bytes, lines) = match at {
+            None => (0, 0),
+            Some(Position::Text { bytes, lines }) => (bytes, lines),
+            Some(other) => panic!("{source_name} is a text stream, not at {other:?}"),
+        };
+        let input = SimInput {
+            data: self.data.clone(),
+            pos: bytes as usize,
+            arrival: Arc::clone(&self.arrival),
+            reads: 0,
+            interrupt_every: self.interrupt_every,
+        };
+        Ok(Box::new(upstream::Committing {
+            inner: line_reader_at(input, self.chunk_bytes, self.line_max_bytes, (bytes, lines)),
+            forgotten: Arc::clone(&self.forgotten),
+        }))
     }
 }
 
@@ -76,6 +142,10 @@ pub(super) struct Reader {
     reading: ReadLoop,
     /// `None` once the source ended.
     dealer: Option<Dealer<'static>>,
+    /// Once the source ended: where, and whether it failed.
+    end: Option<(SourceCut, bool)>,
+    /// What its upstream was told it may forget.
+    forgotten: Arc<std::sync::Mutex<upstream::Forgotten>>,
     arrival: Arc<Arrival>,
     /// Dealt events their shard's queue had no room for yet: the reader
     /// blocks on them, as production's blocks in `send`.
@@ -86,37 +156,49 @@ pub(super) struct Reader {
 impl Reader {
     pub(super) fn new(source: u32, data: Bytes, shards: u32, buggify: &Buggify, bugs: ReaderBugs) -> Reader {
         let arrival = Arc::new(Arrival::default());
-        let input = SimInput {
-            data: data.clone(),
-            pos: 0,
-            arrival: Arc::clone(&arrival),
-        };
         let send: &'static mut dyn FnMut(usize, SourceEvent) -> bool =
             Box::leak(Box::new(|shard: usize, event: SourceEvent| {
                 DEALT.with(|dealt| dealt.borrow_mut().push((shard as u32, event)));
                 true
             }));
-        let partition = line_reader(input, buggify.chunk_bytes, buggify.line_max_bytes);
-        Reader {
+        let mut reader = Reader {
             source,
             data: data.clone(),
             read_bytes: 0,
             stopping: false,
-            reading: ReadLoop::new(vec![(0, partition)]).with_bugs(bugs),
+            reading: source::ended().into_read_loop(),
             dealer: Some(Dealer::new(source, shards as usize, send)),
+            end: None,
+            forgotten: Arc::default(),
             arrival,
             outbox: VecDeque::new(),
             stalled: false,
-        }
+        };
+        // Opened as production opens a source, from its start.
+        reader.reading = source::open(reader.spec(buggify))
+            .unwrap_or_else(|e| panic!("opening simulated source {source}: {e}"))
+            .into_read_loop()
+            .with_bugs(bugs);
+        reader
+    }
+
+    /// The source as production's runtime gets it: a connector.
+    fn spec(&self, buggify: &Buggify) -> SourceSpec {
+        let connector = SimConnector {
+            data: self.data.clone(),
+            arrival: Arc::clone(&self.arrival),
+            chunk_bytes: buggify.chunk_bytes,
+            line_max_bytes: buggify.line_max_bytes,
+            interrupt_every: buggify.read_interrupt_every,
+            forgotten: Arc::clone(&self.forgotten),
+        };
+        SourceSpec::from_connector(&format!("sim-{}", self.source), Box::new(connector))
     }
 
     pub(super) fn len(&self) -> usize {
         self.data.len()
     }
 
-    /// Continues the source from a checkpoint (a recovered cluster): the
-    /// production dealer goes on at the cut, and the production line reader
-    /// reads from the cut's byte on; a source that had ended reads nothing.
     /// Records the receipt of every chunk in the audit log.
     pub(super) fn record_input(&mut self, audit: verity_core::source::InputAudit) {
         if let Some(dealer) = &mut self.dealer {
@@ -124,24 +206,23 @@ impl Reader {
         }
     }
 
+    /// Continues the source from a checkpoint (a recovered cluster): the
+    /// production dealer goes on at the cut, and the production line reader
+    /// reads from the cut's byte on; a source that had ended reads nothing.
     pub(super) fn resume(&mut self, checkpoint: u64, at: &SourceMeta, buggify: &Buggify, bugs: ReaderBugs) {
         let dealer = self.dealer.as_mut().expect("a reader that has not started");
         match at {
             SourceMeta::At(cut) => {
                 dealer.resume_at(checkpoint, cut);
-                let (bytes, lines) = match cut.positions[..] {
-                    [] => (0, 0),
-                    [(0, Position::Text { bytes, lines })] => (bytes, lines),
+                let bytes = match cut.positions[..] {
+                    [] => 0,
+                    [(0, Position::Text { bytes, .. })] => bytes,
                     ref other => panic!("a simulated source has one text partition, not {other:?}"),
                 };
-                let input = SimInput {
-                    data: self.data.clone(),
-                    pos: bytes as usize,
-                    arrival: Arc::clone(&self.arrival),
-                };
-                let partition =
-                    line_reader_at(input, buggify.chunk_bytes, buggify.line_max_bytes, (bytes, lines));
-                self.reading = ReadLoop::new(vec![(0, partition)]).with_bugs(bugs);
+                self.reading = source::open_at(self.spec(buggify), cut)
+                    .unwrap_or_else(|e| panic!("reopening simulated source {}: {e}", self.source))
+                    .into_read_loop()
+                    .with_bugs(bugs);
                 self.read_bytes = bytes as usize;
             }
             SourceMeta::Ended { chunks } => {
@@ -150,9 +231,59 @@ impl Reader {
                     ..SourceCut::default()
                 };
                 dealer.resume_at(checkpoint, &cut);
-                self.reading = ReadLoop::new(Vec::new());
+                self.reading = source::ended().into_read_loop();
                 self.read_bytes = self.data.len();
             }
+        }
+    }
+
+    /// The source fails at byte `at` (the `fail` fault).
+    pub(super) fn fail_at(&self, at: usize) {
+        self.arrival.fails_at_plus_one.store(at + 1, Ordering::Relaxed);
+    }
+
+    /// Whether the source ended failed.
+    pub(super) fn failed(&self) -> bool {
+        self.end.as_ref().is_some_and(|(_, failed)| *failed)
+    }
+
+    /// A recovered cluster's reader, whose upstream already forgot
+    /// `forgotten` bytes: no recovery may resume before them.
+    pub(super) fn recovering(&mut self, forgotten: u64) {
+        let resumes_at = self.read_bytes as u64;
+        assert!(
+            resumes_at >= forgotten,
+            "source {}: the recovery resumes it at byte {resumes_at}, but its upstream was told it may forget \
+             up to byte {forgotten} (a commit before its checkpoint was durable?)",
+            self.source
+        );
+        self.forgotten.lock().unwrap_or_else(|p| p.into_inner()).bytes = forgotten;
+    }
+
+    /// Bytes its upstream may forget, and a commit that went wrong.
+    pub(super) fn forgotten(&self) -> (u64, Option<String>) {
+        let forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        (forgotten.bytes, forgotten.wrong.clone())
+    }
+
+    pub(super) fn source(&self) -> u32 {
+        self.source
+    }
+
+    /// Every output is final (`committed`, as the output thread says):
+    /// the production reader loop's last commit.
+    /// True if the reader is done then, as its thread must be.
+    /// `ReaderProgress::ABANDONED` instead: the run ended without its output
+    /// final (production's runtime says so as it returns), and a reader
+    /// still reading takes one more look before its process exits.
+    pub(super) fn after_output(&mut self, committed: u64) -> bool {
+        if let Some(dealer) = self.dealer.as_mut() {
+            let _ = self.reading.commit_completed(dealer, committed);
+            return true;
+        }
+        match &self.end {
+            Some((end, failed)) => self.reading.after_end(end, *failed, committed),
+            None => true,
         }
     }
 
@@ -162,6 +293,10 @@ impl Reader {
     }
 
     /// Bytes of the source dealt so far.
+    fn is_reading(&self) -> bool {
+        self.dealer.is_some()
+    }
+
     pub(super) fn read_bytes(&self) -> usize {
         self.read_bytes
     }
@@ -210,15 +345,19 @@ impl Reader {
 
     /// One step of the production reader loop; false if nothing could be
     /// read now (an idle read: the thread would wait in its read).
-    fn read_and_deal(&mut self, requested: u64) -> bool {
+    fn read_and_deal(&mut self, requested: u64, completed: u64) -> bool {
         let Some(dealer) = self.dealer.as_mut() else {
             return false;
         };
-        match self.reading.turn(dealer, self.stopping, requested) {
+        let step = match self.reading.commit_completed(dealer, completed) {
+            Ok(()) => self.reading.turn(dealer, self.stopping, requested),
+            Err(e) => Err(e),
+        };
+        match step {
             Ok(ReadStep::Dealt) => {}
             Ok(ReadStep::Idle) => return false,
-            Ok(ReadStep::Ended | ReadStep::ShardsGone) => self.dealer.take().expect("not ended").finish(None),
-            Err(e) => self.dealer.take().expect("not ended").finish(Some(e.to_string())),
+            Ok(ReadStep::Ended | ReadStep::ShardsGone) => self.end_source(None),
+            Err(e) => self.end_source(Some(e.to_string())),
         }
         DEALT.with(|dealt| {
             for (_, event) in dealt.borrow().iter() {
@@ -233,6 +372,14 @@ impl Reader {
             self.outbox.extend(dealt.borrow_mut().drain(..))
         });
         true
+    }
+}
+
+impl Reader {
+    fn end_source(&mut self, failure: Option<String>) {
+        let dealer = self.dealer.take().expect("not ended");
+        self.end = Some((dealer.cut(), failure.is_some()));
+        dealer.finish(failure);
     }
 }
 
@@ -416,8 +563,15 @@ where
                     }
                 }
             }
-            let requested = self.checkpoints_requested;
-            if !self.readers[source as usize].read_and_deal(requested) {
+            let progress = self.output.progress();
+            let requested = progress.requested.load(Ordering::Relaxed);
+            let completed = progress.committed.load(Ordering::Relaxed);
+            let reading = self.readers[source as usize].is_reading();
+            let dealt = self.readers[source as usize].read_and_deal(requested, completed);
+            if reading {
+                self.check_source_commit(source, completed);
+            }
+            if !dealt {
                 return progressed;
             }
             progressed = true;
@@ -608,9 +762,8 @@ where
             }
             OutputMessage::Checkpoint(part) => self.checkpoint_parts[shard as usize] = part.checkpoint,
         }
-        let writer = self.writer.as_mut().expect("the writer finishes with the world");
         let crashes = self.disk.stats().crashes;
-        if let Err(e) = writer.write(shard, message) {
+        if let Err(e) = self.output_message(shard, message) {
             if self.disk.stats().crashes > crashes {
                 // The armed crash: the process died halfway through writing
                 // a checkpoint, and so does every other one.
@@ -626,7 +779,10 @@ where
         }
         // Once every shard's part of a checkpoint is in, it is complete.
         let all_in = self.checkpoint_parts.iter().copied().min().unwrap_or(0);
-        let completed = writer.checkpoints_completed();
+        let completed = self
+            .output
+            .output()
+            .map_or(0, |o| o.writer().checkpoints_completed());
         if completed < all_in {
             self.net.failure.get_or_insert(format!(
                 "checkpoint {all_in}: every shard's part is in, but the output writer completed only {completed}"
