@@ -74,35 +74,28 @@ pub struct OutputAudit {
     out: Box<dyn AuditOut>,
     clock: Arc<dyn Clock>,
     buffer: Vec<u8>,
-    /// The output's next line number (from 1; a recovery continues it).
-    next_line: Option<u64>,
-    /// Lines the output held before this life (a recovery's), set before
-    /// any shard starts.
-    lines_before: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl OutputAudit {
-    pub fn new(
-        out: Box<dyn AuditOut>,
-        clock: Arc<dyn Clock>,
-        lines_before: Arc<std::sync::atomic::AtomicU64>,
-    ) -> Self {
+    pub fn new(out: Box<dyn AuditOut>, clock: Arc<dyn Clock>) -> Self {
         OutputAudit {
             out,
             clock,
             buffer: Vec::new(),
-            next_line: None,
-            lines_before,
         }
     }
 
-    /// A batch of shard `shard`'s lines was written.
-    pub fn output(&mut self, shard: u32, lines: &[u8], ids: &[MsgId]) -> Result<(), AuditClosed> {
-        let count = memchr::memchr_iter(b'\n', lines).count() as u64;
+    /// A batch of shard `shard`'s `count` lines, the output's lines
+    /// `first_line..` (numbered from 1 over the run's lives), was written.
+    pub fn output(
+        &mut self,
+        shard: u32,
+        first_line: u64,
+        count: u64,
+        lines: &[u8],
+        ids: &[MsgId],
+    ) -> Result<(), AuditClosed> {
         debug_assert!(ids.is_empty() || ids.len() as u64 == count);
-        let first_line = *self
-            .next_line
-            .get_or_insert_with(|| self.lines_before.load(std::sync::atomic::Ordering::Relaxed) + 1);
         let record = Record::Output(Output {
             utc_us: self.clock.now_us(),
             shard,
@@ -112,7 +105,6 @@ impl OutputAudit {
             crc32c: crc32c::crc32c(lines),
             ids: ids.iter().map(|&id| id.into()).collect(),
         });
-        self.next_line = Some(first_line + count);
         push_record(&mut self.buffer, &record);
         self.submit_if_full()
     }

@@ -24,7 +24,8 @@ pub use verity_state::checkpoint::DEFAULT_RETAINED;
 /// How often a checkpoint is taken by default (`--checkpoint-interval-ms`).
 pub const DEFAULT_INTERVAL_MS: u64 = 1000;
 /// The version of `JobMeta`'s encoding.
-const META_VERSION: u32 = 1;
+/// 2: with the output's line count.
+const META_VERSION: u32 = 2;
 
 /// Where a source stands in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,19 @@ pub struct JobMeta {
     /// letters' sink at the checkpoint's boundary.
     pub output_mark: Vec<u8>,
     pub dead_letter_mark: Vec<u8>,
+    /// Output lines written up to the boundary: a recovery numbers the
+    /// lines it writes on from here (the audit log's lineage).
+    pub output_lines: u64,
     /// Dead letters written up to the boundary.
+    pub dead_letters: u64,
+}
+
+/// Where the sinks stand at a checkpoint's boundary, as `JobMeta` keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkMarks {
+    pub output_mark: Vec<u8>,
+    pub output_lines: u64,
+    pub dead_letter_mark: Vec<u8>,
     pub dead_letters: u64,
 }
 
@@ -70,6 +83,7 @@ impl JobMeta {
         }
         encode_bytes(&self.output_mark, &mut out);
         encode_bytes(&self.dead_letter_mark, &mut out);
+        self.output_lines.encode(&mut out);
         self.dead_letters.encode(&mut out);
         out
     }
@@ -101,6 +115,7 @@ impl JobMeta {
         }
         let output_mark = decode_bytes(input)?.to_vec();
         let dead_letter_mark = decode_bytes(input)?.to_vec();
+        let output_lines = u64::decode(input)?;
         let dead_letters = u64::decode(input)?;
         if !input.is_empty() {
             return Err(WireError::Invalid("bytes after the job metadata"));
@@ -110,6 +125,7 @@ impl JobMeta {
             sources,
             output_mark,
             dead_letter_mark,
+            output_lines,
             dead_letters,
         })
     }
@@ -475,12 +491,7 @@ impl Checkpointer {
     /// boundary, with everything before the boundary durable): parts, then
     /// the manifest. Once this returns the checkpoint is complete and the
     /// sinks may commit.
-    pub fn write(
-        &mut self,
-        output_mark: Vec<u8>,
-        dead_letter_mark: Vec<u8>,
-        dead_letters: u64,
-    ) -> Result<JobMeta, CheckpointError> {
+    pub fn write(&mut self, marks: SinkMarks) -> Result<JobMeta, CheckpointError> {
         let checkpoint = self.completed + 1;
         let parts: Vec<CheckpointPart> = self
             .parts
@@ -488,11 +499,18 @@ impl Checkpointer {
             .map(|p| p.take().expect("every part is in"))
             .collect();
         let sources = source_meta(&parts);
+        let SinkMarks {
+            output_mark,
+            output_lines,
+            dead_letter_mark,
+            dead_letters,
+        } = marks;
         let meta = JobMeta {
             checkpoint,
             sources,
             output_mark,
             dead_letter_mark,
+            output_lines,
             dead_letters,
         };
         let id = self.next_store_id;
@@ -649,7 +667,14 @@ mod tests {
             "a shard the job does not have"
         );
         assert!(checkpoints.add_part(part(0, Some(cut.clone()))).unwrap());
-        let meta = checkpoints.write(b"out".to_vec(), vec![], 3).unwrap();
+        let marks = SinkMarks {
+            output_mark: b"out".to_vec(),
+            output_lines: 5,
+            dead_letter_mark: vec![],
+            dead_letters: 3,
+        };
+        let meta = checkpoints.write(marks.clone()).unwrap();
+        assert_eq!((meta.output_lines, meta.dead_letters), (5, 3));
         assert_eq!(
             meta.sources,
             vec![SourceMeta::At(cut), SourceMeta::Ended { chunks: 9 }]

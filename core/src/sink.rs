@@ -3,7 +3,7 @@
 //! buffers shards hand over (`OutputBatch`), and the output thread: the only
 //! place output and dead letters touch files, sockets or the terminal.
 
-use crate::checkpoint::{Checkpointer, JobMeta};
+use crate::checkpoint::{Checkpointer, JobMeta, SinkMarks};
 use crate::connector::sinks::{FileSink, NullSink, WriteSink};
 use crate::connector::tcp_sink::{Release, TcpSinkOptions};
 use crate::connector::{CommitId, SinkConnector, SinkError};
@@ -284,6 +284,8 @@ pub struct OutputWriter {
     bugs: OutputBugs,
     /// The lineage of what is written, when the audit log is on.
     audit: Option<crate::audit::OutputAudit>,
+    /// Output lines written, a recovery's before this life included.
+    output_lines: u64,
 }
 
 /// Bugs a test can plant in the output thread's logic to prove the
@@ -324,6 +326,7 @@ impl OutputWriter {
             checkpoints: None,
             bugs: OutputBugs::default(),
             audit: None,
+            output_lines: 0,
         }
     }
 
@@ -353,6 +356,7 @@ impl OutputWriter {
     /// Continues both sinks from a checkpoint's marks (a recovery).
     pub fn resume(&mut self, meta: &JobMeta) -> Result<(), SinkError> {
         self.sink.resume(&meta.output_mark)?;
+        self.output_lines = meta.output_lines;
         self.dead_letters
             .resume(&meta.dead_letter_mark, meta.dead_letters)
     }
@@ -392,18 +396,15 @@ impl OutputWriter {
     }
 
     fn apply(&mut self, shard: u32, message: OutputMessage) -> Result<(), OutputError> {
-        if let Some(audit) = &mut self.audit {
-            match &message {
-                OutputMessage::Lines(batch) => audit.output(shard, &batch.lines, &batch.ids)?,
-                OutputMessage::Relayed(batch) => audit.output(shard, &batch.lines, &batch.ids)?,
-                OutputMessage::DeadLetter(letter) => audit.dead_letter(letter)?,
-                OutputMessage::Checkpoint(_) => {}
-            }
-        }
         match message {
-            OutputMessage::Lines(batch) => self.sink.write(&batch.lines, &batch.ids)?,
-            OutputMessage::Relayed(batch) => self.sink.write(&batch.lines, &batch.ids)?,
-            OutputMessage::DeadLetter(letter) => self.dead_letters.write(&letter)?,
+            OutputMessage::Lines(batch) => self.write_lines(shard, &batch.lines, &batch.ids)?,
+            OutputMessage::Relayed(batch) => self.write_lines(shard, &batch.lines, &batch.ids)?,
+            OutputMessage::DeadLetter(letter) => {
+                if let Some(audit) = &mut self.audit {
+                    audit.dead_letter(&letter)?;
+                }
+                self.dead_letters.write(&letter)?
+            }
             OutputMessage::Checkpoint(part) => {
                 let Some(c) = &mut self.checkpoints else {
                     return Err(OutputError::Part(format!(
@@ -419,22 +420,37 @@ impl OutputWriter {
         Ok(())
     }
 
+    /// A batch of output lines (`ids`: their input ids, when the sink or
+    /// the audit log wants them).
+    fn write_lines(&mut self, shard: u32, lines: &[u8], ids: &[MsgId]) -> Result<(), OutputError> {
+        let count = memchr::memchr_iter(b'\n', lines).count() as u64;
+        if let Some(audit) = &mut self.audit {
+            audit.output(shard, self.output_lines + 1, count, lines, ids)?;
+        }
+        self.sink.write(lines, ids)?;
+        self.output_lines += count;
+        Ok(())
+    }
+
     /// Every shard's part is in: the boundary, the checkpoint, the commit,
     /// then what waited for it.
     fn complete_checkpoint(&mut self) -> Result<(), OutputError> {
         let commit = CommitId(self.checkpoints_completed() + 1);
         self.sink.barrier(commit)?;
         self.dead_letters.barrier(commit)?;
-        let output_mark = self.sink.resume_mark()?;
-        let dead_letter_mark = self.dead_letters.resume_mark()?;
-        let written = self.dead_letters.written;
+        let marks = SinkMarks {
+            output_mark: self.sink.resume_mark()?,
+            output_lines: self.output_lines,
+            dead_letter_mark: self.dead_letters.resume_mark()?,
+            dead_letters: self.dead_letters.written,
+        };
         if self.bugs.commit_before_durable {
             self.sink.commit(commit)?;
             self.dead_letters.commit(commit)?;
         }
         let c = self.checkpoints.as_mut().expect("checkpoints are on");
         let began_us = self.audit.as_ref().map(|a| a.now_us());
-        c.writer.write(output_mark, dead_letter_mark, written)?;
+        c.writer.write(marks)?;
         if let (Some(audit), Some(began_us)) = (&mut self.audit, began_us) {
             let now_us = audit.now_us();
             let record = verity_audit::Record::Checkpoint(verity_audit::record::Checkpoint {

@@ -488,7 +488,6 @@ where
     O: 'static,
 {
     let started = Instant::now();
-    let output_lines_before = Arc::new(AtomicU64::new(0));
     let failure = Arc::new(RunFailure::default());
     let Dataflow { sources, logic } = flow;
     let source_names: Arc<Vec<String>> = Arc::new(sources.iter().map(|s| s.name.clone()).collect());
@@ -531,9 +530,7 @@ where
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
-        let output_audit = audit.map(|a| {
-            crate::audit::OutputAudit::new(Box::new(a.handle()), a.clock(), Arc::clone(&output_lines_before))
-        });
+        let output_audit = audit.map(|a| crate::audit::OutputAudit::new(Box::new(a.handle()), a.clock()));
         output = Some(spawn_output_thread(
             outputs,
             config,
@@ -590,10 +587,6 @@ where
         log::info!(
             "continuing from checkpoint {checkpoint}: {} records applied before it by this process's shards",
             cores.iter().map(|c| c.counters().records_in).sum::<u64>()
-        );
-        output_lines_before.store(
-            cores.iter().map(|c| c.counters().records_out).sum(),
-            Ordering::Relaxed,
         );
         if let Some(audit) = audit {
             let store_id = restart.as_ref().map_or(0, |r| r.store_id);

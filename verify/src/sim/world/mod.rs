@@ -925,13 +925,7 @@ where
         }
         let output_lines = line_count(&output_text.bytes());
         if let Some(audit) = &mut audit {
-            // Output lines are numbered on from those a recovery kept.
-            let lines_before = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(output_lines));
-            writer = writer.with_audit(verity_core::audit::OutputAudit::new(
-                audit.out(0),
-                clocks.of(0),
-                lines_before,
-            ));
+            writer = writer.with_audit(verity_core::audit::OutputAudit::new(audit.out(0), clocks.of(0)));
             if let Some(restart) = restart {
                 let recorded =
                     audit.recovered(clocks.of(0).now_us(), restart.meta.checkpoint, restart.store_id);

@@ -461,13 +461,11 @@ where
         let mut upload = match self.world.uploads[s].take() {
             Some(upload) => {
                 assert_eq!(upload.checkpoint(), part.checkpoint, "one part at a time");
+                self.world.stats.bump("part_uploads_resumed");
                 upload
             }
             None => PartUpload::new(&part, piece_max),
         };
-        if upload.is_started() {
-            self.world.stats.bump("part_uploads_resumed");
-        }
         let (world, shard) = (&mut *self.world, self.shard);
         let sent = upload.send(|piece| {
             let taken = world.try_upstream(shard, piece);
