@@ -206,7 +206,7 @@ impl Log {
             .next_back()
     }
 
-    fn all(&self) -> impl Iterator<Item = &Record> {
+    fn all(&self) -> impl DoubleEndedIterator<Item = &Record> {
         self.records.iter().map(|(_, r)| r)
     }
 
@@ -216,15 +216,61 @@ impl Log {
                 Record::RunStart(s) => Some(s.shards_total),
                 _ => None,
             })
-            .last()
+            .next_back()
             .unwrap_or(1)
             .max(1)
     }
 
+    /// The output batches that stand in the final output, in line order:
+    /// process 0's `Output` records, where a life recovered from a
+    /// checkpoint supersedes what an earlier life wrote after that
+    /// checkpoint's output mark (the sink was rolled back to it). Within a
+    /// life the batches chain line by line from where it began; a life may
+    /// begin past where the batches before it end, where a crash lost the
+    /// unsynced tail of the log (its output is named nowhere, so
+    /// `output_line` cannot trace it). Errs where the line numbers do not
+    /// chain, or a rollback lands inside a batch.
+    pub fn standing_outputs(&self) -> Result<Vec<&Output>, String> {
+        let mut standing: Vec<&Output> = Vec::new();
+        let mut new_life = false;
+        for (process, record) in &self.records {
+            match record {
+                Record::RunStart(_) if *process == 0 => new_life = true,
+                Record::Output(output) if *process == 0 => {
+                    let next = standing.last().map_or(1, |o| o.end_line());
+                    if output.first_line != next && !new_life {
+                        return Err(format!(
+                            "output batch of lines {}..{} follows line {} in the same life",
+                            output.first_line,
+                            output.end_line(),
+                            next - 1
+                        ));
+                    }
+                    if output.first_line < next {
+                        standing.retain(|o| o.first_line < output.first_line);
+                        if let Some(cut) = standing.last().filter(|o| o.end_line() > output.first_line) {
+                            return Err(format!(
+                                "a recovered life writes from line {}, inside an earlier batch of lines {}..{}",
+                                output.first_line,
+                                cut.first_line,
+                                cut.end_line()
+                            ));
+                        }
+                    }
+                    new_life = false;
+                    standing.push(output);
+                }
+                _ => {}
+            }
+        }
+        Ok(standing)
+    }
+
     /// The input behind output line `line` (from 1), with the batch that
-    /// wrote it.
+    /// wrote it: the newest batch that wrote that line (a recovered life's
+    /// rewrite supersedes what an earlier life wrote past its checkpoint).
     pub fn output_line(&self, line: u64) -> Option<(&Output, Id)> {
-        self.all().find_map(|r| match r {
+        self.all().rev().find_map(|r| match r {
             Record::Output(o) if (o.first_line..o.end_line()).contains(&line) => {
                 o.ids.get((line - o.first_line) as usize).map(|id| (o, *id))
             }
@@ -278,7 +324,7 @@ impl Log {
                 }
                 _ => None,
             })
-            .last()
+            .next_back()
             .unwrap_or_else(|| "its start".into());
         let _ = writeln!(
             out,
@@ -451,6 +497,110 @@ mod tests {
             format_utc_us(1_796_083_199_999_999),
             "2026-11-30T23:59:59.999999Z"
         );
+    }
+
+    fn start() -> Record {
+        Record::RunStart(crate::record::RunStart {
+            utc_us: 0,
+            process: 0,
+            incarnation: 1,
+            version: String::new(),
+            clock_source: String::new(),
+            user: String::new(),
+            host: String::new(),
+            args: Vec::new(),
+            shards_total: 1,
+            first_shard: 0,
+            shards: 1,
+            batch_max: 1,
+        })
+    }
+
+    fn batch(first_line: u64, lines: u64) -> Record {
+        Record::Output(Output {
+            utc_us: 0,
+            shard: 0,
+            first_line,
+            lines,
+            bytes: lines,
+            crc32c: 0,
+            ids: Vec::new(),
+        })
+    }
+
+    fn standing(records: Vec<Record>) -> Result<Vec<(u64, u64)>, String> {
+        let log = Log {
+            records: records.into_iter().map(|r| (0, r)).collect(),
+        };
+        let batches = log.standing_outputs()?;
+        Ok(batches.iter().map(|o| (o.first_line, o.end_line())).collect())
+    }
+
+    #[test]
+    fn a_recovered_life_supersedes_what_was_written_past_its_checkpoint() {
+        let rolled_back = vec![
+            start(),
+            batch(1, 3),
+            batch(4, 2),
+            batch(6, 4),
+            start(),
+            batch(6, 1),
+            batch(7, 5),
+        ];
+        assert_eq!(standing(rolled_back), Ok(vec![(1, 4), (4, 6), (6, 7), (7, 12)]));
+        // A crash lost the log's tail (lines 4..6): the next life goes on
+        // from its checkpoint past it.
+        let lost_tail = vec![start(), batch(1, 3), start(), batch(6, 2)];
+        assert_eq!(standing(lost_tail), Ok(vec![(1, 4), (6, 8)]));
+    }
+
+    #[test]
+    fn batches_that_do_not_chain_are_named() {
+        let gap = standing(vec![start(), batch(1, 3), batch(5, 1)]).unwrap_err();
+        assert!(
+            gap.contains("lines 5..6 follows line 3 in the same life"),
+            "{gap}"
+        );
+        let overlap = standing(vec![start(), batch(1, 3), batch(3, 1)]).unwrap_err();
+        assert!(overlap.contains("follows line 3"), "{overlap}");
+        let inside = standing(vec![start(), batch(1, 3), start(), batch(2, 1)]).unwrap_err();
+        assert!(
+            inside.contains("from line 2, inside an earlier batch of lines 1..4"),
+            "{inside}"
+        );
+    }
+
+    fn id(seq: u64) -> Id {
+        Id {
+            producer: 0,
+            part: 0,
+            seq,
+        }
+    }
+
+    #[test]
+    fn the_newest_batch_to_write_a_line_traces_it() {
+        let mut old = Output {
+            utc_us: 0,
+            shard: 0,
+            first_line: 1,
+            lines: 2,
+            bytes: 2,
+            crc32c: 0,
+            ids: vec![id(7), id(8)],
+        };
+        let mut new = old.clone();
+        new.ids = vec![id(9), id(10)];
+        old.shard = 1;
+        let log = Log {
+            records: vec![
+                (0, start()),
+                (0, Record::Output(old)),
+                (0, start()),
+                (0, Record::Output(new)),
+            ],
+        };
+        assert_eq!(log.output_line(2).map(|(_, id)| id), Some(id(10)));
     }
 
     #[test]

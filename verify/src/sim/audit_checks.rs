@@ -1,7 +1,8 @@
 //! What a seed with an audit log must show at its end, besides its output:
 //! the chains verify (every checksum and link, each process's head as its
 //! writer last had it, so a lost tail shows), the clock-dependent decisions
-//! are the ones the log says the logic saw, and a replay of the log
+//! are the ones the log says the logic saw, the log's lineage names every
+//! output line where it is (across recoveries too), and a replay of the log
 //! reproduces the output byte for byte.
 
 use super::{checks, AuditedRun, SimConfig};
@@ -19,6 +20,58 @@ pub(super) fn check_chains(run: &AuditedRun) -> Result<(), String> {
     match report.problems.first() {
         Some(problem) => Err(format!("audit log ({:?}) does not verify: {problem}", run.plan)),
         None => Ok(()),
+    }
+}
+
+/// The output batches the log says stand (`Log::standing_outputs`) are the
+/// output: each one's size and checksum are those of the lines it names, and
+/// (one life, where no crash can have lost a tail of the log) they cover it
+/// from line 1 to its last. A lineage query (`verity audit trace-output N`)
+/// relies on that line numbering.
+pub(super) fn check_lineage(run: &AuditedRun, output: &[u8]) -> Result<(), String> {
+    let (disk, _) = run.finished.as_ref().map_err(|e| format!("audit log: {e}"))?;
+    let (log, _) = Log::read(&mut disk.clone()).map_err(|e| format!("audit log: cannot read it: {e}"))?;
+    let lives = run.lives;
+    let standing = log
+        .standing_outputs()
+        .map_err(|e| format!("audit lineage ({lives} lives): {e}"))?;
+    // Byte offset of the start of each line, and of the end.
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(
+            output
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b'\n')
+                .map(|(at, _)| at + 1),
+        )
+        .collect();
+    let lines = starts.len() as u64 - 1;
+    let mut covered = 0;
+    for batch in &standing {
+        if batch.end_line() > lines + 1 {
+            return Err(format!(
+                "audit lineage ({lives} lives): a batch names output lines {}..{} but the output has {lines}",
+                batch.first_line,
+                batch.end_line()
+            ));
+        }
+        let bytes = &output[starts[batch.first_line as usize - 1]..starts[batch.end_line() as usize - 1]];
+        if bytes.len() as u64 != batch.bytes || crc32c::crc32c(bytes) != batch.crc32c {
+            return Err(format!(
+                "audit lineage ({lives} lives): the batch of output lines {}..{} ({} bytes) is not what the output holds there ({} bytes)",
+                batch.first_line,
+                batch.end_line(),
+                batch.bytes,
+                bytes.len()
+            ));
+        }
+        covered += batch.lines;
+    }
+    match lives > 1 || covered == lines {
+        true => Ok(()),
+        false => Err(format!(
+            "audit lineage: the log names {covered} output lines, the output has {lines}"
+        )),
     }
 }
 

@@ -563,7 +563,8 @@ pub fn run_seed_ok(config: &SimConfig) -> SimOutcome {
     outcome
 }
 
-/// A finished run's audit log: its chains verify, and (one life) a replay
+/// A finished run's audit log: its chains verify, its lineage names the
+/// output's lines, and (one life) a replay
 /// of it reproduces the output.
 fn check_audit(
     config: &SimConfig,
@@ -575,6 +576,7 @@ fn check_audit(
         return Ok(());
     };
     audit_checks::check_chains(run)?;
+    audit_checks::check_lineage(run, &outcome.output)?;
     if run.lives == 1 {
         audit_checks::check_replay(config, run, input, options, &outcome.output)?;
     }
