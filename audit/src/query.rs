@@ -206,6 +206,11 @@ impl Log {
             .next_back()
     }
 
+    /// Every record read, in the log's order (process by process).
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = &Record> {
+        self.all()
+    }
+
     fn all(&self) -> impl DoubleEndedIterator<Item = &Record> {
         self.records.iter().map(|(_, r)| r)
     }
@@ -427,6 +432,12 @@ impl Log {
                         ),
                     ));
                 }
+                Record::StepFailed(f) if f.id == id => {
+                    events.push((
+                        f.utc_us,
+                        format!("FAILED at {}: {}", format_utc_us(f.utc_us), step_failure(f)),
+                    ));
+                }
                 _ => {}
             }
         }
@@ -480,9 +491,32 @@ impl Log {
                     String::from_utf8_lossy(&f.raw)
                 );
             }
+            if let Record::StepFailed(f) = record {
+                count += 1;
+                let _ = writeln!(
+                    out,
+                    "input {}: at {}: {}",
+                    f.id,
+                    format_utc_us(f.utc_us),
+                    step_failure(f)
+                );
+            }
         }
         (count, out)
     }
+}
+
+/// How a failure in the keyed step reads: where, why, and the key and
+/// state it met (their `Wire` bytes: text shows as text).
+fn step_failure(f: &crate::record::StepFailed) -> String {
+    format!(
+        "the keyed step on shard {} {}: {}; key {:?}, state {:?}",
+        f.shard,
+        if f.panicked { "panicked" } else { "failed it" },
+        f.reason,
+        String::from_utf8_lossy(&f.key),
+        String::from_utf8_lossy(&f.state)
+    )
 }
 
 #[cfg(test)]

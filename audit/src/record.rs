@@ -240,6 +240,21 @@ pub struct Failed {
     pub raw: Vec<u8>,
 }
 
+/// An input record the keyed step failed on, with the key and the key's
+/// state as the step left them (each in the app's `Wire` encoding): the step
+/// said so (`Output::fail`: a bad value, an overflow; the record is
+/// dead-lettered and the run goes on), or it panicked (the run fails).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFailed {
+    pub utc_us: u64,
+    pub shard: u32,
+    pub id: Id,
+    pub panicked: bool,
+    pub reason: String,
+    pub key: Vec<u8>,
+    pub state: Vec<u8>,
+}
+
 /// A checkpoint became durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -280,6 +295,7 @@ pub enum Record {
     Checkpoint(Checkpoint),
     Recovery(Recovery),
     RunEnd(RunEnd),
+    StepFailed(StepFailed),
 }
 
 /// Kind bytes: a record's first byte. Never reuse one.
@@ -294,10 +310,11 @@ mod kind {
     pub const CHECKPOINT: u8 = 8;
     pub const RECOVERY: u8 = 9;
     pub const RUN_END: u8 = 10;
+    pub const STEP_FAILED: u8 = 11;
 }
 
 /// The record kinds by name, in kind order (for summaries).
-pub const KIND_NAMES: [&str; 10] = [
+pub const KIND_NAMES: [&str; 11] = [
     "run-start",
     "input-chunk",
     "applied",
@@ -308,6 +325,7 @@ pub const KIND_NAMES: [&str; 10] = [
     "checkpoint",
     "recovery",
     "run-end",
+    "step-failed",
 ];
 
 impl Record {
@@ -328,6 +346,7 @@ impl Record {
             Record::Checkpoint(_) => kind::CHECKPOINT,
             Record::Recovery(_) => kind::RECOVERY,
             Record::RunEnd(_) => kind::RUN_END,
+            Record::StepFailed(_) => kind::STEP_FAILED,
         }
     }
 
@@ -344,6 +363,7 @@ impl Record {
             Record::Checkpoint(r) => Some(r.utc_us),
             Record::Recovery(r) => Some(r.utc_us),
             Record::RunEnd(r) => Some(r.utc_us),
+            Record::StepFailed(r) => Some(r.utc_us),
         }
     }
 
@@ -450,6 +470,15 @@ impl Record {
                 put_id(out, r.id);
                 put_str(out, &r.reason);
                 put_bytes(out, &r.raw);
+            }
+            Record::StepFailed(r) => {
+                put_varint(out, r.utc_us);
+                put_varint(out, r.shard as u64);
+                put_id(out, r.id);
+                put_u8(out, r.panicked as u8);
+                put_str(out, &r.reason);
+                put_bytes(out, &r.key);
+                put_bytes(out, &r.state);
             }
             Record::Checkpoint(r) => {
                 for field in [r.utc_us, r.checkpoint, r.store_id, r.bytes, r.duration_us] {
@@ -597,6 +626,19 @@ impl Record {
                 records_out: input.varint()?,
                 dead_lettered: input.varint()?,
             }),
+            kind::STEP_FAILED => Record::StepFailed(StepFailed {
+                utc_us: input.varint()?,
+                shard: input.varint_u32()?,
+                id: read_id(&mut input)?,
+                panicked: match input.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Invalid("step-failed panicked flag")),
+                },
+                reason: input.string()?,
+                key: input.bytes()?.to_vec(),
+                state: input.bytes()?.to_vec(),
+            }),
             _ => return Err(DecodeError::Invalid("record kind")),
         };
         if !input.is_empty() {
@@ -718,6 +760,26 @@ pub(crate) mod tests {
                     reason,
                     raw
                 })),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                id(),
+                any::<bool>(),
+                ".{0,16}",
+                prop::collection::vec(any::<u8>(), 0..20),
+                prop::collection::vec(any::<u8>(), 0..20)
+            )
+                .prop_map(
+                    |(utc_us, shard, id, panicked, reason, key, state)| Record::StepFailed(StepFailed {
+                        utc_us,
+                        shard,
+                        id,
+                        panicked,
+                        reason,
+                        key,
+                        state
+                    })
+                ),
             any::<[u64; 5]>().prop_map(|f| Record::Checkpoint(Checkpoint {
                 utc_us: f[0],
                 checkpoint: f[1],

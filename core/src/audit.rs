@@ -317,6 +317,29 @@ impl ShardAudit {
         push_record(&mut self.buffer, &record);
     }
 
+    /// The keyed step failed input `id` (or panicked on it), meeting the
+    /// key and state given in their `Wire` encoding.
+    pub fn step_failed(
+        &mut self,
+        clock: &UnitClock,
+        id: MsgId,
+        panicked: bool,
+        reason: &str,
+        key: Vec<u8>,
+        state: Vec<u8>,
+    ) {
+        let record = Record::StepFailed(verity_audit::record::StepFailed {
+            utc_us: clock.read_fresh(),
+            shard: self.shard,
+            id: id.into(),
+            panicked,
+            reason: reason.to_string(),
+            key,
+            state,
+        });
+        push_record(&mut self.buffer, &record);
+    }
+
     pub fn is_full(&self) -> bool {
         self.buffer.len() >= AUDIT_BUFFER_BYTES
     }

@@ -15,7 +15,9 @@
 //!    sink, which may be full (then the step stops there and the next step
 //!    resumes with the same effect, as a blocked production thread would);
 //! 5. retry parked sends, each source's in order, stopping at the first full;
-//! 6. once the core finished and nothing is parked, report `Finished`.
+//! 6. once the core finished and nothing is parked, report `Finished`;
+//!    if the keyed step panicked, panic with its reason once the effects
+//!    before it are carried out.
 //!
 //! The driver never blocks and never waits: `Step::wait` says what it waits
 //! for, and the caller waits (production `Select`s on the watched queues; the
@@ -220,6 +222,12 @@ where
                 wait,
                 parked_sends,
             };
+        }
+        if let Some(reason) = self.core.panicked() {
+            // Only now that the effects before it (the audit records naming
+            // the input and its key's state) are out: the run fails as on
+            // any panic in a shard thread.
+            panic!("{reason}");
         }
         progressed |= self.retry_parked(ports);
         if self.core.is_finished() && !self.has_parked_sends() {

@@ -14,6 +14,7 @@ use crate::key::Key;
 use crate::line::{Line, Reject};
 use crate::source::SourceSpec;
 use crate::State;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Where a step hands its outputs.
@@ -287,6 +288,8 @@ pub struct Output<'a, O> {
     pub(crate) clock: &'a mut UnitClock,
     /// Where notes go when the audit log is on.
     pub(crate) notes: Option<&'a mut NoteSink>,
+    /// Set by `fail`.
+    pub(crate) failure: &'a mut Option<Cow<'static, str>>,
 }
 
 impl<O> Output<'_, O> {
@@ -310,6 +313,16 @@ impl<O> Output<'_, O> {
     /// re-created.
     pub fn now_us(&mut self) -> u64 {
         self.clock.now_us()
+    }
+
+    /// Fails the input being processed: a value the step cannot take (out
+    /// of range, an overflow). The record is dead-lettered with `reason`,
+    /// the audit log keeps its key and the key's state as the step leaves
+    /// them, and the run goes on. Fail before changing the state, and emit
+    /// nothing for the record, so that it is as if it never came. (Only the
+    /// keyed step may fail a record: `on_end` has none.)
+    pub fn fail(&mut self, reason: impl Into<Cow<'static, str>>) {
+        *self.failure = Some(reason.into());
     }
 
     /// Whether `note` records anything (the audit log is on): logic can skip

@@ -284,6 +284,10 @@ pub struct ShardCore<K, V, S, O> {
     schedule: Option<VecDeque<UnitSource>>,
     /// The first unit a replay applied out of its recorded order.
     schedule_divergence: Option<String>,
+    /// Why the keyed step panicked, once it has: the shard applies nothing
+    /// more, and its driver fails the run once the effects so far (the
+    /// audit records that name the input and the key's state) are out.
+    panicked: Option<String>,
 }
 
 /// The version of `ShardCore`'s snapshot encoding; a checkpoint of another
@@ -368,6 +372,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             dedup_enabled: true,
             schedule: None,
             schedule_divergence: None,
+            panicked: None,
         };
         core.finish_if_done();
         core
@@ -463,6 +468,11 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         }
     }
 
+    /// Why the keyed step panicked, if it did (`panicked`).
+    pub fn panicked(&self) -> Option<&str> {
+        self.panicked.as_deref()
+    }
+
     /// True once all input was applied, final outputs are emitted and everything
     /// is flushed into effects.
     pub fn is_finished(&self) -> bool {
@@ -502,6 +512,9 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     }
 
     pub fn on_source_event(&mut self, event: SourceEvent) {
+        if self.panicked.is_some() {
+            return;
+        }
         match event {
             SourceEvent::Chunk {
                 source,
@@ -551,6 +564,9 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
 
     /// A batch from the channel `awaited_senders` named.
     pub fn on_batch(&mut self, batch: Batch<K, V>) {
+        if self.panicked.is_some() {
+            return;
+        }
         let source = batch.source;
         let state = &mut self.sources[source as usize];
         assert_eq!(batch.chunk, state.next_apply, "batch out of turn");
@@ -597,7 +613,10 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 self.index as usize,
                 "a record reached a shard that does not own its key"
             );
-            self.keyed.apply(record, hash);
+            self.apply_record(source, batch.epoch, record, hash);
+        }
+        if self.panicked.is_some() {
+            return;
         }
         self.end_unit(unit, applied);
         if batch.last {
@@ -668,7 +687,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                     };
                     let applied = parsed.local.len() as u64;
                     for (record, hash) in parsed.local {
-                        self.keyed.apply(record, hash);
+                        self.apply_record(source, parsed.epoch, record, hash);
                     }
                     self.end_unit(unit, applied);
                     continue;
@@ -1032,7 +1051,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                     value: msg.data.value,
                 };
                 if to == index && in_turn {
-                    self.keyed.apply(record, hash);
+                    self.apply_record(source, epoch, record, hash);
                     applied += 1;
                 } else if to == index {
                     local.push((record, hash));
@@ -1112,6 +1131,33 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         }
     }
 
+    /// Applies one record of a chunk of `epoch` in its turn. A record the
+    /// step fails is dead-lettered; a panic stops the shard (`panicked`),
+    /// with the audit records so far on their way.
+    fn apply_record(&mut self, source: u32, epoch: u64, record: Routed<K, V>, hash: u64) {
+        if self.panicked.is_some() {
+            return;
+        }
+        let Some(failure) = self.keyed.apply(record, hash) else {
+            return;
+        };
+        if failure.panicked {
+            self.panicked = Some(format!(
+                "the keyed step panicked on input {} (shard {}): {}",
+                failure.id, self.index, failure.reason
+            ));
+            self.flush_audit();
+            return;
+        }
+        self.counters.dead_lettered += 1;
+        let letter = DeadLetter {
+            id: failure.id,
+            reason: format!("the keyed step failed it: {}", failure.reason).into(),
+            raw: Bytes::new(),
+        };
+        self.dead_letter(source, epoch, letter);
+    }
+
     fn flush_audit(&mut self) {
         if let Some(records) = self.keyed.audit.as_mut().and_then(ShardAudit::take) {
             self.effects.push(Effect::Audit(records));
@@ -1134,9 +1180,19 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     }
 }
 
-impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
+/// An input the keyed step failed (`Output::fail`) or panicked on.
+struct StepFailure {
+    id: MsgId,
+    panicked: bool,
+    reason: std::borrow::Cow<'static, str>,
+}
+
+impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
     /// Applies `record`, whose key hashes to `hash` (`Key::route_hash`).
-    fn apply(&mut self, record: Routed<K, V>, hash: u64) {
+    /// A panic of the step is caught here, at the step boundary, so the
+    /// audit log can name the input and the state it met.
+    #[must_use = "a failed record is dead-lettered, a panic stops the shard"]
+    fn apply(&mut self, record: Routed<K, V>, hash: u64) -> Option<StepFailure> {
         // A zero-sized state (a stateless keyed step, e.g. doubler) needs no store:
         // skipping it keeps memory flat however many distinct keys pass.
         let mut unit_state;
@@ -1146,6 +1202,7 @@ impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
         } else {
             self.store.state_mut(hash, &record.key, Key::detach)
         };
+        let mut failure = None;
         let mut output = Output {
             id: record.id,
             format: &*self.format,
@@ -1154,8 +1211,25 @@ impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
             emitted: &mut self.emitted,
             clock: &mut self.clock,
             notes: self.audit.as_mut().map(|audit| &mut audit.notes),
+            failure: &mut failure,
         };
-        (self.step)(state, &record.key, Msg::new(record.id, record.value), &mut output);
+        let Routed { id, key, value } = record;
+        let step = &*self.step;
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            step(&mut *state, &key, Msg::new(id, value), &mut output)
+        }));
+        let (panicked, reason) = match (stepped, failure) {
+            (Ok(()), None) => return None,
+            (Ok(()), Some(reason)) => (false, reason),
+            (Err(payload), _) => (true, crate::runtime::panic_message(&*payload).into()),
+        };
+        if let Some(audit) = &mut self.audit {
+            let (mut key_bytes, mut state_bytes) = (Vec::new(), Vec::new());
+            key.encode(&mut key_bytes);
+            state.encode(&mut state_bytes);
+            audit.step_failed(&self.clock, id, panicked, &reason, key_bytes, state_bytes);
+        }
+        Some(StepFailure { id, panicked, reason })
     }
 
     fn run_on_end(&mut self) {
@@ -1163,6 +1237,7 @@ impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
         for (key, state) in self.store.sorted() {
             // The end's outputs derive from the final states alone: no
             // notes, and a clock reading here is not part of any unit.
+            let mut failure = None;
             let mut output = Output {
                 id: MsgId::default(),
                 format: &*self.format,
@@ -1171,8 +1246,10 @@ impl<K: Key, V, S: Default, O> KeyedPart<K, V, S, O> {
                 emitted: &mut self.emitted,
                 clock: &mut self.clock,
                 notes: None,
+                failure: &mut failure,
             };
             on_end(key, state, &mut output);
+            debug_assert!(failure.is_none(), "on_end has no record to fail");
         }
         let _ = self.clock.end_unit(0);
     }
