@@ -74,6 +74,40 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Benchmark a reference app on its built-in generator: throughput (as
+    /// fast as it goes), or with --rate end-to-end latency, open loop (each
+    /// event's latency counts from when it was due to enter, so a stall
+    /// shows in every event it delays).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// The reference app to run.
+    #[arg(value_enum)]
+    app: AppArg,
+    /// Generated events (input lines, all well formed).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    events: u64,
+    /// Shard threads [default: one per core].
+    #[arg(long, value_name = "W", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: Option<u32>,
+    /// Latency mode: send events at this many per second, and measure each
+    /// one's latency from when it was due to the sink into a histogram.
+    #[arg(long, value_name = "EVENTS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+    /// Write the report as JSON (stable field names: events_per_s, p50_us, p99_us, ...).
+    #[arg(long, value_name = "OUT")]
+    json: Option<PathBuf>,
+    /// Write the latency histogram as HdrHistogram's percentile
+    /// distribution (.hgrm, values in ms); needs --rate.
+    #[arg(long, value_name = "OUT", requires = "rate")]
+    hgrm: Option<PathBuf>,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -625,6 +659,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
             )
         }
         Command::Sim(args) => sim(args),
+        Command::Bench(args) => bench(args),
         Command::Audit {
             command:
                 AuditCommand::Replay {
@@ -1327,5 +1362,29 @@ fn trace(
         (None, None, None) => bail!("say what to trace: --output-id, --input-id or --output-line"),
     };
     crate::audit::print_stdout(&log.trace_input(id, render))?;
+    Ok(0)
+}
+
+fn bench(args: BenchArgs) -> Result<i32> {
+    let options = crate::bench::BenchOptions {
+        app: args.app.into(),
+        events: args.events,
+        workers: args
+            .workers
+            .map_or_else(verity_core::runtime::default_workers, |n| n as usize),
+        rate: args.rate,
+        audit: args.audit.settings(),
+        pin_cores: !args.no_pin,
+    };
+    let report = crate::bench::run(&options)?;
+    print!("{}", report.text());
+    if let Some(path) = &args.json {
+        crate::bench::write_file(path, &report.json())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(path), Some(latency)) = (&args.hgrm, &report.latency) {
+        crate::bench::write_file(path, &crate::bench::hgrm(&latency.histogram))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(0)
 }

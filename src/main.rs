@@ -2,6 +2,7 @@
 //! reports. No engine logic lives here.
 
 mod audit;
+mod bench;
 mod cli;
 mod cluster;
 mod logger;

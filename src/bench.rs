@@ -1,0 +1,391 @@
+//! `verity bench`: a reference app on its built-in generator (well-formed
+//! lines only), as fast as it goes (throughput) or paced at a fixed rate
+//! (latency).
+//!
+//! Latency is measured open-loop: event `n` (line `n` of the generator) is
+//! *intended* to enter at `start + (n - 1) / rate`, whether or not the engine
+//! keeps up, and its latency runs from that instant to the moment the sink
+//! is handed the output line it produced (the sink gets each line's input
+//! id). A stall therefore shows in every event it delays, not only in the one
+//! that met it: coordinated omission is not hidden. The paced source hands
+//! on what is due at once and sleeps at most `PACE_WAIT_MAX` for the next, so
+//! a chunk closes on time as well as on size; shards flush their output
+//! whenever their input runs dry, which below saturation is between chunks.
+
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
+use verity_core::connector::SinkConnector;
+use verity_core::source::LineGenerator;
+use verity_core::{
+    AuditSettings, CommitId, CustomSink, DeadLetterSpec, MsgId, Outputs, RunConfig, RunSummary, SinkError,
+    SinkSpec, SourceSpec,
+};
+
+/// The longest the paced source sleeps before it looks again for due events
+/// (it wakes earlier when the next one is due sooner).
+pub const PACE_WAIT_MAX: Duration = Duration::from_millis(1);
+/// Latencies above this (an hour, in µs) are recorded as this.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+/// Significant decimal digits the histogram keeps (0.1% resolution).
+const HISTOGRAM_SIGFIG: u8 = 3;
+/// The generator's seed (the same input every run).
+const SEED: u64 = 42;
+
+/// What to run.
+pub struct BenchOptions {
+    pub app: AppName,
+    pub events: u64,
+    pub workers: usize,
+    /// Events per second (latency mode); `None`: as fast as it goes.
+    pub rate: Option<u64>,
+    pub audit: Option<AuditSettings>,
+    pub pin_cores: bool,
+}
+
+/// What a run measured.
+pub struct BenchReport {
+    pub app: AppName,
+    pub events: u64,
+    pub workers: usize,
+    pub wall: Duration,
+    pub summary: RunSummary,
+    pub latency: Option<Latency>,
+}
+
+/// End-to-end latencies of a paced run, in microseconds.
+pub struct Latency {
+    pub rate: u64,
+    pub histogram: Histogram<u64>,
+}
+
+impl BenchReport {
+    pub fn events_per_s(&self) -> f64 {
+        self.events as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// The summary a user reads: throughput, then (latency mode) the
+    /// percentiles.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "verity bench {}: {} events, {} workers in {:.3} s: {:.0} events/s ({:.0} per worker); {} outputs, {} dead-lettered\n",
+            self.app.name(),
+            self.events,
+            self.workers,
+            self.wall.as_secs_f64(),
+            self.events_per_s(),
+            self.events_per_s() / self.workers as f64,
+            self.summary.records_out,
+            self.summary.dead_lettered,
+        );
+        if let Some(latency) = &self.latency {
+            let h = &latency.histogram;
+            let _ = writeln!(
+                out,
+                "latency at {} events/s (open loop, {} outputs): p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, p99.99 {} µs, max {} µs",
+                latency.rate,
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.value_at_quantile(0.9999),
+                h.max()
+            );
+        }
+        out
+    }
+
+    /// The report as JSON, with stable field names (`events_per_s`,
+    /// `p99_us`, ...; latency fields only in latency mode).
+    pub fn json(&self) -> String {
+        let mut fields = vec![
+            format!("\"app\": \"{}\"", self.app.name()),
+            format!("\"events\": {}", self.events),
+            format!("\"workers\": {}", self.workers),
+            format!("\"wall_s\": {:.6}", self.wall.as_secs_f64()),
+            format!("\"events_per_s\": {:.1}", self.events_per_s()),
+            format!(
+                "\"events_per_s_per_worker\": {:.1}",
+                self.events_per_s() / self.workers as f64
+            ),
+            format!("\"outputs\": {}", self.summary.records_out),
+            format!("\"dead_lettered\": {}", self.summary.dead_lettered),
+        ];
+        if let Some(latency) = &self.latency {
+            let h = &latency.histogram;
+            fields.push(format!("\"rate\": {}", latency.rate));
+            fields.push(format!("\"latency_samples\": {}", h.len()));
+            for (name, quantile) in [
+                ("p50_us", 0.5),
+                ("p90_us", 0.9),
+                ("p99_us", 0.99),
+                ("p999_us", 0.999),
+                ("p9999_us", 0.9999),
+            ] {
+                fields.push(format!("\"{name}\": {}", h.value_at_quantile(quantile)));
+            }
+            fields.push(format!("\"max_us\": {}", h.max()));
+            fields.push(format!("\"mean_us\": {:.1}", h.mean()));
+        }
+        format!("{{\n  {}\n}}\n", fields.join(",\n  "))
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let (app, events) = (options.app, options.events);
+    let epoch: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let source = match options.rate {
+        None => SourceSpec::generated("generator", move || {
+            generate::well_formed_generator(app, events, SEED)
+        }),
+        Some(rate) => {
+            let epoch = Arc::clone(&epoch);
+            SourceSpec::generated("generator", move || {
+                Box::new(Paced {
+                    inner: generate::well_formed_generator(app, events, SEED),
+                    rate: rate as f64,
+                    epoch: Arc::clone(&epoch),
+                    produced: 0,
+                })
+            })
+        }
+    };
+    let histogram = Arc::new(Mutex::new(new_histogram()));
+    let sink = match options.rate {
+        None => SinkSpec::Null,
+        Some(rate) => {
+            let (epoch, histogram) = (Arc::clone(&epoch), Arc::clone(&histogram));
+            SinkSpec::Custom(CustomSink::new("latency", move || {
+                Ok(Box::new(LatencySink {
+                    epoch: Arc::clone(&epoch),
+                    nanos_per_event: 1e9 / rate as f64,
+                    histogram: Arc::clone(&histogram),
+                }) as Box<dyn SinkConnector>)
+            }))
+        }
+    };
+    let outputs = Outputs {
+        sink,
+        dead_letter: DeadLetterSpec::Stderr,
+    };
+    let config = RunConfig {
+        workers: options.workers,
+        pin_cores: options.pin_cores,
+        progress: false,
+        audit: options.audit.clone(),
+        ..RunConfig::default()
+    };
+    let started = Instant::now();
+    let summary = run_app(
+        app,
+        AppInput::Single(source),
+        AppOptions::default(),
+        &config,
+        &outputs,
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    let wall = started.elapsed();
+    let latency = options.rate.map(|rate| Latency {
+        rate,
+        histogram: std::mem::replace(
+            &mut *histogram.lock().unwrap_or_else(|p| p.into_inner()),
+            new_histogram(),
+        ),
+    });
+    Ok(BenchReport {
+        app,
+        events,
+        workers: options.workers,
+        wall,
+        summary,
+        latency,
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, HISTOGRAM_SIGFIG).expect("valid histogram bounds")
+}
+
+/// A generator that hands on each line only once it is due: line `n` at
+/// `epoch + (n - 1) / rate` (the epoch is the first call).
+struct Paced {
+    inner: Box<dyn LineGenerator>,
+    rate: f64,
+    epoch: Arc<OnceLock<Instant>>,
+    produced: u64,
+}
+
+impl LineGenerator for Paced {
+    fn write_lines(&mut self, out: &mut Vec<u8>, lines_max: usize) -> usize {
+        let start = *self.epoch.get_or_init(Instant::now);
+        loop {
+            // Lines due by now: line n is due at (n - 1) / rate.
+            let due = (start.elapsed().as_secs_f64() * self.rate) as u64 + 1;
+            let ready = due.saturating_sub(self.produced).min(lines_max as u64);
+            if ready > 0 {
+                let wrote = self.inner.write_lines(out, ready as usize);
+                self.produced += wrote as u64;
+                return wrote;
+            }
+            let next_due = start + Duration::from_secs_f64(self.produced as f64 / self.rate);
+            std::thread::sleep(
+                next_due
+                    .saturating_duration_since(Instant::now())
+                    .min(PACE_WAIT_MAX),
+            );
+        }
+    }
+}
+
+/// Records, for every output line, how long after its input's intended
+/// entry the sink got it.
+struct LatencySink {
+    epoch: Arc<OnceLock<Instant>>,
+    nanos_per_event: f64,
+    histogram: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl SinkConnector for LatencySink {
+    fn wants_ids(&self) -> bool {
+        true
+    }
+
+    fn write(&mut self, _lines: &[u8], ids: &[MsgId]) -> Result<(), SinkError> {
+        let now = Instant::now();
+        // An output line implies its input was generated, which set the epoch.
+        let Some(&start) = self.epoch.get() else {
+            return Ok(());
+        };
+        let mut histogram = self.histogram.lock().unwrap_or_else(|p| p.into_inner());
+        // Lines of `on_end` carry the default id (sequence 0): no input's.
+        for id in ids.iter().filter(|id| id.seq > 0) {
+            let intended = start + Duration::from_nanos(((id.seq - 1) as f64 * self.nanos_per_event) as u64);
+            let latency_us = now.saturating_duration_since(intended).as_micros() as u64;
+            histogram.saturating_record(latency_us.max(1));
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, _upto: CommitId) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// The histogram as HdrHistogram's percentile distribution (`.hgrm`, the
+/// format of `outputPercentileDistribution` that HdrHistogram's plotters
+/// read), values in milliseconds.
+pub fn hgrm(histogram: &Histogram<u64>) -> String {
+    const TICKS_PER_HALF_DISTANCE: u32 = 5;
+    let ms = |us: f64| us / 1000.0;
+    let mut out = format!(
+        "{:>12} {:>14} {:>10} {:>14}\n\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    let mut total = 0u64;
+    for step in histogram.iter_quantiles(TICKS_PER_HALF_DISTANCE) {
+        total += step.count_since_last_iteration();
+        let quantile = step.quantile_iterated_to();
+        let value = ms(step.value_iterated_to() as f64);
+        if quantile < 1.0 {
+            let _ = writeln!(
+                out,
+                "{value:12.3} {quantile:2.12} {total:10} {:14.2}",
+                1.0 / (1.0 - quantile)
+            );
+        } else {
+            let _ = writeln!(out, "{value:12.3} {quantile:2.12} {total:10}");
+        }
+    }
+    // Sub-buckets per bucket: the power of two above 2 * 10^sigfig.
+    let sub_buckets = (2 * 10u64.pow(HISTOGRAM_SIGFIG as u32)).next_power_of_two();
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        ms(histogram.mean()),
+        ms(histogram.stdev())
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        ms(histogram.max() as f64),
+        histogram.len()
+    );
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        histogram.buckets(),
+        sub_buckets
+    );
+    out
+}
+
+/// Writes `text` to `path`, creating its directory.
+pub fn write_file(path: &PathBuf, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::File::create(path)?.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hgrm_lists_percentiles_with_cumulative_counts_and_the_footer() {
+        let mut h = new_histogram();
+        for us in 1..=1000 {
+            h.record(us).unwrap();
+        }
+        let text = hgrm(&h);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("Value") && lines[0].contains("1/(1-Percentile)"));
+        let last_row = lines
+            .iter()
+            .rev()
+            .find(|l| !l.starts_with('#') && !l.is_empty())
+            .unwrap();
+        let fields: Vec<&str> = last_row.split_whitespace().collect();
+        assert_eq!(fields[0], "1.000", "the max, 1000 µs in ms");
+        assert_eq!(fields[2], "1000", "every value counted by the last row");
+        assert!(
+            text.contains("#[Max     =        1.000, Total count    =         1000]"),
+            "{text}"
+        );
+        // Cumulative counts never decrease.
+        let counts: Vec<u64> = lines[2..]
+            .iter()
+            .take_while(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+            .collect();
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    }
+
+    #[test]
+    fn the_paced_generator_hands_on_only_what_is_due() {
+        let epoch = Arc::new(OnceLock::new());
+        let mut paced = Paced {
+            inner: generate::well_formed_generator(AppName::Doubler, 1_000_000, SEED),
+            rate: 1000.0,
+            epoch: Arc::clone(&epoch),
+            produced: 0,
+        };
+        let mut out = Vec::new();
+        let first = paced.write_lines(&mut out, 1_000_000);
+        assert!(first >= 1);
+        std::thread::sleep(Duration::from_millis(20));
+        let second = paced.write_lines(&mut out, 1_000_000);
+        let elapsed = epoch.get().unwrap().elapsed();
+        // Never ahead of the schedule (lines due by now: elapsed * rate + 1).
+        let due = (elapsed.as_secs_f64() * 1000.0) as usize + 1;
+        assert!(first + second <= due, "{first} + {second} lines, {due} due");
+        assert!(second >= 1);
+    }
+}
