@@ -48,3 +48,26 @@ awk -v b="$bytes" -v n="$records" 'BEGIN { printf "audit log: %d bytes, %.1f byt
 "$verity" audit summary "$work/audit" | sed -n '/records by kind/,/processes/p'
 "$verity" audit replay "$work/audit" --output "$work/replayed.txt" 2>&1
 cmp -s "$work/out.txt" "$work/replayed.txt" && echo "replayed output: byte-identical to the run's"
+
+# Latency: `verity bench market-spread` (one stream) paced at half its
+# measured maximum throughput, audit off and on (fsync every 10 ms), taking
+# turns; p99 of each run, median of REPEAT.
+lat_events=${LATENCY_EVENTS:-1000000}
+json_field() { sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p" "$2"; }
+"$verity" bench market-spread --events "$lat_events" --workers 2 --json "$work/max.json" >/dev/null
+max_rate=$(json_field events_per_s "$work/max.json")
+rate=$(awk -v r="$max_rate" 'BEGIN { printf "%d", r / 2 }')
+p99_off=() p99_on=()
+for _ in $(seq "$repeat"); do
+    "$verity" bench market-spread --events "$lat_events" --workers 2 --rate "$rate" --json "$work/off.json" >/dev/null
+    p99_off+=("$(json_field p99_us "$work/off.json")")
+    rm -rf "$work/audit"
+    "$verity" bench market-spread --events "$lat_events" --workers 2 --rate "$rate" --json "$work/on.json" \
+        --audit "$work/audit" >/dev/null 2>&1
+    p99_on+=("$(json_field p99_us "$work/on.json")")
+done
+off_p99=$(printf '%s\n' "${p99_off[@]}" | median)
+on_p99=$(printf '%s\n' "${p99_on[@]}" | median)
+echo "# latency: market-spread (one stream), $lat_events events at $rate/s (half of the measured $max_rate/s), 2 workers, median p99 of $repeat"
+awk -v off="$off_p99" -v on="$on_p99" \
+    'BEGIN { printf "p99 audit off %d us, on %d us: %+.0f%%\n", off, on, 100 * (on - off) / off }'
