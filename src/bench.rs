@@ -38,6 +38,7 @@ const HISTOGRAM_SIGFIG: u8 = 3;
 const SEED: u64 = 42;
 
 /// What to run.
+#[derive(Clone)]
 pub struct BenchOptions {
     pub app: AppName,
     pub events: u64,
@@ -62,6 +63,22 @@ pub struct BenchReport {
 pub struct Latency {
     pub rate: u64,
     pub histogram: Histogram<u64>,
+    /// From the first event's entry to the sink's last output: the span
+    /// the paced events took (without process start and shutdown).
+    pub span: Duration,
+}
+
+impl Latency {
+    /// Events per second over the paced span.
+    pub fn achieved(&self, events: u64) -> f64 {
+        events as f64 / self.span.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What the latency sink gathers.
+struct Recorded {
+    histogram: Histogram<u64>,
+    last_write: Option<Instant>,
 }
 
 impl BenchReport {
@@ -120,6 +137,10 @@ impl BenchReport {
         if let Some(latency) = &self.latency {
             let h = &latency.histogram;
             fields.push(format!("\"rate\": {}", latency.rate));
+            fields.push(format!(
+                "\"achieved_events_per_s\": {:.1}",
+                latency.achieved(self.events)
+            ));
             fields.push(format!("\"latency_samples\": {}", h.len()));
             for (name, quantile) in [
                 ("p50_us", 0.5),
@@ -157,16 +178,19 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             })
         }
     };
-    let histogram = Arc::new(Mutex::new(new_histogram()));
+    let recorded = Arc::new(Mutex::new(Recorded {
+        histogram: new_histogram(),
+        last_write: None,
+    }));
     let sink = match options.rate {
         None => SinkSpec::Null,
         Some(rate) => {
-            let (epoch, histogram) = (Arc::clone(&epoch), Arc::clone(&histogram));
+            let (epoch, recorded) = (Arc::clone(&epoch), Arc::clone(&recorded));
             SinkSpec::Custom(CustomSink::new("latency", move || {
                 Ok(Box::new(LatencySink {
                     epoch: Arc::clone(&epoch),
                     nanos_per_event: 1e9 / rate as f64,
-                    histogram: Arc::clone(&histogram),
+                    recorded: Arc::clone(&recorded),
                 }) as Box<dyn SinkConnector>)
             }))
         }
@@ -192,12 +216,17 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         Arc::new(AtomicBool::new(false)),
     )?;
     let wall = started.elapsed();
-    let latency = options.rate.map(|rate| Latency {
-        rate,
-        histogram: std::mem::replace(
-            &mut *histogram.lock().unwrap_or_else(|p| p.into_inner()),
-            new_histogram(),
-        ),
+    let latency = options.rate.map(|rate| {
+        let mut recorded = recorded.lock().unwrap_or_else(|p| p.into_inner());
+        let span = match (epoch.get(), recorded.last_write) {
+            (Some(&start), Some(last)) => last.saturating_duration_since(start),
+            _ => wall,
+        };
+        Latency {
+            rate,
+            histogram: std::mem::replace(&mut recorded.histogram, new_histogram()),
+            span,
+        }
     });
     Ok(BenchReport {
         app,
@@ -207,6 +236,108 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         summary,
         latency,
     })
+}
+
+/// The loads `--sweep` runs at, as fractions of the measured maximum.
+pub const SWEEP_LOADS: [f64; 5] = [0.10, 0.25, 0.50, 0.75, 0.90];
+/// A paced run keeps up when it takes in at least this share of its rate.
+const SWEEP_KEEPS_UP: f64 = 0.95;
+/// ... and its latency is stable while its p99 stays within this factor of
+/// the p99 at the lowest load.
+const SWEEP_P99_FACTOR: u64 = 10;
+
+/// `--sweep`: the maximum throughput, then latency at each of `SWEEP_LOADS`.
+pub struct Sweep {
+    pub max: BenchReport,
+    pub runs: Vec<BenchReport>,
+}
+
+impl Sweep {
+    /// Whether run `index` kept up with its rate and its p99 stayed within
+    /// `SWEEP_P99_FACTOR` of the lowest load's.
+    pub fn is_stable(&self, index: usize) -> bool {
+        let run = &self.runs[index];
+        let (Some(latency), Some(base)) = (&run.latency, self.runs.first().and_then(|r| r.latency.as_ref()))
+        else {
+            return false;
+        };
+        let kept_up = latency.achieved(run.events) >= SWEEP_KEEPS_UP * latency.rate as f64;
+        let p99 = |l: &Latency| l.histogram.value_at_quantile(0.99);
+        kept_up && p99(latency) <= SWEEP_P99_FACTOR * p99(base).max(1)
+    }
+
+    /// The highest rate whose run was stable, and every run below it too.
+    pub fn sustainable(&self) -> Option<u64> {
+        (0..self.runs.len())
+            .take_while(|&i| self.is_stable(i))
+            .last()
+            .and_then(|i| self.runs[i].latency.as_ref().map(|l| l.rate))
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = self.max.text();
+        let _ = writeln!(
+            out,
+            "{:>6} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9}  stable",
+            "load", "rate/s", "achieved/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs"
+        );
+        for (index, (run, load)) in self.runs.iter().zip(SWEEP_LOADS).enumerate() {
+            let Some(latency) = &run.latency else { continue };
+            let h = &latency.histogram;
+            let _ = writeln!(
+                out,
+                "{:>5.0}% {:>12} {:>12.0} {:>9} {:>9} {:>9} {:>9}  {}",
+                load * 100.0,
+                latency.rate,
+                latency.achieved(run.events),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max(),
+                if self.is_stable(index) { "yes" } else { "no" }
+            );
+        }
+        let _ = match self.sustainable() {
+            Some(rate) => writeln!(
+                out,
+                "sustainable throughput: {rate} events/s (kept up, p99 within {SWEEP_P99_FACTOR}x of the lowest load's)"
+            ),
+            None => writeln!(out, "sustainable throughput: none of the loads was stable"),
+        };
+        out
+    }
+
+    pub fn json(&self) -> String {
+        let runs: Vec<String> = self.runs.iter().map(|run| indent(&run.json())).collect();
+        let sustainable = self.sustainable().map_or("null".to_string(), |r| r.to_string());
+        format!(
+            "{{\n  \"max\": {},\n  \"sweep\": [\n    {}\n  ],\n  \"sustainable_events_per_s\": {sustainable}\n}}\n",
+            indent(&self.max.json()),
+            runs.join(",\n    ")
+        )
+    }
+}
+
+/// A JSON object's text, indented one level deeper (no trailing newline).
+fn indent(json: &str) -> String {
+    json.trim_end().replace('\n', "\n  ")
+}
+
+/// Runs `--sweep`: throughput first, then each load of it in turn.
+pub fn sweep(options: &BenchOptions) -> anyhow::Result<Sweep> {
+    let max = run(&BenchOptions {
+        rate: None,
+        ..options.clone()
+    })?;
+    let mut runs = Vec::new();
+    for load in SWEEP_LOADS {
+        let rate = ((max.events_per_s() * load) as u64).max(1);
+        runs.push(run(&BenchOptions {
+            rate: Some(rate),
+            ..options.clone()
+        })?);
+    }
+    Ok(Sweep { max, runs })
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -249,7 +380,7 @@ impl LineGenerator for Paced {
 struct LatencySink {
     epoch: Arc<OnceLock<Instant>>,
     nanos_per_event: f64,
-    histogram: Arc<Mutex<Histogram<u64>>>,
+    recorded: Arc<Mutex<Recorded>>,
 }
 
 impl SinkConnector for LatencySink {
@@ -263,7 +394,9 @@ impl SinkConnector for LatencySink {
         let Some(&start) = self.epoch.get() else {
             return Ok(());
         };
-        let mut histogram = self.histogram.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        recorded.last_write = Some(now);
+        let histogram = &mut recorded.histogram;
         // Lines of `on_end` carry the default id (sequence 0): no input's.
         for id in ids.iter().filter(|id| id.seq > 0) {
             let intended = start + Duration::from_nanos(((id.seq - 1) as f64 * self.nanos_per_event) as u64);

@@ -96,6 +96,11 @@ struct BenchArgs {
     /// one's latency from when it was due to the sink into a histogram.
     #[arg(long, value_name = "EVENTS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
+    /// Measure the maximum throughput, then latency at 10%, 25%, 50%, 75%
+    /// and 90% of it, and report the highest rate that kept up with a
+    /// stable p99 (sustainable throughput).
+    #[arg(long, conflicts_with_all = ["rate", "hgrm"])]
+    sweep: bool,
     /// Write the report as JSON (stable field names: events_per_s, p50_us, p99_us, ...).
     #[arg(long, value_name = "OUT")]
     json: Option<PathBuf>,
@@ -1376,6 +1381,15 @@ fn bench(args: BenchArgs) -> Result<i32> {
         audit: args.audit.settings(),
         pin_cores: !args.no_pin,
     };
+    if args.sweep {
+        let sweep = crate::bench::sweep(&options)?;
+        print!("{}", sweep.text());
+        if let Some(path) = &args.json {
+            crate::bench::write_file(path, &sweep.json())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(0);
+    }
     let report = crate::bench::run(&options)?;
     print!("{}", report.text());
     if let Some(path) = &args.json {

@@ -89,3 +89,30 @@ fn bad_arguments_say_what_is_wrong() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("--rate"), "{}", stderr(&output));
 }
+
+#[test]
+fn a_sweep_runs_latency_at_each_load_of_the_measured_maximum() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("sweep.json");
+    let output = ok(run(&[
+        "bench",
+        "doubler",
+        "--events",
+        "20000",
+        "--workers",
+        "1",
+        "--no-pin",
+        "--sweep",
+        "--json",
+        path_str(&json),
+    ]));
+    let text = stdout(&output);
+    for load in ["10%", "25%", "50%", "75%", "90%"] {
+        assert!(text.contains(load), "{load} in {text}");
+    }
+    assert!(text.contains("sustainable throughput: "), "{text}");
+    let json = std::fs::read_to_string(json).unwrap();
+    assert_eq!(json.matches("\"p99_us\":").count(), 5, "{json}");
+    assert!(json.contains("\"sustainable_events_per_s\":"), "{json}");
+    assert!(json.contains("\"achieved_events_per_s\":"), "{json}");
+}
