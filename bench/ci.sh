@@ -26,3 +26,16 @@ awk 'NR <= 2 || /^#/ { print; next } { n++ } n % 8 == 1 { print }' "$out/market-
 
 echo "== against the naive single-thread loop (ratios of medians, taken in turns)"
 target/release/verity-bench --records "$events" --repeat 3 | tee "$out/ratios.txt"
+
+echo "== ratios against bench/reference-ratios.txt (a warning below 80% of a reference)"
+# reference lines: `app | runner | ratio`; ratio rows: `app verity workers=N seconds records/s ratio`.
+awk '
+    NR == FNR {
+        if ($0 !~ /^#/ && split($0, f, / [|] /) == 3) reference[f[1] "|" f[2]] = f[3]
+        next
+    }
+    $2 == "verity" && (($1 "|" $2 " " $3) in reference) {
+        want = reference[$1 "|" $2 " " $3]
+        status = ($NF < 0.8 * want) ? "WARNING: regressed by more than 20%" : "ok"
+        printf "%-14s %-18s ratio %5.2f  reference %5.2f  %s\n", $1, $2 " " $3, $NF, want, status
+    }' bench/reference-ratios.txt "$out/ratios.txt"
