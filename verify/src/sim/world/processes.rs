@@ -669,6 +669,9 @@ where
             self.drivers[shard as usize] = Some(driver);
             return false;
         }
+        // The ports know the shard by the driver's own index, as production's
+        // shard thread does (`runtime::shard_loop`).
+        let shard = driver.index();
         let step = driver.step(&mut SimPorts { world: self, shard });
         if !step.progressed && !step.finished && self.rng.chance(1, SPURIOUS_WAKEUP_ONE_IN) {
             // A spurious wakeup, as production's timed waits have: with
