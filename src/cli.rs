@@ -195,6 +195,29 @@ struct AuditArgs {
     audit_segment_bytes: u64,
 }
 
+/// Live metrics.
+#[derive(Args, Debug, Clone)]
+struct MetricsArgs {
+    /// Serve live metrics at http://HOST:PORT/metrics in Prometheus' text
+    /// format: per shard, records in and out, dead letters, duplicates
+    /// dropped and checkpoint stalls (port 0: any free port, printed).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+}
+
+impl MetricsArgs {
+    /// Starts the metrics server if asked for.
+    fn start(&self) -> Result<Option<Arc<verity_core::metrics::Metrics>>> {
+        let Some(address) = &self.metrics_addr else {
+            return Ok(None);
+        };
+        let metrics = verity_core::metrics::Metrics::new();
+        let bound = crate::metrics_server::serve(address, Arc::clone(&metrics))?;
+        eprintln!("verity: metrics at http://{bound}/metrics");
+        Ok(Some(metrics))
+    }
+}
+
 impl AuditArgs {
     fn settings(&self) -> Option<verity_core::AuditSettings> {
         let dir = self.audit.clone()?;
@@ -419,6 +442,8 @@ struct RunArgs {
     checkpoints: CheckpointArgs,
     #[command(flatten)]
     audit: AuditArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// market-spread: reject an order when the quote in force is older than
     /// this by the process clock at decision time (never trade on a stale
     /// quote). The decision depends on the clock: keep an --audit log to
@@ -541,6 +566,8 @@ struct WorkerArgs {
     /// (`verity run … --audit DIR` on process 0; the same DIR).
     #[command(flatten)]
     audit: AuditArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -660,7 +687,10 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 pinning,
                 &signal,
                 !args.once,
-                args.audit.settings(),
+                crate::cluster::Observers {
+                    audit: args.audit.settings(),
+                    metrics: args.metrics.start()?,
+                },
             )
         }
         Command::Sim(args) => sim(args),
@@ -860,6 +890,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
             ),
         }),
         audit: args.audit.settings(),
+        metrics: args.metrics.start()?,
         ..RunConfig::default()
     };
     if args.max_quote_age_ms.is_some() && app != AppName::MarketSpread {

@@ -453,6 +453,13 @@ pub fn run_leader_process(
 /// `verity worker`: joins the cluster; the lifecycle waits for the job, runs
 /// this process's shards, and exits when process 0 says the run is over (or
 /// reports a failure to process 0 and exits).
+/// What watches a worker's runs: its audit log and its live metrics.
+#[derive(Clone, Default)]
+pub struct Observers {
+    pub audit: Option<verity_core::AuditSettings>,
+    pub metrics: Option<Arc<verity_core::metrics::Metrics>>,
+}
+
 pub fn run_worker_process(
     file_path: &Path,
     id: u32,
@@ -460,7 +467,7 @@ pub fn run_worker_process(
     pinning: Pinning,
     signal: &AtomicBool,
     rejoin: bool,
-    audit: Option<verity_core::AuditSettings>,
+    observers: Observers,
 ) -> Result<i32> {
     let file = ClusterFile::load(file_path)?;
     if id == 0 {
@@ -477,9 +484,9 @@ pub fn run_worker_process(
     let start_job = |job: Job| -> Result<()> {
         let spec = JobSpec::from_job(&job)?;
         state_dir = job.checkpoints.as_ref().map(|c| PathBuf::from(&c.state_dir));
-        let (node, layout, audit) = (Arc::clone(&node), layout.clone(), audit.clone());
+        let (node, layout, observers) = (Arc::clone(&node), layout.clone(), observers.clone());
         spawn_job(done_tx.clone(), move || {
-            run_worker_job(&node, layout, &spec, pinning, audit)
+            run_worker_job(&node, layout, &spec, pinning, observers)
         })?;
         Ok(())
     };
@@ -520,11 +527,12 @@ fn run_worker_job(
     layout: Layout,
     spec: &JobSpec,
     pinning: Pinning,
-    audit: Option<verity_core::AuditSettings>,
+    observers: Observers,
 ) -> Result<()> {
     let id = layout.process_id;
     let config = RunConfig {
-        audit,
+        audit: observers.audit,
+        metrics: observers.metrics,
         workers: layout.workers[id as usize] as usize,
         limits: verity_core::ShardLimits {
             batch_max: spec.batch_max,

@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod cluster;
 mod logger;
+mod metrics_server;
 mod panics;
 mod restart;
 mod sim;

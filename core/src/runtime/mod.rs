@@ -72,6 +72,8 @@ pub struct RunConfig {
     pub checkpoints: Option<CheckpointSettings>,
     /// The audit log (`--audit`); none by default.
     pub audit: Option<AuditSettings>,
+    /// Where the run shows its live counters (`--metrics-addr`); none by default.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// A run's checkpoints: where, how often, how many are kept, and whether the
@@ -118,6 +120,7 @@ impl Default for RunConfig {
             progress: true,
             checkpoints: None,
             audit: None,
+            metrics: None,
         }
     }
 }
@@ -292,6 +295,7 @@ struct LiveCounters {
     records_in: AtomicU64,
     records_out: AtomicU64,
     dead_lettered: AtomicU64,
+    duplicates_dropped: AtomicU64,
     /// Test-only planted faults (`TEST_PANIC_ENV`, `TEST_HANG_ENV`).
     panic_after_records: Option<u64>,
     hang_after_records: Option<u64>,
@@ -341,7 +345,69 @@ impl LiveCounters {
         self.records_in.store(c.records_in, Ordering::Relaxed);
         self.records_out.store(c.records_out, Ordering::Relaxed);
         self.dead_lettered.store(c.dead_lettered, Ordering::Relaxed);
+        self.duplicates_dropped
+            .store(c.duplicates_dropped, Ordering::Relaxed);
     }
+}
+
+/// What a scrape of `--metrics-addr` shows of a run: each local shard's
+/// totals (as its thread last published them) and its checkpoint stalls.
+/// One sample per local shard: its label and value.
+type ShardSamples = Vec<(String, f64)>;
+
+fn metrics_section(live: Arc<Vec<LiveCounters>>, first_shard: u32) -> crate::metrics::Section {
+    use crate::metrics::{family, Kind};
+    fn load(counter: &AtomicU64) -> f64 {
+        counter.load(Ordering::Relaxed) as f64
+    }
+    Box::new(move |out| {
+        let per_shard = |get: &dyn Fn(&LiveCounters) -> f64| -> ShardSamples {
+            let label = |i: usize| format!("shard=\"{}\"", first_shard + i as u32);
+            live.iter().enumerate().map(|(i, c)| (label(i), get(c))).collect()
+        };
+        let stalls = |c: &LiveCounters| c.stalls_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let families: [(&str, Kind, &str, ShardSamples); 6] = [
+            (
+                "verity_records_in_total",
+                Kind::Counter,
+                "Input records a shard parsed.",
+                per_shard(&|c| load(&c.records_in)),
+            ),
+            (
+                "verity_records_out_total",
+                Kind::Counter,
+                "Output records a shard emitted.",
+                per_shard(&|c| load(&c.records_out)),
+            ),
+            (
+                "verity_dead_lettered_total",
+                Kind::Counter,
+                "Records a shard dead-lettered (malformed, or failed by the keyed step).",
+                per_shard(&|c| load(&c.dead_lettered)),
+            ),
+            (
+                "verity_duplicates_dropped_total",
+                Kind::Counter,
+                "Redelivered records a shard dropped (dedup).",
+                per_shard(&|c| load(&c.duplicates_dropped)),
+            ),
+            (
+                "verity_checkpoint_stalls",
+                Kind::Gauge,
+                "Checkpoint snapshots a shard took (the newest 1024 kept).",
+                per_shard(&|c| stalls(c).len() as f64),
+            ),
+            (
+                "verity_checkpoint_stall_max_seconds",
+                Kind::Gauge,
+                "The longest snapshot step among those kept.",
+                per_shard(&|c| stalls(c).iter().max().copied().unwrap_or(0) as f64 / 1e6),
+            ),
+        ];
+        for (name, kind, help, samples) in families {
+            family(out, name, kind, help, samples);
+        }
+    })
 }
 
 /// Channel factories over `node`, for the cluster's control protocol.
@@ -594,6 +660,9 @@ where
         }
     }
     let live: Arc<Vec<LiveCounters>> = Arc::new(local.clone().map(LiveCounters::for_shard).collect());
+    if let Some(metrics) = &config.metrics {
+        metrics.set_run(metrics_section(Arc::clone(&live), local.start));
+    }
     let source_errors = Arc::new(Mutex::new(BoundedMessages::default()));
     let pinning = Arc::new(Pinning::new(config.pin_cores, config.first_core));
     let expected_done = if outputs.is_some() {
