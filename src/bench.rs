@@ -57,6 +57,23 @@ pub struct BenchReport {
     pub wall: Duration,
     pub summary: RunSummary,
     pub latency: Option<Latency>,
+    /// Input records per second over the run, every `SAMPLE_INTERVAL`:
+    /// (seconds since the start, rate).
+    pub timeline: Vec<(f64, f64)>,
+    /// Each shard's input records (`shard="N"`, count), at the end.
+    pub per_shard: Vec<(String, u64)>,
+}
+
+/// How often a run's input rate is sampled for the timeline.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Each `name{labels} value` sample of a scrape.
+fn samples<'a>(scrape: &'a str, name: &'a str) -> impl Iterator<Item = (String, u64)> + 'a {
+    scrape.lines().filter_map(move |line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (labels, value) = rest.split_once("} ")?;
+        Some((labels.to_string(), value.parse::<f64>().ok()? as u64))
+    })
 }
 
 /// End-to-end latencies of a paced run, in microseconds.
@@ -199,14 +216,34 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         sink,
         dead_letter: DeadLetterSpec::Stderr,
     };
+    let metrics = verity_core::metrics::Metrics::new();
     let config = RunConfig {
         workers: options.workers,
         pin_cores: options.pin_cores,
         progress: false,
         audit: options.audit.clone(),
+        metrics: Some(Arc::clone(&metrics)),
         ..RunConfig::default()
     };
     let started = Instant::now();
+    let (stop_sampling, sampled) = std::sync::mpsc::channel::<()>();
+    let sampler = {
+        let metrics = Arc::clone(&metrics);
+        std::thread::spawn(move || {
+            let mut timeline = Vec::new();
+            let mut before = 0;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = sampled.recv_timeout(SAMPLE_INTERVAL)
+            {
+                let total: u64 = samples(&metrics.render(), "verity_records_in_total")
+                    .map(|(_, v)| v)
+                    .sum();
+                let rate = total.saturating_sub(before) as f64 / SAMPLE_INTERVAL.as_secs_f64();
+                timeline.push((started.elapsed().as_secs_f64(), rate));
+                before = total;
+            }
+            timeline
+        })
+    };
     let summary = run_app(
         app,
         AppInput::Single(source),
@@ -216,6 +253,9 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         Arc::new(AtomicBool::new(false)),
     )?;
     let wall = started.elapsed();
+    drop(stop_sampling);
+    let timeline = sampler.join().unwrap_or_default();
+    let per_shard = samples(&metrics.render(), "verity_records_in_total").collect();
     let latency = options.rate.map(|rate| {
         let mut recorded = recorded.lock().unwrap_or_else(|p| p.into_inner());
         let span = match (epoch.get(), recorded.last_write) {
@@ -235,6 +275,8 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         wall,
         summary,
         latency,
+        timeline,
+        per_shard,
     })
 }
 

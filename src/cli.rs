@@ -99,7 +99,7 @@ struct BenchArgs {
     /// Measure the maximum throughput, then latency at 10%, 25%, 50%, 75%
     /// and 90% of it, and report the highest rate that kept up with a
     /// stable p99 (sustainable throughput).
-    #[arg(long, conflicts_with_all = ["rate", "hgrm"])]
+    #[arg(long, conflicts_with_all = ["rate", "hgrm", "html"])]
     sweep: bool,
     /// Write the report as JSON (stable field names: events_per_s, p50_us, p99_us, ...).
     #[arg(long, value_name = "OUT")]
@@ -108,6 +108,11 @@ struct BenchArgs {
     /// distribution (.hgrm, values in ms); needs --rate.
     #[arg(long, value_name = "OUT", requires = "rate")]
     hgrm: Option<PathBuf>,
+    /// Write the report as one HTML file with plots (input rate over time,
+    /// the latency percentile curve, records per shard) that opens in a
+    /// browser without a server.
+    #[arg(long, value_name = "OUT")]
+    html: Option<PathBuf>,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
@@ -1425,6 +1430,10 @@ fn bench(args: BenchArgs) -> Result<i32> {
     print!("{}", report.text());
     if let Some(path) = &args.json {
         crate::bench::write_file(path, &report.json())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        crate::bench::write_file(path, &crate::bench_html::page(&report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let (Some(path), Some(latency)) = (&args.hgrm, &report.latency) {

@@ -3,6 +3,7 @@
 
 mod audit;
 mod bench;
+mod bench_html;
 mod cli;
 mod cluster;
 mod logger;

@@ -11,6 +11,7 @@ fn a_latency_run_reports_percentiles_as_text_json_and_hgrm() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report/bench.json");
     let hgrm = dir.path().join("report/latency.hgrm");
+    let html = dir.path().join("report/latency.html");
     let output = ok(run(&[
         "bench",
         "wordcount",
@@ -25,6 +26,8 @@ fn a_latency_run_reports_percentiles_as_text_json_and_hgrm() {
         path_str(&json),
         "--hgrm",
         path_str(&hgrm),
+        "--html",
+        path_str(&html),
     ]));
     let text = stdout(&output);
     assert!(text.contains("3000 events, 2 workers"), "{text}");

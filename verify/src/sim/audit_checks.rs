@@ -75,6 +75,33 @@ pub(super) fn check_lineage(run: &AuditedRun, output: &[u8]) -> Result<(), Strin
     }
 }
 
+/// Every time the log holds (record times and the readings logic used) is
+/// one of the simulated clocks': a process that read the OS clock instead
+/// (a clock not injected) would make decisions no seed can repeat.
+pub(super) fn check_clock_readings(run: &AuditedRun) -> Result<(), String> {
+    use verity_audit::Record;
+    // Simulated time of all lives, with restarts, stays far below a day.
+    const SIM_CLOCK_SPAN_MAX_US: u64 = 24 * 3600 * 1_000_000;
+    let epoch = super::world::SIM_EPOCH_UTC_US;
+    let (disk, _) = run.finished.as_ref().map_err(|e| format!("audit log: {e}"))?;
+    let (log, _) = Log::read(&mut disk.clone()).map_err(|e| format!("audit log: cannot read it: {e}"))?;
+    for record in log.records() {
+        let reading = match record {
+            Record::Applied(applied) => applied.clock_us,
+            _ => None,
+        };
+        for at in record.utc_us().into_iter().chain(reading) {
+            if !(epoch..epoch + SIM_CLOCK_SPAN_MAX_US).contains(&at) {
+                return Err(format!(
+                    "audit log: a {} record holds the time {at} µs, which no simulated clock reads (they start at {epoch}): a clock that is not the injected one",
+                    record.kind_name()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// market-spread with the stale-quote rule: every decision as the log says
 /// the logic saw the quote in force and the clock (the oracle cannot know
 /// either). Only the newest life's log is read: such seeds do not crash.

@@ -577,6 +577,7 @@ fn check_audit(
     };
     audit_checks::check_chains(run)?;
     audit_checks::check_lineage(run, &outcome.output)?;
+    audit_checks::check_clock_readings(run)?;
     if run.lives == 1 {
         audit_checks::check_replay(config, run, input, options, &outcome.output)?;
     }

@@ -22,7 +22,7 @@ use verity_core::driver::Sent;
 use verity_core::{Clock, Rng, SplitMix64};
 
 /// The simulated processes' UTC: 2026-01-01T00:00:00Z at a run's start.
-const SIM_EPOCH_UTC_US: u64 = 1_767_225_600 * SECOND_US;
+pub(in crate::sim) const SIM_EPOCH_UTC_US: u64 = 1_767_225_600 * SECOND_US;
 /// Each process's clock is this much off the others at most (their system
 /// clocks were set apart), drawn per process.
 const CLOCK_SKEW_MAX_US: u64 = 5_000;

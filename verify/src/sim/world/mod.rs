@@ -3,6 +3,7 @@
 
 use super::{Finished, SimConfig, SimOutcome};
 pub use audit::AuditPlan;
+pub(super) use audit::SIM_EPOCH_UTC_US;
 use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
