@@ -20,9 +20,37 @@ rate=$(awk -v r="$(json_field events_per_s "$out/market-spread-throughput.json")
 
 echo "== latency at half of that ($rate events/s), open loop"
 "$verity" bench market-spread --events "$((events / 2))" --workers 2 --rate "$rate" \
-    --json "$out/market-spread-latency.json" --hgrm "$out/market-spread-latency.hgrm"
+    --json "$out/market-spread-latency.json" --hgrm "$out/market-spread-latency.hgrm" \
+    --html "$out/market-spread-latency.html"
 echo "percentile distribution (ms), from $out/market-spread-latency.hgrm:"
 awk 'NR <= 2 || /^#/ { print; next } { n++ } n % 8 == 1 { print }' "$out/market-spread-latency.hgrm"
+
+echo "== the HTML report in headless Chromium"
+if ! command -v chromium >/dev/null 2>&1; then
+    as_root=()
+    [ "$(id -u)" -ne 0 ] && as_root=(sudo)
+    echo "installing chromium from Debian's packages..."
+    "${as_root[@]}" apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+        || echo "could not install chromium" >&2
+fi
+if command -v chromium >/dev/null 2>&1; then
+    page="file://$PWD/$out/market-spread-latency.html"
+    drawn=$(timeout 120 chromium --headless --no-sandbox --disable-gpu --dump-dom "$page" 2>/dev/null \
+        | sed -n 's/.*<body data-plots="\([0-9]*\)".*/\1/p')
+    timeout 120 chromium --headless --no-sandbox --disable-gpu --window-size=900,1400 \
+        --screenshot="$out/market-spread-latency.png" "$page" >/dev/null 2>&1 || true
+    if [ "${drawn:-0}" != 3 ]; then
+        echo "the HTML report drew ${drawn:-no} plots of 3 in headless Chromium" >&2
+        exit 1
+    fi
+    echo "headless Chromium drew all 3 plots of $out/market-spread-latency.html (screenshot: $out/market-spread-latency.png)"
+elif [ "${CI:-}" = true ]; then
+    echo "CI needs chromium to check the HTML report" >&2
+    exit 1
+else
+    echo "chromium not installed: the HTML report was not rendered"
+fi
 
 echo "== against the naive single-thread loop (ratios of medians, taken in turns)"
 target/release/verity-bench --records "$events" --repeat 3 | tee "$out/ratios.txt"

@@ -230,18 +230,28 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let sampler = {
         let metrics = Arc::clone(&metrics);
         std::thread::spawn(move || {
-            let mut timeline = Vec::new();
-            let mut before = 0;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = sampled.recv_timeout(SAMPLE_INTERVAL)
-            {
+            // From (0, 0), then the rate over each interval, the last one
+            // (cut short by the run's end) included.
+            let mut timeline = vec![(0.0, 0.0)];
+            let (mut before, mut before_at) = (0, 0.0);
+            loop {
+                let ended = !matches!(
+                    sampled.recv_timeout(SAMPLE_INTERVAL),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
                 let total: u64 = samples(&metrics.render(), "verity_records_in_total")
                     .map(|(_, v)| v)
                     .sum();
-                let rate = total.saturating_sub(before) as f64 / SAMPLE_INTERVAL.as_secs_f64();
-                timeline.push((started.elapsed().as_secs_f64(), rate));
-                before = total;
+                let at = started.elapsed().as_secs_f64();
+                timeline.push((
+                    at,
+                    total.saturating_sub(before) as f64 / (at - before_at).max(1e-6),
+                ));
+                (before, before_at) = (total, at);
+                if ended {
+                    break timeline;
+                }
             }
-            timeline
         })
     };
     let summary = run_app(
