@@ -288,6 +288,9 @@ impl<'a> Dealer<'a> {
     /// Deals a chunk of a one-partition text stream read from its start,
     /// positioned by the bytes and lines dealt so far (exact unless the stream
     /// ends in an oversized line without a newline: then one byte over).
+    /// Test-only: the engine's readers position chunks themselves
+    /// (`deal_chunk`).
+    #[cfg(test)]
     pub fn deal(&mut self, data: ChunkData) -> bool {
         let records = data.line_count();
         self.dealt_bytes += data.stream_bytes();
