@@ -155,7 +155,12 @@ for what in "$results"/*/what; do
             if [ -f "$equivalent" ]; then
                 # Entries leave out line:column, which move as the code changes.
                 key="$(printf '%s' "$line" | sed -E 's/:[0-9]+:[0-9]+:/:/')"
-                why="$(awk -F ' [|] ' -v key="$key" '$1 == key { print $2; exit }' "$equivalent")"
+                why="$(awk -v key="$key" '{
+                    # The key may hold " | " itself (a mutant of `^` to `|`): the why follows the last one.
+                    at = 0; rest = $0
+                    while ((j = index(rest, " | ")) > 0) { at += j + 2; rest = substr(rest, j + 3) }
+                    if (at && substr($0, 1, at - 3) == key) { print substr($0, at + 1); exit }
+                }' "$equivalent")"
             fi
             if [ -n "$why" ]; then
                 equivalent_here=$((equivalent_here + 1))
