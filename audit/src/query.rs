@@ -208,15 +208,11 @@ impl Log {
 
     /// Every record read, in the log's order (process by process).
     pub fn records(&self) -> impl DoubleEndedIterator<Item = &Record> {
-        self.all()
-    }
-
-    fn all(&self) -> impl DoubleEndedIterator<Item = &Record> {
         self.records.iter().map(|(_, r)| r)
     }
 
     fn shards_total(&self) -> u32 {
-        self.all()
+        self.records()
             .filter_map(|r| match r {
                 Record::RunStart(s) => Some(s.shards_total),
                 _ => None,
@@ -275,7 +271,7 @@ impl Log {
     /// wrote it: the newest batch that wrote that line (a recovered life's
     /// rewrite supersedes what an earlier life wrote past its checkpoint).
     pub fn output_line(&self, line: u64) -> Option<(&Output, Id)> {
-        self.all().rev().find_map(|r| match r {
+        self.records().rev().find_map(|r| match r {
             Record::Output(o) if (o.first_line..o.end_line()).contains(&line) => {
                 o.ids.get((line - o.first_line) as usize).map(|id| (o, *id))
             }
@@ -285,7 +281,7 @@ impl Log {
 
     /// The input record whose note `matches` (e.g. an order id's decision).
     pub fn find_note(&self, matches: impl Fn(&[u8]) -> bool) -> Option<Id> {
-        self.all().find_map(|r| match r {
+        self.records().find_map(|r| match r {
             Record::Notes(n) => n.notes.iter().find(|(_, note)| matches(note)).map(|(id, _)| *id),
             _ => None,
         })
@@ -310,7 +306,7 @@ impl Log {
     ) {
         use fmt::Write as _;
         let pad = "  ".repeat(depth);
-        let Some(chunk) = self.all().find_map(|r| match r {
+        let Some(chunk) = self.records().find_map(|r| match r {
             Record::InputChunk(c) if c.holds(id.producer, id.seq) => Some(*c),
             _ => None,
         }) else {
@@ -318,7 +314,7 @@ impl Log {
             return;
         };
         let start = self
-            .all()
+            .records()
             .filter_map(|r| match r {
                 Record::InputChunk(c)
                     if c.source == chunk.source
@@ -364,7 +360,7 @@ impl Log {
                 a.from
             )
         };
-        for record in self.all() {
+        for record in self.records() {
             match record {
                 Record::Sent(s)
                     if s.source == chunk.source
@@ -460,7 +456,7 @@ impl Log {
 
     /// The shard that owns `id`'s key, where a note or an output says.
     fn owner_of(&self, id: Id) -> Option<u32> {
-        self.all().find_map(|r| match r {
+        self.records().find_map(|r| match r {
             Record::Notes(n) if n.notes.iter().any(|(noted, _)| *noted == id) => Some(n.shard),
             Record::Output(o) if o.ids.contains(&id) => Some(o.shard),
             _ => None,
@@ -472,10 +468,10 @@ impl Log {
         use fmt::Write as _;
         let mut out = String::new();
         let mut count = 0;
-        for record in self.all() {
+        for record in self.records() {
             if let Record::Failed(f) = record {
                 count += 1;
-                let chunk = self.all().find_map(|r| match r {
+                let chunk = self.records().find_map(|r| match r {
                     Record::InputChunk(c) if c.holds(f.id.producer, f.id.seq) => Some(*c),
                     _ => None,
                 });
