@@ -255,6 +255,17 @@ pub struct StepFailed {
     pub state: Vec<u8>,
 }
 
+/// A shard fired the keyed step's processing-time timers that were due
+/// at `utc_us`, its clock reading (the unit's only one, which every
+/// handler saw): `fired` of them, in firing order. Notes of the unit
+/// follow, as after an applied batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimersFired {
+    pub utc_us: u64,
+    pub shard: u32,
+    pub fired: u64,
+}
+
 /// A checkpoint became durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -296,6 +307,7 @@ pub enum Record {
     Recovery(Recovery),
     RunEnd(RunEnd),
     StepFailed(StepFailed),
+    TimersFired(TimersFired),
 }
 
 /// Kind bytes: a record's first byte. Never reuse one.
@@ -311,10 +323,11 @@ mod kind {
     pub const RECOVERY: u8 = 9;
     pub const RUN_END: u8 = 10;
     pub const STEP_FAILED: u8 = 11;
+    pub const TIMERS_FIRED: u8 = 12;
 }
 
 /// The record kinds by name, in kind order (for summaries).
-pub const KIND_NAMES: [&str; 11] = [
+pub const KIND_NAMES: [&str; 12] = [
     "run-start",
     "input-chunk",
     "applied",
@@ -326,6 +339,7 @@ pub const KIND_NAMES: [&str; 11] = [
     "recovery",
     "run-end",
     "step-failed",
+    "timers-fired",
 ];
 
 impl Record {
@@ -347,6 +361,7 @@ impl Record {
             Record::Recovery(_) => kind::RECOVERY,
             Record::RunEnd(_) => kind::RUN_END,
             Record::StepFailed(_) => kind::STEP_FAILED,
+            Record::TimersFired(_) => kind::TIMERS_FIRED,
         }
     }
 
@@ -364,6 +379,7 @@ impl Record {
             Record::Recovery(r) => Some(r.utc_us),
             Record::RunEnd(r) => Some(r.utc_us),
             Record::StepFailed(r) => Some(r.utc_us),
+            Record::TimersFired(r) => Some(r.utc_us),
         }
     }
 
@@ -479,6 +495,11 @@ impl Record {
                 put_str(out, &r.reason);
                 put_bytes(out, &r.key);
                 put_bytes(out, &r.state);
+            }
+            Record::TimersFired(r) => {
+                for field in [r.utc_us, r.shard as u64, r.fired] {
+                    put_varint(out, field);
+                }
             }
             Record::Checkpoint(r) => {
                 for field in [r.utc_us, r.checkpoint, r.store_id, r.bytes, r.duration_us] {
@@ -639,6 +660,11 @@ impl Record {
                 key: input.bytes()?.to_vec(),
                 state: input.bytes()?.to_vec(),
             }),
+            kind::TIMERS_FIRED => Record::TimersFired(TimersFired {
+                utc_us: input.varint()?,
+                shard: input.varint_u32()?,
+                fired: input.varint()?,
+            }),
             _ => return Err(DecodeError::Invalid("record kind")),
         };
         if !input.is_empty() {
@@ -786,6 +812,11 @@ pub(crate) mod tests {
                 store_id: f[2],
                 bytes: f[3],
                 duration_us: f[4],
+            })),
+            (any::<[u64; 2]>(), any::<u32>()).prop_map(|(f, shard)| Record::TimersFired(TimersFired {
+                utc_us: f[0],
+                shard,
+                fired: f[1],
             })),
             any::<[u64; 3]>().prop_map(|f| Record::Recovery(Recovery {
                 utc_us: f[0],

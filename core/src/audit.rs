@@ -14,7 +14,7 @@
 use crate::env::Clock;
 use crate::ids::MsgId;
 use std::sync::Arc;
-use verity_audit::record::{push_notes, put_note, Applied, Failed, Output, Sent};
+use verity_audit::record::{push_notes, put_note, Applied, Failed, Output, Sent, TimersFired};
 use verity_audit::{push_record, AuditClosed, AuditHandle, Record};
 
 /// Where audit records go: the side thread in production
@@ -201,7 +201,7 @@ impl UnitClock {
         self.reading.take()
     }
 
-    fn read_fresh(&self) -> u64 {
+    pub(crate) fn read_fresh(&self) -> u64 {
         self.clock.now_us()
     }
 }
@@ -260,6 +260,28 @@ pub struct UnitSource {
     pub first_seq: u64,
 }
 
+/// A timer unit's `UnitSource::source`: no source has that index (a run
+/// has far fewer).
+const TIMERS_SOURCE: u32 = u32::MAX;
+
+impl UnitSource {
+    /// The unit in which shard `shard` fired `fired` due timers (its
+    /// `chunk` holds the count, so a replay that fires another number
+    /// leaves its schedule).
+    pub fn timers(shard: u32, fired: u64) -> UnitSource {
+        UnitSource {
+            source: TIMERS_SOURCE,
+            from: shard,
+            chunk: fired,
+            first_seq: 0,
+        }
+    }
+
+    pub fn is_timers(&self) -> bool {
+        self.source == TIMERS_SOURCE
+    }
+}
+
 impl ShardAudit {
     pub fn new(shard: u32) -> Self {
         ShardAudit {
@@ -280,16 +302,26 @@ impl ShardAudit {
             );
             return;
         }
-        let record = Record::Applied(Applied {
-            utc_us: clock_us.unwrap_or_else(|| clock.read_fresh()),
-            shard: self.shard,
-            source: unit.source,
-            from: unit.from,
-            chunk: unit.chunk,
-            first_seq: unit.first_seq,
-            records,
-            clock_us,
-        });
+        let utc_us = clock_us.unwrap_or_else(|| clock.read_fresh());
+        let record = if unit.is_timers() {
+            debug_assert!(clock_us.is_some(), "a timer unit reads the clock");
+            Record::TimersFired(TimersFired {
+                utc_us,
+                shard: self.shard,
+                fired: records,
+            })
+        } else {
+            Record::Applied(Applied {
+                utc_us,
+                shard: self.shard,
+                source: unit.source,
+                from: unit.from,
+                chunk: unit.chunk,
+                first_seq: unit.first_seq,
+                records,
+                clock_us,
+            })
+        };
         push_record(&mut self.buffer, &record);
         if self.notes.count > 0 {
             push_notes(

@@ -4,7 +4,8 @@
 //!
 //! One `step` is one turn of the production loop:
 //!
-//! 1. apply batches from the senders whose turn it is, up to `PEER_DRAIN_MAX`;
+//! 1. fire the keyed step's timers that are due (one unit), then apply
+//!    batches from the senders whose turn it is, up to `PEER_DRAIN_MAX`;
 //! 2. take one dealt event per source, but only from sources with no parked
 //!    sends (a full peer queue stops parsing that source, never receiving);
 //! 3. if nothing came in and nothing is parked, flush buffered output (so an
@@ -20,8 +21,9 @@
 //!    before it are carried out.
 //!
 //! The driver never blocks and never waits: `Step::wait` says what it waits
-//! for, and the caller waits (production `Select`s on the watched queues; the
-//! simulator steps the shard again when one of its queues changes).
+//! for, and the caller waits (production `Select`s on the watched queues, no
+//! longer than `timer_wait_us`; the simulator steps the shard again when one
+//! of its queues changes, or on its tick when a timer is due).
 
 use crate::key::Key;
 use crate::line::DeadLetter;
@@ -262,6 +264,12 @@ where
         }
     }
 
+    /// How long a shard that waits for input may wait before its next
+    /// timer is due (µs), if it has one.
+    pub fn timer_wait_us(&self) -> Option<u64> {
+        self.core.timer_wait_us()
+    }
+
     /// The queues a shard that waits for input wants to hear from.
     pub fn watched(&mut self, into: &mut Vec<Watch>) {
         into.clear();
@@ -278,9 +286,11 @@ where
         }
     }
 
-    /// Steps 1 and 2: batches whose turn it is, then one event per source.
+    /// Steps 1 and 2: timers that are due, batches whose turn it is, then
+    /// one event per source.
     fn take_input(&mut self, ports: &mut impl ShardPorts<K, V>) -> bool {
-        let mut progressed = self.receive_batches(ports);
+        let mut progressed = self.core.fire_due_timers();
+        progressed |= self.receive_batches(ports);
         for source in 0..self.sources as u32 {
             if self.parked[source as usize].is_empty() && self.core.wants_chunk(source) {
                 if let Some(event) = ports.take_source_event(source) {

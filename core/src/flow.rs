@@ -179,6 +179,9 @@ pub struct KeyedStream<K, V> {
 pub type StepFn<K, V, S, O> = dyn Fn(&mut S, &K, Msg<V>, &mut Output<'_, O>) + Send + Sync;
 /// Runs once per key at the end of bounded input (e.g. final counts).
 pub type EndFn<K, S, O> = dyn Fn(&K, &S, &mut Output<'_, O>) + Send + Sync;
+/// Runs when a key's processing-time timer is due (`Output::set_timer`),
+/// with the key's state, the key, and the time the timer was set for.
+pub type TimerFn<K, S, O> = dyn Fn(&mut S, &K, u64, &mut Output<'_, O>) + Send + Sync;
 /// Writes one output record as one line (without the `\n`).
 pub type FormatFn<O> = dyn Fn(&O, &mut Vec<u8>) + Send + Sync;
 
@@ -228,6 +231,7 @@ impl<K: Key, V: Send + 'static> KeyedStream<K, V> {
             inputs: self.inputs,
             step: Arc::new(step),
             on_end: None,
+            on_timer: None,
         }
     }
 }
@@ -237,12 +241,28 @@ pub struct Stateful<K, V, S, O> {
     inputs: Vec<SourceChain<K, V>>,
     step: Arc<StepFn<K, V, S, O>>,
     on_end: Option<Arc<EndFn<K, S, O>>>,
+    on_timer: Option<Arc<TimerFn<K, S, O>>>,
 }
 
 impl<K, V, S, O> Stateful<K, V, S, O> {
     /// Called for every key (in key order) once all input has been processed.
     pub fn on_end(mut self, f: impl Fn(&K, &S, &mut Output<'_, O>) + Send + Sync + 'static) -> Self {
         self.on_end = Some(Arc::new(f));
+        self
+    }
+
+    /// The handler of the step's processing-time timers: when a timer the
+    /// step set for a key (`Output::set_timer`) is due by the step's clock,
+    /// it runs with that key's state, the key and the time it was set for
+    /// (`Output::now_us` says when it fired; its output derives from the
+    /// input that set the timer, see `Output::derive_from`). Timers are
+    /// keyed state: checkpointed, restored, and in the audit log, so a
+    /// replay fires them where the recorded run did (`crate::timers`).
+    pub fn on_timer(
+        mut self,
+        f: impl Fn(&mut S, &K, u64, &mut Output<'_, O>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_timer = Some(Arc::new(f));
         self
     }
 
@@ -254,6 +274,7 @@ impl<K, V, S, O> Stateful<K, V, S, O> {
                 chains,
                 step: self.step,
                 on_end: self.on_end,
+                on_timer: self.on_timer,
                 format: Arc::new(format),
             },
         }
@@ -273,6 +294,7 @@ pub struct Logic<K, V, S, O> {
     pub chains: Vec<Chain<Keyed<K, V>>>,
     pub step: Arc<StepFn<K, V, S, O>>,
     pub on_end: Option<Arc<EndFn<K, S, O>>>,
+    pub on_timer: Option<Arc<TimerFn<K, S, O>>>,
     pub format: Arc<FormatFn<O>>,
 }
 
@@ -290,6 +312,9 @@ pub struct Output<'a, O> {
     pub(crate) notes: Option<&'a mut NoteSink>,
     /// Set by `fail`.
     pub(crate) failure: &'a mut Option<Cow<'static, str>>,
+    /// Timers set (due time, the input they derive from) for the key, when
+    /// the step has a timer handler.
+    pub(crate) timers: Option<&'a mut Vec<(u64, MsgId)>>,
 }
 
 impl<O> Output<'_, O> {
@@ -305,6 +330,26 @@ impl<O> Output<'_, O> {
     /// The id of the input being processed (for lineage).
     pub fn input_id(&self) -> MsgId {
         self.id
+    }
+
+    /// Says that what follows (emits, notes, timers set) derives from input
+    /// `id` rather than the one being processed: a timer handler's output
+    /// derives from the input that set the timer unless it names another
+    /// (market-spread's stale-quote alert names the quote that went stale).
+    pub fn derive_from(&mut self, id: MsgId) {
+        self.id = id;
+    }
+
+    /// Sets a processing-time timer for this record's key, due at `at_us`
+    /// (UTC µs, as `now_us` reads): the step's `on_timer` handler runs with
+    /// the key's state once the clock reaches it (one timer per key and
+    /// instant; see `crate::timers`). Panics without an `on_timer` handler,
+    /// and in `on_end`, which comes after the last timer.
+    pub fn set_timer(&mut self, at_us: u64) {
+        match self.timers.as_deref_mut() {
+            Some(timers) => timers.push((at_us, self.id)),
+            None => panic!("Output::set_timer needs a timer handler (Stateful::on_timer), and not in on_end"),
+        }
     }
 
     /// Processing time, microseconds since the Unix epoch (UTC), through the

@@ -21,6 +21,7 @@ pub mod shard;
 pub mod sink;
 pub mod small;
 pub mod source;
+pub mod timers;
 pub mod wire;
 
 pub use connector::{

@@ -10,6 +10,8 @@
 //! `follow_schedule`: each shard applies its units in the recorded order
 //! with the recorded readings, and the output is merged in the recorded
 //! order and checked against each recorded batch's length and checksum.
+//! Timers fire where the recorded run fired them (its `timers-fired`
+//! units), with the recorded clock reading.
 //!
 //! A cluster's run replays from the logs of all its processes in one
 //! directory. For now a replay covers a run without a recovery (a
@@ -143,6 +145,16 @@ impl RecordedRun {
                 };
                 shard.0.push_back(unit);
                 shard.1.push_back(a.clock_us);
+            }
+            Record::TimersFired(t) => {
+                let shard = self.units.get_mut(t.shard as usize).ok_or_else(|| {
+                    ReplayError::Log(format!(
+                        "timers fired by shard {}, which the run did not have",
+                        t.shard
+                    ))
+                })?;
+                shard.0.push_back(UnitSource::timers(t.shard, t.fired));
+                shard.1.push_back(Some(t.utc_us));
             }
             Record::InputChunk(c) => {
                 let source = c.source as usize;
@@ -429,6 +441,7 @@ where
                 break;
             }
             core.resume_scheduled();
+            core.fire_due_timers();
             moved |= core.schedule_front() != units_before;
             if let Some(why) = core.schedule_divergence() {
                 report.divergence = Some(why);

@@ -42,12 +42,13 @@
 
 use crate::audit::{ShardAudit, UnitClock, UnitSource};
 use crate::env::Clock;
-use crate::flow::{Chain, EndFn, FormatFn, Keyed, Logic, Output, StepFn};
+use crate::flow::{Chain, EndFn, FormatFn, Keyed, Logic, Output, StepFn, TimerFn};
 use crate::ids::{Msg, MsgId};
 use crate::key::{shard_for, Key};
 use crate::line::{for_each_line, DeadLetter, Line};
 use crate::sink::OutputBatch;
 use crate::source::{ChunkData, SourceCut, SourceEvent};
+use crate::timers::Timers;
 use crate::wire::{Wire, WireError};
 use crate::State;
 use bytes::Bytes;
@@ -243,12 +244,22 @@ impl<K, V> SourceState<K, V> {
     }
 }
 
-/// The key-side half: state, the step, and the output buffer.
-struct KeyedPart<K, V, S, O> {
-    store: KeyedStore<K, S>,
+/// The keyed step's code: what runs on a record, at a timer, at the end,
+/// and how an output becomes a line.
+struct KeyedLogic<K, V, S, O> {
     step: Arc<StepFn<K, V, S, O>>,
     on_end: Option<Arc<EndFn<K, S, O>>>,
+    on_timer: Option<Arc<TimerFn<K, S, O>>>,
     format: Arc<FormatFn<O>>,
+}
+
+/// The key-side half: state, timers, the step, and the output buffer.
+struct KeyedPart<K, V, S, O> {
+    store: KeyedStore<K, S>,
+    timers: Timers<K>,
+    /// Timers the step set while applying one record, until it returns.
+    timers_set: Vec<(u64, MsgId)>,
+    logic: KeyedLogic<K, V, S, O>,
     output: Vec<u8>,
     /// The input id of each line in `output`, when the sink wants ids.
     output_ids: Option<Vec<MsgId>>,
@@ -291,8 +302,9 @@ pub struct ShardCore<K, V, S, O> {
 }
 
 /// The version of `ShardCore`'s snapshot encoding; a checkpoint of another
-/// version is refused, not misread. 2: whole snapshots and deltas.
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// version is refused, not misread. 2: whole snapshots and deltas; 3: the
+/// keyed step's timers, all of them in every snapshot.
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -351,9 +363,14 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             sources,
             keyed: KeyedPart {
                 store: KeyedStore::new(),
-                step: Arc::clone(&logic.step),
-                on_end: logic.on_end.clone(),
-                format: Arc::clone(&logic.format),
+                timers: Timers::default(),
+                timers_set: Vec::new(),
+                logic: KeyedLogic {
+                    step: Arc::clone(&logic.step),
+                    on_end: logic.on_end.clone(),
+                    on_timer: logic.on_timer.clone(),
+                    format: Arc::clone(&logic.format),
+                },
                 output: Vec::with_capacity(limits.output_batch_bytes + 1024),
                 output_ids: None,
                 spare_output: Vec::new(),
@@ -816,6 +833,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             key.encode(out);
             state.encode(out);
         }
+        self.keyed.timers.encode(out);
     }
 
     /// Starts this shard from its part of a checkpoint (a recovery): its
@@ -846,7 +864,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             }
             header = Some(self.decode_snapshot(part, &mut store)?);
         }
-        let (counts, next_apply) = header.expect("the chain is not empty");
+        let (counts, next_apply, timers) = header.expect("the chain is not empty");
         store.forget_changes();
         let [records_in, dead_lettered, duplicates_dropped, emitted] = counts;
         self.counters = ShardCounters {
@@ -857,6 +875,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         };
         self.keyed.emitted = emitted;
         self.keyed.store = store;
+        self.keyed.timers = timers;
         for (state, next) in self.sources.iter_mut().zip(next_apply) {
             state.next_apply = next;
         }
@@ -866,13 +885,13 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         Ok(())
     }
 
-    /// Applies one snapshot's keys to `store`; returns its counters and
-    /// each source's next chunk.
+    /// Applies one snapshot's keys to `store`; returns its counters, each
+    /// source's next chunk and the timers.
     fn decode_snapshot(
         &self,
         part: &CheckpointPart,
         store: &mut KeyedStore<K, S>,
-    ) -> Result<([u64; 4], Vec<u64>), RestoreError> {
+    ) -> Result<([u64; 4], Vec<u64>, Timers<K>), RestoreError> {
         let shard = self.index;
         let malformed = |error| RestoreError::Malformed { shard, error };
         let mut input = &part.state[..];
@@ -911,10 +930,11 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             let state = S::decode(&mut input).map_err(malformed)?;
             *store.state_mut(key.route_hash(), &key, Key::detach) = state;
         }
+        let timers = Timers::decode(&mut input).map_err(malformed)?;
         if !input.is_empty() {
-            return Err(malformed(WireError::Invalid("bytes after the last key")));
+            return Err(malformed(WireError::Invalid("bytes after the timers")));
         }
-        Ok((counts, next_apply))
+        Ok((counts, next_apply, timers))
     }
 
     #[cfg(test)]
@@ -1138,12 +1158,17 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         if self.panicked.is_some() {
             return;
         }
-        let Some(failure) = self.keyed.apply(record, hash) else {
-            return;
-        };
+        if let Some(failure) = self.keyed.apply(record, hash) {
+            self.step_failed(source, epoch, failure, "the keyed step");
+        }
+    }
+
+    /// The step (`what`) failed a record or panicked: a failed record is
+    /// dead-lettered, a panic stops the shard (`panicked`).
+    fn step_failed(&mut self, source: u32, epoch: u64, failure: StepFailure, what: &str) {
         if failure.panicked {
             self.panicked = Some(format!(
-                "the keyed step panicked on input {} (shard {}): {}",
+                "{what} panicked on input {} (shard {}): {}",
                 failure.id, self.index, failure.reason
             ));
             self.flush_audit();
@@ -1152,10 +1177,76 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         self.counters.dead_lettered += 1;
         let letter = DeadLetter {
             id: failure.id,
-            reason: format!("the keyed step failed it: {}", failure.reason).into(),
+            reason: format!("{what} failed it: {}", failure.reason).into(),
             raw: Bytes::new(),
         };
         self.dead_letter(source, epoch, letter);
+    }
+
+    /// Fires the keyed step's timers that are due, as one unit with one
+    /// clock reading: due by the clock, or, in a replay, where the
+    /// schedule has the recorded run fire them. Returns whether any fired.
+    /// A finished shard fires none (pending timers do not outlive the input).
+    pub fn fire_due_timers(&mut self) -> bool {
+        if self.panicked.is_some() || self.finished {
+            return false;
+        }
+        let Some(first_due) = self.keyed.timers.first_due_us() else {
+            return false;
+        };
+        match self
+            .schedule
+            .as_ref()
+            .map(|units| units.front().is_some_and(UnitSource::is_timers))
+        {
+            Some(false) => return false,
+            Some(true) => {}
+            None if first_due > self.keyed.clock.read_fresh() => return false,
+            None => {}
+        }
+        let now_us = self.keyed.clock.now_us();
+        let due = self.keyed.timers.take_due(now_us);
+        let fired = due.len() as u64;
+        if fired == 0 {
+            // Only a replay gets here: the recorded run fired timers that
+            // this one does not have due.
+            let _ = self.keyed.clock.end_unit(0);
+            self.schedule_divergence.get_or_insert_with(|| {
+                format!(
+                    "shard {} fired timers at {now_us} µs in the recorded run; none are due in the replay",
+                    self.index
+                )
+            });
+            return false;
+        }
+        for (at_us, key, by) in due {
+            if let Some(failure) = self.keyed.fire(at_us, key, by) {
+                // Out at once: a timer's unit is past every snapshot taken.
+                self.step_failed(by.producer, self.checkpoints_taken, failure, "the timer handler");
+                if self.panicked.is_some() {
+                    return true;
+                }
+            }
+        }
+        self.end_unit(UnitSource::timers(self.index, fired), fired);
+        self.flush_output_if_full();
+        true
+    }
+
+    /// How long until the keyed step's next timer is due by its clock (µs,
+    /// 0 if one is due now), if it has one: a driver waiting for input
+    /// waits no longer (a replay fires timers by its schedule instead).
+    pub fn timer_wait_us(&self) -> Option<u64> {
+        if self.finished || self.panicked.is_some() || self.schedule.is_some() {
+            return None;
+        }
+        let due = self.keyed.timers.first_due_us()?;
+        Some(due.saturating_sub(self.keyed.clock.read_fresh()))
+    }
+
+    /// Timers set and not yet fired.
+    pub fn timers_pending(&self) -> usize {
+        self.keyed.timers.len()
     }
 
     fn flush_audit(&mut self) {
@@ -1193,6 +1284,33 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
     /// audit log can name the input and the state it met.
     #[must_use = "a failed record is dead-lettered, a panic stops the shard"]
     fn apply(&mut self, record: Routed<K, V>, hash: u64) -> Option<StepFailure> {
+        let Routed { id, key, value } = record;
+        self.guarded(hash, &key, id, |logic, state, output| {
+            (logic.step)(state, &key, Msg::new(id, value), output)
+        })
+    }
+
+    /// Runs `key`'s timer due at `at_us`, set by input `by`.
+    fn fire(&mut self, at_us: u64, key: K, by: MsgId) -> Option<StepFailure> {
+        self.guarded(key.route_hash(), &key, by, |logic, state, output| {
+            let on_timer = logic
+                .on_timer
+                .as_deref()
+                .expect("only a step with a handler sets timers");
+            on_timer(state, &key, at_us, output)
+        })
+    }
+
+    /// Runs the step's logic (`run`) on `key`'s state, for input `id`; a
+    /// panic is caught here, at the step boundary. Timers it sets are
+    /// kept only if it neither failed nor panicked.
+    fn guarded(
+        &mut self,
+        hash: u64,
+        key: &K,
+        id: MsgId,
+        run: impl FnOnce(&KeyedLogic<K, V, S, O>, &mut S, &mut Output<'_, O>),
+    ) -> Option<StepFailure> {
         // A zero-sized state (a stateless keyed step, e.g. doubler) needs no store:
         // skipping it keeps memory flat however many distinct keys pass.
         let mut unit_state;
@@ -1200,29 +1318,36 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
             unit_state = S::default();
             &mut unit_state
         } else {
-            self.store.state_mut(hash, &record.key, Key::detach)
+            self.store.state_mut(hash, key, Key::detach)
         };
         let mut failure = None;
+        let with_timers = self.logic.on_timer.is_some();
         let mut output = Output {
-            id: record.id,
-            format: &*self.format,
+            id,
+            format: &*self.logic.format,
             buffer: &mut self.output,
             ids: self.output_ids.as_mut(),
             emitted: &mut self.emitted,
             clock: &mut self.clock,
             notes: self.audit.as_mut().map(|audit| &mut audit.notes),
             failure: &mut failure,
+            timers: with_timers.then_some(&mut self.timers_set),
         };
-        let Routed { id, key, value } = record;
-        let step = &*self.step;
+        let logic = &self.logic;
         let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            step(&mut *state, &key, Msg::new(id, value), &mut output)
+            run(logic, &mut *state, &mut output)
         }));
         let (panicked, reason) = match (stepped, failure) {
-            (Ok(()), None) => return None,
+            (Ok(()), None) => {
+                for (at_us, by) in self.timers_set.drain(..) {
+                    self.timers.set(at_us, key, by);
+                }
+                return None;
+            }
             (Ok(()), Some(reason)) => (false, reason),
             (Err(payload), _) => (true, crate::runtime::panic_message(&*payload).into()),
         };
+        self.timers_set.clear();
         if let Some(audit) = &mut self.audit {
             let (mut key_bytes, mut state_bytes) = (Vec::new(), Vec::new());
             key.encode(&mut key_bytes);
@@ -1233,20 +1358,23 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
     }
 
     fn run_on_end(&mut self) {
-        let Some(on_end) = self.on_end.clone() else { return };
+        let Some(on_end) = self.logic.on_end.clone() else {
+            return;
+        };
         for (key, state) in self.store.sorted() {
             // The end's outputs derive from the final states alone: no
             // notes, and a clock reading here is not part of any unit.
             let mut failure = None;
             let mut output = Output {
                 id: MsgId::default(),
-                format: &*self.format,
+                format: &*self.logic.format,
                 buffer: &mut self.output,
                 ids: self.output_ids.as_mut(),
                 emitted: &mut self.emitted,
                 clock: &mut self.clock,
                 notes: None,
                 failure: &mut failure,
+                timers: None,
             };
             on_end(key, state, &mut output);
             debug_assert!(failure.is_none(), "on_end has no record to fail");

@@ -85,7 +85,8 @@ where
             Wait::Nothing => {}
             Wait::Input { parked_sends } => {
                 driver.watched(&mut watched);
-                wait_for_input(&ports.ch, &watched, parked_sends);
+                let timer_wait = driver.timer_wait_us().map(Duration::from_micros);
+                wait_for_input(&ports.ch, &watched, parked_sends, timer_wait);
             }
             // These ports block on the sink rather than report it full.
             Wait::Sink => std::thread::sleep(PARKED_RETRY_WAIT),
@@ -210,7 +211,14 @@ fn send_upstream(output: &mut OutputOut, message: UpstreamRef<'_>) {
     }
 }
 
-fn wait_for_input<K: Key + Wire, V: Wire>(ch: &ShardChannels<K, V>, watched: &[Watch], parked_sends: bool) {
+/// Waits for a watched queue, no longer than the poll interval or until
+/// the next timer is due (`timer_wait`).
+fn wait_for_input<K: Key + Wire, V: Wire>(
+    ch: &ShardChannels<K, V>,
+    watched: &[Watch],
+    parked_sends: bool,
+    timer_wait: Option<Duration>,
+) {
     let mut select = Select::new();
     for watch in watched {
         match *watch {
@@ -221,9 +229,10 @@ fn wait_for_input<K: Key + Wire, V: Wire>(ch: &ShardChannels<K, V>, watched: &[W
             Watch::Chunks { source } => ch.chunks[source as usize].watch(&mut select),
         }
     }
-    let _ = select.ready_timeout(if parked_sends {
+    let poll = if parked_sends {
         PARKED_RETRY_WAIT
     } else {
         IDLE_WAIT
-    });
+    };
+    let _ = select.ready_timeout(timer_wait.map_or(poll, |timer| timer.min(poll)));
 }
