@@ -864,7 +864,11 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             }
             header = Some(self.decode_snapshot(part, &mut store)?);
         }
-        let (counts, next_apply, timers) = header.expect("the chain is not empty");
+        let SnapshotHeader {
+            counts,
+            next_apply,
+            timers,
+        } = header.expect("the chain is not empty");
         store.forget_changes();
         let [records_in, dead_lettered, duplicates_dropped, emitted] = counts;
         self.counters = ShardCounters {
@@ -891,7 +895,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         &self,
         part: &CheckpointPart,
         store: &mut KeyedStore<K, S>,
-    ) -> Result<([u64; 4], Vec<u64>, Timers<K>), RestoreError> {
+    ) -> Result<SnapshotHeader<K>, RestoreError> {
         let shard = self.index;
         let malformed = |error| RestoreError::Malformed { shard, error };
         let mut input = &part.state[..];
@@ -934,7 +938,11 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         if !input.is_empty() {
             return Err(malformed(WireError::Invalid("bytes after the timers")));
         }
-        Ok((counts, next_apply, timers))
+        Ok(SnapshotHeader {
+            counts,
+            next_apply,
+            timers,
+        })
     }
 
     #[cfg(test)]
@@ -1381,4 +1389,13 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
         }
         let _ = self.clock.end_unit(0);
     }
+}
+
+/// What a snapshot holds besides its keys: the shard's counters at the cut
+/// (records in, dead-lettered, duplicates dropped, emitted), each source's
+/// next chunk, and the pending timers.
+struct SnapshotHeader<K: Key> {
+    counts: [u64; 4],
+    next_apply: Vec<u64>,
+    timers: Timers<K>,
 }
