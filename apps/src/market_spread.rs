@@ -17,7 +17,9 @@ State per symbol: its last quote. A symbol starts rejecting; a quote makes it
 rejecting when ask - bid >= 0.05 or 40*(ask - bid) >= bid + ask (spread >= 5% of mid).
 With --max-quote-age-ms N an order is also rejected when the quote in force
 arrived more than N ms before the decision, by the process clock (a stale
-quote); keep an --audit log to re-create such decisions.
+quote), and a symbol whose quote goes stale (no newer quote within N ms) is
+reported once, by a processing-time timer: `STALE,<symbol>,<bid>,<ask>`; keep an
+--audit log to re-create such decisions and alerts.
 Output per order: `<order_id>,<ACCEPT|REJECT>,<symbol>,<bid>,<ask>` with the
 bid/ask in force at the decision, printed with 4 fractional digits (both empty if
 the symbol has no quote yet). Malformed lines are dead-lettered.";
@@ -147,6 +149,12 @@ pub struct Book {
     pub rejecting: bool,
     pub quote_id: MsgId,
     pub quote_at_us: u64,
+    /// With the stale-quote rule: whether a timer is set to look at the
+    /// quote once it may have gone stale.
+    pub stale_timer_set: bool,
+    /// With the stale-quote rule: whether the quote in force was reported
+    /// stale (each quote at most once).
+    pub stale_reported: bool,
     /// Only with the planted stale-quote bug (`Bugs::stale_quote`): the
     /// newest quote, held back while orders see the one before.
     pub held_back: Option<HeldQuote>,
@@ -178,6 +186,8 @@ impl Wire for Book {
         self.quote_id.part.encode(out);
         self.quote_id.seq.encode(out);
         self.quote_at_us.encode(out);
+        self.stale_timer_set.encode(out);
+        self.stale_reported.encode(out);
         match self.held_back {
             None => false.encode(out),
             Some(held) => {
@@ -200,6 +210,8 @@ impl Wire for Book {
                 seq: u64::decode(input)?,
             },
             quote_at_us: u64::decode(input)?,
+            stale_timer_set: bool::decode(input)?,
+            stale_reported: bool::decode(input)?,
             held_back: match bool::decode(input)? {
                 false => None,
                 true => {
@@ -274,11 +286,76 @@ pub struct QuoteRead {
     pub age_us: u64,
 }
 
-/// The note's first byte: version in the high nibble, then whether a quote
-/// follows, then the reason.
+/// The note's first byte: version in the high nibble, then whether it is
+/// a stale-quote alert's (`StaleNote`), whether a quote follows, and the
+/// reason.
 const NOTE_VERSION: u8 = 2;
+const NOTE_STALE_ALERT: u8 = 0b1000;
 const NOTE_HAS_QUOTE: u8 = 0b100;
 const NOTE_REASON_MASK: u8 = 0b11;
+
+/// What a stale-quote alert read: the symbol and the quote in force when
+/// the timer fired, with its age by the timer unit's clock reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleNote {
+    pub symbol: Symbol,
+    pub quote: QuoteRead,
+}
+
+impl StaleNote {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        use verity_audit::codec::{put_bytes, put_u8};
+        put_u8(out, NOTE_VERSION << 4 | NOTE_STALE_ALERT);
+        put_bytes(out, self.symbol.as_bytes());
+        self.quote.encode(out);
+    }
+
+    pub fn decode(note: &[u8]) -> Result<StaleNote, verity_audit::codec::DecodeError> {
+        use verity_audit::codec::{DecodeError, Reader};
+        let mut input = Reader::new(note);
+        if input.u8()? != NOTE_VERSION << 4 | NOTE_STALE_ALERT {
+            return Err(DecodeError::Invalid("not a market-spread stale-quote note"));
+        }
+        let symbol =
+            Symbol::parse(input.bytes()?).map_err(|_| DecodeError::Invalid("a stale-quote note's symbol"))?;
+        let quote = QuoteRead::decode(&mut input)?;
+        if !input.is_empty() {
+            return Err(DecodeError::Invalid("bytes after a stale-quote note"));
+        }
+        Ok(StaleNote { symbol, quote })
+    }
+}
+
+impl QuoteRead {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let id = self.id;
+        for field in [
+            self.bid_units,
+            self.ask_units,
+            id.producer as u64,
+            id.seq,
+            id.part as u64,
+            self.age_us,
+        ] {
+            verity_audit::codec::put_varint(out, field);
+        }
+    }
+
+    fn decode(
+        input: &mut verity_audit::codec::Reader<'_>,
+    ) -> Result<QuoteRead, verity_audit::codec::DecodeError> {
+        Ok(QuoteRead {
+            bid_units: input.varint()?,
+            ask_units: input.varint()?,
+            id: MsgId {
+                producer: input.varint_u32()?,
+                seq: input.varint()?,
+                part: input.varint_u32()?,
+            },
+            age_us: input.varint()?,
+        })
+    }
+}
 
 impl DecisionNote {
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -291,16 +368,7 @@ impl DecisionNote {
         put_u8(out, NOTE_VERSION << 4 | has_quote | reason);
         put_varint(out, self.order_id);
         if let Some(q) = self.quote {
-            for field in [
-                q.bid_units,
-                q.ask_units,
-                q.id.producer as u64,
-                q.id.seq,
-                q.id.part as u64,
-                q.age_us,
-            ] {
-                put_varint(out, field);
-            }
+            q.encode(out);
         }
     }
 
@@ -308,22 +376,13 @@ impl DecisionNote {
         use verity_audit::codec::{DecodeError, Reader};
         let mut input = Reader::new(note);
         let first = input.u8()?;
-        if first >> 4 != NOTE_VERSION || first & 0b1000 != 0 {
+        if first >> 4 != NOTE_VERSION || first & NOTE_STALE_ALERT != 0 {
             return Err(DecodeError::Invalid("market-spread note version"));
         }
         let reason = Reason::ALL[(first & NOTE_REASON_MASK) as usize];
         let order_id = input.varint()?;
         let quote = if first & NOTE_HAS_QUOTE != 0 {
-            Some(QuoteRead {
-                bid_units: input.varint()?,
-                ask_units: input.varint()?,
-                id: MsgId {
-                    producer: input.varint_u32()?,
-                    seq: input.varint()?,
-                    part: input.varint_u32()?,
-                },
-                age_us: input.varint()?,
-            })
+            Some(QuoteRead::decode(&mut input)?)
         } else {
             None
         };
@@ -347,21 +406,35 @@ pub struct Decision {
     pub quote: Option<(u64, u64)>,
 }
 
+/// A symbol whose quote went stale: no newer quote came within the
+/// stale-quote rule's age (`--max-quote-age-ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleAlert {
+    pub symbol: Symbol,
+    pub bid_units: u64,
+    pub ask_units: u64,
+}
+
+/// What market-spread writes: a decision per order and, with the
+/// stale-quote rule, an alert per quote that went stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    Decision(Decision),
+    Stale(StaleAlert),
+}
+
 /// Where market-spread reads from.
 pub enum Inputs {
     Mixed(SourceSpec),
     Split { quotes: SourceSpec, orders: SourceSpec },
 }
 
-pub fn dataflow(inputs: Inputs) -> Dataflow<Symbol, Event, Book, Decision> {
+pub fn dataflow(inputs: Inputs) -> Dataflow<Symbol, Event, Book, Spread> {
     dataflow_with(inputs, None)
 }
 
 /// The dataflow, with the stale-quote rule when `max_quote_age_ms` is set.
-pub fn dataflow_with(
-    inputs: Inputs,
-    max_quote_age_ms: Option<u64>,
-) -> Dataflow<Symbol, Event, Book, Decision> {
+pub fn dataflow_with(inputs: Inputs, max_quote_age_ms: Option<u64>) -> Dataflow<Symbol, Event, Book, Spread> {
     dataflow_with_bugs(inputs, max_quote_age_ms, Bugs::default())
 }
 
@@ -370,7 +443,7 @@ pub fn dataflow_with_bugs(
     inputs: Inputs,
     max_quote_age_ms: Option<u64>,
     bugs: Bugs,
-) -> Dataflow<Symbol, Event, Book, Decision> {
+) -> Dataflow<Symbol, Event, Book, Spread> {
     let max_quote_age_us = max_quote_age_ms.map(|ms| ms.saturating_mul(1000));
     let events = match inputs {
         Inputs::Mixed(input) => Stream::from_source(input)
@@ -419,6 +492,14 @@ pub fn dataflow_with_bugs(
                     }
                     book.quote_id = id;
                     book.quote_at_us = at_us;
+                    book.stale_reported = false;
+                    if let (Some(max), false) = (max_quote_age_us, book.stale_timer_set) {
+                        // One timer per symbol: when it fires on a newer
+                        // quote, it sets the next one for that quote.
+                        book.stale_timer_set = true;
+                        out.derive_from(id);
+                        out.set_timer(stale_at(at_us, max));
+                    }
                 }
                 Either::Right(_) if needs_clock => now_us = out.now_us(),
                 Either::Right(_) => {}
@@ -438,10 +519,67 @@ pub fn dataflow_with_bugs(
                     }
                     .encode(note)
                 });
-                out.emit(decision);
+                out.emit(Spread::Decision(decision));
             }
         })
-        .sink(format_decision)
+        .on_timer(move |book: &mut Book, symbol: &Symbol, _set_for_us, out| {
+            book.stale_timer_set = false;
+            let (Some(max), Some((bid_units, ask_units))) = (max_quote_age_us, book.quote) else {
+                return;
+            };
+            let now_us = out.now_us();
+            let age_us = now_us.saturating_sub(book.quote_at_us);
+            // What follows derives from the quote in force.
+            out.derive_from(book.quote_id);
+            if age_us <= max {
+                book.stale_timer_set = true;
+                out.set_timer(stale_at(book.quote_at_us, max));
+                return;
+            }
+            if book.stale_reported {
+                return;
+            }
+            book.stale_reported = true;
+            let quote = QuoteRead {
+                bid_units,
+                ask_units,
+                id: book.quote_id,
+                age_us,
+            };
+            out.note(|note| {
+                StaleNote {
+                    symbol: *symbol,
+                    quote,
+                }
+                .encode(note)
+            });
+            out.emit(Spread::Stale(StaleAlert {
+                symbol: *symbol,
+                bid_units,
+                ask_units,
+            }));
+        })
+        .sink(format_output)
+}
+
+/// When a quote that arrived at `arrived_us` is stale by the rule: the
+/// first instant its age is over `max_age_us`.
+pub fn stale_at(arrived_us: u64, max_age_us: u64) -> u64 {
+    arrived_us.saturating_add(max_age_us).saturating_add(1)
+}
+
+pub fn format_output(output: &Spread, buf: &mut Vec<u8>) {
+    match output {
+        Spread::Decision(decision) => format_decision(decision, buf),
+        Spread::Stale(alert) => {
+            buf.extend_from_slice(b"STALE,");
+            buf.extend_from_slice(alert.symbol.as_bytes());
+            buf.push(b',');
+            write_price(buf, alert.bid_units);
+            buf.push(b',');
+            write_price(buf, alert.ask_units);
+        }
+    }
 }
 
 fn event_symbol(event: &Event) -> Symbol {
@@ -513,6 +651,19 @@ pub fn format_decision(decision: &Decision, buf: &mut Vec<u8>) {
 /// How `verity audit trace` shows a decision's note: the order, the
 /// decision and why, the quote it read (which it then traces), its age.
 pub fn note_view(note: &[u8]) -> verity_audit::query::NoteView {
+    if let Ok(stale) = StaleNote::decode(note) {
+        let q = stale.quote;
+        return verity_audit::query::NoteView {
+            text: format!(
+                "stale-quote alert for {}: quote {} ({}), {} old when the timer fired",
+                String::from_utf8_lossy(stale.symbol.as_bytes()),
+                q.id,
+                show_prices(q.bid_units, q.ask_units),
+                show_age(q.age_us)
+            ),
+            refers_to: vec![("quote", q.id.into())],
+        };
+    }
     let Ok(note) = DecisionNote::decode(note) else {
         return verity_audit::query::NoteView {
             text: format!("a note this build does not read ({} bytes)", note.len()),
@@ -522,20 +673,27 @@ pub fn note_view(note: &[u8]) -> verity_audit::query::NoteView {
     let mut text = format!("order {}: {}", note.order_id, note.reason.name());
     let mut refers_to = Vec::new();
     if let Some(q) = note.quote {
-        let mut prices = Vec::new();
-        write_price(&mut prices, q.bid_units);
-        prices.push(b'/');
-        write_price(&mut prices, q.ask_units);
         text.push_str(&format!(
-            "; quote in force: {} bid/ask {}, {}.{:03} ms old at the decision",
+            "; quote in force: {} {}, {} old at the decision",
             q.id,
-            String::from_utf8_lossy(&prices),
-            q.age_us / 1000,
-            q.age_us % 1000
+            show_prices(q.bid_units, q.ask_units),
+            show_age(q.age_us)
         ));
         refers_to.push(("quote", q.id.into()));
     }
     verity_audit::query::NoteView { text, refers_to }
+}
+
+fn show_prices(bid_units: u64, ask_units: u64) -> String {
+    let mut prices = b"bid/ask ".to_vec();
+    write_price(&mut prices, bid_units);
+    prices.push(b'/');
+    write_price(&mut prices, ask_units);
+    String::from_utf8_lossy(&prices).into_owned()
+}
+
+fn show_age(age_us: u64) -> String {
+    format!("{}.{:03} ms", age_us / 1000, age_us % 1000)
 }
 
 /// Parses a quote or an order line.

@@ -344,7 +344,9 @@ impl Log {
         // The story in time order; a note follows the batch it was taken
         // in, which names the exact batch that applied the record.
         let mut events: Vec<(u64, String)> = Vec::new();
-        let mut last_applied: BTreeMap<u32, &crate::record::Applied> = BTreeMap::new();
+        // Per shard, the unit its next notes were taken in: a batch it
+        // applied, or timers it fired.
+        let mut last_unit: BTreeMap<u32, &Record> = BTreeMap::new();
         let mut exact_batch = false;
         let mut chunk_batches = Vec::new();
         let mut referred = Vec::new();
@@ -380,8 +382,11 @@ impl Log {
                         ),
                     ));
                 }
+                Record::TimersFired(t) => {
+                    last_unit.insert(t.shard, record);
+                }
                 Record::Applied(a) => {
-                    last_applied.insert(a.shard, a);
+                    last_unit.insert(a.shard, record);
                     if a.source == chunk.source
                         && a.chunk == chunk.chunk
                         && shard.is_none_or(|o| a.shard == o)
@@ -392,13 +397,25 @@ impl Log {
                 Record::Notes(n) => {
                     for (_, note) in n.notes.iter().filter(|(noted, _)| *noted == id) {
                         let view = render(note);
-                        let at = match last_applied.get(&n.shard) {
-                            Some(a) => {
+                        let at = match last_unit.get(&n.shard) {
+                            Some(Record::Applied(a)) => {
                                 exact_batch = true;
                                 events.push((a.utc_us, applied_line(a, "")));
                                 a.utc_us
                             }
-                            None => 0,
+                            Some(Record::TimersFired(t)) => {
+                                events.push((
+                                    t.utc_us,
+                                    format!(
+                                        "a timer of its key fired on shard {} at {} (one of {} due then)",
+                                        t.shard,
+                                        format_utc_us(t.utc_us),
+                                        t.fired
+                                    ),
+                                ));
+                                t.utc_us
+                            }
+                            _ => 0,
                         };
                         events.push((at, format!("read and decided (shard {}): {}", n.shard, view.text)));
                         referred.extend(view.refers_to.into_iter().map(|r| (r, n.shard)));

@@ -1238,6 +1238,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         }
         self.end_unit(UnitSource::timers(self.index, fired), fired);
         self.flush_output_if_full();
+        self.finish_if_done();
         true
     }
 
@@ -1265,6 +1266,12 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
 
     fn finish_if_done(&mut self) {
         if self.finished || !self.sources.iter().all(SourceState::is_done) {
+            return;
+        }
+        // A replay's input can end before the recorded run's last timer
+        // units, which fired while the recorded run waited for its end:
+        // those fire first (`fire_due_timers` finishes the shard after).
+        if self.schedule_front().is_some_and(|unit| unit.is_timers()) {
             return;
         }
         self.keyed.run_on_end();

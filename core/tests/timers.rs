@@ -192,3 +192,42 @@ fn a_panicking_timer_handler_stops_the_shard_naming_the_input_that_set_it() {
         "{why}"
     );
 }
+
+#[test]
+fn a_replay_fires_timer_units_recorded_after_its_last_input_before_it_ends() {
+    use std::collections::VecDeque;
+    use verity_core::audit::UnitSource;
+    // The recorded run applied chunk 0 at 100 µs, then, while it waited
+    // for its input's end, fired key 1's timer at 200 µs and key 2's at
+    // 400 µs: two timer units that look alike in the schedule.
+    let units = VecDeque::from([
+        UnitSource {
+            source: 0,
+            from: 0,
+            chunk: 0,
+            first_seq: 0,
+        },
+        UnitSource::timers(0, 1),
+        UnitSource::timers(0, 1),
+    ]);
+    let readings = VecDeque::from([Some(100), Some(200), Some(400)]);
+    let clock = ManualClock::default();
+    let mut core = core(&clock);
+    core.follow_schedule(units, readings);
+    core.on_source_event(chunk(0, 1, "1 50\n2 250\n", 0));
+    core.on_source_event(SourceEvent::End { source: 0, chunks: 1 });
+    assert!(!core.is_finished(), "the end waits for the recorded timer units");
+    assert!(core.fire_due_timers());
+    assert!(!core.is_finished());
+    assert_eq!(core.schedule_front(), Some(UnitSource::timers(0, 1)));
+    assert!(core.fire_due_timers(), "the second, alike, unit fires too");
+    assert!(core.is_finished(), "then the shard ends");
+    assert_eq!(core.schedule_divergence(), None);
+    assert_eq!(
+        drain(&mut core).0,
+        vec![
+            "1 fired-at-200 set-for-150 count-1 from-0:1.0",
+            "2 fired-at-400 set-for-350 count-1 from-0:2.0",
+        ]
+    );
+}

@@ -11,16 +11,21 @@
 //!   that shard before the order, with that quote's arrival time;
 //! * the decision (and its reason) is the rule's for that quote and the
 //!   recorded clock reading (`--max-quote-age-ms`);
-//! * the output line says the same, once per order.
+//! * the output line says the same, once per order;
+//! * with the rule, the stale-quote timers fire as the rule's own model of
+//!   them says (one per symbol, due the first microsecond its quote would
+//!   be too old, set anew on a newer quote): each `timers-fired` unit fires
+//!   exactly the timers due by its clock reading, and reports stale exactly
+//!   the quotes that are by then, once each, as the output's `STALE` lines.
 //!
 //! Routing is recomputed from each record's key (`shard_for` over the key's
 //! route hash, the engine's public rule), and each batch's records from the
 //! channel sequence numbers in the log.
 
 use crate::oracle::rejecting;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
-use verity_apps::market_spread::{parse_event, DecisionNote, Event, Reason};
+use verity_apps::market_spread::{parse_event, stale_at, DecisionNote, Event, Reason, StaleNote};
 use verity_audit::record::{Id, InputChunk};
 use verity_audit::Record;
 use verity_core::{Either, Key};
@@ -31,6 +36,8 @@ const EXAMPLES_MAX: usize = 20;
 #[derive(Debug, Clone, Default)]
 pub struct AuditedReport {
     pub decisions: u64,
+    /// Stale-quote alerts checked.
+    pub alerts: u64,
     pub anomalies: u64,
     pub examples: Vec<String>,
 }
@@ -51,12 +58,20 @@ impl AuditedReport {
 impl fmt::Display for AuditedReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_ok() {
-            return write!(
+            write!(
                 f,
                 "OK (with the audit log): {} decisions, each on the newest quote applied before it, by the rule \
                  and the recorded clock",
                 self.decisions
-            );
+            )?;
+            if self.alerts > 0 {
+                write!(
+                    f,
+                    "; {} stale-quote alerts, each fired as the rule's timers say",
+                    self.alerts
+                )?;
+            }
+            return Ok(());
         }
         writeln!(
             f,
@@ -86,6 +101,54 @@ struct Expected {
     quote: Option<InForce>,
     reason: Reason,
     now_us: u64,
+}
+
+/// One shard's stale-quote timers as the rule says they stand: per
+/// symbol, whether one is set, and the due ones by (due, symbol).
+#[derive(Default)]
+struct StaleTimers {
+    due: BTreeSet<(u64, Vec<u8>)>,
+    set: HashSet<Vec<u8>>,
+    /// Quotes reported stale.
+    reported: HashSet<Id>,
+    /// The timer unit whose notes come next.
+    unit: Option<TimerUnit>,
+}
+
+/// A shard's timer unit as the rule has it: its clock reading, and the
+/// quotes it must report stale (by id), each with its symbol.
+struct TimerUnit {
+    now_us: u64,
+    stale: HashMap<Id, (Vec<u8>, InForce)>,
+}
+
+impl StaleTimers {
+    fn on_quote(&mut self, symbol: &[u8], at_us: u64, max_us: u64) {
+        if self.set.insert(symbol.to_vec()) {
+            self.due.insert((stale_at(at_us, max_us), symbol.to_vec()));
+        }
+    }
+
+    /// The timers due at `now_us` fire: returns how many.
+    fn fire(&mut self, now_us: u64, max_us: u64, in_force: &HashMap<Vec<u8>, InForce>) -> u64 {
+        let mut fired = 0;
+        let mut stale = HashMap::new();
+        while self.due.first().is_some_and(|(at, _)| *at <= now_us) {
+            let (_, symbol) = self.due.pop_first().expect("first exists");
+            fired += 1;
+            self.set.remove(&symbol);
+            let Some(quote) = in_force.get(&symbol).copied() else {
+                continue;
+            };
+            if now_us.saturating_sub(quote.at_us) <= max_us {
+                self.on_quote(&symbol, quote.at_us, max_us);
+            } else if self.reported.insert(quote.id) {
+                stale.insert(quote.id, (symbol, quote));
+            }
+        }
+        self.unit = Some(TimerUnit { now_us, stale });
+        fired
+    }
 }
 
 /// Checks a market-spread `output` against its `inputs` (one mixed stream,
@@ -198,16 +261,47 @@ pub fn verify_market_spread_with_audit(
     // Per shard: the orders of the batch just applied, until its notes.
     let mut decided: Vec<HashMap<Id, (u64, Expected)>> = vec![HashMap::new(); shards as usize];
     let mut expected_by_order: HashMap<u64, Expected> = HashMap::new();
+    let mut timers: Vec<StaleTimers> = (0..shards).map(|_| StaleTimers::default()).collect();
+    // The output lines the alerts must show: symbol, bid, ask.
+    let mut expected_alerts: HashMap<(Vec<u8>, u64, u64), u64> = HashMap::new();
     for record in life {
         match record {
-            Record::Applied(a) => {
-                let shard = a.shard as usize;
-                for (id, leftover) in decided[shard].drain() {
+            Record::TimersFired(t) => {
+                let Some(shard_timers) = timers.get_mut(t.shard as usize) else {
                     report.anomaly(format!(
-                        "order {} (input {}): decided without a note",
-                        leftover.0, id
+                        "timers fired on shard {}, which the run did not have",
+                        t.shard
+                    ));
+                    continue;
+                };
+                end_unit(&mut report, &mut decided[t.shard as usize], shard_timers, t.shard);
+                let Some(max_us) = age_max_us else {
+                    report.anomaly(format!(
+                        "shard {} fired timers, but without the stale-quote rule market-spread sets none",
+                        t.shard
+                    ));
+                    continue;
+                };
+                let fired = shard_timers.fire(t.utc_us, max_us, &in_force[t.shard as usize]);
+                if fired != t.fired {
+                    report.anomaly(format!(
+                        "shard {} fired {} timers at {}; the rule has {fired} due then",
+                        t.shard,
+                        t.fired,
+                        verity_audit::query::format_utc_us(t.utc_us)
                     ));
                 }
+            }
+            Record::Applied(a) => {
+                let shard = a.shard as usize;
+                if shard >= timers.len() {
+                    report.anomaly(format!(
+                        "shard {} applied a batch, which the run did not have",
+                        a.shard
+                    ));
+                    continue;
+                }
+                end_unit(&mut report, &mut decided[shard], &mut timers[shard], a.shard);
                 let records: &[(Id, Event)] = if a.from == a.shard {
                     local
                         .get(&(a.source, a.shard, a.chunk))
@@ -238,6 +332,9 @@ pub fn verify_market_spread_with_audit(
                 for (id, event) in records {
                     match event {
                         Either::Left(q) => {
+                            if let Some(max_us) = age_max_us {
+                                timers[shard].on_quote(q.symbol.as_bytes(), clock, max_us);
+                            }
                             in_force[shard].insert(
                                 q.symbol.as_bytes().to_vec(),
                                 InForce {
@@ -279,6 +376,13 @@ pub fn verify_market_spread_with_audit(
                     continue;
                 };
                 for (id, bytes) in &n.notes {
+                    if let Ok(note) = StaleNote::decode(bytes) {
+                        let unit = timers.get_mut(n.shard as usize).and_then(|t| t.unit.as_mut());
+                        if let Some(alert) = check_alert(&mut report, n.shard, *id, &note, unit) {
+                            *expected_alerts.entry(alert).or_default() += 1;
+                        }
+                        continue;
+                    }
                     let Some((order, expected)) = shard.remove(id) else {
                         report.anomaly(format!(
                             "shard {} noted input {id}, which no batch it applied holds",
@@ -293,11 +397,73 @@ pub fn verify_market_spread_with_audit(
             _ => {}
         }
     }
-    for (id, (order, _)) in decided.iter().flat_map(|d| d.iter()) {
-        report.anomaly(format!("order {order} (input {id}): decided without a note"));
+    for (shard, (decided, timers)) in decided.iter_mut().zip(&mut timers).enumerate() {
+        end_unit(&mut report, decided, timers, shard as u32);
     }
-    check_output(&mut report, output, &expected_by_order);
+    check_output(&mut report, output, &expected_by_order, expected_alerts);
     Ok(report)
+}
+
+/// A shard's unit ended (another began, or the log did): every order it
+/// decided had its note, and every quote its timers found stale its alert.
+fn end_unit(
+    report: &mut AuditedReport,
+    decided: &mut HashMap<Id, (u64, Expected)>,
+    timers: &mut StaleTimers,
+    shard: u32,
+) {
+    for (id, leftover) in decided.drain() {
+        report.anomaly(format!(
+            "order {} (input {}): decided without a note",
+            leftover.0, id
+        ));
+    }
+    if let Some(TimerUnit { now_us, stale }) = timers.unit.take() {
+        for (id, (symbol, _)) in stale {
+            report.anomaly(format!(
+                "shard {shard}'s timers at {} found quote {id} of {} stale, but it reported no alert",
+                verity_audit::query::format_utc_us(now_us),
+                String::from_utf8_lossy(&symbol)
+            ));
+        }
+    }
+}
+
+/// A stale-quote alert's note, noted for input `id` by `shard` in the
+/// timer unit `unit`: the rule must have found that quote stale there.
+/// Returns the output line it stands for.
+fn check_alert(
+    report: &mut AuditedReport,
+    shard: u32,
+    id: Id,
+    note: &StaleNote,
+    unit: Option<&mut TimerUnit>,
+) -> Option<(Vec<u8>, u64, u64)> {
+    report.alerts += 1;
+    let symbol = String::from_utf8_lossy(note.symbol.as_bytes()).into_owned();
+    let Some(TimerUnit { now_us, stale }) = unit else {
+        report.anomaly(format!(
+            "shard {shard} reported {symbol}'s quote {id} stale outside a timer unit"
+        ));
+        return None;
+    };
+    let Some((_, quote)) = stale.remove(&id) else {
+        report.anomaly(format!(
+            "shard {shard} reported {symbol}'s quote {id} stale at {}; by the rule its timers find no such quote stale then",
+            verity_audit::query::format_utc_us(*now_us)
+        ));
+        return None;
+    };
+    let q = note.quote;
+    let recorded = (Id::from(q.id), q.bid_units, q.ask_units, q.age_us);
+    let expected = (quote.id, quote.bid, quote.ask, now_us.saturating_sub(quote.at_us));
+    if recorded != expected {
+        report.anomaly(format!(
+            "shard {shard}'s alert for {symbol} names quote {} ({}/{} units, {} µs old); the rule's is {} ({}/{} units, {} µs old)",
+            recorded.0, recorded.1, recorded.2, recorded.3, expected.0, expected.1, expected.2, expected.3
+        ));
+    }
+    Some((note.symbol.as_bytes().to_vec(), quote.bid, quote.ask))
 }
 
 fn check_note(report: &mut AuditedReport, order: u64, expected: &Expected, bytes: &[u8]) {
@@ -334,8 +500,23 @@ fn check_note(report: &mut AuditedReport, order: u64, expected: &Expected, bytes
     }
 }
 
-fn check_output(report: &mut AuditedReport, output: &[u8], expected: &HashMap<u64, Expected>) {
+fn check_output(
+    report: &mut AuditedReport,
+    output: &[u8],
+    expected: &HashMap<u64, Expected>,
+    mut alerts: HashMap<(Vec<u8>, u64, u64), u64>,
+) {
     let mut seen: HashMap<u64, u64> = HashMap::new();
+    let prices = |units: u64| {
+        let mut out = Vec::new();
+        verity_apps::format::write_price(&mut out, units);
+        out
+    };
+    let mut alert_lines: HashMap<Vec<u8>, u64> = HashMap::new();
+    for ((symbol, bid, ask), count) in alerts.drain() {
+        let line = [&b"STALE,"[..], &symbol, b",", &prices(bid), b",", &prices(ask)].concat();
+        *alert_lines.entry(line).or_default() += count;
+    }
     for (number, line) in output
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -343,6 +524,16 @@ fn check_output(report: &mut AuditedReport, output: &[u8], expected: &HashMap<u6
     {
         let fields: Vec<&[u8]> = line.split(|b| *b == b',').collect();
         let text = String::from_utf8_lossy(line);
+        if fields[0] == b"STALE" {
+            match alert_lines.get_mut(line) {
+                Some(count) if *count > 0 => *count -= 1,
+                _ => report.anomaly(format!(
+                    "output line {}: {text}: no alert of the log's timers stands for it",
+                    number + 1
+                )),
+            }
+            continue;
+        }
         let order = fields
             .first()
             .and_then(|f| std::str::from_utf8(f).ok()?.parse::<u64>().ok());
@@ -360,11 +551,6 @@ fn check_output(report: &mut AuditedReport, output: &[u8], expected: &HashMap<u6
         };
         let accept = want.reason == Reason::Accepted;
         let verdict_ok = fields[1] == if accept { &b"ACCEPT"[..] } else { &b"REJECT"[..] };
-        let prices = |units: u64| {
-            let mut out = Vec::new();
-            verity_apps::format::write_price(&mut out, units);
-            out
-        };
         let quote_ok = match want.quote {
             None => fields[3].is_empty() && fields[4].is_empty(),
             Some(q) => fields[3] == prices(q.bid) && fields[4] == prices(q.ask),
@@ -387,5 +573,11 @@ fn check_output(report: &mut AuditedReport, output: &[u8], expected: &HashMap<u6
     let missing = expected.keys().filter(|o| !seen.contains_key(o)).count();
     if missing > 0 {
         report.anomaly(format!("{missing} applied orders have no decision in the output"));
+    }
+    let alerts_missing: u64 = alert_lines.values().sum();
+    if alerts_missing > 0 {
+        report.anomaly(format!(
+            "{alerts_missing} stale-quote alerts of the log are not in the output"
+        ));
     }
 }

@@ -648,12 +648,18 @@ where
     /// Processes whose shards wait for room (a parked send or a full sink)
     /// look again on every tick, as production's poll (`PARKED_RETRY_WAIT`),
     /// only coarser; room normally shows up through an event that steps them.
+    /// So do those with a timer due (production waits no longer than that).
     pub(super) fn poll_waiting_shards(&mut self) {
         for process in 0..self.config.processes {
+            let timer_due = |driver: &Option<ShardDriver<K, V, S, O>>| {
+                driver
+                    .as_ref()
+                    .is_some_and(|d| !d.is_finished() && d.timer_wait_us() == Some(0))
+            };
             if self
                 .layout
                 .shards_of(process)
-                .any(|s| self.waits_for_room[s as usize])
+                .any(|s| self.waits_for_room[s as usize] || timer_due(&self.drivers[s as usize]))
             {
                 self.step_process(process);
             }
