@@ -374,6 +374,51 @@ fn the_audit_aware_verifier_is_exact_and_catches_a_stale_quote_the_plain_one_can
 }
 
 #[test]
+fn stale_quote_alerts_are_checked_against_the_timers_the_log_recorded() {
+    let (dir, audit, output) = audited_run(&[]);
+    let text = std::fs::read_to_string(&output).unwrap();
+    let alerts = text.lines().filter(|l| l.starts_with("STALE,")).count();
+    assert!(alerts > 0, "a 2 ms rule over a whole run alerts some quotes");
+    let checked = stdout(&ok(verify_split(
+        dir.path(),
+        &output,
+        &["--audit", path_str(&audit)],
+    )));
+    assert!(
+        checked.contains(&format!("{alerts} stale-quote alerts")),
+        "{checked}"
+    );
+
+    // An alert lost, and one no timer fired: both are named.
+    let lost = dir.path().join("lost.txt");
+    let first = text.lines().position(|l| l.starts_with("STALE,")).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(n, _)| *n != first)
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(&lost, kept.join("\n") + "\n").unwrap();
+    let said = verify_split(dir.path(), &lost, &["--audit", path_str(&audit)]);
+    assert_eq!(said.status.code(), Some(1), "{}", stdout(&said));
+    assert!(
+        stdout(&said).contains("1 stale-quote alerts of the log are not in the output"),
+        "{}",
+        stdout(&said)
+    );
+
+    let forged = dir.path().join("forged.txt");
+    std::fs::write(&forged, text.clone() + "STALE,S001,1.0000,1.0100\n").unwrap();
+    let said = verify_split(dir.path(), &forged, &["--audit", path_str(&audit)]);
+    assert_eq!(said.status.code(), Some(1), "{}", stdout(&said));
+    assert!(
+        stdout(&said).contains("no alert of the log's timers stands for it"),
+        "{}",
+        stdout(&said)
+    );
+}
+
+#[test]
 fn a_local_clusters_processes_keep_one_chain_each_and_the_run_replays() {
     let (dir, audit, output) = audited_run(&["--processes", "2", "--no-pin"]);
     let names: Vec<String> = segments(&audit)
