@@ -173,6 +173,11 @@ pub(crate) enum AuditCommand {
         /// market-spread: the orders stream the run read.
         #[arg(long, value_name = "PATH", requires = "quotes")]
         orders: Option<String>,
+        /// The run's state dir, for a run that recovered from a
+        /// checkpoint: the replay restores from the one it recovered from
+        /// [default: the recorded command line's --state-dir].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
         /// Write the replayed output here.
         #[arg(long, value_name = "PATH")]
         output: Option<PathBuf>,
@@ -707,6 +712,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                     input,
                     quotes,
                     orders,
+                    state_dir,
                     output,
                 },
         } => replay(
@@ -715,6 +721,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 input,
                 quotes,
                 orders,
+                state_dir,
             },
             output.as_deref(),
         ),
@@ -1254,14 +1261,27 @@ struct ReplayInputs {
     input: Option<String>,
     quotes: Option<String>,
     orders: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 /// `verity audit replay`: the recorded command line says the app and its
 /// options; the inputs are the recorded ones unless given.
 fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path::Path>) -> Result<i32> {
     use verity_core::replay::RecordedRun;
-    let run = RecordedRun::read(&mut crate::audit::open(dir)?)?;
+    let mut run = RecordedRun::read(&mut crate::audit::open(dir)?)?;
     let (app, mut args) = recorded_run(&run.start.args)?;
+    if let Some(recovery) = run.recovered_from {
+        let Some(state_dir) = given.state_dir.or(args.checkpoints.state_dir.clone()) else {
+            bail!(
+                "the newest life recovered from checkpoint {}, but its command line names no state dir: \
+                 give it with --state-dir DIR",
+                recovery.checkpoint
+            );
+        };
+        let storage = verity_state::storage::DirStorage::open(&state_dir)
+            .with_context(|| format!("cannot open the state dir {}", state_dir.display()))?;
+        run.restore_from(storage)?;
+    }
     let replayable = |path: &Option<String>| {
         path.as_deref()
             .is_some_and(|p| p != "-" && !p.starts_with("tcp:"))

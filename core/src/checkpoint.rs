@@ -206,28 +206,55 @@ impl RestoreFrom {
         shards: Range<u32>,
     ) -> Result<(u64, Vec<Vec<CheckpointPart>>), RecoverError> {
         let mut store = CheckpointStore::new(storage);
-        let id = self.store_id;
-        // Part 0 too: its metadata names the checkpoint every part must be of.
-        let wanted: Vec<u32> = std::iter::once(0)
-            .chain(shards.clone().map(|shard| shard + 1))
-            .collect();
-        let chains = store.read_parts(id, &self.fingerprint, &wanted)?;
-        let meta = decode_meta(id, &chains[0])?;
-        let parts = shards
-            .zip(&chains[1..])
-            .map(|(shard, chain)| decode_chain(id, shard, chain))
-            .collect::<Result<Vec<_>, _>>()?;
-        for chain in &parts {
-            if chain.last().map(|part| part.checkpoint) != Some(meta.checkpoint) {
-                return Err(RecoverError::Malformed {
-                    id,
-                    what: format!("shard {}'s part", chain[0].shard),
-                    error: WireError::Invalid("it is of another checkpoint than the job metadata"),
-                });
-            }
-        }
+        let (meta, parts) = read_meta_and_parts(&mut store, self.store_id, &self.fingerprint, shards)?;
         Ok((meta.checkpoint, parts))
     }
+}
+
+/// Checkpoint `store_id` whole, whichever job's it is: its metadata and
+/// every shard's part chain, checked against its manifest (a replay of a
+/// recovered life restores from it; `shards` is the recorded run's count).
+pub fn read_checkpoint(storage: impl Storage, store_id: u64, shards: u32) -> Result<Restart, RecoverError> {
+    let mut store = CheckpointStore::new(storage);
+    let fingerprint = match store.fingerprint_of(store_id)? {
+        Ok(fingerprint) => fingerprint,
+        Err(reason) => return Err(CheckpointError::Invalid { id: store_id, reason }.into()),
+    };
+    let (meta, parts) = read_meta_and_parts(&mut store, store_id, &fingerprint, 0..shards)?;
+    Ok(Restart {
+        store_id,
+        meta,
+        parts,
+    })
+}
+
+/// Checkpoint `id`'s job metadata and the part chains of `shards`.
+fn read_meta_and_parts<S: Storage>(
+    store: &mut CheckpointStore<S>,
+    id: u64,
+    fingerprint: &str,
+    shards: Range<u32>,
+) -> Result<(JobMeta, Vec<Vec<CheckpointPart>>), RecoverError> {
+    // Part 0 too: its metadata names the checkpoint every part must be of.
+    let wanted: Vec<u32> = std::iter::once(0)
+        .chain(shards.clone().map(|shard| shard + 1))
+        .collect();
+    let chains = store.read_parts(id, fingerprint, &wanted)?;
+    let meta = decode_meta(id, &chains[0])?;
+    let parts = shards
+        .zip(&chains[1..])
+        .map(|(shard, chain)| decode_chain(id, shard, chain))
+        .collect::<Result<Vec<_>, _>>()?;
+    for chain in &parts {
+        if chain.last().map(|part| part.checkpoint) != Some(meta.checkpoint) {
+            return Err(RecoverError::Malformed {
+                id,
+                what: format!("shard {}'s part", chain[0].shard),
+                error: WireError::Invalid("it is of another checkpoint than the job metadata"),
+            });
+        }
+    }
+    Ok((meta, parts))
 }
 
 /// Part 0 of checkpoint `id`, which is always whole.
@@ -305,8 +332,11 @@ impl Checkpointer {
     /// another job is refused) into `store`, every `interval_ms`. `resumed`
     /// is the checkpoint a recovery started from (`None` for a fresh run),
     /// and `next_store_id` the store's next id (`Recovered::next_id`, or 1).
+    /// The checkpoint a recovery started from stays in the store for as
+    /// long as this life writes to it (`CheckpointStore::pin`): a replay of
+    /// the life restores from it.
     pub fn new(
-        store: CheckpointStore<Box<dyn Storage>>,
+        mut store: CheckpointStore<Box<dyn Storage>>,
         fingerprint: String,
         shards: u32,
         interval_ms: u64,
@@ -314,6 +344,9 @@ impl Checkpointer {
         next_store_id: u64,
     ) -> Checkpointer {
         assert!(shards > 0 && interval_ms > 0);
+        if let Some(restart) = resumed {
+            store.pin(restart.store_id);
+        }
         let previous_store_id = resumed.map(|r| r.store_id);
         let resumed = resumed.map_or(0, |r| r.meta.checkpoint);
         Checkpointer {

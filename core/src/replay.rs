@@ -14,10 +14,13 @@
 //! units), with the recorded clock reading.
 //!
 //! A cluster's run replays from the logs of all its processes in one
-//! directory. For now a replay covers a run without a recovery (a
-//! recovered life would need the checkpoint it started from).
+//! directory. A life that recovered from a checkpoint replays from that
+//! checkpoint, read back from the run's state dir (`restore_from`): every
+//! shard restored from its part, every source reopened at its cut, and
+//! the life's own units, readings and output batches followed from there.
 
 use crate::audit::UnitSource;
+use crate::checkpoint::{Restart, SourceMeta};
 use crate::connector::{Position, Pull, SourceReader};
 use crate::flow::Dataflow;
 use crate::key::Key;
@@ -28,7 +31,7 @@ use crate::State;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use verity_audit::record::{InputChunk, Output, RunStart, StreamPosition};
+use verity_audit::record::{InputChunk, Output, Recovery, RunStart, StreamPosition};
 use verity_audit::Record;
 use verity_state::storage::Storage;
 
@@ -51,11 +54,17 @@ pub struct RecordedRun {
     /// Per shard: its units with records, in the order it applied them,
     /// and the clock reading of each.
     units: Vec<(VecDeque<UnitSource>, VecDeque<Option<u64>>)>,
-    /// Per source: its chunks, by index.
+    /// Per source: its chunks of this life, in order (a recovered life's
+    /// start at its checkpoint's cut).
     chunks: Vec<Vec<InputChunk>>,
     /// The output batches, in the order they were written.
     outputs: Vec<Output>,
     pub outcome: String,
+    /// The checkpoint the newest life recovered from (process 0's
+    /// `recovery` record), if it did.
+    pub recovered_from: Option<Recovery>,
+    /// That checkpoint, once `restore_from` read it back.
+    restart: Option<Restart>,
 }
 
 impl RecordedRun {
@@ -91,6 +100,8 @@ impl RecordedRun {
             chunks: Vec::new(),
             outputs: Vec::new(),
             outcome: String::new(),
+            recovered_from: None,
+            restart: None,
         };
         let mut shards_covered = 0;
         for (process, record) in life {
@@ -161,7 +172,9 @@ impl RecordedRun {
                 if self.chunks.len() <= source {
                     self.chunks.resize_with(source + 1, Vec::new);
                 }
-                if c.chunk != self.chunks[source].len() as u64 {
+                let chunks = &self.chunks[source];
+                // The first is checked against where the life began (`replay`).
+                if chunks.last().is_some_and(|last| c.chunk != last.chunk + 1) {
                     return Err(ReplayError::Log(format!(
                         "source {source}'s chunk {} is recorded out of order",
                         c.chunk
@@ -170,12 +183,12 @@ impl RecordedRun {
                 self.chunks[source].push(*c);
             }
             Record::Output(o) => self.outputs.push(o.clone()),
-            Record::Recovery(r) => {
-                return Err(ReplayError::Log(format!(
-                "process {process}'s newest life continued from checkpoint {}: replay of a recovered life \
-                     is not supported yet",
-                r.checkpoint
-            )))
+            Record::Recovery(r) if process == 0 => {
+                if self.recovered_from.replace(*r).is_some() {
+                    return Err(ReplayError::Log(
+                        "process 0's newest life recovered twice: not a life a run has".into(),
+                    ));
+                }
             }
             Record::RunEnd(end) if process == 0 => self.outcome = end.outcome.clone(),
             Record::RunEnd(end) if end.outcome.starts_with("failed") => {
@@ -190,6 +203,81 @@ impl RecordedRun {
     pub fn sources_read(&self) -> usize {
         self.chunks.len()
     }
+
+    /// Reads back, from the run's state dir, the checkpoint the newest life
+    /// recovered from (nothing to do for a life that did not recover).
+    pub fn restore_from(&mut self, state_dir: impl Storage) -> Result<(), ReplayError> {
+        let Some(recovery) = self.recovered_from else {
+            return Ok(());
+        };
+        let restart = crate::checkpoint::read_checkpoint(state_dir, recovery.store_id, self.start.shards_total)
+            .map_err(|e| {
+                ReplayError::Log(format!(
+                    "the newest life recovered from checkpoint {} (store id {}), which the state dir cannot give \
+                     back ({e}): a replay of a recovered life restores from it (the life keeps it while it runs)",
+                    recovery.checkpoint, recovery.store_id
+                ))
+            })?;
+        if restart.meta.checkpoint != recovery.checkpoint {
+            return Err(ReplayError::Log(format!(
+                "store id {} holds checkpoint {}, but the newest life recovered from checkpoint {}: \
+                 another run's state dir",
+                recovery.store_id, restart.meta.checkpoint, recovery.checkpoint
+            )));
+        }
+        self.restart = Some(restart);
+        Ok(())
+    }
+
+    /// Output lines written before the newest life began (its checkpoint's;
+    /// 0 for a life that did not recover): the replay writes those after.
+    pub fn output_lines_before(&self) -> u64 {
+        self.restart.as_ref().map_or(0, |r| r.meta.output_lines)
+    }
+
+    /// Where source `source` begins in this life: its first chunk, each
+    /// partition's position, and whether it had ended.
+    fn source_start(&self, source: usize) -> Result<SourceStart, ReplayError> {
+        let start = match self.restart.as_ref().map(|r| r.meta.sources.get(source)) {
+            None => SourceStart::default(),
+            Some(None) => {
+                return Err(ReplayError::Log(format!(
+                    "the checkpoint the life recovered from has no source {source}"
+                )))
+            }
+            Some(Some(SourceMeta::At(cut))) => SourceStart {
+                first_chunk: cut.next_chunk,
+                positions: cut.positions.clone(),
+                ended: false,
+            },
+            Some(Some(SourceMeta::Ended { chunks })) => SourceStart {
+                first_chunk: *chunks,
+                positions: Vec::new(),
+                ended: true,
+            },
+        };
+        let recorded = self.chunks.get(source).and_then(|c| c.first());
+        match recorded {
+            Some(first) if first.chunk != start.first_chunk || start.ended => {
+                Err(ReplayError::Log(format!(
+                "source {source}'s first chunk in the newest life is {}, where the life began at chunk {}{}",
+                first.chunk,
+                start.first_chunk,
+                if start.ended { " after the source had ended" } else { "" }
+            )))
+            }
+            _ => Ok(start),
+        }
+    }
+}
+
+/// Where a source begins in the life replayed.
+#[derive(Default)]
+struct SourceStart {
+    first_chunk: u64,
+    /// Each partition's position at the cut (one not listed: its start).
+    positions: Vec<(u32, Position)>,
+    ended: bool,
 }
 
 /// What a replay did.
@@ -209,6 +297,15 @@ struct Rechunker {
     partitions: Vec<(Box<dyn SourceReader>, Vec<u8>, bool)>,
     recorded: Vec<InputChunk>,
     next: usize,
+    /// The index of `recorded[0]` (a recovered life's start at its cut).
+    first_chunk: u64,
+}
+
+impl Rechunker {
+    /// The index of the next chunk to deal.
+    fn next_chunk(&self) -> u64 {
+        self.first_chunk + self.next as u64
+    }
 }
 
 impl Rechunker {
@@ -342,14 +439,35 @@ where
         ..ShardLimits::default()
     };
     let mut cores = ShardCore::build_range(&logic, shards, 0..shards, limits);
+    if let Some(recovery) = run.recovered_from {
+        let Some(restart) = &run.restart else {
+            return Err(ReplayError::Log(format!(
+                "the newest life recovered from checkpoint {}: give the run's state dir, whose checkpoint \
+                 the replay restores from",
+                recovery.checkpoint
+            )));
+        };
+        for (core, chain) in cores.iter_mut().zip(&restart.parts) {
+            core.restore(chain).map_err(|e| {
+                ReplayError::Log(format!(
+                    "cannot restore from checkpoint {}: {e}",
+                    recovery.checkpoint
+                ))
+            })?;
+        }
+    }
+    let starts = (0..sources.len())
+        .map(|source| run.source_start(source))
+        .collect::<Result<Vec<_>, _>>()?;
     let units_total: usize = run.units.iter().map(|(units, _)| units.len()).sum();
     for (core, (units, readings)) in cores.iter_mut().zip(std::mem::take(&mut run.units)) {
         core.follow_schedule(units, readings);
     }
     let mut rechunkers = Vec::new();
-    for (index, (spec, recorded)) in sources
+    for (index, ((spec, recorded), start)) in sources
         .into_iter()
         .zip(std::mem::take(&mut run.chunks))
+        .zip(starts)
         .enumerate()
     {
         let name = spec.name.clone();
@@ -357,8 +475,15 @@ where
         let count = connector
             .partitions()
             .map_err(|e| ReplayError::Input(e.to_string()))?;
+        let at = |partition: u32| {
+            start
+                .positions
+                .iter()
+                .find(|(p, _)| *p == partition)
+                .map(|(_, position)| position.clone())
+        };
         let partitions = (0..count)
-            .map(|p| Ok((connector.open(&name, p, None)?, Vec::new(), false)))
+            .map(|p| Ok((connector.open(&name, p, at(p))?, Vec::new(), false)))
             .collect::<Result<Vec<_>, crate::connector::SourceError>>()
             .map_err(|e| ReplayError::Input(format!("cannot open {name}: {e}")))?;
         rechunkers.push(Rechunker {
@@ -366,6 +491,7 @@ where
             partitions,
             recorded,
             next: 0,
+            first_chunk: start.first_chunk,
         });
     }
     let source_count = rechunkers.len();
@@ -384,19 +510,19 @@ where
         // Deal each source's chunks a few ahead of each shard.
         for (source, rechunker) in rechunkers.iter_mut().enumerate() {
             while !ended[source] {
-                let next = rechunker.next;
-                let queue = &chunk_queues[source * n + next % n];
-                if queue.len() >= 2 {
+                let next = rechunker.next_chunk();
+                let dealt_to = source * n + (next % n as u64) as usize;
+                if chunk_queues[dealt_to].len() >= 2 {
                     break;
                 }
                 match rechunker.next_event()? {
-                    Some(event) => chunk_queues[source * n + next % n].push_back(event),
+                    Some(event) => chunk_queues[dealt_to].push_back(event),
                     None => {
                         ended[source] = true;
                         for shard in 0..n {
                             chunk_queues[source * n + shard].push_back(SourceEvent::End {
                                 source: source as u32,
-                                chunks: next as u64,
+                                chunks: next,
                             });
                         }
                     }

@@ -368,6 +368,8 @@ impl FileName {
 pub struct CheckpointStore<S: Storage> {
     storage: S,
     retained: usize,
+    /// Kept whatever its age, with the bases it reaches (`pin`).
+    pinned: Option<u64>,
     /// Planted bug: the manifest's rename is not made durable.
     skip_manifest_dir_sync: bool,
 }
@@ -378,6 +380,7 @@ impl<S: Storage> CheckpointStore<S> {
         CheckpointStore {
             storage,
             retained: DEFAULT_RETAINED,
+            pinned: None,
             skip_manifest_dir_sync: false,
         }
     }
@@ -391,6 +394,12 @@ impl<S: Storage> CheckpointStore<S> {
             retained,
             ..CheckpointStore::new(storage)
         })
+    }
+
+    /// Keeps checkpoint `id` however many newer ones follow: the one a
+    /// recovered life began from, which a replay of that life restores.
+    pub fn pin(&mut self, id: u64) {
+        self.pinned = Some(id);
     }
 
     /// Planted bug for tests: `commit` leaves out the directory sync after
@@ -512,10 +521,12 @@ impl<S: Storage> CheckpointStore<S> {
             .copied()
             .unwrap_or(committed);
         assert!(oldest_kept <= newest);
-        let kept: Vec<u64> = complete.iter().rev().take(self.retained).copied().collect();
+        let mut kept: Vec<u64> = complete.iter().rev().take(self.retained).copied().collect();
+        let pinned = self.pinned.filter(|id| complete.contains(id));
+        kept.extend(pinned);
         let bases = self.bases_reached(&kept, committed, committed_parts)?;
         let unneeded = |f: &FileName| {
-            (f.id < oldest_kept && !bases.contains(&f.id))
+            (f.id < oldest_kept && !bases.contains(&f.id) && Some(f.id) != pinned)
                 // An incomplete checkpoint older than a complete one is never
                 // completed.
                 || (f.id < newest && !complete.contains(&f.id))
@@ -625,6 +636,13 @@ impl<S: Storage> CheckpointStore<S> {
             skipped,
             next_id,
         })
+    }
+
+    /// The job fingerprint checkpoint `id`'s manifest names, if it has a
+    /// readable manifest (a replay restores a recovered life's checkpoint
+    /// without knowing the job's own spelling of it).
+    pub fn fingerprint_of(&mut self, id: u64) -> Result<Result<String, String>, CheckpointError> {
+        Ok(self.read_manifest(id)?.map(|manifest| manifest.fingerprint))
     }
 
     /// The chains of parts `wanted` of checkpoint `id` of the job

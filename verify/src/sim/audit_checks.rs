@@ -124,8 +124,9 @@ pub(super) fn check_market_spread(
     }
 }
 
-/// A replay of the log (one life: a recovered one is not replayable yet)
-/// gives the run's output byte for byte.
+/// A replay of the log's newest life (a recovered one from the checkpoint
+/// it began from) gives that life's output byte for byte: the output's
+/// lines after the checkpoint's.
 pub(super) fn check_replay(
     config: &SimConfig,
     run: &AuditedRun,
@@ -134,7 +135,33 @@ pub(super) fn check_replay(
     output: &[u8],
 ) -> Result<(), String> {
     let (disk, _) = run.finished.as_ref().map_err(|e| format!("audit log: {e}"))?;
-    let recorded = RecordedRun::read(&mut disk.clone()).map_err(|e| format!("audit replay: {e}"))?;
+    let mut recorded = RecordedRun::read(&mut disk.clone()).map_err(|e| format!("audit replay: {e}"))?;
+    recorded
+        .restore_from(run.state_dir.clone())
+        .map_err(|e| format!("audit replay ({} lives): {e}", run.lives))?;
+    let lines_before = recorded.output_lines_before();
+    if recorded.recovered_from.is_some() {
+        eprintln!(
+            "DEBUG recovered life replay, lines before {lines_before}, lives {}",
+            run.lives
+        );
+    }
+    let life_output = match lines_before {
+        0 => output,
+        n => match output
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(n as usize - 1)
+        {
+            Some((end, _)) => &output[end + 1..],
+            None => {
+                return Err(format!(
+                    "the life recovered after output line {n}; the output has fewer"
+                ))
+            }
+        },
+    };
     let mut replayed = Vec::new();
     let replay = verity_apps::Replay {
         run: recorded,
@@ -149,12 +176,17 @@ pub(super) fn check_replay(
             report.lines
         ));
     }
-    if replayed != output {
-        let same = replayed.iter().zip(output).take_while(|(a, b)| a == b).count();
+    if replayed != life_output {
+        let same = replayed
+            .iter()
+            .zip(life_output)
+            .take_while(|(a, b)| a == b)
+            .count();
         return Err(format!(
-            "audit replay gave {} bytes, the run wrote {}; they differ from byte {same}",
+            "audit replay gave {} bytes, the run's life wrote {} after output line {lines_before}; \
+             they differ from byte {same}",
             replayed.len(),
-            output.len()
+            life_output.len()
         ));
     }
     Ok(())

@@ -564,8 +564,8 @@ pub fn run_seed_ok(config: &SimConfig) -> SimOutcome {
 }
 
 /// A finished run's audit log: its chains verify, its lineage names the
-/// output's lines, and (one life) a replay
-/// of it reproduces the output.
+/// output's lines, and a replay of its newest life (from the checkpoint it
+/// recovered from, if it did) reproduces that life's output.
 fn check_audit(
     config: &SimConfig,
     outcome: &Finished,
@@ -578,9 +578,7 @@ fn check_audit(
     audit_checks::check_chains(run)?;
     audit_checks::check_lineage(run, &outcome.output)?;
     audit_checks::check_clock_readings(run)?;
-    if run.lives == 1 {
-        audit_checks::check_replay(config, run, input, options, &outcome.output)?;
-    }
+    audit_checks::check_replay(config, run, input, options, &outcome.output)?;
     Ok(())
 }
 
@@ -710,6 +708,9 @@ struct AuditedRun {
     plan: AuditPlan,
     finished: Result<(disk::SharedDisk, Vec<verity_audit::ChainHead>), String>,
     lives: u32,
+    /// The state dir's disk: a replay of a recovered life restores the
+    /// checkpoint it began from.
+    state_dir: disk::SharedDisk,
 }
 
 struct SimDriver<'a> {

@@ -1412,6 +1412,7 @@ where
             plan,
             finished: audit.finish(utc_us, &outcome, |p| counts[p as usize]),
             lives: self.life + 1,
+            state_dir: self.disk.clone(),
         })
     }
 
