@@ -17,7 +17,7 @@
 use rustc_hash::{FxHashMap, FxHasher};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, BufReader};
@@ -394,6 +394,10 @@ fn feed<D: Clone + 'static>(
     Ok(malformed)
 }
 
+/// One stashed epoch: the capability to emit at its time, and its records
+/// with their line numbers.
+type Epoch<D> = (Capability<u64>, Vec<(u64, D)>);
+
 /// The order-sensitive stateful step: records (tagged with their line
 /// numbers) go to the worker owning their key (`route`); each epoch is
 /// stashed until the input frontier passes it, then applied by `step` in
@@ -413,27 +417,23 @@ where
             Exchange::new(move |(_, record): &(u64, D)| route(record)),
             name,
             |_capability, _info| {
-                // A handful of epochs at a time: a std map is fine here.
-                let mut stash: HashMap<Capability<u64>, Vec<(u64, D)>> = HashMap::new();
+                // Keyed by time, so complete epochs come off the front in order.
+                let mut stash: BTreeMap<u64, Epoch<D>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each_stamp(|capability, data| {
                         if let Some(capability) = capability.retain_least(output.output_index()) {
                             stash
-                                .entry(capability)
-                                .or_default()
+                                .entry(*capability.time())
+                                .or_insert_with(|| (capability, Vec::new()))
+                                .1
                                 .extend(data.flat_map(|batch| batch.drain(..)));
                         }
                     });
-                    let mut complete: Vec<Capability<u64>> = stash
-                        .keys()
-                        .filter(|capability| !frontier.less_equal(capability.time()))
-                        .cloned()
-                        .collect();
-                    complete.sort_by_key(|capability| *capability.time());
-                    for capability in complete {
-                        let Some(mut records) = stash.remove(&capability) else {
-                            continue;
-                        };
+                    while let Some(entry) = stash.first_entry() {
+                        if frontier.less_equal(entry.key()) {
+                            break;
+                        }
+                        let (capability, mut records) = entry.remove();
                         records.sort_unstable_by_key(|(line_number, _)| *line_number);
                         let mut session = output.session(&capability);
                         for (_, record) in records {
