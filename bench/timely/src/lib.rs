@@ -84,14 +84,32 @@ pub struct Counts {
     pub outputs: u64,
     /// Lines the app could not parse (dropped, as the naive loops drop them).
     pub malformed: u64,
+    /// With `run_with_digest`, the wrapping sum of `line_digest` over the
+    /// output lines (so independent of their order across keys); else 0.
+    pub digest: u64,
+}
+
+/// An output line's share of `Counts::digest`.
+pub fn line_digest(line: &[u8]) -> u64 {
+    key_hash(line)
 }
 
 /// Runs `app` over the file at `input` with timely's `config` (`-w W` etc.
 /// from the command line through `timely::execute_from_args`, or a `Config`).
 pub fn run(app: App, input: &Path, config: timely::Config) -> Result<Counts, RunError> {
+    run_inner(app, input, config, false)
+}
+
+/// Like `run`, with the digest of the output lines (tests: it costs a hash
+/// per line, which the benchmark leaves out).
+pub fn run_with_digest(app: App, input: &Path, config: timely::Config) -> Result<Counts, RunError> {
+    run_inner(app, input, config, true)
+}
+
+fn run_inner(app: App, input: &Path, config: timely::Config, digest: bool) -> Result<Counts, RunError> {
     let path = input.to_path_buf();
-    let guards =
-        timely::execute(config, move |worker| run_worker(app, &path, worker)).map_err(RunError::Start)?;
+    let guards = timely::execute(config, move |worker| run_worker(app, &path, digest, worker))
+        .map_err(RunError::Start)?;
     let mut total = Counts::default();
     for result in guards.join() {
         let counts = result
@@ -102,15 +120,16 @@ pub fn run(app: App, input: &Path, config: timely::Config) -> Result<Counts, Run
             })?;
         total.outputs += counts.outputs;
         total.malformed += counts.malformed;
+        total.digest = total.digest.wrapping_add(counts.digest);
     }
     Ok(total)
 }
 
-fn run_worker(app: App, path: &Path, worker: &mut Worker) -> io::Result<Counts> {
+fn run_worker(app: App, path: &Path, digest: bool, worker: &mut Worker) -> io::Result<Counts> {
     match app {
-        App::Wordcount => wordcount(worker, path),
-        App::MarketSpread => market_spread(worker, path),
-        App::SeqWindow => seq_window(worker, path),
+        App::Wordcount => wordcount(worker, path, digest),
+        App::MarketSpread => market_spread(worker, path, digest),
+        App::SeqWindow => seq_window(worker, path, digest),
     }
 }
 
@@ -121,10 +140,10 @@ fn key_hash(key: &[u8]) -> u64 {
     hasher.finish()
 }
 
-fn wordcount(worker: &mut Worker, path: &Path) -> io::Result<Counts> {
+fn wordcount(worker: &mut Worker, path: &Path, digest: bool) -> io::Result<Counts> {
     let mut input = InputHandleVec::<u64, String>::new();
     let probe = ProbeHandle::new();
-    let outputs = Rc::new(Cell::new(0));
+    let sunk = Rc::new(Cell::new(Sunk::default()));
     worker.dataflow::<u64, _, _>(|scope| {
         let counted = input
             .to_stream(scope)
@@ -154,7 +173,7 @@ fn wordcount(worker: &mut Worker, path: &Path) -> io::Result<Counts> {
                 },
             )
             .container::<Vec<(String, u64)>>();
-        null_sink(counted, format_word_count, &outputs).probe_with(&probe);
+        null_sink(counted, format_word_count, &sunk, digest).probe_with(&probe);
     });
     let malformed = feed(worker, path, input, &probe, |_, line, input| {
         let Ok(text) = std::str::from_utf8(line) else {
@@ -166,8 +185,9 @@ fn wordcount(worker: &mut Worker, path: &Path) -> io::Result<Counts> {
         true
     })?;
     Ok(Counts {
-        outputs: outputs.get(),
+        outputs: sunk.get().lines,
         malformed,
+        digest: sunk.get().digest,
     })
 }
 
@@ -258,10 +278,10 @@ impl MarketEvent {
     }
 }
 
-fn market_spread(worker: &mut Worker, path: &Path) -> io::Result<Counts> {
+fn market_spread(worker: &mut Worker, path: &Path, digest: bool) -> io::Result<Counts> {
     let mut input = InputHandleVec::<u64, (u64, MarketEvent)>::new();
     let probe = ProbeHandle::new();
-    let outputs = Rc::new(Cell::new(0));
+    let sunk = Rc::new(Cell::new(Sunk::default()));
     worker.dataflow::<u64, _, _>(|scope| {
         let mut books: FxHashMap<Symbol, Book> = FxHashMap::default();
         let decided = in_input_order(
@@ -277,7 +297,7 @@ fn market_spread(worker: &mut Worker, path: &Path) -> io::Result<Counts> {
                 market_spread::apply(books.entry(symbol).or_default(), &event)
             },
         );
-        null_sink(decided, market_spread::format_decision, &outputs).probe_with(&probe);
+        null_sink(decided, market_spread::format_decision, &sunk, digest).probe_with(&probe);
     });
     let malformed = feed(
         worker,
@@ -293,15 +313,16 @@ fn market_spread(worker: &mut Worker, path: &Path) -> io::Result<Counts> {
         },
     )?;
     Ok(Counts {
-        outputs: outputs.get(),
+        outputs: sunk.get().lines,
         malformed,
+        digest: sunk.get().digest,
     })
 }
 
-fn seq_window(worker: &mut Worker, path: &Path) -> io::Result<Counts> {
+fn seq_window(worker: &mut Worker, path: &Path, digest: bool) -> io::Result<Counts> {
     let mut input = InputHandleVec::<u64, (u64, (String, u64))>::new();
     let probe = ProbeHandle::new();
-    let outputs = Rc::new(Cell::new(0));
+    let sunk = Rc::new(Cell::new(Sunk::default()));
     worker.dataflow::<u64, _, _>(|scope| {
         let mut windows: FxHashMap<String, Window> = FxHashMap::default();
         let windowed = in_input_order(
@@ -318,7 +339,7 @@ fn seq_window(worker: &mut Worker, path: &Path) -> io::Result<Counts> {
                 Some((key, *window))
             },
         );
-        null_sink(windowed, format_window, &outputs).probe_with(&probe);
+        null_sink(windowed, format_window, &sunk, digest).probe_with(&probe);
     });
     let malformed = feed(worker, path, input, &probe, |seq, line, input| {
         let Some((key, value)) = parse_key_value(line) else {
@@ -328,8 +349,9 @@ fn seq_window(worker: &mut Worker, path: &Path) -> io::Result<Counts> {
         true
     })?;
     Ok(Counts {
-        outputs: outputs.get(),
+        outputs: sunk.get().lines,
         malformed,
+        digest: sunk.get().digest,
     })
 }
 
@@ -448,32 +470,47 @@ where
         .container::<Vec<O>>()
 }
 
+/// What a null sink saw.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sunk {
+    lines: u64,
+    digest: u64,
+}
+
 /// Formats every record as an output line into a buffer that is dropped
-/// when full, counting the lines into `outputs`. Its (empty) output stream
-/// is there to be probed: once the probe is done, every line was counted.
+/// when full, counting the lines (and with `digest`, summing their
+/// `line_digest`) into `sunk`. Its (empty) output stream is there to be
+/// probed: once the probe is done, every line was counted.
 fn null_sink<'scope, D: Clone + 'static>(
     stream: StreamVec<'scope, u64, D>,
     format: fn(&D, &mut Vec<u8>),
-    outputs: &Rc<Cell<u64>>,
+    sunk: &Rc<Cell<Sunk>>,
+    digest: bool,
 ) -> StreamVec<'scope, u64, ()> {
-    let outputs = Rc::clone(outputs);
+    let sunk = Rc::clone(sunk);
     stream.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
         Pipeline,
         "NullSink",
         move |_capability, _info| {
             let mut buffer = Vec::with_capacity(OUTPUT_BUFFER_BYTES + 1024);
             move |input, _output| {
+                let mut seen = sunk.get();
                 input.for_each_stamp(|_capability, data| {
                     for record in data.flat_map(|batch| batch.drain(..)) {
+                        let start = buffer.len();
                         format(&record, &mut buffer);
+                        if digest {
+                            seen.digest = seen.digest.wrapping_add(line_digest(&buffer[start..]));
+                        }
                         buffer.push(b'\n');
-                        outputs.set(outputs.get() + 1);
+                        seen.lines += 1;
                         if buffer.len() >= OUTPUT_BUFFER_BYTES {
                             std::hint::black_box(&buffer);
                             buffer.clear();
                         }
                     }
                 });
+                sunk.set(seen);
             }
         },
     )
