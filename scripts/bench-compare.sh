@@ -86,6 +86,8 @@ outputs_of() {
     esac
 }
 
+# The machine is shared: the load around the runs says how quiet it was.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)
 printf 'app\trunner\tworkers\tround\tseconds\trss_kib\toutputs\tstatus\n' >"$results"
 meta=$scratch/meta.tsv
 : >"$meta"
@@ -151,8 +153,9 @@ for app in $apps; do
 done
 
 # Medians, ratios and the three renderings, from the runs.
+load="$load_before -> $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"
 awk -F'\t' -v meta="$meta" -v md="$out/compare.md" -v json="$out/compare.json" \
-    -v repeat="$repeat" -v host="$(uname -n)" -v cores="$(nproc)" '
+    -v repeat="$repeat" -v host="$(uname -n)" -v cores="$(nproc)" -v load="$load" '
 function median(list,    n, v, i, j, t) {
     n = split(list, v, " ")
     for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
@@ -178,11 +181,12 @@ END {
         split(order[r], k, SUBSEP)
         med[order[r]] = (times[order[r]] == "") ? 0 : median(times[order[r]])
     }
-    printf "# verity vs peers: median of %d runs taken in turns, whole process (file read included), null sink; %s, %d cores\n", repeat, host, cores > md
+    printf "# verity vs peers: median of %d runs taken in turns, whole process (file read included), null sink; %s, %d cores, load average %s\n", repeat, host, cores, load > md
     print "" > md
     print "| app | runner | W | seconds | events/s | events/s per core | peak RSS MiB | outputs | vs naive | vs timely (same W) |" > md
     print "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|" > md
-    printf "{\n  \"repeat\": %d,\n  \"host\": \"%s\",\n  \"cores\": %d,\n  \"rows\": [", repeat, host, cores > json
+    printf "{\n  \"repeat\": %d,\n  \"host\": \"%s\",\n  \"cores\": %d,\n  \"load_average\": \"%s\",\n  \"rows\": [", repeat, host, cores, load > json
+    printf "load average (1, 5, 15 min) before -> after the runs: %s\n", load
     printf "%-14s %-13s %2s %9s %13s %13s %9s %10s %9s %9s\n", "app", "runner", "W", "seconds", "events/s", "per core", "RSS MiB", "outputs", "vs naive", "vs timely"
     sep = ""
     for (r = 1; r <= rows; r++) {
