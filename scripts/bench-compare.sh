@@ -27,6 +27,11 @@ repeat=${REPEAT:-3}
 seed=${SEED:-42}
 tcp_megabytes=${TCP_MEGABYTES:-256}
 run_timeout_s=${RUN_TIMEOUT_S:-900}
+for number in "$events" "$repeat" "$tcp_megabytes" "$run_timeout_s" $workers_list; do
+    case $number in
+        '' | *[!0-9]* | 0) echo "bench-compare: EVENTS, REPEAT, TCP_MEGABYTES, RUN_TIMEOUT_S and WORKERS take positive integers, not '$number'" >&2; exit 2 ;;
+    esac
+done
 bin=${CARGO_TARGET_DIR:-target}/release
 out=target/bench
 inputs=$out/compare-inputs
@@ -204,11 +209,12 @@ END {
         if (key in bad) flag = " FAILED"
         if (out_count != "-" && naive_out != "" && out_count != naive_out || (key in mixed)) flag = flag " OUTPUT-MISMATCH"
         label = runner flag
-        printf "%-14s %-13s %2s %9.4f %13.0f %13.0f %9s %10s %9s %9s\n", app, label, w, s, rate, rate / w, rss_mib, out_count, vs_naive, vs_timely
-        printf "| %s | %s | %s | %.4f | %.0f | %.0f | %s | %s | %s | %s |\n", app, label, w, s, rate, rate / w, rss_mib, out_count, vs_naive, vs_timely > md
+        per_core = w > 0 ? rate / w : 0
+        printf "%-14s %-13s %2s %9.4f %13.0f %13.0f %9s %10s %9s %9s\n", app, label, w, s, rate, per_core, rss_mib, out_count, vs_naive, vs_timely
+        printf "| %s | %s | %s | %.4f | %.0f | %.0f | %s | %s | %s | %s |\n", app, label, w, s, rate, per_core, rss_mib, out_count, vs_naive, vs_timely > md
         runs = times[key]; sub(/^ /, "", runs); gsub(/ /, ", ", runs)
         printf "%s\n    {\"app\": \"%s\", \"runner\": \"%s\", \"workers\": %d, \"events\": %d, \"input_bytes\": %d, \"seconds\": %.6f, \"runs_seconds\": [%s], \"events_per_s\": %.0f, \"events_per_s_per_core\": %.0f, \"peak_rss_mib\": %s, \"outputs\": %s, \"ratio_vs_naive\": %s, \"ratio_vs_timely\": %s, \"ok\": %s}", \
-            sep, app, runner, w, events[app], bytes[app], s, runs, rate, rate / w, \
+            sep, app, runner, w, events[app], bytes[app], s, runs, rate, per_core, \
             rss_mib == "n/a" ? "null" : rss_mib, out_count == "-" ? "null" : out_count, \
             vs_naive == "-" ? "null" : vs_naive, vs_timely == "-" ? "null" : vs_timely, flag == "" ? "true" : "false" > json
         sep = ","
