@@ -5,6 +5,7 @@
 use rustc_hash::FxHashMap;
 use verity_apps::format::write_u64;
 use verity_apps::market_spread::{self, Book, Symbol};
+use verity_apps::seq_window::{Window, WINDOW_SIZE};
 
 /// Output is formatted into this much buffer, then dropped (a null sink).
 const OUTPUT_BUFFER_BYTES: usize = 64 * 1024;
@@ -52,6 +53,40 @@ pub fn market_spread(input: &[u8]) -> u64 {
             output.push(b'\n');
             emitted += 1;
         }
+        drain_if_full(&mut output);
+    }
+    emitted
+}
+
+/// seq-window: each key's last `WINDOW_SIZE` values, one line per input.
+pub fn seq_window(input: &[u8]) -> u64 {
+    let mut windows: FxHashMap<String, Window> = FxHashMap::default();
+    let mut output = Vec::with_capacity(OUTPUT_BUFFER_BYTES + 1024);
+    let mut emitted = 0;
+    for line in input.split(|b| *b == b'\n') {
+        let Ok(text) = std::str::from_utf8(line) else {
+            continue;
+        };
+        let mut fields = text.split_whitespace();
+        let (Some(key), Some(value), None) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(value) = market_spread::parse_u64(value.as_bytes(), "value") else {
+            continue;
+        };
+        let window = match windows.get_mut(key) {
+            Some(window) => window,
+            None => windows.entry(key.to_string()).or_default(),
+        };
+        window.copy_within(1.., 0);
+        window[WINDOW_SIZE - 1] = value;
+        output.extend_from_slice(key.as_bytes());
+        for value in window.iter() {
+            output.push(b' ');
+            write_u64(&mut output, *value);
+        }
+        output.push(b'\n');
+        emitted += 1;
         drain_if_full(&mut output);
     }
     emitted

@@ -3,7 +3,7 @@
 //!
 //! Usage: `cargo run --release -p verity-bench -- [--records N] [--repeat R]`
 
-mod baseline;
+use verity_bench::baseline;
 
 use bytes::Bytes;
 use std::sync::atomic::AtomicBool;
