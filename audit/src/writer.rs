@@ -243,9 +243,17 @@ impl SegmentWriter {
 /// The hot path's end of the audit log: cheap to clone, one per thread.
 #[derive(Clone)]
 pub struct AuditHandle {
-    buffers: Sender<Vec<u8>>,
+    buffers: Sender<Submission>,
     spare: Receiver<Vec<u8>>,
     waits: Arc<AtomicU64>,
+}
+
+/// What producers hand the side thread.
+enum Submission {
+    Records(Vec<u8>),
+    /// Write and sync everything before this, then answer.
+    Sync(Sender<()>),
+    End,
 }
 
 /// The side thread stopped (an I/O error, which `AuditLog::finish` reports):
@@ -274,7 +282,7 @@ impl AuditHandle {
         if buffer.is_empty() {
             return Ok(());
         }
-        match self.buffers.try_send(buffer) {
+        match self.buffers.try_send(Submission::Records(buffer)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(buffer)) => {
                 self.waits.fetch_add(1, Ordering::Relaxed);
@@ -282,6 +290,18 @@ impl AuditHandle {
             }
             Err(TrySendError::Disconnected(_)) => Err(AuditClosed),
         }
+    }
+
+    /// Waits until everything submitted before (by any producer whose
+    /// submit returned) is written and synced, as far as the fsync policy
+    /// syncs at all (`none`: written only). A checkpoint commits its output
+    /// only after this, so committed output never outlives its lineage.
+    pub fn sync(&self) -> Result<(), AuditClosed> {
+        let (done, answer) = bounded(1);
+        self.buffers
+            .send(Submission::Sync(done))
+            .map_err(|_| AuditClosed)?;
+        answer.recv().map_err(|_| AuditClosed)
     }
 
     /// One record on its own (for rare ones: run start, checkpoints).
@@ -335,8 +355,7 @@ impl AuditLog {
     /// Writes and syncs everything submitted before this call, then stops
     /// the thread. A buffer submitted after it is refused (`AuditClosed`).
     pub fn finish(self) -> io::Result<AuditStats> {
-        // An empty buffer is the end mark (`submit` never sends one).
-        let _ = self.handle.buffers.send(Vec::new());
+        let _ = self.handle.buffers.send(Submission::End);
         let waits = self.handle.waits.load(Ordering::Relaxed);
         drop(self.handle);
         let mut stats = self
@@ -354,7 +373,7 @@ const GROUP_BUFFERS_MAX: usize = 64;
 
 fn write_loop(
     mut writer: SegmentWriter,
-    incoming: Receiver<Vec<u8>>,
+    incoming: Receiver<Submission>,
     recycle: Sender<Vec<u8>>,
 ) -> io::Result<AuditStats> {
     let mut stats = AuditStats::default();
@@ -371,17 +390,29 @@ fn write_loop(
             };
             let mut ending = false;
             match first {
-                Ok(buffer) => {
-                    let mut next = Some(buffer);
+                Ok(submission) => {
+                    let mut next = Some(submission);
                     let mut taken = 0;
-                    while let Some(buffer) = next.take() {
-                        if buffer.is_empty() {
-                            ending = true;
-                            break;
-                        }
+                    while let Some(submission) = next.take() {
+                        let mut buffer = match submission {
+                            Submission::Records(buffer) => buffer,
+                            Submission::Sync(done) => {
+                                writer.write()?;
+                                if writer.limits.fsync != FsyncPolicy::Never {
+                                    writer.sync()?;
+                                    sync_by = None;
+                                }
+                                let _ = done.send(());
+                                next = incoming.try_recv().ok();
+                                continue;
+                            }
+                            Submission::End => {
+                                ending = true;
+                                break;
+                            }
+                        };
                         stats.bytes += buffer.len() as u64;
                         writer.push_buffer(&buffer)?;
-                        let mut buffer = buffer;
                         buffer.clear();
                         let _ = recycle.try_send(buffer);
                         taken += 1;
@@ -498,6 +529,30 @@ mod tests {
             report.segments
         );
         assert_eq!(report.heads[0], stats.head.unwrap());
+    }
+
+    #[test]
+    fn sync_returns_once_what_came_before_is_written_and_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Box::new(DirStorage::open(dir.path()).unwrap());
+        // An interval far beyond the test: only `sync` makes it durable.
+        let limits = WriterLimits {
+            segment_max_bytes: 1 << 20,
+            fsync: FsyncPolicy::IntervalMs(3_600_000),
+        };
+        let log = AuditLog::start(storage, 0, limits).unwrap();
+        let handle = log.handle();
+        for n in 0..5 {
+            handle.record(&checkpoint(n)).unwrap();
+        }
+        handle.sync().unwrap();
+        let mut seen = 0;
+        let mut storage = DirStorage::open(dir.path()).unwrap();
+        verify(&mut storage, &[], |_, _| seen += 1).unwrap();
+        assert_eq!(seen, 5, "every record before the sync is in the file");
+        let stats = log.finish().unwrap();
+        assert_eq!(stats.records, 5);
+        assert_eq!(handle.sync(), Err(AuditClosed), "no barrier after the end");
     }
 
     #[test]

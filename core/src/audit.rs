@@ -23,11 +23,19 @@ pub trait AuditOut: Send {
     /// Takes a buffer of records (`push_record`'s format), waiting while
     /// the writer is behind; an error when the writer has failed.
     fn submit(&mut self, records: Vec<u8>) -> Result<(), AuditClosed>;
+
+    /// Returns once everything submitted before is written and synced (as
+    /// far as the fsync policy syncs): a checkpoint's barrier.
+    fn sync(&mut self) -> Result<(), AuditClosed>;
 }
 
 impl AuditOut for AuditHandle {
     fn submit(&mut self, records: Vec<u8>) -> Result<(), AuditClosed> {
         AuditHandle::submit(self, records)
+    }
+
+    fn sync(&mut self) -> Result<(), AuditClosed> {
+        AuditHandle::sync(self)
     }
 }
 
@@ -124,6 +132,12 @@ impl OutputAudit {
     pub fn record(&mut self, record: &Record) -> Result<(), AuditClosed> {
         push_record(&mut self.buffer, record);
         self.flush()
+    }
+
+    /// Makes everything recorded so far durable (`AuditOut::sync`).
+    pub fn sync(&mut self) -> Result<(), AuditClosed> {
+        self.flush()?;
+        self.out.sync()
     }
 
     pub fn now_us(&self) -> u64 {

@@ -294,6 +294,8 @@ pub struct OutputWriter {
 pub struct OutputBugs {
     /// Commit the sinks before the checkpoint that covers them is durable.
     pub commit_before_durable: bool,
+    /// Commit the sinks before the audit log holds their lineage durably.
+    pub commit_before_lineage_durable: bool,
 }
 
 struct Checkpoints {
@@ -461,6 +463,11 @@ impl OutputWriter {
                 duration_us: now_us.saturating_sub(began_us),
             });
             audit.record(&record)?;
+            // The lineage of the output this commit makes final, durable
+            // first: committed output never outlives its audit trail.
+            if !self.bugs.commit_before_lineage_durable {
+                audit.sync()?;
+            }
         }
         // Only now: a crash before this line recovers from the checkpoint
         // before, and the sinks must be able to take this one's output back.

@@ -165,7 +165,7 @@ fn faults_to_catch(bug: &str) -> Faults {
         },
         // Only a crash shows them: no fault that would take the crash's
         // place in a seed.
-        "commit-before-durable" | "state-from-older-checkpoint" => Faults {
+        "commit-before-durable" | "commit-before-lineage-durable" | "state-from-older-checkpoint" => Faults {
             fail: false,
             stop: false,
             restart: false,
@@ -186,6 +186,8 @@ fn first_failure(bug: &str, app: AppName, layout: (u32, u32), streams: u32) -> (
             workers: layout.1,
             streams,
             faults: faults_to_catch(bug),
+            // Only an audit log can lose lineage.
+            audit: (bug == "commit-before-lineage-durable").then_some(true),
             ..SimConfig::new(app, seed)
         });
         if let Some(failure) = outcome.failure {

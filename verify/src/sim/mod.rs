@@ -236,7 +236,7 @@ pub struct PlantedBugs {
 
 impl PlantedBugs {
     /// The names `verity sim --plant-bug` takes.
-    pub const NAMES: [&'static str; 15] = [
+    pub const NAMES: [&'static str; 16] = [
         "no-dedup",
         "no-retransmit",
         "resend-from-wrong-seq",
@@ -250,6 +250,7 @@ impl PlantedBugs {
         "relay-drops-dead-letters",
         "ignore-peer-restart",
         "commit-before-durable",
+        "commit-before-lineage-durable",
         "state-from-older-checkpoint",
         "stale-quote",
     ];
@@ -271,6 +272,7 @@ impl PlantedBugs {
             "relay-drops-dead-letters" => &mut bugs.relay.drop_dead_letters,
             "ignore-peer-restart" => &mut bugs.protocol.ignore_peer_restart,
             "commit-before-durable" => &mut bugs.output.commit_before_durable,
+            "commit-before-lineage-durable" => &mut bugs.output.commit_before_lineage_durable,
             "state-from-older-checkpoint" => &mut bugs.recover.state_from_older_checkpoint,
             "stale-quote" => &mut bugs.market_spread.stale_quote,
             other => {

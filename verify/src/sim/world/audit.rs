@@ -118,13 +118,32 @@ impl Clocks {
     }
 }
 
-/// The side thread's queue of producer buffers.
-#[derive(Default)]
+/// The side thread's queue of producer buffers, and its writer.
 struct Queue {
     buffers: VecDeque<Vec<u8>>,
     depth: usize,
     /// The side thread is gone (its process died): nothing is taken.
     closed: bool,
+    writer: SegmentWriter,
+    fsync: FsyncPolicy,
+    /// Records counted into `SimAudit::records` so far.
+    counted_records: u64,
+    /// A write failed in a `sync` (the world's next turn reports it).
+    failure: Option<String>,
+}
+
+impl Queue {
+    /// Writes every queued buffer (a group commit); true if there were any.
+    fn write_queued(&mut self) -> std::io::Result<bool> {
+        let buffers: Vec<Vec<u8>> = self.buffers.drain(..).collect();
+        for buffer in &buffers {
+            self.writer.push_buffer(buffer)?;
+        }
+        if !buffers.is_empty() {
+            self.writer.write()?;
+        }
+        Ok(!buffers.is_empty())
+    }
 }
 
 /// What the readers and the output writer submit through. Production's
@@ -142,12 +161,29 @@ impl AuditOut for SimAuditOut {
         queue.buffers.push_back(records);
         Ok(())
     }
+
+    /// Production's caller waits while the side thread writes and syncs
+    /// what is queued; here that work is done in the call.
+    fn sync(&mut self) -> Result<(), AuditClosed> {
+        let mut queue = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.closed {
+            return Err(AuditClosed);
+        }
+        let synced = queue.write_queued().and_then(|_| match queue.fsync {
+            FsyncPolicy::Never => Ok(()),
+            _ => queue.writer.sync(),
+        });
+        synced.map_err(|e| {
+            queue.failure = Some(e.to_string());
+            queue.closed = true;
+            AuditClosed
+        })
+    }
 }
 
 /// One process's audit log: its queue and its writer.
 struct ProcessLog {
     queue: Arc<Mutex<Queue>>,
-    writer: SegmentWriter,
     synced_at_us: u64,
 }
 
@@ -205,12 +241,16 @@ impl SimAudit {
         let writer = SegmentWriter::open(Box::new(self.disk.clone()), process, limits)
             .map_err(|e| format!("process {process} cannot open its audit log: {e}"))?;
         let queue = Arc::new(Mutex::new(Queue {
+            buffers: VecDeque::new(),
             depth: self.plan.queue_buffers,
-            ..Queue::default()
+            closed: false,
+            counted_records: writer.head().records,
+            writer,
+            fsync: self.plan.fsync,
+            failure: None,
         }));
         self.logs[process as usize] = Some(ProcessLog {
             queue,
-            writer,
             synced_at_us: 0,
         });
         let layout = Layout::new(
@@ -290,29 +330,22 @@ impl SimAudit {
         let Some(log) = &mut self.logs[process as usize] else {
             return Ok(false);
         };
-        let buffers: Vec<Vec<u8>> = log
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .buffers
-            .drain(..)
-            .collect();
-        let failed = |e: std::io::Error| format!("process {process}'s audit log: {e}");
-        let records_before = log.writer.head().records;
-        for buffer in &buffers {
-            log.writer.push_buffer(buffer).map_err(failed)?;
+        let failed = |e: String| format!("process {process}'s audit log: {e}");
+        let mut queue = log.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(failure) = queue.failure.take() {
+            return Err(failed(failure));
         }
-        if !buffers.is_empty() {
-            log.writer.write().map_err(failed)?;
-        }
-        self.records += log.writer.head().records - records_before;
+        let wrote = queue.write_queued().map_err(|e| failed(e.to_string()))?;
+        let records = queue.writer.head().records;
+        self.records += records - queue.counted_records;
+        queue.counted_records = records;
         if let FsyncPolicy::IntervalMs(ms) = self.plan.fsync {
-            if log.writer.has_unsynced() && now_us >= log.synced_at_us + ms * 1000 {
-                log.writer.sync().map_err(failed)?;
+            if queue.writer.has_unsynced() && now_us >= log.synced_at_us + ms * 1000 {
+                queue.writer.sync().map_err(|e| failed(e.to_string()))?;
                 log.synced_at_us = now_us;
             }
         }
-        Ok(!buffers.is_empty())
+        Ok(wrote)
     }
 
     /// The run ended: every process still running records how, writes and
@@ -341,10 +374,12 @@ impl SimAudit {
             self.record(process, &end)?;
             self.turn(process, u64::MAX)?;
             let log = self.logs[process as usize].as_mut().expect("live");
-            log.writer
+            let mut queue = log.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue
+                .writer
                 .sync()
                 .map_err(|e| format!("process {process}'s audit log: {e}"))?;
-            heads.push(log.writer.head());
+            heads.push(queue.writer.head());
         }
         Ok((self.disk, heads))
     }

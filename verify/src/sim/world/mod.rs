@@ -118,6 +118,9 @@ enum Event {
     },
     /// Every process dies at once (the `crash` fault).
     CrashAll,
+    /// Every process dies at once, right after the next checkpoint's sinks
+    /// committed (the `crash` fault).
+    CrashAfterCommit,
     /// Every process dies at once, in the middle of the next checkpoint's
     /// writing: `ops` more disk operations succeed (the `crash` fault).
     CrashMidCheckpoint {
@@ -277,6 +280,10 @@ struct World<'a, K, V, S, O> {
     disk: crate::sim::disk::SharedDisk,
     /// Every process died (the `crash` fault): the run stops here.
     crashed: bool,
+    /// Every process dies right after the next checkpoint's commit (the
+    /// `crash` fault): the moment committed output's lineage must already
+    /// be durable.
+    crash_after_commit: bool,
     /// This cluster was restarted after a crash.
     recovered: bool,
     /// Which life of the cluster this is: 0, then one more per crash.
@@ -992,6 +999,7 @@ where
             stats: super::SimStats::default(),
             disk,
             crashed: false,
+            crash_after_commit: false,
             recovered: recovery.is_some(),
             life: recovery.as_ref().map_or(0, |r| r.life),
             restart_watch: restart::RestartWatch::new(config.processes),
@@ -1093,8 +1101,10 @@ where
             let everyone = self.rng.chance(1, 2);
             plan.push((self.rng.below(self.heal_us), Event::Stop { everyone }));
         } else if faults.crash && self.life + 1 < LIVES_MAX && self.rng.chance(1, CRASH_SEED_ONE_IN) {
-            let event = if self.rng.chance(1, 2) {
+            let event = if self.rng.chance(1, 3) {
                 Event::CrashAll
+            } else if self.rng.chance(1, 2) {
+                Event::CrashAfterCommit
             } else {
                 // A checkpoint writes about 3 operations per file.
                 let files = u64::from(self.layout.total_shards()) + 2;
@@ -1304,6 +1314,12 @@ where
                 self.stats.fault("crash");
                 self.trace(format_args!("fault: every process dies at once (kill -9)"));
                 self.crashed = true;
+            }
+            Event::CrashAfterCommit => {
+                self.trace(format_args!(
+                    "fault armed: every process dies right after the next checkpoint's commit"
+                ));
+                self.crash_after_commit = true;
             }
             Event::CrashMidCheckpoint { ops } => {
                 self.trace(format_args!(

@@ -770,6 +770,10 @@ where
             OutputMessage::Checkpoint(part) => self.checkpoint_parts[shard as usize] = part.checkpoint,
         }
         let crashes = self.disk.stats().crashes;
+        let committed = self
+            .output
+            .output()
+            .map_or(0, |o| o.writer().checkpoints_completed());
         if let Err(e) = self.output_message(shard, message) {
             if self.disk.stats().crashes > crashes {
                 // The armed crash: the process died halfway through writing
@@ -790,6 +794,16 @@ where
             .output
             .output()
             .map_or(0, |o| o.writer().checkpoints_completed());
+        if self.crash_after_commit && completed > committed {
+            // kill -9 as the commit returns, before any side thread's next
+            // turn: only what was synced by then survives.
+            self.stats.fault("crash");
+            self.trace(format_args!(
+                "fault: every process dies right after checkpoint {completed}'s commit"
+            ));
+            self.crashed = true;
+            return;
+        }
         if completed < all_in {
             self.net.failure.get_or_insert(format!(
                 "checkpoint {all_in}: every shard's part is in, but the output writer completed only {completed}"
