@@ -245,7 +245,8 @@ impl fmt::Display for PeerEvent {
 pub struct PeerTraffic {
     pub frames_sent: u64,
     pub frames_received: u64,
-    /// Unacked frames written again after a reconnect (not in `frames_sent`).
+    /// Unacked frames written again when a connection to the peer opened
+    /// (after a reconnect, or queued before the first): not in `frames_sent`.
     pub frames_resent: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,

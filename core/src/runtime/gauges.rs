@@ -367,7 +367,7 @@ impl RunGauges {
             ),
             (
                 "verity_peer_frames_resent_total",
-                "Unacked frames sent to a peer again after a reconnect.",
+                "Unacked frames written to a peer again when a connection to it (re)opened.",
                 per_peer(&|t| t.frames_resent),
             ),
             (
