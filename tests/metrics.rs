@@ -215,7 +215,10 @@ fn a_cluster_process_serves_sources_sinks_queues_peers_checkpoints_and_audit() {
         "{scrape}"
     );
     let source = format!("verity_source_records_total{{source=\"tcp:{source_at}\"}}");
-    assert!(sample(&scrape, &source).is_some_and(|n| n > 0.0), "{source}:\n{scrape}");
+    assert!(
+        sample(&scrape, &source).is_some_and(|n| n > 0.0),
+        "{source}:\n{scrape}"
+    );
     assert!(sample(&scrape, "verity_sink_bytes_total{sink=\"file\"}").is_some_and(|n| n > 0.0));
     assert!(sample(&scrape, "verity_peer_frames_sent_total{peer=\"1\"}").is_some_and(|n| n > 0.0));
     // Gauges and summaries are never negative; depths stay within their queues.

@@ -64,7 +64,16 @@ fn a_sender_faster_than_the_run_is_slowed_and_nothing_is_lost() {
     ]));
     let source = format!("tcp:127.0.0.1:{}", common::free_port());
     let mut run = common::verity()
-        .args(["run", "seq-window", "--workers", "1", "--no-pin", "--input", &source, "--output"])
+        .args([
+            "run",
+            "seq-window",
+            "--workers",
+            "1",
+            "--no-pin",
+            "--input",
+            &source,
+            "--output",
+        ])
         .arg(&output)
         .stderr(Stdio::piped())
         .spawn()
@@ -89,7 +98,15 @@ fn a_sender_faster_than_the_run_is_slowed_and_nothing_is_lost() {
     }
     let address = source.strip_prefix("tcp:").unwrap();
     let mut sender = Command::new(env!("CARGO_BIN_EXE_verity"))
-        .args(["send", "--to", address, "--input", path_str(&input), "--rate", SEND_RATE_PER_S])
+        .args([
+            "send",
+            "--to",
+            address,
+            "--input",
+            path_str(&input),
+            "--rate",
+            SEND_RATE_PER_S,
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .expect("start verity send");
@@ -137,7 +154,11 @@ fn a_sender_faster_than_the_run_is_slowed_and_nothing_is_lost() {
     );
     match peak_kib {
         Some(kib) => {
-            println!("overload: run peak RSS {} MiB; sender: {}", kib / 1024, send_log.trim());
+            println!(
+                "overload: run peak RSS {} MiB; sender: {}",
+                kib / 1024,
+                send_log.trim()
+            );
             assert!(kib < RSS_MAX_KIB, "peak RSS {kib} KiB, over {RSS_MAX_KIB} KiB");
         }
         None => println!("overload: /proc/<pid>/status shows no VmHWM here; RSS not checked"),

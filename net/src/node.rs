@@ -14,8 +14,7 @@
 use crate::auth::NONCE_BYTES;
 use crate::frame::Frame;
 use crate::peer::{
-    Action, ConnId, Entropy, FrameSource, PeerEvent, PeerProtocol, PeerTraffic, ProtocolConfig,
-    ProtocolStats,
+    Action, ConnId, Entropy, FrameSource, PeerEvent, PeerProtocol, PeerTraffic, ProtocolConfig, ProtocolStats,
 };
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -161,8 +160,10 @@ struct PublishedTraffic {
 
 impl TrafficBoard {
     fn new(peers: &[u32]) -> TrafficBoard {
-        let mut peers: Vec<(u32, PublishedTraffic)> =
-            peers.iter().map(|id| (*id, PublishedTraffic::default())).collect();
+        let mut peers: Vec<(u32, PublishedTraffic)> = peers
+            .iter()
+            .map(|id| (*id, PublishedTraffic::default()))
+            .collect();
         peers.sort_unstable_by_key(|(id, _)| *id);
         TrafficBoard {
             peers,
@@ -180,11 +181,19 @@ impl TrafficBoard {
             return;
         };
         let published = &self.peers[at].1;
-        published.frames_sent.store(traffic.frames_sent, Ordering::Relaxed);
-        published.frames_received.store(traffic.frames_received, Ordering::Relaxed);
-        published.frames_resent.store(traffic.frames_resent, Ordering::Relaxed);
+        published
+            .frames_sent
+            .store(traffic.frames_sent, Ordering::Relaxed);
+        published
+            .frames_received
+            .store(traffic.frames_received, Ordering::Relaxed);
+        published
+            .frames_resent
+            .store(traffic.frames_resent, Ordering::Relaxed);
         published.bytes_sent.store(traffic.bytes_sent, Ordering::Relaxed);
-        published.bytes_received.store(traffic.bytes_received, Ordering::Relaxed);
+        published
+            .bytes_received
+            .store(traffic.bytes_received, Ordering::Relaxed);
     }
 
     /// Every peer's traffic, in peer id order.
@@ -273,7 +282,6 @@ impl Node {
     pub fn traffic(&self) -> Arc<TrafficBoard> {
         Arc::clone(&self.traffic)
     }
-
 
     /// The run is over: from now on peers disconnecting is expected.
     pub fn closing(&self) {

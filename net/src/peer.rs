@@ -723,7 +723,10 @@ impl<E: Entropy> PeerProtocol<E> {
         state.written += written_bytes;
         assert!(state.written <= state.output.len(), "wrote more than there was");
         let peer = state.peer;
-        if let Some(traffic) = peer.and_then(|id| self.peers.get_mut(&id)).map(|p| &mut p.traffic) {
+        if let Some(traffic) = peer
+            .and_then(|id| self.peers.get_mut(&id))
+            .map(|p| &mut p.traffic)
+        {
             traffic.bytes_sent += written_bytes as u64;
         }
         let state = self.conns.get_mut(&conn).expect("looked up above");

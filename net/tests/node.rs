@@ -115,12 +115,18 @@ fn two_nodes_carry_a_channel_in_order() {
     assert_eq!(sender_view.len(), 1);
     let (peer, sent) = sender_view[0];
     assert_eq!(peer, 0);
-    assert_eq!(sent.frames_sent + sent.frames_resent, stats.frames_sent + stats.frames_resent);
+    assert_eq!(
+        sent.frames_sent + sent.frames_resent,
+        stats.frames_sent + stats.frames_resent
+    );
     assert!(sent.bytes_sent > 0 && sent.bytes_received > 0, "{sent:?}");
     let (peer, received) = receiver_view[0];
     assert_eq!(peer, 1);
     assert!(received.frames_received >= FRAMES, "{received:?}");
-    assert!(received.bytes_received >= sent.bytes_sent / 2, "{received:?} {sent:?}");
+    assert!(
+        received.bytes_received >= sent.bytes_sent / 2,
+        "{received:?} {sent:?}"
+    );
     node_0.closing();
     node_0.stop();
 }

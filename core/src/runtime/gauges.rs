@@ -82,7 +82,9 @@ pub(super) struct SourceGauges {
 impl SourceGauges {
     /// A chunk of `records` lines and `bytes` bytes was dealt.
     pub fn dealt(&self, records: u64, bytes: u64) {
-        let add = |counter: &AtomicU64, n: u64| counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        let add = |counter: &AtomicU64, n: u64| {
+            counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed)
+        };
         add(&self.records, records);
         add(&self.bytes, bytes);
     }
@@ -112,7 +114,8 @@ impl OutputGauges {
     pub fn checkpoint(&self, took: Duration, size_bytes: u64) {
         let us = took.as_micros() as u64;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        self.checkpoints.store(load(&self.checkpoints) + 1, Ordering::Relaxed);
+        self.checkpoints
+            .store(load(&self.checkpoints) + 1, Ordering::Relaxed);
         self.checkpoint_last_us.store(us, Ordering::Relaxed);
         self.checkpoint_sum_us
             .store(load(&self.checkpoint_sum_us) + us, Ordering::Relaxed);
@@ -172,7 +175,11 @@ impl RunGauges {
 
     fn per_shard(&self, get: &dyn Fn(usize, &LiveCounters) -> f64) -> Samples {
         let label = |i: usize| format!("shard=\"{}\"", self.first_shard + i as u32);
-        self.shards.iter().enumerate().map(|(i, c)| (label(i), get(i, c))).collect()
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (label(i), get(i, c)))
+            .collect()
     }
 
     fn shard_families(&self, out: &mut String) {

@@ -611,7 +611,11 @@ where
             first_shard: local.start,
             depths: wiring.depths,
             sources: if outputs.is_some() {
-                source_names.iter().cloned().zip(source_gauges.iter().cloned()).collect()
+                source_names
+                    .iter()
+                    .cloned()
+                    .zip(source_gauges.iter().cloned())
+                    .collect()
             } else {
                 Vec::new()
             },

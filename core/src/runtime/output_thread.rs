@@ -141,7 +141,11 @@ mod tests {
         let gauges = OutputGauges::default();
         let written = write_outputs(&rx, OutputLoop::new(writer, Arc::clone(&progress)), &gauges).unwrap();
         assert_eq!(written, 0);
-        assert_eq!(gauges.lines.load(Relaxed), 1, "the gauges follow what was written");
+        assert_eq!(
+            gauges.lines.load(Relaxed),
+            1,
+            "the gauges follow what was written"
+        );
         assert_eq!(gauges.bytes.load(Relaxed), 2);
         assert_eq!(progress.committed.load(Relaxed), ReaderProgress::ALL);
     }
