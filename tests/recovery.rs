@@ -582,3 +582,97 @@ fn at_least_once_delivery_sends_lines_final_as_they_come() {
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("--state-dir"), "{}", stderr(&refused));
 }
+
+/// An audited, clock-dependent run killed after its first checkpoint and
+/// continued with `--recover`: `audit replay` of the recovered life
+/// restores the checkpoint it began from (kept in the state dir while the
+/// life runs, however many newer ones follow) and reproduces that life's
+/// output byte for byte; without the state dir it says what it needs.
+#[test]
+fn a_recovered_life_replays_byte_identical_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job::new(dir.path(), "market-spread", 1_500_000);
+    let audit = dir.path().join("audit");
+    let args = |recover: bool| {
+        let mut args = job.args(recover);
+        args.extend(
+            [
+                "--max-quote-age-ms",
+                "2",
+                "--audit",
+                path_str(&audit),
+                "--checkpoints-retained",
+                "1",
+            ]
+            .map(String::from),
+        );
+        args
+    };
+    let mut child = verity()
+        .args(args(false))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start verity");
+    let killed = wait_while_running(&mut child, || newest_checkpoint(&job.state) >= 1);
+    let _ = child.kill();
+    let _ = child.wait();
+    let finish = args(true);
+    let finish: Vec<&str> = finish.iter().map(String::as_str).collect();
+    ok(run(&finish));
+
+    let replayed = dir.path().join("replayed.txt");
+    let said = stderr(&ok(run(&[
+        "audit",
+        "replay",
+        path_str(&audit),
+        "--output",
+        path_str(&replayed),
+    ])));
+    assert!(said.contains("byte-identical"), "{said}");
+    let output = std::fs::read(&job.output).unwrap();
+    let replayed = std::fs::read(&replayed).unwrap();
+    assert!(
+        output.ends_with(&replayed),
+        "the replayed life is the output's tail"
+    );
+    let summary = common::stdout(&ok(run(&["audit", "summary", path_str(&audit)])));
+    if !killed {
+        eprintln!("the run ended before its first checkpoint: one life replayed");
+        return;
+    }
+    assert!(summary.contains("recovery"), "{summary}");
+    assert!(
+        replayed.len() < output.len(),
+        "the recovered life wrote only the output's tail"
+    );
+
+    // The exact check follows a run from its start: it says so.
+    let mut verify: Vec<&str> = vec!["verify", "market-spread"];
+    verify.extend(job.input.iter().map(String::as_str));
+    verify.extend(["--output", path_str(&job.output), "--audit", path_str(&audit)]);
+    let out = run(&verify);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("follows a run from its start"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Without the state dir the replay cannot restore, and says so.
+    std::fs::rename(&job.state, dir.path().join("moved")).unwrap();
+    let out = run(&["audit", "replay", path_str(&audit)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("recovered from checkpoint"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "audit",
+        "replay",
+        path_str(&audit),
+        "--state-dir",
+        path_str(&dir.path().join("moved")),
+    ]);
+    assert!(stderr(&out).contains("byte-identical"), "{}", stderr(&out));
+}

@@ -13,6 +13,8 @@ pub struct Summary {
     pub report: VerifyReport,
     /// Records per kind, in `KIND_NAMES` order.
     pub kinds: [u64; KIND_NAMES.len()],
+    /// Their framed bytes per kind (body and frame header), same order.
+    pub kind_bytes: [u64; KIND_NAMES.len()],
     pub first_utc_us: Option<u64>,
     pub last_utc_us: Option<u64>,
     /// Per process: its lives (run starts) and how the newest ended.
@@ -37,15 +39,16 @@ pub fn summarize(storage: &mut dyn Storage) -> io::Result<Summary> {
     let mut records = Vec::new();
     summary.report = verify(storage, &[], |process, body| {
         if let Ok(record) = Record::decode(body) {
-            records.push((process, record));
+            records.push((process, record, body.len()));
         }
     })?;
-    for (process, record) in records {
+    for (process, record, body_bytes) in records {
         let kind = KIND_NAMES
             .iter()
             .position(|k| *k == record.kind_name())
             .expect("a known kind");
         summary.kinds[kind] += 1;
+        summary.kind_bytes[kind] += (crate::segment::FRAME_HEADER_BYTES + body_bytes) as u64;
         if let Some(at) = record.utc_us() {
             summary.first_utc_us = Some(summary.first_utc_us.map_or(at, |t| t.min(at)));
             summary.last_utc_us = Some(summary.last_utc_us.map_or(at, |t| t.max(at)));
@@ -112,12 +115,24 @@ impl fmt::Display for Summary {
             "input records received: {}, output lines: {}",
             self.input_records, self.output_lines
         )?;
-        writeln!(f, "records by kind:")?;
-        for (name, count) in KIND_NAMES.iter().zip(self.kinds) {
+        let per_input = |bytes: u64| match self.input_records {
+            0 => String::new(),
+            n => format!(", {:.2} per input record", bytes as f64 / n as f64),
+        };
+        let total: u64 = self.kind_bytes.iter().sum();
+        writeln!(f, "records by kind (count, framed bytes):")?;
+        for ((name, count), bytes) in KIND_NAMES.iter().zip(self.kinds).zip(self.kind_bytes) {
             if count > 0 {
-                writeln!(f, "  {name:<12} {count}")?;
+                writeln!(f, "  {name:<12} {count:>10} {bytes:>14}{}", per_input(bytes))?;
             }
         }
+        writeln!(
+            f,
+            "  {:<12} {:>10} {total:>14}{}",
+            "all",
+            self.kinds.iter().sum::<u64>(),
+            per_input(total)
+        )?;
         writeln!(f, "processes:")?;
         for (process, p) in &self.processes {
             writeln!(

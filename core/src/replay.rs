@@ -183,12 +183,10 @@ impl RecordedRun {
                 self.chunks[source].push(*c);
             }
             Record::Output(o) => self.outputs.push(o.clone()),
-            Record::Recovery(r) if process == 0 => {
-                if self.recovered_from.replace(*r).is_some() {
-                    return Err(ReplayError::Log(
-                        "process 0's newest life recovered twice: not a life a run has".into(),
-                    ));
-                }
+            Record::Recovery(r) if process == 0 && self.recovered_from.replace(*r).is_some() => {
+                return Err(ReplayError::Log(
+                    "process 0's newest life recovered twice: not a life a run has".into(),
+                ));
             }
             Record::RunEnd(end) if process == 0 => self.outcome = end.outcome.clone(),
             Record::RunEnd(end) if end.outcome.starts_with("failed") => {
@@ -480,7 +478,7 @@ where
                 .positions
                 .iter()
                 .find(|(p, _)| *p == partition)
-                .map(|(_, position)| position.clone())
+                .map(|(_, position)| *position)
         };
         let partitions = (0..count)
             .map(|p| Ok((connector.open(&name, p, at(p))?, Vec::new(), false)))

@@ -1066,6 +1066,26 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_checkpoint_outlives_retention_and_an_unpinned_one_does_not() {
+        let (_dir, mut store) = store(1);
+        for id in 1..=3 {
+            checkpoint(&mut store, id, &parts_of(id, 2));
+        }
+        store.pin(3);
+        for id in 4..=6 {
+            checkpoint(&mut store, id, &parts_of(id, 2));
+        }
+        let kept: Vec<u64> = checkpoint_ids(&names(&mut store)).into_keys().collect();
+        assert_eq!(kept, vec![3, 6], "the pinned one and the newest");
+        assert_eq!(store.fingerprint_of(3).unwrap(), Ok(JOB.to_string()));
+        assert!(store.fingerprint_of(2).unwrap().is_err(), "removed");
+        store.pin(6);
+        checkpoint(&mut store, 7, &parts_of(7, 2));
+        let kept: Vec<u64> = checkpoint_ids(&names(&mut store)).into_keys().collect();
+        assert_eq!(kept, vec![6, 7], "3 is no longer pinned");
+    }
+
+    #[test]
     fn a_retry_of_an_id_with_fewer_parts_drops_the_stale_ones() {
         let (_dir, mut store) = store(1);
         store.write_part(5, 0, b"first try").unwrap();

@@ -185,6 +185,17 @@ pub fn verify_market_spread_with_audit(
             start.shards_total
         ));
     }
+    if let Some(checkpoint) = life.iter().find_map(|r| match r {
+        Record::Recovery(r) => Some(r.checkpoint),
+        _ => None,
+    }) {
+        // Its shards began from a snapshot this model did not build.
+        return Err(format!(
+            "the newest life recovered from checkpoint {checkpoint}: the exact check follows a run from its \
+             start; check this one without --audit (the interleaving check), and its decisions with \
+             `verity audit replay`"
+        ));
+    }
     let shards = start.shards_total;
     let mut chunks: Vec<Vec<InputChunk>> = vec![Vec::new(); inputs.len()];
     for record in life {

@@ -140,12 +140,6 @@ pub(super) fn check_replay(
         .restore_from(run.state_dir.clone())
         .map_err(|e| format!("audit replay ({} lives): {e}", run.lives))?;
     let lines_before = recorded.output_lines_before();
-    if recorded.recovered_from.is_some() {
-        eprintln!(
-            "DEBUG recovered life replay, lines before {lines_before}, lives {}",
-            run.lives
-        );
-    }
     let life_output = match lines_before {
         0 => output,
         n => match output
