@@ -95,3 +95,138 @@ fn a_running_process_serves_its_counters_at_metrics() {
     assert!(status.success(), "{status:?}");
     assert_eq!(std::fs::read_to_string(output).unwrap().lines().count(), 1000);
 }
+
+/// A sample's value: `name` exactly (no labels) or `name{labels}`.
+fn sample(scrape: &str, name_and_labels: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Every family the run section of a scrape shows, and at least one sample
+/// of each.
+const CLUSTER_FAMILIES: [&str; 22] = [
+    "verity_records_in_total",
+    "verity_records_out_total",
+    "verity_dead_lettered_total",
+    "verity_shard_backpressure_seconds_total",
+    "verity_shard_chunk_queue_depth",
+    "verity_shard_batch_queue_depth",
+    "verity_source_records_total",
+    "verity_source_bytes_total",
+    "verity_source_backpressure_seconds_total",
+    "verity_sink_records_total",
+    "verity_sink_bytes_total",
+    "verity_sink_dead_letters_total",
+    "verity_output_queue_depth",
+    "verity_checkpoint_duration_seconds",
+    "verity_checkpoint_last_duration_seconds",
+    "verity_audit_queue_depth",
+    "verity_audit_producer_waits_total",
+    "verity_peer_frames_sent_total",
+    "verity_peer_frames_received_total",
+    "verity_peer_frames_resent_total",
+    "verity_peer_sent_bytes_total",
+    "verity_peer_received_bytes_total",
+];
+
+/// Process 0 of a 2-process cluster with checkpoints and an audit log, fed
+/// by `verity send` at a bounded rate so it runs long enough to scrape: the
+/// source, sink, queue, backpressure, checkpoint, audit and per-peer
+/// families are there, each with HELP and TYPE, and the counters that saw
+/// traffic are positive. No timing is asserted.
+#[test]
+fn a_cluster_process_serves_sources_sinks_queues_peers_checkpoints_and_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.txt"), dir.path().join("out.txt"));
+    let mut lines: String = (1..=30_000).map(|v| format!("{v}\n")).collect();
+    lines.push_str("not a number\n");
+    std::fs::write(&input, lines).unwrap();
+    let source_at = format!("127.0.0.1:{}", common::free_port());
+    let mut child = common::verity()
+        .args(["run", "doubler", "--processes", "2", "--workers", "1", "--no-pin"])
+        .args(["--input", &format!("tcp:{source_at}"), "--output"])
+        .arg(&output)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--checkpoint-interval-ms", "50", "--audit"])
+        .arg(dir.path().join("audit"))
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start verity");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("verity: metrics at http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("the first line names the metrics address: {line:?}"))
+        .to_string();
+    // Drain the rest of stderr so the run never blocks on a full pipe.
+    let log = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    let mut sender = common::verity()
+        .args(["send", "--to", &source_at, "--input"])
+        .arg(&input)
+        .args(["--rate", "10000", "--batch", "100"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start verity send");
+    let ready = |scrape: &str| {
+        let positive = [
+            "verity_source_records_total",
+            "verity_sink_records_total",
+            "verity_peer_frames_sent_total",
+            "verity_peer_frames_received_total",
+            "verity_peer_sent_bytes_total",
+            "verity_peer_received_bytes_total",
+        ];
+        positive.iter().all(|name| total(scrape, name) > 0)
+            && sample(scrape, "verity_checkpoint_duration_seconds_count").is_some_and(|n| n > 0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let scrape = loop {
+        let answer = get(&address, "/metrics");
+        if ready(&answer) || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let sent = sender.wait().unwrap();
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(sent.success(), "send failed; run log:\n{log}");
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(ready(&scrape), "{scrape}\n{log}");
+    for name in CLUSTER_FAMILIES {
+        assert!(scrape.contains(&format!("\n# HELP {name} ")), "{name}:\n{scrape}");
+        assert!(scrape.contains(&format!("\n# TYPE {name} ")), "{name}:\n{scrape}");
+        let sampled = scrape.lines().any(|l| !l.starts_with('#') && l.starts_with(name));
+        assert!(sampled, "{name} has a sample:\n{scrape}");
+    }
+    assert!(
+        scrape.contains("# TYPE verity_checkpoint_duration_seconds summary\n"),
+        "{scrape}"
+    );
+    let source = format!("verity_source_records_total{{source=\"tcp:{source_at}\"}}");
+    assert!(
+        sample(&scrape, &source).is_some_and(|n| n > 0.0),
+        "{source}:\n{scrape}"
+    );
+    assert!(sample(&scrape, "verity_sink_bytes_total{sink=\"file\"}").is_some_and(|n| n > 0.0));
+    assert!(sample(&scrape, "verity_peer_frames_sent_total{peer=\"1\"}").is_some_and(|n| n > 0.0));
+    // Gauges and summaries are never negative; depths stay within their queues.
+    for sample_line in scrape.lines().filter(|l| l.starts_with("verity_")) {
+        let value: f64 = sample_line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(value >= 0.0 && value.is_finite(), "{sample_line}");
+    }
+    assert!(total(&scrape, "verity_shard_chunk_queue_depth") <= 16 * 2);
+    assert!(sample(&scrape, "verity_audit_queue_depth").is_some_and(|d| d <= 64.0));
+    assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), 30_000);
+}

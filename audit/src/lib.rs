@@ -17,5 +17,6 @@ pub mod writer;
 pub use record::{Id, Record};
 pub use segment::{verify, ChainHead, VerifyReport};
 pub use writer::{
-    push_record, AuditClosed, AuditHandle, AuditLog, AuditStats, FsyncPolicy, SegmentWriter, WriterLimits,
+    push_record, AuditClosed, AuditGauge, AuditHandle, AuditLog, AuditStats, FsyncPolicy, SegmentWriter,
+    WriterLimits,
 };

@@ -327,6 +327,29 @@ pub struct AuditStats {
 pub struct AuditLog {
     handle: AuditHandle,
     thread: JoinHandle<io::Result<AuditStats>>,
+    /// The queue's send end as `AuditGauge`s see it: only through a `Weak`,
+    /// so a gauge never keeps the queue open once the log is gone.
+    probe: Arc<Sender<Submission>>,
+}
+
+/// Reads an audit log's queue for live metrics without holding it open:
+/// once the log is finished or dropped it reads zero depth.
+#[derive(Clone)]
+pub struct AuditGauge {
+    buffers: std::sync::Weak<Sender<Submission>>,
+    waits: Arc<AtomicU64>,
+}
+
+impl AuditGauge {
+    /// Buffers waiting for the side thread now (at most `QUEUE_DEPTH_BUFFERS`).
+    pub fn queue_depth_buffers(&self) -> usize {
+        self.buffers.upgrade().map_or(0, |tx| tx.len())
+    }
+
+    /// Times a producer found the queue full and waited, so far.
+    pub fn producer_waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
 }
 
 impl AuditLog {
@@ -339,6 +362,7 @@ impl AuditLog {
             .name(format!("audit-{process}"))
             .spawn(move || write_loop(writer, incoming, recycle))?;
         Ok(AuditLog {
+            probe: Arc::new(buffers.clone()),
             handle: AuditHandle {
                 buffers,
                 spare,
@@ -352,12 +376,21 @@ impl AuditLog {
         self.handle.clone()
     }
 
+    /// The queue's depth and waits, for live metrics.
+    pub fn gauge(&self) -> AuditGauge {
+        AuditGauge {
+            buffers: Arc::downgrade(&self.probe),
+            waits: Arc::clone(&self.handle.waits),
+        }
+    }
+
     /// Writes and syncs everything submitted before this call, then stops
     /// the thread. A buffer submitted after it is refused (`AuditClosed`).
     pub fn finish(self) -> io::Result<AuditStats> {
         let _ = self.handle.buffers.send(Submission::End);
         let waits = self.handle.waits.load(Ordering::Relaxed);
         drop(self.handle);
+        drop(self.probe);
         let mut stats = self
             .thread
             .join()

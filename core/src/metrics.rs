@@ -3,7 +3,8 @@
 //!
 //! The hot path does not know this module: shards already publish their
 //! totals into relaxed atomics once per step (the progress line reads them
-//! too), and a scrape reads those. A run registers what it can show as a
+//! too), the other threads publish theirs once per chunk, buffer or loop
+//! turn (`runtime::gauges`), and a scrape reads those. A run registers what it can show as a
 //! *section* (a closure that writes metric families); a later run of the
 //! same process (a worker's next job) replaces it, and a finished run's
 //! final figures stay visible until then.
@@ -98,6 +99,16 @@ pub fn family<L: AsRef<str>>(
             let _ = writeln!(out, "{name}{{{labels}}} {value}");
         }
     }
+}
+
+/// Writes a summary without quantiles: its help and type lines, then
+/// `{name}_sum` and `{name}_count` (durations whose distribution is not
+/// kept, e.g. checkpoints).
+pub fn summary(out: &mut String, name: &str, help: &str, sum: f64, count: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} summary");
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {count}");
 }
 
 #[cfg(test)]

@@ -286,6 +286,16 @@ pub struct OutputWriter {
     audit: Option<crate::audit::OutputAudit>,
     /// Output lines written, a recovery's before this life included.
     output_lines: u64,
+    /// What this life handed to the sinks (live metrics).
+    written: Written,
+}
+
+/// What an `OutputWriter` handed to its sinks in this life of the process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub lines: u64,
+    pub bytes: u64,
+    pub dead_letters: u64,
 }
 
 /// Bugs a test can plant in the output thread's logic to prove the
@@ -329,7 +339,13 @@ impl OutputWriter {
             bugs: OutputBugs::default(),
             audit: None,
             output_lines: 0,
+            written: Written::default(),
         }
+    }
+
+    /// What this life handed to the sinks so far.
+    pub fn written(&self) -> Written {
+        self.written
     }
 
     pub fn with_bugs(mut self, bugs: OutputBugs) -> Self {
@@ -405,7 +421,8 @@ impl OutputWriter {
                 if let Some(audit) = &mut self.audit {
                     audit.dead_letter(&letter)?;
                 }
-                self.dead_letters.write(&letter)?
+                self.dead_letters.write(&letter)?;
+                self.written.dead_letters += 1;
             }
             OutputMessage::Checkpoint(part) => {
                 let Some(c) = &mut self.checkpoints else {
@@ -431,6 +448,8 @@ impl OutputWriter {
         }
         self.sink.write(lines, ids)?;
         self.output_lines += count;
+        self.written.lines += count;
+        self.written.bytes += lines.len() as u64;
         Ok(())
     }
 

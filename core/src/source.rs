@@ -110,7 +110,7 @@ impl ChunkData {
 
     /// Bytes of the stream this chunk took (an oversized line is counted with
     /// its newline).
-    fn stream_bytes(&self) -> u64 {
+    pub(crate) fn stream_bytes(&self) -> u64 {
         match self {
             ChunkData::Lines(data) => data.len() as u64,
             ChunkData::Oversized { size_bytes, .. } => size_bytes + 1,

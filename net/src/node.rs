@@ -14,7 +14,7 @@
 use crate::auth::NONCE_BYTES;
 use crate::frame::Frame;
 use crate::peer::{
-    Action, ConnId, Entropy, FrameSource, PeerEvent, PeerProtocol, ProtocolConfig, ProtocolStats,
+    Action, ConnId, Entropy, FrameSource, PeerEvent, PeerProtocol, PeerTraffic, ProtocolConfig, ProtocolStats,
 };
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -139,6 +139,82 @@ impl NodeStats {
     }
 }
 
+/// Each peer's traffic as of the I/O thread's last loop turn, for live
+/// metrics (`--metrics-addr`): the loop stores it once per turn, so a scrape
+/// reads plain atomics and the protocol stays single-threaded.
+#[derive(Debug)]
+pub struct TrafficBoard {
+    peers: Vec<(u32, PublishedTraffic)>,
+    /// Frames queued by producers or unacked by peers, over all channels.
+    frames_in_flight: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct PublishedTraffic {
+    frames_sent: AtomicU64,
+    frames_received: AtomicU64,
+    frames_resent: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+impl TrafficBoard {
+    fn new(peers: &[u32]) -> TrafficBoard {
+        let mut peers: Vec<(u32, PublishedTraffic)> = peers
+            .iter()
+            .map(|id| (*id, PublishedTraffic::default()))
+            .collect();
+        peers.sort_unstable_by_key(|(id, _)| *id);
+        TrafficBoard {
+            peers,
+            frames_in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Frames queued by producers or unacked by peers, over all channels.
+    pub fn frames_in_flight(&self) -> u64 {
+        self.frames_in_flight.load(Ordering::Relaxed)
+    }
+
+    fn publish(&self, peer: u32, traffic: PeerTraffic) {
+        let Ok(at) = self.peers.binary_search_by_key(&peer, |(id, _)| *id) else {
+            return;
+        };
+        let published = &self.peers[at].1;
+        published
+            .frames_sent
+            .store(traffic.frames_sent, Ordering::Relaxed);
+        published
+            .frames_received
+            .store(traffic.frames_received, Ordering::Relaxed);
+        published
+            .frames_resent
+            .store(traffic.frames_resent, Ordering::Relaxed);
+        published.bytes_sent.store(traffic.bytes_sent, Ordering::Relaxed);
+        published
+            .bytes_received
+            .store(traffic.bytes_received, Ordering::Relaxed);
+    }
+
+    /// Every peer's traffic, in peer id order.
+    pub fn snapshot(&self) -> Vec<(u32, PeerTraffic)> {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        self.peers
+            .iter()
+            .map(|(id, p)| {
+                let traffic = PeerTraffic {
+                    frames_sent: load(&p.frames_sent),
+                    frames_received: load(&p.frames_received),
+                    frames_resent: load(&p.frames_resent),
+                    bytes_sent: load(&p.bytes_sent),
+                    bytes_received: load(&p.bytes_received),
+                };
+                (*id, traffic)
+            })
+            .collect()
+    }
+}
+
 enum Command {
     AddOut(OutChannel),
     AddIn(InChannel),
@@ -157,6 +233,7 @@ pub struct Node {
     in_flight: Arc<AtomicU64>,
     /// Set when the run is over: peers leaving is expected, not news.
     closing: Arc<AtomicBool>,
+    traffic: Arc<TrafficBoard>,
 }
 
 impl Node {
@@ -175,10 +252,12 @@ impl Node {
         let failure = Arc::new(Mutex::new(None));
         let in_flight = Arc::new(AtomicU64::new(0));
         let closing = Arc::new(AtomicBool::new(false));
+        let traffic = Arc::new(TrafficBoard::new(&config.protocol.peers));
         let shared = Shared {
             failure: Arc::clone(&failure),
             in_flight: Arc::clone(&in_flight),
             closing: Arc::clone(&closing),
+            traffic: Arc::clone(&traffic),
         };
         let mut io_loop = IoLoop::new(config, entropy, poll, listener, command_rx, shared);
         let thread_stop = Arc::clone(&stop);
@@ -195,7 +274,13 @@ impl Node {
             local_addr,
             in_flight,
             closing,
+            traffic,
         })
+    }
+
+    /// Each peer's traffic, as the loop last published it (live metrics).
+    pub fn traffic(&self) -> Arc<TrafficBoard> {
+        Arc::clone(&self.traffic)
     }
 
     /// The run is over: from now on peers disconnecting is expected.
@@ -370,6 +455,7 @@ struct Shared {
     failure: Arc<Mutex<Option<String>>>,
     in_flight: Arc<AtomicU64>,
     closing: Arc<AtomicBool>,
+    traffic: Arc<TrafficBoard>,
 }
 
 impl IoLoop {
@@ -437,6 +523,12 @@ impl IoLoop {
             let queued: usize = self.outs.values().map(Receiver::len).sum();
             let in_flight = queued + self.protocol.unsettled();
             self.shared.in_flight.store(in_flight as u64, Ordering::Release);
+            // A few stores per peer per turn, not per frame.
+            let board = &self.shared.traffic;
+            board.frames_in_flight.store(in_flight as u64, Ordering::Relaxed);
+            for (peer, traffic) in self.protocol.peer_traffic() {
+                self.shared.traffic.publish(peer, traffic);
+            }
         }
         self.flush_all();
         let mut stats = self.stats;

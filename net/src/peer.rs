@@ -238,6 +238,20 @@ impl fmt::Display for PeerEvent {
     }
 }
 
+/// One peer's traffic since this protocol started, for live metrics: what
+/// crossed its authenticated connections (bytes and frames before a
+/// handshake named the peer are not counted here).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    /// Unacked frames written again when a connection to the peer opened
+    /// (after a reconnect, or queued before the first): not in `frames_sent`.
+    pub frames_resent: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
 /// Counts for the end-of-run report and the simulator's summary.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ProtocolStats {
@@ -328,6 +342,7 @@ struct Peer {
     connected_before: bool,
     /// The peer's incarnation since its first handshake.
     incarnation: Option<u64>,
+    traffic: PeerTraffic,
     backoff: Backoff,
     next_dial_ms: u64,
     unreachable_since_ms: Option<u64>,
@@ -366,6 +381,7 @@ impl<E: Entropy> PeerProtocol<E> {
                     conn: None,
                     connected_before: false,
                     incarnation: None,
+                    traffic: PeerTraffic::default(),
                     backoff: Backoff::new(config.reconnect_base_ms, config.reconnect_max_ms),
                     next_dial_ms: now_ms,
                     unreachable_since_ms: Some(now_ms),
@@ -400,6 +416,17 @@ impl<E: Entropy> PeerProtocol<E> {
 
     pub fn stats(&self) -> ProtocolStats {
         self.stats
+    }
+
+    /// Each peer's traffic so far, in peer id order.
+    pub fn peer_traffic(&self) -> impl Iterator<Item = (u32, PeerTraffic)> + '_ {
+        self.peers.iter().map(|(id, peer)| (*id, peer.traffic))
+    }
+
+    /// The peer a connection's handshake named, if it did.
+    fn traffic_of_conn(&mut self, conn: ConnId) -> Option<&mut PeerTraffic> {
+        let peer = self.conns.get(&conn)?.peer?;
+        self.peers.get_mut(&peer).map(|p| &mut p.traffic)
     }
 
     /// The next thing to do, in the order the protocol decided them.
@@ -511,7 +538,9 @@ impl<E: Entropy> PeerProtocol<E> {
             self.stats.backlog_pauses += 1;
             return 0;
         }
+        let peer_id = out.peer;
         let mut taken = 0;
+        let mut sent = 0;
         while taken < FRAMES_PER_CHANNEL_TURN_MAX && source.has_frame() {
             if !out.sender.has_room(room_per_frame) {
                 self.stats.full_windows += 1;
@@ -527,9 +556,13 @@ impl<E: Entropy> PeerProtocol<E> {
             if let Some(conn) = conn.as_mut() {
                 conn.output.extend_from_slice(&bytes);
                 self.stats.frames_sent += 1;
+                sent += 1;
             }
             out.sender.record_sent(count, bytes);
             taken += 1;
+        }
+        if let Some(peer) = self.peers.get_mut(&peer_id) {
+            peer.traffic.frames_sent += sent;
         }
         taken
     }
@@ -689,6 +722,14 @@ impl<E: Entropy> PeerProtocol<E> {
         };
         state.written += written_bytes;
         assert!(state.written <= state.output.len(), "wrote more than there was");
+        let peer = state.peer;
+        if let Some(traffic) = peer
+            .and_then(|id| self.peers.get_mut(&id))
+            .map(|p| &mut p.traffic)
+        {
+            traffic.bytes_sent += written_bytes as u64;
+        }
+        let state = self.conns.get_mut(&conn).expect("looked up above");
         if state.written == state.output.len() {
             state.output.clear();
             state.written = 0;
@@ -708,22 +749,32 @@ impl<E: Entropy> PeerProtocol<E> {
         if written > 0 {
             output.drain(..written);
         }
+        if let Some(traffic) = self.traffic_of_conn(conn) {
+            traffic.bytes_sent += output.len() as u64;
+        }
         output
     }
 
     /// Reads once from `reader` into `conn`'s decoder (no frame is handled:
     /// call `on_received`). For drivers with a readable socket.
     pub fn read_from(&mut self, conn: ConnId, reader: &mut impl Read) -> io::Result<usize> {
-        match self.conns.get_mut(&conn) {
-            Some(state) => state.decoder.read_from(reader),
-            None => Err(io::ErrorKind::NotConnected.into()),
+        let read = match self.conns.get_mut(&conn) {
+            Some(state) => state.decoder.read_from(reader)?,
+            None => return Err(io::ErrorKind::NotConnected.into()),
+        };
+        if let Some(traffic) = self.traffic_of_conn(conn) {
+            traffic.bytes_received += read as u64;
         }
+        Ok(read)
     }
 
     /// Bytes arrived on `conn`.
     pub fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], now_ms: u64) {
         if let Some(state) = self.conns.get_mut(&conn) {
             state.decoder.extend_from_slice(bytes);
+            if let Some(traffic) = self.traffic_of_conn(conn) {
+                traffic.bytes_received += bytes.len() as u64;
+            }
             self.on_received(conn, now_ms);
         }
     }
@@ -738,6 +789,9 @@ impl<E: Entropy> PeerProtocol<E> {
                 Ok(Some(frame)) => {
                     state.liveness.on_heard(now_ms);
                     self.stats.frames_received += 1;
+                    if let Some(traffic) = self.traffic_of_conn(conn) {
+                        traffic.frames_received += 1;
+                    }
                     if let Err(why) = self.on_frame(conn, frame, now_ms) {
                         return self.close(conn, why, now_ms);
                     }
@@ -850,12 +904,17 @@ impl<E: Entropy> PeerProtocol<E> {
             return;
         }
         let state = self.conns.get_mut(&conn).expect("live");
+        let mut resent = 0;
         for out in self.outs.values().filter(|o| o.peer == peer_id) {
             let skip = usize::from(bugs.resend_from_wrong_seq);
             for (_, _, bytes) in out.sender.unacked().skip(skip) {
                 state.output.extend_from_slice(bytes);
                 self.stats.frames_resent += 1;
+                resent += 1;
             }
+        }
+        if let Some(peer) = self.peers.get_mut(&peer_id) {
+            peer.traffic.frames_resent += resent;
         }
     }
 

@@ -105,8 +105,28 @@ fn two_nodes_carry_a_channel_in_order() {
     }
     producer.join().unwrap();
     assert!(node_1.wait_sent(Duration::from_secs(10)), "every frame acked");
+    // The live per-peer traffic (published once per loop turn) names the
+    // peer and agrees with the end-of-run totals.
+    std::thread::sleep(Duration::from_millis(20));
+    let sender_view = node_1.traffic().snapshot();
+    let receiver_view = node_0.traffic().snapshot();
     let stats = node_1.stop();
     assert!(stats.frames_sent + stats.frames_resent >= FRAMES, "{stats:?}");
+    assert_eq!(sender_view.len(), 1);
+    let (peer, sent) = sender_view[0];
+    assert_eq!(peer, 0);
+    assert_eq!(
+        sent.frames_sent + sent.frames_resent,
+        stats.frames_sent + stats.frames_resent
+    );
+    assert!(sent.bytes_sent > 0 && sent.bytes_received > 0, "{sent:?}");
+    let (peer, received) = receiver_view[0];
+    assert_eq!(peer, 1);
+    assert!(received.frames_received >= FRAMES, "{received:?}");
+    assert!(
+        received.bytes_received >= sent.bytes_sent / 2,
+        "{received:?} {sent:?}"
+    );
     node_0.closing();
     node_0.stop();
 }

@@ -69,6 +69,11 @@ impl ProcessAudit {
         self.log.handle()
     }
 
+    /// The side thread's queue, for live metrics.
+    pub fn gauge(&self) -> verity_audit::AuditGauge {
+        self.log.gauge()
+    }
+
     pub fn clock(&self) -> Arc<dyn Clock> {
         Arc::clone(&self.clock)
     }

@@ -8,6 +8,7 @@
 //! one's records (see `shard_loop` for why shards never deadlock).
 
 mod audit;
+mod gauges;
 mod output_thread;
 mod pinning;
 mod reader_thread;
@@ -302,6 +303,8 @@ struct LiveCounters {
     /// How long the shard's snapshotting steps took, in µs (the newest
     /// `STALLS_KEPT`): written once per checkpoint, off the hot path.
     stalls_us: Mutex<std::collections::VecDeque<u64>>,
+    /// Time the shard waited on full queues (parked sends, the output).
+    blocked: gauges::BlockedTime,
 }
 
 /// Checkpoint stalls kept per shard for the end-of-run report.
@@ -348,66 +351,6 @@ impl LiveCounters {
         self.duplicates_dropped
             .store(c.duplicates_dropped, Ordering::Relaxed);
     }
-}
-
-/// What a scrape of `--metrics-addr` shows of a run: each local shard's
-/// totals (as its thread last published them) and its checkpoint stalls.
-/// One sample per local shard: its label and value.
-type ShardSamples = Vec<(String, f64)>;
-
-fn metrics_section(live: Arc<Vec<LiveCounters>>, first_shard: u32) -> crate::metrics::Section {
-    use crate::metrics::{family, Kind};
-    fn load(counter: &AtomicU64) -> f64 {
-        counter.load(Ordering::Relaxed) as f64
-    }
-    Box::new(move |out| {
-        let per_shard = |get: &dyn Fn(&LiveCounters) -> f64| -> ShardSamples {
-            let label = |i: usize| format!("shard=\"{}\"", first_shard + i as u32);
-            live.iter().enumerate().map(|(i, c)| (label(i), get(c))).collect()
-        };
-        let stalls = |c: &LiveCounters| c.stalls_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let families: [(&str, Kind, &str, ShardSamples); 6] = [
-            (
-                "verity_records_in_total",
-                Kind::Counter,
-                "Input records a shard parsed.",
-                per_shard(&|c| load(&c.records_in)),
-            ),
-            (
-                "verity_records_out_total",
-                Kind::Counter,
-                "Output records a shard emitted.",
-                per_shard(&|c| load(&c.records_out)),
-            ),
-            (
-                "verity_dead_lettered_total",
-                Kind::Counter,
-                "Records a shard dead-lettered (malformed, or failed by the keyed step).",
-                per_shard(&|c| load(&c.dead_lettered)),
-            ),
-            (
-                "verity_duplicates_dropped_total",
-                Kind::Counter,
-                "Redelivered records a shard dropped (dedup).",
-                per_shard(&|c| load(&c.duplicates_dropped)),
-            ),
-            (
-                "verity_checkpoint_stalls",
-                Kind::Gauge,
-                "Checkpoint snapshots a shard took (the newest 1024 kept).",
-                per_shard(&|c| stalls(c).len() as f64),
-            ),
-            (
-                "verity_checkpoint_stall_max_seconds",
-                Kind::Gauge,
-                "The longest snapshot step among those kept.",
-                per_shard(&|c| stalls(c).iter().max().copied().unwrap_or(0) as f64 / 1e6),
-            ),
-        ];
-        for (name, kind, help, samples) in families {
-            family(out, name, kind, help, samples);
-        }
-    })
 }
 
 /// Channel factories over `node`, for the cluster's control protocol.
@@ -558,6 +501,8 @@ where
     let Dataflow { sources, logic } = flow;
     let source_names: Arc<Vec<String>> = Arc::new(sources.iter().map(|s| s.name.clone()).collect());
     let source_count = source_names.len();
+    let source_gauges: Vec<Arc<gauges::SourceGauges>> = (0..source_count).map(|_| Arc::default()).collect();
+    let output_gauges = Arc::new(gauges::OutputGauges::default());
 
     // Process 0 owns the sources and the sinks.
     let (outputs, checkpoints, discard_lines, restore) = match placement {
@@ -604,12 +549,12 @@ where
             &source_names,
             &failure,
             (checkpoints, output_audit),
-            &progress,
+            (&progress, &output_gauges),
         )?);
     }
-    let (output_thread, output_tx, output_ids) = match output {
-        Some(o) => (Some(o.thread), Some(o.tx), o.wants_ids),
-        None => (None, None, false),
+    let (output_thread, output_tx, output_ids, output_depth) = match output {
+        Some(o) => (Some(o.thread), Some(o.tx), o.wants_ids, Some(o.depth)),
+        None => (None, None, false, None),
     };
     let discard_lines = discard_lines.unwrap_or_else(|| output_thread.as_ref().is_some_and(|o| o.discards));
     let wiring = wire::<K, V>(
@@ -661,7 +606,27 @@ where
     }
     let live: Arc<Vec<LiveCounters>> = Arc::new(local.clone().map(LiveCounters::for_shard).collect());
     if let Some(metrics) = &config.metrics {
-        metrics.set_run(metrics_section(Arc::clone(&live), local.start));
+        let run = gauges::RunGauges {
+            shards: Arc::clone(&live),
+            first_shard: local.start,
+            depths: wiring.depths,
+            sources: if outputs.is_some() {
+                source_names
+                    .iter()
+                    .cloned()
+                    .zip(source_gauges.iter().cloned())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            output: output_depth.map(|depth| {
+                let sink = outputs.map_or("none", |o| gauges::sink_kind(&o.sink));
+                (Arc::clone(&output_gauges), depth, sink.to_string())
+            }),
+            audit: audit.map(ProcessAudit::gauge),
+            net: net.map(|net| net.node.traffic()),
+        };
+        metrics.set_run(run.section());
     }
     let source_errors = Arc::new(Mutex::new(BoundedMessages::default()));
     let pinning = Arc::new(Pinning::new(config.pin_cores, config.first_core));
@@ -734,11 +699,17 @@ where
             out: Box::new(a.handle()),
             clock: a.clock(),
         });
+        let gauges = Arc::clone(&source_gauges[index]);
         readers.push(spawn_watched(
             format!("verity-source-{index}"),
             &failure,
             move || {
-                let mut send = |shard: usize, event| outs[shard].send(event);
+                let mut send = |shard: usize, event: source::SourceEvent| {
+                    if let source::SourceEvent::Chunk { data, .. } = &event {
+                        gauges.dealt(data.line_count(), data.stream_bytes());
+                    }
+                    outs[shard].send(event, &gauges.blocked)
+                };
                 let mut dealer = Dealer::new(index as u32, total_shards, &mut send);
                 if let Some(input_audit) = input_audit {
                     dealer.record_input(input_audit);
@@ -933,6 +904,8 @@ struct SpawnedOutput {
     tx: Sender<(u32, OutputMessage)>,
     /// Shards keep each output line's input id for the sink.
     wants_ids: bool,
+    /// The output queue's depth, for live metrics.
+    depth: gauges::DepthProbe,
 }
 
 /// Opens the sinks (so a bad path fails before any input is read) and
@@ -944,7 +917,7 @@ fn spawn_output_thread(
     source_names: &[String],
     failure: &Arc<RunFailure>,
     (checkpoints, audit): (Option<OpenedCheckpoints>, Option<crate::audit::OutputAudit>),
-    progress: &Arc<ReaderProgress>,
+    (progress, output_gauges): (&Arc<ReaderProgress>, &Arc<gauges::OutputGauges>),
 ) -> Result<SpawnedOutput, RunError> {
     let resuming = checkpoints.as_ref().is_some_and(|c| c.restart.is_some());
     let sink = match &checkpoints {
@@ -979,13 +952,19 @@ fn spawn_output_thread(
         writer = writer.with_audit(audit);
     }
     let (tx, rx) = bounded::<(u32, OutputMessage)>(config.output_queue_depth_buffers);
+    let rx = Arc::new(rx);
+    let depth = gauges::DepthProbe::of(&rx);
     // Before the readers start: a recovery's checkpoint is requested and complete.
     let output = OutputLoop::new(writer, Arc::clone(progress));
-    let handle = spawn_watched("verity-output".into(), failure, move || write_outputs(rx, output))?;
+    let output_gauges = Arc::clone(output_gauges);
+    let handle = spawn_watched("verity-output".into(), failure, move || {
+        write_outputs(&rx, output, &output_gauges)
+    })?;
     Ok(SpawnedOutput {
         thread: OutputThread { handle, discards },
         tx,
         wants_ids,
+        depth,
     })
 }
 

@@ -2,15 +2,18 @@
 //! this loop gives it the messages of a channel and the OS clock, does the
 //! waiting, and logs how long the checkpoints took.
 
+use super::gauges::OutputGauges;
 use crate::sink::{OutputError, OutputLoop, OutputMessage};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Runs until every sender is gone, then finishes the loop (which tells
 /// the readers that every output is in). Returns the dead letters written.
-pub fn write_outputs(
-    messages: crossbeam_channel::Receiver<(u32, OutputMessage)>,
+/// Publishes what it wrote into `gauges` once per message (live metrics).
+pub(super) fn write_outputs(
+    messages: &crossbeam_channel::Receiver<(u32, OutputMessage)>,
     mut output: OutputLoop,
+    gauges: &OutputGauges,
 ) -> Result<u64, OutputError> {
     use crossbeam_channel::RecvTimeoutError;
     let started = Instant::now();
@@ -25,8 +28,10 @@ pub fn write_outputs(
             Ok((shard, message)) => {
                 let writing = Instant::now();
                 if output.on_message(shard, message)? {
-                    times.completed(writing.elapsed(), started.elapsed());
+                    let took = times.completed(writing.elapsed(), started.elapsed());
+                    gauges.checkpoint(took, output.writer().last_checkpoint_bytes());
                 }
+                gauges.written(output.writer().written());
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -61,7 +66,9 @@ impl CheckpointTimes {
         self.requested_at = Some(at);
     }
 
-    fn completed(&mut self, writing: Duration, at: Duration) {
+    /// A checkpoint is durable; returns how long it took from its request
+    /// (or its writing alone, if nobody requested it: a recovery's first).
+    fn completed(&mut self, writing: Duration, at: Duration) -> Duration {
         self.count += 1;
         let keep = |times: &mut VecDeque<u64>, time: Duration| {
             if times.len() == CHECKPOINT_TIMES_KEPT {
@@ -70,8 +77,13 @@ impl CheckpointTimes {
             times.push_back(time.as_micros() as u64);
         };
         keep(&mut self.writing_us, writing);
-        if let Some(requested) = self.requested_at.take() {
-            keep(&mut self.to_durable_us, at.saturating_sub(requested));
+        match self.requested_at.take() {
+            Some(requested) => {
+                let to_durable = at.saturating_sub(requested);
+                keep(&mut self.to_durable_us, to_durable);
+                to_durable
+            }
+            None => writing,
         }
     }
 
@@ -126,8 +138,15 @@ mod tests {
             DeadLetterWriter::with_sink(Box::new(NullSink), vec![]),
         );
         let progress = Arc::new(ReaderProgress::default());
-        let written = write_outputs(rx, OutputLoop::new(writer, Arc::clone(&progress))).unwrap();
+        let gauges = OutputGauges::default();
+        let written = write_outputs(&rx, OutputLoop::new(writer, Arc::clone(&progress)), &gauges).unwrap();
         assert_eq!(written, 0);
+        assert_eq!(
+            gauges.lines.load(Relaxed),
+            1,
+            "the gauges follow what was written"
+        );
+        assert_eq!(gauges.bytes.load(Relaxed), 2);
         assert_eq!(progress.committed.load(Relaxed), ReaderProgress::ALL);
     }
 

@@ -7,6 +7,7 @@
 //! output path may block a shard (these ports block there instead of
 //! returning `Full`), and it never waits on shards.
 
+use super::gauges::BlockedTime;
 use super::wiring::{OutputOut, ShardChannels};
 use super::LiveCounters;
 use crate::cluster::codec::{encode_upstream, PartUpload, UpstreamRef, PART_PIECE_MAX_BYTES};
@@ -67,10 +68,17 @@ where
         shard,
         parts_sent: 0,
         audit,
+        blocked: &live.blocked,
     };
     let mut watched = Vec::new();
+    // When the shard began waiting on a full queue: the next step's clock
+    // read ends that wait, so only the start costs a read of its own.
+    let mut blocked_since = None;
     loop {
         let began = std::time::Instant::now();
+        if let Some(since) = blocked_since.take() {
+            live.blocked.add(began.saturating_duration_since(since));
+        }
         let parts_before = ports.parts_sent;
         let step = driver.step(&mut ports);
         if ports.parts_sent > parts_before {
@@ -86,10 +94,16 @@ where
             Wait::Input { parked_sends } => {
                 driver.watched(&mut watched);
                 let timer_wait = driver.timer_wait_us().map(Duration::from_micros);
+                if parked_sends {
+                    blocked_since = Some(std::time::Instant::now());
+                }
                 wait_for_input(&ports.ch, &watched, parked_sends, timer_wait);
             }
             // These ports block on the sink rather than report it full.
-            Wait::Sink => std::thread::sleep(PARKED_RETRY_WAIT),
+            Wait::Sink => {
+                blocked_since = Some(std::time::Instant::now());
+                std::thread::sleep(PARKED_RETRY_WAIT);
+            }
         }
     }
 }
@@ -104,6 +118,8 @@ struct ThreadPorts<'a, K, V> {
     parts_sent: u64,
     /// The process's audit log, if it keeps one.
     audit: Option<verity_audit::AuditHandle>,
+    /// Where a wait on the full output queue is added (live metrics).
+    blocked: &'a BlockedTime,
 }
 
 impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
@@ -132,7 +148,8 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
         match &mut self.ch.output {
             OutputOut::Local(tx) => {
                 // A closed output thread has failed; its error ends the run.
-                let _ = tx.send((self.shard, OutputMessage::Lines(lines)));
+                let message = (self.shard, OutputMessage::Lines(lines));
+                let _ = self.blocked.send(tx.is_full(), || tx.send(message));
                 OutputSent::Taken
             }
             output @ OutputOut::Remote(_) => {

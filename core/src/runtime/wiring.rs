@@ -3,6 +3,7 @@
 //! channel of the I/O thread carrying encoded frames. Shards see both through
 //! the same endpoint types.
 
+use super::gauges::{BlockedTime, DepthProbe, ShardDepths};
 use super::RunConfig;
 use crate::cluster::codec::{decode_batch, decode_source_event, encode_batch, encode_source_event};
 use crate::cluster::{channel_id, ChannelClosed, Layout, RemoteIn, RemoteOut};
@@ -13,11 +14,13 @@ use crate::sink::OutputMessage;
 use crate::source::SourceEvent;
 use crate::wire::Wire;
 use crossbeam_channel::{bounded, Receiver, Select, Sender, TryRecvError, TrySendError};
+use std::sync::Arc;
 use verity_net::node::Node;
 
 /// Where batches from one peer shard come in.
 pub enum BatchIn<K, V> {
-    Local(Receiver<Batch<K, V>>),
+    /// Shared only with a `DepthProbe`, which holds it weakly.
+    Local(Arc<Receiver<Batch<K, V>>>),
     Remote(RemoteIn),
 }
 
@@ -29,7 +32,8 @@ pub enum BatchOut<K, V> {
 
 /// Where a shard's dealt chunks of one source come in.
 pub enum ChunksIn {
-    Local(Receiver<SourceEvent>),
+    /// Shared only with a `DepthProbe`, which holds it weakly.
+    Local(Arc<Receiver<SourceEvent>>),
     Remote(RemoteIn),
 }
 
@@ -62,7 +66,7 @@ impl<K: Key + Wire, V: Wire> BatchIn<K, V> {
 
     pub fn watch<'a>(&'a self, select: &mut Select<'a>) {
         match self {
-            BatchIn::Local(rx) => select.recv(rx),
+            BatchIn::Local(rx) => select.recv(rx.as_ref()),
             BatchIn::Remote(remote) => select.recv(&remote.frames),
         };
     }
@@ -104,18 +108,21 @@ impl ChunksIn {
 
     pub fn watch<'a>(&'a self, select: &mut Select<'a>) {
         match self {
-            ChunksIn::Local(rx) => select.recv(rx),
+            ChunksIn::Local(rx) => select.recv(rx.as_ref()),
             ChunksIn::Remote(remote) => select.recv(&remote.frames),
         };
     }
 }
 
 impl ChunksOut {
-    /// Blocks while the shard's queue is full; false once the shard is gone.
-    pub fn send(&mut self, event: SourceEvent) -> bool {
+    /// Blocks while the shard's queue is full (adding the wait to
+    /// `blocked`); false once the shard is gone.
+    pub fn send(&mut self, event: SourceEvent, blocked: &BlockedTime) -> bool {
         match self {
-            ChunksOut::Local(tx) => tx.send(event).is_ok(),
-            ChunksOut::Remote(remote) => remote.send(|frame| encode_source_event(&event, frame)).is_ok(),
+            ChunksOut::Local(tx) => blocked.send(tx.is_full(), || tx.send(event).is_ok()),
+            ChunksOut::Remote(remote) => blocked.send(remote.is_full(), || {
+                remote.send(|frame| encode_source_event(&event, frame)).is_ok()
+            }),
         }
     }
 }
@@ -140,6 +147,8 @@ pub struct Wiring<K, V> {
     pub shards: Vec<ShardChannels<K, V>>,
     /// Process 0 only: each remote shard's output channel.
     pub remote_outputs: Vec<(u32, RemoteIn)>,
+    /// This process's shards' local incoming queues, in order (live metrics).
+    pub depths: Vec<ShardDepths>,
 }
 
 /// How this process reaches the others, if there are others.
@@ -171,7 +180,11 @@ pub fn wire<K, V>(
     output: Option<&Sender<(u32, OutputMessage)>>,
     discard_lines: bool,
     net: Option<&Net<'_>>,
-) -> Wiring<K, V> {
+) -> Wiring<K, V>
+where
+    K: Send + 'static,
+    V: Send + 'static,
+{
     let total = layout.total_shards() as usize;
     let local = layout.local_shards();
     let leader = layout.process_id == 0;
@@ -194,6 +207,7 @@ pub fn wire<K, V>(
         })
         .collect();
     let offset = local.start;
+    let mut depths: Vec<ShardDepths> = local.clone().map(|_| ShardDepths::default()).collect();
     let mut chunk_outs = Vec::new();
     for source in 0..sources as u32 {
         if leader {
@@ -201,6 +215,8 @@ pub fn wire<K, V>(
             for shard in 0..total as u32 {
                 if local.contains(&shard) {
                     let (tx, rx) = bounded(config.source_queue_depth_chunks);
+                    let rx = Arc::new(rx);
+                    depths[(shard - offset) as usize].chunks.push(DepthProbe::of(&rx));
                     shards[(shard - offset) as usize].chunks.push(ChunksIn::Local(rx));
                     outs.push(ChunksOut::Local(tx));
                 } else {
@@ -221,7 +237,7 @@ pub fn wire<K, V>(
                     .push(ChunksIn::Remote(input));
             }
         }
-        wire_batches(&mut shards, source, layout, config, net);
+        wire_batches(&mut shards, &mut depths, source, layout, config, net);
     }
     let remote_outputs = if leader {
         (0..total as u32)
@@ -238,17 +254,22 @@ pub fn wire<K, V>(
         chunk_outs,
         shards,
         remote_outputs,
+        depths,
     }
 }
 
 /// The batch queues of one source: local pairs in memory, the rest over the network.
 fn wire_batches<K, V>(
     shards: &mut [ShardChannels<K, V>],
+    depths: &mut [ShardDepths],
     source: u32,
     layout: &Layout,
     config: &RunConfig,
     net: Option<&Net<'_>>,
-) {
+) where
+    K: Send + 'static,
+    V: Send + 'static,
+{
     let local = layout.local_shards();
     let offset = local.start;
     let s = source as usize;
@@ -257,6 +278,8 @@ fn wire_batches<K, V>(
             match (local.contains(&from), local.contains(&to)) {
                 (true, true) => {
                     let (tx, rx) = bounded(config.queue_depth_batches);
+                    let rx = Arc::new(rx);
+                    depths[(to - offset) as usize].batches.push(DepthProbe::of(&rx));
                     shards[(from - offset) as usize].batches_out[s][to as usize] = Some(BatchOut::Local(tx));
                     shards[(to - offset) as usize].batches_in[s][from as usize] = Some(BatchIn::Local(rx));
                 }
