@@ -19,6 +19,21 @@ fn get(address: &str, path: &str) -> String {
 }
 
 /// The sum over shards of a counter in a scrape.
+/// The address a started run serves its metrics at (its first stderr
+/// line), and the rest of its stderr.
+fn metrics_address(child: &mut std::process::Child) -> (String, BufReader<std::process::ChildStderr>) {
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("verity: metrics at http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("the first line names the metrics address: {line:?}"))
+        .to_string();
+    (address, stderr)
+}
+
 fn total(scrape: &str, name: &str) -> u64 {
     scrape
         .lines()
@@ -47,15 +62,7 @@ fn a_running_process_serves_its_counters_at_metrics() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start verity");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("verity: metrics at http://")
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("the first line names the metrics address: {line:?}"))
-        .to_string();
+    let (address, _stderr) = metrics_address(&mut child);
     let mut stdin = child.stdin.take().unwrap();
     for value in 0..1000 {
         writeln!(stdin, "{value}").unwrap();
@@ -156,15 +163,7 @@ fn a_cluster_process_serves_sources_sinks_queues_peers_checkpoints_and_audit() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start verity");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("verity: metrics at http://")
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("the first line names the metrics address: {line:?}"))
-        .to_string();
+    let (address, mut stderr) = metrics_address(&mut child);
     // Drain the rest of stderr so the run never blocks on a full pipe.
     let log = std::thread::spawn(move || {
         let mut rest = String::new();

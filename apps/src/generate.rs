@@ -274,8 +274,8 @@ fn write_space(rng: &mut SplitMix64, out: &mut Vec<u8>) {
     out.extend_from_slice(space.as_bytes());
 }
 
-/// A pronounceable word for a vocabulary rank.
-fn write_word(out: &mut Vec<u8>, mut rank: u64) {
+/// A pronounceable word for a vocabulary rank (distinct per rank).
+pub fn write_word(out: &mut Vec<u8>, mut rank: u64) {
     const CONSONANTS: &[u8] = b"bcdfghklmnprstvz";
     const VOWELS: &[u8] = b"aeiou";
     loop {
@@ -293,14 +293,13 @@ struct Market {
     next_order_id: u64,
 }
 
-impl Market {
-    /// Each symbol trades around its own price level; a few are penny-priced so
-    /// the 5% rule matters, not only the 0.05 one.
-    fn mid_units(symbol: u64) -> u64 {
-        match symbol % 10 {
-            0 => 3_000 + symbol * 7,
-            _ => 100_000 + symbol * 1_234,
-        }
+/// The mid price (in units) a symbol trades around: each its own level;
+/// every tenth is penny-priced, so the 5%-of-mid rule decides there rather
+/// than the 0.05 one.
+pub fn mid_units(symbol: u64) -> u64 {
+    match symbol % 10 {
+        0 => 3_000 + symbol * 7,
+        _ => 100_000 + symbol * 1_234,
     }
 }
 
@@ -311,7 +310,7 @@ impl LineShape for Market {
         } else {
             rng.below(MARKET_SYMBOLS)
         };
-        let mid = Self::mid_units(symbol) + rng.below(200);
+        let mid = mid_units(symbol) + rng.below(200);
         if rng.chance(1, 3) {
             let spread = 1 + rng.below(800);
             out.extend_from_slice(b"Q,");

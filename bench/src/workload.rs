@@ -9,6 +9,7 @@
 
 use std::io::{self, Write};
 use verity_apps::format::{write_price, write_u64};
+use verity_apps::generate::{mid_units, write_word};
 use verity_apps::AppName;
 use verity_core::{Rng, SplitMix64};
 
@@ -114,40 +115,14 @@ impl Shape for ZipfText {
     }
 }
 
-/// A pronounceable ASCII word, distinct for each rank.
-fn write_word(out: &mut Vec<u8>, mut rank: u64) {
-    const CONSONANTS: &[u8] = b"bcdfghklmnprstvz";
-    const VOWELS: &[u8] = b"aeiou";
-    loop {
-        out.push(CONSONANTS[(rank % 16) as usize]);
-        rank /= 16;
-        out.push(VOWELS[(rank % 5) as usize]);
-        rank /= 5;
-        if rank == 0 {
-            break;
-        }
-    }
-}
-
 struct Market {
     next_order_id: u64,
-}
-
-impl Market {
-    /// Each symbol trades around its own price; every tenth is penny-priced,
-    /// where the 5%-of-mid rule decides rather than the 0.05 one.
-    fn mid_units(symbol: u64) -> u64 {
-        match symbol % 10 {
-            0 => 3_000 + symbol * 7,
-            _ => 100_000 + symbol * 1_234,
-        }
-    }
 }
 
 impl Shape for Market {
     fn write_line(&mut self, rng: &mut SplitMix64, _events_left: u64, out: &mut Vec<u8>) -> u64 {
         let symbol = rng.below(MARKET_SYMBOLS);
-        let mid = Self::mid_units(symbol) + rng.below(200);
+        let mid = mid_units(symbol) + rng.below(200);
         if rng.chance(QUOTES_PER_EVENTS.0, QUOTES_PER_EVENTS.1) {
             let spread = 1 + rng.below(QUOTE_SPREAD_MAX_UNITS);
             out.extend_from_slice(b"Q,");
