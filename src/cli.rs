@@ -108,7 +108,7 @@ struct BenchArgs {
     exactly_once: bool,
     /// With --exactly-once: keep the checkpoints in DIR (new or empty; kept
     /// after the run).
-    #[arg(long, value_name = "DIR", requires = "exactly_once")]
+    #[arg(long, value_name = "DIR", requires = "exactly_once", conflicts_with = "sweep")]
     state_dir: Option<PathBuf>,
     /// With --exactly-once: how often a checkpoint is taken.
     #[arg(long, value_name = "MS", default_value_t = crate::bench::EXACTLY_ONCE_INTERVAL_MS,
