@@ -139,7 +139,8 @@ fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
 
 /// Each shard's records in and out, from a scrape.
 fn shard_figures(scrape: &str) -> Vec<ShardFigures> {
-    let shard = |labels: &str| -> Option<u32> { labels.strip_prefix("shard=\"")?.strip_suffix('"')?.parse().ok() };
+    let shard =
+        |labels: &str| -> Option<u32> { labels.strip_prefix("shard=\"")?.strip_suffix('"')?.parse().ok() };
     let outs: Vec<(String, u64)> = samples(scrape, "verity_records_out_total").collect();
     let mut figures: Vec<ShardFigures> = samples(scrape, "verity_records_in_total")
         .filter_map(|(labels, records_in)| {
@@ -546,7 +547,8 @@ struct TemporaryDir(PathBuf);
 impl TemporaryDir {
     fn create() -> anyhow::Result<TemporaryDir> {
         let mut random = [0u8; 8];
-        getrandom::getrandom(&mut random).map_err(|e| anyhow::anyhow!("no random source for a temporary state dir: {e}"))?;
+        getrandom::getrandom(&mut random)
+            .map_err(|e| anyhow::anyhow!("no random source for a temporary state dir: {e}"))?;
         let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let path = std::env::temp_dir().join(format!("verity-bench-state-{}-{suffix}", std::process::id()));
         std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;

@@ -53,7 +53,11 @@ pub fn page(report: &BenchReport) -> String {
         .replace("{{shards}}", &shards)
         .replace(
             "{{shard_scope}}",
-            if report.processes > 1 { "; process 0's shards" } else { "" },
+            if report.processes > 1 {
+                "; process 0's shards"
+            } else {
+                ""
+            },
         )
 }
 

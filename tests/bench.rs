@@ -154,7 +154,10 @@ fn a_throughput_run_on_a_local_cluster_of_two_processes() {
     assert_eq!(field(&json, "events"), Some("20000"), "{json}");
     assert_eq!(field(&json, "outputs"), Some("20000"), "{json}");
     assert_eq!(field(&json, "exactly_once"), Some("false"), "{json}");
-    assert!(json.contains("\"per_shard\": [{\"shard\": 0, \"records_in\": "), "{json}");
+    assert!(
+        json.contains("\"per_shard\": [{\"shard\": 0, \"records_in\": "),
+        "{json}"
+    );
 }
 
 #[test]
@@ -179,7 +182,10 @@ fn an_exactly_once_run_reports_its_checkpoints_and_per_shard_records() {
         path_str(&json),
     ]));
     let text = stdout(&output);
-    assert!(text.contains("exactly once") && text.contains("checkpoints every 5 ms: "), "{text}");
+    assert!(
+        text.contains("exactly once") && text.contains("checkpoints every 5 ms: "),
+        "{text}"
+    );
     let json = std::fs::read_to_string(json).unwrap();
     assert_eq!(field(&json, "exactly_once"), Some("true"), "{json}");
     assert_eq!(field(&json, "processes"), Some("1"), "{json}");
@@ -245,7 +251,11 @@ fn a_latency_run_on_two_processes_writes_the_hgrm() {
         "--hgrm",
         path_str(&hgrm),
     ]));
-    assert!(stdout(&output).contains("latency at 30000 events/s"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("latency at 30000 events/s"),
+        "{}",
+        stdout(&output)
+    );
     let json = std::fs::read_to_string(json).unwrap();
     assert_eq!(field(&json, "processes"), Some("2"), "{json}");
     // Every output, from both processes' shards, has its latency.

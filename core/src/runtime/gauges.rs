@@ -11,8 +11,8 @@
 
 use super::LiveCounters;
 use crate::metrics::{family, summary, Kind, Section};
-use std::fmt::Write as _;
 use crossbeam_channel::Receiver;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
