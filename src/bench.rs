@@ -11,7 +11,16 @@
 //! on what is due at once and sleeps at most `PACE_WAIT_MAX` for the next, so
 //! a chunk closes on time as well as on size; shards flush their output
 //! whenever their input runs dry, which below saturation is between chunks.
+//!
+//! With `processes > 1` the run is a local cluster on loopback, as `verity
+//! run --processes` starts it: this process is process 0 (the generator and
+//! the sink), so latency is measured where the output arrives, and workers
+//! send each output line's input id with it. With `exactly_once` the run
+//! takes checkpoints (into a temporary state dir unless one is given) with
+//! exactly-once delivery, and the report says how many and how long the
+//! shards stalled for their snapshots.
 
+use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -23,8 +32,8 @@ use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
 use verity_core::connector::SinkConnector;
 use verity_core::source::LineGenerator;
 use verity_core::{
-    AuditSettings, CommitId, CustomSink, DeadLetterSpec, MsgId, Outputs, RunConfig, RunSummary, SinkError,
-    SinkSpec, SourceSpec,
+    AuditSettings, CheckpointSettings, CommitId, CustomSink, DeadLetterSpec, Delivery, MsgId, Outputs,
+    RunConfig, RunSummary, SinkError, SinkSpec, SourceSpec,
 };
 
 /// The longest the paced source sleeps before it looks again for due events
@@ -47,21 +56,62 @@ pub struct BenchOptions {
     pub rate: Option<u64>,
     pub audit: Option<AuditSettings>,
     pub pin_cores: bool,
+    /// Processes of the local cluster (1: this process alone).
+    pub processes: u32,
+    /// The network settings of a cluster run (`processes > 1`).
+    pub net: crate::cluster::NetOptions,
+    /// Checkpoints on, exactly-once delivery.
+    pub exactly_once: bool,
+    /// Where checkpoints go with `exactly_once` (`None`: a temporary
+    /// directory, removed at the end).
+    pub state_dir: Option<PathBuf>,
+    pub checkpoint_interval_ms: u64,
+}
+
+/// `--checkpoint-interval-ms` of `--exactly-once` unless given.
+pub const EXACTLY_ONCE_INTERVAL_MS: u64 = 1_000;
+
+/// One shard's records, at the end of a run (from its live counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardFigures {
+    /// The global shard index (process 0 holds 0..workers).
+    pub shard: u32,
+    pub records_in: u64,
+    pub records_out: u64,
+}
+
+/// The checkpoints of an `exactly_once` run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointFigures {
+    pub interval_ms: u64,
+    /// Checkpoints completed (process 0's count).
+    pub taken: u64,
+    /// Snapshot steps of process 0's shards, and their stalls in µs.
+    pub stalls: u64,
+    pub stall_p50_us: u64,
+    pub stall_p99_us: u64,
+    pub stall_max_us: u64,
 }
 
 /// What a run measured.
 pub struct BenchReport {
     pub app: AppName,
     pub events: u64,
+    /// Shards per process.
     pub workers: usize,
+    pub processes: u32,
     pub wall: Duration,
     pub summary: RunSummary,
     pub latency: Option<Latency>,
     /// Input records per second over the run, every `SAMPLE_INTERVAL`:
     /// (seconds since the start, rate).
     pub timeline: Vec<(f64, f64)>,
-    /// Each shard's input records (`shard="N"`, count), at the end.
-    pub per_shard: Vec<(String, u64)>,
+    /// Each shard's records in and out, at the end: every shard of a single
+    /// process; in a cluster, process 0's (the others count theirs in their
+    /// own processes).
+    pub per_shard: Vec<ShardFigures>,
+    /// `exactly_once`: its checkpoints.
+    pub checkpoints: Option<CheckpointFigures>,
 }
 
 /// How often a run's input rate is sampled for the timeline.
@@ -74,6 +124,56 @@ fn samples<'a>(scrape: &'a str, name: &'a str) -> impl Iterator<Item = (String, 
         let (labels, value) = rest.split_once("} ")?;
         Some((labels.to_string(), value.parse::<f64>().ok()? as u64))
     })
+}
+
+/// A sample without labels (`name value`), or with exactly `labels`.
+fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = match labels {
+        "" => format!("{name} "),
+        labels => format!("{name}{{{labels}}} "),
+    };
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+/// Each shard's records in and out, from a scrape.
+fn shard_figures(scrape: &str) -> Vec<ShardFigures> {
+    let shard =
+        |labels: &str| -> Option<u32> { labels.strip_prefix("shard=\"")?.strip_suffix('"')?.parse().ok() };
+    let outs: Vec<(String, u64)> = samples(scrape, "verity_records_out_total").collect();
+    let mut figures: Vec<ShardFigures> = samples(scrape, "verity_records_in_total")
+        .filter_map(|(labels, records_in)| {
+            let records_out = outs.iter().find(|(l, _)| *l == labels).map_or(0, |(_, v)| *v);
+            Some(ShardFigures {
+                shard: shard(&labels)?,
+                records_in,
+                records_out,
+            })
+        })
+        .collect();
+    figures.sort_by_key(|f| f.shard);
+    figures
+}
+
+/// The checkpoints a scrape of process 0 shows.
+fn checkpoint_figures(scrape: &str, interval_ms: u64) -> CheckpointFigures {
+    let us = |quantile: &str| {
+        let seconds = sample(
+            scrape,
+            "verity_checkpoint_stall_seconds",
+            &format!("quantile=\"{quantile}\""),
+        );
+        (seconds.unwrap_or(0.0) * 1e6).round() as u64
+    };
+    CheckpointFigures {
+        interval_ms,
+        taken: sample(scrape, "verity_checkpoint_duration_seconds_count", "").unwrap_or(0.0) as u64,
+        stalls: sample(scrape, "verity_checkpoint_stall_seconds_count", "").unwrap_or(0.0) as u64,
+        stall_p50_us: us("0.5"),
+        stall_p99_us: us("0.99"),
+        stall_max_us: us("1"),
+    }
 }
 
 /// End-to-end latencies of a paced run, in microseconds.
@@ -103,20 +203,59 @@ impl BenchReport {
         self.events as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 
+    /// Shards over all processes.
+    pub fn total_workers(&self) -> usize {
+        self.workers * self.processes as usize
+    }
+
     /// The summary a user reads: throughput, then (latency mode) the
     /// percentiles.
     pub fn text(&self) -> String {
         let mut out = format!(
-            "verity bench {}: {} events, {} workers in {:.3} s: {:.0} events/s ({:.0} per worker); {} outputs, {} dead-lettered\n",
+            "verity bench {}: {} events, {} workers{}{} in {:.3} s: {:.0} events/s ({:.0} per worker); {} outputs, {} dead-lettered\n",
             self.app.name(),
             self.events,
             self.workers,
+            match self.processes {
+                1 => String::new(),
+                p => format!(" in each of {p} processes"),
+            },
+            if self.checkpoints.is_some() { ", exactly once" } else { "" },
             self.wall.as_secs_f64(),
             self.events_per_s(),
-            self.events_per_s() / self.workers as f64,
+            self.events_per_s() / self.total_workers() as f64,
             self.summary.records_out,
             self.summary.dead_lettered,
         );
+        if !self.per_shard.is_empty() {
+            let wall = self.wall.as_secs_f64().max(1e-9);
+            let shards: Vec<String> = self
+                .per_shard
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}: {} in ({:.0}/s), {} out",
+                        f.shard,
+                        f.records_in,
+                        f.records_in as f64 / wall,
+                        f.records_out
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "per shard{}: {}",
+                if self.processes > 1 { " (process 0's)" } else { "" },
+                shards.join("; ")
+            );
+        }
+        if let Some(c) = &self.checkpoints {
+            let _ = writeln!(
+                out,
+                "checkpoints every {} ms: {} taken; snapshot stalls ({}): p50 {} µs, p99 {} µs, max {} µs",
+                c.interval_ms, c.taken, c.stalls, c.stall_p50_us, c.stall_p99_us, c.stall_max_us
+            );
+        }
         if let Some(latency) = &self.latency {
             let h = &latency.histogram;
             let _ = writeln!(
@@ -142,15 +281,40 @@ impl BenchReport {
             format!("\"app\": \"{}\"", self.app.name()),
             format!("\"events\": {}", self.events),
             format!("\"workers\": {}", self.workers),
+            format!("\"processes\": {}", self.processes),
+            format!("\"exactly_once\": {}", self.checkpoints.is_some()),
             format!("\"wall_s\": {:.6}", self.wall.as_secs_f64()),
             format!("\"events_per_s\": {:.1}", self.events_per_s()),
             format!(
                 "\"events_per_s_per_worker\": {:.1}",
-                self.events_per_s() / self.workers as f64
+                self.events_per_s() / self.total_workers() as f64
             ),
             format!("\"outputs\": {}", self.summary.records_out),
             format!("\"dead_lettered\": {}", self.summary.dead_lettered),
         ];
+        let wall = self.wall.as_secs_f64().max(1e-9);
+        let shards: Vec<String> = self
+            .per_shard
+            .iter()
+            .map(|f| {
+                format!(
+                    "{{\"shard\": {}, \"records_in\": {}, \"records_out\": {}, \"records_in_per_s\": {:.1}}}",
+                    f.shard,
+                    f.records_in,
+                    f.records_out,
+                    f.records_in as f64 / wall
+                )
+            })
+            .collect();
+        fields.push(format!("\"per_shard\": [{}]", shards.join(", ")));
+        if let Some(c) = &self.checkpoints {
+            fields.push(format!("\"checkpoint_interval_ms\": {}", c.interval_ms));
+            fields.push(format!("\"checkpoints\": {}", c.taken));
+            fields.push(format!("\"checkpoint_stalls\": {}", c.stalls));
+            fields.push(format!("\"checkpoint_stall_p50_us\": {}", c.stall_p50_us));
+            fields.push(format!("\"checkpoint_stall_p99_us\": {}", c.stall_p99_us));
+            fields.push(format!("\"checkpoint_stall_max_us\": {}", c.stall_max_us));
+        }
         if let Some(latency) = &self.latency {
             let h = &latency.histogram;
             fields.push(format!("\"rate\": {}", latency.rate));
@@ -217,12 +381,45 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         dead_letter: DeadLetterSpec::Stderr,
     };
     let metrics = verity_core::metrics::Metrics::new();
+    // Removed when the run ends (however it ends).
+    let mut temporary_state = None;
+    let checkpoints = if options.exactly_once {
+        let state_dir = match &options.state_dir {
+            Some(dir) => {
+                let empty = std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none());
+                if !empty {
+                    anyhow::bail!(
+                        "--state-dir {} is not empty: a benchmark starts from scratch; give a new or empty directory",
+                        dir.display()
+                    );
+                }
+                dir.clone()
+            }
+            None => {
+                let dir = TemporaryDir::create()?;
+                let path = dir.0.clone();
+                temporary_state = Some(dir);
+                path
+            }
+        };
+        Some(CheckpointSettings {
+            state_dir,
+            interval_ms: options.checkpoint_interval_ms,
+            retained: verity_core::checkpoint::DEFAULT_RETAINED,
+            recover: false,
+            job: format!("bench {}; {} events; rate {:?}", app.name(), events, options.rate),
+            delivery: Delivery::ExactlyOnce,
+        })
+    } else {
+        None
+    };
     let config = RunConfig {
         workers: options.workers,
         pin_cores: options.pin_cores,
         progress: false,
         audit: options.audit.clone(),
         metrics: Some(Arc::clone(&metrics)),
+        checkpoints,
         ..RunConfig::default()
     };
     let started = Instant::now();
@@ -254,18 +451,29 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             }
         })
     };
-    let summary = run_app(
-        app,
-        AppInput::Single(source),
-        AppOptions::default(),
-        &config,
-        &outputs,
-        Arc::new(AtomicBool::new(false)),
-    )?;
+    let summary = if options.processes > 1 {
+        run_cluster(options, source, &config, &outputs)
+    } else {
+        run_app(
+            app,
+            AppInput::Single(source),
+            AppOptions::default(),
+            &config,
+            &outputs,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .map_err(anyhow::Error::from)
+    };
     let wall = started.elapsed();
     drop(stop_sampling);
     let timeline = sampler.join().unwrap_or_default();
-    let per_shard = samples(&metrics.render(), "verity_records_in_total").collect();
+    let summary = summary.with_context(|| format!("{} benchmark failed", app.name()))?;
+    drop(temporary_state);
+    let scrape = metrics.render();
+    let per_shard = shard_figures(&scrape);
+    let checkpoints = options
+        .exactly_once
+        .then(|| checkpoint_figures(&scrape, options.checkpoint_interval_ms));
     let latency = options.rate.map(|rate| {
         let mut recorded = recorded.lock().unwrap_or_else(|p| p.into_inner());
         let span = match (epoch.get(), recorded.last_write) {
@@ -282,12 +490,76 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         app,
         events,
         workers: options.workers,
+        processes: options.processes,
         wall,
         summary,
         latency,
         timeline,
         per_shard,
+        checkpoints,
     })
+}
+
+/// Runs the benchmark as process 0 of a local cluster of
+/// `options.processes` on loopback (as `verity run --processes`).
+fn run_cluster(
+    options: &BenchOptions,
+    source: SourceSpec,
+    config: &RunConfig,
+    outputs: &Outputs,
+) -> anyhow::Result<RunSummary> {
+    use crate::cluster::{run_leader_process, JobSpec, LocalCluster};
+    let (local, net) = LocalCluster::spawn(
+        options.processes,
+        options.workers as u32,
+        &options.net,
+        options.pin_cores,
+        options.audit.as_ref(),
+    )?;
+    let job = JobSpec {
+        app: options.app,
+        options: AppOptions::default(),
+        split_input: false,
+        batch_max: config.limits.batch_max,
+        queue_depth_batches: config.queue_depth_batches,
+        discard_output: outputs.sink == SinkSpec::Null,
+        // The latency sink reads each line's input id.
+        output_ids: options.rate.is_some(),
+        checkpoints: None,
+    };
+    let summary = run_leader_process(
+        &local.file,
+        &net,
+        &job,
+        AppInput::Single(source),
+        config,
+        outputs,
+        &AtomicBool::new(false),
+        Some(&local),
+    )?;
+    local.join();
+    Ok(summary)
+}
+
+/// A state dir of its own for an `exactly_once` run, removed on drop.
+struct TemporaryDir(PathBuf);
+
+impl TemporaryDir {
+    fn create() -> anyhow::Result<TemporaryDir> {
+        let mut random = [0u8; 8];
+        getrandom::getrandom(&mut random)
+            .map_err(|e| anyhow::anyhow!("no random source for a temporary state dir: {e}"))?;
+        let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let path = std::env::temp_dir().join(format!("verity-bench-state-{}-{suffix}", std::process::id()));
+        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(TemporaryDir(path))
+    }
+}
+
+impl Drop for TemporaryDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The loads `--sweep` runs at, as fractions of the measured maximum.

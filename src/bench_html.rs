@@ -2,7 +2,8 @@
 //! that opens in a browser without a server: the figures as a table, and
 //! three plots drawn by inline JavaScript into SVG from the data embedded in
 //! the page: input rate over time, the latency percentile curve (latency
-//! mode), and input records per shard (which worker carried the load). Once
+//! mode), and records in and out per shard (which worker carried the load;
+//! the figures of the report's `per_shard`). Once
 //! drawn, `<body data-plots="N">` holds how many plots have data and drew,
 //! which CI checks in headless Chromium (`bench/ci.sh`).
 
@@ -32,7 +33,7 @@ pub fn page(report: &BenchReport) -> String {
         let bars: Vec<String> = report
             .per_shard
             .iter()
-            .map(|(label, value)| format!("[{:?}, {value}]", label.replace('"', "")))
+            .map(|f| format!("[\"{}\", {}, {}]", f.shard, f.records_in, f.records_out))
             .collect();
         format!("[{}]", bars.join(","))
     };
@@ -50,6 +51,14 @@ pub fn page(report: &BenchReport) -> String {
         .replace("{{timeline}}", &timeline)
         .replace("{{curve}}", &curve)
         .replace("{{shards}}", &shards)
+        .replace(
+            "{{shard_scope}}",
+            if report.processes > 1 {
+                "; process 0's shards"
+            } else {
+                ""
+            },
+        )
 }
 
 /// `[[x, y], …]` as a JavaScript literal.
@@ -83,7 +92,7 @@ pre { background: #f4f4f4; padding: 1em; }
 <svg id="timeline" width="720" height="260"></svg>
 <h2>Latency by percentile (µs; x: 1/(1-percentile), log scale)</h2>
 <svg id="curve" width="720" height="260"></svg>
-<h2>Input records per shard</h2>
+<h2>Records per shard (green: in, orange: out{{shard_scope}})</h2>
 <svg id="shards" width="720" height="260"></svg>
 <h2>Report (JSON)</h2>
 <pre>{{json}}</pre>
@@ -122,12 +131,14 @@ function line(id, data, xLabel, logX) {
 function bars(id, data) {
   if (data.length < 1) return 0;
   const svg = document.getElementById(id);
-  const yMax = Math.max(...data.map(b => b[1]), 1);
+  const yMax = Math.max(...data.map(b => Math.max(b[1], b[2])), 1);
   axes(svg, "shard", yMax);
   const width = (W - PAD - 10) / data.length;
   data.forEach((b, i) => {
-    const h = (H - PAD - 10) * b[1] / yMax;
-    el(svg, "rect", {x: PAD + i * width + 4, y: H - PAD - h, width: width - 8, height: h, fill: "#2ca02c"});
+    [[b[1], "#2ca02c"], [b[2], "#ff7f0e"]].forEach(([value, fill], j) => {
+      const h = (H - PAD - 10) * value / yMax;
+      el(svg, "rect", {x: PAD + i * width + 4 + j * (width - 8) / 2, y: H - PAD - h, width: (width - 8) / 2, height: h, fill: fill});
+    });
     el(svg, "text", {x: PAD + i * width + 8, y: H - PAD + 14, class: "axis"}, b[0]);
   });
   return 1;

@@ -89,9 +89,31 @@ struct BenchArgs {
     /// Generated events (input lines, all well formed).
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     events: u64,
-    /// Shard threads [default: one per core].
+    /// Shard threads per process [default: one per core].
     #[arg(long, value_name = "W", value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: Option<u32>,
+    /// Run on a local cluster of P processes on 127.0.0.1 (this one and P-1
+    /// spawned `verity worker`s, as `run --processes`), each with --workers
+    /// shards. This process reads the generator and holds the sink, so
+    /// latency is measured where the output arrives; per-shard figures are
+    /// this process's shards.
+    #[arg(long, value_name = "P", default_value_t = 1, value_parser = parse_processes)]
+    processes: u32,
+    /// Take checkpoints and deliver exactly once (as `run --state-dir …
+    /// --delivery exactly-once`), into a temporary state dir removed at the
+    /// end unless --state-dir is given; the report adds the checkpoints taken
+    /// and the shards' snapshot stalls (p50, p99, max). Latency still runs to
+    /// when the sink is handed a line, not to its commit.
+    #[arg(long)]
+    exactly_once: bool,
+    /// With --exactly-once: keep the checkpoints in DIR (new or empty; kept
+    /// after the run).
+    #[arg(long, value_name = "DIR", requires = "exactly_once", conflicts_with = "sweep")]
+    state_dir: Option<PathBuf>,
+    /// With --exactly-once: how often a checkpoint is taken.
+    #[arg(long, value_name = "MS", default_value_t = crate::bench::EXACTLY_ONCE_INTERVAL_MS,
+          requires = "exactly_once", value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    checkpoint_interval_ms: u64,
     /// Latency mode: send events at this many per second, and measure each
     /// one's latency from when it was due to the sink into a histogram.
     #[arg(long, value_name = "EVENTS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
@@ -918,6 +940,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         batch_max: config.limits.batch_max,
         queue_depth_batches: config.queue_depth_batches,
         discard_output: outputs.sink == SinkSpec::Null,
+        output_ids: false,
         checkpoints: None,
     };
     let summary = match (args.processes, &args.cluster) {
@@ -1426,6 +1449,20 @@ fn trace(
     Ok(0)
 }
 
+/// `bench --processes`: the network settings of `run`'s defaults.
+const BENCH_PEER_TIMEOUT_MS: u64 = 5_000;
+const BENCH_PEER_LOST_MS: u64 = 30_000;
+
+/// `--processes P`: 1 to 64, with a line that says why not.
+fn parse_processes(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err("a run needs at least one process (1: this process alone)".into()),
+        Ok(p @ 1..=64) => Ok(p),
+        Ok(p) => Err(format!("{p} processes: a local cluster has at most 64")),
+        Err(_) => Err(format!("`{text}` is not a number of processes")),
+    }
+}
+
 fn bench(args: BenchArgs) -> Result<i32> {
     let options = crate::bench::BenchOptions {
         app: args.app.into(),
@@ -1436,6 +1473,16 @@ fn bench(args: BenchArgs) -> Result<i32> {
         rate: args.rate,
         audit: args.audit.settings(),
         pin_cores: !args.no_pin,
+        processes: args.processes,
+        net: crate::cluster::NetOptions {
+            secret_file: None,
+            peer_timeout_ms: BENCH_PEER_TIMEOUT_MS,
+            peer_lost_ms: BENCH_PEER_LOST_MS,
+            stop_deadline_ms: GRACEFUL_STOP_DEADLINE_MS,
+        },
+        exactly_once: args.exactly_once,
+        state_dir: args.state_dir,
+        checkpoint_interval_ms: args.checkpoint_interval_ms,
     };
     if args.sweep {
         let sweep = crate::bench::sweep(&options)?;

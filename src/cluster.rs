@@ -124,6 +124,8 @@ pub struct JobSpec {
     pub queue_depth_batches: usize,
     /// The sink discards output (`--output null`): workers need not send it.
     pub discard_output: bool,
+    /// The sink wants each output line's input id (`verity bench --rate`).
+    pub output_ids: bool,
     /// Set by process 0 once it opened the state dir (`--state-dir`).
     pub checkpoints: Option<JobCheckpoints>,
 }
@@ -139,6 +141,7 @@ impl JobSpec {
             batch_max: u32::try_from(self.batch_max).expect("--batch-max is bounded"),
             queue_depth_batches: u32::try_from(self.queue_depth_batches).expect("--queue-depth is bounded"),
             discard_output: self.discard_output,
+            output_ids: self.output_ids,
             checkpoints: self.checkpoints.clone(),
         }
     }
@@ -174,6 +177,7 @@ impl JobSpec {
             batch_max: job.batch_max as usize,
             queue_depth_batches: job.queue_depth_batches as usize,
             discard_output: job.discard_output,
+            output_ids: job.output_ids,
             checkpoints: job.checkpoints.clone(),
         })
     }
@@ -565,6 +569,7 @@ fn run_worker_job(
         cluster: &cluster,
         placement: Placement::Member {
             discard_lines: spec.discard_output,
+            output_ids: spec.output_ids,
             restore: spec.restore(),
         },
     };
@@ -776,6 +781,7 @@ mod tests {
             batch_max: 7,
             queue_depth_batches: 9,
             discard_output: true,
+            output_ids: true,
             checkpoints: Some(JobCheckpoints {
                 state_dir: "/shared/state".into(),
                 fingerprint: "market-spread; 4 shards".into(),

@@ -119,3 +119,168 @@ fn a_sweep_runs_latency_at_each_load_of_the_measured_maximum() {
     assert!(json.contains("\"sustainable_events_per_s\":"), "{json}");
     assert!(json.contains("\"achieved_events_per_s\":"), "{json}");
 }
+
+/// A JSON report's numeric (or boolean) field, as text.
+fn field<'a>(json: &'a str, name: &str) -> Option<&'a str> {
+    json.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(&format!("\"{name}\": "))
+            .map(|v| v.trim_end_matches(','))
+    })
+}
+
+#[test]
+fn a_throughput_run_on_a_local_cluster_of_two_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cluster.json");
+    let output = ok(run(&[
+        "bench",
+        "doubler",
+        "--events",
+        "20000",
+        "--workers",
+        "1",
+        "--processes",
+        "2",
+        "--no-pin",
+        "--json",
+        path_str(&json),
+    ]));
+    let text = stdout(&output);
+    assert!(text.contains("1 workers in each of 2 processes"), "{text}");
+    assert!(text.contains("per shard (process 0's): 0: "), "{text}");
+    let json = std::fs::read_to_string(json).unwrap();
+    assert_eq!(field(&json, "processes"), Some("2"), "{json}");
+    assert_eq!(field(&json, "events"), Some("20000"), "{json}");
+    assert_eq!(field(&json, "outputs"), Some("20000"), "{json}");
+    assert_eq!(field(&json, "exactly_once"), Some("false"), "{json}");
+    assert!(
+        json.contains("\"per_shard\": [{\"shard\": 0, \"records_in\": "),
+        "{json}"
+    );
+}
+
+#[test]
+fn an_exactly_once_run_reports_its_checkpoints_and_per_shard_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("eo.json");
+    let state = dir.path().join("state");
+    let output = ok(run(&[
+        "bench",
+        "wordcount",
+        "--events",
+        "20000",
+        "--workers",
+        "2",
+        "--no-pin",
+        "--exactly-once",
+        "--state-dir",
+        path_str(&state),
+        "--checkpoint-interval-ms",
+        "5",
+        "--json",
+        path_str(&json),
+    ]));
+    let text = stdout(&output);
+    assert!(
+        text.contains("exactly once") && text.contains("checkpoints every 5 ms: "),
+        "{text}"
+    );
+    let json = std::fs::read_to_string(json).unwrap();
+    assert_eq!(field(&json, "exactly_once"), Some("true"), "{json}");
+    assert_eq!(field(&json, "processes"), Some("1"), "{json}");
+    assert_eq!(field(&json, "checkpoint_interval_ms"), Some("5"), "{json}");
+    for name in [
+        "checkpoints",
+        "checkpoint_stalls",
+        "checkpoint_stall_p50_us",
+        "checkpoint_stall_p99_us",
+        "checkpoint_stall_max_us",
+    ] {
+        let value: Option<u64> = field(&json, name).and_then(|v| v.parse().ok());
+        assert!(value.is_some(), "{name} in {json}");
+    }
+    // Per shard: both shards, their inputs adding up to the events.
+    let records_in: u64 = json
+        .match_indices("\"records_in\": ")
+        .map(|(at, m)| {
+            let rest = &json[at + m.len()..];
+            rest[..rest.find(',').unwrap()].parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(json.matches("\"shard\": ").count(), 2, "{json}");
+    assert_eq!(records_in, 20000, "{json}");
+    // A given state dir is kept (whether a checkpoint fell within so short a
+    // run is up to the clock).
+    assert!(state.is_dir());
+    // One that holds anything is refused: a benchmark starts from scratch.
+    std::fs::write(state.join("left-over"), b"x").unwrap();
+    let again = run(&[
+        "bench",
+        "wordcount",
+        "--events",
+        "10",
+        "--no-pin",
+        "--exactly-once",
+        "--state-dir",
+        path_str(&state),
+    ]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("not empty"), "{}", stderr(&again));
+}
+
+#[test]
+fn a_latency_run_on_two_processes_writes_the_hgrm() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("latency.json");
+    let hgrm = dir.path().join("latency.hgrm");
+    let output = ok(run(&[
+        "bench",
+        "doubler",
+        "--events",
+        "3000",
+        "--workers",
+        "1",
+        "--processes",
+        "2",
+        "--rate",
+        "30000",
+        "--no-pin",
+        "--json",
+        path_str(&json),
+        "--hgrm",
+        path_str(&hgrm),
+    ]));
+    assert!(
+        stdout(&output).contains("latency at 30000 events/s"),
+        "{}",
+        stdout(&output)
+    );
+    let json = std::fs::read_to_string(json).unwrap();
+    assert_eq!(field(&json, "processes"), Some("2"), "{json}");
+    // Every output, from both processes' shards, has its latency.
+    assert_eq!(field(&json, "outputs"), Some("3000"), "{json}");
+    assert_eq!(field(&json, "latency_samples"), Some("3000"), "{json}");
+    let hgrm = std::fs::read_to_string(hgrm).unwrap();
+    assert!(hgrm.contains("1/(1-Percentile)"), "{hgrm}");
+    assert!(hgrm.contains("Total count    =         3000]"), "{hgrm}");
+}
+
+#[test]
+fn bad_cluster_and_checkpoint_arguments_say_what_is_wrong() {
+    let output = run(&["bench", "doubler", "--processes", "0"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--processes") && stderr(&output).contains("at least one process"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(&["bench", "doubler", "--processes", "65"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("at most 64"), "{}", stderr(&output));
+    for flag in [["--state-dir", "x"], ["--checkpoint-interval-ms", "10"]] {
+        let output = run(&["bench", "doubler", flag[0], flag[1]]);
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains("--exactly-once"), "{}", stderr(&output));
+    }
+}

@@ -550,6 +550,7 @@ fn encode_job(job: &Job, out: &mut Vec<u8>) {
     job.batch_max.encode(out);
     job.queue_depth_batches.encode(out);
     job.discard_output.encode(out);
+    job.output_ids.encode(out);
     match &job.checkpoints {
         None => false.encode(out),
         Some(checkpoints) => {
@@ -596,6 +597,7 @@ fn decode_job(mut input: &[u8]) -> Result<Job, ClusterError> {
         batch_max: u32::decode(&mut input).map_err(bad)?,
         queue_depth_batches: u32::decode(&mut input).map_err(bad)?,
         discard_output: bool::decode(&mut input).map_err(bad)?,
+        output_ids: bool::decode(&mut input).map_err(bad)?,
         checkpoints: match bool::decode(&mut input).map_err(bad)? {
             false => None,
             true => Some(JobCheckpoints {
@@ -686,6 +688,7 @@ mod control_tests {
             batch_max: 256,
             queue_depth_batches: 64,
             discard_output: false,
+            output_ids: true,
             checkpoints: Some(JobCheckpoints {
                 state_dir: "/var/lib/verity/state".into(),
                 fingerprint: "market-spread; 6 shards".into(),
@@ -762,7 +765,7 @@ mod control_tests {
             1..=CLUSTER_SOURCES_MAX,
             1..=u32::MAX,
             1..=u32::MAX,
-            any::<bool>(),
+            (any::<bool>(), any::<bool>()),
             proptest::option::of(("[ -~]{0,100}", ".{0,100}", any::<u64>())),
         )
             .prop_map(
@@ -772,7 +775,7 @@ mod control_tests {
                     sources,
                     batch_max,
                     queue_depth_batches,
-                    discard_output,
+                    (discard_output, output_ids),
                     checkpoints,
                 )| Job {
                     app,
@@ -782,6 +785,7 @@ mod control_tests {
                     batch_max,
                     queue_depth_batches,
                     discard_output,
+                    output_ids,
                     checkpoints: checkpoints.map(|(state_dir, fingerprint, restore_from)| JobCheckpoints {
                         state_dir,
                         fingerprint,

@@ -72,6 +72,9 @@ pub struct Job {
     pub queue_depth_batches: u32,
     /// The sink discards output (`--output null`): workers need not send it.
     pub discard_output: bool,
+    /// The sink wants each output line's input id (`SinkConnector::wants_ids`,
+    /// e.g. `verity bench`'s latency sink): workers collect and send them.
+    pub output_ids: bool,
     /// The run takes checkpoints (`--state-dir`).
     pub checkpoints: Option<JobCheckpoints>,
 }
@@ -618,6 +621,7 @@ mod tests {
             batch_max: 256,
             queue_depth_batches: 64,
             discard_output: false,
+            output_ids: false,
             checkpoints: None,
         }
     }

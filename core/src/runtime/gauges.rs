@@ -12,6 +12,7 @@
 use super::LiveCounters;
 use crate::metrics::{family, summary, Kind, Section};
 use crossbeam_channel::Receiver;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -244,6 +245,33 @@ impl RunGauges {
         for (name, kind, help, samples) in families {
             family(out, name, kind, help, samples);
         }
+        self.stall_quantiles(out);
+    }
+
+    /// The snapshot steps of all this process's shards (those kept) as one
+    /// summary with quantiles, so a reader sees p50/p99 without the list.
+    fn stall_quantiles(&self, out: &mut String) {
+        let mut all: Vec<u64> = self
+            .shards
+            .iter()
+            .flat_map(|c| c.stalls_us.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        all.sort_unstable();
+        let name = "verity_checkpoint_stall_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Snapshot steps of this process's shards (the newest 1024 per shard kept)."
+        );
+        let _ = writeln!(out, "# TYPE {name} summary");
+        for quantile in ["0.5", "0.99", "1"] {
+            let q: f64 = quantile.parse().expect("a number");
+            // Nearest rank: the smallest value with at least q of all at or below it.
+            let rank = ((q * all.len() as f64).ceil() as usize).clamp(1, all.len().max(1)) - 1;
+            let value = all.get(rank).copied().unwrap_or(0) as f64 / 1e6;
+            let _ = writeln!(out, "{name}{{quantile=\"{quantile}\"}} {value}");
+        }
+        let _ = writeln!(out, "{name}_sum {}", all.iter().sum::<u64>() as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {}", all.len());
     }
 
     fn source_families(&self, out: &mut String) {

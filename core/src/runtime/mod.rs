@@ -431,6 +431,9 @@ pub enum Placement<'a> {
     /// Its shards continue from `restore` if the run recovers.
     Member {
         discard_lines: bool,
+        /// Collect each output line's input id and send it with the line
+        /// (process 0's sink `wants_ids`).
+        output_ids: bool,
         restore: Option<RestoreFrom>,
     },
 }
@@ -505,12 +508,13 @@ where
     let output_gauges = Arc::new(gauges::OutputGauges::default());
 
     // Process 0 owns the sources and the sinks.
-    let (outputs, checkpoints, discard_lines, restore) = match placement {
+    let (outputs, checkpoints, member_output, restore) = match placement {
         Placement::Leader { outputs, checkpoints } => (Some(outputs), checkpoints.map(|c| *c), None, None),
         Placement::Member {
             discard_lines,
+            output_ids,
             restore,
-        } => (None, None, Some(discard_lines), restore),
+        } => (None, None, Some((discard_lines, output_ids)), restore),
     };
     let mut opened = Vec::new();
     let mut output = None;
@@ -545,7 +549,6 @@ where
         output = Some(spawn_output_thread(
             outputs,
             config,
-            layout,
             &source_names,
             &failure,
             (checkpoints, output_audit),
@@ -556,7 +559,10 @@ where
         Some(o) => (Some(o.thread), Some(o.tx), o.wants_ids, Some(o.depth)),
         None => (None, None, false, None),
     };
-    let discard_lines = discard_lines.unwrap_or_else(|| output_thread.as_ref().is_some_and(|o| o.discards));
+    let (discard_lines, output_ids) = match member_output {
+        Some(member) => member,
+        None => (output_thread.as_ref().is_some_and(|o| o.discards), output_ids),
+    };
     let wiring = wire::<K, V>(
         source_count,
         layout,
@@ -913,7 +919,6 @@ struct SpawnedOutput {
 fn spawn_output_thread(
     outputs: &Outputs,
     config: &RunConfig,
-    layout: &Layout,
     source_names: &[String],
     failure: &Arc<RunFailure>,
     (checkpoints, audit): (Option<OpenedCheckpoints>, Option<crate::audit::OutputAudit>),
@@ -924,13 +929,8 @@ fn spawn_output_thread(
         Some(c) => outputs.sink.open_checkpointed(resuming, c.delivery)?,
         None => outputs.sink.open()?,
     };
+    // In a cluster, workers send ids when the job says so (`Job::output_ids`).
     let (discards, wants_ids) = (sink.discards(), sink.wants_ids());
-    if wants_ids && layout.total_shards() != layout.local_shards().len() as u32 {
-        return Err(RunError::Cluster(
-            "this sink wants record ids, which workers of a cluster do not send yet: run it in one process"
-                .into(),
-        ));
-    }
     let dead_letters = if resuming {
         DeadLetterWriter::with_sink(outputs.dead_letter.open_resuming()?, source_names.to_vec())
     } else {

@@ -884,6 +884,7 @@ where
             batch_max: buggify.batch_max as u32,
             queue_depth_batches: verity_core::RunConfig::default().queue_depth_batches as u32,
             discard_output: false,
+            output_ids: false,
             // The simulated shards are restored from the recovery itself;
             // the job still carries what production's does, as texts of
             // every length class (up to the bound, multi-byte at it), so that
