@@ -1301,6 +1301,14 @@ fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path:
                 recovery.checkpoint
             );
         };
+        if !state_dir.is_dir() {
+            bail!(
+                "the newest life recovered from checkpoint {}, which the replay restores from the run's \
+                 state dir; {} is not a directory (give the run's with --state-dir DIR)",
+                recovery.checkpoint,
+                state_dir.display()
+            );
+        }
         let storage = verity_state::storage::DirStorage::open(&state_dir)
             .with_context(|| format!("cannot open the state dir {}", state_dir.display()))?;
         run.restore_from(storage)?;
