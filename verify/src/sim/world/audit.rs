@@ -384,3 +384,23 @@ impl SimAudit {
         Ok((self.disk, heads))
     }
 }
+
+/// Why the audit log on `disk`, just after a crash that followed
+/// checkpoint `checkpoint`'s commit, shows the commit did not wait for it:
+/// the checkpoint's own record (synced with the lineage before the sinks
+/// commit) is missing. `None` if it is there.
+pub(super) fn lost_checkpoint_record(disk: &SharedDisk, checkpoint: u64) -> Option<String> {
+    let (log, _) = match verity_audit::query::Log::read(&mut disk.clone()) {
+        Ok(read) => read,
+        Err(e) => return Some(format!("the audit log after the crash cannot be read: {e}")),
+    };
+    let recorded = log
+        .records()
+        .any(|record| matches!(record, Record::Checkpoint(c) if c.checkpoint == checkpoint));
+    (!recorded).then(|| {
+        format!(
+            "checkpoint {checkpoint}'s sinks committed, but after the crash that followed the audit log \
+             has no record of it: the commit did not wait for the log (its lineage) to be durable"
+        )
+    })
+}

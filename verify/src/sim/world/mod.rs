@@ -284,6 +284,8 @@ struct World<'a, K, V, S, O> {
     /// `crash` fault): the moment committed output's lineage must already
     /// be durable.
     crash_after_commit: bool,
+    /// The checkpoint whose commit that crash followed, once it struck.
+    crashed_after_commit: Option<u64>,
     /// This cluster was restarted after a crash.
     recovered: bool,
     /// Which life of the cluster this is: 0, then one more per crash.
@@ -312,6 +314,8 @@ struct Crashed {
     trace_hash: u64,
     trace: Vec<String>,
     events: u64,
+    /// Why the audit log lost what a committed checkpoint needed, if it did.
+    lineage_lost: Option<String>,
 }
 
 /// A restart after a crash: what survived, and the checkpoint read from the
@@ -360,6 +364,7 @@ where
             );
             match Checkpointer::recover_with_bugs(&mut store, SIM_JOB, total, config.bugs.recover) {
                 Ok((restart, next_store_id)) => {
+                    let lineage_lost = crashed.lineage_lost.clone();
                     let recovery = Recovery {
                         crashed,
                         restart,
@@ -367,7 +372,10 @@ where
                         life,
                     };
                     world = World::new(config, &logic, inputs, expected_lines, audit, Some(recovery));
-                    failure = world.run();
+                    failure = match lineage_lost {
+                        Some(why) => Some(why),
+                        None => world.run(),
+                    };
                 }
                 Err(e) => {
                     let failure = format!("recovery after the crash: {e}");
@@ -1001,6 +1009,7 @@ where
             disk,
             crashed: false,
             crash_after_commit: false,
+            crashed_after_commit: None,
             recovered: recovery.is_some(),
             life: recovery.as_ref().map_or(0, |r| r.life),
             restart_watch: restart::RestartWatch::new(config.processes),
@@ -1195,13 +1204,20 @@ where
     /// synced).
     fn crash(self) -> Crashed {
         self.disk.crash();
+        let fsync = self.audit.as_ref().map(|audit| audit.plan.fsync);
         let audit_disk = self.audit.map(|audit| {
             audit.disk.crash();
             audit.disk
         });
+        let lineage_lost = match (self.crashed_after_commit, &audit_disk, fsync) {
+            (Some(_), _, Some(verity_audit::writer::FsyncPolicy::Never)) => None,
+            (Some(checkpoint), Some(disk), _) => audit::lost_checkpoint_record(disk, checkpoint),
+            _ => None,
+        };
         Crashed {
             disk: self.disk,
             audit_disk,
+            lineage_lost,
             clocks_after: self.clocks.continued(self.now_us),
             forgotten: self.readers.iter().map(|r| r.forgotten().0).collect(),
             output_text: self.output_text,

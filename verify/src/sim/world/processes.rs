@@ -802,6 +802,7 @@ where
                 "fault: every process dies right after checkpoint {completed}'s commit"
             ));
             self.crashed = true;
+            self.crashed_after_commit = Some(completed);
             return;
         }
         if completed < all_in {
