@@ -293,6 +293,41 @@ struct Market {
     next_order_id: u64,
 }
 
+/// One market-spread line for `symbol` (named by `write_symbol`): a quote
+/// with chance `quote_chance` (numerator, denominator) and a spread of
+/// 1..=`spread_max_units` around the symbol's mid, else an order numbered
+/// `next_order_id` (then advanced).
+pub fn write_market_event(
+    out: &mut Vec<u8>,
+    rng: &mut SplitMix64,
+    symbol: u64,
+    write_symbol: fn(&mut Vec<u8>, u64),
+    quote_chance: (u64, u64),
+    spread_max_units: u64,
+    next_order_id: &mut u64,
+) {
+    let mid = mid_units(symbol) + rng.below(200);
+    if rng.chance(quote_chance.0, quote_chance.1) {
+        let spread = 1 + rng.below(spread_max_units);
+        out.extend_from_slice(b"Q,");
+        write_symbol(out, symbol);
+        out.push(b',');
+        write_price(out, mid - spread / 2);
+        out.push(b',');
+        write_price(out, mid - spread / 2 + spread);
+    } else {
+        out.extend_from_slice(b"O,");
+        write_u64(out, *next_order_id);
+        *next_order_id += 1;
+        out.push(b',');
+        write_symbol(out, symbol);
+        out.extend_from_slice(if rng.chance(1, 2) { b",B," } else { b",S," });
+        write_u64(out, 1 + rng.below(1_000));
+        out.push(b',');
+        write_price(out, mid);
+    }
+}
+
 /// The mid price (in units) a symbol trades around: each its own level;
 /// every tenth is penny-priced, so the 5%-of-mid rule decides there rather
 /// than the 0.05 one.
@@ -310,26 +345,15 @@ impl LineShape for Market {
         } else {
             rng.below(MARKET_SYMBOLS)
         };
-        let mid = mid_units(symbol) + rng.below(200);
-        if rng.chance(1, 3) {
-            let spread = 1 + rng.below(800);
-            out.extend_from_slice(b"Q,");
-            write_symbol(out, symbol);
-            out.push(b',');
-            write_price(out, mid - spread / 2);
-            out.push(b',');
-            write_price(out, mid - spread / 2 + spread);
-        } else {
-            out.extend_from_slice(b"O,");
-            write_u64(out, self.next_order_id);
-            self.next_order_id += 1;
-            out.push(b',');
-            write_symbol(out, symbol);
-            out.extend_from_slice(if rng.chance(1, 2) { b",B," } else { b",S," });
-            write_u64(out, 1 + rng.below(1_000));
-            out.push(b',');
-            write_price(out, mid);
-        }
+        write_market_event(
+            out,
+            rng,
+            symbol,
+            write_symbol,
+            (1, 3),
+            800,
+            &mut self.next_order_id,
+        );
     }
 
     fn write_malformed(&mut self, rng: &mut SplitMix64, out: &mut Vec<u8>) {

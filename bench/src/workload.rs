@@ -8,8 +8,8 @@
 //! needs the published workload shapes, whose key spaces set the state size.
 
 use std::io::{self, Write};
-use verity_apps::format::{write_price, write_u64};
-use verity_apps::generate::{mid_units, write_word};
+use verity_apps::format::write_u64;
+use verity_apps::generate::{write_market_event, write_word};
 use verity_apps::AppName;
 use verity_core::{Rng, SplitMix64};
 
@@ -122,26 +122,15 @@ struct Market {
 impl Shape for Market {
     fn write_line(&mut self, rng: &mut SplitMix64, _events_left: u64, out: &mut Vec<u8>) -> u64 {
         let symbol = rng.below(MARKET_SYMBOLS);
-        let mid = mid_units(symbol) + rng.below(200);
-        if rng.chance(QUOTES_PER_EVENTS.0, QUOTES_PER_EVENTS.1) {
-            let spread = 1 + rng.below(QUOTE_SPREAD_MAX_UNITS);
-            out.extend_from_slice(b"Q,");
-            write_symbol(out, symbol);
-            out.push(b',');
-            write_price(out, mid - spread / 2);
-            out.push(b',');
-            write_price(out, mid - spread / 2 + spread);
-        } else {
-            out.extend_from_slice(b"O,");
-            write_u64(out, self.next_order_id);
-            self.next_order_id += 1;
-            out.push(b',');
-            write_symbol(out, symbol);
-            out.extend_from_slice(if rng.chance(1, 2) { b",B," } else { b",S," });
-            write_u64(out, 1 + rng.below(1_000));
-            out.push(b',');
-            write_price(out, mid);
-        }
+        write_market_event(
+            out,
+            rng,
+            symbol,
+            write_symbol,
+            QUOTES_PER_EVENTS,
+            QUOTE_SPREAD_MAX_UNITS,
+            &mut self.next_order_id,
+        );
         1
     }
 }
