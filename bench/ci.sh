@@ -40,11 +40,11 @@ if command -v chromium >/dev/null 2>&1; then
         | sed -n 's/.*<body data-plots="\([0-9]*\)".*/\1/p')
     timeout 120 chromium --headless --no-sandbox --disable-gpu --window-size=900,1400 \
         --screenshot="$out/market-spread-latency.png" "$page" >/dev/null 2>&1 || true
-    if [ "${drawn:-0}" != 3 ]; then
-        echo "the HTML report drew ${drawn:-no} plots of 3 in headless Chromium" >&2
+    if [ "${drawn:-0}" != 4 ]; then
+        echo "the HTML report drew ${drawn:-no} plots of 4 in headless Chromium" >&2
         exit 1
     fi
-    echo "headless Chromium drew all 3 plots of $out/market-spread-latency.html (screenshot: $out/market-spread-latency.png)"
+    echo "headless Chromium drew all 4 plots of $out/market-spread-latency.html (screenshot: $out/market-spread-latency.png)"
 elif [ "${CI:-}" = true ]; then
     echo "CI needs chromium to check the HTML report" >&2
     exit 1

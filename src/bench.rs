@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
 use verity_core::connector::SinkConnector;
 use verity_core::source::LineGenerator;
+use verity_core::step_timing::{Step, StepFigures, StepTimings};
 use verity_core::{
     AuditSettings, CheckpointSettings, CommitId, CustomSink, DeadLetterSpec, Delivery, MsgId, Outputs,
     RunConfig, RunSummary, SinkError, SinkSpec, SourceSpec,
@@ -71,13 +72,16 @@ pub struct BenchOptions {
 /// `--checkpoint-interval-ms` of `--exactly-once` unless given.
 pub const EXACTLY_ONCE_INTERVAL_MS: u64 = 1_000;
 
-/// One shard's records, at the end of a run (from its live counters).
+/// One shard's records and step timings, at the end of a run (as the
+/// shard reported them when it finished, remote shards included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardFigures {
-    /// The global shard index (process 0 holds 0..workers).
+    /// The global shard index (process `p` holds `p * workers..(p + 1) * workers`).
     pub shard: u32,
+    pub process: u32,
     pub records_in: u64,
     pub records_out: u64,
+    pub timings: StepTimings,
 }
 
 /// The checkpoints of an `exactly_once` run.
@@ -106,9 +110,8 @@ pub struct BenchReport {
     /// Input records per second over the run, every `SAMPLE_INTERVAL`:
     /// (seconds since the start, rate).
     pub timeline: Vec<(f64, f64)>,
-    /// Each shard's records in and out, at the end: every shard of a single
-    /// process; in a cluster, process 0's (the others count theirs in their
-    /// own processes).
+    /// Each shard's records in and out and its step timings, at the end:
+    /// every shard of every process.
     pub per_shard: Vec<ShardFigures>,
     /// `exactly_once`: its checkpoints.
     pub checkpoints: Option<CheckpointFigures>,
@@ -137,23 +140,74 @@ fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
 }
 
-/// Each shard's records in and out, from a scrape.
-fn shard_figures(scrape: &str) -> Vec<ShardFigures> {
-    let shard =
-        |labels: &str| -> Option<u32> { labels.strip_prefix("shard=\"")?.strip_suffix('"')?.parse().ok() };
-    let outs: Vec<(String, u64)> = samples(scrape, "verity_records_out_total").collect();
-    let mut figures: Vec<ShardFigures> = samples(scrape, "verity_records_in_total")
-        .filter_map(|(labels, records_in)| {
-            let records_out = outs.iter().find(|(l, _)| *l == labels).map_or(0, |(_, v)| *v);
-            Some(ShardFigures {
-                shard: shard(&labels)?,
-                records_in,
-                records_out,
-            })
+/// Each shard's figures from the run's summary (every shard of every
+/// process, by global index).
+fn shard_figures(summary: &RunSummary, workers: usize) -> Vec<ShardFigures> {
+    summary
+        .per_shard
+        .iter()
+        .map(|(shard, counters)| ShardFigures {
+            shard: *shard,
+            process: *shard / workers.max(1) as u32,
+            records_in: counters.records_in,
+            records_out: counters.records_out,
+            timings: counters.timings,
         })
+        .collect()
+}
+
+/// One step's figures as text: records, units, time, and the units'
+/// durations (bucket bounds).
+fn step_text(step: Step, figures: &StepFigures) -> String {
+    let h = &figures.latency;
+    let unit = match step {
+        Step::Parse => "chunks",
+        Step::Apply => "batches",
+        Step::Output => "buffers",
+    };
+    let rate = match step {
+        // The output step is a wait, not work: no rate over it.
+        Step::Output => String::new(),
+        _ => format!(
+            " ({:.0} records/s busy)",
+            figures.records as f64 / (h.sum_us as f64 / 1e6).max(1e-9)
+        ),
+    };
+    format!(
+        "{} {} records in {} {unit}, {:.3} s{rate}, per unit p50 <= {} µs, p99 <= {} µs, max <= {} µs",
+        step.name(),
+        figures.records,
+        figures.units(),
+        h.sum_us as f64 / 1e6,
+        h.quantile_us(0.5),
+        h.quantile_us(0.99),
+        h.quantile_us(1.0)
+    )
+}
+
+/// One step's figures as a JSON object.
+fn step_json(figures: &StepFigures) -> String {
+    let h = &figures.latency;
+    let buckets: Vec<String> = h.counts.iter().map(u64::to_string).collect();
+    format!(
+        "{{\"records\": {}, \"units\": {}, \"sum_us\": {}, \"p50_us\": {}, \"p99_us\": {}, \"max_us\": {}, \"buckets\": [{}]}}",
+        figures.records,
+        figures.units(),
+        h.sum_us,
+        h.quantile_us(0.5),
+        h.quantile_us(0.99),
+        h.quantile_us(1.0),
+        buckets.join(", ")
+    )
+}
+
+/// Every step of `timings` as a JSON object keyed by step name.
+fn steps_json(timings: &StepTimings) -> String {
+    let steps: Vec<String> = Step::ALL
+        .iter()
+        .map(|&step| format!("\"{}\": {}", step.name(), step_json(timings.step(step))))
         .collect();
-    figures.sort_by_key(|f| f.shard);
-    figures
+    format!("{{{}}}", steps.join(", "))
 }
 
 /// The checkpoints a scrape of process 0 shows.
@@ -199,6 +253,15 @@ struct Recorded {
 }
 
 impl BenchReport {
+    /// Every shard's step timings together.
+    pub fn all_steps(&self) -> StepTimings {
+        let mut all = StepTimings::default();
+        for f in &self.per_shard {
+            all.merge(&f.timings);
+        }
+        all
+    }
+
     pub fn events_per_s(&self) -> f64 {
         self.events as f64 / self.wall.as_secs_f64().max(1e-9)
     }
@@ -234,20 +297,31 @@ impl BenchReport {
                 .iter()
                 .map(|f| {
                     format!(
-                        "{}: {} in ({:.0}/s), {} out",
+                        "{}{}: {} in ({:.0}/s), {} out",
                         f.shard,
+                        match self.processes {
+                            1 => String::new(),
+                            _ => format!(" (process {})", f.process),
+                        },
                         f.records_in,
                         f.records_in as f64 / wall,
                         f.records_out
                     )
                 })
                 .collect();
-            let _ = writeln!(
-                out,
-                "per shard{}: {}",
-                if self.processes > 1 { " (process 0's)" } else { "" },
-                shards.join("; ")
-            );
+            let _ = writeln!(out, "per shard: {}", shards.join("; "));
+            let all = self.all_steps();
+            for step in Step::ALL {
+                let _ = writeln!(out, "step {}", step_text(step, all.step(step)));
+                for f in &self.per_shard {
+                    let _ = writeln!(
+                        out,
+                        "  shard {}: {}",
+                        f.shard,
+                        step_text(step, f.timings.step(step))
+                    );
+                }
+            }
         }
         if let Some(c) = &self.checkpoints {
             let _ = writeln!(
@@ -298,15 +372,18 @@ impl BenchReport {
             .iter()
             .map(|f| {
                 format!(
-                    "{{\"shard\": {}, \"records_in\": {}, \"records_out\": {}, \"records_in_per_s\": {:.1}}}",
+                    "{{\"shard\": {}, \"process\": {}, \"records_in\": {}, \"records_out\": {}, \"records_in_per_s\": {:.1}, \"steps\": {}}}",
                     f.shard,
+                    f.process,
                     f.records_in,
                     f.records_out,
-                    f.records_in as f64 / wall
+                    f.records_in as f64 / wall,
+                    steps_json(&f.timings)
                 )
             })
             .collect();
         fields.push(format!("\"per_shard\": [{}]", shards.join(", ")));
+        fields.push(format!("\"per_step\": {}", steps_json(&self.all_steps())));
         if let Some(c) = &self.checkpoints {
             fields.push(format!("\"checkpoint_interval_ms\": {}", c.interval_ms));
             fields.push(format!("\"checkpoints\": {}", c.taken));
@@ -470,7 +547,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let summary = summary.with_context(|| format!("{} benchmark failed", app.name()))?;
     drop(temporary_state);
     let scrape = metrics.render();
-    let per_shard = shard_figures(&scrape);
+    let per_shard = shard_figures(&summary, options.workers);
     let checkpoints = options
         .exactly_once
         .then(|| checkpoint_figures(&scrape, options.checkpoint_interval_ms));

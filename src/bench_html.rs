@@ -1,14 +1,17 @@
 //! `verity bench … --html OUT`: the report as one self-contained HTML file
 //! that opens in a browser without a server: the figures as a table, and
-//! three plots drawn by inline JavaScript into SVG from the data embedded in
+//! four plots drawn by inline JavaScript into SVG from the data embedded in
 //! the page: input rate over time, the latency percentile curve (latency
-//! mode), and records in and out per shard (which worker carried the load;
-//! the figures of the report's `per_shard`). Once
+//! mode), records in and out per shard (which worker carried the load; the
+//! figures of the report's `per_shard`), and per shard the p99 of each step
+//! (parse a chunk, apply a batch, an output buffer's wait: which step is
+//! the bottleneck). Once
 //! drawn, `<body data-plots="N">` holds how many plots have data and drew,
 //! which CI checks in headless Chromium (`bench/ci.sh`).
 
 use crate::bench::BenchReport;
 use std::fmt::Write as _;
+use verity_core::step_timing::Step;
 
 /// Percentile curve points per half distance to 100% (as in `.hgrm`).
 const CURVE_TICKS_PER_HALF_DISTANCE: u32 = 5;
@@ -37,6 +40,20 @@ pub fn page(report: &BenchReport) -> String {
             .collect();
         format!("[{}]", bars.join(","))
     };
+    let steps = {
+        let bars: Vec<String> = report
+            .per_shard
+            .iter()
+            .map(|f| {
+                let p99: Vec<String> = Step::ALL
+                    .iter()
+                    .map(|&step| f.timings.step(step).latency.quantile_us(0.99).to_string())
+                    .collect();
+                format!("[\"{}\", {}]", f.shard, p99.join(", "))
+            })
+            .collect();
+        format!("[{}]", bars.join(","))
+    };
     let mut rows = String::new();
     for line in report.text().lines() {
         let _ = writeln!(rows, "<p>{}</p>", escape(line));
@@ -51,14 +68,7 @@ pub fn page(report: &BenchReport) -> String {
         .replace("{{timeline}}", &timeline)
         .replace("{{curve}}", &curve)
         .replace("{{shards}}", &shards)
-        .replace(
-            "{{shard_scope}}",
-            if report.processes > 1 {
-                "; process 0's shards"
-            } else {
-                ""
-            },
-        )
+        .replace("{{steps}}", &steps)
 }
 
 /// `[[x, y], …]` as a JavaScript literal.
@@ -92,14 +102,17 @@ pre { background: #f4f4f4; padding: 1em; }
 <svg id="timeline" width="720" height="260"></svg>
 <h2>Latency by percentile (µs; x: 1/(1-percentile), log scale)</h2>
 <svg id="curve" width="720" height="260"></svg>
-<h2>Records per shard (green: in, orange: out{{shard_scope}})</h2>
+<h2>Records per shard (green: in, orange: out)</h2>
 <svg id="shards" width="720" height="260"></svg>
+<h2>p99 per step and shard (µs, power-of-two bounds; blue: parse a chunk, green: apply a batch, orange: an output buffer's wait)</h2>
+<svg id="steps" width="720" height="260"></svg>
 <h2>Report (JSON)</h2>
 <pre>{{json}}</pre>
 <script>
 const timeline = {{timeline}};
 const curve = {{curve}};
 const shards = {{shards}};
+const steps = {{steps}};
 const NS = "http://www.w3.org/2000/svg";
 const W = 720, H = 260, PAD = 50;
 function el(svg, name, attrs, text) {
@@ -128,16 +141,18 @@ function line(id, data, xLabel, logX) {
   el(svg, "path", {d: path, fill: "none", stroke: "#1f77b4", "stroke-width": 2});
   return 1;
 }
-function bars(id, data) {
+// data: [label, value per color...] per group of bars.
+function bars(id, data, colors) {
   if (data.length < 1) return 0;
   const svg = document.getElementById(id);
-  const yMax = Math.max(...data.map(b => Math.max(b[1], b[2])), 1);
+  const yMax = Math.max(...data.map(b => Math.max(...b.slice(1))), 1);
   axes(svg, "shard", yMax);
   const width = (W - PAD - 10) / data.length;
+  const n = colors.length;
   data.forEach((b, i) => {
-    [[b[1], "#2ca02c"], [b[2], "#ff7f0e"]].forEach(([value, fill], j) => {
-      const h = (H - PAD - 10) * value / yMax;
-      el(svg, "rect", {x: PAD + i * width + 4 + j * (width - 8) / 2, y: H - PAD - h, width: (width - 8) / 2, height: h, fill: fill});
+    colors.forEach((fill, j) => {
+      const h = (H - PAD - 10) * b[j + 1] / yMax;
+      el(svg, "rect", {x: PAD + i * width + 4 + j * (width - 8) / n, y: H - PAD - h, width: (width - 8) / n, height: h, fill: fill});
     });
     el(svg, "text", {x: PAD + i * width + 8, y: H - PAD + 14, class: "axis"}, b[0]);
   });
@@ -146,7 +161,8 @@ function bars(id, data) {
 let drawn = 0;
 drawn += line("timeline", timeline, "seconds since start", false);
 drawn += line("curve", curve, "1/(1-percentile): 10 = p90, 100 = p99, 1000 = p99.9", true);
-drawn += bars("shards", shards);
+drawn += bars("shards", shards, ["#2ca02c", "#ff7f0e"]);
+drawn += bars("steps", steps, ["#1f77b4", "#2ca02c", "#ff7f0e"]);
 document.body.dataset.plots = drawn;
 </script>
 </body>

@@ -9,7 +9,10 @@
 //! 2. take one dealt event per source, but only from sources with no parked
 //!    sends (a full peer queue stops parsing that source, never receiving);
 //! 3. if nothing came in and nothing is parked, flush buffered output (so an
-//!    idle or slow stream's output does not wait for more input);
+//!    idle or slow stream's output does not wait for more input); otherwise
+//!    flush it if its oldest line has waited `ShardLimits::output_linger_max_us`
+//!    (so steady input just below saturation does not hold output back until
+//!    the buffer is full);
 //! 4. carry out the effects in order: sends go to their queue or, if it is
 //!    full (or earlier sends of that source are parked), to the source's
 //!    parked queue; output, dead letters and source failures go towards the
@@ -208,6 +211,8 @@ where
             progressed = self.take_input(ports);
             if !progressed && !self.has_parked_sends() && !self.bugs.skip_idle_flush {
                 self.core.flush();
+            } else {
+                self.core.flush_if_lingering();
             }
             self.pending.extend(self.core.drain_effects());
         }
@@ -408,8 +413,10 @@ mod tests {
     use crate::line::{Line, Reject};
     use crate::shard::ShardLimits;
     use crate::source::{ChunkData, Dealer, SourceSpec};
+    use crate::step_timing::Step;
     use bytes::Bytes;
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     type Core = ShardCore<u64, u64, u64, (u64, u64)>;
 
@@ -585,6 +592,53 @@ mod tests {
             self.queues.finished += 1;
             true
         }
+    }
+
+    #[test]
+    fn a_partial_output_buffer_is_handed_on_once_it_lingered_while_input_keeps_coming() {
+        let clock = crate::env::ManualClock::default();
+        let mut core = cores(1, 1024).pop().unwrap();
+        core.set_clock(Arc::new(clock.clone()));
+        let linger_us = ShardLimits::default().output_linger_max_us;
+        let mut driver = ShardDriver::new(core, 1);
+        let mut queues = Queues::new(1, 4);
+        let chunks = input_chunks();
+        let step_us = 100;
+        let mut first_output_at_us = None;
+        for (index, data) in chunks.into_iter().enumerate() {
+            // One chunk per step: the shard's input never runs dry, and its
+            // few lines never fill the 64 KiB buffer.
+            queues.deal(
+                0,
+                SourceEvent::Chunk {
+                    source: 0,
+                    partition: 0,
+                    index: index as u64,
+                    first_line: index as u64 * 10 + 1,
+                    position: crate::connector::Position::Text { bytes: 0, lines: 0 },
+                    data,
+                    epoch: 0,
+                },
+            );
+            let step = driver.step(&mut Ports {
+                queues: &mut queues,
+                shard: 0,
+            });
+            assert!(step.progressed);
+            if first_output_at_us.is_none() && !queues.output[0].is_empty() {
+                first_output_at_us = Some(index as u64 * step_us);
+            }
+            clock.advance_us(step_us);
+        }
+        let at_us = first_output_at_us.expect("output handed on while input kept coming");
+        assert!(
+            (linger_us..=linger_us + step_us).contains(&at_us),
+            "first output handed on after {at_us} µs; the linger bound is {linger_us} µs"
+        );
+        let output = driver.counters().timings.step(Step::Output).latency;
+        assert!(output.count() > 1, "several buffers handed on: {output:?}");
+        // No buffer waited a step longer than the bound.
+        assert!(output.quantile_us(1.0) <= (linger_us + step_us).next_power_of_two());
     }
 
     /// Runs the input over `shards` shards to the end; returns the output

@@ -21,6 +21,7 @@ pub mod shard;
 pub mod sink;
 pub mod small;
 pub mod source;
+pub mod step_timing;
 pub mod timers;
 pub mod wire;
 

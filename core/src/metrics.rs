@@ -9,6 +9,7 @@
 //! same process (a worker's next job) replaces it, and a finished run's
 //! final figures stay visible until then.
 
+use crate::step_timing::Pow2Histogram;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -111,6 +112,33 @@ pub fn summary(out: &mut String, name: &str, help: &str, sum: f64, count: f64) {
     let _ = writeln!(out, "{name}_count {count}");
 }
 
+/// Writes a histogram family of durations: its help and type lines, then
+/// per series (`labels` as in `family`, not empty) the cumulative
+/// `{name}_bucket` samples at each power-of-two bound (`le` in seconds, the
+/// last `+Inf`), `{name}_sum` (seconds) and `{name}_count`.
+pub fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (String, Pow2Histogram)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (labels, h) in series {
+        let mut cumulative = 0;
+        for (bucket, count) in h.counts.iter().enumerate() {
+            cumulative += count;
+            let le = match Pow2Histogram::upper_bound_us(bucket) {
+                Some(us) => (us as f64 / 1e6).to_string(),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +163,39 @@ mod tests {
             text.contains("# HELP verity_records_in_total Records in.\n# TYPE verity_records_in_total counter\nverity_records_in_total{shard=\"1\"} 7\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_histogram_has_cumulative_buckets_in_seconds_up_to_inf() {
+        let mut h = Pow2Histogram::default();
+        h.record(1);
+        h.record(3);
+        h.record(3);
+        h.record(u64::MAX / 2);
+        let mut out = String::new();
+        histogram(&mut out, "x_seconds", "X.", [("step=\"a\"".to_string(), h)]);
+        assert!(
+            out.starts_with("# HELP x_seconds X.\n# TYPE x_seconds histogram\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{step=\"a\",le=\"0.000001\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{step=\"a\",le=\"0.000002\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{step=\"a\",le=\"0.000004\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{step=\"a\",le=\"+Inf\"} 4\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_seconds_count{step=\"a\"} 4\n"), "{out}");
+        let buckets = out.lines().filter(|l| l.starts_with("x_seconds_bucket")).count();
+        assert_eq!(buckets, crate::step_timing::LATENCY_BUCKETS);
     }
 }

@@ -48,6 +48,7 @@ use crate::key::{shard_for, Key};
 use crate::line::{for_each_line, DeadLetter, Line};
 use crate::sink::OutputBatch;
 use crate::source::{ChunkData, SourceCut, SourceEvent};
+use crate::step_timing::{Step, StepTimings};
 use crate::timers::Timers;
 use crate::wire::{Wire, WireError};
 use crate::State;
@@ -73,6 +74,12 @@ pub struct ShardLimits {
     pub batch_max: usize,
     /// Output bytes gathered before they are handed to the sink.
     pub output_batch_bytes: usize,
+    /// The longest output waits in a shard's buffer (µs, by the shard's
+    /// clock) while input keeps coming: a partial buffer older than this is
+    /// handed on at the shard's next step, so batching never holds a line
+    /// back for longer under steady load (a shard whose input runs dry
+    /// flushes at once).
+    pub output_linger_max_us: u64,
     /// Incremental snapshots (only the keys changed since the previous
     /// snapshot) between two whole ones; 0 makes every snapshot whole.
     /// A recovery reads the whole snapshot and every delta after it, so this
@@ -84,6 +91,11 @@ pub struct ShardLimits {
     pub snapshot_delta_changed_max_percent: u32,
 }
 
+/// `ShardLimits::output_linger_max_us` by default: half of the 1 ms p99
+/// end-to-end latency `verity bench` aims at below saturation, and long
+/// enough that a saturated shard still hands on full 64 KiB buffers.
+pub const OUTPUT_LINGER_MAX_US: u64 = 500;
+
 /// `ShardLimits::snapshot_deltas_max` by default: with 1 s checkpoints, a
 /// whole snapshot at least every 8 s.
 pub const SNAPSHOT_DELTAS_MAX: u32 = 7;
@@ -93,6 +105,7 @@ impl Default for ShardLimits {
         ShardLimits {
             batch_max: 1024,
             output_batch_bytes: 64 * 1024,
+            output_linger_max_us: OUTPUT_LINGER_MAX_US,
             snapshot_deltas_max: SNAPSHOT_DELTAS_MAX,
             snapshot_delta_changed_max_percent: 50,
         }
@@ -189,6 +202,8 @@ pub struct ShardCounters {
     pub dead_lettered: u64,
     /// Replayed records dropped by the dedup watermark.
     pub duplicates_dropped: u64,
+    /// How long its chunks, batches and output buffers took, per step.
+    pub timings: StepTimings,
 }
 
 /// One source as this shard sees it.
@@ -265,6 +280,11 @@ struct KeyedPart<K, V, S, O> {
     output_ids: Option<Vec<MsgId>>,
     spare_output: Vec<OutputBatch>,
     emitted: u64,
+    /// `emitted` when the buffer was last handed on.
+    emitted_at_flush: u64,
+    /// When the oldest line in `output` was written (µs by `timing_clock`),
+    /// if it holds any: the start of its linger.
+    output_since_us: Option<u64>,
     clock: UnitClock,
     /// On with `enable_audit`.
     audit: Option<ShardAudit>,
@@ -299,6 +319,10 @@ pub struct ShardCore<K, V, S, O> {
     /// more, and its driver fails the run once the effects so far (the
     /// audit records that name the input and the key's state) are out.
     panicked: Option<String>,
+    /// The clock that times the steps and the output's linger: the one
+    /// `set_clock` gives, read directly (never recorded: no decision of the
+    /// step's logic depends on it, only when output is handed on).
+    timing_clock: Arc<dyn Clock>,
 }
 
 /// The version of `ShardCore`'s snapshot encoding; a checkpoint of another
@@ -375,6 +399,8 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 output_ids: None,
                 spare_output: Vec::new(),
                 emitted: 0,
+                emitted_at_flush: 0,
+                output_since_us: None,
                 clock: UnitClock::new(crate::env::process_clock()),
                 audit: None,
             },
@@ -390,6 +416,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             schedule: None,
             schedule_divergence: None,
             panicked: None,
+            timing_clock: crate::env::process_clock(),
         };
         core.finish_if_done();
         core
@@ -405,6 +432,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     /// The clock the step's logic reads (`Output::now_us`); the process's
     /// system clock by default.
     pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.timing_clock = Arc::clone(&clock);
         self.keyed.clock = UnitClock::new(clock);
     }
 
@@ -623,6 +651,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             first_seq: batch.first_seq + admit.skip,
         };
         let applied = count - admit.skip.min(count);
+        let began_us = self.timing_clock.now_us();
         for record in batch.records.into_iter().skip(admit.skip as usize) {
             let hash = record.key.route_hash();
             assert_eq!(
@@ -632,6 +661,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             );
             self.apply_record(source, batch.epoch, record, hash);
         }
+        self.timed(Step::Apply, applied, began_us);
         if self.panicked.is_some() {
             return;
         }
@@ -650,6 +680,13 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             self.flush_audit();
         }
         if !self.keyed.output.is_empty() {
+            let now_us = self.timing_clock.now_us();
+            let since_us = self.keyed.output_since_us.take().unwrap_or(now_us);
+            let lines = self.keyed.emitted - self.keyed.emitted_at_flush;
+            self.keyed.emitted_at_flush = self.keyed.emitted;
+            self.counters
+                .timings
+                .record(Step::Output, lines, now_us.saturating_sub(since_us));
             let fresh = self.keyed.spare_output.pop().unwrap_or_else(|| OutputBatch {
                 lines: Vec::with_capacity(self.limits.output_batch_bytes + 1024),
                 ids: Vec::new(),
@@ -703,9 +740,11 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                         first_seq: 0,
                     };
                     let applied = parsed.local.len() as u64;
+                    let began_us = self.timing_clock.now_us();
                     for (record, hash) in parsed.local {
                         self.apply_record(source, parsed.epoch, record, hash);
                     }
+                    self.timed(Step::Apply, applied, began_us);
                     self.end_unit(unit, applied);
                     continue;
                 }
@@ -876,8 +915,11 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             records_out: 0,
             dead_lettered,
             duplicates_dropped,
+            // Timings are of this life's work only.
+            timings: StepTimings::default(),
         };
         self.keyed.emitted = emitted;
+        self.keyed.emitted_at_flush = emitted;
         self.keyed.store = store;
         self.keyed.timers = timers;
         for (state, next) in self.sources.iter_mut().zip(next_apply) {
@@ -1000,6 +1042,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         let in_turn = chunk == state.next_apply && epoch <= taken && self.allows_own(source, chunk);
         debug_assert!(!in_turn || state.own_parsed.is_empty());
         let counted_before = (self.counters.records_in, self.counters.dead_lettered);
+        let began_us = self.timing_clock.now_us();
         let mut local = Vec::new();
         match data {
             ChunkData::Lines(lines) => {
@@ -1026,6 +1069,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 self.send_batch(source, chunk, epoch, to, true);
             }
         }
+        self.timed(Step::Parse, self.counters.records_in - counted_before.0, began_us);
         let state = &mut self.sources[source as usize];
         if in_turn {
             debug_assert!(local.is_empty());
@@ -1237,6 +1281,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             }
         }
         self.end_unit(UnitSource::timers(self.index, fired), fired);
+        self.stamp_output(self.timing_clock.now_us());
         self.flush_output_if_full();
         self.finish_if_done();
         true
@@ -1283,6 +1328,41 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         if self.keyed.output.len() >= self.limits.output_batch_bytes {
             self.flush();
         }
+    }
+
+    /// Hands buffered output on if its oldest line has waited
+    /// `output_linger_max_us` or longer (the driver asks once per step, so
+    /// output under steady input waits no longer than that and a step).
+    /// Returns whether it did.
+    pub fn flush_if_lingering(&mut self) -> bool {
+        let Some(since_us) = self.keyed.output_since_us else {
+            return false;
+        };
+        let waited_us = self.timing_clock.now_us().saturating_sub(since_us);
+        if waited_us < self.limits.output_linger_max_us {
+            return false;
+        }
+        self.flush();
+        true
+    }
+
+    /// A unit ended at `now_us`: if it left the first lines in an empty
+    /// buffer, their linger starts now (a unit is at most a chunk's work,
+    /// so this is late by at most one unit).
+    fn stamp_output(&mut self, now_us: u64) {
+        if self.keyed.output_since_us.is_none() && !self.keyed.output.is_empty() {
+            self.keyed.output_since_us = Some(now_us);
+        }
+    }
+
+    /// A unit of `step` of `records` records that began at `began_us`
+    /// ended now; output it left starts its linger.
+    fn timed(&mut self, step: Step, records: u64, began_us: u64) {
+        let now_us = self.timing_clock.now_us();
+        self.counters
+            .timings
+            .record(step, records, now_us.saturating_sub(began_us));
+        self.stamp_output(now_us);
     }
 }
 

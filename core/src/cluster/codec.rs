@@ -433,6 +433,13 @@ pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
             for value in [c.records_in, c.records_out, c.dead_lettered, c.duplicates_dropped] {
                 value.encode(out);
             }
+            for step in &c.timings.steps {
+                step.records.encode(out);
+                step.latency.sum_us.encode(out);
+                for count in step.latency.counts {
+                    count.encode(out);
+                }
+            }
         }),
     }
 }
@@ -498,12 +505,21 @@ pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
         },
         UP_FINISHED => {
             let mut next = || u64::decode(&mut input).map_err(bad);
-            Upstream::Finished(ShardCounters {
+            let mut counters = ShardCounters {
                 records_in: next()?,
                 records_out: next()?,
                 dead_lettered: next()?,
                 duplicates_dropped: next()?,
-            })
+                timings: Default::default(),
+            };
+            for step in counters.timings.steps.iter_mut() {
+                step.records = next()?;
+                step.latency.sum_us = next()?;
+                for count in step.latency.counts.iter_mut() {
+                    *count = next()?;
+                }
+            }
+            Upstream::Finished(counters)
         }
         tag => {
             return Err(bad(WireError::BadTag {

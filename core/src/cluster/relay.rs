@@ -100,6 +100,7 @@ mod tests {
     use crate::ids::MsgId;
     use crate::line::DeadLetter;
     use crate::sink::OutputBatch;
+    use crate::step_timing::Step;
     use bytes::Bytes;
 
     fn frame(message: &UpstreamRef<'_>) -> Frame {
@@ -124,12 +125,15 @@ mod tests {
         };
         let relayed = relay.on_frame(&frame(&failed)).unwrap();
         assert!(matches!(relayed, Relayed::SourceFailed { source: 1, error } if error == "gone"));
-        let counters = ShardCounters {
+        let mut counters = ShardCounters {
             records_in: 5,
             ..ShardCounters::default()
         };
+        counters.timings.record(Step::Apply, 5, 300);
+        counters.timings.record(Step::Output, 4, 2);
         let done = frame(&UpstreamRef::Finished(counters));
-        assert!(matches!(relay.on_frame(&done).unwrap(), Relayed::Finished(c) if c.records_in == 5));
+        // The totals and every step's figures arrive as sent.
+        assert!(matches!(relay.on_frame(&done).unwrap(), Relayed::Finished(c) if c == counters));
         let late = relay.on_frame(&done).unwrap_err().to_string();
         assert!(late.contains("shard 3 after it finished"), "{late}");
     }

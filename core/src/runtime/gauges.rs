@@ -10,7 +10,8 @@
 //! senders as the run's threads expect.
 
 use super::LiveCounters;
-use crate::metrics::{family, summary, Kind, Section};
+use crate::metrics::{family, histogram, summary, Kind, Section};
+use crate::step_timing::{Step, StepTimings, LATENCY_BUCKETS};
 use crossbeam_channel::Receiver;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,45 @@ impl BlockedTime {
 
     fn seconds(&self) -> f64 {
         self.us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+}
+
+/// A shard's step timings (`crate::step_timing`) as relaxed atomics:
+/// written by the shard's thread after each step (a copy, never a lock),
+/// read by a scrape.
+#[derive(Debug, Default)]
+pub(super) struct TimingGauges {
+    steps: [StepGauges; 3],
+}
+
+#[derive(Debug, Default)]
+struct StepGauges {
+    records: AtomicU64,
+    sum_us: AtomicU64,
+    counts: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl TimingGauges {
+    pub fn publish(&self, timings: &StepTimings) {
+        for (gauges, figures) in self.steps.iter().zip(&timings.steps) {
+            gauges.records.store(figures.records, Ordering::Relaxed);
+            gauges.sum_us.store(figures.latency.sum_us, Ordering::Relaxed);
+            for (gauge, count) in gauges.counts.iter().zip(figures.latency.counts) {
+                gauge.store(count, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn read(&self) -> StepTimings {
+        let mut timings = StepTimings::default();
+        for (figures, gauges) in timings.steps.iter_mut().zip(&self.steps) {
+            figures.records = gauges.records.load(Ordering::Relaxed);
+            figures.latency.sum_us = gauges.sum_us.load(Ordering::Relaxed);
+            for (count, gauge) in figures.latency.counts.iter_mut().zip(&gauges.counts) {
+                *count = gauge.load(Ordering::Relaxed);
+            }
+        }
+        timings
     }
 }
 
@@ -246,6 +286,42 @@ impl RunGauges {
             family(out, name, kind, help, samples);
         }
         self.stall_quantiles(out);
+        self.step_families(out);
+    }
+
+    /// Per shard and step: records, and how long each unit took, as a
+    /// histogram in power-of-two buckets.
+    fn step_families(&self, out: &mut String) {
+        let timings: Vec<StepTimings> = self.shards.iter().map(|c| c.timings.read()).collect();
+        let series = |step: Step| {
+            timings.iter().enumerate().map(move |(i, t)| {
+                let labels = format!(
+                    "shard=\"{}\",step=\"{}\"",
+                    self.first_shard + i as u32,
+                    step.name()
+                );
+                (labels, *t.step(step))
+            })
+        };
+        family(
+            out,
+            "verity_step_records_total",
+            Kind::Counter,
+            "Records a shard's step handled: parse (input lines), apply (records through the keyed step), output (lines handed on).",
+            Step::ALL
+                .into_iter()
+                .flat_map(series)
+                .map(|(labels, figures)| (labels, figures.records as f64)),
+        );
+        histogram(
+            out,
+            "verity_step_latency_seconds",
+            "How long each unit of a shard's step took: parse a chunk, apply a batch, or hold an output buffer from its first line to its hand-off.",
+            Step::ALL
+                .into_iter()
+                .flat_map(series)
+                .map(|(labels, figures)| (labels, figures.latency)),
+        );
     }
 
     /// The snapshot steps of all this process's shards (those kept) as one

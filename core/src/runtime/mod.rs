@@ -153,6 +153,10 @@ pub struct RunSummary {
     pub source_errors: Vec<String>,
     /// Source failures beyond those kept (counted, not stored).
     pub source_errors_not_kept: u64,
+    /// Each shard's final counters and step timings, by global shard index:
+    /// this process's shards and, on process 0 of a cluster, every remote
+    /// shard's as it reported them when it finished.
+    pub per_shard: Vec<(u32, ShardCounters)>,
 }
 
 impl RunSummary {
@@ -305,6 +309,8 @@ struct LiveCounters {
     stalls_us: Mutex<std::collections::VecDeque<u64>>,
     /// Time the shard waited on full queues (parked sends, the output).
     blocked: gauges::BlockedTime,
+    /// Its step timings, for the scrape's latency histograms.
+    timings: gauges::TimingGauges,
 }
 
 /// Checkpoint stalls kept per shard for the end-of-run report.
@@ -350,6 +356,7 @@ impl LiveCounters {
         self.dead_lettered.store(c.dead_lettered, Ordering::Relaxed);
         self.duplicates_dropped
             .store(c.duplicates_dropped, Ordering::Relaxed);
+        self.timings.publish(&c.timings);
     }
 }
 
@@ -641,7 +648,7 @@ where
     } else {
         local.len() as u32
     };
-    let (done_tx, done_rx) = bounded::<ShardCounters>(expected_done as usize);
+    let (done_tx, done_rx) = bounded::<(u32, ShardCounters)>(expected_done as usize);
     let abort = Arc::new(AtomicBool::new(false));
 
     let mut threads = Vec::new();
@@ -663,8 +670,9 @@ where
                     errors: &errors,
                     names: &names,
                 };
+                let shard = core.index();
                 let counters = drive_shard(core, channels, &live[local_index], &errors, shard_audit);
-                let _ = done.send(counters);
+                let _ = done.send((shard, counters));
             },
         )?);
     }
@@ -740,7 +748,7 @@ where
     );
     // On failure, shard threads blocked on a lost peer cannot be joined; the
     // relays are told to stop and the process exits with the error.
-    let (interrupted, totals) = waited.inspect_err(|_| abort.store(true, Ordering::Relaxed))?;
+    let (interrupted, totals, per_shard) = waited.inspect_err(|_| abort.store(true, Ordering::Relaxed))?;
     let panicked = |what: &str| RunError::Worker(failure.get().unwrap_or_else(|| format!("{what} panicked")));
     for handle in threads {
         handle.join().ok().flatten().ok_or_else(|| panicked("a shard"))?;
@@ -772,6 +780,7 @@ where
         interrupted,
         source_errors,
         source_errors_not_kept,
+        per_shard,
     })
 }
 
@@ -975,7 +984,7 @@ fn relay_output(
     shard: u32,
     remote: &RemoteIn,
     output: &Sender<(u32, OutputMessage)>,
-    done: &Sender<ShardCounters>,
+    done: &Sender<(u32, ShardCounters)>,
     errors: &SourceErrors<'_>,
     abort: &AtomicBool,
 ) -> Result<(), ClusterError> {
@@ -994,7 +1003,7 @@ fn relay_output(
                 Ok(())
             }
             Relayed::Finished(counters) => {
-                let _ = done.send(counters);
+                let _ = done.send((shard, counters));
                 return Ok(());
             }
             Relayed::Pending | Relayed::Dropped => Ok(()),
@@ -1003,12 +1012,16 @@ fn relay_output(
     Ok(())
 }
 
+/// Each shard's final counters, by global shard index.
+type PerShard = Vec<(u32, ShardCounters)>;
+
 /// Waits until every shard finished, showing progress on a terminal. Returns
 /// whether the run was stopped early (readers see the flag and end their
-/// sources) and the shards' totals. Any thread's failure ends the wait.
+/// sources), the shards' totals and each shard's own (sorted by shard). Any
+/// thread's failure ends the wait.
 #[allow(clippy::too_many_arguments)]
 fn wait_for_shards(
-    done: &Receiver<ShardCounters>,
+    done: &Receiver<(u32, ShardCounters)>,
     expected: u32,
     stop: &AtomicBool,
     config: &RunConfig,
@@ -1016,19 +1029,22 @@ fn wait_for_shards(
     started: Instant,
     net: Option<&Net<'_>>,
     failure: &RunFailure,
-) -> Result<(bool, ShardCounters), RunError> {
+) -> Result<(bool, ShardCounters, PerShard), RunError> {
     let show_progress = config.progress && std::io::stderr().is_terminal();
     let mut finished = 0;
     let mut totals = ShardCounters::default();
+    let mut per_shard = Vec::with_capacity(expected as usize);
     let mut last_progress = Instant::now();
     while finished < expected {
         match done.recv_timeout(CHECK_INTERVAL) {
-            Ok(c) => {
+            Ok((shard, c)) => {
                 finished += 1;
                 totals.records_in += c.records_in;
                 totals.records_out += c.records_out;
                 totals.dead_lettered += c.dead_lettered;
                 totals.duplicates_dropped += c.duplicates_dropped;
+                totals.timings.merge(&c.timings);
+                per_shard.push((shard, c));
             }
             Err(RecvTimeoutError::Disconnected) => {
                 // A panicking thread drops its sender while it unwinds, just
@@ -1057,7 +1073,8 @@ fn wait_for_shards(
     if show_progress {
         eprint!("\r\x1b[K");
     }
-    Ok((stop.load(Ordering::Relaxed), totals))
+    per_shard.sort_by_key(|&(shard, _)| shard);
+    Ok((stop.load(Ordering::Relaxed), totals, per_shard))
 }
 
 fn print_progress(live: &[LiveCounters], started: Instant) {
