@@ -148,16 +148,52 @@ fn a_throughput_run_on_a_local_cluster_of_two_processes() {
     ]));
     let text = stdout(&output);
     assert!(text.contains("1 workers in each of 2 processes"), "{text}");
-    assert!(text.contains("per shard (process 0's): 0: "), "{text}");
+    // Every process's shards, with their steps.
+    assert!(text.contains("per shard: 0 (process 0): "), "{text}");
+    assert!(text.contains("; 1 (process 1): "), "{text}");
+    for step in ["parse", "apply", "output"] {
+        assert!(text.contains(&format!("step {step} ")), "{text}");
+        assert!(text.contains(&format!("  shard 1: {step} ")), "{text}");
+    }
     let json = std::fs::read_to_string(json).unwrap();
     assert_eq!(field(&json, "processes"), Some("2"), "{json}");
     assert_eq!(field(&json, "events"), Some("20000"), "{json}");
     assert_eq!(field(&json, "outputs"), Some("20000"), "{json}");
     assert_eq!(field(&json, "exactly_once"), Some("false"), "{json}");
     assert!(
-        json.contains("\"per_shard\": [{\"shard\": 0, \"records_in\": "),
+        json.contains("\"per_shard\": [{\"shard\": 0, \"process\": 0, \"records_in\": "),
         "{json}"
     );
+    assert!(
+        json.contains("{\"shard\": 1, \"process\": 1, \"records_in\": "),
+        "{json}"
+    );
+    let numbers_after = |key: &str| -> Vec<u64> {
+        json.match_indices(key)
+            .map(|(at, m)| {
+                let rest = &json[at + m.len()..];
+                rest[..rest.find([',', '}']).unwrap()].parse::<u64>().unwrap()
+            })
+            .collect()
+    };
+    // Both shards' inputs add up to the events, and the remote one's
+    // figures are its own (it parsed its chunks and applied its records).
+    let records_in = numbers_after("\"records_in\": ");
+    assert_eq!(records_in.len(), 2, "{json}");
+    assert_eq!(records_in.iter().sum::<u64>(), 20000, "{json}");
+    assert!(records_in.iter().all(|&n| n > 0), "{json}");
+    // Per shard and in all: parse, apply and output, each with its records.
+    assert_eq!(json.matches("\"parse\": {\"records\": ").count(), 3, "{json}");
+    assert_eq!(json.matches("\"apply\": {\"records\": ").count(), 3, "{json}");
+    assert_eq!(json.matches("\"output\": {\"records\": ").count(), 3, "{json}");
+    let per_step = &json[json.find("\"per_step\": ").expect("per_step")..];
+    let parsed: u64 = per_step["\"per_step\": {\"parse\": {\"records\": ".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(parsed, 20000, "{json}");
 }
 
 #[test]

@@ -96,11 +96,86 @@ fn a_running_process_serves_its_counters_at_metrics() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(total(&get(&address, "/metrics"), "verity_dead_lettered_total"), 1);
+    // Every line handed on (the input stays open: the shards flush as
+    // their input runs dry), and its steps' histograms follow.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scrape = loop {
+        let answer = get(&address, "/metrics");
+        if step_total(&answer, "verity_step_records_total", "output") == 1000 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    check_step_histograms(&scrape, 1001, 1000);
     assert!(get(&address, "/other").starts_with("HTTP/1.1 404 Not Found\r\n"));
     drop(stdin);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(std::fs::read_to_string(output).unwrap().lines().count(), 1000);
+}
+
+/// The sum over shards of `name`'s samples of one step.
+fn step_total(scrape: &str, name: &str, step: &str) -> u64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("step=\"{step}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `verity_step_latency_seconds` is a histogram per shard and step whose
+/// buckets are cumulative and end at `+Inf` with its count, beside
+/// `verity_step_records_total` (lines parsed, lines handed on).
+fn check_step_histograms(scrape: &str, parsed: u64, handed_on: u64) {
+    let name = "verity_step_latency_seconds";
+    assert!(scrape.contains(&format!("# TYPE {name} histogram\n")), "{scrape}");
+    assert_eq!(
+        step_total(scrape, "verity_step_records_total", "parse"),
+        parsed,
+        "{scrape}"
+    );
+    assert_eq!(
+        step_total(scrape, "verity_step_records_total", "output"),
+        handed_on,
+        "{scrape}"
+    );
+    for shard in ["0", "1"] {
+        for step in ["parse", "apply", "output"] {
+            let labels = format!("shard=\"{shard}\",step=\"{step}\"");
+            let buckets: Vec<(String, u64)> = scrape
+                .lines()
+                .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{{labels},le=\"")))
+                .map(|rest| {
+                    let (le, value) = rest.split_once("\"} ").unwrap();
+                    (le.to_string(), value.parse().unwrap())
+                })
+                .collect();
+            assert!(buckets.len() > 20, "{labels}: {buckets:?}");
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "cumulative: {buckets:?}"
+            );
+            let (last_le, last) = buckets.last().unwrap();
+            assert_eq!(last_le, "+Inf");
+            assert_eq!(
+                sample(scrape, &format!("{name}_count{{{labels}}}")),
+                Some(*last as f64)
+            );
+            assert!(
+                sample(scrape, &format!("{name}_sum{{{labels}}}")).is_some(),
+                "{labels}"
+            );
+        }
+    }
+    // Chunks were parsed and buffers handed on, so those units were timed.
+    assert!(
+        step_total(scrape, &format!("{name}_count"), "parse") >= 1,
+        "{scrape}"
+    );
+    assert!(
+        step_total(scrape, &format!("{name}_count"), "output") >= 1,
+        "{scrape}"
+    );
 }
 
 /// A sample's value: `name` exactly (no labels) or `name{labels}`.

@@ -861,6 +861,40 @@ mod tests {
         assert_eq!(ends.last().copied(), Some(input.len() as u64));
     }
 
+    /// A live stream: each read returns the next of `arrivals` (what the
+    /// sender wrote since the last read), and a read past them would block
+    /// until more arrives, which a chunker holding whole lines must not wait for.
+    struct Trickle {
+        arrivals: std::collections::VecDeque<&'static [u8]>,
+    }
+
+    impl std::io::Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let arrival = self
+                .arrivals
+                .pop_front()
+                .expect("read again while whole lines waited to be handed on");
+            buf[..arrival.len()].copy_from_slice(arrival);
+            Ok(arrival.len())
+        }
+    }
+
+    #[test]
+    fn a_live_streams_whole_lines_go_out_without_waiting_to_fill_a_chunk() {
+        let arrivals = std::collections::VecDeque::from([&b"1\n2\n3"[..], &b"4\n"[..], &b"5\n6\n"[..]]);
+        let mut chunker = LineChunker::new(Trickle { arrivals }, CHUNK_SIZE_BYTES, 100);
+        // Each read's whole lines close a chunk at once, however small; the
+        // partial line waits for its end.
+        let mut pieces = Vec::new();
+        for _ in 0..3 {
+            match chunker.next_piece().unwrap() {
+                Some(Piece::Lines(lines)) => pieces.push(lines),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(pieces, [&b"1\n2\n"[..], &b"34\n"[..], &b"5\n6\n"[..]]);
+    }
+
     /// A source of several partitions, each a memory source of its own.
     struct Partitioned(Vec<Bytes>);
 

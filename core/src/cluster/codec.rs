@@ -277,8 +277,9 @@ pub enum Upstream {
         source: u32,
         error: String,
     },
-    /// The shard finished; its last message.
-    Finished(ShardCounters),
+    /// The shard finished; its last message (boxed: its step timings are
+    /// far larger than any other message's head).
+    Finished(Box<ShardCounters>),
     /// A piece of the shard's part of a checkpoint (`PartUpload`), after
     /// the output that belongs to it: bytes `offset..` of the encoded part of
     /// `total` bytes.
@@ -453,7 +454,7 @@ pub enum UpstreamRef<'a> {
         source: u32,
         error: &'a str,
     },
-    Finished(ShardCounters),
+    Finished(&'a ShardCounters),
     CheckpointPiece {
         total: u64,
         offset: u64,
@@ -519,7 +520,7 @@ pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
                     *count = next()?;
                 }
             }
-            Upstream::Finished(counters)
+            Upstream::Finished(Box::new(counters))
         }
         tag => {
             return Err(bad(WireError::BadTag {

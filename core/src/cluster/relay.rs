@@ -24,7 +24,7 @@ pub enum Relayed {
     /// A source failed as the shard read its chunk: the run reports it.
     SourceFailed { source: u32, error: String },
     /// The shard finished with these totals; nothing follows on its channel.
-    Finished(ShardCounters),
+    Finished(Box<ShardCounters>),
     /// Nothing to do: a piece of a checkpoint part whose last piece is
     /// still to come.
     Pending,
@@ -131,9 +131,9 @@ mod tests {
         };
         counters.timings.record(Step::Apply, 5, 300);
         counters.timings.record(Step::Output, 4, 2);
-        let done = frame(&UpstreamRef::Finished(counters));
+        let done = frame(&UpstreamRef::Finished(&counters));
         // The totals and every step's figures arrive as sent.
-        assert!(matches!(relay.on_frame(&done).unwrap(), Relayed::Finished(c) if c == counters));
+        assert!(matches!(relay.on_frame(&done).unwrap(), Relayed::Finished(c) if *c == counters));
         let late = relay.on_frame(&done).unwrap_err().to_string();
         assert!(late.contains("shard 3 after it finished"), "{late}");
     }

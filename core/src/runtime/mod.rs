@@ -1003,7 +1003,7 @@ fn relay_output(
                 Ok(())
             }
             Relayed::Finished(counters) => {
-                let _ = done.send((shard, counters));
+                let _ = done.send((shard, *counters));
                 return Ok(());
             }
             Relayed::Pending | Relayed::Dropped => Ok(()),

@@ -215,7 +215,7 @@ impl<K: Key + Wire, V: Wire> ShardPorts<K, V> for ThreadPorts<'_, K, V> {
 
     fn try_finished(&mut self, counters: ShardCounters) -> bool {
         // A local shard's counters go to the runtime when its thread returns.
-        send_upstream(&mut self.ch.output, UpstreamRef::Finished(counters));
+        send_upstream(&mut self.ch.output, UpstreamRef::Finished(&counters));
         true
     }
 }

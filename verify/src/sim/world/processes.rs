@@ -501,7 +501,7 @@ where
         self.world.layout.is_local_to(0, self.shard)
             || self
                 .world
-                .try_upstream(self.shard, &UpstreamRef::Finished(counters))
+                .try_upstream(self.shard, &UpstreamRef::Finished(&counters))
     }
 }
 
@@ -745,7 +745,7 @@ where
                     Relayed::Finished(counters) => {
                         self.trace(format_args!("process 0 hears shard {shard} finished"));
                         self.remote_finished += 1;
-                        add_counters(&mut self.remote_counters, counters);
+                        add_counters(&mut self.remote_counters, *counters);
                     }
                     Relayed::Pending | Relayed::Dropped => {}
                 }
