@@ -8,9 +8,11 @@
 //! is handed the output line it produced (the sink gets each line's input
 //! id). A stall therefore shows in every event it delays, not only in the one
 //! that met it: coordinated omission is not hidden. The paced source hands
-//! on what is due at once and sleeps at most `PACE_WAIT_MAX` for the next, so
-//! a chunk closes on time as well as on size; shards flush their output
-//! whenever their input runs dry, which below saturation is between chunks.
+//! on what is due once its oldest due event has waited `PACE_LINGER_MAX` (or
+//! a chunk's worth is due), so a chunk closes on time as well as on size;
+//! shards flush their output whenever their input runs dry, which below
+//! saturation is between chunks, and at the latest after
+//! `ShardLimits::output_linger_max_us`.
 //!
 //! With `processes > 1` the run is a local cluster on loopback, as `verity
 //! run --processes` starts it: this process is process 0 (the generator and
@@ -40,6 +42,12 @@ use verity_core::{
 /// The longest the paced source sleeps before it looks again for due events
 /// (it wakes earlier when the next one is due sooner).
 pub const PACE_WAIT_MAX: Duration = Duration::from_millis(1);
+/// How long the paced source lets its oldest due event wait for more to
+/// join its chunk (a chunk closes at this bound or when full): at high
+/// rates a chunk per event or two would keep the reader thread spinning on
+/// a core the shards need, at the cost of a frame and a wake-up per chunk.
+/// A bound on the latency it adds, measured from each event's intended entry.
+pub const PACE_LINGER_MAX: Duration = Duration::from_micros(100);
 /// Latencies above this (an hour, in µs) are recorded as this.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
 /// Significant decimal digits the histogram keeps (0.1% resolution).
@@ -190,7 +198,7 @@ fn step_json(figures: &StepFigures) -> String {
     let h = &figures.latency;
     let buckets: Vec<String> = h.counts.iter().map(u64::to_string).collect();
     format!(
-        "{{\"records\": {}, \"units\": {}, \"sum_us\": {}, \"p50_us\": {}, \"p99_us\": {}, \"max_us\": {}, \"buckets\": [{}]}}",
+        "{{\"records\": {}, \"units\": {}, \"sum_us\": {}, \"unit_p50_us\": {}, \"unit_p99_us\": {}, \"unit_max_us\": {}, \"buckets\": [{}]}}",
         figures.records,
         figures.units(),
         h.sum_us,
@@ -759,19 +767,22 @@ impl LineGenerator for Paced {
         let start = *self.epoch.get_or_init(Instant::now);
         loop {
             // Lines due by now: line n is due at (n - 1) / rate.
-            let due = (start.elapsed().as_secs_f64() * self.rate) as u64 + 1;
+            let now = start.elapsed();
+            let due = (now.as_secs_f64() * self.rate) as u64 + 1;
             let ready = due.saturating_sub(self.produced).min(lines_max as u64);
-            if ready > 0 {
+            // The next line to hand on (the oldest due, if any) is due here.
+            let oldest_due = Duration::from_secs_f64(self.produced as f64 / self.rate);
+            let lingered = now.saturating_sub(oldest_due);
+            if ready > 0 && (ready == lines_max as u64 || lingered >= PACE_LINGER_MAX) {
                 let wrote = self.inner.write_lines(out, ready as usize);
                 self.produced += wrote as u64;
                 return wrote;
             }
-            let next_due = start + Duration::from_secs_f64(self.produced as f64 / self.rate);
-            std::thread::sleep(
-                next_due
-                    .saturating_duration_since(Instant::now())
-                    .min(PACE_WAIT_MAX),
-            );
+            let wait = match ready {
+                0 => oldest_due.saturating_sub(now).min(PACE_WAIT_MAX),
+                _ => PACE_LINGER_MAX - lingered,
+            };
+            std::thread::sleep(wait);
         }
     }
 }
