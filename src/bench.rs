@@ -521,7 +521,9 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
                     sampled.recv_timeout(SAMPLE_INTERVAL),
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                 );
-                let total: u64 = samples(&metrics.render(), "verity_records_in_total")
+                // What the source dealt (process 0 reads every source), so
+                // a cluster's timeline counts every process's input.
+                let total: u64 = samples(&metrics.render(), "verity_source_records_total")
                     .map(|(_, v)| v)
                     .sum();
                 let at = started.elapsed().as_secs_f64();
