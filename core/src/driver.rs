@@ -121,7 +121,8 @@ pub struct Step {
 /// all off in production.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DriverBugs {
-    /// Never flush output when idle (it then waits for a full buffer or the end).
+    /// Never flush output when idle (it then waits for a full buffer, for a
+    /// later busy step past the linger bound, or for the end).
     pub skip_idle_flush: bool,
     /// A parked send that is still blocked goes to the back of its queue.
     pub reorder_parked_retry: bool,
@@ -209,8 +210,10 @@ where
         let resumed = !self.pending.is_empty();
         if !resumed {
             progressed = self.take_input(ports);
-            if !progressed && !self.has_parked_sends() && !self.bugs.skip_idle_flush {
-                self.core.flush();
+            if !progressed && !self.has_parked_sends() {
+                if !self.bugs.skip_idle_flush {
+                    self.core.flush();
+                }
             } else {
                 self.core.flush_if_lingering();
             }
