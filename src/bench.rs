@@ -48,6 +48,11 @@ pub const PACE_WAIT_MAX: Duration = Duration::from_millis(1);
 /// a core the shards need, at the cost of a frame and a wake-up per chunk.
 /// A bound on the latency it adds, measured from each event's intended entry.
 pub const PACE_LINGER_MAX: Duration = Duration::from_micros(100);
+/// Waits up to this long the paced source spends yielding rather than
+/// sleeping: a sleeping thread on a busy machine may wake a scheduler
+/// slice (milliseconds) late, and every event due meanwhile would count
+/// that as the engine's latency.
+pub const PACE_SPIN_MAX: Duration = Duration::from_micros(200);
 /// Latencies above this (an hour, in µs) are recorded as this.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
 /// Significant decimal digits the histogram keeps (0.1% resolution).
@@ -784,7 +789,11 @@ impl LineGenerator for Paced {
                 0 => oldest_due.saturating_sub(now).min(PACE_WAIT_MAX),
                 _ => PACE_LINGER_MAX - lingered,
             };
-            std::thread::sleep(wait);
+            if wait <= PACE_SPIN_MAX {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(wait);
+            }
         }
     }
 }
