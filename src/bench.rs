@@ -367,7 +367,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         None => SinkSpec::Null,
         Some(rate) => {
             let (epoch, recorded) = (Arc::clone(&epoch), Arc::clone(&recorded));
-            SinkSpec::Custom(CustomSink::new("latency", move || {
+            SinkSpec::Custom(CustomSink::new("latency", move |_context| {
                 Ok(Box::new(LatencySink {
                     epoch: Arc::clone(&epoch),
                     nanos_per_event: 1e9 / rate as f64,

@@ -25,7 +25,8 @@ pub mod timers;
 pub mod wire;
 
 pub use connector::{
-    CommitId, Connectors, Position, SinkConnector, SinkError, SourceConnector, SourceError, SourceReader,
+    CommitId, Connectors, Position, SinkConnector, SinkContext, SinkError, SourceConnector, SourceError,
+    SourceReader,
 };
 pub use env::{Clock, ManualClock, Rng, SplitMix64, SystemClock};
 pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output, Stream};

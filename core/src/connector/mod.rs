@@ -177,6 +177,16 @@ pub trait SourceConnector: Send {
         Ok(1)
     }
 
+    /// Every process of a cluster can open this source from its name (the
+    /// command-line argument, rebuilt through `Connectors` there) and read
+    /// the same partitions: a broker's topic, a directory every process sees
+    /// at the same path. The cluster then reads partition `p` on process
+    /// `p % P`, so ingest does not funnel through process 0; otherwise (a
+    /// listening socket, stdin, a local file) process 0 reads them all.
+    fn readable_on_every_process(&self) -> bool {
+        false
+    }
+
     /// The run takes checkpoints and `SourceReader::commit`s what each one
     /// covers: a source that acknowledges its upstream (so the upstream may
     /// forget) acknowledges only that from now on, and the upstream replays
@@ -218,6 +228,35 @@ impl CommitId {
     pub const END_OF_INPUT: CommitId = CommitId(u64::MAX);
 }
 
+/// Where a sink is opened: which process of the cluster, in which job. A sink
+/// written by every process (`SinkConnector::written_by_every_process`) is
+/// opened once per process with its own context, so it can name what it
+/// writes stably per process (a Kafka transactional id that fences the
+/// previous incarnation of the same process, a file `out.p<N>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkContext {
+    /// This process's index in the cluster (0 for a single process).
+    pub process: u32,
+    /// Processes in the cluster (1 for a single process).
+    pub processes: u32,
+    /// The job's fingerprint, the same on every process and in every life of
+    /// a job that recovers (`checkpoint::Checkpointer::fingerprint`); empty
+    /// when the run takes no checkpoints (it never resumes, so nothing it
+    /// names need be stable).
+    pub job_fingerprint: String,
+}
+
+impl SinkContext {
+    /// The context of the only process of a run.
+    pub fn single_process(job_fingerprint: &str) -> Self {
+        SinkContext {
+            process: 0,
+            processes: 1,
+            job_fingerprint: job_fingerprint.to_string(),
+        }
+    }
+}
+
 /// Where output lines (or dead letters) go, written by the output thread one
 /// buffer at a time.
 pub trait SinkConnector: Send {
@@ -230,6 +269,16 @@ pub trait SinkConnector: Send {
     /// A sink that throws output away: shards then format it but do not ship
     /// it to the output thread (dead letters still come).
     fn discards(&self) -> bool {
+        false
+    }
+
+    /// In a cluster, every process opens this sink (from the job's sink
+    /// spec, with its own `SinkContext`) and writes its own shards' output
+    /// into it directly, instead of relaying it to process 0. Checkpoints
+    /// stay coordinated by process 0: each process's sink takes the
+    /// checkpoint's `barrier` and reports its `resume_mark`, process 0
+    /// writes the checkpoint, then every process's sink `commit`s.
+    fn written_by_every_process(&self) -> bool {
         false
     }
 

@@ -200,7 +200,7 @@ mod tests {
             }) as Box<dyn SourceConnector>)
         });
         let sink: SinkFactory = Arc::new(|arg: &str| {
-            Ok(SinkSpec::Custom(CustomSink::new(arg, || {
+            Ok(SinkSpec::Custom(CustomSink::new(arg, |_context| {
                 Ok(Box::new(crate::connector::sinks::NullSink) as _)
             })))
         });

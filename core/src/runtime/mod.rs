@@ -18,7 +18,7 @@ mod wiring;
 use crate::checkpoint::{Checkpointer, Restart, RestoreFrom, SourceMeta};
 use crate::cluster::relay::{OutputRelay, Relayed};
 use crate::cluster::{ClusterError, JobCheckpoints, Layout, RemoteIn};
-use crate::connector::{SinkError, SourceError};
+use crate::connector::{SinkContext, SinkError, SourceError};
 use crate::flow::Dataflow;
 use crate::key::Key;
 use crate::shard::{ShardCore, ShardCounters, ShardLimits};
@@ -925,16 +925,20 @@ fn spawn_output_thread(
     (progress, output_gauges): (&Arc<ReaderProgress>, &Arc<gauges::OutputGauges>),
 ) -> Result<SpawnedOutput, RunError> {
     let resuming = checkpoints.as_ref().is_some_and(|c| c.restart.is_some());
+    let context = SinkContext::single_process(checkpoints.as_ref().map_or("", |c| c.writer.fingerprint()));
     let sink = match &checkpoints {
-        Some(c) => outputs.sink.open_checkpointed(resuming, c.delivery)?,
-        None => outputs.sink.open()?,
+        Some(c) => outputs.sink.open_checkpointed(resuming, c.delivery, &context)?,
+        None => outputs.sink.open(&context)?,
     };
     // In a cluster, workers send ids when the job says so (`Job::output_ids`).
     let (discards, wants_ids) = (sink.discards(), sink.wants_ids());
     let dead_letters = if resuming {
-        DeadLetterWriter::with_sink(outputs.dead_letter.open_resuming()?, source_names.to_vec())
+        DeadLetterWriter::with_sink(
+            outputs.dead_letter.open_resuming(&context)?,
+            source_names.to_vec(),
+        )
     } else {
-        DeadLetterWriter::new(&outputs.dead_letter, source_names.to_vec())?
+        DeadLetterWriter::new(&outputs.dead_letter, source_names.to_vec(), &context)?
     };
     let mut writer = OutputWriter::new(sink, dead_letters);
     if let Some(OpenedCheckpoints {
