@@ -526,6 +526,7 @@ fn run_cluster(
         // The latency sink reads each line's input id.
         output_ids: options.rate.is_some(),
         checkpoints: None,
+        spread_sources: Vec::new(),
     };
     let summary = run_leader_process(
         &local.file,

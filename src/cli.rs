@@ -842,6 +842,13 @@ fn app_options(args: &RunArgs) -> AppOptions {
     }
 }
 
+/// The connectors this binary knows: the built-in ones. A connector crate
+/// (e.g. a future `verity-kafka`) registers its scheme here; workers build
+/// spread sources through the same list.
+pub(crate) fn connectors() -> Connectors {
+    Connectors::built_in()
+}
+
 /// The input a `run` command line names (also what a replay re-reads).
 fn app_input(app: AppName, args: &RunArgs, connectors: &Connectors) -> Result<AppInput> {
     let input = match (&args.quotes, &args.orders, args.generate) {
@@ -878,9 +885,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
             path.display()
         );
     }
-    // The connectors this binary knows: the built-in ones. A connector crate
-    // (e.g. a future `verity-kafka`) registers its scheme here.
-    let connectors = Connectors::built_in();
+    let connectors = connectors();
     let input = app_input(app, &args, &connectors)?;
     let sink = connectors.sink(&args.output)?;
     if args.checkpoints.state_dir.is_some() && sink == SinkSpec::Stdout {
@@ -942,6 +947,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         discard_output: outputs.sink == SinkSpec::Null,
         output_ids: false,
         checkpoints: None,
+        spread_sources: Vec::new(),
     };
     let summary = match (args.processes, &args.cluster) {
         (Some(processes), _) if processes > 1 => {
@@ -1331,7 +1337,7 @@ fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path:
              --input PATH (or --quotes/--orders)"
         );
     }
-    let input = app_input(app, &args, &Connectors::built_in())?;
+    let input = app_input(app, &args, &connectors())?;
     let options = app_options(&args);
     let mut file;
     let mut discard = std::io::sink();

@@ -21,6 +21,7 @@ pub mod shard;
 pub mod sink;
 pub mod small;
 pub mod source;
+pub mod streams;
 pub mod timers;
 pub mod wire;
 

@@ -77,6 +77,11 @@ pub struct Job {
     pub output_ids: bool,
     /// The run takes checkpoints (`--state-dir`).
     pub checkpoints: Option<JobCheckpoints>,
+    /// The sources read on every process (`SourceConnector::
+    /// readable_on_every_process`, with more than one partition): each
+    /// source's index and its argument, from which a worker builds the
+    /// connector and reads its own partitions (`runtime::Streams`).
+    pub spread_sources: Vec<(u32, String)>,
 }
 
 /// A run's checkpoints, as a worker needs to know them: where its shards'
@@ -104,6 +109,21 @@ pub enum Control {
     Abort { reason: String },
     /// Worker → process 0: this worker failed; the run cannot go on.
     Failed { reason: String },
+    /// Process 0 → worker: what its readers of spread sources must know
+    /// (`source::ReaderProgress`): the checkpoint requested (they deal its
+    /// barrier), the newest one complete (they commit its cut; `ALL` once
+    /// the output is final), and whether the sources are to stop.
+    Readers(ReadersProgress),
+}
+
+/// What process 0's output thread and supervisor tell every reader of the
+/// run; a worker's readers of spread sources learn it through
+/// `Control::Readers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadersProgress {
+    pub requested: u64,
+    pub committed: u64,
+    pub stopping: bool,
 }
 
 /// How a process ends, and its exit code.
@@ -145,6 +165,9 @@ pub enum Event {
     AllSent,
     /// Time passed (deadlines are checked on every event, this one included).
     Tick,
+    /// Process 0: its readers' progress changed (a checkpoint requested or
+    /// complete, the output final, a stop); the workers are told.
+    ReadersProgress(ReadersProgress),
 }
 
 /// What the driver must do, in order.
@@ -161,6 +184,8 @@ pub enum Action {
     StopSources,
     /// Report `AllSent` once every frame handed to the network so far is acked.
     Flush,
+    /// Worker: hand this to the readers of this process's spread sources.
+    ReadersProgress(ReadersProgress),
     /// End the process with `outcome.exit_code()`; `reason` says why (for a
     /// `Done` outcome it is a warning).
     Exit {
@@ -328,6 +353,16 @@ impl LeaderLifecycle {
             }
             Event::AllSent => self.common.finish_flush(now_ms, true, &mut actions),
             Event::Tick => {}
+            Event::ReadersProgress(progress) => {
+                if self.started && !self.common.ending() {
+                    for to in self.workers() {
+                        actions.push(Action::Send {
+                            to,
+                            message: Control::Readers(progress),
+                        });
+                    }
+                }
+            }
         }
         self.check_deadlines(now_ms, &mut actions);
         actions
@@ -476,6 +511,8 @@ impl WorkerLifecycle {
             }
             Event::AllSent => self.common.finish_flush(now_ms, true, &mut actions),
             Event::Tick => {}
+            // Only process 0's readers make progress of their own.
+            Event::ReadersProgress(_) => {}
         }
         self.check_deadlines(now_ms, &mut actions);
         actions
@@ -501,6 +538,11 @@ impl WorkerLifecycle {
                 self.state = WorkerState::Running { shutdown_seen: true };
             }
             (Control::Shutdown, WorkerState::AwaitingShutdown) => self.shut_down(now_ms, actions),
+            // The readers may still wait for the last commit after the
+            // shards finished.
+            (Control::Readers(progress), WorkerState::Running { .. } | WorkerState::AwaitingShutdown) => {
+                actions.push(Action::ReadersProgress(progress))
+            }
             (Control::Abort { reason }, _) => {
                 self.state = WorkerState::Ended;
                 let reason = format!("process 0 ended the run: {reason}");
@@ -623,6 +665,7 @@ mod tests {
             discard_output: false,
             output_ids: false,
             checkpoints: None,
+            spread_sources: Vec::new(),
         }
     }
 
@@ -1030,6 +1073,7 @@ mod tests {
                         }
                         Action::Exit { .. } => exits += 1,
                         Action::StopSources => assert!(is_leader),
+                        Action::ReadersProgress(_) => assert!(!is_leader),
                     }
                 }
                 assert_eq!(lifecycle.is_exited(), exits > 0, "an exit comes as an action");

@@ -197,6 +197,9 @@ where
                 // The reader threads see the stop flag on their next turn.
                 self.schedule(self.now_us, Event::Wake { process });
             }
+            Action::ReadersProgress(progress) => {
+                self.trace(format_args!("process {process}: readers' progress {progress:?}"));
+            }
             Action::Flush => {
                 self.trace(format_args!("process {process}: flushes"));
                 self.lifecycles.flushing[process as usize] = true;

@@ -782,11 +782,11 @@ where
                     chains.extend_from_slice(&restart.parts[range.start as usize..range.end as usize]);
                     continue;
                 }
-                let (checkpoint, read) = restore_from
+                let (meta, read) = restore_from
                     .read_parts_from(recovery.crashed.disk.clone(), range)
                     .unwrap_or_else(|e| panic!("process {process} reading its parts after the crash: {e}"));
                 assert_eq!(
-                    checkpoint, restart.meta.checkpoint,
+                    meta.checkpoint, restart.meta.checkpoint,
                     "the checkpoint process 0 recovers"
                 );
                 chains.extend(read);
@@ -904,6 +904,7 @@ where
                     fingerprint: job_text(config.seed / 3, "fp-0123456789abcdef"),
                     restore_from: resumed,
                 }),
+            spread_sources: Vec::new(),
         };
         // Past the liveness bound: a job that never arrives is a liveness
         // finding, reported with what every shard awaits.
