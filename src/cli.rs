@@ -362,6 +362,11 @@ struct SimArgs {
     /// wordcount only: final counts at the end of input (as `run --final`).
     #[arg(long = "final")]
     final_counts: bool,
+    /// Read the one input as a spread source (as `run --input dir://DIR` on
+    /// a cluster): split by key into one partition per process, each read
+    /// and dealt by its own process's reader. Needs --streams 1; no audit log.
+    #[arg(long)]
+    spread: bool,
     /// Keep an audit log in every process (on), in none (off), or as each
     /// seed draws (drawn: one seed in two). A seed with one checks that the
     /// log verifies, that a replay of it reproduces the output byte for
@@ -1205,6 +1210,7 @@ fn sim(args: SimArgs) -> Result<i32> {
         bugs,
         streams: args.streams,
         final_counts: args.final_counts,
+        spread: args.spread,
         audit: match args.audit.as_str() {
             "on" => Some(true),
             "off" => Some(false),

@@ -18,7 +18,10 @@
 //! bounded time: a worker reports `Failed` to process 0 and exits; process 0
 //! sends `Abort` to the other workers and exits; a worker that gets `Abort`
 //! exits. A failing process waits at most `failure_report_ms` for its last
-//! messages to be acked, so a lost peer cannot keep it alive.
+//! messages to be acked, so a lost peer cannot keep it alive. While the job
+//! runs, process 0 tells the workers its readers' progress (`Control::Readers`,
+//! on `Event::ReadersProgress`): the readers of spread sources on a worker deal
+//! checkpoint barriers, commit cuts and stop by it.
 //!
 //! ## What a driver does
 //!
@@ -57,7 +60,8 @@ pub const APP_NAME_SIZE_MAX_BYTES: usize = 64;
 pub const JOB_TEXT_SIZE_MAX_BYTES: usize = 4_096;
 
 /// What process 0 tells every worker to run: enough to build the same
-/// dataflow (the sources themselves live on process 0).
+/// dataflow (the sources themselves live on process 0, except the spread
+/// ones every process reads its partitions of).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     /// The app's name (`AppName::name`); the binary maps it back.
@@ -824,6 +828,87 @@ mod tests {
         leader.handle(500, Event::JobFinished);
         // The stop deadline passing while shutting down changes nothing.
         assert!(exit(&leader.handle(1_200, Event::Tick)).is_some_and(|(o, _)| o == Outcome::Done));
+    }
+
+    #[test]
+    fn readers_progress_goes_to_every_worker_and_on_to_their_readers() {
+        let progress = ReadersProgress {
+            requested: 4,
+            committed: 3,
+            stopping: false,
+        };
+        let mut leader = LeaderLifecycle::new(3, job(), deadlines());
+        assert!(
+            leader.handle(0, Event::ReadersProgress(progress)).is_empty(),
+            "nothing before the job"
+        );
+        leader.handle(0, Event::Start);
+        let sent = leader.handle(1, Event::ReadersProgress(progress));
+        let readers = Control::Readers(progress);
+        assert_eq!(
+            sent,
+            [
+                Action::Send {
+                    to: 1,
+                    message: readers.clone()
+                },
+                Action::Send {
+                    to: 2,
+                    message: readers.clone()
+                },
+            ]
+        );
+        let mut worker = WorkerLifecycle::new(1, deadlines());
+        worker.handle(0, Event::Start);
+        worker.handle(
+            1,
+            Event::Control {
+                from: 0,
+                message: Control::Job(job()),
+            },
+        );
+        let heard = worker.handle(
+            2,
+            Event::Control {
+                from: 0,
+                message: readers.clone(),
+            },
+        );
+        assert_eq!(heard, [Action::ReadersProgress(progress)]);
+        // The shards finished; the readers still wait for the last commit.
+        worker.handle(3, Event::JobFinished);
+        let all = ReadersProgress {
+            committed: crate::source::ReaderProgress::ALL,
+            ..progress
+        };
+        let heard = worker.handle(
+            4,
+            Event::Control {
+                from: 0,
+                message: Control::Readers(all),
+            },
+        );
+        assert_eq!(heard, [Action::ReadersProgress(all)]);
+        // Before its job, a worker has no readers to tell: a protocol error.
+        let mut early = WorkerLifecycle::new(2, deadlines());
+        early.handle(0, Event::Start);
+        let refused = early.handle(
+            1,
+            Event::Control {
+                from: 0,
+                message: readers,
+            },
+        );
+        assert!(
+            matches!(
+                refused[0],
+                Action::Send {
+                    to: 0,
+                    message: Control::Failed { .. }
+                }
+            ),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -11,11 +11,12 @@
 //! `Position` (`None`: its beginning) and returns a `SourceReader`, which yields
 //! `Chunk`s — about `CHUNK_SIZE_BYTES` of whole records — each with the
 //! partition's position *after* it. Reopening a partition at a chunk's
-//! position yields exactly what followed that chunk. Nothing in the traits says
-//! which process opens a partition: today's runtime opens every partition of
-//! every source on process 0 and deals their chunks from there; a partitioned
-//! runtime opens each partition on the process that owns it (the connector is
-//! rebuilt there from its URL through `Connectors`).
+//! position yields exactly what followed that chunk. A source says whether
+//! every process of a cluster can open it (`readable_on_every_process`): if so
+//! and it has several partitions, the cluster runtime rebuilds the connector on
+//! every process from its argument through `Connectors` and opens partition `p`
+//! on process `p % P` (`streams`); otherwise process 0 opens every partition
+//! and deals their chunks from there.
 //!
 //! The reader thread makes one virtual call per chunk (`next_chunk`), never one
 //! per record; records are sliced out of the chunk's buffer by the shard that

@@ -451,11 +451,14 @@ where
         let total = self.layout.total_shards();
         let sources = self.readers.len() as u32;
         for to in 0..total {
-            if !self.layout.is_local_to(0, to) {
-                let process = self.layout.process_of(to);
-                for source in 0..sources {
-                    self.add_channel(channel_id::chunk(source, to), 0, process);
+            let process = self.layout.process_of(to);
+            for source in 0..sources {
+                let reader = self.readers[source as usize].process();
+                if reader != process {
+                    self.add_channel(channel_id::chunk(source, to), reader, process);
                 }
+            }
+            if !self.layout.is_local_to(0, to) {
                 self.add_channel(channel_id::output(to), process, 0);
             }
             for from in (0..total).filter(|from| *from != to) {
