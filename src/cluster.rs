@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
 use verity_core::checkpoint::RestoreFrom;
+use verity_core::cluster::lifecycle::CONTROL_FRAMES_KEPT_FREE;
 use verity_core::cluster::{
     Action, ClusterFile, ControlLinks, Deadlines, Event, Job, JobCheckpoints, Layout, Lifecycle, Outcome,
     ReadersProgress,
@@ -316,6 +317,12 @@ impl Supervisor<'_> {
                 for action in lifecycle.handle(self.now_ms(), event) {
                     match action {
                         Action::Send { to, message } => {
+                            if message.superseded() && self.links.free_frames(to) <= CONTROL_FRAMES_KEPT_FREE
+                            {
+                                // The newest progress goes out at a later turn.
+                                self.readers_told = ReadersProgress::default();
+                                continue;
+                            }
                             if let Err(e) = self.links.send(to, &message) {
                                 log::warn!("cannot send {message:?} to process {to}: {e}");
                             }

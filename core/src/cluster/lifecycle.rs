@@ -54,6 +54,11 @@ pub const FAILURE_REPORT_DEADLINE_MS: u64 = 2_000;
 pub const JOB_WAIT_DEADLINE_MS: u64 = 30_000;
 /// Longest failure reason a control message carries; longer ones are cut.
 pub const REASON_SIZE_MAX_BYTES: usize = 4_096;
+/// Frames of a control queue a `Control::Readers` update leaves free, so the
+/// messages that end a run (`Shutdown`, `Abort`, `Failed`) always fit: a
+/// driver skips an update that would take them (`Control::superseded`) and
+/// sends the newest progress at a later turn instead.
+pub const CONTROL_FRAMES_KEPT_FREE: usize = 1;
 /// Longest app name a job may carry.
 pub const APP_NAME_SIZE_MAX_BYTES: usize = 64;
 /// Longest state dir path and job fingerprint a job may carry.
@@ -118,6 +123,15 @@ pub enum Control {
     /// barrier), the newest one complete (they commit its cut; `ALL` once
     /// the output is final), and whether the sources are to stop.
     Readers(ReadersProgress),
+}
+
+impl Control {
+    /// A later message of the same kind says all this one says (progress
+    /// only grows): a driver may skip it when the queue is short of room
+    /// (`CONTROL_FRAMES_KEPT_FREE`), as long as it sends the newest later.
+    pub fn superseded(&self) -> bool {
+        matches!(self, Control::Readers(_))
+    }
 }
 
 /// What process 0's output thread and supervisor tell every reader of the
@@ -452,6 +466,8 @@ pub struct WorkerLifecycle {
     process_id: u32,
     state: WorkerState,
     common: Common,
+    /// What this process's readers were last handed.
+    readers: ReadersProgress,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -475,6 +491,7 @@ impl WorkerLifecycle {
             process_id,
             state: WorkerState::New,
             common: Common::new(deadlines),
+            readers: ReadersProgress::default(),
         }
     }
 
@@ -537,14 +554,21 @@ impl WorkerLifecycle {
                 actions.push(self.common.exit_now(Outcome::Done, None));
             }
             // Process 0 has every shard's `Finished` before this process's job
-            // has noticed its own shards ended: remember it.
+            // has noticed its own shards ended: remember it. A `Shutdown`
+            // also says the output is final: the readers commit all they
+            // read (whether or not the `Readers` update saying so got here).
             (Control::Shutdown, WorkerState::Running { .. }) => {
                 self.state = WorkerState::Running { shutdown_seen: true };
+                self.output_final(actions);
             }
-            (Control::Shutdown, WorkerState::AwaitingShutdown) => self.shut_down(now_ms, actions),
+            (Control::Shutdown, WorkerState::AwaitingShutdown) => {
+                self.output_final(actions);
+                self.shut_down(now_ms, actions)
+            }
             // The readers may still wait for the last commit after the
             // shards finished.
             (Control::Readers(progress), WorkerState::Running { .. } | WorkerState::AwaitingShutdown) => {
+                self.readers = progress;
                 actions.push(Action::ReadersProgress(progress))
             }
             (Control::Abort { reason }, _) => {
@@ -571,6 +595,13 @@ impl WorkerLifecycle {
             self.shut_down(now_ms, actions);
         } else {
             self.state = WorkerState::AwaitingShutdown;
+        }
+    }
+
+    fn output_final(&mut self, actions: &mut Vec<Action>) {
+        if self.readers.committed != crate::source::ReaderProgress::ALL {
+            self.readers.committed = crate::source::ReaderProgress::ALL;
+            actions.push(Action::ReadersProgress(self.readers));
         }
     }
 
@@ -923,7 +954,15 @@ mod tests {
         );
         assert!(worker.job_started());
         assert!(worker.handle(2, Event::JobFinished).is_empty());
-        assert_eq!(worker.handle(3, control(Control::Shutdown)), [Action::Flush]);
+        // The shutdown says the output is final: the readers commit all.
+        let final_commit = Action::ReadersProgress(ReadersProgress {
+            committed: crate::source::ReaderProgress::ALL,
+            ..ReadersProgress::default()
+        });
+        assert_eq!(
+            worker.handle(3, control(Control::Shutdown)),
+            [final_commit, Action::Flush]
+        );
         assert_eq!(
             exit(&worker.handle(4, Event::AllSent)),
             Some((Outcome::Done, None))
@@ -936,7 +975,11 @@ mod tests {
         worker.handle(0, Event::Start);
         let control = |message| Event::Control { from: 0, message };
         worker.handle(1, control(Control::Job(job())));
-        assert!(worker.handle(2, control(Control::Shutdown)).is_empty());
+        let shutdown = worker.handle(2, control(Control::Shutdown));
+        assert!(
+            matches!(shutdown[..], [Action::ReadersProgress(p)] if p.committed == crate::source::ReaderProgress::ALL),
+            "only the readers' final commit: {shutdown:?}"
+        );
         assert_eq!(worker.handle(3, Event::JobFinished), [Action::Flush]);
         assert!(exit(&worker.handle(503, Event::Tick)).is_some());
     }

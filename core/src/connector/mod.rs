@@ -81,6 +81,20 @@
 //!   lines inside a transaction, ends it at `barrier(c)` and commits it at
 //!   `commit(c)` (or uses the idempotent producer with at-least-once
 //!   delivery). It registers as the `kafka` scheme in `Connectors`.
+//! * **Sinks written by every process** (`written_by_every_process`; the
+//!   trait method and `SinkContext` are built, the runtime does not act on
+//!   them yet: process 0 still writes all output). The plan: the job names
+//!   the sink's argument (as `Job::spread_sources` does a source's); each
+//!   worker builds it through `Connectors` and opens it with its own
+//!   `SinkContext`, and its shards hand their lines to a local output
+//!   thread instead of the output channel, which keeps carrying parts,
+//!   dead letters and `Finished` to process 0. Once every local shard passed
+//!   checkpoint `k`, the worker's sink takes `barrier(k)` and sends its
+//!   `resume_mark` to process 0; process 0's checkpoint of `k` completes
+//!   only with every process's mark (kept per process in `JobMeta`), is
+//!   written manifest last, and its completion reaches the workers as
+//!   `Control::Readers` does today, on which each worker's sink `commit`s.
+//!   A recovery resumes each process's sink from its own mark.
 
 mod position;
 mod registry;
@@ -273,12 +287,13 @@ pub trait SinkConnector: Send {
         false
     }
 
-    /// In a cluster, every process opens this sink (from the job's sink
-    /// spec, with its own `SinkContext`) and writes its own shards' output
-    /// into it directly, instead of relaying it to process 0. Checkpoints
-    /// stay coordinated by process 0: each process's sink takes the
+    /// In a cluster, every process may open this sink (from the job's sink
+    /// spec, with its own `SinkContext`) and write its own shards' output
+    /// into it directly, instead of relaying it to process 0; checkpoints
+    /// stay coordinated by process 0 (each process's sink takes the
     /// checkpoint's `barrier` and reports its `resume_mark`, process 0
-    /// writes the checkpoint, then every process's sink `commit`s.
+    /// writes the checkpoint, then every process's sink `commit`s). Not
+    /// acted on yet: process 0 writes all output (the module docs' plan).
     fn written_by_every_process(&self) -> bool {
         false
     }

@@ -12,8 +12,9 @@ use std::sync::atomic::Ordering;
 use verity_core::cluster::codec::{decode_control, encode_control};
 use verity_core::cluster::lifecycle::{
     Action, Control, Deadlines, Event as LifeEvent, Job, Lifecycle, Outcome, ReadersProgress,
-    GRACEFUL_STOP_DEADLINE_MS, REASON_SIZE_MAX_BYTES,
+    CONTROL_FRAMES_KEPT_FREE, GRACEFUL_STOP_DEADLINE_MS, REASON_SIZE_MAX_BYTES,
 };
+use verity_core::source::ReaderProgress;
 
 /// Every process's lifecycle and what the world has told it.
 pub(super) struct Lifecycles {
@@ -38,8 +39,11 @@ pub(super) struct Lifecycles {
     /// Process 0 told its readers to stop.
     sources_stopped: bool,
     /// What process 0 last told the workers of its readers' progress (as
-    /// production's supervisor forwards it for readers of spread sources).
+    /// production's supervisor forwards it for readers of spread sources);
+    /// reset when an update was deferred, so the newest goes out again.
     readers_told: ReadersProgress,
+    /// The newest progress process 0 published (what no worker may pass).
+    readers_published: ReadersProgress,
     /// Per process: the readers' progress its lifecycle handed on, in
     /// this life.
     readers_heard: Vec<ReadersProgress>,
@@ -104,6 +108,7 @@ impl Lifecycles {
             exited_at_us: vec![None; count],
             sources_stopped: false,
             readers_told: ReadersProgress::default(),
+            readers_published: ReadersProgress::default(),
             readers_heard: vec![ReadersProgress::default(); count],
         }
     }
@@ -184,6 +189,15 @@ where
                 } else {
                     channel_id::control_up(process)
                 };
+                if message.superseded() && self.free_frames(channel) <= CONTROL_FRAMES_KEPT_FREE {
+                    // As production's supervisor: the newest progress goes
+                    // out at a later turn.
+                    self.trace(format_args!(
+                        "process {process}: control to {to} deferred: {message:?}"
+                    ));
+                    self.lifecycles.readers_told = ReadersProgress::default();
+                    return;
+                }
                 // Production refuses a message past the control queue's
                 // depth (`ControlLinks::send`), which no lifecycle reaches.
                 if !self.try_queue_frame(channel, |frame| encode_control(&message, frame)) {
@@ -471,6 +485,7 @@ where
         };
         if now != self.lifecycles.readers_told {
             self.lifecycles.readers_told = now;
+            self.lifecycles.readers_published = now;
             self.lifecycle_event(0, LifeEvent::ReadersProgress(now));
         }
     }
@@ -479,12 +494,14 @@ where
     /// never goes back, and it is never ahead of what process 0 published.
     fn readers_heard(&mut self, process: u32, progress: ReadersProgress) {
         let heard = &mut self.lifecycles.readers_heard[process as usize];
-        let told = self.lifecycles.readers_told;
+        let told = self.lifecycles.readers_published;
         let backwards = progress.requested < heard.requested
             || progress.committed < heard.committed
             || (heard.stopping && !progress.stopping);
+        // `ALL` also comes with the `Shutdown` (the output is final), before
+        // the simulated output thread says so at the seed's end.
         let ahead = progress.requested > told.requested
-            || progress.committed > told.committed
+            || (progress.committed > told.committed && progress.committed != ReaderProgress::ALL)
             || (progress.stopping && !told.stopping);
         *heard = progress;
         if process == 0 || backwards || ahead {

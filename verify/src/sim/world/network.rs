@@ -579,6 +579,16 @@ where
     /// queue has room (production's `RemoteOut::try_send`); false if full.
     /// Its queue to the network thread holds `producer_depth_frames`, or a
     /// control channel's depth (the window behind it is the protocol's).
+    /// Frames `channel`'s producer queue takes before it is full.
+    pub(super) fn free_frames(&self, channel: u32) -> usize {
+        self.net
+            .outs
+            .get(&channel)
+            .expect("wired channel")
+            .producer
+            .free_frames()
+    }
+
     pub(super) fn try_queue_frame(&mut self, channel: u32, write: impl FnOnce(&mut FrameWriter<'_>)) -> bool {
         let out = self.net.outs.get_mut(&channel).expect("wired channel");
         match out.producer.try_send(write) {
