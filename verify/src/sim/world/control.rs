@@ -471,10 +471,13 @@ where
     }
 
     /// Process 0's readers' progress, handed to its lifecycle whenever it
-    /// changed (a checkpoint requested or complete, a stop), as the
-    /// production supervisor does before it looks at the job's end.
+    /// changed (a checkpoint requested or complete, a stop) in a job with
+    /// spread sources, as the production supervisor does before it looks at
+    /// the job's end.
     fn forward_readers_progress(&mut self) {
-        if !self.lifecycles.job_started[0] {
+        // As in production, only a job with spread sources has readers
+        // outside process 0 to tell.
+        if !self.lifecycles.job_started[0] || self.lifecycles.job.spread_sources.is_empty() {
             return;
         }
         let progress = self.output.progress();
