@@ -373,6 +373,43 @@ fn a_cluster_reading_a_spread_source_restarts_after_killed_workers_and_finishes_
     killed_workers_recover(job, dir.path(), 3);
 }
 
+/// Every process of a spread `dir://` run killed at once after a
+/// checkpoint, then `--recover`: each process reopens its partitions at
+/// their positions in the checkpoint, and the output is exact.
+#[test]
+fn a_spread_cluster_killed_whole_recovers_exactly_with_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job {
+        processes: Some(3),
+        ..Job::new(dir.path(), "seq-window", 1_000_000)
+    }
+    .spread(dir.path());
+    let mut leader = verity()
+        .args(job.args(false))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start verity");
+    let pid = leader.id();
+    let ready = wait_while_running(&mut leader, || {
+        newest_checkpoint(&job.state) >= 2 && children_of(pid).len() == 2
+    });
+    if ready {
+        // The workers first, so none outlives the test.
+        for victim in children_of(pid).into_iter().chain([pid]) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &victim.to_string()])
+                .status();
+        }
+    }
+    let _ = leader.wait();
+    let summary = job.finish();
+    assert!(
+        !ready || summary.contains("continuing from checkpoint"),
+        "{summary}"
+    );
+    job.verify();
+}
+
 #[test]
 fn a_two_stream_cluster_restarts_itself_after_killed_workers_and_finishes_exactly() {
     cluster_survives_killed_workers("market-spread", 1_000_000, 3);
