@@ -457,7 +457,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         None => SinkSpec::Null,
         Some(rate) => {
             let (epoch, recorded) = (Arc::clone(&epoch), Arc::clone(&recorded));
-            SinkSpec::Custom(CustomSink::new("latency", move || {
+            SinkSpec::Custom(CustomSink::new("latency", move |_context| {
                 Ok(Box::new(LatencySink {
                     epoch: Arc::clone(&epoch),
                     nanos_per_event: 1e9 / rate as f64,
@@ -618,6 +618,7 @@ fn run_cluster(
         // The latency sink reads each line's input id.
         output_ids: options.rate.is_some(),
         checkpoints: None,
+        spread_sources: Vec::new(),
     };
     let summary = run_leader_process(
         &local.file,

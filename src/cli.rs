@@ -362,6 +362,11 @@ struct SimArgs {
     /// wordcount only: final counts at the end of input (as `run --final`).
     #[arg(long = "final")]
     final_counts: bool,
+    /// Read the one input as a spread source (as `run --input dir://DIR` on
+    /// a cluster): split by key into one partition per process, each read
+    /// and dealt by its own process's reader. Needs --streams 1; no audit log.
+    #[arg(long)]
+    spread: bool,
     /// Keep an audit log in every process (on), in none (off), or as each
     /// seed draws (drawn: one seed in two). A seed with one checks that the
     /// log verifies, that a replay of it reproduces the output byte for
@@ -842,6 +847,13 @@ fn app_options(args: &RunArgs) -> AppOptions {
     }
 }
 
+/// The connectors this binary knows: the built-in ones. A connector crate
+/// (e.g. a future `verity-kafka`) registers its scheme here; workers build
+/// spread sources through the same list.
+pub(crate) fn connectors() -> Connectors {
+    Connectors::built_in()
+}
+
 /// The input a `run` command line names (also what a replay re-reads).
 fn app_input(app: AppName, args: &RunArgs, connectors: &Connectors) -> Result<AppInput> {
     let input = match (&args.quotes, &args.orders, args.generate) {
@@ -878,9 +890,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
             path.display()
         );
     }
-    // The connectors this binary knows: the built-in ones. A connector crate
-    // (e.g. a future `verity-kafka`) registers its scheme here.
-    let connectors = Connectors::built_in();
+    let connectors = connectors();
     let input = app_input(app, &args, &connectors)?;
     let sink = connectors.sink(&args.output)?;
     if args.checkpoints.state_dir.is_some() && sink == SinkSpec::Stdout {
@@ -942,6 +952,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         discard_output: outputs.sink == SinkSpec::Null,
         output_ids: false,
         checkpoints: None,
+        spread_sources: Vec::new(),
     };
     let summary = match (args.processes, &args.cluster) {
         (Some(processes), _) if processes > 1 => {
@@ -1199,6 +1210,7 @@ fn sim(args: SimArgs) -> Result<i32> {
         bugs,
         streams: args.streams,
         final_counts: args.final_counts,
+        spread: args.spread,
         audit: match args.audit.as_str() {
             "on" => Some(true),
             "off" => Some(false),
@@ -1331,7 +1343,7 @@ fn replay(dir: &std::path::Path, given: ReplayInputs, output: Option<&std::path:
              --input PATH (or --quotes/--orders)"
         );
     }
-    let input = app_input(app, &args, &Connectors::built_in())?;
+    let input = app_input(app, &args, &connectors())?;
     let options = app_options(&args);
     let mut file;
     let mut discard = std::io::sink();

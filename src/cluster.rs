@@ -15,9 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use verity_apps::{drive_app, AppInput, AppName, AppOptions, Driver};
 use verity_core::checkpoint::RestoreFrom;
+use verity_core::cluster::lifecycle::CONTROL_FRAMES_KEPT_FREE;
 use verity_core::cluster::{
     Action, ClusterFile, ControlLinks, Deadlines, Event, Job, JobCheckpoints, Layout, Lifecycle, Outcome,
+    ReadersProgress,
 };
+use verity_core::source::ReaderProgress;
+use verity_core::streams::Streams;
 use verity_core::{
     open_checkpoints, run_in_cluster, ClusterRun, Dataflow, Key, Outputs, Placement, RunConfig, RunError,
     RunSummary, SourceSpec, Wire,
@@ -128,6 +132,9 @@ pub struct JobSpec {
     pub output_ids: bool,
     /// Set by process 0 once it opened the state dir (`--state-dir`).
     pub checkpoints: Option<JobCheckpoints>,
+    /// Set by process 0 from its sources: those every process reads
+    /// (`Job::spread_sources`), by index, with their argument.
+    pub spread_sources: Vec<(u32, String)>,
 }
 
 impl JobSpec {
@@ -143,7 +150,16 @@ impl JobSpec {
             discard_output: self.discard_output,
             output_ids: self.output_ids,
             checkpoints: self.checkpoints.clone(),
+            spread_sources: self.spread_sources.clone(),
         }
+    }
+
+    /// Per source of the dataflow: whether every process reads it.
+    fn spread_flags(&self) -> Vec<bool> {
+        let sources = if self.split_input { 2 } else { 1 };
+        (0..sources)
+            .map(|s| self.spread_sources.iter().any(|(spread, _)| *spread == s))
+            .collect()
     }
 
     /// Where this worker's shards continue from, if the run recovers.
@@ -179,6 +195,7 @@ impl JobSpec {
             discard_output: job.discard_output,
             output_ids: job.output_ids,
             checkpoints: job.checkpoints.clone(),
+            spread_sources: job.spread_sources.clone(),
         })
     }
 }
@@ -263,8 +280,16 @@ struct Supervisor<'a> {
     links: ControlLinks,
     /// Set by the signal handler on the first Ctrl-C/SIGTERM.
     signal: &'a AtomicBool,
-    /// What the sources watch; set on `StopSources`.
+    /// What the sources watch; set on `StopSources` (process 0) or when
+    /// process 0 says its readers stop (a worker's readers of spread sources).
     sources_stop: &'a AtomicBool,
+    /// The readers' progress: process 0 forwards its own to the workers
+    /// (when some source is spread), a worker stores what it is sent.
+    readers: Option<Arc<ReaderProgress>>,
+    /// Process 0 of a run with spread sources: forward `readers`.
+    forward_readers: bool,
+    /// Process 0: the progress the workers were last told.
+    readers_told: ReadersProgress,
     local: Option<&'a LocalCluster>,
     started: Instant,
     flushing: bool,
@@ -292,6 +317,12 @@ impl Supervisor<'_> {
                 for action in lifecycle.handle(self.now_ms(), event) {
                     match action {
                         Action::Send { to, message } => {
+                            if message.superseded() && self.links.free_frames(to) <= CONTROL_FRAMES_KEPT_FREE
+                            {
+                                // The newest progress goes out at a later turn.
+                                self.readers_told = ReadersProgress::default();
+                                continue;
+                            }
                             if let Err(e) = self.links.send(to, &message) {
                                 log::warn!("cannot send {message:?} to process {to}: {e}");
                             }
@@ -304,6 +335,15 @@ impl Supervisor<'_> {
                             }
                         }
                         Action::StopSources => self.sources_stop.store(true, Ordering::Relaxed),
+                        Action::ReadersProgress(progress) => {
+                            if let Some(readers) = &self.readers {
+                                readers.requested.store(progress.requested, Ordering::Relaxed);
+                                readers.committed.store(progress.committed, Ordering::Relaxed);
+                            }
+                            if progress.stopping {
+                                self.sources_stop.store(true, Ordering::Relaxed);
+                            }
+                        }
                         Action::Flush => {
                             self.flushing = true;
                             self.node.closing();
@@ -318,6 +358,19 @@ impl Supervisor<'_> {
 
     /// Turns what happened since the last turn into events; waits a tick.
     fn observe(&mut self, job_done: &Receiver<Result<(), String>>, events: &mut VecDeque<Event>) {
+        // Before the job's end: the workers' readers hear of the final
+        // commit before the `Shutdown` that follows it.
+        if let (Some(readers), true) = (&self.readers, self.forward_readers) {
+            let now = ReadersProgress {
+                requested: readers.requested.load(Ordering::Relaxed),
+                committed: readers.committed.load(Ordering::Relaxed),
+                stopping: self.sources_stop.load(Ordering::Relaxed),
+            };
+            if now != self.readers_told {
+                self.readers_told = now;
+                events.push_back(Event::ReadersProgress(now));
+            }
+        }
         while let Some((from, message)) = self.links.poll() {
             events.push_back(match message {
                 Ok(message) => Event::Control { from, message },
@@ -370,15 +423,23 @@ pub fn run_leader_process(
     local: Option<&LocalCluster>,
 ) -> Result<RunSummary> {
     let layout = file.layout(0)?;
+    let spread_sources = spread_sources(&input, layout.processes())?;
+    let spec = JobSpec {
+        spread_sources,
+        ..spec.clone()
+    };
+    let spread = spec.spread_flags();
+    let stream_names = Streams::plan(&spread, layout.processes()).names(&input.source_names());
     // Before the job goes out: it tells the workers where to restore from.
     let mut checkpoints = match &config.checkpoints {
-        Some(settings) => Some(open_checkpoints(settings, &layout, &input.source_names())?),
+        Some(settings) => Some(open_checkpoints(settings, &layout, &stream_names)?),
         None => None,
     };
     let spec = JobSpec {
         checkpoints: checkpoints.as_ref().map(|c| c.for_workers()),
-        ..spec.clone()
+        ..spec
     };
+    let readers = Arc::new(ReaderProgress::default());
     let node = Arc::new(net.start_node(file, 0)?);
     let links = ControlLinks::new(&node, &layout, WINDOW_FRAMES);
     let mut deadlines = net.deadlines();
@@ -396,12 +457,14 @@ pub fn run_leader_process(
     let start_job = |_job: Job| -> Result<()> {
         let input = input.take().context("the job starts once")?;
         let checkpoints = checkpoints.take().map(Box::new);
-        let (node, layout, stop, spec, outputs) = (
+        let (node, layout, stop, spec, outputs, spread, readers) = (
             Arc::clone(&node),
             layout.clone(),
             Arc::clone(&sources_stop),
             spec.clone(),
             outputs.clone(),
+            spread.clone(),
+            Arc::clone(&readers),
         );
         let config = RunConfig {
             workers: layout.workers[0] as usize,
@@ -412,6 +475,8 @@ pub fn run_leader_process(
                 layout,
                 node: &node,
                 window_frames: WINDOW_FRAMES,
+                spread_sources: spread,
+                readers,
             };
             let driver = ClusterDriver {
                 config: &config,
@@ -427,11 +492,15 @@ pub fn run_leader_process(
         })?);
         Ok(())
     };
+    let forward_readers = !spec.spread_sources.is_empty();
     let mut supervisor = Supervisor {
         node: &node,
         links,
         signal,
         sources_stop: &sources_stop,
+        readers: Some(Arc::clone(&readers)),
+        forward_readers,
+        readers_told: ReadersProgress::default(),
         local,
         started: Instant::now(),
         flushing: false,
@@ -457,6 +526,31 @@ pub fn run_leader_process(
 /// `verity worker`: joins the cluster; the lifecycle waits for the job, runs
 /// this process's shards, and exits when process 0 says the run is over (or
 /// reports a failure to process 0 and exits).
+/// The sources of `input` every one of `processes` processes reads
+/// (`SourceConnector::readable_on_every_process`, with more than one
+/// partition), by index, with their argument (a worker builds the connector
+/// from it). A source of one partition stays on process 0: spreading it
+/// would leave every other reader idle.
+fn spread_sources(input: &AppInput, processes: u32) -> Result<Vec<(u32, String)>> {
+    let specs: Vec<&SourceSpec> = match input {
+        AppInput::Single(source) => vec![source],
+        AppInput::QuotesAndOrders { quotes, orders } => vec![quotes, orders],
+    };
+    let mut spread = Vec::new();
+    for (index, spec) in specs.into_iter().enumerate() {
+        if processes > 1 && spec.connector.readable_on_every_process() {
+            let partitions = spec
+                .connector
+                .partitions()
+                .with_context(|| format!("source {}", spec.name))?;
+            if partitions > 1 {
+                spread.push((index as u32, spec.name.clone()));
+            }
+        }
+    }
+    Ok(spread)
+}
+
 /// What watches a worker's runs: its audit log and its live metrics.
 #[derive(Clone, Default)]
 pub struct Observers {
@@ -485,12 +579,16 @@ pub fn run_worker_process(
     // The state dir of a job with checkpoints: if it fails, the cluster
     // restarts from there, and so does this worker.
     let mut state_dir = None;
+    // Its readers of spread sources learn from process 0 (`Control::Readers`).
+    let readers = Arc::new(ReaderProgress::default());
+    let sources_stop = Arc::new(AtomicBool::new(false));
     let start_job = |job: Job| -> Result<()> {
         let spec = JobSpec::from_job(&job)?;
         state_dir = job.checkpoints.as_ref().map(|c| PathBuf::from(&c.state_dir));
         let (node, layout, observers) = (Arc::clone(&node), layout.clone(), observers.clone());
+        let reading = (Arc::clone(&readers), Arc::clone(&sources_stop));
         spawn_job(done_tx.clone(), move || {
-            run_worker_job(&node, layout, &spec, pinning, observers)
+            run_worker_job(&node, layout, &spec, pinning, observers, reading)
         })?;
         Ok(())
     };
@@ -498,8 +596,10 @@ pub fn run_worker_process(
         node: &node,
         links,
         signal,
-        // Sources live on process 0.
-        sources_stop: &AtomicBool::new(false),
+        sources_stop: &sources_stop,
+        readers: Some(Arc::clone(&readers)),
+        forward_readers: false,
+        readers_told: ReadersProgress::default(),
         local: None,
         started: Instant::now(),
         flushing: false,
@@ -525,13 +625,15 @@ pub fn run_worker_process(
     Ok(0)
 }
 
-/// A worker's part of the job: its shards, on chunks dealt by process 0.
+/// A worker's part of the job: its shards, on chunks dealt by process 0,
+/// and its partitions of the spread sources.
 fn run_worker_job(
     node: &Node,
     layout: Layout,
     spec: &JobSpec,
     pinning: Pinning,
     observers: Observers,
+    (readers, sources_stop): (Arc<ReaderProgress>, Arc<AtomicBool>),
 ) -> Result<()> {
     let id = layout.process_id;
     let config = RunConfig {
@@ -548,28 +650,40 @@ fn run_worker_job(
         progress: false,
         ..RunConfig::default()
     };
-    // Sources live on process 0; the worker's dataflow only needs their count.
-    let placeholder = |name: &str| SourceSpec::memory(name, bytes::Bytes::new());
+    // A spread source is built here from its argument; the others live on
+    // process 0, and the worker's dataflow only needs their count.
+    let connectors = crate::cli::connectors();
+    let source = |index: u32, name: &str| -> Result<SourceSpec> {
+        match spec.spread_sources.iter().find(|(s, _)| *s == index) {
+            Some((_, arg)) => connectors
+                .source(arg)
+                .with_context(|| format!("worker {}: source {arg}", layout.process_id)),
+            None => Ok(SourceSpec::memory(name, bytes::Bytes::new())),
+        }
+    };
     let input = if spec.split_input {
         AppInput::QuotesAndOrders {
-            quotes: placeholder("quotes"),
-            orders: placeholder("orders"),
+            quotes: source(0, "quotes")?,
+            orders: source(1, "orders")?,
         }
     } else {
-        AppInput::Single(placeholder("input"))
+        AppInput::Single(source(0, "input")?)
     };
     let cluster = ClusterRun {
         layout,
         node,
         window_frames: WINDOW_FRAMES,
+        spread_sources: spec.spread_flags(),
+        readers,
     };
     let driver = ClusterDriver {
         config: &config,
-        stop: Arc::new(AtomicBool::new(false)),
+        stop: sources_stop,
         cluster: &cluster,
         placement: Placement::Member {
             discard_lines: spec.discard_output,
             output_ids: spec.output_ids,
+            checkpointed: spec.checkpoints.is_some(),
             restore: spec.restore(),
         },
     };
@@ -787,7 +901,9 @@ mod tests {
                 fingerprint: "market-spread; 4 shards".into(),
                 restore_from: 3,
             }),
+            spread_sources: vec![(1, "dir:///shared/orders".into())],
         };
+        assert_eq!(spec.spread_flags(), [false, true]);
         assert_eq!(JobSpec::from_job(&spec.to_job()).unwrap(), spec);
         assert_eq!(spec.restore().unwrap().store_id, 3);
         let fresh = JobSpec {

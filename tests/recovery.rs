@@ -58,6 +58,9 @@ struct Job {
     /// A local cluster of this many processes of one shard each (else one
     /// process of two shards).
     processes: Option<u32>,
+    /// What the run reads instead of `input`, if not the same: a `dir://`
+    /// source of `input` split by key into partitions.
+    run_input: Option<Vec<String>>,
 }
 
 impl Job {
@@ -68,12 +71,26 @@ impl Job {
             output: dir.join("out.txt"),
             state: dir.join("state"),
             processes: None,
+            run_input: None,
+        }
+    }
+
+    /// The same job read from 5 partition files of a `dir://` source.
+    fn spread(self, dir: &Path) -> Job {
+        let [flag, input] = &self.input[..] else {
+            panic!("one input file")
+        };
+        assert_eq!(flag, "--input");
+        let parts = common::split_into_partitions(self.app, Path::new(input), dir, "parts", 5);
+        Job {
+            run_input: Some(vec!["--input".into(), format!("dir://{}", path_str(&parts))]),
+            ..self
         }
     }
 
     fn args(&self, recover: bool) -> Vec<String> {
         let mut args: Vec<String> = vec!["run".into(), self.app.into()];
-        args.extend(self.input.iter().cloned());
+        args.extend(self.run_input.as_ref().unwrap_or(&self.input).iter().cloned());
         let layout = match self.processes {
             None => vec!["--workers".to_string(), "2".to_string()],
             Some(p) => ["--processes", &p.to_string(), "--workers", "1", "--no-pin"]
@@ -121,7 +138,26 @@ impl Job {
 
     fn verify(&self) {
         let dead = PathBuf::from(format!("{}.dead-letter", path_str(&self.output)));
-        verify_files(self.app, &self.input, &self.output, &dead, None);
+        if self.run_input.is_none() {
+            verify_files(self.app, &self.input, &self.output, &dead, None);
+            return;
+        }
+        // A spread source's dead letters name its streams' line numbers,
+        // not the unsplit input's: the output is checked, and the letters
+        // counted against the malformed lines.
+        let mut args: Vec<String> = vec!["verify".into(), self.app.into()];
+        args.extend(self.input.iter().cloned());
+        args.extend(["--output".to_string(), path_str(&self.output).to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let report = common::stdout(&ok(run(&args)));
+        assert!(report.contains("OK"), "{report}");
+        let malformed: usize = report
+            .split_once(" input records (")
+            .and_then(|(_, rest)| rest.split_once(" malformed"))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("a count of malformed lines in {report}"));
+        let letters = std::fs::read_to_string(&dead).unwrap_or_default().lines().count();
+        assert_eq!(letters, malformed, "every malformed line dead-lettered once");
     }
 }
 
@@ -263,7 +299,14 @@ fn cluster_survives_killed_workers(app: &'static str, records: u64, kills: u32) 
         processes: Some(3),
         ..Job::new(dir.path(), app, records)
     };
-    let log = dir.path().join("stderr.txt");
+    killed_workers_recover(job, dir.path(), kills);
+}
+
+/// Kills `kills` workers of `job`'s 3-process run with SIGKILL, each after
+/// a new checkpoint; the run must restart by itself and finish exactly.
+fn killed_workers_recover(job: Job, dir: &Path, kills: u32) {
+    let app = job.app;
+    let log = dir.join("stderr.txt");
     let mut leader = verity()
         .args(job.args(false))
         .stderr(std::fs::File::create(&log).unwrap())
@@ -315,6 +358,56 @@ fn cluster_survives_killed_workers(app: &'static str, records: u64, kills: u32) 
 #[test]
 fn a_cluster_restarts_itself_after_killed_workers_and_finishes_exactly() {
     cluster_survives_killed_workers("seq-window", 1_000_000, 3);
+}
+
+/// Every process reads its own partitions of a `dir://` source: killed
+/// workers' readers come back at their streams' cuts, exactly once.
+#[test]
+fn a_cluster_reading_a_spread_source_restarts_after_killed_workers_and_finishes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job {
+        processes: Some(3),
+        ..Job::new(dir.path(), "seq-window", 1_000_000)
+    }
+    .spread(dir.path());
+    killed_workers_recover(job, dir.path(), 3);
+}
+
+/// Every process of a spread `dir://` run killed at once after a
+/// checkpoint, then `--recover`: each process reopens its partitions at
+/// their positions in the checkpoint, and the output is exact.
+#[test]
+fn a_spread_cluster_killed_whole_recovers_exactly_with_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job {
+        processes: Some(3),
+        ..Job::new(dir.path(), "seq-window", 1_000_000)
+    }
+    .spread(dir.path());
+    let mut leader = verity()
+        .args(job.args(false))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start verity");
+    let pid = leader.id();
+    let ready = wait_while_running(&mut leader, || {
+        newest_checkpoint(&job.state) >= 2 && children_of(pid).len() == 2
+    });
+    if ready {
+        // The workers first, so none outlives the test.
+        for victim in children_of(pid).into_iter().chain([pid]) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &victim.to_string()])
+                .status();
+        }
+    }
+    let _ = leader.wait();
+    let summary = job.finish();
+    assert!(
+        !ready || summary.contains("continuing from checkpoint"),
+        "{summary}"
+    );
+    job.verify();
 }
 
 #[test]
@@ -424,6 +517,7 @@ fn a_run_fed_by_verity_send_is_killed_and_recovered_and_reads_each_line_once() {
         state: dir.path().join("state"),
         app: "seq-window",
         processes: None,
+        run_input: None,
     };
     let mut first = verity()
         .args(job.args(false))

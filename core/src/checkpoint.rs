@@ -189,9 +189,14 @@ pub struct RestoreFrom {
 }
 
 impl RestoreFrom {
-    /// The checkpoint's number and the parts of `shards` (global indexes),
-    /// in that order, each as its chain and checked against the manifests.
-    pub fn read_parts(&self, shards: Range<u32>) -> Result<(u64, Vec<Vec<CheckpointPart>>), RecoverError> {
+    /// The checkpoint's job metadata (its number, and the cuts a worker's
+    /// readers of spread sources resume at) and the parts of `shards`
+    /// (global indexes), in that order, each as its chain and checked
+    /// against the manifests.
+    pub fn read_parts(
+        &self,
+        shards: Range<u32>,
+    ) -> Result<(JobMeta, Vec<Vec<CheckpointPart>>), RecoverError> {
         if !self.state_dir.is_dir() {
             return Err(RecoverError::NotShared(self.state_dir.display().to_string()));
         }
@@ -204,10 +209,9 @@ impl RestoreFrom {
         &self,
         storage: impl Storage,
         shards: Range<u32>,
-    ) -> Result<(u64, Vec<Vec<CheckpointPart>>), RecoverError> {
+    ) -> Result<(JobMeta, Vec<Vec<CheckpointPart>>), RecoverError> {
         let mut store = CheckpointStore::new(storage);
-        let (meta, parts) = read_meta_and_parts(&mut store, self.store_id, &self.fingerprint, shards)?;
-        Ok((meta.checkpoint, parts))
+        read_meta_and_parts(&mut store, self.store_id, &self.fingerprint, shards)
     }
 }
 

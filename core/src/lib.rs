@@ -22,11 +22,13 @@ pub mod sink;
 pub mod small;
 pub mod source;
 pub mod step_timing;
+pub mod streams;
 pub mod timers;
 pub mod wire;
 
 pub use connector::{
-    CommitId, Connectors, Position, SinkConnector, SinkError, SourceConnector, SourceError, SourceReader,
+    CommitId, Connectors, Position, SinkConnector, SinkContext, SinkError, SourceConnector, SourceError,
+    SourceReader,
 };
 pub use env::{Clock, ManualClock, Rng, SplitMix64, SystemClock};
 pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output, Stream};

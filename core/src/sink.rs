@@ -6,7 +6,7 @@
 use crate::checkpoint::{Checkpointer, JobMeta, SinkMarks};
 use crate::connector::sinks::{FileSink, NullSink, WriteSink};
 use crate::connector::tcp_sink::{Release, TcpSinkOptions};
-use crate::connector::{CommitId, SinkConnector, SinkError};
+use crate::connector::{CommitId, SinkConnector, SinkContext, SinkError};
 use crate::ids::MsgId;
 use crate::line::DeadLetter;
 use crate::source::ReaderProgress;
@@ -21,10 +21,13 @@ use verity_state::checkpoint::CheckpointError;
 
 pub use crate::connector::sinks::TCP_CONNECT_TIMEOUT;
 
-/// Opens a sink from another crate.
-pub type OpenSink = Arc<dyn Fn() -> Result<Box<dyn SinkConnector>, SinkError> + Send + Sync>;
+/// Opens a sink from another crate, on the process and in the job the
+/// context names.
+pub type OpenSink = Arc<dyn Fn(&SinkContext) -> Result<Box<dyn SinkConnector>, SinkError> + Send + Sync>;
 
-/// A sink connector from outside `core`, opened when the run starts.
+/// A sink connector from outside `core`, opened when the run starts (on
+/// every process, each with its own context, if it is
+/// `written_by_every_process`).
 #[derive(Clone)]
 pub struct CustomSink {
     pub name: String,
@@ -34,7 +37,7 @@ pub struct CustomSink {
 impl CustomSink {
     pub fn new(
         name: &str,
-        open: impl Fn() -> Result<Box<dyn SinkConnector>, SinkError> + Send + Sync + 'static,
+        open: impl Fn(&SinkContext) -> Result<Box<dyn SinkConnector>, SinkError> + Send + Sync + 'static,
     ) -> Self {
         CustomSink {
             name: name.into(),
@@ -42,8 +45,8 @@ impl CustomSink {
         }
     }
 
-    pub fn open(&self) -> Result<Box<dyn SinkConnector>, SinkError> {
-        (self.open)()
+    pub fn open(&self, context: &SinkContext) -> Result<Box<dyn SinkConnector>, SinkError> {
+        (self.open)(context)
     }
 }
 
@@ -99,13 +102,13 @@ impl SinkSpec {
 
     /// Opens the sink now, so a bad path or an unreachable address fails
     /// before any input is read.
-    pub fn open(&self) -> Result<Box<dyn SinkConnector>, SinkError> {
+    pub fn open(&self, context: &SinkContext) -> Result<Box<dyn SinkConnector>, SinkError> {
         Ok(match self {
             SinkSpec::Stdout => Box::new(WriteSink::stdout()),
             SinkSpec::File(path) => Box::new(FileSink::create(path)?),
             SinkSpec::Tcp(address) => Box::new(WriteSink::connect(address)?),
             SinkSpec::Null => Box::new(NullSink),
-            SinkSpec::Custom(custom) => custom.open()?,
+            SinkSpec::Custom(custom) => custom.open(context)?,
         })
     }
 
@@ -117,6 +120,7 @@ impl SinkSpec {
         &self,
         resuming: bool,
         delivery: crate::runtime::Delivery,
+        context: &SinkContext,
     ) -> Result<Box<dyn SinkConnector>, SinkError> {
         match self {
             SinkSpec::File(path) if resuming => Ok(Box::new(FileSink::for_resume(path, "output"))),
@@ -129,7 +133,7 @@ impl SinkSpec {
                     },
                 )?))
             }
-            other => other.open(),
+            other => other.open(context),
         }
     }
 }
@@ -154,20 +158,20 @@ impl DeadLetterSpec {
     }
 
     /// Opens the dead-letter sink (a stale file is removed now).
-    pub fn open(&self) -> Result<Box<dyn SinkConnector>, SinkError> {
+    pub fn open(&self, context: &SinkContext) -> Result<Box<dyn SinkConnector>, SinkError> {
         Ok(match self {
             DeadLetterSpec::Stderr => Box::new(WriteSink::stderr()),
             DeadLetterSpec::File(path) => {
                 Box::new(FileSink::create_on_first_write(path, "dead-letter file")?)
             }
-            DeadLetterSpec::Custom(custom) => custom.open()?,
+            DeadLetterSpec::Custom(custom) => custom.open(context)?,
         })
     }
     /// Opens the dead letters' sink to continue an earlier run.
-    pub fn open_resuming(&self) -> Result<Box<dyn SinkConnector>, SinkError> {
+    pub fn open_resuming(&self, context: &SinkContext) -> Result<Box<dyn SinkConnector>, SinkError> {
         match self {
             DeadLetterSpec::File(path) => Ok(Box::new(FileSink::for_resume(path, "dead-letter file"))),
-            other => other.open(),
+            other => other.open(context),
         }
     }
 }
@@ -210,8 +214,12 @@ pub struct DeadLetterWriter {
 }
 
 impl DeadLetterWriter {
-    pub fn new(spec: &DeadLetterSpec, source_names: Vec<String>) -> Result<Self, SinkError> {
-        Ok(DeadLetterWriter::with_sink(spec.open()?, source_names))
+    pub fn new(
+        spec: &DeadLetterSpec,
+        source_names: Vec<String>,
+        context: &SinkContext,
+    ) -> Result<Self, SinkError> {
+        Ok(DeadLetterWriter::with_sink(spec.open(context)?, source_names))
     }
 
     pub fn with_sink(sink: Box<dyn SinkConnector>, source_names: Vec<String>) -> Self {
@@ -634,8 +642,12 @@ mod tests {
     fn dead_letters_name_source_line_and_reason() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dl");
-        let mut writer =
-            DeadLetterWriter::new(&DeadLetterSpec::File(path.clone()), vec!["in.txt".into()]).unwrap();
+        let mut writer = DeadLetterWriter::new(
+            &DeadLetterSpec::File(path.clone()),
+            vec!["in.txt".into()],
+            &SinkContext::single_process(""),
+        )
+        .unwrap();
         assert!(!path.exists(), "created lazily");
         let letter = DeadLetter::new(MsgId::new(0, 3), "not an integer".into(), &"x\ty".into());
         writer.write(&letter).unwrap();

@@ -384,29 +384,32 @@ pub struct OpenSource {
 }
 
 /// Opens every partition of a source now, from its beginning, so a missing
-/// file or a busy port fails before the run. (Today's runtime reads all
-/// partitions on process 0; the connector would let each be opened where it
-/// is owned.)
+/// file or a busy port fails before the run.
 pub fn open(spec: SourceSpec) -> Result<OpenSource, SourceError> {
-    let SourceSpec { name, mut connector } = spec;
-    let count = connector.partitions()?;
-    let partitions = (0..count)
-        .map(|partition| Ok((partition, connector.open(&name, partition, None)?)))
-        .collect::<Result<Vec<_>, SourceError>>()?;
-    Ok(OpenSource { partitions })
+    open_partitions(spec, &|_| true, None)
 }
 
 /// Opens a source to continue from a checkpoint's cut (a recovery): each
 /// partition the cut names at its position, the others from their start.
 pub fn open_at(spec: SourceSpec, cut: &SourceCut) -> Result<OpenSource, SourceError> {
+    open_partitions(spec, &|_| true, Some(cut))
+}
+
+/// Opens the partitions of a source that `reads` picks (one stream's share
+/// of a spread source, `streams::Stream::reads_partition`), each at its
+/// position in `cut` if given and named there, else from its start.
+pub fn open_partitions(
+    spec: SourceSpec,
+    reads: &dyn Fn(u32) -> bool,
+    cut: Option<&SourceCut>,
+) -> Result<OpenSource, SourceError> {
     let SourceSpec { name, mut connector } = spec;
     let count = connector.partitions()?;
     let partitions = (0..count)
+        .filter(|partition| reads(*partition))
         .map(|partition| {
             let at = cut
-                .positions
-                .iter()
-                .find(|(p, _)| *p == partition)
+                .and_then(|cut| cut.positions.iter().find(|(p, _)| *p == partition))
                 .map(|(_, at)| *at);
             Ok((partition, connector.open(&name, partition, at)?))
         })
@@ -415,6 +418,11 @@ pub fn open_at(spec: SourceSpec, cut: &SourceCut) -> Result<OpenSource, SourceEr
 }
 
 impl OpenSource {
+    /// The partitions it reads (those not ended at a checkpoint).
+    pub fn partition_ids(&self) -> Vec<u32> {
+        self.partitions.iter().map(|(p, _)| *p).collect()
+    }
+
     /// Its partitions in the reader loop that both drivers run.
     pub fn into_read_loop(self) -> ReadLoop {
         ReadLoop::new(self.partitions)

@@ -130,7 +130,7 @@ impl Recording {
 
     fn spec(&self) -> CustomSink {
         let sink = self.clone();
-        CustomSink::new("recording", move || {
+        CustomSink::new("recording", move |_context| {
             Ok(Box::new(sink.clone()) as Box<dyn SinkConnector>)
         })
     }

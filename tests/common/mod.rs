@@ -94,3 +94,53 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Splits the lines of `input` into `parts` files `p<N>.txt` of a new
+/// directory `dir/name`, each line into the file its app's key hashes to
+/// (so a key's lines keep their order within one partition): the input of
+/// a `dir://` source. Keys: seq-window's first field, market-spread's
+/// symbol; doubler and wordcount lines go round-robin (a doubler line is
+/// its own record; a wordcount line holds several keys).
+#[allow(dead_code)]
+pub fn split_into_partitions(app: &str, input: &Path, dir: &Path, name: &str, parts: usize) -> PathBuf {
+    let out_dir = dir.join(name);
+    std::fs::create_dir(&out_dir).expect("create the partition directory");
+    let text = std::fs::read(input).expect("read the input");
+    let mut files: Vec<Vec<u8>> = vec![Vec::new(); parts];
+    for (index, line) in text.split_inclusive(|b| *b == b'\n').enumerate() {
+        let fields = |sep: u8| -> Vec<&[u8]> { line.split(|b| *b == sep).collect() };
+        let key: Option<Vec<u8>> = match app {
+            "seq-window" => line
+                .split(|b| b.is_ascii_whitespace())
+                .find(|f| !f.is_empty())
+                .map(<[u8]>::to_vec),
+            "market-spread" => {
+                let f = fields(b',');
+                match f.first().copied() {
+                    Some(b"Q") => f.get(1).map(|s| s.to_vec()),
+                    Some(b"O") => f.get(2).map(|s| s.to_vec()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let part = match key {
+            // FNV-1a: any fixed hash will do, it only has to keep a key together.
+            Some(key) => {
+                let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+                });
+                (hash % parts as u64) as usize
+            }
+            None => index % parts,
+        };
+        files[part].extend_from_slice(line);
+        if !line.ends_with(b"\n") {
+            files[part].push(b'\n');
+        }
+    }
+    for (part, content) in files.iter().enumerate() {
+        std::fs::write(out_dir.join(format!("p{part}.txt")), content).expect("write a partition");
+    }
+    out_dir
+}

@@ -16,6 +16,30 @@ fn every_app_runs_clean_over_many_seeds() {
     }
 }
 
+/// A spread source: the input split by key into one partition per process,
+/// each read by its own process's production reader loop, which hears of
+/// checkpoints from process 0 through the lifecycle (`Control::Readers`);
+/// all faults, crashes and recoveries included.
+#[test]
+fn spread_sources_run_clean_over_many_seeds() {
+    for app in AppName::ALL {
+        for seed in 0..CI_SEEDS / 4 {
+            run_seed_ok(&SimConfig {
+                spread: true,
+                ..SimConfig::new(app, seed)
+            });
+        }
+    }
+    for seed in 0..CI_SEEDS / 10 {
+        run_seed_ok(&SimConfig {
+            spread: true,
+            processes: 2,
+            workers: 1,
+            ..SimConfig::new(AppName::SeqWindow, seed)
+        });
+    }
+}
+
 #[test]
 fn wordcount_final_counts_run_clean() {
     for seed in 0..CI_SEEDS / 2 {

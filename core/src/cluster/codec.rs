@@ -4,8 +4,8 @@
 //! Control messages (`lifecycle::Control`) travel the same way.
 
 use super::lifecycle::{
-    bounded_reason, Control, Job, JobCheckpoints, APP_NAME_SIZE_MAX_BYTES, JOB_TEXT_SIZE_MAX_BYTES,
-    REASON_SIZE_MAX_BYTES,
+    bounded_reason, Control, Job, JobCheckpoints, ReadersProgress, APP_NAME_SIZE_MAX_BYTES,
+    JOB_TEXT_SIZE_MAX_BYTES, REASON_SIZE_MAX_BYTES,
 };
 use super::{ClusterError, CLUSTER_SOURCES_MAX};
 use crate::connector::Position;
@@ -537,6 +537,7 @@ const CONTROL_JOB: u8 = 0;
 const CONTROL_SHUTDOWN: u8 = 1;
 const CONTROL_ABORT: u8 = 2;
 const CONTROL_FAILED: u8 = 3;
+const CONTROL_READERS: u8 = 4;
 
 /// A control message as frame records: a tag, then the job or the reason.
 pub fn encode_control(message: &Control, frame: &mut FrameWriter<'_>) {
@@ -554,6 +555,14 @@ pub fn encode_control(message: &Control, frame: &mut FrameWriter<'_>) {
             };
             frame.record_with(|out| tag.encode(out));
             frame.push_record(bounded_reason(reason).as_bytes());
+        }
+        Control::Readers(progress) => {
+            frame.record_with(|out| CONTROL_READERS.encode(out));
+            frame.record_with(|out| {
+                progress.requested.encode(out);
+                progress.committed.encode(out);
+                progress.stopping.encode(out);
+            });
         }
     }
 }
@@ -581,6 +590,15 @@ fn encode_job(job: &Job, out: &mut Vec<u8>) {
             }
             checkpoints.restore_from.encode(out);
         }
+    }
+    (job.spread_sources.len() as u32).encode(out);
+    for (source, arg) in &job.spread_sources {
+        assert!(
+            arg.len() <= JOB_TEXT_SIZE_MAX_BYTES,
+            "bounded by the command line"
+        );
+        source.encode(out);
+        encode_bytes(arg.as_bytes(), out);
     }
 }
 
@@ -623,7 +641,23 @@ fn decode_job(mut input: &[u8]) -> Result<Job, ClusterError> {
                 restore_from: u64::decode(&mut input).map_err(bad)?,
             }),
         },
+        spread_sources: Vec::new(),
     };
+    let mut job = job;
+    let spread = u32::decode(&mut input).map_err(bad)?;
+    if spread > job.sources.min(CLUSTER_SOURCES_MAX) {
+        return Err(bad(WireError::Invalid("more spread sources than sources")));
+    }
+    for _ in 0..spread {
+        let source = u32::decode(&mut input).map_err(bad)?;
+        let arg = decode_job_text(&mut input, "source argument too long or not UTF-8").map_err(bad)?;
+        if source >= job.sources || job.spread_sources.iter().any(|(s, _)| *s == source) {
+            return Err(bad(WireError::Invalid(
+                "a spread source out of range or named twice",
+            )));
+        }
+        job.spread_sources.push((source, arg));
+    }
     if !input.is_empty() {
         return Err(bad(WireError::Invalid("trailing bytes")));
     }
@@ -658,6 +692,19 @@ pub fn decode_control(frame: &Frame) -> Result<Control, ClusterError> {
         CONTROL_FAILED => Control::Failed {
             reason: reason(body("failed")?)?,
         },
+        CONTROL_READERS => {
+            let mut input = body("readers")?;
+            let bad = |e| malformed("readers' progress", e);
+            let progress = ReadersProgress {
+                requested: u64::decode(&mut input).map_err(bad)?,
+                committed: u64::decode(&mut input).map_err(bad)?,
+                stopping: bool::decode(&mut input).map_err(bad)?,
+            };
+            if !input.is_empty() {
+                return Err(bad(WireError::Invalid("trailing bytes")));
+            }
+            Control::Readers(progress)
+        }
         tag => {
             return Err(malformed(
                 "control",
@@ -711,6 +758,7 @@ mod control_tests {
                 fingerprint: "market-spread; 6 shards".into(),
                 restore_from: 12,
             }),
+            spread_sources: vec![(1, "dir:///data/orders".into())],
         }
     }
 
@@ -718,6 +766,11 @@ mod control_tests {
     fn control_messages_round_trip() {
         for message in [
             Control::Job(job()),
+            Control::Readers(ReadersProgress {
+                requested: 3,
+                committed: u64::MAX,
+                stopping: true,
+            }),
             Control::Job(Job {
                 checkpoints: None,
                 ..job()
@@ -749,6 +802,14 @@ mod control_tests {
     fn out_of_range_jobs_are_refused() {
         for bad in [
             Job { sources: 0, ..job() },
+            Job {
+                spread_sources: vec![(2, "dir:///x".into())],
+                ..job()
+            },
+            Job {
+                spread_sources: vec![(1, "a".into()), (1, "b".into())],
+                ..job()
+            },
             Job {
                 sources: CLUSTER_SOURCES_MAX + 1,
                 ..job()
@@ -808,6 +869,11 @@ mod control_tests {
                         fingerprint,
                         restore_from,
                     }),
+                    spread_sources: if sources > 1 {
+                        vec![(0, "dir:///in".into()), (sources - 1, "kafka://h/t".into())]
+                    } else {
+                        Vec::new()
+                    },
                 },
             )
     }
@@ -818,6 +884,13 @@ mod control_tests {
             Just(Control::Shutdown),
             ".{0,200}".prop_map(|reason| Control::Abort { reason }),
             ".{0,200}".prop_map(|reason| Control::Failed { reason }),
+            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(requested, committed, stopping)| {
+                Control::Readers(ReadersProgress {
+                    requested,
+                    committed,
+                    stopping,
+                })
+            }),
         ]
     }
 

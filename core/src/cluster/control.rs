@@ -80,6 +80,15 @@ impl ControlLinks {
         }
     }
 
+    /// Frames the control queue to `to` takes before it is full (0 if there
+    /// is no such channel).
+    pub fn free_frames(&self, to: u32) -> usize {
+        self.outs
+            .iter()
+            .find(|(peer, _)| *peer == to)
+            .map_or(0, |(_, out)| out.free_frames())
+    }
+
     /// The next control message that has arrived, from any peer, without
     /// waiting. A message that does not decode is returned as the error.
     pub fn poll(&self) -> Option<(u32, Result<Control, ClusterError>)> {

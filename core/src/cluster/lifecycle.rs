@@ -18,7 +18,10 @@
 //! bounded time: a worker reports `Failed` to process 0 and exits; process 0
 //! sends `Abort` to the other workers and exits; a worker that gets `Abort`
 //! exits. A failing process waits at most `failure_report_ms` for its last
-//! messages to be acked, so a lost peer cannot keep it alive.
+//! messages to be acked, so a lost peer cannot keep it alive. While the job
+//! runs, process 0 tells the workers its readers' progress (`Control::Readers`,
+//! on `Event::ReadersProgress`): the readers of spread sources on a worker deal
+//! checkpoint barriers, commit cuts and stop by it.
 //!
 //! ## What a driver does
 //!
@@ -51,13 +54,19 @@ pub const FAILURE_REPORT_DEADLINE_MS: u64 = 2_000;
 pub const JOB_WAIT_DEADLINE_MS: u64 = 30_000;
 /// Longest failure reason a control message carries; longer ones are cut.
 pub const REASON_SIZE_MAX_BYTES: usize = 4_096;
+/// Frames of a control queue a `Control::Readers` update leaves free, so the
+/// messages that end a run (`Shutdown`, `Abort`, `Failed`) always fit: a
+/// driver skips an update that would take them (`Control::superseded`) and
+/// sends the newest progress at a later turn instead.
+pub const CONTROL_FRAMES_KEPT_FREE: usize = 1;
 /// Longest app name a job may carry.
 pub const APP_NAME_SIZE_MAX_BYTES: usize = 64;
 /// Longest state dir path and job fingerprint a job may carry.
 pub const JOB_TEXT_SIZE_MAX_BYTES: usize = 4_096;
 
 /// What process 0 tells every worker to run: enough to build the same
-/// dataflow (the sources themselves live on process 0).
+/// dataflow (the sources themselves live on process 0, except the spread
+/// ones every process reads its partitions of).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     /// The app's name (`AppName::name`); the binary maps it back.
@@ -77,6 +86,11 @@ pub struct Job {
     pub output_ids: bool,
     /// The run takes checkpoints (`--state-dir`).
     pub checkpoints: Option<JobCheckpoints>,
+    /// The sources read on every process (`SourceConnector::
+    /// readable_on_every_process`, with more than one partition): each
+    /// source's index and its argument, from which a worker builds the
+    /// connector and reads its own partitions (`runtime::Streams`).
+    pub spread_sources: Vec<(u32, String)>,
 }
 
 /// A run's checkpoints, as a worker needs to know them: where its shards'
@@ -104,6 +118,30 @@ pub enum Control {
     Abort { reason: String },
     /// Worker → process 0: this worker failed; the run cannot go on.
     Failed { reason: String },
+    /// Process 0 → worker: what its readers of spread sources must know
+    /// (`source::ReaderProgress`): the checkpoint requested (they deal its
+    /// barrier), the newest one complete (they commit its cut; `ALL` once
+    /// the output is final), and whether the sources are to stop.
+    Readers(ReadersProgress),
+}
+
+impl Control {
+    /// A later message of the same kind says all this one says (progress
+    /// only grows): a driver may skip it when the queue is short of room
+    /// (`CONTROL_FRAMES_KEPT_FREE`), as long as it sends the newest later.
+    pub fn superseded(&self) -> bool {
+        matches!(self, Control::Readers(_))
+    }
+}
+
+/// What process 0's output thread and supervisor tell every reader of the
+/// run; a worker's readers of spread sources learn it through
+/// `Control::Readers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadersProgress {
+    pub requested: u64,
+    pub committed: u64,
+    pub stopping: bool,
 }
 
 /// How a process ends, and its exit code.
@@ -145,6 +183,9 @@ pub enum Event {
     AllSent,
     /// Time passed (deadlines are checked on every event, this one included).
     Tick,
+    /// Process 0: its readers' progress changed (a checkpoint requested or
+    /// complete, the output final, a stop); the workers are told.
+    ReadersProgress(ReadersProgress),
 }
 
 /// What the driver must do, in order.
@@ -161,6 +202,8 @@ pub enum Action {
     StopSources,
     /// Report `AllSent` once every frame handed to the network so far is acked.
     Flush,
+    /// Worker: hand this to the readers of this process's spread sources.
+    ReadersProgress(ReadersProgress),
     /// End the process with `outcome.exit_code()`; `reason` says why (for a
     /// `Done` outcome it is a warning).
     Exit {
@@ -328,6 +371,16 @@ impl LeaderLifecycle {
             }
             Event::AllSent => self.common.finish_flush(now_ms, true, &mut actions),
             Event::Tick => {}
+            Event::ReadersProgress(progress) => {
+                if self.started && !self.common.ending() {
+                    for to in self.workers() {
+                        actions.push(Action::Send {
+                            to,
+                            message: Control::Readers(progress),
+                        });
+                    }
+                }
+            }
         }
         self.check_deadlines(now_ms, &mut actions);
         actions
@@ -413,6 +466,8 @@ pub struct WorkerLifecycle {
     process_id: u32,
     state: WorkerState,
     common: Common,
+    /// What this process's readers were last handed.
+    readers: ReadersProgress,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,6 +491,7 @@ impl WorkerLifecycle {
             process_id,
             state: WorkerState::New,
             common: Common::new(deadlines),
+            readers: ReadersProgress::default(),
         }
     }
 
@@ -476,6 +532,8 @@ impl WorkerLifecycle {
             }
             Event::AllSent => self.common.finish_flush(now_ms, true, &mut actions),
             Event::Tick => {}
+            // Only process 0's readers make progress of their own.
+            Event::ReadersProgress(_) => {}
         }
         self.check_deadlines(now_ms, &mut actions);
         actions
@@ -496,11 +554,23 @@ impl WorkerLifecycle {
                 actions.push(self.common.exit_now(Outcome::Done, None));
             }
             // Process 0 has every shard's `Finished` before this process's job
-            // has noticed its own shards ended: remember it.
+            // has noticed its own shards ended: remember it. A `Shutdown`
+            // also says the output is final: the readers commit all they
+            // read (whether or not the `Readers` update saying so got here).
             (Control::Shutdown, WorkerState::Running { .. }) => {
                 self.state = WorkerState::Running { shutdown_seen: true };
+                self.output_final(actions);
             }
-            (Control::Shutdown, WorkerState::AwaitingShutdown) => self.shut_down(now_ms, actions),
+            (Control::Shutdown, WorkerState::AwaitingShutdown) => {
+                self.output_final(actions);
+                self.shut_down(now_ms, actions)
+            }
+            // The readers may still wait for the last commit after the
+            // shards finished.
+            (Control::Readers(progress), WorkerState::Running { .. } | WorkerState::AwaitingShutdown) => {
+                self.readers = progress;
+                actions.push(Action::ReadersProgress(progress))
+            }
             (Control::Abort { reason }, _) => {
                 self.state = WorkerState::Ended;
                 let reason = format!("process 0 ended the run: {reason}");
@@ -525,6 +595,13 @@ impl WorkerLifecycle {
             self.shut_down(now_ms, actions);
         } else {
             self.state = WorkerState::AwaitingShutdown;
+        }
+    }
+
+    fn output_final(&mut self, actions: &mut Vec<Action>) {
+        if self.readers.committed != crate::source::ReaderProgress::ALL {
+            self.readers.committed = crate::source::ReaderProgress::ALL;
+            actions.push(Action::ReadersProgress(self.readers));
         }
     }
 
@@ -623,6 +700,7 @@ mod tests {
             discard_output: false,
             output_ids: false,
             checkpoints: None,
+            spread_sources: Vec::new(),
         }
     }
 
@@ -784,6 +862,87 @@ mod tests {
     }
 
     #[test]
+    fn readers_progress_goes_to_every_worker_and_on_to_their_readers() {
+        let progress = ReadersProgress {
+            requested: 4,
+            committed: 3,
+            stopping: false,
+        };
+        let mut leader = LeaderLifecycle::new(3, job(), deadlines());
+        assert!(
+            leader.handle(0, Event::ReadersProgress(progress)).is_empty(),
+            "nothing before the job"
+        );
+        leader.handle(0, Event::Start);
+        let sent = leader.handle(1, Event::ReadersProgress(progress));
+        let readers = Control::Readers(progress);
+        assert_eq!(
+            sent,
+            [
+                Action::Send {
+                    to: 1,
+                    message: readers.clone()
+                },
+                Action::Send {
+                    to: 2,
+                    message: readers.clone()
+                },
+            ]
+        );
+        let mut worker = WorkerLifecycle::new(1, deadlines());
+        worker.handle(0, Event::Start);
+        worker.handle(
+            1,
+            Event::Control {
+                from: 0,
+                message: Control::Job(job()),
+            },
+        );
+        let heard = worker.handle(
+            2,
+            Event::Control {
+                from: 0,
+                message: readers.clone(),
+            },
+        );
+        assert_eq!(heard, [Action::ReadersProgress(progress)]);
+        // The shards finished; the readers still wait for the last commit.
+        worker.handle(3, Event::JobFinished);
+        let all = ReadersProgress {
+            committed: crate::source::ReaderProgress::ALL,
+            ..progress
+        };
+        let heard = worker.handle(
+            4,
+            Event::Control {
+                from: 0,
+                message: Control::Readers(all),
+            },
+        );
+        assert_eq!(heard, [Action::ReadersProgress(all)]);
+        // Before its job, a worker has no readers to tell: a protocol error.
+        let mut early = WorkerLifecycle::new(2, deadlines());
+        early.handle(0, Event::Start);
+        let refused = early.handle(
+            1,
+            Event::Control {
+                from: 0,
+                message: readers,
+            },
+        );
+        assert!(
+            matches!(
+                refused[0],
+                Action::Send {
+                    to: 0,
+                    message: Control::Failed { .. }
+                }
+            ),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn a_worker_starts_on_the_job_and_exits_after_shutdown() {
         let mut worker = WorkerLifecycle::new(1, deadlines());
         assert!(worker.handle(0, Event::Start).is_empty());
@@ -795,7 +954,15 @@ mod tests {
         );
         assert!(worker.job_started());
         assert!(worker.handle(2, Event::JobFinished).is_empty());
-        assert_eq!(worker.handle(3, control(Control::Shutdown)), [Action::Flush]);
+        // The shutdown says the output is final: the readers commit all.
+        let final_commit = Action::ReadersProgress(ReadersProgress {
+            committed: crate::source::ReaderProgress::ALL,
+            ..ReadersProgress::default()
+        });
+        assert_eq!(
+            worker.handle(3, control(Control::Shutdown)),
+            [final_commit, Action::Flush]
+        );
         assert_eq!(
             exit(&worker.handle(4, Event::AllSent)),
             Some((Outcome::Done, None))
@@ -808,7 +975,11 @@ mod tests {
         worker.handle(0, Event::Start);
         let control = |message| Event::Control { from: 0, message };
         worker.handle(1, control(Control::Job(job())));
-        assert!(worker.handle(2, control(Control::Shutdown)).is_empty());
+        let shutdown = worker.handle(2, control(Control::Shutdown));
+        assert!(
+            matches!(shutdown[..], [Action::ReadersProgress(p)] if p.committed == crate::source::ReaderProgress::ALL),
+            "only the readers' final commit: {shutdown:?}"
+        );
         assert_eq!(worker.handle(3, Event::JobFinished), [Action::Flush]);
         assert!(exit(&worker.handle(503, Event::Tick)).is_some());
     }
@@ -1030,6 +1201,7 @@ mod tests {
                         }
                         Action::Exit { .. } => exits += 1,
                         Action::StopSources => assert!(is_leader),
+                        Action::ReadersProgress(_) => assert!(!is_leader),
                     }
                 }
                 assert_eq!(lifecycle.is_exited(), exits > 0, "an exit comes as an action");

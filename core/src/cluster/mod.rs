@@ -21,7 +21,7 @@ pub use config::{ClusterFile, ProcessEntry};
 pub use control::{ControlLinks, ControlSendError, CONTROL_QUEUE_DEPTH_FRAMES};
 pub use lifecycle::{
     Action, Control, Deadlines, Event, Job, JobCheckpoints, LeaderLifecycle, Lifecycle, Outcome,
-    WorkerLifecycle,
+    ReadersProgress, WorkerLifecycle,
 };
 
 pub use remote::{ChannelClosed, RemoteIn, RemoteOut};

@@ -39,6 +39,13 @@ impl RemoteOut {
         self.frames.is_full()
     }
 
+    /// Frames the queue takes before it is full.
+    pub fn free_frames(&self) -> usize {
+        self.frames
+            .capacity()
+            .map_or(usize::MAX, |c| c.saturating_sub(self.frames.len()))
+    }
+
     fn build(&mut self, write: impl FnOnce(&mut FrameWriter<'_>)) -> Vec<u8> {
         self.numbering.build(write)
     }

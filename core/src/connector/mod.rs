@@ -11,11 +11,12 @@
 //! `Position` (`None`: its beginning) and returns a `SourceReader`, which yields
 //! `Chunk`s — about `CHUNK_SIZE_BYTES` of whole records — each with the
 //! partition's position *after* it. Reopening a partition at a chunk's
-//! position yields exactly what followed that chunk. Nothing in the traits says
-//! which process opens a partition: today's runtime opens every partition of
-//! every source on process 0 and deals their chunks from there; a partitioned
-//! runtime opens each partition on the process that owns it (the connector is
-//! rebuilt there from its URL through `Connectors`).
+//! position yields exactly what followed that chunk. A source says whether
+//! every process of a cluster can open it (`readable_on_every_process`): if so
+//! and it has several partitions, the cluster runtime rebuilds the connector on
+//! every process from its argument through `Connectors` and opens partition `p`
+//! on process `p % P` (`streams`); otherwise process 0 opens every partition
+//! and deals their chunks from there.
 //!
 //! The reader thread makes one virtual call per chunk (`next_chunk`), never one
 //! per record; records are sliced out of the chunk's buffer by the shard that
@@ -80,6 +81,20 @@
 //!   lines inside a transaction, ends it at `barrier(c)` and commits it at
 //!   `commit(c)` (or uses the idempotent producer with at-least-once
 //!   delivery). It registers as the `kafka` scheme in `Connectors`.
+//! * **Sinks written by every process** (`written_by_every_process`; the
+//!   trait method and `SinkContext` are built, the runtime does not act on
+//!   them yet: process 0 still writes all output). The plan: the job names
+//!   the sink's argument (as `Job::spread_sources` does a source's); each
+//!   worker builds it through `Connectors` and opens it with its own
+//!   `SinkContext`, and its shards hand their lines to a local output
+//!   thread instead of the output channel, which keeps carrying parts,
+//!   dead letters and `Finished` to process 0. Once every local shard passed
+//!   checkpoint `k`, the worker's sink takes `barrier(k)` and sends its
+//!   `resume_mark` to process 0; process 0's checkpoint of `k` completes
+//!   only with every process's mark (kept per process in `JobMeta`), is
+//!   written manifest last, and its completion reaches the workers as
+//!   `Control::Readers` does today, on which each worker's sink `commit`s.
+//!   A recovery resumes each process's sink from its own mark.
 
 mod position;
 mod registry;
@@ -177,6 +192,16 @@ pub trait SourceConnector: Send {
         Ok(1)
     }
 
+    /// Every process of a cluster can open this source from its name (the
+    /// command-line argument, rebuilt through `Connectors` there) and read
+    /// the same partitions: a broker's topic, a directory every process sees
+    /// at the same path. The cluster then reads partition `p` on process
+    /// `p % P`, so ingest does not funnel through process 0; otherwise (a
+    /// listening socket, stdin, a local file) process 0 reads them all.
+    fn readable_on_every_process(&self) -> bool {
+        false
+    }
+
     /// The run takes checkpoints and `SourceReader::commit`s what each one
     /// covers: a source that acknowledges its upstream (so the upstream may
     /// forget) acknowledges only that from now on, and the upstream replays
@@ -218,6 +243,35 @@ impl CommitId {
     pub const END_OF_INPUT: CommitId = CommitId(u64::MAX);
 }
 
+/// Where a sink is opened: which process of the cluster, in which job. A sink
+/// written by every process (`SinkConnector::written_by_every_process`) is
+/// opened once per process with its own context, so it can name what it
+/// writes stably per process (a Kafka transactional id that fences the
+/// previous incarnation of the same process, a file `out.p<N>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkContext {
+    /// This process's index in the cluster (0 for a single process).
+    pub process: u32,
+    /// Processes in the cluster (1 for a single process).
+    pub processes: u32,
+    /// The job's fingerprint, the same on every process and in every life of
+    /// a job that recovers (`checkpoint::Checkpointer::fingerprint`); empty
+    /// when the run takes no checkpoints (it never resumes, so nothing it
+    /// names need be stable).
+    pub job_fingerprint: String,
+}
+
+impl SinkContext {
+    /// The context of the only process of a run.
+    pub fn single_process(job_fingerprint: &str) -> Self {
+        SinkContext {
+            process: 0,
+            processes: 1,
+            job_fingerprint: job_fingerprint.to_string(),
+        }
+    }
+}
+
 /// Where output lines (or dead letters) go, written by the output thread one
 /// buffer at a time.
 pub trait SinkConnector: Send {
@@ -230,6 +284,17 @@ pub trait SinkConnector: Send {
     /// A sink that throws output away: shards then format it but do not ship
     /// it to the output thread (dead letters still come).
     fn discards(&self) -> bool {
+        false
+    }
+
+    /// In a cluster, every process may open this sink (from the job's sink
+    /// spec, with its own `SinkContext`) and write its own shards' output
+    /// into it directly, instead of relaying it to process 0; checkpoints
+    /// stay coordinated by process 0 (each process's sink takes the
+    /// checkpoint's `barrier` and reports its `resume_mark`, process 0
+    /// writes the checkpoint, then every process's sink `commit`s). Not
+    /// acted on yet: process 0 writes all output (the module docs' plan).
+    fn written_by_every_process(&self) -> bool {
         false
     }
 

@@ -15,7 +15,7 @@ pub type SourceFactory = Arc<dyn Fn(&str) -> Result<Box<dyn SourceConnector>, Co
 pub type SinkFactory = Arc<dyn Fn(&str) -> Result<SinkSpec, ConnectorError> + Send + Sync>;
 
 /// Schemes the built-in connectors answer to.
-const BUILT_IN_SCHEMES: [&str; 2] = ["tcp", "file"];
+const BUILT_IN_SCHEMES: [&str; 3] = ["tcp", "file", "dir"];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectorError {
@@ -85,7 +85,8 @@ impl Connectors {
     }
 
     /// A command-line source: a registered `scheme://…`, `-` (stdin),
-    /// `tcp:HOST:PORT` (listen there), `file://PATH`, or a file path.
+    /// `tcp:HOST:PORT` (listen there), `file://PATH`, `dir://PATH` (each
+    /// file of the directory a partition), or a file path.
     pub fn source(&self, arg: &str) -> Result<SourceSpec, ConnectorError> {
         if let Some(scheme) = scheme_of(arg) {
             if let Some((_, factory)) = self.sources.iter().find(|(s, _)| s == scheme) {
@@ -99,6 +100,8 @@ impl Connectors {
             SourceSpec::stdin()
         } else if let Some(address) = tcp_address(arg) {
             SourceSpec::tcp_listen(arg, address)
+        } else if let Some(dir) = arg.strip_prefix("dir://") {
+            SourceSpec::from_connector(arg, Box::new(super::sources::DirSource::new(dir)))
         } else {
             SourceSpec::file(arg, arg.strip_prefix("file://").unwrap_or(arg))
         })
@@ -114,6 +117,12 @@ impl Connectors {
             if !BUILT_IN_SCHEMES.contains(&scheme) {
                 return Err(self.unknown(arg, scheme, &self.sinks));
             }
+        }
+        if scheme_of(arg) == Some("dir") {
+            return Err(ConnectorError::Invalid {
+                arg: arg.into(),
+                reason: "`dir://` is a source (a directory of partition files), not a sink".into(),
+            });
         }
         Ok(if arg == "-" {
             SinkSpec::Stdout
@@ -164,6 +173,9 @@ mod tests {
         assert_eq!(c.source("tcp://127.0.0.1:9").unwrap().connector.kind(), "tcp");
         assert_eq!(c.source("in.txt").unwrap().connector.kind(), "file");
         assert_eq!(c.source("file:///tmp/in.txt").unwrap().name, "file:///tmp/in.txt");
+        let dir = c.source("dir:///tmp/parts").unwrap();
+        assert_eq!(dir.connector.kind(), "dir");
+        assert!(dir.connector.readable_on_every_process());
         assert_eq!(c.sink("-").unwrap(), SinkSpec::Stdout);
         assert_eq!(c.sink("null").unwrap(), SinkSpec::Null);
         assert_eq!(
@@ -179,10 +191,11 @@ mod tests {
         let e = Connectors::built_in().source("kafka://h:9092/t").err().unwrap();
         let text = e.to_string();
         assert!(
-            text.contains("kafka://") && text.contains("tcp://, file://"),
+            text.contains("kafka://") && text.contains("tcp://, file://, dir://"),
             "{text}"
         );
         assert!(Connectors::built_in().sink("kafka://h/t").is_err());
+        assert!(Connectors::built_in().sink("dir:///tmp/o").is_err());
     }
 
     #[test]
@@ -200,7 +213,7 @@ mod tests {
             }) as Box<dyn SourceConnector>)
         });
         let sink: SinkFactory = Arc::new(|arg: &str| {
-            Ok(SinkSpec::Custom(CustomSink::new(arg, || {
+            Ok(SinkSpec::Custom(CustomSink::new(arg, |_context| {
                 Ok(Box::new(crate::connector::sinks::NullSink) as _)
             })))
         });

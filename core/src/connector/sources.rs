@@ -212,6 +212,105 @@ impl SourceConnector for FileSource {
     }
 }
 
+// ---- directory: one partition per file -----------------------------------
+
+/// Most files a directory source takes as partitions (each is a reader's
+/// open file).
+pub const DIR_PARTITIONS_MAX: usize = 1024;
+
+/// A directory whose files are the partitions (`dir://PATH`): its regular,
+/// non-hidden files in name order, partition `p` the `p`-th. Every process
+/// of a cluster that sees the directory at the same path (one machine, a
+/// shared file system) reads its own partitions
+/// (`readable_on_every_process`), so put a key's records in one file to keep
+/// their order.
+pub struct DirSource {
+    pub path: PathBuf,
+    /// The files, listed on the first call that needs them.
+    files: Option<Vec<PathBuf>>,
+}
+
+impl DirSource {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DirSource {
+            path: path.into(),
+            files: None,
+        }
+    }
+
+    fn files(&mut self) -> Result<&[PathBuf], SourceError> {
+        if self.files.is_none() {
+            self.files = Some(list_partition_files(&self.path)?);
+        }
+        Ok(self.files.as_deref().unwrap_or_default())
+    }
+}
+
+/// The regular, non-hidden files of `dir` in name order (at least one).
+fn list_partition_files(dir: &std::path::Path) -> Result<Vec<PathBuf>, SourceError> {
+    let cannot = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot list input directory {}: {e}", dir.display()),
+        )
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(cannot)? {
+        let entry = entry.map_err(cannot)?;
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if !hidden && entry.file_type().map_err(cannot)?.is_file() {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    if files.is_empty() || files.len() > DIR_PARTITIONS_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "input directory {} has {} files; a directory source reads 1 to {DIR_PARTITIONS_MAX}",
+                dir.display(),
+                files.len()
+            ),
+        )
+        .into());
+    }
+    Ok(files)
+}
+
+impl SourceConnector for DirSource {
+    fn kind(&self) -> &'static str {
+        "dir"
+    }
+
+    fn partitions(&self) -> Result<u32, SourceError> {
+        match &self.files {
+            Some(files) => Ok(files.len() as u32),
+            None => Ok(list_partition_files(&self.path)?.len() as u32),
+        }
+    }
+
+    fn readable_on_every_process(&self) -> bool {
+        true
+    }
+
+    fn open(
+        &mut self,
+        source_name: &str,
+        partition: u32,
+        at: Option<Position>,
+    ) -> Result<Box<dyn SourceReader>, SourceError> {
+        let files = self.files()?;
+        let Some(path) = files.get(partition as usize) else {
+            return Err(SourceError::NoSuchPartition {
+                source_name: source_name.into(),
+                partitions: files.len() as u32,
+                partition,
+            });
+        };
+        FileSource { path: path.clone() }.open(source_name, 0, at)
+    }
+}
+
 // ---- memory --------------------------------------------------------------
 
 /// Pre-loaded input (benchmarks, tests): chunks are slices of one buffer,
@@ -480,6 +579,30 @@ pub(super) mod tests {
         (1..=count)
             .flat_map(|i| format!("line {i:06}\n").into_bytes())
             .collect()
+    }
+
+    #[test]
+    fn a_directory_is_one_partition_per_visible_file_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.txt"), numbered_lines(20_000)).unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"first\nsecond\n").unwrap();
+        std::fs::write(dir.path().join(".hidden"), b"not a partition\n").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let mut source = DirSource::new(dir.path());
+        assert_eq!(source.partitions().unwrap(), 2);
+        assert!(source.readable_on_every_process());
+        let a = read_all(&mut *source.open("d", 0, None).unwrap());
+        assert_eq!(bytes_of(&a), b"first\nsecond\n");
+        // Partition 1 reopens at a position like the file it is.
+        let b = read_all(&mut *source.open("d", 1, None).unwrap());
+        assert_eq!(bytes_of(&b), numbered_lines(20_000));
+        let rest = read_all(&mut *source.open("d", 1, Some(b[0].position)).unwrap());
+        assert_eq!(bytes_of(&rest), numbered_lines(20_000)[bytes_of(&b[..1]).len()..]);
+        let e = source.open("d", 2, None).err().unwrap();
+        assert!(e.to_string().contains("no partition 2"), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        let e = DirSource::new(empty.path()).partitions().err().unwrap();
+        assert!(e.to_string().contains("has 0 files"), "{e}");
     }
 
     /// Opens `source` at each chunk's position of a first full read and checks

@@ -15,10 +15,10 @@ mod reader_thread;
 mod shard_loop;
 mod wiring;
 
-use crate::checkpoint::{Checkpointer, Restart, RestoreFrom, SourceMeta};
+use crate::checkpoint::{Checkpointer, JobMeta, Restart, RestoreFrom, SourceMeta};
 use crate::cluster::relay::{OutputRelay, Relayed};
 use crate::cluster::{ClusterError, JobCheckpoints, Layout, RemoteIn};
-use crate::connector::{SinkError, SourceError};
+use crate::connector::{SinkContext, SinkError, SourceError};
 use crate::flow::Dataflow;
 use crate::key::Key;
 use crate::shard::{ShardCore, ShardCounters, ShardLimits};
@@ -27,6 +27,7 @@ use crate::sink::{
 };
 use crate::source::SourceCut;
 use crate::source::{self, Dealer, ReaderProgress, StopFlag};
+use crate::streams::Streams;
 use crate::wire::Wire;
 use crate::State;
 pub use audit::AuditSettings;
@@ -371,6 +372,14 @@ pub struct ClusterRun<'a> {
     pub node: &'a Node,
     /// Frames a channel may have unacked (the node's `window_frames`).
     pub window_frames: usize,
+    /// Per source of the dataflow: read on every process (`Job::
+    /// spread_sources`), which makes it one stream per process (`Streams`).
+    pub spread_sources: Vec<bool>,
+    /// What this process's readers learn of checkpoints and the end: on
+    /// process 0 its output thread writes it (and the supervisor forwards
+    /// it to the workers, `Control::Readers`); on a worker the supervisor
+    /// writes what process 0 sent.
+    pub readers: Arc<ReaderProgress>,
 }
 
 /// Runs `flow` in this process alone, to the end of its bounded input (or
@@ -394,7 +403,18 @@ where
         None => None,
     };
     let placement = Placement::Leader { outputs, checkpoints };
-    run_process(flow, config, placement, stop, &layout, None)
+    let reading = Reading {
+        streams: Streams::unspread(names.len()),
+        progress: Arc::new(ReaderProgress::default()),
+    };
+    run_process(flow, config, placement, stop, &layout, None, reading)
+}
+
+/// What this process reads: the run's streams (the readers of those whose
+/// reader is this process run here) and what its readers are told.
+struct Reading {
+    streams: Streams,
+    progress: Arc<ReaderProgress>,
 }
 
 /// This process's part of a cluster run: process 0 (`Placement::Leader`) reads
@@ -423,7 +443,32 @@ where
         node: cluster.node,
         window_frames: cluster.window_frames,
     };
-    run_process(flow, config, placement, stop, &cluster.layout, Some(&net))
+    assert_eq!(
+        cluster.spread_sources.len(),
+        flow.sources.len(),
+        "the job names every source"
+    );
+    let streams = Streams::plan(&cluster.spread_sources, cluster.layout.processes());
+    if streams.len() > crate::cluster::CLUSTER_SOURCES_MAX as usize {
+        return Err(RunError::Cluster(format!(
+            "{} streams (a source read on every process is one per process): at most {} in a cluster",
+            streams.len(),
+            crate::cluster::CLUSTER_SOURCES_MAX
+        )));
+    }
+    let reading = Reading {
+        streams,
+        progress: Arc::clone(&cluster.readers),
+    };
+    run_process(
+        flow,
+        config,
+        placement,
+        stop,
+        &cluster.layout,
+        Some(&net),
+        reading,
+    )
 }
 
 /// What this process does with sources and sinks.
@@ -435,12 +480,16 @@ pub enum Placement<'a> {
         checkpoints: Option<Box<OpenedCheckpoints>>,
     },
     /// A worker; its output goes to process 0 unless the sink discards it.
-    /// Its shards continue from `restore` if the run recovers.
+    /// Its shards continue from `restore` if the run recovers, and so do
+    /// its readers of spread sources, at the cuts of their streams.
     Member {
         discard_lines: bool,
         /// Collect each output line's input id and send it with the line
         /// (process 0's sink `wants_ids`).
         output_ids: bool,
+        /// The run takes checkpoints: sources ack their upstream only what
+        /// a checkpoint covers.
+        checkpointed: bool,
         restore: Option<RestoreFrom>,
     },
 }
@@ -452,6 +501,7 @@ fn run_process<K, V, S, O>(
     stop: StopFlag,
     layout: &Layout,
     net: Option<&Net<'_>>,
+    reading: Reading,
 ) -> Result<RunSummary, RunError>
 where
     K: Key + Wire,
@@ -460,7 +510,7 @@ where
     O: 'static,
 {
     let Some(settings) = &config.audit else {
-        return run_process_with(flow, config, placement, stop, layout, net, None);
+        return run_process_with(flow, config, placement, stop, layout, net, None, reading);
     };
     let audit = ProcessAudit::start(
         settings,
@@ -468,7 +518,7 @@ where
         config.limits.batch_max,
         crate::env::process_clock(),
     )?;
-    let result = run_process_with(flow, config, placement, stop, layout, net, Some(&audit));
+    let result = run_process_with(flow, config, placement, stop, layout, net, Some(&audit), reading);
     let (outcome, counts) = match &result {
         Ok(s) if s.interrupted => (
             "stopped".to_string(),
@@ -491,6 +541,7 @@ where
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_process_with<K, V, S, O>(
     flow: Dataflow<K, V, S, O>,
     config: &RunConfig,
@@ -499,6 +550,7 @@ fn run_process_with<K, V, S, O>(
     layout: &Layout,
     net: Option<&Net<'_>>,
     audit: Option<&ProcessAudit>,
+    reading: Reading,
 ) -> Result<RunSummary, RunError>
 where
     K: Key + Wire,
@@ -508,55 +560,68 @@ where
 {
     let started = Instant::now();
     let failure = Arc::new(RunFailure::default());
-    let Dataflow { sources, logic } = flow;
-    let source_names: Arc<Vec<String>> = Arc::new(sources.iter().map(|s| s.name.clone()).collect());
-    let source_count = source_names.len();
-    let source_gauges: Vec<Arc<gauges::SourceGauges>> = (0..source_count).map(|_| Arc::default()).collect();
+    let Dataflow { sources, mut logic } = flow;
+    let Reading { streams, progress } = reading;
+    // Shards see streams: a spread source's streams parse with its chain.
+    logic.chains = streams
+        .iter()
+        .map(|(_, s)| Arc::clone(&logic.chains[s.source as usize]))
+        .collect();
+    let source_names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let stream_names: Arc<Vec<String>> = Arc::new(streams.names(&source_names));
+    let stream_count = streams.len();
+    let source_gauges: Vec<Arc<gauges::SourceGauges>> = (0..stream_count).map(|_| Arc::default()).collect();
     let output_gauges = Arc::new(gauges::OutputGauges::default());
 
-    // Process 0 owns the sources and the sinks.
-    let (outputs, checkpoints, member_output, restore) = match placement {
-        Placement::Leader { outputs, checkpoints } => (Some(outputs), checkpoints.map(|c| *c), None, None),
+    // Process 0 owns the sinks and the sources that are not spread.
+    let (outputs, checkpoints, member_output, restore, checkpointed) = match placement {
+        Placement::Leader { outputs, checkpoints } => {
+            let checkpointed = checkpoints.is_some();
+            (Some(outputs), checkpoints.map(|c| *c), None, None, checkpointed)
+        }
         Placement::Member {
             discard_lines,
             output_ids,
+            checkpointed,
             restore,
-        } => (None, None, Some((discard_lines, output_ids)), restore),
+        } => (
+            None,
+            None,
+            Some((discard_lines, output_ids)),
+            restore,
+            checkpointed,
+        ),
     };
-    let mut opened = Vec::new();
+    let local = layout.local_shards();
+    let restart = checkpoints.as_ref().and_then(|c| c.restart.clone());
+    // A worker's checkpoint to continue from: its shards' parts, and the
+    // cuts of the streams its readers deal.
+    let restored = match &restore {
+        Some(restore) if restart.is_none() => Some(
+            restore
+                .read_parts(local.clone())
+                .map_err(|e| RunError::Checkpoint(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let resume_meta = restart
+        .as_ref()
+        .map(|r| &r.meta)
+        .or(restored.as_ref().map(|(meta, _)| meta));
+    let opened = open_streams(sources, &streams, layout.process_id, checkpointed, resume_meta)?;
+    let resumes: Vec<Option<(u64, SourceCut)>> = opened
+        .iter()
+        .map(|(stream, _)| resume_meta.map(|m| (m.checkpoint, resume_cut(&m.sources[*stream as usize]))))
+        .collect();
     let mut output = None;
-    let mut restart = None;
-    let progress = Arc::new(ReaderProgress::default());
     // However the run ends, the readers stop waiting for commits.
     let _release_readers = ReleaseReaders(Arc::clone(&progress));
     if let Some(outputs) = outputs {
-        restart = checkpoints.as_ref().and_then(|c| c.restart.clone());
-        let mut sources = sources;
-        if checkpoints.is_some() {
-            // A source acks its upstream only what a checkpoint covers.
-            sources
-                .iter_mut()
-                .for_each(|s| s.connector.acknowledge_on_commit());
-        }
-        opened = match &restart {
-            None => sources
-                .into_iter()
-                .map(source::open)
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(restart) => sources
-                .into_iter()
-                .zip(&restart.meta.sources)
-                .map(|(spec, at)| match at {
-                    SourceMeta::At(cut) => source::open_at(spec, cut),
-                    SourceMeta::Ended { .. } => Ok(source::ended()),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        };
         let output_audit = audit.map(|a| crate::audit::OutputAudit::new(Box::new(a.handle()), a.clock()));
         output = Some(spawn_output_thread(
             outputs,
             config,
-            &source_names,
+            (&stream_names, layout),
             &failure,
             (checkpoints, output_audit),
             (&progress, &output_gauges),
@@ -570,8 +635,9 @@ where
         Some(member) => member,
         None => (output_thread.as_ref().is_some_and(|o| o.discards), output_ids),
     };
+    let readers_of: Vec<u32> = streams.iter().map(|(_, s)| s.reader).collect();
     let wiring = wire::<K, V>(
-        source_count,
+        &readers_of,
         layout,
         config,
         output_tx.as_ref(),
@@ -579,7 +645,6 @@ where
         net,
     );
 
-    let local = layout.local_shards();
     let mut cores = ShardCore::build_range(&logic, layout.total_shards(), local.clone(), config.limits);
     if output_ids {
         cores.iter_mut().for_each(ShardCore::collect_output_ids);
@@ -590,17 +655,12 @@ where
             core.enable_audit();
         }
     }
-    let parts = match (&restart, &restore) {
+    let parts = match (&restart, restored) {
         (Some(restart), _) => Some((
             restart.meta.checkpoint,
             restart.parts[local.start as usize..local.end as usize].to_vec(),
         )),
-        (None, Some(restore)) => {
-            let parts = restore
-                .read_parts(local.clone())
-                .map_err(|e| RunError::Checkpoint(e.to_string()))?;
-            Some(parts)
-        }
+        (None, Some((meta, parts))) => Some((meta.checkpoint, parts)),
         (None, None) => None,
     };
     if let Some((checkpoint, parts)) = parts {
@@ -623,15 +683,13 @@ where
             shards: Arc::clone(&live),
             first_shard: local.start,
             depths: wiring.depths,
-            sources: if outputs.is_some() {
-                source_names
-                    .iter()
-                    .cloned()
-                    .zip(source_gauges.iter().cloned())
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            sources: opened
+                .iter()
+                .map(|(stream, _)| {
+                    let stream = *stream as usize;
+                    (stream_names[stream].clone(), Arc::clone(&source_gauges[stream]))
+                })
+                .collect(),
             output: output_depth.map(|depth| {
                 let sink = outputs.map_or("none", |o| gauges::sink_kind(&o.sink));
                 (Arc::clone(&output_gauges), depth, sink.to_string())
@@ -658,7 +716,7 @@ where
             Arc::clone(&source_errors),
             Arc::clone(&pinning),
             done_tx.clone(),
-            Arc::clone(&source_names),
+            Arc::clone(&stream_names),
         );
         let shard_audit = audit.map(ProcessAudit::handle);
         threads.push(spawn_watched(
@@ -681,7 +739,7 @@ where
         let (done, errors, names, abort, failed) = (
             done_tx.clone(),
             Arc::clone(&source_errors),
-            Arc::clone(&source_names),
+            Arc::clone(&stream_names),
             Arc::clone(&abort),
             Arc::clone(&failure),
         );
@@ -704,11 +762,25 @@ where
 
     let total_shards = layout.total_shards() as usize;
     let mut readers = Vec::new();
-    for (index, (source, mut outs)) in opened.into_iter().zip(wiring.chunk_outs).enumerate() {
+    // What this process read of each spread source, for the log.
+    let spread_read: Vec<(String, Vec<u32>, Arc<gauges::SourceGauges>)> = opened
+        .iter()
+        .filter(|(stream, _)| streams.get(*stream).spread.is_some())
+        .map(|(stream, source)| {
+            let stream = *stream as usize;
+            (
+                stream_names[stream].clone(),
+                source.partition_ids(),
+                Arc::clone(&source_gauges[stream]),
+            )
+        })
+        .collect();
+    for (((index, source), (dealt, mut outs)), resume) in
+        opened.into_iter().zip(wiring.chunk_outs).zip(resumes)
+    {
+        assert_eq!(index, dealt, "a reader deals its own stream");
         let (stop, progress) = (Arc::clone(&stop), Arc::clone(&progress));
-        let resume = restart
-            .as_ref()
-            .map(|r| (r.meta.checkpoint, resume_cut(&r.meta.sources[index])));
+        let index = index as usize;
         let input_audit = audit.map(|a| source::InputAudit {
             out: Box::new(a.handle()),
             clock: a.clock(),
@@ -767,6 +839,12 @@ where
     for reader in readers {
         let _ = reader.join();
     }
+    for (name, partitions, gauges) in spread_read {
+        log::info!(
+            "{name}: this process read {} records of partitions {partitions:?}",
+            gauges.records.load(Ordering::Relaxed)
+        );
+    }
     report_checkpoint_stalls(&live);
     let (source_errors, source_errors_not_kept) =
         source_errors.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -821,6 +899,37 @@ struct OutputThread {
     handle: thread::JoinHandle<Option<Result<u64, OutputError>>>,
     /// The sink throws lines away: shards need not send them.
     discards: bool,
+}
+
+/// Opens the streams whose reader is `process` (`Streams`), in stream
+/// order: each at its cut in `resume` (a recovery), an ended one as ended.
+fn open_streams(
+    sources: Vec<crate::source::SourceSpec>,
+    streams: &Streams,
+    process: u32,
+    checkpointed: bool,
+    resume: Option<&JobMeta>,
+) -> Result<Vec<(u32, source::OpenSource)>, RunError> {
+    let mut specs: Vec<Option<crate::source::SourceSpec>> = sources.into_iter().map(Some).collect();
+    let mut opened = Vec::new();
+    for (index, stream) in streams.iter().filter(|(_, s)| s.reader == process) {
+        // A process reads at most one stream of each source.
+        let mut spec = specs[stream.source as usize]
+            .take()
+            .expect("one stream of a source per process");
+        if checkpointed {
+            // A source acks its upstream only what a checkpoint covers.
+            spec.connector.acknowledge_on_commit();
+        }
+        let reads = |partition: u32| stream.reads_partition(partition);
+        let source = match resume.map(|meta| &meta.sources[index as usize]) {
+            None => source::open_partitions(spec, &reads, None)?,
+            Some(SourceMeta::At(cut)) => source::open_partitions(spec, &reads, Some(cut))?,
+            Some(SourceMeta::Ended { .. }) => source::ended(),
+        };
+        opened.push((index, source));
+    }
+    Ok(opened)
 }
 
 /// Where a recovered source's dealer goes on from.
@@ -928,22 +1037,32 @@ struct SpawnedOutput {
 fn spawn_output_thread(
     outputs: &Outputs,
     config: &RunConfig,
-    source_names: &[String],
+    (source_names, layout): (&[String], &Layout),
     failure: &Arc<RunFailure>,
     (checkpoints, audit): (Option<OpenedCheckpoints>, Option<crate::audit::OutputAudit>),
     (progress, output_gauges): (&Arc<ReaderProgress>, &Arc<gauges::OutputGauges>),
 ) -> Result<SpawnedOutput, RunError> {
     let resuming = checkpoints.as_ref().is_some_and(|c| c.restart.is_some());
+    let context = SinkContext {
+        process: layout.process_id,
+        processes: layout.processes(),
+        job_fingerprint: checkpoints
+            .as_ref()
+            .map_or(String::new(), |c| c.writer.fingerprint().to_string()),
+    };
     let sink = match &checkpoints {
-        Some(c) => outputs.sink.open_checkpointed(resuming, c.delivery)?,
-        None => outputs.sink.open()?,
+        Some(c) => outputs.sink.open_checkpointed(resuming, c.delivery, &context)?,
+        None => outputs.sink.open(&context)?,
     };
     // In a cluster, workers send ids when the job says so (`Job::output_ids`).
     let (discards, wants_ids) = (sink.discards(), sink.wants_ids());
     let dead_letters = if resuming {
-        DeadLetterWriter::with_sink(outputs.dead_letter.open_resuming()?, source_names.to_vec())
+        DeadLetterWriter::with_sink(
+            outputs.dead_letter.open_resuming(&context)?,
+            source_names.to_vec(),
+        )
     } else {
-        DeadLetterWriter::new(&outputs.dead_letter, source_names.to_vec())?
+        DeadLetterWriter::new(&outputs.dead_letter, source_names.to_vec(), &context)?
     };
     let mut writer = OutputWriter::new(sink, dead_letters);
     if let Some(OpenedCheckpoints {

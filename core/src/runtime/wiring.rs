@@ -101,7 +101,7 @@ impl ChunksIn {
             },
             ChunksIn::Remote(remote) => remote.try_recv().ok().map(|frame| {
                 decode_source_event(&frame, source)
-                    .unwrap_or_else(|e| panic!("undecodable chunk of source {source} from process 0: {e}"))
+                    .unwrap_or_else(|e| panic!("undecodable chunk of stream {source} from its reader: {e}"))
             }),
         }
     }
@@ -141,8 +141,9 @@ pub struct ShardChannels<K, V> {
 
 /// Every queue end of this process, before they are handed to the threads.
 pub struct Wiring<K, V> {
-    /// Process 0 only: `[source][global shard]`.
-    pub chunk_outs: Vec<Vec<ChunksOut>>,
+    /// Per stream this process reads, in stream order: the stream and its
+    /// ends `[global shard]`.
+    pub chunk_outs: Vec<(u32, Vec<ChunksOut>)>,
     /// This process's shards, in order.
     pub shards: Vec<ShardChannels<K, V>>,
     /// Process 0 only: each remote shard's output channel.
@@ -171,10 +172,11 @@ impl Net<'_> {
     }
 }
 
-/// Builds this process's queues. `output` is the local output thread's queue
-/// (process 0), `None` on workers.
+/// Builds this process's queues. `readers[s]` is the process that deals
+/// stream `s` (`streams::Streams`); `output` is the local output thread's
+/// queue (process 0), `None` on workers.
 pub fn wire<K, V>(
-    sources: usize,
+    readers: &[u32],
     layout: &Layout,
     config: &RunConfig,
     output: Option<&Sender<(u32, OutputMessage)>>,
@@ -187,6 +189,7 @@ where
 {
     let total = layout.total_shards() as usize;
     let local = layout.local_shards();
+    let sources = readers.len();
     let leader = layout.process_id == 0;
     let remote = |what: &str| net.unwrap_or_else(|| panic!("{what} crosses processes without a network"));
     let mut shards: Vec<ShardChannels<K, V>> = local
@@ -210,7 +213,8 @@ where
     let mut depths: Vec<ShardDepths> = local.clone().map(|_| ShardDepths::default()).collect();
     let mut chunk_outs = Vec::new();
     for source in 0..sources as u32 {
-        if leader {
+        let reader = readers[source as usize];
+        if reader == layout.process_id {
             let mut outs = Vec::with_capacity(total);
             for shard in 0..total as u32 {
                 if local.contains(&shard) {
@@ -228,10 +232,10 @@ where
                     )));
                 }
             }
-            chunk_outs.push(outs);
+            chunk_outs.push((source, outs));
         } else {
             for shard in local.clone() {
-                let input = remote("a chunk").input(channel_id::chunk(source, shard), 0);
+                let input = remote("a chunk").input(channel_id::chunk(source, shard), reader);
                 shards[(shard - offset) as usize]
                     .chunks
                     .push(ChunksIn::Remote(input));

@@ -71,9 +71,75 @@ pub fn expected_output_lines(app: AppName, streams: &[Stream]) -> u64 {
     lines
 }
 
+/// A spread seed's input as its partitions: each line into the partition
+/// its app key hashes to, so a key's lines keep their order in one
+/// partition (seq-window's first field, market-spread's symbol); doubler
+/// and wordcount lines, and lines without a key, go round-robin (a doubler
+/// line is its own record, a wordcount line holds several keys). Every
+/// partition's lines end in `\n`.
+pub fn partition_by_key(app: AppName, data: &[u8], partitions: u32) -> Vec<Bytes> {
+    assert!(partitions > 0);
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); partitions as usize];
+    for (index, line) in data.split_inclusive(|b| *b == b'\n').enumerate() {
+        let part = match line_key(app, line) {
+            // FNV-1a: any fixed hash keeps a key together.
+            Some(key) => key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+            }),
+            None => index as u64,
+        } % u64::from(partitions);
+        let out = &mut parts[part as usize];
+        out.extend_from_slice(line);
+        if !line.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+    }
+    parts.into_iter().map(Bytes::from).collect()
+}
+
+fn line_key(app: AppName, line: &[u8]) -> Option<&[u8]> {
+    match app {
+        AppName::SeqWindow => line.split(|b| b.is_ascii_whitespace()).find(|f| !f.is_empty()),
+        AppName::MarketSpread => {
+            let mut fields = line.split(|b| *b == b',');
+            match fields.next()? {
+                b"Q" => fields.next(),
+                b"O" => fields.nth(1),
+                _ => None,
+            }
+        }
+        AppName::Doubler | AppName::Wordcount => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keys_lines_share_a_partition_in_order() {
+        let data = b"a 1\nb 1\na 2\n  a 3\nc 1\nb 2";
+        let parts = partition_by_key(AppName::SeqWindow, data, 2);
+        let joined: Vec<u8> = parts.concat();
+        assert_eq!(
+            joined.len(),
+            data.len() + 1,
+            "every line once, the last with its newline"
+        );
+        let holder = parts
+            .iter()
+            .position(|p| p.starts_with(b"a 1") || p.windows(3).any(|w| w == b"a 1"));
+        let part = &parts[holder.unwrap()];
+        let text = std::str::from_utf8(part).unwrap();
+        let a: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with('a')).collect();
+        assert_eq!(a, ["a 1", "a 2", "  a 3"]);
+        let quotes = partition_by_key(AppName::MarketSpread, b"Q,X,1,2\nO,1,X,B,1,1\n", 7);
+        assert_eq!(
+            quotes.iter().filter(|p| !p.is_empty()).count(),
+            1,
+            "a symbol's quotes and orders together"
+        );
+    }
 
     #[test]
     fn expected_lines_follow_each_streams_rule() {

@@ -306,6 +306,10 @@ pub struct SimConfig {
     /// Keep an audit log (`Some(true)`), not (`Some(false)`), or as the
     /// seed draws (`None`: one seed in `AUDIT_SEED_ONE_IN`).
     pub audit: Option<bool>,
+    /// The one input is a spread source (`streams::Streams`): split by key
+    /// into one partition per process, each read by that process's reader
+    /// (no audit log: its replay reads sources on one process).
+    pub spread: bool,
 }
 
 /// One seed in this many keeps an audit log, unless the config says.
@@ -326,6 +330,9 @@ pub struct AuditSetup {
 impl AuditSetup {
     /// Drawn from a stream of the seed's own, so no other draw moves.
     pub fn draw(config: &SimConfig) -> AuditSetup {
+        if config.spread {
+            return AuditSetup::default();
+        }
         let mut rng = verity_core::SplitMix64::new(config.seed ^ 0x0a0d_1750_0000_5eed);
         let on = config
             .audit
@@ -360,6 +367,7 @@ impl SimConfig {
             streams: 1,
             final_counts: false,
             audit: None,
+            spread: false,
         }
     }
 
@@ -379,6 +387,11 @@ impl SimConfig {
             None => streams,
             Some(true) => streams + " --audit on",
             Some(false) => streams + " --audit off",
+        };
+        let streams = if self.spread {
+            streams + " --spread"
+        } else {
+            streams
         };
         format!(
             "verity sim --app {} --seed {} --processes {} --workers {} --faults {} --sim-seconds {} --records {}{streams} --trace",
@@ -464,6 +477,37 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
         Ok(streams) => streams,
         Err(e) => return failed(config, e),
     };
+    if config.spread && streams.len() != 1 {
+        return failed(config, "--spread reads one input stream".into());
+    }
+    // What the world's readers read: per stream, its name and input.
+    let inputs: Vec<(String, Bytes)> = if config.spread {
+        checks::partition_by_key(config.app, &streams[0].data, config.processes)
+            .into_iter()
+            .enumerate()
+            .map(|(q, data)| (format!("{}@p{q}", streams[0].name), data))
+            .collect()
+    } else {
+        streams
+            .iter()
+            .map(|s| (s.name.to_string(), s.data.clone()))
+            .collect()
+    };
+    // A spread seed is checked against its partitions, back to back: a
+    // key's lines are in one of them, in order.
+    let streams = if config.spread {
+        vec![checks::Stream {
+            data: Bytes::from(
+                inputs
+                    .iter()
+                    .flat_map(|(_, data)| data.to_vec())
+                    .collect::<Vec<u8>>(),
+            ),
+            ..streams[0].clone()
+        }]
+    } else {
+        streams
+    };
     if config.final_counts && config.app != AppName::Wordcount {
         return failed(
             config,
@@ -494,7 +538,7 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
     };
     let driver = SimDriver {
         config,
-        inputs: streams.iter().map(|s| (s.name, s.data.clone())).collect(),
+        inputs: inputs.clone(),
         expected_lines,
         audit,
     };
@@ -509,16 +553,43 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
         Err(e) => return failed(config, format!("cannot build the app: {e}")),
     };
     // A stopped run's output is that of the input read before the stop.
-    let streams = match &outcome.sim.stopped_at {
-        Some(read) => streams
+    let read: Vec<(String, Bytes)> = match &outcome.sim.stopped_at {
+        Some(read) => inputs
             .iter()
             .zip(read)
-            .map(|(stream, &bytes)| checks::Stream {
-                data: stream.data.slice(..bytes),
+            .map(|((name, data), &bytes)| (name.clone(), data.slice(..bytes)))
+            .collect(),
+        None => inputs,
+    };
+    let streams: Vec<checks::Stream> = match (&outcome.sim.stopped_at, config.spread) {
+        (None, _) => streams,
+        (Some(_), true) => vec![checks::Stream {
+            data: Bytes::from(
+                read.iter()
+                    .flat_map(|(_, data)| data.to_vec())
+                    .collect::<Vec<u8>>(),
+            ),
+            ..streams[0].clone()
+        }],
+        (Some(_), false) => streams
+            .iter()
+            .zip(&read)
+            .map(|(stream, (_, data))| checks::Stream {
+                data: data.clone(),
                 ..stream.clone()
             })
             .collect(),
-        None => streams,
+    };
+    // Dead letters name the stream that read the line and its line there.
+    let letters: Vec<(String, checks::StreamKind, Bytes)> = if config.spread {
+        read.into_iter()
+            .map(|(name, data)| (name, checks::StreamKind::Mixed, data))
+            .collect()
+    } else {
+        streams
+            .iter()
+            .map(|s| (s.name.to_string(), s.kind, s.data.clone()))
+            .collect()
     };
     match outcome.sim.failure.take() {
         // A run that failed on purpose has no output to check; its audit
@@ -530,8 +601,9 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
                 .and_then(|run| audit_checks::check_chains(run).err());
         }
         None => {
-            outcome.sim.failure = check_outcome(config, &streams, &mut outcome, audit.max_quote_age_ms)
-                .or_else(|| check_audit(config, &outcome, app_input(&streams), options).err())
+            outcome.sim.failure =
+                check_outcome(config, (&streams, &letters), &mut outcome, audit.max_quote_age_ms)
+                    .or_else(|| check_audit(config, &outcome, app_input(&streams), options).err())
         }
         // A run that never finished: say, as the oracle would, what its
         // output lacks so far (besides where it is stuck).
@@ -587,16 +659,16 @@ fn check_audit(
 /// Why a finished run's output or dead letters are wrong, if they are.
 fn check_outcome(
     config: &SimConfig,
-    streams: &[checks::Stream],
+    (streams, letters): (&[checks::Stream], &[(String, checks::StreamKind, Bytes)]),
     outcome: &mut Finished,
     max_quote_age_ms: Option<u64>,
 ) -> Option<String> {
-    let named: Vec<NamedInput<'_>> = streams
+    let named: Vec<NamedInput<'_>> = letters
         .iter()
-        .map(|stream| NamedInput {
-            name: stream.name,
-            rule: stream.kind.rule(config.app),
-            data: &stream.data,
+        .map(|(name, kind, data)| NamedInput {
+            name,
+            rule: kind.rule(config.app),
+            data,
         })
         .collect();
     let letters = verify_dead_letters(&named, &outcome.dead_letters);
@@ -656,8 +728,9 @@ fn sim_inputs(config: &SimConfig) -> Result<Vec<checks::Stream>, String> {
         1 => {
             let mut data = verity_apps::generate::generate_all(app, records, seed);
             // In one seed of four, the last line has no newline, as files
-            // often end (chosen from the seed alone: no draw moves).
-            if seed % UNTERMINATED_LAST_LINE_ONE_IN == 2 && data.last() == Some(&b'\n') {
+            // often end (chosen from the seed alone: no draw moves); a
+            // spread seed's partition files end in newlines.
+            if seed % UNTERMINATED_LAST_LINE_ONE_IN == 2 && data.last() == Some(&b'\n') && !config.spread {
                 data.pop();
             }
             Ok(vec![checks::Stream {
@@ -717,8 +790,8 @@ struct AuditedRun {
 
 struct SimDriver<'a> {
     config: &'a SimConfig,
-    /// Per source: its name and input.
-    inputs: Vec<(&'static str, Bytes)>,
+    /// Per stream: its name and input (a spread source's partitions).
+    inputs: Vec<(String, Bytes)>,
     expected_lines: u64,
     audit: AuditSetup,
 }

@@ -8,11 +8,13 @@
 //! decides nothing itself.
 
 use super::*;
+use std::sync::atomic::Ordering;
 use verity_core::cluster::codec::{decode_control, encode_control};
 use verity_core::cluster::lifecycle::{
-    Action, Control, Deadlines, Event as LifeEvent, Job, Lifecycle, Outcome, GRACEFUL_STOP_DEADLINE_MS,
-    REASON_SIZE_MAX_BYTES,
+    Action, Control, Deadlines, Event as LifeEvent, Job, Lifecycle, Outcome, ReadersProgress,
+    CONTROL_FRAMES_KEPT_FREE, GRACEFUL_STOP_DEADLINE_MS, REASON_SIZE_MAX_BYTES,
 };
+use verity_core::source::ReaderProgress;
 
 /// Every process's lifecycle and what the world has told it.
 pub(super) struct Lifecycles {
@@ -36,6 +38,15 @@ pub(super) struct Lifecycles {
     exited_at_us: Vec<Option<u64>>,
     /// Process 0 told its readers to stop.
     sources_stopped: bool,
+    /// What process 0 last told the workers of its readers' progress (as
+    /// production's supervisor forwards it for readers of spread sources);
+    /// reset when an update was deferred, so the newest goes out again.
+    readers_told: ReadersProgress,
+    /// The newest progress process 0 published (what no worker may pass).
+    readers_published: ReadersProgress,
+    /// Per process: the readers' progress its lifecycle handed on, in
+    /// this life.
+    readers_heard: Vec<ReadersProgress>,
 }
 
 /// What the world looked like when the `fail` fault struck.
@@ -96,6 +107,9 @@ impl Lifecycles {
             leader_finished_at_us: None,
             exited_at_us: vec![None; count],
             sources_stopped: false,
+            readers_told: ReadersProgress::default(),
+            readers_published: ReadersProgress::default(),
+            readers_heard: vec![ReadersProgress::default(); count],
         }
     }
 }
@@ -133,6 +147,7 @@ where
         lifecycles.flushing[p] = false;
         lifecycles.exits[p] = None;
         lifecycles.exited_at_us[p] = None;
+        lifecycles.readers_heard[p] = ReadersProgress::default();
         self.lifecycle_event(process, LifeEvent::Start);
     }
 
@@ -174,6 +189,15 @@ where
                 } else {
                     channel_id::control_up(process)
                 };
+                if message.superseded() && self.free_frames(channel) <= CONTROL_FRAMES_KEPT_FREE {
+                    // As production's supervisor: the newest progress goes
+                    // out at a later turn.
+                    self.trace(format_args!(
+                        "process {process}: control to {to} deferred: {message:?}"
+                    ));
+                    self.lifecycles.readers_told = ReadersProgress::default();
+                    return;
+                }
                 // Production refuses a message past the control queue's
                 // depth (`ControlLinks::send`), which no lifecycle reaches.
                 if !self.try_queue_frame(channel, |frame| encode_control(&message, frame)) {
@@ -192,10 +216,18 @@ where
             }
             Action::StopSources => {
                 self.trace(format_args!("process {process}: stops its sources"));
-                self.readers.iter_mut().for_each(Reader::stop);
+                // A worker's readers hear of it from process 0 (`Control::Readers`).
+                self.readers
+                    .iter_mut()
+                    .filter(|r| r.process() == 0)
+                    .for_each(Reader::stop);
                 self.lifecycles.sources_stopped = true;
                 // The reader threads see the stop flag on their next turn.
                 self.schedule(self.now_us, Event::Wake { process });
+            }
+            Action::ReadersProgress(progress) => {
+                self.trace(format_args!("process {process}: readers' progress {progress:?}"));
+                self.readers_heard(process, progress);
             }
             Action::Flush => {
                 self.trace(format_args!("process {process}: flushes"));
@@ -422,6 +454,9 @@ where
             }
         }
         let p = process as usize;
+        if process == 0 {
+            self.forward_readers_progress();
+        }
         if self.lifecycles.job_started[p] && !self.lifecycles.job_finished[p] && self.job_done(process) {
             self.lifecycles.job_finished[p] = true;
             if process == 0 {
@@ -433,6 +468,57 @@ where
         if self.lifecycles.flushing[p] && !self.exited(process) && self.all_sent(process) {
             self.lifecycle_event(process, LifeEvent::AllSent);
         }
+    }
+
+    /// Process 0's readers' progress, handed to its lifecycle whenever it
+    /// changed (a checkpoint requested or complete, a stop) in a job with
+    /// spread sources, as the production supervisor does before it looks at
+    /// the job's end.
+    fn forward_readers_progress(&mut self) {
+        // As in production, only a job with spread sources has readers
+        // outside process 0 to tell.
+        if !self.lifecycles.job_started[0] || self.lifecycles.job.spread_sources.is_empty() {
+            return;
+        }
+        let progress = self.output.progress();
+        let now = ReadersProgress {
+            requested: progress.requested.load(Ordering::Relaxed),
+            committed: progress.committed.load(Ordering::Relaxed),
+            stopping: self.lifecycles.sources_stopped,
+        };
+        if now != self.lifecycles.readers_told {
+            self.lifecycles.readers_told = now;
+            self.lifecycles.readers_published = now;
+            self.lifecycle_event(0, LifeEvent::ReadersProgress(now));
+        }
+    }
+
+    /// A worker's lifecycle hands its readers `progress`: within a life it
+    /// never goes back, and it is never ahead of what process 0 published.
+    fn readers_heard(&mut self, process: u32, progress: ReadersProgress) {
+        let heard = &mut self.lifecycles.readers_heard[process as usize];
+        let told = self.lifecycles.readers_published;
+        let backwards = progress.requested < heard.requested
+            || progress.committed < heard.committed
+            || (heard.stopping && !progress.stopping);
+        // `ALL` also comes with the `Shutdown` (the output is final), before
+        // the simulated output thread says so at the seed's end.
+        let ahead = progress.requested > told.requested
+            || (progress.committed > told.committed && progress.committed != ReaderProgress::ALL)
+            || (progress.stopping && !told.stopping);
+        *heard = progress;
+        if process == 0 || backwards || ahead {
+            let failure = format!(
+                "process {process}'s readers are told {progress:?} (heard before {heard:?}, process 0 published {told:?})",
+                heard = self.lifecycles.readers_heard[process as usize],
+            );
+            self.net.failure.get_or_insert(failure);
+        }
+    }
+
+    /// What `process`'s lifecycle last handed its readers.
+    pub(super) fn readers_progress_of(&self, process: u32) -> ReadersProgress {
+        self.lifecycles.readers_heard[process as usize]
     }
 
     /// Time passes for every lifecycle (deadlines).

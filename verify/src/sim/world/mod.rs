@@ -8,6 +8,7 @@ use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use verity_core::checkpoint::RestoreFrom;
 use verity_core::checkpoint::{Checkpointer, Restart};
 use verity_core::cluster::codec::{
@@ -22,6 +23,7 @@ use verity_core::flow::Logic;
 use verity_core::shard::{Batch, CheckpointPart, ShardCore, ShardCounters, ShardLimits};
 use verity_core::sink::{DeadLetterWriter, OutputLoop, OutputWriter};
 use verity_core::source::{Dealer, ReaderBugs, SourceEvent, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES};
+use verity_core::streams::{Stream, Streams};
 use verity_core::{Key, Rng, SplitMix64, Wire};
 use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
@@ -329,12 +331,13 @@ struct Recovery {
     life: u32,
 }
 
-/// Runs `logic` over `inputs` (one per source), whose whole output has
-/// `expected_lines` lines.
+/// Runs `logic` over `inputs` (one per stream: a source, or with
+/// `SimConfig::spread` one partition of the one source per process), whose
+/// whole output has `expected_lines` lines.
 pub(super) fn simulate<K, V, S, O>(
     config: &SimConfig,
     logic: Logic<K, V, S, O>,
-    inputs: &[(&str, Bytes)],
+    inputs: &[(String, Bytes)],
     expected_lines: u64,
     audit: super::AuditSetup,
 ) -> Finished
@@ -707,13 +710,32 @@ where
     pub(super) fn new(
         config: &'a SimConfig,
         logic: &Logic<K, V, S, O>,
-        inputs: &[(&str, Bytes)],
+        inputs: &[(String, Bytes)],
         expected_lines: u64,
         setup: super::AuditSetup,
         recovery: Option<Recovery>,
     ) -> Self {
         let audit_plan = setup.plan;
         let source_names: Vec<String> = inputs.iter().map(|(name, _)| name.to_string()).collect();
+        // The shards see streams: a spread source is one per process, each
+        // parsing with the source's chain, as production's runtime builds them.
+        let streams = Streams::plan(&[config.spread], config.processes);
+        let spread_logic;
+        let logic = if config.spread {
+            spread_logic = Logic {
+                chains: streams
+                    .iter()
+                    .map(|(_, s)| Arc::clone(&logic.chains[s.source as usize]))
+                    .collect(),
+                step: Arc::clone(&logic.step),
+                on_end: logic.on_end.clone(),
+                on_timer: logic.on_timer.clone(),
+                format: Arc::clone(&logic.format),
+            };
+            &spread_logic
+        } else {
+            logic
+        };
         let mut rng = SplitMix64::new(config.seed);
         let buggify = Buggify {
             net: network::NetSizes::draw(&mut rng),
@@ -782,11 +804,11 @@ where
                     chains.extend_from_slice(&restart.parts[range.start as usize..range.end as usize]);
                     continue;
                 }
-                let (checkpoint, read) = restore_from
+                let (meta, read) = restore_from
                     .read_parts_from(recovery.crashed.disk.clone(), range)
                     .unwrap_or_else(|e| panic!("process {process} reading its parts after the crash: {e}"));
                 assert_eq!(
-                    checkpoint, restart.meta.checkpoint,
+                    meta.checkpoint, restart.meta.checkpoint,
                     "the checkpoint process 0 recovers"
                 );
                 chains.extend(read);
@@ -814,6 +836,7 @@ where
         // chosen from the seed alone, so that no other draw moves.
         let source_fails_at = (config.faults.fail
             && config.streams == 1
+            && !config.spread
             && recovery.is_none()
             && config.seed % SOURCE_FAIL_SEED_ONE_IN == 1)
             .then(|| {
@@ -823,8 +846,24 @@ where
             .iter()
             .enumerate()
             .map(|(source, (_, input))| {
-                let mut reader =
-                    Reader::new(source as u32, input.clone(), total, &buggify, config.bugs.reader);
+                // A spread stream reads its partition on its own process.
+                let stream = if config.spread {
+                    streams.get(source as u32)
+                } else {
+                    Stream {
+                        source: source as u32,
+                        reader: 0,
+                        spread: None,
+                    }
+                };
+                let mut reader = Reader::new(
+                    source as u32,
+                    stream,
+                    input.clone(),
+                    total,
+                    &buggify,
+                    config.bugs.reader,
+                );
                 if let Some(restart) = restart {
                     let at = &restart.meta.sources[source];
                     reader.resume(restart.meta.checkpoint, at, &buggify, config.bugs.reader);
@@ -904,6 +943,11 @@ where
                     fingerprint: job_text(config.seed / 3, "fp-0123456789abcdef"),
                     restore_from: resumed,
                 }),
+            spread_sources: if config.spread {
+                vec![(0, "sim".into())]
+            } else {
+                Vec::new()
+            },
         };
         // Past the liveness bound: a job that never arrives is a liveness
         // finding, reported with what every shard awaits.

@@ -451,11 +451,14 @@ where
         let total = self.layout.total_shards();
         let sources = self.readers.len() as u32;
         for to in 0..total {
-            if !self.layout.is_local_to(0, to) {
-                let process = self.layout.process_of(to);
-                for source in 0..sources {
-                    self.add_channel(channel_id::chunk(source, to), 0, process);
+            let process = self.layout.process_of(to);
+            for source in 0..sources {
+                let reader = self.readers[source as usize].process();
+                if reader != process {
+                    self.add_channel(channel_id::chunk(source, to), reader, process);
                 }
+            }
+            if !self.layout.is_local_to(0, to) {
                 self.add_channel(channel_id::output(to), process, 0);
             }
             for from in (0..total).filter(|from| *from != to) {
@@ -576,6 +579,16 @@ where
     /// queue has room (production's `RemoteOut::try_send`); false if full.
     /// Its queue to the network thread holds `producer_depth_frames`, or a
     /// control channel's depth (the window behind it is the protocol's).
+    /// Frames `channel`'s producer queue takes before it is full.
+    pub(super) fn free_frames(&self, channel: u32) -> usize {
+        self.net
+            .outs
+            .get(&channel)
+            .expect("wired channel")
+            .producer
+            .free_frames()
+    }
+
     pub(super) fn try_queue_frame(&mut self, channel: u32, write: impl FnOnce(&mut FrameWriter<'_>)) -> bool {
         let out = self.net.outs.get_mut(&channel).expect("wired channel");
         match out.producer.try_send(write) {

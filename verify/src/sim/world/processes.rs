@@ -82,6 +82,10 @@ impl Read for SimInput {
 /// reader over what arrived, from its start or a checkpoint's position; its
 /// commits go to the upstream's record.
 struct SimConnector {
+    /// The partition `data` is (of `partitions`): a spread source's share of
+    /// one process, else the only one.
+    partition: u32,
+    partitions: u32,
     data: Bytes,
     arrival: Arc<Arrival>,
     chunk_bytes: usize,
@@ -95,13 +99,24 @@ impl SourceConnector for SimConnector {
         "sim"
     }
 
+    fn partitions(&self) -> Result<u32, SourceError> {
+        Ok(self.partitions)
+    }
+
+    fn readable_on_every_process(&self) -> bool {
+        self.partitions > 1
+    }
+
     fn open(
         &mut self,
         source_name: &str,
         partition: u32,
         at: Option<Position>,
     ) -> Result<Box<dyn SourceReader>, SourceError> {
-        assert_eq!(partition, 0, "{source_name} has one partition");
+        assert_eq!(
+            partition, self.partition,
+            "{source_name} is opened only at its own partition"
+        );
         let (bytes, lines) = match at {
             None => (0, 0),
             Some(Position::Text { bytes, lines }) => (bytes, lines),
@@ -131,9 +146,11 @@ thread_local! {
     static DEALT: RefCell<Vec<(u32, SourceEvent)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// One source's reader thread.
+/// One stream's reader thread.
 pub(super) struct Reader {
     source: u32,
+    /// Which process reads it, and which partition of its source.
+    stream: Stream,
     data: Bytes,
     /// Bytes of `data` dealt so far (the position of the last chunk).
     read_bytes: usize,
@@ -154,7 +171,14 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    pub(super) fn new(source: u32, data: Bytes, shards: u32, buggify: &Buggify, bugs: ReaderBugs) -> Reader {
+    pub(super) fn new(
+        source: u32,
+        stream: Stream,
+        data: Bytes,
+        shards: u32,
+        buggify: &Buggify,
+        bugs: ReaderBugs,
+    ) -> Reader {
         let arrival = Arc::new(Arrival::default());
         let send: &'static mut dyn FnMut(usize, SourceEvent) -> bool =
             Box::leak(Box::new(|shard: usize, event: SourceEvent| {
@@ -163,6 +187,7 @@ impl Reader {
             }));
         let mut reader = Reader {
             source,
+            stream,
             data: data.clone(),
             read_bytes: 0,
             stopping: false,
@@ -174,8 +199,9 @@ impl Reader {
             outbox: VecDeque::new(),
             stalled: false,
         };
-        // Opened as production opens a source, from its start.
-        reader.reading = source::open(reader.spec(buggify))
+        // Opened as production opens a stream's partitions, from their start.
+        let reads = |partition: u32| stream.reads_partition(partition);
+        reader.reading = source::open_partitions(reader.spec(buggify), &reads, None)
             .unwrap_or_else(|e| panic!("opening simulated source {source}: {e}"))
             .into_read_loop()
             .with_bugs(bugs);
@@ -185,6 +211,8 @@ impl Reader {
     /// The source as production's runtime gets it: a connector.
     fn spec(&self, buggify: &Buggify) -> SourceSpec {
         let connector = SimConnector {
+            partition: self.stream.spread.map_or(0, |_| self.stream.reader),
+            partitions: self.stream.spread.unwrap_or(1),
             data: self.data.clone(),
             arrival: Arc::clone(&self.arrival),
             chunk_bytes: buggify.chunk_bytes,
@@ -216,10 +244,12 @@ impl Reader {
                 dealer.resume_at(checkpoint, cut);
                 let bytes = match cut.positions[..] {
                     [] => 0,
-                    [(0, Position::Text { bytes, .. })] => bytes,
-                    ref other => panic!("a simulated source has one text partition, not {other:?}"),
+                    [(_, Position::Text { bytes, .. })] => bytes,
+                    ref other => panic!("a simulated stream reads one text partition, not {other:?}"),
                 };
-                self.reading = source::open_at(self.spec(buggify), cut)
+                let stream = self.stream;
+                let reads = |partition: u32| stream.reads_partition(partition);
+                self.reading = source::open_partitions(self.spec(buggify), &reads, Some(cut))
                     .unwrap_or_else(|e| panic!("reopening simulated source {}: {e}", self.source))
                     .into_read_loop()
                     .with_bugs(bugs);
@@ -268,6 +298,11 @@ impl Reader {
 
     pub(super) fn source(&self) -> u32 {
         self.source
+    }
+
+    /// The process whose reader thread this is.
+    pub(super) fn process(&self) -> u32 {
+        self.stream.reader
     }
 
     /// Every output is final (`committed`, as the output thread says):
@@ -328,8 +363,9 @@ impl Reader {
 
     pub(super) fn describe(&self) -> String {
         format!(
-            "reader {}: {} of {} bytes arrived, {}, {} events blocked",
+            "reader {} (process {}): {} of {} bytes arrived, {}, {} events blocked",
             self.source,
+            self.stream.reader,
             self.arrived().min(self.len()),
             self.len(),
             if self.dealer.is_none() {
@@ -518,7 +554,7 @@ where
     pub(super) fn release(&mut self, source: u32, available: usize) {
         self.trace(format_args!("source {source}: {available} bytes arrived"));
         self.readers[source as usize].arrive(available);
-        self.step_process(0);
+        self.step_process(self.readers[source as usize].process());
     }
 
     /// A source stays open (like a socket) until all its input arrived and
@@ -561,9 +597,22 @@ where
                     }
                 }
             }
-            let progress = self.output.progress();
-            let requested = progress.requested.load(Ordering::Relaxed);
-            let completed = progress.committed.load(Ordering::Relaxed);
+            // Process 0's readers read its output thread's progress; a
+            // worker's, what its lifecycle handed on (`Control::Readers`).
+            let process = self.readers[source as usize].process();
+            let (requested, completed) = if process == 0 {
+                let progress = self.output.progress();
+                (
+                    progress.requested.load(Ordering::Relaxed),
+                    progress.committed.load(Ordering::Relaxed),
+                )
+            } else {
+                let heard = self.readers_progress_of(process);
+                if heard.stopping {
+                    self.readers[source as usize].stop();
+                }
+                (heard.requested, heard.committed)
+            };
             let reading = self.readers[source as usize].is_reading();
             let dealt = self.readers[source as usize].read_and_deal(requested, completed);
             if reading {
@@ -584,7 +633,10 @@ where
             SourceEvent::End { chunks, .. } => format!("end after {chunks} chunks"),
             SourceEvent::Barrier { checkpoint, .. } => format!("barrier {checkpoint}"),
         };
-        if self.layout.is_local_to(0, shard) {
+        if self
+            .layout
+            .is_local_to(self.readers[source as usize].process(), shard)
+        {
             let queue = self.local_chunks.entry((source, shard)).or_default();
             if queue.len() >= self.depths.chunks {
                 return Err(event);
@@ -619,8 +671,8 @@ where
                 break;
             }
             let mut progressed = false;
-            if process == 0 {
-                for source in 0..self.readers.len() as u32 {
+            for source in 0..self.readers.len() as u32 {
+                if self.readers[source as usize].process() == process {
                     progressed |= self.pump_reader(source);
                 }
             }
@@ -850,7 +902,10 @@ where
     }
 
     fn take_chunk(&mut self, source: u32, shard: u32) -> Option<SourceEvent> {
-        if self.layout.is_local_to(0, shard) {
+        if self
+            .layout
+            .is_local_to(self.readers[source as usize].process(), shard)
+        {
             return self.local_chunks.get_mut(&(source, shard))?.pop_front();
         }
         let frame = self.take_frame(channel_id::chunk(source, shard))?;

@@ -48,14 +48,14 @@ impl SourceReader for Committing {
     }
 }
 
-/// What a cut says partition 0 stands at, if it read any of it.
+/// What a cut says its stream's one partition stands at, if it read any
+/// of it (a simulated stream reads one partition: its source's only one, or
+/// its process's of a spread source).
 pub(super) fn cut_bytes(cut: &verity_core::source::SourceCut) -> Option<u64> {
-    cut.positions
-        .iter()
-        .find_map(|(partition, at)| match (partition, at) {
-            (0, Position::Text { bytes, .. }) => Some(*bytes),
-            _ => None,
-        })
+    cut.positions.iter().find_map(|(_, at)| match at {
+        Position::Text { bytes, .. } => Some(*bytes),
+        _ => None,
+    })
 }
 
 impl<K, V, S, O> World<'_, K, V, S, O>
