@@ -3,6 +3,7 @@
 
 use crate::format::write_u64;
 use crate::market_spread::parse_u64;
+use crate::wordcount::for_each_word;
 use verity_core::{Dataflow, Line, Reject, SmallBytes, SourceSpec, Stream};
 
 pub const FORMAT_HELP: &str = "\
@@ -18,11 +19,8 @@ pub type Window = [u64; WINDOW_SIZE];
 pub fn dataflow(input: SourceSpec) -> Dataflow<SmallBytes, (SmallBytes, u64), Window, (SmallBytes, Window)> {
     Stream::from_source(input)
         .try_map(|line: Line| {
-            let (key, value) = split_two_fields(line.text()?)?;
-            Ok((
-                SmallBytes::new(key.as_bytes()),
-                parse_u64(value.as_bytes(), "value")?,
-            ))
+            let (key, value) = split_two_fields(line)?;
+            Ok((SmallBytes::new(key), parse_u64(value, "value")?))
         })
         .key_by(|(key, _): &(SmallBytes, u64)| key.clone())
         .stateful(|window: &mut Window, _, msg, out| {
@@ -40,12 +38,20 @@ pub fn dataflow(input: SourceSpec) -> Dataflow<SmallBytes, (SmallBytes, u64), Wi
         })
 }
 
-/// Exactly two whitespace-separated fields.
-fn split_two_fields(text: &str) -> Result<(&str, &str), Reject> {
-    let mut fields = text.split_whitespace();
-    match (fields.next(), fields.next(), fields.next()) {
-        (Some(key), Some(value), None) => Ok((key, value)),
-        _ => Err(Reject::new("expected `<key> <value>`")),
+/// Exactly two whitespace-separated fields (as `str::split_whitespace`
+/// splits; `for_each_word` takes the fast path on an ASCII line).
+fn split_two_fields(line: Line<'_>) -> Result<(&[u8], &[u8]), Reject> {
+    let mut fields: [&[u8]; 2] = [&[], &[]];
+    let mut count = 0;
+    let not_two = || Reject::new("expected `<key> <value>`");
+    for_each_word(line, |field| {
+        *fields.get_mut(count).ok_or_else(not_two)? = field;
+        count += 1;
+        Ok(())
+    })?;
+    match (count, fields) {
+        (2, [key, value]) => Ok((key, value)),
+        _ => Err(not_two()),
     }
 }
 
@@ -53,12 +59,28 @@ fn split_two_fields(text: &str) -> Result<(&str, &str), Reject> {
 mod tests {
     use super::*;
 
+    use bytes::Bytes;
+
+    fn split(text: &[u8]) -> Result<(String, String), Reject> {
+        let chunk = Bytes::copy_from_slice(text);
+        let (key, value) = split_two_fields(Line::new(&chunk, 0..chunk.len()))?;
+        let show = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        Ok((show(key), show(value)))
+    }
+
     #[test]
     fn two_fields_exactly() {
-        assert_eq!(split_two_fields("k 1"), Ok(("k", "1")));
-        assert_eq!(split_two_fields("  k\t 1  "), Ok(("k", "1")));
-        assert!(split_two_fields("k").is_err());
-        assert!(split_two_fields("k 1 2").is_err());
-        assert!(split_two_fields("").is_err());
+        let two = |k: &str, v: &str| Ok((k.to_string(), v.to_string()));
+        assert_eq!(split(b"k 1"), two("k", "1"));
+        assert_eq!(split(b"  k\t 1  "), two("k", "1"));
+        assert_eq!(
+            split("k\u{3000}1".as_bytes()),
+            two("k", "1"),
+            "unicode white space"
+        );
+        for bad in [&b"k"[..], b"k 1 2", b"", b"   "] {
+            assert_eq!(split(bad).unwrap_err().reason, "expected `<key> <value>`");
+        }
+        assert!(split(b"k \xff1").unwrap_err().reason.contains("UTF-8"));
     }
 }
