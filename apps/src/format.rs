@@ -4,10 +4,7 @@
 /// Fixed-point prices: integer units of 0.0001.
 pub const PRICE_UNITS_PER_ONE: u64 = 10_000;
 
-/// Digits of the longest u64.
-const U64_DIGITS_MAX: usize = 20;
-
-/// "00" "01" ... "99": two digits per division by 100.
+/// "00" "01" ... "99": a price's four fractional digits as two pairs.
 const DIGIT_PAIRS: [u8; 200] = {
     let mut pairs = [0; 200];
     let mut i = 0;
@@ -19,33 +16,16 @@ const DIGIT_PAIRS: [u8; 200] = {
     pairs
 };
 
-/// `value` in decimal. The digits go left-aligned into a fixed buffer that is
-/// appended whole and cut back: a fixed-size copy is a few stores, where a
-/// variable-length one (itoa's right-aligned digits) is a memcpy call, and
-/// output formatting appends several numbers per record.
 pub fn write_u64(out: &mut Vec<u8>, value: u64) {
-    let len = value.checked_ilog10().map_or(1, |log| log as usize + 1);
-    let mut digits = [b'0'; U64_DIGITS_MAX];
-    let (mut rest, mut at) = (value, len);
-    while at >= 2 {
-        let pair = (rest % 100) as usize * 2;
-        rest /= 100;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    }
-    if at == 1 {
-        digits[0] = b'0' + rest as u8;
-    }
-    let end = out.len() + len;
-    out.extend_from_slice(&digits);
-    out.truncate(end);
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 pub fn write_i64(out: &mut Vec<u8>, value: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// `units` of 0.0001 as a decimal with exactly 4 fractional digits (`123.4500`).
+/// `units` of 0.0001 as a decimal with exactly 4 fractional digits
+/// (`123.4500`). The point and the fraction go in as one fixed-size copy.
 pub fn write_price(out: &mut Vec<u8>, units: u64) {
     write_u64(out, units / PRICE_UNITS_PER_ONE);
     let fraction = (units % PRICE_UNITS_PER_ONE) as usize;

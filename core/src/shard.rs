@@ -1354,8 +1354,11 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
         }));
         let (panicked, reason) = match (stepped, failure) {
             (Ok(()), None) => {
-                for (at_us, by) in self.timers_set.drain(..) {
-                    self.timers.set(at_us, key, by);
+                // Only a step with a timer handler can have set timers.
+                if with_timers {
+                    for (at_us, by) in self.timers_set.drain(..) {
+                        self.timers.set(at_us, key, by);
+                    }
                 }
                 return None;
             }

@@ -83,7 +83,7 @@ impl Cursor<'_> {
     }
 
     /// A run of digits, at most `max` of them (so it cannot overflow):
-    /// its value and length.
+    /// its value and length. A longer run is `None`.
     fn digits(&mut self, max: usize) -> Option<(u64, usize)> {
         let mut value = 0u64;
         let mut len = 0;
