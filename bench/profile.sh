@@ -33,14 +33,16 @@ for app in $apps; do
 done
 
 python3 - "$out" "$events" $apps <<'EOF' | tee "$out/breakdown.md"
-import re, subprocess, sys
+import os, re, subprocess, sys
 
 out, events, apps = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 
 def inclusive(path):
     """function name -> inclusive instructions (real functions only)."""
-    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--auto=no", path],
-                          capture_output=True, text=True, check=True).stdout
+    # Run from / : inside the repository, callgrind_annotate finds the
+    # sources by their relative paths and its inclusive listing changes.
+    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", os.path.abspath(path)],
+                          capture_output=True, text=True, check=True, cwd="/").stdout
     costs, total = {}, 0
     for line in text.splitlines():
         m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S.*?):(.+?) \[(.+)\]$", line)
