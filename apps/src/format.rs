@@ -4,6 +4,18 @@
 /// Fixed-point prices: integer units of 0.0001.
 pub const PRICE_UNITS_PER_ONE: u64 = 10_000;
 
+/// "00" "01" ... "99": a price's four fractional digits as two pairs.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut pairs = [0; 200];
+    let mut i = 0;
+    while i < 100 {
+        pairs[2 * i] = b'0' + (i / 10) as u8;
+        pairs[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    pairs
+};
+
 pub fn write_u64(out: &mut Vec<u8>, value: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
@@ -12,18 +24,19 @@ pub fn write_i64(out: &mut Vec<u8>, value: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// `units` of 0.0001 as a decimal with exactly 4 fractional digits (`123.4500`).
+/// `units` of 0.0001 as a decimal with exactly 4 fractional digits
+/// (`123.4500`). The point and the fraction go in as one fixed-size copy.
 pub fn write_price(out: &mut Vec<u8>, units: u64) {
     write_u64(out, units / PRICE_UNITS_PER_ONE);
-    let fraction = units % PRICE_UNITS_PER_ONE;
-    out.push(b'.');
-    let digits = [
-        fraction / 1000,
-        fraction / 100 % 10,
-        fraction / 10 % 10,
-        fraction % 10,
-    ];
-    out.extend(digits.iter().map(|d| b'0' + *d as u8));
+    let fraction = (units % PRICE_UNITS_PER_ONE) as usize;
+    let (high, low) = (fraction / 100 * 2, fraction % 100 * 2);
+    out.extend_from_slice(&[
+        b'.',
+        DIGIT_PAIRS[high],
+        DIGIT_PAIRS[high + 1],
+        DIGIT_PAIRS[low],
+        DIGIT_PAIRS[low + 1],
+    ]);
 }
 
 #[cfg(test)]

@@ -39,7 +39,10 @@ pub fn dataflow(input: SourceSpec, final_counts: bool) -> Dataflow<SmallBytes, (
 /// White_Space property, the largest single cost of wordcount. Most text is
 /// ASCII, where White_Space is exactly space and `\t` `\n` `\x0B` `\x0C` `\r`,
 /// so an all-ASCII line is split on those bytes; any other line takes the std path.
-pub fn for_each_word(line: Line, mut f: impl FnMut(&[u8]) -> Result<(), Reject>) -> Result<(), Reject> {
+pub fn for_each_word<'a>(
+    line: Line<'a>,
+    mut f: impl FnMut(&'a [u8]) -> Result<(), Reject>,
+) -> Result<(), Reject> {
     let bytes = line.as_bytes();
     if !bytes.is_ascii() {
         return line

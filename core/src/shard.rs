@@ -327,8 +327,10 @@ pub struct ShardCore<K, V, S, O> {
 
 /// The version of `ShardCore`'s snapshot encoding; a checkpoint of another
 /// version is refused, not misread. 2: whole snapshots and deltas; 3: the
-/// keyed step's timers, all of them in every snapshot.
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// keyed step's timers, all of them in every snapshot; 4: market-spread's
+/// symbols route by their one word (`SmallBytes::route_hash_of_word`), so
+/// an older snapshot's keys would sit on shards that no longer own them.
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -1434,8 +1436,11 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
         }));
         let (panicked, reason) = match (stepped, failure) {
             (Ok(()), None) => {
-                for (at_us, by) in self.timers_set.drain(..) {
-                    self.timers.set(at_us, key, by);
+                // Only a step with a timer handler can have set timers.
+                if with_timers {
+                    for (at_us, by) in self.timers_set.drain(..) {
+                        self.timers.set(at_us, key, by);
+                    }
                 }
                 return None;
             }
