@@ -269,9 +269,18 @@ impl AuditArgs {
 
 #[derive(Args, Debug)]
 struct SendArgs {
-    /// The source's address (`verity run … --input tcp:HOST:PORT`).
+    /// The source's address (`verity run … --input tcp:HOST:PORT`), or a
+    /// Kafka topic, kafka://HOST:PORT[,HOST:PORT]/TOPIC, to produce each
+    /// line into as one record (the topic is created if missing).
     #[arg(long, value_name = "HOST:PORT")]
     to: String,
+    /// Kafka: key each record by this app's key of its line, so a key's
+    /// records share a partition (and keep their order) [default: unkeyed].
+    #[arg(long, value_name = "APP")]
+    key_by: Option<AppArg>,
+    /// Kafka: partitions of the topic if it has to be created.
+    #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    partitions: u32,
     /// The input: a file, a pipe, or `-` for stdin.
     #[arg(
         long,
@@ -307,7 +316,10 @@ struct SendArgs {
 
 #[derive(Args, Debug)]
 struct ReceiveArgs {
-    /// Where to listen for the sink (`verity run … --output tcp:HOST:PORT`).
+    /// Where to listen for the sink (`verity run … --output tcp:HOST:PORT`),
+    /// or a Kafka topic, kafka://HOST:PORT[,HOST:PORT]/TOPIC, to consume
+    /// with read_committed from the beginning (records repeated with the
+    /// same output-id header and value are dropped and counted).
     #[arg(long, value_name = "HOST:PORT")]
     listen: String,
     #[arg(long, value_name = "FILE")]
@@ -757,8 +769,27 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 },
         } => trace(&dir, output_id, input_id, output_line),
         Command::Audit { command } => crate::audit::execute(command),
+        Command::Send(args) if crate::connectors::is_kafka(&args.to) => {
+            let Some(input) = args
+                .input
+                .as_deref()
+                .filter(|_| args.replay.is_none() && args.record.is_none())
+            else {
+                bail!("sending to Kafka takes --input FILE (not --record or --replay)");
+            };
+            crate::connectors::send_to_kafka(
+                &args.to,
+                input,
+                args.rate,
+                args.key_by.map(AppName::from),
+                args.partitions,
+            )
+        }
         Command::Send(args) => {
             use verity_verify::harness;
+            if args.key_by.is_some() {
+                bail!("--key-by keys Kafka records; {} is not a kafka:// topic", args.to);
+            }
             let report = match (&args.replay, &args.input, &args.record) {
                 (Some(recording), _, _) => harness::replay(&args.to, recording, args.speed.unwrap_or(1.0))?,
                 (None, Some(input), Some(record)) => {
@@ -792,6 +823,14 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 bail!("--timeout-s must be a positive number of seconds");
             }
             let silence = std::time::Duration::from_secs_f64(args.timeout_s);
+            if crate::connectors::is_kafka(&args.listen) {
+                return crate::connectors::receive_from_kafka(
+                    &args.listen,
+                    &args.output,
+                    args.expect,
+                    silence,
+                );
+            }
             let report = verity_verify::harness::receive(&args.listen, &args.output, args.expect, silence)?;
             eprintln!(
                 "verity receive: {} lines ({} bytes) in {:.3} s{}{}{}",
@@ -878,9 +917,23 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
             path.display()
         );
     }
-    // The connectors this binary knows: the built-in ones. A connector crate
-    // (e.g. a future `verity-kafka`) registers its scheme here.
-    let connectors = Connectors::built_in();
+    let job_description = format!(
+        "{}; final counts {}; generate {:?} seed {}",
+        app.name(),
+        args.final_counts,
+        args.generate,
+        args.seed
+    );
+    let kafka_delivery = match (&args.checkpoints.state_dir, args.checkpoints.delivery) {
+        (Some(_), DeliveryArg::ExactlyOnce) => crate::connectors::KafkaDelivery::Transactional,
+        _ => crate::connectors::KafkaDelivery::AtLeastOnce,
+    };
+    let fingerprint = crate::connectors::job_fingerprint(
+        &job_description,
+        &args.output,
+        args.checkpoints.state_dir.as_deref(),
+    );
+    let connectors = crate::connectors::for_run(app, kafka_delivery, &fingerprint);
     let input = app_input(app, &args, &connectors)?;
     let sink = connectors.sink(&args.output)?;
     if args.checkpoints.state_dir.is_some() && sink == SinkSpec::Stdout {
@@ -915,13 +968,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
                 DeliveryArg::ExactlyOnce => verity_core::Delivery::ExactlyOnce,
                 DeliveryArg::AtLeastOnce => verity_core::Delivery::AtLeastOnce,
             },
-            job: format!(
-                "{}; final counts {}; generate {:?} seed {}",
-                app.name(),
-                args.final_counts,
-                args.generate,
-                args.seed
-            ),
+            job: job_description.clone(),
         }),
         audit: args.audit.settings(),
         metrics: args.metrics.start()?,

@@ -6,10 +6,13 @@ use crate::log::{LogError, LogProducer, PartitionLog, Watermarks, OUTPUT_ID_HEAD
 use crate::reader::{connector_error, PartitionReader};
 use crate::sink::{KeyOf, LogSink, SinkBugs, SinkDelivery};
 use crate::url::KafkaUrl;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -250,10 +253,15 @@ pub struct RdProducer {
     brokers: String,
     topic: String,
     transactional_id: Option<String>,
-    /// Reads and writes this transactional id's commit marker (a consumer
-    /// group named after it).
-    marker_group: Option<BaseConsumer>,
 }
+
+/// The topic that holds each transactional id's commit markers: one record
+/// (key: the transactional id, value: the marker in decimal) produced inside
+/// each committed transaction, so it is there exactly when the transaction
+/// committed. (A consumer-group offset committed inside the transaction
+/// would do the same on a real broker, but librdkafka's mock cluster drops
+/// those.) Created with one partition, compacted, if missing.
+pub const MARKER_TOPIC: &str = "verity-transaction-markers";
 
 fn is_fenced(e: &KafkaError) -> bool {
     e.to_string().to_ascii_lowercase().contains("fenced")
@@ -274,18 +282,16 @@ impl RdProducer {
         let producer: ThreadedProducer<DeliveryErrors> = config
             .create_with_context(DeliveryErrors::default())
             .map_err(|e| other("cannot make a Kafka producer", e))?;
-        let marker_group = match transactional_id {
-            Some(id) => Some(reading_consumer(brokers, Some(id))?),
-            None => None,
-        };
         let metadata_client = reading_consumer(brokers, None)?;
         topic_partitions(&metadata_client, brokers, topic)?;
+        if transactional_id.is_some() {
+            ensure_topic(brokers, MARKER_TOPIC, 1, &[("cleanup.policy", "compact")])?;
+        }
         Ok(RdProducer {
             producer,
             brokers: brokers.into(),
             topic: topic.into(),
             transactional_id: transactional_id.map(str::to_string),
-            marker_group,
         })
     }
 
@@ -298,19 +304,10 @@ impl RdProducer {
         other(what, e)
     }
 
-    fn marker_partition(&self, marker: Option<u64>) -> Result<TopicPartitionList, LogError> {
-        let mut list = TopicPartitionList::new();
-        let offset = marker.map_or(Offset::Invalid, |m| Offset::Offset(m as i64));
-        list.add_partition_offset(&self.topic, 0, offset)
-            .map_err(|e| other("bad marker", e))?;
-        Ok(list)
-    }
-
-    fn group_metadata(&self) -> Result<ConsumerGroupMetadata, LogError> {
-        self.marker_group
-            .as_ref()
-            .and_then(|c| c.group_metadata())
-            .ok_or_else(|| LogError::Other("no consumer group for the transaction marker".into()))
+    fn id(&self) -> Result<&str, LogError> {
+        self.transactional_id
+            .as_deref()
+            .ok_or_else(|| LogError::Other("not a transactional producer".into()))
     }
 }
 
@@ -328,7 +325,7 @@ impl LogProducer for RdProducer {
                 .headers(headers);
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _))
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                     if began.elapsed() < PRODUCE_QUEUE_WAIT =>
                 {
                     std::thread::sleep(Duration::from_millis(5));
@@ -371,11 +368,14 @@ impl LogProducer for RdProducer {
     }
 
     fn commit_transaction(&mut self, marker: u64) -> Result<(), LogError> {
-        let offsets = self.marker_partition(Some(marker))?;
-        let group = self.group_metadata()?;
+        let id = self.id()?.to_string();
+        let value = marker.to_string();
+        let record = BaseRecord::to(MARKER_TOPIC)
+            .key(id.as_str())
+            .payload(value.as_str());
         self.producer
-            .send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)
-            .map_err(|e| self.txn_error("send_offsets_to_transaction", e))?;
+            .send(record)
+            .map_err(|(e, _)| self.txn_error("producing the commit marker", e))?;
         self.producer
             .commit_transaction(TRANSACTION_TIMEOUT)
             .map_err(|e| self.txn_error("commit_transaction", e))
@@ -388,20 +388,96 @@ impl LogProducer for RdProducer {
     }
 
     fn committed_marker(&mut self) -> Result<u64, LogError> {
-        let asked = self.marker_partition(None)?;
-        let consumer = self
-            .marker_group
-            .as_ref()
-            .ok_or_else(|| LogError::Other("not a transactional producer".into()))?;
-        let committed = consumer
-            .committed_offsets(asked, METADATA_TIMEOUT)
-            .map_err(|e| unreachable(&self.brokers, e))?;
-        Ok(
-            match committed.find_partition(&self.topic, 0).map(|e| e.offset()) {
-                Some(Offset::Offset(n)) if n > 0 => n as u64,
-                _ => 0,
-            },
-        )
+        let id = self.id()?.to_string();
+        read_marker(&self.brokers, &id)
+    }
+}
+
+/// The last committed marker of transactional id `id` (0: none), read from
+/// `MARKER_TOPIC` (read_committed) up to its end.
+fn read_marker(brokers: &str, id: &str) -> Result<u64, LogError> {
+    let consumer = reading_consumer(brokers, None)?;
+    let (_, high) = consumer
+        .fetch_watermarks(MARKER_TOPIC, 0, METADATA_TIMEOUT)
+        .map_err(|e| unreachable(brokers, e))?;
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(MARKER_TOPIC, 0, Offset::Beginning)
+        .map_err(|e| other("bad offset", e))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| other("cannot read the marker topic", e))?;
+    let deadline = Instant::now() + TRANSACTION_TIMEOUT;
+    let mut marker = 0;
+    let mut next = 0u64;
+    let high = high.max(0) as u64;
+    while next < high {
+        if Instant::now() >= deadline {
+            return Err(unreachable(
+                brokers,
+                format!("reading {MARKER_TOPIC} did not reach offset {high}"),
+            ));
+        }
+        if let Some(result) = consumer.poll(Duration::from_millis(100)) {
+            let message = result.map_err(|e| other(&format!("reading {MARKER_TOPIC}"), e))?;
+            next = message.offset().max(0) as u64 + 1;
+            if message.key() == Some(id.as_bytes()) {
+                let text = std::str::from_utf8(message.payload().unwrap_or_default()).unwrap_or_default();
+                marker = text
+                    .parse()
+                    .map_err(|_| LogError::Other(format!("{MARKER_TOPIC}: `{text}` is not a marker")))?;
+            }
+        } else if let Ok(Some(Offset::Offset(at))) = consumer
+            .position()
+            .map(|p| p.find_partition(MARKER_TOPIC, 0).map(|e| e.offset()))
+        {
+            // Transaction markers take offsets too; the position is past them.
+            next = next.max(at.max(0) as u64);
+        }
+    }
+    Ok(marker)
+}
+
+/// Creates `topic` with `partitions` partitions (and `config`) unless it
+/// exists.
+pub fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: u32,
+    config: &[(&str, &str)],
+) -> Result<(), LogError> {
+    let probe = reading_consumer(brokers, None)?;
+    match topic_partitions(&probe, brokers, topic) {
+        Ok(_) => return Ok(()),
+        Err(LogError::NoSuchTopic { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let creating =
+        |detail: String| LogError::Other(format!("creating topic `{topic}` on {brokers}: {detail}"));
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|e| creating(e.to_string()))?;
+    let mut new_topic = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
+    for (name, value) in config {
+        new_topic = new_topic.set(name, value);
+    }
+    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    let results = futures_executor::block_on(admin.create_topics([&new_topic], &options))
+        .map_err(|e| creating(e.to_string()))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(creating(code.to_string())),
+        }
+    }
+    // The broker may answer before its metadata shows the topic.
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    loop {
+        match topic_partitions(&probe, brokers, topic) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
 }
 

@@ -3,15 +3,12 @@
 //! --listen kafka://…` consumes one with read_committed from the beginning
 //! and drops repeats by the output-id header.
 
-use super::{output_id, reading_consumer, topic_partitions, RdProducer, METADATA_TIMEOUT};
+use super::{output_id, reading_consumer, topic_partitions, RdProducer};
 use crate::log::{LogError, LogProducer};
 use crate::sink::KeyOf;
 use crate::url::KafkaUrl;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -27,8 +24,6 @@ pub enum HarnessError {
     Log(#[from] LogError),
     #[error("{path}: {error}")]
     File { path: String, error: std::io::Error },
-    #[error("creating topic `{topic}`: {detail}")]
-    CreateTopic { topic: String, detail: String },
 }
 
 fn file_error(path: &Path) -> impl Fn(std::io::Error) -> HarnessError + '_ {
@@ -38,49 +33,9 @@ fn file_error(path: &Path) -> impl Fn(std::io::Error) -> HarnessError + '_ {
     }
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists.
+/// Creates `url`'s topic with `partitions` partitions unless it exists.
 pub fn ensure_topic(url: &KafkaUrl, partitions: u32) -> Result<(), HarnessError> {
-    let probe = reading_consumer(&url.brokers, None)?;
-    match topic_partitions(&probe, &url.brokers, &url.topic) {
-        Ok(_) => return Ok(()),
-        Err(LogError::NoSuchTopic { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let admin: AdminClient<DefaultClientContext> =
-        super::client_config(&url.brokers)
-            .create()
-            .map_err(|e| HarnessError::CreateTopic {
-                topic: url.topic.clone(),
-                detail: e.to_string(),
-            })?;
-    let topic = NewTopic::new(&url.topic, partitions as i32, TopicReplication::Fixed(1));
-    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
-    let results = futures_executor::block_on(admin.create_topics([&topic], &options)).map_err(|e| {
-        HarnessError::CreateTopic {
-            topic: url.topic.clone(),
-            detail: e.to_string(),
-        }
-    })?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => {
-                return Err(HarnessError::CreateTopic {
-                    topic: url.topic.clone(),
-                    detail: code.to_string(),
-                })
-            }
-        }
-    }
-    // The broker may answer before its metadata shows the topic.
-    let deadline = Instant::now() + METADATA_TIMEOUT;
-    loop {
-        match topic_partitions(&probe, &url.brokers, &url.topic) {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => return Err(e.into()),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    Ok(super::ensure_topic(&url.brokers, &url.topic, partitions, &[])?)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
