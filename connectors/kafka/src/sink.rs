@@ -334,3 +334,179 @@ impl<P: LogProducer> Drop for LogSink<P> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim_broker::{SimBroker, SimProducer};
+
+    const ID: &str = "verity-job-p0";
+
+    fn first_field(line: &[u8]) -> &[u8] {
+        line.split(|b| *b == b' ').next().unwrap_or_default()
+    }
+
+    fn open(broker: &SimBroker, bugs: SinkBugs) -> LogSink<SimProducer> {
+        let producer = broker.producer("out", Some(ID));
+        LogSink::open(producer, SinkDelivery::Transactional, first_field, bugs).unwrap()
+    }
+
+    fn write(sink: &mut LogSink<SimProducer>, lines: &[&str]) {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let ids: Vec<MsgId> = (1..=lines.len() as u64).map(|i| MsgId::new(0, i)).collect();
+        sink.write(text.as_bytes(), &ids).unwrap();
+    }
+
+    /// The values a read_committed consumer sees, sorted.
+    fn committed(broker: &SimBroker) -> Vec<String> {
+        let mut values: Vec<String> = broker
+            .read_committed("out")
+            .into_iter()
+            .map(|(_, _, r)| String::from_utf8(r.value).unwrap())
+            .collect();
+        values.sort();
+        values
+    }
+
+    /// One checkpoint as the output thread takes it: barrier, mark, (the
+    /// manifest), commit.
+    fn checkpoint(sink: &mut LogSink<SimProducer>, k: u64) -> Vec<u8> {
+        sink.barrier(CommitId(k)).unwrap();
+        let mark = sink.resume_mark().unwrap();
+        sink.commit(CommitId(k)).unwrap();
+        mark
+    }
+
+    fn broker() -> SimBroker {
+        let broker = SimBroker::new();
+        broker.create_topic("out", 3);
+        broker
+    }
+
+    #[test]
+    fn output_is_visible_only_once_its_checkpoint_commits() {
+        let broker = broker();
+        let mut sink = open(&broker, SinkBugs::default());
+        write(&mut sink, &["a 1", "b 1"]);
+        sink.barrier(CommitId(1)).unwrap();
+        sink.resume_mark().unwrap();
+        assert!(committed(&broker).is_empty(), "prepared is not committed");
+        sink.commit(CommitId(1)).unwrap();
+        assert_eq!(committed(&broker), ["a 1", "b 1"]);
+        let records = broker.read_committed("out");
+        let (partition, _, a) = &records.iter().find(|(_, _, r)| r.value == b"a 1").unwrap();
+        assert_eq!(*partition, broker.partition_for("out", b"a"), "keyed by the app key");
+        assert_eq!(a.output_id, b"0:1.0");
+        write(&mut sink, &["c 1"]);
+        drop(sink);
+        assert_eq!(committed(&broker), ["a 1", "b 1"], "a failed run's transaction is aborted");
+        assert_eq!(broker.open_records("out"), 0);
+    }
+
+    #[test]
+    fn a_new_life_fences_the_zombie() {
+        let broker = broker();
+        let mut zombie = open(&broker, SinkBugs::default());
+        write(&mut zombie, &["z 1"]);
+        let _successor = open(&broker, SinkBugs::default());
+        let e = zombie.barrier(CommitId(1)).unwrap_err().to_string();
+        assert!(e.contains("fenced"), "{e}");
+        assert!(committed(&broker).is_empty());
+    }
+
+    /// A crash after the mark of checkpoint 2 (the manifest written) but
+    /// before its commit, then a recovery from checkpoint 2.
+    fn crash_between_manifest_and_commit(bugs: SinkBugs) -> Vec<String> {
+        let broker = broker();
+        let mut first = open(&broker, SinkBugs::default());
+        write(&mut first, &["a 1"]);
+        checkpoint(&mut first, 1);
+        write(&mut first, &["b 1", "c 1"]);
+        first.barrier(CommitId(2)).unwrap();
+        let mark = first.resume_mark().unwrap();
+        std::mem::forget(first); // kill -9: nothing more happens in that life
+        let mut recovered = open(&broker, bugs);
+        recovered.resume(&mark).unwrap();
+        write(&mut recovered, &["d 1"]);
+        checkpoint(&mut recovered, 3);
+        committed(&broker)
+    }
+
+    #[test]
+    fn a_crash_between_checkpoint_and_commit_commits_the_copy_once() {
+        assert_eq!(
+            crash_between_manifest_and_commit(SinkBugs::default()),
+            ["a 1", "b 1", "c 1", "d 1"]
+        );
+        let planted = SinkBugs {
+            skip_recommit: true,
+            ..SinkBugs::default()
+        };
+        assert_eq!(
+            crash_between_manifest_and_commit(planted),
+            ["a 1", "d 1"],
+            "the planted bug loses the checkpoint's output"
+        );
+    }
+
+    #[test]
+    fn a_crash_after_the_commit_repeats_nothing_and_one_before_the_checkpoint_drops_its_output() {
+        let broker = broker();
+        let mut first = open(&broker, SinkBugs::default());
+        write(&mut first, &["a 1"]);
+        let mark = checkpoint(&mut first, 1);
+        write(&mut first, &["b 1"]);
+        std::mem::forget(first); // crash before checkpoint 2: replayed later
+        let mut recovered = open(&broker, SinkBugs::default());
+        recovered.resume(&mark).unwrap();
+        write(&mut recovered, &["b 1"]);
+        checkpoint(&mut recovered, 2);
+        assert_eq!(committed(&broker), ["a 1", "b 1"]);
+    }
+
+    #[test]
+    fn committing_at_the_barrier_is_caught_after_a_crash_before_the_checkpoint() {
+        let broker = broker();
+        let bugs = SinkBugs {
+            commit_at_barrier: true,
+            ..SinkBugs::default()
+        };
+        let mut first = open(&broker, bugs);
+        write(&mut first, &["a 1"]);
+        let mark = checkpoint(&mut first, 1);
+        write(&mut first, &["b 1"]);
+        first.barrier(CommitId(2)).unwrap();
+        std::mem::forget(first); // crash before checkpoint 2's manifest
+        // `b 1` is committed though no checkpoint covers it: the replay
+        // would write it again. The recovery sees the marker ahead of its
+        // checkpoint and refuses to go on.
+        assert_eq!(committed(&broker), ["a 1", "b 1"]);
+        let mut recovered = open(&broker, bugs);
+        let e = recovered.resume(&mark).unwrap_err().to_string();
+        assert!(e.contains("has marker 2, but the checkpoint expects 0 or 1"), "{e}");
+    }
+
+    #[test]
+    fn a_mark_from_elsewhere_is_refused() {
+        let broker = broker();
+        let mut sink = open(&broker, SinkBugs::default());
+        assert!(sink.resume(&[]).is_err());
+        assert!(sink.resume(&[9]).is_err());
+        let mut foreign = vec![MARK_TRANSACTIONAL];
+        foreign.extend_from_slice(&5u64.to_le_bytes());
+        foreign.extend_from_slice(&3u64.to_le_bytes());
+        let e = sink.resume(&foreign).unwrap_err().to_string();
+        assert!(e.contains("reused by another job"), "{e}");
+    }
+
+    #[test]
+    fn at_least_once_writes_as_it_goes() {
+        let broker = broker();
+        let producer = broker.producer("out", None);
+        let mut sink = LogSink::open(producer, SinkDelivery::AtLeastOnce, first_field, SinkBugs::default()).unwrap();
+        write(&mut sink, &["a 1"]);
+        sink.barrier(CommitId(1)).unwrap();
+        assert_eq!(committed(&broker), ["a 1"], "final at the barrier's flush");
+        assert_eq!(sink.resume_mark().unwrap(), [MARK_AT_LEAST_ONCE]);
+    }
+}
