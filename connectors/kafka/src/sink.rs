@@ -395,11 +395,19 @@ mod tests {
         assert_eq!(committed(&broker), ["a 1", "b 1"]);
         let records = broker.read_committed("out");
         let (partition, _, a) = &records.iter().find(|(_, _, r)| r.value == b"a 1").unwrap();
-        assert_eq!(*partition, broker.partition_for("out", b"a"), "keyed by the app key");
+        assert_eq!(
+            *partition,
+            broker.partition_for("out", b"a"),
+            "keyed by the app key"
+        );
         assert_eq!(a.output_id, b"0:1.0");
         write(&mut sink, &["c 1"]);
         drop(sink);
-        assert_eq!(committed(&broker), ["a 1", "b 1"], "a failed run's transaction is aborted");
+        assert_eq!(
+            committed(&broker),
+            ["a 1", "b 1"],
+            "a failed run's transaction is aborted"
+        );
         assert_eq!(broker.open_records("out"), 0);
     }
 
@@ -477,13 +485,16 @@ mod tests {
         write(&mut first, &["b 1"]);
         first.barrier(CommitId(2)).unwrap();
         std::mem::forget(first); // crash before checkpoint 2's manifest
-        // `b 1` is committed though no checkpoint covers it: the replay
-        // would write it again. The recovery sees the marker ahead of its
-        // checkpoint and refuses to go on.
+                                 // `b 1` is committed though no checkpoint covers it: the replay
+                                 // would write it again. The recovery sees the marker ahead of its
+                                 // checkpoint and refuses to go on.
         assert_eq!(committed(&broker), ["a 1", "b 1"]);
         let mut recovered = open(&broker, bugs);
         let e = recovered.resume(&mark).unwrap_err().to_string();
-        assert!(e.contains("has marker 2, but the checkpoint expects 0 or 1"), "{e}");
+        assert!(
+            e.contains("has marker 2, but the checkpoint expects 0 or 1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -503,7 +514,13 @@ mod tests {
     fn at_least_once_writes_as_it_goes() {
         let broker = broker();
         let producer = broker.producer("out", None);
-        let mut sink = LogSink::open(producer, SinkDelivery::AtLeastOnce, first_field, SinkBugs::default()).unwrap();
+        let mut sink = LogSink::open(
+            producer,
+            SinkDelivery::AtLeastOnce,
+            first_field,
+            SinkBugs::default(),
+        )
+        .unwrap();
         write(&mut sink, &["a 1"]);
         sink.barrier(CommitId(1)).unwrap();
         assert_eq!(committed(&broker), ["a 1"], "final at the barrier's flush");
