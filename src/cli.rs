@@ -381,6 +381,13 @@ struct SimArgs {
     /// what the log says each decision saw.
     #[arg(long, value_name = "on|off|drawn", default_value = "drawn", value_parser = ["on", "off", "drawn"])]
     audit: String,
+    /// Where process 0's output goes: `file` (a simulated file), or
+    /// `txn-log`: also through the Kafka sink's transaction protocol into a
+    /// simulated broker (partitioned log, read_committed, fencing) that
+    /// outlives crashes, checking what a read_committed consumer sees.
+    /// (Seeds of `txn-log` keep no audit log.)
+    #[arg(long, value_name = "file|txn-log", default_value = "file", value_parser = ["file", "txn-log"])]
+    sink: String,
     /// Test-only: plant a bug (one of `PlantedBugs::NAMES`) in the shared
     /// production code to show the simulator catches it.
     #[arg(long, value_name = "BUG", hide = true)]
@@ -1246,11 +1253,15 @@ fn sim(args: SimArgs) -> Result<i32> {
         bugs,
         streams: args.streams,
         final_counts: args.final_counts,
-        audit: match args.audit.as_str() {
-            "on" => Some(true),
-            "off" => Some(false),
+        audit: match (args.audit.as_str(), args.sink.as_str()) {
+            ("on", "txn-log") => {
+                bail!("--sink txn-log seeds keep no audit log (its lineage is that of the file)")
+            }
+            (_, "txn-log") | ("off", _) => Some(false),
+            ("on", _) => Some(true),
             _ => None,
         },
+        log_sink: args.sink == "txn-log",
         ..verity_verify::sim::SimConfig::new(args.app.into(), seeds.start)
     };
     crate::sim::run(&template, seeds, args.stats)

@@ -44,6 +44,8 @@ struct State {
     topics: BTreeMap<String, Vec<Vec<StoredRecord>>>,
     ids: BTreeMap<String, TransactionalId>,
     groups: BTreeMap<(String, String, u32), u64>,
+    /// Bumped when every client process dies (`crash_clients`).
+    generation: u64,
 }
 
 /// A handle to the simulated broker (clones share it).
@@ -101,6 +103,12 @@ impl SimBroker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every process using the broker died at once (kill -9): their
+    /// producers can do nothing more, and what they had queued is lost.
+    pub fn crash_clients(&self) {
+        self.lock().generation += 1;
+    }
+
     pub fn create_topic(&self, topic: &str, partitions: u32) {
         assert!(partitions > 0);
         self.lock()
@@ -148,6 +156,7 @@ impl SimBroker {
             transactional_id: transactional_id.map(str::to_string),
             epoch: 0,
             queued: Vec::new(),
+            generation: self.lock().generation,
         }
     }
 
@@ -249,9 +258,19 @@ pub struct SimProducer {
     transactional_id: Option<String>,
     epoch: u64,
     queued: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    generation: u64,
 }
 
 impl SimProducer {
+    /// The broker, if the producer of `generation` is still alive.
+    fn alive(broker: &SimBroker, generation: u64) -> Result<MutexGuard<'_, State>, LogError> {
+        let state = broker.lock();
+        if state.generation != generation {
+            return Err(LogError::Other("the producer's process is gone".into()));
+        }
+        Ok(state)
+    }
+
     fn fenced(&self) -> LogError {
         LogError::Fenced {
             transactional_id: self.transactional_id.clone().unwrap_or_default(),
@@ -276,7 +295,7 @@ impl LogProducer for SimProducer {
     }
 
     fn flush(&mut self) -> Result<(), LogError> {
-        let mut state = self.broker.lock();
+        let mut state = Self::alive(&self.broker, self.generation)?;
         let visibility = match &self.transactional_id {
             None => Visibility::Visible,
             Some(_) => {
@@ -317,7 +336,7 @@ impl LogProducer for SimProducer {
 
     fn init_transactions(&mut self) -> Result<(), LogError> {
         let id = self.transactional_id.clone().expect("a transactional producer");
-        let mut state = self.broker.lock();
+        let mut state = Self::alive(&self.broker, self.generation)?;
         state.end_transaction(&id, false);
         let t = state.ids.entry(id).or_default();
         t.epoch += 1;
@@ -326,7 +345,7 @@ impl LogProducer for SimProducer {
     }
 
     fn begin_transaction(&mut self) -> Result<(), LogError> {
-        let mut state = self.broker.lock();
+        let mut state = Self::alive(&self.broker, self.generation)?;
         let t = self.owned(&mut state)?;
         assert!(t.open.is_none(), "begin with a transaction open");
         t.transactions += 1;
@@ -337,7 +356,7 @@ impl LogProducer for SimProducer {
     fn commit_transaction(&mut self, marker: u64) -> Result<(), LogError> {
         self.flush()?;
         let id = self.transactional_id.clone().expect("a transactional producer");
-        let mut state = self.broker.lock();
+        let mut state = Self::alive(&self.broker, self.generation)?;
         self.owned(&mut state)?.marker = marker;
         state.end_transaction(&id, true);
         Ok(())
@@ -346,7 +365,7 @@ impl LogProducer for SimProducer {
     fn abort_transaction(&mut self) -> Result<(), LogError> {
         self.queued.clear();
         let id = self.transactional_id.clone().expect("a transactional producer");
-        let mut state = self.broker.lock();
+        let mut state = Self::alive(&self.broker, self.generation)?;
         self.owned(&mut state)?;
         state.end_transaction(&id, false);
         Ok(())
@@ -354,6 +373,9 @@ impl LogProducer for SimProducer {
 
     fn committed_marker(&mut self) -> Result<u64, LogError> {
         let id = self.transactional_id.as_ref().expect("a transactional producer");
-        Ok(self.broker.lock().ids.get(id).map_or(0, |t| t.marker))
+        Ok(Self::alive(&self.broker, self.generation)?
+            .ids
+            .get(id)
+            .map_or(0, |t| t.marker))
     }
 }

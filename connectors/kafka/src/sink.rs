@@ -57,7 +57,7 @@ enum TxnState {
 }
 
 /// Test-only planted bugs; all off in production.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SinkBugs {
     /// Commit the transaction at the barrier, before the checkpoint that
     /// covers it is durable.
