@@ -154,7 +154,12 @@ impl PartitionLog for RdPartitionLog {
             each(offset, message.payload());
             self.next = offset + 1;
         }
-        // Past transaction markers the consumer skipped, when it knows.
+        // Past transaction markers the consumer skipped, when it knows; only
+        // when nothing came, since librdkafka's position may run ahead of
+        // what it handed out (its prefetch).
+        if bytes > 0 {
+            return Ok(self.next);
+        }
         if let Ok(position) = self.consumer.position() {
             if let Some(Offset::Offset(at)) = position
                 .find_partition(&self.topic, self.partition)
@@ -269,7 +274,20 @@ fn is_fenced(e: &KafkaError) -> bool {
 
 impl RdProducer {
     pub fn connect(brokers: &str, topic: &str, transactional_id: Option<&str>) -> Result<Self, LogError> {
+        Self::connect_with(brokers, topic, transactional_id, &[])
+    }
+
+    /// `connect` with more librdkafka settings.
+    pub fn connect_with(
+        brokers: &str,
+        topic: &str,
+        transactional_id: Option<&str>,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, LogError> {
         let mut config = client_config(brokers);
+        for (name, value) in settings {
+            config.set(*name, *value);
+        }
         config
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")

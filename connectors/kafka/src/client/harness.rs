@@ -56,7 +56,11 @@ pub fn send(
 ) -> Result<SendReport, HarnessError> {
     ensure_topic(url, partitions)?;
     let file = std::fs::File::open(input).map_err(file_error(input))?;
-    let mut producer = RdProducer::connect(&url.brokers, &url.topic, None)?;
+    // One record per batch: tansu 0.6 reports a partition's end offset
+    // (ListOffsets) as the last batch's base offset + 1, so with batches of
+    // many records a bounded run (`until=end`) would stop short.
+    let unbatched = [("batch.num.messages", "1"), ("linger.ms", "0")];
+    let mut producer = RdProducer::connect_with(&url.brokers, &url.topic, None, &unbatched)?;
     let began = Instant::now();
     let mut report = SendReport {
         lines: 0,
