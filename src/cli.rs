@@ -994,7 +994,8 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         batch_max: config.limits.batch_max,
         queue_depth_batches: config.queue_depth_batches,
         discard_output: outputs.sink == SinkSpec::Null,
-        output_ids: false,
+        // The Kafka sink puts each line's input id in a header.
+        output_ids: crate::connectors::is_kafka(&args.output),
         checkpoints: None,
     };
     let summary = match (args.processes, &args.cluster) {
