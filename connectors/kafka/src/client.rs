@@ -49,7 +49,9 @@ fn client_config(brokers: &str) -> ClientConfig {
     config
         .set("bootstrap.servers", brokers)
         .set("socket.timeout.ms", "10000")
-        .set("log_level", "3");
+        // Failures reach the user as this crate's one-line errors; librdkafka's
+        // own log of each connection attempt would bury them.
+        .set("log_level", "0");
     config
 }
 
