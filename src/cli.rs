@@ -269,9 +269,18 @@ impl AuditArgs {
 
 #[derive(Args, Debug)]
 struct SendArgs {
-    /// The source's address (`verity run … --input tcp:HOST:PORT`).
+    /// The source's address (`verity run … --input tcp:HOST:PORT`), or a
+    /// Kafka topic, kafka://HOST:PORT[,HOST:PORT]/TOPIC, to produce each
+    /// line into as one record (the topic is created if missing).
     #[arg(long, value_name = "HOST:PORT")]
     to: String,
+    /// Kafka: key each record by this app's key of its line, so a key's
+    /// records share a partition (and keep their order) [default: unkeyed].
+    #[arg(long, value_name = "APP")]
+    key_by: Option<AppArg>,
+    /// Kafka: partitions of the topic if it has to be created.
+    #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    partitions: u32,
     /// The input: a file, a pipe, or `-` for stdin.
     #[arg(
         long,
@@ -307,7 +316,10 @@ struct SendArgs {
 
 #[derive(Args, Debug)]
 struct ReceiveArgs {
-    /// Where to listen for the sink (`verity run … --output tcp:HOST:PORT`).
+    /// Where to listen for the sink (`verity run … --output tcp:HOST:PORT`),
+    /// or a Kafka topic, kafka://HOST:PORT[,HOST:PORT]/TOPIC, to consume
+    /// with read_committed from the beginning (records repeated with the
+    /// same output-id header and value are dropped and counted).
     #[arg(long, value_name = "HOST:PORT")]
     listen: String,
     #[arg(long, value_name = "FILE")]
@@ -374,6 +386,13 @@ struct SimArgs {
     /// what the log says each decision saw.
     #[arg(long, value_name = "on|off|drawn", default_value = "drawn", value_parser = ["on", "off", "drawn"])]
     audit: String,
+    /// Where process 0's output goes: `file` (a simulated file), or
+    /// `txn-log`: also through the Kafka sink's transaction protocol into a
+    /// simulated broker (partitioned log, read_committed, fencing) that
+    /// outlives crashes, checking what a read_committed consumer sees.
+    /// (Seeds of `txn-log` keep no audit log.)
+    #[arg(long, value_name = "file|txn-log", default_value = "file", value_parser = ["file", "txn-log"])]
+    sink: String,
     /// Test-only: plant a bug (one of `PlantedBugs::NAMES`) in the shared
     /// production code to show the simulator catches it.
     #[arg(long, value_name = "BUG", hide = true)]
@@ -762,8 +781,27 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 },
         } => trace(&dir, output_id, input_id, output_line),
         Command::Audit { command } => crate::audit::execute(command),
+        Command::Send(args) if crate::connectors::is_kafka(&args.to) => {
+            let Some(input) = args
+                .input
+                .as_deref()
+                .filter(|_| args.replay.is_none() && args.record.is_none())
+            else {
+                bail!("sending to Kafka takes --input FILE (not --record or --replay)");
+            };
+            crate::connectors::send_to_kafka(
+                &args.to,
+                input,
+                args.rate,
+                args.key_by.map(AppName::from),
+                args.partitions,
+            )
+        }
         Command::Send(args) => {
             use verity_verify::harness;
+            if args.key_by.is_some() {
+                bail!("--key-by keys Kafka records; {} is not a kafka:// topic", args.to);
+            }
             let report = match (&args.replay, &args.input, &args.record) {
                 (Some(recording), _, _) => harness::replay(&args.to, recording, args.speed.unwrap_or(1.0))?,
                 (None, Some(input), Some(record)) => {
@@ -797,6 +835,14 @@ pub fn execute(cli: Cli) -> Result<i32> {
                 bail!("--timeout-s must be a positive number of seconds");
             }
             let silence = std::time::Duration::from_secs_f64(args.timeout_s);
+            if crate::connectors::is_kafka(&args.listen) {
+                return crate::connectors::receive_from_kafka(
+                    &args.listen,
+                    &args.output,
+                    args.expect,
+                    silence,
+                );
+            }
             let report = verity_verify::harness::receive(&args.listen, &args.output, args.expect, silence)?;
             eprintln!(
                 "verity receive: {} lines ({} bytes) in {:.3} s{}{}{}",
@@ -890,7 +936,23 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
             path.display()
         );
     }
-    let connectors = connectors();
+    let job_description = format!(
+        "{}; final counts {}; generate {:?} seed {}",
+        app.name(),
+        args.final_counts,
+        args.generate,
+        args.seed
+    );
+    let kafka_delivery = match (&args.checkpoints.state_dir, args.checkpoints.delivery) {
+        (Some(_), DeliveryArg::ExactlyOnce) => crate::connectors::KafkaDelivery::Transactional,
+        _ => crate::connectors::KafkaDelivery::AtLeastOnce,
+    };
+    let fingerprint = crate::connectors::job_fingerprint(
+        &job_description,
+        &args.output,
+        args.checkpoints.state_dir.as_deref(),
+    );
+    let connectors = crate::connectors::for_run(app, kafka_delivery, &fingerprint);
     let input = app_input(app, &args, &connectors)?;
     let sink = connectors.sink(&args.output)?;
     if args.checkpoints.state_dir.is_some() && sink == SinkSpec::Stdout {
@@ -925,13 +987,7 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
                 DeliveryArg::ExactlyOnce => verity_core::Delivery::ExactlyOnce,
                 DeliveryArg::AtLeastOnce => verity_core::Delivery::AtLeastOnce,
             },
-            job: format!(
-                "{}; final counts {}; generate {:?} seed {}",
-                app.name(),
-                args.final_counts,
-                args.generate,
-                args.seed
-            ),
+            job: job_description.clone(),
         }),
         audit: args.audit.settings(),
         metrics: args.metrics.start()?,
@@ -950,7 +1006,8 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         batch_max: config.limits.batch_max,
         queue_depth_batches: config.queue_depth_batches,
         discard_output: outputs.sink == SinkSpec::Null,
-        output_ids: false,
+        // The Kafka sink puts each line's input id in a header.
+        output_ids: crate::connectors::is_kafka(&args.output),
         checkpoints: None,
         spread_sources: Vec::new(),
     };
@@ -1211,11 +1268,15 @@ fn sim(args: SimArgs) -> Result<i32> {
         streams: args.streams,
         final_counts: args.final_counts,
         spread: args.spread,
-        audit: match args.audit.as_str() {
-            "on" => Some(true),
-            "off" => Some(false),
+        audit: match (args.audit.as_str(), args.sink.as_str()) {
+            ("on", "txn-log") => {
+                bail!("--sink txn-log seeds keep no audit log (its lineage is that of the file)")
+            }
+            (_, "txn-log") | ("off", _) => Some(false),
+            ("on", _) => Some(true),
             _ => None,
         },
+        log_sink: args.sink == "txn-log",
         ..verity_verify::sim::SimConfig::new(args.app.into(), seeds.start)
     };
     crate::sim::run(&template, seeds, args.stats)

@@ -6,6 +6,7 @@ mod bench;
 mod bench_html;
 mod cli;
 mod cluster;
+mod connectors;
 mod logger;
 mod metrics_server;
 mod panics;

@@ -6,6 +6,7 @@ pub mod doubler;
 pub mod format;
 pub mod generate;
 pub mod market_spread;
+pub mod record_keys;
 pub mod seq_window;
 pub mod wordcount;
 

@@ -232,6 +232,9 @@ pub struct PlantedBugs {
     pub recover: verity_core::checkpoint::RecoverBugs,
     /// In market-spread's logic (what only the audit log can judge).
     pub market_spread: verity_apps::market_spread::Bugs,
+    /// In the Kafka sink's transaction protocol (`verity_kafka::LogSink`;
+    /// caught with `SimConfig::log_sink`).
+    pub kafka: verity_kafka::SinkBugs,
 }
 
 impl PlantedBugs {
@@ -255,10 +258,15 @@ impl PlantedBugs {
         "stale-quote",
     ];
 
+    /// Bugs of the Kafka sink, which only seeds with `log_sink` reach.
+    pub const LOG_SINK_NAMES: [&'static str; 2] = ["kafka-commit-at-barrier", "kafka-skip-recommit"];
+
     /// The bug a name plants.
     pub fn named(name: &str) -> Result<PlantedBugs, String> {
         let mut bugs = PlantedBugs::default();
         *match name {
+            "kafka-commit-at-barrier" => &mut bugs.kafka.commit_at_barrier,
+            "kafka-skip-recommit" => &mut bugs.kafka.skip_recommit,
             "no-dedup" => &mut bugs.no_dedup,
             "no-retransmit" => &mut bugs.protocol.no_retransmit,
             "resend-from-wrong-seq" => &mut bugs.protocol.resend_from_wrong_seq,
@@ -276,7 +284,9 @@ impl PlantedBugs {
             "state-from-older-checkpoint" => &mut bugs.recover.state_from_older_checkpoint,
             "stale-quote" => &mut bugs.market_spread.stale_quote,
             other => {
-                let known = PlantedBugs::NAMES.join(", ");
+                let known = [&PlantedBugs::NAMES[..], &PlantedBugs::LOG_SINK_NAMES[..]]
+                    .concat()
+                    .join(", ");
                 return Err(format!("unknown planted bug `{other}` (known: {known})"));
             }
         } = true;
@@ -310,6 +320,12 @@ pub struct SimConfig {
     /// into one partition per process, each read by that process's reader
     /// (no audit log: its replay reads sources on one process).
     pub spread: bool,
+    /// Process 0's output also goes through the Kafka sink's transaction
+    /// protocol (`verity_kafka::LogSink`, exactly-once) into a simulated
+    /// broker that outlives crashes, and the output checked is what a
+    /// read_committed consumer of its topic sees (`verity sim --sink
+    /// txn-log`).
+    pub log_sink: bool,
 }
 
 /// One seed in this many keeps an audit log, unless the config says.
@@ -368,6 +384,7 @@ impl SimConfig {
             final_counts: false,
             audit: None,
             spread: false,
+            log_sink: false,
         }
     }
 
@@ -390,6 +407,11 @@ impl SimConfig {
         };
         let streams = if self.spread {
             streams + " --spread"
+        } else {
+            streams
+        };
+        let streams = if self.log_sink {
+            streams + " --sink txn-log"
         } else {
             streams
         };

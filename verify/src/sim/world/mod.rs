@@ -25,11 +25,13 @@ use verity_core::sink::{DeadLetterWriter, OutputLoop, OutputWriter};
 use verity_core::source::{Dealer, ReaderBugs, SourceEvent, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES};
 use verity_core::streams::{Stream, Streams};
 use verity_core::{Key, Rng, SplitMix64, Wire};
+use verity_kafka::SimBroker;
 use verity_net::frame::{encode_frame, Frame, FrameKind, FrameWriter};
 use verity_net::liveness::LivenessConfig;
 
 mod audit;
 mod control;
+mod log_sink;
 mod network;
 mod output;
 mod processes;
@@ -298,6 +300,8 @@ struct World<'a, K, V, S, O> {
     clocks: audit::Clocks,
     /// Every process's audit log, when the seed keeps one.
     audit: Option<audit::SimAudit>,
+    /// The Kafka broker of `SimConfig::log_sink` seeds (it outlives a crash).
+    broker: Option<SimBroker>,
 }
 
 /// What outlives every process dying at once: the disk, the files the sinks
@@ -312,6 +316,8 @@ struct Crashed {
     forgotten: Vec<u64>,
     output_text: SharedBytes,
     dead_letter_text: SharedBytes,
+    /// The Kafka broker of `SimConfig::log_sink` seeds.
+    broker: Option<SimBroker>,
     stats: super::SimStats,
     trace_hash: u64,
     trace: Vec<String>,
@@ -953,12 +959,26 @@ where
         // finding, reported with what every shard awaits.
         let job_wait_ms = (config.sim_seconds * SECOND_US + LIVENESS_BOUND_US + SECOND_US) / 1000;
         let lifecycles = control::Lifecycles::new(config.processes, job, job_wait_ms);
+        let file_sink: Box<dyn verity_core::connector::SinkConnector> = Box::new(SimSink {
+            text: output_text.clone(),
+            wants_ids: output_ids,
+            source_lines: inputs.iter().map(|(_, data)| line_count(data)).collect(),
+        });
+        let broker = config.log_sink.then(|| {
+            recovery
+                .as_ref()
+                .and_then(|r| r.crashed.broker.clone())
+                .unwrap_or_else(log_sink::new_broker)
+        });
+        let sink: Box<dyn verity_core::connector::SinkConnector> = match &broker {
+            Some(broker) => Box::new(
+                log_sink::Tee::open(file_sink, broker, config.app, config.bugs.kafka)
+                    .unwrap_or_else(|e| panic!("opening the Kafka sink: {e}")),
+            ),
+            None => file_sink,
+        };
         let mut writer = OutputWriter::new(
-            Box::new(SimSink {
-                text: output_text.clone(),
-                wants_ids: output_ids,
-                source_lines: inputs.iter().map(|(_, data)| line_count(data)).collect(),
-            }),
+            sink,
             DeadLetterWriter::with_sink(Box::new(SimFile(dead_letter_text.clone())), source_names.to_vec()),
         )
         .with_bugs(config.bugs.output);
@@ -1033,6 +1053,7 @@ where
             source_fails_at,
             checkpoint_parts: vec![resumed; total as usize],
             output_text,
+            broker,
             output_lines,
             dead_letters_written,
             expected_lines,
@@ -1248,6 +1269,9 @@ where
     /// synced).
     fn crash(self) -> Crashed {
         self.disk.crash();
+        if let Some(broker) = &self.broker {
+            broker.crash_clients();
+        }
         let fsync = self.audit.as_ref().map(|audit| audit.plan.fsync);
         let audit_disk = self.audit.map(|audit| {
             audit.disk.crash();
@@ -1266,6 +1290,7 @@ where
             forgotten: self.readers.iter().map(|r| r.forgotten().0).collect(),
             output_text: self.output_text,
             dead_letter_text: self.dead_letter_text,
+            broker: self.broker,
             stats: self.stats,
             trace_hash: self.trace_hash,
             trace: self.trace,
@@ -1524,6 +1549,14 @@ where
             if failure.is_none() && !self.crashed {
                 failure = self.release_readers(failure_injected).err();
             }
+            if let (None, false, Some(broker)) = (&failure, self.crashed, &self.broker) {
+                let open = log_sink::open_records(broker);
+                if open > 0 {
+                    failure = Some(format!(
+                        "the Kafka sink left {open} records in open transactions at the end"
+                    ));
+                }
+            }
         }
         // After the writer, whose last lineage records it flushed.
         let audit = self.finish_audit(failure.as_ref(), failure_injected);
@@ -1548,7 +1581,10 @@ where
                 failure_injected,
                 stopped_at,
             },
-            output: self.output_text.take(),
+            output: match &self.broker {
+                Some(broker) => log_sink::committed_output(broker),
+                None => self.output_text.take(),
+            },
             dead_letters: self.dead_letter_text.take(),
             audit,
         }

@@ -1,0 +1,320 @@
+//! Reading one partition: where it opens, where a bounded run stops, how
+//! records become a chunk of lines with the position after it, and what
+//! becomes of a record that cannot be a line. Sans-IO over `PartitionLog`.
+
+use crate::log::{LogError, PartitionLog, Watermarks};
+use crate::url::StartAt;
+use bytes::BytesMut;
+use std::io::Write;
+use verity_core::connector::{Chunk, Position, Pull, SourceError, SourceReader};
+use verity_core::source::{ChunkData, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES, STOP_POLL_INTERVAL};
+
+/// A record that cannot be a line becomes this byte followed by a
+/// description naming its topic, partition and offset: the byte is not
+/// UTF-8, so every app dead-letters the line, and the dead letter names the
+/// record.
+pub const BAD_RECORD_MARK: u8 = 0xFF;
+
+/// The offset a partition opens at. `at` is a checkpoint's position (a
+/// recovery) and wins over `start`, which applies to a fresh run only.
+pub fn open_offset(
+    source_name: &str,
+    start: StartAt,
+    at: Option<Position>,
+    marks: Watermarks,
+) -> Result<u64, SourceError> {
+    debug_assert!(marks.low <= marks.high, "{marks:?}");
+    match at {
+        Some(Position::Log { offset }) if offset > marks.high => Err(SourceError::PositionPastEnd {
+            source_name: source_name.into(),
+            position: Position::Log { offset },
+            detail: format!("the partition ends at offset {}", marks.high),
+        }),
+        Some(Position::Log { offset }) if offset < marks.low => Err(SourceError::Connector(
+            format!(
+                "source {source_name}: the checkpoint resumes at offset {offset}, but the broker only keeps offsets from {} on (retention deleted the rest)",
+                marks.low
+            )
+            .into(),
+        )),
+        Some(Position::Log { offset }) => Ok(offset),
+        Some(position) => Err(SourceError::WrongPosition {
+            source_name: source_name.into(),
+            kind: "kafka",
+            position,
+        }),
+        None => Ok(match start {
+            StartAt::Earliest | StartAt::Checkpoint => marks.low,
+            StartAt::Latest => marks.high,
+        }),
+    }
+}
+
+/// Where one partition is and how to describe its records.
+pub struct PartitionReader<L: PartitionLog> {
+    log: L,
+    topic: String,
+    partition: u32,
+    next_offset: u64,
+    /// `until=end`: the offset the partition ended at when it opened.
+    end_offset: Option<u64>,
+    group: Option<String>,
+    /// Chunks handed out whose position was not committed to the group yet.
+    read_through: u64,
+}
+
+impl<L: PartitionLog> PartitionReader<L> {
+    /// Opens `partition` of `topic` at `open_offset`'s decision.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        mut log: L,
+        source_name: &str,
+        topic: &str,
+        partition: u32,
+        start: StartAt,
+        at: Option<Position>,
+        until_end: bool,
+        group: Option<String>,
+    ) -> Result<Self, SourceError> {
+        let marks = log.watermarks().map_err(connector_error)?;
+        let next_offset = open_offset(source_name, start, at, marks)?;
+        log.seek(next_offset).map_err(connector_error)?;
+        Ok(PartitionReader {
+            log,
+            topic: topic.to_string(),
+            partition,
+            next_offset,
+            end_offset: until_end.then_some(marks.high),
+            group,
+            read_through: next_offset,
+        })
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    fn ended(&self) -> bool {
+        self.end_offset.is_some_and(|end| self.next_offset >= end)
+    }
+}
+
+/// Appends one record as one line, or its description if it cannot be one.
+fn append_record(chunk: &mut BytesMut, topic: &str, partition: u32, offset: u64, value: Option<&[u8]>) {
+    let reason = match value {
+        None => Some("no value (a tombstone)"),
+        Some(v) if v.len() >= LINE_SIZE_MAX_BYTES => Some("longer than a line may be"),
+        Some(v) if v.contains(&b'\n') => Some("holds a newline"),
+        Some(v) if std::str::from_utf8(v).is_err() => Some("not UTF-8"),
+        Some(_) => None,
+    };
+    match (reason, value) {
+        (None, Some(v)) => chunk.extend_from_slice(v),
+        (reason, _) => {
+            let mut line = Vec::with_capacity(96);
+            line.push(BAD_RECORD_MARK);
+            let _ = write!(
+                line,
+                "kafka record topic {topic} partition {partition} offset {offset}: {}",
+                reason.unwrap_or_default()
+            );
+            chunk.extend_from_slice(&line);
+        }
+    }
+    chunk.extend_from_slice(b"\n");
+}
+
+impl<L: PartitionLog> SourceReader for PartitionReader<L> {
+    fn next_chunk(&mut self) -> Result<Pull, SourceError> {
+        if self.ended() {
+            return Ok(Pull::End);
+        }
+        let mut chunk = BytesMut::with_capacity(CHUNK_SIZE_BYTES + 1024);
+        let mut records = 0u64;
+        let mut last_taken = None;
+        let (topic, partition, end, from) = (&self.topic, self.partition, self.end_offset, self.next_offset);
+        let wait_ms = STOP_POLL_INTERVAL.as_millis() as u64;
+        let polled_to = self
+            .log
+            .poll(wait_ms, CHUNK_SIZE_BYTES, &mut |offset, value| {
+                // A bounded run takes nothing at or past its end; a log never
+                // hands out what came before the position it reads from.
+                if offset < from || end.is_some_and(|end| offset >= end) {
+                    return;
+                }
+                append_record(&mut chunk, topic, partition, offset, value);
+                records += 1;
+                last_taken = Some(offset);
+            })
+            .map_err(connector_error)?;
+        // The position after the chunk: past every record it holds, and past
+        // what the log skipped, but never past a bounded run's end.
+        let mut next = polled_to.max(last_taken.map_or(from, |o| o + 1));
+        if let Some(end) = end {
+            next = next.min(end.max(from));
+        }
+        debug_assert!(next >= from && last_taken.is_none_or(|o| o < next));
+        self.next_offset = next;
+        if records == 0 {
+            return Ok(if self.ended() { Pull::End } else { Pull::Idle });
+        }
+        Ok(Pull::Chunk(Chunk {
+            data: ChunkData::Lines(chunk.freeze()),
+            records,
+            position: Position::Log { offset: next },
+        }))
+    }
+
+    fn commit(&mut self, upto: &Position) -> Result<(), SourceError> {
+        let Position::Log { offset } = *upto else {
+            return Err(SourceError::WrongPosition {
+                source_name: format!("kafka topic {}", self.topic),
+                kind: "kafka",
+                position: *upto,
+            });
+        };
+        assert!(
+            offset >= self.read_through && offset <= self.next_offset,
+            "a commit at offset {offset} outside what was read ({}..={})",
+            self.read_through,
+            self.next_offset
+        );
+        self.read_through = offset;
+        if let Some(group) = &self.group {
+            self.log.commit_group(group, offset).map_err(connector_error)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn connector_error(e: LogError) -> SourceError {
+    SourceError::Connector(Box::new(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim_broker::SimBroker;
+
+    fn marks(low: u64, high: u64) -> Watermarks {
+        Watermarks { low, high }
+    }
+
+    #[test]
+    fn a_checkpoint_position_wins_over_the_start_policy() {
+        let at = Some(Position::Log { offset: 7 });
+        for start in [StartAt::Earliest, StartAt::Latest, StartAt::Checkpoint] {
+            assert_eq!(open_offset("s", start, at, marks(2, 10)).unwrap(), 7);
+        }
+        assert_eq!(
+            open_offset("s", StartAt::Checkpoint, None, marks(2, 10)).unwrap(),
+            2
+        );
+        assert_eq!(
+            open_offset("s", StartAt::Earliest, None, marks(2, 10)).unwrap(),
+            2
+        );
+        assert_eq!(open_offset("s", StartAt::Latest, None, marks(2, 10)).unwrap(), 10);
+    }
+
+    #[test]
+    fn impossible_positions_are_errors() {
+        let past = open_offset(
+            "s",
+            StartAt::Checkpoint,
+            Some(Position::Log { offset: 11 }),
+            marks(0, 10),
+        );
+        assert!(matches!(past, Err(SourceError::PositionPastEnd { .. })));
+        let gone = open_offset(
+            "s",
+            StartAt::Checkpoint,
+            Some(Position::Log { offset: 1 }),
+            marks(2, 10),
+        );
+        assert!(gone.unwrap_err().to_string().contains("retention"));
+        let text = open_offset("s", StartAt::Checkpoint, Some(Position::TEXT_START), marks(0, 1));
+        assert!(matches!(text, Err(SourceError::WrongPosition { .. })));
+    }
+
+    fn lines_of(pull: Pull) -> (Vec<u8>, u64, Position) {
+        match pull {
+            Pull::Chunk(Chunk {
+                data: ChunkData::Lines(data),
+                records,
+                position,
+            }) => (data.to_vec(), records, position),
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunks_carry_the_offset_after_them_and_a_bounded_run_ends() {
+        let broker = SimBroker::new();
+        broker.create_topic("t", 2);
+        for v in ["a", "b", "c"] {
+            broker.append("t", 1, b"k", v.as_bytes());
+        }
+        let log = broker.partition_log("t", 1);
+        let mut reader =
+            PartitionReader::open(log, "s", "t", 1, StartAt::Checkpoint, None, true, None).unwrap();
+        let (data, records, position) = lines_of(reader.next_chunk().unwrap());
+        assert_eq!((data.as_slice(), records), (&b"a\nb\nc\n"[..], 3));
+        assert_eq!(position, Position::Log { offset: 3 });
+        broker.append("t", 1, b"k", b"late");
+        assert_eq!(
+            reader.next_chunk().unwrap(),
+            Pull::End,
+            "past the end seen at open"
+        );
+
+        // Reopened at the middle: exactly what followed.
+        let log = broker.partition_log("t", 1);
+        let at = Some(Position::Log { offset: 2 });
+        let mut reader = PartitionReader::open(log, "s", "t", 1, StartAt::Earliest, at, false, None).unwrap();
+        let (data, _, position) = lines_of(reader.next_chunk().unwrap());
+        assert_eq!(
+            (data.as_slice(), position),
+            (&b"c\nlate\n"[..], Position::Log { offset: 4 })
+        );
+        assert_eq!(
+            reader.next_chunk().unwrap(),
+            Pull::Idle,
+            "unbounded: waits for more"
+        );
+    }
+
+    #[test]
+    fn records_that_cannot_be_lines_name_their_topic_partition_and_offset() {
+        let broker = SimBroker::new();
+        broker.create_topic("t", 1);
+        broker.append("t", 0, b"", b"ok");
+        broker.append("t", 0, b"", b"\xc3\x28");
+        broker.append("t", 0, b"", b"two\nlines");
+        let log = broker.partition_log("t", 0);
+        let mut reader =
+            PartitionReader::open(log, "s", "t", 0, StartAt::Earliest, None, true, None).unwrap();
+        let (data, records, _) = lines_of(reader.next_chunk().unwrap());
+        assert_eq!(records, 3);
+        let lines: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
+        assert_eq!(lines[0], b"ok");
+        assert_eq!(lines[1][0], BAD_RECORD_MARK);
+        let described = String::from_utf8_lossy(&lines[1][1..]).into_owned();
+        assert_eq!(described, "kafka record topic t partition 0 offset 1: not UTF-8");
+        assert!(String::from_utf8_lossy(lines[2]).contains("offset 2: holds a newline"));
+    }
+
+    #[test]
+    fn commits_reach_the_group() {
+        let broker = SimBroker::new();
+        broker.create_topic("t", 1);
+        broker.append("t", 0, b"", b"x");
+        let log = broker.partition_log("t", 0);
+        let mut reader =
+            PartitionReader::open(log, "s", "t", 0, StartAt::Earliest, None, false, Some("g".into()))
+                .unwrap();
+        let (_, _, position) = lines_of(reader.next_chunk().unwrap());
+        reader.commit(&position).unwrap();
+        assert_eq!(broker.group_offset("g", "t", 0), Some(1));
+    }
+}
