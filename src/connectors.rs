@@ -42,7 +42,7 @@ pub fn for_run(app: AppName, delivery: KafkaDelivery, job_fingerprint: &str) -> 
     let connectors = {
         use verity_kafka::client::{sink_factory, source_factory, SinkContext};
         let context = SinkContext {
-            process: 0,
+            process: 0, // the opening process sets its own (`sink_factory`)
             job_fingerprint: job_fingerprint.to_string(),
             delivery: match delivery {
                 KafkaDelivery::AtLeastOnce => verity_kafka::SinkDelivery::AtLeastOnce,

@@ -538,9 +538,17 @@ pub fn sink_factory(context: SinkContext) -> SinkFactory {
             reason: e.reason,
         })?;
         let context = context.clone();
-        Ok(SinkSpec::Custom(CustomSink::new(arg, move || {
-            open_sink(&url, &context)
-        })))
+        Ok(SinkSpec::Custom(CustomSink::new(
+            arg,
+            move |run: &verity_core::SinkContext| {
+                // The process opening the sink names its transactional id.
+                let context = SinkContext {
+                    process: run.process,
+                    ..context.clone()
+                };
+                open_sink(&url, &context)
+            },
+        )))
     })
 }
 
