@@ -170,8 +170,10 @@ fn market_spread_round_trip_at_p1() {
 
 /// Fails today (ignored: `cargo test --test kafka -- --ignored`): at P=3,
 /// with every partition read and the output written by process 0 (the
-/// funnel), the output topic holds only part of the output (the same run
-/// into a file is complete); not yet understood.
+/// funnel), the output topic held only part of the output (the same run
+/// into a file is complete); not yet understood, so a cluster run with a
+/// Kafka output is refused until it is
+/// (`a_kafka_output_in_a_cluster_run_is_refused_before_anything_starts`).
 #[test]
 #[ignore]
 fn seq_window_round_trip_at_p3() {
@@ -274,6 +276,21 @@ fn a_missing_topic_is_one_clear_error() {
     assert!(text.contains("does not exist"), "{text}");
     assert_eq!(text.lines().filter(|l| l.contains("error")).count(), 1, "{text}");
     assert!(began.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn a_kafka_output_in_a_cluster_run_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::write(dir.path(), "in", b"1\n2\n");
+    let refused = verity()
+        .args(["run", "doubler", "--input"])
+        .arg(&input)
+        .args(["--output", "kafka://127.0.0.1:1/out", "--processes", "2"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let text = stderr(&refused);
+    assert!(text.contains("not supported in a cluster run"), "{text}");
 }
 
 #[test]
