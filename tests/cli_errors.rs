@@ -103,14 +103,7 @@ fn a_url_without_a_connector_is_refused() {
         "no connector for the scheme `s3://`",
     );
     assert_fails_with(
-        &[
-            "run",
-            "doubler",
-            "--generate",
-            "1",
-            "--output",
-            "s3://bucket/out",
-        ],
+        &["run", "doubler", "--generate", "1", "--output", "s3://bucket/out"],
         "no connector for the scheme `s3://`",
     );
 }

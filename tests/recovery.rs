@@ -376,14 +376,10 @@ fn a_cluster_reading_a_spread_source_restarts_after_killed_workers_and_finishes_
 /// Every process of a spread `dir://` run killed at once after a
 /// checkpoint, then `--recover`: each process reopens its partitions at
 /// their positions in the checkpoint, and the output is exact.
-#[test]
-fn a_spread_cluster_killed_whole_recovers_exactly_with_recover() {
-    let dir = tempfile::tempdir().unwrap();
-    let job = Job {
-        processes: Some(3),
-        ..Job::new(dir.path(), "seq-window", 1_000_000)
-    }
-    .spread(dir.path());
+/// Starts a 3-process `job` and, once its second checkpoint is on disk,
+/// kills every process at once with kill -9 (the workers first, so none
+/// outlives the test). False if the run ended before that.
+fn kill_whole_cluster_after_two_checkpoints(job: &Job) -> bool {
     let mut leader = verity()
         .args(job.args(false))
         .stderr(std::process::Stdio::null())
@@ -394,7 +390,6 @@ fn a_spread_cluster_killed_whole_recovers_exactly_with_recover() {
         newest_checkpoint(&job.state) >= 2 && children_of(pid).len() == 2
     });
     if ready {
-        // The workers first, so none outlives the test.
         for victim in children_of(pid).into_iter().chain([pid]) {
             let _ = std::process::Command::new("kill")
                 .args(["-9", &victim.to_string()])
@@ -402,6 +397,18 @@ fn a_spread_cluster_killed_whole_recovers_exactly_with_recover() {
         }
     }
     let _ = leader.wait();
+    ready
+}
+
+#[test]
+fn a_spread_cluster_killed_whole_recovers_exactly_with_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job {
+        processes: Some(3),
+        ..Job::new(dir.path(), "seq-window", 1_000_000)
+    }
+    .spread(dir.path());
+    let ready = kill_whole_cluster_after_two_checkpoints(&job);
     let summary = job.finish();
     assert!(
         !ready || summary.contains("continuing from checkpoint"),
@@ -427,24 +434,8 @@ fn a_cluster_killed_whole_recovers_with_recover_past_a_corrupt_newest_checkpoint
         processes: Some(3),
         ..Job::new(dir.path(), "wordcount", 200_000)
     };
-    let mut leader = verity()
-        .args(job.args(false))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start verity");
-    let pid = leader.id();
-    let ready = wait_while_running(&mut leader, || {
-        newest_checkpoint(&job.state) >= 2 && children_of(pid).len() == 2
-    });
-    if ready {
-        // Every process at once: the workers first, so none outlives the test.
-        for victim in children_of(pid).into_iter().chain([pid]) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &victim.to_string()])
-                .status();
-        }
-    }
-    let _ = leader.wait();
+    // Killed or finished, it leaves its checkpoints behind.
+    kill_whole_cluster_after_two_checkpoints(&job);
     let part = newest_checkpoint_files(&job.state).pop().expect("a part");
     let mut bytes = std::fs::read(&part).unwrap();
     let middle = bytes.len() / 2;
