@@ -35,9 +35,20 @@ pub fn write_line(text: &str) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
+/// librdkafka's own log (target `librdkafka`: every connection attempt and
+/// broker state change, several lines a second while a broker is down) would
+/// bury the Kafka connector's one-line errors; this variable shows it.
+pub const LIBRDKAFKA_LOG_VAR: &str = "VERITY_LIBRDKAFKA_LOG";
+
+fn librdkafka_log_shown() -> bool {
+    static SHOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SHOWN.get_or_init(|| std::env::var_os(LIBRDKAFKA_LOG_VAR).is_some())
+}
+
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         metadata.level() <= SHOWN_LEVEL
+            && (!metadata.target().starts_with("librdkafka") || librdkafka_log_shown())
     }
 
     fn log(&self, record: &Record<'_>) {
