@@ -36,8 +36,9 @@ pub fn write_line(text: &str) {
 }
 
 /// librdkafka's own log (target `librdkafka`: every connection attempt and
-/// broker state change, several lines a second while a broker is down) would
-/// bury the Kafka connector's one-line errors; this variable shows it.
+/// broker state change, several lines a second while a broker is down) and
+/// the rdkafka crate's echo of its global errors (targets `rdkafka::…`) would
+/// bury the Kafka connector's one-line errors; this variable shows them.
 pub const LIBRDKAFKA_LOG_VAR: &str = "VERITY_LIBRDKAFKA_LOG";
 
 fn librdkafka_log_shown() -> bool {
@@ -45,10 +46,13 @@ fn librdkafka_log_shown() -> bool {
     *SHOWN.get_or_init(|| std::env::var_os(LIBRDKAFKA_LOG_VAR).is_some())
 }
 
+fn is_kafka_client_log(target: &str) -> bool {
+    target.starts_with("librdkafka") || target.starts_with("rdkafka")
+}
+
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= SHOWN_LEVEL
-            && (!metadata.target().starts_with("librdkafka") || librdkafka_log_shown())
+        metadata.level() <= SHOWN_LEVEL && (!is_kafka_client_log(metadata.target()) || librdkafka_log_shown())
     }
 
     fn log(&self, record: &Record<'_>) {
