@@ -893,11 +893,10 @@ fn app_options(args: &RunArgs) -> AppOptions {
     }
 }
 
-/// The connectors this binary knows: the built-in ones. A connector crate
-/// (e.g. a future `verity-kafka`) registers its scheme here; workers build
-/// spread sources through the same list.
+/// The sources this binary knows (`connectors::sources`): workers build
+/// spread sources through this list, and a replay re-reads its input.
 pub(crate) fn connectors() -> Connectors {
-    Connectors::built_in()
+    crate::connectors::sources()
 }
 
 /// The input a `run` command line names (also what a replay re-reads).

@@ -34,13 +34,23 @@ pub fn job_fingerprint(job: &str, output: &str, state_dir: Option<&Path>) -> Str
     format!("{hash:016x}")
 }
 
+/// The built-in connectors and the sources of this binary's schemes: what a
+/// worker builds a spread source from (the same as process 0 did) and what
+/// a replay re-reads.
+pub fn sources() -> Connectors {
+    let connectors = Connectors::built_in();
+    #[cfg(feature = "kafka")]
+    let connectors = connectors.with_source("kafka", verity_kafka::client::source_factory());
+    connectors
+}
+
 /// The connectors of a run of `app` (process 0 of its cluster).
 #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
 pub fn for_run(app: AppName, delivery: KafkaDelivery, job_fingerprint: &str) -> Connectors {
-    let connectors = Connectors::built_in();
+    let connectors = sources();
     #[cfg(feature = "kafka")]
     let connectors = {
-        use verity_kafka::client::{sink_factory, source_factory, SinkContext};
+        use verity_kafka::client::{sink_factory, SinkContext};
         let context = SinkContext {
             process: 0, // the opening process sets its own (`sink_factory`)
             job_fingerprint: job_fingerprint.to_string(),
@@ -50,9 +60,7 @@ pub fn for_run(app: AppName, delivery: KafkaDelivery, job_fingerprint: &str) -> 
             },
             key_of: verity_apps::record_keys::output_key(app),
         };
-        connectors
-            .with_source("kafka", source_factory())
-            .with_sink("kafka", sink_factory(context))
+        connectors.with_sink("kafka", sink_factory(context))
     };
     connectors
 }

@@ -11,9 +11,9 @@ use crate::codec::{put_bytes, put_str, put_u8, put_varint, DecodeError, Reader};
 use std::fmt;
 
 /// A record's identity as it entered the system: which producer (source)
-/// made it, its sequence there (a text source's 1-based line number), and
-/// which of the records derived from that input it is (`part`). The same
-/// triple as the engine's message id.
+/// made it, its sequence there (a text source's 1-based line number, or a
+/// log record's place: `log_seq`), and which of the records derived from
+/// that input it is (`part`). The same triple as the engine's message id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Id {
     pub producer: u32,
@@ -21,9 +21,55 @@ pub struct Id {
     pub seq: u64,
 }
 
+/// Set in the `seq` of a record whose id is its place in a partitioned log
+/// (a Kafka partition and offset) rather than a line number, which never
+/// comes near it. Such an id is the same whichever run reads the record and
+/// however its partitions' chunks interleave, so a repeat after a recovery
+/// carries the id of the first delivery.
+const LOG_SEQ_BIT: u64 = 1 << 63;
+/// Bits of a log seq that hold the offset; the partition sits above them.
+const LOG_OFFSET_BITS: u32 = 48;
+/// Offsets a log id holds: 2^48, about 89 years of 100,000 records a second
+/// into one partition.
+pub const LOG_OFFSET_LIMIT: u64 = 1 << LOG_OFFSET_BITS;
+/// Partitions a log id tells apart (15 bits).
+pub const LOG_PARTITION_LIMIT: u32 = 1 << (63 - LOG_OFFSET_BITS);
+
+/// The `seq` of the record at `offset` of `partition` of a log. The seqs of
+/// a partition's consecutive offsets are consecutive.
+pub fn log_seq(partition: u32, offset: u64) -> u64 {
+    assert!(
+        partition < LOG_PARTITION_LIMIT && offset < LOG_OFFSET_LIMIT,
+        "log position partition {partition} offset {offset} beyond what an id holds"
+    );
+    LOG_SEQ_BIT | (u64::from(partition) << LOG_OFFSET_BITS) | offset
+}
+
+/// The (partition, offset) a `log_seq` encodes; `None` for a line number.
+pub fn log_position(seq: u64) -> Option<(u32, u64)> {
+    (seq & LOG_SEQ_BIT != 0).then(|| {
+        let partition = ((seq & !LOG_SEQ_BIT) >> LOG_OFFSET_BITS) as u32;
+        (partition, seq & (LOG_OFFSET_LIMIT - 1))
+    })
+}
+
+impl Id {
+    /// The (partition, offset) of a record read from a log.
+    pub fn log_position(&self) -> Option<(u32, u64)> {
+        log_position(self.seq)
+    }
+}
+
 impl fmt::Display for Id {
+    /// `PRODUCER:LINE.PART`, or `PRODUCER:pPARTITION@OFFSET.PART` for a
+    /// record of a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}.{}", self.producer, self.seq, self.part)
+        match self.log_position() {
+            Some((partition, offset)) => {
+                write!(f, "{}:p{partition}@{offset}.{}", self.producer, self.part)
+            }
+            None => write!(f, "{}:{}.{}", self.producer, self.seq, self.part),
+        }
     }
 }
 
@@ -141,7 +187,8 @@ pub struct RunStart {
 }
 
 /// A chunk of input taken in by a reader: the ids of its records
-/// (`first_line..first_line + lines` of `source`) and where it lay.
+/// (`first_line..first_line + lines` of `source`: line numbers, or a log's
+/// consecutive `log_seq`s) and where it lay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputChunk {
     pub utc_us: u64,
@@ -685,6 +732,34 @@ pub(crate) mod tests {
             part,
             seq,
         })
+    }
+
+    #[test]
+    fn a_log_seq_holds_its_partition_and_offset_and_reads_apart_from_a_line() {
+        for (partition, offset) in [(0, 0), (3, 17), (LOG_PARTITION_LIMIT - 1, LOG_OFFSET_LIMIT - 1)] {
+            let seq = log_seq(partition, offset);
+            assert_eq!(log_position(seq), Some((partition, offset)));
+        }
+        assert_eq!(
+            log_seq(2, 8) + 1,
+            log_seq(2, 9),
+            "consecutive offsets, consecutive seqs"
+        );
+        assert!(log_seq(0, 0) > 0, "never the default id's seq");
+        assert_eq!(log_position(17), None, "a line number");
+        let id = Id {
+            producer: 1,
+            part: 2,
+            seq: log_seq(5, 42),
+        };
+        assert_eq!(id.to_string(), "1:p5@42.2");
+        assert_eq!(Id { seq: 42, ..id }.to_string(), "1:42.2");
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond what an id holds")]
+    fn a_log_position_an_id_cannot_hold_is_refused() {
+        log_seq(LOG_PARTITION_LIMIT, 0);
     }
 
     pub(crate) fn record() -> impl Strategy<Value = Record> {

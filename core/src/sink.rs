@@ -234,15 +234,23 @@ impl DeadLetterWriter {
     pub fn write(&mut self, letter: &DeadLetter) -> Result<(), SinkError> {
         use std::io::Write;
         let raw = String::from_utf8_lossy(&letter.raw);
-        let source = self.source_names.get(letter.id.producer as usize);
+        let source = self
+            .source_names
+            .get(letter.id.producer as usize)
+            .map_or("?", String::as_str);
         self.line.clear();
-        writeln!(
-            self.line,
-            "{}:{}: {}: {raw:?}",
-            source.map_or("?", String::as_str),
-            letter.id.seq,
-            letter.reason
-        )?;
+        match letter.id.log_position() {
+            Some((partition, offset)) => writeln!(
+                self.line,
+                "{source}: partition {partition} offset {offset}: {}: {raw:?}",
+                letter.reason
+            )?,
+            None => writeln!(
+                self.line,
+                "{source}:{}: {}: {raw:?}",
+                letter.id.seq, letter.reason
+            )?,
+        }
         let ids = if self.sink.wants_ids() {
             std::slice::from_ref(&letter.id)
         } else {
@@ -651,10 +659,13 @@ mod tests {
         assert!(!path.exists(), "created lazily");
         let letter = DeadLetter::new(MsgId::new(0, 3), "not an integer".into(), &"x\ty".into());
         writer.write(&letter).unwrap();
+        // A log's record is named by its partition and offset.
+        let letter = DeadLetter::new(MsgId::from_log(0, 2, 17), "not an integer".into(), &"z".into());
+        writer.write(&letter).unwrap();
         writer.commit(CommitId::END_OF_INPUT).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            "in.txt:3: not an integer: \"x\\ty\"\n"
+            "in.txt:3: not an integer: \"x\\ty\"\nin.txt: partition 2 offset 17: not an integer: \"z\"\n"
         );
     }
 

@@ -7,7 +7,7 @@
 //! without copying.
 
 use crate::connector::sources::{FileSource, GeneratorSource, MemorySource, StdinSource, TcpListenSource};
-use crate::connector::{Chunk, Position, Pull, SourceConnector, SourceError, SourceReader};
+use crate::connector::{Chunk, Position, Pull, RecordIds, SourceConnector, SourceError, SourceReader};
 use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::io::{self, Read};
@@ -125,6 +125,8 @@ pub enum SourceEvent {
     Chunk {
         source: u32,
         index: u64,
+        /// The id (`MsgId::seq`) of its first record; the others follow one
+        /// by one. A line number, or a log record's (`RecordIds`).
         first_line: u64,
         data: ChunkData,
         /// The partition the chunk came from, and where that partition stands
@@ -304,6 +306,7 @@ impl<'a> Dealer<'a> {
                 data,
                 records,
                 position,
+                ids: RecordIds::Lines,
             },
         )
     }
@@ -316,10 +319,19 @@ impl<'a> Dealer<'a> {
             "the reader counted its lines"
         );
         let bytes = chunk.data.stream_bytes();
+        let first_id = match chunk.ids {
+            RecordIds::Lines => self.next_line,
+            RecordIds::Log { first_offset } => {
+                use verity_audit::record::log_seq;
+                // The last record's offset must fit an id too (`log_seq` asserts).
+                let _ = log_seq(partition, first_offset + chunk.records.saturating_sub(1));
+                log_seq(partition, first_offset)
+            }
+        };
         let event = SourceEvent::Chunk {
             source: self.source,
             index: self.next_index,
-            first_line: self.next_line,
+            first_line: first_id,
             data: chunk.data,
             partition,
             position: chunk.position,
@@ -335,7 +347,7 @@ impl<'a> Dealer<'a> {
                 source: self.source,
                 partition,
                 chunk: self.next_index,
-                first_line: self.next_line,
+                first_line: first_id,
                 lines: chunk.records,
                 bytes,
                 position_after: audit_position(chunk.position),
@@ -973,6 +985,7 @@ mod tests {
                 data,
                 records: 1,
                 position,
+                ids: RecordIds::Lines,
             }))
         }
         fn commit(&mut self, upto: &Position) -> Result<(), SourceError> {

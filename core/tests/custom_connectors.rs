@@ -7,7 +7,7 @@ use bytes::Bytes;
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use verity_core::connector::{Chunk, Pull};
+use verity_core::connector::{Chunk, Pull, RecordIds};
 use verity_core::source::ChunkData;
 use verity_core::{
     run, CommitId, CustomSink, Dataflow, DeadLetterSpec, Line, MsgId, Outputs, Position, Reject, RunConfig,
@@ -95,12 +95,13 @@ impl SourceReader for NumberLogReader {
         for offset in self.next_offset..last {
             writeln!(lines, "{}", self.log.line(self.partition, offset)).expect("writes to a Vec");
         }
-        let records = last - self.next_offset;
+        let (first_offset, records) = (self.next_offset, last - self.next_offset);
         self.next_offset = last;
         Ok(Pull::Chunk(Chunk {
             data: ChunkData::Lines(Bytes::from(lines)),
             records,
             position: Position::Log { offset: last },
+            ids: RecordIds::Log { first_offset },
         }))
     }
 }
@@ -245,18 +246,18 @@ fn a_dataflow_runs_through_a_custom_partitioned_source_and_sinks() {
         .collect();
     expected.sort_unstable();
     assert_eq!(values, expected);
-    // Ids number the source's records 1..=total, the bad one in the dead letters.
-    let mut seqs: Vec<u64> = seen.ids.iter().map(|id| id.seq).collect();
+    // The source's ids are its records' (partition, offset): each line's
+    // value is the one at its id's place in the log.
+    for (line, id) in lines.iter().zip(&seen.ids) {
+        let (partition, offset) = id.log_position().expect("a log's id");
+        let value: u64 = line.split_once(' ').unwrap().1.parse().unwrap();
+        assert_eq!(value, 2 * (u64::from(partition) * 100_000 + offset), "{line}");
+    }
     let dead_seen = dead.seen.lock().unwrap();
     assert_eq!(dead_seen.ids.len(), 1);
-    seqs.push(dead_seen.ids[0].seq);
-    seqs.sort_unstable();
-    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    assert_eq!(dead_seen.ids[0].log_position(), log.bad);
     let letter = std::str::from_utf8(&dead_seen.lines).unwrap();
-    assert_eq!(
-        letter,
-        format!("numbers:{}: not a number: \"bad\"\n", dead_seen.ids[0].seq)
-    );
+    assert_eq!(letter, "numbers: partition 1 offset 17: not a number: \"bad\"\n");
 
     let end = CommitId::END_OF_INPUT;
     for calls in [&seen.calls, &dead_seen.calls] {

@@ -213,6 +213,13 @@ impl SourceConnector for KafkaSource {
         topic_partitions(&consumer, &self.url.brokers, &self.url.topic).map_err(connector_error)
     }
 
+    /// Every process reaches the brokers: a cluster reads partition `p` on
+    /// process `p % P`. A record's id is its (partition, offset), so it is
+    /// the same whichever process reads it.
+    fn readable_on_every_process(&self) -> bool {
+        true
+    }
+
     fn open(
         &mut self,
         source_name: &str,

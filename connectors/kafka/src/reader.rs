@@ -1,12 +1,20 @@
 //! Reading one partition: where it opens, where a bounded run stops, how
 //! records become a chunk of lines with the position after it, and what
 //! becomes of a record that cannot be a line. Sans-IO over `PartitionLog`.
+//!
+//! A record's id is its (partition, offset) (`RecordIds::Log`), so a chunk
+//! holds records of consecutive offsets only: where the log skips offsets
+//! (transaction markers, aborted or compacted records) a chunk ends and the
+//! records after the skip wait, already polled, to be the next one.
 
 use crate::log::{LogError, PartitionLog, Watermarks};
 use crate::url::StartAt;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
 use std::io::Write;
-use verity_core::connector::{Chunk, Position, Pull, SourceError, SourceReader};
+use verity_core::connector::{
+    Chunk, Position, Pull, RecordIds, SourceError, SourceReader, LOG_OFFSET_LIMIT, LOG_PARTITION_LIMIT,
+};
 use verity_core::source::{ChunkData, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES, STOP_POLL_INTERVAL};
 
 /// A record that cannot be a line becomes this byte followed by a
@@ -55,12 +63,40 @@ pub struct PartitionReader<L: PartitionLog> {
     log: L,
     topic: String,
     partition: u32,
+    /// The offset to poll from next (past `waiting`).
     next_offset: u64,
     /// `until=end`: the offset the partition ended at when it opened.
     end_offset: Option<u64>,
     group: Option<String>,
     /// Chunks handed out whose position was not committed to the group yet.
     read_through: u64,
+    /// Polled records past a skip in offsets, each run the next chunk.
+    waiting: VecDeque<Run>,
+}
+
+/// Records of consecutive offsets, as lines.
+#[derive(Debug)]
+struct Run {
+    data: Bytes,
+    first_offset: u64,
+    records: u64,
+    /// The position after it.
+    next_offset: u64,
+}
+
+impl Run {
+    fn into_pull(self) -> Pull {
+        Pull::Chunk(Chunk {
+            data: ChunkData::Lines(self.data),
+            records: self.records,
+            position: Position::Log {
+                offset: self.next_offset,
+            },
+            ids: RecordIds::Log {
+                first_offset: self.first_offset,
+            },
+        })
+    }
 }
 
 impl<L: PartitionLog> PartitionReader<L> {
@@ -76,6 +112,14 @@ impl<L: PartitionLog> PartitionReader<L> {
         until_end: bool,
         group: Option<String>,
     ) -> Result<Self, SourceError> {
+        if partition >= LOG_PARTITION_LIMIT {
+            return Err(SourceError::Connector(
+                format!(
+                    "source {source_name}: partition {partition} is beyond the {LOG_PARTITION_LIMIT} partitions a record id tells apart"
+                )
+                .into(),
+            ));
+        }
         let marks = log.watermarks().map_err(connector_error)?;
         let next_offset = open_offset(source_name, start, at, marks)?;
         log.seek(next_offset).map_err(connector_error)?;
@@ -87,6 +131,7 @@ impl<L: PartitionLog> PartitionReader<L> {
             end_offset: until_end.then_some(marks.high),
             group,
             read_through: next_offset,
+            waiting: VecDeque::new(),
         })
     }
 
@@ -126,12 +171,18 @@ fn append_record(chunk: &mut BytesMut, topic: &str, partition: u32, offset: u64,
 
 impl<L: PartitionLog> SourceReader for PartitionReader<L> {
     fn next_chunk(&mut self) -> Result<Pull, SourceError> {
+        if let Some(run) = self.waiting.pop_front() {
+            return Ok(run.into_pull());
+        }
         if self.ended() {
             return Ok(Pull::End);
         }
         let mut chunk = BytesMut::with_capacity(CHUNK_SIZE_BYTES + 1024);
         let mut records = 0u64;
-        let mut last_taken = None;
+        let mut last_taken: Option<u64> = None;
+        // Where each run of consecutive offsets starts: (byte, offset,
+        // records before it). One entry unless the log skipped offsets.
+        let mut run_starts: Vec<(usize, u64, u64)> = Vec::with_capacity(1);
         let (topic, partition, end, from) = (&self.topic, self.partition, self.end_offset, self.next_offset);
         let wait_ms = STOP_POLL_INTERVAL.as_millis() as u64;
         let polled_to = self
@@ -141,6 +192,9 @@ impl<L: PartitionLog> SourceReader for PartitionReader<L> {
                 // hands out what came before the position it reads from.
                 if offset < from || end.is_some_and(|end| offset >= end) {
                     return;
+                }
+                if last_taken.is_none_or(|last| offset != last + 1) {
+                    run_starts.push((chunk.len(), offset, records));
                 }
                 append_record(&mut chunk, topic, partition, offset, value);
                 records += 1;
@@ -155,14 +209,37 @@ impl<L: PartitionLog> SourceReader for PartitionReader<L> {
         }
         debug_assert!(next >= from && last_taken.is_none_or(|o| o < next));
         self.next_offset = next;
+        if let Some(last) = last_taken.filter(|last| *last >= LOG_OFFSET_LIMIT) {
+            return Err(SourceError::Connector(
+                format!(
+                    "kafka topic {topic} partition {partition}: offset {last} is beyond the {LOG_OFFSET_LIMIT} offsets a record id holds"
+                )
+                .into(),
+            ));
+        }
         if records == 0 {
             return Ok(if self.ended() { Pull::End } else { Pull::Idle });
         }
-        Ok(Pull::Chunk(Chunk {
-            data: ChunkData::Lines(chunk.freeze()),
-            records,
-            position: Position::Log { offset: next },
-        }))
+        let data = chunk.freeze();
+        for (i, &(start, first_offset, before)) in run_starts.iter().enumerate() {
+            let (end_byte, after) = run_starts
+                .get(i + 1)
+                .map_or((data.len(), records), |&(byte, _, before)| (byte, before));
+            let run_records = after - before;
+            let last_of_poll = i + 1 == run_starts.len();
+            self.waiting.push_back(Run {
+                data: data.slice(start..end_byte),
+                first_offset,
+                records: run_records,
+                next_offset: if last_of_poll {
+                    next
+                } else {
+                    first_offset + run_records
+                },
+            });
+        }
+        let run = self.waiting.pop_front().expect("records make a run");
+        Ok(run.into_pull())
     }
 
     fn commit(&mut self, upto: &Position) -> Result<(), SourceError> {
@@ -194,6 +271,7 @@ pub(crate) fn connector_error(e: LogError) -> SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::LogProducer;
     use crate::sim_broker::SimBroker;
 
     fn marks(low: u64, high: u64) -> Watermarks {
@@ -238,14 +316,56 @@ mod tests {
     }
 
     fn lines_of(pull: Pull) -> (Vec<u8>, u64, Position) {
+        let (data, records, position, _) = chunk_of(pull);
+        (data, records, position)
+    }
+
+    /// A chunk's lines, records, position after it and first offset.
+    fn chunk_of(pull: Pull) -> (Vec<u8>, u64, Position, u64) {
         match pull {
             Pull::Chunk(Chunk {
                 data: ChunkData::Lines(data),
                 records,
                 position,
-            }) => (data.to_vec(), records, position),
-            other => panic!("expected a chunk, got {other:?}"),
+                ids: RecordIds::Log { first_offset },
+            }) => (data.to_vec(), records, position, first_offset),
+            other => panic!("expected a chunk of a log, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_chunk_holds_consecutive_offsets_and_ends_where_the_log_skips() {
+        let broker = SimBroker::new();
+        broker.create_topic("t", 1);
+        broker.append("t", 0, b"", b"a");
+        broker.append("t", 0, b"", b"b");
+        // A committed transaction: its record, then its marker's offset (3).
+        let mut producer = broker.producer("t", Some("txn"));
+        producer.init_transactions().unwrap();
+        producer.begin_transaction().unwrap();
+        producer.produce(b"", b"c", b"").unwrap();
+        producer.commit_transaction(1).unwrap();
+        // An aborted one: its record (4) and marker (5) are skipped.
+        producer.begin_transaction().unwrap();
+        producer.produce(b"", b"gone", b"").unwrap();
+        producer.flush().unwrap();
+        producer.abort_transaction().unwrap();
+        broker.append("t", 0, b"", b"d");
+        broker.append("t", 0, b"", b"e");
+        let log = broker.partition_log("t", 0);
+        let mut reader =
+            PartitionReader::open(log, "s", "t", 0, StartAt::Earliest, None, true, None).unwrap();
+        let first = chunk_of(reader.next_chunk().unwrap());
+        assert_eq!(first, (b"a\nb\nc\n".to_vec(), 3, Position::Log { offset: 3 }, 0));
+        let second = chunk_of(reader.next_chunk().unwrap());
+        assert_eq!(second, (b"d\ne\n".to_vec(), 2, Position::Log { offset: 8 }, 6));
+        assert_eq!(reader.next_chunk().unwrap(), Pull::End);
+
+        // Reopened at the first chunk's position: the skip, then the rest.
+        let log = broker.partition_log("t", 0);
+        let at = Some(Position::Log { offset: 3 });
+        let mut reader = PartitionReader::open(log, "s", "t", 0, StartAt::Earliest, at, true, None).unwrap();
+        assert_eq!(chunk_of(reader.next_chunk().unwrap()), second);
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub mod tcp_stream;
 
 pub use position::Position;
 pub use registry::{ConnectorError, Connectors, SinkFactory, SourceFactory};
+pub use verity_audit::record::{LOG_OFFSET_LIMIT, LOG_PARTITION_LIMIT};
 
 use crate::ids::MsgId;
 use crate::source::ChunkData;
@@ -168,6 +169,24 @@ pub struct Chunk {
     /// The partition's position after this chunk: opening the partition there
     /// yields what follows it.
     pub position: Position,
+    /// Where its records' ids come from.
+    pub ids: RecordIds,
+}
+
+/// Where the ids of a chunk's records come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordIds {
+    /// The run numbers them: line numbers running on across the stream
+    /// (files, TCP, generators). A recovery resumes the numbering at its
+    /// checkpoint's cut.
+    Lines,
+    /// The connector's own: the records sit at consecutive offsets of the
+    /// chunk's partition from `first_offset` on (a Kafka partition; a
+    /// reader ends a chunk where offsets skip). Each id is (partition,
+    /// offset) (`MsgId::log_position`), so a record read again after a
+    /// recovery carries the same id however the partitions' chunks
+    /// interleave this time.
+    Log { first_offset: u64 },
 }
 
 /// What a reader has next.

@@ -1,7 +1,7 @@
 //! The built-in sources: files, stdin, a TCP listener, generators and memory.
 //! All are text sources of one partition, positioned by `Position::Text`.
 
-use super::{Chunk, Position, Pull, SourceConnector, SourceError, SourceReader};
+use super::{Chunk, Position, Pull, RecordIds, SourceConnector, SourceError, SourceReader};
 use crate::source::{
     chunk_end, ChunkData, LineChunker, LineGenerator, Piece, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES,
     STOP_POLL_INTERVAL,
@@ -92,6 +92,7 @@ impl TextCursor {
                 bytes: self.bytes,
                 lines: self.lines,
             },
+            ids: RecordIds::Lines,
         })
     }
 }
