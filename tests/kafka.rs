@@ -16,6 +16,9 @@ mod common;
 use common::{ok, path_str, run, stderr, verity};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use verity_core::connector::{Chunk, Position, Pull, RecordIds, SourceReader};
+use verity_core::source::ChunkData;
+use verity_kafka::StartAt;
 
 fn broker() -> Option<String> {
     match std::env::var("VERITY_KAFKA") {
@@ -265,6 +268,84 @@ fn bad_records_are_dead_letters_naming_topic_partition_and_offset() {
     assert_eq!(lines, ["2", "4"]);
 }
 
+/// Reads `partition` of `url` from `at` to its end (as at open) with the
+/// connector's reader: each chunk's first offset, lines and position after.
+fn read_partition(url: &str, partition: u32, at: Option<Position>) -> Vec<(u64, Vec<u8>, Position)> {
+    use verity_kafka::client::RdPartitionLog;
+    let url = verity_kafka::KafkaUrl::parse(url).unwrap();
+    let log = RdPartitionLog::connect(&url, partition).unwrap();
+    let mut reader = verity_kafka::PartitionReader::open(
+        log,
+        "in",
+        &url.topic,
+        partition,
+        StartAt::Earliest,
+        at,
+        true,
+        None,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut chunks = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "the partition never ended");
+        match reader.next_chunk().unwrap() {
+            Pull::Chunk(Chunk {
+                data: ChunkData::Lines(lines),
+                position,
+                ids: RecordIds::Log { first_offset },
+                ..
+            }) => chunks.push((first_offset, lines.to_vec(), position)),
+            Pull::Chunk(other) => panic!("not a log's chunk: {other:?}"),
+            Pull::Idle => {}
+            Pull::End => return chunks,
+        }
+    }
+}
+
+#[test]
+fn a_partition_reopened_at_a_chunk_position_yields_exactly_what_followed() {
+    let Some(broker) = broker() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // `send` produces in batches (of up to 10,000 records): most chunks
+    // end inside one, where tansu 0.6 answers a fetch with the next batch.
+    let input = generate("seq-window", 30_000, dir.path());
+    let url = format!("kafka://{broker}/{}", topic("reopen"));
+    send(&url, &input, Some("seq-window"), 1);
+    {
+        let partition = 0;
+        let whole = read_partition(&url, partition, None);
+        assert!(whole.len() > 2, "several chunks: {}", whole.len());
+        let lines_from = |chunks: &[(u64, Vec<u8>, Position)]| -> Vec<u8> {
+            chunks.iter().flat_map(|(_, lines, _)| lines.clone()).collect()
+        };
+        // Offsets run on from chunk to chunk: ids are consecutive.
+        for pair in whole.windows(2) {
+            let records = pair[0].1.iter().filter(|b| **b == b'\n').count() as u64;
+            assert_eq!(pair[0].0 + records, pair[1].0);
+        }
+        for cut in [1, whole.len() / 2, whole.len() - 1] {
+            let rest = read_partition(&url, partition, Some(whole[cut - 1].2));
+            assert_eq!(
+                rest[0].0, whole[cut].0,
+                "partition {partition}: the first offset after chunk {cut}"
+            );
+            let summary = |chunks: &[(u64, Vec<u8>, Position)]| -> Vec<(u64, usize, Position)> {
+                chunks
+                    .iter()
+                    .map(|(first, lines, at)| (*first, lines.iter().filter(|b| **b == b'\n').count(), *at))
+                    .collect()
+            };
+            assert!(
+                lines_from(&rest) == lines_from(&whole[cut..]),
+                "partition {partition}: reopened after chunk {cut}, the lines differ: {:?} where {:?}",
+                summary(&rest),
+                summary(&whole[cut..])
+            );
+        }
+    }
+}
+
 #[test]
 fn a_missing_topic_is_one_clear_error() {
     let Some(broker) = broker() else { return };
@@ -336,26 +417,55 @@ fn a_bad_kafka_url_is_refused_before_anything_connects() {
     assert!(stderr(&failed).contains("no :PORT"), "{}", stderr(&failed));
 }
 
+/// The newest complete checkpoint in `state` (0 if none): its manifest is
+/// written last.
+fn newest_checkpoint(state: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(state) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("ckpt-")?
+                .strip_suffix(".manifest")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether any partition of `topic` holds a record.
+fn topic_has_records(broker: &str, topic: &str, partitions: u32) -> bool {
+    use verity_kafka::client::RdPartitionLog;
+    use verity_kafka::PartitionLog;
+    let url = verity_kafka::KafkaUrl::parse(&format!("kafka://{broker}/{topic}")).unwrap();
+    (0..partitions).any(|partition| {
+        RdPartitionLog::connect(&url, partition)
+            .and_then(|mut log| log.watermarks())
+            .is_ok_and(|marks| marks.high > 0)
+    })
+}
+
 /// kill -9 of a Kafka-to-Kafka run with checkpoints, then `--recover`:
 /// with at-least-once delivery (tansu refuses transactions) the output topic
 /// may hold repeats after the kill, which `verity receive` drops by their
 /// output-id header, so the consumer's side verifies exact. How many repeats
 /// there were is printed. (If the run finished before the kill, the
-/// recovery has nothing left to do and the check still holds.)
-///
-/// Ignored (`cargo test --test kafka -- --ignored`): it fails whenever the
-/// kill lands after a checkpoint. Record ids are still the dealer's line
-/// numbers, not (partition, offset); after a recovery the partitions'
-/// chunks interleave differently, so a repeated output carries another id
-/// and the consumer cannot drop it. Fix: ids from (partition, offset).
+/// recovery has nothing left to do and the check still holds.) A repeat
+/// carries the same id as its first delivery because a record's id is its
+/// (partition, offset), however the partitions' chunks interleave after the
+/// recovery.
 #[test]
-#[ignore]
 fn kill_9_and_recover_verifies_exact_from_the_consumer_side() {
     let Some(broker) = broker() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let input = generate("seq-window", 20_000, dir.path());
+    let records = 200_000;
+    let input = generate("seq-window", records, dir.path());
     let input_url = format!("kafka://{broker}/{}", topic("kill-in"));
-    let output_url = format!("kafka://{broker}/{}", topic("kill-out"));
+    let output_topic = topic("kill-out");
+    let output_url = format!("kafka://{broker}/{output_topic}");
     send(&input_url, &input, Some("seq-window"), 4);
     send(&output_url, &common::write(dir.path(), "empty", b""), None, 3);
     let state = dir.path().join("state");
@@ -381,14 +491,27 @@ fn kill_9_and_recover_verifies_exact_from_the_consumer_side() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The kill comes once output began and a checkpoint completed after
+    // that (its manifest is there), so the recovery resumes from a
+    // checkpoint that covers some input, and output the first life wrote
+    // past it is written again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut wait_for = |ready: &mut dyn FnMut() -> bool| {
+        while !ready() && Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(&mut || topic_has_records(&broker, &output_topic, 3));
+    let seen = newest_checkpoint(&state);
+    wait_for(&mut || newest_checkpoint(&state) > seen);
+    let finished_first = child.try_wait().unwrap().is_some();
     let _ = child.kill(); // SIGKILL
     let _ = child.wait();
     let mut recover = args.to_vec();
     recover.push("--recover");
     ok(run(&recover));
     let output = dir.path().join("out");
-    let report = receive(&output_url, &output, 20_000);
-    eprintln!("after kill -9 and recovery: {report}");
+    let report = receive(&output_url, &output, records);
+    eprintln!("after kill -9 and recovery (the first life had finished: {finished_first}): {report}");
     verify("seq-window", &["--input", path_str(&input)], &output);
 }

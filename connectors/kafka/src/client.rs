@@ -336,20 +336,33 @@ impl RdProducer {
             .as_deref()
             .ok_or_else(|| LogError::Other("not a transactional producer".into()))
     }
-}
 
-impl LogProducer for RdProducer {
-    fn produce(&mut self, key: &[u8], value: &[u8], output_id: &[u8]) -> Result<(), LogError> {
+    /// Queues one record into `partition` (no output-id header), as a
+    /// producer that partitions its records itself does.
+    pub fn produce_to(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<(), LogError> {
+        self.send_record(Some(partition), key, value, None)
+    }
+
+    /// Queues a record, waiting (bounded) while librdkafka's queue is full.
+    fn send_record(
+        &mut self,
+        partition: Option<u32>,
+        key: &[u8],
+        value: &[u8],
+        output_id: Option<&[u8]>,
+    ) -> Result<(), LogError> {
         let began = Instant::now();
         loop {
-            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-                key: OUTPUT_ID_HEADER,
-                value: Some(output_id),
-            });
-            let record = BaseRecord::to(&self.topic)
-                .key(key)
-                .payload(value)
-                .headers(headers);
+            let mut record = BaseRecord::to(&self.topic).key(key).payload(value);
+            if let Some(id) = output_id {
+                record = record.headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: OUTPUT_ID_HEADER,
+                    value: Some(id),
+                }));
+            }
+            if let Some(partition) = partition {
+                record = record.partition(partition as i32);
+            }
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
@@ -360,6 +373,12 @@ impl LogProducer for RdProducer {
                 Err((e, _)) => return Err(self.txn_error(&format!("producing to {}", self.topic), e)),
             }
         }
+    }
+}
+
+impl LogProducer for RdProducer {
+    fn produce(&mut self, key: &[u8], value: &[u8], output_id: &[u8]) -> Result<(), LogError> {
+        self.send_record(None, key, value, Some(output_id))
     }
 
     fn flush(&mut self) -> Result<(), LogError> {

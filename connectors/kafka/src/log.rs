@@ -82,6 +82,17 @@ pub trait LogProducer: Send {
     fn committed_marker(&mut self) -> Result<u64, LogError>;
 }
 
+/// The partition of `partitions` a keyed record goes to when its producer
+/// partitions it itself (the simulated broker, `verity send`): the same
+/// key, the same partition. FNV-1a, so stable across builds and machines.
+pub fn key_partition(key: &[u8], partitions: u32) -> u32 {
+    assert!(partitions > 0);
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (hash % u64::from(partitions)) as u32
+}
+
 /// The Kafka header that carries each output record's id: `verity receive`
 /// drops repeats by it.
 pub const OUTPUT_ID_HEADER: &str = "verity-output-id";

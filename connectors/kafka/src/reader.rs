@@ -58,6 +58,47 @@ pub fn open_offset(
     }
 }
 
+/// How long a reopen waits for the first record after its offset.
+pub const REOPEN_PROBE_WAIT_MS: u64 = 1_000;
+/// A reopen's first step back when a probe got nothing (offsets).
+const REOPEN_STEP_MIN: u64 = 64;
+
+/// Seeks so that the log hands out the record at `offset` (when there is
+/// one) and what follows; `next_chunk` drops anything before `offset`.
+///
+/// A fetch from inside a producer's batch should hand out the rest of that
+/// batch, and Kafka does; tansu 0.6 hands out the batches *after* it (it
+/// looks batches up by base offset), losing the rest of the batch the
+/// offset is in (or everything, in the partition's last batch). So a
+/// reopen inside the partition looks at the first record it gets: past
+/// `offset`, or none within `REOPEN_PROBE_WAIT_MS`, it steps back (as far
+/// as the first record was ahead, then twice as far each time, not below
+/// the oldest kept) until a fetch starts at or before `offset`. On Kafka that happens only where offsets skip
+/// (transaction markers, aborted records, an open transaction ahead), and
+/// costs a few fetches at open.
+fn seek_exactly<L: PartitionLog>(log: &mut L, offset: u64, marks: Watermarks) -> Result<(), LogError> {
+    let mut back = 0u64;
+    loop {
+        let from = offset.saturating_sub(back).max(marks.low);
+        log.seek(from)?;
+        if from == marks.low || offset >= marks.high {
+            return Ok(());
+        }
+        let mut first = None;
+        log.poll(REOPEN_PROBE_WAIT_MS, 1, &mut |at, _| {
+            first.get_or_insert(at);
+        })?;
+        match first {
+            // Read from `from` again, the probe's record included.
+            Some(first) if first <= offset => return log.seek(from),
+            // The batch holding `offset` ends before `first`; stepping back
+            // as far again is a good first guess at where it begins.
+            Some(first) => back = (back * 2).max(first - offset),
+            None => back = (back * 2).max(REOPEN_STEP_MIN),
+        }
+    }
+}
+
 /// Where one partition is and how to describe its records.
 pub struct PartitionReader<L: PartitionLog> {
     log: L,
@@ -122,7 +163,7 @@ impl<L: PartitionLog> PartitionReader<L> {
         }
         let marks = log.watermarks().map_err(connector_error)?;
         let next_offset = open_offset(source_name, start, at, marks)?;
-        log.seek(next_offset).map_err(connector_error)?;
+        seek_exactly(&mut log, next_offset, marks).map_err(connector_error)?;
         Ok(PartitionReader {
             log,
             topic: topic.to_string(),
@@ -188,9 +229,12 @@ impl<L: PartitionLog> SourceReader for PartitionReader<L> {
         let polled_to = self
             .log
             .poll(wait_ms, CHUNK_SIZE_BYTES, &mut |offset, value| {
-                // A bounded run takes nothing at or past its end; a log never
-                // hands out what came before the position it reads from.
-                if offset < from || end.is_some_and(|end| offset >= end) {
+                // A bounded run takes nothing at or past its end. What comes
+                // before the position read from, or again (librdkafka, after
+                // a reopen's re-seeks, was seen handing a partition's last
+                // record out again and again from tansu), is dropped.
+                let repeat = last_taken.is_some_and(|last| offset <= last);
+                if offset < from || repeat || end.is_some_and(|end| offset >= end) {
                     return;
                 }
                 if last_taken.is_none_or(|last| offset != last + 1) {
@@ -402,6 +446,36 @@ mod tests {
             Pull::Idle,
             "unbounded: waits for more"
         );
+    }
+
+    #[test]
+    fn a_reopen_inside_a_producer_batch_reads_exactly_from_its_offset() {
+        let broker = SimBroker::new();
+        broker.create_topic("t", 1);
+        for i in 0..40 {
+            broker.append("t", 0, b"", i.to_string().as_bytes());
+        }
+        broker.fetch_skips_into_batches(16);
+        for at in [0, 5, 16, 17, 39, 40] {
+            let log = broker.partition_log("t", 0);
+            let at_position = Some(Position::Log { offset: at });
+            let mut reader =
+                PartitionReader::open(log, "s", "t", 0, StartAt::Earliest, at_position, true, None).unwrap();
+            let mut lines = Vec::new();
+            let mut first = None;
+            while let Pull::Chunk(chunk) = reader.next_chunk().unwrap() {
+                let (data, _, _, first_offset) = chunk_of(Pull::Chunk(chunk));
+                first.get_or_insert(first_offset);
+                lines.extend(data);
+            }
+            let expected: Vec<u8> = (at..40).flat_map(|i| format!("{i}\n").into_bytes()).collect();
+            assert_eq!(
+                String::from_utf8(lines).unwrap(),
+                String::from_utf8(expected).unwrap(),
+                "at {at}"
+            );
+            assert_eq!(first, (at < 40).then_some(at), "at {at}");
+        }
     }
 
     #[test]

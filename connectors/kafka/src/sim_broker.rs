@@ -7,7 +7,7 @@
 //! outlives them, as a real broker outlives a crash of the processes that
 //! used it. Records a producer queued but did not flush die with it.
 
-use crate::log::{LogError, LogProducer, PartitionLog, Watermarks};
+use crate::log::{key_partition, LogError, LogProducer, PartitionLog, Watermarks};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -46,19 +46,14 @@ struct State {
     groups: BTreeMap<(String, String, u32), u64>,
     /// Bumped when every client process dies (`crash_clients`).
     generation: u64,
+    /// `fetch_skips_into_batches`: records per producer batch.
+    batch_records: Option<u64>,
 }
 
 /// A handle to the simulated broker (clones share it).
 #[derive(Debug, Clone, Default)]
 pub struct SimBroker {
     state: Arc<Mutex<State>>,
-}
-
-/// A stable hash (FNV-1a) of a record key, for the keyed partitioner.
-fn key_hash(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 impl State {
@@ -136,7 +131,15 @@ impl SimBroker {
     /// The partition a keyed producer puts `key` in.
     pub fn partition_for(&self, topic: &str, key: &[u8]) -> u32 {
         let partitions = self.partitions(topic).expect("the topic exists");
-        (key_hash(key) % u64::from(partitions)) as u32
+        key_partition(key, partitions)
+    }
+
+    /// From now on the broker answers as tansu 0.6 does: every
+    /// `batch_records` offsets form a producer batch, and a read that
+    /// starts (after a seek) inside a batch gets the batches after it.
+    pub fn fetch_skips_into_batches(&self, batch_records: u64) {
+        assert!(batch_records > 0);
+        self.lock().batch_records = Some(batch_records);
     }
 
     pub fn partition_log(&self, topic: &str, partition: u32) -> SimPartitionLog {
@@ -145,6 +148,7 @@ impl SimBroker {
             topic: topic.into(),
             partition,
             next: 0,
+            sought: false,
         }
     }
 
@@ -205,6 +209,8 @@ pub struct SimPartitionLog {
     topic: String,
     partition: u32,
     next: u64,
+    /// A seek came since the last poll (its fetch starts at `next`).
+    sought: bool,
 }
 
 impl PartitionLog for SimPartitionLog {
@@ -216,6 +222,7 @@ impl PartitionLog for SimPartitionLog {
 
     fn seek(&mut self, offset: u64) -> Result<(), LogError> {
         self.next = offset;
+        self.sought = true;
         Ok(())
     }
 
@@ -226,6 +233,9 @@ impl PartitionLog for SimPartitionLog {
         each: &mut dyn FnMut(u64, Option<&[u8]>),
     ) -> Result<u64, LogError> {
         let mut state = self.broker.lock();
+        if let Some(batch) = state.batch_records.filter(|_| std::mem::take(&mut self.sought)) {
+            self.next = self.next.div_ceil(batch) * batch;
+        }
         let log = &state.partitions_mut(&self.topic)?[self.partition as usize];
         let mut bytes = 0;
         while let Some(record) = log.get(self.next as usize) {
@@ -307,9 +317,9 @@ impl LogProducer for SimProducer {
                 Visibility::Open(*n)
             }
         };
-        let partitions = state.partitions_mut(&self.topic)?.len() as u64;
+        let partitions = state.partitions_mut(&self.topic)?.len() as u32;
         for (key, value, output_id) in self.queued.drain(..) {
-            let partition = (key_hash(&key) % partitions) as u32;
+            let partition = key_partition(&key, partitions);
             let topic = self.topic.clone();
             if let (Some(id), Visibility::Open(_)) = (&self.transactional_id, visibility) {
                 let written = &mut state

@@ -4,7 +4,7 @@
 //! and drops repeats by the output-id header.
 
 use super::{output_id, reading_consumer, topic_partitions, RdProducer};
-use crate::log::{LogError, LogProducer};
+use crate::log::{key_partition, LogError, LogProducer};
 use crate::sink::KeyOf;
 use crate::url::KafkaUrl;
 use rdkafka::consumer::Consumer;
@@ -45,8 +45,17 @@ pub struct SendReport {
     pub seconds: f64,
 }
 
-/// Produces each line of `input` as one record (keyed by `key_by`, else
-/// unkeyed), at `rate` lines per second if given.
+/// Produces each line of `input` as one record, at `rate` lines per second
+/// if given: keyed by `key_by` into the partition of its key
+/// (`key_partition`, so a key's records share one), else unkeyed and
+/// spread over the partitions in turn.
+///
+/// Records go in batches, but each partition's last record goes alone in a
+/// batch of its own at the end: tansu 0.6 reports a partition's end offset
+/// (ListOffsets) as its last batch's base offset + 1, so a bounded run
+/// (`until=end`) would otherwise stop short of the last batch's other
+/// records. Each partition's newest line waits for the next (one line per
+/// partition held), so the order within a partition is the file's.
 pub fn send(
     url: &KafkaUrl,
     input: &Path,
@@ -55,12 +64,11 @@ pub fn send(
     partitions: u32,
 ) -> Result<SendReport, HarnessError> {
     ensure_topic(url, partitions)?;
+    // An existing topic keeps its own partition count.
+    let partitions = topic_partitions(&reading_consumer(&url.brokers, None)?, &url.brokers, &url.topic)?;
     let file = std::fs::File::open(input).map_err(file_error(input))?;
-    // One record per batch: tansu 0.6 reports a partition's end offset
-    // (ListOffsets) as the last batch's base offset + 1, so with batches of
-    // many records a bounded run (`until=end`) would stop short.
-    let unbatched = [("batch.num.messages", "1"), ("linger.ms", "0")];
-    let mut producer = RdProducer::connect_with(&url.brokers, &url.topic, None, &unbatched)?;
+    let mut producer = RdProducer::connect(&url.brokers, &url.topic, None)?;
+    let mut held: Vec<Option<Vec<u8>>> = vec![None; partitions as usize];
     let began = Instant::now();
     let mut report = SendReport {
         lines: 0,
@@ -75,8 +83,18 @@ pub fn send(
             break;
         }
         let value = line.strip_suffix(b"\n").unwrap_or(&line);
-        let key = key_by.map_or(&b""[..], |key_of| key_of(value));
-        producer.produce(key, value, b"")?;
+        let partition = match key_by {
+            Some(key_of) => key_partition(key_of(value), partitions),
+            None => (report.lines % u64::from(partitions)) as u32,
+        };
+        let slot = &mut held[partition as usize];
+        if let Some(previous) = slot.as_mut() {
+            producer.produce_to(partition, record_key(key_by, previous), previous)?;
+            previous.clear();
+            previous.extend_from_slice(value);
+        } else {
+            *slot = Some(value.to_vec());
+        }
         report.lines += 1;
         report.bytes += line.len() as u64;
         if let Some(rate) = rate.filter(|r| *r > 0) {
@@ -87,8 +105,19 @@ pub fn send(
         }
     }
     producer.flush()?;
+    for (partition, last) in held.iter().enumerate() {
+        if let Some(last) = last {
+            producer.produce_to(partition as u32, record_key(key_by, last), last)?;
+            producer.flush()?;
+        }
+    }
     report.seconds = began.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The key `send` gives a line: its app key, or none.
+fn record_key(key_by: Option<KeyOf>, value: &[u8]) -> &[u8] {
+    key_by.map_or(&b""[..], |key_of| key_of(value))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
