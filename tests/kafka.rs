@@ -151,6 +151,52 @@ fn round_trip(app: &str, processes: u32) {
     verify(app, &["--input", path_str(&input)], &output);
 }
 
+/// Input topic → `verity run` at 3 processes → output file → `verity
+/// verify`: each process reads its share of the topic's partitions
+/// directly (partition `p` on process `p % 3`).
+fn round_trip_at_p3_into_a_file(app: &str) {
+    let Some(broker) = broker() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let input = generate(app, 3_000, dir.path());
+    let input_url = format!("kafka://{broker}/{}", topic(&format!("{app}-in")));
+    send(&input_url, &input, Some(app), 4);
+    let output = dir.path().join("out");
+    let bounded = format!("{input_url}?until=end");
+    ok(run(&[
+        "run",
+        app,
+        "--input",
+        &bounded,
+        "--output",
+        path_str(&output),
+        "--workers",
+        "1",
+        "--processes",
+        "3",
+    ]));
+    verify(app, &["--input", path_str(&input)], &output);
+}
+
+#[test]
+fn doubler_round_trip_at_p3_into_a_file() {
+    round_trip_at_p3_into_a_file("doubler");
+}
+
+#[test]
+fn wordcount_round_trip_at_p3_into_a_file() {
+    round_trip_at_p3_into_a_file("wordcount");
+}
+
+#[test]
+fn seq_window_round_trip_at_p3_into_a_file() {
+    round_trip_at_p3_into_a_file("seq-window");
+}
+
+#[test]
+fn market_spread_round_trip_at_p3_into_a_file() {
+    round_trip_at_p3_into_a_file("market-spread");
+}
+
 #[test]
 fn doubler_round_trip_at_p1() {
     round_trip("doubler", 1);
@@ -226,6 +272,50 @@ fn market_spread_on_quotes_and_orders_topics() {
     );
 }
 
+/// The two streams as topics at 3 processes, into a file: each process
+/// reads its partitions of both topics.
+#[test]
+fn market_spread_on_quotes_and_orders_topics_at_p3_into_a_file() {
+    let Some(broker) = broker() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (quotes, orders) = (dir.path().join("quotes"), dir.path().join("orders"));
+    ok(run(&[
+        "generate",
+        "market-spread",
+        "--count",
+        "3000",
+        "--well-formed",
+        "--quotes-output",
+        path_str(&quotes),
+        "--orders-output",
+        path_str(&orders),
+    ]));
+    let quotes_url = format!("kafka://{broker}/{}", topic("quotes"));
+    let orders_url = format!("kafka://{broker}/{}", topic("orders"));
+    send(&quotes_url, &quotes, Some("market-spread"), 3);
+    send(&orders_url, &orders, Some("market-spread"), 3);
+    let output = dir.path().join("out");
+    ok(run(&[
+        "run",
+        "market-spread",
+        "--quotes",
+        &format!("{quotes_url}?until=end"),
+        "--orders",
+        &format!("{orders_url}?until=end"),
+        "--output",
+        path_str(&output),
+        "--workers",
+        "1",
+        "--processes",
+        "3",
+    ]));
+    verify(
+        "market-spread",
+        &["--quotes", path_str(&quotes), "--orders", path_str(&orders)],
+        &output,
+    );
+}
+
 #[test]
 fn bad_records_are_dead_letters_naming_topic_partition_and_offset() {
     let Some(broker) = broker() else { return };
@@ -252,13 +342,26 @@ fn bad_records_are_dead_letters_naming_topic_partition_and_offset() {
         stderr(&summary)
     );
     let letters = std::fs::read_to_string(&dead).unwrap();
+    // Each letter names the source (its URL, with the topic), the
+    // partition and the offset, whatever the reason.
+    let source = format!("{input_url}?until=end");
+    let lines: Vec<&str> = letters.lines().collect();
+    assert_eq!(lines.len(), 2, "{letters}");
     assert!(
-        letters.contains(&format!(
-            "kafka record topic {name} partition 0 offset 1: not UTF-8"
-        )),
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{source}: partition 0 offset 1: "))
+                && l.contains(&format!(
+                    "kafka record topic {name} partition 0 offset 1: not UTF-8"
+                ))),
         "{letters}"
     );
-    assert!(letters.contains("not a number"), "{letters}");
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with(&format!("{source}: partition 0 offset 2: ")) && l.contains("not a number")
+        ),
+        "{letters}"
+    );
     let mut lines: Vec<String> = std::fs::read_to_string(&output)
         .unwrap()
         .lines()
