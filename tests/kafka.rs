@@ -449,6 +449,51 @@ fn a_partition_reopened_at_a_chunk_position_yields_exactly_what_followed() {
     }
 }
 
+/// The end offset of each of `partitions` partitions of `topic`.
+fn end_offsets(broker: &str, topic: &str, partitions: u32) -> Vec<u64> {
+    use verity_kafka::client::RdPartitionLog;
+    use verity_kafka::PartitionLog;
+    let url = verity_kafka::KafkaUrl::parse(&format!("kafka://{broker}/{topic}")).unwrap();
+    (0..partitions)
+        .map(|partition| {
+            let mut log = RdPartitionLog::connect(&url, partition).unwrap();
+            log.watermarks().unwrap().high
+        })
+        .collect()
+}
+
+/// `start=`, `until=end` and `group=` on the broker: `latest` starts past
+/// what is there (a bounded run then reads nothing), `earliest` and the
+/// default read it all, and a group's offsets are committed once the
+/// output is final (after each checkpoint too).
+#[test]
+fn start_positions_and_group_offsets() {
+    let Some(broker) = broker() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::write(dir.path(), "in", b"1\n2\n3\n4\n5\n6\n7\n");
+    let name = topic("start");
+    let url = format!("kafka://{broker}/{name}");
+    send(&url, &input, Some("doubler"), 2);
+    let run_from = |query: &str| -> u64 {
+        let output = dir.path().join("out");
+        let summary = ok(run(&[
+            "run",
+            "doubler",
+            "--input",
+            &format!("{url}?{query}"),
+            "--output",
+            path_str(&output),
+        ]));
+        records_out(&stderr(&summary))
+    };
+    assert_eq!(run_from("start=latest&until=end"), 0);
+    assert_eq!(run_from("start=earliest&until=end"), 7);
+    assert_eq!(run_from("until=end&group=g1"), 7);
+    let committed = verity_kafka::client::group_offsets(&broker, "g1", &name).unwrap();
+    let ends: Vec<Option<u64>> = end_offsets(&broker, &name, 2).into_iter().map(Some).collect();
+    assert_eq!(committed, ends, "the group stands at the end of every partition");
+}
+
 #[test]
 fn a_missing_topic_is_one_clear_error() {
     let Some(broker) = broker() else { return };

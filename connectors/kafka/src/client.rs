@@ -184,6 +184,31 @@ impl PartitionLog for RdPartitionLog {
     }
 }
 
+/// The offsets consumer group `group` committed for each partition of
+/// `topic` (`None`: none), as monitoring tools read them.
+pub fn group_offsets(brokers: &str, group: &str, topic: &str) -> Result<Vec<Option<u64>>, LogError> {
+    let consumer = reading_consumer(brokers, Some(group))?;
+    let partitions = topic_partitions(&consumer, brokers, topic)?;
+    let mut asked = TopicPartitionList::new();
+    for partition in 0..partitions {
+        asked.add_partition(topic, partition as i32);
+    }
+    let committed = consumer
+        .committed_offsets(asked, METADATA_TIMEOUT)
+        .map_err(|e| unreachable(brokers, e))?;
+    Ok((0..partitions)
+        .map(|partition| {
+            match committed
+                .find_partition(topic, partition as i32)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(at)) if at >= 0 => Some(at as u64),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
 /// `kafka://…` as a source.
 pub struct KafkaSource {
     pub url: KafkaUrl,
