@@ -74,8 +74,8 @@
 //! * **Kafka.** A `KafkaSource` has the topic's partitions; `open(p, at)`
 //!   assigns partition `p` at `Position::Log { offset }` (or the start policy),
 //!   and each chunk is a batch of polled messages with the offset after the
-//!   last (records get their ids from (partition, offset): a chunk format that
-//!   carries per-record offsets joins `ChunkData` then). `partitions()` comes
+//!   last (built: records get their ids from (partition, offset), the chunk
+//!   saying `RecordIds::Log` with its first offset). `partitions()` comes
 //!   from topic metadata; each process opens the partitions it owns. A
 //!   `KafkaSink` wants ids (for the output-id header), produces each buffer's
 //!   lines inside a transaction, ends it at `barrier(c)` and commits it at
