@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{ok, path_str, run, stderr, verity};
+use common::{newest_checkpoint, ok, path_str, run, stderr, verity};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use verity_core::connector::{Chunk, Position, Pull, RecordIds, SourceReader};
@@ -217,11 +217,16 @@ fn market_spread_round_trip_at_p1() {
     round_trip("market-spread", 1);
 }
 
-/// Fails today (ignored: `cargo test --test kafka -- --ignored`): at P=3,
-/// with every partition read and the output written by process 0 (the
-/// funnel), the output topic held only part of the output (the same run
-/// into a file is complete); not yet understood, so a cluster run with a
-/// Kafka output is refused until it is
+/// Fails today (ignored: `cargo test --test kafka -- --ignored`, with the
+/// cluster refusal lifted): at P=3 with a Kafka output the run itself
+/// reports about a third of the records out (1,053 of 3,000, twice in a
+/// row: about process 0's shards' share), `verity receive --expect` that
+/// many stops there and the verify finds the rest lost, while the same run
+/// into a file (`seq_window_round_trip_at_p3_into_a_file`) reports and
+/// writes all 3,000. So the loss (or the miscount) is on the output side of
+/// a cluster run whose job carries output ids, not in the source (not yet
+/// found whether the topic holds more than the count); until then a cluster
+/// run with a Kafka output is refused
 /// (`a_kafka_output_in_a_cluster_run_is_refused_before_anything_starts`).
 #[test]
 #[ignore]
@@ -229,8 +234,10 @@ fn seq_window_round_trip_at_p3() {
     round_trip("seq-window", 3);
 }
 
-#[test]
-fn market_spread_on_quotes_and_orders_topics() {
+/// market-spread's two streams as topics at `processes` processes, into
+/// an output topic or (`to_file`) a file; at P=3 each process reads its
+/// partitions of both topics.
+fn market_spread_on_quotes_and_orders_topics(processes: u32, to_file: bool) {
     let Some(broker) = broker() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (quotes, orders) = (dir.path().join("quotes"), dir.path().join("orders"));
@@ -247,10 +254,14 @@ fn market_spread_on_quotes_and_orders_topics() {
     ]));
     let quotes_url = format!("kafka://{broker}/{}", topic("quotes"));
     let orders_url = format!("kafka://{broker}/{}", topic("orders"));
-    let output_url = format!("kafka://{broker}/{}", topic("spread-out"));
     send(&quotes_url, &quotes, Some("market-spread"), 3);
     send(&orders_url, &orders, Some("market-spread"), 3);
-    send(&output_url, &common::write(dir.path(), "empty", b""), None, 3);
+    let output = dir.path().join("out");
+    let output_url = format!("kafka://{broker}/{}", topic("spread-out"));
+    if !to_file {
+        send(&output_url, &common::write(dir.path(), "empty", b""), None, 3);
+    }
+    let processes = processes.to_string();
     let run_output = ok(run(&[
         "run",
         "market-spread",
@@ -259,12 +270,15 @@ fn market_spread_on_quotes_and_orders_topics() {
         "--orders",
         &format!("{orders_url}?until=end"),
         "--output",
-        &output_url,
+        if to_file { path_str(&output) } else { &output_url },
         "--workers",
-        "2",
+        "1",
+        "--processes",
+        &processes,
     ]));
-    let output = dir.path().join("out");
-    receive(&output_url, &output, records_out(&stderr(&run_output)));
+    if !to_file {
+        receive(&output_url, &output, records_out(&stderr(&run_output)));
+    }
     verify(
         "market-spread",
         &["--quotes", path_str(&quotes), "--orders", path_str(&orders)],
@@ -272,48 +286,14 @@ fn market_spread_on_quotes_and_orders_topics() {
     );
 }
 
-/// The two streams as topics at 3 processes, into a file: each process
-/// reads its partitions of both topics.
+#[test]
+fn market_spread_on_quotes_and_orders_topics_at_p1() {
+    market_spread_on_quotes_and_orders_topics(1, false);
+}
+
 #[test]
 fn market_spread_on_quotes_and_orders_topics_at_p3_into_a_file() {
-    let Some(broker) = broker() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (quotes, orders) = (dir.path().join("quotes"), dir.path().join("orders"));
-    ok(run(&[
-        "generate",
-        "market-spread",
-        "--count",
-        "3000",
-        "--well-formed",
-        "--quotes-output",
-        path_str(&quotes),
-        "--orders-output",
-        path_str(&orders),
-    ]));
-    let quotes_url = format!("kafka://{broker}/{}", topic("quotes"));
-    let orders_url = format!("kafka://{broker}/{}", topic("orders"));
-    send(&quotes_url, &quotes, Some("market-spread"), 3);
-    send(&orders_url, &orders, Some("market-spread"), 3);
-    let output = dir.path().join("out");
-    ok(run(&[
-        "run",
-        "market-spread",
-        "--quotes",
-        &format!("{quotes_url}?until=end"),
-        "--orders",
-        &format!("{orders_url}?until=end"),
-        "--output",
-        path_str(&output),
-        "--workers",
-        "1",
-        "--processes",
-        "3",
-    ]));
-    verify(
-        "market-spread",
-        &["--quotes", path_str(&quotes), "--orders", path_str(&orders)],
-        &output,
-    );
+    market_spread_on_quotes_and_orders_topics(3, true);
 }
 
 #[test]
@@ -563,25 +543,6 @@ fn a_bad_kafka_url_is_refused_before_anything_connects() {
     ]);
     assert!(!failed.status.success());
     assert!(stderr(&failed).contains("no :PORT"), "{}", stderr(&failed));
-}
-
-/// The newest complete checkpoint in `state` (0 if none): its manifest is
-/// written last.
-fn newest_checkpoint(state: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(state) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("ckpt-")?
-                .strip_suffix(".manifest")?
-                .parse()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 /// Whether any partition of `topic` holds a record.

@@ -11,7 +11,7 @@
 //! then waits for the run to finish on its own.
 mod common;
 
-use common::{free_port, ok, path_str, run, stderr, verity};
+use common::{free_port, newest_checkpoint, ok, path_str, run, stderr, verity};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -249,24 +249,6 @@ fn children_of(pid: u32) -> Vec<u32> {
     }
     children.sort_unstable();
     children
-}
-
-/// The newest complete checkpoint in `state` (0 if none).
-fn newest_checkpoint(state: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(state) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("ckpt-")?
-                .strip_suffix(".manifest")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 /// Bounded waits: generous, since the machine may be busy; a test never

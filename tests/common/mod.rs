@@ -144,3 +144,23 @@ pub fn split_into_partitions(app: &str, input: &Path, dir: &Path, name: &str, pa
     }
     out_dir
 }
+
+/// The newest complete checkpoint in `state` (0 if none): its manifest is
+/// written last.
+#[allow(dead_code)]
+pub fn newest_checkpoint(state: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(state) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("ckpt-")?
+                .strip_suffix(".manifest")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
