@@ -1011,13 +1011,6 @@ fn run(app: AppName, args: RunArgs) -> Result<i32> {
         checkpoints: None,
         spread_sources: Vec::new(),
     };
-    let in_cluster = args.processes.is_some_and(|p| p > 1) || args.cluster.is_some();
-    if in_cluster && crate::connectors::is_kafka(&args.output) {
-        // Refused rather than risked: a P=3 round trip through the broker
-        // wrote only part of the output (issue 13), and a sink written by
-        // every process is not built yet.
-        bail!("a kafka:// output is not supported in a cluster run yet; run with --processes 1, or write a file and `verity send` it");
-    }
     let summary = match (args.processes, &args.cluster) {
         (Some(processes), _) if processes > 1 => {
             let workers = config.workers as u32;
