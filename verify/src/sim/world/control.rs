@@ -229,6 +229,11 @@ where
                 self.trace(format_args!("process {process}: readers' progress {progress:?}"));
                 self.readers_heard(process, progress);
             }
+            Action::MemberMark(mark) => {
+                // No seed's sink is written by every process yet.
+                let failure = format!("process {} sent a sink mark process 0 cannot use", mark.process);
+                self.net.failure.get_or_insert(failure);
+            }
             Action::Flush => {
                 self.trace(format_args!("process {process}: flushes"));
                 self.lifecycles.flushing[process as usize] = true;

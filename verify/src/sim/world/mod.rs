@@ -954,6 +954,7 @@ where
             } else {
                 Vec::new()
             },
+            member_sink: None,
         };
         // Past the liveness bound: a job that never arrives is a liveness
         // finding, reported with what every shard awaits.

@@ -820,6 +820,7 @@ where
                 self.dead_letters_written += 1;
             }
             OutputMessage::Checkpoint(part) => self.checkpoint_parts[shard as usize] = part.checkpoint,
+            OutputMessage::MemberMark(_) => {}
         }
         let crashes = self.disk.stats().crashes;
         let committed = self
