@@ -151,6 +151,12 @@ impl MemberSink {
         self.committed
     }
 
+    /// Whether every local shard finished and the sink flushed all their
+    /// output (`barrier(END)`, its end's mark sent): the worker's job is done.
+    pub fn flushed(&self) -> bool {
+        self.end != End::Running
+    }
+
     /// Whether the end of output is committed: the worker may exit.
     pub fn is_done(&self) -> bool {
         self.end == End::Committed

@@ -373,6 +373,12 @@ impl OutputWriter {
         self
     }
 
+    /// Whether some worker's own sink has not yet reported its end (with a
+    /// sink written by every process): the run's output is not all in.
+    pub fn awaits_member_ends(&self) -> bool {
+        self.member_ends.iter().any(|ended| !ended)
+    }
+
     /// What this life handed to the sinks so far.
     pub fn written(&self) -> Written {
         self.written
