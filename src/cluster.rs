@@ -151,6 +151,9 @@ impl JobSpec {
             output_ids: self.output_ids,
             checkpoints: self.checkpoints.clone(),
             spread_sources: self.spread_sources.clone(),
+            // Process 0 writes all output (a sink written by every process,
+            // `member_sink`, is not wired into the runtime yet).
+            member_sink: None,
         }
     }
 
@@ -174,6 +177,9 @@ impl JobSpec {
 
     /// A job from process 0, checked against what this binary can run.
     fn from_job(job: &Job) -> Result<JobSpec> {
+        if let Some(sink) = &job.member_sink {
+            bail!("process 0 sent a job whose sink {sink} every process writes; this binary's workers cannot write one yet");
+        }
         let app = AppName::from_name(&job.app)
             .with_context(|| format!("process 0 sent a job for an unknown app `{}`", job.app))?;
         let split_input = match (job.sources, app) {
@@ -344,6 +350,14 @@ impl Supervisor<'_> {
                                 self.sources_stop.store(true, Ordering::Relaxed);
                             }
                         }
+                        // No job's sink is written by every process yet
+                        // (`member_sink`): a mark is off the protocol.
+                        Action::MemberMark(mark) => events.push_back(Event::Failed {
+                            reason: format!(
+                                "process {} sent a sink mark, but process 0 writes this job's output",
+                                mark.process
+                            ),
+                        }),
                         Action::Flush => {
                             self.flushing = true;
                             self.node.closing();

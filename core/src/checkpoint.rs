@@ -24,8 +24,8 @@ pub use verity_state::checkpoint::DEFAULT_RETAINED;
 /// How often a checkpoint is taken by default (`--checkpoint-interval-ms`).
 pub const DEFAULT_INTERVAL_MS: u64 = 1000;
 /// The version of `JobMeta`'s encoding.
-/// 2: with the output's line count.
-const META_VERSION: u32 = 2;
+/// 2: with the output's line count. 3: with the workers' sinks' marks.
+const META_VERSION: u32 = 3;
 
 /// Where a source stands in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,12 @@ pub struct JobMeta {
     pub output_lines: u64,
     /// Dead letters written up to the boundary.
     pub dead_letters: u64,
+    /// With a sink written by every process (`SinkConnector::
+    /// written_by_every_process`): the resume mark of process `p`'s sink at
+    /// the boundary, at index `p - 1` (process 0's is `output_mark`), so a
+    /// recovery resumes each process's sink from its own; empty when
+    /// process 0 writes all output.
+    pub member_marks: Vec<Vec<u8>>,
 }
 
 /// Where the sinks stand at a checkpoint's boundary, as `JobMeta` keeps it.
@@ -85,6 +91,10 @@ impl JobMeta {
         encode_bytes(&self.dead_letter_mark, &mut out);
         self.output_lines.encode(&mut out);
         self.dead_letters.encode(&mut out);
+        (self.member_marks.len() as u32).encode(&mut out);
+        for mark in &self.member_marks {
+            encode_bytes(mark, &mut out);
+        }
         out
     }
 
@@ -117,6 +127,13 @@ impl JobMeta {
         let dead_letter_mark = decode_bytes(input)?.to_vec();
         let output_lines = u64::decode(input)?;
         let dead_letters = u64::decode(input)?;
+        let marks = u32::decode(input)?;
+        if marks as usize > input.len() {
+            return Err(WireError::Invalid("more sink marks than bytes"));
+        }
+        let member_marks = (0..marks)
+            .map(|_| decode_bytes(input).map(<[u8]>::to_vec))
+            .collect::<Result<Vec<_>, _>>()?;
         if !input.is_empty() {
             return Err(WireError::Invalid("bytes after the job metadata"));
         }
@@ -127,6 +144,7 @@ impl JobMeta {
             dead_letter_mark,
             output_lines,
             dead_letters,
+            member_marks,
         })
     }
 }
@@ -302,7 +320,17 @@ pub struct RecoverBugs {
     pub state_from_older_checkpoint: bool,
 }
 
-/// The checkpoints of one job: when the next is due, collecting its parts,
+/// Bugs a test can plant in checkpoint coordination to prove a test finds
+/// them. All off in production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoordinatorBugs {
+    /// Complete a checkpoint once every shard's part is in, without
+    /// waiting for the mark of the last worker's sink.
+    pub complete_without_last_member_mark: bool,
+}
+
+/// The checkpoints of one job: when the next is due, collecting its parts
+/// (and, with a sink written by every process, each worker's sink mark),
 /// writing it. Sans-IO but for the `Storage` it writes through.
 pub struct Checkpointer {
     store: CheckpointStore<Box<dyn Storage>>,
@@ -329,6 +357,11 @@ pub struct Checkpointer {
     warned_slow: bool,
     /// The parts of the checkpoint being collected, shard `s` at index `s`.
     parts: Vec<Option<CheckpointPart>>,
+    /// With a sink written by every process: the resume mark of process
+    /// `p`'s sink at the boundary of the checkpoint being collected, at
+    /// index `p - 1`; empty when process 0 writes all output.
+    member_marks: Vec<Option<Vec<u8>>>,
+    bugs: CoordinatorBugs,
 }
 
 impl Checkpointer {
@@ -369,7 +402,61 @@ impl Checkpointer {
             pause_ms: 0,
             warned_slow: false,
             parts: vec![None; shards as usize],
+            member_marks: Vec::new(),
+            bugs: CoordinatorBugs::default(),
         }
+    }
+
+    /// The sink is written by every process of a `processes`-process
+    /// cluster: a checkpoint completes only once every worker's sink took
+    /// its barrier and sent its resume mark (`add_member_mark`).
+    pub fn expect_member_sinks(&mut self, processes: u32) {
+        assert!(processes >= 1, "a cluster has process 0");
+        assert!(self.parts.iter().all(Option::is_none), "before the first part");
+        self.member_marks = vec![None; processes as usize - 1];
+    }
+
+    pub fn with_bugs(mut self, bugs: CoordinatorBugs) -> Checkpointer {
+        self.bugs = bugs;
+        self
+    }
+
+    /// Whether every part and every worker's sink mark of the checkpoint
+    /// being collected is in.
+    fn collected(&self) -> bool {
+        let marks = match self.member_marks.split_last() {
+            Some((_, others)) if self.bugs.complete_without_last_member_mark => others,
+            _ => &self.member_marks[..],
+        };
+        self.parts.iter().all(Option::is_some) && marks.iter().all(Option::is_some)
+    }
+
+    /// Keeps worker `process`'s sink mark at the boundary of `checkpoint`.
+    /// Returns whether the checkpoint is now collected whole. A mark out of
+    /// order (a worker off the protocol) is refused with why.
+    pub fn add_member_mark(&mut self, process: u32, checkpoint: u64, mark: Vec<u8>) -> Result<bool, String> {
+        let expected = self.completed + 1;
+        if checkpoint != expected {
+            return Err(format!(
+                "process {process}'s sink took the barrier of checkpoint {checkpoint} while {expected} is \
+                 being collected"
+            ));
+        }
+        let slot = process
+            .checked_sub(1)
+            .and_then(|index| self.member_marks.get_mut(index as usize));
+        let Some(slot) = slot else {
+            return Err(format!(
+                "a sink mark of process {process}, which writes no sink of its own in this job"
+            ));
+        };
+        if slot.is_some() {
+            return Err(format!(
+                "process {process} sent two sink marks of checkpoint {expected}"
+            ));
+        }
+        *slot = Some(mark);
+        Ok(self.collected())
     }
 
     /// Reads the newest complete checkpoint of `fingerprint` for a recovery:
@@ -521,7 +608,7 @@ impl Checkpointer {
             return Err(format!("shard {shard} sent two parts of checkpoint {expected}"));
         }
         *slot = Some(part);
-        Ok(self.parts.iter().all(Option::is_some))
+        Ok(self.collected())
     }
 
     /// Writes the collected checkpoint with the sinks' marks (taken at its
@@ -536,6 +623,13 @@ impl Checkpointer {
             .map(|p| p.take().expect("every part is in"))
             .collect();
         let sources = source_meta(&parts);
+        // A missing mark only under the planted bug: that worker resumes
+        // from nothing.
+        let member_marks = self
+            .member_marks
+            .iter_mut()
+            .map(|m| m.take().unwrap_or_default())
+            .collect();
         let SinkMarks {
             output_mark,
             output_lines,
@@ -549,6 +643,7 @@ impl Checkpointer {
             dead_letter_mark,
             output_lines,
             dead_letters,
+            member_marks,
         };
         let id = self.next_store_id;
         let mut written: Vec<PartInfo> = Vec::with_capacity(parts.len() + 1);
@@ -736,5 +831,72 @@ mod tests {
             Checkpointer::recover(&mut store, "job", 3),
             Err(RecoverError::Parts { .. })
         ));
+    }
+
+    fn checkpointer(dir: &std::path::Path, bugs: CoordinatorBugs) -> Checkpointer {
+        let storage: Box<dyn Storage> = Box::new(verity_state::storage::DirStorage::open(dir).unwrap());
+        let mut checkpoints =
+            Checkpointer::new(CheckpointStore::new(storage), "job".into(), 2, 1000, None, 1).with_bugs(bugs);
+        checkpoints.expect_member_sinks(3);
+        assert_eq!((checkpoints.tick(0), checkpoints.tick(1000)), (0, 1));
+        checkpoints
+    }
+
+    #[test]
+    fn a_checkpoint_of_sinks_written_by_every_process_waits_for_every_workers_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut checkpoints = checkpointer(dir.path(), CoordinatorBugs::default());
+        assert!(!checkpoints.add_member_mark(2, 1, b"p2".to_vec()).unwrap());
+        assert!(
+            checkpoints.add_member_mark(2, 1, b"again".to_vec()).is_err(),
+            "two marks of one process"
+        );
+        assert!(
+            checkpoints.add_member_mark(1, 2, vec![]).is_err(),
+            "a later checkpoint's"
+        );
+        assert!(
+            checkpoints.add_member_mark(3, 1, vec![]).is_err(),
+            "a process past the cluster"
+        );
+        assert!(
+            checkpoints.add_member_mark(0, 1, vec![]).is_err(),
+            "process 0's is its own"
+        );
+        assert!(!checkpoints.add_part(part(0, None)).unwrap());
+        assert!(
+            !checkpoints.add_part(part(1, Some(SourceCut::default()))).unwrap(),
+            "every part is in, process 1's mark is not"
+        );
+        assert!(checkpoints.add_member_mark(1, 1, b"p1".to_vec()).unwrap());
+        let meta = checkpoints.write(SinkMarks::default()).unwrap();
+        assert_eq!(meta.member_marks, [b"p1".to_vec(), b"p2".to_vec()]);
+        let mut store = CheckpointStore::new(Box::new(
+            verity_state::storage::DirStorage::open(dir.path()).unwrap(),
+        ) as Box<dyn Storage>);
+        let (restart, _) = Checkpointer::recover(&mut store, "job", 2).unwrap();
+        assert_eq!(restart.expect("complete").meta.member_marks, meta.member_marks);
+        assert!(
+            checkpoints.add_member_mark(1, 1, vec![]).is_err(),
+            "a mark of a checkpoint already complete"
+        );
+    }
+
+    #[test]
+    fn the_planted_bug_completes_a_checkpoint_without_the_last_workers_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let bugs = CoordinatorBugs {
+            complete_without_last_member_mark: true,
+        };
+        let mut checkpoints = checkpointer(dir.path(), bugs);
+        assert!(!checkpoints.add_member_mark(1, 1, b"p1".to_vec()).unwrap());
+        assert!(!checkpoints.add_part(part(0, None)).unwrap());
+        assert!(checkpoints.add_part(part(1, Some(SourceCut::default()))).unwrap());
+        let meta = checkpoints.write(SinkMarks::default()).unwrap();
+        assert_eq!(
+            meta.member_marks,
+            [b"p1".to_vec(), Vec::new()],
+            "process 2 resumes from nothing"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod flow;
 pub mod ids;
 pub mod key;
 pub mod line;
+pub mod member_sink;
 pub mod metrics;
 pub mod replay;
 pub mod runtime;

@@ -202,6 +202,10 @@ pub enum OutputMessage {
     /// A local shard's part of a checkpoint, after the output that belongs
     /// to it.
     Checkpoint(crate::shard::CheckpointPart),
+    /// A worker's own sink took a checkpoint's barrier (a sink written by
+    /// every process, `member_sink`): its resume mark there. Not shard
+    /// output: it is never held back behind a part.
+    MemberMark(crate::member_sink::MemberMark),
 }
 
 /// Writes dead letters as `<source>:<line>: <reason>: <raw record>`, one line
@@ -304,6 +308,10 @@ pub struct OutputWriter {
     output_lines: u64,
     /// What this life handed to the sinks (live metrics).
     written: Written,
+    /// With a sink written by every process: per worker (process `p` at
+    /// `p - 1`), whether its sink reported its end (all its output flushed,
+    /// `MemberMark::END`); the run's end waits for every one.
+    member_ends: Vec<bool>,
 }
 
 /// What an `OutputWriter` handed to its sinks in this life of the process.
@@ -356,7 +364,27 @@ impl OutputWriter {
             audit: None,
             output_lines: 0,
             written: Written::default(),
+            member_ends: Vec::new(),
         }
+    }
+
+    /// The sink is written by every process of a `processes`-process
+    /// cluster (`member_sink`): each checkpoint completes with every
+    /// worker's sink mark, and the run's end waits for every worker's sink
+    /// to report its output flushed. After `with_checkpoints`.
+    pub fn with_member_sinks(mut self, processes: u32) -> Self {
+        assert!(processes >= 1, "a cluster has process 0");
+        if let Some(c) = &mut self.checkpoints {
+            c.writer.expect_member_sinks(processes);
+        }
+        self.member_ends = vec![false; processes as usize - 1];
+        self
+    }
+
+    /// Whether some worker's own sink has not yet reported its end (with a
+    /// sink written by every process): the run's output is not all in.
+    pub fn awaits_member_ends(&self) -> bool {
+        self.member_ends.iter().any(|ended| !ended)
     }
 
     /// What this life handed to the sinks so far.
@@ -421,7 +449,8 @@ impl OutputWriter {
     /// A message of shard `shard`.
     pub fn write(&mut self, shard: u32, message: OutputMessage) -> Result<(), OutputError> {
         if let Some(c) = &mut self.checkpoints {
-            if c.passed[shard as usize] {
+            let held = !matches!(message, OutputMessage::MemberMark(_));
+            if held && c.passed[shard as usize] {
                 c.waiting[shard as usize].push_back(message);
                 return Ok(());
             }
@@ -448,6 +477,36 @@ impl OutputWriter {
                 };
                 c.passed[shard as usize] = true;
                 if c.writer.add_part(part).map_err(OutputError::Part)? {
+                    self.complete_checkpoint()?;
+                }
+            }
+            OutputMessage::MemberMark(mark) if mark.checkpoint == crate::member_sink::MemberMark::END => {
+                let ended = mark
+                    .process
+                    .checked_sub(1)
+                    .and_then(|index| self.member_ends.get_mut(index as usize));
+                match ended {
+                    Some(ended) if !*ended => *ended = true,
+                    _ => {
+                        return Err(OutputError::Part(format!(
+                            "process {} reported the end of a sink it does not write, or twice",
+                            mark.process
+                        )))
+                    }
+                }
+            }
+            OutputMessage::MemberMark(mark) => {
+                let Some(c) = &mut self.checkpoints else {
+                    return Err(OutputError::Part(format!(
+                        "process {}'s sink took a checkpoint's barrier in a run without them",
+                        mark.process
+                    )));
+                };
+                let collected = c
+                    .writer
+                    .add_member_mark(mark.process, mark.checkpoint, mark.mark)
+                    .map_err(OutputError::Part)?;
+                if collected {
                     self.complete_checkpoint()?;
                 }
             }
@@ -526,6 +585,14 @@ impl OutputWriter {
     /// All input is written: commits both sinks. Returns the dead letters
     /// written.
     pub fn finish(mut self) -> Result<u64, OutputError> {
+        if let Some(index) = self.member_ends.iter().position(|ended| !ended) {
+            // Its shards finished, but what they wrote may not be in its
+            // sink yet: the output is not final.
+            return Err(OutputError::Part(format!(
+                "process {}'s sink did not report its output flushed before the run ended",
+                index + 1
+            )));
+        }
         if let Some(c) = &mut self.checkpoints {
             // Every shard takes every checkpoint whose barrier it saw, so
             // nothing waits here unless a shard stopped early; its output
@@ -535,7 +602,10 @@ impl OutputWriter {
             self.checkpoints = None;
             for (shard, messages) in waiting.into_iter().enumerate() {
                 for message in messages {
-                    if !matches!(message, OutputMessage::Checkpoint(_)) {
+                    if !matches!(
+                        message,
+                        OutputMessage::Checkpoint(_) | OutputMessage::MemberMark(_)
+                    ) {
                         self.apply(shard as u32, message)?;
                     }
                 }

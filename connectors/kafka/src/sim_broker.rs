@@ -35,7 +35,6 @@ struct TransactionalId {
     epoch: u64,
     /// The open transaction's number and the (topic, partition)s it wrote.
     open: Option<(u64, Vec<(String, u32)>)>,
-    transactions: u64,
     marker: u64,
 }
 
@@ -48,6 +47,10 @@ struct State {
     generation: u64,
     /// `fetch_skips_into_batches`: records per producer batch.
     batch_records: Option<u64>,
+    /// Transactions begun, of every transactional id: a transaction's
+    /// number names it in the whole broker, so ending one never touches
+    /// another id's open records in the same partition.
+    transactions: u64,
 }
 
 /// A handle to the simulated broker (clones share it).
@@ -356,10 +359,11 @@ impl LogProducer for SimProducer {
 
     fn begin_transaction(&mut self) -> Result<(), LogError> {
         let mut state = Self::alive(&self.broker, self.generation)?;
+        state.transactions += 1;
+        let number = state.transactions;
         let t = self.owned(&mut state)?;
         assert!(t.open.is_none(), "begin with a transaction open");
-        t.transactions += 1;
-        t.open = Some((t.transactions, Vec::new()));
+        t.open = Some((number, Vec::new()));
         Ok(())
     }
 
@@ -387,5 +391,48 @@ impl LogProducer for SimProducer {
             .ids
             .get(id)
             .map_or(0, |t| t.marker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_transactional_ids_in_one_partition_commit_apart() {
+        let broker = SimBroker::new();
+        broker.create_topic("out", 1);
+        let mut producers: Vec<SimProducer> = ["verity-job-p0", "verity-job-p1"]
+            .iter()
+            .map(|id| broker.producer("out", Some(id)))
+            .collect();
+        for (producer, value) in producers.iter_mut().zip([&b"zero"[..], b"one"]) {
+            producer.init_transactions().unwrap();
+            producer.begin_transaction().unwrap();
+            producer.produce(b"k", value, b"").unwrap();
+            producer.flush().unwrap();
+        }
+        producers[0].commit_transaction(1).unwrap();
+        let values = |broker: &SimBroker| -> Vec<Vec<u8>> {
+            broker
+                .read_committed("out")
+                .into_iter()
+                .map(|(_, _, r)| r.value)
+                .collect()
+        };
+        assert_eq!(
+            values(&broker),
+            [b"zero".to_vec()],
+            "p1's transaction is still open"
+        );
+        assert_eq!(broker.open_records("out"), 1);
+        let mut fencer = broker.producer("out", Some("verity-job-p1"));
+        fencer.init_transactions().unwrap();
+        assert_eq!(
+            values(&broker),
+            [b"zero".to_vec()],
+            "p1's transaction aborted by the next p1"
+        );
+        assert_eq!(broker.open_records("out"), 0);
     }
 }

@@ -5,7 +5,7 @@
 
 use super::lifecycle::{
     bounded_reason, Control, Job, JobCheckpoints, ReadersProgress, APP_NAME_SIZE_MAX_BYTES,
-    JOB_TEXT_SIZE_MAX_BYTES, REASON_SIZE_MAX_BYTES,
+    JOB_TEXT_SIZE_MAX_BYTES, REASON_SIZE_MAX_BYTES, SINK_MARK_SIZE_MAX_BYTES,
 };
 use super::{ClusterError, CLUSTER_SOURCES_MAX};
 use crate::connector::Position;
@@ -538,6 +538,7 @@ const CONTROL_SHUTDOWN: u8 = 1;
 const CONTROL_ABORT: u8 = 2;
 const CONTROL_FAILED: u8 = 3;
 const CONTROL_READERS: u8 = 4;
+const CONTROL_SINK_MARK: u8 = 5;
 
 /// A control message as frame records: a tag, then the job or the reason.
 pub fn encode_control(message: &Control, frame: &mut FrameWriter<'_>) {
@@ -563,6 +564,12 @@ pub fn encode_control(message: &Control, frame: &mut FrameWriter<'_>) {
                 progress.committed.encode(out);
                 progress.stopping.encode(out);
             });
+        }
+        Control::SinkMark { checkpoint, mark } => {
+            assert!(mark.len() <= SINK_MARK_SIZE_MAX_BYTES, "the lifecycle bounds it");
+            frame.record_with(|out| CONTROL_SINK_MARK.encode(out));
+            frame.record_with(|out| checkpoint.encode(out));
+            frame.push_record(mark);
         }
     }
 }
@@ -598,6 +605,14 @@ fn encode_job(job: &Job, out: &mut Vec<u8>) {
             "bounded by the command line"
         );
         source.encode(out);
+        encode_bytes(arg.as_bytes(), out);
+    }
+    job.member_sink.is_some().encode(out);
+    if let Some(arg) = &job.member_sink {
+        assert!(
+            arg.len() <= JOB_TEXT_SIZE_MAX_BYTES,
+            "bounded by the command line"
+        );
         encode_bytes(arg.as_bytes(), out);
     }
 }
@@ -642,6 +657,7 @@ fn decode_job(mut input: &[u8]) -> Result<Job, ClusterError> {
             }),
         },
         spread_sources: Vec::new(),
+        member_sink: None,
     };
     let mut job = job;
     let spread = u32::decode(&mut input).map_err(bad)?;
@@ -657,6 +673,10 @@ fn decode_job(mut input: &[u8]) -> Result<Job, ClusterError> {
             )));
         }
         job.spread_sources.push((source, arg));
+    }
+    if bool::decode(&mut input).map_err(bad)? {
+        let arg = decode_job_text(&mut input, "sink argument too long or not UTF-8").map_err(bad)?;
+        job.member_sink = Some(arg);
     }
     if !input.is_empty() {
         return Err(bad(WireError::Invalid("trailing bytes")));
@@ -704,6 +724,22 @@ pub fn decode_control(frame: &Frame) -> Result<Control, ClusterError> {
                 return Err(bad(WireError::Invalid("trailing bytes")));
             }
             Control::Readers(progress)
+        }
+        CONTROL_SINK_MARK => {
+            let mut input = body("sink mark")?;
+            let bad = |e| malformed("sink mark", e);
+            let checkpoint = u64::decode(&mut input).map_err(bad)?;
+            if !input.is_empty() {
+                return Err(bad(WireError::Invalid("trailing bytes")));
+            }
+            let mark = body("sink mark")?;
+            if mark.len() > SINK_MARK_SIZE_MAX_BYTES {
+                return Err(bad(WireError::Invalid("a sink mark too long")));
+            }
+            Control::SinkMark {
+                checkpoint,
+                mark: mark.to_vec(),
+            }
         }
         tag => {
             return Err(malformed(
@@ -759,6 +795,7 @@ mod control_tests {
                 restore_from: 12,
             }),
             spread_sources: vec![(1, "dir:///data/orders".into())],
+            member_sink: Some("kafka://h:9092/out".into()),
         }
     }
 
@@ -874,6 +911,7 @@ mod control_tests {
                     } else {
                         Vec::new()
                     },
+                    member_sink: output_ids.then(|| "kafka://h/out".into()),
                 },
             )
     }
@@ -884,6 +922,8 @@ mod control_tests {
             Just(Control::Shutdown),
             ".{0,200}".prop_map(|reason| Control::Abort { reason }),
             ".{0,200}".prop_map(|reason| Control::Failed { reason }),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(checkpoint, mark)| Control::SinkMark { checkpoint, mark }),
             (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(requested, committed, stopping)| {
                 Control::Readers(ReadersProgress {
                     requested,

@@ -63,6 +63,11 @@ pub const CONTROL_FRAMES_KEPT_FREE: usize = 1;
 pub const APP_NAME_SIZE_MAX_BYTES: usize = 64;
 /// Longest state dir path and job fingerprint a job may carry.
 pub const JOB_TEXT_SIZE_MAX_BYTES: usize = 4_096;
+/// Longest resume mark a worker's own sink may send process 0 for a
+/// checkpoint (`Control::SinkMark`: one control frame). A Kafka sink's mark
+/// holds a copy of its open transaction, so a longer one means checkpoints
+/// are too far apart for the output rate.
+pub const SINK_MARK_SIZE_MAX_BYTES: usize = 4 << 20;
 
 /// What process 0 tells every worker to run: enough to build the same
 /// dataflow (the sources themselves live on process 0, except the spread
@@ -91,6 +96,11 @@ pub struct Job {
     /// source's index and its argument, from which a worker builds the
     /// connector and reads its own partitions (`runtime::Streams`).
     pub spread_sources: Vec<(u32, String)>,
+    /// The sink's argument when every process writes its own shards'
+    /// output into it (`SinkConnector::written_by_every_process`): a worker
+    /// builds it through `Connectors` and drives it as a
+    /// `member_sink::MemberSink`. `None`: process 0 writes all output.
+    pub member_sink: Option<String>,
 }
 
 /// A run's checkpoints, as a worker needs to know them: where its shards'
@@ -123,6 +133,10 @@ pub enum Control {
     /// barrier), the newest one complete (they commit its cut; `ALL` once
     /// the output is final), and whether the sources are to stop.
     Readers(ReadersProgress),
+    /// Worker → process 0: this worker's own sink (a sink written by every
+    /// process, `member_sink`) took the barrier of `checkpoint`
+    /// (`MemberMark::END`: its output is all flushed) with this resume mark.
+    SinkMark { checkpoint: u64, mark: Vec<u8> },
 }
 
 impl Control {
@@ -186,6 +200,10 @@ pub enum Event {
     /// Process 0: its readers' progress changed (a checkpoint requested or
     /// complete, the output final, a stop); the workers are told.
     ReadersProgress(ReadersProgress),
+    /// Worker: its own sink took a checkpoint's barrier (or the end's);
+    /// process 0 is told. A mark longer than `SINK_MARK_SIZE_MAX_BYTES`
+    /// fails the run.
+    SinkMark { checkpoint: u64, mark: Vec<u8> },
 }
 
 /// What the driver must do, in order.
@@ -202,8 +220,12 @@ pub enum Action {
     StopSources,
     /// Report `AllSent` once every frame handed to the network so far is acked.
     Flush,
-    /// Worker: hand this to the readers of this process's spread sources.
+    /// Worker: hand this to the readers of this process's spread sources
+    /// (and to its own sink, which commits what process 0 completed).
     ReadersProgress(ReadersProgress),
+    /// Process 0: hand this worker's sink mark to the output thread, whose
+    /// checkpoint waits for every worker's.
+    MemberMark(crate::member_sink::MemberMark),
     /// End the process with `outcome.exit_code()`; `reason` says why (for a
     /// `Done` outcome it is a warning).
     Exit {
@@ -371,6 +393,10 @@ impl LeaderLifecycle {
             }
             Event::AllSent => self.common.finish_flush(now_ms, true, &mut actions),
             Event::Tick => {}
+            Event::SinkMark { .. } => {
+                let reason = "process 0 reported a worker's sink mark of its own".to_string();
+                self.fail(now_ms, Outcome::Failed, reason, None, &mut actions);
+            }
             Event::ReadersProgress(progress) => {
                 if self.started && !self.common.ending() {
                     for to in self.workers() {
@@ -404,6 +430,17 @@ impl LeaderLifecycle {
 
     fn on_control(&mut self, now_ms: u64, from: u32, message: Control, actions: &mut Vec<Action>) {
         let reason = match message {
+            Control::SinkMark { checkpoint, mark } if self.started => {
+                if !self.common.ending() {
+                    let mark = crate::member_sink::MemberMark {
+                        process: from,
+                        checkpoint,
+                        mark,
+                    };
+                    actions.push(Action::MemberMark(mark));
+                }
+                return;
+            }
             Control::Failed { reason } => format!("process {from} failed: {reason}"),
             other => format!("process {from} sent process 0 an unexpected {other:?}"),
         };
@@ -534,6 +571,9 @@ impl WorkerLifecycle {
             Event::Tick => {}
             // Only process 0's readers make progress of their own.
             Event::ReadersProgress(_) => {}
+            Event::SinkMark { checkpoint, mark } => {
+                self.send_sink_mark(now_ms, checkpoint, mark, &mut actions)
+            }
         }
         self.check_deadlines(now_ms, &mut actions);
         actions
@@ -596,6 +636,32 @@ impl WorkerLifecycle {
         } else {
             self.state = WorkerState::AwaitingShutdown;
         }
+    }
+
+    fn send_sink_mark(&mut self, now_ms: u64, checkpoint: u64, mark: Vec<u8>, actions: &mut Vec<Action>) {
+        if self.common.ending() {
+            return;
+        }
+        if !self.job_started() {
+            let reason = format!(
+                "process {}'s sink took a barrier before its job started",
+                self.process_id
+            );
+            return self.fail(now_ms, Outcome::Failed, reason, actions);
+        }
+        if mark.len() > SINK_MARK_SIZE_MAX_BYTES {
+            let reason = format!(
+                "process {}'s sink mark of checkpoint {checkpoint} is {} bytes, over {SINK_MARK_SIZE_MAX_BYTES}: \
+                 take checkpoints more often (--checkpoint-interval-ms)",
+                self.process_id,
+                mark.len()
+            );
+            return self.fail(now_ms, Outcome::Failed, reason, actions);
+        }
+        actions.push(Action::Send {
+            to: 0,
+            message: Control::SinkMark { checkpoint, mark },
+        });
     }
 
     fn output_final(&mut self, actions: &mut Vec<Action>) {
@@ -701,6 +767,7 @@ mod tests {
             output_ids: false,
             checkpoints: None,
             spread_sources: Vec::new(),
+            member_sink: None,
         }
     }
 
@@ -1200,7 +1267,7 @@ mod tests {
                             ending_since.get_or_insert(now_ms);
                         }
                         Action::Exit { .. } => exits += 1,
-                        Action::StopSources => assert!(is_leader),
+                        Action::StopSources | Action::MemberMark(_) => assert!(is_leader),
                         Action::ReadersProgress(_) => assert!(!is_leader),
                     }
                 }
@@ -1258,5 +1325,77 @@ mod tests {
                 prop_assert!(lifecycle.is_exited());
             }
         }
+    }
+
+    #[test]
+    fn a_workers_sink_mark_reaches_process_0_s_output_thread_and_a_long_one_fails_the_run() {
+        let mut worker = WorkerLifecycle::new(2, deadlines());
+        worker.handle(0, Event::Start);
+        let before_job = worker.clone().handle(
+            1,
+            Event::SinkMark {
+                checkpoint: 1,
+                mark: vec![],
+            },
+        );
+        assert!(
+            exit(&before_job).is_none() && matches!(sent(&before_job)[..], [(0, Control::Failed { .. })])
+        );
+        worker.handle(
+            1,
+            Event::Control {
+                from: 0,
+                message: Control::Job(job()),
+            },
+        );
+        let mark = Control::SinkMark {
+            checkpoint: 3,
+            mark: b"m".to_vec(),
+        };
+        let marked = worker.handle(
+            2,
+            Event::SinkMark {
+                checkpoint: 3,
+                mark: b"m".to_vec(),
+            },
+        );
+        assert_eq!(sent(&marked), [(0, mark.clone())]);
+        let mut leader = LeaderLifecycle::new(3, job(), deadlines());
+        let unstarted = leader.clone().handle(
+            0,
+            Event::Control {
+                from: 2,
+                message: mark.clone(),
+            },
+        );
+        assert!(
+            matches!(unstarted.last(), Some(Action::Flush)),
+            "a mark before the job: {unstarted:?}"
+        );
+        leader.handle(0, Event::Start);
+        let heard = leader.handle(
+            1,
+            Event::Control {
+                from: 2,
+                message: mark,
+            },
+        );
+        let expected = crate::member_sink::MemberMark {
+            process: 2,
+            checkpoint: 3,
+            mark: b"m".to_vec(),
+        };
+        assert_eq!(heard, [Action::MemberMark(expected)]);
+        let long = worker.handle(
+            3,
+            Event::SinkMark {
+                checkpoint: 4,
+                mark: vec![0; SINK_MARK_SIZE_MAX_BYTES + 1],
+            },
+        );
+        let Some((0, Control::Failed { reason })) = sent(&long).pop() else {
+            panic!("{long:?}")
+        };
+        assert!(reason.contains("take checkpoints more often"), "{reason}");
     }
 }

@@ -81,20 +81,21 @@
 //!   lines inside a transaction, ends it at `barrier(c)` and commits it at
 //!   `commit(c)` (or uses the idempotent producer with at-least-once
 //!   delivery). It registers as the `kafka` scheme in `Connectors`.
-//! * **Sinks written by every process** (`written_by_every_process`; the
-//!   trait method and `SinkContext` are built, the runtime does not act on
-//!   them yet: process 0 still writes all output). The plan: the job names
-//!   the sink's argument (as `Job::spread_sources` does a source's); each
-//!   worker builds it through `Connectors` and opens it with its own
-//!   `SinkContext`, and its shards hand their lines to a local output
-//!   thread instead of the output channel, which keeps carrying parts,
-//!   dead letters and `Finished` to process 0. Once every local shard passed
-//!   checkpoint `k`, the worker's sink takes `barrier(k)` and sends its
-//!   `resume_mark` to process 0; process 0's checkpoint of `k` completes
-//!   only with every process's mark (kept per process in `JobMeta`), is
-//!   written manifest last, and its completion reaches the workers as
-//!   `Control::Readers` does today, on which each worker's sink `commit`s.
-//!   A recovery resumes each process's sink from its own mark.
+//! * **Sinks written by every process** (`written_by_every_process`). The
+//!   job names the sink's argument (`Job::member_sink`, as
+//!   `Job::spread_sources` does a source's); each worker builds it through
+//!   `Connectors`, opens it with its own `SinkContext` and drives it as a
+//!   `member_sink::MemberSink`: its shards' lines go there, while parts,
+//!   dead letters and `Finished` keep going to process 0. Once every local
+//!   shard passed checkpoint `k`, the worker's sink takes `barrier(k)` and
+//!   sends its `resume_mark` to process 0 (`Control::SinkMark`); process
+//!   0's checkpoint of `k` completes only with every process's mark (kept
+//!   per process in `JobMeta::member_marks`), is written manifest last, and
+//!   its completion reaches the workers as `Control::Readers`, on which
+//!   each worker's sink `commit`s. A recovery resumes each process's sink
+//!   from its own mark. The protocol is built and simulated (`verity sim
+//!   --sink txn-log-per-process`); the threaded runtime does not run it
+//!   yet: process 0 still writes all output.
 
 mod position;
 mod registry;
@@ -311,8 +312,9 @@ pub trait SinkConnector: Send {
     /// into it directly, instead of relaying it to process 0; checkpoints
     /// stay coordinated by process 0 (each process's sink takes the
     /// checkpoint's `barrier` and reports its `resume_mark`, process 0
-    /// writes the checkpoint, then every process's sink `commit`s). Not
-    /// acted on yet: process 0 writes all output (the module docs' plan).
+    /// writes the checkpoint, then every process's sink `commit`s; the
+    /// protocol is `member_sink`). The threaded runtime does not act on it
+    /// yet: process 0 writes all output (the module docs).
     fn written_by_every_process(&self) -> bool {
         false
     }

@@ -235,6 +235,12 @@ pub struct PlantedBugs {
     /// In the Kafka sink's transaction protocol (`verity_kafka::LogSink`;
     /// caught with `SimConfig::log_sink`).
     pub kafka: verity_kafka::SinkBugs,
+    /// In a worker's own sink (`verity_core::member_sink`; caught with
+    /// `SimConfig::member_sinks`).
+    pub member: verity_core::member_sink::MemberSinkBugs,
+    /// In process 0's checkpoint coordination of sinks written by every
+    /// process (`verity_core::checkpoint::Checkpointer`).
+    pub coordinator: verity_core::checkpoint::CoordinatorBugs,
 }
 
 impl PlantedBugs {
@@ -261,12 +267,19 @@ impl PlantedBugs {
     /// Bugs of the Kafka sink, which only seeds with `log_sink` reach.
     pub const LOG_SINK_NAMES: [&'static str; 2] = ["kafka-commit-at-barrier", "kafka-skip-recommit"];
 
+    /// Bugs of sinks written by every process, which only seeds with
+    /// `member_sinks` reach.
+    pub const MEMBER_SINK_NAMES: [&'static str; 2] =
+        ["member-commit-before-manifest", "complete-without-a-member-mark"];
+
     /// The bug a name plants.
     pub fn named(name: &str) -> Result<PlantedBugs, String> {
         let mut bugs = PlantedBugs::default();
         *match name {
             "kafka-commit-at-barrier" => &mut bugs.kafka.commit_at_barrier,
             "kafka-skip-recommit" => &mut bugs.kafka.skip_recommit,
+            "member-commit-before-manifest" => &mut bugs.member.commit_before_manifest,
+            "complete-without-a-member-mark" => &mut bugs.coordinator.complete_without_last_member_mark,
             "no-dedup" => &mut bugs.no_dedup,
             "no-retransmit" => &mut bugs.protocol.no_retransmit,
             "resend-from-wrong-seq" => &mut bugs.protocol.resend_from_wrong_seq,
@@ -284,9 +297,13 @@ impl PlantedBugs {
             "state-from-older-checkpoint" => &mut bugs.recover.state_from_older_checkpoint,
             "stale-quote" => &mut bugs.market_spread.stale_quote,
             other => {
-                let known = [&PlantedBugs::NAMES[..], &PlantedBugs::LOG_SINK_NAMES[..]]
-                    .concat()
-                    .join(", ");
+                let known = [
+                    &PlantedBugs::NAMES[..],
+                    &PlantedBugs::LOG_SINK_NAMES[..],
+                    &PlantedBugs::MEMBER_SINK_NAMES[..],
+                ]
+                .concat()
+                .join(", ");
                 return Err(format!("unknown planted bug `{other}` (known: {known})"));
             }
         } = true;
@@ -326,6 +343,12 @@ pub struct SimConfig {
     /// read_committed consumer of its topic sees (`verity sim --sink
     /// txn-log`).
     pub log_sink: bool,
+    /// With `log_sink`, in a cluster: every process writes its own shards'
+    /// output into its own transactional sink (`verity_core::member_sink`,
+    /// transactional id per process), process 0 completes each checkpoint
+    /// with every worker's sink mark, and each worker commits when process
+    /// 0 says it completed (`verity sim --sink txn-log-per-process`).
+    pub member_sinks: bool,
 }
 
 /// One seed in this many keeps an audit log, unless the config says.
@@ -385,6 +408,7 @@ impl SimConfig {
             audit: None,
             spread: false,
             log_sink: false,
+            member_sinks: false,
         }
     }
 
@@ -410,10 +434,10 @@ impl SimConfig {
         } else {
             streams
         };
-        let streams = if self.log_sink {
-            streams + " --sink txn-log"
-        } else {
-            streams
+        let streams = match (self.log_sink, self.member_sinks) {
+            (true, true) => streams + " --sink txn-log-per-process",
+            (true, false) => streams + " --sink txn-log",
+            _ => streams,
         };
         format!(
             "verity sim --app {} --seed {} --processes {} --workers {} --faults {} --sim-seconds {} --records {}{streams} --trace",

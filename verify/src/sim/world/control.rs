@@ -163,7 +163,7 @@ where
         self.lifecycles.job_started[process as usize]
     }
 
-    fn lifecycle_event(&mut self, process: u32, event: LifeEvent) {
+    pub(super) fn lifecycle_event(&mut self, process: u32, event: LifeEvent) {
         let now_ms = self.local_clock_ms(process);
         let actions = self.lifecycles.machines[process as usize].handle(now_ms, event);
         for action in actions {
@@ -228,6 +228,21 @@ where
             Action::ReadersProgress(progress) => {
                 self.trace(format_args!("process {process}: readers' progress {progress:?}"));
                 self.readers_heard(process, progress);
+                self.member_heard(process, progress.committed);
+            }
+            Action::MemberMark(mark) if self.config.member_sinks => {
+                self.trace(format_args!(
+                    "process 0: process {}'s sink mark of checkpoint {}",
+                    mark.process, mark.checkpoint
+                ));
+                self.write_to_sinks(0, verity_core::sink::OutputMessage::MemberMark(mark));
+            }
+            Action::MemberMark(mark) => {
+                let failure = format!(
+                    "process {} sent a sink mark in a seed whose sink process 0 writes",
+                    mark.process
+                );
+                self.net.failure.get_or_insert(failure);
             }
             Action::Flush => {
                 self.trace(format_args!("process {process}: flushes"));
@@ -477,7 +492,8 @@ where
     fn forward_readers_progress(&mut self) {
         // As in production, only a job with spread sources has readers
         // outside process 0 to tell.
-        if !self.lifecycles.job_started[0] || self.lifecycles.job.spread_sources.is_empty() {
+        let job = &self.lifecycles.job;
+        if !self.lifecycles.job_started[0] || (job.spread_sources.is_empty() && job.member_sink.is_none()) {
             return;
         }
         let progress = self.output.progress();
@@ -537,14 +553,23 @@ where
     /// worker's when its shards finished and sent their `Finished`.
     pub(super) fn job_done(&self, process: u32) -> bool {
         if process == 0 {
-            return self.is_done();
+            // With sinks written by every process, the output is in once
+            // every worker's sink reported its end too.
+            let awaits = self
+                .output
+                .output()
+                .is_some_and(|o| o.writer().awaits_member_ends());
+            return self.is_done() && !awaits;
         }
-        // A production shard driver is finished once its `Finished` is sent.
+        // A production shard driver is finished once its `Finished` is sent;
+        // a worker's own sink, once it flushed its output.
         self.layout.shards_of(process).all(|shard| {
             self.drivers[shard as usize]
                 .as_ref()
                 .is_some_and(|d| d.is_finished())
-        })
+        }) && self.members[process as usize]
+            .as_ref()
+            .is_none_or(MemberSink::flushed)
     }
 
     /// Which processes have not exited, for a liveness report.

@@ -14,7 +14,8 @@ use verity_kafka::{LogSink, SimBroker, SinkBugs, SinkDelivery};
 
 pub(super) const OUTPUT_TOPIC: &str = "out";
 const OUTPUT_PARTITIONS: u32 = 3;
-/// Process 0's, stable across lives, as production's is.
+/// Process 0's, stable across lives, as production's is
+/// (`verity_kafka::transactional_id("sim", 0)`).
 const TRANSACTIONAL_ID: &str = "verity-sim-p0";
 
 pub(super) fn new_broker() -> SimBroker {
@@ -81,6 +82,21 @@ impl SinkConnector for Tee {
         self.file.resume(file)?;
         self.log.resume(&mark[4 + len..])
     }
+}
+
+/// Worker `process`'s own Kafka sink (`SimConfig::member_sinks`), under its
+/// own transactional id, stable across lives as production's
+/// (`verity-<job>-p<process>`).
+pub(super) fn open_member(
+    broker: &SimBroker,
+    app: verity_apps::AppName,
+    bugs: SinkBugs,
+    process: u32,
+) -> Result<LogSink<SimProducer>, SinkError> {
+    let id = verity_kafka::transactional_id("sim", process);
+    let producer = broker.producer(OUTPUT_TOPIC, Some(&id));
+    let key_of = verity_apps::record_keys::output_key(app);
+    LogSink::open(producer, SinkDelivery::Transactional, key_of, bugs)
 }
 
 /// What a read_committed consumer of the output topic sees: one line per

@@ -20,6 +20,7 @@ use verity_core::cluster::{channel_id, Layout};
 use verity_core::connector::sources::line_reader_at;
 use verity_core::driver::{ShardDriver, PEER_DRAIN_MAX};
 use verity_core::flow::Logic;
+use verity_core::member_sink::MemberSink;
 use verity_core::shard::{Batch, CheckpointPart, ShardCore, ShardCounters, ShardLimits};
 use verity_core::sink::{DeadLetterWriter, OutputLoop, OutputWriter};
 use verity_core::source::{Dealer, ReaderBugs, SourceEvent, CHUNK_SIZE_BYTES, LINE_SIZE_MAX_BYTES};
@@ -32,6 +33,7 @@ use verity_net::liveness::LivenessConfig;
 mod audit;
 mod control;
 mod log_sink;
+mod member_sinks;
 mod network;
 mod output;
 mod processes;
@@ -302,6 +304,9 @@ struct World<'a, K, V, S, O> {
     audit: Option<audit::SimAudit>,
     /// The Kafka broker of `SimConfig::log_sink` seeds (it outlives a crash).
     broker: Option<SimBroker>,
+    /// Per process, its own sink (`SimConfig::member_sinks`; never process
+    /// 0's, which its output writer holds).
+    members: Vec<Option<MemberSink>>,
 }
 
 /// What outlives every process dying at once: the disk, the files the sinks
@@ -828,7 +833,7 @@ where
         }
         let sources = logic.chains.len();
         assert_eq!(sources, inputs.len(), "one input per source");
-        let drivers = shards
+        let drivers: Vec<Option<ShardDriver<K, V, S, O>>> = shards
             .into_iter()
             .map(|core| {
                 let mut driver = ShardDriver::new(core, sources);
@@ -928,6 +933,7 @@ where
                 restart,
                 recovery.as_ref().map_or(1, |r| r.next_store_id),
             )
+            .with_bugs(config.bugs.coordinator)
         });
         let job = verity_core::cluster::Job {
             app: config.app.name().to_string(),
@@ -954,6 +960,7 @@ where
             } else {
                 Vec::new()
             },
+            member_sink: config.member_sinks.then(|| "txn-log".into()),
         };
         // Past the liveness bound: a job that never arrives is a liveness
         // finding, reported with what every shard awaits.
@@ -977,6 +984,24 @@ where
             ),
             None => file_sink,
         };
+        let members: Vec<Option<MemberSink>> = (0..config.processes)
+            .map(|process| {
+                let broker = broker.as_ref().filter(|_| config.member_sinks && process > 0)?;
+                let sink = log_sink::open_member(broker, config.app, config.bugs.kafka, process)
+                    .unwrap_or_else(|e| panic!("opening process {process}'s Kafka sink: {e}"));
+                let mut member = MemberSink::new(Box::new(sink), process, layout.shards_of(process))
+                    .with_bugs(config.bugs.member);
+                if let Some(restart) = recovery.as_ref().and_then(|r| r.restart.as_ref()) {
+                    member.resume(&restart.meta).unwrap_or_else(|e| {
+                        panic!(
+                            "recovery of process {process}'s sink from checkpoint {}: {e}",
+                            restart.meta.checkpoint
+                        )
+                    });
+                }
+                Some(member)
+            })
+            .collect();
         let mut writer = OutputWriter::new(
             sink,
             DeadLetterWriter::with_sink(Box::new(SimFile(dead_letter_text.clone())), source_names.to_vec()),
@@ -1004,7 +1029,12 @@ where
         for file in [&output_text, &dead_letter_text] {
             file.expect_commits_from(resumed + 1);
         }
-        let output_lines = line_count(&output_text.bytes());
+        let output_lines = match config.member_sinks {
+            // Process 0's file holds its own shards' lines only: what every
+            // shard wrote up to the checkpoint is in its restored counters.
+            true => drivers.iter().flatten().map(|d| d.counters().records_out).sum(),
+            false => line_count(&output_text.bytes()),
+        };
         if let Some(audit) = &mut audit {
             writer = writer.with_audit(verity_core::audit::OutputAudit::new(audit.out(0), clocks.of(0)));
             if let Some(restart) = restart {
@@ -1043,9 +1073,13 @@ where
             buggify,
             depths,
             output: output::OutputThread::new(OutputLoop::new(
-                match checkpointer {
-                    Some(checkpointer) => writer.with_checkpoints(checkpointer),
-                    None => writer,
+                match (checkpointer, config.member_sinks) {
+                    (Some(checkpointer), true) => writer
+                        .with_checkpoints(checkpointer)
+                        .with_member_sinks(config.processes),
+                    (Some(checkpointer), false) => writer.with_checkpoints(checkpointer),
+                    (None, true) => writer.with_member_sinks(config.processes),
+                    (None, false) => writer,
                 },
                 Default::default(),
             )),
@@ -1054,6 +1088,7 @@ where
             checkpoint_parts: vec![resumed; total as usize],
             output_text,
             broker,
+            members,
             output_lines,
             dead_letters_written,
             expected_lines,
@@ -1542,14 +1577,19 @@ where
             .then(|| self.readers.iter().map(Reader::read_bytes).collect());
         // As the output thread once every sender is gone: commit both sinks.
         let mut failure = failure;
+        // A run cut short has no final output; with sinks written by every
+        // process, the workers' sinks never flushed theirs, so process 0's
+        // writer refuses to finish and their transactions stay open.
+        let unfinished = self.config.member_sinks && failure_injected;
         if let Some(finished) = self.finish_output() {
-            if failure.is_none() && !self.crashed {
+            if failure.is_none() && !self.crashed && !unfinished {
                 failure = self.check_finished_sinks(finished).err();
             }
             if failure.is_none() && !self.crashed {
                 failure = self.release_readers(failure_injected).err();
             }
-            if let (None, false, Some(broker)) = (&failure, self.crashed, &self.broker) {
+            let broker = self.broker.as_ref().filter(|_| !unfinished);
+            if let (None, false, Some(broker)) = (&failure, self.crashed, broker) {
                 let open = log_sink::open_records(broker);
                 if open > 0 {
                     failure = Some(format!(

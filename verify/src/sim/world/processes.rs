@@ -16,6 +16,7 @@ use verity_core::connector::Position;
 use verity_core::connector::{SourceConnector, SourceError, SourceReader};
 use verity_core::driver::{OutputSent, Sent, ShardPorts, Wait, Watch};
 use verity_core::line::DeadLetter;
+use verity_core::member_sink::MemberMessage;
 use verity_core::sink::{OutputBatch, OutputMessage};
 use verity_core::source::{self, ReadLoop, ReadStep, SourceCut, SourceSpec};
 
@@ -454,6 +455,12 @@ where
             self.world.write_to_sinks(self.shard, OutputMessage::Lines(lines));
             return OutputSent::Taken;
         }
+        if self.world.members[self.world.layout.process_of(self.shard) as usize].is_some() {
+            self.world.count_output(&lines);
+            self.world
+                .write_to_member(self.shard, MemberMessage::Lines(lines));
+            return OutputSent::Taken;
+        }
         if self.world.try_upstream(self.shard, &UpstreamRef::Lines(&lines)) {
             OutputSent::Returned(lines)
         } else {
@@ -514,6 +521,9 @@ where
             self.world.uploads[s] = Some(upload);
             return Sent::Full(part);
         }
+        // All of the shard's output of the checkpoint came before its part.
+        self.world
+            .write_to_member(self.shard, MemberMessage::Passed(part.checkpoint));
         Sent::Done
     }
 
@@ -534,10 +544,16 @@ where
     }
 
     fn try_finished(&mut self, counters: ShardCounters) -> bool {
-        self.world.layout.is_local_to(0, self.shard)
-            || self
-                .world
-                .try_upstream(self.shard, &UpstreamRef::Finished(&counters))
+        if self.world.layout.is_local_to(0, self.shard) {
+            return true;
+        }
+        let sent = self
+            .world
+            .try_upstream(self.shard, &UpstreamRef::Finished(&counters));
+        if sent {
+            self.world.member_shard_finished(self.shard);
+        }
+        sent
     }
 }
 
@@ -808,7 +824,7 @@ where
 
     /// Into process 0's output writer (the output thread's production
     /// logic, writing into memory).
-    fn write_to_sinks(&mut self, shard: u32, message: OutputMessage) {
+    pub(super) fn write_to_sinks(&mut self, shard: u32, message: OutputMessage) {
         if self.crashed {
             return; // process 0 died in this very turn
         }
@@ -820,6 +836,7 @@ where
                 self.dead_letters_written += 1;
             }
             OutputMessage::Checkpoint(part) => self.checkpoint_parts[shard as usize] = part.checkpoint,
+            OutputMessage::MemberMark(_) => {}
         }
         let crashes = self.disk.stats().crashes;
         let committed = self
@@ -857,14 +874,15 @@ where
             self.crashed_after_commit = Some(completed);
             return;
         }
-        if completed < all_in {
+        // (With sinks written by every process it also waits for their marks.)
+        if completed < all_in && !self.config.member_sinks {
             self.net.failure.get_or_insert(format!(
                 "checkpoint {all_in}: every shard's part is in, but the output writer completed only {completed}"
             ));
         }
     }
 
-    fn count_output(&mut self, lines: &[u8]) {
+    pub(super) fn count_output(&mut self, lines: &[u8]) {
         self.output_lines += lines.iter().filter(|b| **b == b'\n').count() as u64;
     }
 
