@@ -36,12 +36,25 @@ const KEY_SIZES_BYTES: [usize; 6] = [
 
 /// A generator of `lines` lines of `app` input from `seed`.
 pub fn generator(app: AppName, lines: u64, seed: u64) -> Box<dyn LineGenerator> {
-    Box::new(generator_shape(app, lines, seed))
+    match app {
+        AppName::Nexmark(_) => nexmark_events(lines, seed),
+        _ => Box::new(generator_shape(app, lines, seed)),
+    }
+}
+
+/// Nexmark's events (every query reads the same) at the default rate; all
+/// well formed.
+fn nexmark_events(lines: u64, seed: u64) -> Box<dyn LineGenerator> {
+    use crate::nexmark::generator::{NexmarkLines, DEFAULT_EVENT_RATE_PER_S};
+    Box::new(NexmarkLines::new(lines, seed, DEFAULT_EVENT_RATE_PER_S))
 }
 
 /// Like `generator`, but only well-formed lines (`verity generate
 /// --well-formed`: for tests that plant their own bad lines).
 pub fn well_formed_generator(app: AppName, lines: u64, seed: u64) -> Box<dyn LineGenerator> {
+    if let AppName::Nexmark(_) = app {
+        return nexmark_events(lines, seed);
+    }
     let mut generator = generator_shape(app, lines, seed);
     generator.malformed = false;
     Box::new(generator)
@@ -56,6 +69,7 @@ fn generator_shape(app: AppName, lines: u64, seed: u64) -> Generator {
         AppName::SeqWindow => Box::new(Sequences {
             next: vec![1; SEQ_WINDOW_KEYS],
         }),
+        AppName::Nexmark(_) => panic!("nexmark events come from `nexmark_events`"),
     };
     Generator {
         rng,

@@ -108,7 +108,7 @@ fn line_key(app: AppName, line: &[u8]) -> Option<&[u8]> {
                 _ => None,
             }
         }
-        AppName::Doubler | AppName::Wordcount => None,
+        AppName::Doubler | AppName::Wordcount | AppName::Nexmark(_) => None,
     }
 }
 
