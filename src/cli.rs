@@ -518,7 +518,9 @@ struct RunArgs {
     max_quote_age_ms: Option<u64>,
     /// A bug planted on purpose, to show a verifier catches it (tests only):
     /// `stale-quote` (market-spread decides on the quote before the newest).
-    #[arg(long, value_name = "NAME", hide = true, value_parser = ["stale-quote"])]
+    /// Nexmark: `q2-off-by-one` (q2 keeps the bids of the auction after
+    /// each 123rd).
+    #[arg(long, value_name = "NAME", hide = true, value_parser = ["stale-quote", "q2-off-by-one"])]
     plant_bug: Option<String>,
 }
 
@@ -927,6 +929,11 @@ fn app_options(args: &RunArgs) -> AppOptions {
         market_spread_bugs: verity_apps::market_spread::Bugs {
             stale_quote: args.plant_bug.as_deref() == Some("stale-quote"),
         },
+        nexmark_bugs: args
+            .plant_bug
+            .as_deref()
+            .and_then(verity_apps::nexmark::Bugs::named)
+            .unwrap_or_default(),
     }
 }
 

@@ -93,6 +93,8 @@ pub struct AppOptions {
     pub max_quote_age_ms: Option<u64>,
     /// Planted bugs (tests only; `verity run --plant-bug`).
     pub market_spread_bugs: market_spread::Bugs,
+    /// Planted bugs (tests only; `verity nexmark --plant-bug`).
+    pub nexmark_bugs: nexmark::Bugs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +195,9 @@ pub fn drive_app<D: Driver>(
         AppName::Doubler => driver.drive(doubler::dataflow(single(input)?))?,
         AppName::Wordcount => driver.drive(wordcount::dataflow(single(input)?, options.final_counts))?,
         AppName::SeqWindow => driver.drive(seq_window::dataflow(single(input)?))?,
-        AppName::Nexmark(query) => nexmark::queries::drive(query, single(input)?, driver)?,
+        AppName::Nexmark(query) => {
+            nexmark::queries::drive(query, single(input)?, options.nexmark_bugs, driver)?
+        }
         AppName::MarketSpread => {
             let inputs = match input {
                 AppInput::Single(spec) => market_spread::Inputs::Mixed(spec),

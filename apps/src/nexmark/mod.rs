@@ -10,6 +10,23 @@ pub mod queries;
 use verity_core::wire::take;
 use verity_core::{Wire, WireError};
 
+/// Bugs planted in the queries on purpose, to show `--check` catches them
+/// (tests only; they never travel to a cluster's workers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// q2 keeps the bids of the auction after each 123rd instead.
+    pub q2_off_by_one: bool,
+}
+
+impl Bugs {
+    pub fn named(name: &str) -> Option<Bugs> {
+        match name {
+            "q2-off-by-one" => Some(Bugs { q2_off_by_one: true }),
+            _ => None,
+        }
+    }
+}
+
 /// The Nexmark queries by their command-line names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Query {

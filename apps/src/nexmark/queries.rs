@@ -4,7 +4,7 @@
 //! output is written.
 
 use super::events::{parse_event, write_bid, BidRef, EventRef};
-use super::{Id, Query, Text};
+use super::{Bugs, Id, Query, Text};
 use crate::format::write_u64;
 use crate::{AppError, Driver};
 use verity_core::wire::take;
@@ -23,11 +23,11 @@ pub const Q3_STATES: [&[u8]; 3] = [b"or", b"id", b"ca"];
 pub const Q3_CATEGORY: u64 = 10;
 
 /// Builds `query`'s dataflow on `input` (the events) and hands it to `driver`.
-pub fn drive<D: Driver>(query: Query, input: SourceSpec, driver: D) -> Result<D::Out, AppError> {
+pub fn drive<D: Driver>(query: Query, input: SourceSpec, bugs: Bugs, driver: D) -> Result<D::Out, AppError> {
     Ok(match query {
         Query::Q0 => driver.drive(q0(input))?,
         Query::Q1 => driver.drive(q1(input))?,
-        Query::Q2 => driver.drive(q2(input))?,
+        Query::Q2 => driver.drive(q2(input, bugs))?,
         Query::Q3 => driver.drive(q3(input))?,
         Query::Q4 | Query::Q5 | Query::Q6 | Query::Q7 | Query::Q8 => {
             return Err(AppError::NotBuilt(query.name()))
@@ -99,10 +99,11 @@ pub fn q1(input: SourceSpec) -> Dataflow<Id, Text, (), Text> {
 }
 
 /// q2: `auction,price` of the bids on every 123rd auction.
-pub fn q2(input: SourceSpec) -> Dataflow<Id, u64, (), (Id, u64)> {
+pub fn q2(input: SourceSpec, bugs: Bugs) -> Dataflow<Id, u64, (), (Id, u64)> {
+    let remainder = u64::from(bugs.q2_off_by_one);
     Stream::from_source(input)
-        .flat_map(|line: Line, out| match parse_event(line.as_bytes())? {
-            EventRef::Bid(bid) if bid.auction % Q2_AUCTION_SKIP == 0 => {
+        .flat_map(move |line: Line, out| match parse_event(line.as_bytes())? {
+            EventRef::Bid(bid) if bid.auction % Q2_AUCTION_SKIP == remainder => {
                 out.push((Id(bid.auction), bid.price))
             }
             _ => Ok(()),

@@ -568,6 +568,7 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
         final_counts: config.final_counts,
         max_quote_age_ms: audit.max_quote_age_ms,
         market_spread_bugs: config.bugs.market_spread,
+        nexmark_bugs: Default::default(),
     };
     let outcome = drive_app(config.app, app_input(&streams), options, driver);
     let mut outcome = match outcome {
