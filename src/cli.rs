@@ -1143,8 +1143,12 @@ fn report(app: AppName, summary: &RunSummary, outputs: &Outputs) {
         (DeadLetterSpec::File(path), n) if n > 0 => format!(" (see {})", path.display()),
         _ => String::new(),
     };
+    let late_note = match summary.late {
+        0 => String::new(),
+        late => format!(", {late} of them late"),
+    };
     eprintln!(
-        "verity: {} {}: {} records in, {} out, {} dead-lettered{} in {:.3} s ({:.2}M events/s, {} workers)",
+        "verity: {} {}: {} records in, {} out, {} dead-lettered{}{} in {:.3} s ({:.2}M events/s, {} workers)",
         app.name(),
         if summary.interrupted {
             "stopped early"
@@ -1154,6 +1158,7 @@ fn report(app: AppName, summary: &RunSummary, outputs: &Outputs) {
         summary.records_in,
         summary.records_out,
         summary.dead_lettered,
+        late_note,
         dead_letter_note,
         summary.wall.as_secs_f64(),
         summary.events_per_second() / 1e6,
