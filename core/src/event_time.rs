@@ -51,6 +51,16 @@ pub const IDLE_TIMEOUT_MS: u64 = 5_000;
 /// The watermark once every input ended: everything is due.
 pub const WATERMARK_END_MS: u64 = u64::MAX;
 
+/// Bugs the simulator plants to show its oracle catches them (all off in
+/// production; `ShardCore::plant_event_time_bugs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventTimeBugs {
+    /// A stream's watermark is its highest event time, without the delay.
+    pub watermark_ignores_delay: bool,
+    /// Event-time timers fire when the watermark is 1 ms short of them.
+    pub fire_one_ms_early: bool,
+}
+
 /// How one input's records carry event time: a reader of the value and the
 /// input's bounded out-of-orderness.
 pub struct EventTimeSpec<V> {
@@ -139,6 +149,7 @@ pub struct Watermarks {
     streams: Vec<StreamTime>,
     idle_timeout_ms: Option<u64>,
     watermark_ms: u64,
+    bugs: EventTimeBugs,
 }
 
 impl Watermarks {
@@ -158,6 +169,23 @@ impl Watermarks {
             streams,
             idle_timeout_ms,
             watermark_ms: 0,
+            bugs: EventTimeBugs::default(),
+        }
+    }
+
+    /// Plants `bugs` (tests only).
+    pub fn plant_bugs(&mut self, bugs: EventTimeBugs) {
+        self.bugs = bugs;
+        if bugs.watermark_ignores_delay {
+            self.streams.iter_mut().for_each(|time| time.max_delay_ms = 0);
+        }
+    }
+
+    /// The watermark up to which event-time timers are due.
+    pub fn timers_due_ms(&self) -> u64 {
+        match self.bugs.fire_one_ms_early {
+            true => self.watermark_ms.saturating_add(1),
+            false => self.watermark_ms,
         }
     }
 

@@ -1385,15 +1385,17 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 event.marks.ended(stream as u32);
             }
         }
-        let watermark_ms = event.marks.advance(now_us);
-        self.fire_event_timers(watermark_ms)
+        event.marks.advance(now_us);
+        let due_ms = event.marks.timers_due_ms();
+        self.fire_event_timers(due_ms)
     }
 
-    /// Fires the event-time timers due at `watermark_ms`, in (time, key)
-    /// order; returns how many fired.
-    fn fire_event_timers(&mut self, watermark_ms: u64) -> u64 {
-        let due = self.keyed.event_timers.take_due(watermark_ms);
+    /// Fires the event-time timers due at or before `due_ms` (the
+    /// watermark), in (time, key) order; returns how many fired.
+    fn fire_event_timers(&mut self, due_ms: u64) -> u64 {
+        let due = self.keyed.event_timers.take_due(due_ms);
         let fired = due.len() as u64;
+        let watermark_ms = self.watermark_ms().unwrap_or(due_ms);
         for (at_ms, key, by) in due {
             let context = EventContext {
                 event_time_ms: Some(at_ms),
@@ -1441,6 +1443,13 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             );
         }
         let _ = self.keyed.clock.end_unit(0);
+    }
+
+    /// A test-only fault switch: the simulator's planted event-time bugs.
+    pub fn plant_event_time_bugs(&mut self, bugs: crate::event_time::EventTimeBugs) {
+        if let Some(event) = &mut self.keyed.event {
+            event.marks.plant_bugs(bugs);
+        }
     }
 
     /// The shard's event-time watermark (ms), with event time.

@@ -783,6 +783,9 @@ where
         if config.bugs.no_dedup {
             shards.iter_mut().for_each(ShardCore::disable_dedup_for_testing);
         }
+        for core in &mut shards {
+            core.plant_event_time_bugs(config.bugs.event_time);
+        }
         let restart = recovery.as_ref().and_then(|r| r.restart.as_ref());
         let mut restored_deltas = 0;
         if let (Some(restart), Some(recovery)) = (restart, &recovery) {
