@@ -9,6 +9,7 @@ pub mod market_spread;
 pub mod nexmark;
 pub mod record_keys;
 pub mod seq_window;
+pub mod window_count;
 pub mod wordcount;
 
 use verity_core::{run, Dataflow, Key, Outputs, RunConfig, RunError, RunSummary, SourceSpec, Wire};
@@ -20,6 +21,7 @@ pub enum AppName {
     Wordcount,
     MarketSpread,
     SeqWindow,
+    WindowCount,
     /// One Nexmark query over the Nexmark events (`verity nexmark`).
     Nexmark(nexmark::Query),
 }
@@ -27,11 +29,12 @@ pub enum AppName {
 impl AppName {
     /// The reference apps (`verity run`); the Nexmark queries are
     /// `AppName::Nexmark` of each `nexmark::Query::ALL`.
-    pub const ALL: [AppName; 4] = [
+    pub const ALL: [AppName; 5] = [
         AppName::Doubler,
         AppName::Wordcount,
         AppName::MarketSpread,
         AppName::SeqWindow,
+        AppName::WindowCount,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +44,7 @@ impl AppName {
             AppName::MarketSpread => "market-spread",
             AppName::SeqWindow => "seq-window",
             AppName::Nexmark(query) => query.app_name(),
+            AppName::WindowCount => "window-count",
         }
     }
 
@@ -60,6 +64,7 @@ impl AppName {
             AppName::MarketSpread => market_spread::FORMAT_HELP,
             AppName::SeqWindow => seq_window::FORMAT_HELP,
             AppName::Nexmark(_) => nexmark::events::TEXT_FORM_HELP,
+            AppName::WindowCount => window_count::FORMAT_HELP,
         }
     }
 }
@@ -198,6 +203,7 @@ pub fn drive_app<D: Driver>(
         AppName::Nexmark(query) => {
             nexmark::queries::drive(query, single(input)?, options.nexmark_bugs, driver)?
         }
+        AppName::WindowCount => driver.drive(window_count::dataflow(single(input)?))?,
         AppName::MarketSpread => {
             let inputs = match input {
                 AppInput::Single(spec) => market_spread::Inputs::Mixed(spec),

@@ -68,7 +68,7 @@ pub fn input_key(app: AppName) -> KeyOfLine {
     match app {
         AppName::Doubler => trimmed,
         AppName::Wordcount => whole,
-        AppName::SeqWindow => first_field,
+        AppName::SeqWindow | AppName::WindowCount => first_field,
         AppName::MarketSpread => market_input_symbol,
         // A query keys an event by one of several fields.
         AppName::Nexmark(_) => whole,
@@ -79,7 +79,7 @@ pub fn input_key(app: AppName) -> KeyOfLine {
 pub fn output_key(app: AppName) -> KeyOfLine {
     match app {
         AppName::Doubler => whole,
-        AppName::Wordcount | AppName::SeqWindow => first_field,
+        AppName::Wordcount | AppName::SeqWindow | AppName::WindowCount => first_field,
         AppName::MarketSpread => market_output_symbol,
         AppName::Nexmark(query) if query.output_key_field() == 1 => second_field,
         AppName::Nexmark(_) => first_comma_field,
