@@ -45,9 +45,9 @@ pub struct NexmarkModel {
     q5_windows: BTreeMap<u64, BTreeMap<u64, u64>>,
     /// q7: per window start, the top price and its bids in input order.
     q7_windows: BTreeMap<u64, (u64, Vec<String>)>,
-    /// q8: per (window start, person): the person's name if they joined in
-    /// the window, and whether they opened an auction in it.
-    q8_windows: BTreeMap<(u64, u64), (Option<String>, bool)>,
+    /// q8: per (window start, person): the names of the person events and
+    /// the reserves of the person's auctions in the window, in input order.
+    q8_windows: BTreeMap<(u64, u64), (Vec<String>, Vec<u64>)>,
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -201,12 +201,19 @@ impl NexmarkModel {
             }
             EventRef::Person(p) => {
                 let start = time / Q8_SIZE_MS * Q8_SIZE_MS;
-                let entry = self.q8_windows.entry((start, p.id)).or_default();
-                entry.0.get_or_insert_with(|| text(p.name));
+                self.q8_windows
+                    .entry((start, p.id))
+                    .or_default()
+                    .0
+                    .push(text(p.name));
             }
             EventRef::Auction(a) => {
                 let start = time / Q8_SIZE_MS * Q8_SIZE_MS;
-                self.q8_windows.entry((start, a.seller)).or_default().1 = true;
+                self.q8_windows
+                    .entry((start, a.seller))
+                    .or_default()
+                    .1
+                    .push(a.reserve);
             }
         }
         self.max_time_ms = self.max_time_ms.max(Some(time));
@@ -245,11 +252,13 @@ impl NexmarkModel {
             .first_entry()
             .filter(|e| e.key().0.saturating_add(Q8_SIZE_MS) <= watermark)
         {
-            let ((start, person), state) = entry.remove_entry();
-            if let (Some(name), true) = state {
-                let key = person.to_string();
-                let line = format!("{key},{name},{start},{}", start + Q8_SIZE_MS);
-                sink.expect(key.as_bytes(), 0, line.as_bytes());
+            let ((start, person), (names, reserves)) = entry.remove_entry();
+            let key = person.to_string();
+            for name in &names {
+                for reserve in &reserves {
+                    let line = format!("{key},{name},{reserve},{start},{}", start + Q8_SIZE_MS);
+                    sink.expect(key.as_bytes(), 0, line.as_bytes());
+                }
             }
         }
     }

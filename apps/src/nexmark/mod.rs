@@ -6,6 +6,7 @@
 pub mod events;
 pub mod generator;
 pub mod queries;
+pub mod windowed;
 
 use verity_core::wire::take;
 use verity_core::{Wire, WireError};
