@@ -31,6 +31,25 @@ fn nexmark(query: &str, output: &std::path::Path, extra: &[&str]) -> std::proces
     run(&args)
 }
 
+/// `verity generate nexmark` of `EVENTS` events into a file in `dir`.
+fn generate_events(dir: &std::path::Path, seed: &str) -> std::path::PathBuf {
+    let events = dir.join("events.txt");
+    let generated = run(&[
+        "generate",
+        "nexmark",
+        "--count",
+        EVENTS,
+        "--seed",
+        seed,
+        "--event-rate",
+        EVENT_RATE,
+        "--output",
+        path_str(&events),
+    ]);
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    events
+}
+
 fn assert_checked(output: &std::process::Output, what: &str) {
     let text = stderr(output);
     assert!(output.status.success(), "{what}: {text}");
@@ -65,20 +84,7 @@ fn every_built_query_passes_check_at_w1_w2_and_p2() {
 #[test]
 fn a_file_of_generated_events_checks_like_the_generator() {
     let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.txt");
-    let generated = run(&[
-        "generate",
-        "nexmark",
-        "--count",
-        EVENTS,
-        "--seed",
-        "9",
-        "--event-rate",
-        EVENT_RATE,
-        "--output",
-        path_str(&events),
-    ]);
-    assert!(generated.status.success(), "{}", stderr(&generated));
+    let events = generate_events(dir.path(), "9");
     let mut data = std::fs::read(&events).unwrap();
     assert_eq!(data.iter().filter(|b| **b == b'\n').count(), 6000);
     // A malformed line is dead-lettered, and the check expects that.
@@ -95,20 +101,7 @@ fn a_file_of_generated_events_checks_like_the_generator() {
 #[test]
 fn late_events_of_an_out_of_order_file_are_dead_lettered_as_the_models_say() {
     let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.txt");
-    let generated = run(&[
-        "generate",
-        "nexmark",
-        "--count",
-        EVENTS,
-        "--seed",
-        "2",
-        "--event-rate",
-        EVENT_RATE,
-        "--output",
-        path_str(&events),
-    ]);
-    assert!(generated.status.success(), "{}", stderr(&generated));
+    let events = generate_events(dir.path(), "2");
     // 50 events (persons, auctions and bids) moved 2 000 events (10 s of
     // event time) later: far behind the watermark when they come.
     let text = std::fs::read_to_string(&events).unwrap();

@@ -152,3 +152,17 @@ impl Wire for Text {
         Ok(Text(take(input, len)?.into()))
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use verity_core::Wire;
+
+    /// Encodes and decodes `value`: the same value, every byte used.
+    pub fn round_trip<T: Wire + PartialEq + std::fmt::Debug>(value: T) {
+        let mut bytes = Vec::new();
+        value.encode(&mut bytes);
+        let mut input = &bytes[..];
+        assert_eq!(T::decode(&mut input).unwrap(), value);
+        assert!(input.is_empty());
+    }
+}

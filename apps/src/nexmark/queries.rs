@@ -310,14 +310,7 @@ impl Wire for Seller {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn round_trip<T: Wire + PartialEq + std::fmt::Debug>(value: T) {
-        let mut bytes = Vec::new();
-        value.encode(&mut bytes);
-        let mut input = &bytes[..];
-        assert_eq!(T::decode(&mut input).unwrap(), value);
-        assert!(input.is_empty());
-    }
+    use crate::nexmark::tests::round_trip;
 
     #[test]
     fn q3_values_round_trip() {

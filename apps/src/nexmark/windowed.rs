@@ -220,14 +220,7 @@ pub fn q8(input: SourceSpec) -> Dataflow<Id, NewUserSides, Windows<Q8Pairs>, Win
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn round_trip<T: Wire + PartialEq + std::fmt::Debug>(value: T) {
-        let mut bytes = Vec::new();
-        value.encode(&mut bytes);
-        let mut input = &bytes[..];
-        assert_eq!(T::decode(&mut input).unwrap(), value);
-        assert!(input.is_empty());
-    }
+    use crate::nexmark::tests::round_trip;
 
     #[test]
     fn states_round_trip_and_counts_encode_in_one_order() {
