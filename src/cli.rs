@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use verity_apps::{doubler, market_spread, seq_window, wordcount};
+use verity_apps::{doubler, market_spread, seq_window, window_count, wordcount};
 use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
 use verity_core::cluster::lifecycle::{FAILURE_REPORT_DEADLINE_MS, GRACEFUL_STOP_DEADLINE_MS};
 use verity_core::cluster::{ClusterFile, Outcome};
@@ -39,8 +39,14 @@ enum Command {
     },
     /// Check an output file against an app's oracle (exit 1 on any mismatch).
     Verify(VerifyArgs),
-    /// Write an app's generated input (the same lines `run --generate` uses).
+    /// Write an app's generated input (the same lines `run --generate` uses),
+    /// or Nexmark's events (`generate nexmark`, as `verity nexmark --events`).
     Generate(GenerateArgs),
+    /// Run a Nexmark query (q0–q8) on the built-in event generator
+    /// (--events N) or a file of events; --check compares the output with
+    /// the query's reference model.
+    #[command(after_help = verity_apps::nexmark::events::TEXT_FORM_HELP)]
+    Nexmark(NexmarkArgs),
     /// Join a cluster as process I (process 0 is `verity run … --cluster FILE`).
     Worker(WorkerArgs),
     /// Forward TCP from --listen to --to, injecting seeded faults (for testing).
@@ -439,6 +445,9 @@ enum RunApp {
     /// Each key's last 4 values.
     #[command(after_help = seq_window::FORMAT_HELP)]
     SeqWindow(RunArgs),
+    /// Per key, records per 100 ms tumbling window of event time.
+    #[command(after_help = window_count::FORMAT_HELP)]
+    WindowCount(RunArgs),
 }
 
 #[derive(Args, Debug)]
@@ -456,8 +465,12 @@ struct RunArgs {
     workers: Option<u32>,
     /// Generate N input records with the app's built-in generator instead of
     /// reading input.
-    #[arg(long, value_name = "N", conflicts_with_all = ["input", "quotes", "orders"])]
+    #[arg(long, visible_alias = "events", value_name = "N", conflicts_with_all = ["input", "quotes", "orders"])]
     generate: Option<u64>,
+    /// nexmark: the generator's events per second of event time (set by
+    /// `verity nexmark --event-rate`).
+    #[arg(skip = verity_apps::nexmark::generator::DEFAULT_EVENT_RATE_PER_S)]
+    event_rate: u64,
     /// Seed of the generator (same seed, same input).
     #[arg(long, value_name = "S", default_value_t = 42, requires = "generate")]
     seed: u64,
@@ -512,7 +525,9 @@ struct RunArgs {
     max_quote_age_ms: Option<u64>,
     /// A bug planted on purpose, to show a verifier catches it (tests only):
     /// `stale-quote` (market-spread decides on the quote before the newest).
-    #[arg(long, value_name = "NAME", hide = true, value_parser = ["stale-quote"])]
+    /// Nexmark: `q2-off-by-one` (q2 keeps the bids of the auction after
+    /// each 123rd).
+    #[arg(long, value_name = "NAME", hide = true, value_parser = ["stale-quote", "q2-off-by-one"])]
     plant_bug: Option<String>,
 }
 
@@ -677,9 +692,31 @@ struct VerifyArgs {
     max_quote_age_ms: Option<u64>,
 }
 
+/// `verity nexmark`: a query, the run's options, and the check.
+#[derive(Args, Debug)]
+struct NexmarkArgs {
+    /// The query: q0 … q8.
+    #[arg(value_parser = crate::nexmark::parse_query)]
+    query: verity_apps::nexmark::Query,
+    /// After the run, compare its output with the query's reference model
+    /// over the same events; exit 1 on any difference, printing the
+    /// anomaly classes. Reads the output back: with stdout or `null` as
+    /// --output, the run writes to a temporary file instead.
+    #[arg(long)]
+    check: bool,
+    /// The generator's events per second of event time (the events' time
+    /// stamps, not how fast they are read).
+    #[arg(long, value_name = "EVENTS_PER_S", default_value_t = verity_apps::nexmark::generator::DEFAULT_EVENT_RATE_PER_S)]
+    event_rate: u64,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 #[derive(Args, Debug)]
 struct GenerateArgs {
-    app: AppArg,
+    /// The app, or `nexmark` for Nexmark's events.
+    #[arg(value_parser = crate::nexmark::parse_generate_app)]
+    app: crate::nexmark::GenerateApp,
     /// Number of records.
     #[arg(long, value_name = "N")]
     count: u64,
@@ -700,17 +737,22 @@ struct GenerateArgs {
     #[arg(long, value_name = "PATH", requires = "quotes_output")]
     orders_output: Option<PathBuf>,
     /// Only well-formed lines (by default some are malformed: empty, not
-    /// UTF-8, bad numbers, wrong field counts, over-long).
+    /// UTF-8, bad numbers, wrong field counts, over-long). Nexmark's events
+    /// are all well formed.
     #[arg(long)]
     well_formed: bool,
+    /// nexmark: events per second of event time.
+    #[arg(long, value_name = "EVENTS_PER_S", default_value_t = verity_apps::nexmark::generator::DEFAULT_EVENT_RATE_PER_S)]
+    event_rate: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
-enum AppArg {
+pub(crate) enum AppArg {
     Doubler,
     Wordcount,
     MarketSpread,
     SeqWindow,
+    WindowCount,
 }
 
 impl From<AppArg> for AppName {
@@ -720,6 +762,7 @@ impl From<AppArg> for AppName {
             AppArg::Wordcount => AppName::Wordcount,
             AppArg::MarketSpread => AppName::MarketSpread,
             AppArg::SeqWindow => AppName::SeqWindow,
+            AppArg::WindowCount => AppName::WindowCount,
         }
     }
 }
@@ -733,6 +776,7 @@ pub fn execute(cli: Cli) -> Result<i32> {
         }
         Command::Verify(args) => verify(args),
         Command::Generate(args) => generate_input(args),
+        Command::Nexmark(args) => nexmark(args),
         Command::Worker(args) => {
             let signal = install_stop_handler()?;
             let pinning = Pinning {
@@ -894,6 +938,11 @@ fn app_options(args: &RunArgs) -> AppOptions {
         market_spread_bugs: verity_apps::market_spread::Bugs {
             stale_quote: args.plant_bug.as_deref() == Some("stale-quote"),
         },
+        nexmark_bugs: args
+            .plant_bug
+            .as_deref()
+            .and_then(verity_apps::nexmark::Bugs::named)
+            .unwrap_or_default(),
     }
 }
 
@@ -919,14 +968,53 @@ fn app_input(app: AppName, args: &RunArgs, connectors: &Connectors) -> Result<Ap
             }
         }
         (_, _, Some(count)) => {
-            let seed = args.seed;
-            AppInput::Single(SourceSpec::generated("generator", move || {
-                generate::generator(app, count, seed)
+            let (seed, rate) = (args.seed, args.event_rate);
+            AppInput::Single(SourceSpec::generated("generator", move || match app {
+                AppName::Nexmark(_) => Box::new(verity_apps::nexmark::generator::NexmarkLines::new(
+                    count, seed, rate,
+                )),
+                _ => generate::generator(app, count, seed),
             }))
         }
         _ => AppInput::Single(connectors.source(args.input.as_deref().unwrap_or("-"))?),
     };
     Ok(input)
+}
+
+/// `verity nexmark`: the run, then with --check the reference model's
+/// verdict on its output.
+fn nexmark(args: NexmarkArgs) -> Result<i32> {
+    let NexmarkArgs {
+        query,
+        check,
+        event_rate,
+        run: mut args,
+    } = args;
+    crate::nexmark::check_options(args.seed, event_rate)?;
+    args.event_rate = event_rate;
+    let app = AppName::Nexmark(query);
+    if !check {
+        return run(app, args);
+    }
+    let output = crate::nexmark::CheckedOutput::for_run(&args.output)?;
+    if output.is_temporary() {
+        args.output = output.path_arg();
+        args.dead_letter.get_or_insert_with(|| "-".to_string());
+    }
+    let input = match (args.generate, &args.input) {
+        (Some(count), _) => crate::nexmark::CheckInput::Generated {
+            count,
+            seed: args.seed,
+            rate: event_rate,
+        },
+        (None, Some(path)) => crate::nexmark::CheckInput::File(path.clone()),
+        (None, None) => bail!("--check needs the events again: give --events N or --input FILE (not stdin)"),
+    };
+    let code = run(app, args)?;
+    if code != 0 {
+        return Ok(code);
+    }
+    output.check(query, &input)
 }
 
 fn run(app: AppName, args: RunArgs) -> Result<i32> {
@@ -1139,8 +1227,12 @@ fn report(app: AppName, summary: &RunSummary, outputs: &Outputs) {
         (DeadLetterSpec::File(path), n) if n > 0 => format!(" (see {})", path.display()),
         _ => String::new(),
     };
+    let late_note = match summary.late {
+        0 => String::new(),
+        late => format!(", {late} of them late"),
+    };
     eprintln!(
-        "verity: {} {}: {} records in, {} out, {} dead-lettered{} in {:.3} s ({:.2}M events/s, {} workers)",
+        "verity: {} {}: {} records in, {} out, {} dead-lettered{}{} in {:.3} s ({:.2}M events/s, {} workers)",
         app.name(),
         if summary.interrupted {
             "stopped early"
@@ -1150,6 +1242,7 @@ fn report(app: AppName, summary: &RunSummary, outputs: &Outputs) {
         summary.records_in,
         summary.records_out,
         summary.dead_lettered,
+        late_note,
         dead_letter_note,
         summary.wall.as_secs_f64(),
         summary.events_per_second() / 1e6,
@@ -1299,7 +1392,19 @@ fn create_output(path: &str) -> Result<Box<dyn std::io::Write>> {
 }
 
 fn generate_input(args: GenerateArgs) -> Result<i32> {
-    let app = AppName::from(args.app);
+    let app = match args.app {
+        crate::nexmark::GenerateApp::App(app) => AppName::from(app),
+        crate::nexmark::GenerateApp::Nexmark => {
+            let events = crate::nexmark::events(args.count, args.seed, args.event_rate)?;
+            let mut generator = events();
+            write_generated(&mut *generator, &mut *create_output(&args.output)?, None)
+                .context("writing generated events")?;
+            return Ok(0);
+        }
+    };
+    if args.event_rate != verity_apps::nexmark::generator::DEFAULT_EVENT_RATE_PER_S {
+        bail!("--event-rate is a nexmark option");
+    }
     let split = match (&args.quotes_output, &args.orders_output) {
         (Some(quotes), Some(orders)) if app == AppName::MarketSpread => Some((quotes, orders)),
         (Some(_), Some(_)) => bail!("--quotes-output/--orders-output are market-spread options"),
@@ -1451,6 +1556,7 @@ impl RunApp {
             RunApp::Wordcount(a) => (AppName::Wordcount, a),
             RunApp::MarketSpread(a) => (AppName::MarketSpread, a),
             RunApp::SeqWindow(a) => (AppName::SeqWindow, a),
+            RunApp::WindowCount(a) => (AppName::WindowCount, a),
         }
     }
 }

@@ -194,6 +194,7 @@ impl JobSpec {
                 max_quote_age_ms: job.max_quote_age_ms,
                 // Planted bugs are for one-process test runs; they do not travel.
                 market_spread_bugs: Default::default(),
+                nexmark_bugs: Default::default(),
             },
             split_input,
             batch_max: job.batch_max as usize,
@@ -904,6 +905,7 @@ mod tests {
                 final_counts: false,
                 max_quote_age_ms: Some(250),
                 market_spread_bugs: Default::default(),
+                nexmark_bugs: Default::default(),
             },
             split_input: true,
             batch_max: 7,

@@ -9,6 +9,7 @@ mod cluster;
 mod connectors;
 mod logger;
 mod metrics_server;
+mod nexmark;
 mod panics;
 mod restart;
 mod sim;

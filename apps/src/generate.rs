@@ -36,12 +36,25 @@ const KEY_SIZES_BYTES: [usize; 6] = [
 
 /// A generator of `lines` lines of `app` input from `seed`.
 pub fn generator(app: AppName, lines: u64, seed: u64) -> Box<dyn LineGenerator> {
-    Box::new(generator_shape(app, lines, seed))
+    match app {
+        AppName::Nexmark(_) => nexmark_events(lines, seed),
+        _ => Box::new(generator_shape(app, lines, seed)),
+    }
+}
+
+/// Nexmark's events (every query reads the same) at the default rate; all
+/// well formed.
+fn nexmark_events(lines: u64, seed: u64) -> Box<dyn LineGenerator> {
+    use crate::nexmark::generator::{NexmarkLines, DEFAULT_EVENT_RATE_PER_S};
+    Box::new(NexmarkLines::new(lines, seed, DEFAULT_EVENT_RATE_PER_S))
 }
 
 /// Like `generator`, but only well-formed lines (`verity generate
 /// --well-formed`: for tests that plant their own bad lines).
 pub fn well_formed_generator(app: AppName, lines: u64, seed: u64) -> Box<dyn LineGenerator> {
+    if let AppName::Nexmark(_) = app {
+        return nexmark_events(lines, seed);
+    }
     let mut generator = generator_shape(app, lines, seed);
     generator.malformed = false;
     Box::new(generator)
@@ -56,6 +69,10 @@ fn generator_shape(app: AppName, lines: u64, seed: u64) -> Generator {
         AppName::SeqWindow => Box::new(Sequences {
             next: vec![1; SEQ_WINDOW_KEYS],
         }),
+        AppName::WindowCount => Box::new(TimedEvents {
+            clock_ms: EVENT_TIME_BASE_MS,
+        }),
+        AppName::Nexmark(_) => panic!("nexmark events come from `nexmark_events`"),
     };
     Generator {
         rng,
@@ -429,6 +446,44 @@ impl LineShape for Sequences {
                 out.extend_from_slice(b" -1");
             }
         }
+    }
+}
+
+/// window-count's first event time: far from 0, so no window or watermark
+/// arithmetic rests on saturating at 0.
+const EVENT_TIME_BASE_MS: u64 = 1_700_000_000_000;
+const WINDOW_COUNT_KEYS: u64 = 200;
+/// window-count lines (per mille) that come later than the app's bounded
+/// out-of-orderness allows: most of them are late.
+const BEYOND_DELAY_PER_MILLE: u64 = 20;
+
+/// window-count's `<key> <event time ms>` lines: time moves on by 0–2 ms a
+/// line, and each line lags it by up to the app's delay (a few by more).
+struct TimedEvents {
+    clock_ms: u64,
+}
+
+impl LineShape for TimedEvents {
+    fn write_line(&mut self, rng: &mut SplitMix64, out: &mut Vec<u8>) {
+        use crate::window_count::MAX_DELAY_MS;
+        self.clock_ms += rng.below(3);
+        let key = if rng.below(1000) < HOT_KEYS_PER_MILLE {
+            rng.below(HOT_KEYS)
+        } else {
+            rng.below(WINDOW_COUNT_KEYS)
+        };
+        let lag_ms = match rng.below(1000) < BEYOND_DELAY_PER_MILLE {
+            true => MAX_DELAY_MS + 1 + rng.below(2 * MAX_DELAY_MS),
+            false => rng.below(MAX_DELAY_MS + 1),
+        };
+        write_seq_key(out, key);
+        out.push(b' ');
+        write_u64(out, self.clock_ms - lag_ms);
+    }
+
+    fn write_malformed(&mut self, rng: &mut SplitMix64, out: &mut Vec<u8>) {
+        // The same line format as seq-window's.
+        Sequences { next: vec![1] }.write_malformed(rng, out)
     }
 }
 

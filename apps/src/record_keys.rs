@@ -34,6 +34,16 @@ fn comma_field(line: &[u8], index: usize) -> &[u8] {
     line.split(|b| *b == b',').nth(index).unwrap_or_default()
 }
 
+/// A Nexmark query's output key: the id after an event line's type.
+fn second_field(line: &[u8]) -> &[u8] {
+    comma_field(line, 1)
+}
+
+/// A Nexmark query's output key: the first comma-separated field.
+fn first_comma_field(line: &[u8]) -> &[u8] {
+    comma_field(line, 0)
+}
+
 /// `Q,<symbol>,…` or `O,<order_id>,<symbol>,…`: the symbol.
 fn market_input_symbol(line: &[u8]) -> &[u8] {
     match line.first() {
@@ -58,8 +68,10 @@ pub fn input_key(app: AppName) -> KeyOfLine {
     match app {
         AppName::Doubler => trimmed,
         AppName::Wordcount => whole,
-        AppName::SeqWindow => first_field,
+        AppName::SeqWindow | AppName::WindowCount => first_field,
         AppName::MarketSpread => market_input_symbol,
+        // A query keys an event by one of several fields.
+        AppName::Nexmark(_) => whole,
     }
 }
 
@@ -67,8 +79,10 @@ pub fn input_key(app: AppName) -> KeyOfLine {
 pub fn output_key(app: AppName) -> KeyOfLine {
     match app {
         AppName::Doubler => whole,
-        AppName::Wordcount | AppName::SeqWindow => first_field,
+        AppName::Wordcount | AppName::SeqWindow | AppName::WindowCount => first_field,
         AppName::MarketSpread => market_output_symbol,
+        AppName::Nexmark(query) if query.output_key_field() == 1 => second_field,
+        AppName::Nexmark(_) => first_comma_field,
     }
 }
 

@@ -27,10 +27,12 @@ mod compare;
 mod dead_letters;
 pub mod harness;
 mod input;
+pub mod nexmark;
 mod oracle;
 pub mod proxy;
 pub mod sim;
 mod two_streams;
+pub mod windowed;
 
 pub use compare::{compare, Anomaly, AnomalyKind, Comparator, Report, TwoStreamInputs};
 pub use dead_letters::{letter_record, DeadLetterChecker, DeadLetterInput, DeadLetterReport, LetterAnomaly};
@@ -43,9 +45,13 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum App {
     Doubler,
-    Wordcount { final_counts: bool },
+    Wordcount {
+        final_counts: bool,
+    },
     MarketSpread,
     SeqWindow,
+    /// A Nexmark query, checked by its reference model (`nexmark`).
+    Nexmark(verity_apps::nexmark::Query),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +73,13 @@ impl App {
             "wordcount" => App::Wordcount { final_counts },
             "market-spread" => App::MarketSpread,
             "seq-window" => App::SeqWindow,
-            other => return Err(VerifyError::UnknownApp(other.to_string())),
+            other => match verity_apps::nexmark::Query::ALL
+                .into_iter()
+                .find(|q| q.app_name() == other)
+            {
+                Some(query) => App::Nexmark(query),
+                None => return Err(VerifyError::UnknownApp(other.to_string())),
+            },
         };
         if final_counts && !matches!(app, App::Wordcount { .. }) {
             return Err(VerifyError::FinalNotSupported(app.name()));
@@ -81,6 +93,7 @@ impl App {
             App::Wordcount { .. } => "wordcount",
             App::MarketSpread => "market-spread",
             App::SeqWindow => "seq-window",
+            App::Nexmark(query) => query.app_name(),
         }
     }
 
@@ -98,6 +111,7 @@ impl App {
             App::Wordcount { .. } => line.iter().rposition(|b| *b == b' ').map(|space| &line[..space]),
             App::MarketSpread => line.split(|b| *b == b',').nth(2),
             App::SeqWindow => line.iter().position(|b| *b == b' ').map(|space| &line[..space]),
+            App::Nexmark(query) => nexmark::NexmarkModel::output_key(query, line),
         }
     }
 }
@@ -224,7 +238,20 @@ pub fn verify_files(app: &App, input: &Path, output: &Path) -> Result<Report, Ve
 /// Checks an output file against its inputs (one, or quotes and orders),
 /// streaming as `verify_files` does.
 pub fn verify_output(app: &App, inputs: &InputFiles, output: &Path) -> Result<Report, VerifyError> {
-    let mut check = output_check(app, inputs)?;
+    check_output_file(output_check(app, inputs)?, output)
+}
+
+/// Checks an output file against the oracle for an input read from
+/// anywhere (e.g. a generator), streaming as `verify_files` does.
+pub fn verify_output_of(
+    app: App,
+    input: impl std::io::BufRead + 'static,
+    output: &Path,
+) -> Result<Report, VerifyError> {
+    check_output_file(Box::new(Comparator::new(app, input)), output)
+}
+
+fn check_output_file(mut check: Box<dyn OutputCheck>, output: &Path) -> Result<Report, VerifyError> {
     let mut file = std::fs::File::open(output).map_err(read_error(output))?;
     let mut batch = vec![0; OUTPUT_BATCH_BYTES];
     loop {

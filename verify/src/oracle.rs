@@ -80,6 +80,7 @@ pub enum Oracle {
     SeqWindow {
         windows: HashMap<String, [u64; 4]>,
     },
+    Nexmark(Box<crate::nexmark::NexmarkModel>),
 }
 
 impl Oracle {
@@ -97,11 +98,15 @@ impl Oracle {
             App::SeqWindow => Oracle::SeqWindow {
                 windows: HashMap::new(),
             },
+            App::Nexmark(query) => Oracle::Nexmark(Box::new(crate::nexmark::NexmarkModel::new(query))),
         }
     }
 
     /// Input line `number`; false if the app must dead-letter it.
     pub fn line(&mut self, number: u64, line: &[u8], sink: &mut dyn ExpectSink) -> bool {
+        if let Oracle::Nexmark(model) = self {
+            return model.line(number, line, sink);
+        }
         let Ok(text) = std::str::from_utf8(line) else {
             return false;
         };
@@ -139,12 +144,16 @@ impl Oracle {
                 write!(buf, "{key} {w1} {w2} {w3} {w4}").unwrap();
                 sink.expect(key.as_bytes(), number, &buf);
             }),
+            Oracle::Nexmark(_) => unreachable!("taken above"),
         };
         result.is_ok()
     }
 
     /// The end of the input (wordcount --final writes its totals here).
     pub fn end(&mut self, sink: &mut dyn ExpectSink) {
+        if let Oracle::Nexmark(model) = self {
+            return model.end(sink);
+        }
         if let Oracle::Wordcount {
             final_counts: true,
             counts,
@@ -273,7 +282,7 @@ pub(crate) fn show_price(units: Units) -> String {
 }
 
 /// A `<key> <value>` line.
-fn parse_seq(text: &str) -> Result<(&str, u64), Malformed> {
+pub(crate) fn parse_seq(text: &str) -> Result<(&str, u64), Malformed> {
     let fields: Vec<&str> = text.split_whitespace().collect();
     let [key, value] = fields[..] else {
         return Err(Malformed);
@@ -315,6 +324,9 @@ impl LineRule {
             LineRule::App(App::Wordcount { .. }) => true,
             LineRule::App(App::MarketSpread) => parse_market(text).is_ok(),
             LineRule::App(App::SeqWindow) => parse_seq(text).is_ok(),
+            // Parsed by the form alone: a late event (dead-lettered too)
+            // depends on earlier ones, and generated events are never late.
+            LineRule::App(App::Nexmark(_)) => verity_apps::nexmark::events::parse_event(line).is_ok(),
             LineRule::Quotes => matches!(parse_market(text), Ok(MarketLine::Quote { .. })),
             LineRule::Orders => matches!(parse_market(text), Ok(MarketLine::Order { .. })),
         }

@@ -12,11 +12,12 @@ use verity_verify::{
     NamedInput,
 };
 
-const APPS: [AppName; 4] = [
+const APPS: [AppName; 5] = [
     AppName::Doubler,
     AppName::Wordcount,
     AppName::MarketSpread,
     AppName::SeqWindow,
+    AppName::Nexmark(verity_apps::nexmark::Query::Q3),
 ];
 
 /// A line each app must dead-letter (wordcount takes any UTF-8).
@@ -25,7 +26,8 @@ fn malformed(app: AppName, i: usize) -> Vec<u8> {
         AppName::Wordcount => b"bad \xc3 not UTF-8".to_vec(),
         AppName::Doubler => format!("{i}.5 not a number").into_bytes(),
         AppName::MarketSpread => format!("X,{i},nonsense").into_bytes(),
-        AppName::SeqWindow => format!("k{i} {i} extra").into_bytes(),
+        AppName::SeqWindow | AppName::WindowCount => format!("k{i} {i} extra").into_bytes(),
+        AppName::Nexmark(_) => format!("B,{i},not a bid").into_bytes(),
     }
 }
 
