@@ -56,7 +56,9 @@ fn generator_shape(app: AppName, lines: u64, seed: u64) -> Generator {
         AppName::SeqWindow => Box::new(Sequences {
             next: vec![1; SEQ_WINDOW_KEYS],
         }),
-        AppName::WindowCount => Box::new(TimedEvents { clock_ms: EVENT_TIME_BASE_MS }),
+        AppName::WindowCount => Box::new(TimedEvents {
+            clock_ms: EVENT_TIME_BASE_MS,
+        }),
     };
     Generator {
         rng,

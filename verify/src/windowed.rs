@@ -31,7 +31,10 @@ pub fn expected_windows(input: &[u8]) -> ExpectedWindows {
     let mut expected = ExpectedWindows::default();
     let mut highest_ms: Option<u64> = None;
     for_each_line(input, |number, line| {
-        let Some((key, at_ms)) = std::str::from_utf8(line).ok().and_then(|text| parse_seq(text).ok()) else {
+        let Some((key, at_ms)) = std::str::from_utf8(line)
+            .ok()
+            .and_then(|text| parse_seq(text).ok())
+        else {
             return;
         };
         let highest = highest_ms.map_or(at_ms, |h| h.max(at_ms));
@@ -41,7 +44,12 @@ pub fn expected_windows(input: &[u8]) -> ExpectedWindows {
             return;
         }
         let start_ms = at_ms - at_ms % WINDOW_SIZE_MS;
-        *expected.windows.entry(key.to_string()).or_default().entry(start_ms).or_default() += 1;
+        *expected
+            .windows
+            .entry(key.to_string())
+            .or_default()
+            .entry(start_ms)
+            .or_default() += 1;
     });
     expected
 }
@@ -51,13 +59,14 @@ pub fn check_windows(input: &[u8], output: &[u8]) -> Result<(), String> {
     let expected = expected_windows(input);
     let mut seen: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     let mut problems = Vec::new();
-    for_each_line(output, |number, line| {
-        match parse_window(line) {
-            Some((key, start_ms, end_ms, count)) if end_ms == start_ms + WINDOW_SIZE_MS => {
-                seen.entry(key).or_default().push((start_ms, count));
-            }
-            _ => problems.push(format!("output line {number} is no window: {:?}", String::from_utf8_lossy(line))),
+    for_each_line(output, |number, line| match parse_window(line) {
+        Some((key, start_ms, end_ms, count)) if end_ms == start_ms + WINDOW_SIZE_MS => {
+            seen.entry(key).or_default().push((start_ms, count));
         }
+        _ => problems.push(format!(
+            "output line {number} is no window: {:?}",
+            String::from_utf8_lossy(line)
+        )),
     });
     let keys: BTreeSet<&String> = expected.windows.keys().chain(seen.keys()).collect();
     for key in keys {
@@ -68,7 +77,9 @@ pub fn check_windows(input: &[u8], output: &[u8]) -> Result<(), String> {
             .unwrap_or_default();
         let got = seen.get(key).cloned().unwrap_or_default();
         if want != got {
-            problems.push(format!("key {key:?}: windows (start, count) {got:?}, expected {want:?}"));
+            problems.push(format!(
+                "key {key:?}: windows (start, count) {got:?}, expected {want:?}"
+            ));
         }
     }
     match problems.len() {
@@ -111,7 +122,8 @@ pub fn check_late_letters<'a>(input: &[u8], letters: impl Iterator<Item = &'a [u
 /// Whether a dead letter's reason is `late`.
 pub fn is_late_letter(letter: &[u8]) -> bool {
     let text = String::from_utf8_lossy(letter);
-    text.split_once(": ").is_some_and(|(_, rest)| rest.starts_with("late: "))
+    text.split_once(": ")
+        .is_some_and(|(_, rest)| rest.starts_with("late: "))
 }
 
 /// `<key> <start> <end> <count>` (the key may hold anything but spaces).
@@ -140,7 +152,10 @@ mod tests {
         let split = b"a 1000 1100 1\na 1000 1100 1\na 1100 1200 1\nb 1000 1100 1\nb 1200 1300 1\n";
         assert!(check_windows(input, split).unwrap_err().contains("key \"a\""));
         let reordered = b"a 1100 1200 1\na 1000 1100 2\nb 1000 1100 1\nb 1200 1300 1\n";
-        assert!(check_windows(input, reordered).is_err(), "a key's windows in start order");
+        assert!(
+            check_windows(input, reordered).is_err(),
+            "a key's windows in start order"
+        );
         let letters: [&[u8]; 1] = [b"sim:6: late: event time 1049 ms is behind: \"\""];
         assert!(is_late_letter(letters[0]));
         assert!(check_late_letters(input, letters.into_iter()).is_ok());

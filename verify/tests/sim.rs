@@ -10,7 +10,9 @@ const CI_SEEDS: u64 = 200;
 /// The apps of the 200-seed sweeps; window-count has its own, shorter one
 /// in `sim_windows.rs` (its 200 seeds run with `verity sim`).
 fn swept_apps() -> impl Iterator<Item = AppName> {
-    AppName::ALL.into_iter().filter(|app| *app != AppName::WindowCount)
+    AppName::ALL
+        .into_iter()
+        .filter(|app| *app != AppName::WindowCount)
 }
 
 #[test]

@@ -298,7 +298,7 @@ impl PlantedBugs {
                     &PlantedBugs::EVENT_TIME_NAMES[..],
                 ]
                 .concat()
-                    .join(", ");
+                .join(", ");
                 return Err(format!("unknown planted bug `{other}` (known: {known})"));
             }
         } = true;
@@ -517,7 +517,10 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
     if config.spread && config.app == AppName::WindowCount {
         // A spread source is a stream per process, each with its own
         // watermark: which records are late then depends on the split.
-        return failed(config, "--spread: window-count's oracle models one input stream".into());
+        return failed(
+            config,
+            "--spread: window-count's oracle models one input stream".into(),
+        );
     }
     // What the world's readers read: per stream, its name and input.
     let inputs: Vec<(String, Bytes)> = if config.spread {
@@ -714,7 +717,10 @@ fn check_outcome(
     // its oracle names them.
     let letters = match (config.app, streams) {
         (verity_apps::AppName::WindowCount, [single]) => {
-            let all = outcome.dead_letters.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+            let all = outcome
+                .dead_letters
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty());
             let late = all.clone().filter(|l| crate::windowed::is_late_letter(l));
             if let Err(why) = crate::windowed::check_late_letters(&single.data, late) {
                 return Some(why);
