@@ -246,6 +246,12 @@ impl RunGauges {
                 self.per_shard(&|_, c| load(&c.dead_lettered)),
             ),
             (
+                "verity_late_total",
+                Kind::Counter,
+                "Records a shard dead-lettered as late (behind their event-time watermark).",
+                self.per_shard(&|_, c| load(&c.late)),
+            ),
+            (
                 "verity_duplicates_dropped_total",
                 Kind::Counter,
                 "Redelivered records a shard dropped (dedup).",
