@@ -69,16 +69,21 @@ fn firing_a_window_one_ms_early_is_caught_by_the_oracle() {
             .pop()
             .unwrap();
         core.plant_event_time_bugs(bugs);
-        core.on_source_event(SourceEvent::Chunk {
-            source: 0,
-            index: 0,
-            first_line: 1,
-            data: ChunkData::Lines(Bytes::from_static(input)),
-            partition: 0,
-            position: Position::Text { bytes: 0, lines: 0 },
-            epoch: 0,
-        });
-        core.on_source_event(SourceEvent::End { source: 0, chunks: 1 });
+        // Two chunks: timers fire after each unit, so `k 99` comes after
+        // the watermark of `k 149` took effect.
+        let (first, second) = input.split_at(11);
+        for (index, (first_line, lines)) in [(1, first), (3, second)].into_iter().enumerate() {
+            core.on_source_event(SourceEvent::Chunk {
+                source: 0,
+                index: index as u64,
+                first_line,
+                data: ChunkData::Lines(Bytes::copy_from_slice(lines)),
+                partition: 0,
+                position: Position::Text { bytes: 0, lines: 0 },
+                epoch: 0,
+            });
+        }
+        core.on_source_event(SourceEvent::End { source: 0, chunks: 2 });
         core.flush();
         let mut lines = Vec::new();
         for effect in core.drain_effects() {
