@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use verity_apps::{doubler, market_spread, seq_window, wordcount};
+use verity_apps::{doubler, market_spread, seq_window, window_count, wordcount};
 use verity_apps::{generate, run_app, AppInput, AppName, AppOptions};
 use verity_core::cluster::lifecycle::{FAILURE_REPORT_DEADLINE_MS, GRACEFUL_STOP_DEADLINE_MS};
 use verity_core::cluster::{ClusterFile, Outcome};
@@ -435,6 +435,9 @@ enum RunApp {
     /// Each key's last 4 values.
     #[command(after_help = seq_window::FORMAT_HELP)]
     SeqWindow(RunArgs),
+    /// Per key, records per 100 ms tumbling window of event time.
+    #[command(after_help = window_count::FORMAT_HELP)]
+    WindowCount(RunArgs),
 }
 
 #[derive(Args, Debug)]
@@ -707,6 +710,7 @@ enum AppArg {
     Wordcount,
     MarketSpread,
     SeqWindow,
+    WindowCount,
 }
 
 impl From<AppArg> for AppName {
@@ -716,6 +720,7 @@ impl From<AppArg> for AppName {
             AppArg::Wordcount => AppName::Wordcount,
             AppArg::MarketSpread => AppName::MarketSpread,
             AppArg::SeqWindow => AppName::SeqWindow,
+            AppArg::WindowCount => AppName::WindowCount,
         }
     }
 }
@@ -1142,8 +1147,12 @@ fn report(app: AppName, summary: &RunSummary, outputs: &Outputs) {
         (DeadLetterSpec::File(path), n) if n > 0 => format!(" (see {})", path.display()),
         _ => String::new(),
     };
+    let late_note = match summary.late {
+        0 => String::new(),
+        late => format!(", {late} of them late"),
+    };
     eprintln!(
-        "verity: {} {}: {} records in, {} out, {} dead-lettered{} in {:.3} s ({:.2}M events/s, {} workers)",
+        "verity: {} {}: {} records in, {} out, {} dead-lettered{}{} in {:.3} s ({:.2}M events/s, {} workers)",
         app.name(),
         if summary.interrupted {
             "stopped early"
@@ -1153,6 +1162,7 @@ fn report(app: AppName, summary: &RunSummary, outputs: &Outputs) {
         summary.records_in,
         summary.records_out,
         summary.dead_lettered,
+        late_note,
         dead_letter_note,
         summary.wall.as_secs_f64(),
         summary.events_per_second() / 1e6,
@@ -1450,6 +1460,7 @@ impl RunApp {
             RunApp::Wordcount(a) => (AppName::Wordcount, a),
             RunApp::MarketSpread(a) => (AppName::MarketSpread, a),
             RunApp::SeqWindow(a) => (AppName::SeqWindow, a),
+            RunApp::WindowCount(a) => (AppName::WindowCount, a),
         }
     }
 }

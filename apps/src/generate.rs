@@ -56,6 +56,9 @@ fn generator_shape(app: AppName, lines: u64, seed: u64) -> Generator {
         AppName::SeqWindow => Box::new(Sequences {
             next: vec![1; SEQ_WINDOW_KEYS],
         }),
+        AppName::WindowCount => Box::new(TimedEvents {
+            clock_ms: EVENT_TIME_BASE_MS,
+        }),
     };
     Generator {
         rng,
@@ -429,6 +432,44 @@ impl LineShape for Sequences {
                 out.extend_from_slice(b" -1");
             }
         }
+    }
+}
+
+/// window-count's first event time: far from 0, so no window or watermark
+/// arithmetic rests on saturating at 0.
+const EVENT_TIME_BASE_MS: u64 = 1_700_000_000_000;
+const WINDOW_COUNT_KEYS: u64 = 200;
+/// window-count lines (per mille) that come later than the app's bounded
+/// out-of-orderness allows: most of them are late.
+const BEYOND_DELAY_PER_MILLE: u64 = 20;
+
+/// window-count's `<key> <event time ms>` lines: time moves on by 0–2 ms a
+/// line, and each line lags it by up to the app's delay (a few by more).
+struct TimedEvents {
+    clock_ms: u64,
+}
+
+impl LineShape for TimedEvents {
+    fn write_line(&mut self, rng: &mut SplitMix64, out: &mut Vec<u8>) {
+        use crate::window_count::MAX_DELAY_MS;
+        self.clock_ms += rng.below(3);
+        let key = if rng.below(1000) < HOT_KEYS_PER_MILLE {
+            rng.below(HOT_KEYS)
+        } else {
+            rng.below(WINDOW_COUNT_KEYS)
+        };
+        let lag_ms = match rng.below(1000) < BEYOND_DELAY_PER_MILLE {
+            true => MAX_DELAY_MS + 1 + rng.below(2 * MAX_DELAY_MS),
+            false => rng.below(MAX_DELAY_MS + 1),
+        };
+        write_seq_key(out, key);
+        out.push(b' ');
+        write_u64(out, self.clock_ms - lag_ms);
+    }
+
+    fn write_malformed(&mut self, rng: &mut SplitMix64, out: &mut Vec<u8>) {
+        // The same line format as seq-window's.
+        Sequences { next: vec![1] }.write_malformed(rng, out)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod market_spread;
 pub mod record_keys;
 pub mod seq_window;
+pub mod window_count;
 pub mod wordcount;
 
 use verity_core::{run, Dataflow, Key, Outputs, RunConfig, RunError, RunSummary, SourceSpec, Wire};
@@ -19,14 +20,16 @@ pub enum AppName {
     Wordcount,
     MarketSpread,
     SeqWindow,
+    WindowCount,
 }
 
 impl AppName {
-    pub const ALL: [AppName; 4] = [
+    pub const ALL: [AppName; 5] = [
         AppName::Doubler,
         AppName::Wordcount,
         AppName::MarketSpread,
         AppName::SeqWindow,
+        AppName::WindowCount,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +38,7 @@ impl AppName {
             AppName::Wordcount => "wordcount",
             AppName::MarketSpread => "market-spread",
             AppName::SeqWindow => "seq-window",
+            AppName::WindowCount => "window-count",
         }
     }
 
@@ -49,6 +53,7 @@ impl AppName {
             AppName::Wordcount => wordcount::FORMAT_HELP,
             AppName::MarketSpread => market_spread::FORMAT_HELP,
             AppName::SeqWindow => seq_window::FORMAT_HELP,
+            AppName::WindowCount => window_count::FORMAT_HELP,
         }
     }
 }
@@ -180,6 +185,7 @@ pub fn drive_app<D: Driver>(
         AppName::Doubler => driver.drive(doubler::dataflow(single(input)?))?,
         AppName::Wordcount => driver.drive(wordcount::dataflow(single(input)?, options.final_counts))?,
         AppName::SeqWindow => driver.drive(seq_window::dataflow(single(input)?))?,
+        AppName::WindowCount => driver.drive(window_count::dataflow(single(input)?))?,
         AppName::MarketSpread => {
             let inputs = match input {
                 AppInput::Single(spec) => market_spread::Inputs::Mixed(spec),

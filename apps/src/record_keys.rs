@@ -58,7 +58,7 @@ pub fn input_key(app: AppName) -> KeyOfLine {
     match app {
         AppName::Doubler => trimmed,
         AppName::Wordcount => whole,
-        AppName::SeqWindow => first_field,
+        AppName::SeqWindow | AppName::WindowCount => first_field,
         AppName::MarketSpread => market_input_symbol,
     }
 }
@@ -67,7 +67,7 @@ pub fn input_key(app: AppName) -> KeyOfLine {
 pub fn output_key(app: AppName) -> KeyOfLine {
     match app {
         AppName::Doubler => whole,
-        AppName::Wordcount | AppName::SeqWindow => first_field,
+        AppName::Wordcount | AppName::SeqWindow | AppName::WindowCount => first_field,
         AppName::MarketSpread => market_output_symbol,
     }
 }

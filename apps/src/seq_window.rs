@@ -40,7 +40,7 @@ pub fn dataflow(input: SourceSpec) -> Dataflow<SmallBytes, (SmallBytes, u64), Wi
 
 /// Exactly two whitespace-separated fields, as `str::split_whitespace`
 /// splits them.
-fn split_two_fields(line: Line<'_>) -> Result<(&[u8], &[u8]), Reject> {
+pub(crate) fn split_two_fields(line: Line<'_>) -> Result<(&[u8], &[u8]), Reject> {
     match split_at_one_space(line.as_bytes()) {
         Some(fields) => Ok(fields),
         None => split_two_words(line),

@@ -38,7 +38,7 @@ pub fn write(app: AppName, events: u64, seed: u64, out: &mut dyn Write) -> io::R
         AppName::SeqWindow => Box::new(Sequences {
             next: vec![1; SEQ_WINDOW_KEYS],
         }),
-        AppName::Doubler => {
+        AppName::Doubler | AppName::WindowCount => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the compare workloads are wordcount, market-spread and seq-window",

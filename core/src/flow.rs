@@ -7,8 +7,14 @@
 //! `Fn`: every shard runs them on the input chunks dealt to it. The keyed step
 //! runs on the shard that owns the key, so one key's state is only ever touched
 //! by one thread.
+//!
+//! Event time (`KeyedStream::event_time`, `crate::event_time`) gives the keyed
+//! step a watermark, event-time timers (`Output::set_event_timer`,
+//! `Stateful::on_event_timer`) and windows (`KeyedStream::window`,
+//! `crate::window`), which are library code over this same API.
 
 use crate::audit::{NoteSink, UnitClock};
+use crate::event_time::EventTimeSpec;
 use crate::ids::{Msg, MsgId};
 use crate::key::Key;
 use crate::line::{Line, Reject};
@@ -140,6 +146,7 @@ impl<T: 'static> Stream<T> {
             inputs: vec![SourceChain {
                 source: stream.source,
                 chain: stream.chain,
+                event_time: None,
             }],
         }
     }
@@ -157,10 +164,12 @@ pub struct Keyed<K, V> {
     pub value: V,
 }
 
-/// One source and the chain that turns its lines into keyed records.
+/// One source and the chain that turns its lines into keyed records, with
+/// how its records carry event time, if they do.
 struct SourceChain<K, V> {
     source: SourceSpec,
     chain: Chain<Keyed<K, V>>,
+    event_time: Option<EventTimeSpec<V>>,
 }
 
 /// The two inputs of a joined keyed step.
@@ -182,11 +191,15 @@ pub type EndFn<K, S, O> = dyn Fn(&K, &S, &mut Output<'_, O>) + Send + Sync;
 /// Runs when a key's processing-time timer is due (`Output::set_timer`),
 /// with the key's state, the key, and the time the timer was set for.
 pub type TimerFn<K, S, O> = dyn Fn(&mut S, &K, u64, &mut Output<'_, O>) + Send + Sync;
+/// Runs when a key's event-time timer is due (`Output::set_event_timer`):
+/// the shard's watermark reached it. With the key's state, the key, and the
+/// event time (ms) the timer was set for.
+pub type EventTimerFn<K, S, O> = dyn Fn(&mut S, &K, u64, &mut Output<'_, O>) + Send + Sync;
 /// Writes one output record as one line (without the `\n`).
 pub type FormatFn<O> = dyn Fn(&O, &mut Vec<u8>) + Send + Sync;
 
 impl<K: Key, V: Send + 'static> KeyedStream<K, V> {
-    fn map_values<W: 'static>(self, f: fn(V) -> W) -> KeyedStream<K, W> {
+    fn map_values<W: 'static>(self, f: fn(V) -> W, back: fn(&W) -> Option<&V>) -> KeyedStream<K, W> {
         let inputs = self
             .inputs
             .into_iter()
@@ -201,19 +214,48 @@ impl<K: Key, V: Send + 'static> KeyedStream<K, V> {
                 SourceChain {
                     source: input.source,
                     chain,
+                    event_time: input.event_time.map(|spec| spec.map(back)),
                 }
             })
             .collect();
         KeyedStream { inputs }
     }
 
+    /// Declares each record's event time (ms since the Unix epoch, or any
+    /// clock the input's timestamps share) for every input of this stream so
+    /// far, and how far out of order the input may be: a record may come up
+    /// to `max_delay_ms` behind the highest event time before it. The
+    /// keyed step then has a watermark (`Output::watermark_ms`), event-time
+    /// timers and windows; records too far behind it go to the dead letters
+    /// as "late" (`crate::event_time` has the rule). Declare it on each
+    /// input before `join`/`union` (each keeps its own delay); every input of
+    /// an event-time step must declare one.
+    pub fn event_time(
+        mut self,
+        extract: impl Fn(&V) -> u64 + Send + Sync + 'static,
+        max_delay_ms: u64,
+    ) -> Self {
+        let spec = EventTimeSpec::new(extract, max_delay_ms);
+        for input in &mut self.inputs {
+            input.event_time = Some(spec.clone());
+        }
+        self
+    }
+
     /// Two streams on the same key, for a two-input keyed step: the step sees
     /// `Either::Left` for this stream's records and `Either::Right` for `other`'s.
     /// The interleaving of the two is whatever order they reach the key's shard.
     pub fn join<B: Send + 'static>(self, other: KeyedStream<K, B>) -> KeyedStream<K, Either<V, B>> {
-        let mut joined = self.map_values(Either::Left);
-        joined.inputs.extend(other.map_values(Either::Right).inputs);
+        let mut joined = self.map_values(Either::Left, Either::left);
         joined
+            .inputs
+            .extend(other.map_values(Either::Right, Either::right).inputs);
+        joined
+    }
+
+    /// Whether every input declared event time (`event_time`).
+    pub fn has_event_time(&self) -> bool {
+        self.inputs.iter().all(|input| input.event_time.is_some())
     }
 
     /// Merges another stream of the same type.
@@ -232,6 +274,25 @@ impl<K: Key, V: Send + 'static> KeyedStream<K, V> {
             step: Arc::new(step),
             on_end: None,
             on_timer: None,
+            on_event_timer: None,
+            allowed_lateness_ms: 0,
+            idle_timeout_ms: Some(crate::event_time::IDLE_TIMEOUT_MS),
+        }
+    }
+}
+
+impl<A, B> Either<A, B> {
+    pub fn left(&self) -> Option<&A> {
+        match self {
+            Either::Left(a) => Some(a),
+            Either::Right(_) => None,
+        }
+    }
+
+    pub fn right(&self) -> Option<&B> {
+        match self {
+            Either::Left(_) => None,
+            Either::Right(b) => Some(b),
         }
     }
 }
@@ -242,9 +303,48 @@ pub struct Stateful<K, V, S, O> {
     step: Arc<StepFn<K, V, S, O>>,
     on_end: Option<Arc<EndFn<K, S, O>>>,
     on_timer: Option<Arc<TimerFn<K, S, O>>>,
+    on_event_timer: Option<Arc<EventTimerFn<K, S, O>>>,
+    allowed_lateness_ms: u64,
+    idle_timeout_ms: Option<u64>,
 }
 
 impl<K, V, S, O> Stateful<K, V, S, O> {
+    /// The handler of the step's event-time timers: when the shard's
+    /// watermark reaches a timer the step set for a key
+    /// (`Output::set_event_timer`), it runs with that key's state, the key
+    /// and the event time (ms) the timer was set for. Due timers fire in
+    /// (time, key) order, after the unit (batch) whose watermark passed
+    /// them; at the end of bounded input the watermark goes to +∞ and every
+    /// pending one fires, before `on_end`. Like processing-time timers they
+    /// are keyed state: checkpointed and restored.
+    pub fn on_event_timer(
+        mut self,
+        f: impl Fn(&mut S, &K, u64, &mut Output<'_, O>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_event_timer = Some(Arc::new(f));
+        self
+    }
+
+    /// How far behind the watermark a record may still come (ms, 0 by
+    /// default): a record whose event time is below its watermark minus this
+    /// is *late* and goes to the dead letters with the reason "late" instead
+    /// of the step. (`KeyedStream::window` sets it from its `WindowSpec`.)
+    pub fn allowed_lateness_ms(mut self, ms: u64) -> Self {
+        self.allowed_lateness_ms = ms;
+        self
+    }
+
+    /// After how long (ms on the shard's injected clock) without a chunk
+    /// applied an input that has not ended is left out of the watermark's
+    /// minimum, so an idle input does not stall the others
+    /// (`event_time::IDLE_TIMEOUT_MS` by default; `None`: an input holds the
+    /// watermark back however long it is silent, which makes a multi-input
+    /// step's output a function of its input alone).
+    pub fn idle_timeout_ms(mut self, ms: Option<u64>) -> Self {
+        self.idle_timeout_ms = ms;
+        self
+    }
+
     /// Called for every key (in key order) once all input has been processed.
     pub fn on_end(mut self, f: impl Fn(&K, &S, &mut Output<'_, O>) + Send + Sync + 'static) -> Self {
         self.on_end = Some(Arc::new(f));
@@ -266,15 +366,39 @@ impl<K, V, S, O> Stateful<K, V, S, O> {
         self
     }
 
+    /// The sink format: the pipeline is complete. Panics (a programming
+    /// error, found at build time) when some inputs declare event time and
+    /// others do not, or an event-time timer handler has no event time.
     pub fn sink(self, format: impl Fn(&O, &mut Vec<u8>) + Send + Sync + 'static) -> Dataflow<K, V, S, O> {
-        let (sources, chains) = self.inputs.into_iter().map(|i| (i.source, i.chain)).unzip();
+        let timed = self.inputs.iter().filter(|i| i.event_time.is_some()).count();
+        assert!(
+            timed == 0 || timed == self.inputs.len(),
+            "{timed} of the step's {} inputs declare event time: declare it on every input (KeyedStream::event_time)",
+            self.inputs.len()
+        );
+        assert!(
+            self.on_event_timer.is_none() || timed > 0,
+            "an event-time timer handler needs event time: call KeyedStream::event_time on the inputs"
+        );
+        let mut sources = Vec::with_capacity(self.inputs.len());
+        let mut chains = Vec::with_capacity(self.inputs.len());
+        let mut event_times = Vec::with_capacity(self.inputs.len());
+        for input in self.inputs {
+            sources.push(input.source);
+            chains.push(input.chain);
+            event_times.push(input.event_time);
+        }
         Dataflow {
             sources,
             logic: Logic {
                 chains,
+                event_times,
                 step: self.step,
                 on_end: self.on_end,
                 on_timer: self.on_timer,
+                on_event_timer: self.on_event_timer,
+                allowed_lateness_ms: self.allowed_lateness_ms,
+                idle_timeout_ms: self.idle_timeout_ms,
                 format: Arc::new(format),
             },
         }
@@ -289,13 +413,49 @@ pub struct Dataflow<K, V, S, O> {
 }
 
 /// The logic of a dataflow: `chains[i]` turns lines of `sources[i]` into keyed
-/// records; `step` applies one to its key's state.
+/// records (with their event time if `event_times[i]` says how); `step`
+/// applies one to its key's state.
 pub struct Logic<K, V, S, O> {
     pub chains: Vec<Chain<Keyed<K, V>>>,
+    /// Parallel to `chains`: all `None` (no event time) or all `Some`.
+    pub event_times: Vec<Option<EventTimeSpec<V>>>,
     pub step: Arc<StepFn<K, V, S, O>>,
     pub on_end: Option<Arc<EndFn<K, S, O>>>,
     pub on_timer: Option<Arc<TimerFn<K, S, O>>>,
+    pub on_event_timer: Option<Arc<EventTimerFn<K, S, O>>>,
+    pub allowed_lateness_ms: u64,
+    pub idle_timeout_ms: Option<u64>,
     pub format: Arc<FormatFn<O>>,
+}
+
+impl<K, V, S, O> Logic<K, V, S, O> {
+    /// The logic as the shards of a run see it: one input per *stream*,
+    /// each parsing with its source's chain (a spread source is one stream
+    /// per process; `sources[i]` is stream `i`'s source).
+    pub fn for_streams(&self, sources: impl Iterator<Item = u32>) -> Self {
+        let (chains, event_times) = sources
+            .map(|s| {
+                let s = s as usize;
+                (Arc::clone(&self.chains[s]), self.event_times[s].clone())
+            })
+            .unzip();
+        Logic {
+            chains,
+            event_times,
+            step: Arc::clone(&self.step),
+            on_end: self.on_end.clone(),
+            on_timer: self.on_timer.clone(),
+            on_event_timer: self.on_event_timer.clone(),
+            allowed_lateness_ms: self.allowed_lateness_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            format: Arc::clone(&self.format),
+        }
+    }
+
+    /// Whether the step's inputs carry event time.
+    pub fn has_event_time(&self) -> bool {
+        self.event_times.iter().any(Option::is_some)
+    }
 }
 
 /// Where the keyed step emits: formats each output straight into the shard's
@@ -315,6 +475,13 @@ pub struct Output<'a, O> {
     /// Timers set (due time, the input they derive from) for the key, when
     /// the step has a timer handler.
     pub(crate) timers: Option<&'a mut Vec<(u64, MsgId)>>,
+    /// Event-time timers set (due event time, the input they derive from),
+    /// when the step has an event-time timer handler.
+    pub(crate) event_timers: Option<&'a mut Vec<(u64, MsgId)>>,
+    /// The event time of the record being processed (or the timer firing).
+    pub(crate) event_time_ms: Option<u64>,
+    /// The shard's watermark as the step runs.
+    pub(crate) watermark_ms: Option<u64>,
 }
 
 impl<O> Output<'_, O> {
@@ -350,6 +517,34 @@ impl<O> Output<'_, O> {
             Some(timers) => timers.push((at_us, self.id)),
             None => panic!("Output::set_timer needs a timer handler (Stateful::on_timer), and not in on_end"),
         }
+    }
+
+    /// Sets an event-time timer for this record's key, due at event time
+    /// `at_ms`: the step's `on_event_timer` handler runs with the key's state
+    /// once the shard's watermark reaches `at_ms` (one timer per key and
+    /// instant). Panics without an `on_event_timer` handler, and in `on_end`.
+    pub fn set_event_timer(&mut self, at_ms: u64) {
+        match self.event_timers.as_deref_mut() {
+            Some(timers) => timers.push((at_ms, self.id)),
+            None => panic!(
+                "Output::set_event_timer needs an event-time timer handler (Stateful::on_event_timer), and not in on_end"
+            ),
+        }
+    }
+
+    /// The event time (ms) of the record being processed, as its input's
+    /// `KeyedStream::event_time` extracts it; in an event-time timer
+    /// handler, the time the timer was set for. `None` without event time
+    /// and in `on_end`.
+    pub fn event_time_ms(&self) -> Option<u64> {
+        self.event_time_ms
+    }
+
+    /// The shard's watermark (ms) as the step runs: every record still to
+    /// come with an earlier event time minus the allowed lateness is late.
+    /// `u64::MAX` once all input ended; `None` without event time.
+    pub fn watermark_ms(&self) -> Option<u64> {
+        self.watermark_ms
     }
 
     /// Processing time, microseconds since the Unix epoch (UTC), through the

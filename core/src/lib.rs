@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod connector;
 pub mod driver;
 pub mod env;
+pub mod event_time;
 pub mod flow;
 pub mod ids;
 pub mod key;
@@ -24,6 +25,7 @@ pub mod source;
 pub mod step_timing;
 pub mod streams;
 pub mod timers;
+pub mod window;
 pub mod wire;
 
 pub use connector::{
@@ -31,7 +33,8 @@ pub use connector::{
     SourceReader,
 };
 pub use env::{Clock, ManualClock, Rng, SplitMix64, SystemClock};
-pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output, Stream};
+pub use event_time::EventTimeSpec;
+pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output, Stateful, Stream};
 pub use ids::{Msg, MsgId};
 pub use key::Key;
 pub use line::{Line, Reject};
@@ -43,6 +46,7 @@ pub use shard::ShardLimits;
 pub use sink::{CustomSink, DeadLetterSpec, OutputBatch, SinkSpec};
 pub use small::SmallBytes;
 pub use source::{LineGenerator, SourceSpec};
+pub use window::{Aggregate, WindowResult, WindowSpec};
 pub use wire::{Wire, WireError};
 
 /// What a keyed stateful step's per-key state must be: a fresh one per key

@@ -42,7 +42,8 @@
 
 use crate::audit::{ShardAudit, UnitClock, UnitSource};
 use crate::env::Clock;
-use crate::flow::{Chain, EndFn, FormatFn, Keyed, Logic, Output, StepFn, TimerFn};
+use crate::event_time::{EventTimeSpec, Watermarks};
+use crate::flow::{Chain, EndFn, EventTimerFn, FormatFn, Keyed, Logic, Output, StepFn, TimerFn};
 use crate::ids::{Msg, MsgId};
 use crate::key::{shard_for, Key};
 use crate::line::{for_each_line, DeadLetter, Line};
@@ -135,6 +136,10 @@ struct ParsedChunk<K, V> {
     /// before its turn leaves them out, as the recovered run parses it again.
     records: u64,
     dead_lettered: u64,
+    /// With event time: parallel to `local`, the chunk's highest event time
+    /// up to each record; and the chunk's highest.
+    local_event_max_ms: Vec<u64>,
+    event_max_ms: Option<u64>,
 }
 
 /// Records of one chunk of one source, from the shard that parsed it to one
@@ -151,6 +156,13 @@ pub struct Batch<K, V> {
     /// The chunk's last batch for this receiver.
     pub last: bool,
     pub records: Vec<Routed<K, V>>,
+    /// With event time (`crate::event_time`), parallel to `records`: the
+    /// chunk's highest event time up to and including each record (ms).
+    /// Empty without event time (no allocation).
+    pub event_max_ms: Vec<u64>,
+    /// With event time, on the `last` batch: the chunk's highest event time
+    /// (of all its records, wherever they went), if it had any.
+    pub chunk_event_max_ms: Option<u64>,
 }
 
 /// What a shard asks its driver to do, in order.
@@ -202,6 +214,9 @@ pub struct ShardCounters {
     pub dead_lettered: u64,
     /// Replayed records dropped by the dedup watermark.
     pub duplicates_dropped: u64,
+    /// Records dead-lettered as late (behind their watermark minus the
+    /// allowed lateness; also counted in `dead_lettered`).
+    pub late: u64,
     /// How long its chunks, batches and output buffers took, per step.
     pub timings: StepTimings,
 }
@@ -265,8 +280,30 @@ struct KeyedLogic<K, V, S, O> {
     step: Arc<StepFn<K, V, S, O>>,
     on_end: Option<Arc<EndFn<K, S, O>>>,
     on_timer: Option<Arc<TimerFn<K, S, O>>>,
+    on_event_timer: Option<Arc<EventTimerFn<K, S, O>>>,
     format: Arc<FormatFn<O>>,
 }
+
+/// The step's event time (`crate::event_time`): how each stream's records
+/// carry it, the watermarks, and how late a record may come.
+struct EventPart<V> {
+    specs: Vec<EventTimeSpec<V>>,
+    marks: Watermarks,
+    allowed_lateness_ms: u64,
+}
+
+/// What the step sees of event time as it runs: the record's (or timer's)
+/// event time and the watermark.
+#[derive(Clone, Copy, Default)]
+struct EventContext {
+    event_time_ms: Option<u64>,
+    watermark_ms: Option<u64>,
+}
+
+/// Rounds of event-time timers fired at the end of input: a handler that
+/// sets a timer again each time it runs would otherwise never let the run
+/// end (its timers still pending after these rounds are dropped, logged).
+const EVENT_TIMER_ROUNDS_AT_END_MAX: u32 = 1_000;
 
 /// The key-side half: state, timers, the step, and the output buffer.
 struct KeyedPart<K, V, S, O> {
@@ -274,6 +311,12 @@ struct KeyedPart<K, V, S, O> {
     timers: Timers<K>,
     /// Timers the step set while applying one record, until it returns.
     timers_set: Vec<(u64, MsgId)>,
+    /// Event-time timers (due at a watermark, ms), and those set while
+    /// applying one record.
+    event_timers: Timers<K>,
+    event_timers_set: Vec<(u64, MsgId)>,
+    /// With event time only.
+    event: Option<EventPart<V>>,
     logic: KeyedLogic<K, V, S, O>,
     output: Vec<u8>,
     /// The input id of each line in `output`, when the sink wants ids.
@@ -296,8 +339,12 @@ pub struct ShardCore<K, V, S, O> {
     limits: ShardLimits,
     sources: Vec<SourceState<K, V>>,
     keyed: KeyedPart<K, V, S, O>,
-    /// Per receiver: records of the chunk being parsed.
+    /// Per receiver: records of the chunk being parsed (with event time,
+    /// the chunk's highest event time up to each).
     outgoing: Vec<Vec<Routed<K, V>>>,
+    outgoing_event_max_ms: Vec<Vec<u64>>,
+    /// With event time: the highest event time of the chunk being parsed.
+    parse_event_max_ms: Option<u64>,
     watermarks: DedupWatermarks,
     finished: bool,
     counters: ShardCounters,
@@ -329,8 +376,10 @@ pub struct ShardCore<K, V, S, O> {
 /// version is refused, not misread. 2: whole snapshots and deltas; 3: the
 /// keyed step's timers, all of them in every snapshot; 4: market-spread's
 /// symbols route by their one word (`SmallBytes::route_hash_of_word`), so
-/// an older snapshot's keys would sit on shards that no longer own them.
-pub const SNAPSHOT_VERSION: u32 = 4;
+/// an older snapshot's keys would sit on shards that no longer own them;
+/// 5: event-time timers after the timers, then (with event time) the
+/// watermarks.
+pub const SNAPSHOT_VERSION: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -391,10 +440,14 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 store: KeyedStore::new(),
                 timers: Timers::default(),
                 timers_set: Vec::new(),
+                event_timers: Timers::default(),
+                event_timers_set: Vec::new(),
+                event: event_part(logic),
                 logic: KeyedLogic {
                     step: Arc::clone(&logic.step),
                     on_end: logic.on_end.clone(),
                     on_timer: logic.on_timer.clone(),
+                    on_event_timer: logic.on_event_timer.clone(),
                     format: Arc::clone(&logic.format),
                 },
                 output: Vec::with_capacity(limits.output_batch_bytes + 1024),
@@ -407,6 +460,8 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 audit: None,
             },
             outgoing: (0..shards).map(|_| Vec::new()).collect(),
+            outgoing_event_max_ms: (0..shards).map(|_| Vec::new()).collect(),
+            parse_event_max_ms: None,
             watermarks: DedupWatermarks::new(),
             finished: false,
             counters: ShardCounters::default(),
@@ -654,20 +709,24 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         };
         let applied = count - admit.skip.min(count);
         let began_us = self.timing_clock.now_us();
-        for record in batch.records.into_iter().skip(admit.skip as usize) {
+        let event_max_ms = &batch.event_max_ms;
+        debug_assert!(event_max_ms.is_empty() || event_max_ms.len() as u64 == count);
+        for (at, record) in batch.records.into_iter().enumerate().skip(admit.skip as usize) {
             let hash = record.key.route_hash();
             assert_eq!(
                 shard_for(hash, self.shards as usize),
                 self.index as usize,
                 "a record reached a shard that does not own its key"
             );
-            self.apply_record(source, batch.epoch, record, hash);
+            self.apply_record(source, batch.epoch, record, hash, event_max_ms.get(at).copied());
         }
+        let chunk_max_ms = batch.last.then_some(batch.chunk_event_max_ms).flatten();
+        let fired = self.event_time_advanced(source, batch.last, chunk_max_ms);
         self.timed(Step::Apply, applied, began_us);
         if self.panicked.is_some() {
             return;
         }
-        self.end_unit(unit, applied);
+        self.end_unit(unit, applied + fired);
         if batch.last {
             self.sources[source as usize].next_apply += 1;
             self.make_progress(source);
@@ -743,11 +802,13 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                     };
                     let applied = parsed.local.len() as u64;
                     let began_us = self.timing_clock.now_us();
-                    for (record, hash) in parsed.local {
-                        self.apply_record(source, parsed.epoch, record, hash);
+                    let event_max_ms = parsed.local_event_max_ms;
+                    for (at, (record, hash)) in parsed.local.into_iter().enumerate() {
+                        self.apply_record(source, parsed.epoch, record, hash, event_max_ms.get(at).copied());
                     }
+                    let fired = self.event_time_advanced(source, true, parsed.event_max_ms);
                     self.timed(Step::Apply, applied, began_us);
-                    self.end_unit(unit, applied);
+                    self.end_unit(unit, applied + fired);
                     continue;
                 }
             }
@@ -861,6 +922,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             dead_lettered,
             c.duplicates_dropped,
             self.keyed.emitted,
+            c.late,
         ] {
             n.encode(out);
         }
@@ -875,6 +937,10 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             state.encode(out);
         }
         self.keyed.timers.encode(out);
+        self.keyed.event_timers.encode(out);
+        if let Some(event) = &self.keyed.event {
+            event.marks.encode(out);
+        }
     }
 
     /// Starts this shard from its part of a checkpoint (a recovery): its
@@ -909,14 +975,17 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             counts,
             next_apply,
             timers,
+            event_timers,
+            marks,
         } = header.expect("the chain is not empty");
         store.forget_changes();
-        let [records_in, dead_lettered, duplicates_dropped, emitted] = counts;
+        let [records_in, dead_lettered, duplicates_dropped, emitted, late] = counts;
         self.counters = ShardCounters {
             records_in,
             records_out: 0,
             dead_lettered,
             duplicates_dropped,
+            late,
             // Timings are of this life's work only.
             timings: StepTimings::default(),
         };
@@ -924,6 +993,10 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         self.keyed.emitted_at_flush = emitted;
         self.keyed.store = store;
         self.keyed.timers = timers;
+        self.keyed.event_timers = event_timers;
+        if let (Some(event), Some(marks)) = (&mut self.keyed.event, marks) {
+            event.marks = marks;
+        }
         for (state, next) in self.sources.iter_mut().zip(next_apply) {
             state.next_apply = next;
         }
@@ -956,7 +1029,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 why: "a snapshot's kind differs from its part's",
             });
         }
-        let mut counts = [0u64; 4];
+        let mut counts = [0u64; 5];
         for n in &mut counts {
             *n = u64::decode(&mut input).map_err(malformed)?;
         }
@@ -979,6 +1052,15 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             *store.state_mut(key.route_hash(), &key, Key::detach) = state;
         }
         let timers = Timers::decode(&mut input).map_err(malformed)?;
+        let event_timers = Timers::decode(&mut input).map_err(malformed)?;
+        let marks = match &self.keyed.event {
+            Some(event) => {
+                let mut marks = event.marks.clone();
+                marks.decode_into(&mut input).map_err(malformed)?;
+                Some(marks)
+            }
+            None => None,
+        };
         if !input.is_empty() {
             return Err(malformed(WireError::Invalid("bytes after the timers")));
         }
@@ -986,6 +1068,8 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             counts,
             next_apply,
             timers,
+            event_timers,
+            marks,
         })
     }
 
@@ -1046,17 +1130,23 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         let counted_before = (self.counters.records_in, self.counters.dead_lettered);
         let began_us = self.timing_clock.now_us();
         let mut local = Vec::new();
+        let mut local_event_max_ms = Vec::new();
+        self.parse_event_max_ms = None;
         match data {
             ChunkData::Lines(lines) => {
-                let applied =
-                    self.route_lines(source, (chunk, epoch), first_line, lines, in_turn, &mut local);
+                let into = (&mut local, &mut local_event_max_ms);
+                let applied = self.route_lines(source, (chunk, epoch), first_line, lines, in_turn, into);
+                let fired = match in_turn {
+                    true => self.event_time_advanced(source, true, self.parse_event_max_ms),
+                    false => 0,
+                };
                 let unit = UnitSource {
                     source,
                     from: self.index,
                     chunk,
                     first_seq: 0,
                 };
-                self.end_unit(unit, applied);
+                self.end_unit(unit, applied + fired);
             }
             ChunkData::Oversized { prefix, size_bytes } => {
                 self.counters.records_in += 1;
@@ -1083,6 +1173,8 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 local,
                 records: self.counters.records_in - counted_before.0,
                 dead_lettered: self.counters.dead_lettered - counted_before.1,
+                local_event_max_ms,
+                event_max_ms: self.parse_event_max_ms,
             });
         }
     }
@@ -1106,11 +1198,17 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         first_line: u64,
         data: &Bytes,
         in_turn: bool,
-        local: &mut Vec<Hashed<K, V>>,
+        (local, local_event_max_ms): (&mut Vec<Hashed<K, V>>, &mut Vec<u64>),
     ) -> u64 {
         let (index, shards, batch_max) = (self.index, self.shards, self.limits.batch_max);
         let mut applied = 0;
         let chain = Arc::clone(&self.sources[source as usize].chain);
+        let event_time = self
+            .keyed
+            .event
+            .as_ref()
+            .map(|e| e.specs[source as usize].clone());
+        let mut chunk_max_ms: Option<u64> = None;
         let mut line_no = first_line;
         for_each_line(data, |range| {
             let id = MsgId::new(source, line_no);
@@ -1119,18 +1217,28 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             let routed = chain(Msg::new(id, line), &mut |msg: Msg<Keyed<K, V>>| {
                 let hash = msg.data.key.route_hash();
                 let to = shard_for(hash, shards as usize) as u32;
+                // The chunk's running max goes with the record, so its
+                // receiver knows the record's watermark (`crate::event_time`).
+                let running_max_ms = event_time.as_ref().map(|spec| {
+                    let at_ms = spec.event_time_ms(&msg.data.value);
+                    let max_ms = chunk_max_ms.map_or(at_ms, |max| max.max(at_ms));
+                    chunk_max_ms = Some(max_ms);
+                    max_ms
+                });
                 let record = Routed {
                     id: msg.id,
                     key: msg.data.key,
                     value: msg.data.value,
                 };
                 if to == index && in_turn {
-                    self.apply_record(source, epoch, record, hash);
+                    self.apply_record(source, epoch, record, hash, running_max_ms);
                     applied += 1;
                 } else if to == index {
                     local.push((record, hash));
+                    local_event_max_ms.extend(running_max_ms);
                 } else {
                     self.outgoing[to as usize].push(record);
+                    self.outgoing_event_max_ms[to as usize].extend(running_max_ms);
                     if self.outgoing[to as usize].len() >= batch_max {
                         self.send_batch(source, chunk, epoch, to, false);
                     }
@@ -1143,6 +1251,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 self.dead_letter(source, epoch, letter);
             }
         });
+        self.parse_event_max_ms = chunk_max_ms;
         self.counters.records_in += line_no - first_line;
         applied
     }
@@ -1150,6 +1259,8 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     fn send_batch(&mut self, source: u32, chunk: u64, epoch: u64, to: u32, last: bool) {
         let capacity = if last { 0 } else { self.limits.batch_max };
         let records = std::mem::replace(&mut self.outgoing[to as usize], Vec::with_capacity(capacity));
+        let event_max_ms = std::mem::take(&mut self.outgoing_event_max_ms[to as usize]);
+        let chunk_event_max_ms = self.parse_event_max_ms.filter(|_| last);
         let next_seq = &mut self.sources[source as usize].next_seq[to as usize];
         let first_seq = *next_seq;
         *next_seq += records.len() as u64;
@@ -1170,6 +1281,8 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             first_seq,
             last,
             records,
+            event_max_ms,
+            chunk_event_max_ms,
         };
         self.effects.push(Effect::Send { to, batch });
     }
@@ -1208,13 +1321,149 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
     /// Applies one record of a chunk of `epoch` in its turn. A record the
     /// step fails is dead-lettered; a panic stops the shard (`panicked`),
     /// with the audit records so far on their way.
-    fn apply_record(&mut self, source: u32, epoch: u64, record: Routed<K, V>, hash: u64) {
+    /// With event time, `chunk_max_ms` is the record's chunk's highest
+    /// event time up to it: a record late by its watermark is dead-lettered.
+    fn apply_record(
+        &mut self,
+        source: u32,
+        epoch: u64,
+        record: Routed<K, V>,
+        hash: u64,
+        chunk_max_ms: Option<u64>,
+    ) {
         if self.panicked.is_some() {
             return;
         }
-        if let Some(failure) = self.keyed.apply(record, hash) {
+        let mut context = EventContext::default();
+        if let (Some(event), Some(chunk_max_ms)) = (&mut self.keyed.event, chunk_max_ms) {
+            let at_ms = event.specs[source as usize].event_time_ms(&record.value);
+            let watermark_ms = event.marks.record(source, chunk_max_ms);
+            if Watermarks::is_late(at_ms, watermark_ms, event.allowed_lateness_ms) {
+                let lateness_ms = event.allowed_lateness_ms;
+                self.counters.late += 1;
+                self.counters.dead_lettered += 1;
+                let reason = format!(
+                    "late: event time {at_ms} ms is behind the watermark {watermark_ms} ms by more than the allowed {lateness_ms} ms"
+                );
+                let letter = DeadLetter {
+                    id: record.id,
+                    reason: reason.into(),
+                    raw: Bytes::new(),
+                };
+                self.dead_letter(source, epoch, letter);
+                return;
+            }
+            context = EventContext {
+                event_time_ms: Some(at_ms),
+                watermark_ms: Some(watermark_ms),
+            };
+        }
+        if let Some(failure) = self.keyed.apply(record, hash, context) {
             self.step_failed(source, epoch, failure, "the keyed step");
         }
+    }
+
+    /// A unit of `source` was applied (`chunk_done`: it completed a chunk
+    /// whose highest event time was `chunk_max_ms`): the watermark moves
+    /// and the event-time timers it passed fire, as part of the unit.
+    /// Returns how many fired.
+    fn event_time_advanced(&mut self, source: u32, chunk_done: bool, chunk_max_ms: Option<u64>) -> u64 {
+        let Some(event) = &mut self.keyed.event else {
+            return 0;
+        };
+        if self.panicked.is_some() {
+            return 0;
+        }
+        // Idleness is judged on the shard's own clock (not the step's
+        // recorded one): it decides when, not what, for a single input.
+        let now_us = event.marks.wants_clock().then(|| self.timing_clock.now_us());
+        if chunk_done {
+            event.marks.chunk_done(source, chunk_max_ms, now_us);
+        }
+        // Another input that ended holds nothing back. The unit's own
+        // stream counts as ended only once the shard finishes: whether its
+        // end is known by now depends on timing (and on the path its last
+        // chunk took), and where its last timers fire must not.
+        for (stream, state) in self.sources.iter().enumerate() {
+            if stream as u32 != source && state.is_done() {
+                event.marks.ended(stream as u32);
+            }
+        }
+        event.marks.advance(now_us);
+        let due_ms = event.marks.timers_due_ms();
+        self.fire_event_timers(due_ms)
+    }
+
+    /// Fires the event-time timers due at or before `due_ms` (the
+    /// watermark), in (time, key) order; returns how many fired.
+    fn fire_event_timers(&mut self, due_ms: u64) -> u64 {
+        let due = self.keyed.event_timers.take_due(due_ms);
+        let fired = due.len() as u64;
+        let watermark_ms = self.watermark_ms().unwrap_or(due_ms);
+        for (at_ms, key, by) in due {
+            let context = EventContext {
+                event_time_ms: Some(at_ms),
+                watermark_ms: Some(watermark_ms),
+            };
+            if let Some(failure) = self.keyed.fire_event(at_ms, key, by, context) {
+                // Out at once: a unit that fires timers is past every
+                // snapshot taken.
+                self.step_failed(
+                    by.producer,
+                    self.checkpoints_taken,
+                    failure,
+                    "the event-time timer handler",
+                );
+                if self.panicked.is_some() {
+                    break;
+                }
+            }
+        }
+        fired
+    }
+
+    /// All input is in: the watermark is +∞ and every event-time timer
+    /// fires (with its outputs derived from the final state, like `on_end`'s,
+    /// so not a unit of the audit log).
+    fn fire_event_timers_at_end(&mut self) {
+        let Some(event) = &mut self.keyed.event else {
+            return;
+        };
+        for stream in 0..self.sources.len() as u32 {
+            event.marks.ended(stream);
+        }
+        let watermark_ms = event.marks.advance(None);
+        for _ in 0..EVENT_TIMER_ROUNDS_AT_END_MAX {
+            if self.keyed.event_timers.is_empty() || self.panicked.is_some() {
+                break;
+            }
+            self.fire_event_timers(watermark_ms);
+        }
+        if !self.keyed.event_timers.is_empty() {
+            log::warn!(
+                "shard {}: {} event-time timers still set after {EVENT_TIMER_ROUNDS_AT_END_MAX} rounds at the end of input are dropped (a handler sets timers again each time it runs)",
+                self.index,
+                self.keyed.event_timers.len()
+            );
+        }
+        let _ = self.keyed.clock.end_unit(0);
+    }
+
+    /// A test-only fault switch: the simulator's planted event-time bugs.
+    pub fn plant_event_time_bugs(&mut self, bugs: crate::event_time::EventTimeBugs) {
+        if let Some(event) = &mut self.keyed.event {
+            event.marks.plant_bugs(bugs);
+        }
+    }
+
+    /// The shard's event-time watermark (ms), with event time.
+    pub fn watermark_ms(&self) -> Option<u64> {
+        self.keyed.event.as_ref().map(|e| e.marks.watermark_ms())
+    }
+
+    /// Event-time timers set and not yet fired.
+    pub fn event_timers_pending(&self) -> usize {
+        self.keyed.event_timers.len()
     }
 
     /// The step (`what`) failed a record or panicked: a failed record is
@@ -1321,6 +1570,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         if self.schedule_front().is_some_and(|unit| unit.is_timers()) {
             return;
         }
+        self.fire_event_timers_at_end();
         self.keyed.run_on_end();
         self.flush();
         self.finished = true;
@@ -1380,22 +1630,39 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
     /// A panic of the step is caught here, at the step boundary, so the
     /// audit log can name the input and the state it met.
     #[must_use = "a failed record is dead-lettered, a panic stops the shard"]
-    fn apply(&mut self, record: Routed<K, V>, hash: u64) -> Option<StepFailure> {
+    fn apply(&mut self, record: Routed<K, V>, hash: u64, context: EventContext) -> Option<StepFailure> {
         let Routed { id, key, value } = record;
-        self.guarded(hash, &key, id, |logic, state, output| {
+        self.guarded(hash, &key, id, context, |logic, state, output| {
             (logic.step)(state, &key, Msg::new(id, value), output)
+        })
+    }
+
+    /// Runs `key`'s event-time timer due at `at_ms`, set by input `by`.
+    fn fire_event(&mut self, at_ms: u64, key: K, by: MsgId, context: EventContext) -> Option<StepFailure> {
+        self.guarded(key.route_hash(), &key, by, context, |logic, state, output| {
+            let on_event_timer = logic
+                .on_event_timer
+                .as_deref()
+                .expect("only a step with a handler sets event-time timers");
+            on_event_timer(state, &key, at_ms, output)
         })
     }
 
     /// Runs `key`'s timer due at `at_us`, set by input `by`.
     fn fire(&mut self, at_us: u64, key: K, by: MsgId) -> Option<StepFailure> {
-        self.guarded(key.route_hash(), &key, by, |logic, state, output| {
-            let on_timer = logic
-                .on_timer
-                .as_deref()
-                .expect("only a step with a handler sets timers");
-            on_timer(state, &key, at_us, output)
-        })
+        self.guarded(
+            key.route_hash(),
+            &key,
+            by,
+            EventContext::default(),
+            |logic, state, output| {
+                let on_timer = logic
+                    .on_timer
+                    .as_deref()
+                    .expect("only a step with a handler sets timers");
+                on_timer(state, &key, at_us, output)
+            },
+        )
     }
 
     /// Runs the step's logic (`run`) on `key`'s state, for input `id`; a
@@ -1406,6 +1673,7 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
         hash: u64,
         key: &K,
         id: MsgId,
+        context: EventContext,
         run: impl FnOnce(&KeyedLogic<K, V, S, O>, &mut S, &mut Output<'_, O>),
     ) -> Option<StepFailure> {
         // A zero-sized state (a stateless keyed step, e.g. doubler) needs no store:
@@ -1419,6 +1687,7 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
         };
         let mut failure = None;
         let with_timers = self.logic.on_timer.is_some();
+        let with_event_timers = self.logic.on_event_timer.is_some();
         let mut output = Output {
             id,
             format: &*self.logic.format,
@@ -1429,6 +1698,9 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
             notes: self.audit.as_mut().map(|audit| &mut audit.notes),
             failure: &mut failure,
             timers: with_timers.then_some(&mut self.timers_set),
+            event_timers: with_event_timers.then_some(&mut self.event_timers_set),
+            event_time_ms: context.event_time_ms,
+            watermark_ms: context.watermark_ms,
         };
         let logic = &self.logic;
         let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1442,12 +1714,18 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
                         self.timers.set(at_us, key, by);
                     }
                 }
+                if with_event_timers {
+                    for (at_ms, by) in self.event_timers_set.drain(..) {
+                        self.event_timers.set(at_ms, key, by);
+                    }
+                }
                 return None;
             }
             (Ok(()), Some(reason)) => (false, reason),
             (Err(payload), _) => (true, crate::runtime::panic_message(&*payload).into()),
         };
         self.timers_set.clear();
+        self.event_timers_set.clear();
         if let Some(audit) = &mut self.audit {
             let (mut key_bytes, mut state_bytes) = (Vec::new(), Vec::new());
             key.encode(&mut key_bytes);
@@ -1475,6 +1753,9 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
                 notes: None,
                 failure: &mut failure,
                 timers: None,
+                event_timers: None,
+                event_time_ms: None,
+                watermark_ms: self.event.as_ref().map(|e| e.marks.watermark_ms()),
             };
             on_end(key, state, &mut output);
             debug_assert!(failure.is_none(), "on_end has no record to fail");
@@ -1484,10 +1765,36 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
 }
 
 /// What a snapshot holds besides its keys: the shard's counters at the cut
-/// (records in, dead-lettered, duplicates dropped, emitted), each source's
-/// next chunk, and the pending timers.
+/// (records in, dead-lettered, duplicates dropped, emitted, late), each
+/// source's next chunk, the pending timers of both kinds and, with event
+/// time, the watermarks.
 struct SnapshotHeader<K: Key> {
-    counts: [u64; 4],
+    counts: [u64; 5],
     next_apply: Vec<u64>,
     timers: Timers<K>,
+    event_timers: Timers<K>,
+    /// With event time.
+    marks: Option<Watermarks>,
+}
+
+/// The step's event time, if its inputs declare it (`Logic::event_times`).
+fn event_part<K, V, S, O>(logic: &Logic<K, V, S, O>) -> Option<EventPart<V>> {
+    let specs: Vec<EventTimeSpec<V>> = logic.event_times.iter().flatten().cloned().collect();
+    if specs.is_empty() {
+        return None;
+    }
+    assert_eq!(
+        specs.len(),
+        logic.chains.len(),
+        "every input of an event-time step declares it"
+    );
+    let marks = Watermarks::new(
+        specs.iter().map(EventTimeSpec::max_delay_ms),
+        logic.idle_timeout_ms,
+    );
+    Some(EventPart {
+        specs,
+        marks,
+        allowed_lateness_ms: logic.allowed_lateness_ms,
+    })
 }

@@ -120,6 +120,25 @@ impl<T: Wire> Wire for Option<T> {
     }
 }
 
+/// A length (u32), then each element. What is reserved up front is bounded
+/// by the bytes left, so a corrupt length cannot allocate more than that.
+impl<T: Wire> Wire for Vec<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        (self.len() as u32).encode(out);
+        for value in self {
+            value.encode(out);
+        }
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, WireError> {
+        let len = u32::decode(input)? as usize;
+        let mut values = Vec::with_capacity(len.min(input.len()));
+        for _ in 0..len {
+            values.push(T::decode(input)?);
+        }
+        Ok(values)
+    }
+}
+
 impl<A: Wire, B: Wire> Wire for (A, B) {
     fn encode(&self, out: &mut Vec<u8>) {
         self.0.encode(out);

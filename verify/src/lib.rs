@@ -31,6 +31,7 @@ mod oracle;
 pub mod proxy;
 pub mod sim;
 mod two_streams;
+pub mod windowed;
 
 pub use compare::{compare, Anomaly, AnomalyKind, Comparator, Report, TwoStreamInputs};
 pub use dead_letters::{letter_record, DeadLetterChecker, DeadLetterInput, DeadLetterReport, LetterAnomaly};

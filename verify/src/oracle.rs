@@ -273,7 +273,7 @@ pub(crate) fn show_price(units: Units) -> String {
 }
 
 /// A `<key> <value>` line.
-fn parse_seq(text: &str) -> Result<(&str, u64), Malformed> {
+pub(crate) fn parse_seq(text: &str) -> Result<(&str, u64), Malformed> {
     let fields: Vec<&str> = text.split_whitespace().collect();
     let [key, value] = fields[..] else {
         return Err(Malformed);

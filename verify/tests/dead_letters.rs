@@ -25,7 +25,7 @@ fn malformed(app: AppName, i: usize) -> Vec<u8> {
         AppName::Wordcount => b"bad \xc3 not UTF-8".to_vec(),
         AppName::Doubler => format!("{i}.5 not a number").into_bytes(),
         AppName::MarketSpread => format!("X,{i},nonsense").into_bytes(),
-        AppName::SeqWindow => format!("k{i} {i} extra").into_bytes(),
+        AppName::SeqWindow | AppName::WindowCount => format!("k{i} {i} extra").into_bytes(),
     }
 }
 

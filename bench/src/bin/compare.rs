@@ -102,7 +102,7 @@ fn naive(args: &[String]) -> Result<(), String> {
         AppName::Wordcount => baseline::wordcount(&input),
         AppName::MarketSpread => baseline::market_spread(&input),
         AppName::SeqWindow => baseline::seq_window(&input),
-        AppName::Doubler => return Err("no naive loop for doubler".to_string()),
+        AppName::Doubler | AppName::WindowCount => return Err(format!("no naive loop for {}", app.name())),
     };
     println!("outputs {outputs}");
     Ok(())

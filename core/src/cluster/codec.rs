@@ -42,12 +42,17 @@ pub fn encode_batch<K: Wire, V: Wire>(batch: &Batch<K, V>, frame: &mut FrameWrit
         batch.epoch.encode(out);
         batch.first_seq.encode(out);
         batch.last.encode(out);
+        batch.chunk_event_max_ms.encode(out);
+        (!batch.event_max_ms.is_empty()).encode(out);
     });
-    for record in &batch.records {
+    for (at, record) in batch.records.iter().enumerate() {
         frame.record_with(|out| {
             encode_id(record.id, out);
             record.key.encode(out);
             record.value.encode(out);
+            if let Some(max_ms) = batch.event_max_ms.get(at) {
+                max_ms.encode(out);
+            }
         });
     }
 }
@@ -61,10 +66,16 @@ pub fn decode_batch<K: Key + Wire, V: Wire>(
     let mut input = head;
     let decode_head = |input: &mut &[u8]| -> Result<_, WireError> {
         let numbers = (u64::decode(input)?, u64::decode(input)?, u64::decode(input)?);
-        Ok((numbers, bool::decode(input)?))
+        let flags = (
+            bool::decode(input)?,
+            Option::<u64>::decode(input)?,
+            bool::decode(input)?,
+        );
+        Ok((numbers, flags))
     };
-    let ((chunk, epoch, first_seq), last) =
+    let ((chunk, epoch, first_seq), (last, chunk_event_max_ms, stamped)) =
         decode_head(&mut input).map_err(|e| malformed("batch header", e))?;
+    let capacity = frame.header.record_count as usize;
     let mut batch = Batch {
         source,
         from,
@@ -72,19 +83,23 @@ pub fn decode_batch<K: Key + Wire, V: Wire>(
         epoch,
         first_seq,
         last,
-        records: Vec::with_capacity(frame.header.record_count as usize),
+        records: Vec::with_capacity(capacity),
+        event_max_ms: Vec::with_capacity(if stamped { capacity } else { 0 }),
+        chunk_event_max_ms,
     };
     for record in rest {
         let mut input = record;
-        let decode_record = |input: &mut &[u8]| -> Result<Routed<K, V>, WireError> {
-            Ok(Routed {
+        let decode_record = |input: &mut &[u8]| -> Result<(Routed<K, V>, Option<u64>), WireError> {
+            let routed = Routed {
                 id: decode_id(input)?,
                 key: K::decode(input)?,
                 value: V::decode(input)?,
-            })
+            };
+            Ok((routed, if stamped { Some(u64::decode(input)?) } else { None }))
         };
-        let routed = decode_record(&mut input).map_err(|e| malformed("batch record", e))?;
+        let (routed, max_ms) = decode_record(&mut input).map_err(|e| malformed("batch record", e))?;
         batch.records.push(routed);
+        batch.event_max_ms.extend(max_ms);
     }
     Ok(batch)
 }
@@ -431,7 +446,13 @@ pub fn encode_upstream(message: &UpstreamRef<'_>, frame: &mut FrameWriter<'_>) {
         }
         UpstreamRef::Finished(c) => frame.record_with(|out| {
             UP_FINISHED.encode(out);
-            for value in [c.records_in, c.records_out, c.dead_lettered, c.duplicates_dropped] {
+            for value in [
+                c.records_in,
+                c.records_out,
+                c.dead_lettered,
+                c.duplicates_dropped,
+                c.late,
+            ] {
                 value.encode(out);
             }
             for step in &c.timings.steps {
@@ -511,6 +532,7 @@ pub fn decode_upstream(frame: &Frame) -> Result<Upstream, ClusterError> {
                 records_out: next()?,
                 dead_lettered: next()?,
                 duplicates_dropped: next()?,
+                late: next()?,
                 timings: Default::default(),
             };
             for step in counters.timings.steps.iter_mut() {

@@ -145,6 +145,9 @@ pub struct RunSummary {
     pub records_in: u64,
     pub records_out: u64,
     pub dead_lettered: u64,
+    /// Of `dead_lettered`, the records that came too late for their
+    /// watermark (`crate::event_time`).
+    pub late: u64,
     pub duplicates_dropped: u64,
     pub wall: Duration,
     pub workers: usize,
@@ -301,6 +304,7 @@ struct LiveCounters {
     records_in: AtomicU64,
     records_out: AtomicU64,
     dead_lettered: AtomicU64,
+    late: AtomicU64,
     duplicates_dropped: AtomicU64,
     /// Test-only planted faults (`TEST_PANIC_ENV`, `TEST_HANG_ENV`).
     panic_after_records: Option<u64>,
@@ -355,6 +359,7 @@ impl LiveCounters {
         self.records_in.store(c.records_in, Ordering::Relaxed);
         self.records_out.store(c.records_out, Ordering::Relaxed);
         self.dead_lettered.store(c.dead_lettered, Ordering::Relaxed);
+        self.late.store(c.late, Ordering::Relaxed);
         self.duplicates_dropped
             .store(c.duplicates_dropped, Ordering::Relaxed);
         self.timings.publish(&c.timings);
@@ -563,10 +568,7 @@ where
     let Dataflow { sources, mut logic } = flow;
     let Reading { streams, progress } = reading;
     // Shards see streams: a spread source's streams parse with its chain.
-    logic.chains = streams
-        .iter()
-        .map(|(_, s)| Arc::clone(&logic.chains[s.source as usize]))
-        .collect();
+    logic = logic.for_streams(streams.iter().map(|(_, s)| s.source));
     let source_names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let stream_names: Arc<Vec<String>> = Arc::new(streams.names(&source_names));
     let stream_count = streams.len();
@@ -852,6 +854,7 @@ where
         records_in: totals.records_in,
         records_out: totals.records_out,
         dead_lettered: totals.dead_lettered,
+        late: totals.late,
         duplicates_dropped: totals.duplicates_dropped,
         wall: started.elapsed(),
         workers: local.len(),
@@ -1161,6 +1164,7 @@ fn wait_for_shards(
                 totals.records_in += c.records_in;
                 totals.records_out += c.records_out;
                 totals.dead_lettered += c.dead_lettered;
+                totals.late += c.late;
                 totals.duplicates_dropped += c.duplicates_dropped;
                 totals.timings.merge(&c.timings);
                 per_shard.push((shard, c));

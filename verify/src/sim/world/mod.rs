@@ -8,7 +8,6 @@ use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::Arc;
 use verity_core::checkpoint::RestoreFrom;
 use verity_core::checkpoint::{Checkpointer, Restart};
 use verity_core::cluster::codec::{
@@ -728,16 +727,7 @@ where
         let streams = Streams::plan(&[config.spread], config.processes);
         let spread_logic;
         let logic = if config.spread {
-            spread_logic = Logic {
-                chains: streams
-                    .iter()
-                    .map(|(_, s)| Arc::clone(&logic.chains[s.source as usize]))
-                    .collect(),
-                step: Arc::clone(&logic.step),
-                on_end: logic.on_end.clone(),
-                on_timer: logic.on_timer.clone(),
-                format: Arc::clone(&logic.format),
-            };
+            spread_logic = logic.for_streams(streams.iter().map(|(_, s)| s.source));
             &spread_logic
         } else {
             logic
@@ -792,6 +782,9 @@ where
         }
         if config.bugs.no_dedup {
             shards.iter_mut().for_each(ShardCore::disable_dedup_for_testing);
+        }
+        for core in &mut shards {
+            core.plant_event_time_bugs(config.bugs.event_time);
         }
         let restart = recovery.as_ref().and_then(|r| r.restart.as_ref());
         let mut restored_deltas = 0;
