@@ -53,6 +53,7 @@ use crate::timers::Timers;
 use crate::wire::{Wire, WireError};
 use crate::State;
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use verity_state::{DedupWatermarks, KeyedStore};
@@ -654,15 +655,17 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         };
         let applied = count - admit.skip.min(count);
         let began_us = self.timing_clock.now_us();
-        for record in batch.records.into_iter().skip(admit.skip as usize) {
+        let (index, shards) = (self.index as usize, self.shards as usize);
+        let records = batch.records.into_iter().skip(admit.skip as usize).map(|record| {
             let hash = record.key.route_hash();
             assert_eq!(
-                shard_for(hash, self.shards as usize),
-                self.index as usize,
+                shard_for(hash, shards),
+                index,
                 "a record reached a shard that does not own its key"
             );
-            self.apply_record(source, batch.epoch, record, hash);
-        }
+            (record, hash)
+        });
+        self.apply_records(source, batch.epoch, records);
         self.timed(Step::Apply, applied, began_us);
         if self.panicked.is_some() {
             return;
@@ -743,9 +746,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                     };
                     let applied = parsed.local.len() as u64;
                     let began_us = self.timing_clock.now_us();
-                    for (record, hash) in parsed.local {
-                        self.apply_record(source, parsed.epoch, record, hash);
-                    }
+                    self.apply_records(source, parsed.epoch, parsed.local);
                     self.timed(Step::Apply, applied, began_us);
                     self.end_unit(unit, applied);
                     continue;
@@ -1048,15 +1049,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         let mut local = Vec::new();
         match data {
             ChunkData::Lines(lines) => {
-                let applied =
-                    self.route_lines(source, (chunk, epoch), first_line, lines, in_turn, &mut local);
-                let unit = UnitSource {
-                    source,
-                    from: self.index,
-                    chunk,
-                    first_seq: 0,
-                };
-                self.end_unit(unit, applied);
+                self.route_lines(source, (chunk, epoch), first_line, lines, &mut local);
             }
             ChunkData::Oversized { prefix, size_bytes } => {
                 self.counters.records_in += 1;
@@ -1072,9 +1065,22 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             }
         }
         self.timed(Step::Parse, self.counters.records_in - counted_before.0, began_us);
+        if in_turn {
+            // Its own records apply at once, as one batch.
+            let unit = UnitSource {
+                source,
+                from: self.index,
+                chunk,
+                first_seq: 0,
+            };
+            let applied = local.len() as u64;
+            let began_us = self.timing_clock.now_us();
+            self.apply_records(source, epoch, std::mem::take(&mut local));
+            self.timed(Step::Apply, applied, began_us);
+            self.end_unit(unit, applied);
+        }
         let state = &mut self.sources[source as usize];
         if in_turn {
-            debug_assert!(local.is_empty());
             state.next_apply += 1;
         } else {
             state.own_parsed.push_back(ParsedChunk {
@@ -1105,11 +1111,9 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         (chunk, epoch): (u64, u64),
         first_line: u64,
         data: &Bytes,
-        in_turn: bool,
         local: &mut Vec<Hashed<K, V>>,
-    ) -> u64 {
+    ) {
         let (index, shards, batch_max) = (self.index, self.shards, self.limits.batch_max);
-        let mut applied = 0;
         let chain = Arc::clone(&self.sources[source as usize].chain);
         let mut line_no = first_line;
         for_each_line(data, |range| {
@@ -1124,10 +1128,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                     key: msg.data.key,
                     value: msg.data.value,
                 };
-                if to == index && in_turn {
-                    self.apply_record(source, epoch, record, hash);
-                    applied += 1;
-                } else if to == index {
+                if to == index {
                     local.push((record, hash));
                 } else {
                     self.outgoing[to as usize].push(record);
@@ -1144,7 +1145,6 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             }
         });
         self.counters.records_in += line_no - first_line;
-        applied
     }
 
     fn send_batch(&mut self, source: u32, chunk: u64, epoch: u64, to: u32, last: bool) {
@@ -1205,15 +1205,18 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         }
     }
 
-    /// Applies one record of a chunk of `epoch` in its turn. A record the
-    /// step fails is dead-lettered; a panic stops the shard (`panicked`),
-    /// with the audit records so far on their way.
-    fn apply_record(&mut self, source: u32, epoch: u64, record: Routed<K, V>, hash: u64) {
-        if self.panicked.is_some() {
-            return;
-        }
-        if let Some(failure) = self.keyed.apply(record, hash) {
-            self.step_failed(source, epoch, failure, "the keyed step");
+    /// Applies `records` of a chunk of `epoch` in its turn, as one batch
+    /// (`KeyedPart::apply_records`). A record the step fails is
+    /// dead-lettered and the rest go on; a panic stops the shard
+    /// (`panicked`, the rest are dropped), with the audit records so far on
+    /// their way.
+    fn apply_records(&mut self, source: u32, epoch: u64, records: impl IntoIterator<Item = Hashed<K, V>>) {
+        let mut records = records.into_iter();
+        while self.panicked.is_none() {
+            match self.keyed.apply_records(&mut records) {
+                None => return,
+                Some(failure) => self.step_failed(source, epoch, failure, "the keyed step"),
+            }
         }
     }
 
@@ -1372,19 +1375,101 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
 struct StepFailure {
     id: MsgId,
     panicked: bool,
-    reason: std::borrow::Cow<'static, str>,
+    reason: Cow<'static, str>,
 }
 
 impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
-    /// Applies `record`, whose key hashes to `hash` (`Key::route_hash`).
-    /// A panic of the step is caught here, at the step boundary, so the
-    /// audit log can name the input and the state it met.
+    /// Applies `records` (each with its key's `Key::route_hash`) in order,
+    /// with the panic guard, the `Output` handle and the step's call set up
+    /// once for the batch rather than per record (they cost about as much
+    /// as a small step). Stops at the first record the step fails or panics
+    /// on and returns it, its audit records written; the caller
+    /// dead-letters it (and calls again for the rest) or stops the shard.
     #[must_use = "a failed record is dead-lettered, a panic stops the shard"]
-    fn apply(&mut self, record: Routed<K, V>, hash: u64) -> Option<StepFailure> {
-        let Routed { id, key, value } = record;
-        self.guarded(hash, &key, id, |logic, state, output| {
-            (logic.step)(state, &key, Msg::new(id, value), output)
-        })
+    fn apply_records(&mut self, records: &mut impl Iterator<Item = Hashed<K, V>>) -> Option<StepFailure> {
+        let mut failure = None;
+        let with_timers = self.logic.on_timer.is_some();
+        // The record being applied, kept out here so that a panic's audit
+        // record can name its input and key.
+        let mut current: Option<(K, MsgId, u64)> = None;
+        let (store, timers) = (&mut self.store, &mut self.timers);
+        let mut output = Output {
+            id: MsgId::default(),
+            format: &*self.logic.format,
+            buffer: &mut self.output,
+            ids: self.output_ids.as_mut(),
+            emitted: &mut self.emitted,
+            clock: &mut self.clock,
+            notes: self.audit.as_mut().map(|audit| &mut audit.notes),
+            failure: &mut failure,
+            timers: with_timers.then_some(&mut self.timers_set),
+        };
+        let step = &*self.logic.step;
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for (Routed { id, key, value }, hash) in records {
+                let (key, _, _) = current.insert((key, id, hash));
+                let mut unit_state;
+                let state = match Self::state_in(store, hash, key) {
+                    Some(state) => state,
+                    None => {
+                        unit_state = S::default();
+                        &mut unit_state
+                    }
+                };
+                output.id = id;
+                step(state, key, Msg::new(id, value), &mut output);
+                if output.failure.is_some() {
+                    return;
+                }
+                // Only a step with a timer handler can have set timers.
+                if let Some(set) = output.timers.as_deref_mut() {
+                    for (at_us, by) in set.drain(..) {
+                        timers.set(at_us, key, by);
+                    }
+                }
+            }
+        }));
+        let reason = match (stepped, failure) {
+            (Ok(()), None) => return None,
+            (Ok(()), Some(reason)) => Err(reason),
+            (Err(payload), _) => Ok(payload),
+        };
+        let (key, id, hash) = current.expect("a record failed or panicked");
+        Some(self.failed(hash, &key, id, reason))
+    }
+
+    /// The state of `key` (which hashes to `hash`), or `None` for a
+    /// zero-sized state (a stateless keyed step, e.g. doubler): it needs no
+    /// store, and skipping it keeps memory flat however many keys pass.
+    fn state_in<'s>(store: &'s mut KeyedStore<K, S>, hash: u64, key: &K) -> Option<&'s mut S> {
+        (std::mem::size_of::<S>() != 0).then(|| store.state_mut(hash, key, Key::detach))
+    }
+
+    /// The step failed input `id` (`Err` with its reason) or panicked on it
+    /// (`Ok` with the payload): the timers it set are dropped, and the
+    /// audit log gets the key and the state the step left.
+    fn failed(
+        &mut self,
+        hash: u64,
+        key: &K,
+        id: MsgId,
+        reason: Result<Box<dyn std::any::Any + Send>, Cow<'static, str>>,
+    ) -> StepFailure {
+        let (panicked, reason) = match reason {
+            Ok(payload) => (true, crate::runtime::panic_message(&*payload).into()),
+            Err(reason) => (false, reason),
+        };
+        self.timers_set.clear();
+        if let Some(audit) = &mut self.audit {
+            let (mut key_bytes, mut state_bytes) = (Vec::new(), Vec::new());
+            key.encode(&mut key_bytes);
+            match Self::state_in(&mut self.store, hash, key) {
+                Some(state) => state.encode(&mut state_bytes),
+                None => S::default().encode(&mut state_bytes),
+            }
+            audit.step_failed(&self.clock, id, panicked, &reason, key_bytes, state_bytes);
+        }
+        StepFailure { id, panicked, reason }
     }
 
     /// Runs `key`'s timer due at `at_us`, set by input `by`.
@@ -1408,14 +1493,13 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
         id: MsgId,
         run: impl FnOnce(&KeyedLogic<K, V, S, O>, &mut S, &mut Output<'_, O>),
     ) -> Option<StepFailure> {
-        // A zero-sized state (a stateless keyed step, e.g. doubler) needs no store:
-        // skipping it keeps memory flat however many distinct keys pass.
         let mut unit_state;
-        let state = if std::mem::size_of::<S>() == 0 {
-            unit_state = S::default();
-            &mut unit_state
-        } else {
-            self.store.state_mut(hash, key, Key::detach)
+        let state = match Self::state_in(&mut self.store, hash, key) {
+            Some(state) => state,
+            None => {
+                unit_state = S::default();
+                &mut unit_state
+            }
         };
         let mut failure = None;
         let with_timers = self.logic.on_timer.is_some();
@@ -1434,9 +1518,8 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
         let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run(logic, &mut *state, &mut output)
         }));
-        let (panicked, reason) = match (stepped, failure) {
+        let reason = match (stepped, failure) {
             (Ok(()), None) => {
-                // Only a step with a timer handler can have set timers.
                 if with_timers {
                     for (at_us, by) in self.timers_set.drain(..) {
                         self.timers.set(at_us, key, by);
@@ -1444,17 +1527,10 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
                 }
                 return None;
             }
-            (Ok(()), Some(reason)) => (false, reason),
-            (Err(payload), _) => (true, crate::runtime::panic_message(&*payload).into()),
+            (Ok(()), Some(reason)) => Err(reason),
+            (Err(payload), _) => Ok(payload),
         };
-        self.timers_set.clear();
-        if let Some(audit) = &mut self.audit {
-            let (mut key_bytes, mut state_bytes) = (Vec::new(), Vec::new());
-            key.encode(&mut key_bytes);
-            state.encode(&mut state_bytes);
-            audit.step_failed(&self.clock, id, panicked, &reason, key_bytes, state_bytes);
-        }
-        Some(StepFailure { id, panicked, reason })
+        Some(self.failed(hash, key, id, reason))
     }
 
     fn run_on_end(&mut self) {
