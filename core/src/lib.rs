@@ -15,6 +15,7 @@ pub mod key;
 pub mod line;
 pub mod metrics;
 pub mod replay;
+pub mod routes;
 pub mod runtime;
 pub mod shard;
 
@@ -31,7 +32,7 @@ pub use connector::{
     SourceReader,
 };
 pub use env::{Clock, ManualClock, Rng, SplitMix64, SystemClock};
-pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output, Stream};
+pub use flow::{Dataflow, Either, FanOut, KeyedStream, LineStream, Output, Stream};
 pub use ids::{Msg, MsgId};
 pub use key::Key;
 pub use line::{Line, Reject};

@@ -42,10 +42,12 @@
 
 use crate::audit::{ShardAudit, UnitClock, UnitSource};
 use crate::env::Clock;
-use crate::flow::{Chain, EndFn, FormatFn, Keyed, Logic, Output, StepFn, TimerFn};
+use crate::flow::{Chain, EndFn, FormatFn, Logic, Output, StepFn, TimerFn};
 use crate::ids::{Msg, MsgId};
 use crate::key::{shard_for, Key};
-use crate::line::{for_each_line, DeadLetter, Line};
+use crate::line::DeadLetter;
+pub use crate::routes::Routed;
+use crate::routes::{ChunkLines, Hashed, Routes};
 use crate::sink::OutputBatch;
 use crate::source::{ChunkData, SourceCut, SourceEvent};
 use crate::step_timing::{Step, StepTimings};
@@ -112,19 +114,6 @@ impl Default for ShardLimits {
         }
     }
 }
-
-/// A keyed record in flight between shards. It carries no hash of its key: the
-/// receiver recomputes it (a few instructions) rather than have every record
-/// that crosses cores or the network carry 8 more bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Routed<K, V> {
-    pub id: MsgId,
-    pub key: K,
-    pub value: V,
-}
-
-/// A record kept on the shard that parsed it, with its key's route hash.
-type Hashed<K, V> = (Routed<K, V>, u64);
 
 /// An own chunk parsed ahead of its turn.
 struct ParsedChunk<K, V> {
@@ -209,7 +198,7 @@ pub struct ShardCounters {
 
 /// One source as this shard sees it.
 struct SourceState<K, V> {
-    chain: Chain<Keyed<K, V>>,
+    chain: Chain<K, V>,
     /// Known once the source ended.
     total_chunks: Option<u64>,
     /// The chunk whose records this shard applies next.
@@ -297,8 +286,8 @@ pub struct ShardCore<K, V, S, O> {
     limits: ShardLimits,
     sources: Vec<SourceState<K, V>>,
     keyed: KeyedPart<K, V, S, O>,
-    /// Per receiver: records of the chunk being parsed.
-    outgoing: Vec<Vec<Routed<K, V>>>,
+    /// Where the chunk being parsed goes (its buffers reused chunk after chunk).
+    routes: Routes<K, V>,
     watermarks: DedupWatermarks,
     finished: bool,
     counters: ShardCounters,
@@ -407,7 +396,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 clock: UnitClock::new(crate::env::process_clock()),
                 audit: None,
             },
-            outgoing: (0..shards).map(|_| Vec::new()).collect(),
+            routes: Routes::new(index, shards),
             watermarks: DedupWatermarks::new(),
             finished: false,
             counters: ShardCounters::default(),
@@ -1059,9 +1048,10 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 self.dead_letter(source, epoch, letter);
             }
         }
-        for to in 0..self.shards {
-            if to != self.index {
-                self.send_batch(source, chunk, epoch, to, true);
+        if let ChunkData::Oversized { .. } = data {
+            let index = self.index;
+            for to in (0..self.shards).filter(|to| *to != index) {
+                self.send_batch(source, (chunk, epoch), to, true, Vec::new());
             }
         }
         self.timed(Step::Parse, self.counters.records_in - counted_before.0, began_us);
@@ -1075,9 +1065,11 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
             };
             let applied = local.len() as u64;
             let began_us = self.timing_clock.now_us();
-            self.apply_records(source, epoch, std::mem::take(&mut local));
+            self.apply_records(source, epoch, local.drain(..));
             self.timed(Step::Apply, applied, began_us);
             self.end_unit(unit, applied);
+            // Its buffer goes on to the next chunk.
+            self.routes.local = std::mem::take(&mut local);
         }
         let state = &mut self.sources[source as usize];
         if in_turn {
@@ -1105,6 +1097,10 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         }
     }
 
+    /// Parses a chunk's lines through the source's compiled chain: its
+    /// rejected lines are dead-lettered, the records of this shard's keys
+    /// land in `local`, and the others go out in batches of at most
+    /// `batch_max` per receiver, the last one marked.
     fn route_lines(
         &mut self,
         source: u32,
@@ -1113,43 +1109,44 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         data: &Bytes,
         local: &mut Vec<Hashed<K, V>>,
     ) {
-        let (index, shards, batch_max) = (self.index, self.shards, self.limits.batch_max);
         let chain = Arc::clone(&self.sources[source as usize].chain);
-        let mut line_no = first_line;
-        for_each_line(data, |range| {
-            let id = MsgId::new(source, line_no);
-            line_no += 1;
-            let line = Line::new(data, range.clone());
-            let routed = chain(Msg::new(id, line), &mut |msg: Msg<Keyed<K, V>>| {
-                let hash = msg.data.key.route_hash();
-                let to = shard_for(hash, shards as usize) as u32;
-                let record = Routed {
-                    id: msg.id,
-                    key: msg.data.key,
-                    value: msg.data.value,
-                };
-                if to == index {
-                    local.push((record, hash));
-                } else {
-                    self.outgoing[to as usize].push(record);
-                    if self.outgoing[to as usize].len() >= batch_max {
-                        self.send_batch(source, chunk, epoch, to, false);
-                    }
-                }
-                Ok(())
-            });
-            if let Err(reject) = routed {
-                self.counters.dead_lettered += 1;
-                let letter = DeadLetter::new(id, reject.reason, &data.slice(range));
-                self.dead_letter(source, epoch, letter);
+        let lines = ChunkLines {
+            stream: source,
+            first_line,
+            data,
+        };
+        chain(lines, &mut self.routes);
+        self.counters.records_in += self.routes.take_lines();
+        let mut rejects = std::mem::take(&mut self.routes.rejects);
+        for (id, reject, range) in rejects.drain(..) {
+            self.counters.dead_lettered += 1;
+            let letter = DeadLetter::new(id, reject.reason, &data.slice(range));
+            self.dead_letter(source, epoch, letter);
+        }
+        self.routes.rejects = rejects;
+        std::mem::swap(local, &mut self.routes.local);
+        for to in 0..self.shards {
+            if to == self.index {
+                continue;
             }
-        });
-        self.counters.records_in += line_no - first_line;
+            let mut records = std::mem::take(&mut self.routes.outgoing[to as usize]);
+            while records.len() >= self.limits.batch_max {
+                let rest = records.split_off(self.limits.batch_max);
+                self.send_batch(source, (chunk, epoch), to, false, records);
+                records = rest;
+            }
+            self.send_batch(source, (chunk, epoch), to, true, records);
+        }
     }
 
-    fn send_batch(&mut self, source: u32, chunk: u64, epoch: u64, to: u32, last: bool) {
-        let capacity = if last { 0 } else { self.limits.batch_max };
-        let records = std::mem::replace(&mut self.outgoing[to as usize], Vec::with_capacity(capacity));
+    fn send_batch(
+        &mut self,
+        source: u32,
+        (chunk, epoch): (u64, u64),
+        to: u32,
+        last: bool,
+        records: Vec<Routed<K, V>>,
+    ) {
         let next_seq = &mut self.sources[source as usize].next_seq[to as usize];
         let first_seq = *next_seq;
         *next_seq += records.len() as u64;
