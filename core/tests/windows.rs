@@ -50,7 +50,7 @@ fn parse(line: Line) -> Result<Event, Reject> {
     })
 }
 
-fn events(name: &str, input: &str) -> Stream<Event> {
+fn events(name: &str, input: &str) -> Stream<Event, impl verity_core::flow::Steps<Event>> {
     Stream::from_source(SourceSpec::memory(name, Bytes::copy_from_slice(input.as_bytes()))).try_map(parse)
 }
 
