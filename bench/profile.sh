@@ -68,6 +68,12 @@ FORMATS = {
     "seq-window": "verity_apps::seq_window::dataflow::{{closure}}'2",
 }
 
+# A source's compiled chain (flow.rs: line split, the app's first steps,
+# key, route; one call per chunk) and its per-line part. The apply of a
+# batch is inlined into `progress_source`: the shard's cost beside the chain.
+CHAIN = "verity_core::flow::Stream<T,C>::key_split::{{closure}}"
+PER_LINE = CHAIN + "::{{closure}}"
+
 def first(costs, *patterns):
     """The costliest function whose name contains every pattern (0 if none)."""
     hits = [c for fn, c in costs.items() if all(p in fn for p in patterns)]
@@ -80,26 +86,24 @@ rows = {}
 for app in apps:
     v, v_total = inclusive(f"{out}/{app}-verity.cg")
     n, n_total = inclusive(f"{out}/{app}-naive.cg")
-    apply = first(v, "ShardCore<K,V,S,O>::apply_record")
+    chain = v.get(CHAIN, 0)
+    per_line = v.get(PER_LINE, 0)
     state = first(v, "KeyedStore<K,S>::state_mut")
     emit = max(first(v, "flow::Output<O>::emit"), v.get(FORMATS[app], 0))
     step = v.get(STEPS[app], 0)
-    parsed = first(v, "Stream<T>::then::{{closure}}::{{closure}}")
-    chain = first(v, "Stream<T>::then::{{closure}}")
-    lines_total = first(v, "ShardCore<K,V,S,O>::progress_source")
+    shard = first(v, "ShardCore<K,V,S,O>::progress_source")
     reader = first(v, "reader_thread::pump")
     output = first(v, "output_thread::write_outputs")
     phases = {
         "read and chunk (reader thread)": reader,
-        "line split and per-line dispatch": lines_total - chain,
-        "parse (the app's first steps, key build)": chain - parsed,
-        "key hash and route": parsed - apply,
+        "line split (the chain's loop over a chunk's lines)": chain - per_line,
+        "parse, key, hash and route (the chain's per-line code)": per_line,
         "keyed state lookup": state,
         "the app's step": step - emit,
         "output formatting": emit,
-        "apply overhead (step call, panic guard, output handle)": apply - step - state,
+        "apply overhead (batch loop, output handle; dead letters, batches)": shard - chain - step - state,
         "output write (output thread; none with the null sink)": output,
-        "rest (queues, batches, start-up)": v_total - lines_total - reader - output,
+        "rest (queues, batches, start-up)": v_total - shard - reader - output,
         "**verity total**": v_total,
         "**naive loop total**": n_total,
     }

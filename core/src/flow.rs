@@ -2,38 +2,63 @@
 //! → `key_by` → one keyed stateful step (single input, or two streams joined on
 //! the key) → a sink format.
 //!
-//! Steps are composed once into one shared closure per source, so a record costs a
-//! few indirect calls and no allocation on its way to routing. Stateless steps are
-//! `Fn`: every shard runs them on the input chunks dealt to it. The keyed step
-//! runs on the shard that owns the key, so one key's state is only ever touched
-//! by one thread.
+//! A source's steps are composed at build time: each step's type holds the
+//! steps before it (`Steps`), so the whole chain, the line split before it
+//! and the routing after it compile into one function per source (`Chain`),
+//! boxed once by `key_split`. The shard calls it once per chunk; a record
+//! costs no indirect call on its way to routing (a `flat_map` makes one per
+//! value it pushes). Stateless steps are `Fn`: every shard runs them on the
+//! input chunks dealt to it. The keyed step runs on the shard that owns the
+//! key, so one key's state is only ever touched by one thread.
 //!
 //! Event time (`KeyedStream::event_time`, `crate::event_time`) gives the keyed
 //! step a watermark, event-time timers (`Output::set_event_timer`,
 //! `Stateful::on_event_timer`) and windows (`KeyedStream::window`,
-//! `crate::window`), which are library code over this same API.
+//! `crate::window`), which are library code over this same API. The
+//! compiled chain does not know about it: the shard's `Routes` read each
+//! routed record's event time when the step has one (`Routes::push`).
 
 use crate::audit::{NoteSink, UnitClock};
 use crate::event_time::EventTimeSpec;
 use crate::ids::{Msg, MsgId};
 use crate::key::Key;
-use crate::line::{Line, Reject};
+use crate::line::{for_each_line, Line, Reject};
+use crate::routes::{ChunkLines, Routes};
 use crate::source::SourceSpec;
 use crate::State;
 use std::borrow::Cow;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Where a step hands its outputs.
+/// Where a `flat_map` hands its outputs.
 pub type Emit<'a, T> = &'a mut dyn FnMut(Msg<T>) -> Result<(), Reject>;
 
-/// A composed chain from a source line to values of type `T`.
-pub type Chain<T> = Arc<dyn for<'l> Fn(Msg<Line<'l>>, Emit<'_, T>) -> Result<(), Reject> + Send + Sync>;
+/// A source's compiled chain: parses one chunk of its lines, routing each
+/// keyed record (or noting each rejected line) into the shard's `Routes`.
+pub type Chain<K, V> = Arc<dyn Fn(ChunkLines<'_>, &mut Routes<K, V>) + Send + Sync>;
 
-/// A stream of `T` coming from one source.
-pub struct Stream<T> {
-    source: SourceSpec,
-    chain: Chain<T>,
+/// The stateless steps of a source so far, from a line to values of type
+/// `T`: each `Stream` method wraps them in one more step, so the compiler
+/// sees (and inlines) the whole chain.
+pub trait Steps<T>: Send + Sync + 'static {
+    /// Runs `line` through the steps, handing each value to `emit`.
+    fn run(
+        &self,
+        line: Msg<Line<'_>>,
+        emit: &mut impl FnMut(Msg<T>) -> Result<(), Reject>,
+    ) -> Result<(), Reject>;
 }
+
+/// A stream of `T` coming from one source, through the steps `C`.
+pub struct Stream<T, C = NoSteps> {
+    source: SourceSpec,
+    steps: C,
+    values: PhantomData<fn() -> T>,
+}
+
+/// The steps of a stream not yet given any (only `Stream::from_source`'s
+/// type names it).
+pub struct NoSteps;
 
 /// The lines of one source. Lines are borrowed from their input buffer, so the
 /// first step turns each into an owned value.
@@ -63,64 +88,196 @@ impl Stream<()> {
     }
 }
 
+/// The first step, on a line.
+pub struct LineMap<F>(F);
+/// The first step, on a line, that may reject it.
+pub struct LineTryMap<F>(F);
+/// The first step, on a line, with zero or more outputs.
+pub struct LineFlatMap<F>(F);
+
+impl<U, F: for<'l> Fn(Line<'l>) -> U + Send + Sync + 'static> Steps<U> for LineMap<F> {
+    #[inline]
+    fn run(
+        &self,
+        line: Msg<Line<'_>>,
+        emit: &mut impl FnMut(Msg<U>) -> Result<(), Reject>,
+    ) -> Result<(), Reject> {
+        emit(Msg::new(line.id, (self.0)(line.data)))
+    }
+}
+
+impl<U, F: for<'l> Fn(Line<'l>) -> Result<U, Reject> + Send + Sync + 'static> Steps<U> for LineTryMap<F> {
+    #[inline]
+    fn run(
+        &self,
+        line: Msg<Line<'_>>,
+        emit: &mut impl FnMut(Msg<U>) -> Result<(), Reject>,
+    ) -> Result<(), Reject> {
+        emit(Msg::new(line.id, (self.0)(line.data)?))
+    }
+}
+
+impl<U, F> Steps<U> for LineFlatMap<F>
+where
+    F: for<'l> Fn(Line<'l>, &mut FanOut<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
+{
+    #[inline]
+    fn run(
+        &self,
+        line: Msg<Line<'_>>,
+        emit: &mut impl FnMut(Msg<U>) -> Result<(), Reject>,
+    ) -> Result<(), Reject> {
+        (self.0)(line.data, &mut FanOut { id: line.id, emit })
+    }
+}
+
 impl LineStream {
-    fn first<U: 'static>(
-        self,
-        step: impl for<'l> Fn(Msg<Line<'l>>, Emit<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
-    ) -> Stream<U> {
+    fn first<U, C: Steps<U>>(self, steps: C) -> Stream<U, C> {
         Stream {
             source: self.source,
-            chain: Arc::new(step),
+            steps,
+            values: PhantomData,
         }
     }
 
-    pub fn map<U: 'static>(self, f: impl for<'l> Fn(Line<'l>) -> U + Send + Sync + 'static) -> Stream<U> {
-        self.first(move |msg, emit| emit(Msg::new(msg.id, f(msg.data))))
+    pub fn map<U: 'static>(
+        self,
+        f: impl for<'l> Fn(Line<'l>) -> U + Send + Sync + 'static,
+    ) -> Stream<U, impl Steps<U>> {
+        self.first(LineMap(f))
     }
 
     /// A map that can reject a line (it goes to the dead-letter file).
     pub fn try_map<U: 'static>(
         self,
         f: impl for<'l> Fn(Line<'l>) -> Result<U, Reject> + Send + Sync + 'static,
-    ) -> Stream<U> {
-        self.first(move |msg, emit| emit(Msg::new(msg.id, f(msg.data)?)))
+    ) -> Stream<U, impl Steps<U>> {
+        self.first(LineTryMap(f))
     }
 
     /// Zero or more outputs per line (see `Stream::flat_map`).
     pub fn flat_map<U: 'static>(
         self,
         f: impl for<'l> Fn(Line<'l>, &mut FanOut<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
-    ) -> Stream<U> {
-        self.first(move |msg, emit| f(msg.data, &mut FanOut { id: msg.id, emit }))
+    ) -> Stream<U, impl Steps<U>> {
+        self.first(LineFlatMap(f))
     }
 }
 
-impl<T: 'static> Stream<T> {
-    fn then<U: 'static>(
-        self,
-        step: impl Fn(Msg<T>, Emit<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
-    ) -> Stream<U> {
-        let prev = self.chain;
+/// A later step of a stream of `T`: `step` gets each value the steps
+/// before it (`prev`) emit.
+pub struct Then<P, F, T> {
+    prev: P,
+    step: F,
+    input: PhantomData<fn(T)>,
+}
+
+/// What a later step does with each value (one type per kind of step, so
+/// every call in the chain is a direct one).
+pub struct MapStep<F>(F);
+pub struct TryMapStep<F>(F);
+pub struct FilterStep<F>(F);
+pub struct FlatMapStep<F>(F);
+
+impl<T: 'static, U, P: Steps<T>, F: Fn(T) -> U + Send + Sync + 'static> Steps<U> for Then<P, MapStep<F>, T> {
+    #[inline]
+    fn run(
+        &self,
+        line: Msg<Line<'_>>,
+        emit: &mut impl FnMut(Msg<U>) -> Result<(), Reject>,
+    ) -> Result<(), Reject> {
+        let f = &self.step.0;
+        self.prev
+            .run(line, &mut |msg| emit(Msg::new(msg.id, f(msg.data))))
+    }
+}
+
+impl<T: 'static, U, P, F> Steps<U> for Then<P, TryMapStep<F>, T>
+where
+    P: Steps<T>,
+    F: Fn(T) -> Result<U, Reject> + Send + Sync + 'static,
+{
+    #[inline]
+    fn run(
+        &self,
+        line: Msg<Line<'_>>,
+        emit: &mut impl FnMut(Msg<U>) -> Result<(), Reject>,
+    ) -> Result<(), Reject> {
+        let f = &self.step.0;
+        self.prev
+            .run(line, &mut |msg| emit(Msg::new(msg.id, f(msg.data)?)))
+    }
+}
+
+impl<T: 'static, P: Steps<T>, F: Fn(&T) -> bool + Send + Sync + 'static> Steps<T>
+    for Then<P, FilterStep<F>, T>
+{
+    #[inline]
+    fn run(
+        &self,
+        line: Msg<Line<'_>>,
+        emit: &mut impl FnMut(Msg<T>) -> Result<(), Reject>,
+    ) -> Result<(), Reject> {
+        let keep = &self.step.0;
+        self.prev
+            .run(line, &mut |msg| if keep(&msg.data) { emit(msg) } else { Ok(()) })
+    }
+}
+
+impl<T: 'static, U, P, F> Steps<U> for Then<P, FlatMapStep<F>, T>
+where
+    P: Steps<T>,
+    F: Fn(T, &mut FanOut<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
+{
+    #[inline]
+    fn run(
+        &self,
+        line: Msg<Line<'_>>,
+        emit: &mut impl FnMut(Msg<U>) -> Result<(), Reject>,
+    ) -> Result<(), Reject> {
+        let f = &self.step.0;
+        self.prev.run(line, &mut |msg| {
+            f(
+                msg.data,
+                &mut FanOut {
+                    id: msg.id,
+                    emit: &mut *emit,
+                },
+            )
+        })
+    }
+}
+
+impl<T: 'static, C: Steps<T>> Stream<T, C> {
+    fn then<U, S>(self, step: S) -> Stream<U, Then<C, S, T>>
+    where
+        Then<C, S, T>: Steps<U>,
+    {
         Stream {
             source: self.source,
-            chain: Arc::new(move |line, emit| prev(line, &mut |msg| step(msg, &mut *emit))),
+            steps: Then {
+                prev: self.steps,
+                step,
+                input: PhantomData,
+            },
+            values: PhantomData,
         }
     }
 
-    pub fn map<U: 'static>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> Stream<U> {
-        self.then(move |msg, emit| emit(Msg::new(msg.id, f(msg.data))))
+    pub fn map<U: 'static>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> Stream<U, impl Steps<U>> {
+        self.then(MapStep(f))
     }
 
     /// A map that can reject a record (it goes to the dead-letter file).
     pub fn try_map<U: 'static>(
         self,
         f: impl Fn(T) -> Result<U, Reject> + Send + Sync + 'static,
-    ) -> Stream<U> {
-        self.then(move |msg, emit| emit(Msg::new(msg.id, f(msg.data)?)))
+    ) -> Stream<U, impl Steps<U>> {
+        self.then(TryMapStep(f))
     }
 
-    pub fn filter(self, keep: impl Fn(&T) -> bool + Send + Sync + 'static) -> Stream<T> {
-        self.then(move |msg, emit| if keep(&msg.data) { emit(msg) } else { Ok(()) })
+    pub fn filter(self, keep: impl Fn(&T) -> bool + Send + Sync + 'static) -> Stream<T, impl Steps<T>> {
+        self.then(FilterStep(keep))
     }
 
     /// Zero or more outputs per input, pushed into a `FanOut`; returning an error
@@ -128,24 +285,40 @@ impl<T: 'static> Stream<T> {
     pub fn flat_map<U: 'static>(
         self,
         f: impl Fn(T, &mut FanOut<'_, U>) -> Result<(), Reject> + Send + Sync + 'static,
-    ) -> Stream<U> {
-        self.then(move |msg, emit| f(msg.data, &mut FanOut { id: msg.id, emit }))
+    ) -> Stream<U, impl Steps<U>> {
+        self.then(FlatMapStep(f))
     }
 
     /// Splits each record into its key and the value the keyed step gets (when
-    /// the step needs no more than the key, the value can be `()`).
+    /// the step needs no more than the key, the value can be `()`). This
+    /// compiles the source's chain: its line split, steps and routing become
+    /// one function, called once per chunk.
     pub fn key_split<K: Key, V: 'static>(
         self,
         split: impl Fn(T) -> (K, V) + Send + Sync + 'static,
     ) -> KeyedStream<K, V> {
-        let stream = self.map(move |record| {
-            let (key, value) = split(record);
-            Keyed { key, value }
+        let steps = self.steps;
+        let chain: Chain<K, V> = Arc::new(move |chunk: ChunkLines<'_>, routes: &mut Routes<K, V>| {
+            let mut line_no = chunk.first_line;
+            for_each_line(chunk.data, |range| {
+                let id = MsgId::new(chunk.stream, line_no);
+                line_no += 1;
+                let line = Line::new(chunk.data, range.clone());
+                let routed = steps.run(Msg::new(id, line), &mut |msg: Msg<T>| {
+                    let (key, value) = split(msg.data);
+                    routes.push(msg.id, key, value);
+                    Ok(())
+                });
+                if let Err(reject) = routed {
+                    routes.rejects.push((id, reject, range));
+                }
+            });
+            routes.count_lines(line_no - chunk.first_line);
         });
         KeyedStream {
             inputs: vec![SourceChain {
-                source: stream.source,
-                chain: stream.chain,
+                source: self.source,
+                chain,
                 event_time: None,
             }],
         }
@@ -157,18 +330,11 @@ impl<T: 'static> Stream<T> {
     }
 }
 
-/// A record with its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keyed<K, V> {
-    pub key: K,
-    pub value: V,
-}
-
-/// One source and the chain that turns its lines into keyed records, with
-/// how its records carry event time, if they do.
+/// One source and its compiled chain, with how its records carry event
+/// time, if they do.
 struct SourceChain<K, V> {
     source: SourceSpec,
-    chain: Chain<Keyed<K, V>>,
+    chain: Chain<K, V>,
     event_time: Option<EventTimeSpec<V>>,
 }
 
@@ -199,17 +365,20 @@ pub type EventTimerFn<K, S, O> = dyn Fn(&mut S, &K, u64, &mut Output<'_, O>) + S
 pub type FormatFn<O> = dyn Fn(&O, &mut Vec<u8>) + Send + Sync;
 
 impl<K: Key, V: Send + 'static> KeyedStream<K, V> {
+    /// Each input's values mapped by `f` (`back` finds the input's own value
+    /// in a mapped one, for its event time). A join's inputs pay for it with a
+    /// second pass over each chunk's records (the chains are compiled
+    /// already); a single-input stream never comes here.
     fn map_values<W: 'static>(self, f: fn(V) -> W, back: fn(&W) -> Option<&V>) -> KeyedStream<K, W> {
         let inputs = self
             .inputs
             .into_iter()
             .map(|input| {
                 let prev = input.chain;
-                let chain: Chain<Keyed<K, W>> = Arc::new(move |line, emit| {
-                    prev(line, &mut |msg: Msg<Keyed<K, V>>| {
-                        let Keyed { key, value } = msg.data;
-                        emit(Msg::new(msg.id, Keyed { key, value: f(value) }))
-                    })
+                let chain: Chain<K, W> = Arc::new(move |chunk, routes: &mut Routes<K, W>| {
+                    let mut unmapped = routes.for_values::<V>();
+                    prev(chunk, &mut unmapped);
+                    routes.append_mapped(&mut unmapped, f);
                 });
                 SourceChain {
                     source: input.source,
@@ -412,11 +581,11 @@ pub struct Dataflow<K, V, S, O> {
     pub logic: Logic<K, V, S, O>,
 }
 
-/// The logic of a dataflow: `chains[i]` turns lines of `sources[i]` into keyed
-/// records (with their event time if `event_times[i]` says how); `step`
-/// applies one to its key's state.
+/// The logic of a dataflow: `chains[i]` turns chunks of `sources[i]` into
+/// routed keyed records (with their event time if `event_times[i]` says
+/// how); `step` applies one to its key's state.
 pub struct Logic<K, V, S, O> {
-    pub chains: Vec<Chain<Keyed<K, V>>>,
+    pub chains: Vec<Chain<K, V>>,
     /// Parallel to `chains`: all `None` (no event time) or all `Some`.
     pub event_times: Vec<Option<EventTimeSpec<V>>>,
     pub step: Arc<StepFn<K, V, S, O>>,

@@ -17,6 +17,7 @@ pub mod line;
 pub mod member_sink;
 pub mod metrics;
 pub mod replay;
+pub mod routes;
 pub mod runtime;
 pub mod shard;
 
@@ -35,7 +36,7 @@ pub use connector::{
 };
 pub use env::{Clock, ManualClock, Rng, SplitMix64, SystemClock};
 pub use event_time::EventTimeSpec;
-pub use flow::{Dataflow, Either, FanOut, Keyed, KeyedStream, LineStream, Output, Stateful, Stream};
+pub use flow::{Dataflow, Either, FanOut, KeyedStream, LineStream, Output, Stateful, Stream};
 pub use ids::{Msg, MsgId};
 pub use key::Key;
 pub use line::{Line, Reject};

@@ -43,10 +43,12 @@
 use crate::audit::{ShardAudit, UnitClock, UnitSource};
 use crate::env::Clock;
 use crate::event_time::{EventTimeSpec, Watermarks};
-use crate::flow::{Chain, EndFn, EventTimerFn, FormatFn, Keyed, Logic, Output, StepFn, TimerFn};
+use crate::flow::{Chain, EndFn, EventTimerFn, FormatFn, Logic, Output, StepFn, TimerFn};
 use crate::ids::{Msg, MsgId};
 use crate::key::{shard_for, Key};
-use crate::line::{for_each_line, DeadLetter, Line};
+use crate::line::DeadLetter;
+pub use crate::routes::Routed;
+use crate::routes::{ChunkLines, Hashed, Routes};
 use crate::sink::OutputBatch;
 use crate::source::{ChunkData, SourceCut, SourceEvent};
 use crate::step_timing::{Step, StepTimings};
@@ -54,6 +56,7 @@ use crate::timers::Timers;
 use crate::wire::{Wire, WireError};
 use crate::State;
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use verity_state::{DedupWatermarks, KeyedStore};
@@ -112,19 +115,6 @@ impl Default for ShardLimits {
         }
     }
 }
-
-/// A keyed record in flight between shards. It carries no hash of its key: the
-/// receiver recomputes it (a few instructions) rather than have every record
-/// that crosses cores or the network carry 8 more bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Routed<K, V> {
-    pub id: MsgId,
-    pub key: K,
-    pub value: V,
-}
-
-/// A record kept on the shard that parsed it, with its key's route hash.
-type Hashed<K, V> = (Routed<K, V>, u64);
 
 /// An own chunk parsed ahead of its turn.
 struct ParsedChunk<K, V> {
@@ -223,7 +213,7 @@ pub struct ShardCounters {
 
 /// One source as this shard sees it.
 struct SourceState<K, V> {
-    chain: Chain<Keyed<K, V>>,
+    chain: Chain<K, V>,
     /// Known once the source ended.
     total_chunks: Option<u64>,
     /// The chunk whose records this shard applies next.
@@ -339,12 +329,9 @@ pub struct ShardCore<K, V, S, O> {
     limits: ShardLimits,
     sources: Vec<SourceState<K, V>>,
     keyed: KeyedPart<K, V, S, O>,
-    /// Per receiver: records of the chunk being parsed (with event time,
-    /// the chunk's highest event time up to each).
-    outgoing: Vec<Vec<Routed<K, V>>>,
-    outgoing_event_max_ms: Vec<Vec<u64>>,
-    /// With event time: the highest event time of the chunk being parsed.
-    parse_event_max_ms: Option<u64>,
+    /// Where the chunk being parsed goes (its buffers reused chunk after
+    /// chunk; with event time, with each record's running max).
+    routes: Routes<K, V>,
     watermarks: DedupWatermarks,
     finished: bool,
     counters: ShardCounters,
@@ -459,9 +446,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 clock: UnitClock::new(crate::env::process_clock()),
                 audit: None,
             },
-            outgoing: (0..shards).map(|_| Vec::new()).collect(),
-            outgoing_event_max_ms: (0..shards).map(|_| Vec::new()).collect(),
-            parse_event_max_ms: None,
+            routes: Routes::new(index, shards),
             watermarks: DedupWatermarks::new(),
             finished: false,
             counters: ShardCounters::default(),
@@ -709,17 +694,19 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         };
         let applied = count - admit.skip.min(count);
         let began_us = self.timing_clock.now_us();
-        let event_max_ms = &batch.event_max_ms;
-        debug_assert!(event_max_ms.is_empty() || event_max_ms.len() as u64 == count);
-        for (at, record) in batch.records.into_iter().enumerate().skip(admit.skip as usize) {
+        let event_max_ms = batch.event_max_ms.get(admit.skip as usize..).unwrap_or_default();
+        debug_assert!(batch.event_max_ms.is_empty() || batch.event_max_ms.len() as u64 == count);
+        let (index, shards) = (self.index as usize, self.shards as usize);
+        let records = batch.records.into_iter().skip(admit.skip as usize).map(|record| {
             let hash = record.key.route_hash();
             assert_eq!(
-                shard_for(hash, self.shards as usize),
-                self.index as usize,
+                shard_for(hash, shards),
+                index,
                 "a record reached a shard that does not own its key"
             );
-            self.apply_record(source, batch.epoch, record, hash, event_max_ms.get(at).copied());
-        }
+            (record, hash)
+        });
+        self.apply_records(source, batch.epoch, records, event_max_ms);
         let chunk_max_ms = batch.last.then_some(batch.chunk_event_max_ms).flatten();
         let fired = self.event_time_advanced(source, batch.last, chunk_max_ms);
         self.timed(Step::Apply, applied, began_us);
@@ -802,10 +789,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                     };
                     let applied = parsed.local.len() as u64;
                     let began_us = self.timing_clock.now_us();
-                    let event_max_ms = parsed.local_event_max_ms;
-                    for (at, (record, hash)) in parsed.local.into_iter().enumerate() {
-                        self.apply_record(source, parsed.epoch, record, hash, event_max_ms.get(at).copied());
-                    }
+                    self.apply_records(source, parsed.epoch, parsed.local, &parsed.local_event_max_ms);
                     let fired = self.event_time_advanced(source, true, parsed.event_max_ms);
                     self.timed(Step::Apply, applied, began_us);
                     self.end_unit(unit, applied + fired);
@@ -1131,22 +1115,11 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         let began_us = self.timing_clock.now_us();
         let mut local = Vec::new();
         let mut local_event_max_ms = Vec::new();
-        self.parse_event_max_ms = None;
+        let mut event_max_ms = None;
         match data {
             ChunkData::Lines(lines) => {
                 let into = (&mut local, &mut local_event_max_ms);
-                let applied = self.route_lines(source, (chunk, epoch), first_line, lines, in_turn, into);
-                let fired = match in_turn {
-                    true => self.event_time_advanced(source, true, self.parse_event_max_ms),
-                    false => 0,
-                };
-                let unit = UnitSource {
-                    source,
-                    from: self.index,
-                    chunk,
-                    first_seq: 0,
-                };
-                self.end_unit(unit, applied + fired);
+                event_max_ms = self.route_lines(source, (chunk, epoch), first_line, lines, into);
             }
             ChunkData::Oversized { prefix, size_bytes } => {
                 self.counters.records_in += 1;
@@ -1156,15 +1129,34 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 self.dead_letter(source, epoch, letter);
             }
         }
-        for to in 0..self.shards {
-            if to != self.index {
-                self.send_batch(source, chunk, epoch, to, true);
+        if let ChunkData::Oversized { .. } = data {
+            let index = self.index;
+            for to in (0..self.shards).filter(|to| *to != index) {
+                self.send_batch(source, (chunk, epoch), to, true, (Vec::new(), Vec::new()), None);
             }
         }
         self.timed(Step::Parse, self.counters.records_in - counted_before.0, began_us);
+        if in_turn {
+            // Its own records apply at once, as one batch.
+            let unit = UnitSource {
+                source,
+                from: self.index,
+                chunk,
+                first_seq: 0,
+            };
+            let applied = local.len() as u64;
+            let began_us = self.timing_clock.now_us();
+            self.apply_records(source, epoch, local.drain(..), &local_event_max_ms);
+            let fired = self.event_time_advanced(source, true, event_max_ms);
+            self.timed(Step::Apply, applied, began_us);
+            self.end_unit(unit, applied + fired);
+            // Its buffers go on to the next chunk.
+            self.routes.local = std::mem::take(&mut local);
+            local_event_max_ms.clear();
+            self.routes.local_event_max_ms = std::mem::take(&mut local_event_max_ms);
+        }
         let state = &mut self.sources[source as usize];
         if in_turn {
-            debug_assert!(local.is_empty());
             state.next_apply += 1;
         } else {
             state.own_parsed.push_back(ParsedChunk {
@@ -1174,7 +1166,7 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
                 records: self.counters.records_in - counted_before.0,
                 dead_lettered: self.counters.dead_lettered - counted_before.1,
                 local_event_max_ms,
-                event_max_ms: self.parse_event_max_ms,
+                event_max_ms,
             });
         }
     }
@@ -1191,76 +1183,70 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         }
     }
 
+    /// Parses a chunk's lines through the source's compiled chain: its
+    /// rejected lines are dead-lettered, the records of this shard's keys
+    /// land in `local`, and the others go out in batches of at most
+    /// `batch_max` per receiver, the last one marked.
     fn route_lines(
         &mut self,
         source: u32,
         (chunk, epoch): (u64, u64),
         first_line: u64,
         data: &Bytes,
-        in_turn: bool,
         (local, local_event_max_ms): (&mut Vec<Hashed<K, V>>, &mut Vec<u64>),
-    ) -> u64 {
-        let (index, shards, batch_max) = (self.index, self.shards, self.limits.batch_max);
-        let mut applied = 0;
+    ) -> Option<u64> {
         let chain = Arc::clone(&self.sources[source as usize].chain);
-        let event_time = self
-            .keyed
-            .event
-            .as_ref()
-            .map(|e| e.specs[source as usize].clone());
-        let mut chunk_max_ms: Option<u64> = None;
-        let mut line_no = first_line;
-        for_each_line(data, |range| {
-            let id = MsgId::new(source, line_no);
-            line_no += 1;
-            let line = Line::new(data, range.clone());
-            let routed = chain(Msg::new(id, line), &mut |msg: Msg<Keyed<K, V>>| {
-                let hash = msg.data.key.route_hash();
-                let to = shard_for(hash, shards as usize) as u32;
-                // The chunk's running max goes with the record, so its
-                // receiver knows the record's watermark (`crate::event_time`).
-                let running_max_ms = event_time.as_ref().map(|spec| {
-                    let at_ms = spec.event_time_ms(&msg.data.value);
-                    let max_ms = chunk_max_ms.map_or(at_ms, |max| max.max(at_ms));
-                    chunk_max_ms = Some(max_ms);
-                    max_ms
-                });
-                let record = Routed {
-                    id: msg.id,
-                    key: msg.data.key,
-                    value: msg.data.value,
-                };
-                if to == index && in_turn {
-                    self.apply_record(source, epoch, record, hash, running_max_ms);
-                    applied += 1;
-                } else if to == index {
-                    local.push((record, hash));
-                    local_event_max_ms.extend(running_max_ms);
-                } else {
-                    self.outgoing[to as usize].push(record);
-                    self.outgoing_event_max_ms[to as usize].extend(running_max_ms);
-                    if self.outgoing[to as usize].len() >= batch_max {
-                        self.send_batch(source, chunk, epoch, to, false);
-                    }
-                }
-                Ok(())
-            });
-            if let Err(reject) = routed {
-                self.counters.dead_lettered += 1;
-                let letter = DeadLetter::new(id, reject.reason, &data.slice(range));
-                self.dead_letter(source, epoch, letter);
+        let event_time = self.keyed.event.as_ref().map(|e| &e.specs[source as usize]);
+        self.routes.start_chunk(event_time);
+        let lines = ChunkLines {
+            stream: source,
+            first_line,
+            data,
+        };
+        chain(lines, &mut self.routes);
+        self.counters.records_in += self.routes.take_lines();
+        let mut rejects = std::mem::take(&mut self.routes.rejects);
+        for (id, reject, range) in rejects.drain(..) {
+            self.counters.dead_lettered += 1;
+            let letter = DeadLetter::new(id, reject.reason, &data.slice(range));
+            self.dead_letter(source, epoch, letter);
+        }
+        self.routes.rejects = rejects;
+        std::mem::swap(local, &mut self.routes.local);
+        std::mem::swap(local_event_max_ms, &mut self.routes.local_event_max_ms);
+        let chunk_event_max_ms = self.routes.chunk_event_max_ms;
+        let batch_max = self.limits.batch_max;
+        for to in 0..self.shards {
+            if to == self.index {
+                continue;
             }
-        });
-        self.parse_event_max_ms = chunk_max_ms;
-        self.counters.records_in += line_no - first_line;
-        applied
+            let mut records = std::mem::take(&mut self.routes.outgoing[to as usize]);
+            // Empty without event time.
+            let mut event_max_ms = std::mem::take(&mut self.routes.outgoing_event_max_ms[to as usize]);
+            while records.len() >= batch_max {
+                let rest = records.split_off(batch_max);
+                let rest_max_ms = event_max_ms.split_off(batch_max.min(event_max_ms.len()));
+                self.send_batch(source, (chunk, epoch), to, false, (records, event_max_ms), None);
+                (records, event_max_ms) = (rest, rest_max_ms);
+            }
+            let last = (records, event_max_ms);
+            self.send_batch(source, (chunk, epoch), to, true, last, chunk_event_max_ms);
+        }
+        chunk_event_max_ms
     }
 
-    fn send_batch(&mut self, source: u32, chunk: u64, epoch: u64, to: u32, last: bool) {
-        let capacity = if last { 0 } else { self.limits.batch_max };
-        let records = std::mem::replace(&mut self.outgoing[to as usize], Vec::with_capacity(capacity));
-        let event_max_ms = std::mem::take(&mut self.outgoing_event_max_ms[to as usize]);
-        let chunk_event_max_ms = self.parse_event_max_ms.filter(|_| last);
+    /// Sends a batch of `records` of a chunk to shard `to` (with event
+    /// time, each record's running max and, on the `last` batch, the
+    /// chunk's highest event time).
+    fn send_batch(
+        &mut self,
+        source: u32,
+        (chunk, epoch): (u64, u64),
+        to: u32,
+        last: bool,
+        (records, event_max_ms): (Vec<Routed<K, V>>, Vec<u64>),
+        chunk_event_max_ms: Option<u64>,
+    ) {
         let next_seq = &mut self.sources[source as usize].next_seq[to as usize];
         let first_seq = *next_seq;
         *next_seq += records.len() as u64;
@@ -1318,48 +1304,46 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         }
     }
 
-    /// Applies one record of a chunk of `epoch` in its turn. A record the
-    /// step fails is dead-lettered; a panic stops the shard (`panicked`),
-    /// with the audit records so far on their way.
-    /// With event time, `chunk_max_ms` is the record's chunk's highest
-    /// event time up to it: a record late by its watermark is dead-lettered.
-    fn apply_record(
+    /// Applies `records` of a chunk of `epoch` in its turn, as one batch
+    /// (`KeyedPart::apply_records`). A record the step fails is
+    /// dead-lettered and the rest go on; a panic stops the shard
+    /// (`panicked`, the rest are dropped), with the audit records so far on
+    /// their way. With event time, `event_max_ms` is parallel to `records`:
+    /// each one's chunk's highest event time up to it; a record late by its
+    /// watermark is dead-lettered (empty without event time).
+    fn apply_records(
         &mut self,
         source: u32,
         epoch: u64,
-        record: Routed<K, V>,
-        hash: u64,
-        chunk_max_ms: Option<u64>,
+        records: impl IntoIterator<Item = Hashed<K, V>>,
+        event_max_ms: &[u64],
     ) {
-        if self.panicked.is_some() {
-            return;
-        }
-        let mut context = EventContext::default();
-        if let (Some(event), Some(chunk_max_ms)) = (&mut self.keyed.event, chunk_max_ms) {
-            let at_ms = event.specs[source as usize].event_time_ms(&record.value);
-            let watermark_ms = event.marks.record(source, chunk_max_ms);
-            if Watermarks::is_late(at_ms, watermark_ms, event.allowed_lateness_ms) {
-                let lateness_ms = event.allowed_lateness_ms;
-                self.counters.late += 1;
-                self.counters.dead_lettered += 1;
-                let reason = format!(
-                    "late: event time {at_ms} ms is behind the watermark {watermark_ms} ms by more than the allowed {lateness_ms} ms"
-                );
-                let letter = DeadLetter {
-                    id: record.id,
-                    reason: reason.into(),
-                    raw: Bytes::new(),
-                };
-                self.dead_letter(source, epoch, letter);
-                return;
+        let mut records = records.into_iter();
+        let mut event_max_ms = event_max_ms.iter().copied();
+        while self.panicked.is_none() {
+            match self.keyed.apply_records(source, &mut records, &mut event_max_ms) {
+                None => return,
+                Some(Stopped::Failed(failure)) => self.step_failed(source, epoch, failure, "the keyed step"),
+                Some(Stopped::Late(late)) => {
+                    let LateRecord {
+                        id,
+                        at_ms,
+                        watermark_ms,
+                        lateness_ms,
+                    } = late;
+                    self.counters.late += 1;
+                    self.counters.dead_lettered += 1;
+                    let reason = format!(
+                        "late: event time {at_ms} ms is behind the watermark {watermark_ms} ms by more than the allowed {lateness_ms} ms"
+                    );
+                    let letter = DeadLetter {
+                        id,
+                        reason: reason.into(),
+                        raw: Bytes::new(),
+                    };
+                    self.dead_letter(source, epoch, letter);
+                }
             }
-            context = EventContext {
-                event_time_ms: Some(at_ms),
-                watermark_ms: Some(watermark_ms),
-            };
-        }
-        if let Some(failure) = self.keyed.apply(record, hash, context) {
-            self.step_failed(source, epoch, failure, "the keyed step");
         }
     }
 
@@ -1380,8 +1364,12 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         if chunk_done {
             event.marks.chunk_done(source, chunk_max_ms, now_us);
         }
+        // Another input that ended holds nothing back. The unit's own
+        // stream counts as ended only once the shard finishes: whether its
+        // end is known by now depends on timing (and on the path its last
+        // chunk took), and where its last timers fire must not.
         for (stream, state) in self.sources.iter().enumerate() {
-            if state.is_done() {
+            if stream as u32 != source && state.is_done() {
                 event.marks.ended(stream as u32);
             }
         }
@@ -1618,19 +1606,154 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
 struct StepFailure {
     id: MsgId,
     panicked: bool,
-    reason: std::borrow::Cow<'static, str>,
+    reason: Cow<'static, str>,
+}
+
+/// Why `KeyedPart::apply_records` stopped before the end of its records.
+enum Stopped {
+    /// The step failed a record or panicked on it.
+    Failed(StepFailure),
+    /// A record came behind its watermark (with event time): it never
+    /// reached the step.
+    Late(LateRecord),
+}
+
+/// A late record: its event time, the watermark it met and the allowed
+/// lateness it was behind by more than.
+struct LateRecord {
+    id: MsgId,
+    at_ms: u64,
+    watermark_ms: u64,
+    lateness_ms: u64,
 }
 
 impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
-    /// Applies `record`, whose key hashes to `hash` (`Key::route_hash`).
-    /// A panic of the step is caught here, at the step boundary, so the
-    /// audit log can name the input and the state it met.
+    /// Applies `records` (each with its key's `Key::route_hash`) in order,
+    /// with the panic guard, the `Output` handle and the step's call set up
+    /// once for the batch rather than per record (they cost about as much
+    /// as a small step). Stops at the first record the step fails or panics
+    /// on and returns it, its audit records written; the caller
+    /// dead-letters it (and calls again for the rest) or stops the shard.
     #[must_use = "a failed record is dead-lettered, a panic stops the shard"]
-    fn apply(&mut self, record: Routed<K, V>, hash: u64, context: EventContext) -> Option<StepFailure> {
-        let Routed { id, key, value } = record;
-        self.guarded(hash, &key, id, context, |logic, state, output| {
-            (logic.step)(state, &key, Msg::new(id, value), output)
-        })
+    fn apply_records(
+        &mut self,
+        source: u32,
+        records: &mut impl Iterator<Item = Hashed<K, V>>,
+        event_max_ms: &mut impl Iterator<Item = u64>,
+    ) -> Option<Stopped> {
+        let mut failure = None;
+        let mut late = None;
+        let with_timers = self.logic.on_timer.is_some();
+        let with_event_timers = self.logic.on_event_timer.is_some();
+        // The record being applied, kept out here so that a panic's audit
+        // record can name its input and key.
+        let mut current: Option<(K, MsgId, u64)> = None;
+        let (store, timers, event_timers) = (&mut self.store, &mut self.timers, &mut self.event_timers);
+        let mut event = self.event.as_mut();
+        let mut output = Output {
+            id: MsgId::default(),
+            format: &*self.logic.format,
+            buffer: &mut self.output,
+            ids: self.output_ids.as_mut(),
+            emitted: &mut self.emitted,
+            clock: &mut self.clock,
+            notes: self.audit.as_mut().map(|audit| &mut audit.notes),
+            failure: &mut failure,
+            timers: with_timers.then_some(&mut self.timers_set),
+            event_timers: with_event_timers.then_some(&mut self.event_timers_set),
+            event_time_ms: None,
+            watermark_ms: None,
+        };
+        let step = &*self.logic.step;
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for (Routed { id, key, value }, hash) in records {
+                // One predictable branch per record without event time.
+                if let Some(event) = event.as_deref_mut() {
+                    let chunk_max_ms = event_max_ms.next().expect("a running max per record");
+                    let at_ms = event.specs[source as usize].event_time_ms(&value);
+                    let watermark_ms = event.marks.record(source, chunk_max_ms);
+                    let lateness_ms = event.allowed_lateness_ms;
+                    if Watermarks::is_late(at_ms, watermark_ms, lateness_ms) {
+                        late = Some(LateRecord {
+                            id,
+                            at_ms,
+                            watermark_ms,
+                            lateness_ms,
+                        });
+                        return;
+                    }
+                    output.event_time_ms = Some(at_ms);
+                    output.watermark_ms = Some(watermark_ms);
+                }
+                let (key, _, _) = current.insert((key, id, hash));
+                let mut unit_state;
+                let state = match Self::state_in(store, hash, key) {
+                    Some(state) => state,
+                    None => {
+                        unit_state = S::default();
+                        &mut unit_state
+                    }
+                };
+                output.id = id;
+                step(state, key, Msg::new(id, value), &mut output);
+                if output.failure.is_some() {
+                    return;
+                }
+                // Only a step with a timer handler can have set timers.
+                if let Some(set) = output.timers.as_deref_mut() {
+                    for (at_us, by) in set.drain(..) {
+                        timers.set(at_us, key, by);
+                    }
+                }
+                if let Some(set) = output.event_timers.as_deref_mut() {
+                    for (at_ms, by) in set.drain(..) {
+                        event_timers.set(at_ms, key, by);
+                    }
+                }
+            }
+        }));
+        let reason = match (stepped, failure) {
+            (Ok(()), None) => return late.map(Stopped::Late),
+            (Ok(()), Some(reason)) => Err(reason),
+            (Err(payload), _) => Ok(payload),
+        };
+        let (key, id, hash) = current.expect("a record failed or panicked");
+        Some(Stopped::Failed(self.failed(hash, &key, id, reason)))
+    }
+
+    /// The state of `key` (which hashes to `hash`), or `None` for a
+    /// zero-sized state (a stateless keyed step, e.g. doubler): it needs no
+    /// store, and skipping it keeps memory flat however many keys pass.
+    fn state_in<'s>(store: &'s mut KeyedStore<K, S>, hash: u64, key: &K) -> Option<&'s mut S> {
+        (std::mem::size_of::<S>() != 0).then(|| store.state_mut(hash, key, Key::detach))
+    }
+
+    /// The step failed input `id` (`Err` with its reason) or panicked on it
+    /// (`Ok` with the payload): the timers it set are dropped, and the
+    /// audit log gets the key and the state the step left.
+    fn failed(
+        &mut self,
+        hash: u64,
+        key: &K,
+        id: MsgId,
+        reason: Result<Box<dyn std::any::Any + Send>, Cow<'static, str>>,
+    ) -> StepFailure {
+        let (panicked, reason) = match reason {
+            Ok(payload) => (true, crate::runtime::panic_message(&*payload).into()),
+            Err(reason) => (false, reason),
+        };
+        self.timers_set.clear();
+        self.event_timers_set.clear();
+        if let Some(audit) = &mut self.audit {
+            let (mut key_bytes, mut state_bytes) = (Vec::new(), Vec::new());
+            key.encode(&mut key_bytes);
+            match Self::state_in(&mut self.store, hash, key) {
+                Some(state) => state.encode(&mut state_bytes),
+                None => S::default().encode(&mut state_bytes),
+            }
+            audit.step_failed(&self.clock, id, panicked, &reason, key_bytes, state_bytes);
+        }
+        StepFailure { id, panicked, reason }
     }
 
     /// Runs `key`'s event-time timer due at `at_ms`, set by input `by`.
@@ -1672,14 +1795,13 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
         context: EventContext,
         run: impl FnOnce(&KeyedLogic<K, V, S, O>, &mut S, &mut Output<'_, O>),
     ) -> Option<StepFailure> {
-        // A zero-sized state (a stateless keyed step, e.g. doubler) needs no store:
-        // skipping it keeps memory flat however many distinct keys pass.
         let mut unit_state;
-        let state = if std::mem::size_of::<S>() == 0 {
-            unit_state = S::default();
-            &mut unit_state
-        } else {
-            self.store.state_mut(hash, key, Key::detach)
+        let state = match Self::state_in(&mut self.store, hash, key) {
+            Some(state) => state,
+            None => {
+                unit_state = S::default();
+                &mut unit_state
+            }
         };
         let mut failure = None;
         let with_timers = self.logic.on_timer.is_some();
@@ -1702,9 +1824,8 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
         let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run(logic, &mut *state, &mut output)
         }));
-        let (panicked, reason) = match (stepped, failure) {
+        let reason = match (stepped, failure) {
             (Ok(()), None) => {
-                // Only a step with a timer handler can have set timers.
                 if with_timers {
                     for (at_us, by) in self.timers_set.drain(..) {
                         self.timers.set(at_us, key, by);
@@ -1717,18 +1838,10 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
                 }
                 return None;
             }
-            (Ok(()), Some(reason)) => (false, reason),
-            (Err(payload), _) => (true, crate::runtime::panic_message(&*payload).into()),
+            (Ok(()), Some(reason)) => Err(reason),
+            (Err(payload), _) => Ok(payload),
         };
-        self.timers_set.clear();
-        self.event_timers_set.clear();
-        if let Some(audit) = &mut self.audit {
-            let (mut key_bytes, mut state_bytes) = (Vec::new(), Vec::new());
-            key.encode(&mut key_bytes);
-            state.encode(&mut state_bytes);
-            audit.step_failed(&self.clock, id, panicked, &reason, key_bytes, state_bytes);
-        }
-        Some(StepFailure { id, panicked, reason })
+        Some(self.failed(hash, key, id, reason))
     }
 
     fn run_on_end(&mut self) {
