@@ -1380,8 +1380,12 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         if chunk_done {
             event.marks.chunk_done(source, chunk_max_ms, now_us);
         }
+        // Another input that ended holds nothing back. The unit's own
+        // stream counts as ended only once the shard finishes: whether its
+        // end is known by now depends on timing (and on the path its last
+        // chunk took), and where its last timers fire must not.
         for (stream, state) in self.sources.iter().enumerate() {
-            if state.is_done() {
+            if stream as u32 != source && state.is_done() {
                 event.marks.ended(stream as u32);
             }
         }

@@ -196,6 +196,8 @@ fn a_windowed_join_pairs_both_sides_of_a_key_and_window() {
             .window_join(WindowSpec::tumbling(10_000), |a: &Event, b: &Event| {
                 (a.value, b.value)
             })
+            // No idle rule: the output must not depend on a stalled thread.
+            .idle_timeout_ms(None)
             .sink(format);
         let (out, _, _) = run_at(flow, workers);
         assert_eq!(

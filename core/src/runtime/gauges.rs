@@ -226,7 +226,7 @@ impl RunGauges {
     fn shard_families(&self, out: &mut String) {
         let stalls = |c: &LiveCounters| c.stalls_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let depth = |probes: &[DepthProbe]| probes.iter().map(DepthProbe::depth).sum::<usize>() as f64;
-        let families: [(&str, Kind, &str, Samples); 9] = [
+        let families: [(&str, Kind, &str, Samples); 10] = [
             (
                 "verity_records_in_total",
                 Kind::Counter,
@@ -244,6 +244,12 @@ impl RunGauges {
                 Kind::Counter,
                 "Records a shard dead-lettered (malformed, or failed by the keyed step).",
                 self.per_shard(&|_, c| load(&c.dead_lettered)),
+            ),
+            (
+                "verity_late_total",
+                Kind::Counter,
+                "Records a shard dead-lettered as late (behind their event-time watermark).",
+                self.per_shard(&|_, c| load(&c.late)),
             ),
             (
                 "verity_duplicates_dropped_total",

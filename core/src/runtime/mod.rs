@@ -304,6 +304,7 @@ struct LiveCounters {
     records_in: AtomicU64,
     records_out: AtomicU64,
     dead_lettered: AtomicU64,
+    late: AtomicU64,
     duplicates_dropped: AtomicU64,
     /// Test-only planted faults (`TEST_PANIC_ENV`, `TEST_HANG_ENV`).
     panic_after_records: Option<u64>,
@@ -358,6 +359,7 @@ impl LiveCounters {
         self.records_in.store(c.records_in, Ordering::Relaxed);
         self.records_out.store(c.records_out, Ordering::Relaxed);
         self.dead_lettered.store(c.dead_lettered, Ordering::Relaxed);
+        self.late.store(c.late, Ordering::Relaxed);
         self.duplicates_dropped
             .store(c.duplicates_dropped, Ordering::Relaxed);
         self.timings.publish(&c.timings);

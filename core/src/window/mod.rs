@@ -224,17 +224,23 @@ impl<A: Default> Windows<A> {
     }
 
     /// Closes every window that closes at or before `at_ms` (in start
-    /// order), handing each to `closed`, and frees it.
+    /// order), handing each to `closed`, and frees it. A key's windows end
+    /// in start order (all of one size, or sessions that never overlap), so
+    /// the closing ones are a prefix.
     pub fn close_due(&mut self, spec: &WindowSpec, at_ms: u64, closed: &mut dyn FnMut(OpenWindow<A>)) {
-        let mut kept = Vec::with_capacity(self.open.len());
-        for window in self.open.drain(..) {
-            if spec.closes_at_ms(window.end_ms) <= at_ms {
-                closed(window);
-            } else {
-                kept.push(window);
-            }
+        let due = self
+            .open
+            .partition_point(|w| spec.closes_at_ms(w.end_ms) <= at_ms);
+        debug_assert!(self.open[due..]
+            .iter()
+            .all(|w| spec.closes_at_ms(w.end_ms) > at_ms));
+        for window in self.open.drain(..due) {
+            closed(window);
         }
-        self.open = kept;
+        if self.open.is_empty() {
+            // A key with no open window keeps no window memory.
+            self.open = Vec::new();
+        }
     }
 }
 
@@ -333,4 +339,86 @@ fn emit_window<K: Key, V, A: Aggregate<V>>(
             value,
         })
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add_all(spec: &WindowSpec, times: &[u64]) -> (Windows<u64>, Vec<u64>) {
+        let mut windows = Windows::default();
+        let mut timers = Vec::new();
+        for at in times {
+            windows.add(spec, &Count, *at, &(), &mut |close| timers.push(close));
+        }
+        (windows, timers)
+    }
+
+    fn bounds(windows: &Windows<u64>) -> Vec<(u64, u64, u64)> {
+        windows
+            .open()
+            .iter()
+            .map(|w| (w.start_ms, w.end_ms, w.acc))
+            .collect()
+    }
+
+    #[test]
+    fn sessions_merge_across_a_gap_and_a_bridging_record_joins_two() {
+        let spec = WindowSpec::session(10);
+        let (mut windows, timers) = add_all(&spec, &[100, 105, 130, 140, 118]);
+        // 118's [118, 128) touches neither [100, 115) nor [130, 150).
+        assert_eq!(
+            bounds(&windows),
+            vec![(100, 115, 2), (118, 128, 1), (130, 150, 2)]
+        );
+        assert_eq!(
+            timers,
+            vec![110, 115, 140, 150, 128],
+            "a timer whenever a session ends later"
+        );
+        // 120's [120, 130) touches [130, 150): one session from 118.
+        windows.add(&spec, &Count, 120, &(), &mut |_| {});
+        assert_eq!(bounds(&windows), vec![(100, 115, 2), (118, 150, 4)]);
+        let mut closed = Vec::new();
+        windows.close_due(&spec, 149, &mut |w| closed.push((w.start_ms, w.end_ms, w.acc)));
+        assert_eq!(closed, vec![(100, 115, 2)]);
+        // 108's [108, 118) bridges into the open one.
+        windows.add(&spec, &Count, 108, &(), &mut |_| {});
+        assert_eq!(bounds(&windows), vec![(108, 150, 5)]);
+        windows.close_due(&spec, 150, &mut |_| {});
+        assert!(
+            windows.open().is_empty() && windows.open.capacity() == 0,
+            "closed windows are freed"
+        );
+    }
+
+    #[test]
+    fn hopping_windows_cover_a_record_from_time_zero_on() {
+        let spec = WindowSpec::hopping(30, 10);
+        let (windows, _) = add_all(&spec, &[5, 25]);
+        assert_eq!(bounds(&windows), vec![(0, 30, 2), (10, 40, 1), (20, 50, 1)]);
+        let late = WindowSpec::tumbling(10).allowed_lateness_ms(5);
+        let (mut windows, timers) = add_all(&late, &[3, 12]);
+        assert_eq!(timers, vec![15, 25], "closing waits for the lateness");
+        windows.close_due(&late, 24, &mut |_| {});
+        assert_eq!(bounds(&windows), vec![(10, 20, 1)]);
+    }
+
+    #[test]
+    fn an_open_window_costs_its_bounds_and_accumulator_and_round_trips() {
+        // The number `OPEN_WINDOW_OVERHEAD_BYTES` states: a count window
+        // is 24 bytes in memory and 24 in a snapshot.
+        assert_eq!(
+            std::mem::size_of::<OpenWindow<u64>>(),
+            OPEN_WINDOW_OVERHEAD_BYTES + 8
+        );
+        let (windows, _) = add_all(&WindowSpec::tumbling(10), &[1, 11, 21]);
+        let mut bytes = Vec::new();
+        windows.encode(&mut bytes);
+        assert_eq!(bytes.len(), 4 + 3 * (OPEN_WINDOW_OVERHEAD_BYTES + 8));
+        assert_eq!(Windows::<u64>::decode(&mut &bytes[..]).unwrap(), windows);
+        for cut in 0..bytes.len() {
+            assert!(Windows::<u64>::decode(&mut &bytes[..cut]).is_err());
+        }
+    }
 }
