@@ -340,9 +340,10 @@ struct ReceiveArgs {
 
 #[derive(Args, Debug)]
 struct SimArgs {
-    /// The reference app to simulate.
-    #[arg(long, default_value = "market-spread")]
-    app: AppArg,
+    /// The reference app to simulate, or a Nexmark query as
+    /// `nexmark-q3`, `nexmark-q5`, … (its events from Nexmark's generator).
+    #[arg(long, default_value = "market-spread", value_parser = crate::nexmark::parse_sim_app)]
+    app: AppName,
     /// Seeds to run: `A..B` (B excluded) or `A..=B`.
     #[arg(long, value_name = "A..B", conflicts_with = "seed")]
     seeds: Option<String>,
@@ -1353,7 +1354,7 @@ fn sim(args: SimArgs) -> Result<i32> {
     if args.sink == "txn-log-per-process" && args.processes < 2 {
         bail!("--sink txn-log-per-process needs --processes 2 or more (process 0 alone writes as txn-log)");
     }
-    if args.final_counts && !matches!(args.app, AppArg::Wordcount) {
+    if args.final_counts && args.app != AppName::Wordcount {
         bail!("--final is for wordcount");
     }
     let template = verity_verify::sim::SimConfig {
@@ -1377,7 +1378,7 @@ fn sim(args: SimArgs) -> Result<i32> {
         },
         log_sink: args.sink.starts_with("txn-log"),
         member_sinks: args.sink == "txn-log-per-process",
-        ..verity_verify::sim::SimConfig::new(args.app.into(), seeds.start)
+        ..verity_verify::sim::SimConfig::new(args.app, seeds.start)
     };
     crate::sim::run(&template, seeds, args.stats)
 }

@@ -8,6 +8,7 @@ use std::io::{BufRead, Read};
 use std::path::PathBuf;
 use verity_apps::nexmark::generator::{self, NexmarkLines};
 use verity_apps::nexmark::Query;
+use verity_apps::AppName;
 use verity_core::LineGenerator;
 
 pub fn parse_query(text: &str) -> Result<Query, String> {
@@ -29,6 +30,20 @@ pub fn parse_generate_app(text: &str) -> Result<GenerateApp, String> {
     AppArg::from_str(text, false).map(GenerateApp::App).map_err(|_| {
         format!("unknown app `{text}` (expected doubler, wordcount, market-spread, seq-window or nexmark)")
     })
+}
+
+/// `verity sim --app`: a reference app, or a Nexmark query as `nexmark-q3`.
+pub fn parse_sim_app(text: &str) -> Result<AppName, String> {
+    use clap::ValueEnum;
+    if let Ok(app) = AppArg::from_str(text, false) {
+        return Ok(app.into());
+    }
+    match AppName::from_name(text) {
+        Some(app @ AppName::Nexmark(_)) => Ok(app),
+        _ => Err(format!(
+            "unknown app `{text}` (expected doubler, wordcount, market-spread, seq-window, window-count or nexmark-q0 … nexmark-q8)"
+        )),
+    }
 }
 
 /// Checks a nexmark `--seed` and `--event-rate`.

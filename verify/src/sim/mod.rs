@@ -241,9 +241,12 @@ pub struct PlantedBugs {
     /// In process 0's checkpoint coordination of sinks written by every
     /// process (`verity_core::checkpoint::Checkpointer`).
     pub coordinator: verity_core::checkpoint::CoordinatorBugs,
-    /// In the shard's watermarks (`verity_core::event_time`; only an
-    /// event-time app, window-count, reaches them).
+    /// In the shard's watermarks (`verity_core::event_time`; only the
+    /// event-time apps, window-count and Nexmark q5/q7/q8, reach them).
     pub event_time: verity_core::event_time::EventTimeBugs,
+    /// In the Nexmark queries (`verity_apps::nexmark::Bugs`; only their
+    /// seeds reach them).
+    pub nexmark: verity_apps::nexmark::Bugs,
 }
 
 impl PlantedBugs {
@@ -275,7 +278,10 @@ impl PlantedBugs {
     pub const MEMBER_SINK_NAMES: [&'static str; 2] =
         ["member-commit-before-manifest", "complete-without-a-member-mark"];
 
-    /// Bugs of event time, which only window-count seeds reach.
+    /// Bugs of the Nexmark queries, which only their seeds reach.
+    pub const NEXMARK_NAMES: [&'static str; 1] = ["q2-off-by-one"];
+
+    /// Bugs of event time, which only event-time apps' seeds reach.
     pub const EVENT_TIME_NAMES: [&'static str; 2] = ["watermark-ignores-delay", "fire-one-ms-early"];
 
     /// The bug a name plants.
@@ -304,12 +310,14 @@ impl PlantedBugs {
             "commit-before-lineage-durable" => &mut bugs.output.commit_before_lineage_durable,
             "state-from-older-checkpoint" => &mut bugs.recover.state_from_older_checkpoint,
             "stale-quote" => &mut bugs.market_spread.stale_quote,
+            "q2-off-by-one" => &mut bugs.nexmark.q2_off_by_one,
             other => {
                 let known = [
                     &PlantedBugs::NAMES[..],
                     &PlantedBugs::LOG_SINK_NAMES[..],
                     &PlantedBugs::MEMBER_SINK_NAMES[..],
                     &PlantedBugs::EVENT_TIME_NAMES[..],
+                    &PlantedBugs::NEXMARK_NAMES[..],
                 ]
                 .concat()
                 .join(", ");
@@ -535,12 +543,13 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
     if config.spread && streams.len() != 1 {
         return failed(config, "--spread reads one input stream".into());
     }
-    if config.spread && config.app == AppName::WindowCount {
+    if config.spread && matches!(config.app, AppName::WindowCount | AppName::Nexmark(_)) {
         // A spread source is a stream per process, each with its own
-        // watermark: which records are late then depends on the split.
+        // watermark: which records are late then depends on the split (and
+        // Nexmark's reference models read the events in their one order).
         return failed(
             config,
-            "--spread: window-count's oracle models one input stream".into(),
+            format!("--spread: {}'s oracle models one input stream", config.app.name()),
         );
     }
     // What the world's readers read: per stream, its name and input.
@@ -609,7 +618,7 @@ pub fn run_seed(config: &SimConfig) -> SimOutcome {
         final_counts: config.final_counts,
         max_quote_age_ms: audit.max_quote_age_ms,
         market_spread_bugs: config.bugs.market_spread,
-        nexmark_bugs: Default::default(),
+        nexmark_bugs: config.bugs.nexmark,
     };
     let outcome = drive_app(config.app, app_input(&streams), options, driver);
     let mut outcome = match outcome {
@@ -807,12 +816,27 @@ fn app_input(streams: &[checks::Stream]) -> AppInput {
 /// One-stream seeds whose input ends without a newline: one in this many.
 const UNTERMINATED_LAST_LINE_ONE_IN: u64 = 4;
 
+/// Nexmark events per second of event time in the simulator: 600 events
+/// then span 30 s, fifteen slides of q5's hopping windows and three of
+/// q8's tumbling ones.
+pub const SIM_NEXMARK_EVENT_RATE_PER_S: u64 = 20;
+
 /// The seed's generated input streams.
 fn sim_inputs(config: &SimConfig) -> Result<Vec<checks::Stream>, String> {
     let (app, records, seed) = (config.app, config.records, config.seed);
     match config.streams {
         1 => {
-            let mut data = verity_apps::generate::generate_all(app, records, seed);
+            let mut data = match app {
+                // Nexmark's own generator, slowed so a seed's few events
+                // span many windows (closed while faults happen, not only at
+                // the end); a seed is its first event id, so a seed is a run.
+                AppName::Nexmark(_) => {
+                    let rate = SIM_NEXMARK_EVENT_RATE_PER_S;
+                    verity_apps::nexmark::generator::check_options(seed, rate)?;
+                    verity_apps::nexmark::generator::generate_all(records, seed, rate)
+                }
+                app => verity_apps::generate::generate_all(app, records, seed),
+            };
             // In one seed of four, the last line has no newline, as files
             // often end (chosen from the seed alone: no draw moves); a
             // spread seed's partition files end in newlines.
