@@ -103,21 +103,31 @@ impl<K: Key, V> Routes<K, V> {
     #[inline]
     fn push_hashed(&mut self, id: MsgId, key: K, value: V, hash: u64) {
         let to = shard_for(hash, self.shards as usize);
-        // The chunk's running max goes with the record, so its receiver
-        // knows the record's watermark (`crate::event_time`).
-        let running_max_ms = self.event_time.as_ref().map(|spec| {
-            let at_ms = spec.event_time_ms(&value);
-            let max_ms = self.chunk_event_max_ms.map_or(at_ms, |max| max.max(at_ms));
-            self.chunk_event_max_ms = Some(max_ms);
-            max_ms
-        });
+        // One predictable branch without event time; the rest out of line.
+        if self.event_time.is_some() {
+            self.push_running_max(to, &value);
+        }
         let record = Routed { id, key, value };
         if to == self.index as usize {
             self.local.push((record, hash));
-            self.local_event_max_ms.extend(running_max_ms);
         } else {
             self.outgoing[to].push(record);
-            self.outgoing_event_max_ms[to].extend(running_max_ms);
+        }
+    }
+
+    /// With event time: the chunk's running max goes with the record bound
+    /// for shard `to`, so its receiver knows the record's watermark
+    /// (`crate::event_time`).
+    #[inline(never)]
+    fn push_running_max(&mut self, to: usize, value: &V) {
+        let spec = self.event_time.as_ref().expect("called with event time");
+        let at_ms = spec.event_time_ms(value);
+        let max_ms = self.chunk_event_max_ms.map_or(at_ms, |max| max.max(at_ms));
+        self.chunk_event_max_ms = Some(max_ms);
+        if to == self.index as usize {
+            self.local_event_max_ms.push(max_ms);
+        } else {
+            self.outgoing_event_max_ms[to].push(max_ms);
         }
     }
 

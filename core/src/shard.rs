@@ -1321,7 +1321,16 @@ impl<K: Key + Wire, V: Send + 'static, S: State, O: 'static> ShardCore<K, V, S, 
         let mut records = records.into_iter();
         let mut event_max_ms = event_max_ms.iter().copied();
         while self.panicked.is_none() {
-            match self.keyed.apply_records(source, &mut records, &mut event_max_ms) {
+            // Without event time, a loop that has none of its code.
+            let stopped = match self.keyed.event.is_some() {
+                true => self
+                    .keyed
+                    .apply_records::<true>(source, &mut records, &mut event_max_ms),
+                false => self
+                    .keyed
+                    .apply_records::<false>(source, &mut records, &mut event_max_ms),
+            };
+            match stopped {
                 None => return,
                 Some(Stopped::Failed(failure)) => self.step_failed(source, epoch, failure, "the keyed step"),
                 Some(Stopped::Late(late)) => {
@@ -1634,8 +1643,11 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
     /// as a small step). Stops at the first record the step fails or panics
     /// on and returns it, its audit records written; the caller
     /// dead-letters it (and calls again for the rest) or stops the shard.
+    /// `EVENT_TIME` (the step has event time) compiles the per-record
+    /// watermark and late check in: each record takes its running max from
+    /// `event_max_ms`, and a late record stops the batch too, unapplied.
     #[must_use = "a failed record is dead-lettered, a panic stops the shard"]
-    fn apply_records(
+    fn apply_records<const EVENT_TIME: bool>(
         &mut self,
         source: u32,
         records: &mut impl Iterator<Item = Hashed<K, V>>,
@@ -1667,8 +1679,7 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
         let step = &*self.logic.step;
         let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for (Routed { id, key, value }, hash) in records {
-                // One predictable branch per record without event time.
-                if let Some(event) = event.as_deref_mut() {
+                if let Some(event) = event.as_deref_mut().filter(|_| EVENT_TIME) {
                     let chunk_max_ms = event_max_ms.next().expect("a running max per record");
                     let at_ms = event.specs[source as usize].event_time_ms(&value);
                     let watermark_ms = event.marks.record(source, chunk_max_ms);
@@ -1705,7 +1716,8 @@ impl<K: Key + Wire, V, S: State, O> KeyedPart<K, V, S, O> {
                         timers.set(at_us, key, by);
                     }
                 }
-                if let Some(set) = output.event_timers.as_deref_mut() {
+                // Only an event-time step can have an event-time timer handler.
+                if let Some(set) = output.event_timers.as_deref_mut().filter(|_| EVENT_TIME) {
                     for (at_ms, by) in set.drain(..) {
                         event_timers.set(at_ms, key, by);
                     }
