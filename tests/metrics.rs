@@ -188,10 +188,11 @@ fn sample(scrape: &str, name_and_labels: &str) -> Option<f64> {
 
 /// Every family the run section of a scrape shows, and at least one sample
 /// of each.
-const CLUSTER_FAMILIES: [&str; 22] = [
+const CLUSTER_FAMILIES: [&str; 23] = [
     "verity_records_in_total",
     "verity_records_out_total",
     "verity_dead_lettered_total",
+    "verity_late_total",
     "verity_shard_backpressure_seconds_total",
     "verity_shard_chunk_queue_depth",
     "verity_shard_batch_queue_depth",
